@@ -1,0 +1,155 @@
+//! The reconciler: the one task that owns the dataplane.
+//!
+//! Level-based: on every new state it plans against what it believes is
+//! programmed and applies the difference; every `repair_interval` (and after
+//! any failure) it forgets that belief, dumps the dataplane and plans against
+//! what is really there, which repairs drift such as an `ipvsadm -C` by hand.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::dataplane::{Dataplane, Table, plan};
+use crate::model::State;
+
+/// After a failed sync, try again this soon rather than waiting for the
+/// repair interval.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// What the reconciler last did, for status and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataplaneStatus {
+    pub kind: &'static str,
+    /// Unix milliseconds of the last completed sync; 0 if none yet.
+    pub last_sync_unix_ms: i64,
+    /// Revision of the state the last sync programmed.
+    pub synced_revision: u64,
+    /// Operations the last sync applied.
+    pub last_sync_ops: u64,
+    /// Operations applied after a dump found the dataplane different from
+    /// what had been programmed (someone changed it by hand).
+    pub drift_repairs: u64,
+    /// Empty when the last sync succeeded.
+    pub last_error: String,
+    pub programmed_services: u64,
+    pub programmed_destinations: u64,
+}
+
+/// Keeps `dataplane` equal to the latest state from `states` until
+/// `shutdown`. The dataplane is left programmed on shutdown: a member that
+/// stops keeps forwarding until something else takes over (fail static).
+pub async fn run<D: Dataplane>(
+    mut dataplane: D,
+    mut states: watch::Receiver<Arc<State>>,
+    repair_interval: Duration,
+    status: watch::Sender<DataplaneStatus>,
+    shutdown: CancellationToken,
+) {
+    let kind = dataplane.kind();
+    status.send_modify(|s| s.kind = kind);
+    // What we believe is programmed; None means "dump before planning".
+    let mut programmed: Option<Table> = None;
+    // Whether the latest state still has to be programmed.
+    let mut pending = true;
+    let mut next_repair = tokio::time::Instant::now() + repair_interval;
+    loop {
+        let wait = if pending || programmed.is_none() {
+            let state = states.borrow_and_update().clone();
+            let repairing = programmed.is_none();
+            if sync(&mut dataplane, &state, &mut programmed, repairing, &status).await {
+                pending = false;
+                if repairing {
+                    next_repair = tokio::time::Instant::now() + repair_interval;
+                }
+                next_repair
+            } else {
+                programmed = None;
+                tokio::time::Instant::now() + RETRY_AFTER_FAILURE
+            }
+        } else {
+            next_repair
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = states.changed() => match changed {
+                Ok(()) => pending = true,
+                Err(_) => return,
+            },
+            _ = tokio::time::sleep_until(wait) => {
+                debug!("dataplane repair: dumping to compare with the state");
+                programmed = None;
+            }
+        }
+    }
+}
+
+/// One sync. Returns false when it must be retried from a fresh dump.
+async fn sync<D: Dataplane>(
+    dataplane: &mut D,
+    state: &State,
+    programmed: &mut Option<Table>,
+    repairing: bool,
+    status: &watch::Sender<DataplaneStatus>,
+) -> bool {
+    let observed = match programmed.take() {
+        Some(table) => table,
+        None => match dataplane.dump().await {
+            Ok(table) => table,
+            Err(e) => {
+                warn!(error = %e, "dataplane dump failed; retrying");
+                status.send_modify(|s| s.last_error = e.to_string());
+                return false;
+            }
+        },
+    };
+    let desired = Table::from_state(state);
+    let ops = plan(&desired, &observed);
+    let report = dataplane.apply(&ops).await;
+    let mut now_programmed = observed;
+    for op in &ops {
+        // Conflicts here only mean our belief was stale; the next dump fixes it.
+        let _ = now_programmed.apply(op);
+    }
+    for failure in &report.failed {
+        warn!(service = %failure.op.service(), error = %failure.error, "dataplane operation failed; will retry");
+    }
+    if !ops.is_empty() {
+        info!(
+            revision = state.revision(),
+            ops = ops.len(),
+            failed = report.failed.len(),
+            repair = repairing,
+            "dataplane synced"
+        );
+    }
+    let ok = report.failed.is_empty();
+    status.send_modify(|s| {
+        // A repair that finds work while the state did not move is drift.
+        if repairing && s.last_sync_unix_ms > 0 && s.synced_revision == state.revision() {
+            s.drift_repairs += ops.len() as u64;
+        }
+        s.last_sync_unix_ms = unix_ms(SystemTime::now());
+        s.synced_revision = state.revision();
+        s.last_sync_ops = ops.len() as u64;
+        s.last_error = report
+            .failed
+            .first()
+            .map(|f| f.error.to_string())
+            .unwrap_or_default();
+        s.programmed_services = now_programmed.services.len() as u64;
+        s.programmed_destinations = now_programmed.destination_count() as u64;
+    });
+    if ok {
+        *programmed = Some(now_programmed);
+    }
+    ok
+}
+
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,247 @@
+//! `Table`: what a dataplane holds (or should hold), in kernel terms, and
+//! `Op`: one change to it. `Table::from_state` says what the replicated
+//! state means for the kernel.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::model::{BackendState, Forwarding, Scheduler, ServiceKey, SocketText, State};
+
+/// A real server's identity inside one virtual service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DestKey {
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+impl fmt::Display for DestKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        SocketText(self.address, self.port).fmt(f)
+    }
+}
+
+/// A service's settings as the kernel holds them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceSettings {
+    pub scheduler: Scheduler,
+    /// Seconds; `None` for no persistence.
+    pub persistence_timeout: Option<u32>,
+}
+
+/// A destination's settings as the kernel holds them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Destination {
+    pub weight: u32,
+    pub forwarding: Forwarding,
+}
+
+/// One programmed virtual service with its destinations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgrammedService {
+    pub settings: ServiceSettings,
+    pub destinations: BTreeMap<DestKey, Destination>,
+}
+
+/// A whole IPVS table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Table {
+    pub services: BTreeMap<ServiceKey, ProgrammedService>,
+}
+
+/// One kernel operation. `plan` emits these; a dataplane applies them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    AddService {
+        service: ServiceKey,
+        settings: ServiceSettings,
+    },
+    UpdateService {
+        service: ServiceKey,
+        settings: ServiceSettings,
+    },
+    /// Removes the service and with it all its destinations.
+    DeleteService {
+        service: ServiceKey,
+    },
+    AddDestination {
+        service: ServiceKey,
+        dest: DestKey,
+        settings: Destination,
+    },
+    UpdateDestination {
+        service: ServiceKey,
+        dest: DestKey,
+        settings: Destination,
+    },
+    DeleteDestination {
+        service: ServiceKey,
+        dest: DestKey,
+    },
+}
+
+impl Op {
+    pub fn service(&self) -> ServiceKey {
+        match self {
+            Op::AddService { service, .. }
+            | Op::UpdateService { service, .. }
+            | Op::DeleteService { service }
+            | Op::AddDestination { service, .. }
+            | Op::UpdateDestination { service, .. }
+            | Op::DeleteDestination { service, .. } => *service,
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::AddService { service, .. } => write!(f, "add service {service}"),
+            Op::UpdateService { service, .. } => write!(f, "update service {service}"),
+            Op::DeleteService { service } => write!(f, "delete service {service}"),
+            Op::AddDestination { service, dest, .. } => {
+                write!(f, "add destination {dest} to {service}")
+            }
+            Op::UpdateDestination { service, dest, .. } => {
+                write!(f, "update destination {dest} of {service}")
+            }
+            Op::DeleteDestination { service, dest } => {
+                write!(f, "delete destination {dest} of {service}")
+            }
+        }
+    }
+}
+
+/// Why an operation does not fit a table: the kernel's EEXIST and ENOENT.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpConflict {
+    /// The object to add is there already (EEXIST).
+    #[error("{0}: already exists")]
+    Exists(String),
+    /// The object to change or remove (or the service of a destination) is
+    /// not there (ENOENT).
+    #[error("{0}: does not exist")]
+    Missing(String),
+}
+
+impl Table {
+    /// What the kernel should hold for this state.
+    ///
+    /// Backend states map to IPVS as kube-proxy maps endpoint conditions:
+    /// `ready` backends get their weight; `serving` (terminating but still
+    /// serving) backends get theirs only when the service has no ready
+    /// backend, and weight 0 otherwise; `terminating` backends stay with
+    /// weight 0 so their open connections drain; `not-ready` backends are not
+    /// programmed.
+    pub fn from_state(state: &State) -> Table {
+        let mut services = BTreeMap::new();
+        for s in state.services() {
+            let any_ready = s
+                .backends
+                .iter()
+                .any(|b| b.state == BackendState::Ready && b.weight > 0);
+            let destinations = s
+                .backends
+                .iter()
+                .filter_map(|b| {
+                    let weight = match b.state {
+                        BackendState::Ready => b.weight,
+                        BackendState::Serving if !any_ready => b.weight,
+                        BackendState::Serving | BackendState::Terminating => 0,
+                        BackendState::NotReady => return None,
+                    };
+                    Some((
+                        DestKey {
+                            address: b.address,
+                            port: b.port,
+                        },
+                        Destination {
+                            weight,
+                            forwarding: s.forwarding,
+                        },
+                    ))
+                })
+                .collect();
+            services.insert(
+                s.key,
+                ProgrammedService {
+                    settings: ServiceSettings {
+                        scheduler: s.scheduler,
+                        persistence_timeout: s.persistence_timeout,
+                    },
+                    destinations,
+                },
+            );
+        }
+        Table { services }
+    }
+
+    pub fn destination_count(&self) -> usize {
+        self.services.values().map(|s| s.destinations.len()).sum()
+    }
+
+    /// Applies one operation with the kernel's rules: adding what exists or
+    /// touching what is missing is a conflict and changes nothing.
+    pub fn apply(&mut self, op: &Op) -> Result<(), OpConflict> {
+        let what = || op.to_string();
+        match op {
+            Op::AddService { service, settings } => {
+                if self.services.contains_key(service) {
+                    return Err(OpConflict::Exists(what()));
+                }
+                self.services.insert(
+                    *service,
+                    ProgrammedService {
+                        settings: *settings,
+                        destinations: BTreeMap::new(),
+                    },
+                );
+            }
+            Op::UpdateService { service, settings } => {
+                let s = self
+                    .services
+                    .get_mut(service)
+                    .ok_or_else(|| OpConflict::Missing(what()))?;
+                s.settings = *settings;
+            }
+            Op::DeleteService { service } => {
+                self.services
+                    .remove(service)
+                    .ok_or_else(|| OpConflict::Missing(what()))?;
+            }
+            Op::AddDestination {
+                service,
+                dest,
+                settings,
+            } => {
+                let s = self
+                    .services
+                    .get_mut(service)
+                    .ok_or_else(|| OpConflict::Missing(what()))?;
+                if s.destinations.contains_key(dest) {
+                    return Err(OpConflict::Exists(what()));
+                }
+                s.destinations.insert(*dest, *settings);
+            }
+            Op::UpdateDestination {
+                service,
+                dest,
+                settings,
+            } => {
+                let d = self
+                    .services
+                    .get_mut(service)
+                    .and_then(|s| s.destinations.get_mut(dest))
+                    .ok_or_else(|| OpConflict::Missing(what()))?;
+                *d = *settings;
+            }
+            Op::DeleteDestination { service, dest } => {
+                self.services
+                    .get_mut(service)
+                    .and_then(|s| s.destinations.remove(dest))
+                    .ok_or_else(|| OpConflict::Missing(what()))?;
+            }
+        }
+        Ok(())
+    }
+}

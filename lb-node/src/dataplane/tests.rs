@@ -1,0 +1,342 @@
+//! Tests of the dataplane boundary: the plan's diff, the ipvsadm text, and
+//! the reconciler against the memory dataplane.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::model::{
+    Backend, BackendState, Command, Forwarding, Protocol, Scheduler, ServiceKey, State,
+    VirtualService,
+};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+fn service(
+    vip: &str,
+    port: u16,
+    protocol: Protocol,
+    backends: &[(&str, u16, u32)],
+) -> VirtualService {
+    VirtualService {
+        key: ServiceKey {
+            vip: ip(vip),
+            port,
+            protocol,
+        },
+        name: format!("{vip}:{port}"),
+        scheduler: Scheduler::Wrr,
+        persistence_timeout: None,
+        forwarding: Forwarding::Masquerade,
+        allowed_sources: vec![],
+        backends: backends
+            .iter()
+            .map(|&(a, port, weight)| Backend {
+                address: ip(a),
+                port,
+                weight,
+                state: BackendState::Ready,
+            })
+            .collect(),
+    }
+}
+
+fn state_of(services: &[VirtualService]) -> State {
+    let mut state = State::default();
+    for s in services {
+        state
+            .apply(&Command::UpsertService(s.clone()))
+            .expect("valid test service");
+    }
+    state
+}
+
+fn table_of(services: &[VirtualService]) -> Table {
+    Table::from_state(&state_of(services))
+}
+
+fn example() -> Vec<VirtualService> {
+    vec![
+        service(
+            "192.0.2.10",
+            80,
+            Protocol::Tcp,
+            &[("10.0.0.1", 8080, 1), ("10.0.0.2", 8080, 2)],
+        ),
+        service(
+            "2001:db8::10",
+            53,
+            Protocol::Udp,
+            &[("2001:db8:1::1", 53, 1)],
+        ),
+    ]
+}
+
+#[test]
+fn empty_to_full_adds_every_service_then_its_destinations() {
+    let ops = plan(&table_of(&example()), &Table::default());
+    let text: Vec<String> = ops.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        [
+            "add service tcp/192.0.2.10:80",
+            "add destination 10.0.0.1:8080 to tcp/192.0.2.10:80",
+            "add destination 10.0.0.2:8080 to tcp/192.0.2.10:80",
+            "add service udp/[2001:db8::10]:53",
+            "add destination [2001:db8:1::1]:53 to udp/[2001:db8::10]:53",
+        ]
+    );
+}
+
+#[test]
+fn full_to_empty_deletes_services_only() {
+    let ops = plan(&Table::default(), &table_of(&example()));
+    assert_eq!(ops.len(), 2, "{ops:?}");
+    assert!(ops.iter().all(|op| matches!(op, Op::DeleteService { .. })));
+}
+
+#[test]
+fn one_weight_change_is_one_update() {
+    let before = example();
+    let mut after = example();
+    after[0].backends[1].weight = 5;
+    let ops = plan(&table_of(&after), &table_of(&before));
+    assert_eq!(
+        ops,
+        [Op::UpdateDestination {
+            service: before[0].key,
+            dest: DestKey {
+                address: ip("10.0.0.2"),
+                port: 8080
+            },
+            settings: Destination {
+                weight: 5,
+                forwarding: Forwarding::Masquerade
+            },
+        }]
+    );
+}
+
+#[test]
+fn backend_removal_is_one_destination_delete() {
+    let before = example();
+    let mut after = example();
+    after[0].backends.remove(0);
+    let ops = plan(&table_of(&after), &table_of(&before));
+    assert_eq!(
+        ops,
+        [Op::DeleteDestination {
+            service: before[0].key,
+            dest: DestKey {
+                address: ip("10.0.0.1"),
+                port: 8080
+            }
+        }]
+    );
+}
+
+#[test]
+fn protocol_change_replaces_the_service() {
+    let before = example();
+    let mut after = example();
+    after[0].key.protocol = Protocol::Sctp;
+    let ops = plan(&table_of(&after), &table_of(&before));
+    let text: Vec<String> = ops.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        [
+            "delete service tcp/192.0.2.10:80",
+            "add service sctp/192.0.2.10:80",
+            "add destination 10.0.0.1:8080 to sctp/192.0.2.10:80",
+            "add destination 10.0.0.2:8080 to sctp/192.0.2.10:80",
+        ]
+    );
+}
+
+#[test]
+fn scheduler_change_updates_in_place() {
+    let before = example();
+    let mut after = example();
+    after[0].scheduler = Scheduler::Mh;
+    let ops = plan(&table_of(&after), &table_of(&before));
+    assert_eq!(ops.len(), 1);
+    assert!(matches!(ops[0], Op::UpdateService { .. }));
+}
+
+#[test]
+fn backend_states_map_like_kube_proxy() {
+    let mut s = service(
+        "192.0.2.1",
+        80,
+        Protocol::Tcp,
+        &[
+            ("10.0.0.1", 80, 3),
+            ("10.0.0.2", 80, 3),
+            ("10.0.0.3", 80, 3),
+            ("10.0.0.4", 80, 3),
+        ],
+    );
+    s.backends[1].state = BackendState::Serving;
+    s.backends[2].state = BackendState::Terminating;
+    s.backends[3].state = BackendState::NotReady;
+    let table = table_of(std::slice::from_ref(&s));
+    let weights: Vec<(String, u32)> = table.services[&s.key]
+        .destinations
+        .iter()
+        .map(|(d, x)| (d.to_string(), x.weight))
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            ("10.0.0.1:80".into(), 3),
+            ("10.0.0.2:80".into(), 0),
+            ("10.0.0.3:80".into(), 0)
+        ]
+    );
+    // With no ready backend left, serving ones take new connections.
+    s.backends[0].state = BackendState::NotReady;
+    let table = table_of(&[s.clone()]);
+    assert_eq!(
+        table.services[&s.key].destinations[&DestKey {
+            address: ip("10.0.0.2"),
+            port: 80
+        }]
+            .weight,
+        3
+    );
+}
+
+#[test]
+fn ipvsadm_rules_match_the_tools_format() {
+    let mut services = example();
+    services[0].persistence_timeout = Some(300);
+    services.push(service(
+        "192.0.2.9",
+        443,
+        Protocol::Sctp,
+        &[("10.0.0.9", 443, 0)],
+    ));
+    services[2].forwarding = Forwarding::Direct;
+    let text = ipvsadm_rules(&table_of(&services));
+    assert_eq!(
+        text,
+        "-A -t 192.0.2.10:80 -s wrr -p 300\n\
+         -a -t 192.0.2.10:80 -r 10.0.0.1:8080 -m -w 1\n\
+         -a -t 192.0.2.10:80 -r 10.0.0.2:8080 -m -w 2\n\
+         -A --sctp-service 192.0.2.9:443 -s wrr\n\
+         -a --sctp-service 192.0.2.9:443 -r 10.0.0.9:443 -g -w 0\n\
+         -A -u [2001:db8::10]:53 -s wrr\n\
+         -a -u [2001:db8::10]:53 -r [2001:db8:1::1]:53 -m -w 1\n"
+    );
+}
+
+fn arb_table() -> impl Strategy<Value = Table> {
+    let svc = (
+        1u8..5,
+        prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)],
+        prop::collection::btree_map(1u8..6, (0u32..3, any::<bool>()), 0..5),
+        any::<bool>(),
+    );
+    prop::collection::vec(svc, 0..6).prop_map(|services| {
+        let services: Vec<VirtualService> = services
+            .into_iter()
+            .map(|(host, protocol, backends, rr)| {
+                let mut s = service(&format!("192.0.2.{host}"), 80, protocol, &[]);
+                s.scheduler = if rr { Scheduler::Rr } else { Scheduler::Wrr };
+                s.backends = backends
+                    .into_iter()
+                    .map(|(b, (weight, direct))| Backend {
+                        address: ip(&format!("10.0.0.{b}")),
+                        port: 80,
+                        weight,
+                        state: if direct {
+                            BackendState::Ready
+                        } else {
+                            BackendState::Terminating
+                        },
+                    })
+                    .collect();
+                s
+            })
+            .collect();
+        table_of(&services)
+    })
+}
+
+proptest! {
+    #[test]
+    fn applying_the_plan_gives_the_desired_table(desired in arb_table(), observed in arb_table()) {
+        let ops = plan(&desired, &observed);
+        let mut table = observed.clone();
+        for op in &ops {
+            prop_assert!(table.apply(op).is_ok(), "{op} does not fit the observed table");
+        }
+        prop_assert_eq!(&table, &desired);
+        prop_assert!(plan(&desired, &table).is_empty());
+        // Deterministic.
+        prop_assert_eq!(plan(&desired, &observed), ops);
+    }
+}
+
+fn watch_state(
+    state: State,
+) -> (
+    tokio::sync::watch::Sender<Arc<State>>,
+    tokio::sync::watch::Receiver<Arc<State>>,
+) {
+    tokio::sync::watch::channel(Arc::new(state))
+}
+
+async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconciler_programs_changes_and_repairs_drift() {
+    let dp = MemoryDataplane::new();
+    let (state_tx, state_rx) = watch_state(state_of(&example()));
+    let (status_tx, status_rx) = tokio::sync::watch::channel(reconcile::DataplaneStatus::default());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(reconcile::run(
+        dp.clone(),
+        state_rx,
+        Duration::from_secs(30),
+        status_tx,
+        shutdown.clone(),
+    ));
+
+    wait_for("first sync", || dp.table() == table_of(&example())).await;
+
+    // A change of state is applied without waiting for the repair interval.
+    let mut changed = example();
+    changed[0].backends[0].weight = 7;
+    state_tx
+        .send(Arc::new(state_of(&changed)))
+        .expect("reconciler alive");
+    wait_for("change applied", || dp.table() == table_of(&changed)).await;
+    assert_eq!(status_rx.borrow().last_sync_ops, 1);
+
+    // Someone runs `ipvsadm -C`: repaired at the next repair interval.
+    dp.lock().services.clear();
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    wait_for("drift repaired", || dp.table() == table_of(&changed)).await;
+    assert_eq!(
+        status_rx.borrow().drift_repairs,
+        5,
+        "2 services and 3 destinations re-added"
+    );
+
+    shutdown.cancel();
+    task.await.expect("reconciler ends cleanly");
+}

@@ -1,0 +1,25 @@
+//! The service table that Raft replicates, as plain data: value types
+//! (`service`), the log entry (`Command`), the state it builds (`State`),
+//! the diff that turns a desired table into commands (`diff`) and the
+//! protobuf form of all of it (`wire`).
+//!
+//! Pure: no I/O, no clock, no tokio. Everything here is deterministic so
+//! every member that applies the same log holds the same table.
+
+mod command;
+mod diff;
+mod service;
+mod state;
+mod wire;
+
+pub use command::Command;
+pub use diff::commands_towards;
+pub use service::{
+    Backend, BackendState, Forwarding, InvalidService, MAX_PERSISTENCE_TIMEOUT, MAX_WEIGHT,
+    Protocol, Scheduler, ServiceKey, SocketText, UnknownName, VirtualService,
+};
+pub use state::{Applied, ApplyError, State};
+pub use wire::{SNAPSHOT_FORMAT_VERSION, WireError, service_to_pb};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,114 @@
+//! `State`: the service table that committed commands build, and the pure,
+//! deterministic `apply`.
+
+use std::collections::BTreeMap;
+
+use super::command::Command;
+use super::service::{InvalidService, ServiceKey, VirtualService};
+
+/// The replicated service table.
+///
+/// `apply` is a pure function of the state and the command: no clock, no
+/// randomness, no iteration over hash maps, so every member that applies the
+/// same commands holds an equal `State`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    revision: u64,
+    services: BTreeMap<ServiceKey, VirtualService>,
+}
+
+/// What applying one command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The service was created.
+    Created(ServiceKey),
+    /// The service (or its backend set) changed.
+    Updated(ServiceKey),
+    /// The service was removed.
+    Deleted(ServiceKey),
+    /// The command asked for what the table already held.
+    Unchanged(ServiceKey),
+}
+
+/// Why a command was refused. A refused command leaves the table as it was
+/// (but still counts in the revision, so that members stay in step).
+/// Never retryable: the same command is refused again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The command carries a service that breaks the model's rules.
+    #[error(transparent)]
+    Invalid(#[from] InvalidService),
+    /// `ReplaceBackends` names a service the table does not hold.
+    #[error("service {0} does not exist")]
+    UnknownService(ServiceKey),
+}
+
+impl State {
+    /// Rebuilds a state from its parts (a snapshot). The services must
+    /// already be valid; `wire` checks them.
+    pub(crate) fn from_parts(
+        revision: u64,
+        services: BTreeMap<ServiceKey, VirtualService>,
+    ) -> Self {
+        Self { revision, services }
+    }
+
+    /// Number of commands applied to build this state, refused ones included.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Services in key order.
+    pub fn services(&self) -> impl ExactSizeIterator<Item = &VirtualService> {
+        self.services.values()
+    }
+
+    pub fn service(&self, key: &ServiceKey) -> Option<&VirtualService> {
+        self.services.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// Applies one command. Deterministic: see the type's docs.
+    pub fn apply(&mut self, command: &Command) -> Result<Applied, ApplyError> {
+        self.revision += 1;
+        match command {
+            Command::UpsertService(service) => {
+                let service = service.clone().normalize()?;
+                let key = service.key;
+                let outcome = match self.services.get(&key) {
+                    Some(old) if *old == service => return Ok(Applied::Unchanged(key)),
+                    Some(_) => Applied::Updated(key),
+                    None => Applied::Created(key),
+                };
+                self.services.insert(key, service);
+                Ok(outcome)
+            }
+            Command::DeleteService(key) => match self.services.remove(key) {
+                Some(_) => Ok(Applied::Deleted(*key)),
+                None => Ok(Applied::Unchanged(*key)),
+            },
+            Command::ReplaceBackends { key, backends } => {
+                let Some(current) = self.services.get(key) else {
+                    return Err(ApplyError::UnknownService(*key));
+                };
+                let updated = VirtualService {
+                    backends: backends.clone(),
+                    ..current.clone()
+                }
+                .normalize()?;
+                if &updated == current {
+                    return Ok(Applied::Unchanged(*key));
+                }
+                self.services.insert(*key, updated);
+                Ok(Applied::Updated(*key))
+            }
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Property tests of the model: determinism of `apply`, snapshot round
+//! trips, log entry round trips and `commands_towards`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// Small value ranges on purpose: commands must collide on keys and
+/// backends often, or the interesting paths (update, replace, delete of
+/// something present) are never taken.
+fn ip() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        (1u8..4).prop_map(|d| IpAddr::V4(Ipv4Addr::new(192, 0, 2, d))),
+        (1u16..3).prop_map(|d| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, d))),
+    ]
+}
+
+fn key() -> impl Strategy<Value = ServiceKey> {
+    (
+        ip(),
+        prop_oneof![Just(80u16), Just(443)],
+        prop::sample::select(Protocol::ALL.to_vec()),
+    )
+        .prop_map(|(vip, port, protocol)| ServiceKey {
+            vip,
+            port,
+            protocol,
+        })
+}
+
+fn backends(family_v4: bool) -> impl Strategy<Value = Vec<Backend>> {
+    prop::collection::btree_map(
+        (1u8..6, prop_oneof![Just(8080u16), Just(8443)]),
+        (0u32..4, prop::sample::select(BackendState::ALL.to_vec())),
+        0..5,
+    )
+    .prop_map(move |m| {
+        m.into_iter()
+            .map(|((host, port), (weight, state))| Backend {
+                address: if family_v4 {
+                    IpAddr::V4(Ipv4Addr::new(10, 0, 0, host))
+                } else {
+                    IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(host)))
+                },
+                port,
+                weight,
+                state,
+            })
+            .collect()
+    })
+}
+
+fn service() -> impl Strategy<Value = VirtualService> {
+    key().prop_flat_map(|key| {
+        (
+            Just(key),
+            prop::sample::select(Scheduler::ALL.to_vec()),
+            prop_oneof![Just(None), (1u32..4000).prop_map(Some)],
+            prop::sample::select(Forwarding::ALL.to_vec()),
+            prop::collection::vec(prop_oneof![Just("10.0.0.0/8"), Just("2001:db8::/32")], 0..2),
+            backends(key.vip.is_ipv4()),
+        )
+            .prop_map(
+                |(key, scheduler, persistence_timeout, forwarding, nets, backends)| {
+                    VirtualService {
+                        key,
+                        name: format!("svc-{}", key.port),
+                        scheduler,
+                        persistence_timeout,
+                        forwarding,
+                        allowed_sources: nets.iter().filter_map(|n| n.parse().ok()).collect(),
+                        backends,
+                    }
+                },
+            )
+    })
+}
+
+fn command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        3 => service().prop_map(Command::UpsertService),
+        1 => key().prop_map(Command::DeleteService),
+        2 => (key(), any::<bool>()).prop_flat_map(|(key, _)| {
+            backends(key.vip.is_ipv4()).prop_map(move |backends| Command::ReplaceBackends { key, backends })
+        }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn same_commands_give_equal_states(commands in prop::collection::vec(command(), 0..40)) {
+        let mut a = State::default();
+        let mut b = State::default();
+        for c in &commands {
+            let ra = a.apply(c);
+            // The other member gets the command through its log bytes.
+            let decoded = Command::decode(&c.encode()).expect("own encoding decodes");
+            let rb = b.apply(&decoded);
+            prop_assert_eq!(ra, rb);
+        }
+        prop_assert_eq!(&a, &b);
+        prop_assert_eq!(a.revision(), commands.len() as u64);
+    }
+
+    #[test]
+    fn snapshot_then_restore_gives_equal_state(commands in prop::collection::vec(command(), 0..40)) {
+        let mut state = State::default();
+        for c in &commands {
+            let _ = state.apply(c);
+        }
+        let restored = State::decode_snapshot(&state.encode_snapshot()).expect("own snapshot decodes");
+        prop_assert_eq!(&restored, &state);
+        // And the restored state goes on exactly like the original.
+        let mut original = state;
+        let mut restored = restored;
+        for c in &commands {
+            prop_assert_eq!(original.apply(c), restored.apply(c));
+        }
+        prop_assert_eq!(original, restored);
+    }
+
+    #[test]
+    fn commands_towards_reaches_the_desired_table(
+        start in prop::collection::vec(service(), 0..8),
+        desired in prop::collection::vec(service(), 0..8),
+    ) {
+        let mut state = State::default();
+        for s in start {
+            state.apply(&Command::UpsertService(s)).expect("generated services are valid");
+        }
+        let mut wanted = std::collections::BTreeMap::new();
+        for s in desired {
+            wanted.insert(s.key, s.normalize().expect("valid"));
+        }
+        let commands = commands_towards(&state, wanted.values().cloned());
+        for c in &commands {
+            prop_assert!(!matches!(state.apply(c), Ok(Applied::Unchanged(_))), "useless command {c:?}");
+        }
+        let held: Vec<_> = state.services().cloned().collect();
+        let wanted: Vec<_> = wanted.into_values().collect();
+        prop_assert_eq!(held, wanted);
+        // Once there, nothing more to do.
+        prop_assert!(commands_towards(&state, state.services().cloned()).is_empty());
+    }
+
+    #[test]
+    fn garbage_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = Command::decode(&bytes);
+        let _ = State::decode_snapshot(&bytes);
+    }
+}
+
+fn web() -> VirtualService {
+    VirtualService {
+        key: ServiceKey {
+            vip: "192.0.2.10".parse().expect("ip"),
+            port: 80,
+            protocol: Protocol::Tcp,
+        },
+        name: "web".into(),
+        scheduler: Scheduler::Wrr,
+        persistence_timeout: None,
+        forwarding: Forwarding::Masquerade,
+        allowed_sources: vec![],
+        backends: vec![Backend {
+            address: "10.0.0.1".parse().expect("ip"),
+            port: 8080,
+            weight: 1,
+            state: BackendState::Ready,
+        }],
+    }
+}
+
+#[test]
+fn invalid_service_is_refused_and_changes_nothing() {
+    let mut state = State::default();
+    state.apply(&Command::UpsertService(web())).expect("valid");
+    let before = state.clone();
+    let mut bad = web();
+    bad.backends[0].weight = MAX_WEIGHT + 1;
+    let err = state
+        .apply(&Command::UpsertService(bad))
+        .expect_err("weight too high");
+    assert!(err.to_string().contains("weight 65536"), "{err}");
+    assert_eq!(state.service(&web().key), before.service(&web().key));
+    assert_eq!(state.revision(), before.revision() + 1);
+}
+
+#[test]
+fn replace_backends_of_unknown_service_is_refused() {
+    let mut state = State::default();
+    let err = state
+        .apply(&Command::ReplaceBackends {
+            key: web().key,
+            backends: vec![],
+        })
+        .expect_err("unknown");
+    assert_eq!(err, ApplyError::UnknownService(web().key));
+    assert!(state.is_empty());
+}
+
+#[test]
+fn mixed_families_need_a_tunnel() {
+    let mut s = web();
+    s.backends[0].address = "fd00::1".parse().expect("ip");
+    assert!(matches!(
+        s.clone().normalize(),
+        Err(InvalidService::MixedFamily { .. })
+    ));
+    s.forwarding = Forwarding::Tunnel;
+    assert!(s.normalize().is_ok());
+}
+
+#[test]
+fn snapshot_of_a_newer_format_is_refused() {
+    use proto::Message;
+    let bytes = proto::state::v1::Snapshot {
+        format_version: 2,
+        revision: 0,
+        services: vec![],
+    }
+    .encode_to_vec();
+    let err = State::decode_snapshot(&bytes).expect_err("version 2");
+    assert!(err.to_string().contains("format version 2"), "{err}");
+}
+
+#[test]
+fn decoded_bad_address_names_the_field() {
+    use proto::Message;
+    let mut pb = service_to_pb(&web());
+    pb.backends[0].address = vec![1, 2, 3];
+    let bytes = proto::state::v1::Command {
+        kind: Some(proto::state::v1::command::Kind::UpsertService(
+            proto::state::v1::UpsertService { service: Some(pb) },
+        )),
+    }
+    .encode_to_vec();
+    let err = Command::decode(&bytes).expect_err("3-byte address");
+    assert_eq!(
+        err.to_string(),
+        "upsert_service.service.backends[0].address: an address is 4 or 16 bytes, not 3"
+    );
+}

@@ -1,0 +1,340 @@
+//! Conversions between the model and its protobuf form (`proto::state::v1`):
+//! the bytes of a log entry and of a snapshot.
+//!
+//! Decoding checks everything the model's types promise, because these bytes
+//! come from disk and from the network: a decoded value is as valid as one
+//! built in memory, and bad bytes give an error naming the field, never a
+//! panic.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use proto::Message;
+use proto::state::v1 as pb;
+
+use super::command::Command;
+use super::service::{
+    Backend, BackendState, Forwarding, InvalidService, Protocol, Scheduler, ServiceKey,
+    VirtualService,
+};
+use super::state::State;
+
+/// The snapshot format this build writes and reads.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+
+/// Why bytes could not be decoded into the model. Never retryable: the same
+/// bytes fail the same way.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The bytes are not the protobuf message (truncated or garbage).
+    #[error("not a valid {message} message: {source}")]
+    Protobuf {
+        message: &'static str,
+        #[source]
+        source: proto::prost::DecodeError,
+    },
+    /// A field holds a value the model does not allow.
+    #[error("{field}: {reason}")]
+    Field { field: String, reason: String },
+    /// The decoded service breaks the model's rules.
+    #[error(transparent)]
+    Invalid(#[from] InvalidService),
+    /// A snapshot written by a newer (or unknown) format.
+    #[error(
+        "snapshot format version {found} is not supported (this build reads {SNAPSHOT_FORMAT_VERSION})"
+    )]
+    SnapshotVersion { found: u32 },
+}
+
+fn field(field: impl Into<String>, reason: impl Into<String>) -> WireError {
+    WireError::Field {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+// ---- encoding -------------------------------------------------------------
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+fn key_to_pb(key: &ServiceKey) -> pb::ServiceKey {
+    pb::ServiceKey {
+        vip: ip_bytes(key.vip),
+        port: u32::from(key.port),
+        protocol: match key.protocol {
+            Protocol::Tcp => pb::Protocol::Tcp,
+            Protocol::Udp => pb::Protocol::Udp,
+            Protocol::Sctp => pb::Protocol::Sctp,
+        } as i32,
+    }
+}
+
+fn backend_to_pb(b: &Backend) -> pb::Backend {
+    pb::Backend {
+        address: ip_bytes(b.address),
+        port: u32::from(b.port),
+        weight: b.weight,
+        state: match b.state {
+            BackendState::Ready => pb::BackendState::Ready,
+            BackendState::Serving => pb::BackendState::Serving,
+            BackendState::Terminating => pb::BackendState::Terminating,
+            BackendState::NotReady => pb::BackendState::NotReady,
+        } as i32,
+    }
+}
+
+/// The protobuf form of a service, as the admin API also shows it.
+pub fn service_to_pb(s: &VirtualService) -> pb::VirtualService {
+    pb::VirtualService {
+        key: Some(key_to_pb(&s.key)),
+        name: s.name.clone(),
+        scheduler: scheduler_to_pb(s.scheduler) as i32,
+        persistence_timeout: s.persistence_timeout.unwrap_or(0),
+        forwarding: match s.forwarding {
+            Forwarding::Masquerade => pb::Forwarding::Masquerade,
+            Forwarding::Direct => pb::Forwarding::Direct,
+            Forwarding::Tunnel => pb::Forwarding::Tunnel,
+        } as i32,
+        allowed_sources: s
+            .allowed_sources
+            .iter()
+            .map(|n| pb::IpNet {
+                address: ip_bytes(n.addr()),
+                prefix_len: u32::from(n.prefix_len()),
+            })
+            .collect(),
+        backends: s.backends.iter().map(backend_to_pb).collect(),
+    }
+}
+
+fn scheduler_to_pb(s: Scheduler) -> pb::Scheduler {
+    match s {
+        Scheduler::Rr => pb::Scheduler::Rr,
+        Scheduler::Wrr => pb::Scheduler::Wrr,
+        Scheduler::Lc => pb::Scheduler::Lc,
+        Scheduler::Wlc => pb::Scheduler::Wlc,
+        Scheduler::Lblc => pb::Scheduler::Lblc,
+        Scheduler::Lblcr => pb::Scheduler::Lblcr,
+        Scheduler::Dh => pb::Scheduler::Dh,
+        Scheduler::Sh => pb::Scheduler::Sh,
+        Scheduler::Sed => pb::Scheduler::Sed,
+        Scheduler::Nq => pb::Scheduler::Nq,
+        Scheduler::Mh => pb::Scheduler::Mh,
+        Scheduler::Fo => pb::Scheduler::Fo,
+        Scheduler::Ovf => pb::Scheduler::Ovf,
+        Scheduler::Twos => pb::Scheduler::Twos,
+    }
+}
+
+fn command_to_pb(c: &Command) -> pb::Command {
+    use pb::command::Kind;
+    let kind = match c {
+        Command::UpsertService(s) => Kind::UpsertService(pb::UpsertService {
+            service: Some(service_to_pb(s)),
+        }),
+        Command::DeleteService(k) => Kind::DeleteService(pb::DeleteService {
+            key: Some(key_to_pb(k)),
+        }),
+        Command::ReplaceBackends { key, backends } => Kind::ReplaceBackends(pb::ReplaceBackends {
+            key: Some(key_to_pb(key)),
+            backends: backends.iter().map(backend_to_pb).collect(),
+        }),
+    };
+    pb::Command { kind: Some(kind) }
+}
+
+impl Command {
+    /// The bytes of this command as a log entry.
+    pub fn encode(&self) -> Vec<u8> {
+        command_to_pb(self).encode_to_vec()
+    }
+
+    /// Decodes a log entry; see the module docs for what is checked.
+    pub fn decode(bytes: &[u8]) -> Result<Command, WireError> {
+        let pb = pb::Command::decode(bytes).map_err(|source| WireError::Protobuf {
+            message: "lb.state.v1.Command",
+            source,
+        })?;
+        command_from_pb(pb)
+    }
+}
+
+impl State {
+    /// The bytes of a snapshot of this state.
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        pb::Snapshot {
+            format_version: SNAPSHOT_FORMAT_VERSION,
+            revision: self.revision(),
+            services: self.services().map(service_to_pb).collect(),
+        }
+        .encode_to_vec()
+    }
+
+    /// Restores a state from snapshot bytes; see the module docs.
+    pub fn decode_snapshot(bytes: &[u8]) -> Result<State, WireError> {
+        let pb = pb::Snapshot::decode(bytes).map_err(|source| WireError::Protobuf {
+            message: "lb.state.v1.Snapshot",
+            source,
+        })?;
+        if pb.format_version != SNAPSHOT_FORMAT_VERSION {
+            return Err(WireError::SnapshotVersion {
+                found: pb.format_version,
+            });
+        }
+        let mut services = BTreeMap::new();
+        for (i, s) in pb.services.into_iter().enumerate() {
+            let service = service_from_pb(s, &format!("services[{i}]"))?;
+            if services.insert(service.key, service).is_some() {
+                return Err(field(format!("services[{i}]"), "duplicate service key"));
+            }
+        }
+        Ok(State::from_parts(pb.revision, services))
+    }
+}
+
+// ---- decoding -------------------------------------------------------------
+
+fn ip_from(bytes: &[u8], at: &str) -> Result<IpAddr, WireError> {
+    if let Ok(b) = <[u8; 4]>::try_from(bytes) {
+        Ok(IpAddr::V4(Ipv4Addr::from(b)))
+    } else if let Ok(b) = <[u8; 16]>::try_from(bytes) {
+        Ok(IpAddr::V6(Ipv6Addr::from(b)))
+    } else {
+        Err(field(
+            at,
+            format!("an address is 4 or 16 bytes, not {}", bytes.len()),
+        ))
+    }
+}
+
+fn port_from(port: u32, at: &str) -> Result<u16, WireError> {
+    u16::try_from(port).map_err(|_| field(at, format!("port {port} is over 65535")))
+}
+
+fn key_from_pb(k: Option<pb::ServiceKey>, at: &str) -> Result<ServiceKey, WireError> {
+    let k = k.ok_or_else(|| field(at, "missing"))?;
+    let protocol = match pb::Protocol::try_from(k.protocol) {
+        Ok(pb::Protocol::Tcp) => Protocol::Tcp,
+        Ok(pb::Protocol::Udp) => Protocol::Udp,
+        Ok(pb::Protocol::Sctp) => Protocol::Sctp,
+        _ => {
+            return Err(field(
+                format!("{at}.protocol"),
+                format!("unknown protocol {}", k.protocol),
+            ));
+        }
+    };
+    Ok(ServiceKey {
+        vip: ip_from(&k.vip, &format!("{at}.vip"))?,
+        port: port_from(k.port, &format!("{at}.port"))?,
+        protocol,
+    })
+}
+
+fn backends_from_pb(list: Vec<pb::Backend>, at: &str) -> Result<Vec<Backend>, WireError> {
+    list.into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let at = format!("{at}.backends[{i}]");
+            let state = match pb::BackendState::try_from(b.state) {
+                Ok(pb::BackendState::Ready) => BackendState::Ready,
+                Ok(pb::BackendState::Serving) => BackendState::Serving,
+                Ok(pb::BackendState::Terminating) => BackendState::Terminating,
+                Ok(pb::BackendState::NotReady) => BackendState::NotReady,
+                _ => {
+                    return Err(field(
+                        format!("{at}.state"),
+                        format!("unknown backend state {}", b.state),
+                    ));
+                }
+            };
+            Ok(Backend {
+                address: ip_from(&b.address, &format!("{at}.address"))?,
+                port: port_from(b.port, &format!("{at}.port"))?,
+                weight: b.weight,
+                state,
+            })
+        })
+        .collect()
+}
+
+fn service_from_pb(s: pb::VirtualService, at: &str) -> Result<VirtualService, WireError> {
+    let key = key_from_pb(s.key, &format!("{at}.key"))?;
+    let scheduler = Scheduler::ALL
+        .into_iter()
+        .find(|v| scheduler_to_pb(*v) as i32 == s.scheduler)
+        .ok_or_else(|| {
+            field(
+                format!("{at}.scheduler"),
+                format!("unknown scheduler {}", s.scheduler),
+            )
+        })?;
+    let forwarding = match pb::Forwarding::try_from(s.forwarding) {
+        Ok(pb::Forwarding::Masquerade) => Forwarding::Masquerade,
+        Ok(pb::Forwarding::Direct) => Forwarding::Direct,
+        Ok(pb::Forwarding::Tunnel) => Forwarding::Tunnel,
+        _ => {
+            return Err(field(
+                format!("{at}.forwarding"),
+                format!("unknown forwarding method {}", s.forwarding),
+            ));
+        }
+    };
+    let allowed_sources = s
+        .allowed_sources
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let at = format!("{at}.allowed_sources[{i}]");
+            let addr = ip_from(&n.address, &at)?;
+            let prefix = u8::try_from(n.prefix_len)
+                .ok()
+                .and_then(|p| IpNet::new(addr, p).ok())
+                .ok_or_else(|| field(&at, format!("prefix length {} is too long", n.prefix_len)))?;
+            Ok(prefix)
+        })
+        .collect::<Result<Vec<_>, WireError>>()?;
+    let service = VirtualService {
+        key,
+        name: s.name,
+        scheduler,
+        persistence_timeout: (s.persistence_timeout != 0).then_some(s.persistence_timeout),
+        forwarding,
+        allowed_sources,
+        backends: backends_from_pb(s.backends, at)?,
+    };
+    Ok(service.normalize()?)
+}
+
+fn command_from_pb(c: pb::Command) -> Result<Command, WireError> {
+    use pb::command::Kind;
+    match c.kind {
+        Some(Kind::UpsertService(u)) => {
+            let s = u
+                .service
+                .ok_or_else(|| field("upsert_service.service", "missing"))?;
+            Ok(Command::UpsertService(service_from_pb(
+                s,
+                "upsert_service.service",
+            )?))
+        }
+        Some(Kind::DeleteService(d)) => Ok(Command::DeleteService(key_from_pb(
+            d.key,
+            "delete_service.key",
+        )?)),
+        Some(Kind::ReplaceBackends(r)) => Ok(Command::ReplaceBackends {
+            key: key_from_pb(r.key, "replace_backends.key")?,
+            backends: backends_from_pb(r.backends, "replace_backends")?,
+        }),
+        None => Err(field(
+            "kind",
+            "no command kind this build knows (written by a newer version?)",
+        )),
+    }
+}
