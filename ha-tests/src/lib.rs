@@ -1,1 +1,207 @@
+//! Support for end-to-end tests and failover drills: real `lb-node`
+//! processes started from the workspace's built binaries, their logs
+//! captured, their admin API at hand.
+//!
+//! The binaries are taken from `LB_NODE_BIN` / `LBCTL_BIN` when set, or
+//! else from the target directory this test binary was built into; build
+//! them first with `cargo build --workspace --bins` (the test command in the
+//! README does).
 
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use proto::admin::v1::admin_client::AdminClient;
+use tonic::transport::Channel;
+
+/// Path of a workspace binary (`lb-node`, `lbctl`).
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let var = format!("{}_BIN", name.to_ascii_uppercase().replace('-', "_"));
+    if let Ok(path) = std::env::var(&var) {
+        return Ok(PathBuf::from(path));
+    }
+    // Test binaries live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe()?;
+    let candidates = exe
+        .ancestors()
+        .skip(1)
+        .take(3)
+        .map(|dir| dir.join(name))
+        .collect::<Vec<_>>();
+    candidates.iter().find(|p| p.is_file()).cloned().with_context(|| {
+        format!("{name} is not built (looked in {candidates:?}); run `cargo build --workspace --bins` or set {var}")
+    })
+}
+
+/// A running `lb-node` process. Killed when dropped.
+#[derive(Debug)]
+pub struct Member {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    /// The admin API's address, as the member reported it.
+    pub admin: SocketAddr,
+}
+
+impl Member {
+    /// Starts `lb-node --config <config>` and waits until its admin API
+    /// listens. The config may use port 0 for the admin API: the real
+    /// address is read from the member's start-up log line.
+    pub fn start(config: &Path) -> anyhow::Result<Member> {
+        let mut child = Command::new(binary("lb-node")?)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start lb-node")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("HA_TESTS_ECHO").is_some() {
+                    eprintln!("[lb-node] {line}");
+                }
+                let mut log = sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut member = Member {
+            child,
+            log,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let line = member.wait_for_log("lb-node starting", Duration::from_secs(20))?;
+        let addr = line
+            .split("admin=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .context("start-up line names no admin address")?;
+        member.admin = addr.parse().with_context(|| format!("bad admin address {addr:?}"))?;
+        Ok(member)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the member logged so far.
+    pub fn log(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits until a log line contains `needle`, and returns that line. Fails
+    /// early if the member exits.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
+                return Ok(line.to_owned());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("lb-node exited ({status}) before logging {needle:?}:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                bail!("lb-node did not log {needle:?} within {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, `KILL`).
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{name} {} failed", self.child.id());
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("lb-node did not exit within {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A client of the member's admin API.
+    pub async fn client(&self) -> anyhow::Result<AdminClient<Channel>> {
+        let channel = Channel::from_shared(format!("http://{}", self.admin))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await?;
+        Ok(AdminClient::new(channel))
+    }
+
+    /// Runs `lbctl` against this member and returns (exit code, stdout,
+    /// stderr).
+    pub fn lbctl(&self, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+        let out = Command::new(binary("lbctl")?)
+            .arg("--endpoint")
+            .arg(format!("http://{}", self.admin))
+            .args(args)
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` with
+/// `what` in the message.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what} (last error: {last_error:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes a file the way editors do: a new file renamed over the old one.
+pub fn replace_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

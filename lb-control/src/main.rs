@@ -1,1 +1,248 @@
-fn main() {}
+//! `lbctl`: the admin command line of the load-balancer appliance. One
+//! subcommand per admin call; readable tables by default, `-o json` for
+//! scripts; several `--endpoint`s are tried in turn.
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use proto::admin::v1 as pb;
+use proto::admin::v1::admin_client::AdminClient;
+use proto::state::v1 as state;
+use serde_json::json;
+use tonic::transport::Channel;
+
+#[derive(Parser, Debug)]
+#[command(name = "lbctl", version, about = "Admin command line of the lb-node appliance")]
+struct Args {
+    /// Admin API of a member; repeat to try several in turn.
+    #[arg(long, short, global = true, default_value = "http://127.0.0.1:9443")]
+    endpoint: Vec<String>,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// What the member is and does: source, state and dataplane.
+    Status,
+    /// The service table, or one service with its backends.
+    Services {
+        /// Show only the service with this name.
+        name: Option<String>,
+    },
+}
+
+/// Exit codes: 0 done, 1 no member answered, 2 bad usage (clap), 4 not found.
+const EXIT_UNREACHABLE: u8 = 1;
+const EXIT_NOT_FOUND: u8 = 4;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut last_error = String::from("no endpoint given");
+    for endpoint in &args.endpoint {
+        let channel = match connect(endpoint).await {
+            Ok(c) => c,
+            Err(e) => {
+                last_error = format!("{endpoint}: {e}");
+                continue;
+            }
+        };
+        let mut client = AdminClient::new(channel);
+        let result = match &args.command {
+            Command::Status => client
+                .get_status(pb::GetStatusRequest {})
+                .await
+                .map(|r| print_status(&r.into_inner(), args.output)),
+            Command::Services { name } => client
+                .list_services(pb::ListServicesRequest { name: name.clone().unwrap_or_default() })
+                .await
+                .map(|r| print_services(&r.into_inner().services, args.output, name.is_some())),
+        };
+        match result {
+            Ok(()) => return ExitCode::SUCCESS,
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                eprintln!("lbctl: {}", status.message());
+                return ExitCode::from(EXIT_NOT_FOUND);
+            }
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                last_error = format!("{endpoint}: {}", status.message());
+            }
+            Err(status) => {
+                eprintln!("lbctl: {endpoint}: {}", status.message());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    eprintln!("lbctl: no member answered: {last_error}");
+    ExitCode::from(EXIT_UNREACHABLE)
+}
+
+async fn connect(endpoint: &str) -> Result<Channel, String> {
+    Channel::from_shared(endpoint.to_owned())
+        .map_err(|e| format!("not a URL: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| match std::error::Error::source(&e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        })
+}
+
+fn when(unix_ms: i64) -> String {
+    if unix_ms == 0 {
+        return "never".into();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    format!("{:.1}s ago", (now - unix_ms).max(0) as f64 / 1000.0)
+}
+
+fn print_status(s: &pb::GetStatusResponse, output: Output) {
+    let source = s.source.clone().unwrap_or_default();
+    let dp = s.dataplane.clone().unwrap_or_default();
+    match output {
+        Output::Json => println!(
+            "{}",
+            json!({
+                "node_id": s.node_id,
+                "version": s.version,
+                "revision": s.revision,
+                "services": s.services,
+                "source": {
+                    "kind": source.kind,
+                    "location": source.location,
+                    "last_loaded_unix_ms": source.last_loaded_unix_ms,
+                    "last_error": source.last_error,
+                },
+                "dataplane": {
+                    "kind": dp.kind,
+                    "last_sync_unix_ms": dp.last_sync_unix_ms,
+                    "last_sync_ops": dp.last_sync_ops,
+                    "last_error": dp.last_error,
+                    "programmed_services": dp.programmed_services,
+                    "programmed_destinations": dp.programmed_destinations,
+                },
+            })
+        ),
+        Output::Table => {
+            println!("node       {} (lb-node {})", s.node_id, s.version);
+            println!("revision   {}", s.revision);
+            println!("services   {}", s.services);
+            println!(
+                "source     {} {} (loaded {}){}",
+                source.kind,
+                source.location,
+                when(source.last_loaded_unix_ms),
+                if source.last_error.is_empty() { String::new() } else { format!("\n  error    {}", source.last_error) }
+            );
+            println!(
+                "dataplane  {}: {} services, {} destinations (synced {}, {} ops){}",
+                dp.kind,
+                dp.programmed_services,
+                dp.programmed_destinations,
+                when(dp.last_sync_unix_ms),
+                dp.last_sync_ops,
+                if dp.last_error.is_empty() { String::new() } else { format!("\n  error    {}", dp.last_error) }
+            );
+        }
+    }
+}
+
+fn ip(bytes: &[u8]) -> String {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).map(|b| IpAddr::from(b).to_string()).unwrap_or_default(),
+        16 => <[u8; 16]>::try_from(bytes).map(|b| IpAddr::from(b).to_string()).unwrap_or_default(),
+        _ => format!("<{} bytes>", bytes.len()),
+    }
+}
+
+fn socket(bytes: &[u8], port: u32) -> String {
+    if bytes.len() == 16 { format!("[{}]:{port}", ip(bytes)) } else { format!("{}:{port}", ip(bytes)) }
+}
+
+fn enum_name(full: &str, prefix: &str) -> String {
+    full.strip_prefix(prefix).unwrap_or(full).to_ascii_lowercase().replace('_', "-")
+}
+
+fn protocol(p: i32) -> String {
+    state::Protocol::try_from(p).map(|p| enum_name(p.as_str_name(), "PROTOCOL_")).unwrap_or_else(|_| p.to_string())
+}
+
+fn scheduler(p: i32) -> String {
+    state::Scheduler::try_from(p).map(|p| enum_name(p.as_str_name(), "SCHEDULER_")).unwrap_or_else(|_| p.to_string())
+}
+
+fn forwarding(p: i32) -> String {
+    state::Forwarding::try_from(p).map(|p| enum_name(p.as_str_name(), "FORWARDING_")).unwrap_or_else(|_| p.to_string())
+}
+
+fn backend_state(p: i32) -> String {
+    state::BackendState::try_from(p).map(|p| enum_name(p.as_str_name(), "BACKEND_STATE_")).unwrap_or_else(|_| p.to_string())
+}
+
+fn print_services(services: &[state::VirtualService], output: Output, detailed: bool) {
+    match output {
+        Output::Json => {
+            let list: Vec<_> = services
+                .iter()
+                .map(|s| {
+                    let key = s.key.clone().unwrap_or_default();
+                    json!({
+                        "name": s.name,
+                        "vip": ip(&key.vip),
+                        "port": key.port,
+                        "protocol": protocol(key.protocol),
+                        "scheduler": scheduler(s.scheduler),
+                        "persistence_timeout": s.persistence_timeout,
+                        "forwarding": forwarding(s.forwarding),
+                        "allowed_sources": s.allowed_sources.iter().map(|n| format!("{}/{}", ip(&n.address), n.prefix_len)).collect::<Vec<_>>(),
+                        "backends": s.backends.iter().map(|b| json!({
+                            "address": ip(&b.address),
+                            "port": b.port,
+                            "weight": b.weight,
+                            "state": backend_state(b.state),
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(list));
+        }
+        Output::Table => {
+            println!("{:<20} {:<5} {:<30} {:<6} {:<11} {:>8}", "NAME", "PROTO", "VIP", "SCHED", "FORWARDING", "BACKENDS");
+            for s in services {
+                let key = s.key.clone().unwrap_or_default();
+                let ready = s.backends.iter().filter(|b| b.state == state::BackendState::Ready as i32).count();
+                println!(
+                    "{:<20} {:<5} {:<30} {:<6} {:<11} {:>8}",
+                    s.name,
+                    protocol(key.protocol),
+                    socket(&key.vip, key.port),
+                    scheduler(s.scheduler),
+                    forwarding(s.forwarding),
+                    format!("{ready}/{}", s.backends.len())
+                );
+                if detailed {
+                    for b in &s.backends {
+                        println!("  -> {:<40} weight {:<5} {}", socket(&b.address, b.port), b.weight, backend_state(b.state));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,6 +1,18 @@
 //! lb-node: one member of the load-balancer appliance.
 //!
-//! See ARCHITECTURE.md for the shape; `app` wires the tasks together.
+//! See ARCHITECTURE.md for the shape; [`app`] wires the tasks together.
+//!
+//! - [`model`]: the replicated service table (pure);
+//! - [`dataplane`]: plan and program the kernel's table;
+//! - [`source`]: where desired state comes from;
+//! - [`replication`]: how commands become committed state;
+//! - [`admin`]: the gRPC admin API;
+//! - [`config`]: the member's configuration file.
 
+pub mod admin;
+pub mod app;
+pub mod config;
 pub mod dataplane;
 pub mod model;
+pub mod replication;
+pub mod source;

@@ -1,1 +1,123 @@
-fn main() {}
+//! The `lb-node` binary: parse arguments, set up logging, load the
+//! configuration, then run the member (`app::run`) or print its plan.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use lb_node::config::{Config, SourceConfig};
+use lb_node::dataplane::{Table, ipvsadm_rules};
+use lb_node::model::{State, commands_towards};
+use lb_node::source::file::load_services;
+
+/// One member of the load-balancer appliance.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The member's configuration file.
+    #[arg(long, short, global = true, default_value = "/etc/lb-node/lb-node.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the member (the default).
+    Run,
+    /// Print the table this member would program, in `ipvsadm -Sn` form,
+    /// without touching the kernel.
+    Plan,
+}
+
+/// Exit code for a configuration error, distinct from a runtime failure.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("lb-node: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match args.command.unwrap_or(Command::Run) {
+        Command::Plan => plan(&config),
+        Command::Run => run(config),
+    }
+}
+
+fn plan(config: &Config) -> ExitCode {
+    let SourceConfig::File { path, .. } = &config.source;
+    let services = match load_services(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("lb-node: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut state = State::default();
+    for c in commands_towards(&State::default(), services) {
+        if let Err(e) = state.apply(&c) {
+            eprintln!("lb-node: configuration error: {}: {e}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    print!("{}", ipvsadm_rules(&Table::from_state(&state)));
+    ExitCode::SUCCESS
+}
+
+fn run(config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lb-node: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.admin.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on admin.listen {}: {e}", config.admin.listen))?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        lb_node::app::run(config, listener, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            if e.downcast_ref::<lb_node::config::ConfigError>().is_some() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// SIGTERM or SIGINT: stop gracefully.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        error!("cannot listen for SIGTERM/SIGINT");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: stopping"),
+        _ = int.recv() => info!("SIGINT: stopping"),
+    }
+    shutdown.cancel();
+}

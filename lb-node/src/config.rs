@@ -1,0 +1,268 @@
+//! The member's configuration file: parsing, defaults and validation.
+//!
+//! Every field is checked here, before anything starts; an error names the
+//! file and the field's path (`dataplane.repair_interval`), so a typo stops
+//! the member at once with a message that says where to look.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// An error in a configuration or services file. Never retryable: the file
+/// must be fixed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Path of the offending field, such as `service[1].backend[0].port`;
+    /// empty when the file as a whole is the problem.
+    pub field: String,
+    /// The service's name, when the field belongs to one.
+    pub service: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        if let Some(name) = &self.service {
+            write!(f, " (service {name:?})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl ConfigError {
+    pub fn new(file: &Path, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_owned(),
+            field: field.into(),
+            service: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads a TOML file into `T`, naming the field's path on a type error or
+/// an unknown field.
+pub fn read_toml<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| ConfigError::new(file, "", format!("cannot read: {e}")))?;
+    parse_toml(&text, file)
+}
+
+/// Parses TOML text into `T`; see [`read_toml`].
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| ConfigError::new(file, "", format!("not valid TOML: {}", one_line(&e.to_string()))))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut field = e.path().to_string();
+        if field == "." {
+            field.clear();
+        }
+        let message = one_line(&e.into_inner().to_string());
+        // serde reports a missing field at its parent; name the field itself.
+        if let Some(missing) = message
+            .split("missing field `")
+            .nth(1)
+            .and_then(|rest| rest.split('`').next())
+        {
+            if !field.is_empty() {
+                field.push('.');
+            }
+            field.push_str(missing);
+        }
+        ConfigError::new(file, field, message)
+    })
+}
+
+/// toml's messages span several lines (with a source excerpt); a log line
+/// and an exit message want one.
+fn one_line(message: &str) -> String {
+    let is_excerpt = |line: &str| {
+        let rest = line.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start();
+        rest.starts_with('|')
+    };
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !is_excerpt(l))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Parses a duration written as `500ms`, `1s`, `2m`.
+pub fn parse_duration(text: &str, file: &Path, field: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text)
+        .map_err(|e| ConfigError::new(file, field, format!("{text:?} is not a duration like \"500ms\" or \"30s\": {e}")))
+}
+
+/// Where the member keeps IPVS state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataplaneKind {
+    /// In memory only: nothing reaches the kernel. For machines without
+    /// IPVS and for tests.
+    Memory,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    pub kind: DataplaneKind,
+    /// How often the dataplane is dumped and compared with the state, which
+    /// repairs changes made by hand.
+    pub repair_interval: Duration,
+}
+
+/// Where the desired service table comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceConfig {
+    /// A services file, reloaded on SIGHUP and when it changes.
+    File {
+        path: PathBuf,
+        check_interval: Duration,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+/// A member's validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: PathBuf,
+    pub node_id: u64,
+    pub dataplane: DataplaneConfig,
+    pub source: SourceConfig,
+    pub admin: AdminConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: RawNode,
+    #[serde(default)]
+    dataplane: RawDataplane,
+    source: RawSource,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDataplane {
+    kind: String,
+    repair_interval: String,
+}
+
+impl Default for RawDataplane {
+    fn default() -> Self {
+        Self {
+            kind: "memory".into(),
+            repair_interval: "30s".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    file: Option<RawFileSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFileSource {
+    path: PathBuf,
+    #[serde(default = "default_check_interval")]
+    check_interval: String,
+}
+
+fn default_check_interval() -> String {
+    "1s".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9443".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a member's configuration file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = read_toml(file)?;
+        Self::validate(raw, file)
+    }
+
+    fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigError> {
+        if raw.node.id == 0 {
+            return Err(ConfigError::new(file, "node.id", "must be 1 or more (0 is not a valid Raft id)"));
+        }
+        let kind = match raw.dataplane.kind.as_str() {
+            "memory" => DataplaneKind::Memory,
+            "ipvs" | "auto" => {
+                return Err(ConfigError::new(
+                    file,
+                    "dataplane.kind",
+                    format!("{:?}: the IPVS dataplane is not part of this build yet; use \"memory\"", raw.dataplane.kind),
+                ));
+            }
+            other => {
+                return Err(ConfigError::new(
+                    file,
+                    "dataplane.kind",
+                    format!("unknown dataplane {other:?}; expected \"memory\""),
+                ));
+            }
+        };
+        let repair_interval = parse_duration(&raw.dataplane.repair_interval, file, "dataplane.repair_interval")?;
+        if repair_interval < Duration::from_secs(1) {
+            return Err(ConfigError::new(file, "dataplane.repair_interval", "must be at least 1s: a full dump costs as much as the table is big"));
+        }
+        let Some(source) = raw.source.file else {
+            return Err(ConfigError::new(file, "source", "no source configured; add a [source.file] section"));
+        };
+        let check_interval = parse_duration(&source.check_interval, file, "source.file.check_interval")?;
+        if check_interval < Duration::from_millis(100) {
+            return Err(ConfigError::new(file, "source.file.check_interval", "must be at least 100ms"));
+        }
+        // A relative path is relative to the configuration file, so the
+        // example works from any working directory.
+        let path = match file.parent() {
+            Some(dir) if source.path.is_relative() => dir.join(&source.path),
+            _ => source.path,
+        };
+        let listen: SocketAddr = raw.admin.listen.parse().map_err(|_| {
+            ConfigError::new(file, "admin.listen", format!("{:?} is not an address:port like \"127.0.0.1:9443\"", raw.admin.listen))
+        })?;
+        Ok(Config {
+            file: file.to_owned(),
+            node_id: raw.node.id,
+            dataplane: DataplaneConfig { kind, repair_interval },
+            source: SourceConfig::File { path, check_interval },
+            admin: AdminConfig { listen },
+        })
+    }
+}

@@ -1,0 +1,327 @@
+//! The standalone source: a services file (TOML), as keepalived or Seesaw
+//! users write them. Documented field by field in
+//! `deploy/examples/services.toml`.
+//!
+//! `parse_services` is pure and checks every field; `run` is the task that
+//! reloads the file on SIGHUP and when its content changes, and proposes only
+//! the difference. A file that fails to parse on reload is logged with the
+//! service and field and changes nothing: the running table stays.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use tokio::signal::unix::Signal;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::{ConfigError, parse_toml};
+use crate::dataplane::reconcile::unix_ms;
+use crate::model::{
+    Backend, BackendState, Forwarding, InvalidService, Protocol, Scheduler, State, VirtualService,
+    commands_towards,
+};
+use crate::replication::Proposer;
+use crate::source::SourceStatus;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    vip: String,
+    port: i64,
+    #[serde(default = "default_protocol")]
+    protocol: String,
+    #[serde(default = "default_scheduler")]
+    scheduler: String,
+    #[serde(default)]
+    persistence_timeout: i64,
+    #[serde(default = "default_forwarding")]
+    forwarding: String,
+    #[serde(default)]
+    allowed_sources: Vec<String>,
+    #[serde(default)]
+    backend: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    address: String,
+    port: Option<i64>,
+    #[serde(default = "default_weight")]
+    weight: i64,
+    #[serde(default = "default_state")]
+    state: String,
+}
+
+fn default_protocol() -> String {
+    "tcp".into()
+}
+fn default_scheduler() -> String {
+    "wlc".into()
+}
+fn default_forwarding() -> String {
+    "masquerade".into()
+}
+fn default_weight() -> i64 {
+    1
+}
+fn default_state() -> String {
+    "ready".into()
+}
+
+/// Reads and checks a services file.
+pub fn load_services(file: &Path) -> Result<Vec<VirtualService>, ConfigError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| ConfigError::new(file, "", format!("cannot read: {e}")))?;
+    parse_services(&text, file)
+}
+
+/// Parses and checks the text of a services file; `file` is only for
+/// messages. Services come back in file order, each valid for the model.
+pub fn parse_services(text: &str, file: &Path) -> Result<Vec<VirtualService>, ConfigError> {
+    let raw: RawFile = parse_toml(text, file).map_err(|mut e| {
+        e.service = service_name_of(text, &e.field);
+        e
+    })?;
+    let mut services = Vec::with_capacity(raw.service.len());
+    let mut by_key = HashMap::new();
+    let mut by_name = HashMap::new();
+    for (i, raw) in raw.service.into_iter().enumerate() {
+        let at = format!("service[{i}]");
+        let name = raw.name.clone();
+        let err = |field: &str, message: String| ConfigError {
+            file: file.to_owned(),
+            field: format!("{at}.{field}"),
+            service: Some(name.clone()),
+            message,
+        };
+        let service = check_service(raw, &err)?;
+        if let Some(first) = by_name.insert(service.name.clone(), i) {
+            return Err(err("name", format!("service[{first}] has the same name")));
+        }
+        if let Some(first) = by_key.insert(service.key, i) {
+            return Err(err(
+                "vip",
+                format!("duplicate service: service[{first}] already serves {}", service.key),
+            ));
+        }
+        services.push(service);
+    }
+    Ok(services)
+}
+
+fn port(value: i64, field: &str, err: &impl Fn(&str, String) -> ConfigError) -> Result<u16, ConfigError> {
+    u16::try_from(value)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| err(field, format!("{value} is not a port (1-65535)")))
+}
+
+fn address(text: &str, field: &str, err: &impl Fn(&str, String) -> ConfigError) -> Result<IpAddr, ConfigError> {
+    text.parse()
+        .map_err(|_| err(field, format!("{text:?} is not an IPv4 or IPv6 address")))
+}
+
+fn check_service(
+    raw: RawService,
+    err: &impl Fn(&str, String) -> ConfigError,
+) -> Result<VirtualService, ConfigError> {
+    if raw.name.trim().is_empty() {
+        return Err(err("name", "must not be empty".into()));
+    }
+    let vip = address(&raw.vip, "vip", err)?;
+    let service_port = port(raw.port, "port", err)?;
+    let protocol: Protocol = raw.protocol.parse().map_err(|e| err("protocol", format!("{e}")))?;
+    let scheduler: Scheduler = raw.scheduler.parse().map_err(|e| err("scheduler", format!("{e}")))?;
+    let forwarding: Forwarding = raw.forwarding.parse().map_err(|e| err("forwarding", format!("{e}")))?;
+    let persistence_timeout = match u32::try_from(raw.persistence_timeout) {
+        Ok(0) => None,
+        Ok(t) if t <= crate::model::MAX_PERSISTENCE_TIMEOUT => Some(t),
+        _ => {
+            return Err(err(
+                "persistence_timeout",
+                format!(
+                    "{} is out of range 0-{} seconds (0 turns persistence off)",
+                    raw.persistence_timeout,
+                    crate::model::MAX_PERSISTENCE_TIMEOUT
+                ),
+            ));
+        }
+    };
+    let mut allowed_sources = Vec::with_capacity(raw.allowed_sources.len());
+    for (j, text) in raw.allowed_sources.iter().enumerate() {
+        let field = format!("allowed_sources[{j}]");
+        let net = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| err(&field, format!("{text:?} is not a network like \"10.0.0.0/8\" or an address")))?;
+        if net.trunc() != net {
+            return Err(err(&field, format!("{text:?} has host bits set; did you mean {}?", net.trunc())));
+        }
+        allowed_sources.push(net);
+    }
+    let mut backends = Vec::with_capacity(raw.backend.len());
+    for (j, b) in raw.backend.into_iter().enumerate() {
+        let at = format!("backend[{j}]");
+        let address = address(&b.address, &format!("{at}.address"), err)?;
+        let port = match b.port {
+            Some(p) => port(p, &format!("{at}.port"), err)?,
+            None => service_port,
+        };
+        let weight = u32::try_from(b.weight)
+            .ok()
+            .filter(|w| *w <= crate::model::MAX_WEIGHT)
+            .ok_or_else(|| err(&format!("{at}.weight"), format!("{} is out of range 0-{}", b.weight, crate::model::MAX_WEIGHT)))?;
+        let state: BackendState = b.state.parse().map_err(|e| err(&format!("{at}.state"), format!("{e}")))?;
+        backends.push(Backend { address, port, weight, state });
+    }
+    let positions: Vec<(IpAddr, u16)> = backends.iter().map(Backend::endpoint).collect();
+    let service = VirtualService {
+        key: crate::model::ServiceKey { vip, port: service_port, protocol },
+        name: raw.name,
+        scheduler,
+        persistence_timeout,
+        forwarding,
+        allowed_sources,
+        backends,
+    };
+    // The model's own rules (address families, duplicates) come last; map
+    // their error back to the field in the file.
+    service.normalize().map_err(|e| {
+        let backend_field = |text: &str| {
+            positions
+                .iter()
+                .position(|(a, p)| crate::model::SocketText(*a, *p).to_string() == text)
+                .map(|j| format!("backend[{j}]"))
+                .unwrap_or_else(|| "backend".into())
+        };
+        let field = match &e {
+            InvalidService::BadVip { .. } => "vip".to_owned(),
+            InvalidService::MixedFamily { backend, .. } => format!("{}.address", backend_field(backend)),
+            InvalidService::BadBackendAddress { backend, .. } => format!("{}.address", backend_field(backend)),
+            InvalidService::DuplicateBackend { backend, .. } => {
+                // The second occurrence is the offending one.
+                let j = positions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (a, p))| crate::model::SocketText(*a, *p).to_string() == *backend)
+                    .map(|(j, _)| j)
+                    .nth(1)
+                    .unwrap_or(0);
+                format!("backend[{j}]")
+            }
+            _ => String::new(),
+        };
+        err(&field, e.to_string())
+    })
+}
+
+/// For a serde error at `service[3].…`, the name of service 3 if the text
+/// has one, so the message names the service an operator knows.
+fn service_name_of(text: &str, field: &str) -> Option<String> {
+    let index: usize = field.strip_prefix("service[")?.split(']').next()?.parse().ok()?;
+    let value: toml::Table = toml::from_str(text).ok()?;
+    value
+        .get("service")?
+        .as_array()?
+        .get(index)?
+        .get("name")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Keeps the table equal to the services file until `shutdown`.
+///
+/// The file is checked every `check_interval` (its content, not its time
+/// stamp, so an editor's rename-over counts as a change and a `touch` does
+/// not) and on every SIGHUP, which reloads even an unchanged file.
+pub async fn run(
+    path: PathBuf,
+    check_interval: Duration,
+    mut hangups: Signal,
+    proposer: Proposer,
+    states: watch::Receiver<Arc<State>>,
+    status: watch::Sender<SourceStatus>,
+    shutdown: CancellationToken,
+) {
+    let mut last_text: Option<String> = None;
+    let mut ticker = tokio::time::interval(check_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let forced = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => false,
+            _ = hangups.recv() => {
+                info!(file = %path.display(), "SIGHUP: reloading the services file");
+                true
+            }
+        };
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(text) => text,
+            Err(e) => {
+                let e = ConfigError::new(&path, "", format!("cannot read: {e}"));
+                report_failure(&status, &e, &mut last_text, None);
+                continue;
+            }
+        };
+        if !forced && last_text.as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        match parse_services(&text, &path) {
+            Ok(services) => {
+                let commands = commands_towards(&states.borrow(), services.iter().cloned());
+                let count = commands.len();
+                match proposer.propose(commands).await {
+                    Ok(_) => {
+                        if count > 0 {
+                            info!(file = %path.display(), commands = count, services = services.len(), "services file loaded");
+                        }
+                        last_text = Some(text);
+                        status.send_modify(|s| {
+                            s.last_loaded_unix_ms = unix_ms(SystemTime::now());
+                            s.last_error.clear();
+                        });
+                    }
+                    Err(e) => {
+                        // Not committed: try again at the next check.
+                        error!(file = %path.display(), error = %e, "could not commit the services file's changes; retrying");
+                        last_text = None;
+                        status.send_modify(|s| s.last_error = e.to_string());
+                    }
+                }
+            }
+            Err(e) => report_failure(&status, &e, &mut last_text, Some(text)),
+        }
+    }
+}
+
+fn report_failure(
+    status: &watch::Sender<SourceStatus>,
+    e: &ConfigError,
+    last_text: &mut Option<String>,
+    text: Option<String>,
+) {
+    let message = e.to_string();
+    // Log a failure once, not at every check while it lasts.
+    if status.borrow().last_error != message {
+        error!(error = %message, "services file rejected; the running table is kept");
+    }
+    if text.is_some() {
+        *last_text = text;
+    }
+    status.send_modify(|s| s.last_error = message);
+}

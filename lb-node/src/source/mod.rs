@@ -1,0 +1,20 @@
+//! Where desired state comes from. A source runs only where it may propose
+//! (today: the single standalone member; with Raft: the leader), turns what
+//! it reads into `Command`s and proposes only differences.
+//!
+//! - `file`: the standalone services file.
+
+pub mod file;
+
+/// What a source last did, for status and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceStatus {
+    /// "file" (later "kubernetes").
+    pub kind: &'static str,
+    /// The file path or API server address.
+    pub location: String,
+    /// Unix milliseconds of the last successful load; 0 if none yet.
+    pub last_loaded_unix_ms: i64,
+    /// Empty when the last load succeeded.
+    pub last_error: String,
+}
