@@ -68,7 +68,9 @@ impl Member {
                 if std::env::var_os("HA_TESTS_ECHO").is_some() {
                     eprintln!("[lb-node] {line}");
                 }
-                let mut log = sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut log = sink
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 log.push_str(&line);
                 log.push('\n');
             }
@@ -84,7 +86,9 @@ impl Member {
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .context("start-up line names no admin address")?;
-        member.admin = addr.parse().with_context(|| format!("bad admin address {addr:?}"))?;
+        member.admin = addr
+            .parse()
+            .with_context(|| format!("bad admin address {addr:?}"))?;
         Ok(member)
     }
 
@@ -109,10 +113,16 @@ impl Member {
                 return Ok(line.to_owned());
             }
             if let Some(status) = self.child.try_wait()? {
-                bail!("lb-node exited ({status}) before logging {needle:?}:\n{}", self.log());
+                bail!(
+                    "lb-node exited ({status}) before logging {needle:?}:\n{}",
+                    self.log()
+                );
             }
             if Instant::now() > deadline {
-                bail!("lb-node did not log {needle:?} within {timeout:?}:\n{}", self.log());
+                bail!(
+                    "lb-node did not log {needle:?} within {timeout:?}:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

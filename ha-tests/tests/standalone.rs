@@ -11,7 +11,9 @@ use ha_tests::{Member, eventually, replace_file};
 use proto::admin::v1 as pb;
 
 fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples")
+        .join(name)
 }
 
 /// The example member config and services file in a temp dir, with the
@@ -20,8 +22,14 @@ fn setup(check_interval: &str) -> anyhow::Result<(tempfile::TempDir, PathBuf, Pa
     let dir = tempfile::tempdir()?;
     let config = std::fs::read_to_string(example("standalone.toml"))?
         .replace("127.0.0.1:9443", "127.0.0.1:0")
-        .replace("check_interval = \"1s\"", &format!("check_interval = \"{check_interval}\""));
-    anyhow::ensure!(config.contains(check_interval), "example config changed shape");
+        .replace(
+            "check_interval = \"1s\"",
+            &format!("check_interval = \"{check_interval}\""),
+        );
+    anyhow::ensure!(
+        config.contains(check_interval),
+        "example config changed shape"
+    );
     let config_path = dir.path().join("lb-node.toml");
     std::fs::write(&config_path, config)?;
     let services = dir.path().join("services.toml");
@@ -39,8 +47,17 @@ async fn services(member: &Member) -> anyhow::Result<Vec<proto::state::v1::Virtu
         .services)
 }
 
-fn weight_of(services: &[proto::state::v1::VirtualService], name: &str, backend: usize) -> Option<u32> {
-    services.iter().find(|s| s.name == name)?.backends.get(backend).map(|b| b.weight)
+fn weight_of(
+    services: &[proto::state::v1::VirtualService],
+    name: &str,
+    backend: usize,
+) -> Option<u32> {
+    services
+        .iter()
+        .find(|s| s.name == name)?
+        .backends
+        .get(backend)
+        .map(|b| b.weight)
 }
 
 #[tokio::test]
@@ -53,13 +70,22 @@ async fn member_serves_the_example_and_lbctl_shows_it() -> anyhow::Result<()> {
     assert!(out.contains("services   3"), "{out}");
     let (code, out, err) = member.lbctl(&["services", "web"])?;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("198.51.100.11:8080") && out.contains("weight 3"), "{out}");
+    assert!(
+        out.contains("198.51.100.11:8080") && out.contains("weight 3"),
+        "{out}"
+    );
     let (code, _, err) = member.lbctl(&["services", "no-such-service"])?;
     assert_eq!(code, 4, "not found has its own exit code");
-    assert!(err.contains("no service named \"no-such-service\""), "{err}");
+    assert!(
+        err.contains("no service named \"no-such-service\""),
+        "{err}"
+    );
     let (code, out, _) = member.lbctl(&["-o", "json", "status"])?;
     assert_eq!(code, 0);
-    assert!(out.contains("\"programmed_destinations\":6"), "the dataplane holds every destination: {out}");
+    assert!(
+        out.contains("\"programmed_destinations\":6"),
+        "the dataplane holds every destination: {out}"
+    );
 
     // SIGTERM stops it cleanly.
     member.signal("TERM")?;
@@ -82,7 +108,12 @@ async fn edits_are_applied_and_a_broken_file_keeps_the_table() -> anyhow::Result
     })
     .await?;
     // It cost one command and one dataplane operation, not a reload of everything.
-    let status = member.client().await?.get_status(pb::GetStatusRequest {}).await?.into_inner();
+    let status = member
+        .client()
+        .await?
+        .get_status(pb::GetStatusRequest {})
+        .await?
+        .into_inner();
     assert_eq!(status.dataplane.context("dataplane")?.last_sync_ops, 1);
 
     // A broken file: the error names the service and the field, and the
@@ -91,21 +122,50 @@ async fn edits_are_applied_and_a_broken_file_keeps_the_table() -> anyhow::Result
     let broken = edited.replacen("port = 53", "port = 70000", 1);
     replace_file(&services_path, &broken)?;
     let line = member.wait_for_log("services file rejected", Duration::from_secs(10))?;
-    assert!(line.contains("service[1].port (service \"dns\"): 70000 is not a port"), "{line}");
-    let status = member.client().await?.get_status(pb::GetStatusRequest {}).await?.into_inner();
-    assert!(status.source.context("source")?.last_error.contains("service[1].port"));
-    assert_eq!(services(&member).await?, before, "a broken file must not touch the table");
+    assert!(
+        line.contains("service[1].port (service \"dns\"): 70000 is not a port"),
+        "{line}"
+    );
+    let status = member
+        .client()
+        .await?
+        .get_status(pb::GetStatusRequest {})
+        .await?
+        .into_inner();
+    assert!(
+        status
+            .source
+            .context("source")?
+            .last_error
+            .contains("service[1].port")
+    );
+    assert_eq!(
+        services(&member).await?,
+        before,
+        "a broken file must not touch the table"
+    );
 
     // Fixed again (with one service removed): applied, and the error clears.
-    let without_sip = edited[..edited.find("[[service]]\nname = \"sip\"").context("sip service")?].to_owned();
+    let without_sip = edited[..edited
+        .find("[[service]]\nname = \"sip\"")
+        .context("sip service")?]
+        .to_owned();
     replace_file(&services_path, &without_sip)?;
     eventually("sip removed", Duration::from_secs(10), || async {
         Ok((services(&member).await?.len() == 2).then_some(()))
     })
     .await?;
-    let status = member.client().await?.get_status(pb::GetStatusRequest {}).await?.into_inner();
+    let status = member
+        .client()
+        .await?
+        .get_status(pb::GetStatusRequest {})
+        .await?
+        .into_inner();
     assert_eq!(status.source.context("source")?.last_error, "");
-    assert_eq!(status.dataplane.context("dataplane")?.programmed_services, 2);
+    assert_eq!(
+        status.dataplane.context("dataplane")?.programmed_services,
+        2
+    );
     Ok(())
 }
 
@@ -117,7 +177,11 @@ async fn sighup_reloads_at_once() -> anyhow::Result<()> {
     let edited = std::fs::read_to_string(&services_path)?.replacen("weight = 3", "weight = 9", 1);
     std::fs::write(&services_path, edited)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(weight_of(&services(&member).await?, "web", 0), Some(3), "not reloaded before SIGHUP");
+    assert_eq!(
+        weight_of(&services(&member).await?, "web", 0),
+        Some(3),
+        "not reloaded before SIGHUP"
+    );
 
     member.signal("HUP")?;
     eventually("the SIGHUP reload", Duration::from_secs(10), || async {
@@ -131,11 +195,23 @@ async fn sighup_reloads_at_once() -> anyhow::Result<()> {
 #[test]
 fn a_broken_file_at_start_is_refused_with_the_field() -> anyhow::Result<()> {
     let (_dir, config, services_path) = setup("1s")?;
-    let text = std::fs::read_to_string(&services_path)?.replacen("vip = \"192.0.2.10\"", "vip = \"192.0.2.256\"", 1);
+    let text = std::fs::read_to_string(&services_path)?.replacen(
+        "vip = \"192.0.2.10\"",
+        "vip = \"192.0.2.256\"",
+        1,
+    );
     std::fs::write(&services_path, text)?;
-    let out = std::process::Command::new(ha_tests::binary("lb-node")?).arg("--config").arg(&config).output()?;
+    let out = std::process::Command::new(ha_tests::binary("lb-node")?)
+        .arg("--config")
+        .arg(&config)
+        .output()?;
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("service[0].vip (service \"web\"): \"192.0.2.256\" is not an IPv4 or IPv6 address"), "{err}");
+    assert!(
+        err.contains(
+            "service[0].vip (service \"web\"): \"192.0.2.256\" is not an IPv4 or IPv6 address"
+        ),
+        "{err}"
+    );
     Ok(())
 }

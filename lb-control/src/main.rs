@@ -14,7 +14,11 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 #[derive(Parser, Debug)]
-#[command(name = "lbctl", version, about = "Admin command line of the lb-node appliance")]
+#[command(
+    name = "lbctl",
+    version,
+    about = "Admin command line of the lb-node appliance"
+)]
 struct Args {
     /// Admin API of a member; repeat to try several in turn.
     #[arg(long, short, global = true, default_value = "http://127.0.0.1:9443")]
@@ -66,7 +70,9 @@ async fn main() -> ExitCode {
                 .await
                 .map(|r| print_status(&r.into_inner(), args.output)),
             Command::Services { name } => client
-                .list_services(pb::ListServicesRequest { name: name.clone().unwrap_or_default() })
+                .list_services(pb::ListServicesRequest {
+                    name: name.clone().unwrap_or_default(),
+                })
                 .await
                 .map(|r| print_services(&r.into_inner().services, args.output, name.is_some())),
         };
@@ -149,7 +155,11 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
                 source.kind,
                 source.location,
                 when(source.last_loaded_unix_ms),
-                if source.last_error.is_empty() { String::new() } else { format!("\n  error    {}", source.last_error) }
+                if source.last_error.is_empty() {
+                    String::new()
+                } else {
+                    format!("\n  error    {}", source.last_error)
+                }
             );
             println!(
                 "dataplane  {}: {} services, {} destinations (synced {}, {} ops){}",
@@ -158,7 +168,11 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
                 dp.programmed_destinations,
                 when(dp.last_sync_unix_ms),
                 dp.last_sync_ops,
-                if dp.last_error.is_empty() { String::new() } else { format!("\n  error    {}", dp.last_error) }
+                if dp.last_error.is_empty() {
+                    String::new()
+                } else {
+                    format!("\n  error    {}", dp.last_error)
+                }
             );
         }
     }
@@ -166,34 +180,53 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
 
 fn ip(bytes: &[u8]) -> String {
     match bytes.len() {
-        4 => <[u8; 4]>::try_from(bytes).map(|b| IpAddr::from(b).to_string()).unwrap_or_default(),
-        16 => <[u8; 16]>::try_from(bytes).map(|b| IpAddr::from(b).to_string()).unwrap_or_default(),
+        4 => <[u8; 4]>::try_from(bytes)
+            .map(|b| IpAddr::from(b).to_string())
+            .unwrap_or_default(),
+        16 => <[u8; 16]>::try_from(bytes)
+            .map(|b| IpAddr::from(b).to_string())
+            .unwrap_or_default(),
         _ => format!("<{} bytes>", bytes.len()),
     }
 }
 
 fn socket(bytes: &[u8], port: u32) -> String {
-    if bytes.len() == 16 { format!("[{}]:{port}", ip(bytes)) } else { format!("{}:{port}", ip(bytes)) }
+    if bytes.len() == 16 {
+        format!("[{}]:{port}", ip(bytes))
+    } else {
+        format!("{}:{port}", ip(bytes))
+    }
 }
 
 fn enum_name(full: &str, prefix: &str) -> String {
-    full.strip_prefix(prefix).unwrap_or(full).to_ascii_lowercase().replace('_', "-")
+    full.strip_prefix(prefix)
+        .unwrap_or(full)
+        .to_ascii_lowercase()
+        .replace('_', "-")
 }
 
 fn protocol(p: i32) -> String {
-    state::Protocol::try_from(p).map(|p| enum_name(p.as_str_name(), "PROTOCOL_")).unwrap_or_else(|_| p.to_string())
+    state::Protocol::try_from(p)
+        .map(|p| enum_name(p.as_str_name(), "PROTOCOL_"))
+        .unwrap_or_else(|_| p.to_string())
 }
 
 fn scheduler(p: i32) -> String {
-    state::Scheduler::try_from(p).map(|p| enum_name(p.as_str_name(), "SCHEDULER_")).unwrap_or_else(|_| p.to_string())
+    state::Scheduler::try_from(p)
+        .map(|p| enum_name(p.as_str_name(), "SCHEDULER_"))
+        .unwrap_or_else(|_| p.to_string())
 }
 
 fn forwarding(p: i32) -> String {
-    state::Forwarding::try_from(p).map(|p| enum_name(p.as_str_name(), "FORWARDING_")).unwrap_or_else(|_| p.to_string())
+    state::Forwarding::try_from(p)
+        .map(|p| enum_name(p.as_str_name(), "FORWARDING_"))
+        .unwrap_or_else(|_| p.to_string())
 }
 
 fn backend_state(p: i32) -> String {
-    state::BackendState::try_from(p).map(|p| enum_name(p.as_str_name(), "BACKEND_STATE_")).unwrap_or_else(|_| p.to_string())
+    state::BackendState::try_from(p)
+        .map(|p| enum_name(p.as_str_name(), "BACKEND_STATE_"))
+        .unwrap_or_else(|_| p.to_string())
 }
 
 fn print_services(services: &[state::VirtualService], output: Output, detailed: bool) {
@@ -224,10 +257,17 @@ fn print_services(services: &[state::VirtualService], output: Output, detailed: 
             println!("{}", serde_json::Value::Array(list));
         }
         Output::Table => {
-            println!("{:<20} {:<5} {:<30} {:<6} {:<11} {:>8}", "NAME", "PROTO", "VIP", "SCHED", "FORWARDING", "BACKENDS");
+            println!(
+                "{:<20} {:<5} {:<30} {:<6} {:<11} {:>8}",
+                "NAME", "PROTO", "VIP", "SCHED", "FORWARDING", "BACKENDS"
+            );
             for s in services {
                 let key = s.key.clone().unwrap_or_default();
-                let ready = s.backends.iter().filter(|b| b.state == state::BackendState::Ready as i32).count();
+                let ready = s
+                    .backends
+                    .iter()
+                    .filter(|b| b.state == state::BackendState::Ready as i32)
+                    .count();
                 println!(
                     "{:<20} {:<5} {:<30} {:<6} {:<11} {:>8}",
                     s.name,
@@ -239,7 +279,12 @@ fn print_services(services: &[state::VirtualService], output: Output, detailed: 
                 );
                 if detailed {
                     for b in &s.backends {
-                        println!("  -> {:<40} weight {:<5} {}", socket(&b.address, b.port), b.weight, backend_state(b.state));
+                        println!(
+                            "  -> {:<40} weight {:<5} {}",
+                            socket(&b.address, b.port),
+                            b.weight,
+                            backend_state(b.state)
+                        );
                     }
                 }
             }

@@ -15,7 +15,6 @@
 //!
 //! Each task owns its resource and ends on the shared `CancellationToken`.
 
-
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -25,16 +24,23 @@ use tracing::info;
 
 use crate::admin::{self, AdminService};
 use crate::config::{Config, DataplaneKind, SourceConfig};
-use crate::dataplane::reconcile::{self, DataplaneStatus};
 use crate::dataplane::MemoryDataplane;
+use crate::dataplane::reconcile::{self, DataplaneStatus};
 use crate::model::{State, commands_towards};
 use crate::replication;
 use crate::source::{SourceStatus, file};
 
 /// Runs a member until `shutdown`. The admin listener is bound by the
 /// caller. Returns an error when the initial services file is invalid.
-pub async fn run(config: Config, admin_listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let SourceConfig::File { path, check_interval } = &config.source;
+pub async fn run(
+    config: Config,
+    admin_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let SourceConfig::File {
+        path,
+        check_interval,
+    } = &config.source;
     // Registered before anything else, so a SIGHUP never kills the member.
     let hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     let services = file::load_services(path)?;

@@ -57,9 +57,17 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T, Confi
 }
 
 /// Parses TOML text into `T`; see [`read_toml`].
-pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Result<T, ConfigError> {
-    let de = toml::Deserializer::parse(text)
-        .map_err(|e| ConfigError::new(file, "", format!("not valid TOML: {}", one_line(&e.to_string()))))?;
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &Path,
+) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        ConfigError::new(
+            file,
+            "",
+            format!("not valid TOML: {}", one_line(&e.to_string())),
+        )
+    })?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let mut field = e.path().to_string();
         if field == "." {
@@ -85,7 +93,9 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Re
 /// and an exit message want one.
 fn one_line(message: &str) -> String {
     let is_excerpt = |line: &str| {
-        let rest = line.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start();
+        let rest = line
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .trim_start();
         rest.starts_with('|')
     };
     message
@@ -98,8 +108,13 @@ fn one_line(message: &str) -> String {
 
 /// Parses a duration written as `500ms`, `1s`, `2m`.
 pub fn parse_duration(text: &str, file: &Path, field: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(text)
-        .map_err(|e| ConfigError::new(file, field, format!("{text:?} is not a duration like \"500ms\" or \"30s\": {e}")))
+    humantime::parse_duration(text).map_err(|e| {
+        ConfigError::new(
+            file,
+            field,
+            format!("{text:?} is not a duration like \"500ms\" or \"30s\": {e}"),
+        )
+    })
 }
 
 /// Where the member keeps IPVS state.
@@ -218,7 +233,11 @@ impl Config {
 
     fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigError> {
         if raw.node.id == 0 {
-            return Err(ConfigError::new(file, "node.id", "must be 1 or more (0 is not a valid Raft id)"));
+            return Err(ConfigError::new(
+                file,
+                "node.id",
+                "must be 1 or more (0 is not a valid Raft id)",
+            ));
         }
         let kind = match raw.dataplane.kind.as_str() {
             "memory" => DataplaneKind::Memory,
@@ -226,7 +245,10 @@ impl Config {
                 return Err(ConfigError::new(
                     file,
                     "dataplane.kind",
-                    format!("{:?}: the IPVS dataplane is not part of this build yet; use \"memory\"", raw.dataplane.kind),
+                    format!(
+                        "{:?}: the IPVS dataplane is not part of this build yet; use \"memory\"",
+                        raw.dataplane.kind
+                    ),
                 ));
             }
             other => {
@@ -237,16 +259,33 @@ impl Config {
                 ));
             }
         };
-        let repair_interval = parse_duration(&raw.dataplane.repair_interval, file, "dataplane.repair_interval")?;
+        let repair_interval = parse_duration(
+            &raw.dataplane.repair_interval,
+            file,
+            "dataplane.repair_interval",
+        )?;
         if repair_interval < Duration::from_secs(1) {
-            return Err(ConfigError::new(file, "dataplane.repair_interval", "must be at least 1s: a full dump costs as much as the table is big"));
+            return Err(ConfigError::new(
+                file,
+                "dataplane.repair_interval",
+                "must be at least 1s: a full dump costs as much as the table is big",
+            ));
         }
         let Some(source) = raw.source.file else {
-            return Err(ConfigError::new(file, "source", "no source configured; add a [source.file] section"));
+            return Err(ConfigError::new(
+                file,
+                "source",
+                "no source configured; add a [source.file] section",
+            ));
         };
-        let check_interval = parse_duration(&source.check_interval, file, "source.file.check_interval")?;
+        let check_interval =
+            parse_duration(&source.check_interval, file, "source.file.check_interval")?;
         if check_interval < Duration::from_millis(100) {
-            return Err(ConfigError::new(file, "source.file.check_interval", "must be at least 100ms"));
+            return Err(ConfigError::new(
+                file,
+                "source.file.check_interval",
+                "must be at least 100ms",
+            ));
         }
         // A relative path is relative to the configuration file, so the
         // example works from any working directory.
@@ -255,13 +294,26 @@ impl Config {
             _ => source.path,
         };
         let listen: SocketAddr = raw.admin.listen.parse().map_err(|_| {
-            ConfigError::new(file, "admin.listen", format!("{:?} is not an address:port like \"127.0.0.1:9443\"", raw.admin.listen))
+            ConfigError::new(
+                file,
+                "admin.listen",
+                format!(
+                    "{:?} is not an address:port like \"127.0.0.1:9443\"",
+                    raw.admin.listen
+                ),
+            )
         })?;
         Ok(Config {
             file: file.to_owned(),
             node_id: raw.node.id,
-            dataplane: DataplaneConfig { kind, repair_interval },
-            source: SourceConfig::File { path, check_interval },
+            dataplane: DataplaneConfig {
+                kind,
+                repair_interval,
+            },
+            source: SourceConfig::File {
+                path,
+                check_interval,
+            },
             admin: AdminConfig { listen },
         })
     }

@@ -18,7 +18,12 @@ use lb_node::source::file::load_services;
 #[command(version, about)]
 struct Args {
     /// The member's configuration file.
-    #[arg(long, short, global = true, default_value = "/etc/lb-node/lb-node.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "/etc/lb-node/lb-node.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -80,7 +85,10 @@ fn plan(config: &Config) -> ExitCode {
 }
 
 fn run(config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("lb-node: cannot start the runtime: {e}");
@@ -90,7 +98,9 @@ fn run(config: Config) -> ExitCode {
     let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.admin.listen)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on admin.listen {}: {e}", config.admin.listen))?;
+            .map_err(|e| {
+                anyhow::anyhow!("cannot listen on admin.listen {}: {e}", config.admin.listen)
+            })?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         lb_node::app::run(config, listener, shutdown).await
@@ -111,7 +121,10 @@ fn run(config: Config) -> ExitCode {
 /// SIGTERM or SIGINT: stop gracefully.
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         error!("cannot listen for SIGTERM/SIGINT");
         return;
     };

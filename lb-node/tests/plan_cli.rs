@@ -57,8 +57,14 @@ fn example_config_plans_the_example_table() {
 fn refused(services: &str) -> String {
     let (_dir, config) = with_services(services);
     let (code, stdout, stderr) = plan(&config);
-    assert_eq!(code, 2, "expected a configuration error, got {code}: {stdout}{stderr}");
-    assert!(stdout.is_empty(), "nothing may be planned from a broken file: {stdout}");
+    assert_eq!(
+        code, 2,
+        "expected a configuration error, got {code}: {stdout}{stderr}"
+    );
+    assert!(
+        stdout.is_empty(),
+        "nothing may be planned from a broken file: {stdout}"
+    );
     stderr
 }
 
@@ -67,17 +73,31 @@ const GOOD: &str = "[[service]]\nname = \"web\"\nvip = \"192.0.2.1\"\nport = 80\
 #[test]
 fn bad_ip_names_the_field() {
     let err = refused(&GOOD.replace("192.0.2.1", "192.0.2.300"));
-    assert!(err.contains("service[0].vip (service \"web\"): \"192.0.2.300\" is not an IPv4 or IPv6 address"), "{err}");
+    assert!(
+        err.contains(
+            "service[0].vip (service \"web\"): \"192.0.2.300\" is not an IPv4 or IPv6 address"
+        ),
+        "{err}"
+    );
     let err = refused(&GOOD.replace("10.0.0.1", "10.0.0"));
-    assert!(err.contains("service[0].backend[0].address (service \"web\")"), "{err}");
+    assert!(
+        err.contains("service[0].backend[0].address (service \"web\")"),
+        "{err}"
+    );
 }
 
 #[test]
 fn port_out_of_range_names_the_field() {
     let err = refused(&GOOD.replace("port = 80", "port = 70000"));
-    assert!(err.contains("service[0].port (service \"web\"): 70000 is not a port (1-65535)"), "{err}");
+    assert!(
+        err.contains("service[0].port (service \"web\"): 70000 is not a port (1-65535)"),
+        "{err}"
+    );
     let err = refused(&format!("{GOOD}port = 0\n"));
-    assert!(err.contains("service[0].backend[0].port (service \"web\"): 0 is not a port"), "{err}");
+    assert!(
+        err.contains("service[0].backend[0].port (service \"web\"): 0 is not a port"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -95,30 +115,63 @@ fn duplicate_service_names_both() {
         "{err}"
     );
     let err = refused(&format!("{GOOD}{}", GOOD.replace("port = 80", "port = 81")));
-    assert!(err.contains("service[1].name (service \"web\"): service[0] has the same name"), "{err}");
+    assert!(
+        err.contains("service[1].name (service \"web\"): service[0] has the same name"),
+        "{err}"
+    );
 }
 
 #[test]
 fn other_mistakes_name_the_field() {
     // A typo in a key is an error, not silently ignored.
     let err = refused(&GOOD.replace("port = 80", "port = 80\nsheduler = \"rr\""));
-    assert!(err.contains("service[0].sheduler (service \"web\")") && err.contains("unknown field"), "{err}");
+    assert!(
+        err.contains("service[0].sheduler (service \"web\")") && err.contains("unknown field"),
+        "{err}"
+    );
     // The wrong type.
     let err = refused(&GOOD.replace("port = 80", "port = \"80\""));
-    assert!(err.contains("service[0].port (service \"web\")") && err.contains("invalid type"), "{err}");
+    assert!(
+        err.contains("service[0].port (service \"web\")") && err.contains("invalid type"),
+        "{err}"
+    );
     // Out-of-range weight, unknown state, a backend listed twice, a family mix.
     let err = refused(&format!("{GOOD}weight = 70000\n"));
-    assert!(err.contains("service[0].backend[0].weight (service \"web\"): 70000 is out of range 0-65535"), "{err}");
+    assert!(
+        err.contains(
+            "service[0].backend[0].weight (service \"web\"): 70000 is out of range 0-65535"
+        ),
+        "{err}"
+    );
     let err = refused(&format!("{GOOD}state = \"up\"\n"));
-    assert!(err.contains("service[0].backend[0].state (service \"web\"): unknown backend state \"up\""), "{err}");
-    let err = refused(&format!("{GOOD}[[service.backend]]\naddress = \"10.0.0.1\"\n"));
-    assert!(err.contains("service[0].backend[1] (service \"web\")") && err.contains("listed twice"), "{err}");
+    assert!(
+        err.contains("service[0].backend[0].state (service \"web\"): unknown backend state \"up\""),
+        "{err}"
+    );
+    let err = refused(&format!(
+        "{GOOD}[[service.backend]]\naddress = \"10.0.0.1\"\n"
+    ));
+    assert!(
+        err.contains("service[0].backend[1] (service \"web\")") && err.contains("listed twice"),
+        "{err}"
+    );
     let err = refused(&GOOD.replace("10.0.0.1", "fd00::1"));
-    assert!(err.contains("service[0].backend[0].address (service \"web\")") && err.contains("address family"), "{err}");
+    assert!(
+        err.contains("service[0].backend[0].address (service \"web\")")
+            && err.contains("address family"),
+        "{err}"
+    );
     let err = refused(&GOOD.replace("port = 80", "port = 80\npersistence_timeout = -5"));
-    assert!(err.contains("service[0].persistence_timeout (service \"web\")"), "{err}");
+    assert!(
+        err.contains("service[0].persistence_timeout (service \"web\")"),
+        "{err}"
+    );
     let err = refused(&GOOD.replace("port = 80", "port = 80\nallowed_sources = [\"10.0.0.1/8\"]"));
-    assert!(err.contains("service[0].allowed_sources[0] (service \"web\")") && err.contains("did you mean 10.0.0.0/8"), "{err}");
+    assert!(
+        err.contains("service[0].allowed_sources[0] (service \"web\")")
+            && err.contains("did you mean 10.0.0.0/8"),
+        "{err}"
+    );
     // Not TOML at all.
     let err = refused("[[service]\n");
     assert!(err.contains("services.toml: not valid TOML"), "{err}");
@@ -129,16 +182,37 @@ fn member_config_errors_name_the_field() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("lb-node.toml");
     for (text, expected) in [
-        ("[node]\nid = 0\n[source.file]\npath = \"s.toml\"\n", "node.id: must be 1 or more"),
-        ("[node]\nid = 1\n[dataplane]\nkind = \"ebpf\"\n[source.file]\npath = \"s.toml\"\n", "dataplane.kind: unknown dataplane \"ebpf\""),
-        ("[node]\nid = 1\n[dataplane]\nrepair_interval = \"soon\"\n[source.file]\npath = \"s.toml\"\n", "dataplane.repair_interval: \"soon\" is not a duration"),
-        ("[node]\nid = 1\n[source.file]\npath = \"s.toml\"\n[admin]\nlisten = \"localhost\"\n", "admin.listen: \"localhost\" is not an address:port"),
-        ("[node]\nid = 1\n", "lb-node.toml: source: TOML parse error at line 1, column 1; missing field `source`"),
-        ("[node]\nid = 1\n[source.file]\npath = \"missing.toml\"\n", "missing.toml: cannot read"),
+        (
+            "[node]\nid = 0\n[source.file]\npath = \"s.toml\"\n",
+            "node.id: must be 1 or more",
+        ),
+        (
+            "[node]\nid = 1\n[dataplane]\nkind = \"ebpf\"\n[source.file]\npath = \"s.toml\"\n",
+            "dataplane.kind: unknown dataplane \"ebpf\"",
+        ),
+        (
+            "[node]\nid = 1\n[dataplane]\nrepair_interval = \"soon\"\n[source.file]\npath = \"s.toml\"\n",
+            "dataplane.repair_interval: \"soon\" is not a duration",
+        ),
+        (
+            "[node]\nid = 1\n[source.file]\npath = \"s.toml\"\n[admin]\nlisten = \"localhost\"\n",
+            "admin.listen: \"localhost\" is not an address:port",
+        ),
+        (
+            "[node]\nid = 1\n",
+            "lb-node.toml: source: TOML parse error at line 1, column 1; missing field `source`",
+        ),
+        (
+            "[node]\nid = 1\n[source.file]\npath = \"missing.toml\"\n",
+            "missing.toml: cannot read",
+        ),
     ] {
         std::fs::write(&config, text).expect("write config");
         let (code, _, stderr) = plan(&config);
         assert_eq!(code, 2, "{text}: {stderr}");
-        assert!(stderr.contains(expected), "{text}: expected {expected:?} in {stderr:?}");
+        assert!(
+            stderr.contains(expected),
+            "{text}: expected {expected:?} in {stderr:?}"
+        );
     }
 }

@@ -40,7 +40,9 @@ pub struct Proposer {
 
 impl std::fmt::Debug for Proposal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proposal").field("commands", &self.commands.len()).finish()
+        f.debug_struct("Proposal")
+            .field("commands", &self.commands.len())
+            .finish()
     }
 }
 

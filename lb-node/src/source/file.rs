@@ -116,7 +116,10 @@ pub fn parse_services(text: &str, file: &Path) -> Result<Vec<VirtualService>, Co
         if let Some(first) = by_key.insert(service.key, i) {
             return Err(err(
                 "vip",
-                format!("duplicate service: service[{first}] already serves {}", service.key),
+                format!(
+                    "duplicate service: service[{first}] already serves {}",
+                    service.key
+                ),
             ));
         }
         services.push(service);
@@ -124,14 +127,22 @@ pub fn parse_services(text: &str, file: &Path) -> Result<Vec<VirtualService>, Co
     Ok(services)
 }
 
-fn port(value: i64, field: &str, err: &impl Fn(&str, String) -> ConfigError) -> Result<u16, ConfigError> {
+fn port(
+    value: i64,
+    field: &str,
+    err: &impl Fn(&str, String) -> ConfigError,
+) -> Result<u16, ConfigError> {
     u16::try_from(value)
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| err(field, format!("{value} is not a port (1-65535)")))
 }
 
-fn address(text: &str, field: &str, err: &impl Fn(&str, String) -> ConfigError) -> Result<IpAddr, ConfigError> {
+fn address(
+    text: &str,
+    field: &str,
+    err: &impl Fn(&str, String) -> ConfigError,
+) -> Result<IpAddr, ConfigError> {
     text.parse()
         .map_err(|_| err(field, format!("{text:?} is not an IPv4 or IPv6 address")))
 }
@@ -145,9 +156,18 @@ fn check_service(
     }
     let vip = address(&raw.vip, "vip", err)?;
     let service_port = port(raw.port, "port", err)?;
-    let protocol: Protocol = raw.protocol.parse().map_err(|e| err("protocol", format!("{e}")))?;
-    let scheduler: Scheduler = raw.scheduler.parse().map_err(|e| err("scheduler", format!("{e}")))?;
-    let forwarding: Forwarding = raw.forwarding.parse().map_err(|e| err("forwarding", format!("{e}")))?;
+    let protocol: Protocol = raw
+        .protocol
+        .parse()
+        .map_err(|e| err("protocol", format!("{e}")))?;
+    let scheduler: Scheduler = raw
+        .scheduler
+        .parse()
+        .map_err(|e| err("scheduler", format!("{e}")))?;
+    let forwarding: Forwarding = raw
+        .forwarding
+        .parse()
+        .map_err(|e| err("forwarding", format!("{e}")))?;
     let persistence_timeout = match u32::try_from(raw.persistence_timeout) {
         Ok(0) => None,
         Ok(t) if t <= crate::model::MAX_PERSISTENCE_TIMEOUT => Some(t),
@@ -168,9 +188,17 @@ fn check_service(
         let net = text
             .parse::<IpNet>()
             .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-            .map_err(|_| err(&field, format!("{text:?} is not a network like \"10.0.0.0/8\" or an address")))?;
+            .map_err(|_| {
+                err(
+                    &field,
+                    format!("{text:?} is not a network like \"10.0.0.0/8\" or an address"),
+                )
+            })?;
         if net.trunc() != net {
-            return Err(err(&field, format!("{text:?} has host bits set; did you mean {}?", net.trunc())));
+            return Err(err(
+                &field,
+                format!("{text:?} has host bits set; did you mean {}?", net.trunc()),
+            ));
         }
         allowed_sources.push(net);
     }
@@ -185,13 +213,34 @@ fn check_service(
         let weight = u32::try_from(b.weight)
             .ok()
             .filter(|w| *w <= crate::model::MAX_WEIGHT)
-            .ok_or_else(|| err(&format!("{at}.weight"), format!("{} is out of range 0-{}", b.weight, crate::model::MAX_WEIGHT)))?;
-        let state: BackendState = b.state.parse().map_err(|e| err(&format!("{at}.state"), format!("{e}")))?;
-        backends.push(Backend { address, port, weight, state });
+            .ok_or_else(|| {
+                err(
+                    &format!("{at}.weight"),
+                    format!(
+                        "{} is out of range 0-{}",
+                        b.weight,
+                        crate::model::MAX_WEIGHT
+                    ),
+                )
+            })?;
+        let state: BackendState = b
+            .state
+            .parse()
+            .map_err(|e| err(&format!("{at}.state"), format!("{e}")))?;
+        backends.push(Backend {
+            address,
+            port,
+            weight,
+            state,
+        });
     }
     let positions: Vec<(IpAddr, u16)> = backends.iter().map(Backend::endpoint).collect();
     let service = VirtualService {
-        key: crate::model::ServiceKey { vip, port: service_port, protocol },
+        key: crate::model::ServiceKey {
+            vip,
+            port: service_port,
+            protocol,
+        },
         name: raw.name,
         scheduler,
         persistence_timeout,
@@ -211,8 +260,12 @@ fn check_service(
         };
         let field = match &e {
             InvalidService::BadVip { .. } => "vip".to_owned(),
-            InvalidService::MixedFamily { backend, .. } => format!("{}.address", backend_field(backend)),
-            InvalidService::BadBackendAddress { backend, .. } => format!("{}.address", backend_field(backend)),
+            InvalidService::MixedFamily { backend, .. } => {
+                format!("{}.address", backend_field(backend))
+            }
+            InvalidService::BadBackendAddress { backend, .. } => {
+                format!("{}.address", backend_field(backend))
+            }
             InvalidService::DuplicateBackend { backend, .. } => {
                 // The second occurrence is the offending one.
                 let j = positions
@@ -233,7 +286,12 @@ fn check_service(
 /// For a serde error at `service[3].…`, the name of service 3 if the text
 /// has one, so the message names the service an operator knows.
 fn service_name_of(text: &str, field: &str) -> Option<String> {
-    let index: usize = field.strip_prefix("service[")?.split(']').next()?.parse().ok()?;
+    let index: usize = field
+        .strip_prefix("service[")?
+        .split(']')
+        .next()?
+        .parse()
+        .ok()?;
     let value: toml::Table = toml::from_str(text).ok()?;
     value
         .get("service")?
