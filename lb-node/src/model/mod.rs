@@ -19,7 +19,7 @@ pub use service::{
     Protocol, Scheduler, ServiceKey, SocketText, UnknownName, VirtualService,
 };
 pub use state::{Applied, ApplyError, State};
-pub use wire::{SNAPSHOT_FORMAT_VERSION, WireError, service_to_pb};
+pub use wire::{Batch, SNAPSHOT_FORMAT_VERSION, WireError, service_to_pb};
 
 #[cfg(test)]
 mod tests;

@@ -15,6 +15,9 @@ use super::service::{InvalidService, ServiceKey, VirtualService};
 pub struct State {
     revision: u64,
     services: BTreeMap<ServiceKey, VirtualService>,
+    /// Cluster members by id, with their peer addresses. Changed only by
+    /// Raft configuration changes, never by a `Command`.
+    members: BTreeMap<u64, String>,
 }
 
 /// What applying one command did.
@@ -49,8 +52,29 @@ impl State {
     pub(crate) fn from_parts(
         revision: u64,
         services: BTreeMap<ServiceKey, VirtualService>,
+        members: BTreeMap<u64, String>,
     ) -> Self {
-        Self { revision, services }
+        Self {
+            revision,
+            services,
+            members,
+        }
+    }
+
+    /// Cluster members and their peer addresses, by id.
+    pub fn members(&self) -> &BTreeMap<u64, String> {
+        &self.members
+    }
+
+    /// Records a member's peer address (a Raft configuration change that
+    /// adds it, or the initial member list).
+    pub fn set_member(&mut self, id: u64, peer_address: String) {
+        self.members.insert(id, peer_address);
+    }
+
+    /// Forgets a member (a Raft configuration change that removes it).
+    pub fn remove_member(&mut self, id: u64) {
+        self.members.remove(&id);
     }
 
     /// Number of commands applied to build this state, refused ones included.

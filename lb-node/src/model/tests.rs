@@ -220,6 +220,7 @@ fn snapshot_of_a_newer_format_is_refused() {
         format_version: 2,
         revision: 0,
         services: vec![],
+        members: vec![],
     }
     .encode_to_vec();
     let err = State::decode_snapshot(&bytes).expect_err("version 2");

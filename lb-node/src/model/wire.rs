@@ -172,6 +172,14 @@ impl State {
             format_version: SNAPSHOT_FORMAT_VERSION,
             revision: self.revision(),
             services: self.services().map(service_to_pb).collect(),
+            members: self
+                .members()
+                .iter()
+                .map(|(&id, address)| pb::Member {
+                    id,
+                    peer_address: address.clone(),
+                })
+                .collect(),
         }
         .encode_to_vec()
     }
@@ -194,7 +202,65 @@ impl State {
                 return Err(field(format!("services[{i}]"), "duplicate service key"));
             }
         }
-        Ok(State::from_parts(pb.revision, services))
+        let mut members = BTreeMap::new();
+        for (i, m) in pb.members.into_iter().enumerate() {
+            if m.id == 0 || members.insert(m.id, m.peer_address).is_some() {
+                return Err(field(
+                    format!("members[{i}].id"),
+                    format!("member id {} is 0 or repeated", m.id),
+                ));
+            }
+        }
+        Ok(State::from_parts(pb.revision, services, members))
+    }
+}
+
+/// The data of one normal Raft log entry: a batch of commands and who
+/// proposed it (`lb.state.v1.LogEntry`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// The member that proposed it.
+    pub proposer: u64,
+    /// The proposer's own number for it, to answer its caller.
+    pub proposal_id: u64,
+    pub commands: Vec<Command>,
+}
+
+impl Batch {
+    pub fn encode(&self) -> Vec<u8> {
+        pb::LogEntry {
+            proposer: self.proposer,
+            proposal_id: self.proposal_id,
+            commands: self.commands.iter().map(command_to_pb).collect(),
+        }
+        .encode_to_vec()
+    }
+
+    /// Decodes a log entry's data; see the module docs for what is checked.
+    pub fn decode(bytes: &[u8]) -> Result<Batch, WireError> {
+        let pb = pb::LogEntry::decode(bytes).map_err(|source| WireError::Protobuf {
+            message: "lb.state.v1.LogEntry",
+            source,
+        })?;
+        let commands = pb
+            .commands
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                command_from_pb(c).map_err(|e| match e {
+                    WireError::Field { field, reason } => WireError::Field {
+                        field: format!("commands[{i}].{field}"),
+                        reason,
+                    },
+                    other => other,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Batch {
+            proposer: pb.proposer,
+            proposal_id: pb.proposal_id,
+            commands,
+        })
     }
 }
 

@@ -65,3 +65,8 @@ impl Proposer {
 
 /// The applied state, as every member publishes it.
 pub type StateWatch = watch::Receiver<Arc<State>>;
+
+mod raft_log;
+pub mod replica;
+pub mod sim;
+pub mod storage;

@@ -1,0 +1,486 @@
+//! `Replica`: one member's Raft node and the state it applies, driven
+//! synchronously. The only code that calls raft-rs's `RawNode`
+//! (`tick/step/propose/ready/advance`), following raft-rs's
+//! `examples/five_mem_node`.
+//!
+//! It does no networking and owns no thread: its caller feeds it ticks and
+//! messages and sends what `handle_ready` returns. The daemon's node task and
+//! the deterministic simulation both drive this same code.
+
+use std::collections::BTreeSet;
+
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot,
+};
+use raft::{RawNode, StateRole};
+use tracing::{info, warn};
+
+use super::storage::{LogStore, LogStoreError};
+use crate::model::{Applied, ApplyError, Batch, Command, State, WireError};
+
+/// Timing and thresholds of a replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    pub id: u64,
+    /// Ticks without a leader's word before a follower stands for election
+    /// (randomized up to twice this by raft-rs).
+    pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Take a snapshot and compact the log after this many applied entries.
+    pub snapshot_after_entries: u64,
+    /// Use exactly `election_ticks` instead of a random timeout in
+    /// `[election_ticks, 2 * election_ticks)`. raft-rs draws that random
+    /// number from its own generator, so only the simulation, which must be
+    /// reproducible, fixes it (and gives each member a different one).
+    pub fixed_election_timeout: bool,
+}
+
+/// Why a replica cannot go on. Fatal for the member: it stops rather than
+/// serve from a log it cannot trust.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error(transparent)]
+    Store(#[from] LogStoreError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// A snapshot from the leader whose state does not decode.
+    #[error("snapshot at index {index}: {source}")]
+    BadSnapshot {
+        index: u64,
+        #[source]
+        source: WireError,
+    },
+}
+
+/// Why a proposal was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotAccepted {
+    /// Only the leader takes proposals; `leader` is 0 when none is known.
+    #[error("this member is not the leader (leader: {leader})")]
+    NotLeader { leader: u64 },
+    /// raft-rs refused it (a transfer of leadership in progress, say).
+    #[error("proposal dropped: {0}")]
+    Dropped(String),
+}
+
+/// What one `handle_ready` produced, for the caller to act on.
+#[derive(Debug, Default)]
+pub struct ReadyOutput {
+    /// Messages to send to peers.
+    pub messages: Vec<Message>,
+    /// Own proposals that were applied, with what each command did.
+    pub completed: Vec<(u64, Vec<Result<Applied, ApplyError>>)>,
+    /// Own proposals whose fate is unknown because leadership was lost:
+    /// they may or may not be applied later.
+    pub abandoned: Vec<u64>,
+    /// Whether the applied state changed.
+    pub state_changed: bool,
+    /// The index of a snapshot installed from the leader, if one was.
+    pub installed_snapshot: Option<u64>,
+}
+
+/// One member's Raft node with its applied state.
+pub struct Replica {
+    raw: RawNode<LogStore>,
+    state: State,
+    applied: u64,
+    config: ReplicaConfig,
+    next_proposal: u64,
+    pending: BTreeSet<u64>,
+    role: StateRole,
+    term: u64,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.config.id)
+            .field("role", &self.role)
+            .field("term", &self.term)
+            .field("applied", &self.applied)
+            .finish()
+    }
+}
+
+impl Replica {
+    /// Opens a replica on its log. A new log (empty disk) is bootstrapped
+    /// with `initial_members` as voters when the member is one of them;
+    /// otherwise the member waits to be added and sent a snapshot.
+    pub fn open(
+        config: ReplicaConfig,
+        mut store: LogStore,
+        initial_members: &[(u64, String)],
+    ) -> Result<Replica, ReplicaError> {
+        let mut state = State::default();
+        let snapshot = store.latest_snapshot().clone();
+        if store.is_empty() {
+            if initial_members.iter().any(|(id, _)| *id == config.id) {
+                store.bootstrap(initial_members.iter().map(|(id, _)| *id).collect())?;
+            }
+        } else if snapshot.get_metadata().index > 0 {
+            state = State::decode_snapshot(snapshot.get_data()).map_err(|source| {
+                ReplicaError::BadSnapshot {
+                    index: snapshot.get_metadata().index,
+                    source,
+                }
+            })?;
+        }
+        // Addresses of the initial members: replicated later through the
+        // snapshot; before the first one, every member knows them from its
+        // configuration.
+        if state.members().is_empty() {
+            for (id, address) in initial_members {
+                state.set_member(*id, address.clone());
+            }
+        }
+        let applied = snapshot.get_metadata().index;
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            min_election_tick: config.election_ticks,
+            max_election_tick: if config.fixed_election_timeout {
+                config.election_ticks + 1
+            } else {
+                2 * config.election_ticks
+            },
+            ..Default::default()
+        };
+        raft_config.validate()?;
+        let raw = RawNode::new(&raft_config, store, &super::raft_log::logger(config.id))?;
+        Ok(Replica {
+            raw,
+            state,
+            applied,
+            config,
+            next_proposal: 1,
+            pending: BTreeSet::new(),
+            role: StateRole::Follower,
+            term: 0,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.config.id
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn role(&self) -> StateRole {
+        self.raw.raft.state
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The leader this member knows of; 0 for none.
+    pub fn leader(&self) -> u64 {
+        self.raw.raft.leader_id
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    /// Voters of the current configuration.
+    pub fn voters(&self) -> Vec<u64> {
+        self.raw.raft.prs().conf().voters().ids().iter().collect()
+    }
+
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    /// Feeds a message from a peer. Messages raft-rs rejects (a stale term,
+    /// an unknown peer) are dropped with a warning, never fatal.
+    pub fn step(&mut self, mut message: Message) {
+        let from = message.from;
+        // A leader tells a follower the commit index it believes the
+        // follower has reached. A member whose disk was wiped has less than
+        // the leader remembers, and raft-rs would abort on a commit index
+        // past its log; clamp it. The leader learns the truth from the
+        // follower's next reply and sends what is missing (or a snapshot).
+        if message.get_msg_type() == MessageType::MsgHeartbeat {
+            let last = self.raw.raft.raft_log.last_index();
+            if message.commit > last {
+                message.commit = last;
+            }
+        }
+        if let Err(e) = self.raw.step(message) {
+            warn!(peer = from, error = %e, "raft message dropped");
+        }
+    }
+
+    /// Proposes a batch of commands as one entry; returns its proposal id,
+    /// which `handle_ready` reports in `completed` or `abandoned`.
+    pub fn propose(&mut self, commands: Vec<Command>) -> Result<u64, NotAccepted> {
+        if !self.is_leader() {
+            return Err(NotAccepted::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        let proposal_id = self.next_proposal;
+        let data = Batch {
+            proposer: self.config.id,
+            proposal_id,
+            commands,
+        }
+        .encode();
+        self.raw
+            .propose(Vec::new(), data)
+            .map_err(|e| NotAccepted::Dropped(e.to_string()))?;
+        self.next_proposal += 1;
+        self.pending.insert(proposal_id);
+        Ok(proposal_id)
+    }
+
+    /// Proposes adding a voter reachable at `peer_address`.
+    pub fn propose_add_member(&mut self, id: u64, peer_address: &str) -> Result<(), NotAccepted> {
+        self.propose_conf_change(
+            ConfChangeType::AddNode,
+            id,
+            peer_address.as_bytes().to_vec(),
+        )
+    }
+
+    /// Proposes removing a member.
+    pub fn propose_remove_member(&mut self, id: u64) -> Result<(), NotAccepted> {
+        self.propose_conf_change(ConfChangeType::RemoveNode, id, Vec::new())
+    }
+
+    fn propose_conf_change(
+        &mut self,
+        kind: ConfChangeType,
+        id: u64,
+        context: Vec<u8>,
+    ) -> Result<(), NotAccepted> {
+        if !self.is_leader() {
+            return Err(NotAccepted::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        let mut cc = ConfChange::default();
+        cc.set_change_type(kind);
+        cc.node_id = id;
+        self.raw
+            .propose_conf_change(context, cc)
+            .map_err(|e| NotAccepted::Dropped(e.to_string()))
+    }
+
+    /// Asks the leader (this member) to hand leadership to `to`.
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.raw.transfer_leader(to);
+    }
+
+    /// Tells raft a peer could not be reached, so it stops pipelining to it.
+    pub fn report_unreachable(&mut self, id: u64) {
+        self.raw.report_unreachable(id);
+    }
+
+    /// Tells raft how sending a snapshot to `id` ended.
+    pub fn report_snapshot(&mut self, id: u64, ok: bool) {
+        let status = if ok {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(id, status);
+    }
+
+    pub fn has_ready(&self) -> bool {
+        self.raw.has_ready()
+    }
+
+    /// Persists, applies and collects everything raft-rs has ready: the one
+    /// place where the log is written and the state changes. Entries are
+    /// synced to disk before any message that acknowledges them is returned.
+    pub fn handle_ready(&mut self) -> Result<ReadyOutput, ReplicaError> {
+        let mut out = ReadyOutput::default();
+        if !self.raw.has_ready() {
+            return Ok(out);
+        }
+        let mut ready = self.raw.ready();
+        // A leader's messages may go out before its own entries are durable
+        // (raft-rs's contract); a follower's acknowledgments are persisted
+        // messages, sent only after the sync below.
+        out.messages.extend(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            self.install_snapshot(ready.snapshot().clone(), &mut out)?;
+        }
+        self.apply_entries(ready.take_committed_entries(), &mut out)?;
+        self.raw.mut_store().append(ready.entries(), ready.hs())?;
+        out.messages.extend(ready.take_persisted_messages());
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        out.messages.extend(light.take_messages());
+        self.apply_entries(light.take_committed_entries(), &mut out)?;
+        self.raw.advance_apply_to(self.applied);
+        self.note_role_change(&mut out);
+        self.maybe_compact()?;
+        Ok(out)
+    }
+
+    fn note_role_change(&mut self, out: &mut ReadyOutput) {
+        let (role, term) = (self.raw.raft.state, self.raw.raft.term);
+        if role != self.role || term != self.term {
+            if self.role == StateRole::Leader && (role != StateRole::Leader || term != self.term) {
+                out.abandoned.extend(std::mem::take(&mut self.pending));
+            }
+            if role != self.role {
+                info!(member = self.config.id, term, role = ?role, leader = self.raw.raft.leader_id, "raft role changed");
+            }
+            self.role = role;
+            self.term = term;
+        }
+    }
+
+    fn install_snapshot(
+        &mut self,
+        snapshot: Snapshot,
+        out: &mut ReadyOutput,
+    ) -> Result<(), ReplicaError> {
+        let index = snapshot.get_metadata().index;
+        let state = State::decode_snapshot(snapshot.get_data())
+            .map_err(|source| ReplicaError::BadSnapshot { index, source })?;
+        self.raw.mut_store().apply_snapshot(snapshot)?;
+        info!(
+            member = self.config.id,
+            index,
+            services = state.len(),
+            "installed snapshot from the leader"
+        );
+        self.state = state;
+        self.applied = index;
+        out.state_changed = true;
+        out.installed_snapshot = Some(index);
+        Ok(())
+    }
+
+    fn apply_entries(
+        &mut self,
+        entries: Vec<Entry>,
+        out: &mut ReadyOutput,
+    ) -> Result<(), ReplicaError> {
+        for entry in entries {
+            if entry.index <= self.applied {
+                continue;
+            }
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    // A new leader's empty entry.
+                }
+                EntryType::EntryNormal => match Batch::decode(&entry.data) {
+                    Ok(batch) => {
+                        let outcomes: Vec<_> =
+                            batch.commands.iter().map(|c| self.state.apply(c)).collect();
+                        out.state_changed = true;
+                        if batch.proposer == self.config.id
+                            && self.pending.remove(&batch.proposal_id)
+                        {
+                            out.completed.push((batch.proposal_id, outcomes));
+                        }
+                    }
+                    // Every member decodes the same bytes the same way, so
+                    // skipping keeps them equal.
+                    Err(e) => {
+                        warn!(index = entry.index, error = %e, "log entry skipped: it does not decode")
+                    }
+                },
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&entry.data)
+                        .map_err(raft::Error::CodecError)?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.record_members(&[(cc.get_change_type(), cc.node_id)], &entry.context);
+                    self.raw.mut_store().set_conf_state(cs)?;
+                    out.state_changed = true;
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let cc = ConfChangeV2::parse_from_bytes(&entry.data)
+                        .map_err(raft::Error::CodecError)?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    let changes: Vec<_> = cc
+                        .get_changes()
+                        .iter()
+                        .map(|c| (c.get_change_type(), c.node_id))
+                        .collect();
+                    self.record_members(&changes, &entry.context);
+                    self.raw.mut_store().set_conf_state(cs)?;
+                    out.state_changed = true;
+                }
+            }
+            self.applied = entry.index;
+        }
+        Ok(())
+    }
+
+    /// Keeps the replicated member addresses in step with a configuration
+    /// change (an added member's address is the change's context).
+    fn record_members(&mut self, changes: &[(ConfChangeType, u64)], context: &[u8]) {
+        for &(kind, id) in changes {
+            match kind {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    let address = String::from_utf8_lossy(context).into_owned();
+                    info!(member = id, address, "member added");
+                    self.state.set_member(id, address);
+                }
+                ConfChangeType::RemoveNode => {
+                    info!(member = id, "member removed");
+                    self.state.remove_member(id);
+                }
+            }
+        }
+    }
+
+    /// Snapshots the applied state and compacts the log once enough entries
+    /// have been applied since the last snapshot.
+    fn maybe_compact(&mut self) -> Result<(), ReplicaError> {
+        let since = self
+            .applied
+            .saturating_sub(self.raw.store().snapshot_index());
+        if since < self.config.snapshot_after_entries {
+            return Ok(());
+        }
+        self.snapshot_now()
+    }
+
+    /// Snapshots the applied state and compacts the log now.
+    pub fn snapshot_now(&mut self) -> Result<(), ReplicaError> {
+        if self.applied == 0 || self.applied == self.raw.store().snapshot_index() {
+            return Ok(());
+        }
+        let term = self.raw.raft.raft_log.term(self.applied)?;
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(self.state.encode_snapshot().into());
+        let meta = snapshot.mut_metadata();
+        meta.index = self.applied;
+        meta.term = term;
+        meta.set_conf_state(self.raw.store().conf_state().clone());
+        self.raw.mut_store().compact(snapshot)?;
+        info!(
+            member = self.config.id,
+            index = self.applied,
+            "snapshot taken, log compacted"
+        );
+        Ok(())
+    }
+}

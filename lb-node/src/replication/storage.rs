@@ -1,0 +1,595 @@
+//! `LogStore`: the durable Raft log of a member, on raft-engine (TiKV's log
+//! engine), implementing raft-rs's `Storage`.
+//!
+//! On disk, under the member's data directory:
+//! - `raft-log/`: raft-engine's files: the entries, the hard state (term,
+//!   vote, commit) and the conf state, every write checksummed;
+//! - `snapshot.bin`: the latest snapshot (the raft snapshot whose data is the
+//!   `lb.state.v1.Snapshot` protobuf), with a magic, a CRC32 and a length,
+//!   written to a temporary file, synced and renamed into place.
+//!
+//! Everything the log acknowledges is synced first (`write(.., sync)`).
+//! Any damage found when opening (raft-engine runs in its
+//! `AbsoluteConsistency` recovery mode), or a snapshot whose checksum fails,
+//! makes `open` refuse with the file and what is wrong: a member never
+//! silently starts with less than it acknowledged. That includes a torn
+//! record left by a power cut in the middle of a write: raft-engine's
+//! tolerant mode would drop it, but it cannot tell it from the loss of a
+//! synced vote, and a member that forgets its vote can elect two leaders in
+//! one term. The operator's way out is to wipe the member's data directory:
+//! it rejoins and catches up from a snapshot.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use raft_engine::{Command as EngineCommand, Engine, LogBatch, MessageExt};
+
+/// The one raft group this engine holds.
+const GROUP: u64 = 1;
+const HARD_STATE_KEY: &[u8] = b"hard_state";
+const CONF_STATE_KEY: &[u8] = b"conf_state";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"LBSNAP\0\x01";
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+
+struct EntryExt;
+
+impl MessageExt for EntryExt {
+    type Entry = Entry;
+    fn index(e: &Entry) -> u64 {
+        e.index
+    }
+}
+
+/// Why the log could not be opened, read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LogStoreError {
+    /// raft-engine failed (I/O, or corruption found while opening). Not
+    /// retryable without an operator: the member must not run on it.
+    #[error("raft log in {dir}: {source}")]
+    Engine {
+        dir: PathBuf,
+        #[source]
+        source: raft_engine::Error,
+    },
+    /// The snapshot file is damaged or unreadable. Not retryable.
+    #[error("snapshot file {path}: {reason}")]
+    Snapshot { path: PathBuf, reason: String },
+    /// Creating the data directory or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A member's durable Raft log.
+pub struct LogStore {
+    engine: Arc<Engine>,
+    /// Whether writes that must be durable are synced. Off only in the
+    /// simulation, where a crash loses no page cache.
+    sync: bool,
+    dir: PathBuf,
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// The latest snapshot (data included), or the empty one.
+    snapshot: Snapshot,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("dir", &self.dir)
+            .field("first_index", &self.first())
+            .field("last_index", &self.last())
+            .field("snapshot_index", &self.snapshot.get_metadata().index)
+            .finish()
+    }
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir`. See the module docs for what is
+    /// refused.
+    pub fn open(dir: &Path) -> Result<LogStore, LogStoreError> {
+        Self::open_with(dir, true)
+    }
+
+    /// `open`, choosing whether durable writes are synced. Only the
+    /// simulation turns syncing off: it crashes processes, not machines.
+    pub fn open_with(dir: &Path, sync: bool) -> Result<LogStore, LogStoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| LogStoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let log_dir = dir.join("raft-log");
+        let engine_err = |source| LogStoreError::Engine {
+            dir: log_dir.clone(),
+            source,
+        };
+        let config = raft_engine::Config {
+            dir: log_dir.to_string_lossy().into_owned(),
+            recovery_mode: raft_engine::RecoveryMode::AbsoluteConsistency,
+            recovery_threads: 1,
+            target_file_size: raft_engine::ReadableSize::mb(32),
+            purge_threshold: raft_engine::ReadableSize::mb(256),
+            ..Default::default()
+        };
+        let engine = Arc::new(Engine::open(config).map_err(engine_err)?);
+        let hard_state = engine
+            .get_message::<HardState>(GROUP, HARD_STATE_KEY)
+            .map_err(engine_err)?
+            .unwrap_or_default();
+        let conf_state = engine
+            .get_message::<ConfState>(GROUP, CONF_STATE_KEY)
+            .map_err(engine_err)?
+            .unwrap_or_default();
+        let snapshot = read_snapshot(&dir.join(SNAPSHOT_FILE))?.unwrap_or_default();
+        let store = LogStore {
+            engine,
+            sync,
+            dir: dir.to_owned(),
+            hard_state,
+            conf_state,
+            snapshot,
+        };
+        store.check_consistency()?;
+        Ok(store)
+    }
+
+    /// The log and the snapshot must meet: the log may not start after the
+    /// snapshot's next index (a hole nothing could fill).
+    fn check_consistency(&self) -> Result<(), LogStoreError> {
+        let snap_index = self.snapshot.get_metadata().index;
+        if let Some(first) = self.engine.first_index(GROUP)
+            && first > snap_index + 1
+        {
+            return Err(LogStoreError::Snapshot {
+                path: self.dir.join(SNAPSHOT_FILE),
+                reason: format!(
+                    "the snapshot ends at index {snap_index} but the log starts at {first}: entries are missing (was snapshot.bin replaced by an older one?)"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether nothing was ever written: a new member.
+    pub fn is_empty(&self) -> bool {
+        self.hard_state == HardState::default()
+            && self.conf_state == ConfState::default()
+            && self.engine.last_index(GROUP).is_none()
+            && self.snapshot.get_metadata().index == 0
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Sets the initial configuration of a new cluster.
+    pub fn bootstrap(&mut self, voters: Vec<u64>) -> Result<(), LogStoreError> {
+        self.set_conf_state(ConfState {
+            voters,
+            ..Default::default()
+        })
+    }
+
+    pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), LogStoreError> {
+        let mut batch = LogBatch::default();
+        batch
+            .put_message(GROUP, CONF_STATE_KEY.to_vec(), &cs)
+            .map_err(|source| self.engine_error(source))?;
+        self.write(&mut batch, true)?;
+        self.conf_state = cs;
+        Ok(())
+    }
+
+    /// Persists new entries and, if given, the hard state, with one sync.
+    pub fn append(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), LogStoreError> {
+        let mut batch = LogBatch::default();
+        // raft-engine refuses batches over its size limit; split large ones.
+        for chunk in entries.chunks(256) {
+            batch
+                .add_entries::<EntryExt>(GROUP, chunk)
+                .map_err(|source| self.engine_error(source))?;
+        }
+        if let Some(hs) = hard_state {
+            batch
+                .put_message(GROUP, HARD_STATE_KEY.to_vec(), hs)
+                .map_err(|source| self.engine_error(source))?;
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.write(&mut batch, true)?;
+        if let Some(hs) = hard_state {
+            self.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Records a new commit index. Not synced: a commit index lost in a
+    /// crash is learned again from the leader.
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), LogStoreError> {
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        let mut batch = LogBatch::default();
+        batch
+            .put_message(GROUP, HARD_STATE_KEY.to_vec(), &hs)
+            .map_err(|source| self.engine_error(source))?;
+        self.write(&mut batch, false)?;
+        self.hard_state = hs;
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader: it replaces the whole
+    /// log. The snapshot file is durable before the log is cleared, so a
+    /// crash in between leaves a consistent (if longer) log.
+    pub fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<(), LogStoreError> {
+        write_snapshot(&self.dir.join(SNAPSHOT_FILE), &snapshot)?;
+        let meta = snapshot.get_metadata();
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = hs.commit.max(meta.index);
+        let mut batch = LogBatch::default();
+        batch.add_command(GROUP, EngineCommand::Clean);
+        batch
+            .put_message(GROUP, HARD_STATE_KEY.to_vec(), &hs)
+            .map_err(|source| self.engine_error(source))?;
+        batch
+            .put_message(GROUP, CONF_STATE_KEY.to_vec(), meta.get_conf_state())
+            .map_err(|source| self.engine_error(source))?;
+        self.write(&mut batch, true)?;
+        self.hard_state = hs;
+        self.conf_state = meta.get_conf_state().clone();
+        self.snapshot = snapshot;
+        Ok(())
+    }
+
+    /// Records a snapshot this member made of its own applied state and
+    /// drops the log entries it covers.
+    pub fn compact(&mut self, snapshot: Snapshot) -> Result<(), LogStoreError> {
+        write_snapshot(&self.dir.join(SNAPSHOT_FILE), &snapshot)?;
+        let index = snapshot.get_metadata().index;
+        self.snapshot = snapshot;
+        self.engine.compact_to(GROUP, index + 1);
+        // Reclaim the files the compaction emptied; failure only costs disk.
+        if let Err(e) = self.engine.purge_expired_files() {
+            tracing::warn!(error = %e, "raft log purge failed");
+        }
+        Ok(())
+    }
+
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot.get_metadata().index
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// The latest snapshot (data included).
+    pub fn latest_snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    fn first(&self) -> u64 {
+        let after_snapshot = self.snapshot.get_metadata().index + 1;
+        self.engine
+            .first_index(GROUP)
+            .map_or(after_snapshot, |f| f.max(after_snapshot))
+    }
+
+    fn last(&self) -> u64 {
+        self.engine
+            .last_index(GROUP)
+            .unwrap_or(0)
+            .max(self.snapshot.get_metadata().index)
+    }
+
+    fn write(&self, batch: &mut LogBatch, sync: bool) -> Result<(), LogStoreError> {
+        self.engine
+            .write(batch, sync && self.sync)
+            .map(|_| ())
+            .map_err(|source| self.engine_error(source))
+    }
+
+    fn engine_error(&self, source: raft_engine::Error) -> LogStoreError {
+        LogStoreError::Engine {
+            dir: self.dir.join("raft-log"),
+            source,
+        }
+    }
+}
+
+fn storage_error(e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(e.to_string().into()))
+}
+
+impl raft::Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState {
+            hard_state: self.hard_state.clone(),
+            conf_state: self.conf_state.clone(),
+        })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let mut entries = Vec::with_capacity((high - low) as usize);
+        let max_size = max_size
+            .into()
+            .map(|m| usize::try_from(m).unwrap_or(usize::MAX));
+        self.engine
+            .fetch_entries_to::<EntryExt>(GROUP, low, high, max_size, &mut entries)
+            .map_err(storage_error)?;
+        // raft-rs expects at least one entry when any is in range, even past
+        // max_size; raft-engine already gives that.
+        Ok(entries)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let meta = self.snapshot.get_metadata();
+        if idx == meta.index {
+            return Ok(meta.term);
+        }
+        if idx < self.first() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        match self
+            .engine
+            .get_entry::<EntryExt>(GROUP, idx)
+            .map_err(storage_error)?
+        {
+            Some(e) => Ok(e.term),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // The log is compacted only up to the latest snapshot, so it always
+        // covers what a follower that needs a snapshot is missing.
+        Ok(self.snapshot.clone())
+    }
+}
+
+fn read_snapshot(path: &Path) -> Result<Option<Snapshot>, LogStoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(LogStoreError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let bad = |reason: String| LogStoreError::Snapshot {
+        path: path.to_owned(),
+        reason,
+    };
+    if bytes.len() < 20 || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err(bad("not a snapshot file (bad magic or too short)".into()));
+    }
+    let crc = u32::from_le_bytes(bytes[8..12].try_into().map_err(|_| bad("header".into()))?);
+    let len = u64::from_le_bytes(bytes[12..20].try_into().map_err(|_| bad("header".into()))?);
+    let body = &bytes[20..];
+    if body.len() as u64 != len {
+        return Err(bad(format!("truncated: {} bytes of {len}", body.len())));
+    }
+    if crc32fast::hash(body) != crc {
+        return Err(bad("checksum mismatch: the file is corrupted".into()));
+    }
+    let snapshot =
+        Snapshot::parse_from_bytes(body).map_err(|e| bad(format!("cannot decode: {e}")))?;
+    Ok(Some(snapshot))
+}
+
+fn write_snapshot(path: &Path, snapshot: &Snapshot) -> Result<(), LogStoreError> {
+    let io = |source| LogStoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let body = snapshot
+        .write_to_bytes()
+        .map_err(|e| LogStoreError::Snapshot {
+            path: path.to_owned(),
+            reason: format!("cannot encode: {e}"),
+        })?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(SNAPSHOT_MAGIC).map_err(io)?;
+        f.write_all(&crc32fast::hash(&body).to_le_bytes())
+            .map_err(io)?;
+        f.write_all(&(body.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        f.write_all(&body).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage as _;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: format!("entry {index}").into_bytes().into(),
+            ..Default::default()
+        }
+    }
+
+    fn snapshot_at(index: u64, term: u64) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.set_data(crate::model::State::default().encode_snapshot().into());
+        s.mut_metadata().index = index;
+        s.mut_metadata().term = term;
+        s.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        s
+    }
+
+    #[test]
+    fn entries_and_hard_state_survive_a_reopen() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let hs = HardState {
+            term: 3,
+            vote: 2,
+            commit: 4,
+            ..Default::default()
+        };
+        {
+            let mut store = LogStore::open(dir.path()).expect("open");
+            assert!(store.is_empty());
+            store.bootstrap(vec![1, 2, 3]).expect("bootstrap");
+            store
+                .append(&(1..=5).map(|i| entry(i, 3)).collect::<Vec<_>>(), Some(&hs))
+                .expect("append");
+        }
+        let store = LogStore::open(dir.path()).expect("reopen");
+        assert!(!store.is_empty());
+        let state = store.initial_state().expect("state");
+        assert_eq!(state.hard_state, hs);
+        assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(
+            (
+                store.first_index().expect("first"),
+                store.last_index().expect("last")
+            ),
+            (1, 5)
+        );
+        let got = store
+            .entries(2, 5, None, GetEntriesContext::empty(false))
+            .expect("entries");
+        assert_eq!(got, (2..5).map(|i| entry(i, 3)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn compaction_and_snapshot_install_move_the_log_start() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut store = LogStore::open(dir.path()).expect("open");
+        store
+            .append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
+            .expect("append");
+        store.compact(snapshot_at(6, 1)).expect("compact");
+        assert_eq!(store.first_index().expect("first"), 7);
+        assert_eq!(store.term(6).expect("term at snapshot"), 1);
+        assert!(matches!(
+            store.entries(5, 8, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        // A snapshot from a leader far ahead replaces the whole log.
+        store.apply_snapshot(snapshot_at(50, 4)).expect("install");
+        drop(store);
+        let store = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(
+            (
+                store.first_index().expect("first"),
+                store.last_index().expect("last")
+            ),
+            (51, 50)
+        );
+        assert_eq!(store.hard_state().commit, 50);
+        assert_eq!(store.latest_snapshot().get_metadata().index, 50);
+    }
+
+    #[test]
+    fn a_corrupted_snapshot_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tmp");
+        {
+            let mut store = LogStore::open(dir.path()).expect("open");
+            store
+                .append(&(1..=3).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
+                .expect("append");
+            store.compact(snapshot_at(2, 1)).expect("compact");
+        }
+        let path = dir.path().join(SNAPSHOT_FILE);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, &bytes).expect("write");
+        let err = LogStore::open(dir.path()).expect_err("corrupted snapshot");
+        let text = err.to_string();
+        assert!(
+            text.contains("snapshot.bin") && text.contains("checksum mismatch"),
+            "{text}"
+        );
+        std::fs::write(&path, &bytes[..10]).expect("truncate");
+        let text = LogStore::open(dir.path())
+            .expect_err("truncated")
+            .to_string();
+        assert!(text.contains("snapshot.bin"), "{text}");
+    }
+
+    #[test]
+    fn a_corrupted_log_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tmp");
+        {
+            let mut store = LogStore::open(dir.path()).expect("open");
+            for i in 1..=20 {
+                store.append(&[entry(i, 1)], None).expect("append");
+            }
+        }
+        let log_dir = dir.path().join("raft-log");
+        let file = std::fs::read_dir(&log_dir)
+            .expect("log dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "raftlog"))
+            .expect("a log file");
+        let mut bytes = std::fs::read(&file).expect("read");
+        // Damage a record in the middle of the file.
+        let middle = bytes.len() / 2;
+        for b in &mut bytes[middle..middle + 8] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&file, &bytes).expect("write");
+        let text = LogStore::open(dir.path())
+            .expect_err("corrupted log")
+            .to_string();
+        assert!(text.contains("raft-log"), "{text}");
+    }
+}
