@@ -215,3 +215,72 @@ pub fn replace_file(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
+
+/// A free TCP port on loopback (bound and released: another process could
+/// take it in between, which on a test machine does not happen in practice).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Files for a loopback cluster of `n` members sharing one services file:
+/// `member-<id>.toml` and `data-<id>/` in `dir`.
+#[derive(Debug, Clone)]
+pub struct ClusterLayout {
+    pub dir: PathBuf,
+    pub services: PathBuf,
+    pub peer_ports: Vec<u16>,
+}
+
+impl ClusterLayout {
+    /// Writes the configs; `services` is the services file's text.
+    pub fn write(
+        dir: &Path,
+        n: u64,
+        services: &str,
+        cluster_id: &str,
+    ) -> anyhow::Result<ClusterLayout> {
+        let peer_ports = (0..n)
+            .map(|_| free_port())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let services_path = dir.join("services.toml");
+        std::fs::write(&services_path, services)?;
+        let members: Vec<String> = peer_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("{{ id = {}, address = \"127.0.0.1:{port}\" }}", i + 1))
+            .collect();
+        for (i, port) in peer_ports.iter().enumerate() {
+            let id = i + 1;
+            let config = format!(
+                "[node]\nid = {id}\n\n[source.file]\npath = \"services.toml\"\ncheck_interval = \"200ms\"\n\n\
+                 [admin]\nlisten = \"127.0.0.1:0\"\n\n[cluster]\nid = \"{cluster_id}\"\ndata_dir = \"data-{id}\"\n\
+                 listen = \"127.0.0.1:{port}\"\nmember = [{}]\n",
+                members.join(", ")
+            );
+            std::fs::write(dir.join(format!("member-{id}.toml")), config)?;
+        }
+        Ok(ClusterLayout {
+            dir: dir.to_owned(),
+            services: services_path,
+            peer_ports,
+        })
+    }
+
+    pub fn config(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("member-{id}.toml"))
+    }
+}
+
+/// A member's cluster status through its admin API.
+pub async fn cluster_status(member: &Member) -> anyhow::Result<proto::admin::v1::ClusterStatus> {
+    member
+        .client()
+        .await?
+        .get_status(proto::admin::v1::GetStatusRequest {})
+        .await?
+        .into_inner()
+        .cluster
+        .context("member reports no cluster")
+}

@@ -136,6 +136,16 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
                     "last_loaded_unix_ms": source.last_loaded_unix_ms,
                     "last_error": source.last_error,
                 },
+                "cluster": s.cluster.as_ref().map(|c| json!({
+                    "cluster_id": c.cluster_id,
+                    "role": c.role,
+                    "term": c.term,
+                    "leader": c.leader,
+                    "commit_index": c.commit_index,
+                    "applied_index": c.applied_index,
+                    "voters": c.voters,
+                    "members": c.members.iter().map(|m| json!({"id": m.id, "peer_address": m.peer_address})).collect::<Vec<_>>(),
+                })),
                 "dataplane": {
                     "kind": dp.kind,
                     "last_sync_unix_ms": dp.last_sync_unix_ms,
@@ -148,6 +158,32 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
         ),
         Output::Table => {
             println!("node       {} (lb-node {})", s.node_id, s.version);
+            match &s.cluster {
+                Some(c) => {
+                    println!(
+                        "cluster    {}: {} in term {}, leader {}, commit {}, applied {}",
+                        c.cluster_id,
+                        c.role,
+                        c.term,
+                        if c.leader == 0 {
+                            "unknown".to_owned()
+                        } else {
+                            c.leader.to_string()
+                        },
+                        c.commit_index,
+                        c.applied_index
+                    );
+                    for m in &c.members {
+                        let voter = if c.voters.contains(&m.id) {
+                            "voter"
+                        } else {
+                            "not voting"
+                        };
+                        println!("  member   {} at {} ({voter})", m.id, m.peer_address);
+                    }
+                }
+                None => println!("cluster    none (standalone)"),
+            }
             println!("revision   {}", s.revision);
             println!("services   {}", s.services);
             println!(

@@ -1,11 +1,12 @@
 //! Wires a member's tasks together.
 //!
 //! ```text
-//!   services file ──(SIGHUP, content change)──▶ source::file::run
+//!   services file ──(SIGHUP, content change)──▶ source::file::run   (leader only)
 //!                                                   │ Vec<Command>
 //!                                                   ▼
-//!                                          replication (Proposer)
-//!                                                   │ watch<Arc<State>>
+//!                     replication: standalone log, or the Raft node thread
+//!                     (replication::node) with its peer transport
+//!                                                   │ watch<Arc<State>>  (every member)
 //!                          ┌────────────────────────┼─────────────────┐
 //!                          ▼                        ▼                 ▼
 //!             dataplane::reconcile::run      admin::serve       (announce, later)
@@ -14,6 +15,12 @@
 //! ```
 //!
 //! Each task owns its resource and ends on the shared `CancellationToken`.
+//! In a cluster, a supervisor starts the source when this member becomes
+//! leader and stops it when it stops being leader: only the leader reads
+//! the source and proposes.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -23,81 +30,248 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::admin::{self, AdminService};
-use crate::config::{Config, DataplaneKind, SourceConfig};
+use crate::config::{ClusterConfig, Config, DataplaneKind, SourceConfig};
 use crate::dataplane::MemoryDataplane;
 use crate::dataplane::reconcile::{self, DataplaneStatus};
 use crate::model::{State, commands_towards};
-use crate::replication;
+use crate::replication::node::{self, RaftStatus};
+use crate::replication::replica::{Replica, ReplicaConfig};
+use crate::replication::storage::LogStore;
+use crate::replication::transport::{self, PeerOutbox, PeerService};
+use crate::replication::{self, Proposer};
 use crate::source::{SourceStatus, file};
 
-/// Runs a member until `shutdown`. The admin listener is bound by the
-/// caller. Returns an error when the initial services file is invalid.
+/// The sockets a member serves on, bound by the caller so tests can use
+/// port 0.
+#[derive(Debug)]
+pub struct Listeners {
+    pub admin: TcpListener,
+    /// The Raft peer port; required when the config has a `[cluster]`.
+    pub peer: Option<TcpListener>,
+}
+
+/// Runs a member until `shutdown`. Returns an error when the initial
+/// services file is invalid or the Raft log cannot be opened.
 pub async fn run(
     config: Config,
-    admin_listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let SourceConfig::File {
         path,
         check_interval,
-    } = &config.source;
+    } = config.source.clone();
     // Registered before anything else, so a SIGHUP never kills the member.
-    let hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
-    let services = file::load_services(path)?;
-    let mut initial = State::default();
-    for c in commands_towards(&initial.clone(), services) {
-        initial.apply(&c)?;
-    }
+    let mut hangup_signal = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let (hangup_tx, hangups) = watch::channel(0u64);
+    tokio::spawn(async move {
+        while hangup_signal.recv().await.is_some() {
+            hangup_tx.send_modify(|n| *n += 1);
+        }
+    });
+    // Checked at start on every member, leader or not: a typo stops it here.
+    let services = file::load_services(&path)?;
+
+    let mut tasks = Vec::new();
+    let (proposer, states, cluster) = match &config.cluster {
+        None => {
+            let mut initial = State::default();
+            for c in commands_towards(&initial.clone(), services) {
+                initial.apply(&c)?;
+            }
+            let (proposer, states, log_task) = replication::standalone(initial, shutdown.clone());
+            tasks.push(tokio::spawn(log_task));
+            (proposer, states, None)
+        }
+        Some(cluster) => {
+            let peer = listeners
+                .peer
+                .context("a cluster member needs a peer listener")?;
+            let (proposer, states, status, node) =
+                start_raft(config.node_id, cluster, peer, &shutdown).await?;
+            tasks.push(node);
+            (proposer, states, Some((cluster.id.clone(), status)))
+        }
+    };
     info!(
         node = config.node_id,
-        services = initial.len(),
         file = %path.display(),
-        admin = %admin_listener.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
+        cluster = cluster.as_ref().map_or("standalone", |(id, _)| id.as_str()),
         "lb-node starting"
     );
-
-    let (proposer, states, log_task) = replication::standalone(initial, shutdown.clone());
-    let log_task = tokio::spawn(log_task);
 
     let (source_tx, source_rx) = watch::channel(SourceStatus {
         kind: "file",
         location: path.display().to_string(),
-        last_loaded_unix_ms: reconcile::unix_ms(std::time::SystemTime::now()),
-        last_error: String::new(),
+        ..SourceStatus::default()
     });
-    let source_task = tokio::spawn(file::run(
-        path.clone(),
-        *check_interval,
-        hangups,
-        proposer,
-        states.clone(),
-        source_tx,
-        shutdown.clone(),
-    ));
+    let run_source = {
+        let (path, states) = (path.clone(), states.clone());
+        move |stop: CancellationToken| {
+            file::run(
+                path.clone(),
+                check_interval,
+                hangups.clone(),
+                proposer.clone(),
+                states.clone(),
+                source_tx.clone(),
+                stop,
+            )
+        }
+    };
+    match &cluster {
+        None => tasks.push(tokio::spawn(run_source(shutdown.clone()))),
+        Some((_, status)) => tasks.push(tokio::spawn(run_source_while_leader(
+            status.clone(),
+            run_source,
+            shutdown.clone(),
+        ))),
+    }
 
     let (dataplane_tx, dataplane_rx) = watch::channel(DataplaneStatus::default());
     let dataplane = match config.dataplane.kind {
         DataplaneKind::Memory => MemoryDataplane::new(),
     };
-    let reconcile_task = tokio::spawn(reconcile::run(
+    tasks.push(tokio::spawn(reconcile::run(
         dataplane,
         states.clone(),
         config.dataplane.repair_interval,
         dataplane_tx,
         shutdown.clone(),
-    ));
+    )));
 
     let admin = AdminService {
         node_id: config.node_id,
         states,
         source: source_rx,
         dataplane: dataplane_rx,
+        cluster,
     };
-    let admin_result = admin::serve(admin_listener, admin, shutdown.clone()).await;
+    let admin_result = admin::serve(listeners.admin, admin, shutdown.clone()).await;
     // The admin server ends only on shutdown (or a fatal error): stop the rest.
     shutdown.cancel();
-    let _ = tokio::join!(log_task, source_task, reconcile_task);
+    for task in tasks {
+        let _ = task.await;
+    }
     admin_result.context("admin server failed")?;
     info!("lb-node stopped");
     Ok(())
+}
+
+type RaftParts = (
+    Proposer,
+    watch::Receiver<Arc<State>>,
+    watch::Receiver<RaftStatus>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// Opens the Raft log, starts the node thread, the peer server and the
+/// peer senders. The returned task ends when the node thread has stopped.
+async fn start_raft(
+    node_id: u64,
+    cluster: &ClusterConfig,
+    peer_listener: TcpListener,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<RaftParts> {
+    let store = LogStore::open(&cluster.data_dir)?;
+    let replica = Replica::open(
+        ReplicaConfig {
+            id: node_id,
+            election_ticks: cluster.election_ticks,
+            heartbeat_ticks: cluster.heartbeat_ticks,
+            snapshot_after_entries: cluster.snapshot_after_entries,
+            fixed_election_timeout: false,
+        },
+        store,
+        &cluster.initial_members,
+    )?;
+    let (inputs, inputs_rx) = std::sync::mpsc::channel();
+    let (state_tx, states) = watch::channel(Arc::new(replica.state().clone()));
+    let (status_tx, status) = watch::channel(RaftStatus::default());
+    let outbox = PeerOutbox::new(
+        cluster.id.clone(),
+        node_id,
+        states.clone(),
+        inputs.clone(),
+        tokio::runtime::Handle::current(),
+        shutdown.clone(),
+    );
+    let tick = cluster.tick;
+    let node_thread = std::thread::Builder::new()
+        .name("raft-node".into())
+        .spawn(move || node::run(replica, inputs_rx, tick, outbox, state_tx, status_tx))
+        .context("cannot start the raft node thread")?;
+    let service = PeerService::new(cluster.id.clone(), node_id, states.clone(), inputs.clone());
+    let peer_shutdown = shutdown.clone();
+    let peer_addr = peer_listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = transport::serve(peer_listener, service, peer_shutdown.clone()).await {
+            tracing::error!(error = %e, "peer server failed; stopping");
+            peer_shutdown.cancel();
+        }
+    });
+    info!(node = node_id, peer = %peer_addr, "raft peer port listening");
+    let stop_inputs = inputs.clone();
+    let node_shutdown = shutdown.clone();
+    let node = tokio::spawn(async move {
+        node_shutdown.cancelled().await;
+        let _ = stop_inputs.send(node::Input::Stop);
+        match tokio::task::spawn_blocking(move || node_thread.join()).await {
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "raft node failed"),
+            Ok(Err(_)) => tracing::error!("raft node thread panicked"),
+            _ => {}
+        }
+    });
+    // A fatal error in the node thread stops the member: it must not go on
+    // serving a table it can no longer keep in step.
+    let mut watch_status = status.clone();
+    let fatal_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        while watch_status.changed().await.is_ok() {}
+        fatal_shutdown.cancel();
+    });
+    Ok((Proposer::raft(inputs), states, status, node))
+}
+
+/// Runs the source only while this member leads.
+async fn run_source_while_leader<F, Fut>(
+    mut status: watch::Receiver<RaftStatus>,
+    run_source: F,
+    shutdown: CancellationToken,
+) where
+    F: Fn(CancellationToken) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut running: Option<(CancellationToken, tokio::task::JoinHandle<()>)> = None;
+    loop {
+        let leader = status.borrow_and_update().is_leader();
+        match (leader, running.is_some()) {
+            (true, false) => {
+                info!("leader: starting the source");
+                let stop = shutdown.child_token();
+                running = Some((stop.clone(), tokio::spawn(run_source(stop))));
+            }
+            (false, true) => {
+                info!("no longer leader: stopping the source");
+                if let Some((stop, task)) = running.take() {
+                    stop.cancel();
+                    let _ = task.await;
+                }
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = status.changed() => if changed.is_err() { break },
+            // A source that ended on its own is restarted while leading.
+            _ = tokio::time::sleep(Duration::from_secs(1)), if running.as_ref().is_some_and(|(_, t)| t.is_finished()) => {
+                running = None;
+            }
+        }
+    }
+    if let Some((stop, task)) = running {
+        stop.cancel();
+        let _ = task.await;
+    }
 }

@@ -117,6 +117,15 @@ pub fn parse_duration(text: &str, file: &Path, field: &str) -> Result<Duration, 
     })
 }
 
+/// A relative path is relative to the configuration file, so an example
+/// works from any working directory.
+fn relative_to(file: &Path, path: PathBuf) -> PathBuf {
+    match file.parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path,
+    }
+}
+
 /// Where the member keeps IPVS state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataplaneKind {
@@ -148,6 +157,24 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
 }
 
+/// The Raft cluster this member belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Carried in every peer message; a member refuses another cluster's.
+    pub id: String,
+    /// The Raft log and snapshots.
+    pub data_dir: PathBuf,
+    /// The peer (Raft) port.
+    pub listen: SocketAddr,
+    /// Raft's clock.
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub snapshot_after_entries: u64,
+    /// The members a new cluster starts with: (id, peer address).
+    pub initial_members: Vec<(u64, String)>,
+}
+
 /// A member's validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -157,6 +184,8 @@ pub struct Config {
     pub dataplane: DataplaneConfig,
     pub source: SourceConfig,
     pub admin: AdminConfig,
+    /// `None` for a standalone member.
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Deserialize)]
@@ -168,6 +197,44 @@ struct RawConfig {
     source: RawSource,
     #[serde(default)]
     admin: RawAdmin,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    id: String,
+    data_dir: PathBuf,
+    listen: String,
+    #[serde(default = "default_tick")]
+    tick: String,
+    #[serde(default = "default_election_ticks")]
+    election_ticks: usize,
+    #[serde(default = "default_heartbeat_ticks")]
+    heartbeat_ticks: usize,
+    #[serde(default = "default_snapshot_after_entries")]
+    snapshot_after_entries: u64,
+    member: Vec<RawMember>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    id: u64,
+    address: String,
+}
+
+fn default_tick() -> String {
+    "50ms".into()
+}
+fn default_election_ticks() -> usize {
+    10
+}
+fn default_heartbeat_ticks() -> usize {
+    1
+}
+fn default_snapshot_after_entries() -> u64 {
+    10_000
 }
 
 #[derive(Deserialize)]
@@ -287,12 +354,7 @@ impl Config {
                 "must be at least 100ms",
             ));
         }
-        // A relative path is relative to the configuration file, so the
-        // example works from any working directory.
-        let path = match file.parent() {
-            Some(dir) if source.path.is_relative() => dir.join(&source.path),
-            _ => source.path,
-        };
+        let path = relative_to(file, source.path);
         let listen: SocketAddr = raw.admin.listen.parse().map_err(|_| {
             ConfigError::new(
                 file,
@@ -303,7 +365,12 @@ impl Config {
                 ),
             )
         })?;
+        let cluster = raw
+            .cluster
+            .map(|c| Self::validate_cluster(c, raw.node.id, file))
+            .transpose()?;
         Ok(Config {
+            cluster,
             file: file.to_owned(),
             node_id: raw.node.id,
             dataplane: DataplaneConfig {
@@ -315,6 +382,110 @@ impl Config {
                 check_interval,
             },
             admin: AdminConfig { listen },
+        })
+    }
+
+    fn validate_cluster(
+        c: RawCluster,
+        node_id: u64,
+        file: &Path,
+    ) -> Result<ClusterConfig, ConfigError> {
+        if c.id.trim().is_empty() {
+            return Err(ConfigError::new(file, "cluster.id", "must not be empty"));
+        }
+        let listen: SocketAddr = c.listen.parse().map_err(|_| {
+            ConfigError::new(
+                file,
+                "cluster.listen",
+                format!(
+                    "{:?} is not an address:port like \"10.0.0.1:9444\"",
+                    c.listen
+                ),
+            )
+        })?;
+        let tick = parse_duration(&c.tick, file, "cluster.tick")?;
+        if !(Duration::from_millis(10)..=Duration::from_secs(1)).contains(&tick) {
+            return Err(ConfigError::new(
+                file,
+                "cluster.tick",
+                "must be between 10ms and 1s",
+            ));
+        }
+        if c.heartbeat_ticks == 0 {
+            return Err(ConfigError::new(
+                file,
+                "cluster.heartbeat_ticks",
+                "must be 1 or more",
+            ));
+        }
+        if c.election_ticks <= c.heartbeat_ticks {
+            return Err(ConfigError::new(
+                file,
+                "cluster.election_ticks",
+                format!(
+                    "must be more than heartbeat_ticks ({}); 10 times is usual",
+                    c.heartbeat_ticks
+                ),
+            ));
+        }
+        if c.snapshot_after_entries == 0 {
+            return Err(ConfigError::new(
+                file,
+                "cluster.snapshot_after_entries",
+                "must be 1 or more",
+            ));
+        }
+        if c.member.is_empty() {
+            return Err(ConfigError::new(
+                file,
+                "cluster.member",
+                "a cluster needs its initial members",
+            ));
+        }
+        let mut initial_members = Vec::with_capacity(c.member.len());
+        for (i, m) in c.member.into_iter().enumerate() {
+            let at = format!("cluster.member[{i}]");
+            if m.id == 0 {
+                return Err(ConfigError::new(
+                    file,
+                    format!("{at}.id"),
+                    "must be 1 or more",
+                ));
+            }
+            if initial_members.iter().any(|(id, _)| *id == m.id) {
+                return Err(ConfigError::new(
+                    file,
+                    format!("{at}.id"),
+                    format!("member {} is listed twice", m.id),
+                ));
+            }
+            let port_ok = m.address.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+            });
+            if !port_ok {
+                return Err(ConfigError::new(
+                    file,
+                    format!("{at}.address"),
+                    format!("{:?} is not a host:port", m.address),
+                ));
+            }
+            initial_members.push((m.id, m.address));
+        }
+        if !initial_members.iter().any(|(id, _)| *id == node_id) {
+            tracing::info!(
+                node = node_id,
+                "this member is not among the initial members: it waits to be added"
+            );
+        }
+        Ok(ClusterConfig {
+            id: c.id,
+            data_dir: relative_to(file, c.data_dir),
+            listen,
+            tick,
+            election_ticks: c.election_ticks,
+            heartbeat_ticks: c.heartbeat_ticks,
+            snapshot_after_entries: c.snapshot_after_entries,
+            initial_members,
         })
     }
 }

@@ -96,14 +96,24 @@ fn run(config: Config) -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.admin.listen)
+        let admin = tokio::net::TcpListener::bind(config.admin.listen)
             .await
             .map_err(|e| {
                 anyhow::anyhow!("cannot listen on admin.listen {}: {e}", config.admin.listen)
             })?;
+        let peer = match &config.cluster {
+            Some(cluster) => Some(
+                tokio::net::TcpListener::bind(cluster.listen)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot listen on cluster.listen {}: {e}", cluster.listen)
+                    })?,
+            ),
+            None => None,
+        };
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        lb_node::app::run(config, listener, shutdown).await
+        lb_node::app::run(config, lb_node::app::Listeners { admin, peer }, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

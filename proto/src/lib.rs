@@ -12,6 +12,12 @@ pub mod state {
     }
 }
 
+pub mod peer {
+    pub mod v1 {
+        tonic::include_proto!("lb.peer.v1");
+    }
+}
+
 pub mod admin {
     pub mod v1 {
         tonic::include_proto!("lb.admin.v1");

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::dataplane::reconcile::DataplaneStatus;
 use crate::model::{State, service_to_pb};
+use crate::replication::node::RaftStatus;
 use crate::source::SourceStatus;
 
 /// The admin service of one member.
@@ -23,6 +24,8 @@ pub struct AdminService {
     pub states: watch::Receiver<Arc<State>>,
     pub source: watch::Receiver<SourceStatus>,
     pub dataplane: watch::Receiver<DataplaneStatus>,
+    /// The cluster id and the Raft node's status; `None` when standalone.
+    pub cluster: Option<(String, watch::Receiver<RaftStatus>)>,
 }
 
 #[tonic::async_trait]
@@ -52,6 +55,26 @@ impl Admin for AdminService {
                 last_error: dataplane.last_error,
                 programmed_services: dataplane.programmed_services,
                 programmed_destinations: dataplane.programmed_destinations,
+            }),
+            cluster: self.cluster.as_ref().map(|(cluster_id, raft)| {
+                let raft = raft.borrow().clone();
+                pb::ClusterStatus {
+                    cluster_id: cluster_id.clone(),
+                    role: raft.role.into(),
+                    term: raft.term,
+                    leader: raft.leader,
+                    commit_index: raft.commit_index,
+                    applied_index: raft.applied_index,
+                    members: state
+                        .members()
+                        .iter()
+                        .map(|(&id, address)| proto::state::v1::Member {
+                            id,
+                            peer_address: address.clone(),
+                        })
+                        .collect(),
+                    voters: raft.voters,
+                }
             }),
         }))
     }

@@ -22,6 +22,17 @@ pub enum ProposeError {
     /// The log has stopped (the member is shutting down).
     #[error("the replicated log is not running")]
     Stopped,
+    /// Only the leader takes proposals; `leader` is 0 when none is known.
+    #[error("this member is not the leader (leader: {leader})")]
+    NotLeader { leader: u64 },
+    /// Raft refused the proposal (a leadership transfer in progress, say).
+    #[error("proposal dropped: {0}")]
+    Dropped(String),
+    /// Leadership was lost before the proposal was applied: it may or may
+    /// not be applied later. Sources propose differences against the
+    /// applied state, so proposing again is safe.
+    #[error("leadership changed; the proposal's outcome is unknown")]
+    Unknown,
 }
 
 /// The outcome of each command of a committed proposal, in order.
@@ -35,7 +46,13 @@ struct Proposal {
 /// A cloneable handle to propose commands to the log.
 #[derive(Clone, Debug)]
 pub struct Proposer {
-    tx: mpsc::Sender<Proposal>,
+    sink: Sink,
+}
+
+#[derive(Clone, Debug)]
+enum Sink {
+    Standalone(mpsc::Sender<Proposal>),
+    Raft(std::sync::mpsc::Sender<node::Input>),
 }
 
 impl std::fmt::Debug for Proposal {
@@ -54,19 +71,37 @@ impl Proposer {
         if commands.is_empty() {
             return Ok(Vec::new());
         }
-        let (done, answer) = oneshot::channel();
-        self.tx
-            .send(Proposal { commands, done })
-            .await
-            .map_err(|_| ProposeError::Stopped)?;
-        answer.await.map_err(|_| ProposeError::Stopped)
+        match &self.sink {
+            Sink::Standalone(tx) => {
+                let (done, answer) = oneshot::channel();
+                tx.send(Proposal { commands, done })
+                    .await
+                    .map_err(|_| ProposeError::Stopped)?;
+                answer.await.map_err(|_| ProposeError::Stopped)
+            }
+            Sink::Raft(tx) => {
+                let (done, answer) = oneshot::channel();
+                tx.send(node::Input::Propose(commands, done))
+                    .map_err(|_| ProposeError::Stopped)?;
+                answer.await.map_err(|_| ProposeError::Stopped)?
+            }
+        }
+    }
+
+    /// A proposer into a Raft node thread.
+    pub fn raft(inputs: std::sync::mpsc::Sender<node::Input>) -> Proposer {
+        Proposer {
+            sink: Sink::Raft(inputs),
+        }
     }
 }
 
 /// The applied state, as every member publishes it.
 pub type StateWatch = watch::Receiver<Arc<State>>;
 
+pub mod node;
 mod raft_log;
 pub mod replica;
 pub mod sim;
 pub mod storage;
+pub mod transport;

@@ -42,5 +42,11 @@ pub fn standalone(
             let _ = proposal.done.send(outcomes);
         }
     };
-    (Proposer { tx }, state_rx, task)
+    (
+        Proposer {
+            sink: super::Sink::Standalone(tx),
+        },
+        state_rx,
+        task,
+    )
 }

@@ -8,16 +8,22 @@
 //!   `lb.state.v1.Snapshot` protobuf), with a magic, a CRC32 and a length,
 //!   written to a temporary file, synced and renamed into place.
 //!
+//! - `raft-log.mark`: the high-water mark: the last index, term and vote
+//!   written, rewritten (not synced) after every write.
+//!
 //! Everything the log acknowledges is synced first (`write(.., sync)`).
-//! Any damage found when opening (raft-engine runs in its
-//! `AbsoluteConsistency` recovery mode), or a snapshot whose checksum fails,
-//! makes `open` refuse with the file and what is wrong: a member never
-//! silently starts with less than it acknowledged. That includes a torn
-//! record left by a power cut in the middle of a write: raft-engine's
-//! tolerant mode would drop it, but it cannot tell it from the loss of a
-//! synced vote, and a member that forgets its vote can elect two leaders in
-//! one term. The operator's way out is to wipe the member's data directory:
-//! it rejoins and catches up from a snapshot.
+//! raft-engine runs in its `TolerateTailCorruption` recovery mode: after a
+//! crash, the unwritten tail of its last file (pre-allocated zeros, or a
+//! torn record after a power cut) is dropped. That mode would also drop,
+//! without a word, everything after a damaged record in the middle of the
+//! last file, synced entries and votes included; the mark catches that: a
+//! log that opens shorter than the mark, or with an older term, was damaged,
+//! and `open` refuses it with the file and what is missing. (The mark is
+//! not synced: after a power cut it may be older than the log, never newer
+//! than what was synced, so it never refuses a sound log.) A snapshot whose
+//! checksum fails is refused the same way: a member never silently starts
+//! with less than it acknowledged. The operator's way out is to wipe the
+//! member's data directory: it rejoins and catches up from a snapshot.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -34,6 +40,8 @@ const HARD_STATE_KEY: &[u8] = b"hard_state";
 const CONF_STATE_KEY: &[u8] = b"conf_state";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"LBSNAP\0\x01";
 const SNAPSHOT_FILE: &str = "snapshot.bin";
+const MARK_FILE: &str = "raft-log.mark";
+const MARK_MAGIC: &[u8; 8] = b"LBMARK\0\x01";
 
 struct EntryExt;
 
@@ -78,6 +86,8 @@ pub struct LogStore {
     conf_state: ConfState,
     /// The latest snapshot (data included), or the empty one.
     snapshot: Snapshot,
+    /// The high-water mark file, rewritten after every write.
+    mark: std::fs::File,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -112,7 +122,7 @@ impl LogStore {
         };
         let config = raft_engine::Config {
             dir: log_dir.to_string_lossy().into_owned(),
-            recovery_mode: raft_engine::RecoveryMode::AbsoluteConsistency,
+            recovery_mode: raft_engine::RecoveryMode::TolerateTailCorruption,
             recovery_threads: 1,
             target_file_size: raft_engine::ReadableSize::mb(32),
             purge_threshold: raft_engine::ReadableSize::mb(256),
@@ -128,6 +138,17 @@ impl LogStore {
             .map_err(engine_err)?
             .unwrap_or_default();
         let snapshot = read_snapshot(&dir.join(SNAPSHOT_FILE))?.unwrap_or_default();
+        let mark_path = dir.join(MARK_FILE);
+        let previous_mark = read_mark(&mark_path)?;
+        let mark = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&mark_path)
+            .map_err(|source| LogStoreError::Io {
+                path: mark_path.clone(),
+                source,
+            })?;
         let store = LogStore {
             engine,
             sync,
@@ -135,8 +156,22 @@ impl LogStore {
             hard_state,
             conf_state,
             snapshot,
+            mark,
         };
         store.check_consistency()?;
+        if let Some((last_index, term)) = previous_mark
+            && (store.last() < last_index || store.hard_state.term < term)
+        {
+            return Err(LogStoreError::Engine {
+                dir: log_dir,
+                source: raft_engine::Error::Corruption(format!(
+                    "the log opens at last index {} term {}, but index {last_index} term {term} had been written: records were lost to damage (raft-engine dropped what followed a broken record)",
+                    store.last(),
+                    store.hard_state.term
+                )),
+            });
+        }
+        store.write_mark();
         Ok(store)
     }
 
@@ -212,6 +247,7 @@ impl LogStore {
         if let Some(hs) = hard_state {
             self.hard_state = hs.clone();
         }
+        self.write_mark();
         Ok(())
     }
 
@@ -238,6 +274,9 @@ impl LogStore {
         let mut hs = self.hard_state.clone();
         hs.term = hs.term.max(meta.term);
         hs.commit = hs.commit.max(meta.index);
+        // The log may get shorter: lower the mark first, so a crash between
+        // here and the end never leaves a mark above the log.
+        self.write_mark_of(self.last().min(meta.index), self.hard_state.term);
         let mut batch = LogBatch::default();
         batch.add_command(GROUP, EngineCommand::Clean);
         batch
@@ -250,6 +289,7 @@ impl LogStore {
         self.hard_state = hs;
         self.conf_state = meta.get_conf_state().clone();
         self.snapshot = snapshot;
+        self.write_mark();
         Ok(())
     }
 
@@ -296,6 +336,24 @@ impl LogStore {
             .last_index(GROUP)
             .unwrap_or(0)
             .max(self.snapshot.get_metadata().index)
+    }
+
+    /// Rewrites the high-water mark in place. Not synced (see the module
+    /// docs); a failure only weakens the damage check, so it is logged.
+    fn write_mark(&self) {
+        self.write_mark_of(self.last(), self.hard_state.term);
+    }
+
+    fn write_mark_of(&self, last: u64, term: u64) {
+        use std::os::unix::fs::FileExt as _;
+        let mut bytes = Vec::with_capacity(32);
+        bytes.extend_from_slice(MARK_MAGIC);
+        bytes.extend_from_slice(&last.to_le_bytes());
+        bytes.extend_from_slice(&term.to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&bytes[8..24]).to_le_bytes());
+        if let Err(e) = self.mark.write_all_at(&bytes, 0) {
+            tracing::warn!(error = %e, "cannot update {MARK_FILE}");
+        }
     }
 
     fn write(&self, batch: &mut LogBatch, sync: bool) -> Result<(), LogStoreError> {
@@ -416,6 +474,33 @@ fn read_snapshot(path: &Path) -> Result<Option<Snapshot>, LogStoreError> {
     let snapshot =
         Snapshot::parse_from_bytes(body).map_err(|e| bad(format!("cannot decode: {e}")))?;
     Ok(Some(snapshot))
+}
+
+/// The (last index, term) of the mark file, if there is a readable one. A
+/// mark that fails its checksum (a torn rewrite) is ignored: it only ever
+/// guards, never decides.
+fn read_mark(path: &Path) -> Result<Option<(u64, u64)>, LogStoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(LogStoreError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    if bytes.len() < 28 || &bytes[..8] != MARK_MAGIC {
+        return Ok(None);
+    }
+    let word = |at: usize| bytes[at..at + 8].try_into().map(u64::from_le_bytes).ok();
+    let crc = bytes[24..28].try_into().map(u32::from_le_bytes).ok();
+    match (word(8), word(16), crc) {
+        (Some(last), Some(term), Some(crc)) if crc32fast::hash(&bytes[8..24]) == crc => {
+            Ok(Some((last, term)))
+        }
+        _ => Ok(None),
+    }
 }
 
 fn write_snapshot(path: &Path, snapshot: &Snapshot) -> Result<(), LogStoreError> {

@@ -15,7 +15,6 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use tokio::signal::unix::Signal;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -306,11 +305,12 @@ fn service_name_of(text: &str, field: &str) -> Option<String> {
 ///
 /// The file is checked every `check_interval` (its content, not its time
 /// stamp, so an editor's rename-over counts as a change and a `touch` does
-/// not) and on every SIGHUP, which reloads even an unchanged file.
+/// not) and on every SIGHUP (`hangups` changes), which reloads even an
+/// unchanged file.
 pub async fn run(
     path: PathBuf,
     check_interval: Duration,
-    mut hangups: Signal,
+    mut hangups: watch::Receiver<u64>,
     proposer: Proposer,
     states: watch::Receiver<Arc<State>>,
     status: watch::Sender<SourceStatus>,
@@ -323,7 +323,7 @@ pub async fn run(
         let forced = tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => false,
-            _ = hangups.recv() => {
+            Ok(()) = hangups.changed() => {
                 info!(file = %path.display(), "SIGHUP: reloading the services file");
                 true
             }

@@ -1,0 +1,256 @@
+//! The node thread: the one owner of a member's `Replica`.
+//!
+//! ```text
+//!   Proposer / admin ──Input::Propose, AddMember, ...──┐
+//!   peer server ───────Input::Raft(Message)────────────┤ std mpsc
+//!   peer senders ──────Input::Unreachable, Snapshot────┘
+//!                                                      ▼
+//!                      node thread: tick / step / propose / handle_ready
+//!                        │ messages           │ watch<Arc<State>>   │ watch<RaftStatus>
+//!                        ▼                    ▼                      ▼
+//!                    Outbox (peer lanes)   reconciler, admin     source supervisor
+//! ```
+//!
+//! A dedicated OS thread, not a tokio task: every ready ends in an fsync,
+//! which must not stall the runtime's workers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::Message;
+use tokio::sync::{oneshot, watch};
+use tracing::{error, info};
+
+use super::replica::{NotAccepted, Replica};
+use super::{Outcomes, ProposeError};
+use crate::model::{Command, State};
+
+/// What other tasks ask of the node thread.
+#[derive(Debug)]
+pub enum Input {
+    Propose(
+        Vec<Command>,
+        oneshot::Sender<Result<Outcomes, ProposeError>>,
+    ),
+    Raft(Box<Message>),
+    Unreachable(u64),
+    SnapshotSent {
+        to: u64,
+        ok: bool,
+    },
+    TransferLeader(u64),
+    AddMember {
+        id: u64,
+        peer_address: String,
+        done: oneshot::Sender<Result<(), ProposeError>>,
+    },
+    RemoveMember {
+        id: u64,
+        done: oneshot::Sender<Result<(), ProposeError>>,
+    },
+    /// Snapshot the state and compact the log now.
+    Snapshot,
+    Stop,
+}
+
+/// Where the node thread sends Raft messages. Must not block.
+pub trait Outbox: Send + 'static {
+    fn send(&self, message: Message);
+}
+
+/// The cluster as this member sees it, for status and for deciding who runs
+/// the source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub id: u64,
+    pub role: &'static str,
+    pub term: u64,
+    pub leader: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub voters: Vec<u64>,
+}
+
+impl RaftStatus {
+    pub fn is_leader(&self) -> bool {
+        self.role == "leader"
+    }
+}
+
+fn status_of(replica: &Replica) -> RaftStatus {
+    RaftStatus {
+        id: replica.id(),
+        role: match replica.role() {
+            raft::StateRole::Leader => "leader",
+            raft::StateRole::Follower => "follower",
+            raft::StateRole::Candidate => "candidate",
+            raft::StateRole::PreCandidate => "pre-candidate",
+        },
+        term: replica.term(),
+        leader: replica.leader(),
+        commit_index: replica.commit_index(),
+        applied_index: replica.applied_index(),
+        voters: replica.voters(),
+    }
+}
+
+fn refused(e: NotAccepted) -> ProposeError {
+    match e {
+        NotAccepted::NotLeader { leader } => ProposeError::NotLeader { leader },
+        NotAccepted::Dropped(reason) => ProposeError::Dropped(reason),
+    }
+}
+
+/// Runs the node loop until `Input::Stop` or every sender is gone. Returns
+/// the replica's fatal error, if any.
+pub fn run(
+    mut replica: Replica,
+    inputs: Receiver<Input>,
+    tick: Duration,
+    outbox: impl Outbox,
+    states: watch::Sender<Arc<State>>,
+    status: watch::Sender<RaftStatus>,
+) -> Result<(), super::replica::ReplicaError> {
+    let mut waiting: HashMap<u64, oneshot::Sender<Result<Outcomes, ProposeError>>> = HashMap::new();
+    let mut next_tick = Instant::now() + tick;
+    states.send_replace(Arc::new(replica.state().clone()));
+    status.send_replace(status_of(&replica));
+    info!(member = replica.id(), "raft node started");
+    loop {
+        let timeout = next_tick.saturating_duration_since(Instant::now());
+        let first = match inputs.recv_timeout(timeout) {
+            Ok(input) => Some(input),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        // Take everything queued, so one ready (one fsync) covers it all.
+        for input in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| inputs.try_recv().ok()))
+        {
+            match input {
+                Input::Propose(commands, done) => match replica.propose(commands) {
+                    Ok(id) => {
+                        waiting.insert(id, done);
+                    }
+                    Err(e) => {
+                        let _ = done.send(Err(refused(e)));
+                    }
+                },
+                Input::Raft(message) => replica.step(*message),
+                Input::Unreachable(id) => replica.report_unreachable(id),
+                Input::SnapshotSent { to, ok } => replica.report_snapshot(to, ok),
+                Input::TransferLeader(to) => replica.transfer_leader(to),
+                Input::AddMember {
+                    id,
+                    peer_address,
+                    done,
+                } => {
+                    let _ = done.send(
+                        replica
+                            .propose_add_member(id, &peer_address)
+                            .map_err(refused),
+                    );
+                }
+                Input::RemoveMember { id, done } => {
+                    let _ = done.send(replica.propose_remove_member(id).map_err(refused));
+                }
+                Input::Snapshot => replica.snapshot_now()?,
+                Input::Stop => return Ok(()),
+            }
+        }
+        if Instant::now() >= next_tick {
+            replica.tick();
+            next_tick += tick;
+            // After a long stall, do not fire a burst of ticks.
+            if next_tick < Instant::now() {
+                next_tick = Instant::now() + tick;
+            }
+        }
+        let mut state_changed = false;
+        while replica.has_ready() {
+            let out = match replica.handle_ready() {
+                Ok(out) => out,
+                Err(e) => {
+                    error!(error = %e, "raft node stopped: cannot go on with this log");
+                    return Err(e);
+                }
+            };
+            for message in out.messages {
+                outbox.send(message);
+            }
+            for (id, outcomes) in out.completed {
+                if let Some(done) = waiting.remove(&id) {
+                    let _ = done.send(Ok(outcomes));
+                }
+            }
+            for id in out.abandoned {
+                if let Some(done) = waiting.remove(&id) {
+                    let _ = done.send(Err(ProposeError::Unknown));
+                }
+            }
+            state_changed |= out.state_changed;
+        }
+        if state_changed {
+            states.send_replace(Arc::new(replica.state().clone()));
+        }
+        let now = status_of(&replica);
+        status.send_if_modified(|s| {
+            if *s == now {
+                false
+            } else {
+                *s = now;
+                true
+            }
+        });
+    }
+}
+
+/// A handle to the node thread.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    pub inputs: Sender<Input>,
+    pub status: watch::Receiver<RaftStatus>,
+}
+
+impl NodeHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ProposeError>>) -> Input,
+    ) -> Result<T, ProposeError> {
+        let (done, answer) = oneshot::channel();
+        self.inputs
+            .send(make(done))
+            .map_err(|_| ProposeError::Stopped)?;
+        answer.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// Proposes adding a voting member; returns once proposed (the change
+    /// takes effect when committed).
+    pub async fn add_member(&self, id: u64, peer_address: String) -> Result<(), ProposeError> {
+        self.ask(|done| Input::AddMember {
+            id,
+            peer_address,
+            done,
+        })
+        .await
+    }
+
+    pub async fn remove_member(&self, id: u64) -> Result<(), ProposeError> {
+        self.ask(|done| Input::RemoveMember { id, done }).await
+    }
+
+    pub fn transfer_leader(&self, to: u64) -> Result<(), ProposeError> {
+        self.inputs
+            .send(Input::TransferLeader(to))
+            .map_err(|_| ProposeError::Stopped)
+    }
+
+    pub fn snapshot(&self) -> Result<(), ProposeError> {
+        self.inputs
+            .send(Input::Snapshot)
+            .map_err(|_| ProposeError::Stopped)
+    }
+}

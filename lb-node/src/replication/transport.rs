@@ -1,0 +1,397 @@
+//! The Raft peer transport over tonic (`lb.peer.v1.Peer`).
+//!
+//! Sending: one task per peer and lane owns the connection. The ordinary
+//! lane keeps one client stream open and feeds it every message in order;
+//! the snapshot lane opens its own connection per snapshot, so a snapshot of
+//! many megabytes never queues in front of heartbeats. A broken connection
+//! is retried with capped exponential backoff, and the node is told (peer
+//! unreachable, snapshot failed) so Raft stops pipelining into the void.
+//!
+//! Receiving: every envelope must carry this cluster's id, come from a
+//! current member, be addressed to this member and hold a message that
+//! decodes; anything else is refused with a log line naming the peer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use proto::peer::v1::peer_client::PeerClient;
+use proto::peer::v1::peer_server::{Peer, PeerServer};
+use proto::peer::v1::{Envelope, SendAck};
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::node::{Input, Outbox};
+use crate::model::State;
+
+/// Largest message accepted: a snapshot of a 50,000-service table with ten
+/// backends each is about 20 MB.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Who may talk to this member: the cluster id and the current members.
+#[derive(Debug, Clone)]
+struct Gate {
+    cluster_id: String,
+    me: u64,
+    members: watch::Receiver<Arc<State>>,
+}
+
+/// The receiving side: a tonic service that feeds the node thread.
+#[derive(Debug, Clone)]
+pub struct PeerService {
+    gate: Gate,
+    inputs: Sender<Input>,
+}
+
+impl PeerService {
+    pub fn new(
+        cluster_id: String,
+        me: u64,
+        members: watch::Receiver<Arc<State>>,
+        inputs: Sender<Input>,
+    ) -> Self {
+        Self {
+            gate: Gate {
+                cluster_id,
+                me,
+                members,
+            },
+            inputs,
+        }
+    }
+
+    /// Checks one envelope; the error says what is wrong, naming the peer.
+    fn admit(&self, envelope: &Envelope, remote: Option<SocketAddr>) -> Result<Message, String> {
+        let peer = format!(
+            "member {} at {}",
+            envelope.from,
+            remote.map_or("?".into(), |a| a.to_string())
+        );
+        if envelope.cluster_id != self.gate.cluster_id {
+            return Err(format!(
+                "{peer}: cluster id {:?} is not this cluster's {:?}",
+                envelope.cluster_id, self.gate.cluster_id
+            ));
+        }
+        if !self
+            .gate
+            .members
+            .borrow()
+            .members()
+            .contains_key(&envelope.from)
+        {
+            return Err(format!("{peer}: not a member of this cluster"));
+        }
+        if envelope.to != self.gate.me {
+            return Err(format!(
+                "{peer}: message for member {}, this is member {}",
+                envelope.to, self.gate.me
+            ));
+        }
+        let message = Message::parse_from_bytes(&envelope.message)
+            .map_err(|e| format!("{peer}: undecodable raft message: {e}"))?;
+        if message.from != envelope.from || message.to != envelope.to {
+            return Err(format!(
+                "{peer}: envelope and message disagree on sender or receiver"
+            ));
+        }
+        Ok(message)
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn send(
+        &self,
+        request: Request<Streaming<Envelope>>,
+    ) -> Result<Response<SendAck>, Status> {
+        let remote = request.remote_addr();
+        let mut stream = request.into_inner();
+        loop {
+            let envelope = match stream.next().await {
+                None => return Ok(Response::new(SendAck {})),
+                Some(Ok(e)) => e,
+                Some(Err(status)) => {
+                    debug!(peer = ?remote, error = %status, "peer stream ended");
+                    return Err(status);
+                }
+            };
+            match self.admit(&envelope, remote) {
+                Ok(message) => {
+                    if self.inputs.send(Input::Raft(Box::new(message))).is_err() {
+                        return Err(Status::unavailable("member is stopping"));
+                    }
+                }
+                Err(reason) => {
+                    warn!(reason = %reason, "peer message refused");
+                    return Err(Status::permission_denied(reason));
+                }
+            }
+        }
+    }
+}
+
+/// Serves the peer port on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: PeerService,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(PeerServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await
+}
+
+/// The sending side: routes each message to its peer's lane.
+#[derive(Debug, Clone)]
+pub struct PeerOutbox {
+    inner: Arc<OutboxInner>,
+}
+
+#[derive(Debug)]
+struct OutboxInner {
+    cluster_id: String,
+    me: u64,
+    members: watch::Receiver<Arc<State>>,
+    inputs: Sender<Input>,
+    lanes: Mutex<HashMap<u64, Lanes>>,
+    runtime: tokio::runtime::Handle,
+    shutdown: CancellationToken,
+}
+
+#[derive(Debug)]
+struct Lanes {
+    address: String,
+    ordinary: mpsc::UnboundedSender<Message>,
+    snapshots: mpsc::UnboundedSender<Message>,
+}
+
+impl PeerOutbox {
+    pub fn new(
+        cluster_id: String,
+        me: u64,
+        members: watch::Receiver<Arc<State>>,
+        inputs: Sender<Input>,
+        runtime: tokio::runtime::Handle,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            inner: Arc::new(OutboxInner {
+                cluster_id,
+                me,
+                members,
+                inputs,
+                lanes: Mutex::new(HashMap::new()),
+                runtime,
+                shutdown,
+            }),
+        }
+    }
+}
+
+impl Outbox for PeerOutbox {
+    fn send(&self, message: Message) {
+        let inner = &self.inner;
+        let to = message.to;
+        let Some(address) = inner.members.borrow().members().get(&to).cloned() else {
+            debug!(peer = to, "no address for peer; message dropped");
+            let _ = inner.inputs.send(Input::Unreachable(to));
+            return;
+        };
+        let mut lanes = inner.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        let lane = lanes
+            .entry(to)
+            .or_insert_with(|| inner.open_lanes(to, address.clone()));
+        if lane.address != address {
+            // The member moved: new connections to the new address.
+            *lane = inner.open_lanes(to, address);
+        }
+        let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+        let sent = if snapshot {
+            lane.snapshots.send(message)
+        } else {
+            lane.ordinary.send(message)
+        };
+        if sent.is_err() {
+            let _ = inner.inputs.send(if snapshot {
+                Input::SnapshotSent { to, ok: false }
+            } else {
+                Input::Unreachable(to)
+            });
+        }
+    }
+}
+
+impl OutboxInner {
+    fn open_lanes(&self, to: u64, address: String) -> Lanes {
+        let (ordinary, ordinary_rx) = mpsc::unbounded_channel();
+        let (snapshots, snapshots_rx) = mpsc::unbounded_channel();
+        let lane = LaneTask {
+            cluster_id: self.cluster_id.clone(),
+            me: self.me,
+            to,
+            address: address.clone(),
+            inputs: self.inputs.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        self.runtime.spawn(lane.clone().run_ordinary(ordinary_rx));
+        self.runtime.spawn(lane.run_snapshots(snapshots_rx));
+        Lanes {
+            address,
+            ordinary,
+            snapshots,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LaneTask {
+    cluster_id: String,
+    me: u64,
+    to: u64,
+    address: String,
+    inputs: Sender<Input>,
+    shutdown: CancellationToken,
+}
+
+impl LaneTask {
+    fn envelope(&self, message: &Message) -> Option<Envelope> {
+        match message.write_to_bytes() {
+            Ok(bytes) => Some(Envelope {
+                cluster_id: self.cluster_id.clone(),
+                from: self.me,
+                to: self.to,
+                message: bytes,
+            }),
+            Err(e) => {
+                warn!(peer = self.to, error = %e, "cannot encode raft message");
+                None
+            }
+        }
+    }
+
+    fn endpoint(&self) -> anyhow::Result<Endpoint> {
+        Ok(Channel::from_shared(format!("http://{}", self.address))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2)))
+    }
+
+    fn client(&self, channel: Channel) -> PeerClient<Channel> {
+        PeerClient::new(channel).max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Ordinary messages: one long-lived stream, reconnected with backoff.
+    async fn run_ordinary(self, mut queue: mpsc::UnboundedReceiver<Message>) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let channel = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                c = async { anyhow::Ok(self.endpoint()?.connect().await?) } => c,
+            };
+            let channel = match channel {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(peer = self.to, address = %self.address, error = %e, "cannot connect to peer");
+                    // Messages queued meanwhile are lost; raft resends.
+                    let mut dropped = false;
+                    while queue.try_recv().is_ok() {
+                        dropped = true;
+                    }
+                    if dropped {
+                        let _ = self.inputs.send(Input::Unreachable(self.to));
+                    }
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            backoff = BACKOFF_MIN;
+            info!(peer = self.to, address = %self.address, "connected to peer");
+            let (tx, rx) = mpsc::unbounded_channel();
+            let mut client = self.client(channel);
+            let call =
+                tokio::spawn(async move { client.send(UnboundedReceiverStream::new(rx)).await });
+            // Feed the stream until it breaks.
+            loop {
+                let message = tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    m = queue.recv() => match m { Some(m) => m, None => return },
+                };
+                let Some(envelope) = self.envelope(&message) else {
+                    continue;
+                };
+                if tx.send(envelope).is_err() || call.is_finished() {
+                    break;
+                }
+            }
+            match call.await {
+                Ok(Err(status)) => {
+                    warn!(peer = self.to, error = %status.message(), "peer stream broken; reconnecting")
+                }
+                _ => debug!(peer = self.to, "peer stream ended; reconnecting"),
+            }
+            let _ = self.inputs.send(Input::Unreachable(self.to));
+        }
+    }
+
+    /// Snapshots: each on its own connection; the node learns the outcome.
+    async fn run_snapshots(self, mut queue: mpsc::UnboundedReceiver<Message>) {
+        loop {
+            let message = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                m = queue.recv() => match m { Some(m) => m, None => return },
+            };
+            let Some(envelope) = self.envelope(&message) else {
+                let _ = self.inputs.send(Input::SnapshotSent {
+                    to: self.to,
+                    ok: false,
+                });
+                continue;
+            };
+            let bytes = envelope.message.len();
+            let result = async {
+                let channel = self.endpoint()?.connect().await?;
+                let mut client = self.client(channel);
+                client
+                    .send(tokio_stream::iter([envelope]))
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+                anyhow::Ok(())
+            }
+            .await;
+            let ok = result.is_ok();
+            match result {
+                Ok(()) => info!(peer = self.to, bytes, "snapshot sent"),
+                Err(e) => warn!(peer = self.to, error = %e, "snapshot not sent"),
+            }
+            let _ = self.inputs.send(Input::SnapshotSent { to: self.to, ok });
+        }
+    }
+}
+
+/// Addresses of every member but `me`, for logs.
+pub fn peers_of(state: &State, me: u64) -> BTreeMap<u64, String> {
+    state
+        .members()
+        .iter()
+        .filter(|(id, _)| **id != me)
+        .map(|(id, a)| (*id, a.clone()))
+        .collect()
+}
