@@ -196,6 +196,13 @@ pub fn run(
         if state_changed {
             states.send_replace(Arc::new(replica.state().clone()));
         }
+        if replica.is_removed() {
+            info!(
+                member = replica.id(),
+                "this member was removed from the cluster; raft stops"
+            );
+            return Ok(());
+        }
         let now = status_of(&replica);
         status.send_if_modified(|s| {
             if *s == now {

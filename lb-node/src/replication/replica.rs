@@ -91,6 +91,8 @@ pub struct Replica {
     pending: BTreeSet<u64>,
     role: StateRole,
     term: u64,
+    /// This member was removed from the cluster: it takes no more input.
+    removed: bool,
 }
 
 impl std::fmt::Debug for Replica {
@@ -113,23 +115,37 @@ impl Replica {
         mut store: LogStore,
         initial_members: &[(u64, String)],
     ) -> Result<Replica, ReplicaError> {
-        let mut state = State::default();
-        let snapshot = store.latest_snapshot().clone();
-        if store.is_empty() {
-            if initial_members.iter().any(|(id, _)| *id == config.id) {
-                store.bootstrap(initial_members.iter().map(|(id, _)| *id).collect())?;
+        if store.is_empty() && initial_members.iter().any(|(id, _)| *id == config.id) {
+            // A new cluster starts from a snapshot at index 1 that holds the
+            // initial configuration, identical on every initial member. A
+            // member added later cannot be sent entry 1 (it lives only in
+            // that snapshot), so it always starts from a snapshot and learns
+            // the true configuration, never one rebuilt from a partial log.
+            let mut state = State::default();
+            for (id, address) in initial_members {
+                state.set_member(*id, address.clone());
             }
-        } else if snapshot.get_metadata().index > 0 {
-            state = State::decode_snapshot(snapshot.get_data()).map_err(|source| {
+            let mut snapshot = Snapshot::default();
+            snapshot.set_data(state.encode_snapshot().into());
+            let meta = snapshot.mut_metadata();
+            meta.index = 1;
+            meta.term = 1;
+            meta.mut_conf_state().voters = initial_members.iter().map(|(id, _)| *id).collect();
+            store.apply_snapshot(snapshot)?;
+        }
+        let snapshot = store.latest_snapshot().clone();
+        let mut state = if snapshot.get_metadata().index > 0 {
+            State::decode_snapshot(snapshot.get_data()).map_err(|source| {
                 ReplicaError::BadSnapshot {
                     index: snapshot.get_metadata().index,
                     source,
                 }
-            })?;
-        }
-        // Addresses of the initial members: replicated later through the
-        // snapshot; before the first one, every member knows them from its
-        // configuration.
+            })?
+        } else {
+            State::default()
+        };
+        // A member waiting to be added knows its peers only from its
+        // configuration until the leader's snapshot brings the real list.
         if state.members().is_empty() {
             for (id, address) in initial_members {
                 state.set_member(*id, address.clone());
@@ -164,6 +180,7 @@ impl Replica {
             pending: BTreeSet::new(),
             role: StateRole::Follower,
             term: 0,
+            removed: false,
         })
     }
 
@@ -202,16 +219,30 @@ impl Replica {
 
     /// Voters of the current configuration.
     pub fn voters(&self) -> Vec<u64> {
-        self.raw.raft.prs().conf().voters().ids().iter().collect()
+        let mut voters: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+        voters.sort_unstable();
+        voters
+    }
+
+    /// Whether a committed configuration change removed this member. A
+    /// removed member must stop: raft-rs is not built to go on without
+    /// itself in the configuration.
+    pub fn is_removed(&self) -> bool {
+        self.removed
     }
 
     pub fn tick(&mut self) {
-        self.raw.tick();
+        if !self.removed {
+            self.raw.tick();
+        }
     }
 
     /// Feeds a message from a peer. Messages raft-rs rejects (a stale term,
     /// an unknown peer) are dropped with a warning, never fatal.
     pub fn step(&mut self, mut message: Message) {
+        if self.removed {
+            return;
+        }
         let from = message.from;
         // A leader tells a follower the commit index it believes the
         // follower has reached. A member whose disk was wiped has less than
@@ -261,8 +292,15 @@ impl Replica {
         )
     }
 
-    /// Proposes removing a member.
+    /// Proposes removing a member. The leader cannot remove itself: transfer
+    /// leadership away first, so the cluster is never without a leader that
+    /// knows it is leaving.
     pub fn propose_remove_member(&mut self, id: u64) -> Result<(), NotAccepted> {
+        if id == self.config.id && self.is_leader() {
+            return Err(NotAccepted::Dropped(format!(
+                "member {id} leads the cluster: transfer leadership to another member before removing it"
+            )));
+        }
         self.propose_conf_change(ConfChangeType::RemoveNode, id, Vec::new())
     }
 
@@ -306,7 +344,7 @@ impl Replica {
     }
 
     pub fn has_ready(&self) -> bool {
-        self.raw.has_ready()
+        !self.removed && self.raw.has_ready()
     }
 
     /// Persists, applies and collects everything raft-rs has ready: the one
@@ -446,6 +484,9 @@ impl Replica {
                 ConfChangeType::RemoveNode => {
                     info!(member = id, "member removed");
                     self.state.remove_member(id);
+                    if id == self.config.id {
+                        self.removed = true;
+                    }
                 }
             }
         }

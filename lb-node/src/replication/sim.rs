@@ -52,12 +52,93 @@ impl NetFaults {
     };
 }
 
+/// A simulated machine: one thread that owns the member's replica.
+///
+/// raft-engine caches the last block it read in a thread-local keyed by
+/// file number and offset, which two engines in one thread would share, so
+/// each member's log is only ever touched from its own thread, as in the
+/// daemon (where the node thread owns it). The simulation stays sequential
+/// and deterministic: it waits for every call.
+struct Host {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+type Job = Box<dyn FnOnce(&mut Option<Replica>) + Send>;
+
+impl Host {
+    fn new(id: u64) -> Host {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name(format!("sim-member-{id}"))
+            .spawn(move || {
+                let mut replica: Option<Replica> = None;
+                while let Ok(job) = queue.recv() {
+                    job(&mut replica);
+                }
+            })
+            .expect("simulation thread starts");
+        Host { jobs }
+    }
+
+    /// Runs `f` on the member's thread and waits for its result.
+    fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Option<Replica>) -> R + Send + 'static,
+    ) -> R {
+        let (done, result) = std::sync::mpsc::channel();
+        self.jobs
+            .send(Box::new(move |r| {
+                let _ = done.send(f(r));
+            }))
+            .expect("simulation thread alive");
+        result.recv().expect("simulation thread answered")
+    }
+}
+
 struct Member {
-    replica: Option<Replica>,
+    host: Host,
+    up: bool,
     dir: PathBuf,
     dataplane: Table,
     /// Proposal id -> commands, for proposals in flight on this member.
     in_flight: BTreeMap<u64, Vec<Command>>,
+}
+
+impl Member {
+    /// Runs `f` on the replica if the member is up.
+    fn with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Replica) -> R + Send + 'static,
+    ) -> Option<R> {
+        if !self.up {
+            return None;
+        }
+        self.host.call(move |r| r.as_mut().map(f))
+    }
+}
+
+/// What one member looks like from outside, for checks and messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub leader: bool,
+    pub role: raft::StateRole,
+    pub term: u64,
+    pub known_leader: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub voters: Vec<u64>,
+}
+
+fn view(r: &mut Replica) -> View {
+    View {
+        leader: r.is_leader(),
+        role: r.role(),
+        term: r.term(),
+        known_leader: r.leader(),
+        commit: r.commit_index(),
+        applied: r.applied_index(),
+        voters: r.voters(),
+    }
 }
 
 struct InFlight {
@@ -86,7 +167,7 @@ pub struct Sim {
     trace: bool,
     /// Snapshots each member installed from a leader.
     snapshots_installed: BTreeMap<u64, usize>,
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
     next_service: u32,
     /// Commands whose proposal was acknowledged (applied on the proposer).
     pub acknowledged: Vec<Command>,
@@ -130,22 +211,63 @@ impl Sim {
             acknowledged: Vec::new(),
             abandoned: 0,
             config,
-            _tmp: tmp,
+            tmp,
         };
         for id in 1..=n {
-            let dir = sim._tmp.path().join(format!("member-{id}"));
-            sim.members.insert(
-                id,
-                Member {
-                    replica: None,
-                    dir,
-                    dataplane: Table::default(),
-                    in_flight: BTreeMap::new(),
-                },
-            );
-            sim.start(id);
+            sim.new_process(id);
         }
         sim
+    }
+
+    /// A new machine with an empty disk, started: a member of the initial
+    /// list bootstraps, any other waits to be added.
+    pub fn new_process(&mut self, id: u64) {
+        let dir = self.tmp.path().join(format!("member-{id}"));
+        self.members.insert(
+            id,
+            Member {
+                host: Host::new(id),
+                up: false,
+                dir,
+                dataplane: Table::default(),
+                in_flight: BTreeMap::new(),
+            },
+        );
+        self.start(id);
+    }
+
+    fn on_leader<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Replica) -> R + Send + 'static,
+    ) -> Option<R> {
+        let leader = self.leader()?;
+        self.members.get(&leader)?.with(f)
+    }
+
+    /// Proposes, through the leader, adding member `id`.
+    pub fn propose_add_member(&mut self, id: u64) -> bool {
+        self.on_leader(move |r| r.propose_add_member(id, &format!("sim-{id}:0")).is_ok())
+            .unwrap_or(false)
+    }
+
+    /// Proposes, through the leader, removing member `id`.
+    pub fn propose_remove_member(&mut self, id: u64) -> bool {
+        self.on_leader(move |r| r.propose_remove_member(id).is_ok())
+            .unwrap_or(false)
+    }
+
+    /// Asks the leader to hand leadership to `to`.
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.on_leader(move |r| r.transfer_leader(to));
+    }
+
+    /// The voters member `id` knows of.
+    pub fn voters(&self, id: u64) -> Vec<u64> {
+        self.view(id).map(|v| v.voters).unwrap_or_default()
+    }
+
+    pub fn view(&self, id: u64) -> Option<View> {
+        self.members[&id].with(view)
     }
 
     /// Starts (or restarts) a member from its disk.
@@ -171,37 +293,36 @@ impl Sim {
             election_ticks,
             ..self.config.clone()
         };
+        let initial = self.initial.clone();
         let member = self.members.get_mut(&id).expect("known member");
-        let store = LogStore::open_with(&member.dir, false).expect("log opens");
-        member.replica = Some(Replica::open(config, store, &self.initial).expect("replica opens"));
+        let dir = member.dir.clone();
+        member.host.call(move |r| {
+            let store = LogStore::open_with(&dir, false).expect("log opens");
+            *r = Some(Replica::open(config, store, &initial).expect("replica opens"));
+        });
+        member.up = true;
         // A member replays its own log before it hears from anyone.
         self.drain_ready(id);
-        // A restarted process starts with an empty kernel view only if the
-        // machine rebooted; keep the dataplane as a process crash would.
     }
 
     /// kill -9: the member's process is gone; its disk stays.
     pub fn crash(&mut self, id: u64) {
         let member = self.members.get_mut(&id).expect("known member");
-        member.replica = None;
-        self.acknowledge_nothing(id);
+        member.host.call(|r| *r = None);
+        member.up = false;
+        self.abandoned += member.in_flight.len();
+        member.in_flight.clear();
     }
 
     /// The member's disk is wiped while it is down.
     pub fn wipe(&mut self, id: u64) {
         let member = self.members.get_mut(&id).expect("known member");
-        assert!(member.replica.is_none(), "wipe a crashed member");
+        assert!(!member.up, "wipe a crashed member");
         std::fs::remove_dir_all(&member.dir).expect("wipe member dir");
         member.dataplane = Table::default();
     }
 
-    fn acknowledge_nothing(&mut self, id: u64) {
-        let member = self.members.get_mut(&id).expect("known member");
-        self.abandoned += member.in_flight.len();
-        member.in_flight.clear();
-    }
-
-    /// Cuts every link between `a` and the rest.
+    /// Cuts every link between `group` and the rest.
     pub fn isolate(&mut self, group: &[u64]) {
         let ids: Vec<u64> = self.members.keys().copied().collect();
         for &a in group {
@@ -219,7 +340,7 @@ impl Sim {
     }
 
     pub fn is_up(&self, id: u64) -> bool {
-        self.members[&id].replica.is_some()
+        self.members[&id].up
     }
 
     pub fn ids(&self) -> Vec<u64> {
@@ -232,17 +353,17 @@ impl Sim {
         self.members
             .iter()
             .filter_map(|(id, m)| {
-                m.replica
-                    .as_ref()
-                    .filter(|r| r.is_leader())
-                    .map(|r| (r.term(), *id))
+                m.with(|r| (r.is_leader(), r.term()))
+                    .filter(|(l, _)| *l)
+                    .map(|(_, t)| (t, *id))
             })
             .max()
             .map(|(_, id)| id)
     }
 
-    pub fn state(&self, id: u64) -> Option<&State> {
-        self.members[&id].replica.as_ref().map(Replica::state)
+    /// A copy of member `id`'s applied state.
+    pub fn state(&self, id: u64) -> Option<State> {
+        self.members[&id].with(|r| r.state().clone())
     }
 
     /// How many snapshots `id` installed from a leader.
@@ -251,10 +372,7 @@ impl Sim {
     }
 
     pub fn applied_index(&self, id: u64) -> u64 {
-        self.members[&id]
-            .replica
-            .as_ref()
-            .map_or(0, Replica::applied_index)
+        self.view(id).map_or(0, |v| v.applied)
     }
 
     /// A new, unique service: applying it twice would show (see
@@ -292,8 +410,8 @@ impl Sim {
         for _ in 0..count {
             let command = Command::UpsertService(self.new_service());
             let member = self.members.get_mut(&leader).expect("leader is a member");
-            let replica = member.replica.as_mut().expect("leader is up");
-            if let Ok(id) = replica.propose(vec![command.clone()]) {
+            let c = command.clone();
+            if let Some(Ok(id)) = member.with(move |r| r.propose(vec![c])) {
                 member.in_flight.insert(id, vec![command]);
                 accepted += 1;
             }
@@ -325,20 +443,27 @@ impl Sim {
     }
 
     fn converged(&self) -> bool {
-        let live: Vec<&Replica> = self
-            .members
-            .values()
-            .filter_map(|m| m.replica.as_ref())
+        let live: Vec<View> = self
+            .ids()
+            .into_iter()
+            .filter_map(|id| self.view(id))
             .collect();
         let Some(first) = live.first() else {
             return true;
         };
-        live.iter().any(|r| r.is_leader())
-            && live.iter().all(|r| {
-                r.applied_index() == first.applied_index()
-                    && r.commit_index() == r.applied_index()
-                    && r.state() == first.state()
-            })
+        if !(live.iter().any(|v| v.leader)
+            && live
+                .iter()
+                .all(|v| v.applied == first.applied && v.commit == v.applied))
+        {
+            return false;
+        }
+        let states: Vec<State> = self
+            .ids()
+            .into_iter()
+            .filter_map(|id| self.state(id))
+            .collect();
+        states.windows(2).all(|w| w[0] == w[1])
     }
 
     fn step(&mut self) {
@@ -350,17 +475,12 @@ impl Sim {
         for m in delivering {
             let (from, to) = (m.message.from, m.message.to);
             let snapshot = m.message.get_msg_type() == MessageType::MsgSnapshot;
-            let delivered = match self
+            let message = m.message;
+            let delivered = self
                 .members
-                .get_mut(&to)
-                .and_then(|mem| mem.replica.as_mut())
-            {
-                Some(replica) => {
-                    replica.step(m.message);
-                    true
-                }
-                None => false,
-            };
+                .get(&to)
+                .and_then(|mem| mem.with(move |r| r.step(message)))
+                .is_some();
             // The real transport knows when a stream breaks or a snapshot
             // has been sent, and tells the sender; so does the simulation.
             if snapshot {
@@ -370,45 +490,46 @@ impl Sim {
             }
         }
         for (from, to, snapshot) in std::mem::take(&mut self.reports) {
-            if let Some(replica) = self.members.get_mut(&from).and_then(|m| m.replica.as_mut()) {
-                match snapshot {
-                    Some(ok) => replica.report_snapshot(to, ok),
-                    None => replica.report_unreachable(to),
-                }
+            if let Some(m) = self.members.get(&from) {
+                m.with(move |r| match snapshot {
+                    Some(ok) => r.report_snapshot(to, ok),
+                    None => r.report_unreachable(to),
+                });
             }
         }
         if self.now.is_multiple_of(TICK_MS) {
-            for m in self.members.values_mut() {
-                if let Some(r) = m.replica.as_mut() {
-                    r.tick();
-                }
+            for m in self.members.values() {
+                m.with(|r| r.tick());
             }
         }
-        let ids = self.ids();
-        for id in ids {
+        for id in self.ids() {
             self.drain_ready(id);
         }
     }
 
     fn drain_ready(&mut self, id: u64) {
-        loop {
-            let member = self.members.get_mut(&id).expect("known member");
-            let Some(replica) = member.replica.as_mut() else {
-                return;
-            };
-            if !replica.has_ready() {
-                return;
+        let member = self.members.get_mut(&id).expect("known member");
+        // Everything the member has ready, handled on its own thread.
+        let Some((outputs, state)) = member.with(|r| {
+            let mut outputs = Vec::new();
+            while r.has_ready() {
+                outputs.push(r.handle_ready().expect("ready handled"));
             }
-            let out = replica.handle_ready().expect("ready handled");
+            let changed = outputs.iter().any(|o| o.state_changed);
+            (outputs, changed.then(|| r.state().clone()))
+        }) else {
+            return;
+        };
+        if let Some(state) = state {
+            // The reconciler's work, synchronously: plan and apply.
+            for op in plan(&Table::from_state(&state), &member.dataplane) {
+                member.dataplane.apply(&op).expect("plan fits the table");
+            }
+        }
+        let mut messages = Vec::new();
+        for out in outputs {
             if out.installed_snapshot.is_some() {
                 *self.snapshots_installed.entry(id).or_default() += 1;
-            }
-            if out.state_changed {
-                // The reconciler's work, synchronously: plan and apply.
-                let desired = Table::from_state(replica.state());
-                for op in plan(&desired, &member.dataplane) {
-                    member.dataplane.apply(&op).expect("plan fits the table");
-                }
             }
             for (pid, _outcomes) in out.completed {
                 if let Some(commands) = member.in_flight.remove(&pid) {
@@ -420,9 +541,10 @@ impl Sim {
                     self.abandoned += 1;
                 }
             }
-            for message in out.messages {
-                self.send(message);
-            }
+            messages.extend(out.messages);
+        }
+        for message in messages {
+            self.send(message);
         }
     }
 
@@ -471,22 +593,14 @@ impl Sim {
         }
     }
 
-    /// The promises that must hold once the cluster has converged: every
-    /// live member holds an equal state and has programmed exactly it;
-    /// every acknowledged command is present; no command was applied twice.
     /// One line per member: role, term, indexes. For failure messages.
     pub fn describe(&self) -> String {
-        self.members
-            .iter()
-            .map(|(id, m)| match &m.replica {
-                Some(r) => format!(
-                    "member {id}: {:?} term {} leader {} commit {} applied {} services {}",
-                    r.role(),
-                    r.term(),
-                    r.leader(),
-                    r.commit_index(),
-                    r.applied_index(),
-                    r.state().len()
+        self.ids()
+            .into_iter()
+            .map(|id| match self.view(id) {
+                Some(v) => format!(
+                    "member {id}: {:?} term {} leader {} commit {} applied {} voters {:?}",
+                    v.role, v.term, v.known_leader, v.commit, v.applied, v.voters
                 ),
                 None => format!("member {id}: down"),
             })
@@ -494,23 +608,23 @@ impl Sim {
             .join("\n")
     }
 
+    /// The promises that must hold once the cluster has converged: every
+    /// live member holds an equal state and has programmed exactly it;
+    /// every acknowledged command is present; no command was applied twice.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let live: Vec<(u64, &Member)> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.replica.is_some())
-            .map(|(id, m)| (*id, m))
+        let live: Vec<(u64, State)> = self
+            .ids()
+            .into_iter()
+            .filter_map(|id| self.state(id).map(|s| (id, s)))
             .collect();
-        let (first_id, first) = live.first().ok_or("no live member")?;
-        let state = first.replica.as_ref().ok_or("down")?.state();
-        for (id, m) in &live {
-            let r = m.replica.as_ref().ok_or("down")?;
-            if r.state() != state {
+        let (first_id, state) = live.first().ok_or("no live member")?;
+        for (id, s) in &live {
+            if s != state {
                 return Err(format!(
                     "member {id} holds another state than member {first_id}"
                 ));
             }
-            if m.dataplane != Table::from_state(r.state()) {
+            if self.members[id].dataplane != Table::from_state(s) {
                 return Err(format!(
                     "member {id} programmed another table than its state"
                 ));

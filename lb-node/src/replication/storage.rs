@@ -204,14 +204,6 @@ impl LogStore {
         &self.dir
     }
 
-    /// Sets the initial configuration of a new cluster.
-    pub fn bootstrap(&mut self, voters: Vec<u64>) -> Result<(), LogStoreError> {
-        self.set_conf_state(ConfState {
-            voters,
-            ..Default::default()
-        })
-    }
-
     pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), LogStoreError> {
         let mut batch = LogBatch::default();
         batch
@@ -569,7 +561,12 @@ mod tests {
         {
             let mut store = LogStore::open(dir.path()).expect("open");
             assert!(store.is_empty());
-            store.bootstrap(vec![1, 2, 3]).expect("bootstrap");
+            store
+                .set_conf_state(ConfState {
+                    voters: vec![1, 2, 3],
+                    ..Default::default()
+                })
+                .expect("bootstrap");
             store
                 .append(&(1..=5).map(|i| entry(i, 3)).collect::<Vec<_>>(), Some(&hs))
                 .expect("append");

@@ -125,17 +125,13 @@ fn follower_restart_replays_its_log() {
         load(sim, 200);
         let f = follower(sim);
         let applied = sim.applied_index(f);
-        let state = sim.state(f).cloned();
+        let state = sim.state(f);
         sim.crash(f);
         load(sim, 400);
         sim.start(f);
         // Before it hears from the leader, it is back where it stopped.
         assert_eq!(sim.applied_index(f), applied, "replayed up to where it was");
-        assert_eq!(
-            sim.state(f).cloned(),
-            state,
-            "the same state as before the crash"
-        );
+        assert_eq!(sim.state(f), state, "the same state as before the crash");
         load(sim, 200);
     });
 }
@@ -176,4 +172,82 @@ fn same_seed_same_run() {
         )
     };
     assert_eq!(run(7), run(7));
+}
+
+#[test]
+fn members_are_added_and_removed_through_raft() {
+    for seed in 0..SEEDS {
+        let mut sim = Sim::new(3, seed);
+        assert!(sim.run_until_converged(5_000), "seed {seed}: no leader");
+        load(&mut sim, 200);
+        // Two new machines join one at a time; each catches up by snapshot
+        // or log, whichever the leader still has.
+        for id in [4, 5] {
+            sim.new_process(id);
+            assert!(sim.propose_add_member(id), "seed {seed}: add {id} proposed");
+            load(&mut sim, 300);
+            assert!(
+                sim.run_until_converged(10_000),
+                "seed {seed}: no convergence after adding {id}:\n{}",
+                sim.describe()
+            );
+        }
+        for id in sim.ids() {
+            assert_eq!(
+                sim.voters(id),
+                vec![1, 2, 3, 4, 5],
+                "seed {seed}: member {id}"
+            );
+        }
+        // Member 1 is removed, then shut down. A leader cannot remove
+        // itself: leadership moves away first.
+        if sim.leader() == Some(1) {
+            assert!(
+                !sim.propose_remove_member(1),
+                "seed {seed}: a leader must not remove itself"
+            );
+            sim.transfer_leader(2);
+            sim.run(1_000);
+            assert_eq!(sim.leader(), Some(2), "seed {seed}");
+        }
+        assert!(sim.propose_remove_member(1), "seed {seed}: remove proposed");
+        load(&mut sim, 1_500);
+        sim.crash(1);
+        load(&mut sim, 300);
+        assert!(
+            sim.run_until_converged(10_000),
+            "seed {seed}: no convergence after removing 1:\n{}",
+            sim.describe()
+        );
+        for id in 2..=5 {
+            assert_eq!(sim.voters(id), vec![2, 3, 4, 5], "seed {seed}: member {id}");
+            assert!(!sim.state(id).expect("up").members().contains_key(&1));
+        }
+        if let Err(e) = sim.check_invariants() {
+            panic!("seed {seed}: {e}");
+        }
+    }
+}
+
+#[test]
+fn leadership_is_transferred_to_the_named_member() {
+    for seed in 0..SEEDS {
+        let mut sim = Sim::new(3, seed);
+        assert!(sim.run_until_converged(5_000), "seed {seed}: no leader");
+        load(&mut sim, 200);
+        let target = follower(&sim);
+        sim.transfer_leader(target);
+        sim.run(1_000);
+        assert_eq!(
+            sim.leader(),
+            Some(target),
+            "seed {seed}:\n{}",
+            sim.describe()
+        );
+        load(&mut sim, 200);
+        assert!(sim.run_until_converged(5_000));
+        if let Err(e) = sim.check_invariants() {
+            panic!("seed {seed}: {e}");
+        }
+    }
 }
