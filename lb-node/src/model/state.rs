@@ -2,11 +2,16 @@
 //! deterministic `apply`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::command::Command;
 use super::service::{InvalidService, ServiceKey, VirtualService};
 
 /// The replicated service table.
+///
+/// Services live in a persistent ordered map of shared values, so a copy of
+/// the state (every member publishes one per applied batch) costs O(1), not
+/// O(table), and a change copies only the path to it.
 ///
 /// `apply` is a pure function of the state and the command: no clock, no
 /// randomness, no iteration over hash maps, so every member that applies the
@@ -14,7 +19,7 @@ use super::service::{InvalidService, ServiceKey, VirtualService};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     revision: u64,
-    services: BTreeMap<ServiceKey, VirtualService>,
+    services: imbl::OrdMap<ServiceKey, Arc<VirtualService>>,
     /// Cluster members by id, with their peer addresses. Changed only by
     /// Raft configuration changes, never by a `Command`.
     members: BTreeMap<u64, String>,
@@ -56,7 +61,10 @@ impl State {
     ) -> Self {
         Self {
             revision,
-            services,
+            services: services
+                .into_iter()
+                .map(|(k, v)| (k, Arc::new(v)))
+                .collect(),
             members,
         }
     }
@@ -83,12 +91,12 @@ impl State {
     }
 
     /// Services in key order.
-    pub fn services(&self) -> impl ExactSizeIterator<Item = &VirtualService> {
-        self.services.values()
+    pub fn services(&self) -> impl Iterator<Item = &VirtualService> {
+        self.services.values().map(Arc::as_ref)
     }
 
     pub fn service(&self, key: &ServiceKey) -> Option<&VirtualService> {
-        self.services.get(key)
+        self.services.get(key).map(Arc::as_ref)
     }
 
     pub fn len(&self) -> usize {
@@ -107,11 +115,11 @@ impl State {
                 let service = service.clone().normalize()?;
                 let key = service.key;
                 let outcome = match self.services.get(&key) {
-                    Some(old) if *old == service => return Ok(Applied::Unchanged(key)),
+                    Some(old) if **old == service => return Ok(Applied::Unchanged(key)),
                     Some(_) => Applied::Updated(key),
                     None => Applied::Created(key),
                 };
-                self.services.insert(key, service);
+                self.services.insert(key, Arc::new(service));
                 Ok(outcome)
             }
             Command::DeleteService(key) => match self.services.remove(key) {
@@ -124,13 +132,13 @@ impl State {
                 };
                 let updated = VirtualService {
                     backends: backends.clone(),
-                    ..current.clone()
+                    ..VirtualService::clone(current)
                 }
                 .normalize()?;
-                if &updated == current {
+                if updated == **current {
                     return Ok(Applied::Unchanged(*key));
                 }
-                self.services.insert(*key, updated);
+                self.services.insert(*key, Arc::new(updated));
                 Ok(Applied::Updated(*key))
             }
         }
