@@ -105,3 +105,36 @@ async fn leader_killed_survivors_serve_and_it_rejoins() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A member whose snapshot file was damaged while it was stopped refuses to
+/// start, naming the file and what is wrong, rather than start empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_stops_the_member_by_name() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let layout = ClusterLayout::write(dir.path(), 1, SERVICES, "solo")?;
+    let mut member = Member::start(&layout.config(1))?;
+    member.wait_for_log("services file loaded", Duration::from_secs(20))?;
+    member.signal("TERM")?;
+    assert!(member.wait_exit(Duration::from_secs(10))?.success());
+
+    let snapshot = dir.path().join("data-1/snapshot.bin");
+    let mut bytes = std::fs::read(&snapshot)?;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&snapshot, bytes)?;
+
+    let out = std::process::Command::new(ha_tests::binary("lb-node")?)
+        .arg("--config")
+        .arg(layout.config(1))
+        .output()?;
+    assert!(
+        !out.status.success(),
+        "a damaged snapshot must stop the member"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("snapshot.bin") && err.contains("checksum mismatch"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -221,9 +221,13 @@ fn member_config_errors_name_the_field() {
 fn cluster_examples_are_valid_and_plan_the_same_table() {
     let standalone = plan(&repo().join("deploy/examples/standalone.toml")).1;
     for i in 1..=3 {
-        let (code, stdout, stderr) = plan(&repo().join(format!("deploy/examples/cluster/member-{i}.toml")));
+        let (code, stdout, stderr) =
+            plan(&repo().join(format!("deploy/examples/cluster/member-{i}.toml")));
         assert_eq!(code, 0, "member {i}: {stderr}");
-        assert_eq!(stdout, standalone, "member {i} reads the same services file");
+        assert_eq!(
+            stdout, standalone,
+            "member {i} reads the same services file"
+        );
     }
 }
 
@@ -234,15 +238,33 @@ fn cluster_config_errors_name_the_field() {
     let config = dir.path().join("lb-node.toml");
     let base = "[node]\nid = 1\n[source.file]\npath = \"s.toml\"\n[cluster]\nid = \"c\"\ndata_dir = \"d\"\nlisten = \"127.0.0.1:1\"\n";
     for (extra, expected) in [
-        ("member = []\n", "cluster.member: a cluster needs its initial members"),
-        ("member = [{ id = 1, address = \"a:1\" }, { id = 1, address = \"b:1\" }]\n", "cluster.member[1].id: member 1 is listed twice"),
-        ("member = [{ id = 1, address = \"nohost\" }]\n", "cluster.member[0].address: \"nohost\" is not a host:port"),
-        ("election_ticks = 1\nmember = [{ id = 1, address = \"a:1\" }]\n", "cluster.election_ticks: must be more than heartbeat_ticks"),
-        ("tick = \"5s\"\nmember = [{ id = 1, address = \"a:1\" }]\n", "cluster.tick: must be between 10ms and 1s"),
+        (
+            "member = []\n",
+            "cluster.member: a cluster needs its initial members",
+        ),
+        (
+            "member = [{ id = 1, address = \"a:1\" }, { id = 1, address = \"b:1\" }]\n",
+            "cluster.member[1].id: member 1 is listed twice",
+        ),
+        (
+            "member = [{ id = 1, address = \"nohost\" }]\n",
+            "cluster.member[0].address: \"nohost\" is not a host:port",
+        ),
+        (
+            "election_ticks = 1\nmember = [{ id = 1, address = \"a:1\" }]\n",
+            "cluster.election_ticks: must be more than heartbeat_ticks",
+        ),
+        (
+            "tick = \"5s\"\nmember = [{ id = 1, address = \"a:1\" }]\n",
+            "cluster.tick: must be between 10ms and 1s",
+        ),
     ] {
         std::fs::write(&config, format!("{base}{extra}")).expect("write config");
         let (code, _, stderr) = plan(&config);
         assert_eq!(code, 2, "{extra}: {stderr}");
-        assert!(stderr.contains(expected), "{extra}: expected {expected:?} in {stderr:?}");
+        assert!(
+            stderr.contains(expected),
+            "{extra}: expected {expected:?} in {stderr:?}"
+        );
     }
 }
