@@ -44,6 +44,8 @@ pub struct Member {
     log: Arc<Mutex<String>>,
     /// The admin API's address, as the member reported it.
     pub admin: SocketAddr,
+    /// The metrics endpoint's address, as the member reported it.
+    pub metrics: SocketAddr,
 }
 
 impl Member {
@@ -79,6 +81,7 @@ impl Member {
             child,
             log,
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         let line = member.wait_for_log("lb-node starting", Duration::from_secs(20))?;
         let addr = line
@@ -255,7 +258,7 @@ impl ClusterLayout {
             let id = i + 1;
             let config = format!(
                 "[node]\nid = {id}\n\n[source.file]\npath = \"services.toml\"\ncheck_interval = \"200ms\"\n\n\
-                 [admin]\nlisten = \"127.0.0.1:0\"\n\n[cluster]\nid = \"{cluster_id}\"\ndata_dir = \"data-{id}\"\n\
+                 [admin]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\n[cluster]\nid = \"{cluster_id}\"\ndata_dir = \"data-{id}\"\n\
                  listen = \"127.0.0.1:{port}\"\nmember = [{}]\n",
                 members.join(", ")
             );

@@ -22,6 +22,7 @@ fn setup(check_interval: &str) -> anyhow::Result<(tempfile::TempDir, PathBuf, Pa
     let dir = tempfile::tempdir()?;
     let config = std::fs::read_to_string(example("standalone.toml"))?
         .replace("127.0.0.1:9443", "127.0.0.1:0")
+        .replace("127.0.0.1:9445", "127.0.0.1:0")
         .replace(
             "check_interval = \"1s\"",
             &format!("check_interval = \"{check_interval}\""),

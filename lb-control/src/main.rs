@@ -20,7 +20,8 @@ use tonic::transport::Channel;
     about = "Admin command line of the lb-node appliance"
 )]
 struct Args {
-    /// Admin API of a member; repeat to try several in turn.
+    /// Admin API of a member; repeat to try several in turn (writes go on
+    /// to the next one when a member says it is not the leader).
     #[arg(long, short, global = true, default_value = "http://127.0.0.1:9443")]
     endpoint: Vec<String>,
     /// Output format.
@@ -38,22 +39,76 @@ enum Output {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// What the member is and does: source, state and dataplane.
+    /// What the member is and does: cluster, source, state and dataplane.
     Status,
     /// The service table, or one service with its backends.
     Services {
         /// Show only the service with this name.
         name: Option<String>,
     },
+    /// Override one backend of a service (replicated; survives failover).
+    Backend {
+        #[command(subcommand)]
+        action: BackendAction,
+    },
+    /// Hand leadership to a member.
+    TransferLeadership {
+        /// The member to lead.
+        to: u64,
+    },
+    /// Add or remove cluster members.
+    Member {
+        #[command(subcommand)]
+        action: MemberAction,
+    },
+    /// Snapshot the member's state and compact its log now.
+    Snapshot,
+    /// Stream what happens on the member until interrupted.
+    Events,
+    /// Print a shell completion script.
+    Completion { shell: clap_complete::Shell },
 }
 
-/// Exit codes: 0 done, 1 no member answered, 2 bad usage (clap), 4 not found.
+#[derive(Subcommand, Debug)]
+enum BackendAction {
+    /// No new connections to the backend; open ones go on.
+    Drain { service: String, backend: String },
+    /// Take the backend back with the source's weight (clears any override).
+    Undrain { service: String, backend: String },
+    /// Use this weight instead of the source's.
+    Weight {
+        service: String,
+        backend: String,
+        weight: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MemberAction {
+    /// Add a voting member reachable at PEER_ADDRESS (host:port).
+    Add { id: u64, peer_address: String },
+    /// Remove a member.
+    Remove { id: u64 },
+}
+
+/// Exit codes.
 const EXIT_UNREACHABLE: u8 = 1;
+const EXIT_REFUSED: u8 = 3;
 const EXIT_NOT_FOUND: u8 = 4;
+const EXIT_TIMEOUT: u8 = 5;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Command::Completion { shell } = &args.command {
+        clap_complete::generate(
+            *shell,
+            &mut <Args as clap::CommandFactory>::command(),
+            "lbctl",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
     let mut last_error = String::from("no endpoint given");
     for endpoint in &args.endpoint {
         let channel = match connect(endpoint).await {
@@ -64,42 +119,146 @@ async fn main() -> ExitCode {
             }
         };
         let mut client = AdminClient::new(channel);
-        let result = match &args.command {
-            Command::Status => client
+        match call(&mut client, &args).await {
+            Ok(()) => return ExitCode::SUCCESS,
+            Err(status) => match status.code() {
+                tonic::Code::Unavailable => {
+                    last_error = format!("{endpoint}: {}", status.message())
+                }
+                // A follower names the leader; another endpoint may be it.
+                tonic::Code::FailedPrecondition if status.message().contains("not the leader") => {
+                    last_error = format!("{endpoint}: {}", status.message());
+                }
+                code => {
+                    eprintln!("lbctl: {endpoint}: {}", status.message());
+                    return ExitCode::from(match code {
+                        tonic::Code::NotFound => EXIT_NOT_FOUND,
+                        tonic::Code::DeadlineExceeded => EXIT_TIMEOUT,
+                        tonic::Code::InvalidArgument
+                        | tonic::Code::FailedPrecondition
+                        | tonic::Code::AlreadyExists => EXIT_REFUSED,
+                        _ => 1,
+                    });
+                }
+            },
+        }
+    }
+    eprintln!("lbctl: no member could answer: {last_error}");
+    ExitCode::from(EXIT_UNREACHABLE)
+}
+
+async fn call(client: &mut AdminClient<Channel>, args: &Args) -> Result<(), tonic::Status> {
+    use pb::set_backend_override_request::Action;
+    let out = args.output;
+    match &args.command {
+        Command::Status => print_status(
+            &client
                 .get_status(pb::GetStatusRequest {})
-                .await
-                .map(|r| print_status(&r.into_inner(), args.output)),
-            Command::Services { name } => client
+                .await?
+                .into_inner(),
+            out,
+        ),
+        Command::Services { name } => {
+            let r = client
                 .list_services(pb::ListServicesRequest {
                     name: name.clone().unwrap_or_default(),
                 })
-                .await
-                .map(|r| print_services(&r.into_inner().services, args.output, name.is_some())),
-        };
-        match result {
-            Ok(()) => return ExitCode::SUCCESS,
-            Err(status) if status.code() == tonic::Code::NotFound => {
-                eprintln!("lbctl: {}", status.message());
-                return ExitCode::from(EXIT_NOT_FOUND);
-            }
-            Err(status) if status.code() == tonic::Code::Unavailable => {
-                last_error = format!("{endpoint}: {}", status.message());
-            }
-            Err(status) => {
-                eprintln!("lbctl: {endpoint}: {}", status.message());
-                return ExitCode::FAILURE;
+                .await?
+                .into_inner();
+            print_services(&r.services, &r.overrides, out, name.is_some());
+        }
+        Command::Backend { action } => {
+            let (service, backend, action) = match action {
+                BackendAction::Drain { service, backend } => {
+                    (service, backend, Action::Drain(true))
+                }
+                BackendAction::Undrain { service, backend } => {
+                    (service, backend, Action::Clear(true))
+                }
+                BackendAction::Weight {
+                    service,
+                    backend,
+                    weight,
+                } => (service, backend, Action::Weight(*weight)),
+            };
+            client
+                .set_backend_override(pb::SetBackendOverrideRequest {
+                    service: service.clone(),
+                    backend: backend.clone(),
+                    action: Some(action),
+                })
+                .await?;
+            done(out, "ok");
+        }
+        Command::TransferLeadership { to } => {
+            let r = client
+                .transfer_leadership(pb::TransferLeadershipRequest { to: *to })
+                .await?
+                .into_inner();
+            done(out, &format!("member {} leads", r.leader));
+        }
+        Command::Member {
+            action: MemberAction::Add { id, peer_address },
+        } => {
+            client
+                .add_member(pb::AddMemberRequest {
+                    id: *id,
+                    peer_address: peer_address.clone(),
+                })
+                .await?;
+            done(out, &format!("member {id} added"));
+        }
+        Command::Member {
+            action: MemberAction::Remove { id },
+        } => {
+            client
+                .remove_member(pb::RemoveMemberRequest { id: *id })
+                .await?;
+            done(out, &format!("member {id} removed"));
+        }
+        Command::Snapshot => {
+            let r = client
+                .trigger_snapshot(pb::TriggerSnapshotRequest {})
+                .await?
+                .into_inner();
+            done(
+                out,
+                &format!("snapshot at applied index {}", r.applied_index),
+            );
+        }
+        Command::Events => {
+            let mut stream = client
+                .watch_events(pb::WatchEventsRequest {})
+                .await?
+                .into_inner();
+            while let Some(event) = stream.message().await? {
+                match out {
+                    Output::Json => println!(
+                        "{}",
+                        json!({"unix_ms": event.unix_ms, "kind": event.kind, "message": event.message, "revision": event.revision})
+                    ),
+                    Output::Table => {
+                        println!("{} {:<9} {}", event.unix_ms, event.kind, event.message)
+                    }
+                }
             }
         }
+        Command::Completion { .. } => {}
     }
-    eprintln!("lbctl: no member answered: {last_error}");
-    ExitCode::from(EXIT_UNREACHABLE)
+    Ok(())
+}
+
+fn done(out: Output, message: &str) {
+    match out {
+        Output::Json => println!("{}", json!({ "result": message })),
+        Output::Table => println!("{message}"),
+    }
 }
 
 async fn connect(endpoint: &str) -> Result<Channel, String> {
     Channel::from_shared(endpoint.to_owned())
         .map_err(|e| format!("not a URL: {e}"))?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
         .connect()
         .await
         .map_err(|e| match std::error::Error::source(&e) {
@@ -265,7 +424,28 @@ fn backend_state(p: i32) -> String {
         .unwrap_or_else(|_| p.to_string())
 }
 
-fn print_services(services: &[state::VirtualService], output: Output, detailed: bool) {
+fn override_text(
+    overrides: &[state::BackendOverride],
+    service: &state::VirtualService,
+    b: &state::Backend,
+) -> Option<String> {
+    use state::backend_override::Action;
+    overrides
+        .iter()
+        .find(|o| o.key == service.key && o.address == b.address && o.port == b.port)
+        .and_then(|o| o.action)
+        .map(|a| match a {
+            Action::Drain(_) => "drained".to_owned(),
+            Action::Weight(w) => format!("weight {w} (override)"),
+        })
+}
+
+fn print_services(
+    services: &[state::VirtualService],
+    overrides: &[state::BackendOverride],
+    output: Output,
+    detailed: bool,
+) {
     match output {
         Output::Json => {
             let list: Vec<_> = services
@@ -286,6 +466,7 @@ fn print_services(services: &[state::VirtualService], output: Output, detailed: 
                             "port": b.port,
                             "weight": b.weight,
                             "state": backend_state(b.state),
+                            "override": override_text(overrides, s, b),
                         })).collect::<Vec<_>>(),
                     })
                 })
@@ -315,8 +496,11 @@ fn print_services(services: &[state::VirtualService], output: Output, detailed: 
                 );
                 if detailed {
                     for b in &s.backends {
+                        let extra = override_text(overrides, s, b)
+                            .map(|t| format!("  [{t}]"))
+                            .unwrap_or_default();
                         println!(
-                            "  -> {:<40} weight {:<5} {}",
+                            "  -> {:<40} weight {:<5} {}{extra}",
                             socket(&b.address, b.port),
                             b.weight,
                             backend_state(b.state)

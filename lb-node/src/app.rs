@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::admin::{self, AdminService};
+use crate::admin::{self, AdminService, ClusterHandle};
 use crate::config::{ClusterConfig, Config, DataplaneKind, SourceConfig};
 use crate::dataplane::MemoryDataplane;
 use crate::dataplane::reconcile::{self, DataplaneStatus};
@@ -46,6 +46,8 @@ use crate::source::{SourceStatus, file};
 #[derive(Debug)]
 pub struct Listeners {
     pub admin: TcpListener,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub metrics: TcpListener,
     /// The Raft peer port; required when the config has a `[cluster]`.
     pub peer: Option<TcpListener>,
 }
@@ -87,17 +89,25 @@ pub async fn run(
             let peer = listeners
                 .peer
                 .context("a cluster member needs a peer listener")?;
-            let (proposer, states, status, node) =
+            let (proposer, states, handle, node) =
                 start_raft(config.node_id, cluster, peer, &shutdown).await?;
             tasks.push(node);
-            (proposer, states, Some((cluster.id.clone(), status)))
+            (
+                proposer,
+                states,
+                Some(ClusterHandle {
+                    cluster_id: cluster.id.clone(),
+                    node: handle,
+                }),
+            )
         }
     };
     info!(
         node = config.node_id,
         file = %path.display(),
         admin = %listeners.admin.local_addr()?,
-        cluster = cluster.as_ref().map_or("standalone", |(id, _)| id.as_str()),
+        metrics = %listeners.metrics.local_addr()?,
+        cluster = cluster.as_ref().map_or("standalone", |c| c.cluster_id.as_str()),
         "lb-node starting"
     );
 
@@ -107,7 +117,7 @@ pub async fn run(
         ..SourceStatus::default()
     });
     let run_source = {
-        let (path, states) = (path.clone(), states.clone());
+        let (path, states, proposer) = (path.clone(), states.clone(), proposer.clone());
         move |stop: CancellationToken| {
             file::run(
                 path.clone(),
@@ -122,8 +132,8 @@ pub async fn run(
     };
     match &cluster {
         None => tasks.push(tokio::spawn(run_source(shutdown.clone()))),
-        Some((_, status)) => tasks.push(tokio::spawn(run_source_while_leader(
-            status.clone(),
+        Some(c) => tasks.push(tokio::spawn(run_source_while_leader(
+            c.node.status.clone(),
             run_source,
             shutdown.clone(),
         ))),
@@ -141,12 +151,31 @@ pub async fn run(
         shutdown.clone(),
     )));
 
+    let views = crate::metrics::Views {
+        states: states.clone(),
+        source: source_rx.clone(),
+        dataplane: dataplane_rx.clone(),
+        raft: cluster.as_ref().map(|c| c.node.status.clone()),
+    };
+    let metrics_shutdown = shutdown.clone();
+    let metrics_listener = listeners.metrics;
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) =
+            crate::metrics::serve(metrics_listener, views, metrics_shutdown.clone()).await
+        {
+            tracing::error!(error = %e, "metrics endpoint failed; stopping");
+            metrics_shutdown.cancel();
+        }
+    }));
+
     let admin = AdminService {
         node_id: config.node_id,
         states,
         source: source_rx,
         dataplane: dataplane_rx,
+        proposer,
         cluster,
+        shutdown: shutdown.clone(),
     };
     let admin_result = admin::serve(listeners.admin, admin, shutdown.clone()).await;
     // The admin server ends only on shutdown (or a fatal error): stop the rest.
@@ -162,7 +191,7 @@ pub async fn run(
 type RaftParts = (
     Proposer,
     watch::Receiver<Arc<State>>,
-    watch::Receiver<RaftStatus>,
+    node::NodeHandle,
     tokio::task::JoinHandle<()>,
 );
 
@@ -231,7 +260,11 @@ async fn start_raft(
         while watch_status.changed().await.is_ok() {}
         fatal_shutdown.cancel();
     });
-    Ok((Proposer::raft(inputs), states, status, node))
+    let handle = node::NodeHandle {
+        inputs: inputs.clone(),
+        status,
+    };
+    Ok((Proposer::raft(inputs), states, handle, node))
 }
 
 /// Runs the source only while this member leads.

@@ -155,6 +155,8 @@ pub enum SourceConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Prometheus `/metrics`, `/healthz` and `/readyz` (plain HTTP).
+    pub metrics_listen: SocketAddr,
 }
 
 /// The Raft cluster this member belongs to.
@@ -281,12 +283,14 @@ fn default_check_interval() -> String {
 #[serde(deny_unknown_fields, default)]
 struct RawAdmin {
     listen: String,
+    metrics_listen: String,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9443".into(),
+            metrics_listen: "127.0.0.1:9445".into(),
         }
     }
 }
@@ -381,7 +385,19 @@ impl Config {
                 path,
                 check_interval,
             },
-            admin: AdminConfig { listen },
+            admin: AdminConfig {
+                listen,
+                metrics_listen: raw.admin.metrics_listen.parse().map_err(|_| {
+                    ConfigError::new(
+                        file,
+                        "admin.metrics_listen",
+                        format!(
+                            "{:?} is not an address:port like \"127.0.0.1:9445\"",
+                            raw.admin.metrics_listen
+                        ),
+                    )
+                })?,
+            },
         })
     }
 

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod dataplane;
+pub mod metrics;
 pub mod model;
 pub mod replication;
 pub mod source;

@@ -111,9 +111,26 @@ fn run(config: Config) -> ExitCode {
             ),
             None => None,
         };
+        let metrics = tokio::net::TcpListener::bind(config.admin.metrics_listen)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on admin.metrics_listen {}: {e}",
+                    config.admin.metrics_listen
+                )
+            })?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        lb_node::app::run(config, lb_node::app::Listeners { admin, peer }, shutdown).await
+        lb_node::app::run(
+            config,
+            lb_node::app::Listeners {
+                admin,
+                metrics,
+                peer,
+            },
+            shutdown,
+        )
+        .await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

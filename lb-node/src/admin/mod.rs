@@ -1,21 +1,39 @@
 //! The admin API (`lb.admin.v1.Admin`, gRPC over tonic): what `lbctl`
-//! calls. Read-only views of the member's state, source and dataplane; it
-//! owns nothing and changes nothing.
+//! calls. Reads come from the member's own views (state, source, dataplane,
+//! raft status); writes go through Raft (the proposer or the node thread),
+//! so they are replicated and survive failover. The admin server owns
+//! nothing: it only asks the owners.
 
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use proto::admin::v1 as pb;
 use proto::admin::v1::admin_server::{Admin, AdminServer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::dataplane::reconcile::DataplaneStatus;
-use crate::model::{State, service_to_pb};
-use crate::replication::node::RaftStatus;
+use crate::dataplane::reconcile::{DataplaneStatus, unix_ms};
+use crate::model::{BackendOverride, Command, MAX_WEIGHT, State, service_to_pb};
+use crate::replication::node::{NodeHandle, RaftStatus};
+use crate::replication::{ProposeError, Proposer};
 use crate::source::SourceStatus;
+
+/// How long a write waits to see its effect (a committed membership change,
+/// a new leader) before answering DEADLINE_EXCEEDED.
+const WAIT_FOR_EFFECT: Duration = Duration::from_secs(5);
+
+/// The cluster side of a member, absent when standalone.
+#[derive(Debug, Clone)]
+pub struct ClusterHandle {
+    pub cluster_id: String,
+    pub node: NodeHandle,
+}
 
 /// The admin service of one member.
 #[derive(Debug, Clone)]
@@ -24,9 +42,86 @@ pub struct AdminService {
     pub states: watch::Receiver<Arc<State>>,
     pub source: watch::Receiver<SourceStatus>,
     pub dataplane: watch::Receiver<DataplaneStatus>,
-    /// The cluster id and the Raft node's status; `None` when standalone.
-    pub cluster: Option<(String, watch::Receiver<RaftStatus>)>,
+    pub proposer: Proposer,
+    pub cluster: Option<ClusterHandle>,
+    pub shutdown: CancellationToken,
 }
+
+fn propose_error(e: ProposeError) -> Status {
+    match e {
+        ProposeError::NotLeader { .. } | ProposeError::Dropped(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+        ProposeError::Unknown => Status::aborted(e.to_string()),
+        ProposeError::Stopped => Status::unavailable(e.to_string()),
+    }
+}
+
+fn override_pb(
+    key: &crate::model::ServiceKey,
+    address: IpAddr,
+    port: u16,
+    v: BackendOverride,
+) -> proto::state::v1::BackendOverride {
+    use proto::state::v1::backend_override::Action;
+    proto::state::v1::BackendOverride {
+        key: Some(proto::state::v1::ServiceKey {
+            vip: match key.vip {
+                IpAddr::V4(a) => a.octets().to_vec(),
+                IpAddr::V6(a) => a.octets().to_vec(),
+            },
+            port: u32::from(key.port),
+            protocol: match key.protocol {
+                crate::model::Protocol::Tcp => proto::state::v1::Protocol::Tcp,
+                crate::model::Protocol::Udp => proto::state::v1::Protocol::Udp,
+                crate::model::Protocol::Sctp => proto::state::v1::Protocol::Sctp,
+            } as i32,
+        }),
+        address: match address {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        },
+        port: u32::from(port),
+        action: Some(match v {
+            BackendOverride::Drain => Action::Drain(true),
+            BackendOverride::Weight(w) => Action::Weight(w),
+        }),
+    }
+}
+
+impl AdminService {
+    fn cluster(&self) -> Result<&ClusterHandle, Status> {
+        self.cluster.as_ref().ok_or_else(|| {
+            Status::failed_precondition("this member is standalone: it has no cluster")
+        })
+    }
+
+    /// Waits until `done` holds for the raft status and state, or fails
+    /// with DEADLINE_EXCEEDED saying `what`.
+    async fn wait_for(
+        &self,
+        what: String,
+        done: impl Fn(&RaftStatus, &State) -> bool,
+    ) -> Result<(), Status> {
+        let cluster = self.cluster()?;
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_EFFECT;
+        loop {
+            let status = cluster.node.status.borrow().clone();
+            if done(&status, &self.states.borrow()) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "{what} did not happen within {WAIT_FOR_EFFECT:?} (leader: {})",
+                    status.leader
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Admin for AdminService {
@@ -56,10 +151,10 @@ impl Admin for AdminService {
                 programmed_services: dataplane.programmed_services,
                 programmed_destinations: dataplane.programmed_destinations,
             }),
-            cluster: self.cluster.as_ref().map(|(cluster_id, raft)| {
-                let raft = raft.borrow().clone();
+            cluster: self.cluster.as_ref().map(|c| {
+                let raft = c.node.status.borrow().clone();
                 pb::ClusterStatus {
-                    cluster_id: cluster_id.clone(),
+                    cluster_id: c.cluster_id.clone(),
                     role: raft.role.into(),
                     term: raft.term,
                     leader: raft.leader,
@@ -88,12 +183,274 @@ impl Admin for AdminService {
         let services: Vec<_> = state
             .services()
             .filter(|s| name.is_empty() || s.name == name)
-            .map(service_to_pb)
             .collect();
         if !name.is_empty() && services.is_empty() {
             return Err(Status::not_found(format!("no service named {name:?}")));
         }
-        Ok(Response::new(pb::ListServicesResponse { services }))
+        let overrides = state
+            .overrides()
+            .iter()
+            .filter(|((key, _, _), _)| services.iter().any(|s| s.key == *key))
+            .map(|((key, address, port), v)| override_pb(key, *address, *port, *v))
+            .collect();
+        Ok(Response::new(pb::ListServicesResponse {
+            services: services.into_iter().map(service_to_pb).collect(),
+            overrides,
+        }))
+    }
+
+    async fn set_backend_override(
+        &self,
+        request: Request<pb::SetBackendOverrideRequest>,
+    ) -> Result<Response<pb::SetBackendOverrideResponse>, Status> {
+        use pb::set_backend_override_request::Action;
+        let r = request.into_inner();
+        let backend: SocketAddr = r.backend.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "backend: {:?} is not an address:port like \"10.0.0.1:8080\" or \"[fd00::1]:80\"",
+                r.backend
+            ))
+        })?;
+        let value = match r.action {
+            Some(Action::Drain(true)) => Some(BackendOverride::Drain),
+            Some(Action::Weight(w)) if w <= MAX_WEIGHT => Some(BackendOverride::Weight(w)),
+            Some(Action::Weight(w)) => {
+                return Err(Status::invalid_argument(format!(
+                    "weight: {w} is over {MAX_WEIGHT}"
+                )));
+            }
+            Some(Action::Clear(true)) => None,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "action: one of drain, weight or clear is required",
+                ));
+            }
+        };
+        if r.service.is_empty() {
+            return Err(Status::invalid_argument(
+                "service: a service name is required",
+            ));
+        }
+        let state = self.states.borrow().clone();
+        let named: Vec<_> = state.services().filter(|s| s.name == r.service).collect();
+        if named.is_empty() {
+            return Err(Status::not_found(format!(
+                "no service named {:?}",
+                r.service
+            )));
+        }
+        let commands: Vec<Command> = named
+            .iter()
+            .filter(|s| {
+                s.backends
+                    .iter()
+                    .any(|b| b.address == backend.ip() && b.port == backend.port())
+            })
+            .map(|s| Command::SetBackendOverride {
+                key: s.key,
+                address: backend.ip(),
+                port: backend.port(),
+                value,
+            })
+            .collect();
+        if commands.is_empty() && value.is_some() {
+            return Err(Status::not_found(format!(
+                "service {:?} has no backend {backend}",
+                r.service
+            )));
+        }
+        let commands = if commands.is_empty() {
+            // Clearing an override of a backend that has since left the
+            // service is still allowed.
+            named
+                .iter()
+                .map(|s| Command::SetBackendOverride {
+                    key: s.key,
+                    address: backend.ip(),
+                    port: backend.port(),
+                    value: None,
+                })
+                .collect()
+        } else {
+            commands
+        };
+        let outcomes = self
+            .proposer
+            .propose(commands)
+            .await
+            .map_err(propose_error)?;
+        if let Some(Err(e)) = outcomes.into_iter().find(Result::is_err) {
+            return Err(Status::failed_precondition(e.to_string()));
+        }
+        Ok(Response::new(pb::SetBackendOverrideResponse {}))
+    }
+
+    async fn transfer_leadership(
+        &self,
+        request: Request<pb::TransferLeadershipRequest>,
+    ) -> Result<Response<pb::TransferLeadershipResponse>, Status> {
+        let to = request.into_inner().to;
+        let cluster = self.cluster()?;
+        let raft = cluster.node.status.borrow().clone();
+        if to == 0 {
+            return Err(Status::invalid_argument(
+                "to: a member id (1 or more) is required",
+            ));
+        }
+        if !raft.voters.contains(&to) {
+            return Err(Status::not_found(format!(
+                "member {to} is not a voting member (voters: {:?})",
+                raft.voters
+            )));
+        }
+        if raft.leader != to {
+            cluster.node.transfer_leader(to).map_err(propose_error)?;
+            self.wait_for(format!("leadership transfer to member {to}"), |s, _| {
+                s.leader == to
+            })
+            .await?;
+        }
+        Ok(Response::new(pb::TransferLeadershipResponse { leader: to }))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::AddMemberResponse>, Status> {
+        let r = request.into_inner();
+        let cluster = self.cluster()?;
+        if r.id == 0 {
+            return Err(Status::invalid_argument("id: must be 1 or more"));
+        }
+        let address_ok = r.peer_address.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+        });
+        if !address_ok {
+            return Err(Status::invalid_argument(format!(
+                "peer_address: {:?} is not a host:port",
+                r.peer_address
+            )));
+        }
+        if cluster.node.status.borrow().voters.contains(&r.id) {
+            return Err(Status::already_exists(format!(
+                "member {} is already a member",
+                r.id
+            )));
+        }
+        cluster
+            .node
+            .add_member(r.id, r.peer_address)
+            .await
+            .map_err(propose_error)?;
+        let id = r.id;
+        self.wait_for(format!("adding member {id}"), |s, _| s.voters.contains(&id))
+            .await?;
+        Ok(Response::new(pb::AddMemberResponse {}))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        let id = request.into_inner().id;
+        let cluster = self.cluster()?;
+        if id == 0 {
+            return Err(Status::invalid_argument("id: must be 1 or more"));
+        }
+        if !cluster.node.status.borrow().voters.contains(&id) {
+            return Err(Status::not_found(format!("member {id} is not a member")));
+        }
+        cluster
+            .node
+            .remove_member(id)
+            .await
+            .map_err(propose_error)?;
+        self.wait_for(format!("removing member {id}"), |s, _| {
+            !s.voters.contains(&id)
+        })
+        .await?;
+        Ok(Response::new(pb::RemoveMemberResponse {}))
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        _request: Request<pb::TriggerSnapshotRequest>,
+    ) -> Result<Response<pb::TriggerSnapshotResponse>, Status> {
+        let cluster = self.cluster()?;
+        cluster.node.snapshot().map_err(propose_error)?;
+        Ok(Response::new(pb::TriggerSnapshotResponse {
+            applied_index: cluster.node.status.borrow().applied_index,
+        }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        _request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let (tx, rx) = mpsc::channel(256);
+        let mut states = self.states.clone();
+        let mut dataplane = self.dataplane.clone();
+        let mut raft = self.cluster.as_ref().map(|c| c.node.status.clone());
+        let shutdown = self.shutdown.clone();
+        let mut last_state = states.borrow_and_update().clone();
+        let mut last_raft = raft.as_mut().map(|r| r.borrow_and_update().clone());
+        dataplane.borrow_and_update();
+        tokio::spawn(async move {
+            loop {
+                let mut events = Vec::new();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    Ok(()) = states.changed() => {
+                        let state = states.borrow_and_update().clone();
+                        for (key, name, change) in state.service_changes_since(&last_state) {
+                            events.push(("service", format!("service {name} ({key}) {change}"), state.revision()));
+                        }
+                        if state.members() != last_state.members() {
+                            events.push(("members", format!("members now {:?}", state.members().keys().collect::<Vec<_>>()), state.revision()));
+                        }
+                        last_state = state;
+                    }
+                    Ok(()) = async { match raft.as_mut() { Some(r) => r.changed().await, None => std::future::pending().await } } => {
+                        let now = raft.as_mut().map(|r| r.borrow_and_update().clone());
+                        if let (Some(old), Some(new)) = (&last_raft, &now) {
+                            if old.role != new.role {
+                                events.push(("role", format!("member {} is now {} in term {}", new.id, new.role, new.term), last_state.revision()));
+                            }
+                            if old.leader != new.leader && new.leader != 0 {
+                                events.push(("leader", format!("member {} leads in term {}", new.leader, new.term), last_state.revision()));
+                            }
+                        }
+                        last_raft = now;
+                    }
+                    Ok(()) = dataplane.changed() => {
+                        let d = dataplane.borrow_and_update().clone();
+                        if d.last_sync_ops > 0 || !d.last_error.is_empty() {
+                            let text = if d.last_error.is_empty() {
+                                format!("dataplane synced revision {}: {} operations", d.synced_revision, d.last_sync_ops)
+                            } else {
+                                format!("dataplane sync failed: {}", d.last_error)
+                            };
+                            events.push(("dataplane", text, d.synced_revision));
+                        }
+                    }
+                }
+                for (kind, message, revision) in events {
+                    let event = pb::Event {
+                        unix_ms: unix_ms(SystemTime::now()),
+                        kind: kind.into(),
+                        message,
+                        revision,
+                    };
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 

@@ -105,9 +105,16 @@ async fn sync<D: Dataplane>(
             }
         },
     };
+    let started = std::time::Instant::now();
     let desired = Table::from_state(state);
     let ops = plan(&desired, &observed);
     let report = dataplane.apply(&ops).await;
+    let metrics = &crate::metrics::METRICS;
+    metrics
+        .dataplane_sync_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics.dataplane_operations.inc_by(report.applied as u64);
+    metrics.dataplane_errors.inc_by(report.failed.len() as u64);
     let mut now_programmed = observed;
     for op in &ops {
         // Conflicts here only mean our belief was stale; the next dump fixes it.
@@ -130,6 +137,7 @@ async fn sync<D: Dataplane>(
         // A repair that finds work while the state did not move is drift.
         if repairing && s.last_sync_unix_ms > 0 && s.synced_revision == state.revision() {
             s.drift_repairs += ops.len() as u64;
+            metrics.drift_repairs.inc_by(ops.len() as u64);
         }
         s.last_sync_unix_ms = unix_ms(SystemTime::now());
         s.synced_revision = state.revision();

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::model::{BackendState, Forwarding, Scheduler, ServiceKey, SocketText, State};
+use crate::model::{
+    BackendOverride, BackendState, Forwarding, Scheduler, ServiceKey, SocketText, State,
+};
 
 /// A real server's identity inside one virtual service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -132,21 +134,28 @@ impl Table {
     /// serving) backends get theirs only when the service has no ready
     /// backend, and weight 0 otherwise; `terminating` backends stay with
     /// weight 0 so their open connections drain; `not-ready` backends are not
-    /// programmed.
+    /// programmed. An operator's override replaces the weight (a drain is
+    /// weight 0) before these rules apply.
     pub fn from_state(state: &State) -> Table {
         let mut services = BTreeMap::new();
         for s in state.services() {
+            let weight_of =
+                |b: &crate::model::Backend| match state.override_of(&s.key, b.address, b.port) {
+                    Some(BackendOverride::Drain) => 0,
+                    Some(BackendOverride::Weight(w)) => w,
+                    None => b.weight,
+                };
             let any_ready = s
                 .backends
                 .iter()
-                .any(|b| b.state == BackendState::Ready && b.weight > 0);
+                .any(|b| b.state == BackendState::Ready && weight_of(b) > 0);
             let destinations = s
                 .backends
                 .iter()
                 .filter_map(|b| {
                     let weight = match b.state {
-                        BackendState::Ready => b.weight,
-                        BackendState::Serving if !any_ready => b.weight,
+                        BackendState::Ready => weight_of(b),
+                        BackendState::Serving if !any_ready => weight_of(b),
                         BackendState::Serving | BackendState::Terminating => 0,
                         BackendState::NotReady => return None,
                     };

@@ -340,3 +340,44 @@ async fn reconciler_programs_changes_and_repairs_drift() {
     shutdown.cancel();
     task.await.expect("reconciler ends cleanly");
 }
+
+#[test]
+fn overrides_change_the_programmed_weight() {
+    let services = example();
+    let mut state = state_of(&services);
+    let key = services[0].key;
+    let drained = DestKey {
+        address: ip("10.0.0.1"),
+        port: 8080,
+    };
+    let heavier = DestKey {
+        address: ip("10.0.0.2"),
+        port: 8080,
+    };
+    for (dest, value) in [
+        (drained, crate::model::BackendOverride::Drain),
+        (heavier, crate::model::BackendOverride::Weight(9)),
+    ] {
+        state
+            .apply(&Command::SetBackendOverride {
+                key,
+                address: dest.address,
+                port: dest.port,
+                value: Some(value),
+            })
+            .expect("override");
+    }
+    let table = Table::from_state(&state);
+    assert_eq!(
+        table.services[&key].destinations[&drained].weight, 0,
+        "drained: kept, no new connections"
+    );
+    assert_eq!(table.services[&key].destinations[&heavier].weight, 9);
+    // Applying it is two weight updates, nothing else.
+    let ops = plan(&table, &table_of(&services));
+    assert_eq!(ops.len(), 2);
+    assert!(
+        ops.iter()
+            .all(|op| matches!(op, Op::UpdateDestination { .. }))
+    );
+}

@@ -1,7 +1,9 @@
 //! `Command`: one entry of the replicated log, the only way the service
 //! table changes.
 
-use super::service::{Backend, ServiceKey, VirtualService};
+use std::net::IpAddr;
+
+use super::service::{Backend, BackendOverride, ServiceKey, VirtualService};
 
 /// A change to the service table. Every member applies the same commands in
 /// the same order and so holds the same [`super::State`].
@@ -19,6 +21,14 @@ pub enum Command {
         key: ServiceKey,
         backends: Vec<Backend>,
     },
+    /// Sets (or, with `None`, clears) an operator's override of one backend
+    /// of an existing service. Deleting the service clears its overrides.
+    SetBackendOverride {
+        key: ServiceKey,
+        address: IpAddr,
+        port: u16,
+        value: Option<BackendOverride>,
+    },
 }
 
 impl Command {
@@ -28,6 +38,7 @@ impl Command {
             Command::UpsertService(s) => s.key,
             Command::DeleteService(k) => *k,
             Command::ReplaceBackends { key, .. } => *key,
+            Command::SetBackendOverride { key, .. } => *key,
         }
     }
 }

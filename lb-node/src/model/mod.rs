@@ -15,8 +15,8 @@ mod wire;
 pub use command::Command;
 pub use diff::commands_towards;
 pub use service::{
-    Backend, BackendState, Forwarding, InvalidService, MAX_PERSISTENCE_TIMEOUT, MAX_WEIGHT,
-    Protocol, Scheduler, ServiceKey, SocketText, UnknownName, VirtualService,
+    Backend, BackendOverride, BackendState, Forwarding, InvalidService, MAX_PERSISTENCE_TIMEOUT,
+    MAX_WEIGHT, Protocol, Scheduler, ServiceKey, SocketText, UnknownName, VirtualService,
 };
 pub use state::{Applied, ApplyError, State};
 pub use wire::{Batch, SNAPSHOT_FORMAT_VERSION, WireError, service_to_pb};

@@ -168,6 +168,25 @@ impl BackendState {
     }
 }
 
+/// An operator's override of one backend, replicated like any change and
+/// kept apart from the source's backends, so a reload never undoes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendOverride {
+    /// Weight 0: no new connections; open ones go on.
+    Drain,
+    /// This weight instead of the source's.
+    Weight(u32),
+}
+
+impl fmt::Display for BackendOverride {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendOverride::Drain => f.write_str("drained"),
+            BackendOverride::Weight(w) => write!(f, "weight {w}"),
+        }
+    }
+}
+
 /// Error of parsing one of the enums above from its name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {kind} {given:?}; expected one of: {expected}")]

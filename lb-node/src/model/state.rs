@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::command::Command;
-use super::service::{InvalidService, ServiceKey, VirtualService};
+use std::net::IpAddr;
+
+use super::service::{BackendOverride, InvalidService, MAX_WEIGHT, ServiceKey, VirtualService};
 
 /// The replicated service table.
 ///
@@ -23,6 +25,8 @@ pub struct State {
     /// Cluster members by id, with their peer addresses. Changed only by
     /// Raft configuration changes, never by a `Command`.
     members: BTreeMap<u64, String>,
+    /// Operators' overrides by service and backend endpoint.
+    overrides: BTreeMap<(ServiceKey, IpAddr, u16), BackendOverride>,
 }
 
 /// What applying one command did.
@@ -46,9 +50,13 @@ pub enum ApplyError {
     /// The command carries a service that breaks the model's rules.
     #[error(transparent)]
     Invalid(#[from] InvalidService),
-    /// `ReplaceBackends` names a service the table does not hold.
+    /// `ReplaceBackends` or an override names a service the table does not
+    /// hold.
     #[error("service {0} does not exist")]
     UnknownService(ServiceKey),
+    /// An override weight over the highest weight.
+    #[error("override weight {0} is over {MAX_WEIGHT}")]
+    OverrideWeight(u32),
 }
 
 impl State {
@@ -58,6 +66,7 @@ impl State {
         revision: u64,
         services: BTreeMap<ServiceKey, VirtualService>,
         members: BTreeMap<u64, String>,
+        overrides: BTreeMap<(ServiceKey, IpAddr, u16), BackendOverride>,
     ) -> Self {
         Self {
             revision,
@@ -66,7 +75,23 @@ impl State {
                 .map(|(k, v)| (k, Arc::new(v)))
                 .collect(),
             members,
+            overrides,
         }
+    }
+
+    /// Operators' overrides, by (service, backend address, backend port).
+    pub fn overrides(&self) -> &BTreeMap<(ServiceKey, IpAddr, u16), BackendOverride> {
+        &self.overrides
+    }
+
+    /// The override of one backend, if any.
+    pub fn override_of(
+        &self,
+        key: &ServiceKey,
+        address: IpAddr,
+        port: u16,
+    ) -> Option<BackendOverride> {
+        self.overrides.get(&(*key, address, port)).copied()
     }
 
     /// Cluster members and their peer addresses, by id.
@@ -107,6 +132,22 @@ impl State {
         self.services.is_empty()
     }
 
+    /// The services that differ from `older`, each with its name and
+    /// "created", "updated" or "deleted". Cheap when the two states share
+    /// most of their map (a state and its successor do).
+    pub fn service_changes_since(&self, older: &State) -> Vec<(ServiceKey, String, &'static str)> {
+        use imbl::ordmap::DiffItem;
+        older
+            .services
+            .diff(&self.services)
+            .map(|item| match item {
+                DiffItem::Add(k, v) => (*k, v.name.clone(), "created"),
+                DiffItem::Update { new: (k, v), .. } => (*k, v.name.clone(), "updated"),
+                DiffItem::Remove(k, v) => (*k, v.name.clone(), "deleted"),
+            })
+            .collect()
+    }
+
     /// Applies one command. Deterministic: see the type's docs.
     pub fn apply(&mut self, command: &Command) -> Result<Applied, ApplyError> {
         self.revision += 1;
@@ -123,9 +164,37 @@ impl State {
                 Ok(outcome)
             }
             Command::DeleteService(key) => match self.services.remove(key) {
-                Some(_) => Ok(Applied::Deleted(*key)),
+                Some(_) => {
+                    self.overrides.retain(|(k, _, _), _| k != key);
+                    Ok(Applied::Deleted(*key))
+                }
                 None => Ok(Applied::Unchanged(*key)),
             },
+            Command::SetBackendOverride {
+                key,
+                address,
+                port,
+                value,
+            } => {
+                if !self.services.contains_key(key) {
+                    return Err(ApplyError::UnknownService(*key));
+                }
+                if let Some(BackendOverride::Weight(w)) = value
+                    && *w > MAX_WEIGHT
+                {
+                    return Err(ApplyError::OverrideWeight(*w));
+                }
+                let slot = (*key, *address, *port);
+                let old = match value {
+                    Some(v) => self.overrides.insert(slot, *v),
+                    None => self.overrides.remove(&slot),
+                };
+                Ok(if old == *value {
+                    Applied::Unchanged(*key)
+                } else {
+                    Applied::Updated(*key)
+                })
+            }
             Command::ReplaceBackends { key, backends } => {
                 let Some(current) = self.services.get(key) else {
                     return Err(ApplyError::UnknownService(*key));

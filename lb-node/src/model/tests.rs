@@ -82,6 +82,21 @@ fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         3 => service().prop_map(Command::UpsertService),
         1 => key().prop_map(Command::DeleteService),
+        1 => (key(), 1u8..6, prop_oneof![Just(8080u16), Just(8443)], prop_oneof![
+            Just(None),
+            Just(Some(BackendOverride::Drain)),
+            (0u32..70_000).prop_map(|w| Some(BackendOverride::Weight(w))),
+        ])
+            .prop_map(|(key, host, port, value)| Command::SetBackendOverride {
+                key,
+                address: if key.vip.is_ipv4() {
+                    IpAddr::V4(Ipv4Addr::new(10, 0, 0, host))
+                } else {
+                    IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(host)))
+                },
+                port,
+                value,
+            }),
         2 => (key(), any::<bool>()).prop_flat_map(|(key, _)| {
             backends(key.vip.is_ipv4()).prop_map(move |backends| Command::ReplaceBackends { key, backends })
         }),
@@ -221,6 +236,7 @@ fn snapshot_of_a_newer_format_is_refused() {
         revision: 0,
         services: vec![],
         members: vec![],
+        overrides: vec![],
     }
     .encode_to_vec();
     let err = State::decode_snapshot(&bytes).expect_err("version 2");
@@ -243,4 +259,54 @@ fn decoded_bad_address_names_the_field() {
         err.to_string(),
         "upsert_service.service.backends[0].address: an address is 4 or 16 bytes, not 3"
     );
+}
+
+#[test]
+fn overrides_survive_reloads_and_go_with_their_service() {
+    let mut state = State::default();
+    state.apply(&Command::UpsertService(web())).expect("valid");
+    let backend = &web().backends[0];
+    let drain = Command::SetBackendOverride {
+        key: web().key,
+        address: backend.address,
+        port: backend.port,
+        value: Some(BackendOverride::Drain),
+    };
+    assert_eq!(state.apply(&drain), Ok(Applied::Updated(web().key)));
+    assert_eq!(state.apply(&drain), Ok(Applied::Unchanged(web().key)));
+    // The source reloads the same service: the operator's drain stays.
+    let mut reloaded = web();
+    reloaded.backends[0].weight = 4;
+    for c in commands_towards(&state, [reloaded]) {
+        state.apply(&c).expect("valid");
+    }
+    assert_eq!(
+        state.override_of(&web().key, backend.address, backend.port),
+        Some(BackendOverride::Drain)
+    );
+    // Too heavy a weight is refused; an unknown service too.
+    let heavy = Command::SetBackendOverride {
+        key: web().key,
+        address: backend.address,
+        port: backend.port,
+        value: Some(BackendOverride::Weight(MAX_WEIGHT + 1)),
+    };
+    assert_eq!(
+        state.apply(&heavy),
+        Err(ApplyError::OverrideWeight(MAX_WEIGHT + 1))
+    );
+    let mut other = web().key;
+    other.port = 81;
+    let stray = Command::SetBackendOverride {
+        key: other,
+        address: backend.address,
+        port: backend.port,
+        value: None,
+    };
+    assert_eq!(state.apply(&stray), Err(ApplyError::UnknownService(other)));
+    // Deleting the service clears its overrides.
+    state
+        .apply(&Command::DeleteService(web().key))
+        .expect("delete");
+    assert!(state.overrides().is_empty());
 }

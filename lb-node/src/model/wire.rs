@@ -15,8 +15,8 @@ use proto::state::v1 as pb;
 
 use super::command::Command;
 use super::service::{
-    Backend, BackendState, Forwarding, InvalidService, Protocol, Scheduler, ServiceKey,
-    VirtualService,
+    Backend, BackendOverride, BackendState, Forwarding, InvalidService, Protocol, Scheduler,
+    ServiceKey, VirtualService,
 };
 use super::state::State;
 
@@ -132,6 +132,39 @@ fn scheduler_to_pb(s: Scheduler) -> pb::Scheduler {
     }
 }
 
+fn override_to_pb(
+    key: &ServiceKey,
+    address: IpAddr,
+    port: u16,
+    value: Option<BackendOverride>,
+) -> pb::BackendOverride {
+    use pb::backend_override::Action;
+    pb::BackendOverride {
+        key: Some(key_to_pb(key)),
+        address: ip_bytes(address),
+        port: u32::from(port),
+        action: value.map(|v| match v {
+            BackendOverride::Drain => Action::Drain(true),
+            BackendOverride::Weight(w) => Action::Weight(w),
+        }),
+    }
+}
+
+type OverrideParts = (ServiceKey, IpAddr, u16, Option<BackendOverride>);
+
+fn override_from_pb(o: pb::BackendOverride, at: &str) -> Result<OverrideParts, WireError> {
+    use pb::backend_override::Action;
+    let key = key_from_pb(o.key, &format!("{at}.key"))?;
+    let address = ip_from(&o.address, &format!("{at}.address"))?;
+    let port = port_from(o.port, &format!("{at}.port"))?;
+    let value = match o.action {
+        None | Some(Action::Drain(false)) => None,
+        Some(Action::Drain(true)) => Some(BackendOverride::Drain),
+        Some(Action::Weight(w)) => Some(BackendOverride::Weight(w)),
+    };
+    Ok((key, address, port, value))
+}
+
 fn command_to_pb(c: &Command) -> pb::Command {
     use pb::command::Kind;
     let kind = match c {
@@ -145,6 +178,12 @@ fn command_to_pb(c: &Command) -> pb::Command {
             key: Some(key_to_pb(key)),
             backends: backends.iter().map(backend_to_pb).collect(),
         }),
+        Command::SetBackendOverride {
+            key,
+            address,
+            port,
+            value,
+        } => Kind::SetBackendOverride(override_to_pb(key, *address, *port, *value)),
     };
     pb::Command { kind: Some(kind) }
 }
@@ -180,6 +219,11 @@ impl State {
                     peer_address: address.clone(),
                 })
                 .collect(),
+            overrides: self
+                .overrides()
+                .iter()
+                .map(|((key, address, port), v)| override_to_pb(key, *address, *port, Some(*v)))
+                .collect(),
         }
         .encode_to_vec()
     }
@@ -211,7 +255,17 @@ impl State {
                 ));
             }
         }
-        Ok(State::from_parts(pb.revision, services, members))
+        let mut overrides = BTreeMap::new();
+        for (i, o) in pb.overrides.into_iter().enumerate() {
+            let at = format!("overrides[{i}]");
+            match override_from_pb(o, &at)? {
+                (key, address, port, Some(v)) => {
+                    overrides.insert((key, address, port), v);
+                }
+                (_, _, _, None) => return Err(field(at, "an override without an action")),
+            }
+        }
+        Ok(State::from_parts(pb.revision, services, members, overrides))
     }
 }
 
@@ -398,6 +452,15 @@ fn command_from_pb(c: pb::Command) -> Result<Command, WireError> {
             key: key_from_pb(r.key, "replace_backends.key")?,
             backends: backends_from_pb(r.backends, "replace_backends")?,
         }),
+        Some(Kind::SetBackendOverride(o)) => {
+            let (key, address, port, value) = override_from_pb(o, "set_backend_override")?;
+            Ok(Command::SetBackendOverride {
+                key,
+                address,
+                port,
+                value,
+            })
+        }
         None => Err(field(
             "kind",
             "no command kind this build knows (written by a newer version?)",

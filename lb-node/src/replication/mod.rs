@@ -71,6 +71,25 @@ impl Proposer {
         if commands.is_empty() {
             return Ok(Vec::new());
         }
+        let started = std::time::Instant::now();
+        let result = self.send(commands).await;
+        let metrics = &crate::metrics::METRICS;
+        match &result {
+            Ok(_) => {
+                metrics.proposals.with_label_values(&["committed"]).inc();
+                metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Err(ProposeError::NotLeader { .. }) => {
+                metrics.proposals.with_label_values(&["not_leader"]).inc()
+            }
+            Err(_) => metrics.proposals.with_label_values(&["failed"]).inc(),
+        }
+        result
+    }
+
+    async fn send(&self, commands: Vec<Command>) -> Result<Outcomes, ProposeError> {
         match &self.sink {
             Sink::Standalone(tx) => {
                 let (done, answer) = oneshot::channel();

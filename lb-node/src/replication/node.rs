@@ -205,6 +205,9 @@ pub fn run(
         }
         let now = status_of(&replica);
         status.send_if_modified(|s| {
+            if s.leader != now.leader && now.leader != 0 {
+                crate::metrics::METRICS.leader_changes.inc();
+            }
             if *s == now {
                 false
             } else {

@@ -345,6 +345,10 @@ pub async fn run(
                 let count = commands.len();
                 match proposer.propose(commands).await {
                     Ok(_) => {
+                        crate::metrics::METRICS
+                            .source_loads
+                            .with_label_values(&["ok"])
+                            .inc();
                         if count > 0 {
                             info!(file = %path.display(), commands = count, services = services.len(), "services file loaded");
                         }
@@ -374,6 +378,10 @@ fn report_failure(
     text: Option<String>,
 ) {
     let message = e.to_string();
+    crate::metrics::METRICS
+        .source_loads
+        .with_label_values(&["error"])
+        .inc();
     // Log a failure once, not at every check while it lasts.
     if status.borrow().last_error != message {
         error!(error = %message, "services file rejected; the running table is kept");

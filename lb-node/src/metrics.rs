@@ -1,0 +1,279 @@
+//! Prometheus metrics of the member, and the HTTP endpoint that serves them
+//! with `/healthz` and `/readyz`.
+//!
+//! Counters and histograms live in one process-wide registry and are
+//! bumped where things happen (proposals, dataplane syncs, source reloads,
+//! leader changes); gauges are read from the owners' `watch` channels at
+//! scrape time, so they are never stale.
+
+use std::sync::{Arc, LazyLock};
+
+use axum::Router;
+use axum::extract::State as AxumState;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::dataplane::reconcile::DataplaneStatus;
+use crate::model::State;
+use crate::replication::node::RaftStatus;
+use crate::source::SourceStatus;
+
+/// The process-wide counters and histograms.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub proposals: IntCounterVec,
+    pub commit_seconds: Histogram,
+    pub leader_changes: IntCounter,
+    pub dataplane_operations: IntCounter,
+    pub dataplane_errors: IntCounter,
+    pub dataplane_sync_seconds: Histogram,
+    pub drift_repairs: IntCounter,
+    pub source_loads: IntCounterVec,
+}
+
+fn registered<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<T>,
+) -> T {
+    // Names and labels are constants of this file: a failure here is a bug
+    // found by the first test that touches metrics.
+    #[allow(clippy::expect_used)]
+    let metric = metric.expect("valid metric definition");
+    #[allow(clippy::expect_used)]
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
+}
+
+/// Latency buckets from 100 µs to 10 s.
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ]
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let registry = Registry::new();
+    Metrics {
+        proposals: registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "lb_proposals_total",
+                    "Batches of commands proposed, by result.",
+                ),
+                &["result"],
+            ),
+        ),
+        commit_seconds: registered(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "lb_proposal_commit_seconds",
+                    "Time from proposal to applied on this member (the leader).",
+                )
+                .buckets(latency_buckets()),
+            ),
+        ),
+        leader_changes: registered(
+            &registry,
+            IntCounter::new(
+                "lb_raft_leader_changes_total",
+                "Times this member saw the leader change.",
+            ),
+        ),
+        dataplane_operations: registered(
+            &registry,
+            IntCounter::new(
+                "lb_dataplane_operations_total",
+                "Dataplane operations applied.",
+            ),
+        ),
+        dataplane_errors: registered(
+            &registry,
+            IntCounter::new(
+                "lb_dataplane_operation_errors_total",
+                "Dataplane operations that failed.",
+            ),
+        ),
+        dataplane_sync_seconds: registered(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "lb_dataplane_sync_seconds",
+                    "Duration of one dataplane sync (plan and apply).",
+                )
+                .buckets(latency_buckets()),
+            ),
+        ),
+        drift_repairs: registered(
+            &registry,
+            IntCounter::new(
+                "lb_dataplane_drift_repairs_total",
+                "Operations that repaired a dataplane changed by hand.",
+            ),
+        ),
+        source_loads: registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("lb_source_loads_total", "Loads of the source, by result."),
+                &["result"],
+            ),
+        ),
+        registry,
+    }
+});
+
+/// What the endpoint reads at scrape time.
+#[derive(Debug, Clone)]
+pub struct Views {
+    pub states: watch::Receiver<Arc<State>>,
+    pub source: watch::Receiver<SourceStatus>,
+    pub dataplane: watch::Receiver<DataplaneStatus>,
+    pub raft: Option<watch::Receiver<RaftStatus>>,
+}
+
+fn gauge(name: &str, help: &str, value: i64) -> Option<IntGauge> {
+    let g = IntGauge::new(name, help).ok()?;
+    g.set(value);
+    Some(g)
+}
+
+/// The metrics in Prometheus' text format.
+pub fn render(views: &Views) -> String {
+    let mut families = METRICS.registry.gather();
+    let state = views.states.borrow().clone();
+    let dataplane = views.dataplane.borrow().clone();
+    let source = views.source.borrow().clone();
+    let mut gauges = vec![
+        gauge(
+            "lb_services",
+            "Virtual services in the applied state.",
+            state.len() as i64,
+        ),
+        gauge(
+            "lb_state_revision",
+            "Commands applied to build the state.",
+            state.revision() as i64,
+        ),
+        gauge(
+            "lb_dataplane_programmed_services",
+            "Virtual services programmed.",
+            dataplane.programmed_services as i64,
+        ),
+        gauge(
+            "lb_dataplane_programmed_destinations",
+            "Destinations programmed.",
+            dataplane.programmed_destinations as i64,
+        ),
+        gauge(
+            "lb_dataplane_synced_revision",
+            "State revision the dataplane last synced.",
+            dataplane.synced_revision as i64,
+        ),
+        gauge(
+            "lb_source_healthy",
+            "1 when the last load of the source succeeded.",
+            i64::from(source.last_error.is_empty()),
+        ),
+    ];
+    if let Some(raft) = &views.raft {
+        let r = raft.borrow().clone();
+        gauges.extend([
+            gauge("lb_raft_term", "Current Raft term.", r.term as i64),
+            gauge(
+                "lb_raft_is_leader",
+                "1 when this member leads.",
+                i64::from(r.is_leader()),
+            ),
+            gauge(
+                "lb_raft_leader",
+                "Id of the leader this member knows; 0 for none.",
+                r.leader as i64,
+            ),
+            gauge(
+                "lb_raft_commit_index",
+                "Raft commit index.",
+                r.commit_index as i64,
+            ),
+            gauge(
+                "lb_raft_applied_index",
+                "Raft applied index.",
+                r.applied_index as i64,
+            ),
+            gauge(
+                "lb_raft_apply_lag",
+                "Committed entries not yet applied.",
+                r.commit_index.saturating_sub(r.applied_index) as i64,
+            ),
+            gauge("lb_raft_voters", "Voting members.", r.voters.len() as i64),
+        ]);
+    }
+    for g in gauges.into_iter().flatten() {
+        families.extend(prometheus::core::Collector::collect(&g));
+    }
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&families, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Whether the member is ready to serve, and if not, why.
+pub fn readiness(views: &Views) -> Result<(), String> {
+    let dataplane = views.dataplane.borrow().clone();
+    if dataplane.last_sync_unix_ms == 0 {
+        return Err("the dataplane has not been synced yet".into());
+    }
+    if let Some(raft) = &views.raft {
+        let r = raft.borrow().clone();
+        if r.leader == 0 {
+            return Err("no leader known".into());
+        }
+        if r.commit_index > r.applied_index {
+            return Err(format!(
+                "applying: {} of {} entries",
+                r.applied_index, r.commit_index
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn metrics(AxumState(views): AxumState<Views>) -> String {
+    render(&views)
+}
+
+async fn ready(AxumState(views): AxumState<Views>) -> (StatusCode, String) {
+    match readiness(&views) {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    views: Views,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(views);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
