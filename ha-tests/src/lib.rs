@@ -92,7 +92,38 @@ impl Member {
         member.admin = addr
             .parse()
             .with_context(|| format!("bad admin address {addr:?}"))?;
+        let metrics = line
+            .split("metrics=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .context("start-up line names no metrics address")?;
+        member.metrics = metrics
+            .parse()
+            .with_context(|| format!("bad metrics address {metrics:?}"))?;
         Ok(member)
+    }
+
+    /// GETs a path of the metrics endpoint; returns (status code, body).
+    pub fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(self.metrics)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: lb-node\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let code = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no HTTP status line")?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((code, body))
     }
 
     pub fn pid(&self) -> u32 {

@@ -64,7 +64,7 @@ fn latency_buckets() -> Vec<f64> {
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let registry = Registry::new();
-    Metrics {
+    let metrics = Metrics {
         proposals: registered(
             &registry,
             IntCounterVec::new(
@@ -131,7 +131,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             ),
         ),
         registry,
+    };
+    // Every known label value from the start, so a series reads 0 rather
+    // than being absent until its first event.
+    for result in ["committed", "not_leader", "failed"] {
+        metrics.proposals.with_label_values(&[result]);
     }
+    for result in ["ok", "error"] {
+        metrics.source_loads.with_label_values(&[result]);
+    }
+    metrics
 });
 
 /// What the endpoint reads at scrape time.

@@ -408,6 +408,16 @@ impl Admin for AdminService {
                         for (key, name, change) in state.service_changes_since(&last_state) {
                             events.push(("service", format!("service {name} ({key}) {change}"), state.revision()));
                         }
+                        for (slot @ (key, address, port), value) in state.overrides() {
+                            if last_state.overrides().get(slot) != Some(value) {
+                                events.push(("override", format!("backend {} of {key}: {value}", SocketAddr::new(*address, *port)), state.revision()));
+                            }
+                        }
+                        for (key, address, port) in last_state.overrides().keys() {
+                            if !state.overrides().contains_key(&(*key, *address, *port)) {
+                                events.push(("override", format!("backend {} of {key}: override cleared", SocketAddr::new(*address, *port)), state.revision()));
+                            }
+                        }
                         if state.members() != last_state.members() {
                             events.push(("members", format!("members now {:?}", state.members().keys().collect::<Vec<_>>()), state.revision()));
                         }

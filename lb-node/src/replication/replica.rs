@@ -93,6 +93,8 @@ pub struct Replica {
     term: u64,
     /// This member was removed from the cluster: it takes no more input.
     removed: bool,
+    /// A member was added: snapshot once this ready is applied.
+    snapshot_for_new_member: bool,
 }
 
 impl std::fmt::Debug for Replica {
@@ -181,6 +183,7 @@ impl Replica {
             role: StateRole::Follower,
             term: 0,
             removed: false,
+            snapshot_for_new_member: false,
         })
     }
 
@@ -374,7 +377,11 @@ impl Replica {
         self.apply_entries(light.take_committed_entries(), &mut out)?;
         self.raw.advance_apply_to(self.applied);
         self.note_role_change(&mut out);
-        self.maybe_compact()?;
+        if std::mem::take(&mut self.snapshot_for_new_member) {
+            self.snapshot_now()?;
+        } else {
+            self.maybe_compact()?;
+        }
         Ok(out)
     }
 
@@ -480,6 +487,10 @@ impl Replica {
                     let address = String::from_utf8_lossy(context).into_owned();
                     info!(member = id, address, "member added");
                     self.state.set_member(id, address);
+                    // A new member starts from a snapshot, and raft-rs
+                    // refuses one whose configuration does not hold it: the
+                    // next snapshot must be taken after this change.
+                    self.snapshot_for_new_member = true;
                 }
                 ConfChangeType::RemoveNode => {
                     info!(member = id, "member removed");

@@ -1,0 +1,253 @@
+//! Every lbctl subcommand against a three-member loopback cluster, each
+//! checked by its effect as an operator would see it: a drain shows on
+//! every member and survives the leader's death, a transferred leadership
+//! lands on the named member, a fourth member joins and catches up, a
+//! removed member is gone from status everywhere, events stream, metrics
+//! answer, and bad requests are refused naming the field.
+
+use std::collections::BTreeMap;
+use std::io::BufRead as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ha_tests::{ClusterLayout, Member, binary, cluster_status, eventually};
+
+const SERVICES: &str = include_str!("../../deploy/examples/services.toml");
+const BACKEND: &str = "198.51.100.11:8080";
+
+/// Runs lbctl with every given member as an endpoint, in that order.
+fn lbctl(members: &[&Member], args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let mut cmd = Command::new(binary("lbctl")?);
+    for m in members {
+        cmd.arg("--endpoint").arg(format!("http://{}", m.admin));
+    }
+    let out = cmd.args(args).output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+async fn leader_of(members: &BTreeMap<u64, Member>) -> anyhow::Result<u64> {
+    eventually("an agreed leader", Duration::from_secs(20), || async {
+        let mut seen = Vec::new();
+        for m in members.values() {
+            seen.push(cluster_status(m).await?.leader);
+        }
+        Ok(
+            (seen[0] != 0 && seen.iter().all(|l| *l == seen[0]) && members.contains_key(&seen[0]))
+                .then_some(seen[0]),
+        )
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let layout = ClusterLayout::write(dir.path(), 3, SERVICES, "admin-test")?;
+    let mut members = BTreeMap::new();
+    for id in 1..=3 {
+        members.insert(id, Member::start(&layout.config(id))?);
+    }
+    let leader = leader_of(&members).await?;
+    let follower = *members
+        .keys()
+        .find(|id| **id != leader)
+        .expect("a follower");
+
+    // status and services, readable and JSON.
+    let (code, out, err) = lbctl(&[&members[&follower]], &["status"])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("leader {leader}")) && out.contains("follower in term"),
+        "{out}"
+    );
+    let (code, out, _) = lbctl(&[&members[&leader]], &["-o", "json", "status"])?;
+    assert_eq!(code, 0);
+    assert!(out.contains("\"role\":\"leader\""), "{out}");
+    let (code, out, _) = lbctl(&[&members[&follower]], &["services"])?;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("web") && out.contains("dns") && out.contains("sip"),
+        "{out}"
+    );
+
+    // backend drain, sent to a follower first: lbctl moves on to the leader.
+    let both = [&members[&follower], &members[&leader]];
+    let (code, _, err) = lbctl(&both, &["backend", "drain", "web", BACKEND])?;
+    assert_eq!(code, 0, "{err}");
+    for (id, m) in &members {
+        eventually(
+            "the drain on every member",
+            Duration::from_secs(10),
+            || async {
+                let (_, out, _) = lbctl(&[m], &["services", "web"])?;
+                Ok(out.contains("[drained]").then_some(()))
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("member {id}: {e}"))?;
+    }
+    // The programmed table follows: the drained backend has weight 0.
+    let (_, out, _) = lbctl(&[&members[&follower]], &["-o", "json", "services", "web"])?;
+    assert!(out.contains("\"override\":\"drained\""), "{out}");
+
+    // transfer-leadership to a follower; every member agrees.
+    let (code, out, err) = lbctl(
+        &[&members[&leader]],
+        &["transfer-leadership", &follower.to_string()],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("member {follower} leads")), "{out}");
+    assert_eq!(leader_of(&members).await?, follower);
+    let leader = follower;
+
+    // backend weight and undrain.
+    let all: Vec<&Member> = members.values().collect();
+    let (code, _, err) = lbctl(&all, &["backend", "weight", "web", BACKEND, "7"])?;
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = lbctl(&all, &["services", "web"])?;
+    assert!(out.contains("[weight 7 (override)]"), "{out}");
+
+    // snapshot.
+    let (code, out, err) = lbctl(&[&members[&leader]], &["snapshot"])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("snapshot at applied index"), "{out}");
+
+    // events: a stream that shows the next change.
+    let mut events = Command::new(binary("lbctl")?)
+        .arg("--endpoint")
+        .arg(format!("http://{}", members[&leader].admin))
+        .args(["-o", "json", "events"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = events.stdout.take().expect("piped");
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = line_tx.send(line);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, _, err) = lbctl(&all, &["backend", "undrain", "web", BACKEND])?;
+    assert_eq!(code, 0, "{err}");
+    let mut seen = Vec::new();
+    let wanted = format!("backend {BACKEND} of tcp/192.0.2.10:80: override cleared");
+    while !seen
+        .iter()
+        .any(|e: &String| e.contains("\"kind\":\"override\"") && e.contains(&wanted))
+    {
+        seen.push(
+            line_rx
+                .recv_timeout(Duration::from_secs(10))
+                .map_err(|_| anyhow::anyhow!("no override event; saw {seen:?}"))?,
+        );
+    }
+    let _ = events.kill();
+    let (_, out, _) = lbctl(&all, &["services", "web"])?;
+    assert!(!out.contains('['), "no override left: {out}");
+
+    // member add: a fourth machine joins and catches up.
+    let port4 = ha_tests::free_port()?;
+    let config4 = std::fs::read_to_string(layout.config(3))?
+        .replace("id = 3\n", "id = 4\n")
+        .replace("data-3", "data-4")
+        .replace(
+            &format!("listen = \"127.0.0.1:{}\"", layout.peer_ports[2]),
+            &format!("listen = \"127.0.0.1:{port4}\""),
+        );
+    let config4_path = dir.path().join("member-4.toml");
+    std::fs::write(&config4_path, config4)?;
+    let fourth = Member::start(&config4_path)?;
+    let (code, out, err) = lbctl(&all, &["member", "add", "4", &format!("127.0.0.1:{port4}")])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("member 4 added"), "{out}");
+    members.insert(4, fourth);
+    eventually("member 4 caught up", Duration::from_secs(15), || async {
+        let (_, out, _) = lbctl(&[&members[&4]], &["services"])?;
+        Ok(out.contains("web").then_some(()))
+    })
+    .await?;
+    for m in members.values() {
+        assert_eq!(cluster_status(m).await?.voters, vec![1, 2, 3, 4]);
+    }
+
+    // member remove: gone from status on every remaining member.
+    let all: Vec<&Member> = members.values().collect();
+    let (code, _, err) = lbctl(&all, &["member", "remove", "4"])?;
+    assert_eq!(code, 0, "{err}");
+    let mut removed = members.remove(&4).expect("member 4");
+    for (id, m) in &members {
+        let s = cluster_status(m).await?;
+        assert_eq!(s.voters, vec![1, 2, 3], "member {id}");
+        assert!(
+            s.members.iter().all(|x| x.id != 4),
+            "member {id} still lists 4"
+        );
+    }
+    // A removed member stops.
+    removed.wait_exit(Duration::from_secs(10))?;
+
+    // A drain survives the leader's death: it is in the replicated state.
+    let all: Vec<&Member> = members.values().collect();
+    let (code, _, err) = lbctl(&all, &["backend", "drain", "web", BACKEND])?;
+    assert_eq!(code, 0, "{err}");
+    let mut dead = members.remove(&leader).expect("leader");
+    dead.signal("KILL")?;
+    dead.wait_exit(Duration::from_secs(5))?;
+    let new_leader = leader_of(&members).await?;
+    let (_, out, _) = lbctl(&[&members[&new_leader]], &["services", "web"])?;
+    assert!(
+        out.contains("[drained]"),
+        "the drain outlived its leader: {out}"
+    );
+
+    // Bad requests: refused, naming the field; unknown things: not found.
+    let all: Vec<&Member> = members.values().collect();
+    let (code, _, err) = lbctl(&all, &["backend", "weight", "web", "not-an-address", "1"])?;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("backend: \"not-an-address\""), "{err}");
+    let (code, _, err) = lbctl(&all, &["backend", "weight", "web", BACKEND, "70000"])?;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("weight: 70000"), "{err}");
+    let (code, _, err) = lbctl(&all, &["backend", "drain", "no-such", BACKEND])?;
+    assert_eq!(code, 4, "{err}");
+    let (code, _, err) = lbctl(&all, &["member", "remove", "99"])?;
+    assert_eq!(code, 4, "{err}");
+    let (code, _, err) = lbctl(&all, &["member", "add", "0", "127.0.0.1:1"])?;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("id: must be 1 or more"), "{err}");
+    let (code, _, err) = lbctl(&all, &["member", "add", "9", "nowhere"])?;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("peer_address"), "{err}");
+    let (code, _, err) = lbctl(&all, &["transfer-leadership", "42"])?;
+    assert_eq!(code, 4, "{err}");
+
+    // Completion scripts.
+    let (code, out, _) = lbctl(&all, &["completion", "bash"])?;
+    assert_eq!(code, 0);
+    assert!(out.contains("_lbctl"), "a bash completion function");
+
+    // Metrics and probes.
+    let m = &members[&new_leader];
+    let (code, body) = m.http_get("/metrics")?;
+    assert_eq!(code, 200);
+    for name in [
+        "lb_raft_term",
+        "lb_raft_is_leader 1",
+        "lb_proposals_total",
+        "lb_proposal_commit_seconds_bucket",
+        "lb_dataplane_operations_total",
+        "lb_services 3",
+    ] {
+        assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
+    }
+    assert_eq!(m.http_get("/healthz")?.0, 200);
+    assert_eq!(m.http_get("/readyz")?.0, 200);
+    Ok(())
+}
