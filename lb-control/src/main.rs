@@ -27,8 +27,34 @@ struct Args {
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// The cluster CA (PEM): turns on mutual TLS, with --cert and --key.
+    #[arg(long, global = true, env = "LBCTL_CA", requires_all = ["cert", "key"])]
+    ca: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM), signed by the cluster CA.
+    #[arg(long, global = true, env = "LBCTL_CERT")]
+    cert: Option<std::path::PathBuf>,
+    /// This client's key (PEM).
+    #[arg(long, global = true, env = "LBCTL_KEY")]
+    key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The mutual TLS settings from the flags, if any.
+fn tls(args: &Args) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let (Some(ca), Some(cert), Some(key)) = (&args.ca, &args.cert, &args.key) else {
+        return Ok(None);
+    };
+    let read = |flag: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("--{flag} {}: {e}", p.display()))
+    };
+    Ok(Some(
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca", ca)?))
+            .identity(Identity::from_pem(read("cert", cert)?, read("key", key)?))
+            .domain_name("lb-node"),
+    ))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -109,9 +135,16 @@ async fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    let tls = match tls(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("lbctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut last_error = String::from("no endpoint given");
     for endpoint in &args.endpoint {
-        let channel = match connect(endpoint).await {
+        let channel = match connect(endpoint, tls.clone()).await {
             Ok(c) => c,
             Err(e) => {
                 last_error = format!("{endpoint}: {e}");
@@ -255,10 +288,21 @@ fn done(out: Output, message: &str) {
     }
 }
 
-async fn connect(endpoint: &str) -> Result<Channel, String> {
-    Channel::from_shared(endpoint.to_owned())
+async fn connect(
+    endpoint: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<Channel, String> {
+    let url = match (&tls, endpoint.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}"),
+        _ => endpoint.to_owned(),
+    };
+    let mut channel = Channel::from_shared(url)
         .map_err(|e| format!("not a URL: {e}"))?
-        .connect_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(2));
+    if let Some(tls) = tls {
+        channel = channel.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
+    }
+    channel
         .connect()
         .await
         .map_err(|e| match std::error::Error::source(&e) {

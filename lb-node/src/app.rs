@@ -89,8 +89,14 @@ pub async fn run(
             let peer = listeners
                 .peer
                 .context("a cluster member needs a peer listener")?;
-            let (proposer, states, handle, node) =
-                start_raft(config.node_id, cluster, peer, &shutdown).await?;
+            let (proposer, states, handle, node) = start_raft(
+                config.node_id,
+                cluster,
+                peer,
+                config.tls.as_ref(),
+                &shutdown,
+            )
+            .await?;
             tasks.push(node);
             (
                 proposer,
@@ -177,7 +183,8 @@ pub async fn run(
         cluster,
         shutdown: shutdown.clone(),
     };
-    let admin_result = admin::serve(listeners.admin, admin, shutdown.clone()).await;
+    let admin_tls = config.tls.as_ref().map(crate::config::TlsConfig::server);
+    let admin_result = admin::serve(listeners.admin, admin, admin_tls, shutdown.clone()).await;
     // The admin server ends only on shutdown (or a fatal error): stop the rest.
     shutdown.cancel();
     for task in tasks {
@@ -201,8 +208,14 @@ async fn start_raft(
     node_id: u64,
     cluster: &ClusterConfig,
     peer_listener: TcpListener,
+    tls: Option<&crate::config::TlsConfig>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<RaftParts> {
+    if tls.is_none() {
+        tracing::warn!(
+            "the peer port has no TLS: anything that reaches it can speak for a member; configure [tls] outside a lab"
+        );
+    }
     let store = LogStore::open(&cluster.data_dir)?;
     let replica = Replica::open(
         ReplicaConfig {
@@ -225,6 +238,7 @@ async fn start_raft(
         inputs.clone(),
         tokio::runtime::Handle::current(),
         shutdown.clone(),
+        tls.map(crate::config::TlsConfig::client),
     );
     let tick = cluster.tick;
     let node_thread = std::thread::Builder::new()
@@ -232,10 +246,13 @@ async fn start_raft(
         .spawn(move || node::run(replica, inputs_rx, tick, outbox, state_tx, status_tx))
         .context("cannot start the raft node thread")?;
     let service = PeerService::new(cluster.id.clone(), node_id, states.clone(), inputs.clone());
+    let server_tls = tls.map(crate::config::TlsConfig::server);
     let peer_shutdown = shutdown.clone();
     let peer_addr = peer_listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(e) = transport::serve(peer_listener, service, peer_shutdown.clone()).await {
+        if let Err(e) =
+            transport::serve(peer_listener, service, server_tls, peer_shutdown.clone()).await
+        {
             tracing::error!(error = %e, "peer server failed; stopping");
             peer_shutdown.cancel();
         }

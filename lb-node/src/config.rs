@@ -177,6 +177,44 @@ pub struct ClusterConfig {
     pub initial_members: Vec<(u64, String)>,
 }
 
+/// Mutual TLS for the admin and peer ports: certificates in PEM, read at
+/// start.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The cluster CA: peers and admin clients must present a certificate
+    /// it signed.
+    pub ca_pem: Vec<u8>,
+    /// This member's certificate (server and client) and key.
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsConfig { .. }")
+    }
+}
+
+/// The name every member certificate carries and every client checks.
+pub const TLS_SERVER_NAME: &str = "lb-node";
+
+impl TlsConfig {
+    pub fn server(&self) -> tonic::transport::ServerTlsConfig {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+    }
+
+    pub fn client(&self) -> tonic::transport::ClientTlsConfig {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .domain_name(TLS_SERVER_NAME)
+    }
+}
+
 /// A member's validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -188,6 +226,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `None` for a standalone member.
     pub cluster: Option<ClusterConfig>,
+    /// `None`: the admin and peer ports speak plain HTTP/2.
+    pub tls: Option<TlsConfig>,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +240,15 @@ struct RawConfig {
     #[serde(default)]
     admin: RawAdmin,
     cluster: Option<RawCluster>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -369,12 +418,41 @@ impl Config {
                 ),
             )
         })?;
+        let tls = raw
+            .tls
+            .map(|t| {
+                let read = |field: &str, path: PathBuf| {
+                    let path = relative_to(file, path);
+                    let bytes = std::fs::read(&path).map_err(|e| {
+                        ConfigError::new(
+                            file,
+                            field,
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?;
+                    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+                        return Err(ConfigError::new(
+                            file,
+                            field,
+                            format!("{} is not a PEM file", path.display()),
+                        ));
+                    }
+                    Ok(bytes)
+                };
+                Ok::<_, ConfigError>(TlsConfig {
+                    ca_pem: read("tls.ca", t.ca)?,
+                    cert_pem: read("tls.cert", t.cert)?,
+                    key_pem: read("tls.key", t.key)?,
+                })
+            })
+            .transpose()?;
         let cluster = raw
             .cluster
             .map(|c| Self::validate_cluster(c, raw.node.id, file))
             .transpose()?;
         Ok(Config {
             cluster,
+            tls,
             file: file.to_owned(),
             node_id: raw.node.id,
             dataplane: DataplaneConfig {

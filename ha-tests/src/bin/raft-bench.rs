@@ -15,6 +15,8 @@
 //! 3. Reference, measured in the same run on the same disk: a bare loop of
 //!    4 KiB write + fdatasync, the floor under any synced commit.
 //!
+//! The peer transport runs without TLS here.
+//!
 //!   cargo run --release -p ha-tests --bin raft-bench -- [--seconds 10] [--dir PATH]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -143,9 +145,10 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<Cluster> {
             inputs.clone(),
             tokio::runtime::Handle::current(),
             shutdown.clone(),
+            None,
         );
         let service = PeerService::new("bench".into(), id, states.clone(), inputs.clone());
-        tokio::spawn(transport::serve(listener, service, shutdown.clone()));
+        tokio::spawn(transport::serve(listener, service, None, shutdown.clone()));
         let member_dir = dir.join(format!("member-{id}"));
         let initial = members.clone();
         std::thread::Builder::new()

@@ -146,9 +146,14 @@ impl Peer for PeerService {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: PeerService,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(PeerServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await
@@ -169,6 +174,7 @@ struct OutboxInner {
     lanes: Mutex<HashMap<u64, Lanes>>,
     runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 #[derive(Debug)]
@@ -186,6 +192,7 @@ impl PeerOutbox {
         inputs: Sender<Input>,
         runtime: tokio::runtime::Handle,
         shutdown: CancellationToken,
+        tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> Self {
         Self {
             inner: Arc::new(OutboxInner {
@@ -196,6 +203,7 @@ impl PeerOutbox {
                 lanes: Mutex::new(HashMap::new()),
                 runtime,
                 shutdown,
+                tls,
             }),
         }
     }
@@ -245,6 +253,7 @@ impl OutboxInner {
             address: address.clone(),
             inputs: self.inputs.clone(),
             shutdown: self.shutdown.clone(),
+            tls: self.tls.clone(),
         };
         self.runtime.spawn(lane.clone().run_ordinary(ordinary_rx));
         self.runtime.spawn(lane.run_snapshots(snapshots_rx));
@@ -264,6 +273,7 @@ struct LaneTask {
     address: String,
     inputs: Sender<Input>,
     shutdown: CancellationToken,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl LaneTask {
@@ -283,11 +293,16 @@ impl LaneTask {
     }
 
     fn endpoint(&self) -> anyhow::Result<Endpoint> {
-        Ok(Channel::from_shared(format!("http://{}", self.address))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Channel::from_shared(format!("{scheme}://{}", self.address))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2)))
+            .keep_alive_timeout(Duration::from_secs(2));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        Ok(endpoint)
     }
 
     fn client(&self, channel: Channel) -> PeerClient<Channel> {
