@@ -195,6 +195,17 @@ impl std::fmt::Debug for TlsConfig {
     }
 }
 
+/// A gRPC server builder, with mutual TLS when `tls` is given.
+pub fn server_builder(
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<tonic::transport::Server, tonic::transport::Error> {
+    let builder = tonic::transport::Server::builder();
+    match tls {
+        Some(tls) => builder.tls_config(tls),
+        None => Ok(builder),
+    }
+}
+
 /// The name every member certificate carries and every client checks.
 pub const TLS_SERVER_NAME: &str = "lb-node";
 

@@ -4,7 +4,7 @@
 //! so they are replicated and survive failover. The admin server owns
 //! nothing: it only asks the owners.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::dataplane::reconcile::{DataplaneStatus, unix_ms};
-use crate::model::{BackendOverride, Command, MAX_WEIGHT, State, service_to_pb};
+use crate::model::{BackendOverride, Command, MAX_WEIGHT, State, override_to_pb, service_to_pb};
 use crate::replication::node::{NodeHandle, RaftStatus};
 use crate::replication::{ProposeError, Proposer};
 use crate::source::SourceStatus;
@@ -54,38 +54,6 @@ fn propose_error(e: ProposeError) -> Status {
         }
         ProposeError::Unknown => Status::aborted(e.to_string()),
         ProposeError::Stopped => Status::unavailable(e.to_string()),
-    }
-}
-
-fn override_pb(
-    key: &crate::model::ServiceKey,
-    address: IpAddr,
-    port: u16,
-    v: BackendOverride,
-) -> proto::state::v1::BackendOverride {
-    use proto::state::v1::backend_override::Action;
-    proto::state::v1::BackendOverride {
-        key: Some(proto::state::v1::ServiceKey {
-            vip: match key.vip {
-                IpAddr::V4(a) => a.octets().to_vec(),
-                IpAddr::V6(a) => a.octets().to_vec(),
-            },
-            port: u32::from(key.port),
-            protocol: match key.protocol {
-                crate::model::Protocol::Tcp => proto::state::v1::Protocol::Tcp,
-                crate::model::Protocol::Udp => proto::state::v1::Protocol::Udp,
-                crate::model::Protocol::Sctp => proto::state::v1::Protocol::Sctp,
-            } as i32,
-        }),
-        address: match address {
-            IpAddr::V4(a) => a.octets().to_vec(),
-            IpAddr::V6(a) => a.octets().to_vec(),
-        },
-        port: u32::from(port),
-        action: Some(match v {
-            BackendOverride::Drain => Action::Drain(true),
-            BackendOverride::Weight(w) => Action::Weight(w),
-        }),
     }
 }
 
@@ -191,7 +159,7 @@ impl Admin for AdminService {
             .overrides()
             .iter()
             .filter(|((key, _, _), _)| services.iter().any(|s| s.key == *key))
-            .map(|((key, address, port), v)| override_pb(key, *address, *port, *v))
+            .map(|((key, address, port), v)| override_to_pb(key, *address, *port, Some(*v)))
             .collect();
         Ok(Response::new(pb::ListServicesResponse {
             services: services.into_iter().map(service_to_pb).collect(),
@@ -472,11 +440,7 @@ pub async fn serve(
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
-    builder
+    crate::config::server_builder(tls)?
         .add_service(AdminServer::new(service))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await

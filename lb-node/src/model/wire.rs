@@ -132,7 +132,8 @@ fn scheduler_to_pb(s: Scheduler) -> pb::Scheduler {
     }
 }
 
-fn override_to_pb(
+/// The protobuf form of a backend override (`None`: clear it).
+pub fn override_to_pb(
     key: &ServiceKey,
     address: IpAddr,
     port: u16,
