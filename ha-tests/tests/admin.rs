@@ -152,6 +152,58 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
     let (_, out, _) = lbctl(&all, &["services", "web"])?;
     assert!(!out.contains('['), "no override left: {out}");
 
+    // vips: three VIPs, one per member; a drained member owns none, and
+    // gets its share back when undrained.
+    let owners = |m: &Member| -> anyhow::Result<Vec<u64>> {
+        let (code, out, err) = lbctl(&[m], &["-o", "json", "vips"])?;
+        anyhow::ensure!(code == 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let mut owners: Vec<u64> = v["vips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x["owner"].as_u64())
+            .collect();
+        owners.sort_unstable();
+        Ok(owners)
+    };
+    eventually("one VIP per member", Duration::from_secs(10), || async {
+        Ok((owners(&members[&leader])? == vec![1, 2, 3]).then_some(()))
+    })
+    .await?;
+    let drained = *members
+        .keys()
+        .find(|id| **id != leader)
+        .expect("a follower");
+    let (code, out, err) = lbctl(&all, &["member", "drain", &drained.to_string()])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("member {drained} drained")), "{out}");
+    for m in members.values() {
+        eventually(
+            "the drained member owns no VIP, on every member",
+            Duration::from_secs(10),
+            || async {
+                let o = owners(m)?;
+                Ok(
+                    (o.len() == 3 && !o.contains(&drained) && o.iter().all(|x| *x != 0))
+                        .then_some(()),
+                )
+            },
+        )
+        .await?;
+    }
+    let (_, out, _) = lbctl(&all, &["vips"])?;
+    assert!(
+        out.contains(&format!("drained members: [{drained}]")),
+        "{out}"
+    );
+    let (code, _, err) = lbctl(&all, &["member", "undrain", &drained.to_string()])?;
+    assert_eq!(code, 0, "{err}");
+    eventually("balanced again", Duration::from_secs(10), || async {
+        Ok((owners(&members[&leader])? == vec![1, 2, 3]).then_some(()))
+    })
+    .await?;
+
     // member add: a fourth machine joins and catches up.
     let port4 = ha_tests::free_port()?;
     let config4 = std::fs::read_to_string(layout.config(3))?

@@ -77,6 +77,8 @@ enum Command {
         #[command(subcommand)]
         action: BackendAction,
     },
+    /// Every VIP with the member that announces it.
+    Vips,
     /// Hand leadership to a member.
     TransferLeadership {
         /// The member to lead.
@@ -115,6 +117,10 @@ enum MemberAction {
     Add { id: u64, peer_address: String },
     /// Remove a member.
     Remove { id: u64 },
+    /// Drain a member before maintenance: its VIPs move to the others.
+    Drain { id: u64 },
+    /// Let a drained member own VIPs again.
+    Undrain { id: u64 },
 }
 
 /// Exit codes.
@@ -248,6 +254,54 @@ async fn call(client: &mut AdminClient<Channel>, args: &Args) -> Result<(), toni
                 .remove_member(pb::RemoveMemberRequest { id: *id })
                 .await?;
             done(out, &format!("member {id} removed"));
+        }
+        Command::Vips => {
+            let r = client.list_vips(pb::ListVipsRequest {}).await?.into_inner();
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    json!({
+                        "vips": r.vips.iter().map(|v| json!({"vip": v.vip, "owner": v.owner, "services": v.services})).collect::<Vec<_>>(),
+                        "drained": r.drained,
+                    })
+                ),
+                Output::Table => {
+                    println!("{:<40} {:<6} SERVICES", "VIP", "OWNER");
+                    for v in &r.vips {
+                        let owner = if v.owner == 0 {
+                            "none".to_owned()
+                        } else {
+                            v.owner.to_string()
+                        };
+                        println!("{:<40} {:<6} {}", v.vip, owner, v.services.join(","));
+                    }
+                    if !r.drained.is_empty() {
+                        println!("drained members: {:?}", r.drained);
+                    }
+                }
+            }
+        }
+        Command::Member {
+            action: MemberAction::Drain { id },
+        } => {
+            client
+                .drain_member(pb::DrainMemberRequest {
+                    id: *id,
+                    drained: true,
+                })
+                .await?;
+            done(out, &format!("member {id} drained"));
+        }
+        Command::Member {
+            action: MemberAction::Undrain { id },
+        } => {
+            client
+                .drain_member(pb::DrainMemberRequest {
+                    id: *id,
+                    drained: false,
+                })
+                .await?;
+            done(out, &format!("member {id} undrained"));
         }
         Command::Snapshot => {
             let r = client

@@ -340,6 +340,59 @@ impl Admin for AdminService {
         Ok(Response::new(pb::RemoveMemberResponse {}))
     }
 
+    async fn list_vips(
+        &self,
+        _request: Request<pb::ListVipsRequest>,
+    ) -> Result<Response<pb::ListVipsResponse>, Status> {
+        let state = self.states.borrow().clone();
+        let vips = state
+            .vips()
+            .into_iter()
+            .map(|vip| {
+                let mut services: Vec<String> = state
+                    .services()
+                    .filter(|s| s.key.vip == vip)
+                    .map(|s| s.name.clone())
+                    .collect();
+                services.dedup();
+                pb::Vip {
+                    vip: vip.to_string(),
+                    owner: state.vip_owners().get(&vip).copied().unwrap_or(0),
+                    services,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListVipsResponse {
+            vips,
+            drained: state.drained_members().iter().copied().collect(),
+        }))
+    }
+
+    async fn drain_member(
+        &self,
+        request: Request<pb::DrainMemberRequest>,
+    ) -> Result<Response<pb::DrainMemberResponse>, Status> {
+        let r = request.into_inner();
+        let cluster = self.cluster()?;
+        if r.id == 0 {
+            return Err(Status::invalid_argument("id: must be 1 or more"));
+        }
+        if !cluster.node.status.borrow().voters.contains(&r.id) {
+            return Err(Status::not_found(format!(
+                "member {} is not a member",
+                r.id
+            )));
+        }
+        self.proposer
+            .propose(vec![Command::SetMemberDrained {
+                member: r.id,
+                drained: r.drained,
+            }])
+            .await
+            .map_err(propose_error)?;
+        Ok(Response::new(pb::DrainMemberResponse {}))
+    }
+
     async fn trigger_snapshot(
         &self,
         _request: Request<pb::TriggerSnapshotRequest>,
@@ -385,6 +438,14 @@ impl Admin for AdminService {
                             if !state.overrides().contains_key(&(*key, *address, *port)) {
                                 events.push(("override", format!("backend {} of {key}: override cleared", SocketAddr::new(*address, *port)), state.revision()));
                             }
+                        }
+                        for (vip, owner) in state.vip_owners() {
+                            if last_state.vip_owners().get(vip) != Some(owner) {
+                                events.push(("vip", format!("VIP {vip} now owned by member {owner}"), state.revision()));
+                            }
+                        }
+                        if state.drained_members() != last_state.drained_members() {
+                            events.push(("members", format!("drained members now {:?}", state.drained_members()), state.revision()));
                         }
                         if state.members() != last_state.members() {
                             events.push(("members", format!("members now {:?}", state.members().keys().collect::<Vec<_>>()), state.revision()));

@@ -1,6 +1,7 @@
 //! `Command`: one entry of the replicated log, the only way the service
 //! table changes.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::service::{Backend, BackendOverride, ServiceKey, VirtualService};
@@ -29,16 +30,22 @@ pub enum Command {
         port: u16,
         value: Option<BackendOverride>,
     },
+    /// Replaces which member announces each VIP (the leader computes it
+    /// with `assign_owners`).
+    SetVipOwners(BTreeMap<IpAddr, u64>),
+    /// Drains (or undrains) a member: a drained member owns no VIP.
+    SetMemberDrained { member: u64, drained: bool },
 }
 
 impl Command {
-    /// The service this command is about, for logs and errors.
-    pub fn key(&self) -> ServiceKey {
+    /// The service this command is about, if it is about one.
+    pub fn service_key(&self) -> Option<ServiceKey> {
         match self {
-            Command::UpsertService(s) => s.key,
-            Command::DeleteService(k) => *k,
-            Command::ReplaceBackends { key, .. } => *key,
-            Command::SetBackendOverride { key, .. } => *key,
+            Command::UpsertService(s) => Some(s.key),
+            Command::DeleteService(k) => Some(*k),
+            Command::ReplaceBackends { key, .. } => Some(*key),
+            Command::SetBackendOverride { key, .. } => Some(*key),
+            Command::SetVipOwners(_) | Command::SetMemberDrained { .. } => None,
         }
     }
 }

@@ -8,12 +8,14 @@
 
 mod command;
 mod diff;
+mod ownership;
 mod service;
 mod state;
 mod wire;
 
 pub use command::Command;
 pub use diff::commands_towards;
+pub use ownership::assign_owners;
 pub use service::{
     Backend, BackendOverride, BackendState, Forwarding, InvalidService, MAX_PERSISTENCE_TIMEOUT,
     MAX_WEIGHT, Protocol, Scheduler, ServiceKey, SocketText, UnknownName, VirtualService,

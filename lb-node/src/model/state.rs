@@ -1,7 +1,7 @@
 //! `State`: the service table that committed commands build, and the pure,
 //! deterministic `apply`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::command::Command;
@@ -27,11 +27,18 @@ pub struct State {
     members: BTreeMap<u64, String>,
     /// Operators' overrides by service and backend endpoint.
     overrides: BTreeMap<(ServiceKey, IpAddr, u16), BackendOverride>,
+    /// Which member announces each VIP.
+    vip_owners: BTreeMap<IpAddr, u64>,
+    /// Members an operator drained: they own no VIP.
+    drained: BTreeSet<u64>,
 }
 
 /// What applying one command did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
+    /// The cluster-wide settings (VIP owners, drained members) changed, or
+    /// were already so (`changed` false).
+    Cluster { changed: bool },
     /// The service was created.
     Created(ServiceKey),
     /// The service (or its backend set) changed.
@@ -67,6 +74,8 @@ impl State {
         services: BTreeMap<ServiceKey, VirtualService>,
         members: BTreeMap<u64, String>,
         overrides: BTreeMap<(ServiceKey, IpAddr, u16), BackendOverride>,
+        vip_owners: BTreeMap<IpAddr, u64>,
+        drained: BTreeSet<u64>,
     ) -> Self {
         Self {
             revision,
@@ -76,7 +85,24 @@ impl State {
                 .collect(),
             members,
             overrides,
+            vip_owners,
+            drained,
         }
+    }
+
+    /// Which member announces each VIP.
+    pub fn vip_owners(&self) -> &BTreeMap<IpAddr, u64> {
+        &self.vip_owners
+    }
+
+    /// Members an operator drained.
+    pub fn drained_members(&self) -> &BTreeSet<u64> {
+        &self.drained
+    }
+
+    /// Every VIP some service uses.
+    pub fn vips(&self) -> BTreeSet<IpAddr> {
+        self.services.keys().map(|k| k.vip).collect()
     }
 
     /// Operators' overrides, by (service, backend address, backend port).
@@ -110,7 +136,10 @@ impl State {
         self.members.remove(&id);
     }
 
-    /// Number of commands applied to build this state, refused ones included.
+    /// The service table's version: the number of service-table commands
+    /// applied to build this state, refused ones included. Cluster settings
+    /// (VIP owners, drained members) do not count: they change the table
+    /// that is announced, not the one that is programmed.
     pub fn revision(&self) -> u64 {
         self.revision
     }
@@ -150,8 +179,23 @@ impl State {
 
     /// Applies one command. Deterministic: see the type's docs.
     pub fn apply(&mut self, command: &Command) -> Result<Applied, ApplyError> {
-        self.revision += 1;
+        if command.service_key().is_some() {
+            self.revision += 1;
+        }
         match command {
+            Command::SetVipOwners(owners) => {
+                let changed = self.vip_owners != *owners;
+                self.vip_owners = owners.clone();
+                Ok(Applied::Cluster { changed })
+            }
+            Command::SetMemberDrained { member, drained } => {
+                let changed = if *drained {
+                    self.drained.insert(*member)
+                } else {
+                    self.drained.remove(member)
+                };
+                Ok(Applied::Cluster { changed })
+            }
             Command::UpsertService(service) => {
                 let service = service.clone().normalize()?;
                 let key = service.key;

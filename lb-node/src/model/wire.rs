@@ -185,6 +185,13 @@ fn command_to_pb(c: &Command) -> pb::Command {
             port,
             value,
         } => Kind::SetBackendOverride(override_to_pb(key, *address, *port, *value)),
+        Command::SetVipOwners(owners) => Kind::SetVipOwners(pb::VipOwners {
+            owners: owners_to_pb(owners),
+        }),
+        Command::SetMemberDrained { member, drained } => Kind::SetMemberDrain(pb::MemberDrain {
+            member: *member,
+            drained: *drained,
+        }),
     };
     pb::Command { kind: Some(kind) }
 }
@@ -225,6 +232,8 @@ impl State {
                 .iter()
                 .map(|((key, address, port), v)| override_to_pb(key, *address, *port, Some(*v)))
                 .collect(),
+            vip_owners: owners_to_pb(self.vip_owners()),
+            drained_members: self.drained_members().iter().copied().collect(),
         }
         .encode_to_vec()
     }
@@ -266,7 +275,16 @@ impl State {
                 (_, _, _, None) => return Err(field(at, "an override without an action")),
             }
         }
-        Ok(State::from_parts(pb.revision, services, members, overrides))
+        let vip_owners = owners_from_pb(pb.vip_owners, "vip_owners")?;
+        let drained = pb.drained_members.into_iter().collect();
+        Ok(State::from_parts(
+            pb.revision,
+            services,
+            members,
+            overrides,
+            vip_owners,
+            drained,
+        ))
     }
 }
 
@@ -462,9 +480,41 @@ fn command_from_pb(c: pb::Command) -> Result<Command, WireError> {
                 value,
             })
         }
+        Some(Kind::SetVipOwners(o)) => Ok(Command::SetVipOwners(owners_from_pb(
+            o.owners,
+            "set_vip_owners.owners",
+        )?)),
+        Some(Kind::SetMemberDrain(d)) => Ok(Command::SetMemberDrained {
+            member: d.member,
+            drained: d.drained,
+        }),
         None => Err(field(
             "kind",
             "no command kind this build knows (written by a newer version?)",
         )),
     }
+}
+
+fn owners_to_pb(owners: &BTreeMap<IpAddr, u64>) -> Vec<pb::VipOwner> {
+    owners
+        .iter()
+        .map(|(vip, member)| pb::VipOwner {
+            vip: ip_bytes(*vip),
+            member: *member,
+        })
+        .collect()
+}
+
+fn owners_from_pb(list: Vec<pb::VipOwner>, at: &str) -> Result<BTreeMap<IpAddr, u64>, WireError> {
+    let mut owners = BTreeMap::new();
+    for (i, o) in list.into_iter().enumerate() {
+        let vip = ip_from(&o.vip, &format!("{at}[{i}].vip"))?;
+        if owners.insert(vip, o.member).is_some() {
+            return Err(field(
+                format!("{at}[{i}].vip"),
+                format!("{vip} listed twice"),
+            ));
+        }
+    }
+    Ok(owners)
 }

@@ -7,7 +7,7 @@
 //! messages and sends what `handle_ready` returns. The daemon's node task and
 //! the deterministic simulation both drive this same code.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use protobuf::Message as _;
 use raft::eraftpb::{
@@ -18,6 +18,9 @@ use tracing::{info, warn};
 
 use super::storage::{LogStore, LogStoreError};
 use crate::model::{Applied, ApplyError, Batch, Command, State, WireError};
+
+/// How often (in ticks) the leader reconsiders VIP owners.
+const OWNERSHIP_EVERY_TICKS: u64 = 2;
 
 /// Timing and thresholds of a replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +98,14 @@ pub struct Replica {
     removed: bool,
     /// A member was added: snapshot once this ready is applied.
     snapshot_for_new_member: bool,
+    /// Ticks since start, and the tick each peer was last heard from: a
+    /// leader's view of which members are alive, for VIP ownership.
+    ticks: u64,
+    last_heard: BTreeMap<u64, u64>,
+    /// The tick this member became leader.
+    leader_since: u64,
+    /// VIP owners proposed and not yet applied.
+    proposed_owners: Option<BTreeMap<std::net::IpAddr, u64>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -184,6 +195,10 @@ impl Replica {
             term: 0,
             removed: false,
             snapshot_for_new_member: false,
+            ticks: 0,
+            last_heard: BTreeMap::new(),
+            leader_since: 0,
+            proposed_owners: None,
         })
     }
 
@@ -237,6 +252,58 @@ impl Replica {
     pub fn tick(&mut self) {
         if !self.removed {
             self.raw.tick();
+            self.ticks += 1;
+            if self.ticks.is_multiple_of(OWNERSHIP_EVERY_TICKS) {
+                self.maybe_reassign_vips();
+            }
+        }
+    }
+
+    /// Members the leader has heard from within an election timeout
+    /// (itself included).
+    pub fn healthy_members(&self) -> BTreeSet<u64> {
+        let window = self.config.election_ticks as u64;
+        self.voters()
+            .into_iter()
+            .filter(|id| {
+                *id == self.config.id
+                    || self
+                        .last_heard
+                        .get(id)
+                        .is_some_and(|t| self.ticks.saturating_sub(*t) <= window)
+            })
+            .collect()
+    }
+
+    /// On the leader: recompute VIP owners over the healthy, undrained
+    /// members and propose them if they differ. Waits a few heartbeats after
+    /// an election, so that every live follower has answered once and none
+    /// is taken for dead.
+    fn maybe_reassign_vips(&mut self) {
+        if !self.is_leader()
+            || self.ticks < self.leader_since + 2 * self.config.heartbeat_ticks as u64 + 1
+        {
+            return;
+        }
+        if self.proposed_owners.as_ref() == Some(self.state.vip_owners()) {
+            self.proposed_owners = None;
+        }
+        let eligible: BTreeSet<u64> = self
+            .healthy_members()
+            .into_iter()
+            .filter(|m| !self.state.drained_members().contains(m))
+            .collect();
+        let owners =
+            crate::model::assign_owners(&self.state.vips(), &eligible, self.state.vip_owners());
+        if owners == *self.state.vip_owners() || self.proposed_owners.as_ref() == Some(&owners) {
+            return;
+        }
+        info!(member = self.config.id, eligible = ?eligible, "VIP owners change");
+        if self
+            .propose(vec![Command::SetVipOwners(owners.clone())])
+            .is_ok()
+        {
+            self.proposed_owners = Some(owners);
         }
     }
 
@@ -258,6 +325,7 @@ impl Replica {
                 message.commit = last;
             }
         }
+        self.last_heard.insert(from, self.ticks);
         if let Err(e) = self.raw.step(message) {
             warn!(peer = from, error = %e, "raft message dropped");
         }
@@ -393,6 +461,10 @@ impl Replica {
             }
             if role != self.role {
                 info!(member = self.config.id, term, role = ?role, leader = self.raw.raft.leader_id, "raft role changed");
+                if role == StateRole::Leader {
+                    self.leader_since = self.ticks;
+                }
+                self.proposed_owners = None;
             }
             self.role = role;
             self.term = term;

@@ -419,6 +419,12 @@ impl Sim {
         accepted
     }
 
+    /// Proposes one command through the leader, untracked.
+    pub fn propose_command(&mut self, command: Command) -> bool {
+        self.on_leader(move |r| r.propose(vec![command]).is_ok())
+            .unwrap_or(false)
+    }
+
     /// Runs for `ms` virtual milliseconds.
     pub fn run(&mut self, ms: u64) {
         let end = self.now + ms;
@@ -631,8 +637,9 @@ impl Sim {
             }
         }
         for c in &self.acknowledged {
-            if state.service(&c.key()).is_none() {
-                return Err(format!("acknowledged command for {} is lost", c.key()));
+            let Some(key) = c.service_key() else { continue };
+            if state.service(&key).is_none() {
+                return Err(format!("acknowledged command for {key} is lost"));
             }
         }
         // Each command creates a new service, so the revision (commands

@@ -251,3 +251,80 @@ fn leadership_is_transferred_to_the_named_member() {
         }
     }
 }
+
+/// Owner counts per member as member `id` sees them.
+fn owner_counts(sim: &Sim, id: u64) -> std::collections::BTreeMap<u64, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for owner in sim.state(id).expect("up").vip_owners().values() {
+        *counts.entry(*owner).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn vips_move_off_crashed_and_drained_members() {
+    use crate::model::Command;
+    for seed in 0..SEEDS {
+        let mut sim = Sim::new(3, seed);
+        assert!(sim.run_until_converged(5_000), "seed {seed}: no leader");
+        // Nine services, nine VIPs: three each.
+        sim.propose(9);
+        sim.run(1_000);
+        let leader = sim.leader().expect("a leader");
+        let counts = owner_counts(&sim, leader);
+        assert_eq!(
+            counts.values().copied().collect::<Vec<_>>(),
+            vec![3, 3, 3],
+            "seed {seed}: {counts:?}"
+        );
+
+        // A follower dies: its VIPs go to the two others.
+        let dead = follower(&sim);
+        sim.crash(dead);
+        sim.run(2_000);
+        let leader = sim.leader().expect("a leader");
+        let counts = owner_counts(&sim, leader);
+        assert!(
+            !counts.contains_key(&dead),
+            "seed {seed}: the dead member still owns VIPs: {counts:?}"
+        );
+        assert_eq!(counts.values().sum::<usize>(), 9);
+
+        // The other follower is drained: the leader owns everything.
+        let drained = sim
+            .ids()
+            .into_iter()
+            .find(|id| *id != leader && *id != dead)
+            .expect("another");
+        assert!(sim.propose_command(Command::SetMemberDrained {
+            member: drained,
+            drained: true
+        }));
+        sim.run(1_000);
+        assert_eq!(
+            owner_counts(&sim, leader),
+            std::collections::BTreeMap::from([(leader, 9)]),
+            "seed {seed}"
+        );
+
+        // Back to three: balanced again, every member agreeing.
+        sim.start(dead);
+        assert!(sim.propose_command(Command::SetMemberDrained {
+            member: drained,
+            drained: false
+        }));
+        sim.run(2_000);
+        assert!(sim.run_until_converged(5_000), "seed {seed}");
+        for id in sim.ids() {
+            let counts = owner_counts(&sim, id);
+            assert_eq!(
+                counts.values().copied().collect::<Vec<_>>(),
+                vec![3, 3, 3],
+                "seed {seed}, member {id}: {counts:?}"
+            );
+        }
+        if let Err(e) = sim.check_invariants() {
+            panic!("seed {seed}: {e}");
+        }
+    }
+}
