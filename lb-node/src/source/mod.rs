@@ -18,3 +18,4 @@ pub struct SourceStatus {
     /// Empty when the last load succeeded.
     pub last_error: String,
 }
+pub mod kubernetes;
