@@ -171,6 +171,27 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
         Ok((owners(&members[&leader])? == vec![1, 2, 3]).then_some(()))
     })
     .await?;
+    // Each member announces (here: may announce, with its lease held and
+    // the fencing wait over) exactly the VIP it owns.
+    for (id, m) in &members {
+        eventually(
+            "each member announces its own VIP",
+            Duration::from_secs(10),
+            || async {
+                let (_, out, _) = lbctl(&[m], &["-o", "json", "vips"])?;
+                let v: serde_json::Value = serde_json::from_str(&out)?;
+                let here: Vec<u64> = v["vips"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|x| x["announced_here"] == serde_json::Value::Bool(true))
+                    .filter_map(|x| x["owner"].as_u64())
+                    .collect();
+                Ok((here == vec![*id]).then_some(()))
+            },
+        )
+        .await?;
+    }
     let drained = *members
         .keys()
         .find(|id| **id != leader)

@@ -261,19 +261,26 @@ async fn call(client: &mut AdminClient<Channel>, args: &Args) -> Result<(), toni
                 Output::Json => println!(
                     "{}",
                     json!({
-                        "vips": r.vips.iter().map(|v| json!({"vip": v.vip, "owner": v.owner, "services": v.services})).collect::<Vec<_>>(),
+                        "vips": r.vips.iter().map(|v| json!({"vip": v.vip, "owner": v.owner, "services": v.services, "announced_here": v.announced_here})).collect::<Vec<_>>(),
                         "drained": r.drained,
                     })
                 ),
                 Output::Table => {
-                    println!("{:<40} {:<6} SERVICES", "VIP", "OWNER");
+                    println!("{:<40} {:<6} {:<5} SERVICES", "VIP", "OWNER", "HERE");
                     for v in &r.vips {
                         let owner = if v.owner == 0 {
                             "none".to_owned()
                         } else {
                             v.owner.to_string()
                         };
-                        println!("{:<40} {:<6} {}", v.vip, owner, v.services.join(","));
+                        let here = if v.announced_here { "yes" } else { "-" };
+                        println!(
+                            "{:<40} {:<6} {:<5} {}",
+                            v.vip,
+                            owner,
+                            here,
+                            v.services.join(",")
+                        );
                     }
                     if !r.drained.is_empty() {
                         println!("drained members: {:?}", r.drained);

@@ -359,6 +359,10 @@ impl Admin for AdminService {
                     vip: vip.to_string(),
                     owner: state.vip_owners().get(&vip).copied().unwrap_or(0),
                     services,
+                    announced_here: self
+                        .cluster
+                        .as_ref()
+                        .is_some_and(|c| c.node.status.borrow().announced.contains(&vip)),
                 }
             })
             .collect();

@@ -71,6 +71,8 @@ pub struct RaftStatus {
     pub commit_index: u64,
     pub applied_index: u64,
     pub voters: Vec<u64>,
+    /// The VIPs this member may announce now (owner, lease held, fenced).
+    pub announced: std::collections::BTreeSet<std::net::IpAddr>,
 }
 
 impl RaftStatus {
@@ -93,6 +95,7 @@ fn status_of(replica: &Replica) -> RaftStatus {
         commit_index: replica.commit_index(),
         applied_index: replica.applied_index(),
         voters: replica.voters(),
+        announced: replica.announced_vips(),
     }
 }
 

@@ -106,6 +106,8 @@ pub struct Replica {
     leader_since: u64,
     /// VIP owners proposed and not yet applied.
     proposed_owners: Option<BTreeMap<std::net::IpAddr, u64>>,
+    /// The tick at which each VIP this member owns became its own.
+    owned_since: BTreeMap<std::net::IpAddr, u64>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -199,6 +201,7 @@ impl Replica {
             last_heard: BTreeMap::new(),
             leader_since: 0,
             proposed_owners: None,
+            owned_since: BTreeMap::new(),
         })
     }
 
@@ -256,6 +259,15 @@ impl Replica {
             if self.ticks.is_multiple_of(OWNERSHIP_EVERY_TICKS) {
                 self.maybe_reassign_vips();
             }
+            // A member out of touch forgets since when it owns its VIPs:
+            // back in touch, its state may be stale (others may own them
+            // now), so it waits a full lease again, long enough to catch
+            // up and learn that.
+            if self.lease_valid() {
+                self.note_ownership();
+            } else {
+                self.owned_since.clear();
+            }
         }
     }
 
@@ -273,6 +285,67 @@ impl Replica {
                         .is_some_and(|t| self.ticks.saturating_sub(*t) <= window)
             })
             .collect()
+    }
+
+    /// Whether this member may announce now: it is in touch with a quorum.
+    /// A leader has heard from a majority of voters (itself included)
+    /// within the lease; a follower has heard from its leader within the
+    /// lease, and that leader in turn steps down (check-quorum) when it
+    /// loses its majority. The lease is the election timeout: by the time
+    /// a leader gives a silent member's VIPs away (it has not heard from it
+    /// for that long) the silent member's lease has run out too.
+    pub fn lease_valid(&self) -> bool {
+        let lease = self.config.election_ticks as u64;
+        let fresh = |id: &u64| {
+            self.last_heard
+                .get(id)
+                .is_some_and(|t| self.ticks.saturating_sub(*t) <= lease)
+        };
+        if self.is_leader() {
+            let voters = self.voters();
+            let heard = voters
+                .iter()
+                .filter(|id| **id == self.config.id || fresh(id))
+                .count();
+            heard * 2 > voters.len()
+        } else {
+            let leader = self.leader();
+            leader != 0 && fresh(&leader)
+        }
+    }
+
+    /// The VIPs this member announces now: the ones the committed state
+    /// gives it, while its lease holds, and each only once a full lease has
+    /// passed since it became this member's, so that a previous owner cut
+    /// off from the cluster has stopped first (fencing). No two members
+    /// announce one VIP at the same time; the simulation checks it at every
+    /// step of its fault scenarios.
+    pub fn announced_vips(&self) -> BTreeSet<std::net::IpAddr> {
+        if self.removed || !self.lease_valid() {
+            return BTreeSet::new();
+        }
+        let lease = self.config.election_ticks as u64;
+        self.owned_since
+            .iter()
+            .filter(|(_, since)| self.ticks >= **since + lease)
+            .map(|(vip, _)| *vip)
+            .collect()
+    }
+
+    /// Tracks since when this member owns each VIP (after every apply).
+    fn note_ownership(&mut self) {
+        let me = self.config.id;
+        let mine: BTreeSet<std::net::IpAddr> = self
+            .state
+            .vip_owners()
+            .iter()
+            .filter(|(_, owner)| **owner == me)
+            .map(|(vip, _)| *vip)
+            .collect();
+        self.owned_since.retain(|vip, _| mine.contains(vip));
+        for vip in mine {
+            self.owned_since.entry(vip).or_insert(self.ticks);
+        }
     }
 
     /// On the leader: recompute VIP owners over the healthy, undrained
@@ -445,6 +518,7 @@ impl Replica {
         self.apply_entries(light.take_committed_entries(), &mut out)?;
         self.raw.advance_apply_to(self.applied);
         self.note_role_change(&mut out);
+        self.note_ownership();
         if std::mem::take(&mut self.snapshot_for_new_member) {
             self.snapshot_now()?;
         } else {

@@ -167,6 +167,10 @@ pub struct Sim {
     trace: bool,
     /// Snapshots each member installed from a leader.
     snapshots_installed: BTreeMap<u64, usize>,
+    /// Check at every step that no two members announce one VIP.
+    pub check_announcements: bool,
+    /// Every instant two members announced one VIP.
+    pub split_brain: Vec<String>,
     tmp: tempfile::TempDir,
     next_service: u32,
     /// Commands whose proposal was acknowledged (applied on the proposer).
@@ -207,6 +211,8 @@ impl Sim {
             timeouts: BTreeMap::new(),
             trace: std::env::var_os("SIM_TRACE").is_some(),
             snapshots_installed: BTreeMap::new(),
+            check_announcements: false,
+            split_brain: Vec::new(),
             next_service: 0,
             acknowledged: Vec::new(),
             abandoned: 0,
@@ -366,6 +372,39 @@ impl Sim {
         self.members[&id].with(|r| r.state().clone())
     }
 
+    /// The VIPs member `id` announces now (empty when it is down).
+    pub fn announced(&self, id: u64) -> BTreeSet<IpAddr> {
+        self.members[&id]
+            .with(|r| r.announced_vips())
+            .unwrap_or_default()
+    }
+
+    /// Which member announces each VIP now (the first one found, if several).
+    pub fn announcers(&self) -> BTreeMap<IpAddr, u64> {
+        let mut by_vip = BTreeMap::new();
+        for id in self.ids() {
+            for vip in self.announced(id) {
+                by_vip.entry(vip).or_insert(id);
+            }
+        }
+        by_vip
+    }
+
+    fn check_split_brain(&mut self) {
+        let mut by_vip: BTreeMap<IpAddr, Vec<u64>> = BTreeMap::new();
+        for id in self.ids() {
+            for vip in self.announced(id) {
+                by_vip.entry(vip).or_default().push(id);
+            }
+        }
+        for (vip, ids) in by_vip {
+            if ids.len() > 1 {
+                self.split_brain
+                    .push(format!("t={}ms: {vip} announced by {ids:?}", self.now));
+            }
+        }
+    }
+
     /// How many snapshots `id` installed from a leader.
     pub fn snapshots_installed(&self, id: u64) -> usize {
         self.snapshots_installed.get(&id).copied().unwrap_or(0)
@@ -510,6 +549,9 @@ impl Sim {
         }
         for id in self.ids() {
             self.drain_ready(id);
+        }
+        if self.check_announcements {
+            self.check_split_brain();
         }
     }
 

@@ -328,3 +328,94 @@ fn vips_move_off_crashed_and_drained_members() {
         }
     }
 }
+
+/// Runs until `vip` is announced by a member other than `not`, up to
+/// `max_ms`; returns the virtual milliseconds it took.
+fn time_until_announced_elsewhere(
+    sim: &mut Sim,
+    vip: std::net::IpAddr,
+    not: u64,
+    max_ms: u64,
+) -> Option<u64> {
+    let mut t = 0;
+    while t <= max_ms {
+        if sim
+            .announcers()
+            .get(&vip)
+            .is_some_and(|owner| *owner != not)
+        {
+            return Some(t);
+        }
+        sim.run(super::STEP_MS);
+        t += super::STEP_MS;
+    }
+    None
+}
+
+#[test]
+fn no_vip_is_ever_announced_twice_and_a_dead_owners_vips_come_back() {
+    let mut worst = 0;
+    for seed in 0..SEEDS {
+        let mut sim = Sim::new(3, seed);
+        sim.check_announcements = true;
+        assert!(sim.run_until_converged(5_000), "seed {seed}: no leader");
+        sim.propose(6);
+        sim.run(2_000);
+        let announcers = sim.announcers();
+        assert_eq!(
+            announcers.len(),
+            6,
+            "seed {seed}: every VIP announced: {announcers:?}"
+        );
+
+        // The owner of some VIP dies (the leader, for even seeds).
+        let victim = if seed % 2 == 0 {
+            sim.leader().expect("leader")
+        } else {
+            follower(&sim)
+        };
+        let vip = *announcers
+            .iter()
+            .find(|(_, m)| **m == victim)
+            .expect("the victim announces a VIP")
+            .0;
+        sim.crash(victim);
+        let took =
+            time_until_announced_elsewhere(&mut sim, vip, victim, 5_000).unwrap_or_else(|| {
+                panic!(
+                    "seed {seed}: {vip} never announced again:\n{}",
+                    sim.describe()
+                )
+            });
+        worst = worst.max(took);
+
+        // The leader is cut off from the others: it must stop announcing
+        // before anyone else starts with its VIPs.
+        sim.start(victim);
+        sim.run(3_000);
+        let leader = sim.leader().expect("leader");
+        sim.isolate(&[leader]);
+        sim.run(4_000);
+        assert!(
+            sim.announced(leader).is_empty(),
+            "seed {seed}: an isolated member must withdraw"
+        );
+        sim.heal();
+        sim.run(3_000);
+        assert_eq!(
+            sim.announcers().len(),
+            6,
+            "seed {seed}: all VIPs announced after healing"
+        );
+
+        assert!(
+            sim.split_brain.is_empty(),
+            "seed {seed}: split brain: {:?}",
+            &sim.split_brain[..sim.split_brain.len().min(5)]
+        );
+    }
+    // Detection (no word for an election timeout, 0.5-1 s), a new leader's
+    // grace, commit, then the new owner's fencing lease (0.5-1 s).
+    assert!(worst <= 3_000, "worst time to re-announce: {worst} ms");
+    eprintln!("worst time for a dead owner's VIP to be announced again: {worst} ms (virtual)");
+}
