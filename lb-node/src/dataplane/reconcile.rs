@@ -50,8 +50,9 @@ pub async fn run<D: Dataplane>(
 ) {
     let kind = dataplane.kind();
     status.send_modify(|s| s.kind = kind);
-    // What we believe is programmed; None means "dump before planning".
-    let mut programmed: Option<Table> = None;
+    // What we believe is programmed, and the state it was programmed from;
+    // None means "dump before planning".
+    let mut programmed: Option<(Table, Arc<State>)> = None;
     // Whether the latest state still has to be programmed.
     let mut pending = true;
     let mut next_repair = tokio::time::Instant::now() + repair_interval;
@@ -86,18 +87,37 @@ pub async fn run<D: Dataplane>(
     }
 }
 
+/// The operations that take the dataplane from what it holds to `state`.
+///
+/// With `previous`, the state `observed` was programmed from, only the
+/// services that changed since are planned: the cost follows the change,
+/// not the table. Without it (after a dump), the whole table is compared.
+pub fn plan_sync(
+    state: &State,
+    observed: &Table,
+    previous: Option<&State>,
+) -> Vec<crate::dataplane::Op> {
+    match previous {
+        Some(previous) => {
+            let keys = state.changed_keys_since(previous);
+            plan(&Table::from_state_for(state, &keys), &observed.only(&keys))
+        }
+        None => plan(&Table::from_state(state), observed),
+    }
+}
+
 /// One sync. Returns false when it must be retried from a fresh dump.
 async fn sync<D: Dataplane>(
     dataplane: &mut D,
-    state: &State,
-    programmed: &mut Option<Table>,
+    state: &Arc<State>,
+    programmed: &mut Option<(Table, Arc<State>)>,
     repairing: bool,
     status: &watch::Sender<DataplaneStatus>,
 ) -> bool {
-    let observed = match programmed.take() {
-        Some(table) => table,
+    let (observed, previous) = match programmed.take() {
+        Some((table, previous)) => (table, Some(previous)),
         None => match dataplane.dump().await {
-            Ok(table) => table,
+            Ok(table) => (table, None),
             Err(e) => {
                 warn!(error = %e, "dataplane dump failed; retrying");
                 status.send_modify(|s| s.last_error = e.to_string());
@@ -106,8 +126,7 @@ async fn sync<D: Dataplane>(
         },
     };
     let started = std::time::Instant::now();
-    let desired = Table::from_state(state);
-    let ops = plan(&desired, &observed);
+    let ops = plan_sync(state, &observed, previous.as_deref());
     let report = dataplane.apply(&ops).await;
     let metrics = &crate::metrics::METRICS;
     metrics
@@ -151,7 +170,7 @@ async fn sync<D: Dataplane>(
         s.programmed_destinations = now_programmed.destination_count() as u64;
     });
     if ok {
-        *programmed = Some(now_programmed);
+        *programmed = Some((now_programmed, state.clone()));
     }
     ok
 }

@@ -2,12 +2,13 @@
 //! `Op`: one change to it. `Table::from_state` says what the replicated
 //! state means for the kernel.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
 use crate::model::{
-    BackendOverride, BackendState, Forwarding, Scheduler, ServiceKey, SocketText, State,
+    Backend, BackendOverride, BackendState, Forwarding, Scheduler, ServiceKey, SocketText, State,
+    VirtualService,
 };
 
 /// A real server's identity inside one virtual service.
@@ -114,6 +115,48 @@ impl fmt::Display for Op {
     }
 }
 
+/// What one virtual service means for the kernel; see `Table::from_state`.
+fn programmed(state: &State, s: &VirtualService) -> ProgrammedService {
+    let weight_of = |b: &Backend| match state.override_of(&s.key, b.address, b.port) {
+        Some(BackendOverride::Drain) => 0,
+        Some(BackendOverride::Weight(w)) => w,
+        None => b.weight,
+    };
+    let any_ready = s
+        .backends
+        .iter()
+        .any(|b| b.state == BackendState::Ready && weight_of(b) > 0);
+    let destinations = s
+        .backends
+        .iter()
+        .filter_map(|b| {
+            let weight = match b.state {
+                BackendState::Ready => weight_of(b),
+                BackendState::Serving if !any_ready => weight_of(b),
+                BackendState::Serving | BackendState::Terminating => 0,
+                BackendState::NotReady => return None,
+            };
+            Some((
+                DestKey {
+                    address: b.address,
+                    port: b.port,
+                },
+                Destination {
+                    weight,
+                    forwarding: s.forwarding,
+                },
+            ))
+        })
+        .collect();
+    ProgrammedService {
+        settings: ServiceSettings {
+            scheduler: s.scheduler,
+            persistence_timeout: s.persistence_timeout,
+        },
+        destinations,
+    }
+}
+
 /// Why an operation does not fit a table: the kernel's EEXIST and ENOENT.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpConflict {
@@ -137,52 +180,34 @@ impl Table {
     /// programmed. An operator's override replaces the weight (a drain is
     /// weight 0) before these rules apply.
     pub fn from_state(state: &State) -> Table {
-        let mut services = BTreeMap::new();
-        for s in state.services() {
-            let weight_of =
-                |b: &crate::model::Backend| match state.override_of(&s.key, b.address, b.port) {
-                    Some(BackendOverride::Drain) => 0,
-                    Some(BackendOverride::Weight(w)) => w,
-                    None => b.weight,
-                };
-            let any_ready = s
-                .backends
-                .iter()
-                .any(|b| b.state == BackendState::Ready && weight_of(b) > 0);
-            let destinations = s
-                .backends
-                .iter()
-                .filter_map(|b| {
-                    let weight = match b.state {
-                        BackendState::Ready => weight_of(b),
-                        BackendState::Serving if !any_ready => weight_of(b),
-                        BackendState::Serving | BackendState::Terminating => 0,
-                        BackendState::NotReady => return None,
-                    };
-                    Some((
-                        DestKey {
-                            address: b.address,
-                            port: b.port,
-                        },
-                        Destination {
-                            weight,
-                            forwarding: s.forwarding,
-                        },
-                    ))
-                })
-                .collect();
-            services.insert(
-                s.key,
-                ProgrammedService {
-                    settings: ServiceSettings {
-                        scheduler: s.scheduler,
-                        persistence_timeout: s.persistence_timeout,
-                    },
-                    destinations,
-                },
-            );
+        Table {
+            services: state
+                .services()
+                .map(|s| (s.key, programmed(state, s)))
+                .collect(),
         }
-        Table { services }
+    }
+
+    /// The part of `from_state` for the given services only (those the
+    /// state holds): what a change to those services means for the kernel,
+    /// computed without touching the rest of the table.
+    pub fn from_state_for(state: &State, keys: &BTreeSet<ServiceKey>) -> Table {
+        Table {
+            services: keys
+                .iter()
+                .filter_map(|k| state.service(k).map(|s| (*k, programmed(state, s))))
+                .collect(),
+        }
+    }
+
+    /// This table restricted to the given services.
+    pub fn only(&self, keys: &BTreeSet<ServiceKey>) -> Table {
+        Table {
+            services: keys
+                .iter()
+                .filter_map(|k| self.services.get(k).map(|s| (*k, s.clone())))
+                .collect(),
+        }
     }
 
     pub fn destination_count(&self) -> usize {

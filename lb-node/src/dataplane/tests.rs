@@ -381,3 +381,83 @@ fn overrides_change_the_programmed_weight() {
             .all(|op| matches!(op, Op::UpdateDestination { .. }))
     );
 }
+
+fn arb_command() -> impl Strategy<Value = Command> {
+    let key = (
+        1u8..6,
+        prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)],
+    )
+        .prop_map(|(h, protocol)| ServiceKey {
+            vip: ip(&format!("192.0.2.{h}")),
+            port: 80,
+            protocol,
+        });
+    let backends =
+        prop::collection::btree_map(1u8..6, (0u32..3, any::<bool>()), 0..5).prop_map(|m| {
+            m.into_iter()
+                .map(|(b, (weight, ready))| Backend {
+                    address: ip(&format!("10.0.0.{b}")),
+                    port: 80,
+                    weight,
+                    state: if ready {
+                        BackendState::Ready
+                    } else {
+                        BackendState::Serving
+                    },
+                })
+                .collect::<Vec<_>>()
+        });
+    prop_oneof![
+        (key.clone(), backends.clone(), any::<bool>()).prop_map(|(key, backends, rr)| {
+            let mut s = service("192.0.2.1", 80, key.protocol, &[]);
+            s.key = key;
+            s.scheduler = if rr { Scheduler::Rr } else { Scheduler::Wrr };
+            s.backends = backends;
+            Command::UpsertService(s)
+        }),
+        (key.clone(), backends)
+            .prop_map(|(key, backends)| Command::ReplaceBackends { key, backends }),
+        key.clone().prop_map(Command::DeleteService),
+        (
+            key,
+            1u8..6,
+            prop_oneof![
+                Just(None),
+                Just(Some(crate::model::BackendOverride::Drain)),
+                (0u32..5).prop_map(|w| Some(crate::model::BackendOverride::Weight(w)))
+            ]
+        )
+            .prop_map(|(key, b, value)| Command::SetBackendOverride {
+                key,
+                address: ip(&format!("10.0.0.{b}")),
+                port: 80,
+                value
+            }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn incremental_sync_plans_exactly_what_a_full_one_does(
+        before in prop::collection::vec(arb_command(), 0..20),
+        after in prop::collection::vec(arb_command(), 0..10),
+    ) {
+        let mut a = State::default();
+        for c in &before {
+            let _ = a.apply(c);
+        }
+        let mut b = a.clone();
+        for c in &after {
+            let _ = b.apply(c);
+        }
+        let programmed = Table::from_state(&a);
+        let full = reconcile::plan_sync(&b, &programmed, None);
+        let incremental = reconcile::plan_sync(&b, &programmed, Some(&a));
+        prop_assert_eq!(&incremental, &full);
+        let mut table = programmed;
+        for op in &incremental {
+            prop_assert!(table.apply(op).is_ok());
+        }
+        prop_assert_eq!(table, Table::from_state(&b));
+    }
+}

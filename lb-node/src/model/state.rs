@@ -177,6 +177,30 @@ impl State {
             .collect()
     }
 
+    /// Every service whose programming may differ from `older`: services
+    /// created, changed or deleted, and services whose overrides changed.
+    /// Cheap when the two states share most of their map.
+    pub fn changed_keys_since(&self, older: &State) -> BTreeSet<ServiceKey> {
+        let mut keys: BTreeSet<ServiceKey> = self
+            .service_changes_since(older)
+            .into_iter()
+            .map(|(key, _, _)| key)
+            .collect();
+        if self.overrides != older.overrides {
+            for (slot, v) in &self.overrides {
+                if older.overrides.get(slot) != Some(v) {
+                    keys.insert(slot.0);
+                }
+            }
+            for slot in older.overrides.keys() {
+                if !self.overrides.contains_key(slot) {
+                    keys.insert(slot.0);
+                }
+            }
+        }
+        keys
+    }
+
     /// Applies one command. Deterministic: see the type's docs.
     pub fn apply(&mut self, command: &Command) -> Result<Applied, ApplyError> {
         if command.service_key().is_some() {
