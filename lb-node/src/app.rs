@@ -75,6 +75,7 @@ pub async fn run(
     let services = file::load_services(&path)?;
 
     let mut tasks = Vec::new();
+    let fatal = Fatal::default();
     let (proposer, states, cluster) = match &config.cluster {
         None => {
             let mut initial = State::default();
@@ -94,6 +95,7 @@ pub async fn run(
                 cluster,
                 peer,
                 config.tls.as_ref(),
+                &fatal,
                 &shutdown,
             )
             .await?;
@@ -191,9 +193,20 @@ pub async fn run(
         let _ = task.await;
     }
     admin_result.context("admin server failed")?;
+    if let Some(failure) = fatal
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+    {
+        anyhow::bail!(failure);
+    }
     info!("lb-node stopped");
     Ok(())
 }
+
+/// A failure that stopped the member from inside (the raft node thread),
+/// reported as the member's exit status.
+type Fatal = Arc<std::sync::Mutex<Option<String>>>;
 
 type RaftParts = (
     Proposer,
@@ -209,6 +222,7 @@ async fn start_raft(
     cluster: &ClusterConfig,
     peer_listener: TcpListener,
     tls: Option<&crate::config::TlsConfig>,
+    fatal: &Fatal,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<RaftParts> {
     if tls.is_none() {
@@ -260,13 +274,20 @@ async fn start_raft(
     info!(node = node_id, peer = %peer_addr, "raft peer port listening");
     let stop_inputs = inputs.clone();
     let node_shutdown = shutdown.clone();
+    let fatal = fatal.clone();
     let node = tokio::spawn(async move {
         node_shutdown.cancelled().await;
         let _ = stop_inputs.send(node::Input::Stop);
-        match tokio::task::spawn_blocking(move || node_thread.join()).await {
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "raft node failed"),
-            Ok(Err(_)) => tracing::error!("raft node thread panicked"),
-            _ => {}
+        let failure = match tokio::task::spawn_blocking(move || node_thread.join()).await {
+            Ok(Ok(Err(e))) => Some(format!("raft node failed: {e}")),
+            Ok(Err(_)) => Some("raft node thread panicked".to_owned()),
+            _ => None,
+        };
+        if let Some(failure) = failure {
+            tracing::error!("{failure}");
+            *fatal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(failure);
         }
     });
     // A fatal error in the node thread stops the member: it must not go on
