@@ -318,3 +318,5 @@ pub async fn cluster_status(member: &Member) -> anyhow::Result<proto::admin::v1:
         .cluster
         .context("member reports no cluster")
 }
+
+pub mod drills;

@@ -1,0 +1,381 @@
+//! Failover drills on the host tier: three real `lb-node` processes on
+//! loopback, a steady stream of acknowledged writes through the admin API,
+//! one fault, and the figures an operator asks for, printed as one JSON line.
+//!
+//! Traffic through the VIPs needs the IPVS dataplane and the announcers,
+//! which are not built yet: until then `disruption_ms` and
+//! `requests_failed` are null, and "VIP moved" means the new owner's
+//! fencing lease allows it to announce (what `lbctl vips` calls
+//! `announced_here`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use proto::admin::v1 as pb;
+use serde_json::json;
+
+use crate::{ClusterLayout, Member, cluster_status};
+
+/// The drills this tier runs, by name.
+pub const DRILLS: [&str; 5] = [
+    "leader-crash",
+    "follower-crash",
+    "owner-crash",
+    "transfer-and-drain",
+    "disk-wiped",
+];
+
+const SERVICES: &str = include_str!("../../deploy/examples/services.toml");
+/// The backend the writer overrides.
+const BACKEND: &str = "198.51.100.12:8080";
+
+/// A drill's outcome, printed as one JSON line.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub drill: String,
+    pub passed: bool,
+    pub failures: Vec<String>,
+    pub commands_lost: Option<u64>,
+    pub commands_acknowledged: u64,
+    pub time_to_new_leader_ms: Option<u64>,
+    pub time_to_vip_moved_ms: Option<u64>,
+    pub time_to_converged_ms: Option<u64>,
+}
+
+impl Report {
+    pub fn json(&self) -> String {
+        json!({
+            "drill": self.drill,
+            "passed": self.passed,
+            "disruption_ms": null,
+            "requests_failed": null,
+            "commands_lost": self.commands_lost,
+            "commands_acknowledged": self.commands_acknowledged,
+            "time_to_new_leader_ms": self.time_to_new_leader_ms,
+            "time_to_vip_moved_ms": self.time_to_vip_moved_ms,
+            "time_to_converged_ms": self.time_to_converged_ms,
+            "failures": self.failures,
+        })
+        .to_string()
+    }
+}
+
+struct Cluster {
+    layout: ClusterLayout,
+    members: BTreeMap<u64, Member>,
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> anyhow::Result<Cluster> {
+        let layout = ClusterLayout::write(dir, 3, SERVICES, "drill")?;
+        let mut members = BTreeMap::new();
+        for id in 1..=3 {
+            members.insert(id, Member::start(&layout.config(id))?);
+        }
+        Ok(Cluster { layout, members })
+    }
+
+    /// The leader every live member agrees on, once caught up.
+    async fn settled(&self, timeout: Duration) -> anyhow::Result<u64> {
+        crate::eventually("an agreed leader, everyone caught up", timeout, || async {
+            let mut leaders = Vec::new();
+            let mut applied = Vec::new();
+            for m in self.members.values() {
+                let s = cluster_status(m).await?;
+                leaders.push(s.leader);
+                applied.push(s.applied_index);
+            }
+            let ok = leaders[0] != 0
+                && leaders.iter().all(|l| *l == leaders[0])
+                && self.members.contains_key(&leaders[0])
+                && applied.iter().all(|a| *a == applied[0]);
+            Ok(ok.then_some(leaders[0]))
+        })
+        .await
+    }
+
+    /// VIP -> the member that may announce it now, from every live member.
+    async fn announcers(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let mut out = BTreeMap::new();
+        for (id, m) in &self.members {
+            let vips = m
+                .client()
+                .await?
+                .list_vips(pb::ListVipsRequest {})
+                .await?
+                .into_inner();
+            for v in vips.vips.into_iter().filter(|v| v.announced_here) {
+                out.insert(v.vip, *id);
+            }
+        }
+        Ok(out)
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.members
+            .values()
+            .map(|m| format!("http://{}", m.admin))
+            .collect()
+    }
+}
+
+/// Writes backend weights 1, 2, 3, ... through whichever member leads, at
+/// `rate` per second, until stopped; remembers the last acknowledged and
+/// the last attempted value.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<AtomicU32>,
+    attempted: Arc<AtomicU32>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(endpoints: Vec<String>, rate: u32) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acknowledged = Arc::new(AtomicU32::new(0));
+        let attempted = Arc::new(AtomicU32::new(0));
+        let (s, ack, att) = (stop.clone(), acknowledged.clone(), attempted.clone());
+        let task = tokio::spawn(async move {
+            let mut weight = 0u32;
+            let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+            while !s.load(Ordering::SeqCst) {
+                weight += 1;
+                att.store(weight, Ordering::SeqCst);
+                'endpoints: for e in &endpoints {
+                    let Ok(channel) = tonic::transport::Channel::from_shared(e.clone()) else {
+                        continue;
+                    };
+                    let Ok(channel) = channel
+                        .connect_timeout(Duration::from_millis(200))
+                        .timeout(Duration::from_secs(2))
+                        .connect()
+                        .await
+                    else {
+                        continue;
+                    };
+                    let request = pb::SetBackendOverrideRequest {
+                        service: "web".into(),
+                        backend: BACKEND.into(),
+                        action: Some(pb::set_backend_override_request::Action::Weight(weight)),
+                    };
+                    if pb::admin_client::AdminClient::new(channel)
+                        .set_backend_override(request)
+                        .await
+                        .is_ok()
+                    {
+                        ack.store(weight, Ordering::SeqCst);
+                        break 'endpoints;
+                    }
+                }
+                tokio::time::sleep(interval).await;
+            }
+        });
+        Writer {
+            stop,
+            acknowledged,
+            attempted,
+            task,
+        }
+    }
+
+    async fn finish(self) -> (u32, u32) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        (
+            self.acknowledged.load(Ordering::SeqCst),
+            self.attempted.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// The override weight of the writer's backend as `member` holds it.
+async fn written_weight(member: &Member) -> anyhow::Result<Option<u32>> {
+    let r = member
+        .client()
+        .await?
+        .list_services(pb::ListServicesRequest { name: "web".into() })
+        .await?
+        .into_inner();
+    Ok(r.overrides.iter().find_map(|o| match o.action {
+        Some(proto::state::v1::backend_override::Action::Weight(w))
+            if o.port == 8080 && o.address == [198, 51, 100, 12] =>
+        {
+            Some(w)
+        }
+        _ => None,
+    }))
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs one drill by name in a fresh temporary directory.
+pub async fn run(name: &str) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        DRILLS.contains(&name),
+        "unknown drill {name:?}; drills: {}",
+        DRILLS.join(", ")
+    );
+    let dir = tempfile::tempdir()?;
+    let mut cluster = Cluster::start(dir.path())?;
+    let mut report = Report {
+        drill: name.into(),
+        ..Report::default()
+    };
+    let leader = cluster.settled(Duration::from_secs(30)).await?;
+    // Every VIP announced before the fault.
+    crate::eventually("every VIP announced", Duration::from_secs(10), || async {
+        Ok((cluster.announcers().await?.len() == 3).then_some(()))
+    })
+    .await?;
+    let writer = Writer::start(cluster.endpoints(), 20);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    let before = cluster.announcers().await?;
+
+    match name {
+        "leader-crash" | "follower-crash" | "owner-crash" => {
+            let victim = match name {
+                "leader-crash" => leader,
+                "follower-crash" => *cluster
+                    .members
+                    .keys()
+                    .find(|id| **id != leader)
+                    .context("a follower")?,
+                // The owner of some VIP that is not the leader.
+                _ => *before
+                    .values()
+                    .find(|m| **m != leader)
+                    .context("a follower owning a VIP")?,
+            };
+            let mut dead = cluster.members.remove(&victim).context("victim")?;
+            dead.signal("KILL")?;
+            let t0 = Instant::now();
+            if victim == leader {
+                let new = cluster.settled(Duration::from_secs(10)).await?;
+                report.time_to_new_leader_ms = Some(ms(t0.elapsed()));
+                if new == victim {
+                    report
+                        .failures
+                        .push("the dead leader is still leader".into());
+                }
+            }
+            let moved: Vec<String> = before
+                .iter()
+                .filter(|(_, m)| **m == victim)
+                .map(|(v, _)| v.clone())
+                .collect();
+            if !moved.is_empty() {
+                crate::eventually(
+                    "the victim's VIPs announced elsewhere",
+                    Duration::from_secs(10),
+                    || async {
+                        let now = cluster.announcers().await?;
+                        Ok(moved
+                            .iter()
+                            .all(|v| now.get(v).is_some_and(|m| *m != victim))
+                            .then_some(()))
+                    },
+                )
+                .await?;
+                report.time_to_vip_moved_ms = Some(ms(t0.elapsed()));
+            }
+            // Back again: it replays its log and catches up.
+            dead.wait_exit(Duration::from_secs(5))?;
+            drop(dead);
+            cluster
+                .members
+                .insert(victim, Member::start(&cluster.layout.config(victim))?);
+        }
+        "transfer-and-drain" => {
+            let to = *cluster
+                .members
+                .keys()
+                .find(|id| **id != leader)
+                .context("a follower")?;
+            let (code, _, err) =
+                cluster.members[&leader].lbctl(&["transfer-leadership", &to.to_string()])?;
+            if code != 0 {
+                report
+                    .failures
+                    .push(format!("transfer-leadership failed: {err}"));
+            }
+            report.time_to_new_leader_ms = Some(ms(t0.elapsed()));
+            let t1 = Instant::now();
+            let (code, _, err) =
+                cluster.members[&to].lbctl(&["member", "drain", &leader.to_string()])?;
+            if code != 0 {
+                report.failures.push(format!("member drain failed: {err}"));
+            }
+            crate::eventually(
+                "the drained member announces nothing",
+                Duration::from_secs(10),
+                || async {
+                    let now = cluster.announcers().await?;
+                    Ok((now.len() == 3 && now.values().all(|m| *m != leader)).then_some(()))
+                },
+            )
+            .await?;
+            report.time_to_vip_moved_ms = Some(ms(t1.elapsed()));
+            let _ = cluster.members[&to].lbctl(&["member", "undrain", &leader.to_string()])?;
+        }
+        "disk-wiped" => {
+            let victim = *cluster
+                .members
+                .keys()
+                .find(|id| **id != leader)
+                .context("a follower")?;
+            let mut dead = cluster.members.remove(&victim).context("victim")?;
+            dead.signal("TERM")?;
+            dead.wait_exit(Duration::from_secs(10))?;
+            drop(dead);
+            // Enough writes that the others snapshot past it, then its disk goes.
+            let _ = cluster.members[&leader].lbctl(&["snapshot"]);
+            std::fs::remove_dir_all(cluster.layout.dir.join(format!("data-{victim}")))?;
+            cluster
+                .members
+                .insert(victim, Member::start(&cluster.layout.config(victim))?);
+        }
+        _ => unreachable!("checked above"),
+    }
+
+    cluster.settled(Duration::from_secs(30)).await?;
+    report.time_to_converged_ms = Some(ms(t0.elapsed()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (acknowledged, attempted) = writer.finish().await;
+    report.commands_acknowledged = u64::from(acknowledged);
+    // Every member must hold the last acknowledged write or a later one
+    // (attempted but unacknowledged writes may land too).
+    let mut lost = 0;
+    for (id, m) in &cluster.members {
+        let settled = crate::eventually(
+            "the last write applied",
+            Duration::from_secs(10),
+            || async {
+                Ok(written_weight(m)
+                    .await?
+                    .filter(|w| *w >= acknowledged && *w <= attempted))
+            },
+        )
+        .await;
+        if settled.is_err() {
+            lost += 1;
+            report.failures.push(format!(
+                "member {id} lacks acknowledged write {acknowledged}"
+            ));
+        }
+    }
+    report.commands_lost = Some(lost);
+    if acknowledged == 0 {
+        report
+            .failures
+            .push("no write was acknowledged: the drill proved nothing".into());
+    }
+    report.passed = report.failures.is_empty();
+    Ok(report)
+}

@@ -1,0 +1,37 @@
+//! Every host-tier drill, as a test: the fault is injected into a real
+//! three-member cluster under a steady stream of writes, and the drill's
+//! own promises (a new leader, VIPs moved, nothing acknowledged lost,
+//! everyone converged) must hold.
+
+async fn drill(name: &str) -> anyhow::Result<()> {
+    let report = ha_tests::drills::run(name).await?;
+    println!("{}", report.json());
+    anyhow::ensure!(report.passed, "drill {name} failed: {}", report.json());
+    anyhow::ensure!(report.commands_lost == Some(0), "{}", report.json());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_crash() -> anyhow::Result<()> {
+    drill("leader-crash").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_crash() -> anyhow::Result<()> {
+    drill("follower-crash").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_crash() -> anyhow::Result<()> {
+    drill("owner-crash").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_and_drain() -> anyhow::Result<()> {
+    drill("transfer-and-drain").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_wiped() -> anyhow::Result<()> {
+    drill("disk-wiped").await
+}
