@@ -19,6 +19,14 @@ use tracing::{info, warn};
 use super::storage::{LogStore, LogStoreError};
 use crate::model::{Applied, ApplyError, Batch, Command, State, WireError};
 
+/// Heartbeats a member waits after a VIP becomes its own before announcing
+/// it: long enough for a live previous owner, which learns of the change
+/// from the same commit, to have applied it and stopped. A silent previous
+/// owner needs no wait here: the leader only gives its VIPs away after an
+/// election timeout without a word from it, by which time its own lease
+/// (as long) has run out.
+const TAKEOVER_HEARTBEATS: u64 = 3;
+
 /// How often (in ticks) the leader reconsiders VIP owners.
 const OWNERSHIP_EVERY_TICKS: u64 = 2;
 
@@ -108,6 +116,8 @@ pub struct Replica {
     proposed_owners: Option<BTreeMap<std::net::IpAddr, u64>>,
     /// The tick at which each VIP this member owns became its own.
     owned_since: BTreeMap<std::net::IpAddr, u64>,
+    /// The tick since which this member's lease has held without a break.
+    in_touch_since: Option<u64>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -202,6 +212,7 @@ impl Replica {
             leader_since: 0,
             proposed_owners: None,
             owned_since: BTreeMap::new(),
+            in_touch_since: None,
         })
     }
 
@@ -264,8 +275,10 @@ impl Replica {
             // now), so it waits a full lease again, long enough to catch
             // up and learn that.
             if self.lease_valid() {
+                self.in_touch_since.get_or_insert(self.ticks);
                 self.note_ownership();
             } else {
+                self.in_touch_since = None;
                 self.owned_since.clear();
             }
         }
@@ -315,9 +328,11 @@ impl Replica {
     }
 
     /// The VIPs this member announces now: the ones the committed state
-    /// gives it, while its lease holds, and each only once a full lease has
-    /// passed since it became this member's, so that a previous owner cut
-    /// off from the cluster has stopped first (fencing). No two members
+    /// gives it, while its lease holds, once it has been in touch for a
+    /// full lease (so a stale member has caught up), and each only a few
+    /// heartbeats after it became this member's (so a live previous owner
+    /// has applied the change and stopped; a silent one stopped when its
+    /// lease ran out, before the leader gave its VIPs away). No two members
     /// announce one VIP at the same time; the simulation checks it at every
     /// step of its fault scenarios.
     pub fn announced_vips(&self) -> BTreeSet<std::net::IpAddr> {
@@ -325,9 +340,15 @@ impl Replica {
             return BTreeSet::new();
         }
         let lease = self.config.election_ticks as u64;
+        // Back in touch (or just started), the state may be stale: a full
+        // lease to catch up before announcing anything.
+        if self.in_touch_since.is_none_or(|t| self.ticks < t + lease) {
+            return BTreeSet::new();
+        }
+        let takeover = TAKEOVER_HEARTBEATS * self.config.heartbeat_ticks as u64;
         self.owned_since
             .iter()
-            .filter(|(_, since)| self.ticks >= **since + lease)
+            .filter(|(_, since)| self.ticks >= **since + takeover)
             .map(|(vip, _)| *vip)
             .collect()
     }

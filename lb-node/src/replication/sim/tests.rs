@@ -408,6 +408,31 @@ fn no_vip_is_ever_announced_twice_and_a_dead_owners_vips_come_back() {
             "seed {seed}: all VIPs announced after healing"
         );
 
+        // Graceful moves on a rough network: drain each member in turn;
+        // the previous owners are alive and must stop before anyone starts.
+        sim.faults = NetFaults::ROUGH;
+        for id in sim.ids() {
+            assert!(
+                sim.propose_command(crate::model::Command::SetMemberDrained {
+                    member: id,
+                    drained: true
+                }),
+                "seed {seed}: drain proposed"
+            );
+            sim.run(1_500);
+            assert!(
+                sim.announced(id).is_empty(),
+                "seed {seed}: drained member {id} still announces"
+            );
+            sim.propose_command(crate::model::Command::SetMemberDrained {
+                member: id,
+                drained: false,
+            });
+            sim.run(1_500);
+        }
+        sim.faults = NetFaults::CALM;
+        sim.run(2_000);
+
         assert!(
             sim.split_brain.is_empty(),
             "seed {seed}: split brain: {:?}",
