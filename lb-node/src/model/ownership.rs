@@ -48,13 +48,20 @@ pub fn assign_owners(
     }
     // The rest to the least loaded members (lowest id first on a tie).
     for vip in unowned {
-        let (member, count) = load
-            .iter_mut()
+        // The shares add up to the VIP count, so a member with room is
+        // always found; the least loaded of all is only a fallback.
+        let with_room = load
+            .iter()
             .filter(|(_, c)| **c < base || (**c == base && extra > 0))
             .min_by_key(|(m, c)| (**c, **m))
-            .map(|(m, c)| (*m, c))
-            .expect("the shares add up to the VIP count");
-        if *count == base {
+            .map(|(m, _)| *m);
+        let Some(member) =
+            with_room.or_else(|| load.iter().min_by_key(|(m, c)| (**c, **m)).map(|(m, _)| *m))
+        else {
+            break;
+        };
+        let count = load.entry(member).or_default();
+        if *count == base && extra > 0 {
             extra -= 1;
         }
         *count += 1;
