@@ -88,6 +88,14 @@ async fn member_serves_the_example_and_lbctl_shows_it() -> anyhow::Result<()> {
         "the dataplane holds every destination: {out}"
     );
 
+    // A standalone member owns and announces every VIP it serves.
+    let (code, out, _) = member.lbctl(&["vips"])?;
+    assert_eq!(code, 0);
+    assert!(
+        out.lines().filter(|l| l.contains(" 1      yes")).count() == 3,
+        "{out}"
+    );
+
     // SIGTERM stops it cleanly.
     member.signal("TERM")?;
     let status = member.wait_exit(Duration::from_secs(10))?;

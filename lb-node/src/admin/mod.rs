@@ -355,14 +355,21 @@ impl Admin for AdminService {
                     .map(|s| s.name.clone())
                     .collect();
                 services.dedup();
-                pb::Vip {
-                    vip: vip.to_string(),
-                    owner: state.vip_owners().get(&vip).copied().unwrap_or(0),
-                    services,
-                    announced_here: self
-                        .cluster
-                        .as_ref()
-                        .is_some_and(|c| c.node.status.borrow().announced.contains(&vip)),
+                // A standalone member is the only one: it owns and announces
+                // every VIP it serves.
+                match &self.cluster {
+                    None => pb::Vip {
+                        vip: vip.to_string(),
+                        owner: self.node_id,
+                        services,
+                        announced_here: true,
+                    },
+                    Some(c) => pb::Vip {
+                        vip: vip.to_string(),
+                        owner: state.vip_owners().get(&vip).copied().unwrap_or(0),
+                        services,
+                        announced_here: c.node.status.borrow().announced.contains(&vip),
+                    },
                 }
             })
             .collect();
