@@ -278,18 +278,28 @@ impl ClusterLayout {
         let peer_ports = (0..n)
             .map(|_| free_port())
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let admin_ports = (0..n)
+            .map(|_| free_port())
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let services_path = dir.join("services.toml");
         std::fs::write(&services_path, services)?;
         let members: Vec<String> = peer_ports
             .iter()
+            .zip(&admin_ports)
             .enumerate()
-            .map(|(i, port)| format!("{{ id = {}, address = \"127.0.0.1:{port}\" }}", i + 1))
+            .map(|(i, (port, admin))| {
+                format!(
+                    "{{ id = {}, address = \"127.0.0.1:{port}\", admin = \"127.0.0.1:{admin}\" }}",
+                    i + 1
+                )
+            })
             .collect();
         for (i, port) in peer_ports.iter().enumerate() {
             let id = i + 1;
+            let admin = admin_ports[i];
             let config = format!(
                 "[node]\nid = {id}\n\n[source.file]\npath = \"services.toml\"\ncheck_interval = \"200ms\"\n\n\
-                 [admin]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\n[cluster]\nid = \"{cluster_id}\"\ndata_dir = \"data-{id}\"\n\
+                 [admin]\nlisten = \"127.0.0.1:{admin}\"\nmetrics_listen = \"127.0.0.1:0\"\n\n[cluster]\nid = \"{cluster_id}\"\ndata_dir = \"data-{id}\"\n\
                  listen = \"127.0.0.1:{port}\"\nmember = [{}]\n",
                 members.join(", ")
             );

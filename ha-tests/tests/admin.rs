@@ -94,6 +94,21 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
     let (_, out, _) = lbctl(&[&members[&follower]], &["-o", "json", "services", "web"])?;
     assert!(out.contains("\"override\":\"drained\""), "{out}");
 
+    // A write sent to a follower alone: the follower names the leader's
+    // admin API and lbctl follows it.
+    let (code, _, err) = lbctl(
+        &[&members[&follower]],
+        &["backend", "weight", "web", BACKEND, "4"],
+    )?;
+    assert_eq!(code, 0, "followed the leader hint: {err}");
+    let (_, out, _) = lbctl(&[&members[&leader]], &["services", "web"])?;
+    assert!(out.contains("[weight 4 (override)]"), "{out}");
+    let (code, _, _) = lbctl(
+        &[&members[&follower]],
+        &["backend", "drain", "web", BACKEND],
+    )?;
+    assert_eq!(code, 0);
+
     // transfer-leadership to a follower; every member agrees.
     let (code, out, err) = lbctl(
         &[&members[&leader]],
@@ -227,17 +242,32 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
 
     // member add: a fourth machine joins and catches up.
     let port4 = ha_tests::free_port()?;
+    let admin4 = ha_tests::free_port()?;
     let config4 = std::fs::read_to_string(layout.config(3))?
         .replace("id = 3\n", "id = 4\n")
         .replace("data-3", "data-4")
         .replace(
             &format!("listen = \"127.0.0.1:{}\"", layout.peer_ports[2]),
             &format!("listen = \"127.0.0.1:{port4}\""),
+        )
+        .replace(
+            &format!("listen = \"{}\"", members[&3].admin),
+            &format!("listen = \"127.0.0.1:{admin4}\""),
         );
     let config4_path = dir.path().join("member-4.toml");
     std::fs::write(&config4_path, config4)?;
     let fourth = Member::start(&config4_path)?;
-    let (code, out, err) = lbctl(&all, &["member", "add", "4", &format!("127.0.0.1:{port4}")])?;
+    let (code, out, err) = lbctl(
+        &all,
+        &[
+            "member",
+            "add",
+            "4",
+            &format!("127.0.0.1:{port4}"),
+            "--admin",
+            &format!("127.0.0.1:{admin4}"),
+        ],
+    )?;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("member 4 added"), "{out}");
     members.insert(4, fourth);

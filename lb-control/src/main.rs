@@ -114,7 +114,13 @@ enum BackendAction {
 #[derive(Subcommand, Debug)]
 enum MemberAction {
     /// Add a voting member reachable at PEER_ADDRESS (host:port).
-    Add { id: u64, peer_address: String },
+    Add {
+        id: u64,
+        peer_address: String,
+        /// Its admin API (host:port), where followers send clients.
+        #[arg(long)]
+        admin: Option<String>,
+    },
     /// Remove a member.
     Remove { id: u64 },
     /// Drain a member before maintenance: its VIPs move to the others.
@@ -149,7 +155,14 @@ async fn main() -> ExitCode {
         }
     };
     let mut last_error = String::from("no endpoint given");
-    for endpoint in &args.endpoint {
+    // Endpoints to try, in order; a follower's hint puts the leader first.
+    let mut queue: std::collections::VecDeque<String> = args.endpoint.iter().cloned().collect();
+    let mut tried = std::collections::BTreeSet::new();
+    while let Some(endpoint) = queue.pop_front() {
+        if !tried.insert(endpoint.clone()) || tried.len() > 16 {
+            continue;
+        }
+        let endpoint = &endpoint;
         let channel = match connect(endpoint, tls.clone()).await {
             Ok(c) => c,
             Err(e) => {
@@ -167,6 +180,14 @@ async fn main() -> ExitCode {
                 // A follower names the leader; another endpoint may be it.
                 tonic::Code::FailedPrecondition if status.message().contains("not the leader") => {
                     last_error = format!("{endpoint}: {}", status.message());
+                    if let Some(leader) = status
+                        .message()
+                        .split("leader admin API at ")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next())
+                    {
+                        queue.push_front(format!("http://{leader}"));
+                    }
                 }
                 code => {
                     eprintln!("lbctl: {endpoint}: {}", status.message());
@@ -237,10 +258,16 @@ async fn call(client: &mut AdminClient<Channel>, args: &Args) -> Result<(), toni
             done(out, &format!("member {} leads", r.leader));
         }
         Command::Member {
-            action: MemberAction::Add { id, peer_address },
+            action:
+                MemberAction::Add {
+                    id,
+                    peer_address,
+                    admin,
+                },
         } => {
             client
                 .add_member(pb::AddMemberRequest {
+                    admin_address: admin.clone().unwrap_or_default(),
                     id: *id,
                     peer_address: peer_address.clone(),
                 })

@@ -238,6 +238,7 @@ async fn start_raft(
             heartbeat_ticks: cluster.heartbeat_ticks,
             snapshot_after_entries: cluster.snapshot_after_entries,
             fixed_election_timeout: false,
+            initial_admin: cluster.initial_admin.clone(),
         },
         store,
         &cluster.initial_members,

@@ -4,6 +4,7 @@
 //! file and the field's path (`dataplane.repair_interval`), so a typo stops
 //! the member at once with a message that says where to look.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -175,6 +176,9 @@ pub struct ClusterConfig {
     pub snapshot_after_entries: u64,
     /// The members a new cluster starts with: (id, peer address).
     pub initial_members: Vec<(u64, String)>,
+    /// Their admin API addresses, where given: a follower sends clients
+    /// there to reach the leader.
+    pub initial_admin: BTreeMap<u64, String>,
 }
 
 /// Mutual TLS for the admin and peer ports: certificates in PEM, read at
@@ -284,6 +288,7 @@ struct RawCluster {
 struct RawMember {
     id: u64,
     address: String,
+    admin: Option<String>,
 }
 
 fn default_tick() -> String {
@@ -548,6 +553,7 @@ impl Config {
             ));
         }
         let mut initial_members = Vec::with_capacity(c.member.len());
+        let mut initial_admin = BTreeMap::new();
         for (i, m) in c.member.into_iter().enumerate() {
             let at = format!("cluster.member[{i}]");
             if m.id == 0 {
@@ -574,6 +580,19 @@ impl Config {
                     format!("{:?} is not a host:port", m.address),
                 ));
             }
+            if let Some(admin) = m.admin {
+                let admin_ok = admin.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+                });
+                if !admin_ok {
+                    return Err(ConfigError::new(
+                        file,
+                        format!("{at}.admin"),
+                        format!("{admin:?} is not a host:port"),
+                    ));
+                }
+                initial_admin.insert(m.id, admin);
+            }
             initial_members.push((m.id, m.address));
         }
         if !initial_members.iter().any(|(id, _)| *id == node_id) {
@@ -591,6 +610,7 @@ impl Config {
             heartbeat_ticks: c.heartbeat_ticks,
             snapshot_after_entries: c.snapshot_after_entries,
             initial_members,
+            initial_admin,
         })
     }
 }

@@ -162,6 +162,7 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<Cluster> {
                     heartbeat_ticks: 1,
                     snapshot_after_entries: 10_000,
                     fixed_election_timeout: false,
+                    initial_admin: Default::default(),
                 };
                 let replica = Replica::open(config, store, &initial).expect("replica opens");
                 if let Err(e) = node::run(

@@ -58,6 +58,18 @@ fn propose_error(e: ProposeError) -> Status {
 }
 
 impl AdminService {
+    /// A write refused; a follower names the leader, and where its admin API
+    /// is when known ("leader admin API at HOST:PORT"), for the client to go
+    /// there.
+    fn refused(&self, e: ProposeError) -> Status {
+        if let ProposeError::NotLeader { leader } = e
+            && let Some(address) = self.states.borrow().admin_address(leader)
+        {
+            return Status::failed_precondition(format!("{e}; leader admin API at {address}"));
+        }
+        propose_error(e)
+    }
+
     fn cluster(&self) -> Result<&ClusterHandle, Status> {
         self.cluster.as_ref().ok_or_else(|| {
             Status::failed_precondition("this member is standalone: it has no cluster")
@@ -134,6 +146,7 @@ impl Admin for AdminService {
                         .map(|(&id, address)| proto::state::v1::Member {
                             id,
                             peer_address: address.clone(),
+                            admin_address: state.admin_address(id).unwrap_or_default().to_owned(),
                         })
                         .collect(),
                     voters: raft.voters,
@@ -246,7 +259,7 @@ impl Admin for AdminService {
             .proposer
             .propose(commands)
             .await
-            .map_err(propose_error)?;
+            .map_err(|e| self.refused(e))?;
         if let Some(Err(e)) = outcomes.into_iter().find(Result::is_err) {
             return Err(Status::failed_precondition(e.to_string()));
         }
@@ -272,7 +285,10 @@ impl Admin for AdminService {
             )));
         }
         if raft.leader != to {
-            cluster.node.transfer_leader(to).map_err(propose_error)?;
+            cluster
+                .node
+                .transfer_leader(to)
+                .map_err(|e| self.refused(e))?;
             self.wait_for(format!("leadership transfer to member {to}"), |s, _| {
                 s.leader == to
             })
@@ -305,11 +321,12 @@ impl Admin for AdminService {
                 r.id
             )));
         }
+        let admin_address = (!r.admin_address.is_empty()).then_some(r.admin_address);
         cluster
             .node
-            .add_member(r.id, r.peer_address)
+            .add_member(r.id, r.peer_address, admin_address)
             .await
-            .map_err(propose_error)?;
+            .map_err(|e| self.refused(e))?;
         let id = r.id;
         self.wait_for(format!("adding member {id}"), |s, _| s.voters.contains(&id))
             .await?;
@@ -332,7 +349,7 @@ impl Admin for AdminService {
             .node
             .remove_member(id)
             .await
-            .map_err(propose_error)?;
+            .map_err(|e| self.refused(e))?;
         self.wait_for(format!("removing member {id}"), |s, _| {
             !s.voters.contains(&id)
         })
@@ -400,7 +417,7 @@ impl Admin for AdminService {
                 drained: r.drained,
             }])
             .await
-            .map_err(propose_error)?;
+            .map_err(|e| self.refused(e))?;
         Ok(Response::new(pb::DrainMemberResponse {}))
     }
 
@@ -409,7 +426,7 @@ impl Admin for AdminService {
         _request: Request<pb::TriggerSnapshotRequest>,
     ) -> Result<Response<pb::TriggerSnapshotResponse>, Status> {
         let cluster = self.cluster()?;
-        cluster.node.snapshot().map_err(propose_error)?;
+        cluster.node.snapshot().map_err(|e| self.refused(e))?;
         Ok(Response::new(pb::TriggerSnapshotResponse {
             applied_index: cluster.node.status.borrow().applied_index,
         }))

@@ -25,6 +25,8 @@ pub struct State {
     /// Cluster members by id, with their peer addresses. Changed only by
     /// Raft configuration changes, never by a `Command`.
     members: BTreeMap<u64, String>,
+    /// Members' admin API addresses, where known.
+    admin_addresses: BTreeMap<u64, String>,
     /// Operators' overrides by service and backend endpoint.
     overrides: BTreeMap<(ServiceKey, IpAddr, u16), BackendOverride>,
     /// Which member announces each VIP.
@@ -73,6 +75,7 @@ impl State {
         revision: u64,
         services: BTreeMap<ServiceKey, VirtualService>,
         members: BTreeMap<u64, String>,
+        admin_addresses: BTreeMap<u64, String>,
         overrides: BTreeMap<(ServiceKey, IpAddr, u16), BackendOverride>,
         vip_owners: BTreeMap<IpAddr, u64>,
         drained: BTreeSet<u64>,
@@ -84,10 +87,26 @@ impl State {
                 .map(|(k, v)| (k, Arc::new(v)))
                 .collect(),
             members,
+            admin_addresses,
             overrides,
             vip_owners,
             drained,
         }
+    }
+
+    /// A member's admin API address, where known.
+    pub fn admin_address(&self, id: u64) -> Option<&str> {
+        self.admin_addresses.get(&id).map(String::as_str)
+    }
+
+    /// Members' admin API addresses, where known.
+    pub fn admin_addresses(&self) -> &BTreeMap<u64, String> {
+        &self.admin_addresses
+    }
+
+    /// Records a member's admin API address.
+    pub fn set_admin_address(&mut self, id: u64, address: String) {
+        self.admin_addresses.insert(id, address);
     }
 
     /// Which member announces each VIP.
@@ -134,6 +153,7 @@ impl State {
     /// Forgets a member (a Raft configuration change that removes it).
     pub fn remove_member(&mut self, id: u64) {
         self.members.remove(&id);
+        self.admin_addresses.remove(&id);
     }
 
     /// The service table's version: the number of service-table commands

@@ -225,6 +225,7 @@ impl State {
                 .map(|(&id, address)| pb::Member {
                     id,
                     peer_address: address.clone(),
+                    admin_address: self.admin_address(id).unwrap_or_default().to_owned(),
                 })
                 .collect(),
             overrides: self
@@ -257,7 +258,11 @@ impl State {
             }
         }
         let mut members = BTreeMap::new();
+        let mut admin_addresses = BTreeMap::new();
         for (i, m) in pb.members.into_iter().enumerate() {
+            if !m.admin_address.is_empty() {
+                admin_addresses.insert(m.id, m.admin_address);
+            }
             if m.id == 0 || members.insert(m.id, m.peer_address).is_some() {
                 return Err(field(
                     format!("members[{i}].id"),
@@ -281,6 +286,7 @@ impl State {
             pb.revision,
             services,
             members,
+            admin_addresses,
             overrides,
             vip_owners,
             drained,

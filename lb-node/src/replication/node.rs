@@ -44,6 +44,7 @@ pub enum Input {
     AddMember {
         id: u64,
         peer_address: String,
+        admin_address: Option<String>,
         done: oneshot::Sender<Result<(), ProposeError>>,
     },
     RemoveMember {
@@ -149,11 +150,12 @@ pub fn run(
                 Input::AddMember {
                     id,
                     peer_address,
+                    admin_address,
                     done,
                 } => {
                     let _ = done.send(
                         replica
-                            .propose_add_member(id, &peer_address)
+                            .propose_add_member(id, &peer_address, admin_address.as_deref())
                             .map_err(refused),
                     );
                 }
@@ -242,10 +244,16 @@ impl NodeHandle {
 
     /// Proposes adding a voting member; returns once proposed (the change
     /// takes effect when committed).
-    pub async fn add_member(&self, id: u64, peer_address: String) -> Result<(), ProposeError> {
+    pub async fn add_member(
+        &self,
+        id: u64,
+        peer_address: String,
+        admin_address: Option<String>,
+    ) -> Result<(), ProposeError> {
         self.ask(|done| Input::AddMember {
             id,
             peer_address,
+            admin_address,
             done,
         })
         .await

@@ -46,6 +46,8 @@ pub struct ReplicaConfig {
     /// number from its own generator, so only the simulation, which must be
     /// reproducible, fixes it (and gives each member a different one).
     pub fixed_election_timeout: bool,
+    /// Admin API addresses of the initial members, where configured.
+    pub initial_admin: BTreeMap<u64, String>,
 }
 
 /// Why a replica cannot go on. Fatal for the member: it stops rather than
@@ -149,6 +151,9 @@ impl Replica {
             let mut state = State::default();
             for (id, address) in initial_members {
                 state.set_member(*id, address.clone());
+            }
+            for (id, address) in &config.initial_admin {
+                state.set_admin_address(*id, address.clone());
             }
             let mut snapshot = Snapshot::default();
             snapshot.set_data(state.encode_snapshot().into());
@@ -448,13 +453,20 @@ impl Replica {
         Ok(proposal_id)
     }
 
-    /// Proposes adding a voter reachable at `peer_address`.
-    pub fn propose_add_member(&mut self, id: u64, peer_address: &str) -> Result<(), NotAccepted> {
-        self.propose_conf_change(
-            ConfChangeType::AddNode,
-            id,
-            peer_address.as_bytes().to_vec(),
-        )
+    /// Proposes adding a voter reachable at `peer_address`, with its admin
+    /// API at `admin_address` if given (the change's context carries both,
+    /// separated by a space).
+    pub fn propose_add_member(
+        &mut self,
+        id: u64,
+        peer_address: &str,
+        admin_address: Option<&str>,
+    ) -> Result<(), NotAccepted> {
+        let context = match admin_address {
+            Some(admin) => format!("{peer_address} {admin}"),
+            None => peer_address.to_owned(),
+        };
+        self.propose_conf_change(ConfChangeType::AddNode, id, context.into_bytes())
     }
 
     /// Proposes removing a member. The leader cannot remove itself: transfer
@@ -651,9 +663,14 @@ impl Replica {
         for &(kind, id) in changes {
             match kind {
                 ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                    let address = String::from_utf8_lossy(context).into_owned();
+                    let context = String::from_utf8_lossy(context).into_owned();
+                    let mut parts = context.split(' ');
+                    let address = parts.next().unwrap_or_default().to_owned();
                     info!(member = id, address, "member added");
                     self.state.set_member(id, address);
+                    if let Some(admin) = parts.next().filter(|a| !a.is_empty()) {
+                        self.state.set_admin_address(id, admin.to_owned());
+                    }
                     // A new member starts from a snapshot, and raft-rs
                     // refuses one whose configuration does not hold it: the
                     // next snapshot must be taken after this change.

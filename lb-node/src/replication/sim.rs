@@ -197,6 +197,7 @@ impl Sim {
             heartbeat_ticks: 1,
             snapshot_after_entries: 40,
             fixed_election_timeout: true,
+            initial_admin: BTreeMap::new(),
         };
         let mut sim = Sim {
             rng: SmallRng::seed_from_u64(seed),
@@ -252,8 +253,11 @@ impl Sim {
 
     /// Proposes, through the leader, adding member `id`.
     pub fn propose_add_member(&mut self, id: u64) -> bool {
-        self.on_leader(move |r| r.propose_add_member(id, &format!("sim-{id}:0")).is_ok())
-            .unwrap_or(false)
+        self.on_leader(move |r| {
+            r.propose_add_member(id, &format!("sim-{id}:0"), None)
+                .is_ok()
+        })
+        .unwrap_or(false)
     }
 
     /// Proposes, through the leader, removing member `id`.
