@@ -35,6 +35,13 @@ pub enum Command {
     SetVipOwners(BTreeMap<IpAddr, u64>),
     /// Drains (or undrains) a member: a drained member owns no VIP.
     SetMemberDrained { member: u64, drained: bool },
+    /// Gives LoadBalancer addresses to a Kubernetes service
+    /// ("namespace/name"), replacing what it had; none releases them. An
+    /// address another service holds is refused.
+    AssignAddresses {
+        service: String,
+        addresses: Vec<IpAddr>,
+    },
 }
 
 impl Command {
@@ -45,7 +52,9 @@ impl Command {
             Command::DeleteService(k) => Some(*k),
             Command::ReplaceBackends { key, .. } => Some(*key),
             Command::SetBackendOverride { key, .. } => Some(*key),
-            Command::SetVipOwners(_) | Command::SetMemberDrained { .. } => None,
+            Command::SetVipOwners(_)
+            | Command::SetMemberDrained { .. }
+            | Command::AssignAddresses { .. } => None,
         }
     }
 }

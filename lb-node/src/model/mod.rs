@@ -9,6 +9,7 @@
 mod command;
 mod diff;
 mod ownership;
+mod pools;
 mod service;
 mod state;
 mod wire;
@@ -16,6 +17,7 @@ mod wire;
 pub use command::Command;
 pub use diff::commands_towards;
 pub use ownership::assign_owners;
+pub use pools::{AllocError, allocate};
 pub use service::{
     Backend, BackendOverride, BackendState, Forwarding, InvalidService, MAX_PERSISTENCE_TIMEOUT,
     MAX_WEIGHT, Protocol, Scheduler, ServiceKey, SocketText, UnknownName, VirtualService,

@@ -33,6 +33,8 @@ pub struct State {
     vip_owners: BTreeMap<IpAddr, u64>,
     /// Members an operator drained: they own no VIP.
     drained: BTreeSet<u64>,
+    /// LoadBalancer addresses by Kubernetes service ("namespace/name").
+    lb_addresses: BTreeMap<String, Vec<IpAddr>>,
 }
 
 /// What applying one command did.
@@ -66,32 +68,52 @@ pub enum ApplyError {
     /// An override weight over the highest weight.
     #[error("override weight {0} is over {MAX_WEIGHT}")]
     OverrideWeight(u32),
+    /// An address assigned to one service while another holds it.
+    #[error("address {address} is held by {holder}")]
+    AddressInUse { address: IpAddr, holder: String },
+}
+
+/// Everything a snapshot holds, to rebuild a `State` from.
+#[derive(Debug, Default)]
+pub(crate) struct StateParts {
+    pub revision: u64,
+    pub services: BTreeMap<ServiceKey, VirtualService>,
+    pub members: BTreeMap<u64, String>,
+    pub admin_addresses: BTreeMap<u64, String>,
+    pub overrides: BTreeMap<(ServiceKey, IpAddr, u16), BackendOverride>,
+    pub vip_owners: BTreeMap<IpAddr, u64>,
+    pub drained: BTreeSet<u64>,
+    pub lb_addresses: BTreeMap<String, Vec<IpAddr>>,
 }
 
 impl State {
     /// Rebuilds a state from its parts (a snapshot). The services must
     /// already be valid; `wire` checks them.
-    pub(crate) fn from_parts(
-        revision: u64,
-        services: BTreeMap<ServiceKey, VirtualService>,
-        members: BTreeMap<u64, String>,
-        admin_addresses: BTreeMap<u64, String>,
-        overrides: BTreeMap<(ServiceKey, IpAddr, u16), BackendOverride>,
-        vip_owners: BTreeMap<IpAddr, u64>,
-        drained: BTreeSet<u64>,
-    ) -> Self {
+    pub(crate) fn from_parts(parts: StateParts) -> Self {
         Self {
-            revision,
-            services: services
+            revision: parts.revision,
+            services: parts
+                .services
                 .into_iter()
                 .map(|(k, v)| (k, Arc::new(v)))
                 .collect(),
-            members,
-            admin_addresses,
-            overrides,
-            vip_owners,
-            drained,
+            members: parts.members,
+            admin_addresses: parts.admin_addresses,
+            overrides: parts.overrides,
+            vip_owners: parts.vip_owners,
+            drained: parts.drained,
+            lb_addresses: parts.lb_addresses,
         }
+    }
+
+    /// LoadBalancer addresses by Kubernetes service ("namespace/name").
+    pub fn lb_addresses(&self) -> &BTreeMap<String, Vec<IpAddr>> {
+        &self.lb_addresses
+    }
+
+    /// Every LoadBalancer address held by some service.
+    pub fn lb_addresses_in_use(&self) -> BTreeSet<IpAddr> {
+        self.lb_addresses.values().flatten().copied().collect()
     }
 
     /// A member's admin API address, where known.
@@ -230,6 +252,29 @@ impl State {
             Command::SetVipOwners(owners) => {
                 let changed = self.vip_owners != *owners;
                 self.vip_owners = owners.clone();
+                Ok(Applied::Cluster { changed })
+            }
+            Command::AssignAddresses { service, addresses } => {
+                for address in addresses {
+                    if let Some((holder, _)) = self
+                        .lb_addresses
+                        .iter()
+                        .find(|(other, held)| *other != service && held.contains(address))
+                    {
+                        return Err(ApplyError::AddressInUse {
+                            address: *address,
+                            holder: holder.clone(),
+                        });
+                    }
+                }
+                let changed = if addresses.is_empty() {
+                    self.lb_addresses.remove(service).is_some()
+                } else {
+                    self.lb_addresses
+                        .insert(service.clone(), addresses.clone())
+                        .as_ref()
+                        != Some(addresses)
+                };
                 Ok(Applied::Cluster { changed })
             }
             Command::SetMemberDrained { member, drained } => {

@@ -98,6 +98,8 @@ fn command() -> impl Strategy<Value = Command> {
                 value,
             }),
         1 => prop::collection::btree_map(ip(), 1u64..4, 0..4).prop_map(Command::SetVipOwners),
+        1 => (prop_oneof![Just("a/x"), Just("b/y")], prop::collection::vec(ip(), 0..3))
+            .prop_map(|(service, addresses)| Command::AssignAddresses { service: service.into(), addresses }),
         1 => (1u64..4, any::<bool>()).prop_map(|(member, drained)| Command::SetMemberDrained { member, drained }),
         2 => (key(), any::<bool>()).prop_flat_map(|(key, _)| {
             backends(key.vip.is_ipv4()).prop_map(move |backends| Command::ReplaceBackends { key, backends })
@@ -242,6 +244,7 @@ fn snapshot_of_a_newer_format_is_refused() {
         overrides: vec![],
         vip_owners: vec![],
         drained_members: vec![],
+        lb_addresses: vec![],
     }
     .encode_to_vec();
     let err = State::decode_snapshot(&bytes).expect_err("version 2");
@@ -314,4 +317,39 @@ fn overrides_survive_reloads_and_go_with_their_service() {
         .apply(&Command::DeleteService(web().key))
         .expect("delete");
     assert!(state.overrides().is_empty());
+}
+
+#[test]
+fn an_address_held_by_one_service_is_refused_to_another() {
+    let mut state = State::default();
+    let a: IpAddr = "192.0.2.1".parse().expect("ip");
+    let assign = |service: &str, addresses: Vec<IpAddr>| Command::AssignAddresses {
+        service: service.into(),
+        addresses,
+    };
+    assert_eq!(
+        state.apply(&assign("shop/web", vec![a])),
+        Ok(Applied::Cluster { changed: true })
+    );
+    // A second leader handing out the same address: refused, deterministically.
+    assert_eq!(
+        state.apply(&assign("shop/api", vec![a])),
+        Err(ApplyError::AddressInUse {
+            address: a,
+            holder: "shop/web".into()
+        })
+    );
+    assert_eq!(state.lb_addresses_in_use(), [a].into());
+    // Released, it can go to another.
+    assert_eq!(
+        state.apply(&assign("shop/web", vec![])),
+        Ok(Applied::Cluster { changed: true })
+    );
+    assert_eq!(
+        state.apply(&assign("shop/api", vec![a])),
+        Ok(Applied::Cluster { changed: true })
+    );
+    // And it survives a snapshot.
+    let restored = State::decode_snapshot(&state.encode_snapshot()).expect("decodes");
+    assert_eq!(restored.lb_addresses(), state.lb_addresses());
 }

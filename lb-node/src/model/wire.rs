@@ -18,7 +18,7 @@ use super::service::{
     Backend, BackendOverride, BackendState, Forwarding, InvalidService, Protocol, Scheduler,
     ServiceKey, VirtualService,
 };
-use super::state::State;
+use super::state::{State, StateParts};
 
 /// The snapshot format this build writes and reads.
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
@@ -188,6 +188,12 @@ fn command_to_pb(c: &Command) -> pb::Command {
         Command::SetVipOwners(owners) => Kind::SetVipOwners(pb::VipOwners {
             owners: owners_to_pb(owners),
         }),
+        Command::AssignAddresses { service, addresses } => {
+            Kind::AssignAddresses(pb::AddressAssignment {
+                service: service.clone(),
+                addresses: addresses.iter().map(|a| ip_bytes(*a)).collect(),
+            })
+        }
         Command::SetMemberDrained { member, drained } => Kind::SetMemberDrain(pb::MemberDrain {
             member: *member,
             drained: *drained,
@@ -235,6 +241,14 @@ impl State {
                 .collect(),
             vip_owners: owners_to_pb(self.vip_owners()),
             drained_members: self.drained_members().iter().copied().collect(),
+            lb_addresses: self
+                .lb_addresses()
+                .iter()
+                .map(|(service, addresses)| pb::AddressAssignment {
+                    service: service.clone(),
+                    addresses: addresses.iter().map(|a| ip_bytes(*a)).collect(),
+                })
+                .collect(),
         }
         .encode_to_vec()
     }
@@ -282,15 +296,21 @@ impl State {
         }
         let vip_owners = owners_from_pb(pb.vip_owners, "vip_owners")?;
         let drained = pb.drained_members.into_iter().collect();
-        Ok(State::from_parts(
-            pb.revision,
+        let mut lb_addresses = BTreeMap::new();
+        for (i, a) in pb.lb_addresses.into_iter().enumerate() {
+            let addresses = addresses_from_pb(&a.addresses, &format!("lb_addresses[{i}]"))?;
+            lb_addresses.insert(a.service, addresses);
+        }
+        Ok(State::from_parts(StateParts {
+            revision: pb.revision,
             services,
             members,
             admin_addresses,
             overrides,
             vip_owners,
             drained,
-        ))
+            lb_addresses,
+        }))
     }
 }
 
@@ -490,6 +510,10 @@ fn command_from_pb(c: pb::Command) -> Result<Command, WireError> {
             o.owners,
             "set_vip_owners.owners",
         )?)),
+        Some(Kind::AssignAddresses(a)) => Ok(Command::AssignAddresses {
+            addresses: addresses_from_pb(&a.addresses, "assign_addresses.addresses")?,
+            service: a.service,
+        }),
         Some(Kind::SetMemberDrain(d)) => Ok(Command::SetMemberDrained {
             member: d.member,
             drained: d.drained,
@@ -499,6 +523,13 @@ fn command_from_pb(c: pb::Command) -> Result<Command, WireError> {
             "no command kind this build knows (written by a newer version?)",
         )),
     }
+}
+
+fn addresses_from_pb(list: &[Vec<u8>], at: &str) -> Result<Vec<IpAddr>, WireError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, b)| ip_from(b, &format!("{at}[{i}]")))
+        .collect()
 }
 
 fn owners_to_pb(owners: &BTreeMap<IpAddr, u64>) -> Vec<pb::VipOwner> {
