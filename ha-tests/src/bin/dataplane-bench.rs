@@ -10,44 +10,16 @@
 //!
 //!   cargo run --release -p ha-tests --bin dataplane-bench -- [--services 50000] [--changes 1000]
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use lb_node::dataplane::reconcile::plan_sync;
 use lb_node::dataplane::{Dataplane, MemoryDataplane, Table};
-use lb_node::model::{
-    Backend, BackendState, Command, Forwarding, Protocol, Scheduler, ServiceKey, State,
-    VirtualService,
-};
+use lb_node::model::{Command, State, VirtualService};
 
 fn service(n: u32) -> VirtualService {
-    VirtualService {
-        key: ServiceKey {
-            vip: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n)),
-            port: 80,
-            protocol: Protocol::Tcp,
-        },
-        name: format!("svc-{n}"),
-        scheduler: Scheduler::Wrr,
-        persistence_timeout: None,
-        forwarding: Forwarding::Masquerade,
-        allowed_sources: vec![],
-        backends: (0..10u8)
-            .map(|b| Backend {
-                address: IpAddr::V4(Ipv4Addr::new(
-                    172,
-                    16 + (n / 65536) as u8 % 16,
-                    (n / 256) as u8,
-                    b + 1,
-                )),
-                port: 8080,
-                weight: 1,
-                state: BackendState::Ready,
-            })
-            .collect(),
-    }
+    lb_node::model::fixtures::numbered_service(n, 10)
 }
 
 fn peak_rss_mib() -> f64 {

@@ -19,16 +19,12 @@
 //!
 //!   cargo run --release -p ha-tests --bin raft-bench -- [--seconds 10] [--dir PATH]
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use lb_node::model::{
-    Backend, BackendState, Command, Forwarding, Protocol, Scheduler, ServiceKey, State,
-    VirtualService,
-};
+use lb_node::model::{Command, State, VirtualService};
 use lb_node::replication::Proposer;
 use lb_node::replication::node::{self, RaftStatus};
 use lb_node::replication::replica::{Replica, ReplicaConfig};
@@ -80,26 +76,7 @@ fn change(n: u64) -> Command {
 }
 
 fn service(n: u32) -> VirtualService {
-    VirtualService {
-        key: ServiceKey {
-            vip: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n)),
-            port: 80,
-            protocol: Protocol::Tcp,
-        },
-        name: format!("bench-{n}"),
-        scheduler: Scheduler::Rr,
-        persistence_timeout: None,
-        forwarding: Forwarding::Masquerade,
-        allowed_sources: vec![],
-        backends: (0..10)
-            .map(|b| Backend {
-                address: IpAddr::V4(Ipv4Addr::new(192, 168, (n % 250) as u8, b + 1)),
-                port: 8080,
-                weight: 1,
-                state: BackendState::Ready,
-            })
-            .collect(),
-    }
+    lb_node::model::fixtures::numbered_service(n, 10)
 }
 
 struct Cluster {

@@ -8,6 +8,7 @@
 
 mod command;
 mod diff;
+pub mod fixtures;
 mod ownership;
 mod pools;
 mod service;

@@ -7,7 +7,7 @@
 //! The same seed gives the same run, so a failing seed can be replayed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use raft::eraftpb::{Message, MessageType};
@@ -17,10 +17,7 @@ use rand::{Rng, SeedableRng};
 use super::replica::{Replica, ReplicaConfig};
 use super::storage::LogStore;
 use crate::dataplane::{Table, plan};
-use crate::model::{
-    Backend, BackendState, Command, Forwarding, Protocol, Scheduler, ServiceKey, State,
-    VirtualService,
-};
+use crate::model::{Command, State, VirtualService};
 
 /// Virtual milliseconds per simulation step.
 pub const STEP_MS: u64 = 5;
@@ -422,25 +419,7 @@ impl Sim {
     /// `check_invariants`).
     fn new_service(&mut self) -> VirtualService {
         self.next_service += 1;
-        let n = self.next_service;
-        VirtualService {
-            key: ServiceKey {
-                vip: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n)),
-                port: 80,
-                protocol: Protocol::Tcp,
-            },
-            name: format!("svc-{n}"),
-            scheduler: Scheduler::Rr,
-            persistence_timeout: None,
-            forwarding: Forwarding::Masquerade,
-            allowed_sources: vec![],
-            backends: vec![Backend {
-                address: IpAddr::V4(Ipv4Addr::new(192, 168, (n >> 8) as u8, n as u8)),
-                port: 8080,
-                weight: 1,
-                state: BackendState::Ready,
-            }],
-        }
+        crate::model::fixtures::numbered_service(self.next_service, 1)
     }
 
     /// Proposes `count` new services, one per entry, through whichever
