@@ -525,35 +525,51 @@ fn socket(bytes: &[u8], port: u32) -> String {
     }
 }
 
-fn enum_name(full: &str, prefix: &str) -> String {
-    full.strip_prefix(prefix)
-        .unwrap_or(full)
-        .to_ascii_lowercase()
-        .replace('_', "-")
+/// A protobuf enum value as its name without the type prefix, in lower
+/// kebab case ("SCHEDULER_WRR" -> "wrr"); the number when unknown.
+fn enum_name(value: i32, name: Option<&str>, prefix: &str) -> String {
+    match name {
+        Some(full) => full
+            .strip_prefix(prefix)
+            .unwrap_or(full)
+            .to_ascii_lowercase()
+            .replace('_', "-"),
+        None => value.to_string(),
+    }
 }
 
 fn protocol(p: i32) -> String {
-    state::Protocol::try_from(p)
-        .map(|p| enum_name(p.as_str_name(), "PROTOCOL_"))
-        .unwrap_or_else(|_| p.to_string())
+    enum_name(
+        p,
+        state::Protocol::try_from(p).ok().map(|x| x.as_str_name()),
+        "PROTOCOL_",
+    )
 }
 
 fn scheduler(p: i32) -> String {
-    state::Scheduler::try_from(p)
-        .map(|p| enum_name(p.as_str_name(), "SCHEDULER_"))
-        .unwrap_or_else(|_| p.to_string())
+    enum_name(
+        p,
+        state::Scheduler::try_from(p).ok().map(|x| x.as_str_name()),
+        "SCHEDULER_",
+    )
 }
 
 fn forwarding(p: i32) -> String {
-    state::Forwarding::try_from(p)
-        .map(|p| enum_name(p.as_str_name(), "FORWARDING_"))
-        .unwrap_or_else(|_| p.to_string())
+    enum_name(
+        p,
+        state::Forwarding::try_from(p).ok().map(|x| x.as_str_name()),
+        "FORWARDING_",
+    )
 }
 
 fn backend_state(p: i32) -> String {
-    state::BackendState::try_from(p)
-        .map(|p| enum_name(p.as_str_name(), "BACKEND_STATE_"))
-        .unwrap_or_else(|_| p.to_string())
+    enum_name(
+        p,
+        state::BackendState::try_from(p)
+            .ok()
+            .map(|x| x.as_str_name()),
+        "BACKEND_STATE_",
+    )
 }
 
 fn override_text(

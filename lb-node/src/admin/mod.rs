@@ -362,16 +362,18 @@ impl Admin for AdminService {
         _request: Request<pb::ListVipsRequest>,
     ) -> Result<Response<pb::ListVipsResponse>, Status> {
         let state = self.states.borrow().clone();
-        let vips = state
-            .vips()
+        // One pass over the table, not one per VIP.
+        let mut by_vip: std::collections::BTreeMap<std::net::IpAddr, Vec<String>> =
+            std::collections::BTreeMap::new();
+        for s in state.services() {
+            let names = by_vip.entry(s.key.vip).or_default();
+            if !names.contains(&s.name) {
+                names.push(s.name.clone());
+            }
+        }
+        let vips = by_vip
             .into_iter()
-            .map(|vip| {
-                let mut services: Vec<String> = state
-                    .services()
-                    .filter(|s| s.key.vip == vip)
-                    .map(|s| s.name.clone())
-                    .collect();
-                services.dedup();
+            .map(|(vip, services)| {
                 // A standalone member is the only one: it owns and announces
                 // every VIP it serves.
                 match &self.cluster {

@@ -114,6 +114,9 @@ pub struct Replica {
     last_heard: BTreeMap<u64, u64>,
     /// The tick this member became leader.
     leader_since: u64,
+    /// The (applied index, eligible members) of the last ownership round
+    /// that found the owners right.
+    ownership_settled: Option<(u64, BTreeSet<u64>)>,
     /// VIP owners proposed and not yet applied.
     proposed_owners: Option<BTreeMap<std::net::IpAddr, u64>>,
     /// The tick at which each VIP this member owns became its own.
@@ -216,6 +219,7 @@ impl Replica {
             last_heard: BTreeMap::new(),
             leader_since: 0,
             proposed_owners: None,
+            ownership_settled: None,
             owned_since: BTreeMap::new(),
             in_touch_since: None,
         })
@@ -392,9 +396,20 @@ impl Replica {
             .into_iter()
             .filter(|m| !self.state.drained_members().contains(m))
             .collect();
+        // Nothing applied and nobody's health changed since the last round
+        // found nothing to do: skip the O(VIPs) work on the raft thread.
+        let inputs = (self.applied, eligible);
+        if self.ownership_settled.as_ref() == Some(&inputs) {
+            return;
+        }
+        let (_, eligible) = &inputs;
         let owners =
-            crate::model::assign_owners(&self.state.vips(), &eligible, self.state.vip_owners());
-        if owners == *self.state.vip_owners() || self.proposed_owners.as_ref() == Some(&owners) {
+            crate::model::assign_owners(&self.state.vips(), eligible, self.state.vip_owners());
+        if owners == *self.state.vip_owners() {
+            self.ownership_settled = Some(inputs);
+            return;
+        }
+        if self.proposed_owners.as_ref() == Some(&owners) {
             return;
         }
         info!(member = self.config.id, eligible = ?eligible, "VIP owners change");
@@ -572,6 +587,7 @@ impl Replica {
                     self.leader_since = self.ticks;
                 }
                 self.proposed_owners = None;
+                self.ownership_settled = None;
             }
             self.role = role;
             self.term = term;
