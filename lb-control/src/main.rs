@@ -426,6 +426,9 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
                     "location": source.location,
                     "last_loaded_unix_ms": source.last_loaded_unix_ms,
                     "last_error": source.last_error,
+                    "disconnected_since_unix_ms": source.disconnected_since_unix_ms,
+                    "services_cursor": source.services_cursor,
+                    "endpoint_slices_cursor": source.endpoint_slices_cursor,
                 },
                 "cluster": s.cluster.as_ref().map(|c| json!({
                     "cluster_id": c.cluster_id,
@@ -488,6 +491,18 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
                     format!("\n  error    {}", source.last_error)
                 }
             );
+            if source.disconnected_since_unix_ms > 0 {
+                println!(
+                    "  disconnected since {} (the table keeps serving)",
+                    when(source.disconnected_since_unix_ms)
+                );
+            }
+            if !source.services_cursor.is_empty() || !source.endpoint_slices_cursor.is_empty() {
+                println!(
+                    "  cursors  services {}, endpointslices {}",
+                    source.services_cursor, source.endpoint_slices_cursor
+                );
+            }
             println!(
                 "dataplane  {}: {} services, {} destinations (synced {}, {} ops){}",
                 dp.kind,

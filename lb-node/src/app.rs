@@ -39,7 +39,7 @@ use crate::replication::replica::{Replica, ReplicaConfig};
 use crate::replication::storage::LogStore;
 use crate::replication::transport::{self, PeerOutbox, PeerService};
 use crate::replication::{self, Proposer};
-use crate::source::{SourceStatus, file};
+use crate::source::{SourceStatus, file, kubernetes};
 
 /// The sockets a member serves on, bound by the caller so tests can use
 /// port 0.
@@ -59,10 +59,6 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let SourceConfig::File {
-        path,
-        check_interval,
-    } = config.source.clone();
     // Registered before anything else, so a SIGHUP never kills the member.
     let mut hangup_signal = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     let (hangup_tx, hangups) = watch::channel(0u64);
@@ -72,7 +68,14 @@ pub async fn run(
         }
     });
     // Checked at start on every member, leader or not: a typo stops it here.
-    let services = file::load_services(&path)?;
+    let services = match &config.source {
+        SourceConfig::File { path, .. } => file::load_services(path)?,
+        SourceConfig::Kubernetes(_) => Vec::new(),
+    };
+    let (source_kind, source_location) = match &config.source {
+        SourceConfig::File { path, .. } => ("file", path.display().to_string()),
+        SourceConfig::Kubernetes(k) => ("kubernetes", kubernetes::location(k)),
+    };
 
     let mut tasks = Vec::new();
     let fatal = Fatal::default();
@@ -112,7 +115,7 @@ pub async fn run(
     };
     info!(
         node = config.node_id,
-        file = %path.display(),
+        source = %source_location,
         admin = %listeners.admin.local_addr()?,
         metrics = %listeners.metrics.local_addr()?,
         cluster = cluster.as_ref().map_or("standalone", |c| c.cluster_id.as_str()),
@@ -120,22 +123,36 @@ pub async fn run(
     );
 
     let (source_tx, source_rx) = watch::channel(SourceStatus {
-        kind: "file",
-        location: path.display().to_string(),
+        kind: source_kind,
+        location: source_location,
         ..SourceStatus::default()
     });
     let run_source = {
-        let (path, states, proposer) = (path.clone(), states.clone(), proposer.clone());
-        move |stop: CancellationToken| {
-            file::run(
-                path.clone(),
-                check_interval,
-                hangups.clone(),
-                proposer.clone(),
-                states.clone(),
-                source_tx.clone(),
-                stop,
-            )
+        let (source, states, proposer) = (config.source.clone(), states.clone(), proposer.clone());
+        let node_id = config.node_id;
+        move |stop: CancellationToken| -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+            match &source {
+                SourceConfig::File {
+                    path,
+                    check_interval,
+                } => Box::pin(file::run(
+                    path.clone(),
+                    *check_interval,
+                    hangups.clone(),
+                    proposer.clone(),
+                    states.clone(),
+                    source_tx.clone(),
+                    stop,
+                )),
+                SourceConfig::Kubernetes(k) => Box::pin(kubernetes::run(
+                    k.clone(),
+                    node_id,
+                    proposer.clone(),
+                    states.clone(),
+                    source_tx.clone(),
+                    stop,
+                )),
+            }
         }
     };
     match &cluster {

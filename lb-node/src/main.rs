@@ -65,7 +65,12 @@ fn main() -> ExitCode {
 }
 
 fn plan(config: &Config) -> ExitCode {
-    let SourceConfig::File { path, .. } = &config.source;
+    let SourceConfig::File { path, .. } = &config.source else {
+        eprintln!(
+            "lb-node: plan reads a services file; with [source.kubernetes] the table comes from the API server (see `lbctl services`)"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
     let services = match load_services(path) {
         Ok(s) => s,
         Err(e) => {

@@ -37,6 +37,12 @@ pub struct Metrics {
     pub dataplane_sync_seconds: Histogram,
     pub drift_repairs: IntCounter,
     pub source_loads: IntCounterVec,
+    pub watch_events: IntCounterVec,
+    pub watch_errors: IntCounterVec,
+    pub relists: IntCounterVec,
+    pub malformed_objects: IntCounterVec,
+    pub skipped_fields: IntCounter,
+    pub status_writes: IntCounterVec,
 }
 
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
@@ -130,8 +136,74 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 &["result"],
             ),
         ),
+        watch_events: registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "lb_kube_watch_events_total",
+                    "Watch events received from the API server (leader only), by kind.",
+                ),
+                &["kind"],
+            ),
+        ),
+        watch_errors: registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "lb_kube_watch_errors_total",
+                    "Failed lists and watches, by kind.",
+                ),
+                &["kind"],
+            ),
+        ),
+        relists: registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "lb_kube_relists_total",
+                    "Full lists of a kind (first start or 410 Gone), by kind.",
+                ),
+                &["kind"],
+            ),
+        ),
+        malformed_objects: registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "lb_kube_malformed_objects_total",
+                    "Watch events whose object could not be decoded; skipped.",
+                ),
+                &["kind"],
+            ),
+        ),
+        skipped_fields: registered(
+            &registry,
+            IntCounter::new(
+                "lb_kube_translation_warnings_total",
+                "Things left out of the translation (bad address, port, protocol...).",
+            ),
+        ),
+        status_writes: registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "lb_kube_status_writes_total",
+                    "Writes of status.loadBalancer, by result.",
+                ),
+                &["result"],
+            ),
+        ),
         registry,
     };
+    for kind in ["services", "endpointslices"] {
+        metrics.watch_events.with_label_values(&[kind]);
+        metrics.watch_errors.with_label_values(&[kind]);
+        metrics.relists.with_label_values(&[kind]);
+        metrics.malformed_objects.with_label_values(&[kind]);
+    }
+    for result in ["ok", "error"] {
+        metrics.status_writes.with_label_values(&[result]);
+    }
     // Every known label value from the start, so a series reads 0 rather
     // than being absent until its first event.
     for result in ["committed", "not_leader", "failed"] {
@@ -194,6 +266,11 @@ pub fn render(views: &Views) -> String {
             "lb_source_healthy",
             "1 when the last load of the source succeeded.",
             i64::from(source.last_error.is_empty()),
+        ),
+        gauge(
+            "lb_source_disconnected_since_seconds",
+            "Unix time since when the source (API server) is unreachable; 0 when reachable.",
+            source.disconnected_since_unix_ms / 1000,
         ),
     ];
     if let Some(raft) = &views.raft {

@@ -122,6 +122,9 @@ impl Admin for AdminService {
                 location: source.location,
                 last_loaded_unix_ms: source.last_loaded_unix_ms,
                 last_error: source.last_error,
+                disconnected_since_unix_ms: source.disconnected_since_unix_ms,
+                services_cursor: state.kube().services_cursor.clone(),
+                endpoint_slices_cursor: state.kube().endpoint_slices_cursor.clone(),
             }),
             dataplane: Some(pb::DataplaneStatus {
                 kind: dataplane.kind.into(),

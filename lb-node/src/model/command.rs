@@ -42,6 +42,35 @@ pub enum Command {
         service: String,
         addresses: Vec<IpAddr>,
     },
+    /// Records what the leader saw of one Kubernetes kind and where its
+    /// watch stands, in the same entry as the service changes it caused.
+    KubeObjects(KubeDelta),
+}
+
+/// The Kubernetes object kinds the leader watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KubeKind {
+    Service,
+    EndpointSlice,
+}
+
+impl KubeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KubeKind::Service => "services",
+            KubeKind::EndpointSlice => "endpointslices",
+        }
+    }
+}
+
+/// Objects created or changed ("namespace/name" and trimmed JSON), objects
+/// deleted, and the watch cursor after them (empty: unchanged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeDelta {
+    pub kind: KubeKind,
+    pub upserts: Vec<(String, std::sync::Arc<[u8]>)>,
+    pub deletes: Vec<String>,
+    pub resource_version: String,
 }
 
 impl Command {
@@ -54,7 +83,8 @@ impl Command {
             Command::SetBackendOverride { key, .. } => Some(*key),
             Command::SetVipOwners(_)
             | Command::SetMemberDrained { .. }
-            | Command::AssignAddresses { .. } => None,
+            | Command::AssignAddresses { .. }
+            | Command::KubeObjects(_) => None,
         }
     }
 }

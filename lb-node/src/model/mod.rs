@@ -15,7 +15,7 @@ mod service;
 mod state;
 mod wire;
 
-pub use command::Command;
+pub use command::{Command, KubeDelta, KubeKind};
 pub use diff::commands_towards;
 pub use ownership::assign_owners;
 pub use pools::{AllocError, allocate};
@@ -23,7 +23,7 @@ pub use service::{
     Backend, BackendOverride, BackendState, Forwarding, InvalidService, MAX_PERSISTENCE_TIMEOUT,
     MAX_WEIGHT, Protocol, Scheduler, ServiceKey, SocketText, UnknownName, VirtualService,
 };
-pub use state::{Applied, ApplyError, State};
+pub use state::{Applied, ApplyError, KubeObjects, State};
 pub use wire::{Batch, SNAPSHOT_FORMAT_VERSION, WireError, override_to_pb, service_to_pb};
 
 #[cfg(test)]

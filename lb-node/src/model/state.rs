@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::command::Command;
+use super::command::{Command, KubeDelta, KubeKind};
 use std::net::IpAddr;
 
 use super::service::{BackendOverride, InvalidService, MAX_WEIGHT, ServiceKey, VirtualService};
@@ -35,6 +35,57 @@ pub struct State {
     drained: BTreeSet<u64>,
     /// LoadBalancer addresses by Kubernetes service ("namespace/name").
     lb_addresses: BTreeMap<String, Vec<IpAddr>>,
+    /// What the leader saw of Kubernetes, to resume from.
+    kube: KubeObjects,
+}
+
+/// The Kubernetes objects the table was built from ("namespace/name" to
+/// trimmed JSON) and the watch cursor of each kind. A new leader rebuilds
+/// its view from here and resumes its watches from the cursors, without a
+/// relist.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KubeObjects {
+    pub services: imbl::OrdMap<String, Arc<[u8]>>,
+    pub endpoint_slices: imbl::OrdMap<String, Arc<[u8]>>,
+    pub services_cursor: String,
+    pub endpoint_slices_cursor: String,
+}
+
+impl KubeObjects {
+    pub fn objects(&self, kind: KubeKind) -> &imbl::OrdMap<String, Arc<[u8]>> {
+        match kind {
+            KubeKind::Service => &self.services,
+            KubeKind::EndpointSlice => &self.endpoint_slices,
+        }
+    }
+
+    pub fn cursor(&self, kind: KubeKind) -> &str {
+        match kind {
+            KubeKind::Service => &self.services_cursor,
+            KubeKind::EndpointSlice => &self.endpoint_slices_cursor,
+        }
+    }
+
+    fn apply(&mut self, delta: &KubeDelta) -> bool {
+        let (objects, cursor) = match delta.kind {
+            KubeKind::Service => (&mut self.services, &mut self.services_cursor),
+            KubeKind::EndpointSlice => {
+                (&mut self.endpoint_slices, &mut self.endpoint_slices_cursor)
+            }
+        };
+        let mut changed = false;
+        for (name, json) in &delta.upserts {
+            changed |= objects.insert(name.clone(), json.clone()).as_ref() != Some(json);
+        }
+        for name in &delta.deletes {
+            changed |= objects.remove(name).is_some();
+        }
+        if !delta.resource_version.is_empty() && *cursor != delta.resource_version {
+            cursor.clone_from(&delta.resource_version);
+            changed = true;
+        }
+        changed
+    }
 }
 
 /// What applying one command did.
@@ -84,6 +135,7 @@ pub(crate) struct StateParts {
     pub vip_owners: BTreeMap<IpAddr, u64>,
     pub drained: BTreeSet<u64>,
     pub lb_addresses: BTreeMap<String, Vec<IpAddr>>,
+    pub kube: KubeObjects,
 }
 
 impl State {
@@ -103,7 +155,13 @@ impl State {
             vip_owners: parts.vip_owners,
             drained: parts.drained,
             lb_addresses: parts.lb_addresses,
+            kube: parts.kube,
         }
+    }
+
+    /// The Kubernetes objects and watch cursors.
+    pub fn kube(&self) -> &KubeObjects {
+        &self.kube
     }
 
     /// LoadBalancer addresses by Kubernetes service ("namespace/name").
@@ -277,6 +335,9 @@ impl State {
                 };
                 Ok(Applied::Cluster { changed })
             }
+            Command::KubeObjects(delta) => Ok(Applied::Cluster {
+                changed: self.kube.apply(delta),
+            }),
             Command::SetMemberDrained { member, drained } => {
                 let changed = if *drained {
                     self.drained.insert(*member)

@@ -13,12 +13,12 @@ use ipnet::IpNet;
 use proto::Message;
 use proto::state::v1 as pb;
 
-use super::command::Command;
+use super::command::{Command, KubeDelta, KubeKind};
 use super::service::{
     Backend, BackendOverride, BackendState, Forwarding, InvalidService, Protocol, Scheduler,
     ServiceKey, VirtualService,
 };
-use super::state::{State, StateParts};
+use super::state::{KubeObjects, State, StateParts};
 
 /// The snapshot format this build writes and reads.
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
@@ -194,12 +194,45 @@ fn command_to_pb(c: &Command) -> pb::Command {
                 addresses: addresses.iter().map(|a| ip_bytes(*a)).collect(),
             })
         }
+        Command::KubeObjects(d) => Kind::KubeDelta(pb::KubeDelta {
+            kind: match d.kind {
+                KubeKind::Service => pb::KubeKind::Service,
+                KubeKind::EndpointSlice => pb::KubeKind::EndpointSlice,
+            } as i32,
+            upserts: kube_objects_to_pb(d.upserts.iter().map(|(n, j)| (n, j))),
+            deletes: d.deletes.clone(),
+            resource_version: d.resource_version.clone(),
+        }),
         Command::SetMemberDrained { member, drained } => Kind::SetMemberDrain(pb::MemberDrain {
             member: *member,
             drained: *drained,
         }),
     };
     pb::Command { kind: Some(kind) }
+}
+
+fn kube_objects_to_pb<'a>(
+    objects: impl Iterator<Item = (&'a String, &'a std::sync::Arc<[u8]>)>,
+) -> Vec<pb::KubeObject> {
+    objects
+        .map(|(name, json)| pb::KubeObject {
+            name: name.clone(),
+            json: json.to_vec(),
+        })
+        .collect()
+}
+
+fn kube_objects_from_pb(
+    list: Vec<pb::KubeObject>,
+    at: &str,
+) -> Result<imbl::OrdMap<String, std::sync::Arc<[u8]>>, WireError> {
+    let mut out = imbl::OrdMap::new();
+    for (i, o) in list.into_iter().enumerate() {
+        if o.name.is_empty() || out.insert(o.name, o.json.into()).is_some() {
+            return Err(field(format!("{at}[{i}].name"), "empty or repeated"));
+        }
+    }
+    Ok(out)
 }
 
 impl Command {
@@ -249,6 +282,10 @@ impl State {
                     addresses: addresses.iter().map(|a| ip_bytes(*a)).collect(),
                 })
                 .collect(),
+            kube_services: kube_objects_to_pb(self.kube().services.iter()),
+            kube_endpoint_slices: kube_objects_to_pb(self.kube().endpoint_slices.iter()),
+            kube_services_cursor: self.kube().services_cursor.clone(),
+            kube_endpoint_slices_cursor: self.kube().endpoint_slices_cursor.clone(),
         }
         .encode_to_vec()
     }
@@ -301,7 +338,14 @@ impl State {
             let addresses = addresses_from_pb(&a.addresses, &format!("lb_addresses[{i}]"))?;
             lb_addresses.insert(a.service, addresses);
         }
+        let kube = KubeObjects {
+            services: kube_objects_from_pb(pb.kube_services, "kube_services")?,
+            endpoint_slices: kube_objects_from_pb(pb.kube_endpoint_slices, "kube_endpoint_slices")?,
+            services_cursor: pb.kube_services_cursor,
+            endpoint_slices_cursor: pb.kube_endpoint_slices_cursor,
+        };
         Ok(State::from_parts(StateParts {
+            kube,
             revision: pb.revision,
             services,
             members,
@@ -514,6 +558,28 @@ fn command_from_pb(c: pb::Command) -> Result<Command, WireError> {
             addresses: addresses_from_pb(&a.addresses, "assign_addresses.addresses")?,
             service: a.service,
         }),
+        Some(Kind::KubeDelta(d)) => {
+            let kind = match pb::KubeKind::try_from(d.kind) {
+                Ok(pb::KubeKind::Service) => KubeKind::Service,
+                Ok(pb::KubeKind::EndpointSlice) => KubeKind::EndpointSlice,
+                _ => {
+                    return Err(field(
+                        "kube_delta.kind",
+                        format!("{} is not a known kind", d.kind),
+                    ));
+                }
+            };
+            Ok(Command::KubeObjects(KubeDelta {
+                kind,
+                upserts: d
+                    .upserts
+                    .into_iter()
+                    .map(|o| (o.name, o.json.into()))
+                    .collect(),
+                deletes: d.deletes,
+                resource_version: d.resource_version,
+            }))
+        }
         Some(Kind::SetMemberDrain(d)) => Ok(Command::SetMemberDrained {
             member: d.member,
             drained: d.drained,

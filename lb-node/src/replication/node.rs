@@ -175,6 +175,7 @@ pub fn run(
             }
         }
         let mut state_changed = false;
+        let mut completed = Vec::new();
         while replica.has_ready() {
             let out = match replica.handle_ready() {
                 Ok(out) => out,
@@ -186,11 +187,7 @@ pub fn run(
             for message in out.messages {
                 outbox.send(message);
             }
-            for (id, outcomes) in out.completed {
-                if let Some(done) = waiting.remove(&id) {
-                    let _ = done.send(Ok(outcomes));
-                }
-            }
+            completed.extend(out.completed);
             for id in out.abandoned {
                 if let Some(done) = waiting.remove(&id) {
                     let _ = done.send(Err(ProposeError::Unknown));
@@ -200,6 +197,13 @@ pub fn run(
         }
         if state_changed {
             states.send_replace(Arc::new(replica.state().clone()));
+        }
+        // Answered only after the state is published: a proposer that reads
+        // the state next sees its own proposal in it.
+        for (id, outcomes) in completed {
+            if let Some(done) = waiting.remove(&id) {
+                let _ = done.send(Ok(outcomes));
+            }
         }
         if replica.is_removed() {
             info!(

@@ -3,6 +3,7 @@
 //! it reads into `Command`s and proposes only differences.
 //!
 //! - `file`: the standalone services file.
+//! - `kubernetes`: Services and EndpointSlices from the API server.
 
 pub mod file;
 
@@ -17,5 +18,8 @@ pub struct SourceStatus {
     pub last_loaded_unix_ms: i64,
     /// Empty when the last load succeeded.
     pub last_error: String,
+    /// Unix milliseconds since when the source is unreachable (the API
+    /// server); 0 when reachable.
+    pub disconnected_since_unix_ms: i64,
 }
 pub mod kubernetes;

@@ -1,9 +1,356 @@
-//! The Kubernetes source: the leader watches Services and EndpointSlices
-//! and proposes the virtual services they mean.
+//! The Kubernetes source: the leader is the only member that talks to the
+//! API server. It watches Services and EndpointSlices, turns what it sees
+//! into commands and proposes them; Raft carries them to the other members,
+//! which open no connection to the API server at all.
 //!
-//! - `translate`: pure: Kubernetes objects to model services.
+//! - `translate`: pure: one Service and its slices to virtual services.
+//! - `view`: pure: the leader's view and what a batch of events means.
+//! - `watcher`: list and watch of one kind with kube-rs, resuming from the
+//!   replicated cursor.
 //!
-//! The watch itself (kube-rs, resume from the replicated cursor, batching)
-//! comes with the rest of the Kubernetes source.
+//! ```text
+//!  API server ──watch services──▶ ┐
+//!             ──watch slices────▶ ┴─ events ─▶ batcher ─▶ View::plan ─▶ propose (one entry:
+//!                                                               objects + cursor + table changes)
+//!             ◀──patch status.loadBalancer── status writer ◀── committed address assignments
+//! ```
+//!
+//! Batching: the first change after a quiet spell is proposed at once;
+//! changes that arrive while a proposal is in flight, or within
+//! `batch_window` of the last one, are coalesced into the next entry.
+//! Every proposal waits for its commit before the next is planned, so the
+//! view is always in step with the committed state. If a proposal fails
+//! (leadership lost), the source stops; the next leader builds its view
+//! from the log.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, Patch, PatchParams};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::KubernetesSourceConfig;
+use crate::metrics::METRICS;
+use crate::model::{KubeKind, State};
+use crate::replication::Proposer;
+use crate::source::SourceStatus;
 
 pub mod translate;
+pub mod view;
+pub mod watcher;
+
+use view::{Plan, View};
+
+/// Most events held for one batch; more wait in the channel.
+const MAX_EVENTS_PER_BATCH: usize = 20_000;
+/// How many warnings of one plan are logged (the rest are counted).
+const WARNINGS_LOGGED: usize = 20;
+
+/// The kube-rs client for the configured cluster. Requests carry a user
+/// agent naming this member, so the API server's audit log (and the test
+/// server) can tell members apart.
+pub async fn client(config: &KubernetesSourceConfig, node_id: u64) -> anyhow::Result<kube::Client> {
+    let mut kube_config = match &config.kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::incluster()
+            .context("no kubeconfig configured and not running in a cluster")?,
+    };
+    let agent = format!("lb-node/{} (member {node_id})", env!("CARGO_PKG_VERSION"));
+    kube_config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&agent).context("user agent")?,
+    ));
+    kube::Client::try_from(kube_config).context("cannot build the Kubernetes client")
+}
+
+/// Where the configured API server is, for status.
+pub fn location(config: &KubernetesSourceConfig) -> String {
+    match &config.kubeconfig {
+        Some(path) => format!("kubeconfig {}", path.display()),
+        None => "in-cluster".to_owned(),
+    }
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn log_plan(plan: &Plan) {
+    METRICS.skipped_fields.inc_by(plan.warnings.len() as u64);
+    for w in plan.warnings.iter().take(WARNINGS_LOGGED) {
+        warn!("{w}");
+    }
+    if plan.warnings.len() > WARNINGS_LOGGED {
+        warn!(
+            more = plan.warnings.len() - WARNINGS_LOGGED,
+            "more objects or fields left out"
+        );
+    }
+}
+
+/// Proposes a plan's entries in order; false when one failed.
+async fn propose(proposer: &Proposer, plan: Plan, status_writes: &StatusWriter) -> bool {
+    for entry in plan.entries {
+        if let Err(e) = proposer.propose(entry).await {
+            warn!(error = %e, "proposal failed; the source stops and restarts from the committed state");
+            return false;
+        }
+    }
+    for (service, addresses) in plan.status_writes {
+        status_writes.send(service, addresses);
+    }
+    true
+}
+
+/// Runs the Kubernetes source until `stop` or a failed proposal.
+pub async fn run(
+    config: KubernetesSourceConfig,
+    node_id: u64,
+    proposer: Proposer,
+    states: watch::Receiver<Arc<State>>,
+    status: watch::Sender<SourceStatus>,
+    stop: CancellationToken,
+) {
+    let client = match client(&config, node_id).await {
+        Ok(c) => c,
+        Err(e) => {
+            error!(
+                error = format!("{e:#}"),
+                "cannot start the Kubernetes source; the table keeps serving"
+            );
+            status.send_modify(|s| s.last_error = format!("{e:#}"));
+            // The supervisor restarts a source that ended.
+            return;
+        }
+    };
+    let stop = stop.child_token();
+    let _stop_children = stop.clone().drop_guard();
+    let state = states.borrow().clone();
+    let mut warnings = Vec::new();
+    let mut view = View::new(
+        &state,
+        config.translate.clone(),
+        config.address_pools.clone(),
+        &mut warnings,
+    );
+    for w in &warnings {
+        warn!("{w}");
+    }
+    let writer = StatusWriter::start(client.clone(), stop.clone());
+
+    // A new leader first makes the table agree with the committed objects
+    // (a no-op unless the last leader died in a split batch, or the
+    // translation settings changed).
+    let started = Instant::now();
+    let plan = view.reconcile_all(&state);
+    log_plan(&plan);
+    if !plan.entries.is_empty() {
+        info!(
+            commands = plan.service_commands,
+            "the table disagreed with the committed Kubernetes objects; reconciling"
+        );
+    }
+    if !propose(&proposer, plan, &writer).await {
+        return;
+    }
+    info!(
+        services = state.kube().services.len(),
+        endpoint_slices = state.kube().endpoint_slices.len(),
+        services_cursor = %state.kube().services_cursor,
+        endpoint_slices_cursor = %state.kube().endpoint_slices_cursor,
+        took_ms = started.elapsed().as_millis() as u64,
+        "Kubernetes source: resuming from the committed objects"
+    );
+
+    let (events_tx, mut events) = mpsc::channel(MAX_EVENTS_PER_BATCH);
+    let (connection_tx, mut connection) = watch::channel(watcher::Connection::default());
+    let namespace = config.namespace.clone();
+    let services: Api<Service> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let slices: Api<EndpointSlice> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    tokio::spawn(watcher::run(
+        watcher::KindWatch {
+            api: services,
+            kind: KubeKind::Service,
+            trim: view::trim_service,
+            label_selector: config.label_selector.clone(),
+            cursor: state.kube().services_cursor.clone(),
+            events: events_tx.clone(),
+            connection: connection_tx.clone(),
+        },
+        stop.clone(),
+    ));
+    tokio::spawn(watcher::run(
+        watcher::KindWatch {
+            api: slices,
+            kind: KubeKind::EndpointSlice,
+            trim: view::trim_slice,
+            label_selector: None,
+            cursor: state.kube().endpoint_slices_cursor.clone(),
+            events: events_tx,
+            connection: connection_tx,
+        },
+        stop.clone(),
+    ));
+    drop(state);
+
+    let mut last_proposal: Option<Instant> = None;
+    loop {
+        let mut batch = Vec::new();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = connection.changed() => {
+                if changed.is_err() { return; }
+                let c = connection.borrow_and_update().clone();
+                status.send_modify(|s| {
+                    s.disconnected_since_unix_ms = c.disconnected_since.map_or(0, unix_ms);
+                    s.last_error = c.last_error.clone();
+                });
+                continue;
+            }
+            event = events.recv() => match event {
+                Some(e) => batch.push(e),
+                None => return,
+            },
+        }
+        // Coalesce: everything already waiting, and under load whatever
+        // arrives until the window since the last proposal has passed.
+        if let Some(last) = last_proposal {
+            let until = last + config.batch_window;
+            while batch.len() < MAX_EVENTS_PER_BATCH {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.into()) => break,
+                    event = events.recv() => match event {
+                        Some(e) => batch.push(e),
+                        None => break,
+                    },
+                }
+            }
+        }
+        while batch.len() < MAX_EVENTS_PER_BATCH {
+            match events.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        let state = states.borrow().clone();
+        let events_in_batch = batch.len();
+        let plan = view.plan(&state, batch);
+        drop(state);
+        log_plan(&plan);
+        debug!(
+            events = events_in_batch,
+            objects = plan.objects_changed,
+            commands = plan.service_commands,
+            entries = plan.entries.len(),
+            "batch"
+        );
+        last_proposal = Some(Instant::now());
+        if !propose(&proposer, plan, &writer).await {
+            return;
+        }
+        status.send_modify(|s| {
+            s.last_loaded_unix_ms = unix_ms(SystemTime::now());
+        });
+    }
+}
+
+/// Writes `status.loadBalancer.ingress` of Services, latest wish per
+/// Service, retrying failures with backoff.
+#[derive(Debug, Clone)]
+struct StatusWriter {
+    tx: mpsc::UnboundedSender<(String, Vec<IpAddr>)>,
+}
+
+impl StatusWriter {
+    fn start(client: kube::Client, stop: CancellationToken) -> StatusWriter {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(String, Vec<IpAddr>)>();
+        tokio::spawn(async move {
+            let mut pending: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+            let mut retry = Duration::from_millis(250);
+            loop {
+                if pending.is_empty() {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        item = rx.recv() => match item {
+                            Some((s, a)) => { pending.insert(s, a); }
+                            None => return,
+                        },
+                    }
+                }
+                while let Ok((s, a)) = rx.try_recv() {
+                    pending.insert(s, a);
+                }
+                let mut failed = false;
+                for (service, addresses) in std::mem::take(&mut pending) {
+                    match write_status(&client, &service, &addresses).await {
+                        Ok(()) => {
+                            METRICS.status_writes.with_label_values(&["ok"]).inc();
+                        }
+                        Err(kube::Error::Api(s)) if s.code == 404 => {
+                            debug!(service, "service gone; status not written");
+                        }
+                        Err(e) => {
+                            METRICS.status_writes.with_label_values(&["error"]).inc();
+                            warn!(service, error = %e, "cannot write status.loadBalancer; retrying");
+                            pending.entry(service).or_insert(addresses);
+                            failed = true;
+                        }
+                    }
+                }
+                if failed {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(Duration::from_secs(30));
+                } else {
+                    retry = Duration::from_millis(250);
+                }
+            }
+        });
+        StatusWriter { tx }
+    }
+
+    fn send(&self, service: String, addresses: Vec<IpAddr>) {
+        let _ = self.tx.send((service, addresses));
+    }
+}
+
+async fn write_status(
+    client: &kube::Client,
+    service: &str,
+    addresses: &[IpAddr],
+) -> Result<(), kube::Error> {
+    let Some((namespace, name)) = service.split_once('/') else {
+        return Ok(());
+    };
+    let api: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let ingress: Vec<serde_json::Value> = addresses
+        .iter()
+        .map(|ip| serde_json::json!({"ip": ip.to_string(), "ipMode": "VIP"}))
+        .collect();
+    let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}

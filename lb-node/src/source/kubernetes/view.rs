@@ -1,0 +1,661 @@
+//! The leader's view of Kubernetes, and the commands a batch of watch
+//! events means. Pure: no I/O, no clock.
+//!
+//! The view is rebuilt from the replicated state (`State::kube`) every time
+//! a member becomes leader, so it never holds anything the log does not.
+//! A batch of events becomes:
+//!
+//! 1. per kind, a [`KubeDelta`]: the objects whose trimmed JSON differs from
+//!    the committed one (an event that changes only fields the translation
+//!    does not read changes nothing) and the new watch cursor;
+//! 2. for every Kubernetes service the batch touched (its Service or one of
+//!    its EndpointSlices): the LoadBalancer addresses it needs and the
+//!    virtual services it now means, diffed against those it had, as
+//!    `AssignAddresses`, `UpsertService`, `ReplaceBackends` and
+//!    `DeleteService`.
+//!
+//! All of it goes into one log entry, so the table and the cursor move
+//! together: a new leader resumes from a cursor that the table reflects
+//! exactly. A batch too big for one entry (a cold start or a relist of a
+//! large cluster) is split; only its last entry moves the cursors, and the
+//! full reconcile every new leader runs repairs a split batch cut short by
+//! a crash.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::translate::{TranslateConfig, translate, wants_load_balancer};
+use crate::model::{Command, KubeDelta, KubeKind, ServiceKey, State, VirtualService, allocate};
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Annotation: the LoadBalancer addresses a Service asks for, separated by
+/// commas (one per family).
+pub const ANNOTATION_ADDRESSES: &str = "lb-node.io/load-balancer-ips";
+/// Annotations under this prefix are kept; the translation reads them.
+const ANNOTATION_PREFIX: &str = "lb-node.io/";
+/// Most commands in one log entry when a batch must be split.
+pub const MAX_COMMANDS_PER_ENTRY: usize = 1_000;
+
+/// What a watch saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An object was added or changed: its trimmed JSON.
+    Upsert {
+        kind: KubeKind,
+        name: String,
+        json: Arc<[u8]>,
+        resource_version: String,
+    },
+    Delete {
+        kind: KubeKind,
+        name: String,
+        resource_version: String,
+    },
+    /// A bookmark: nothing of this kind changed up to here.
+    Cursor {
+        kind: KubeKind,
+        resource_version: String,
+    },
+    /// The complete list of a kind (first start, or after 410 Gone).
+    Relisted {
+        kind: KubeKind,
+        objects: BTreeMap<String, Arc<[u8]>>,
+        resource_version: String,
+    },
+}
+
+/// What a batch means.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Log entries to propose, in order.
+    pub entries: Vec<Vec<Command>>,
+    /// LoadBalancer services whose `status.loadBalancer` must be written
+    /// ("namespace/name" and the addresses), once the entries commit.
+    pub status_writes: Vec<(String, Vec<IpAddr>)>,
+    /// One line per object or field left out.
+    pub warnings: Vec<String>,
+    /// Objects that changed (for metrics).
+    pub objects_changed: usize,
+    /// Service-table commands (for logs).
+    pub service_commands: usize,
+}
+
+/// `namespace/name` of an object.
+pub fn object_key(meta: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or("")
+    )
+}
+
+/// A Service with only what the translation reads: name, namespace, our
+/// annotations, spec, `status.loadBalancer`.
+pub fn trim_service(s: Service) -> Service {
+    let annotations = s.metadata.annotations.map(|a| {
+        a.into_iter()
+            .filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX))
+            .collect::<BTreeMap<_, _>>()
+    });
+    Service {
+        metadata: ObjectMeta {
+            name: s.metadata.name,
+            namespace: s.metadata.namespace,
+            annotations: annotations.filter(|a| !a.is_empty()),
+            ..ObjectMeta::default()
+        },
+        spec: s.spec,
+        status: s
+            .status
+            .and_then(|st| st.load_balancer)
+            .filter(|lb| lb.ingress.as_ref().is_some_and(|i| !i.is_empty()))
+            .map(|lb| k8s_openapi::api::core::v1::ServiceStatus {
+                load_balancer: Some(lb),
+                conditions: None,
+            }),
+    }
+}
+
+/// An EndpointSlice with only what the translation reads: name,
+/// namespace, the service-name label, address type, ports, and each
+/// endpoint's addresses and conditions.
+pub fn trim_slice(e: EndpointSlice) -> EndpointSlice {
+    let labels = e.metadata.labels.map(|l| {
+        l.into_iter()
+            .filter(|(k, _)| k == SERVICE_NAME_LABEL)
+            .collect::<BTreeMap<_, _>>()
+    });
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: e.metadata.name,
+            namespace: e.metadata.namespace,
+            labels: labels.filter(|l| !l.is_empty()),
+            ..ObjectMeta::default()
+        },
+        address_type: e.address_type,
+        endpoints: e
+            .endpoints
+            .into_iter()
+            .map(|p| k8s_openapi::api::discovery::v1::Endpoint {
+                addresses: p.addresses,
+                conditions: p.conditions,
+                ..Default::default()
+            })
+            .collect(),
+        ports: e.ports,
+    }
+}
+
+/// The Service ("namespace/name") an EndpointSlice belongs to.
+fn slice_service(e: &EndpointSlice) -> Option<String> {
+    let label = e.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(format!(
+        "{}/{}",
+        e.metadata.namespace.as_deref().unwrap_or("default"),
+        label
+    ))
+}
+
+/// The Kubernetes service a table entry came from: `ns/name` of
+/// `ns/name:port`. Services from a file have no `/`.
+fn owner_of(service: &VirtualService) -> Option<&str> {
+    let (owner, _) = service.name.rsplit_once(':')?;
+    owner.contains('/').then_some(owner)
+}
+
+/// The leader's parsed view of the committed Kubernetes objects.
+#[derive(Debug)]
+pub struct View {
+    config: TranslateConfig,
+    pools: Vec<IpNet>,
+    services: HashMap<String, Service>,
+    slices: HashMap<String, EndpointSlice>,
+    /// Service -> its slices.
+    slices_of: HashMap<String, BTreeSet<String>>,
+    /// Service -> the table keys it produced.
+    owned: HashMap<String, BTreeSet<ServiceKey>>,
+}
+
+impl View {
+    /// Parses the committed objects. An object that does not parse (it
+    /// cannot happen with objects this build wrote) is left out with a
+    /// warning.
+    pub fn new(
+        state: &State,
+        config: TranslateConfig,
+        pools: Vec<IpNet>,
+        warnings: &mut Vec<String>,
+    ) -> View {
+        let mut view = View {
+            config,
+            pools,
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            slices_of: HashMap::new(),
+            owned: HashMap::new(),
+        };
+        for (name, json) in state.kube().services.iter() {
+            match serde_json::from_slice::<Service>(json) {
+                Ok(s) => {
+                    view.services.insert(name.clone(), s);
+                }
+                Err(e) => warnings.push(format!("stored Service {name}: {e}; left out")),
+            }
+        }
+        for (name, json) in state.kube().endpoint_slices.iter() {
+            match serde_json::from_slice::<EndpointSlice>(json) {
+                Ok(e) => {
+                    view.put_slice(name.clone(), Some(e));
+                }
+                Err(e) => warnings.push(format!("stored EndpointSlice {name}: {e}; left out")),
+            }
+        }
+        for service in state.services() {
+            if let Some(owner) = owner_of(service) {
+                view.owned
+                    .entry(owner.to_owned())
+                    .or_default()
+                    .insert(service.key);
+            }
+        }
+        view
+    }
+
+    /// Replaces (or with `None` removes) a slice; returns the services
+    /// whose backends it touched (before and after).
+    fn put_slice(&mut self, name: String, slice: Option<EndpointSlice>) -> Vec<String> {
+        let mut touched = Vec::new();
+        if let Some(old) = self.slices.remove(&name)
+            && let Some(owner) = slice_service(&old)
+        {
+            if let Some(set) = self.slices_of.get_mut(&owner) {
+                set.remove(&name);
+                if set.is_empty() {
+                    self.slices_of.remove(&owner);
+                }
+            }
+            touched.push(owner);
+        }
+        if let Some(slice) = slice {
+            if let Some(owner) = slice_service(&slice) {
+                self.slices_of
+                    .entry(owner.clone())
+                    .or_default()
+                    .insert(name.clone());
+                touched.push(owner);
+            }
+            self.slices.insert(name, slice);
+        }
+        touched
+    }
+
+    /// Every Kubernetes service the view or the table knows: what a new
+    /// leader reconciles.
+    fn all_services(&self) -> BTreeSet<String> {
+        self.services
+            .keys()
+            .chain(self.owned.keys())
+            .cloned()
+            .collect()
+    }
+
+    /// A new leader's full reconcile: everything the objects mean against
+    /// everything the table holds. Empty when they agree.
+    pub fn reconcile_all(&mut self, state: &State) -> Plan {
+        let mut affected = self.all_services();
+        affected.extend(state.lb_addresses().keys().cloned());
+        let mut plan = Plan::default();
+        let commands = self.services_commands(state, &affected, &mut plan);
+        plan.service_commands = commands.len();
+        plan.entries = commands
+            .chunks(MAX_COMMANDS_PER_ENTRY)
+            .map(<[Command]>::to_vec)
+            .collect();
+        plan
+    }
+
+    /// What a batch of events means against the committed `state` (which
+    /// this view is in step with). Updates the view as if the plan were
+    /// committed; if it is not, drop the view and build a new one.
+    pub fn plan(&mut self, state: &State, events: Vec<Event>) -> Plan {
+        let mut plan = Plan::default();
+        // Last word per object and the cursor, per kind.
+        let mut pending: BTreeMap<KubeKind, (BTreeMap<String, Option<Arc<[u8]>>>, String)> =
+            BTreeMap::new();
+        for event in events {
+            match event {
+                Event::Upsert {
+                    kind,
+                    name,
+                    json,
+                    resource_version,
+                } => {
+                    let p = pending.entry(kind).or_default();
+                    p.0.insert(name, Some(json));
+                    p.1 = resource_version;
+                }
+                Event::Delete {
+                    kind,
+                    name,
+                    resource_version,
+                } => {
+                    let p = pending.entry(kind).or_default();
+                    p.0.insert(name, None);
+                    p.1 = resource_version;
+                }
+                Event::Cursor {
+                    kind,
+                    resource_version,
+                } => pending.entry(kind).or_default().1 = resource_version,
+                Event::Relisted {
+                    kind,
+                    objects,
+                    resource_version,
+                } => {
+                    let p = pending.entry(kind).or_default();
+                    // Whatever is not in the list is gone.
+                    let gone: Vec<String> = state
+                        .kube()
+                        .objects(kind)
+                        .keys()
+                        .chain(p.0.keys())
+                        .filter(|n| !objects.contains_key(*n))
+                        .cloned()
+                        .collect();
+                    for name in gone {
+                        p.0.insert(name, None);
+                    }
+                    for (name, json) in objects {
+                        p.0.insert(name, Some(json));
+                    }
+                    p.1 = resource_version;
+                }
+            }
+        }
+
+        let mut deltas = Vec::new();
+        let mut affected = BTreeSet::new();
+        for (kind, (objects, cursor)) in pending {
+            let committed = state.kube().objects(kind);
+            let mut delta = KubeDelta {
+                kind,
+                upserts: Vec::new(),
+                deletes: Vec::new(),
+                resource_version: String::new(),
+            };
+            for (name, json) in objects {
+                match json {
+                    Some(json) if committed.get(&name) == Some(&json) => {}
+                    None if !committed.contains_key(&name) => {}
+                    Some(json) => {
+                        self.load(kind, &name, Some(&json), &mut affected, &mut plan);
+                        delta.upserts.push((name, json));
+                    }
+                    None => {
+                        self.load(kind, &name, None, &mut affected, &mut plan);
+                        delta.deletes.push(name);
+                    }
+                }
+            }
+            if cursor != state.kube().cursor(kind) {
+                delta.resource_version = cursor;
+            }
+            plan.objects_changed += delta.upserts.len() + delta.deletes.len();
+            deltas.push(delta);
+        }
+
+        let commands = self.services_commands(state, &affected, &mut plan);
+        plan.service_commands = commands.len();
+        let size: usize = deltas
+            .iter()
+            .map(|d| d.upserts.len() + d.deletes.len())
+            .sum::<usize>()
+            + commands.len();
+        if size <= MAX_COMMANDS_PER_ENTRY {
+            let mut entry: Vec<Command> = deltas
+                .into_iter()
+                .filter(|d| {
+                    !d.upserts.is_empty() || !d.deletes.is_empty() || !d.resource_version.is_empty()
+                })
+                .map(Command::KubeObjects)
+                .collect();
+            entry.extend(commands);
+            if !entry.is_empty() {
+                plan.entries.push(entry);
+            }
+            return plan;
+        }
+        // Too big for one entry: objects first, then what they mean, then
+        // the cursors alone.
+        let mut cursors = Vec::new();
+        for delta in deltas {
+            let kind = delta.kind;
+            for chunk in delta.upserts.chunks(MAX_COMMANDS_PER_ENTRY) {
+                plan.entries.push(vec![Command::KubeObjects(KubeDelta {
+                    kind,
+                    upserts: chunk.to_vec(),
+                    deletes: Vec::new(),
+                    resource_version: String::new(),
+                })]);
+            }
+            for chunk in delta.deletes.chunks(MAX_COMMANDS_PER_ENTRY) {
+                plan.entries.push(vec![Command::KubeObjects(KubeDelta {
+                    kind,
+                    upserts: Vec::new(),
+                    deletes: chunk.to_vec(),
+                    resource_version: String::new(),
+                })]);
+            }
+            if !delta.resource_version.is_empty() {
+                cursors.push(Command::KubeObjects(KubeDelta {
+                    kind,
+                    upserts: Vec::new(),
+                    deletes: Vec::new(),
+                    resource_version: delta.resource_version,
+                }));
+            }
+        }
+        for chunk in commands.chunks(MAX_COMMANDS_PER_ENTRY) {
+            plan.entries.push(chunk.to_vec());
+        }
+        if !cursors.is_empty() {
+            plan.entries.push(cursors);
+        }
+        plan
+    }
+
+    /// Takes one changed object into the view and notes which Kubernetes
+    /// services it touches.
+    fn load(
+        &mut self,
+        kind: KubeKind,
+        name: &str,
+        json: Option<&[u8]>,
+        affected: &mut BTreeSet<String>,
+        plan: &mut Plan,
+    ) {
+        match kind {
+            KubeKind::Service => {
+                affected.insert(name.to_owned());
+                match json.map(serde_json::from_slice::<Service>) {
+                    Some(Ok(s)) => {
+                        self.services.insert(name.to_owned(), s);
+                    }
+                    Some(Err(e)) => {
+                        plan.warnings
+                            .push(format!("Service {name}: {e}; treated as deleted"));
+                        self.services.remove(name);
+                    }
+                    None => {
+                        self.services.remove(name);
+                    }
+                }
+            }
+            KubeKind::EndpointSlice => {
+                let slice = match json.map(serde_json::from_slice::<EndpointSlice>) {
+                    Some(Ok(e)) => Some(e),
+                    Some(Err(e)) => {
+                        plan.warnings
+                            .push(format!("EndpointSlice {name}: {e}; treated as deleted"));
+                        None
+                    }
+                    None => None,
+                };
+                affected.extend(self.put_slice(name.to_owned(), slice));
+            }
+        }
+    }
+
+    /// The LoadBalancer addresses `name` should hold, and whether its
+    /// status must be written.
+    fn addresses_for(
+        &self,
+        name: &str,
+        service: Option<&Service>,
+        state: &State,
+        taken: &mut BTreeSet<IpAddr>,
+        plan: &mut Plan,
+    ) -> Vec<IpAddr> {
+        let current = state.lb_addresses().get(name).cloned().unwrap_or_default();
+        let Some(service) =
+            service.filter(|s| !self.pools.is_empty() && wants_load_balancer(s, &self.config))
+        else {
+            return Vec::new();
+        };
+        let spec = service.spec.as_ref();
+        let families: Vec<bool> = match spec.and_then(|s| s.ip_families.as_ref()) {
+            Some(f) if !f.is_empty() => f.iter().map(|f| f == "IPv6").collect(),
+            _ => vec![false],
+        };
+        let mut requested: Vec<IpAddr> = Vec::new();
+        let annotation = service
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_ADDRESSES));
+        let texts: Vec<String> = match (annotation, spec.and_then(|s| s.load_balancer_ip.clone())) {
+            (Some(list), _) => list.split(',').map(|t| t.trim().to_owned()).collect(),
+            (None, Some(ip)) if !ip.is_empty() => vec![ip],
+            _ => Vec::new(),
+        };
+        for text in texts.iter().filter(|t| !t.is_empty()) {
+            match text.parse::<IpAddr>() {
+                Ok(ip) => requested.push(ip),
+                Err(_) => plan.warnings.push(format!(
+                    "Service {name}: requested address {text:?} is not an IP address; ignored"
+                )),
+            }
+        }
+        let mut out = Vec::new();
+        for ipv6 in families {
+            let want = requested.iter().find(|ip| ip.is_ipv6() == ipv6).copied();
+            let keep = current.iter().find(|ip| {
+                ip.is_ipv6() == ipv6
+                    && want.is_none_or(|w| w == **ip)
+                    && self.pools.iter().any(|p| p.contains(*ip))
+            });
+            if let Some(ip) = keep {
+                out.push(*ip);
+                continue;
+            }
+            match allocate(&self.pools, taken, want, ipv6) {
+                Ok(ip) => {
+                    taken.insert(ip);
+                    out.push(ip);
+                }
+                Err(e) => plan.warnings.push(format!(
+                    "Service {name}: no LoadBalancer address: {e}; it stays pending"
+                )),
+            }
+        }
+        out
+    }
+
+    /// The commands that bring the table's entries for `affected` in line
+    /// with the view.
+    fn services_commands(
+        &mut self,
+        state: &State,
+        affected: &BTreeSet<String>,
+        plan: &mut Plan,
+    ) -> Vec<Command> {
+        let mut commands = Vec::new();
+        let mut taken = state.lb_addresses_in_use();
+        // Keys claimed in this batch, to catch two services wanting one key.
+        let mut claimed: BTreeMap<ServiceKey, String> = BTreeMap::new();
+        let mut table_changes = Vec::new();
+        for name in affected {
+            let service = self.services.get(name);
+            let current = state.lb_addresses().get(name).cloned().unwrap_or_default();
+            let addresses = self.addresses_for(name, service, state, &mut taken, plan);
+            if addresses != current {
+                commands.push(Command::AssignAddresses {
+                    service: name.clone(),
+                    addresses: addresses.clone(),
+                });
+            }
+            let desired = match service {
+                None => Vec::new(),
+                Some(s) => {
+                    let slices: Vec<EndpointSlice> = self
+                        .slices_of
+                        .get(name)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|n| self.slices.get(n).cloned())
+                        .collect();
+                    let pooled = !self.pools.is_empty() && wants_load_balancer(s, &self.config);
+                    let translated = if pooled {
+                        // Our addresses, not whatever the status says.
+                        let mut bare = s.clone();
+                        bare.status = None;
+                        if addresses != status_ips(s) {
+                            plan.status_writes.push((name.clone(), addresses.clone()));
+                        }
+                        translate(&bare, &slices, &addresses, &self.config)
+                    } else {
+                        translate(s, &slices, &[], &self.config)
+                    };
+                    plan.warnings.extend(translated.warnings);
+                    translated.services
+                }
+            };
+            table_changes.push((name.clone(), desired));
+        }
+        for (name, desired) in table_changes {
+            let owned = self.owned.remove(&name).unwrap_or_default();
+            let mut now_owned = BTreeSet::new();
+            for service in desired {
+                let key = service.key;
+                if let Some(other) = claimed.get(&key) {
+                    plan.warnings.push(format!(
+                        "Service {name}: {key} is already served for {other}; left out"
+                    ));
+                    continue;
+                }
+                match state.service(&key) {
+                    Some(existing)
+                        if owner_of(existing).is_some_and(|o| o != name)
+                            && !owned.contains(&key) =>
+                    {
+                        // Held by another Kubernetes service (or the file):
+                        // first come keeps it.
+                        plan.warnings.push(format!(
+                            "Service {name}: {key} is already served for {}; left out",
+                            existing.name
+                        ));
+                        continue;
+                    }
+                    Some(existing) if *existing == service => {}
+                    Some(existing)
+                        if VirtualService {
+                            backends: service.backends.clone(),
+                            ..VirtualService::clone(existing)
+                        } == service =>
+                    {
+                        commands.push(Command::ReplaceBackends {
+                            key,
+                            backends: service.backends,
+                        });
+                    }
+                    _ => commands.push(Command::UpsertService(service)),
+                }
+                claimed.insert(key, name.clone());
+                now_owned.insert(key);
+            }
+            for key in owned.difference(&now_owned) {
+                if !claimed.contains_key(key) {
+                    commands.push(Command::DeleteService(*key));
+                }
+            }
+            if !now_owned.is_empty() {
+                self.owned.insert(name, now_owned);
+            }
+        }
+        commands
+    }
+}
+
+/// The addresses a Service's status shows.
+fn status_ips(s: &Service) -> Vec<IpAddr> {
+    s.status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|list| {
+            list.iter()
+                .filter_map(|i| i.ip.as_deref()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;
