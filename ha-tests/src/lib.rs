@@ -275,14 +275,30 @@ impl ClusterLayout {
         services: &str,
         cluster_id: &str,
     ) -> anyhow::Result<ClusterLayout> {
+        let services_path = dir.join("services.toml");
+        std::fs::write(&services_path, services)?;
+        Self::write_with_source(
+            dir,
+            n,
+            "[source.file]\npath = \"services.toml\"\ncheck_interval = \"200ms\"\n",
+            cluster_id,
+        )
+    }
+
+    /// Writes the configs with `source` as the source section (TOML, e.g.
+    /// a `[source.kubernetes]` table).
+    pub fn write_with_source(
+        dir: &Path,
+        n: u64,
+        source: &str,
+        cluster_id: &str,
+    ) -> anyhow::Result<ClusterLayout> {
         let peer_ports = (0..n)
             .map(|_| free_port())
             .collect::<anyhow::Result<Vec<_>>>()?;
         let admin_ports = (0..n)
             .map(|_| free_port())
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let services_path = dir.join("services.toml");
-        std::fs::write(&services_path, services)?;
         let members: Vec<String> = peer_ports
             .iter()
             .zip(&admin_ports)
@@ -298,7 +314,7 @@ impl ClusterLayout {
             let id = i + 1;
             let admin = admin_ports[i];
             let config = format!(
-                "[node]\nid = {id}\n\n[source.file]\npath = \"services.toml\"\ncheck_interval = \"200ms\"\n\n\
+                "[node]\nid = {id}\n\n{source}\n\
                  [admin]\nlisten = \"127.0.0.1:{admin}\"\nmetrics_listen = \"127.0.0.1:0\"\n\n[cluster]\nid = \"{cluster_id}\"\ndata_dir = \"data-{id}\"\n\
                  listen = \"127.0.0.1:{port}\"\nmember = [{}]\n",
                 members.join(", ")
@@ -307,7 +323,7 @@ impl ClusterLayout {
         }
         Ok(ClusterLayout {
             dir: dir.to_owned(),
-            services: services_path,
+            services: dir.join("services.toml"),
             peer_ports,
         })
     }
@@ -330,3 +346,4 @@ pub async fn cluster_status(member: &Member) -> anyhow::Result<proto::admin::v1:
 }
 
 pub mod drills;
+pub mod fake_api;

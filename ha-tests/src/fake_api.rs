@@ -1,0 +1,1123 @@
+//! A fake Kubernetes API server for tests: no real kube-apiserver can be
+//! installed here, so this one speaks the HTTP protocol that kube-rs and
+//! kubectl use, for two resources: `v1/services` (with the `status`
+//! subresource) and `discovery.k8s.io/v1/endpointslices`.
+//!
+//! What it implements, as the real server does:
+//! - discovery (`/version`, `/api`, `/api/v1`, `/apis`, `/apis/<group>/<v>`)
+//!   so that kubectl can find the resources;
+//! - list (cluster-wide or per namespace) with `resourceVersion` in the
+//!   list metadata, `limit` and `continue` pages, `labelSelector`
+//!   (equality terms);
+//! - watch (`?watch=true`) from a `resourceVersion`: the history after it,
+//!   then live events, `ADDED`/`MODIFIED`/`DELETED`, `BOOKMARK` when asked
+//!   for (`allowWatchBookmarks`), `timeoutSeconds`; a version older than
+//!   the compacted history gets an `ERROR` event with a 410 `Expired`
+//!   Status, as etcd compaction causes; version "0" or none starts with
+//!   synthetic `ADDED` events for every object;
+//! - get, create (POST), replace (PUT, with optimistic concurrency on
+//!   `metadata.resourceVersion`), merge patch (PATCH; strategic merge patch
+//!   is treated as a merge patch), delete; the `status` subresource (PUT
+//!   and PATCH change only `.status`, the main resource ignores it);
+//! - ClusterIP allocation for new Services (from 10.96.0.0/16).
+//!
+//! What it does not: authentication (any bearer token is accepted), field
+//! selectors, JSON patch and server-side apply (415), schema validation
+//! (it stores what it is given, which lets tests feed malformed objects
+//! to the client), consistent pagination across writes (pages are cut
+//! from the current objects, not a snapshot; the watch from the list's
+//! version repairs any difference, as it would for a real client).
+//!
+//! For tests: per client (by `User-Agent`) it counts connections, requests
+//! by verb and resource, and the bytes it sent; it can compact its history,
+//! drop every open watch, refuse connections (the port is closed), and
+//! answer 500 to the next requests.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// The resources served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Services,
+    EndpointSlices,
+}
+
+impl Kind {
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Services => "services",
+            Kind::EndpointSlices => "endpointslices",
+        }
+    }
+    fn kind(self) -> &'static str {
+        match self {
+            Kind::Services => "Service",
+            Kind::EndpointSlices => "EndpointSlice",
+        }
+    }
+    fn api_version(self) -> &'static str {
+        match self {
+            Kind::Services => "v1",
+            Kind::EndpointSlices => "discovery.k8s.io/v1",
+        }
+    }
+}
+
+/// What one client (one `User-Agent`) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    pub connections: u64,
+    /// By "verb resource", e.g. "list services", "watch endpointslices",
+    /// "patch services/status".
+    pub requests: BTreeMap<String, u64>,
+    /// Bytes of response bodies (lists and watch streams) sent.
+    pub bytes_sent: u64,
+}
+
+impl ClientStats {
+    pub fn count(&self, what: &str) -> u64 {
+        self.requests.get(what).copied().unwrap_or(0)
+    }
+}
+
+#[derive(Debug)]
+struct Store {
+    version: u64,
+    objects: BTreeMap<(Kind, String, String), Value>,
+    /// (version, kind, event type, object), oldest first.
+    history: VecDeque<(u64, Kind, &'static str, Value)>,
+    /// Versions up to this one are compacted away.
+    floor: u64,
+    next_cluster_ip: u32,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Mutex<Store>,
+    versions: watch::Sender<u64>,
+    stats: Mutex<BTreeMap<String, ClientStats>>,
+    fail_next: Mutex<u32>,
+    refusing: watch::Sender<bool>,
+    /// Bumped to end every open watch.
+    watch_generation: watch::Sender<u64>,
+    bookmark_interval: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Why a change was refused, as the API server says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.code, self.reason, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+fn api_error(code: u16, reason: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        code,
+        reason,
+        message: message.into(),
+    }
+}
+
+fn status_json(e: &ApiError) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": e.message, "reason": e.reason, "code": e.code
+    })
+}
+
+fn meta_str(obj: &Value, field: &str) -> String {
+    obj.pointer(&format!("/metadata/{field}"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// RFC 7386 merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+fn now_rfc3339() -> String {
+    // Seconds are enough for creationTimestamp.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = secs / 86_400;
+    let (h, m, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if mo <= 2 { y + 1 } else { y };
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+impl Store {
+    fn record(&mut self, kind: Kind, kind_of_event: &'static str, obj: &mut Value) -> u64 {
+        self.version += 1;
+        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert(
+                "resourceVersion".into(),
+                Value::String(self.version.to_string()),
+            );
+        }
+        self.history
+            .push_back((self.version, kind, kind_of_event, obj.clone()));
+        // Bounded like etcd's history; older versions answer 410.
+        while self.history.len() > 1_000_000 {
+            if let Some((v, ..)) = self.history.pop_front() {
+                self.floor = v;
+            }
+        }
+        self.version
+    }
+
+    fn defaults(&mut self, kind: Kind, obj: &mut Value) {
+        if obj.get("apiVersion").is_none() {
+            obj["apiVersion"] = json!(kind.api_version());
+        }
+        if obj.get("kind").is_none() {
+            obj["kind"] = json!(kind.kind());
+        }
+        if kind != Kind::Services {
+            return;
+        }
+        let spec = obj
+            .as_object_mut()
+            .map(|o| o.entry("spec").or_insert(json!({})));
+        let Some(Value::Object(spec)) = spec else {
+            return;
+        };
+        spec.entry("type").or_insert(json!("ClusterIP"));
+        spec.entry("sessionAffinity").or_insert(json!("None"));
+        let external_name = spec.get("type") == Some(&json!("ExternalName"));
+        if !external_name && !spec.contains_key("clusterIP") {
+            self.next_cluster_ip += 1;
+            let n = self.next_cluster_ip;
+            let ip = format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff);
+            spec.insert("clusterIP".into(), json!(ip));
+            spec.insert("clusterIPs".into(), json!([ip]));
+            spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
+        }
+        if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+            for p in ports {
+                if let Value::Object(p) = p {
+                    p.entry("protocol").or_insert(json!("TCP"));
+                    if let Some(port) = p.get("port").cloned() {
+                        p.entry("targetPort").or_insert(port);
+                    }
+                }
+            }
+        }
+    }
+
+    fn create(&mut self, kind: Kind, namespace: &str, mut obj: Value) -> Result<Value, ApiError> {
+        if !obj.is_object() {
+            return Err(api_error(400, "BadRequest", "the body is not an object"));
+        }
+        let mut name = meta_str(&obj, "name");
+        if name.is_empty() {
+            let prefix = meta_str(&obj, "generateName");
+            if prefix.is_empty() {
+                return Err(api_error(
+                    422,
+                    "Invalid",
+                    "metadata.name: Required value: name or generateName is required",
+                ));
+            }
+            name = format!("{prefix}{:05x}", self.version + 1);
+        }
+        let key = (kind, namespace.to_owned(), name.clone());
+        if self.objects.contains_key(&key) {
+            return Err(api_error(
+                409,
+                "AlreadyExists",
+                format!("{} \"{name}\" already exists", kind.plural()),
+            ));
+        }
+        let meta = obj
+            .as_object_mut()
+            .map(|o| o.entry("metadata").or_insert(json!({})));
+        if let Some(Value::Object(meta)) = meta {
+            meta.insert("name".into(), json!(name));
+            meta.insert("namespace".into(), json!(namespace));
+            meta.insert(
+                "uid".into(),
+                json!(format!("00000000-0000-0000-0000-{:012x}", self.version + 1)),
+            );
+            meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+            meta.remove("generateName");
+        }
+        self.defaults(kind, &mut obj);
+        self.record(kind, "ADDED", &mut obj);
+        self.objects.insert(key, obj.clone());
+        Ok(obj)
+    }
+
+    /// Replaces an object; `status` says which part (`true`: only
+    /// `.status`, `false`: all but `.status`).
+    fn replace(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        mut obj: Value,
+        status: bool,
+    ) -> Result<Value, ApiError> {
+        let key = (kind, namespace.to_owned(), name.to_owned());
+        let Some(current) = self.objects.get(&key).cloned() else {
+            return Err(api_error(
+                404,
+                "NotFound",
+                format!("{} \"{name}\" not found", kind.plural()),
+            ));
+        };
+        let asked = meta_str(&obj, "resourceVersion");
+        if !asked.is_empty() && asked != meta_str(&current, "resourceVersion") {
+            return Err(api_error(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                    kind.plural()
+                ),
+            ));
+        }
+        let mut next = if status {
+            let mut next = current.clone();
+            next["status"] = obj.get("status").cloned().unwrap_or(json!({}));
+            next
+        } else {
+            if let Some(o) = obj.as_object_mut() {
+                match current.get("status") {
+                    Some(s) => {
+                        o.insert("status".into(), s.clone());
+                    }
+                    None => {
+                        o.remove("status");
+                    }
+                }
+            }
+            // Identity stays the server's.
+            for field in ["name", "namespace", "uid", "creationTimestamp"] {
+                if let Some(v) = current.pointer(&format!("/metadata/{field}")) {
+                    obj["metadata"][field] = v.clone();
+                }
+            }
+            self.defaults(kind, &mut obj);
+            if kind == Kind::Services {
+                // clusterIP is immutable.
+                for f in ["clusterIP", "clusterIPs", "ipFamilies"] {
+                    if let Some(v) = current.pointer(&format!("/spec/{f}")) {
+                        obj["spec"][f] = v.clone();
+                    }
+                }
+            }
+            obj
+        };
+        self.record(kind, "MODIFIED", &mut next);
+        self.objects.insert(key, next.clone());
+        Ok(next)
+    }
+
+    fn delete(&mut self, kind: Kind, namespace: &str, name: &str) -> Result<Value, ApiError> {
+        let key = (kind, namespace.to_owned(), name.to_owned());
+        let Some(mut obj) = self.objects.remove(&key) else {
+            return Err(api_error(
+                404,
+                "NotFound",
+                format!("{} \"{name}\" not found", kind.plural()),
+            ));
+        };
+        self.record(kind, "DELETED", &mut obj);
+        Ok(obj)
+    }
+}
+
+/// The running fake API server.
+#[derive(Debug)]
+pub struct FakeApi {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl FakeApi {
+    /// Starts a server on a free loopback port, with bookmarks every
+    /// `bookmark_interval` on watches that ask for them.
+    pub async fn start(bookmark_interval: Duration) -> anyhow::Result<FakeApi> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store {
+                version: 1000,
+                objects: BTreeMap::new(),
+                history: VecDeque::new(),
+                floor: 0,
+                next_cluster_ip: 9,
+            }),
+            versions: watch::channel(1000).0,
+            stats: Mutex::new(BTreeMap::new()),
+            fail_next: Mutex::new(0),
+            refusing: watch::channel(false).0,
+            watch_generation: watch::channel(0).0,
+            bookmark_interval,
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, addr, shared.clone(), stop.clone()));
+        Ok(FakeApi { addr, shared, stop })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Writes a kubeconfig for this server into `dir` and returns its path.
+    pub fn write_kubeconfig(&self, dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+        let path = dir.join(format!("{name}.kubeconfig"));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: {name}\n    namespace: default\ncurrent-context: fake\nusers:\n- name: {name}\n  user:\n    token: {name}-token\n",
+            self.url()
+        );
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    fn change<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        let mut store = lock(&self.shared.store);
+        let out = f(&mut store);
+        let version = store.version;
+        drop(store);
+        self.shared.versions.send_replace(version);
+        out
+    }
+
+    /// Creates the object, or replaces it (status included) if it exists.
+    pub fn apply(&self, kind: Kind, obj: Value) -> Result<Value, ApiError> {
+        let namespace = match meta_str(&obj, "namespace") {
+            n if n.is_empty() => "default".to_owned(),
+            n => n,
+        };
+        let name = meta_str(&obj, "name");
+        self.change(|s| {
+            if s.objects
+                .contains_key(&(kind, namespace.clone(), name.clone()))
+            {
+                let status = obj.get("status").cloned();
+                let mut out = s.replace(kind, &namespace, &name, obj, false)?;
+                if let Some(status) = status {
+                    out = s.replace(kind, &namespace, &name, json!({ "status": status }), true)?;
+                }
+                Ok(out)
+            } else {
+                s.create(kind, &namespace, obj)
+            }
+        })
+    }
+
+    pub fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, ApiError> {
+        self.change(|s| s.delete(kind, namespace, name))
+    }
+
+    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
+        lock(&self.shared.store)
+            .objects
+            .get(&(kind, namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// The current resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        lock(&self.shared.store).version
+    }
+
+    /// Forgets the history: watches from any version before now get 410.
+    pub fn compact(&self) {
+        let mut store = lock(&self.shared.store);
+        store.floor = store.version;
+        store.history.clear();
+    }
+
+    /// Ends every open watch (clients resume from their last version).
+    pub fn drop_watches(&self) {
+        self.shared.watch_generation.send_modify(|g| *g += 1);
+    }
+
+    /// Closes the port (connections refused, open ones cut) or opens it
+    /// again.
+    pub fn set_refusing(&self, refusing: bool) {
+        self.shared.refusing.send_replace(refusing);
+    }
+
+    /// Answers 500 to the next `n` requests.
+    pub fn fail_next(&self, n: u32) {
+        *lock(&self.shared.fail_next) = n;
+    }
+
+    /// What each client did, by User-Agent.
+    pub fn stats(&self) -> BTreeMap<String, ClientStats> {
+        lock(&self.shared.stats).clone()
+    }
+
+    /// Forgets the counts.
+    pub fn reset_stats(&self) {
+        lock(&self.shared.stats).clear();
+    }
+}
+
+async fn accept_loop(
+    mut listener: TcpListener,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let mut refusing = shared.refusing.subscribe();
+    loop {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = refusing.changed() => if *refusing.borrow() { break },
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let shared = shared.clone();
+                    connections.spawn(serve_connection(stream, shared));
+                }
+            }
+        }
+        // Refusing: close the port and cut every connection.
+        connections.abort_all();
+        drop(listener);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = refusing.changed() => {}
+            }
+            if !*refusing.borrow() {
+                break;
+            }
+        }
+        listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+    }
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let seen = Arc::new(Mutex::new(false));
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        let seen = seen.clone();
+        async move { Ok::<_, Infallible>(handle(req, shared, seen).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .await;
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(bytes: Vec<u8>) -> Body {
+    Full::new(Bytes::from(bytes)).boxed()
+}
+
+fn respond(code: u16, body: &Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = Response::new(full(bytes));
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    respond(e.code, &status_json(e))
+}
+
+/// A parsed resource path.
+#[derive(Debug)]
+struct Target {
+    kind: Kind,
+    namespace: Option<String>,
+    name: Option<String>,
+    status: bool,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest: &[&str] = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => rest,
+        ["apis", "discovery.k8s.io", "v1", rest @ ..] => rest,
+        _ => return None,
+    };
+    let core = parts[0] == "api";
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some((*ns).to_owned()), rest),
+        _ => (None, rest),
+    };
+    let (plural, name, sub) = match rest {
+        [plural] => (*plural, None, None),
+        [plural, name] => (*plural, Some((*name).to_owned()), None),
+        [plural, name, sub] => (*plural, Some((*name).to_owned()), Some(*sub)),
+        _ => return None,
+    };
+    let kind = match (core, plural) {
+        (true, "services") => Kind::Services,
+        (false, "endpointslices") => Kind::EndpointSlices,
+        _ => return None,
+    };
+    let status = match sub {
+        None => false,
+        Some("status") if kind == Kind::Services => true,
+        Some(_) => return None,
+    };
+    Some(Target {
+        kind,
+        namespace,
+        name,
+        status,
+    })
+}
+
+fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
+    req.uri()
+        .query()
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Equality terms of a label selector ("a=b,c==d,e!=f"); anything else
+/// matches nothing.
+fn selector_matches(selector: &str, obj: &Value) -> bool {
+    let labels = obj.pointer("/metadata/labels");
+    let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .all(|term| {
+            if let Some((k, v)) = term.split_once("!=") {
+                label(k.trim()) != Some(v.trim())
+            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                label(k.trim()) == Some(v.trim())
+            } else {
+                label(term).is_some()
+            }
+        })
+}
+
+fn visible(obj: &Value, namespace: Option<&str>, selector: Option<&str>) -> bool {
+    namespace.is_none_or(|ns| meta_str(obj, "namespace") == ns)
+        && selector.is_none_or(|s| selector_matches(s, obj))
+}
+
+fn discovery(path: &str) -> Option<Value> {
+    let resource = |name: &str, kind: &str, verbs: &[&str]| {
+        json!({"name": name, "singularName": "", "namespaced": true, "kind": kind, "verbs": verbs})
+    };
+    let all = [
+        "create",
+        "delete",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch",
+    ];
+    match path.trim_end_matches('/') {
+        "/version" => Some(json!({
+            "major": "1", "minor": "33", "gitVersion": "v1.33.0-fake",
+            "platform": "linux/amd64", "goVersion": "none", "compiler": "none",
+            "buildDate": "2026-01-01T00:00:00Z", "gitCommit": "fake", "gitTreeState": "clean"
+        })),
+        "/api" => Some(json!({
+            "kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]
+        })),
+        "/api/v1" => Some(json!({
+            "kind": "APIResourceList", "groupVersion": "v1",
+            "resources": [
+                resource("services", "Service", &all),
+                resource("services/status", "Service", &["get", "patch", "update"]),
+            ]
+        })),
+        "/apis" => Some(json!({
+            "kind": "APIGroupList", "apiVersion": "v1",
+            "groups": [{
+                "name": "discovery.k8s.io",
+                "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
+                "preferredVersion": {"groupVersion": "discovery.k8s.io/v1", "version": "v1"}
+            }]
+        })),
+        "/apis/discovery.k8s.io/v1" => Some(json!({
+            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "discovery.k8s.io/v1",
+            "resources": [resource("endpointslices", "EndpointSlice", &all)]
+        })),
+        _ => None,
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    seen: Arc<Mutex<bool>>,
+) -> Response<Body> {
+    let agent = req
+        .headers()
+        .get(hyper::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown")
+        .to_owned();
+    let first = !std::mem::replace(&mut *lock(&seen), true);
+    if first {
+        lock(&shared.stats).entry(agent.clone()).or_default().connections += 1;
+    }
+    {
+        let mut fail = lock(&shared.fail_next);
+        if *fail > 0 {
+            *fail -= 1;
+            let e = api_error(500, "InternalError", "injected failure");
+            return error_response(&e);
+        }
+    }
+    let path = req.uri().path().to_owned();
+    if req.method() == Method::GET
+        && let Some(body) = discovery(&path)
+    {
+        count(&shared, &agent, "discovery", 0);
+        return respond(200, &body);
+    }
+    let Some(target) = parse_path(&path) else {
+        count(&shared, &agent, "unknown", 0);
+        return error_response(&api_error(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        ));
+    };
+    let q = query(&req);
+    let resource = if target.status {
+        format!("{}/status", target.kind.plural())
+    } else {
+        target.kind.plural().to_owned()
+    };
+    let method = req.method().clone();
+    let content_type = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let parsed = || -> Result<Value, ApiError> {
+        serde_json::from_slice(&body)
+            .map_err(|e| api_error(400, "BadRequest", format!("the body is not JSON: {e}")))
+    };
+    let namespace = target.namespace.clone();
+    let change = |f: &mut dyn FnMut(&mut Store) -> Result<Value, ApiError>| {
+        let mut store = lock(&shared.store);
+        let out = f(&mut store);
+        let version = store.version;
+        drop(store);
+        shared.versions.send_replace(version);
+        out
+    };
+    let result = match (&method, &target.name) {
+        (&Method::GET, None) => {
+            let watching = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+            if watching {
+                count(&shared, &agent, &format!("watch {resource}"), 0);
+                return watch_response(shared, agent, target, q);
+            }
+            count(&shared, &agent, &format!("list {resource}"), 0);
+            list(&shared, &target, &q)
+        }
+        (&Method::GET, Some(name)) => {
+            count(&shared, &agent, &format!("get {resource}"), 0);
+            let store = lock(&shared.store);
+            store
+                .objects
+                .get(&(
+                    target.kind,
+                    namespace.clone().unwrap_or_default(),
+                    name.clone(),
+                ))
+                .cloned()
+                .ok_or_else(|| {
+                    api_error(
+                        404,
+                        "NotFound",
+                        format!("{} \"{name}\" not found", target.kind.plural()),
+                    )
+                })
+        }
+        (&Method::POST, None) => {
+            count(&shared, &agent, &format!("create {resource}"), 0);
+            match (namespace.as_deref(), parsed()) {
+                (None, _) => Err(api_error(
+                    405,
+                    "MethodNotAllowed",
+                    "create needs a namespace",
+                )),
+                (_, Err(e)) => Err(e),
+                (Some(ns), Ok(obj)) => {
+                    let mut obj = Some(obj);
+                    change(&mut |s| s.create(target.kind, ns, obj.take().unwrap_or_default()))
+                }
+            }
+        }
+        (&Method::PUT, Some(name)) => {
+            count(&shared, &agent, &format!("update {resource}"), 0);
+            match parsed() {
+                Err(e) => Err(e),
+                Ok(obj) => {
+                    let ns = namespace.clone().unwrap_or_default();
+                    let mut obj = Some(obj);
+                    change(&mut |s| {
+                        s.replace(
+                            target.kind,
+                            &ns,
+                            name,
+                            obj.take().unwrap_or_default(),
+                            target.status,
+                        )
+                    })
+                }
+            }
+        }
+        (&Method::PATCH, Some(name)) => {
+            count(&shared, &agent, &format!("patch {resource}"), 0);
+            if !(content_type.starts_with("application/merge-patch+json")
+                || content_type.starts_with("application/strategic-merge-patch+json"))
+            {
+                Err(api_error(
+                    415,
+                    "UnsupportedMediaType",
+                    format!("the fake API server takes merge patches, not {content_type:?}"),
+                ))
+            } else {
+                match parsed() {
+                    Err(e) => Err(e),
+                    Ok(patch) => {
+                        let ns = namespace.clone().unwrap_or_default();
+                        change(&mut |s| {
+                            let Some(mut obj) = s
+                                .objects
+                                .get(&(target.kind, ns.clone(), name.clone()))
+                                .cloned()
+                            else {
+                                return Err(api_error(
+                                    404,
+                                    "NotFound",
+                                    format!("{} \"{name}\" not found", target.kind.plural()),
+                                ));
+                            };
+                            merge_patch(&mut obj, &patch);
+                            if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut)
+                            {
+                                m.remove("resourceVersion");
+                            }
+                            s.replace(target.kind, &ns, name, obj, target.status)
+                        })
+                    }
+                }
+            }
+        }
+        (&Method::DELETE, Some(name)) => {
+            count(&shared, &agent, &format!("delete {resource}"), 0);
+            let ns = namespace.clone().unwrap_or_default();
+            change(&mut |s| s.delete(target.kind, &ns, name))
+        }
+        _ => Err(api_error(405, "MethodNotAllowed", "not supported here")),
+    };
+    match result {
+        Ok(v) => {
+            let code = if method == Method::POST { 201 } else { 200 };
+            let r = respond(code, &v);
+            count_bytes(&shared, &agent, &r);
+            r
+        }
+        Err(e) => error_response(&e),
+    }
+}
+
+fn count(shared: &Shared, agent: &str, what: &str, bytes: u64) {
+    let mut stats = lock(&shared.stats);
+    let entry = stats.entry(agent.to_owned()).or_default();
+    *entry.requests.entry(what.to_owned()).or_default() += 1;
+    entry.bytes_sent += bytes;
+}
+
+fn count_bytes(shared: &Shared, agent: &str, r: &Response<Body>) {
+    use hyper::body::Body as _;
+    let n = r.body().size_hint().exact().unwrap_or(0);
+    lock(&shared.stats)
+        .entry(agent.to_owned())
+        .or_default()
+        .bytes_sent += n;
+}
+
+fn list(
+    shared: &Shared,
+    target: &Target,
+    q: &BTreeMap<String, String>,
+) -> Result<Value, ApiError> {
+    let store = lock(&shared.store);
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let (version, after) = match q.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => {
+            let Some((v, key)) = token.split_once('|') else {
+                return Err(api_error(400, "BadRequest", "malformed continue token"));
+            };
+            let v: u64 = v.parse().unwrap_or(0);
+            if v < store.floor {
+                return Err(api_error(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list result.",
+                ));
+            }
+            (v, Some(key.to_owned()))
+        }
+        None => (store.version, None),
+    };
+    let namespace = target.namespace.as_deref();
+    let selector = q.get("labelSelector").map(String::as_str);
+    let mut items = Vec::new();
+    let mut next = None;
+    for ((kind, ns, name), obj) in &store.objects {
+        if *kind != target.kind || !visible(obj, namespace, selector) {
+            continue;
+        }
+        let key = format!("{ns}/{name}");
+        if after.as_ref().is_some_and(|a| key.as_str() <= a.as_str()) {
+            continue;
+        }
+        if items.len() == limit {
+            next = items
+                .last()
+                .map(|o: &Value| format!("{version}|{}/{}", meta_str(o, "namespace"), meta_str(o, "name")));
+            break;
+        }
+        items.push(obj.clone());
+    }
+    let mut metadata = json!({"resourceVersion": version.to_string()});
+    if let Some(token) = next {
+        metadata["continue"] = json!(token);
+    }
+    Ok(json!({
+        "kind": format!("{}List", target.kind.kind()),
+        "apiVersion": target.kind.api_version(),
+        "metadata": metadata,
+        "items": items,
+    }))
+}
+
+fn watch_line(kind_of_event: &str, obj: &Value) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&json!({"type": kind_of_event, "object": obj})).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+fn watch_response(
+    shared: Arc<Shared>,
+    agent: String,
+    target: Target,
+    q: BTreeMap<String, String>,
+) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
+    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map_or(Duration::from_secs(1800), Duration::from_secs);
+    let selector = q.get("labelSelector").cloned();
+    let from = q.get("resourceVersion").cloned().unwrap_or_default();
+    tokio::spawn(async move {
+        let send = |bytes: Vec<u8>| {
+            let tx = tx.clone();
+            let shared = shared.clone();
+            let agent = agent.clone();
+            async move {
+                let n = bytes.len() as u64;
+                let ok = tx.send(Ok(Frame::data(Bytes::from(bytes)))).await.is_ok();
+                if ok {
+                    lock(&shared.stats).entry(agent).or_default().bytes_sent += n;
+                }
+                ok
+            }
+        };
+        let namespace = target.namespace.clone();
+        let visible_here =
+            |obj: &Value| visible(obj, namespace.as_deref(), selector.as_deref());
+        let mut versions = shared.versions.subscribe();
+        let mut generation = shared.watch_generation.subscribe();
+        generation.borrow_and_update();
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Where this watch stands, and what it sends first.
+        let start: Result<(u64, Vec<Vec<u8>>), ApiError> = {
+            let store = lock(&shared.store);
+            if from.is_empty() || from == "0" {
+                let lines = store
+                    .objects
+                    .iter()
+                    .filter(|((k, ..), o)| *k == target.kind && visible_here(o))
+                    .map(|(_, o)| watch_line("ADDED", o))
+                    .collect();
+                Ok((store.version, lines))
+            } else {
+                let v: u64 = from.parse().unwrap_or(0);
+                if v < store.floor {
+                    Err(api_error(
+                        410,
+                        "Expired",
+                        format!("too old resource version: {v} ({})", store.floor),
+                    ))
+                } else {
+                    Ok((v, Vec::new()))
+                }
+            }
+        };
+        let (mut position, first) = match start {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = send(watch_line("ERROR", &status_json(&e))).await;
+                return;
+            }
+        };
+        for line in first {
+            if !send(line).await {
+                return;
+            }
+        }
+        let mut bookmark = tokio::time::interval(shared.bookmark_interval);
+        bookmark.tick().await;
+        loop {
+            // Everything after `position`.
+            let lines: Option<Vec<Vec<u8>>> = {
+                let store = lock(&shared.store);
+                if position < store.floor {
+                    None
+                } else {
+                    let start = store.history.partition_point(|(v, ..)| *v <= position);
+                    let lines = store
+                        .history
+                        .range(start..)
+                        .filter(|(_, k, _, o)| *k == target.kind && visible_here(o))
+                        .map(|(_, _, t, o)| watch_line(t, o))
+                        .collect();
+                    position = position.max(store.version);
+                    Some(lines)
+                }
+            };
+            let Some(lines) = lines else {
+                let e = api_error(410, "Expired", "the watch fell behind the compacted history");
+                let _ = send(watch_line("ERROR", &status_json(&e))).await;
+                return;
+            };
+            for line in lines {
+                if !send(line).await {
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = generation.changed() => return,
+                changed = versions.changed() => if changed.is_err() { return },
+                _ = bookmark.tick(), if bookmarks => {
+                    let b = json!({
+                        "kind": target.kind.kind(),
+                        "apiVersion": target.kind.api_version(),
+                        "metadata": {"resourceVersion": position.to_string()}
+                    });
+                    if !send(watch_line("BOOKMARK", &b)).await {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}

@@ -1,0 +1,167 @@
+//! The fake API server checked against real clients: Debian's kubectl
+//! (create, get, patch status, delete through discovery) and kube-rs
+//! (list pages, watch with bookmarks, 410 after compaction).
+
+use std::process::Command;
+use std::time::Duration;
+
+use ha_tests::fake_api::{FakeApi, Kind};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+use serde_json::json;
+use tokio_stream::StreamExt as _;
+
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run kubectl (the test command installs it): {e}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_creates_lists_and_deletes() -> anyhow::Result<()> {
+    let api = FakeApi::start(Duration::from_secs(1)).await?;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = api.write_kubeconfig(dir.path(), "kubectl")?;
+    let manifest = dir.path().join("web.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  type: LoadBalancer\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: shop\n  labels:\n    kubernetes.io/service-name: web\naddressType: IPv4\n\
+         ports:\n- name: http\n  port: 8080\n  protocol: TCP\nendpoints:\n- addresses: [\"10.1.0.1\"]\n  conditions: {ready: true}\n",
+    )?;
+    let created = kubectl(
+        &kubeconfig,
+        &["create", "--validate=false", "-f", manifest.to_str().unwrap_or_default()],
+    )?;
+    assert!(created.contains("service/web created"), "{created}");
+    assert!(
+        created.contains("endpointslice.discovery.k8s.io/web-1 created"),
+        "{created}"
+    );
+
+    // What kubectl reads back is what the server stored, with a clusterIP.
+    let got: serde_json::Value =
+        serde_json::from_str(&kubectl(&kubeconfig, &["get", "services", "-n", "shop", "-o", "json"])?)?;
+    let items = got["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 1, "{got}");
+    assert_eq!(items[0]["metadata"]["name"], "web");
+    assert!(
+        items[0]["spec"]["clusterIP"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.96.")),
+        "{got}"
+    );
+    let table = kubectl(&kubeconfig, &["get", "endpointslices", "-A"])?;
+    assert!(table.contains("web-1"), "{table}");
+
+    // The status subresource, as a load-balancer controller writes it.
+    kubectl(
+        &kubeconfig,
+        &[
+            "patch", "service", "web", "-n", "shop", "--subresource=status", "--type=merge",
+            "-p", r#"{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.10"}]}}}"#,
+        ],
+    )?;
+    let stored = api.get(Kind::Services, "shop", "web").expect("stored");
+    assert_eq!(stored["status"]["loadBalancer"]["ingress"][0]["ip"], "192.0.2.10");
+    // A patch of the main resource leaves the status alone.
+    kubectl(
+        &kubeconfig,
+        &["patch", "service", "web", "-n", "shop", "--type=merge", "-p", r#"{"status":null,"metadata":{"labels":{"tier":"front"}}}"#],
+    )?;
+    let stored = api.get(Kind::Services, "shop", "web").expect("stored");
+    assert_eq!(stored["metadata"]["labels"]["tier"], "front");
+    assert_eq!(stored["status"]["loadBalancer"]["ingress"][0]["ip"], "192.0.2.10");
+
+    kubectl(&kubeconfig, &["delete", "service", "web", "-n", "shop"])?;
+    assert!(api.get(Kind::Services, "shop", "web").is_none());
+    let stats = api.stats();
+    let kubectl_stats = stats
+        .iter()
+        .find(|(agent, _)| agent.starts_with("kubectl/"))
+        .map(|(_, s)| s.clone())
+        .expect("kubectl is counted by its user agent");
+    assert!(kubectl_stats.count("create services") == 1, "{kubectl_stats:?}");
+    assert!(kubectl_stats.count("delete services") == 1, "{kubectl_stats:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_pages_watches_and_gets_410_after_compaction() -> anyhow::Result<()> {
+    let api = FakeApi::start(Duration::from_millis(200)).await?;
+    for i in 0..7 {
+        api.apply(
+            Kind::EndpointSlices,
+            json!({"metadata": {"name": format!("s{i}"), "namespace": "ns"}, "addressType": "IPv4", "endpoints": []}),
+        )?;
+    }
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = api.write_kubeconfig(dir.path(), "test")?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig)?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    let client = kube::Client::try_from(config)?;
+    let slices: Api<EndpointSlice> = Api::all(client.clone());
+
+    // Pages of 3: 3 + 3 + 1, one consistent version.
+    let first = slices.list(&ListParams::default().limit(3)).await?;
+    assert_eq!(first.items.len(), 3);
+    let token = first.metadata.continue_.clone().expect("a continue token");
+    let second = slices
+        .list(&ListParams::default().limit(3).continue_token(&token))
+        .await?;
+    assert_eq!(second.items.len(), 3);
+    let third = slices
+        .list(
+            &ListParams::default()
+                .limit(3)
+                .continue_token(&second.metadata.continue_.clone().expect("token")),
+        )
+        .await?;
+    assert_eq!(third.items.len(), 1);
+    assert!(third.metadata.continue_.is_none_or(|c| c.is_empty()));
+    let version = first.metadata.resource_version.clone().expect("version");
+
+    // Watch from the list's version: a change, then a bookmark.
+    let services: Api<Service> = Api::all(client.clone());
+    let stream = slices.watch(&WatchParams::default().timeout(10), &version).await?;
+    let mut stream = std::pin::pin!(stream);
+    api.delete(Kind::EndpointSlices, "ns", "s0")?;
+    let mut saw_delete = false;
+    let mut saw_bookmark = false;
+    while !(saw_delete && saw_bookmark) {
+        match tokio::time::timeout(Duration::from_secs(5), stream.next()).await? {
+            Some(Ok(WatchEvent::Deleted(o))) => {
+                assert_eq!(o.metadata.name.as_deref(), Some("s0"));
+                saw_delete = true;
+            }
+            Some(Ok(WatchEvent::Bookmark(b))) => {
+                saw_bookmark = saw_delete;
+                assert!(!b.metadata.resource_version.is_empty());
+            }
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+
+    // After compaction, the old version is gone: 410 in the watch.
+    api.compact();
+    let stream = services.watch(&WatchParams::default(), &version).await?;
+    let mut stream = std::pin::pin!(stream);
+    match tokio::time::timeout(Duration::from_secs(5), stream.next()).await? {
+        Some(Ok(WatchEvent::Error(e))) => assert_eq!(e.code, 410),
+        other => anyhow::bail!("expected 410, got {other:?}"),
+    }
+    Ok(())
+}
