@@ -681,17 +681,9 @@ fn visible(obj: &Value, namespace: Option<&str>, selector: Option<&str>) -> bool
 }
 
 fn discovery(path: &str) -> Option<Value> {
-    let resource = |name: &str, kind: &str, verbs: &[&str]| {
-        json!({"name": name, "singularName": "", "namespaced": true, "kind": kind, "verbs": verbs})
-    };
+    let resource = |name: &str, kind: &str, verbs: &[&str]| json!({"name": name, "singularName": "", "namespaced": true, "kind": kind, "verbs": verbs});
     let all = [
-        "create",
-        "delete",
-        "get",
-        "list",
-        "patch",
-        "update",
-        "watch",
+        "create", "delete", "get", "list", "patch", "update", "watch",
     ];
     match path.trim_end_matches('/') {
         "/version" => Some(json!({
@@ -739,7 +731,10 @@ async fn handle(
         .to_owned();
     let first = !std::mem::replace(&mut *lock(&seen), true);
     if first {
-        lock(&shared.stats).entry(agent.clone()).or_default().connections += 1;
+        lock(&shared.stats)
+            .entry(agent.clone())
+            .or_default()
+            .connections += 1;
     }
     {
         let mut fail = lock(&shared.fail_next);
@@ -929,11 +924,7 @@ fn count_bytes(shared: &Shared, agent: &str, r: &Response<Body>) {
         .bytes_sent += n;
 }
 
-fn list(
-    shared: &Shared,
-    target: &Target,
-    q: &BTreeMap<String, String>,
-) -> Result<Value, ApiError> {
+fn list(shared: &Shared, target: &Target, q: &BTreeMap<String, String>) -> Result<Value, ApiError> {
     let store = lock(&shared.store);
     let limit: usize = q
         .get("limit")
@@ -970,9 +961,13 @@ fn list(
             continue;
         }
         if items.len() == limit {
-            next = items
-                .last()
-                .map(|o: &Value| format!("{version}|{}/{}", meta_str(o, "namespace"), meta_str(o, "name")));
+            next = items.last().map(|o: &Value| {
+                format!(
+                    "{version}|{}/{}",
+                    meta_str(o, "namespace"),
+                    meta_str(o, "name")
+                )
+            });
             break;
         }
         items.push(obj.clone());
@@ -990,7 +985,8 @@ fn list(
 }
 
 fn watch_line(kind_of_event: &str, obj: &Value) -> Vec<u8> {
-    let mut line = serde_json::to_vec(&json!({"type": kind_of_event, "object": obj})).unwrap_or_default();
+    let mut line =
+        serde_json::to_vec(&json!({"type": kind_of_event, "object": obj})).unwrap_or_default();
     line.push(b'\n');
     line
 }
@@ -1024,8 +1020,7 @@ fn watch_response(
             }
         };
         let namespace = target.namespace.clone();
-        let visible_here =
-            |obj: &Value| visible(obj, namespace.as_deref(), selector.as_deref());
+        let visible_here = |obj: &Value| visible(obj, namespace.as_deref(), selector.as_deref());
         let mut versions = shared.versions.subscribe();
         let mut generation = shared.watch_generation.subscribe();
         generation.borrow_and_update();
@@ -1087,7 +1082,11 @@ fn watch_response(
                 }
             };
             let Some(lines) = lines else {
-                let e = api_error(410, "Expired", "the watch fell behind the compacted history");
+                let e = api_error(
+                    410,
+                    "Expired",
+                    "the watch fell behind the compacted history",
+                );
                 let _ = send(watch_line("ERROR", &status_json(&e))).await;
                 return;
             };

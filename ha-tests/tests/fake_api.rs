@@ -41,7 +41,12 @@ async fn kubectl_creates_lists_and_deletes() -> anyhow::Result<()> {
     )?;
     let created = kubectl(
         &kubeconfig,
-        &["create", "--validate=false", "-f", manifest.to_str().unwrap_or_default()],
+        &[
+            "create",
+            "--validate=false",
+            "-f",
+            manifest.to_str().unwrap_or_default(),
+        ],
     )?;
     assert!(created.contains("service/web created"), "{created}");
     assert!(
@@ -50,8 +55,10 @@ async fn kubectl_creates_lists_and_deletes() -> anyhow::Result<()> {
     );
 
     // What kubectl reads back is what the server stored, with a clusterIP.
-    let got: serde_json::Value =
-        serde_json::from_str(&kubectl(&kubeconfig, &["get", "services", "-n", "shop", "-o", "json"])?)?;
+    let got: serde_json::Value = serde_json::from_str(&kubectl(
+        &kubeconfig,
+        &["get", "services", "-n", "shop", "-o", "json"],
+    )?)?;
     let items = got["items"].as_array().cloned().unwrap_or_default();
     assert_eq!(items.len(), 1, "{got}");
     assert_eq!(items[0]["metadata"]["name"], "web");
@@ -68,20 +75,42 @@ async fn kubectl_creates_lists_and_deletes() -> anyhow::Result<()> {
     kubectl(
         &kubeconfig,
         &[
-            "patch", "service", "web", "-n", "shop", "--subresource=status", "--type=merge",
-            "-p", r#"{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.10"}]}}}"#,
+            "patch",
+            "service",
+            "web",
+            "-n",
+            "shop",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.10"}]}}}"#,
         ],
     )?;
     let stored = api.get(Kind::Services, "shop", "web").expect("stored");
-    assert_eq!(stored["status"]["loadBalancer"]["ingress"][0]["ip"], "192.0.2.10");
+    assert_eq!(
+        stored["status"]["loadBalancer"]["ingress"][0]["ip"],
+        "192.0.2.10"
+    );
     // A patch of the main resource leaves the status alone.
     kubectl(
         &kubeconfig,
-        &["patch", "service", "web", "-n", "shop", "--type=merge", "-p", r#"{"status":null,"metadata":{"labels":{"tier":"front"}}}"#],
+        &[
+            "patch",
+            "service",
+            "web",
+            "-n",
+            "shop",
+            "--type=merge",
+            "-p",
+            r#"{"status":null,"metadata":{"labels":{"tier":"front"}}}"#,
+        ],
     )?;
     let stored = api.get(Kind::Services, "shop", "web").expect("stored");
     assert_eq!(stored["metadata"]["labels"]["tier"], "front");
-    assert_eq!(stored["status"]["loadBalancer"]["ingress"][0]["ip"], "192.0.2.10");
+    assert_eq!(
+        stored["status"]["loadBalancer"]["ingress"][0]["ip"],
+        "192.0.2.10"
+    );
 
     kubectl(&kubeconfig, &["delete", "service", "web", "-n", "shop"])?;
     assert!(api.get(Kind::Services, "shop", "web").is_none());
@@ -91,8 +120,14 @@ async fn kubectl_creates_lists_and_deletes() -> anyhow::Result<()> {
         .find(|(agent, _)| agent.starts_with("kubectl/"))
         .map(|(_, s)| s.clone())
         .expect("kubectl is counted by its user agent");
-    assert!(kubectl_stats.count("create services") == 1, "{kubectl_stats:?}");
-    assert!(kubectl_stats.count("delete services") == 1, "{kubectl_stats:?}");
+    assert!(
+        kubectl_stats.count("create services") == 1,
+        "{kubectl_stats:?}"
+    );
+    assert!(
+        kubectl_stats.count("delete services") == 1,
+        "{kubectl_stats:?}"
+    );
     Ok(())
 }
 
@@ -136,7 +171,9 @@ async fn kube_rs_pages_watches_and_gets_410_after_compaction() -> anyhow::Result
 
     // Watch from the list's version: a change, then a bookmark.
     let services: Api<Service> = Api::all(client.clone());
-    let stream = slices.watch(&WatchParams::default().timeout(10), &version).await?;
+    let stream = slices
+        .watch(&WatchParams::default().timeout(10), &version)
+        .await?;
     let mut stream = std::pin::pin!(stream);
     api.delete(Kind::EndpointSlices, "ns", "s0")?;
     let mut saw_delete = false;

@@ -253,6 +253,7 @@ fn snapshot_of_a_newer_format_is_refused() {
         vip_owners: vec![],
         drained_members: vec![],
         lb_addresses: vec![],
+        ..Default::default()
     }
     .encode_to_vec();
     let err = State::decode_snapshot(&bytes).expect_err("version 2");

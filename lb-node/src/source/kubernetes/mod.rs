@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -179,19 +179,19 @@ pub async fn run(
     let (events_tx, mut events) = mpsc::channel(MAX_EVENTS_PER_BATCH);
     let (connection_tx, mut connection) = watch::channel(watcher::Connection::default());
     let namespace = config.namespace.clone();
-    let services: Api<Service> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    let api_of = |resource: ApiResource| -> Api<DynamicObject> {
+        match &namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        }
     };
-    let slices: Api<EndpointSlice> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let services = api_of(ApiResource::erase::<Service>(&()));
+    let slices = api_of(ApiResource::erase::<EndpointSlice>(&()));
     tokio::spawn(watcher::run(
         watcher::KindWatch {
             api: services,
             kind: KubeKind::Service,
-            trim: view::trim_service,
+            trim: view::trim_service as fn(Service) -> Service,
             label_selector: config.label_selector.clone(),
             cursor: state.kube().services_cursor.clone(),
             events: events_tx.clone(),
@@ -203,7 +203,7 @@ pub async fn run(
         watcher::KindWatch {
             api: slices,
             kind: KubeKind::EndpointSlice,
-            trim: view::trim_slice,
+            trim: view::trim_slice as fn(EndpointSlice) -> EndpointSlice,
             label_selector: None,
             cursor: state.kube().endpoint_slices_cursor.clone(),
             events: events_tx,

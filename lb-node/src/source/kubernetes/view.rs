@@ -170,6 +170,10 @@ fn owner_of(service: &VirtualService) -> Option<&str> {
     owner.contains('/').then_some(owner)
 }
 
+/// Per kind: the last word on each object in a batch (`None`: deleted)
+/// and the cursor after the batch.
+type Pending = (BTreeMap<String, Option<Arc<[u8]>>>, String);
+
 /// The leader's parsed view of the committed Kubernetes objects.
 #[derive(Debug)]
 pub struct View {
@@ -287,8 +291,7 @@ impl View {
     pub fn plan(&mut self, state: &State, events: Vec<Event>) -> Plan {
         let mut plan = Plan::default();
         // Last word per object and the cursor, per kind.
-        let mut pending: BTreeMap<KubeKind, (BTreeMap<String, Option<Arc<[u8]>>>, String)> =
-            BTreeMap::new();
+        let mut pending: BTreeMap<KubeKind, Pending> = BTreeMap::new();
         for event in events {
             match event {
                 Event::Upsert {
@@ -354,6 +357,11 @@ impl View {
                 match json {
                     Some(json) if committed.get(&name) == Some(&json) => {}
                     None if !committed.contains_key(&name) => {}
+                    Some(json)
+                        if kind == KubeKind::Service && self.worse(&name, &json, &mut plan) =>
+                    {
+                        // Skipped: the previous version stays in effect.
+                    }
                     Some(json) => {
                         self.load(kind, &name, Some(&json), &mut affected, &mut plan);
                         delta.upserts.push((name, json));
@@ -429,6 +437,43 @@ impl View {
             plan.entries.push(cursors);
         }
         plan
+    }
+
+    /// Whether a new version of a Service translates with more problems
+    /// than the version in effect: then the update is rejected (with a
+    /// warning) and the previous version keeps serving. A first version
+    /// with problems is taken, without its bad parts.
+    fn worse(&self, name: &str, json: &[u8], plan: &mut Plan) -> bool {
+        let Some(old) = self.services.get(name) else {
+            return false;
+        };
+        let new = match serde_json::from_slice::<Service>(json) {
+            Ok(s) => s,
+            Err(e) => {
+                plan.warnings.push(format!(
+                    "Service {name}: {e}; update rejected, the previous version stays"
+                ));
+                return true;
+            }
+        };
+        let slices: Vec<EndpointSlice> = self
+            .slices_of
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|n| self.slices.get(n).cloned())
+            .collect();
+        let before = translate(old, &slices, &[], &self.config).warnings;
+        let after = translate(&new, &slices, &[], &self.config).warnings;
+        if after.len() > before.len() {
+            for w in after.into_iter().filter(|w| !before.contains(w)) {
+                plan.warnings.push(format!(
+                    "{w} (update rejected: the previous version of the Service stays in effect)"
+                ));
+            }
+            return true;
+        }
+        false
     }
 
     /// Takes one changed object into the view and notes which Kubernetes
@@ -551,6 +596,9 @@ impl View {
         // Keys claimed in this batch, to catch two services wanting one key.
         let mut claimed: BTreeMap<ServiceKey, String> = BTreeMap::new();
         let mut table_changes = Vec::new();
+        // Services whose objects had malformed parts: what they had and no
+        // longer produce stays programmed (bad input never deletes).
+        let mut partial = BTreeSet::new();
         for name in affected {
             let service = self.services.get(name);
             let current = state.lb_addresses().get(name).cloned().unwrap_or_default();
@@ -583,13 +631,18 @@ impl View {
                     } else {
                         translate(s, &slices, &[], &self.config)
                     };
+                    let clean = translated.warnings.is_empty();
                     plan.warnings.extend(translated.warnings);
+                    if !clean {
+                        partial.insert(name.clone());
+                    }
                     translated.services
                 }
             };
             table_changes.push((name.clone(), desired));
         }
         for (name, desired) in table_changes {
+            let keep_missing = partial.contains(&name);
             let owned = self.owned.remove(&name).unwrap_or_default();
             let mut now_owned = BTreeSet::new();
             for service in desired {
@@ -630,8 +683,11 @@ impl View {
                 claimed.insert(key, name.clone());
                 now_owned.insert(key);
             }
-            for key in owned.difference(&now_owned) {
-                if !claimed.contains_key(key) {
+            let missing: Vec<ServiceKey> = owned.difference(&now_owned).copied().collect();
+            for key in &missing {
+                if keep_missing {
+                    now_owned.insert(*key);
+                } else if !claimed.contains_key(key) {
                     commands.push(Command::DeleteService(*key));
                 }
             }

@@ -15,7 +15,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+use kube::api::{Api, DynamicObject, ListParams, WatchEvent, WatchParams};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -68,10 +68,12 @@ impl Backoff {
     }
 }
 
-/// What one kind's watch needs.
+/// What one kind's watch needs. The API is untyped so that one malformed
+/// object costs only itself: each object is decoded on its own, and a
+/// list with a bad item is still a list.
 #[derive(Debug)]
 pub struct KindWatch<K> {
-    pub api: Api<K>,
+    pub api: Api<DynamicObject>,
     pub kind: KubeKind,
     pub trim: fn(K) -> K,
     pub label_selector: Option<String>,
@@ -79,6 +81,22 @@ pub struct KindWatch<K> {
     pub cursor: String,
     pub events: mpsc::Sender<Event>,
     pub connection: watch::Sender<Connection>,
+}
+
+/// The typed object, or why it is malformed (counted and logged).
+fn decode<K: DeserializeOwned>(kind: KubeKind, object: DynamicObject) -> Option<K> {
+    let name = object_key(&object.metadata);
+    match serde_json::to_value(object).and_then(serde_json::from_value) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            warn!(kind = kind.as_str(), object = name, error = %e, "malformed object; skipped (what it had stays programmed)");
+            METRICS
+                .malformed_objects
+                .with_label_values(&[kind.as_str()])
+                .inc();
+            None
+        }
+    }
 }
 
 fn encode<K: Serialize>(kind: KubeKind, name: &str, object: &K) -> Option<Arc<[u8]>> {
@@ -132,7 +150,10 @@ where
             version = page.metadata.resource_version.clone().unwrap_or_default();
         }
         for item in page.items {
-            let name = object_key(item.meta());
+            let name = object_key(&item.metadata);
+            let Some(item) = decode::<K>(w.kind, item) else {
+                continue;
+            };
             let trimmed = (w.trim)(item);
             if let Some(json) = encode(w.kind, &name, &trimmed) {
                 objects.insert(name, json);
@@ -223,21 +244,25 @@ where
             let event = match item {
                 None => break,
                 Some(Ok(WatchEvent::Added(o) | WatchEvent::Modified(o))) => {
-                    let name = object_key(o.meta());
+                    let name = object_key(&o.metadata);
                     let version = o.resource_version().unwrap_or_default();
-                    let Some(json) = encode(kind, &name, &(w.trim)(o)) else {
-                        continue;
-                    };
-                    Event::Upsert {
-                        kind,
-                        name,
-                        json,
-                        resource_version: version,
+                    match decode::<K>(kind, o).and_then(|o| encode(kind, &name, &(w.trim)(o))) {
+                        Some(json) => Event::Upsert {
+                            kind,
+                            name,
+                            json,
+                            resource_version: version,
+                        },
+                        // Skipped, but the cursor moves past it.
+                        None => Event::Cursor {
+                            kind,
+                            resource_version: version,
+                        },
                     }
                 }
                 Some(Ok(WatchEvent::Deleted(o))) => Event::Delete {
                     kind,
-                    name: object_key(o.meta()),
+                    name: object_key(&o.metadata),
                     resource_version: o.resource_version().unwrap_or_default(),
                 },
                 Some(Ok(WatchEvent::Bookmark(b))) => Event::Cursor {
@@ -285,7 +310,7 @@ where
                 return;
             }
         }
-        if events > 0 && !broken {
+        if (events > 0 || started.elapsed() > Duration::from_secs(10)) && !broken {
             backoff.reset();
         }
         // A watch that ends at once, again and again, must not spin.
