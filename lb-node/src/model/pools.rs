@@ -23,11 +23,15 @@ pub enum AllocError {
 }
 
 /// The usable addresses of a pool, in order: an IPv4 network of /30 or
-/// wider leaves out its network and broadcast addresses.
+/// wider leaves out its network and broadcast addresses, an IPv6 network
+/// of /126 or wider its subnet-router anycast address (all-zero host).
 fn usable(pool: &IpNet) -> impl Iterator<Item = IpAddr> + '_ {
     let skip_ends = matches!(pool, IpNet::V4(n) if n.prefix_len() <= 30);
-    pool.hosts()
-        .filter(move |ip| !skip_ends || (*ip != pool.network() && *ip != pool.broadcast()))
+    let skip_anycast = matches!(pool, IpNet::V6(n) if n.prefix_len() <= 126);
+    pool.hosts().filter(move |ip| {
+        (!skip_ends || (*ip != pool.network() && *ip != pool.broadcast()))
+            && (!skip_anycast || *ip != pool.network())
+    })
 }
 
 /// An address for a service: `requested` if it is in a pool and free, or

@@ -599,16 +599,41 @@ impl View {
         // Services whose objects had malformed parts: what they had and no
         // longer produce stays programmed (bad input never deletes).
         let mut partial = BTreeSet::new();
+        // Addresses first: what is released in this batch can be given in
+        // it, so releases go before assignments.
+        let mut assigned = BTreeMap::new();
+        let mut assignments = Vec::new();
+        for name in affected {
+            let service = self.services.get(name);
+            let wants = service
+                .is_some_and(|s| !self.pools.is_empty() && wants_load_balancer(s, &self.config));
+            let current = state.lb_addresses().get(name).cloned().unwrap_or_default();
+            if !wants && !current.is_empty() {
+                for ip in &current {
+                    taken.remove(ip);
+                }
+                commands.push(Command::AssignAddresses {
+                    service: name.clone(),
+                    addresses: Vec::new(),
+                });
+            }
+        }
         for name in affected {
             let service = self.services.get(name);
             let current = state.lb_addresses().get(name).cloned().unwrap_or_default();
             let addresses = self.addresses_for(name, service, state, &mut taken, plan);
-            if addresses != current {
-                commands.push(Command::AssignAddresses {
+            if addresses != current && !addresses.is_empty() {
+                assignments.push(Command::AssignAddresses {
                     service: name.clone(),
                     addresses: addresses.clone(),
                 });
             }
+            assigned.insert(name.clone(), addresses);
+        }
+        commands.extend(assignments);
+        for name in affected {
+            let service = self.services.get(name);
+            let addresses = assigned.remove(name).unwrap_or_default();
             let desired = match service {
                 None => Vec::new(),
                 Some(s) => {

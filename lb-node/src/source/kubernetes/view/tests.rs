@@ -1,1 +1,453 @@
+//! The planner against a state that applies its plans, as the log would.
 
+use serde_json::json;
+
+use super::*;
+use crate::model::Command;
+
+fn service_json(name: &str, v: serde_json::Value) -> Arc<[u8]> {
+    let mut s: Service = serde_json::from_value(v).expect("a Service");
+    s.metadata.name = Some(name.into());
+    s.metadata.namespace = Some("ns".into());
+    serde_json::to_vec(&trim_service(s)).expect("json").into()
+}
+
+fn cluster_ip(name: &str, ip: &str, port: i64) -> Arc<[u8]> {
+    service_json(
+        name,
+        json!({"metadata": {}, "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": port}]}}),
+    )
+}
+
+fn load_balancer(name: &str, extra: serde_json::Value) -> Arc<[u8]> {
+    let mut v = json!({"metadata": {}, "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.99",
+        "ports": [{"name": "http", "port": 80}]}});
+    merge(&mut v, &extra);
+    service_json(name, v)
+}
+
+fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (target, patch) {
+        (serde_json::Value::Object(t), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                merge(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn slice_json(name: &str, service: &str, hosts: &[&str]) -> Arc<[u8]> {
+    let s: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "ns", "labels": {SERVICE_NAME_LABEL: service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}],
+        "endpoints": hosts.iter().map(|h| json!({"addresses": [h]})).collect::<Vec<_>>(),
+    }))
+    .expect("a slice");
+    serde_json::to_vec(&trim_slice(s)).expect("json").into()
+}
+
+fn upsert(kind: KubeKind, name: &str, json: Arc<[u8]>, rv: u64) -> Event {
+    Event::Upsert {
+        kind,
+        name: format!("ns/{name}"),
+        json,
+        resource_version: rv.to_string(),
+    }
+}
+
+fn commit(state: &mut State, plan: &Plan) {
+    for entry in &plan.entries {
+        for c in entry {
+            let _ = state.apply(c);
+        }
+    }
+}
+
+fn pools() -> Vec<IpNet> {
+    vec![
+        "192.0.2.0/30".parse().expect("net"),
+        "2001:db8::/126".parse().expect("net"),
+    ]
+}
+
+fn view(state: &State) -> View {
+    View::new(state, TranslateConfig::default(), pools(), &mut Vec::new())
+}
+
+fn service_commands(plan: &Plan) -> Vec<&Command> {
+    plan.entries
+        .iter()
+        .flatten()
+        .filter(|c| !matches!(c, Command::KubeObjects(_)))
+        .collect()
+}
+
+#[test]
+fn a_service_and_its_slice_in_one_entry_with_the_cursors() {
+    let mut state = State::default();
+    let mut v = view(&state);
+    let plan = v.plan(
+        &state,
+        vec![
+            upsert(
+                KubeKind::Service,
+                "web",
+                cluster_ip("web", "10.96.0.1", 80),
+                5,
+            ),
+            upsert(
+                KubeKind::EndpointSlice,
+                "web-1",
+                slice_json("web-1", "web", &["10.1.0.1", "10.1.0.2"]),
+                6,
+            ),
+        ],
+    );
+    assert_eq!(plan.entries.len(), 1, "{plan:?}");
+    commit(&mut state, &plan);
+    assert_eq!(state.kube().services_cursor, "5");
+    assert_eq!(state.kube().endpoint_slices_cursor, "6");
+    let web = state.services().next().expect("one service");
+    assert_eq!(web.name, "ns/web:http");
+    assert_eq!(web.backends.len(), 2);
+
+    // The same objects again (only their resourceVersion moved): only the
+    // cursor moves, no service command.
+    let plan = v.plan(
+        &state,
+        vec![upsert(
+            KubeKind::EndpointSlice,
+            "web-1",
+            slice_json("web-1", "web", &["10.1.0.1", "10.1.0.2"]),
+            9,
+        )],
+    );
+    assert!(service_commands(&plan).is_empty(), "{plan:?}");
+    assert_eq!(plan.objects_changed, 0);
+    commit(&mut state, &plan);
+    assert_eq!(state.kube().endpoint_slices_cursor, "9");
+
+    // A scale-down is one ReplaceBackends.
+    let plan = v.plan(
+        &state,
+        vec![upsert(
+            KubeKind::EndpointSlice,
+            "web-1",
+            slice_json("web-1", "web", &["10.1.0.2"]),
+            10,
+        )],
+    );
+    assert!(
+        matches!(service_commands(&plan).as_slice(), [Command::ReplaceBackends { backends, .. }] if backends.len() == 1),
+        "{plan:?}"
+    );
+    commit(&mut state, &plan);
+
+    // A new view built from the state plans nothing: it is in step.
+    let mut fresh = view(&state);
+    assert!(fresh.reconcile_all(&state).entries.is_empty());
+}
+
+#[test]
+fn relist_proposes_only_the_differences() {
+    let mut state = State::default();
+    let mut v = view(&state);
+    let events = (0..5)
+        .map(|i| {
+            upsert(
+                KubeKind::Service,
+                &format!("s{i}"),
+                cluster_ip(&format!("s{i}"), &format!("10.96.0.{}", i + 1), 80),
+                10 + i,
+            )
+        })
+        .collect();
+    let plan = v.plan(&state, events);
+    commit(&mut state, &plan);
+    assert_eq!(state.len(), 5);
+
+    // The list: s0 changed port, s1 gone, the rest equal.
+    let mut objects = BTreeMap::new();
+    objects.insert("ns/s0".to_owned(), cluster_ip("s0", "10.96.0.1", 81));
+    for i in 2..5 {
+        objects.insert(
+            format!("ns/s{i}"),
+            cluster_ip(&format!("s{i}"), &format!("10.96.0.{}", i + 1), 80),
+        );
+    }
+    let plan = v.plan(
+        &state,
+        vec![Event::Relisted {
+            kind: KubeKind::Service,
+            objects,
+            resource_version: "99".into(),
+        }],
+    );
+    let commands = service_commands(&plan);
+    // s0: delete port 80, create port 81; s1: delete. Nothing for s2..s4.
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    commit(&mut state, &plan);
+    assert_eq!(state.len(), 4);
+    assert_eq!(state.kube().services_cursor, "99");
+    assert_eq!(state.kube().services.len(), 4);
+}
+
+#[test]
+fn load_balancer_addresses_are_allocated_requested_refused_and_released() {
+    let mut state = State::default();
+    let mut v = view(&state);
+    let plan = v.plan(
+        &state,
+        vec![
+            upsert(KubeKind::Service, "a", load_balancer("a", json!({})), 1),
+            upsert(
+                KubeKind::Service,
+                "b",
+                load_balancer(
+                    "b",
+                    json!({"metadata": {"annotations": {ANNOTATION_ADDRESSES: "192.0.2.2"}}}),
+                ),
+                2,
+            ),
+            upsert(
+                KubeKind::Service,
+                "c",
+                load_balancer(
+                    "c",
+                    json!({"metadata": {"annotations": {ANNOTATION_ADDRESSES: "192.0.2.2"}}}),
+                ),
+                3,
+            ),
+            upsert(
+                KubeKind::Service,
+                "d",
+                load_balancer("d", json!({"spec": {"ipFamilies": ["IPv4", "IPv6"]}})),
+                4,
+            ),
+        ],
+    );
+    commit(&mut state, &plan);
+    let held = state.lb_addresses();
+    assert_eq!(
+        held["ns/a"],
+        vec!["192.0.2.1".parse::<IpAddr>().expect("ip")]
+    );
+    assert_eq!(
+        held["ns/b"],
+        vec!["192.0.2.2".parse::<IpAddr>().expect("ip")]
+    );
+    assert!(!held.contains_key("ns/c"), "c asked for b's address");
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.contains("ns/c") && w.contains("in use")),
+        "{:?}",
+        plan.warnings
+    );
+    // /30: .1 and .2 only; d gets no IPv4 but its IPv6.
+    assert_eq!(
+        held["ns/d"],
+        vec!["2001:db8::1".parse::<IpAddr>().expect("ip")]
+    );
+    let writes: BTreeMap<_, _> = plan.status_writes.iter().cloned().collect();
+    assert_eq!(writes["ns/a"], held["ns/a"]);
+    assert!(
+        !writes.contains_key("ns/c"),
+        "nothing to write for a pending service"
+    );
+
+    // Served on the LoadBalancer address too.
+    let a_vips: BTreeSet<IpAddr> = state
+        .services()
+        .filter(|s| s.name == "ns/a:http")
+        .map(|s| s.key.vip)
+        .collect();
+    assert!(
+        a_vips.contains(&"192.0.2.1".parse().expect("ip")),
+        "{a_vips:?}"
+    );
+
+    // Deleting a releases its address; c (changed) now gets nothing still,
+    // but a new service takes the freed one.
+    let plan = v.plan(
+        &state,
+        vec![
+            Event::Delete {
+                kind: KubeKind::Service,
+                name: "ns/a".into(),
+                resource_version: "5".into(),
+            },
+            upsert(KubeKind::Service, "e", load_balancer("e", json!({})), 6),
+        ],
+    );
+    commit(&mut state, &plan);
+    assert!(!state.lb_addresses().contains_key("ns/a"));
+    assert_eq!(
+        state.lb_addresses()["ns/e"],
+        vec!["192.0.2.1".parse::<IpAddr>().expect("ip")]
+    );
+    assert!(!state.services().any(|s| s.name.starts_with("ns/a:")));
+}
+
+#[test]
+fn a_worse_update_is_rejected_and_the_previous_version_serves() {
+    let mut state = State::default();
+    let mut v = view(&state);
+    let plan = v.plan(
+        &state,
+        vec![
+            upsert(
+                KubeKind::Service,
+                "web",
+                cluster_ip("web", "10.96.0.1", 80),
+                1,
+            ),
+            upsert(
+                KubeKind::EndpointSlice,
+                "web-1",
+                slice_json("web-1", "web", &["10.1.0.1"]),
+                2,
+            ),
+        ],
+    );
+    commit(&mut state, &plan);
+    let plan = v.plan(
+        &state,
+        vec![
+            upsert(
+                KubeKind::Service,
+                "web",
+                cluster_ip("web", "10.96.0.1", 70_000),
+                3,
+            ),
+            upsert(
+                KubeKind::EndpointSlice,
+                "web-1",
+                slice_json("web-1", "web", &["10.1.0.7"]),
+                4,
+            ),
+        ],
+    );
+    assert!(
+        plan.warnings.iter().any(|w| w.contains("update rejected")),
+        "{:?}",
+        plan.warnings
+    );
+    commit(&mut state, &plan);
+    let web = state.services().next().expect("web stays");
+    assert_eq!(web.key.port, 80);
+    assert_eq!(
+        web.backends[0].address,
+        "10.1.0.7".parse::<IpAddr>().expect("ip")
+    );
+    assert_eq!(
+        state.kube().services_cursor,
+        "3",
+        "the cursor moves past it"
+    );
+}
+
+#[test]
+fn two_services_on_one_address_and_port_keep_the_first() {
+    let mut state = State::default();
+    let mut v = view(&state);
+    let plan = v.plan(
+        &state,
+        vec![upsert(
+            KubeKind::Service,
+            "a",
+            cluster_ip("a", "10.96.0.1", 80),
+            1,
+        )],
+    );
+    commit(&mut state, &plan);
+    let plan = v.plan(
+        &state,
+        vec![upsert(
+            KubeKind::Service,
+            "b",
+            cluster_ip("b", "10.96.0.1", 80),
+            2,
+        )],
+    );
+    assert!(service_commands(&plan).is_empty(), "{plan:?}");
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.contains("already served for ns/a:http")),
+        "{:?}",
+        plan.warnings
+    );
+    commit(&mut state, &plan);
+    assert_eq!(
+        state.services().next().map(|s| s.name.as_str()),
+        Some("ns/a:http")
+    );
+}
+
+#[test]
+fn a_big_batch_is_split_and_only_its_last_entry_moves_the_cursor() {
+    let mut state = State::default();
+    let mut v = view(&state);
+    let n = MAX_COMMANDS_PER_ENTRY + 10;
+    let objects: BTreeMap<String, Arc<[u8]>> = (0..n)
+        .map(|i| {
+            let name = format!("s{i}");
+            let ip = format!("10.{}.{}.{}", 100 + i / 65_536, i / 256 % 256, i % 256);
+            (format!("ns/{name}"), cluster_ip(&name, &ip, 80))
+        })
+        .collect();
+    let plan = v.plan(
+        &state,
+        vec![Event::Relisted {
+            kind: KubeKind::Service,
+            objects,
+            resource_version: "7".into(),
+        }],
+    );
+    assert!(
+        plan.entries.len() >= 4,
+        "objects, commands, cursor: {}",
+        plan.entries.len()
+    );
+    for entry in &plan.entries {
+        assert!(entry.len() <= MAX_COMMANDS_PER_ENTRY);
+    }
+    for entry in &plan.entries[..plan.entries.len() - 1] {
+        assert!(
+            !entry
+                .iter()
+                .any(|c| matches!(c, Command::KubeObjects(d) if !d.resource_version.is_empty()))
+        );
+    }
+    // Cut short before the last entry: a new leader's reconcile finishes
+    // the table, and the cursor still points before the batch.
+    let mut cut = state.clone();
+    for entry in &plan.entries[..plan.entries.len() - 1] {
+        for c in entry {
+            let _ = cut.apply(c);
+        }
+    }
+    assert_eq!(cut.kube().services_cursor, "");
+    commit(&mut state, &plan);
+    assert_eq!(state.len(), n);
+    assert_eq!(state.kube().services_cursor, "7");
+    // Half the service commands lost: the next leader's reconcile repairs.
+    let mut half = State::default();
+    let mut seen = 0;
+    for c in plan.entries.iter().flatten() {
+        if !matches!(c, Command::KubeObjects(_)) {
+            seen += 1;
+            if seen > n / 2 {
+                continue;
+            }
+        }
+        let _ = half.apply(c);
+    }
+    assert_eq!(half.len(), n / 2);
+    let repair = view(&half).reconcile_all(&half);
+    commit(&mut half, &repair);
+    assert_eq!(half.len(), n);
+}
