@@ -112,6 +112,8 @@ struct Shared {
     stats: Mutex<BTreeMap<String, ClientStats>>,
     fail_next: Mutex<u32>,
     refusing: watch::Sender<bool>,
+    /// What the accept loop has done of `refusing`.
+    refusing_ack: watch::Sender<bool>,
     /// Bumped to end every open watch.
     watch_generation: watch::Sender<u64>,
     bookmark_interval: Duration,
@@ -415,6 +417,7 @@ impl FakeApi {
             stats: Mutex::new(BTreeMap::new()),
             fail_next: Mutex::new(0),
             refusing: watch::channel(false).0,
+            refusing_ack: watch::channel(false).0,
             watch_generation: watch::channel(0).0,
             bookmark_interval,
         });
@@ -503,9 +506,11 @@ impl FakeApi {
     }
 
     /// Closes the port (connections refused, open ones cut) or opens it
-    /// again.
-    pub fn set_refusing(&self, refusing: bool) {
+    /// again; returns when done.
+    pub async fn set_refusing(&self, refusing: bool) {
+        let mut ack = self.shared.refusing_ack.subscribe();
         self.shared.refusing.send_replace(refusing);
+        let _ = ack.wait_for(|done| *done == refusing).await;
     }
 
     /// Answers 500 to the next `n` requests.
@@ -546,7 +551,9 @@ async fn accept_loop(
         }
         // Refusing: close the port and cut every connection.
         connections.abort_all();
+        while connections.join_next().await.is_some() {}
         drop(listener);
+        shared.refusing_ack.send_replace(true);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -562,6 +569,7 @@ async fn accept_loop(
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
+        shared.refusing_ack.send_replace(false);
     }
 }
 

@@ -428,7 +428,7 @@ async fn api_server_outage_keeps_the_table_and_converges_after() -> anyhow::Resu
     converged(members, &expected(&hosts)).await?;
     let leader = leader(members).await?;
 
-    api.set_refusing(true);
+    api.set_refusing(true).await;
     hosts[2] = vec![1, 2, 3];
     api.apply(Kind::EndpointSlices, slice("svc-2-a", "svc-2", &hosts[2]))?;
     api.apply(Kind::Services, service("bad", "not-an-ip", 80))?;
@@ -472,7 +472,7 @@ async fn api_server_outage_keeps_the_table_and_converges_after() -> anyhow::Resu
         assert_eq!(table(m).await?, before);
     }
 
-    api.set_refusing(false);
+    api.set_refusing(false).await;
     converged(members, &expected(&hosts)).await?;
     eventually("reconnected", Duration::from_secs(15), || async {
         let s = members[&leader]
