@@ -43,6 +43,8 @@ pub struct Metrics {
     pub malformed_objects: IntCounterVec,
     pub skipped_fields: IntCounter,
     pub status_writes: IntCounterVec,
+    pub kube_plan_seconds: Histogram,
+    pub kube_batch_events: Histogram,
 }
 
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
@@ -191,6 +193,28 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                     "Writes of status.loadBalancer, by result.",
                 ),
                 &["result"],
+            ),
+        ),
+        kube_plan_seconds: registered(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "lb_kube_plan_seconds",
+                    "Time to turn one batch of watch events into commands (leader).",
+                )
+                .buckets(latency_buckets()),
+            ),
+        ),
+        kube_batch_events: registered(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "lb_kube_batch_events",
+                    "Watch events coalesced into one proposal (leader).",
+                )
+                .buckets(vec![
+                    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0, 10000.0,
+                ]),
             ),
         ),
         registry,

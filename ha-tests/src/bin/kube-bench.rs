@@ -50,7 +50,11 @@ fn args() -> anyhow::Result<Args> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut value = || it.next().context("a value").and_then(|v| Ok(v.parse::<u64>()?));
+        let mut value = || {
+            it.next()
+                .context("a value")
+                .and_then(|v| Ok(v.parse::<u64>()?))
+        };
         match arg.as_str() {
             "--services" => a.services = value()? as usize,
             "--endpoints" => a.endpoints = value()? as usize,
@@ -114,9 +118,11 @@ fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|k| k.parse::<f64>().ok())
+            })
         })
         .map_or(0.0, |kib| kib / 1024.0)
 }
@@ -129,7 +135,10 @@ type Pending = Arc<Mutex<HashMap<usize, (Instant, u8)>>>;
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
     let api = FakeApi::start(Duration::from_secs(60)).await?;
-    eprintln!("populating {} services x {} endpoints", a.services, a.endpoints);
+    eprintln!(
+        "populating {} services x {} endpoints",
+        a.services, a.endpoints
+    );
     for i in 0..a.services {
         api.apply(Kind::Services, service(i))?;
         api.apply(Kind::EndpointSlices, slice(i, a.endpoints, 0))?;
@@ -150,11 +159,21 @@ async fn main() -> anyhow::Result<()> {
         members.insert(id, Member::start(&layout.config(id))?);
     }
     let want = a.services as u64;
+    let want_destinations = (a.services * a.endpoints) as u64;
     loop {
         let mut done = 0;
         for m in members.values() {
-            let s = m.client().await?.get_status(pb::GetStatusRequest {}).await?.into_inner();
-            if s.services == want && s.dataplane.is_some_and(|d| d.programmed_services == want) {
+            let s = m
+                .client()
+                .await?
+                .get_status(pb::GetStatusRequest {})
+                .await?
+                .into_inner();
+            if s.services == want
+                && s.dataplane.is_some_and(|d| {
+                    d.programmed_services == want && d.programmed_destinations == want_destinations
+                })
+            {
                 done += 1;
             }
         }
@@ -200,7 +219,9 @@ async fn main() -> anyhow::Result<()> {
                 else {
                     continue;
                 };
-                let mut p = pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut p = pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if let Some((sent, seen)) = p.get_mut(&i) {
                     if *seen & (1 << bit) == 0 {
                         per_member
@@ -213,11 +234,17 @@ async fn main() -> anyhow::Result<()> {
                     *seen |= 1 << bit;
                     if *seen == 0b111 {
                         let l = now - *sent;
+                        let at = *sent;
                         p.remove(&i);
                         latencies
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .push(l);
+                        if std::env::var_os("KUBE_BENCH_TRACE").is_some()
+                            && l > Duration::from_millis(100)
+                        {
+                            eprintln!("slow: sent at {:?} took {l:?}", at);
+                        }
                     }
                 }
             }
@@ -253,7 +280,9 @@ async fn main() -> anyhow::Result<()> {
         .clone();
     l.sort();
     let lost = {
-        let p = pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let p = pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut never: Vec<_> = p.iter().map(|(i, (_, seen))| (*i, *seen)).collect();
         never.sort();
         if !never.is_empty() {
@@ -299,6 +328,26 @@ async fn main() -> anyhow::Result<()> {
     }
     for (id, m) in &members {
         println!("  member {id}: peak RSS {:.0} MiB", peak_rss_mib(m.pid()));
+        if let Ok((_, metrics)) = m.http_get("/metrics") {
+            let get = |name: &str| {
+                metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            let proposals = get("lb_proposal_commit_seconds_count ");
+            if proposals > 0.0 {
+                println!(
+                    "  member {id} (leader): {proposals:.0} proposals, mean commit {:.2} ms, mean plan {:.2} ms, mean batch {:.1} events, {:.0} watch events",
+                    get("lb_proposal_commit_seconds_sum ") / proposals * 1e3,
+                    get("lb_kube_plan_seconds_sum ") / get("lb_kube_plan_seconds_count ").max(1.0)
+                        * 1e3,
+                    get("lb_kube_batch_events_sum ") / get("lb_kube_batch_events_count ").max(1.0),
+                    get("lb_kube_watch_events_total{kind=\"endpointslices\"} ")
+                );
+            }
+        }
     }
 
     // 3. The same stream to per-node watchers.
@@ -323,7 +372,10 @@ async fn main() -> anyhow::Result<()> {
             let version = version.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
-                let Ok(stream) = slices.watch(&kube::api::WatchParams::default(), &version).await else {
+                let Ok(stream) = slices
+                    .watch(&kube::api::WatchParams::default(), &version)
+                    .await
+                else {
                     return;
                 };
                 let mut stream = std::pin::pin!(stream);

@@ -462,7 +462,9 @@ impl Admin for AdminService {
                         for (key, name, change) in state.service_changes_since(&last_state) {
                             events.push(("service", format!("service {name} ({key}) {change}"), state.revision()));
                         }
-                        for (slot @ (key, address, port), value) in state.overrides() {
+                        let overrides_changed = state.overrides() != last_state.overrides();
+                        let owners_changed = !state.same_vip_owners(&last_state);
+                        for (slot @ (key, address, port), value) in state.overrides().iter().filter(|_| overrides_changed) {
                             if last_state.overrides().get(slot) != Some(value) {
                                 events.push(("override", format!("backend {} of {key}: {value}", SocketAddr::new(*address, *port)), state.revision()));
                             }
@@ -472,7 +474,7 @@ impl Admin for AdminService {
                                 events.push(("override", format!("backend {} of {key}: override cleared", SocketAddr::new(*address, *port)), state.revision()));
                             }
                         }
-                        for (vip, owner) in state.vip_owners() {
+                        for (vip, owner) in state.vip_owners().iter().filter(|_| owners_changed) {
                             if last_state.vip_owners().get(vip) != Some(owner) {
                                 events.push(("vip", format!("VIP {vip} now owned by member {owner}"), state.revision()));
                             }

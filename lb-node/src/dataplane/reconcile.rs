@@ -134,6 +134,22 @@ async fn sync<D: Dataplane>(
         .observe(started.elapsed().as_secs_f64());
     metrics.dataplane_operations.inc_by(report.applied as u64);
     metrics.dataplane_errors.inc_by(report.failed.len() as u64);
+    // The destination count moves by what the touched services changed:
+    // counting the whole table per sync would cost O(table).
+    let touched: std::collections::BTreeSet<crate::model::ServiceKey> =
+        ops.iter().map(|op| op.service()).collect();
+    let count_touched = |t: &Table| -> u64 {
+        touched
+            .iter()
+            .filter_map(|k| t.services.get(k))
+            .map(|s| s.destinations.len() as u64)
+            .sum()
+    };
+    let before = count_touched(&observed);
+    let base = match &previous {
+        Some(_) => status.borrow().programmed_destinations,
+        None => observed.destination_count() as u64,
+    };
     let mut now_programmed = observed;
     for op in &ops {
         // Conflicts here only mean our belief was stale; the next dump fixes it.
@@ -167,7 +183,7 @@ async fn sync<D: Dataplane>(
             .map(|f| f.error.to_string())
             .unwrap_or_default();
         s.programmed_services = now_programmed.services.len() as u64;
-        s.programmed_destinations = now_programmed.destination_count() as u64;
+        s.programmed_destinations = (base + count_touched(&now_programmed)).saturating_sub(before);
     });
     if ok {
         *programmed = Some((now_programmed, state.clone()));

@@ -30,11 +30,13 @@ pub struct State {
     /// Operators' overrides by service and backend endpoint.
     overrides: BTreeMap<(ServiceKey, IpAddr, u16), BackendOverride>,
     /// Which member announces each VIP.
-    vip_owners: BTreeMap<IpAddr, u64>,
+    /// Shared, so that publishing a state (once per applied batch) does not
+    /// copy thousands of owners; replaced whole by `SetVipOwners`.
+    vip_owners: Arc<BTreeMap<IpAddr, u64>>,
     /// Members an operator drained: they own no VIP.
     drained: BTreeSet<u64>,
     /// LoadBalancer addresses by Kubernetes service ("namespace/name").
-    lb_addresses: BTreeMap<String, Vec<IpAddr>>,
+    lb_addresses: Arc<BTreeMap<String, Vec<IpAddr>>>,
     /// What the leader saw of Kubernetes, to resume from.
     kube: KubeObjects,
 }
@@ -152,9 +154,9 @@ impl State {
             members: parts.members,
             admin_addresses: parts.admin_addresses,
             overrides: parts.overrides,
-            vip_owners: parts.vip_owners,
+            vip_owners: Arc::new(parts.vip_owners),
             drained: parts.drained,
-            lb_addresses: parts.lb_addresses,
+            lb_addresses: Arc::new(parts.lb_addresses),
             kube: parts.kube,
         }
     }
@@ -190,6 +192,12 @@ impl State {
     }
 
     /// Which member announces each VIP.
+    /// Whether `other` has the same VIP owners; O(1) when neither changed
+    /// them since they parted.
+    pub fn same_vip_owners(&self, other: &State) -> bool {
+        Arc::ptr_eq(&self.vip_owners, &other.vip_owners) || self.vip_owners == other.vip_owners
+    }
+
     pub fn vip_owners(&self) -> &BTreeMap<IpAddr, u64> {
         &self.vip_owners
     }
@@ -308,8 +316,10 @@ impl State {
         }
         match command {
             Command::SetVipOwners(owners) => {
-                let changed = self.vip_owners != *owners;
-                self.vip_owners = owners.clone();
+                let changed = *self.vip_owners != *owners;
+                if changed {
+                    self.vip_owners = Arc::new(owners.clone());
+                }
                 Ok(Applied::Cluster { changed })
             }
             Command::AssignAddresses { service, addresses } => {
@@ -325,14 +335,22 @@ impl State {
                         });
                     }
                 }
+                let held = self.lb_addresses.get(service);
                 let changed = if addresses.is_empty() {
-                    self.lb_addresses.remove(service).is_some()
+                    held.is_some()
                 } else {
-                    self.lb_addresses
-                        .insert(service.clone(), addresses.clone())
-                        .as_ref()
-                        != Some(addresses)
+                    held != Some(addresses)
                 };
+                if changed {
+                    // Copied only when shared with a published state, so
+                    // once per batch at most.
+                    let map = Arc::make_mut(&mut self.lb_addresses);
+                    if addresses.is_empty() {
+                        map.remove(service);
+                    } else {
+                        map.insert(service.clone(), addresses.clone());
+                    }
+                }
                 Ok(Applied::Cluster { changed })
             }
             Command::KubeObjects(delta) => Ok(Applied::Cluster {

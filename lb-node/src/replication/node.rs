@@ -73,7 +73,7 @@ pub struct RaftStatus {
     pub applied_index: u64,
     pub voters: Vec<u64>,
     /// The VIPs this member may announce now (owner, lease held, fenced).
-    pub announced: std::collections::BTreeSet<std::net::IpAddr>,
+    pub announced: Arc<std::collections::BTreeSet<std::net::IpAddr>>,
 }
 
 impl RaftStatus {
@@ -82,7 +82,12 @@ impl RaftStatus {
     }
 }
 
-fn status_of(replica: &Replica) -> RaftStatus {
+/// The member's status; `announced` is computed again only when asked
+/// (`None`), because it costs O(VIPs) and the loop runs per message.
+fn status_of(
+    replica: &Replica,
+    announced: Option<Arc<std::collections::BTreeSet<std::net::IpAddr>>>,
+) -> RaftStatus {
     RaftStatus {
         id: replica.id(),
         role: match replica.role() {
@@ -96,7 +101,7 @@ fn status_of(replica: &Replica) -> RaftStatus {
         commit_index: replica.commit_index(),
         applied_index: replica.applied_index(),
         voters: replica.voters(),
-        announced: replica.announced_vips(),
+        announced: announced.unwrap_or_else(|| Arc::new(replica.announced_vips())),
     }
 }
 
@@ -120,7 +125,7 @@ pub fn run(
     let mut waiting: HashMap<u64, oneshot::Sender<Result<Outcomes, ProposeError>>> = HashMap::new();
     let mut next_tick = Instant::now() + tick;
     states.send_replace(Arc::new(replica.state().clone()));
-    status.send_replace(status_of(&replica));
+    status.send_replace(status_of(&replica, None));
     info!(member = replica.id(), "raft node started");
     loop {
         let timeout = next_tick.saturating_duration_since(Instant::now());
@@ -166,7 +171,9 @@ pub fn run(
                 Input::Stop => return Ok(()),
             }
         }
+        let mut ticked = false;
         if Instant::now() >= next_tick {
+            ticked = true;
             replica.tick();
             next_tick += tick;
             // After a long stall, do not fire a burst of ticks.
@@ -195,6 +202,7 @@ pub fn run(
             }
             state_changed |= out.state_changed;
         }
+        let owners_moved = state_changed && !states.borrow().same_vip_owners(replica.state());
         if state_changed {
             states.send_replace(Arc::new(replica.state().clone()));
         }
@@ -212,7 +220,11 @@ pub fn run(
             );
             return Ok(());
         }
-        let now = status_of(&replica);
+        // What is announced changes with time (ticks) and with the VIP
+        // owners, not with every message.
+        let keep = (!ticked && !owners_moved && !replica.is_removed())
+            .then(|| status.borrow().announced.clone());
+        let now = status_of(&replica, keep);
         status.send_if_modified(|s| {
             if s.leader != now.leader && now.leader != 0 {
                 crate::metrics::METRICS.leader_changes.inc();

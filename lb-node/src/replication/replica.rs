@@ -117,6 +117,8 @@ pub struct Replica {
     /// The (applied index, eligible members) of the last ownership round
     /// that found the owners right.
     ownership_settled: Option<(u64, BTreeSet<u64>)>,
+    /// The state whose VIP owners `owned_since` reflects.
+    noted_owners: Option<State>,
     /// VIP owners proposed and not yet applied.
     proposed_owners: Option<BTreeMap<std::net::IpAddr, u64>>,
     /// The tick at which each VIP this member owns became its own.
@@ -220,6 +222,7 @@ impl Replica {
             leader_since: 0,
             proposed_owners: None,
             ownership_settled: None,
+            noted_owners: None,
             owned_since: BTreeMap::new(),
             in_touch_since: None,
         })
@@ -364,6 +367,15 @@ impl Replica {
 
     /// Tracks since when this member owns each VIP (after every apply).
     fn note_ownership(&mut self) {
+        // Most applies change no owner: then there is nothing to note.
+        if self
+            .noted_owners
+            .as_ref()
+            .is_some_and(|noted| self.state.same_vip_owners(noted))
+        {
+            return;
+        }
+        self.noted_owners = Some(self.state.clone());
         let me = self.config.id;
         let mine: BTreeSet<std::net::IpAddr> = self
             .state

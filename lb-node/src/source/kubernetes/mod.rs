@@ -254,8 +254,13 @@ pub async fn run(
         }
         let state = states.borrow().clone();
         let events_in_batch = batch.len();
+        let planning = Instant::now();
         let plan = view.plan(&state, batch);
         drop(state);
+        METRICS
+            .kube_plan_seconds
+            .observe(planning.elapsed().as_secs_f64());
+        METRICS.kube_batch_events.observe(events_in_batch as f64);
         log_plan(&plan);
         debug!(
             events = events_in_batch,
