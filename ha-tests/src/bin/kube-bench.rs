@@ -228,7 +228,7 @@ async fn main() -> anyhow::Result<()> {
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .entry(bit)
-                            .or_insert_with(Vec::new)
+                            .or_default()
                             .push(now - *sent);
                     }
                     *seen |= 1 << bit;
