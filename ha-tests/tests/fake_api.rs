@@ -71,21 +71,47 @@ async fn kubectl_creates_lists_and_deletes() -> anyhow::Result<()> {
     let table = kubectl(&kubeconfig, &["get", "endpointslices", "-A"])?;
     assert!(table.contains("web-1"), "{table}");
 
-    // The status subresource, as a load-balancer controller writes it.
-    kubectl(
-        &kubeconfig,
-        &[
-            "patch",
-            "service",
-            "web",
-            "-n",
-            "shop",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.10"}]}}}"#,
-        ],
-    )?;
+    // The status subresource, as a load-balancer controller writes it
+    // (kubectl has --subresource from 1.24; with Debian's older kubectl the
+    // test patches through kube-rs, also a real client).
+    let version = kubectl(&kubeconfig, &["version", "--client", "-o", "json"])?;
+    let minor: u32 = serde_json::from_str::<serde_json::Value>(&version)?["clientVersion"]["minor"]
+        .as_str()
+        .and_then(|m| m.trim_end_matches('+').parse().ok())
+        .unwrap_or(0);
+    let status = r#"{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.10"}]}}}"#;
+    if minor >= 24 {
+        kubectl(
+            &kubeconfig,
+            &[
+                "patch",
+                "service",
+                "web",
+                "-n",
+                "shop",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                status,
+            ],
+        )?;
+    } else {
+        eprintln!("kubectl 1.{minor} has no --subresource; patching the status with kube-rs");
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig)?,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        let services: Api<Service> = Api::namespaced(kube::Client::try_from(config)?, "shop");
+        let patch: serde_json::Value = serde_json::from_str(status)?;
+        services
+            .patch_status(
+                "web",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await?;
+    }
     let stored = api.get(Kind::Services, "shop", "web").expect("stored");
     assert_eq!(
         stored["status"]["loadBalancer"]["ingress"][0]["ip"],
