@@ -550,3 +550,56 @@ async fn malformed_objects_are_skipped() -> anyhow::Result<()> {
     assert_eq!(malformed, 1, "the undecodable Service is counted");
     Ok(())
 }
+
+/// One standalone member limited to one namespace and a label: dropped
+/// watches and answers of 500 cost a resume from the cursor, never a
+/// relist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_watches_and_errors_resume_and_filters_hold() -> anyhow::Result<()> {
+    let api = FakeApi::start(Duration::from_secs(1)).await?;
+    let mut labelled = service("svc-0", "10.96.1.1", 80);
+    labelled["metadata"]["labels"] = json!({"expose": "yes"});
+    api.apply(Kind::Services, labelled.clone())?;
+    api.apply(Kind::EndpointSlices, slice("svc-0-a", "svc-0", &[1, 2]))?;
+    // Not selected: no label, or another namespace.
+    api.apply(Kind::Services, service("svc-1", "10.96.1.2", 80))?;
+    let mut elsewhere = service("svc-2", "10.96.1.3", 80);
+    elsewhere["metadata"]["namespace"] = json!("other");
+    elsewhere["metadata"]["labels"] = json!({"expose": "yes"});
+    api.apply(Kind::Services, elsewhere)?;
+
+    let dir = tempfile::tempdir()?;
+    api.write_kubeconfig(dir.path(), "kube")?;
+    let config = dir.path().join("member.toml");
+    std::fs::write(
+        &config,
+        "[node]\nid = 1\n\n[source.kubernetes]\nkubeconfig = \"kube.kubeconfig\"\nnamespace = \"shop\"\nlabel_selector = \"expose=yes\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n",
+    )?;
+    let member = Member::start(&config)?;
+    let members = BTreeMap::from([(1, member)]);
+    let mut hosts = vec![vec![1, 2]];
+    converged(&members, &expected(&hosts)).await?;
+
+    api.reset_stats();
+    api.drop_watches();
+    hosts[0] = vec![3];
+    api.apply(Kind::EndpointSlices, slice("svc-0-a", "svc-0", &hosts[0]))?;
+    converged(&members, &expected(&hosts)).await?;
+    api.fail_next(3);
+    api.drop_watches();
+    hosts[0] = vec![4, 5];
+    api.apply(Kind::EndpointSlices, slice("svc-0-a", "svc-0", &hosts[0]))?;
+    converged(&members, &expected(&hosts)).await?;
+    let s = stats_of(&api, 1);
+    assert_eq!(
+        s.count("list services") + s.count("list endpointslices"),
+        0,
+        "{s:?}"
+    );
+    assert!(
+        s.count("watch endpointslices") >= 2,
+        "resumed after each drop: {s:?}"
+    );
+    Ok(())
+}
