@@ -53,7 +53,21 @@ impl Member {
     /// listens. The config may use port 0 for the admin API: the real
     /// address is read from the member's start-up log line.
     pub fn start(config: &Path) -> anyhow::Result<Member> {
-        let mut child = Command::new(binary("lb-node")?)
+        Self::start_in(None, config)
+    }
+
+    /// Starts a member inside network namespace `netns` (`ip netns exec`,
+    /// which runs lb-node in the same process).
+    pub fn start_in(netns: Option<&str>, config: &Path) -> anyhow::Result<Member> {
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary("lb-node")?);
+                c
+            }
+            None => Command::new(binary("lb-node")?),
+        };
+        let mut child = command
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info")
@@ -347,3 +361,4 @@ pub async fn cluster_status(member: &Member) -> anyhow::Result<proto::admin::v1:
 
 pub mod drills;
 pub mod fake_api;
+pub mod l2lab;

@@ -72,6 +72,21 @@ pub async fn run(
         SourceConfig::File { path, .. } => file::load_services(path)?,
         SourceConfig::Kubernetes(_) => Vec::new(),
     };
+    if let crate::announce::AnnounceConfig::L2(l2) = &config.announce {
+        crate::announce::l2::check(l2)?;
+        for s in &services {
+            if !l2.vip_ranges.iter().any(|r| r.contains(&s.key.vip)) {
+                anyhow::bail!(crate::config::ConfigError::new(
+                    &config.file,
+                    "announce.vip_ranges",
+                    format!(
+                        "service {:?} has VIP {}, outside every announce.vip_ranges network",
+                        s.name, s.key.vip
+                    ),
+                ));
+            }
+        }
+    }
     let (source_kind, source_location) = match &config.source {
         SourceConfig::File { path, .. } => ("file", path.display().to_string()),
         SourceConfig::Kubernetes(k) => ("kubernetes", kubernetes::location(k)),
@@ -164,6 +179,17 @@ pub async fn run(
         ))),
     }
 
+    if let crate::announce::AnnounceConfig::L2(l2) = config.announce.clone() {
+        let announced = announced_vips(&states, cluster.as_ref(), &shutdown);
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::announce::l2::run(l2, announced, stop.clone()).await {
+                tracing::error!(error = format!("{e:#}"), "L2 announcer failed; stopping");
+                stop.cancel();
+            }
+        }));
+    }
+
     let (dataplane_tx, dataplane_rx) = watch::channel(DataplaneStatus::default());
     let dataplane = match config.dataplane.kind {
         DataplaneKind::Memory => MemoryDataplane::new(),
@@ -219,6 +245,58 @@ pub async fn run(
     }
     info!("lb-node stopped");
     Ok(())
+}
+
+/// The VIPs this member announces, as they change: in a cluster, what the
+/// Raft node says (owners and lease); standalone, every VIP of the table.
+fn announced_vips(
+    states: &watch::Receiver<Arc<State>>,
+    cluster: Option<&ClusterHandle>,
+    shutdown: &CancellationToken,
+) -> watch::Receiver<Arc<std::collections::BTreeSet<std::net::IpAddr>>> {
+    let (tx, rx) = watch::channel(Arc::default());
+    let shutdown = shutdown.clone();
+    match cluster {
+        Some(c) => {
+            let mut status = c.node.status.clone();
+            tokio::spawn(async move {
+                loop {
+                    let now = status.borrow_and_update().announced.clone();
+                    tx.send_if_modified(|a| {
+                        let changed = **a != *now;
+                        if changed {
+                            *a = now;
+                        }
+                        changed
+                    });
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        changed = status.changed() => if changed.is_err() { return },
+                    }
+                }
+            });
+        }
+        None => {
+            let mut states = states.clone();
+            tokio::spawn(async move {
+                loop {
+                    let now = states.borrow_and_update().vips();
+                    tx.send_if_modified(|a| {
+                        let changed = **a != now;
+                        if changed {
+                            *a = Arc::new(now);
+                        }
+                        changed
+                    });
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        changed = states.changed() => if changed.is_err() { return },
+                    }
+                }
+            });
+        }
+    }
+    rx
 }
 
 /// A failure that stopped the member from inside (the raft node thread),

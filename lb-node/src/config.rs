@@ -265,6 +265,7 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// `None`: the admin and peer ports speak plain HTTP/2.
     pub tls: Option<TlsConfig>,
+    pub announce: crate::announce::AnnounceConfig,
 }
 
 #[derive(Deserialize)]
@@ -278,6 +279,94 @@ struct RawConfig {
     admin: RawAdmin,
     cluster: Option<RawCluster>,
     tls: Option<RawTls>,
+    announce: Option<RawAnnounce>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnnounce {
+    mode: String,
+    interface: Option<String>,
+    #[serde(default = "default_vip_interface")]
+    vip_interface: String,
+    #[serde(default)]
+    vip_ranges: Vec<String>,
+    #[serde(default = "default_garp_count")]
+    garp_count: u32,
+    #[serde(default = "default_garp_interval")]
+    garp_interval: String,
+}
+
+fn default_vip_interface() -> String {
+    "lo".into()
+}
+fn default_garp_count() -> u32 {
+    3
+}
+fn default_garp_interval() -> String {
+    "100ms".into()
+}
+
+fn validate_announce(
+    a: RawAnnounce,
+    file: &Path,
+) -> Result<crate::announce::AnnounceConfig, ConfigError> {
+    use crate::announce::{AnnounceConfig, l2::L2Config};
+    match a.mode.as_str() {
+        "none" => Ok(AnnounceConfig::None),
+        "l2" => {
+            let interface = a.interface.filter(|i| !i.is_empty()).ok_or_else(|| {
+                ConfigError::new(
+                    file,
+                    "announce.interface",
+                    "required with mode = \"l2\": the interface that answers ARP and NA",
+                )
+            })?;
+            let mut vip_ranges = Vec::new();
+            for (i, r) in a.vip_ranges.iter().enumerate() {
+                let net: ipnet::IpNet = r.parse().map_err(|_| {
+                    ConfigError::new(
+                        file,
+                        format!("announce.vip_ranges[{i}]"),
+                        format!("{r:?} is not a network like \"192.0.2.0/24\""),
+                    )
+                })?;
+                vip_ranges.push(net.trunc());
+            }
+            if vip_ranges.is_empty() {
+                return Err(ConfigError::new(
+                    file,
+                    "announce.vip_ranges",
+                    "required with mode = \"l2\": the networks VIPs come from (addresses in them on the VIP interface are managed by lb-node)",
+                ));
+            }
+            if a.garp_count == 0 || a.garp_count > 100 {
+                return Err(ConfigError::new(
+                    file,
+                    "announce.garp_count",
+                    "must be 1 to 100",
+                ));
+            }
+            let garp_interval = parse_duration(&a.garp_interval, file, "announce.garp_interval")?;
+            Ok(AnnounceConfig::L2(L2Config {
+                interface,
+                vip_interface: a.vip_interface,
+                vip_ranges,
+                garp_count: a.garp_count,
+                garp_interval,
+            }))
+        }
+        "bgp" => Err(ConfigError::new(
+            file,
+            "announce.mode",
+            "\"bgp\": the BGP speaker is not part of this build yet; use \"l2\" or \"none\"",
+        )),
+        other => Err(ConfigError::new(
+            file,
+            "announce.mode",
+            format!("unknown mode {other:?}; expected \"none\" or \"l2\""),
+        )),
+    }
 }
 
 #[derive(Deserialize)]
@@ -600,7 +689,13 @@ impl Config {
             .cluster
             .map(|c| Self::validate_cluster(c, raw.node.id, file))
             .transpose()?;
+        let announce = raw
+            .announce
+            .map(|a| validate_announce(a, file))
+            .transpose()?
+            .unwrap_or_default();
         Ok(Config {
+            announce,
             cluster,
             tls,
             file: file.to_owned(),

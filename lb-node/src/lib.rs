@@ -6,10 +6,12 @@
 //! - [`dataplane`]: plan and program the kernel's table;
 //! - [`source`]: where desired state comes from;
 //! - [`replication`]: how commands become committed state;
+//! - [`announce`]: telling the network where the VIPs are (L2);
 //! - [`admin`]: the gRPC admin API;
 //! - [`config`]: the member's configuration file.
 
 pub mod admin;
+pub mod announce;
 pub mod app;
 pub mod config;
 pub mod dataplane;

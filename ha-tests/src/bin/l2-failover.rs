@@ -1,0 +1,81 @@
+//! L2 failover benchmark: in the network-namespace lab (three members on a
+//! bridge, a client asking for the VIP by ARP every 50 ms and capturing
+//! every ARP frame), the VIP's owner is killed with SIGKILL `--runs` times
+//! (restarted after each run); the figure is the time from the kill to the
+//! new owner's first gratuitous ARP as the client captured it. Default
+//! timers (tick 50 ms, election timeout 10-20 ticks). Also checks, over the
+//! whole run, that no two members ever answered for the VIP at once.
+//!
+//!   cargo build --release --workspace --bins
+//!   cargo run --release -p ha-tests --bin l2-failover -- [--runs 20]
+//!
+//! Needs root, iproute2 and tcpdump.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ha_tests::l2lab::{Lab, split_brain};
+
+fn main() -> anyhow::Result<()> {
+    let mut runs = 20;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--runs" => runs = args.next().context("--runs N")?.parse()?,
+            other => anyhow::bail!("unknown argument {other:?}; usage: l2-failover [--runs N]"),
+        }
+    }
+    let mut lab = Lab::new("f")?;
+    lab.start_members()?;
+    let (mut owner, _) = lab.wait_garp(0.0, None, Duration::from_secs(30))?;
+    let mut took = Vec::new();
+    let mut leader_took = Vec::new();
+    for run in 0..runs {
+        // Let the member restarted by the last run rejoin and settle.
+        std::thread::sleep(Duration::from_secs(2));
+        // Was the owner also the leader? Its last role change says.
+        let leader = lab.members[&owner]
+            .log()
+            .lines()
+            .rev()
+            .find(|l| l.contains("raft role changed"))
+            .is_some_and(|l| l.contains("role=Leader"));
+        let (new, t) = lab.owner_crash(owner)?;
+        eprintln!(
+            "run {run}: owner {owner}{} killed, member {new} announced after {:.0} ms",
+            if leader { " (the leader)" } else { "" },
+            t * 1e3
+        );
+        if leader {
+            leader_took.push(t);
+        } else {
+            took.push(t);
+        }
+        owner = new;
+    }
+    let summary = |mut v: Vec<f64>| {
+        if v.is_empty() {
+            return "no runs".to_owned();
+        }
+        v.sort_by(f64::total_cmp);
+        let pct = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize] * 1e3;
+        format!(
+            "{} runs: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            v.len(),
+            pct(0.5),
+            pct(0.99),
+            pct(1.0)
+        )
+    };
+    let replies = lab.replies();
+    let brain = split_brain(&replies, 0.04);
+    println!(
+        "L2 owner crash -> new owner's first gratuitous ARP: owner a follower: {}; owner the leader: {}; {} ARP answers checked, split brain: {}",
+        summary(took),
+        summary(leader_took),
+        replies.len(),
+        brain.as_deref().unwrap_or("none")
+    );
+    anyhow::ensure!(brain.is_none(), "split brain");
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! A layer-2 lab in network namespaces: three lb-node members and a client
+//! on one bridge, the client watching ARP with tcpdump and asking for the
+//! VIP with `arp-probe` (broadcast, every 50 ms). Used by the L2 test and the
+//! failover benchmark.
+//!
+//! ```text
+//!   <p>-m1 (10.77.0.1) ─┐
+//!   <p>-m2 (10.77.0.2) ─┼─ br0 in <p>-sw ─ <p>-c (10.77.0.100: tcpdump, arping)
+//!   <p>-m3 (10.77.0.3) ─┘            VIP 10.77.0.50
+//! ```
+//!
+//! Everything stays inside the namespaces this lab creates; they are
+//! deleted on drop. Needs root, iproute2 and tcpdump.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+
+use crate::{Member, free_port};
+
+pub const VIP: &str = "10.77.0.50";
+
+fn run(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("cannot run {}", args[0]))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<()> {
+    let mut all = vec!["ip", "netns", "exec", ns];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+/// One ARP frame the client saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArpSeen {
+    /// Seconds since the epoch (tcpdump's clock).
+    pub at: f64,
+    pub src_mac: String,
+    /// A gratuitous ARP (request or reply naming the VIP as sender).
+    pub gratuitous: bool,
+    /// An answer to a question: "Reply VIP is-at MAC" not broadcast.
+    pub reply: bool,
+}
+
+fn parse_tcpdump(line: &str) -> Option<ArpSeen> {
+    // 1700000000.123456 02:aa:..:01 > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: Request who-has 10.77.0.50 tell 10.77.0.50, length 28
+    let mut words = line.split_whitespace();
+    let at: f64 = words.next()?.parse().ok()?;
+    let src_mac = words.next()?.to_owned();
+    words.next()?; // >
+    let dst = words.next()?.trim_end_matches(',').to_owned();
+    let rest = line.split_once(": ")?.1;
+    let gratuitous = (rest.starts_with("Request who-has")
+        && rest.contains(&format!("tell {VIP},")))
+        || (rest.starts_with("Reply")
+            && rest.contains(&format!("{VIP} is-at"))
+            && dst == "ff:ff:ff:ff:ff:ff");
+    let reply = rest.starts_with(&format!("Reply {VIP} is-at")) && dst != "ff:ff:ff:ff:ff:ff";
+    Some(ArpSeen {
+        at,
+        src_mac,
+        gratuitous,
+        reply,
+    })
+}
+
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The lab: namespaces, members, capture.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    dir: tempfile::TempDir,
+    pub members: BTreeMap<u64, Member>,
+    /// Member id by MAC address.
+    pub macs: BTreeMap<String, u64>,
+    capture: Option<Child>,
+    arping: Option<Child>,
+    pub seen: Arc<Mutex<Vec<ArpSeen>>>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in [self.capture.take(), self.arping.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.members.clear();
+        for ns in ["m1", "m2", "m3", "c", "sw"] {
+            let _ = run(&["ip", "netns", "del", &format!("{}-{ns}", self.prefix)]);
+        }
+    }
+}
+
+impl Lab {
+    pub fn ns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    /// Builds the namespaces and starts the capture (members not yet).
+    pub fn new(tag: &str) -> anyhow::Result<Lab> {
+        let prefix = format!("lbt{}{tag}", std::process::id() % 100_000);
+        let mut lab = Lab {
+            prefix,
+            dir: tempfile::tempdir()?,
+            members: BTreeMap::new(),
+            macs: BTreeMap::new(),
+            capture: None,
+            arping: None,
+            seen: Arc::default(),
+        };
+        let sw = lab.ns("sw");
+        run(&["ip", "netns", "add", &sw])?;
+        in_ns(&sw, &["ip", "link", "add", "br0", "type", "bridge"])?;
+        in_ns(&sw, &["ip", "link", "set", "br0", "up"])?;
+        let hosts = [
+            ("m1", "10.77.0.1"),
+            ("m2", "10.77.0.2"),
+            ("m3", "10.77.0.3"),
+            ("c", "10.77.0.100"),
+        ];
+        for (i, (name, ip)) in hosts.iter().enumerate() {
+            let ns = lab.ns(name);
+            run(&["ip", "netns", "add", &ns])?;
+            let port = format!("p{i}");
+            // The veth is created in the switch and one end moved over.
+            in_ns(
+                &sw,
+                &[
+                    "ip", "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                ],
+            )?;
+            in_ns(&sw, &["ip", "link", "set", "eth0", "netns", &ns])?;
+            in_ns(&sw, &["ip", "link", "set", &port, "master", "br0", "up"])?;
+            in_ns(&ns, &["ip", "link", "set", "lo", "up"])?;
+            in_ns(
+                &ns,
+                &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+            )?;
+            in_ns(&ns, &["ip", "link", "set", "eth0", "up"])?;
+            if name.starts_with('m') {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &ns, "cat", "/sys/class/net/eth0/address"])
+                    .output()?;
+                let mac = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                lab.macs.insert(mac, (i + 1) as u64);
+            }
+        }
+        // The capture: every ARP frame the client sees, with its time.
+        let mut capture = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns("c"),
+                "tcpdump",
+                "-i",
+                "eth0",
+                "-l",
+                "-n",
+                "-e",
+                "-tt",
+                "arp",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start tcpdump (the test command installs it)")?;
+        let stdout = capture.stdout.take().context("tcpdump stdout")?;
+        let seen = lab.seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(s) = parse_tcpdump(&line) {
+                    seen.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(s);
+                }
+            }
+        });
+        lab.capture = Some(capture);
+        // tcpdump needs a moment before it captures.
+        std::thread::sleep(Duration::from_millis(300));
+        // The client keeps asking, by broadcast, every 50 ms.
+        lab.arping = Some(
+            Command::new("ip")
+                .args(["netns", "exec", &lab.ns("c")])
+                .arg(crate::binary("arp-probe")?)
+                .args(["eth0", "10.77.0.100", VIP, "50"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot start arp-probe")?,
+        );
+        Ok(lab)
+    }
+
+    /// Writes the members' configs and starts them.
+    pub fn start_members(&mut self) -> anyhow::Result<()> {
+        let peers: Vec<(u64, u16, u16)> = (1..=3)
+            .map(|id| Ok((id, free_port()?, free_port()?)))
+            .collect::<anyhow::Result<_>>()?;
+        let list: Vec<String> = peers
+            .iter()
+            .map(|(id, peer, _)| format!("{{ id = {id}, address = \"10.77.0.{id}:{peer}\" }}"))
+            .collect();
+        std::fs::write(
+            self.dir.path().join("services.toml"),
+            format!(
+                "[[service]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"rr\"\n\n[[service.backend]]\naddress = \"10.77.0.200\"\nport = 8080\n"
+            ),
+        )?;
+        for (id, peer, admin) in &peers {
+            let config = self.dir.path().join(format!("member-{id}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "[node]\nid = {id}\n\n[source.file]\npath = \"services.toml\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\nmetrics_listen = \"127.0.0.1:0\"\n\n\
+                     [announce]\nmode = \"l2\"\ninterface = \"eth0\"\nvip_ranges = [\"10.77.0.48/28\"]\n\n\
+                     [cluster]\nid = \"l2-lab\"\ndata_dir = \"data-{id}\"\nlisten = \"10.77.0.{id}:{peer}\"\nmember = [{}]\n",
+                    list.join(", ")
+                ),
+            )?;
+            let ns = self.ns(&format!("m{id}"));
+            self.members
+                .insert(*id, Member::start_in(Some(&ns), &config)?);
+        }
+        Ok(())
+    }
+
+    pub fn seen(&self) -> Vec<ArpSeen> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits for a gratuitous ARP at or after `since` from a member other
+    /// than `not`; returns (member, time).
+    pub fn wait_garp(
+        &self,
+        since: f64,
+        not: Option<u64>,
+        timeout: Duration,
+    ) -> anyhow::Result<(u64, f64)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.seen().into_iter().find(|s| {
+                s.gratuitous
+                    && s.at >= since
+                    && self.macs.get(&s.src_mac).is_some_and(|m| Some(*m) != not)
+            }) {
+                return Ok((self.macs[&s.src_mac], s.at));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no gratuitous ARP for {VIP} within {timeout:?}; seen: {:?}",
+                    self.seen()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Every ARP reply to the client's questions, in time order, as
+    /// (time, member): the split-brain check reads it.
+    pub fn replies(&self) -> Vec<(f64, u64)> {
+        let mut r: Vec<(f64, u64)> = self
+            .seen()
+            .into_iter()
+            .filter(|s| s.reply)
+            .map(|s| (s.at, self.macs.get(&s.src_mac).copied().unwrap_or(0)))
+            .collect();
+        r.sort_by(|a, b| a.0.total_cmp(&b.0));
+        r
+    }
+
+    /// Kills the VIP owner `owner` (SIGKILL) and measures until another
+    /// member's first gratuitous ARP; restarts the killed member after.
+    pub fn owner_crash(&mut self, owner: u64) -> anyhow::Result<(u64, f64)> {
+        let mut m = self.members.remove(&owner).context("no such member")?;
+        let t0 = unix_now();
+        m.signal("KILL")?;
+        let (new, at) = self.wait_garp(t0, Some(owner), Duration::from_secs(10))?;
+        m.wait_exit(Duration::from_secs(5))?;
+        drop(m);
+        let config = self.dir.path().join(format!("member-{owner}.toml"));
+        let ns = self.ns(&format!("m{owner}"));
+        self.members
+            .insert(owner, Member::start_in(Some(&ns), &config)?);
+        Ok((new, at - t0))
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Whether two members ever answered for the VIP at the same time. The
+/// client asks every 50 ms and each question gets one answer from one
+/// member; two members answering show as answers from different members
+/// closer together than `overlap` seconds.
+pub fn split_brain(replies: &[(f64, u64)], overlap: f64) -> Option<String> {
+    for pair in replies.windows(2) {
+        let ((then, a), (at, b)) = (pair[0], pair[1]);
+        if a == 0 || b == 0 {
+            return Some(format!("a reply from an unknown MAC near {at}"));
+        }
+        if a != b && at - then < overlap {
+            return Some(format!(
+                "members {a} and {b} answered {:.3} s apart at {at}",
+                at - then
+            ));
+        }
+    }
+    None
+}

@@ -1,0 +1,335 @@
+//! L2 announcement: this member answers ARP and neighbour solicitations for
+//! the VIPs it announces, from user space, and sends gratuitous ARP and
+//! unsolicited neighbour advertisements when it takes a VIP over.
+//!
+//! The VIPs themselves are made local on `vip_interface` (the loopback by
+//! default) through rtnetlink, so that the kernel accepts their traffic,
+//! while the announcing interface is set to answer ARP only for its own
+//! addresses (`arp_ignore = 1`, `arp_announce = 2`; the kernel answers a
+//! neighbour solicitation only for addresses of the interface it arrived
+//! on). The kernel therefore never answers for a VIP: only this process
+//! does, and a process that dies (SIGKILL included) stops answering at
+//! once, which a VIP on the announcing interface would not give (the kernel
+//! would go on answering for a dead announcer: a split brain at L2). See
+//! docs/announcement.md.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ipnet::IpNet;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::frames::{self, Mac};
+
+/// `[announce]` with `mode = "l2"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L2Config {
+    /// Where ARP and NA are answered and sent.
+    pub interface: String,
+    /// Where the VIPs are made local ("lo" by default).
+    pub vip_interface: String,
+    /// Only VIPs in these networks are announced; addresses in them found
+    /// on `vip_interface` and not announced are removed (they are ours).
+    pub vip_ranges: Vec<IpNet>,
+    /// Gratuitous ARP / unsolicited NA sent on takeover.
+    pub garp_count: u32,
+    pub garp_interval: Duration,
+}
+
+type Sender = Arc<Mutex<Box<dyn pnet_datalink::DataLinkSender>>>;
+
+fn send(tx: &Sender, frame: &[u8]) {
+    let mut tx = tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(Err(e)) = tx.send_to(frame, None) {
+        warn!(error = %e, "cannot send an announcement frame");
+    }
+}
+
+/// Sets a sysctl of the interface, and says what it was.
+fn set_sysctl(path: &str, value: &str) {
+    match std::fs::write(path, value) {
+        Ok(()) => info!(sysctl = path, value, "set"),
+        Err(e) => {
+            warn!(sysctl = path, value, error = %e, "cannot set; the kernel may answer ARP for VIPs itself")
+        }
+    }
+}
+
+async fn link_index(handle: &rtnetlink::Handle, name: &str) -> anyhow::Result<u32> {
+    use futures_util::TryStreamExt as _;
+    let link = handle
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+        .with_context(|| format!("interface {name:?}"))?
+        .with_context(|| format!("interface {name:?} does not exist"))?;
+    Ok(link.header.index)
+}
+
+/// The addresses on `index` inside `ranges`.
+async fn addresses_in(
+    handle: &rtnetlink::Handle,
+    index: u32,
+    ranges: &[IpNet],
+) -> anyhow::Result<Vec<netlink_packet_route::address::AddressMessage>> {
+    use futures_util::TryStreamExt as _;
+    use netlink_packet_route::address::AddressAttribute;
+    let mut out = Vec::new();
+    let mut stream = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(m) = stream.try_next().await? {
+        let ip = m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        if ip.is_some_and(|ip| ranges.iter().any(|r| r.contains(&ip))) {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+fn ip_of(m: &netlink_packet_route::address::AddressMessage) -> Option<IpAddr> {
+    use netlink_packet_route::address::AddressAttribute;
+    m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    })
+}
+
+async fn add_local(handle: &rtnetlink::Handle, index: u32, vip: IpAddr) -> anyhow::Result<()> {
+    use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+    let prefix = if vip.is_ipv4() { 32 } else { 128 };
+    let mut request = handle.address().add(index, vip, prefix).replace();
+    if vip.is_ipv6() {
+        // No duplicate address detection: the VIP moves between members by
+        // design, and DAD would hold it back (or fail it) for a second.
+        let m = request.message_mut();
+        m.header.flags |= AddressHeaderFlags::Nodad;
+        m.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    request
+        .execute()
+        .await
+        .with_context(|| format!("cannot add {vip}/{prefix}"))
+}
+
+async fn remove_local(
+    handle: &rtnetlink::Handle,
+    index: u32,
+    vip: IpAddr,
+    ranges: &[IpNet],
+) -> anyhow::Result<()> {
+    for m in addresses_in(handle, index, ranges).await? {
+        if ip_of(&m) == Some(vip) {
+            handle
+                .address()
+                .del(m)
+                .execute()
+                .await
+                .with_context(|| format!("cannot remove {vip}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks the configuration against this machine: the interfaces exist.
+pub fn check(config: &L2Config) -> anyhow::Result<()> {
+    for name in [&config.interface, &config.vip_interface] {
+        anyhow::ensure!(
+            std::path::Path::new("/sys/class/net").join(name).exists(),
+            "announce: interface {name:?} does not exist on this machine"
+        );
+    }
+    Ok(())
+}
+
+/// Announces `announced` until `shutdown`, then withdraws everything.
+pub async fn run(
+    config: L2Config,
+    mut announced: watch::Receiver<Arc<BTreeSet<IpAddr>>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let interface = pnet_datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == config.interface)
+        .with_context(|| format!("announce: interface {:?} does not exist", config.interface))?;
+    let mac: Mac = interface.mac.map(|m| m.octets()).with_context(|| {
+        format!(
+            "announce: interface {:?} has no MAC address",
+            config.interface
+        )
+    })?;
+    set_sysctl(
+        &format!("/proc/sys/net/ipv4/conf/{}/arp_ignore", config.interface),
+        "1",
+    );
+    set_sysctl(
+        &format!("/proc/sys/net/ipv4/conf/{}/arp_announce", config.interface),
+        "2",
+    );
+    let channel_config = pnet_datalink::Config {
+        read_timeout: Some(Duration::from_millis(200)),
+        promiscuous: false,
+        ..Default::default()
+    };
+    let (tx, mut rx) =
+        match pnet_datalink::channel(&interface, channel_config).with_context(|| {
+            format!(
+                "announce: cannot open a packet socket on {:?}",
+                config.interface
+            )
+        })? {
+            pnet_datalink::Channel::Ethernet(tx, rx) => (tx, rx),
+            _ => anyhow::bail!(
+                "announce: {:?} is not an Ethernet interface",
+                config.interface
+            ),
+        };
+    let tx: Sender = Arc::new(Mutex::new(tx));
+    let answering: Arc<RwLock<BTreeSet<IpAddr>>> = Arc::default();
+
+    // Answers ARP requests and neighbour solicitations for what we announce.
+    let stop = Arc::new(AtomicBool::new(false));
+    let responder = {
+        let (tx, answering, stop) = (tx.clone(), answering.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("l2-responder".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(frame) = rx.next() else { continue };
+                    let Some(request) = frames::parse_request(frame) else {
+                        continue;
+                    };
+                    let target = match &request {
+                        frames::Request::Arp { target, .. } => IpAddr::V4(*target),
+                        frames::Request::Solicitation { target, .. } => IpAddr::V6(*target),
+                    };
+                    // Our own gratuitous requests come back: not a question.
+                    if matches!(&request, frames::Request::Arp { sender_mac, .. } if *sender_mac == mac) {
+                        continue;
+                    }
+                    let mine = answering
+                        .read()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .contains(&target);
+                    if mine {
+                        send(&tx, &frames::answer(mac, &request));
+                    }
+                }
+            })
+            .context("cannot start the L2 responder")?
+    };
+
+    let (connection, handle, _) =
+        rtnetlink::new_connection().context("announce: cannot open rtnetlink")?;
+    let netlink = tokio::spawn(connection);
+    let vip_index = link_index(&handle, &config.vip_interface).await?;
+    // Addresses in our ranges left by an earlier run are ours: remove them.
+    for m in addresses_in(&handle, vip_index, &config.vip_ranges).await? {
+        let ip = ip_of(&m);
+        if let Err(e) = handle.address().del(m).execute().await {
+            warn!(address = ?ip, error = %e, "cannot remove a stale VIP");
+        } else {
+            info!(address = ?ip, "removed a VIP left by an earlier run");
+        }
+    }
+    info!(interface = %config.interface, vip_interface = %config.vip_interface, "L2 announcer started");
+
+    let mut current: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut warned: BTreeSet<IpAddr> = BTreeSet::new();
+    loop {
+        let wanted: BTreeSet<IpAddr> = announced
+            .borrow_and_update()
+            .iter()
+            .copied()
+            .filter(|vip| {
+                let inside = config.vip_ranges.iter().any(|r| r.contains(vip));
+                if !inside && warned.insert(*vip) {
+                    warn!(%vip, "VIP outside announce.vip_ranges: not announced");
+                }
+                inside
+            })
+            .collect();
+        // Withdraw first: stop answering, then drop the address.
+        for vip in current.difference(&wanted).copied().collect::<Vec<_>>() {
+            answering
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&vip);
+            if let Err(e) = remove_local(&handle, vip_index, vip, &config.vip_ranges).await {
+                warn!(%vip, error = format!("{e:#}"), "withdraw");
+            }
+            current.remove(&vip);
+            info!(%vip, "VIP withdrawn");
+        }
+        for vip in wanted.difference(&current).copied().collect::<Vec<_>>() {
+            if let Err(e) = add_local(&handle, vip_index, vip).await {
+                warn!(%vip, error = format!("{e:#}"), "cannot make the VIP local; announcing anyway");
+            }
+            answering
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(vip);
+            current.insert(vip);
+            info!(%vip, "VIP announced");
+            let (tx, count, interval) = (tx.clone(), config.garp_count, config.garp_interval);
+            let answering = answering.clone();
+            tokio::spawn(async move {
+                for i in 0..count {
+                    if i > 0 {
+                        tokio::time::sleep(interval).await;
+                    }
+                    // Stop the burst as soon as the VIP is withdrawn.
+                    if !answering
+                        .read()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .contains(&vip)
+                    {
+                        return;
+                    }
+                    match vip {
+                        IpAddr::V4(v4) => {
+                            for frame in frames::gratuitous_arp(mac, v4) {
+                                send(&tx, &frame);
+                            }
+                        }
+                        IpAddr::V6(v6) => send(&tx, &frames::unsolicited_na(mac, v6)),
+                    }
+                }
+            });
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = announced.changed() => if changed.is_err() { break },
+        }
+    }
+    // Shutdown: withdraw everything.
+    answering
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clear();
+    for vip in &current {
+        if let Err(e) = remove_local(&handle, vip_index, *vip, &config.vip_ranges).await {
+            warn!(%vip, error = format!("{e:#}"), "withdraw at shutdown");
+        }
+    }
+    info!(vips = current.len(), "L2 announcer stopped; VIPs withdrawn");
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || responder.join()).await;
+    netlink.abort();
+    Ok(())
+}
