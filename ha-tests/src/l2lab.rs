@@ -23,7 +23,10 @@ use anyhow::{Context as _, bail};
 
 use crate::{Member, free_port};
 
-pub const VIP: &str = "10.77.0.50";
+/// The VIPs of the lab's three services (one each, so that every member
+/// owns one).
+pub const VIPS: [&str; 3] = ["10.77.0.50", "10.77.0.51", "10.77.0.52"];
+pub const VIP: &str = VIPS[0];
 
 fn run(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(args[0])
@@ -52,6 +55,8 @@ pub struct ArpSeen {
     /// Seconds since the epoch (tcpdump's clock).
     pub at: f64,
     pub src_mac: String,
+    /// The VIP it is about.
+    pub vip: String,
     /// A gratuitous ARP (request or reply naming the VIP as sender).
     pub gratuitous: bool,
     /// An answer to a question: "Reply VIP is-at MAC" not broadcast.
@@ -66,15 +71,16 @@ fn parse_tcpdump(line: &str) -> Option<ArpSeen> {
     words.next()?; // >
     let dst = words.next()?.trim_end_matches(',').to_owned();
     let rest = line.split_once(": ")?.1;
-    let gratuitous = (rest.starts_with("Request who-has")
-        && rest.contains(&format!("tell {VIP},")))
-        || (rest.starts_with("Reply")
-            && rest.contains(&format!("{VIP} is-at"))
-            && dst == "ff:ff:ff:ff:ff:ff");
-    let reply = rest.starts_with(&format!("Reply {VIP} is-at")) && dst != "ff:ff:ff:ff:ff:ff";
+    let vip = VIPS.iter().find(|v| {
+        rest.contains(&format!("tell {v},")) || rest.starts_with(&format!("Reply {v} is-at"))
+    })?;
+    let gratuitous = (rest.starts_with("Request who-has") && rest.contains(&format!("who-has {vip} tell {vip},")))
+        || (rest.starts_with("Reply") && dst == "ff:ff:ff:ff:ff:ff");
+    let reply = rest.starts_with("Reply") && dst != "ff:ff:ff:ff:ff:ff";
     Some(ArpSeen {
         at,
         src_mac,
+        vip: (*vip).to_owned(),
         gratuitous,
         reply,
     })
@@ -208,7 +214,7 @@ impl Lab {
             Command::new("ip")
                 .args(["netns", "exec", &lab.ns("c")])
                 .arg(crate::binary("arp-probe")?)
-                .args(["eth0", "10.77.0.100", VIP, "50"])
+                .args(["eth0", "10.77.0.100", &VIPS.join(","), "50"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -226,12 +232,14 @@ impl Lab {
             .iter()
             .map(|(id, peer, _)| format!("{{ id = {id}, address = \"10.77.0.{id}:{peer}\" }}"))
             .collect();
-        std::fs::write(
-            self.dir.path().join("services.toml"),
-            format!(
-                "[[service]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"rr\"\n\n[[service.backend]]\naddress = \"10.77.0.200\"\nport = 8080\n"
-            ),
-        )?;
+        let services: String = VIPS
+            .iter()
+            .enumerate()
+            .map(|(i, vip)| {
+                format!("[[service]]\nname = \"web-{i}\"\nvip = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"rr\"\n\n[[service.backend]]\naddress = \"10.77.0.200\"\nport = 8080\n\n")
+            })
+            .collect();
+        std::fs::write(self.dir.path().join("services.toml"), services)?;
         for (id, peer, admin) in &peers {
             let config = self.dir.path().join(format!("member-{id}.toml"));
             std::fs::write(
@@ -257,10 +265,11 @@ impl Lab {
             .clone()
     }
 
-    /// Waits for a gratuitous ARP at or after `since` from a member other
-    /// than `not`; returns (member, time).
+    /// Waits for a gratuitous ARP for `vip` at or after `since` from a
+    /// member other than `not`; returns (member, time).
     pub fn wait_garp(
         &self,
+        vip: &str,
         since: f64,
         not: Option<u64>,
         timeout: Duration,
@@ -269,41 +278,56 @@ impl Lab {
         loop {
             if let Some(s) = self.seen().into_iter().find(|s| {
                 s.gratuitous
+                    && s.vip == vip
                     && s.at >= since
                     && self.macs.get(&s.src_mac).is_some_and(|m| Some(*m) != not)
             }) {
                 return Ok((self.macs[&s.src_mac], s.at));
             }
             if Instant::now() > deadline {
-                bail!(
-                    "no gratuitous ARP for {VIP} within {timeout:?}; seen: {:?}",
-                    self.seen()
-                );
+                bail!("no gratuitous ARP for {vip} within {timeout:?}; seen: {:?}", self.seen());
             }
             std::thread::sleep(Duration::from_millis(5));
         }
     }
 
-    /// Every ARP reply to the client's questions, in time order, as
-    /// (time, member): the split-brain check reads it.
-    pub fn replies(&self) -> Vec<(f64, u64)> {
+    /// Every ARP reply to the client's questions for `vip`, in time order,
+    /// as (time, member): the split-brain check reads it.
+    pub fn replies(&self, vip: &str) -> Vec<(f64, u64)> {
         let mut r: Vec<(f64, u64)> = self
             .seen()
             .into_iter()
-            .filter(|s| s.reply)
+            .filter(|s| s.reply && s.vip == vip)
             .map(|s| (s.at, self.macs.get(&s.src_mac).copied().unwrap_or(0)))
             .collect();
         r.sort_by(|a, b| a.0.total_cmp(&b.0));
         r
     }
 
+    /// Who answered for `vip` last, and when.
+    pub fn answering(&self, vip: &str) -> Option<(f64, u64)> {
+        self.replies(vip).last().copied()
+    }
+
+    /// The member that leads, by its last role change in its log.
+    pub fn leader(&self) -> Option<u64> {
+        self.members.iter().find_map(|(id, m)| {
+            m.log()
+                .lines()
+                .rev()
+                .find(|l| l.contains("raft role changed"))
+                .filter(|l| l.contains("role=Leader"))
+                .map(|_| *id)
+        })
+    }
+
     /// Kills the VIP owner `owner` (SIGKILL) and measures until another
     /// member's first gratuitous ARP; restarts the killed member after.
-    pub fn owner_crash(&mut self, owner: u64) -> anyhow::Result<(u64, f64)> {
+    pub fn owner_crash(&mut self, owner: u64, vip: &str) -> anyhow::Result<(u64, f64)> {
         let mut m = self.members.remove(&owner).context("no such member")?;
         let t0 = unix_now();
         m.signal("KILL")?;
-        let (new, at) = self.wait_garp(t0, Some(owner), Duration::from_secs(10))?;
+        let (new, at) = self.wait_garp(vip, t0, Some(owner), Duration::from_secs(10))?;
         m.wait_exit(Duration::from_secs(5))?;
         drop(m);
         let config = self.dir.path().join(format!("member-{owner}.toml"));

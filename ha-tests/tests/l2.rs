@@ -6,19 +6,19 @@
 
 use std::time::Duration;
 
-use ha_tests::l2lab::{Lab, split_brain, unix_now};
+use ha_tests::l2lab::{Lab, VIP, VIPS, split_brain, unix_now};
 
 #[test]
 fn owner_crash_and_clean_stop_move_the_vip_without_split_brain() -> anyhow::Result<()> {
     let mut lab = Lab::new("a")?;
     lab.start_members()?;
-    let (owner, _) = lab.wait_garp(0.0, None, Duration::from_secs(30))?;
+    let (owner, _) = lab.wait_garp(VIP, 0.0, None, Duration::from_secs(30))?;
     // The owner answers the client's questions (from user space: the
     // kernel does not answer for the VIP).
     let asked = unix_now();
     std::thread::sleep(Duration::from_millis(300));
     assert!(
-        lab.replies()
+        lab.replies(VIP)
             .iter()
             .any(|(at, m)| *at >= asked && *m == owner),
         "the owner does not answer: {:?}",
@@ -26,7 +26,7 @@ fn owner_crash_and_clean_stop_move_the_vip_without_split_brain() -> anyhow::Resu
     );
 
     // SIGKILL: a new owner announces (the benchmark measures how fast).
-    let (new_owner, took) = lab.owner_crash(owner)?;
+    let (new_owner, took) = lab.owner_crash(owner, VIP)?;
     assert_ne!(new_owner, owner);
     eprintln!(
         "owner {owner} killed: member {new_owner}'s gratuitous ARP after {:.0} ms",
@@ -36,7 +36,7 @@ fn owner_crash_and_clean_stop_move_the_vip_without_split_brain() -> anyhow::Resu
     std::thread::sleep(Duration::from_millis(500));
     let after = unix_now() - 0.3;
     assert!(
-        lab.replies()
+        lab.replies(VIP)
             .iter()
             .any(|(at, m)| *at >= after && *m == new_owner),
         "the new owner does not answer"
@@ -50,20 +50,22 @@ fn owner_crash_and_clean_stop_move_the_vip_without_split_brain() -> anyhow::Resu
     m.wait_exit(Duration::from_secs(10))?;
     let exited = unix_now();
     assert!(m.log().contains("VIPs withdrawn"), "{}", m.log());
-    let (third, _) = lab.wait_garp(t0, Some(new_owner), Duration::from_secs(10))?;
+    let (third, _) = lab.wait_garp(VIP, t0, Some(new_owner), Duration::from_secs(10))?;
     assert_ne!(third, new_owner);
     std::thread::sleep(Duration::from_millis(300));
     assert!(
-        !lab.replies()
+        !lab.replies(VIP)
             .iter()
             .any(|(at, m)| *at > exited && *m == new_owner),
         "a stopped member still answers"
     );
 
-    let replies = lab.replies();
-    assert!(replies.len() > 20, "too few replies to judge: {replies:?}");
-    if let Some(problem) = split_brain(&replies, 0.04) {
-        panic!("split brain: {problem}; replies {replies:?}");
+    for vip in VIPS {
+        let replies = lab.replies(vip);
+        assert!(replies.len() > 20, "{vip}: too few replies to judge: {replies:?}");
+        if let Some(problem) = split_brain(&replies, 0.04) {
+            panic!("split brain on {vip}: {problem}; replies {replies:?}");
+        }
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Asks for an IPv4 address by broadcast ARP at a fixed rate, as a client
 //! on the segment would (iputils arping cannot go below one second here).
 //!
-//!   arp-probe INTERFACE SENDER_IP TARGET_IP INTERVAL_MS
+//!   arp-probe INTERFACE SENDER_IP TARGET_IP[,TARGET_IP...] INTERVAL_MS
 //!
 //! Runs until killed. Used by the L2 lab inside its client namespace.
 
@@ -16,7 +16,10 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: arp-probe INTERFACE SENDER_IP TARGET_IP INTERVAL_MS");
     };
     let sender: Ipv4Addr = sender.parse().context("SENDER_IP")?;
-    let target: Ipv4Addr = target.parse().context("TARGET_IP")?;
+    let targets: Vec<Ipv4Addr> = target
+        .split(',')
+        .map(|t| t.parse().context("TARGET_IP"))
+        .collect::<anyhow::Result<_>>()?;
     let interval = Duration::from_millis(interval.parse().context("INTERVAL_MS")?);
     let iface = pnet_datalink::interfaces()
         .into_iter()
@@ -31,10 +34,15 @@ fn main() -> anyhow::Result<()> {
     else {
         anyhow::bail!("not an Ethernet interface");
     };
-    let frame = lb_node::announce::frames::arp_request(mac, sender, target);
+    let frames: Vec<Vec<u8>> = targets
+        .iter()
+        .map(|t| lb_node::announce::frames::arp_request(mac, sender, *t))
+        .collect();
     loop {
-        if let Some(Err(e)) = tx.send_to(&frame, None) {
-            eprintln!("arp-probe: {e}");
+        for frame in &frames {
+            if let Some(Err(e)) = tx.send_to(frame, None) {
+                eprintln!("arp-probe: {e}");
+            }
         }
         std::thread::sleep(interval);
     }

@@ -7,17 +7,17 @@
 //! whole run, that no two members ever answered for the VIP at once.
 //!
 //!   cargo build --release --workspace --bins
-//!   cargo run --release -p ha-tests --bin l2-failover -- [--runs 20]
+//!   cargo run --release -p ha-tests --bin l2-failover -- [--runs 40]
 //!
 //! Needs root, iproute2 and tcpdump.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ha_tests::l2lab::{Lab, split_brain};
+use ha_tests::l2lab::{Lab, VIPS, split_brain, unix_now};
 
 fn main() -> anyhow::Result<()> {
-    let mut runs = 20;
+    let mut runs = 40;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -27,31 +27,47 @@ fn main() -> anyhow::Result<()> {
     }
     let mut lab = Lab::new("f")?;
     lab.start_members()?;
-    let (mut owner, _) = lab.wait_garp(0.0, None, Duration::from_secs(30))?;
+    for vip in VIPS {
+        lab.wait_garp(vip, 0.0, None, Duration::from_secs(30))?;
+    }
     let mut took = Vec::new();
     let mut leader_took = Vec::new();
     for run in 0..runs {
         // Let the member restarted by the last run rejoin and settle.
-        std::thread::sleep(Duration::from_secs(2));
-        // Was the owner also the leader? Its last role change says.
-        let leader = lab.members[&owner]
-            .log()
-            .lines()
-            .rev()
-            .find(|l| l.contains("raft role changed"))
-            .is_some_and(|l| l.contains("role=Leader"));
-        let (new, t) = lab.owner_crash(owner)?;
+        std::thread::sleep(Duration::from_secs(3));
+        let leader = lab.leader().context("no leader")?;
+        let now = unix_now();
+        // Who answers for each VIP now.
+        let owners: Vec<(&str, u64)> = VIPS
+            .iter()
+            .filter_map(|vip| {
+                lab.answering(vip)
+                    .filter(|(at, _)| now - at < 0.5)
+                    .map(|(_, m)| (*vip, m))
+            })
+            .collect();
+        // Odd runs kill the leader's VIP owner (the leader itself), even
+        // runs a follower that owns one.
+        let want_leader = run % 2 == 1;
+        let Some((vip, owner)) = owners
+            .iter()
+            .find(|(_, m)| (*m == leader) == want_leader)
+            .copied()
+        else {
+            eprintln!("run {run}: no VIP owned by {}; owners {owners:?}", if want_leader { "the leader" } else { "a follower" });
+            continue;
+        };
+        let (new, t) = lab.owner_crash(owner, vip)?;
         eprintln!(
-            "run {run}: owner {owner}{} killed, member {new} announced after {:.0} ms",
-            if leader { " (the leader)" } else { "" },
+            "run {run}: owner {owner} of {vip}{} killed, member {new} announced after {:.0} ms",
+            if owner == leader { " (the leader)" } else { "" },
             t * 1e3
         );
-        if leader {
+        if owner == leader {
             leader_took.push(t);
         } else {
             took.push(t);
         }
-        owner = new;
     }
     let summary = |mut v: Vec<f64>| {
         if v.is_empty() {
@@ -67,13 +83,20 @@ fn main() -> anyhow::Result<()> {
             pct(1.0)
         )
     };
-    let replies = lab.replies();
-    let brain = split_brain(&replies, 0.04);
+    let mut answers = 0;
+    let mut brain = None;
+    for vip in VIPS {
+        let replies = lab.replies(vip);
+        answers += replies.len();
+        if let Some(problem) = split_brain(&replies, 0.04) {
+            brain = Some(format!("{vip}: {problem}"));
+        }
+    }
     println!(
         "L2 owner crash -> new owner's first gratuitous ARP: owner a follower: {}; owner the leader: {}; {} ARP answers checked, split brain: {}",
         summary(took),
         summary(leader_took),
-        replies.len(),
+        answers,
         brain.as_deref().unwrap_or("none")
     );
     anyhow::ensure!(brain.is_none(), "split brain");
