@@ -74,7 +74,8 @@ fn parse_tcpdump(line: &str) -> Option<ArpSeen> {
     let vip = VIPS.iter().find(|v| {
         rest.contains(&format!("tell {v},")) || rest.starts_with(&format!("Reply {v} is-at"))
     })?;
-    let gratuitous = (rest.starts_with("Request who-has") && rest.contains(&format!("who-has {vip} tell {vip},")))
+    let gratuitous = (rest.starts_with("Request who-has")
+        && rest.contains(&format!("who-has {vip} tell {vip},")))
         || (rest.starts_with("Reply") && dst == "ff:ff:ff:ff:ff:ff");
     let reply = rest.starts_with("Reply") && dst != "ff:ff:ff:ff:ff:ff";
     Some(ArpSeen {
@@ -285,7 +286,10 @@ impl Lab {
                 return Ok((self.macs[&s.src_mac], s.at));
             }
             if Instant::now() > deadline {
-                bail!("no gratuitous ARP for {vip} within {timeout:?}; seen: {:?}", self.seen());
+                bail!(
+                    "no gratuitous ARP for {vip} within {timeout:?}; seen: {:?}",
+                    self.seen()
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }

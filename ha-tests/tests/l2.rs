@@ -62,7 +62,10 @@ fn owner_crash_and_clean_stop_move_the_vip_without_split_brain() -> anyhow::Resu
 
     for vip in VIPS {
         let replies = lab.replies(vip);
-        assert!(replies.len() > 20, "{vip}: too few replies to judge: {replies:?}");
+        assert!(
+            replies.len() > 20,
+            "{vip}: too few replies to judge: {replies:?}"
+        );
         if let Some(problem) = split_brain(&replies, 0.04) {
             panic!("split brain on {vip}: {problem}; replies {replies:?}");
         }

@@ -54,7 +54,14 @@ fn main() -> anyhow::Result<()> {
             .find(|(_, m)| (*m == leader) == want_leader)
             .copied()
         else {
-            eprintln!("run {run}: no VIP owned by {}; owners {owners:?}", if want_leader { "the leader" } else { "a follower" });
+            eprintln!(
+                "run {run}: no VIP owned by {}; owners {owners:?}",
+                if want_leader {
+                    "the leader"
+                } else {
+                    "a follower"
+                }
+            );
             continue;
         };
         let (new, t) = lab.owner_crash(owner, vip)?;

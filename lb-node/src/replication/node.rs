@@ -74,6 +74,9 @@ pub struct RaftStatus {
     pub voters: Vec<u64>,
     /// The VIPs this member may announce now (owner, lease held, fenced).
     pub announced: Arc<std::collections::BTreeSet<std::net::IpAddr>>,
+    /// Every VIP while this member may announce (lease, in touch, not
+    /// drained): BGP's ECMP mode announces these.
+    pub ecmp: Arc<std::collections::BTreeSet<std::net::IpAddr>>,
 }
 
 impl RaftStatus {
@@ -82,12 +85,20 @@ impl RaftStatus {
     }
 }
 
+type AnnouncedSets = (
+    Arc<std::collections::BTreeSet<std::net::IpAddr>>,
+    Arc<std::collections::BTreeSet<std::net::IpAddr>>,
+);
+
 /// The member's status; `announced` is computed again only when asked
 /// (`None`), because it costs O(VIPs) and the loop runs per message.
-fn status_of(
-    replica: &Replica,
-    announced: Option<Arc<std::collections::BTreeSet<std::net::IpAddr>>>,
-) -> RaftStatus {
+fn status_of(replica: &Replica, announced: Option<AnnouncedSets>) -> RaftStatus {
+    let (announced, ecmp) = announced.unwrap_or_else(|| {
+        (
+            Arc::new(replica.announced_vips()),
+            Arc::new(replica.ecmp_vips()),
+        )
+    });
     RaftStatus {
         id: replica.id(),
         role: match replica.role() {
@@ -101,7 +112,8 @@ fn status_of(
         commit_index: replica.commit_index(),
         applied_index: replica.applied_index(),
         voters: replica.voters(),
-        announced: announced.unwrap_or_else(|| Arc::new(replica.announced_vips())),
+        announced,
+        ecmp,
     }
 }
 
@@ -222,8 +234,10 @@ pub fn run(
         }
         // What is announced changes with time (ticks) and with the VIP
         // owners, not with every message.
-        let keep = (!ticked && !owners_moved && !replica.is_removed())
-            .then(|| status.borrow().announced.clone());
+        let keep = (!ticked && !owners_moved && !replica.is_removed()).then(|| {
+            let s = status.borrow();
+            (s.announced.clone(), s.ecmp.clone())
+        });
         let now = status_of(&replica, keep);
         status.send_if_modified(|s| {
             if s.leader != now.leader && now.leader != 0 {

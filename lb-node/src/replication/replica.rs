@@ -339,6 +339,27 @@ impl Replica {
         }
     }
 
+    /// Whether this member may announce anything: its lease holds and it
+    /// has been in touch for a full lease (back in touch, or just started,
+    /// its state may be stale: a full lease to catch up first).
+    pub fn may_announce(&self) -> bool {
+        if self.removed || !self.lease_valid() {
+            return false;
+        }
+        let lease = self.config.election_ticks as u64;
+        self.in_touch_since.is_some_and(|t| self.ticks >= t + lease)
+    }
+
+    /// Every VIP, while this member may announce and is not drained: what
+    /// a member announces in BGP ECMP mode, where every healthy member with
+    /// quorum carries every VIP.
+    pub fn ecmp_vips(&self) -> BTreeSet<std::net::IpAddr> {
+        if !self.may_announce() || self.state.drained_members().contains(&self.config.id) {
+            return BTreeSet::new();
+        }
+        self.state.vips()
+    }
+
     /// The VIPs this member announces now: the ones the committed state
     /// gives it, while its lease holds, once it has been in touch for a
     /// full lease (so a stale member has caught up), and each only a few
@@ -348,13 +369,7 @@ impl Replica {
     /// announce one VIP at the same time; the simulation checks it at every
     /// step of its fault scenarios.
     pub fn announced_vips(&self) -> BTreeSet<std::net::IpAddr> {
-        if self.removed || !self.lease_valid() {
-            return BTreeSet::new();
-        }
-        let lease = self.config.election_ticks as u64;
-        // Back in touch (or just started), the state may be stale: a full
-        // lease to catch up before announcing anything.
-        if self.in_touch_since.is_none_or(|t| self.ticks < t + lease) {
+        if !self.may_announce() {
             return BTreeSet::new();
         }
         let takeover = TAKEOVER_HEARTBEATS * self.config.heartbeat_ticks as u64;
