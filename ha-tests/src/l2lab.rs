@@ -104,6 +104,7 @@ pub struct Lab {
     capture: Option<Child>,
     arping: Option<Child>,
     pub seen: Arc<Mutex<Vec<ArpSeen>>>,
+    admin_ports: BTreeMap<u64, u16>,
 }
 
 impl Drop for Lab {
@@ -139,6 +140,7 @@ impl Lab {
             capture: None,
             arping: None,
             seen: Arc::default(),
+            admin_ports: BTreeMap::new(),
         };
         let sw = lab.ns("sw");
         run(&["ip", "netns", "add", &sw])?;
@@ -177,6 +179,12 @@ impl Lab {
                 lab.macs.insert(mac, (i + 1) as u64);
             }
         }
+        Ok(lab)
+    }
+
+    /// Starts the client's capture of ARP and its questions for the VIPs.
+    pub fn start_arp_watch(&mut self) -> anyhow::Result<()> {
+        let lab = self;
         // The capture: every ARP frame the client sees, with its time.
         let mut capture = Command::new("ip")
             .args([
@@ -221,11 +229,20 @@ impl Lab {
                 .spawn()
                 .context("cannot start arp-probe")?,
         );
-        Ok(lab)
+        Ok(())
     }
 
-    /// Writes the members' configs and starts them.
+    /// Writes the members' configs and starts them, announcing by L2.
     pub fn start_members(&mut self) -> anyhow::Result<()> {
+        self.start_members_with(|_| {
+            "[announce]\nmode = \"l2\"\ninterface = \"eth0\"\nvip_ranges = [\"10.77.0.48/28\"]\n"
+                .to_owned()
+        })
+    }
+
+    /// Writes the members' configs with `announce(id)` as their
+    /// `[announce]` section, and starts them.
+    pub fn start_members_with(&mut self, announce: impl Fn(u64) -> String) -> anyhow::Result<()> {
         let peers: Vec<(u64, u16, u16)> = (1..=3)
             .map(|id| Ok((id, free_port()?, free_port()?)))
             .collect::<anyhow::Result<_>>()?;
@@ -247,12 +264,14 @@ impl Lab {
                 &config,
                 format!(
                     "[node]\nid = {id}\n\n[source.file]\npath = \"services.toml\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\nmetrics_listen = \"127.0.0.1:0\"\n\n\
-                     [announce]\nmode = \"l2\"\ninterface = \"eth0\"\nvip_ranges = [\"10.77.0.48/28\"]\n\n\
+                     {}\n\
                      [cluster]\nid = \"l2-lab\"\ndata_dir = \"data-{id}\"\nlisten = \"10.77.0.{id}:{peer}\"\nmember = [{}]\n",
+                    announce(*id),
                     list.join(", ")
                 ),
             )?;
             let ns = self.ns(&format!("m{id}"));
+            self.admin_ports.insert(*id, *admin);
             self.members
                 .insert(*id, Member::start_in(Some(&ns), &config)?);
         }
@@ -339,6 +358,49 @@ impl Lab {
         self.members
             .insert(owner, Member::start_in(Some(&ns), &config)?);
         Ok((new, at - t0))
+    }
+
+    /// Runs lbctl against member `id` inside its namespace; (code, stdout).
+    pub fn lbctl(&self, id: u64, args: &[&str]) -> anyhow::Result<(i32, String)> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns(&format!("m{id}"))])
+            .arg(crate::binary("lbctl")?)
+            .arg("--endpoint")
+            .arg(format!("http://127.0.0.1:{}", self.admin_ports[&id]))
+            .args(args)
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
+    }
+
+    /// Runs a command inside namespace `name` ("m1", "c", "sw").
+    pub fn exec(&self, name: &str, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns(name)])
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run {}", args[0]))?;
+        if !out.status.success() {
+            bail!(
+                "{} in {name}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Starts a command inside namespace `name`, in the background.
+    pub fn spawn(&self, name: &str, args: &[&str]) -> anyhow::Result<Child> {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(name)])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", args[0]))
     }
 
     pub fn dir(&self) -> &Path {

@@ -11,6 +11,7 @@ use ha_tests::l2lab::{Lab, VIP, VIPS, split_brain, unix_now};
 #[test]
 fn owner_crash_and_clean_stop_move_the_vip_without_split_brain() -> anyhow::Result<()> {
     let mut lab = Lab::new("a")?;
+    lab.start_arp_watch()?;
     lab.start_members()?;
     let (owner, _) = lab.wait_garp(VIP, 0.0, None, Duration::from_secs(30))?;
     // The owner answers the client's questions (from user space: the

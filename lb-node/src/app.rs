@@ -179,15 +179,28 @@ pub async fn run(
         ))),
     }
 
-    if let crate::announce::AnnounceConfig::L2(l2) = config.announce.clone() {
-        let announced = announced_vips(&states, cluster.as_ref(), &shutdown);
-        let stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = crate::announce::l2::run(l2, announced, stop.clone()).await {
-                tracing::error!(error = format!("{e:#}"), "L2 announcer failed; stopping");
-                stop.cancel();
-            }
-        }));
+    match config.announce.clone() {
+        crate::announce::AnnounceConfig::None => {}
+        crate::announce::AnnounceConfig::L2(l2) => {
+            let announced = announced_vips(&states, cluster.as_ref(), false, &shutdown);
+            let stop = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::announce::l2::run(l2, announced, stop.clone()).await {
+                    tracing::error!(error = format!("{e:#}"), "L2 announcer failed; stopping");
+                    stop.cancel();
+                }
+            }));
+        }
+        crate::announce::AnnounceConfig::Bgp(bgp) => {
+            let announced = announced_vips(&states, cluster.as_ref(), bgp.ecmp, &shutdown);
+            let stop = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::announce::bgp::run(bgp, announced, stop.clone()).await {
+                    tracing::error!(error = format!("{e:#}"), "BGP speaker failed; stopping");
+                    stop.cancel();
+                }
+            }));
+        }
     }
 
     let (dataplane_tx, dataplane_rx) = watch::channel(DataplaneStatus::default());
@@ -252,6 +265,7 @@ pub async fn run(
 fn announced_vips(
     states: &watch::Receiver<Arc<State>>,
     cluster: Option<&ClusterHandle>,
+    ecmp: bool,
     shutdown: &CancellationToken,
 ) -> watch::Receiver<Arc<std::collections::BTreeSet<std::net::IpAddr>>> {
     let (tx, rx) = watch::channel(Arc::default());
@@ -261,7 +275,14 @@ fn announced_vips(
             let mut status = c.node.status.clone();
             tokio::spawn(async move {
                 loop {
-                    let now = status.borrow_and_update().announced.clone();
+                    let now = {
+                        let s = status.borrow_and_update();
+                        if ecmp {
+                            s.ecmp.clone()
+                        } else {
+                            s.announced.clone()
+                        }
+                    };
                     tx.send_if_modified(|a| {
                         let changed = **a != *now;
                         if changed {

@@ -284,8 +284,30 @@ struct RawConfig {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawPeer {
+    address: String,
+    #[serde(rename = "as")]
+    asn: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawAnnounce {
     mode: String,
+    local_as: Option<u32>,
+    router_id: Option<String>,
+    #[serde(default)]
+    peer: Vec<RawPeer>,
+    #[serde(default = "default_hold_time")]
+    hold_time: u16,
+    #[serde(default)]
+    communities: Vec<String>,
+    #[serde(default = "default_local_pref")]
+    local_pref: u32,
+    next_hop_v4: Option<String>,
+    next_hop_v6: Option<String>,
+    #[serde(default)]
+    ecmp: bool,
     interface: Option<String>,
     #[serde(default = "default_vip_interface")]
     vip_interface: String,
@@ -295,6 +317,128 @@ struct RawAnnounce {
     garp_count: u32,
     #[serde(default = "default_garp_interval")]
     garp_interval: String,
+}
+
+fn default_hold_time() -> u16 {
+    90
+}
+fn default_local_pref() -> u32 {
+    100
+}
+
+fn validate_bgp(
+    a: RawAnnounce,
+    file: &Path,
+) -> Result<crate::announce::bgp::BgpConfig, ConfigError> {
+    let local_as = a.local_as.filter(|a| *a != 0).ok_or_else(|| {
+        ConfigError::new(
+            file,
+            "announce.local_as",
+            "required with mode = \"bgp\" (1 to 4294967295)",
+        )
+    })?;
+    let router_id: std::net::Ipv4Addr = a
+        .router_id
+        .as_deref()
+        .ok_or_else(|| {
+            ConfigError::new(
+                file,
+                "announce.router_id",
+                "required with mode = \"bgp\": an IPv4 address unique to this member",
+            )
+        })?
+        .parse()
+        .map_err(|_| ConfigError::new(file, "announce.router_id", "not an IPv4 address"))?;
+    if a.peer.is_empty() {
+        return Err(ConfigError::new(
+            file,
+            "announce.peer",
+            "at least one [[announce.peer]] with address and as",
+        ));
+    }
+    let mut peers = Vec::new();
+    for (i, p) in a.peer.iter().enumerate() {
+        let address = p
+            .address
+            .parse::<SocketAddr>()
+            .or_else(|_| {
+                p.address
+                    .parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 179))
+            })
+            .map_err(|_| {
+                ConfigError::new(
+                    file,
+                    format!("announce.peer[{i}].address"),
+                    format!("{:?} is not an address (or address:port)", p.address),
+                )
+            })?;
+        if p.asn == 0 {
+            return Err(ConfigError::new(
+                file,
+                format!("announce.peer[{i}].as"),
+                "0 is not an AS number",
+            ));
+        }
+        peers.push(crate::announce::bgp::PeerConfig {
+            address,
+            asn: p.asn,
+        });
+    }
+    if a.hold_time != 0 && a.hold_time < 3 {
+        return Err(ConfigError::new(
+            file,
+            "announce.hold_time",
+            "0 or at least 3 seconds (RFC 4271)",
+        ));
+    }
+    let mut communities = Vec::new();
+    for (i, c) in a.communities.iter().enumerate() {
+        communities.push(
+            crate::announce::bgp::codec::parse_community(c).ok_or_else(|| {
+                ConfigError::new(
+                    file,
+                    format!("announce.communities[{i}]"),
+                    format!("{c:?} is not a community like \"65001:100\""),
+                )
+            })?,
+        );
+    }
+    let next_hop_v4 = a
+        .next_hop_v4
+        .map(|t| {
+            t.parse().map_err(|_| {
+                ConfigError::new(
+                    file,
+                    "announce.next_hop_v4",
+                    format!("{t:?} is not an IPv4 address"),
+                )
+            })
+        })
+        .transpose()?;
+    let next_hop_v6 = a
+        .next_hop_v6
+        .map(|t| {
+            t.parse().map_err(|_| {
+                ConfigError::new(
+                    file,
+                    "announce.next_hop_v6",
+                    format!("{t:?} is not an IPv6 address"),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(crate::announce::bgp::BgpConfig {
+        local_as,
+        router_id,
+        peers,
+        hold_time: a.hold_time,
+        communities,
+        local_pref: a.local_pref,
+        next_hop_v4,
+        next_hop_v6,
+        ecmp: a.ecmp,
+    })
 }
 
 fn default_vip_interface() -> String {
@@ -356,15 +500,11 @@ fn validate_announce(
                 garp_interval,
             }))
         }
-        "bgp" => Err(ConfigError::new(
-            file,
-            "announce.mode",
-            "\"bgp\": the BGP speaker is not part of this build yet; use \"l2\" or \"none\"",
-        )),
+        "bgp" => Ok(AnnounceConfig::Bgp(validate_bgp(a, file)?)),
         other => Err(ConfigError::new(
             file,
             "announce.mode",
-            format!("unknown mode {other:?}; expected \"none\" or \"l2\""),
+            format!("unknown mode {other:?}; expected \"none\", \"l2\" or \"bgp\""),
         )),
     }
 }

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub status_writes: IntCounterVec,
     pub kube_plan_seconds: Histogram,
     pub kube_batch_events: Histogram,
+    pub bgp_sessions: prometheus::IntGaugeVec,
 }
 
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
@@ -215,6 +216,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 .buckets(vec![
                     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0, 10000.0,
                 ]),
+            ),
+        ),
+        bgp_sessions: registered(
+            &registry,
+            prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "lb_bgp_session_established",
+                    "1 while the BGP session with the peer is established.",
+                ),
+                &["peer"],
             ),
         ),
         registry,

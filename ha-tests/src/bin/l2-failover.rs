@@ -26,6 +26,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let mut lab = Lab::new("f")?;
+    lab.start_arp_watch()?;
     lab.start_members()?;
     for vip in VIPS {
         lab.wait_garp(vip, 0.0, None, Duration::from_secs(30))?;

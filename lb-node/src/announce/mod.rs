@@ -5,11 +5,13 @@
 //! docs/announcement.md), or every VIP of the table on a standalone member.
 //! This module only makes the network know: `l2` answers ARP and neighbour
 //! solicitations and sends gratuitous ARP / unsolicited NA on takeover.
-//! BGP is not built yet.
+//! `bgp` announces them as host routes to BGP peers.
 //!
 //! - `frames`: pure: the Ethernet frames, built and parsed.
 //! - `l2`: the L2 announcer (rtnetlink and a packet socket).
+//! - `bgp`: the BGP speaker (`bgp::codec` is pure).
 
+pub mod bgp;
 pub mod frames;
 pub mod l2;
 
@@ -21,4 +23,5 @@ pub enum AnnounceConfig {
     #[default]
     None,
     L2(l2::L2Config),
+    Bgp(bgp::BgpConfig),
 }

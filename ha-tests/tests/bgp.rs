@@ -1,0 +1,328 @@
+//! BGP announcement against a real peer: BIRD 2 in the router namespace of
+//! the lab peers (eBGP, AS 65000) with three lb-node members (AS 65001),
+//! which announce the VIPs they own. Checks BIRD's routing table: each VIP
+//! via its owner; a member killed: its routes gone within the hold time and
+//! its VIP announced by another; a member stopped cleanly or drained: its
+//! routes withdrawn at once; a member cut from the quorum (its Raft port
+//! blocked, its BGP session up): it withdraws.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use ha_tests::l2lab::{Lab, VIPS};
+
+const HOLD: u64 = 6;
+
+struct Bird {
+    child: Child,
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_bird(lab: &Lab) -> anyhow::Result<Bird> {
+    let dir = lab.dir();
+    let config = dir.join("bird.conf");
+    let mut text = format!(
+        "router id 10.77.0.100;\nprotocol device {{ }}\n\
+         template bgp lbnode {{\n  local 10.77.0.100 as 65000;\n  hold time {HOLD};\n  passive on;\n  error wait time 1, 5;\n  \
+         ipv4 {{ import all; export none; }};\n}}\n"
+    );
+    for id in 1..=3 {
+        text.push_str(&format!(
+            "protocol bgp m{id} from lbnode {{ neighbor 10.77.0.{id} as 65001; }}\n"
+        ));
+    }
+    std::fs::write(&config, text)?;
+    let socket = dir.join("bird.ctl");
+    let child = lab.spawn(
+        "c",
+        &[
+            "bird",
+            "-f",
+            "-c",
+            config.to_str().unwrap_or_default(),
+            "-s",
+            socket.to_str().unwrap_or_default(),
+            "-P",
+            dir.join("bird.pid").to_str().unwrap_or_default(),
+        ],
+    )?;
+    Ok(Bird { child })
+}
+
+/// VIP -> the members BIRD has a route to it through.
+fn routes(lab: &Lab) -> anyhow::Result<BTreeMap<String, BTreeSet<u64>>> {
+    let socket = lab.dir().join("bird.ctl");
+    let out = lab.exec(
+        "c",
+        &[
+            "birdc",
+            "-s",
+            socket.to_str().unwrap_or_default(),
+            "show",
+            "route",
+            "all",
+        ],
+    )?;
+    let mut table: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in out.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some(prefix) = first.strip_suffix("/32") {
+            current = Some(prefix.to_owned());
+        }
+        // "	via 10.77.0.2 on eth0" (the route's next hop) or the BGP.next_hop line.
+        if let Some(rest) = line.trim().strip_prefix("BGP.next_hop: 10.77.0.")
+            && let (Some(vip), Ok(member)) = (&current, rest.trim().parse::<u64>())
+        {
+            table.entry(vip.clone()).or_default().insert(member);
+        }
+    }
+    Ok(table)
+}
+
+fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        match f() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = Some(e.to_string()),
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{what}: not within {timeout:?} (last error: {last:?})");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Each VIP with exactly one next hop, and who.
+fn owners(lab: &Lab) -> anyhow::Result<Option<BTreeMap<String, u64>>> {
+    let t = routes(lab)?;
+    if std::env::var_os("BGP_TRACE").is_some() {
+        eprintln!("routes: {t:?}");
+    }
+    let ok = VIPS.iter().all(|v| t.get(*v).is_some_and(|s| s.len() == 1));
+    Ok(ok.then(|| {
+        t.into_iter()
+            .filter_map(|(v, s)| s.into_iter().next().map(|m| (v, m)))
+            .collect()
+    }))
+}
+
+#[test]
+fn bird_sees_owners_and_withdrawals() -> anyhow::Result<()> {
+    let mut lab = Lab::new("b")?;
+    let _bird = start_bird(&lab)?;
+    lab.start_members_with(|id| {
+        format!(
+            "[announce]\nmode = \"bgp\"\nlocal_as = 65001\nrouter_id = \"10.77.0.{id}\"\nhold_time = {HOLD}\n\
+             communities = [\"65001:100\"]\n[[announce.peer]]\naddress = \"10.77.0.100\"\nas = 65000\n"
+        )
+    })?;
+    // Every VIP via exactly one member: its owner.
+    let first = wait_for("each VIP via its owner", Duration::from_secs(30), || {
+        owners(&lab)
+    })?;
+    eprintln!("owners: {first:?}");
+
+    // Cut from the quorum (its packets to the other members blackholed,
+    // its BGP session untouched): it withdraws on its own once its lease
+    // runs out, and its VIP moves.
+    let (cut_vip, cut) = first
+        .iter()
+        .last()
+        .map(|(v, m)| (v.clone(), *m))
+        .expect("a VIP");
+    let others: Vec<String> = (1..=3u64)
+        .filter(|id| *id != cut)
+        .map(|id| format!("10.77.0.{id}/32"))
+        .collect();
+    let t0 = Instant::now();
+    for net in &others {
+        lab.exec(
+            &format!("m{cut}"),
+            &["ip", "route", "add", "blackhole", net],
+        )?;
+    }
+    wait_for("the cut member withdraws", Duration::from_secs(5), || {
+        Ok(routes(&lab)?
+            .values()
+            .all(|s| !s.contains(&cut))
+            .then_some(()))
+    })?;
+    eprintln!(
+        "member {cut} cut from the quorum: withdrew after {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        !lab.members[&cut].log().contains("BGP session reset"),
+        "the withdrawal came from the member, not from a lost session"
+    );
+    wait_for(
+        "its VIP via another member",
+        Duration::from_secs(10),
+        || {
+            Ok(owners(&lab)?
+                .and_then(|o| o.get(&cut_vip).copied())
+                .filter(|m| *m != cut))
+        },
+    )?;
+    for net in &others {
+        lab.exec(
+            &format!("m{cut}"),
+            &["ip", "route", "del", "blackhole", net],
+        )?;
+    }
+    wait_for(
+        "every VIP announced once after the heal",
+        Duration::from_secs(30),
+        || owners(&lab),
+    )?;
+
+    // Gone silently (its link down: no FIN, no RST): BIRD drops its routes
+    // when the hold timer expires.
+    let silent = *lab.members.keys().next().expect("a member");
+    let t0 = Instant::now();
+    lab.exec(
+        "sw",
+        &["ip", "link", "set", &format!("p{}", silent - 1), "down"],
+    )?;
+    wait_for(
+        "the silent member's routes gone",
+        Duration::from_secs(HOLD + 3),
+        || {
+            Ok(routes(&lab)?
+                .values()
+                .all(|s| !s.contains(&silent))
+                .then_some(()))
+        },
+    )?;
+    let gone = t0.elapsed();
+    eprintln!("member {silent} silent: its routes gone after {gone:?} (hold time {HOLD} s)");
+    assert!(
+        gone <= Duration::from_secs(HOLD + 2),
+        "routes outlived the hold time: {gone:?}"
+    );
+    lab.exec(
+        "sw",
+        &["ip", "link", "set", &format!("p{}", silent - 1), "up"],
+    )?;
+    let first = wait_for(
+        "every VIP announced once after the link is back",
+        Duration::from_secs(30),
+        || owners(&lab),
+    )?;
+
+    // Killed: BIRD drops its routes (at once: the kernel closes the
+    // connection), and the VIP comes back through another member.
+    let (vip, victim) = first
+        .iter()
+        .next()
+        .map(|(v, m)| (v.clone(), *m))
+        .expect("a VIP");
+    let mut m = lab.members.remove(&victim).expect("member");
+    let t0 = Instant::now();
+    m.signal("KILL")?;
+    m.wait_exit(Duration::from_secs(5))?;
+    wait_for(
+        "the killed member's routes gone",
+        Duration::from_secs(HOLD + 3),
+        || {
+            Ok(routes(&lab)?
+                .values()
+                .all(|s| !s.contains(&victim))
+                .then_some(()))
+        },
+    )?;
+    let gone = t0.elapsed();
+    let moved = wait_for(
+        "the VIP back via another member",
+        Duration::from_secs(10),
+        || {
+            Ok(owners(&lab)?
+                .and_then(|o| o.get(&vip).copied())
+                .filter(|m| *m != victim))
+        },
+    )?;
+    eprintln!("member {victim} killed: its routes gone after {gone:?}; {vip} now via {moved}");
+    assert!(
+        gone <= Duration::from_secs(HOLD + 2),
+        "routes outlived the hold time: {gone:?}"
+    );
+
+    // Drained: its routes withdrawn at once (and its VIPs move).
+    // lbctl runs in the leader's namespace (each admin API listens on its
+    // own namespace's loopback).
+    let leader_id = wait_for("a leader", Duration::from_secs(10), || Ok(lab.leader()))?;
+    let drained = *lab
+        .members
+        .keys()
+        .find(|id| **id != leader_id)
+        .expect("a member");
+    let t0 = Instant::now();
+    let (code, out) = lab.lbctl(leader_id, &["member", "drain", &drained.to_string()])?;
+    assert_eq!(code, 0, "{out}");
+    wait_for(
+        "the drained member's routes gone",
+        Duration::from_secs(5),
+        || {
+            Ok(routes(&lab)?
+                .values()
+                .all(|s| !s.contains(&drained))
+                .then_some(()))
+        },
+    )?;
+    eprintln!(
+        "member {drained} drained: routes gone after {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(HOLD),
+        "a drain waited for the hold time"
+    );
+    let (code, out) = lab.lbctl(leader_id, &["member", "undrain", &drained.to_string()])?;
+    assert_eq!(code, 0, "{out}");
+
+    // Stopped cleanly: withdrawn at once, Cease sent.
+    let holder = wait_for("a member with routes", Duration::from_secs(10), || {
+        Ok(owners(&lab)?.and_then(|o| o.values().next().copied()))
+    })?;
+    let mut m = lab.members.remove(&holder).expect("member");
+    let t0 = Instant::now();
+    m.signal("TERM")?;
+    m.wait_exit(Duration::from_secs(10))?;
+    // The log reader thread may be a line behind the exit.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(m.log().contains("Cease sent"), "{}", m.log());
+    wait_for(
+        "the stopped member's routes gone",
+        Duration::from_secs(5),
+        || {
+            Ok(routes(&lab)?
+                .values()
+                .all(|s| !s.contains(&holder))
+                .then_some(()))
+        },
+    )?;
+    eprintln!(
+        "member {holder} stopped: routes gone after {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(HOLD),
+        "a clean stop waited for the hold time"
+    );
+    Ok(())
+}
