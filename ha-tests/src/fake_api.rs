@@ -1072,6 +1072,10 @@ fn watch_response(
         let mut bookmark = tokio::time::interval(shared.bookmark_interval);
         bookmark.tick().await;
         loop {
+            // A dropped watch sends nothing more.
+            if generation.has_changed().unwrap_or(true) {
+                return;
+            }
             // Everything after `position`.
             let lines: Option<Vec<Vec<u8>>> = {
                 let store = lock(&shared.store);
@@ -1104,8 +1108,9 @@ fn watch_response(
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return,
+                biased;
                 _ = generation.changed() => return,
+                _ = tokio::time::sleep_until(deadline) => return,
                 changed = versions.changed() => if changed.is_err() { return },
                 _ = bookmark.tick(), if bookmarks => {
                     let b = json!({
