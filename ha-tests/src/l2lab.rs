@@ -27,6 +27,8 @@ use crate::{Member, free_port};
 /// owns one).
 pub const VIPS: [&str; 3] = ["10.77.0.50", "10.77.0.51", "10.77.0.52"];
 pub const VIP: &str = VIPS[0];
+/// An IPv6 VIP of a fourth service (on-link in fd00:77::/64).
+pub const VIP6: &str = "fd00:77::50";
 
 fn run(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(args[0])
@@ -170,6 +172,21 @@ impl Lab {
                 &ns,
                 &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
             )?;
+            // IPv6 on the same segment, without duplicate address detection
+            // (it would hold the address back for a second or two).
+            let host = ip.rsplit('.').next().unwrap_or("0");
+            in_ns(
+                &ns,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("fd00:77::{host}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            )?;
             in_ns(&ns, &["ip", "link", "set", "eth0", "up"])?;
             if name.starts_with('m') {
                 let out = Command::new("ip")
@@ -235,7 +252,7 @@ impl Lab {
     /// Writes the members' configs and starts them, announcing by L2.
     pub fn start_members(&mut self) -> anyhow::Result<()> {
         self.start_members_with(|_| {
-            "[announce]\nmode = \"l2\"\ninterface = \"eth0\"\nvip_ranges = [\"10.77.0.48/28\"]\n"
+            "[announce]\nmode = \"l2\"\ninterface = \"eth0\"\nvip_ranges = [\"10.77.0.48/28\", \"fd00:77::40/122\"]\n"
                 .to_owned()
         })
     }
@@ -256,7 +273,8 @@ impl Lab {
             .map(|(i, vip)| {
                 format!("[[service]]\nname = \"web-{i}\"\nvip = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"rr\"\n\n[[service.backend]]\naddress = \"10.77.0.200\"\nport = 8080\n\n")
             })
-            .collect();
+            .collect::<String>()
+            + &format!("[[service]]\nname = \"web-v6\"\nvip = \"{VIP6}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"rr\"\n\n[[service.backend]]\naddress = \"fd00:77::200\"\nport = 8080\n");
         std::fs::write(self.dir.path().join("services.toml"), services)?;
         for (id, peer, admin) in &peers {
             let config = self.dir.path().join(format!("member-{id}.toml"));

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use ha_tests::l2lab::{Lab, VIPS};
+use ha_tests::l2lab::{Lab, VIP6, VIPS};
 
 const HOLD: u64 = 6;
 
@@ -26,20 +26,35 @@ impl Drop for Bird {
 }
 
 fn start_bird(lab: &Lab) -> anyhow::Result<Bird> {
+    start_bird_as(lab, "bird", 179, 65000, 65001)
+}
+
+/// A BIRD instance `name` in the router namespace, listening on `port`,
+/// in AS `asn`, peering with the three members (AS `member_as`).
+fn start_bird_as(
+    lab: &Lab,
+    name: &str,
+    port: u16,
+    asn: u32,
+    member_as: u32,
+) -> anyhow::Result<Bird> {
     let dir = lab.dir();
-    let config = dir.join("bird.conf");
+    let config = dir.join(format!("{name}.conf"));
+    // iBGP with members on the shared segment: a direct session (BIRD
+    // takes iBGP for multihop otherwise).
+    let direct = if asn == member_as { "direct;\n  " } else { "" };
     let mut text = format!(
         "router id 10.77.0.100;\nprotocol device {{ }}\n\
-         template bgp lbnode {{\n  local 10.77.0.100 as 65000;\n  hold time {HOLD};\n  passive on;\n  error wait time 1, 5;\n  \
-         ipv4 {{ import all; export none; }};\n}}\n"
+         template bgp lbnode {{\n  local 10.77.0.100 port {port} as {asn};\n  hold time {HOLD};\n  passive on;\n  error wait time 1, 5;\n  {direct}\
+         ipv4 {{ import all; export none; }};\n  ipv6 {{ import all; export none; }};\n}}\n"
     );
     for id in 1..=3 {
         text.push_str(&format!(
-            "protocol bgp m{id} from lbnode {{ neighbor 10.77.0.{id} as 65001; }}\n"
+            "protocol bgp m{id} from lbnode {{ neighbor 10.77.0.{id} as {member_as}; }}\n"
         ));
     }
     std::fs::write(&config, text)?;
-    let socket = dir.join("bird.ctl");
+    let socket = dir.join(format!("{name}.ctl"));
     let child = lab.spawn(
         "c",
         &[
@@ -50,16 +65,15 @@ fn start_bird(lab: &Lab) -> anyhow::Result<Bird> {
             "-s",
             socket.to_str().unwrap_or_default(),
             "-P",
-            dir.join("bird.pid").to_str().unwrap_or_default(),
+            dir.join(format!("{name}.pid")).to_str().unwrap_or_default(),
         ],
     )?;
     Ok(Bird { child })
 }
 
-/// VIP -> the members BIRD has a route to it through.
-fn routes(lab: &Lab) -> anyhow::Result<BTreeMap<String, BTreeSet<u64>>> {
-    let socket = lab.dir().join("bird.ctl");
-    let out = lab.exec(
+fn show_routes(lab: &Lab, name: &str) -> anyhow::Result<String> {
+    let socket = lab.dir().join(format!("{name}.ctl"));
+    lab.exec(
         "c",
         &[
             "birdc",
@@ -69,18 +83,36 @@ fn routes(lab: &Lab) -> anyhow::Result<BTreeMap<String, BTreeSet<u64>>> {
             "route",
             "all",
         ],
-    )?;
+    )
+}
+
+/// VIP -> the members BIRD has a route to it through.
+fn routes(lab: &Lab) -> anyhow::Result<BTreeMap<String, BTreeSet<u64>>> {
+    routes_of(lab, "bird")
+}
+
+fn routes_of(lab: &Lab, name: &str) -> anyhow::Result<BTreeMap<String, BTreeSet<u64>>> {
+    let out = show_routes(lab, name)?;
     let mut table: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
     let mut current: Option<String> = None;
     for line in out.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
-        if let Some(prefix) = first.strip_suffix("/32") {
+        if let Some(prefix) = first
+            .strip_suffix("/32")
+            .or_else(|| first.strip_suffix("/128"))
+        {
             current = Some(prefix.to_owned());
         }
-        // "	via 10.77.0.2 on eth0" (the route's next hop) or the BGP.next_hop line.
-        if let Some(rest) = line.trim().strip_prefix("BGP.next_hop: 10.77.0.")
-            && let (Some(vip), Ok(member)) = (&current, rest.trim().parse::<u64>())
-        {
+        let member = line
+            .trim()
+            .strip_prefix("BGP.next_hop: ")
+            .and_then(|h| h.split_whitespace().next())
+            .and_then(|h| {
+                h.strip_prefix("10.77.0.")
+                    .or_else(|| h.strip_prefix("fd00:77::"))
+            })
+            .and_then(|m| m.parse::<u64>().ok());
+        if let (Some(vip), Some(member)) = (&current, member) {
             table.entry(vip.clone()).or_default().insert(member);
         }
     }
@@ -324,5 +356,70 @@ fn bird_sees_owners_and_withdrawals() -> anyhow::Result<()> {
         t0.elapsed() < Duration::from_secs(HOLD),
         "a clean stop waited for the hold time"
     );
+    Ok(())
+}
+
+/// ECMP mode with two peers at once: an eBGP BIRD (AS 65000) and an iBGP
+/// one (AS 65001, the members' own). Every VIP reaches both through all
+/// three members (the IPv6 VIP too, in MP_REACH over the IPv4 sessions);
+/// eBGP routes carry the members' AS, iBGP ones LOCAL_PREF
+/// and the community; a drained member leaves both tables.
+#[test]
+fn ecmp_with_an_ebgp_and_an_ibgp_peer() -> anyhow::Result<()> {
+    let mut lab = Lab::new("e")?;
+    let _ebgp = start_bird_as(&lab, "ebgp", 179, 65000, 65001)?;
+    let _ibgp = start_bird_as(&lab, "ibgp", 1179, 65001, 65001)?;
+    lab.start_members_with(|id| {
+        format!(
+            "[announce]\nmode = \"bgp\"\nlocal_as = 65001\nrouter_id = \"10.77.0.{id}\"\nhold_time = {HOLD}\necmp = true\n\
+             communities = [\"65001:100\"]\nlocal_pref = 150\nnext_hop_v6 = \"fd00:77::{id}\"\n\
+             [[announce.peer]]\naddress = \"10.77.0.100\"\nas = 65000\n\
+             [[announce.peer]]\naddress = \"10.77.0.100:1179\"\nas = 65001\n"
+        )
+    })?;
+    let all: BTreeSet<u64> = (1..=3).collect();
+    for name in ["ebgp", "ibgp"] {
+        wait_for(
+            &format!("{name}: every VIP via all three"),
+            Duration::from_secs(30),
+            || {
+                let t = routes_of(&lab, name)?;
+                Ok(VIPS
+                    .iter()
+                    .chain([&VIP6])
+                    .all(|v| t.get(*v) == Some(&all))
+                    .then_some(()))
+            },
+        )?;
+    }
+    let ebgp = show_routes(&lab, "ebgp")?;
+    assert!(ebgp.contains("BGP.as_path: 65001"), "{ebgp}");
+    assert!(ebgp.contains("BGP.community: (65001,100)"), "{ebgp}");
+    let ibgp = show_routes(&lab, "ibgp")?;
+    assert!(ibgp.contains("BGP.local_pref: 150"), "{ibgp}");
+    assert!(
+        ibgp.contains("BGP.as_path: \n") || ibgp.lines().any(|l| l.trim() == "BGP.as_path:"),
+        "{ibgp}"
+    );
+
+    let leader = wait_for("a leader", Duration::from_secs(10), || Ok(lab.leader()))?;
+    let drained = if leader == 1 { 2 } else { 1 };
+    let (code, out) = lab.lbctl(leader, &["member", "drain", &drained.to_string()])?;
+    assert_eq!(code, 0, "{out}");
+    let rest: BTreeSet<u64> = all.iter().copied().filter(|m| *m != drained).collect();
+    for name in ["ebgp", "ibgp"] {
+        wait_for(
+            &format!("{name}: the drained member gone"),
+            Duration::from_secs(5),
+            || {
+                let t = routes_of(&lab, name)?;
+                Ok(VIPS
+                    .iter()
+                    .chain([&VIP6])
+                    .all(|v| t.get(*v) == Some(&rest))
+                    .then_some(()))
+            },
+        )?;
+    }
     Ok(())
 }

@@ -73,3 +73,51 @@ fn owner_crash_and_clean_stop_move_the_vip_without_split_brain() -> anyhow::Resu
     }
     Ok(())
 }
+
+/// IPv6: the client reaches the IPv6 VIP (its neighbour solicitation is
+/// answered by the owner's lb-node, the VIP is local on the owner), and
+/// after the owner is killed it reaches it through another member, whose
+/// unsolicited advertisement (Override) has replaced the old MAC.
+#[test]
+fn ipv6_vip_is_reached_and_moves() -> anyhow::Result<()> {
+    use ha_tests::l2lab::VIP6;
+    let mut lab = Lab::new("6")?;
+    lab.start_members()?;
+    let owner_by_neighbour = |lab: &Lab| -> Option<u64> {
+        let out = lab
+            .exec("c", &["ip", "-6", "neigh", "show", VIP6, "dev", "eth0"])
+            .ok()?;
+        let mac = out.split("lladdr ").nth(1)?.split_whitespace().next()?;
+        lab.macs.get(mac).copied()
+    };
+    let ping = |lab: &Lab| {
+        lab.exec("c", &["ping", "-6", "-c", "1", "-W", "1", VIP6])
+            .is_ok()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ping(&lab) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the IPv6 VIP never answered"
+        );
+    }
+    let owner = owner_by_neighbour(&lab).expect("the client knows the VIP's MAC");
+
+    let mut m = lab.members.remove(&owner).expect("member");
+    m.signal("KILL")?;
+    m.wait_exit(Duration::from_secs(5))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = owner_by_neighbour(&lab);
+        if now.is_some_and(|n| n != owner) && ping(&lab) {
+            eprintln!("IPv6 VIP moved from member {owner} to member {now:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the IPv6 VIP did not move: neighbour {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
