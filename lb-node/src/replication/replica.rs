@@ -134,6 +134,11 @@ pub struct Replica {
     noted_owners: Option<State>,
     /// VIP owners proposed and not yet applied.
     proposed_owners: Option<BTreeMap<std::net::IpAddr, u64>>,
+    /// On the leader: VIPs without an owner and the applied index at which
+    /// this leader first saw them so. Such a VIP is given to its new owner
+    /// only once every healthy member has that entry (its previous owner
+    /// then knows it released it).
+    release_marks: BTreeMap<std::net::IpAddr, u64>,
     /// The tick at which each VIP this member owns became its own.
     owned_since: BTreeMap<std::net::IpAddr, u64>,
     /// The tick since which this member's lease has held without a break.
@@ -239,6 +244,7 @@ impl Replica {
             last_heard: BTreeMap::new(),
             leader_since: 0,
             proposed_owners: None,
+            release_marks: BTreeMap::new(),
             ownership_settled: None,
             noted_owners: None,
             owned_since: BTreeMap::new(),
@@ -489,10 +495,51 @@ impl Replica {
             return;
         }
         let (_, eligible) = &inputs;
-        let owners =
-            crate::model::assign_owners(&self.state.vips(), eligible, self.state.vip_owners());
-        if owners == *self.state.vip_owners() {
-            self.ownership_settled = Some(inputs);
+        let current = self.state.vip_owners().clone();
+        let target = crate::model::assign_owners(&self.state.vips(), eligible, &current);
+        // A VIP moves in two commits: its live previous owner first
+        // releases it (it is left out), and only once every healthy member
+        // has the entry that released it does its new owner get it. So the
+        // previous owner has stopped, or will within the new owner's
+        // takeover wait, before the new owner starts. A silent previous
+        // owner's lease has run out already: its VIPs move at once.
+        let healthy = self.healthy_members();
+        let me = self.config.id;
+        let everyone_has = |index: u64| {
+            healthy.iter().all(|id| {
+                *id == me
+                    || self
+                        .raw
+                        .raft
+                        .prs()
+                        .get(*id)
+                        .is_some_and(|p| p.matched >= index)
+            })
+        };
+        let mut owners = BTreeMap::new();
+        let mut waiting = false;
+        for (vip, owner) in &target {
+            match current.get(vip) {
+                Some(old) if old == owner || !healthy.contains(old) => {
+                    owners.insert(*vip, *owner);
+                }
+                Some(_) => waiting = true, // released by this proposal
+                None => {
+                    let mark = *self.release_marks.entry(*vip).or_insert(self.applied);
+                    if everyone_has(mark) {
+                        owners.insert(*vip, *owner);
+                    } else {
+                        waiting = true;
+                    }
+                }
+            }
+        }
+        self.release_marks
+            .retain(|vip, _| !current.contains_key(vip) && target.contains_key(vip));
+        if owners == current {
+            if !waiting {
+                self.ownership_settled = Some(inputs);
+            }
             return;
         }
         if self.proposed_owners.as_ref() == Some(&owners) {
