@@ -30,19 +30,6 @@ const TAKEOVER_HEARTBEATS: u64 = 3;
 /// How often (in ticks) the leader reconsiders VIP owners.
 const OWNERSHIP_EVERY_TICKS: u64 = 2;
 
-/// Where a member stands in catching up after coming back in touch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CatchUp {
-    NotAsked,
-    Asked {
-        ctx: u64,
-        since: u64,
-    },
-    /// The leader's commit index when it answered: applied up to here,
-    /// the member is current.
-    Index(u64),
-}
-
 /// Timing and thresholds of a replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaConfig {
@@ -143,11 +130,6 @@ pub struct Replica {
     owned_since: BTreeMap<std::net::IpAddr, u64>,
     /// The tick since which this member's lease has held without a break.
     in_touch_since: Option<u64>,
-    /// Catching up after coming back in touch: the read-index request in
-    /// flight (its context and when it was asked), then the index the log
-    /// must be applied up to.
-    catch_up: CatchUp,
-    read_requests: u64,
 }
 
 impl std::fmt::Debug for Replica {
@@ -249,8 +231,6 @@ impl Replica {
             noted_owners: None,
             owned_since: BTreeMap::new(),
             in_touch_since: None,
-            catch_up: CatchUp::NotAsked,
-            read_requests: 0,
         })
     }
 
@@ -315,11 +295,9 @@ impl Replica {
             if self.lease_valid() {
                 self.in_touch_since.get_or_insert(self.ticks);
                 self.note_ownership();
-                self.ask_catch_up();
             } else {
                 self.in_touch_since = None;
                 self.owned_since.clear();
-                self.catch_up = CatchUp::NotAsked;
             }
         }
     }
@@ -375,44 +353,7 @@ impl Replica {
             return false;
         }
         let lease = self.config.election_ticks as u64;
-        // Caught up: the log is applied up to what the leader had committed
-        // when this member came back in touch (a read index), so it knows
-        // every ownership change made while it was away. Or, without an
-        // answer, a full lease in touch (long enough to catch up).
-        let caught_up = matches!(self.catch_up, CatchUp::Index(i) if self.applied >= i);
-        self.in_touch_since
-            .is_some_and(|t| caught_up || self.ticks >= t + lease)
-    }
-
-    /// Asks the leader (through raft's read index) how far the log must be
-    /// applied to be current, once per heartbeat until answered.
-    fn ask_catch_up(&mut self) {
-        let again = match self.catch_up {
-            CatchUp::NotAsked => true,
-            CatchUp::Asked { since, .. } => {
-                self.ticks >= since + self.config.heartbeat_ticks as u64
-            }
-            CatchUp::Index(_) => false,
-        };
-        if again {
-            self.read_requests += 1;
-            let ctx = self.read_requests;
-            self.raw.read_index(ctx.to_be_bytes().to_vec());
-            self.catch_up = CatchUp::Asked {
-                ctx,
-                since: self.ticks,
-            };
-        }
-    }
-
-    fn note_read_states(&mut self, states: &[raft::ReadState]) {
-        for rs in states {
-            if let CatchUp::Asked { ctx, .. } = self.catch_up
-                && rs.request_ctx == ctx.to_be_bytes()
-            {
-                self.catch_up = CatchUp::Index(rs.index);
-            }
-        }
+        self.in_touch_since.is_some_and(|t| self.ticks >= t + lease)
     }
 
     /// Every VIP, while this member may announce and is not drained: what
@@ -685,8 +626,6 @@ impl Replica {
         // (raft-rs's contract); a follower's acknowledgments are persisted
         // messages, sent only after the sync below.
         out.messages.extend(ready.take_messages());
-        let read_states = ready.take_read_states();
-        self.note_read_states(&read_states);
         if !ready.snapshot().is_empty() {
             self.install_snapshot(ready.snapshot().clone(), &mut out)?;
         }
