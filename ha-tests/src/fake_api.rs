@@ -119,6 +119,18 @@ struct Shared {
     bookmark_interval: Duration,
 }
 
+impl Shared {
+    /// Changes the store and wakes the watches.
+    fn change<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        let mut store = lock(&self.store);
+        let out = f(&mut store);
+        let version = store.version;
+        drop(store);
+        self.versions.send_replace(version);
+        out
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -446,12 +458,7 @@ impl FakeApi {
     }
 
     fn change<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
-        let mut store = lock(&self.shared.store);
-        let out = f(&mut store);
-        let version = store.version;
-        drop(store);
-        self.shared.versions.send_replace(version);
-        out
+        self.shared.change(f)
     }
 
     /// Creates the object, or replaces it (status included) if it exists.
@@ -789,14 +796,7 @@ async fn handle(
             .map_err(|e| api_error(400, "BadRequest", format!("the body is not JSON: {e}")))
     };
     let namespace = target.namespace.clone();
-    let change = |f: &mut dyn FnMut(&mut Store) -> Result<Value, ApiError>| {
-        let mut store = lock(&shared.store);
-        let out = f(&mut store);
-        let version = store.version;
-        drop(store);
-        shared.versions.send_replace(version);
-        out
-    };
+    let change = |f: &mut dyn FnMut(&mut Store) -> Result<Value, ApiError>| shared.change(f);
     let result = match (&method, &target.name) {
         (&Method::GET, None) => {
             let watching = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));

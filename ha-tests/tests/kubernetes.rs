@@ -181,6 +181,15 @@ async fn leader(members: &BTreeMap<u64, Member>) -> anyhow::Result<u64> {
     .await
 }
 
+/// The first `status.loadBalancer.ingress` address of Service shop/`name`.
+fn ingress_ip(api: &FakeApi, name: &str) -> Option<String> {
+    api.get(Kind::Services, "shop", name).and_then(|s| {
+        s["status"]["loadBalancer"]["ingress"][0]["ip"]
+            .as_str()
+            .map(str::to_owned)
+    })
+}
+
 /// The fake server's counts for member `id`.
 fn stats_of(api: &FakeApi, id: u64) -> ha_tests::fake_api::ClientStats {
     api.stats()
@@ -228,13 +237,7 @@ async fn members_follow_the_api_server_and_only_the_leader_watches() -> anyhow::
     let ingress = eventually(
         "status.loadBalancer written",
         Duration::from_secs(10),
-        || async {
-            Ok(api.get(Kind::Services, "shop", "front").and_then(|s| {
-                s["status"]["loadBalancer"]["ingress"][0]["ip"]
-                    .as_str()
-                    .map(str::to_owned)
-            }))
-        },
+        || async { Ok(ingress_ip(api, "front")) },
     )
     .await?;
     assert_eq!(ingress, "192.0.2.1", "the first address of the pool");
@@ -279,13 +282,7 @@ async fn members_follow_the_api_server_and_only_the_leader_watches() -> anyhow::
     let ingress = eventually(
         "front2 gets the released address",
         Duration::from_secs(10),
-        || async {
-            Ok(api.get(Kind::Services, "shop", "front2").and_then(|s| {
-                s["status"]["loadBalancer"]["ingress"][0]["ip"]
-                    .as_str()
-                    .map(str::to_owned)
-            }))
-        },
+        || async { Ok(ingress_ip(api, "front2")) },
     )
     .await?;
     assert_eq!(ingress, "192.0.2.1");

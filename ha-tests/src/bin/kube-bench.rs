@@ -315,10 +315,8 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let stats = api.stats();
-    let mut appliance_bytes = 0;
     for (agent, s) in &stats {
         if agent.starts_with("lb-node") {
-            appliance_bytes += s.bytes_sent;
             println!(
                 "  API server -> {agent}: requests {:?}, {:.1} MB",
                 s.requests,
@@ -418,6 +416,5 @@ async fn main() -> anyhow::Result<()> {
             per_node * 5000.0 / appliance.max(1) as f64,
         );
     }
-    let _ = appliance_bytes;
     Ok(())
 }
