@@ -165,6 +165,30 @@ fn attributes(config: &BgpConfig, peer: &PeerConfig, next_hop: IpAddr) -> Attrib
     }
 }
 
+/// A clean end of a session: every advertised route withdrawn, then a
+/// Cease (Administrative Shutdown) NOTIFICATION.
+async fn close(conn: &mut Conn, peer: &PeerConfig, advertised: &BTreeSet<IpAddr>) {
+    let all: Vec<IpAddr> = advertised.iter().copied().collect();
+    for chunk in all.chunks(200) {
+        let _ = conn
+            .send(&Message::Update {
+                withdrawn: chunk.to_vec(),
+                announced: vec![],
+                attributes: None,
+            })
+            .await;
+    }
+    let _ = conn
+        .send(&Message::Notification {
+            code: error::CEASE,
+            subcode: error::CEASE_ADMINISTRATIVE_SHUTDOWN,
+            data: vec![],
+        })
+        .await;
+    let _ = conn.stream.shutdown().await;
+    info!(peer = %peer.address, routes = advertised.len(), "BGP session closed: routes withdrawn, Cease sent");
+}
+
 async fn session(
     config: &BgpConfig,
     peer: &PeerConfig,
@@ -300,23 +324,16 @@ async fn session(
         let hold_deadline = last_heard + hold;
         tokio::select! {
             _ = shutdown.cancelled() => {
-                if !advertised.is_empty() {
-                    let all: Vec<IpAddr> = advertised.iter().copied().collect();
-                    for chunk in all.chunks(200) {
-                        let _ = conn.send(&Message::Update { withdrawn: chunk.to_vec(), announced: vec![], attributes: None }).await;
-                    }
-                }
-                let _ = conn.send(&Message::Notification {
-                    code: error::CEASE,
-                    subcode: error::CEASE_ADMINISTRATIVE_SHUTDOWN,
-                    data: vec![],
-                }).await;
-                let _ = conn.stream.shutdown().await;
-                info!(peer = %peer.address, routes = advertised.len(), "BGP session closed: routes withdrawn, Cease sent");
+                close(&mut conn, peer, &advertised).await;
                 return Ok(Ended::Shutdown);
             }
             changed = announced.changed() => {
-                if changed.is_err() { return Ok(Ended::Shutdown); }
+                // The sender goes away only when the member stops: the
+                // same clean close as a shutdown, whichever branch won.
+                if changed.is_err() {
+                    close(&mut conn, peer, &advertised).await;
+                    return Ok(Ended::Shutdown);
+                }
                 wanted_changed = true;
             }
             _ = keepalive.tick(), if !hold.is_zero() => conn.send(&Message::Keepalive).await?,
