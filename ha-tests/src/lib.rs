@@ -361,4 +361,5 @@ pub async fn cluster_status(member: &Member) -> anyhow::Result<proto::admin::v1:
 
 pub mod drills;
 pub mod fake_api;
+pub mod kernel_lab;
 pub mod l2lab;

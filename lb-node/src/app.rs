@@ -67,6 +67,24 @@ pub async fn run(
             hangup_tx.send_modify(|n| *n += 1);
         }
     });
+    // The kernel is checked before the member joins: `ipvs` on a kernel
+    // without IPVS stops here with a message that says so.
+    let ipvs = match config.dataplane.kind {
+        DataplaneKind::Memory => None,
+        DataplaneKind::Ipvs => Some(
+            open_ipvs(&config.dataplane)
+                .await
+                .with_context(|| format!("{}: dataplane.kind = \"ipvs\"", config.file.display()))?,
+        ),
+        DataplaneKind::Auto => match open_ipvs(&config.dataplane).await {
+            Ok(d) => Some(d),
+            Err(e @ crate::dataplane::ipvs::IpvsError::NoIpvs) => {
+                tracing::warn!(error = %e, "dataplane.kind = \"auto\": no IPVS here; using the memory dataplane");
+                None
+            }
+            Err(e) => return Err(e).context("dataplane.kind = \"auto\""),
+        },
+    };
     // Checked at start on every member, leader or not: a typo stops it here.
     let services = match &config.source {
         SourceConfig::File { path, .. } => file::load_services(path)?,
@@ -204,16 +222,22 @@ pub async fn run(
     }
 
     let (dataplane_tx, dataplane_rx) = watch::channel(DataplaneStatus::default());
-    let dataplane = match config.dataplane.kind {
-        DataplaneKind::Memory => MemoryDataplane::new(),
-    };
-    tasks.push(tokio::spawn(reconcile::run(
-        dataplane,
-        states.clone(),
-        config.dataplane.repair_interval,
-        dataplane_tx,
-        shutdown.clone(),
-    )));
+    match ipvs {
+        Some(dataplane) => tasks.push(tokio::spawn(reconcile::run(
+            dataplane,
+            states.clone(),
+            config.dataplane.repair_interval,
+            dataplane_tx,
+            shutdown.clone(),
+        ))),
+        None => tasks.push(tokio::spawn(reconcile::run(
+            MemoryDataplane::new(),
+            states.clone(),
+            config.dataplane.repair_interval,
+            dataplane_tx,
+            shutdown.clone(),
+        ))),
+    }
 
     let views = crate::metrics::Views {
         states: states.clone(),
@@ -258,6 +282,30 @@ pub async fn run(
     }
     info!("lb-node stopped");
     Ok(())
+}
+
+async fn open_ipvs(
+    config: &crate::config::DataplaneConfig,
+) -> Result<crate::dataplane::ipvs::IpvsDataplane, crate::dataplane::ipvs::IpvsError> {
+    use crate::dataplane::ipvs::{IpvsDataplane, IpvsSettings, Ownership, local::LocalSettings};
+    let ownership = if config.own_whole_table {
+        Ownership::WholeTable
+    } else if !config.managed_networks.is_empty() {
+        Ownership::Networks(config.managed_networks.clone())
+    } else {
+        Ownership::VipInterface
+    };
+    let local = (!config.vip_interface.is_empty()).then(|| LocalSettings {
+        interface: config.vip_interface.clone(),
+        masquerade: config.masquerade,
+    });
+    let (dataplane, _info) = IpvsDataplane::open(IpvsSettings {
+        ownership,
+        drain_timeout: config.drain_timeout,
+        local,
+    })
+    .await?;
+    Ok(dataplane)
 }
 
 /// The VIPs this member announces, as they change: in a cluster, what the

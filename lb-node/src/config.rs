@@ -133,6 +133,10 @@ pub enum DataplaneKind {
     /// In memory only: nothing reaches the kernel. For machines without
     /// IPVS and for tests.
     Memory,
+    /// Kernel IPVS; a kernel without it stops the member with a message.
+    Ipvs,
+    /// IPVS when the kernel has it, memory (with a warning) otherwise.
+    Auto,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +145,19 @@ pub struct DataplaneConfig {
     /// How often the dataplane is dumped and compared with the state, which
     /// repairs changes made by hand.
     pub repair_interval: Duration,
+    /// IPVS: the dummy interface that makes VIPs local ("" leaves that to
+    /// the operator).
+    pub vip_interface: String,
+    /// IPVS: install the nftables masquerade table for NAT destinations.
+    pub masquerade: bool,
+    /// IPVS: how long a removed backend keeps its open connections.
+    pub drain_timeout: Duration,
+    /// IPVS: the services lb-node manages are those with a VIP in these
+    /// networks; empty: those with a VIP on `vip_interface`.
+    pub managed_networks: Vec<ipnet::IpNet>,
+    /// IPVS: lb-node owns the whole kernel table and deletes what it did
+    /// not program.
+    pub own_whole_table: bool,
 }
 
 /// Where the desired service table comes from.
@@ -566,6 +583,11 @@ struct RawNode {
 struct RawDataplane {
     kind: String,
     repair_interval: String,
+    vip_interface: String,
+    masquerade: bool,
+    drain_timeout: String,
+    managed_networks: Vec<String>,
+    own_whole_table: bool,
 }
 
 impl Default for RawDataplane {
@@ -573,6 +595,11 @@ impl Default for RawDataplane {
         Self {
             kind: "memory".into(),
             repair_interval: "30s".into(),
+            vip_interface: "lbvip0".into(),
+            masquerade: true,
+            drain_timeout: "30s".into(),
+            managed_networks: Vec::new(),
+            own_whole_table: false,
         }
     }
 }
@@ -725,21 +752,15 @@ impl Config {
         }
         let kind = match raw.dataplane.kind.as_str() {
             "memory" => DataplaneKind::Memory,
-            "ipvs" | "auto" => {
-                return Err(ConfigError::new(
-                    file,
-                    "dataplane.kind",
-                    format!(
-                        "{:?}: the IPVS dataplane is not part of this build yet; use \"memory\"",
-                        raw.dataplane.kind
-                    ),
-                ));
-            }
+            "ipvs" => DataplaneKind::Ipvs,
+            "auto" => DataplaneKind::Auto,
             other => {
                 return Err(ConfigError::new(
                     file,
                     "dataplane.kind",
-                    format!("unknown dataplane {other:?}; expected \"memory\""),
+                    format!(
+                        "unknown dataplane {other:?}; expected \"ipvs\", \"memory\" or \"auto\""
+                    ),
                 ));
             }
         };
@@ -753,6 +774,33 @@ impl Config {
                 file,
                 "dataplane.repair_interval",
                 "must be at least 1s: a full dump costs as much as the table is big",
+            ));
+        }
+        let drain_timeout = parse_duration(
+            &raw.dataplane.drain_timeout,
+            file,
+            "dataplane.drain_timeout",
+        )?;
+        let mut managed_networks = Vec::new();
+        for (i, n) in raw.dataplane.managed_networks.iter().enumerate() {
+            managed_networks.push(n.parse::<ipnet::IpNet>().map_err(|e| {
+                ConfigError::new(
+                    file,
+                    format!("dataplane.managed_networks[{i}]"),
+                    format!("{n:?} is not a network: {e}"),
+                )
+            })?);
+        }
+        if raw.dataplane.vip_interface.len() > 15
+            || raw.dataplane.vip_interface.contains(['/', ' '])
+        {
+            return Err(ConfigError::new(
+                file,
+                "dataplane.vip_interface",
+                format!(
+                    "{:?} is not a valid interface name (at most 15 characters, no '/' or space)",
+                    raw.dataplane.vip_interface
+                ),
             ));
         }
         let source = match (raw.source.file, raw.source.kubernetes) {
@@ -843,6 +891,11 @@ impl Config {
             dataplane: DataplaneConfig {
                 kind,
                 repair_interval,
+                vip_interface: raw.dataplane.vip_interface,
+                masquerade: raw.dataplane.masquerade,
+                drain_timeout,
+                managed_networks,
+                own_whole_table: raw.dataplane.own_whole_table,
             },
             source,
             admin: AdminConfig {

@@ -61,7 +61,7 @@ fn set_sysctl(path: &str, value: &str) {
     }
 }
 
-async fn link_index(handle: &rtnetlink::Handle, name: &str) -> anyhow::Result<u32> {
+pub(crate) async fn link_index(handle: &rtnetlink::Handle, name: &str) -> anyhow::Result<u32> {
     use futures_util::TryStreamExt as _;
     let link = handle
         .link()
@@ -101,7 +101,7 @@ async fn addresses_in(
     Ok(out)
 }
 
-fn ip_of(m: &netlink_packet_route::address::AddressMessage) -> Option<IpAddr> {
+pub(crate) fn ip_of(m: &netlink_packet_route::address::AddressMessage) -> Option<IpAddr> {
     use netlink_packet_route::address::AddressAttribute;
     m.attributes.iter().find_map(|a| match a {
         AddressAttribute::Address(ip) => Some(*ip),
@@ -109,7 +109,11 @@ fn ip_of(m: &netlink_packet_route::address::AddressMessage) -> Option<IpAddr> {
     })
 }
 
-async fn add_local(handle: &rtnetlink::Handle, index: u32, vip: IpAddr) -> anyhow::Result<()> {
+pub(crate) async fn add_local(
+    handle: &rtnetlink::Handle,
+    index: u32,
+    vip: IpAddr,
+) -> anyhow::Result<()> {
     use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
     let prefix = if vip.is_ipv4() { 32 } else { 128 };
     let mut request = handle.address().add(index, vip, prefix).replace();

@@ -12,6 +12,7 @@
 
 use std::future::Future;
 
+pub mod ipvs;
 mod memory;
 mod plan;
 pub mod reconcile;
@@ -61,6 +62,11 @@ pub trait Dataplane: Send + 'static {
     fn dump(&mut self) -> impl Future<Output = Result<Table, DataplaneError>> + Send;
     /// Applies operations in order, going on after a failure.
     fn apply(&mut self, ops: &[Op]) -> impl Future<Output = ApplyReport> + Send;
+    /// Periodic housekeeping (about once a second): IPVS deletes the
+    /// destinations that have finished draining.
+    fn maintain(&mut self) -> impl Future<Output = Result<(), DataplaneError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 #[cfg(test)]

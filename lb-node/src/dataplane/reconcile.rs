@@ -56,6 +56,8 @@ pub async fn run<D: Dataplane>(
     // Whether the latest state still has to be programmed.
     let mut pending = true;
     let mut next_repair = tokio::time::Instant::now() + repair_interval;
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let wait = if pending || programmed.is_none() {
             let state = states.borrow_and_update().clone();
@@ -79,6 +81,12 @@ pub async fn run<D: Dataplane>(
                 Ok(()) => pending = true,
                 Err(_) => return,
             },
+            _ = housekeeping.tick() => {
+                if let Err(e) = dataplane.maintain().await {
+                    warn!(error = %e, "dataplane housekeeping failed; resyncing");
+                    programmed = None;
+                }
+            }
             _ = tokio::time::sleep_until(wait) => {
                 debug!("dataplane repair: dumping to compare with the state");
                 programmed = None;

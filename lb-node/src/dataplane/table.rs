@@ -18,6 +18,14 @@ pub struct DestKey {
     pub port: u16,
 }
 
+impl DestKey {
+    /// The smallest key, for range queries.
+    pub const MIN: DestKey = DestKey {
+        address: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        port: 0,
+    };
+}
+
 impl fmt::Display for DestKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         SocketText(self.address, self.port).fmt(f)

@@ -1,0 +1,388 @@
+//! Real IPVS, in the kernel lab (Debian's kernel under qemu): lb-node
+//! programs the kernel and the real `ipvsadm` reads it back.
+//!
+//! - 1,000 services (IPv4, IPv6, TCP, UDP, SCTP, persistent, every
+//!   scheduler the kernel builds, all three forwarding methods) equal, line
+//!   for line, what `ipvsadm -Sn` prints; a service lb-node does not own is
+//!   left alone; `ipvsadm -C` and a hand-deleted destination are repaired
+//!   within the repair interval.
+//! - Real traffic: an HTTP client in its own namespace reaches VIPs spread
+//!   over backends in other namespaces by rr and wrr; backends have no route
+//!   to the client, so every answer came back through the member's
+//!   masquerade; a backend removed while a slow request is open completes
+//!   that request, gets no new ones and is deleted after the drain.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use ha_tests::binary;
+use ha_tests::kernel_lab::{GuestRun, KernelLab, tail};
+
+const SCHEDULERS: &[&str] = &[
+    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf",
+];
+
+fn member_config(repair: &str, drain: &str) -> String {
+    format!(
+        r#"[node]
+id = 1
+[dataplane]
+kind = "ipvs"
+repair_interval = "{repair}"
+drain_timeout = "{drain}"
+[source.file]
+path = "services.toml"
+check_interval = "200ms"
+[admin]
+listen = "127.0.0.1:9443"
+metrics_listen = "127.0.0.1:9445"
+"#
+    )
+}
+
+/// 1,000 services covering every kind the issue names.
+fn thousand_services() -> String {
+    let mut s = String::new();
+    for i in 0..1000u32 {
+        let v6 = matches!(i % 6, 3 | 5);
+        let vip = if v6 {
+            format!("fd00:100::{:x}", i + 1)
+        } else {
+            format!("10.100.{}.{}", i / 250, i % 250 + 1)
+        };
+        let protocol = match i % 6 {
+            1 | 5 => "udp",
+            2 => "sctp",
+            _ => "tcp",
+        };
+        let persistence = if matches!(i % 6, 4 | 5) { 300 + i } else { 0 };
+        let forwarding = match i % 10 {
+            7 => "direct",
+            9 => "tunnel",
+            _ => "masquerade",
+        };
+        let _ = write!(
+            s,
+            "[[service]]\nname = \"s{i}\"\nvip = \"{vip}\"\nport = {}\nprotocol = \"{protocol}\"\nscheduler = \"{}\"\npersistence_timeout = {persistence}\nforwarding = \"{forwarding}\"\n",
+            80 + i % 7,
+            SCHEDULERS[i as usize % SCHEDULERS.len()],
+        );
+        for b in 0..(2 + i % 3) {
+            let address = if v6 {
+                format!("fd00:200::{:x}:{:x}", i + 1, b + 1)
+            } else {
+                format!("10.{}.{}.{}", 200 + b, i / 250, i % 250 + 1)
+            };
+            let _ = write!(
+                s,
+                "  [[service.backend]]\n  address = \"{address}\"\n  port = {}\n  weight = {}\n",
+                8000 + b,
+                1 + (i + b) % 5
+            );
+        }
+    }
+    s
+}
+
+fn run(lab: &KernelLab, script: &str, files: &[(&str, &Path)]) -> anyhow::Result<GuestRun> {
+    let run = lab.run(script, files, 2048, Duration::from_secs(600))?;
+    eprintln!("guest ran {:?}; reported:", run.elapsed);
+    for l in &run.results {
+        if !l.contains("+ ") {
+            eprintln!("  {l}");
+        }
+    }
+    Ok(run)
+}
+
+const WAIT_EQUAL: &str = r#"
+# wait_equal NAME: polls until the kernel table (minus foreign services)
+# equals the plan; reports NAME-equal and NAME-seconds.
+wait_equal() {
+  start=$(cut -d' ' -f1 /proc/uptime)
+  i=0
+  while [ $i -lt 1200 ]; do
+    ipvsadm -Sn | grep -v 192.168.77.1 > /tmp/kernel
+    if diff /tmp/plan /tmp/kernel > /tmp/diff 2>&1; then
+      end=$(cut -d' ' -f1 /proc/uptime)
+      echo "LAB $1-equal yes"
+      echo "LAB $1-seconds $(awk "BEGIN{print $end-$start}")"
+      return 0
+    fi
+    usleep 100000
+    i=$((i+1))
+  done
+  echo "LAB $1-equal no"
+  head -40 /tmp/diff | sed "s/^/LAB $1-diff+ /"
+  tail -30 /tmp/lb.log | sed "s/^/LAB log+ /"
+  return 1
+}
+"#;
+
+#[test]
+fn a_thousand_services_equal_ipvsadm_and_drift_is_repaired() -> anyhow::Result<()> {
+    let lab = KernelLab::find()?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("services.toml"), thousand_services())?;
+    std::fs::write(dir.path().join("member.toml"), member_config("2s", "0s"))?;
+    let lb_node = binary("lb-node")?;
+    let script = format!(
+        r#"{WAIT_EQUAL}
+# A service lb-node does not own: it must survive every repair.
+ipvsadm -A -t 192.168.77.1:80 -s rr
+lb-node plan --config /lab/member.toml > /tmp/plan
+echo "LAB plan-lines $(wc -l < /tmp/plan)"
+lb-node --config /lab/member.toml > /tmp/lb.log 2>&1 &
+wait_equal initial
+echo "LAB kernel-lines $(wc -l < /tmp/kernel)"
+echo "LAB services $(grep -c '^-A' /tmp/kernel)"
+echo "LAB foreign $(ipvsadm -Sn | grep -c 192.168.77.1)"
+echo "LAB vips-local $(ip -o addr show dev lbvip0 | wc -l)"
+nft list table inet lb_node > /tmp/nft 2>&1 && echo "LAB nft yes" || echo "LAB nft no"
+for s in conntrack expire_nodest_conn expire_quiescent_template; do
+  echo "LAB sysctl-$s $(cat /proc/sys/net/ipv4/vs/$s)"
+done
+# Drift: everything flushed by hand.
+ipvsadm -C
+wait_equal flushed
+echo "LAB foreign-after-flush $(ipvsadm -Sn | grep -c 192.168.77.1)"
+# Drift: one destination deleted and one weight changed by hand.
+ipvsadm -d -t 10.100.0.1:80 -r 10.200.0.1:8000
+ipvsadm -e -u 10.100.0.2:81 -r 10.200.0.2:8000 -m -w 77
+wait_equal edited
+echo "LAB foreign-after-edit $(ipvsadm -Sn | grep -c 192.168.77.1)"
+grep "dataplane synced" /tmp/lb.log | sed 's/^/LAB synced+ /'
+kill %1 2>/dev/null
+"#
+    );
+    let run = run(
+        &lab,
+        &script,
+        &[
+            ("/usr/local/bin/lb-node", &lb_node),
+            ("/lab/services.toml", &dir.path().join("services.toml")),
+            ("/lab/member.toml", &dir.path().join("member.toml")),
+        ],
+    )?;
+    let fail = |what: &str| -> anyhow::Error {
+        anyhow::anyhow!(
+            "{what}\nresults:\n{}\nconsole tail:\n{}",
+            run.results.join("\n"),
+            tail(&run.console, 40)
+        )
+    };
+    if run.get("initial-equal") != Some("yes") {
+        return Err(fail("the programmed table differs from the plan"));
+    }
+    assert_eq!(run.get("services"), Some("1000"), "{:?}", run.results);
+    assert_eq!(run.get("plan-lines"), run.get("kernel-lines"));
+    assert_eq!(run.get("foreign"), Some("1"), "the foreign service is gone");
+    assert_eq!(run.get("vips-local"), Some("1000"), "every VIP on lbvip0");
+    assert_eq!(run.get("nft"), Some("yes"), "masquerade table missing");
+    for s in [
+        "conntrack",
+        "expire_nodest_conn",
+        "expire_quiescent_template",
+    ] {
+        assert_eq!(run.get(&format!("sysctl-{s}")), Some("1"), "{s}");
+    }
+    for l in run.block("synced") {
+        eprintln!("  {l}");
+    }
+    let initial: f64 = run.get("initial-seconds").unwrap_or("99").parse()?;
+    for phase in ["flushed", "edited"] {
+        if run.get(&format!("{phase}-equal")) != Some("yes") {
+            return Err(fail(&format!("drift ({phase}) not repaired")));
+        }
+        let took: f64 = run
+            .get(&format!("{phase}-seconds"))
+            .unwrap_or("99")
+            .parse()?;
+        eprintln!(
+            "drift ({phase}) repaired in {took:.1} s (repair interval 2 s; the first full sync took {initial:.1} s)"
+        );
+        // Found within the interval, then reprogrammed as fast as a full
+        // sync goes (plus polling slack).
+        assert!(took < 2.0 + initial + 2.0, "{phase}: repair took {took} s");
+    }
+    assert_eq!(
+        run.get("foreign-after-flush"),
+        Some("0"),
+        "ipvsadm -C removes it"
+    );
+    assert_eq!(run.get("foreign-after-edit"), Some("0"));
+    Ok(())
+}
+
+fn traffic_services(drain_backend: &str) -> String {
+    let backend = |addr: &str, weight: u32| {
+        format!("  [[service.backend]]\n  address = \"{addr}\"\n  weight = {weight}\n")
+    };
+    let mut s = String::new();
+    s += "[[service]]\nname = \"rr\"\nvip = \"10.0.0.100\"\nport = 80\nscheduler = \"rr\"\n";
+    for b in ["10.0.2.11", "10.0.2.12", "10.0.2.13"] {
+        s += &backend(b, 1);
+    }
+    s += "[[service]]\nname = \"wrr\"\nvip = \"10.0.0.101\"\nport = 80\nscheduler = \"wrr\"\n";
+    s += &backend("10.0.2.11", 3);
+    s += &backend("10.0.2.12", 1);
+    s += "[[service]]\nname = \"drain\"\nvip = \"10.0.0.102\"\nport = 80\nscheduler = \"rr\"\n";
+    s += &backend(drain_backend, 1);
+    s
+}
+
+#[test]
+fn traffic_is_spread_by_rr_and_wrr_comes_back_through_the_member_and_drains() -> anyhow::Result<()>
+{
+    let lab = KernelLab::find()?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("services.toml"),
+        traffic_services("10.0.2.13"),
+    )?;
+    std::fs::write(
+        dir.path().join("services-after.toml"),
+        traffic_services("10.0.2.12"),
+    )?;
+    std::fs::write(dir.path().join("member.toml"), member_config("30s", "10s"))?;
+    let lb_node = binary("lb-node")?;
+    let lab_http = binary("lab-http")?;
+    let script = r#"
+# Backends b1-b3 behind a bridge on the member, with no route back to the
+# client: an answer reaches the client only through the member's SNAT.
+ip link add br0 type bridge
+ip addr add 10.0.2.1/24 dev br0
+ip link set br0 up
+for n in 1 2 3; do
+  ip netns add b$n
+  ip link add vb$n type veth peer name eth0 netns b$n
+  ip link set vb$n master br0 up
+  ip -n b$n addr add 10.0.2.1$n/24 dev eth0
+  ip -n b$n link set eth0 up
+  ip -n b$n link set lo up
+  inns b$n lab-http serve 10.0.2.1$n:80 b$n &
+done
+echo "LAB backend-routes $(ip -n b1 route | grep -c default)"
+ip netns add c
+ip link add vc type veth peer name eth0 netns c
+ip addr add 10.0.1.1/24 dev vc
+ip link set vc up
+ip -n c addr add 10.0.1.2/24 dev eth0
+ip -n c link set eth0 up
+ip -n c link set lo up
+ip -n c route add default via 10.0.1.1
+
+cp /lab/services.toml /lab/live.toml
+sed -i 's/services.toml/live.toml/' /lab/member.toml
+lb-node --config /lab/member.toml > /tmp/lb.log 2>&1 &
+i=0
+while [ $i -lt 300 ] && [ "$(ipvsadm -Sn | grep -c '^-a')" -lt 6 ]; do usleep 100000; i=$((i+1)); done
+ipvsadm -Sn | sed 's/^/LAB table+ /'
+nft list table inet lb_node | sed 's/^/LAB nft+ /'
+
+# get VIP COUNT: COUNT new connections; one line per answer.
+get() {
+  inns c lab-http get $1:80 / $2 > /tmp/answers 2>/tmp/get-errors
+  sed 's/^/LAB get-error+ /' /tmp/get-errors | head -5
+  sort /tmp/answers | uniq -c | while read count who; do echo "LAB $3-$who $count"; done
+}
+get 10.0.0.100 30 rr
+get 10.0.0.101 40 wrr
+
+# Graceful termination: a slow request to b3 is open when b3 is replaced
+# by b2.
+inns c lab-http get 10.0.0.102:80 /slow 1 > /tmp/slow.out &
+slow=$!
+usleep 1500000
+echo "LAB open-on-b3 $(ipvsadm -Ln -t 10.0.0.102:80 | grep 10.0.2.13 | awk '{print $5}')"
+cp /lab/services-after.toml /lab/live.toml
+start=$(cut -d' ' -f1 /proc/uptime)
+i=0
+while [ $i -lt 50 ] && ! ipvsadm -Ln -t 10.0.0.102:80 | grep -q 10.0.2.12; do usleep 100000; i=$((i+1)); done
+echo "LAB draining-weight $(ipvsadm -Ln -t 10.0.0.102:80 | grep 10.0.2.13 | awk '{print $4}')"
+get 10.0.0.102 5 during-drain
+wait $slow
+echo "LAB slow-answer $(cat /tmp/slow.out)"
+i=0
+while [ $i -lt 200 ] && ipvsadm -Ln -t 10.0.0.102:80 | grep -q 10.0.2.13; do usleep 100000; i=$((i+1)); done
+end=$(cut -d' ' -f1 /proc/uptime)
+echo "LAB b3-still-there $(ipvsadm -Ln -t 10.0.0.102:80 | grep -c 10.0.2.13)"
+echo "LAB drain-seconds $(awk "BEGIN{print $end-$start}")"
+tail -20 /tmp/lb.log | sed 's/^/LAB log+ /'
+"#;
+    let run = run(
+        &lab,
+        script,
+        &[
+            ("/usr/local/bin/lb-node", &lb_node),
+            ("/usr/local/bin/lab-http", &lab_http),
+            ("/lab/services.toml", &dir.path().join("services.toml")),
+            (
+                "/lab/services-after.toml",
+                &dir.path().join("services-after.toml"),
+            ),
+            ("/lab/member.toml", &dir.path().join("member.toml")),
+        ],
+    )?;
+    let context = || {
+        format!(
+            "table:\n{}\nnft:\n{}\nlog:\n{}",
+            run.block("table").join("\n"),
+            run.block("nft").join("\n"),
+            run.block("log").join("\n")
+        )
+    };
+    for l in run.block("get-error") {
+        eprintln!("client error: {l}");
+    }
+    assert_eq!(
+        run.get("backend-routes"),
+        Some("0"),
+        "backends must have no default route"
+    );
+    let count = |k: &str| run.get(k).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+    // rr: 30 new connections over 3 backends, exactly 10 each.
+    for b in ["b1", "b2", "b3"] {
+        assert_eq!(count(&format!("rr-{b}")), 10, "rr {b}\n{}", context());
+    }
+    // wrr 3:1 over 40: exactly 30 and 10.
+    assert_eq!(count("wrr-b1"), 30, "wrr b1\n{}", context());
+    assert_eq!(count("wrr-b2"), 10, "wrr b2\n{}", context());
+    assert_eq!(count("rr-failed") + count("wrr-failed"), 0, "{}", context());
+    // Graceful termination.
+    assert_eq!(
+        run.get("open-on-b3"),
+        Some("1"),
+        "the slow request is on b3\n{}",
+        context()
+    );
+    assert_eq!(
+        run.get("draining-weight"),
+        Some("0"),
+        "b3 drains at weight 0\n{}",
+        context()
+    );
+    assert_eq!(
+        count("during-drain-b2"),
+        5,
+        "new connections go to b2\n{}",
+        context()
+    );
+    assert_eq!(
+        run.get("slow-answer"),
+        Some("slow-b3"),
+        "the open request completes\n{}",
+        context()
+    );
+    assert_eq!(
+        run.get("b3-still-there"),
+        Some("0"),
+        "b3 deleted after the drain\n{}",
+        context()
+    );
+    let drained: f64 = run.get("drain-seconds").unwrap_or("99").parse()?;
+    eprintln!("b3 removed {drained:.1} s after the change (drain timeout 10 s)");
+    assert!(drained <= 10.0 + 3.0, "drain took {drained} s");
+    Ok(())
+}

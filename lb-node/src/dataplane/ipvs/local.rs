@@ -1,0 +1,333 @@
+//! VIPs made local, and the masquerade return path.
+//!
+//! IPVS sees a packet only once the kernel has routed it to this machine,
+//! so every VIP in the table is an address of a dummy interface of lb-node's
+//! own (`lbvip0` by default; kube-proxy's IPVS mode does the same with
+//! `kube-ipvs0`). The dummy interface never answers ARP for them: with the
+//! `arp_ignore=1` the L2 announcer sets, only the owner's user-space
+//! responder does. Every member can therefore accept traffic for every VIP
+//! (what BGP ECMP needs) while only the owner attracts it in L2 mode.
+//!
+//! The addresses on that interface are also how lb-node recognises its own
+//! services after a restart, when no `managed_networks` are configured.
+//!
+//! Masquerade (NAT) destinations send their replies to whoever sent the
+//! request; for those to come back through the member, the member rewrites
+//! the source of what it forwards to its own address. That is one nftables
+//! table, `inet lb_node`, replaced atomically by `nft -f -` when the set of
+//! masquerade VIPs changes:
+//! `ct original ip daddr @masq4 masquerade` in a postrouting nat chain. It
+//! needs `net.ipv4.vs.conntrack = 1` (set with the other sysctls).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context as _;
+use tracing::{info, warn};
+
+use crate::dataplane::{Op, Table};
+use crate::model::{Forwarding, Protocol, ServiceKey};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalSettings {
+    /// The dummy interface that holds the VIPs; created if missing.
+    pub interface: String,
+    /// Install the masquerade table.
+    pub masquerade: bool,
+}
+
+/// The VIPs on the interface now, shared with the ownership check.
+pub type LocalVips = Arc<RwLock<BTreeSet<IpAddr>>>;
+
+#[derive(Debug)]
+pub struct Local {
+    settings: LocalSettings,
+    handle: rtnetlink::Handle,
+    index: u32,
+    vips: LocalVips,
+    /// Each programmed service and whether it masquerades.
+    services: BTreeMap<ServiceKey, bool>,
+    masq: BTreeSet<IpAddr>,
+    /// Whether the masquerade table is as `masq` says.
+    masq_installed: bool,
+    pub last_error: Option<String>,
+}
+
+impl Local {
+    pub async fn new(settings: LocalSettings) -> anyhow::Result<Self> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().context("cannot open rtnetlink")?;
+        tokio::spawn(connection);
+        let index = match crate::announce::l2::link_index(&handle, &settings.interface).await {
+            Ok(i) => i,
+            Err(_) => {
+                handle
+                    .link()
+                    .add(rtnetlink::LinkDummy::new(&settings.interface).up().build())
+                    .execute()
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot create the dummy interface {:?} for VIPs (is the dummy module available?)",
+                            settings.interface
+                        )
+                    })?;
+                info!(interface = %settings.interface, "created the VIP interface");
+                crate::announce::l2::link_index(&handle, &settings.interface).await?
+            }
+        };
+        handle
+            .link()
+            .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("cannot bring {} up", settings.interface))?;
+        let mut present = BTreeSet::new();
+        {
+            use futures_util::TryStreamExt as _;
+            let mut stream = handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .execute();
+            while let Some(m) = stream.try_next().await? {
+                if let Some(ip) = crate::announce::l2::ip_of(&m) {
+                    present.insert(ip);
+                }
+            }
+        }
+        Ok(Local {
+            settings,
+            handle,
+            index,
+            vips: Arc::new(RwLock::new(present)),
+            services: BTreeMap::new(),
+            masq: BTreeSet::new(),
+            masq_installed: false,
+            last_error: None,
+        })
+    }
+
+    pub fn vips(&self) -> LocalVips {
+        self.vips.clone()
+    }
+
+    /// After a dump: the services are exactly those of `table`.
+    pub async fn sync_with(&mut self, table: &Table) {
+        self.services = table
+            .services
+            .iter()
+            .map(|(k, s)| {
+                (
+                    *k,
+                    s.destinations
+                        .values()
+                        .any(|d| d.forwarding == Forwarding::Masquerade),
+                )
+            })
+            .collect();
+        let wanted: BTreeSet<IpAddr> = self.services.keys().map(|k| k.vip).collect();
+        let masq = self.masq_vips();
+        self.converge(wanted, masq).await;
+    }
+
+    /// After operations: what they changed.
+    pub async fn note_ops(&mut self, ops: &[Op]) {
+        let mut touched = BTreeSet::new();
+        for op in ops {
+            match op {
+                Op::AddService { service, .. } => {
+                    self.services.entry(*service).or_insert(false);
+                }
+                Op::DeleteService { service } => {
+                    self.services.remove(service);
+                }
+                Op::AddDestination {
+                    service, settings, ..
+                }
+                | Op::UpdateDestination {
+                    service, settings, ..
+                } => {
+                    if settings.forwarding == Forwarding::Masquerade {
+                        self.services.insert(*service, true);
+                    }
+                }
+                _ => {}
+            }
+            touched.insert(op.service().vip);
+        }
+        if touched.is_empty() && self.masq_installed {
+            return;
+        }
+        let mut wanted = self.current();
+        let mut masq = self.masq.clone();
+        for vip in touched {
+            let mut used = false;
+            let mut masquerades = false;
+            for (_, m) in self.services_of(vip) {
+                used = true;
+                masquerades |= m;
+            }
+            if used {
+                wanted.insert(vip);
+            } else {
+                wanted.remove(&vip);
+            }
+            if masquerades {
+                masq.insert(vip);
+            } else {
+                masq.remove(&vip);
+            }
+        }
+        self.converge(wanted, masq).await;
+    }
+
+    fn services_of(&self, vip: IpAddr) -> impl Iterator<Item = (&ServiceKey, bool)> {
+        let from = ServiceKey {
+            vip,
+            port: 0,
+            protocol: Protocol::Tcp,
+        };
+        self.services
+            .range(from..)
+            .take_while(move |(k, _)| k.vip == vip)
+            .map(|(k, m)| (k, *m))
+    }
+
+    fn masq_vips(&self) -> BTreeSet<IpAddr> {
+        self.services
+            .iter()
+            .filter(|(_, m)| **m)
+            .map(|(k, _)| k.vip)
+            .collect()
+    }
+
+    fn current(&self) -> BTreeSet<IpAddr> {
+        self.vips
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn converge(&mut self, wanted: BTreeSet<IpAddr>, masq: BTreeSet<IpAddr>) {
+        let have = self.current();
+        let mut errors = Vec::new();
+        for vip in wanted.difference(&have) {
+            match crate::announce::l2::add_local(&self.handle, self.index, *vip).await {
+                Ok(()) => {
+                    self.vips
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(*vip);
+                }
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+        let extra: Vec<IpAddr> = have.difference(&wanted).copied().collect();
+        if !extra.is_empty() {
+            if let Err(e) = self.remove(&extra).await {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        if self.settings.masquerade && (masq != self.masq || !self.masq_installed) {
+            match install_masquerade(&masq).await {
+                Ok(()) => {
+                    self.masq = masq;
+                    self.masq_installed = true;
+                }
+                Err(e) => {
+                    self.masq_installed = false;
+                    errors.push(format!("{e:#}"));
+                }
+            }
+        }
+        self.last_error = (!errors.is_empty()).then(|| errors.join("; "));
+        for e in &errors {
+            warn!(error = %e, "VIP interface or masquerade table not as wanted; retried at the next change or repair");
+        }
+    }
+
+    async fn remove(&mut self, vips: &[IpAddr]) -> anyhow::Result<()> {
+        use futures_util::TryStreamExt as _;
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(self.index)
+            .execute();
+        let mut doomed = Vec::new();
+        while let Some(m) = stream.try_next().await? {
+            if crate::announce::l2::ip_of(&m).is_some_and(|ip| vips.contains(&ip)) {
+                doomed.push(m);
+            }
+        }
+        for m in doomed {
+            let ip = crate::announce::l2::ip_of(&m);
+            self.handle
+                .address()
+                .del(m)
+                .execute()
+                .await
+                .with_context(|| format!("cannot remove {ip:?} from the VIP interface"))?;
+        }
+        let mut set = self
+            .vips
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for v in vips {
+            set.remove(v);
+        }
+        Ok(())
+    }
+}
+
+/// The nftables script that (re)defines lb-node's table.
+pub fn masquerade_script(masq: &BTreeSet<IpAddr>) -> String {
+    let list = |v6: bool| {
+        masq.iter()
+            .filter(|ip| ip.is_ipv6() == v6)
+            .map(|ip| ip.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let set = |name: &str, kind: &str, elements: String| {
+        if elements.is_empty() {
+            format!("  set {name} {{ type {kind}; }}\n")
+        } else {
+            format!("  set {name} {{ type {kind}; elements = {{ {elements} }} }}\n")
+        }
+    };
+    let mut s =
+        String::from("table inet lb_node {}\ndelete table inet lb_node\ntable inet lb_node {\n");
+    s += &set("masq4", "ipv4_addr", list(false));
+    s += &set("masq6", "ipv6_addr", list(true));
+    s += "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n";
+    s += "    ct original ip daddr @masq4 masquerade\n";
+    s += "    ct original ip6 daddr @masq6 masquerade\n  }\n}\n";
+    s
+}
+
+async fn install_masquerade(masq: &BTreeSet<IpAddr>) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let script = masquerade_script(masq);
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run nft (install nftables) for the masquerade table")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).await?;
+    }
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "nft refused the masquerade table: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    info!(vips = masq.len(), "masquerade table installed");
+    Ok(())
+}

@@ -1,0 +1,680 @@
+//! The kernel IPVS dataplane, over generic netlink.
+//!
+//! - `msg`: the IPVS family's messages (pure);
+//! - `socket`: a blocking socket that pipelines requests and runs dumps;
+//! - `local`: the VIPs made local (a dummy interface) and the masquerade
+//!   return path (an nftables table of lb-node's own);
+//! - here: `IpvsDataplane`, the `Dataplane` the reconciler drives.
+//!
+//! Ownership: lb-node manages only the services whose VIP is inside the
+//! configured `managed_networks` (by default the VIPs it has been told to
+//! serve); a dump shows it nothing else and it never deletes anything else,
+//! unless `own_whole_table` is set.
+//!
+//! Graceful termination: a removed destination first gets weight 0, and is
+//! deleted when it has no connections left or `drain_timeout` has passed.
+//! While it drains, dumps hide it, so the reconciler does not see it as
+//! drift; adding it back ends the drain.
+//!
+//! A managed service or destination whose kernel settings lb-node would
+//! never program (another scheduler flag, a persistence netmask, a tunnel
+//! type, thresholds) is deleted when a dump finds it, so that the plan adds
+//! it back as it should be.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use tracing::{info, warn};
+
+use crate::dataplane::{
+    ApplyReport, Dataplane, DataplaneError, DestKey, Destination, Op, OpFailure, ProgrammedService,
+    ServiceSettings, Table,
+};
+use crate::model::{Forwarding, Protocol, Scheduler, ServiceKey};
+
+pub mod local;
+pub mod msg;
+pub mod socket;
+
+use msg::{IpvsMessage, KernelDest, KernelKey, KernelService, TopAttr, cmd, flags, fwd};
+pub use socket::{Info, IpvsError, IpvsSocket};
+
+/// Which services of the kernel table belong to lb-node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// Every service: anything else is deleted.
+    WholeTable,
+    /// Services whose VIP is inside one of these networks.
+    Networks(Vec<IpNet>),
+    /// Services whose VIP is an address of the VIP interface (which
+    /// lb-node keeps equal to its table): kube-proxy's rule.
+    VipInterface,
+}
+
+fn owns(ownership: &Ownership, local: Option<&local::LocalVips>, key: &KernelKey) -> bool {
+    let KernelKey::Addr { vip, .. } = key else {
+        return *ownership == Ownership::WholeTable;
+    };
+    match ownership {
+        Ownership::WholeTable => true,
+        Ownership::Networks(nets) => nets.iter().any(|n| n.contains(vip)),
+        Ownership::VipInterface => local.is_some_and(|l| {
+            l.read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(vip)
+        }),
+    }
+}
+
+/// The IPVS sysctls load balancing needs, and the values lb-node sets.
+pub const SYSCTLS: &[(&str, &str)] = &[
+    // Connections tracked, so the masquerade return path can SNAT them.
+    ("net/ipv4/vs/conntrack", "1"),
+    // A connection to a deleted destination is dropped at its next packet
+    // rather than blackholed until it times out.
+    ("net/ipv4/vs/expire_nodest_conn", "1"),
+    // A persistence template to a weight-0 destination expires, so a
+    // drained backend stops receiving the clients it had.
+    ("net/ipv4/vs/expire_quiescent_template", "1"),
+    // Reuse of a port by a new connection reschedules it (kernels since
+    // 5.9 do this without the one-second stall of older ones).
+    ("net/ipv4/vs/conn_reuse_mode", "1"),
+    // Replies from backends (after SNAT) are forwarded back to clients.
+    ("net/ipv4/ip_forward", "1"),
+    ("net/ipv6/conf/all/forwarding", "1"),
+];
+
+/// Sets `SYSCTLS` and returns what each reads back (or why it could not be
+/// read), for status and logs.
+pub fn set_sysctls() -> Vec<(String, String)> {
+    SYSCTLS
+        .iter()
+        .map(|(name, value)| {
+            let path = format!("/proc/sys/{name}");
+            if let Err(e) = std::fs::write(&path, value) {
+                warn!(sysctl = name, value, error = %e, "cannot set an IPVS sysctl");
+            }
+            let now = std::fs::read_to_string(&path)
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|e| format!("unreadable: {e}"));
+            info!(sysctl = name, value = %now, "IPVS sysctl");
+            ((*name).replace('/', "."), now)
+        })
+        .collect()
+}
+
+fn protocol_number(p: Protocol) -> u16 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
+fn kernel_key(k: &ServiceKey) -> KernelKey {
+    KernelKey::Addr {
+        vip: k.vip,
+        port: k.port,
+        protocol: protocol_number(k.protocol),
+    }
+}
+
+/// What lb-node programs for a service.
+pub fn kernel_service(k: &ServiceKey, s: &ServiceSettings) -> KernelService {
+    KernelService {
+        key: kernel_key(k),
+        scheduler: s.scheduler.name().to_owned(),
+        flags: if s.persistence_timeout.is_some() {
+            flags::PERSISTENT
+        } else {
+            0
+        },
+        timeout: s.persistence_timeout.unwrap_or(0),
+        netmask: if k.vip.is_ipv6() { 128 } else { u32::MAX },
+        pe_name: None,
+        stats: None,
+    }
+}
+
+/// What lb-node programs for a destination.
+pub fn kernel_dest(d: &DestKey, s: &Destination) -> KernelDest {
+    let forwarding = match s.forwarding {
+        Forwarding::Masquerade => fwd::MASQ,
+        Forwarding::Direct => fwd::DROUTE,
+        Forwarding::Tunnel => fwd::TUNNEL,
+    };
+    let mut k = KernelDest::new(d.address, d.port, forwarding, s.weight);
+    if s.forwarding == Forwarding::Tunnel {
+        k.tun_type = Some(msg::tun::IPIP);
+    }
+    k
+}
+
+/// A kernel service in lb-node's terms, if it is one lb-node could have
+/// programmed.
+fn read_service(k: &KernelService) -> Option<(ServiceKey, ServiceSettings)> {
+    let KernelKey::Addr {
+        vip,
+        port,
+        protocol,
+    } = k.key
+    else {
+        return None;
+    };
+    let protocol = match protocol {
+        6 => Protocol::Tcp,
+        17 => Protocol::Udp,
+        132 => Protocol::Sctp,
+        _ => return None,
+    };
+    let scheduler: Scheduler = k.scheduler.parse().ok()?;
+    let persistent = k.flags & flags::PERSISTENT != 0;
+    let extra_flags = k.flags & !(flags::PERSISTENT | flags::HASHED);
+    let full_mask = if vip.is_ipv6() { 128 } else { u32::MAX };
+    if extra_flags != 0 || k.pe_name.is_some() || (persistent && k.netmask != full_mask) {
+        return None;
+    }
+    Some((
+        ServiceKey {
+            vip,
+            port,
+            protocol,
+        },
+        ServiceSettings {
+            scheduler,
+            persistence_timeout: persistent.then_some(k.timeout),
+        },
+    ))
+}
+
+fn read_dest(d: &KernelDest) -> Option<(DestKey, Destination)> {
+    let forwarding = match d.forwarding {
+        fwd::MASQ => Forwarding::Masquerade,
+        fwd::DROUTE => Forwarding::Direct,
+        fwd::TUNNEL if d.tun_type.unwrap_or(msg::tun::IPIP) == msg::tun::IPIP => Forwarding::Tunnel,
+        _ => return None,
+    };
+    if d.upper_threshold != 0 || d.lower_threshold != 0 {
+        return None;
+    }
+    Some((
+        DestKey {
+            address: d.address,
+            port: d.port,
+        },
+        Destination {
+            weight: d.weight,
+            forwarding,
+        },
+    ))
+}
+
+fn service_msg(c: u8, k: &ServiceKey, s: Option<&ServiceSettings>) -> IpvsMessage {
+    let attrs = match s {
+        Some(s) => kernel_service(k, s).attrs(),
+        None => kernel_key(k).attrs(),
+    };
+    IpvsMessage::new(c, vec![TopAttr::Service(attrs)])
+}
+
+fn dest_msg(c: u8, k: &ServiceKey, d: &DestKey, s: Option<&Destination>) -> IpvsMessage {
+    let attrs = match s {
+        Some(s) => kernel_dest(d, s).attrs(),
+        None => KernelDest::key_attrs(d.address, d.port),
+    };
+    IpvsMessage::new(
+        c,
+        vec![
+            TopAttr::Service(kernel_key(k).attrs()),
+            TopAttr::Dest(attrs),
+        ],
+    )
+}
+
+/// Settings of the IPVS dataplane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpvsSettings {
+    pub ownership: Ownership,
+    /// How long a removed destination may keep its connections; zero
+    /// deletes at once.
+    pub drain_timeout: Duration,
+    /// Make VIPs local on this dummy interface, and install the masquerade
+    /// table; `None` leaves both to the operator.
+    pub local: Option<local::LocalSettings>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    socket: Option<IpvsSocket>,
+    settings: IpvsSettings,
+    local_vips: Option<local::LocalVips>,
+    /// Destinations draining after removal: when they must go at the latest.
+    draining: BTreeMap<(ServiceKey, DestKey), Instant>,
+}
+
+impl std::fmt::Debug for IpvsSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IpvsSocket")
+    }
+}
+
+impl Inner {
+    fn socket(&mut self) -> Result<&mut IpvsSocket, IpvsError> {
+        if self.socket.is_none() {
+            self.socket = Some(IpvsSocket::open()?);
+        }
+        self.socket
+            .as_mut()
+            .ok_or_else(|| IpvsError::Io("no socket".into()))
+    }
+
+    /// Forgets a socket whose state is unknown; the next call opens a new one.
+    fn fail(&mut self, e: IpvsError) -> DataplaneError {
+        if matches!(e, IpvsError::Io(_)) {
+            self.socket = None;
+        }
+        DataplaneError::Unavailable(e.to_string())
+    }
+
+    fn dump(&mut self) -> Result<Table, DataplaneError> {
+        let result = self.dump_inner();
+        result.map_err(|e| self.fail(e))
+    }
+
+    fn dump_inner(&mut self) -> Result<Table, IpvsError> {
+        let ownership = self.settings.ownership.clone();
+        let local_vips = self.local_vips.clone();
+        let sock = self.socket()?;
+        let mut table = Table::default();
+        let mut unfit_services = Vec::new();
+        let mut unfit_dests = Vec::new();
+        for ks in sock.services()? {
+            if !owns(&ownership, local_vips.as_ref(), &ks.key) {
+                continue;
+            }
+            let Some((key, settings)) = read_service(&ks) else {
+                unfit_services.push(ks.key);
+                continue;
+            };
+            let mut destinations = BTreeMap::new();
+            for kd in sock.dests(&ks.key)? {
+                match read_dest(&kd) {
+                    Some((dk, d)) => {
+                        destinations.insert(dk, d);
+                    }
+                    None => unfit_dests.push((ks.key, kd.address, kd.port)),
+                }
+            }
+            table.services.insert(
+                key,
+                ProgrammedService {
+                    settings,
+                    destinations,
+                },
+            );
+        }
+        // Settings lb-node never programs: remove, so the plan re-adds.
+        let mut fixes = Vec::new();
+        for key in &unfit_services {
+            warn!(service = %key, "a managed IPVS service has settings lb-node does not program; replacing it");
+            fixes.push(IpvsMessage::new(
+                cmd::DEL_SERVICE,
+                vec![TopAttr::Service(key.attrs())],
+            ));
+        }
+        for (key, addr, port) in &unfit_dests {
+            warn!(service = %key, destination = %crate::model::SocketText(*addr, *port), "a managed IPVS destination has settings lb-node does not program; replacing it");
+            fixes.push(IpvsMessage::new(
+                cmd::DEL_DEST,
+                vec![
+                    TopAttr::Service(key.attrs()),
+                    TopAttr::Dest(KernelDest::key_attrs(*addr, *port)),
+                ],
+            ));
+        }
+        if !fixes.is_empty() {
+            sock.execute(fixes)?;
+        }
+        // Draining destinations are in transition, not drift.
+        self.draining.retain(|(svc, dest), _| {
+            table
+                .services
+                .get(svc)
+                .is_some_and(|s| s.destinations.contains_key(dest))
+        });
+        for (svc, dest) in self.draining.keys() {
+            if let Some(s) = table.services.get_mut(svc) {
+                s.destinations.remove(dest);
+            }
+        }
+        Ok(table)
+    }
+
+    fn apply(&mut self, ops: &[Op]) -> ApplyReport {
+        let drain = self.settings.drain_timeout;
+        let now = Instant::now();
+        // A drain sets weight 0 with the rest of the destination as the
+        // kernel has it: read the destinations of the services concerned
+        // (one dump per service, so the cost follows the change).
+        let mut current: BTreeMap<(ServiceKey, DestKey), KernelDest> = BTreeMap::new();
+        if !drain.is_zero() {
+            let services: BTreeSet<ServiceKey> = ops
+                .iter()
+                .filter_map(|op| match op {
+                    Op::DeleteDestination { service, dest }
+                        if !self.draining.contains_key(&(*service, *dest)) =>
+                    {
+                        Some(*service)
+                    }
+                    _ => None,
+                })
+                .collect();
+            for svc in services {
+                match self.socket().and_then(|s| s.dests(&kernel_key(&svc))) {
+                    Ok(dests) => current.extend(dests.into_iter().map(|d| {
+                        (
+                            (
+                                svc,
+                                DestKey {
+                                    address: d.address,
+                                    port: d.port,
+                                },
+                            ),
+                            d,
+                        )
+                    })),
+                    Err(IpvsError::Kernel(_)) => {}
+                    Err(e) => {
+                        let error = self.fail(e);
+                        return ApplyReport {
+                            applied: 0,
+                            failed: ops
+                                .iter()
+                                .map(|op| OpFailure {
+                                    op: op.clone(),
+                                    error: error.clone(),
+                                })
+                                .collect(),
+                        };
+                    }
+                }
+            }
+        }
+        let mut requests = Vec::with_capacity(ops.len());
+        // Which op each request stands for; None: done without a request.
+        let mut origin = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter().enumerate() {
+            let m = match op {
+                Op::AddService { service, settings } => {
+                    service_msg(cmd::NEW_SERVICE, service, Some(settings))
+                }
+                Op::UpdateService { service, settings } => {
+                    service_msg(cmd::SET_SERVICE, service, Some(settings))
+                }
+                Op::DeleteService { service } => {
+                    self.draining.retain(|(s, _), _| s != service);
+                    service_msg(cmd::DEL_SERVICE, service, None)
+                }
+                Op::AddDestination {
+                    service,
+                    dest,
+                    settings,
+                } => {
+                    if self.draining.remove(&(*service, *dest)).is_some() {
+                        // Back before its drain ended: it is still there.
+                        dest_msg(cmd::SET_DEST, service, dest, Some(settings))
+                    } else {
+                        dest_msg(cmd::NEW_DEST, service, dest, Some(settings))
+                    }
+                }
+                Op::UpdateDestination {
+                    service,
+                    dest,
+                    settings,
+                } => {
+                    self.draining.remove(&(*service, *dest));
+                    dest_msg(cmd::SET_DEST, service, dest, Some(settings))
+                }
+                Op::DeleteDestination { service, dest } if !drain.is_zero() => {
+                    let key = (*service, *dest);
+                    let Some(kd) = current
+                        .get(&key)
+                        .filter(|_| !self.draining.contains_key(&key))
+                    else {
+                        // Draining already, or gone already.
+                        origin.push(None);
+                        continue;
+                    };
+                    self.draining.insert(key, now + drain);
+                    // Weight 0 first: no new connections, the open ones go on.
+                    let mut kd = kd.clone();
+                    kd.weight = 0;
+                    IpvsMessage::new(
+                        cmd::SET_DEST,
+                        vec![
+                            TopAttr::Service(kernel_key(service).attrs()),
+                            TopAttr::Dest(kd.attrs()),
+                        ],
+                    )
+                }
+                Op::DeleteDestination { service, dest } => {
+                    dest_msg(cmd::DEL_DEST, service, dest, None)
+                }
+            };
+            requests.push(m);
+            origin.push(Some(i));
+        }
+        let mut report = ApplyReport::default();
+        report.applied += origin.iter().filter(|o| o.is_none()).count();
+        let origin: Vec<usize> = origin.into_iter().flatten().collect();
+        let outcomes = match self.socket().and_then(|s| s.execute(requests)) {
+            Ok(o) => o,
+            Err(e) => {
+                let error = self.fail(e);
+                report.failed = origin
+                    .iter()
+                    .map(|&i| OpFailure {
+                        op: ops[i].clone(),
+                        error: error.clone(),
+                    })
+                    .collect();
+                return report;
+            }
+        };
+        for (&i, outcome) in origin.iter().zip(outcomes) {
+            let op = &ops[i];
+            match outcome {
+                Ok(()) => report.applied += 1,
+                // Idempotent: adding what exists, removing what is gone.
+                Err(libc::EEXIST)
+                    if matches!(op, Op::AddService { .. } | Op::AddDestination { .. }) =>
+                {
+                    report.applied += 1
+                }
+                Err(libc::ENOENT | libc::ESRCH)
+                    if matches!(op, Op::DeleteService { .. } | Op::DeleteDestination { .. }) =>
+                {
+                    if let Op::DeleteDestination { service, dest } = op {
+                        self.draining.remove(&(*service, *dest));
+                    }
+                    report.applied += 1
+                }
+                Err(errno) => report.failed.push(OpFailure {
+                    op: op.clone(),
+                    error: DataplaneError::Rejected {
+                        op: op.to_string(),
+                        reason: socket::errno_text(errno),
+                    },
+                }),
+            }
+        }
+        report
+    }
+
+    /// Deletes drained destinations: no connection left, or out of time.
+    fn finish_drains(&mut self) -> Result<usize, DataplaneError> {
+        if self.draining.is_empty() {
+            return Ok(0);
+        }
+        let now = Instant::now();
+        let services: BTreeSet<ServiceKey> = self.draining.keys().map(|(s, _)| *s).collect();
+        let mut done = Vec::new();
+        for svc in services {
+            let dests = match self.socket().and_then(|s| s.dests(&kernel_key(&svc))) {
+                Ok(d) => d,
+                Err(IpvsError::Kernel(_)) => Vec::new(), // the service is gone
+                Err(e) => return Err(self.fail(e)),
+            };
+            for ((s, d), deadline) in self.draining.range((svc, DestKey::MIN)..) {
+                if *s != svc {
+                    break;
+                }
+                let conns = dests
+                    .iter()
+                    .find(|k| k.address == d.address && k.port == d.port)
+                    .map(|k| k.active_conns + k.inactive_conns);
+                match conns {
+                    None => done.push((*s, *d, None)),
+                    Some(0) => done.push((*s, *d, Some("no connections left"))),
+                    Some(_) if now >= *deadline => {
+                        done.push((*s, *d, Some("drain timeout passed")))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let mut requests = Vec::new();
+        for (s, d, why) in &done {
+            self.draining.remove(&(*s, *d));
+            if let Some(why) = why {
+                info!(service = %s, destination = %d, reason = why, "drained destination deleted");
+                requests.push(dest_msg(cmd::DEL_DEST, s, d, None));
+            }
+        }
+        let n = requests.len();
+        if n > 0 {
+            let result = self.socket().and_then(|s| s.execute(requests));
+            result.map_err(|e| self.fail(e))?;
+        }
+        Ok(n)
+    }
+}
+
+/// The dataplane that programs kernel IPVS.
+#[derive(Debug, Clone)]
+pub struct IpvsDataplane {
+    inner: Arc<Mutex<Inner>>,
+    local: Option<Arc<tokio::sync::Mutex<local::Local>>>,
+}
+
+impl IpvsDataplane {
+    /// Opens IPVS (an error if this kernel has none), sets the sysctls and
+    /// prepares the local VIP interface.
+    pub async fn open(settings: IpvsSettings) -> Result<(Self, Info), IpvsError> {
+        let (socket, info) = tokio::task::spawn_blocking(|| {
+            let mut s = IpvsSocket::open()?;
+            let info = s.info()?;
+            Ok::<_, IpvsError>((s, info))
+        })
+        .await
+        .map_err(|e| IpvsError::Io(e.to_string()))??;
+        info!(
+            version = format!(
+                "{}.{}.{}",
+                info.version >> 16,
+                (info.version >> 8) & 0xff,
+                info.version & 0xff
+            ),
+            conn_tab_size = info.conn_tab_size,
+            "IPVS found"
+        );
+        set_sysctls();
+        let local = match &settings.local {
+            Some(l) => Some(
+                local::Local::new(l.clone())
+                    .await
+                    .map_err(|e| IpvsError::Io(format!("{e:#}")))?,
+            ),
+            None => None,
+        };
+        if settings.ownership == Ownership::VipInterface && local.is_none() {
+            warn!(
+                "IPVS ownership by VIP interface without a VIP interface: lb-node will not recognise (or clean up) services left by an earlier run"
+            );
+        }
+        let local_vips = local.as_ref().map(local::Local::vips);
+        let local = local.map(|l| Arc::new(tokio::sync::Mutex::new(l)));
+        Ok((
+            IpvsDataplane {
+                inner: Arc::new(Mutex::new(Inner {
+                    socket: Some(socket),
+                    settings,
+                    local_vips,
+                    draining: BTreeMap::new(),
+                })),
+                local,
+            },
+            info,
+        ))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Inner) -> T + Send + 'static,
+    ) -> Option<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = inner.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut guard)
+        })
+        .await
+        .ok()
+    }
+}
+
+impl Dataplane for IpvsDataplane {
+    fn kind(&self) -> &'static str {
+        "ipvs"
+    }
+
+    async fn dump(&mut self) -> Result<Table, DataplaneError> {
+        let table = self
+            .blocking(Inner::dump)
+            .await
+            .unwrap_or_else(|| Err(DataplaneError::Unavailable("the IPVS worker failed".into())))?;
+        if let Some(local) = &self.local {
+            local.lock().await.sync_with(&table).await;
+        }
+        Ok(table)
+    }
+
+    async fn apply(&mut self, ops: &[Op]) -> ApplyReport {
+        let owned = ops.to_vec();
+        let report = self
+            .blocking(move |inner| inner.apply(&owned))
+            .await
+            .unwrap_or_else(|| ApplyReport {
+                applied: 0,
+                failed: ops
+                    .iter()
+                    .map(|op| OpFailure {
+                        op: op.clone(),
+                        error: DataplaneError::Unavailable("the IPVS worker failed".into()),
+                    })
+                    .collect(),
+            });
+        if let Some(local) = &self.local {
+            local.lock().await.note_ops(ops).await;
+        }
+        report
+    }
+
+    async fn maintain(&mut self) -> Result<(), DataplaneError> {
+        self.blocking(Inner::finish_drains)
+            .await
+            .unwrap_or_else(|| Err(DataplaneError::Unavailable("the IPVS worker failed".into())))
+            .map(|_| ())
+    }
+}

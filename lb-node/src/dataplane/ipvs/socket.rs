@@ -1,0 +1,387 @@
+//! A blocking IPVS generic netlink socket with pipelined requests.
+//!
+//! Changes are packed many to one `send` and many are in flight at once,
+//! each with its own sequence number and NLM_F_ACK; the answers are matched
+//! by sequence number. The kernel handles every message of a buffer even
+//! when one fails, so one rejected operation never stops the others. A
+//! missing answer (timeout) or ENOBUFS (answers dropped because the receive
+//! buffer overflowed) leaves the outcome of the batch unknown: the caller
+//! must dump and resync.
+//!
+//! Dumps (services, then each service's destinations) run one at a time: the
+//! kernel keeps one dump in progress per socket.
+
+use std::time::Duration;
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkBuffer, NetlinkMessage,
+    NetlinkPayload,
+};
+use netlink_packet_generic::GenlMessage;
+use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
+use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
+use netlink_sys::protocols::NETLINK_GENERIC;
+use netlink_sys::{Socket, SocketAddr};
+
+use super::msg::{IpvsMessage, KernelDest, KernelKey, KernelService, TopAttr, cmd};
+
+/// Requests in flight at most: each answer is its own skb (about 1 KiB of
+/// receive buffer accounting), and SO_RCVBUF is capped by net.core.rmem_max
+/// (416 KiB once doubled, by default); more in flight would overflow it
+/// (ENOBUFS) and lose answers.
+const WINDOW: usize = 256;
+/// Bytes of requests packed into one `send`.
+const SEND_CHUNK: usize = 64 * 1024;
+const RECV_BUFFER: usize = 8 * 1024 * 1024;
+/// How long an answer may take before the batch counts as lost.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What went wrong talking to IPVS.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IpvsError {
+    /// The running kernel has no IPVS (module not loaded or not built).
+    #[error(
+        "this kernel has no IPVS: the generic netlink family \"IPVS\" is not registered (load it with `modprobe ip_vs`, or use dataplane.kind = \"memory\")"
+    )]
+    NoIpvs,
+    /// The socket failed, an answer was lost or the kernel dropped answers:
+    /// the outcome of what was sent is unknown.
+    #[error("IPVS netlink: {0}")]
+    Io(String),
+    /// The kernel refused a request (a negative errno).
+    #[error("{}", errno_text(*.0))]
+    Kernel(i32),
+}
+
+pub fn errno_text(errno: i32) -> String {
+    let name = match errno {
+        libc::EEXIST => "EEXIST",
+        libc::ENOENT => "ENOENT",
+        libc::ESRCH => "ESRCH",
+        libc::EINVAL => "EINVAL",
+        libc::EPERM => "EPERM",
+        libc::ENOMEM => "ENOMEM",
+        libc::EBUSY => "EBUSY",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        _ => "",
+    };
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    if name.is_empty() {
+        format!("kernel error {errno}: {text}")
+    } else {
+        format!("{name}: {text}")
+    }
+}
+
+/// What GET_INFO answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Info {
+    /// `IP_VS_VERSION_CODE`, e.g. 0x010201 for 1.2.1.
+    pub version: u32,
+    pub conn_tab_size: u32,
+}
+
+pub struct IpvsSocket {
+    sock: Socket,
+    family: u16,
+    seq: u32,
+    rx: Vec<u8>,
+}
+
+impl IpvsSocket {
+    /// Opens a socket and looks the IPVS family up.
+    pub fn open() -> Result<Self, IpvsError> {
+        let io = |what: &str, e: std::io::Error| IpvsError::Io(format!("{what}: {e}"));
+        let mut sock = Socket::new(NETLINK_GENERIC).map_err(|e| io("socket", e))?;
+        sock.bind_auto().map_err(|e| io("bind", e))?;
+        sock.connect(&SocketAddr::new(0, 0))
+            .map_err(|e| io("connect", e))?;
+        sock.set_rx_buf_sz(RECV_BUFFER)
+            .map_err(|e| io("SO_RCVBUF", e))?;
+        // Answers without a copy of each request: smaller, so more fit.
+        let _ = sock.set_cap_ack(true);
+        set_recv_timeout(&sock, ANSWER_TIMEOUT).map_err(|e| io("SO_RCVTIMEO", e))?;
+        let mut this = IpvsSocket {
+            sock,
+            family: 0,
+            seq: 1,
+            rx: vec![0; 1 << 20],
+        };
+        this.family = this.resolve_family()?;
+        Ok(this)
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        self.seq
+    }
+
+    fn resolve_family(&mut self) -> Result<u16, IpvsError> {
+        let mut genl = GenlMessage::from_payload(GenlCtrl {
+            cmd: GenlCtrlCmd::GetFamily,
+            nlas: vec![GenlCtrlAttrs::FamilyName(super::msg::FAMILY_NAME.into())],
+        });
+        genl.finalize();
+        let mut nl = NetlinkMessage::from(genl);
+        nl.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        let seq = self.next_seq();
+        nl.header.sequence_number = seq;
+        nl.finalize();
+        let mut buf = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut buf);
+        self.send_all(&buf)?;
+        let mut family = None;
+        loop {
+            let n = self.recv()?;
+            let mut off = 0;
+            while off < n {
+                let (len, mseq) = frame(&self.rx[off..n])?;
+                if mseq == seq {
+                    let m = NetlinkMessage::<GenlMessage<GenlCtrl>>::deserialize(
+                        &self.rx[off..off + len],
+                    )
+                    .map_err(|e| IpvsError::Io(format!("family answer: {e}")))?;
+                    match m.payload {
+                        NetlinkPayload::InnerMessage(g) => {
+                            for a in g.payload.nlas {
+                                if let GenlCtrlAttrs::FamilyId(id) = a {
+                                    family = Some(id);
+                                }
+                            }
+                        }
+                        NetlinkPayload::Error(e) => {
+                            return match e.code {
+                                None => family.ok_or(IpvsError::NoIpvs),
+                                Some(c) if -c.get() == libc::ENOENT => Err(IpvsError::NoIpvs),
+                                Some(c) => Err(IpvsError::Kernel(-c.get())),
+                            };
+                        }
+                        _ => {}
+                    }
+                }
+                off += len;
+            }
+        }
+    }
+
+    fn frame_request(&mut self, msg: IpvsMessage, flags: u16, out: &mut Vec<u8>) -> u32 {
+        let mut genl = GenlMessage::from_payload(msg);
+        genl.set_resolved_family_id(self.family);
+        let mut nl = NetlinkMessage::from(genl);
+        nl.header.flags = flags;
+        let seq = self.next_seq();
+        nl.header.sequence_number = seq;
+        nl.finalize();
+        let start = out.len();
+        out.resize(start + nl.buffer_len(), 0);
+        nl.serialize(&mut out[start..]);
+        seq
+    }
+
+    fn send_all(&self, buf: &[u8]) -> Result<(), IpvsError> {
+        let n = self
+            .sock
+            .send(buf, 0)
+            .map_err(|e| IpvsError::Io(format!("send: {e}")))?;
+        if n != buf.len() {
+            return Err(IpvsError::Io(format!("short send: {n} of {}", buf.len())));
+        }
+        Ok(())
+    }
+
+    fn recv(&mut self) -> Result<usize, IpvsError> {
+        let mut buf = &mut self.rx[..];
+        match self.sock.recv(&mut buf, 0) {
+            Ok(n) => Ok(n),
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Err(IpvsError::Io(
+                "answers dropped (ENOBUFS): the receive buffer overflowed".into(),
+            )),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(IpvsError::Io(format!(
+                    "no answer within {ANSWER_TIMEOUT:?}"
+                )))
+            }
+            Err(e) => Err(IpvsError::Io(format!("recv: {e}"))),
+        }
+    }
+
+    /// GET_INFO: the IPVS version and connection table size.
+    pub fn info(&mut self) -> Result<Info, IpvsError> {
+        let answers = self.request(IpvsMessage::new(cmd::GET_INFO, vec![]), false)?;
+        let mut info = Info {
+            version: 0,
+            conn_tab_size: 0,
+        };
+        for m in answers {
+            for a in m.attrs {
+                match a {
+                    TopAttr::InfoVersion(v) => info.version = v,
+                    TopAttr::InfoConnTabSize(v) => info.conn_tab_size = v,
+                    _ => {}
+                }
+            }
+        }
+        Ok(info)
+    }
+
+    /// Sends one request (a dump when `dump`) and collects its answers.
+    fn request(&mut self, msg: IpvsMessage, dump: bool) -> Result<Vec<IpvsMessage>, IpvsError> {
+        let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
+        let mut buf = Vec::new();
+        let seq = self.frame_request(msg, flags, &mut buf);
+        self.send_all(&buf)?;
+        let mut out = Vec::new();
+        let mut interrupted = false;
+        loop {
+            let n = self.recv()?;
+            let mut off = 0;
+            while off < n {
+                let (len, mseq) = frame(&self.rx[off..n])?;
+                if mseq != seq {
+                    off += len;
+                    continue;
+                }
+                let m = NetlinkMessage::<GenlMessage<IpvsMessage>>::deserialize(
+                    &self.rx[off..off + len],
+                )
+                .map_err(|e| IpvsError::Io(format!("malformed answer: {e}")))?;
+                if m.header.flags & NLM_F_DUMP_INTR != 0 {
+                    interrupted = true;
+                }
+                match m.payload {
+                    NetlinkPayload::InnerMessage(g) => {
+                        out.push(g.payload);
+                        if !dump {
+                            // A plain GET answers once, then ACKs.
+                        }
+                    }
+                    NetlinkPayload::Done(_) => {
+                        if interrupted {
+                            return Err(IpvsError::Io(
+                                "the dump was interrupted by a concurrent change".into(),
+                            ));
+                        }
+                        return Ok(out);
+                    }
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(out),
+                            Some(c) => Err(IpvsError::Kernel(-c.get())),
+                        };
+                    }
+                    _ => {}
+                }
+                off += len;
+            }
+        }
+    }
+
+    /// Every virtual service.
+    pub fn services(&mut self) -> Result<Vec<KernelService>, IpvsError> {
+        self.request(IpvsMessage::new(cmd::GET_SERVICE, vec![]), true)?
+            .into_iter()
+            .filter_map(|m| m.service().transpose())
+            .collect::<Result<_, _>>()
+            .map_err(|e| IpvsError::Io(format!("malformed service in a dump: {e}")))
+    }
+
+    /// The destinations of one service.
+    pub fn dests(&mut self, key: &KernelKey) -> Result<Vec<KernelDest>, IpvsError> {
+        let v6 = matches!(key, KernelKey::Addr { vip, .. } if vip.is_ipv6())
+            || matches!(key, KernelKey::Fwmark { ipv6: true, .. });
+        self.request(
+            IpvsMessage::new(cmd::GET_DEST, vec![TopAttr::Service(key.attrs())]),
+            true,
+        )?
+        .into_iter()
+        .filter_map(|m| m.dest(v6).transpose())
+        .collect::<Result<_, _>>()
+        .map_err(|e| IpvsError::Io(format!("malformed destination of {key} in a dump: {e}")))
+    }
+
+    /// Sends every request, pipelined, and returns each one's outcome in
+    /// order: `Ok(())` or the errno the kernel answered. An `Err` for the
+    /// whole call means some outcomes are unknown.
+    pub fn execute(
+        &mut self,
+        requests: Vec<IpvsMessage>,
+    ) -> Result<Vec<Result<(), i32>>, IpvsError> {
+        let total = requests.len();
+        let mut results: Vec<Option<Result<(), i32>>> = vec![None; total];
+        // seq -> index; sequence numbers are consecutive per call.
+        let mut first_seq = None;
+        let mut pending = requests.into_iter().enumerate().peekable();
+        let mut in_flight = 0usize;
+        let mut answered = 0usize;
+        let mut buf = Vec::with_capacity(SEND_CHUNK + 4096);
+        while answered < total {
+            // Fill the window.
+            buf.clear();
+            while in_flight < WINDOW && buf.len() < SEND_CHUNK {
+                let Some((i, msg)) = pending.next() else {
+                    break;
+                };
+                let seq = self.frame_request(msg, NLM_F_REQUEST | NLM_F_ACK, &mut buf);
+                let first = *first_seq.get_or_insert(seq.wrapping_sub(i as u32));
+                debug_assert_eq!(seq.wrapping_sub(first) as usize, i);
+                in_flight += 1;
+            }
+            if !buf.is_empty() {
+                self.send_all(&buf)?;
+                if in_flight < WINDOW && pending.peek().is_some() {
+                    continue;
+                }
+            }
+            let n = self.recv()?;
+            let mut off = 0;
+            while off < n {
+                let (len, mseq) = frame(&self.rx[off..n])?;
+                let idx = first_seq.map(|f| mseq.wrapping_sub(f) as usize);
+                if let Some(idx) = idx.filter(|&i| i < total && results[i].is_none()) {
+                    let nb = NetlinkBuffer::new(&self.rx[off..off + len]);
+                    if nb.message_type() == netlink_packet_core::NLMSG_ERROR {
+                        let p = nb.payload();
+                        if p.len() < 4 {
+                            return Err(IpvsError::Io("truncated acknowledgement".into()));
+                        }
+                        let code = i32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
+                        results[idx] = Some(if code == 0 { Ok(()) } else { Err(-code) });
+                        answered += 1;
+                        in_flight -= 1;
+                    }
+                }
+                off += len;
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(libc::EIO)))
+            .collect())
+    }
+}
+
+/// The length and sequence number of the netlink message at the start of
+/// `buf`, checked.
+fn frame(buf: &[u8]) -> Result<(usize, u32), IpvsError> {
+    let nb = NetlinkBuffer::new_checked(buf)
+        .map_err(|e| IpvsError::Io(format!("malformed netlink message: {e}")))?;
+    let len = nb.length() as usize;
+    if len < 16 {
+        return Err(IpvsError::Io(
+            "netlink message shorter than its header".into(),
+        ));
+    }
+    // Messages are 4-byte aligned within a datagram.
+    let aligned = (len + 3) & !3;
+    Ok((aligned.min(buf.len()), nb.sequence_number()))
+}
+
+fn set_recv_timeout(sock: &Socket, timeout: Duration) -> std::io::Result<()> {
+    socket2::SockRef::from(sock).set_read_timeout(Some(timeout))
+}
