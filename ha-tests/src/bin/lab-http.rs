@@ -24,11 +24,16 @@ fn serve(addr: SocketAddr, name: String) -> std::io::Result<()> {
             } else {
                 format!("{name}\n")
             };
-            let _ = write!(
-                stream,
+            let answer = format!(
                 "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
+            let _ = stream.write_all(answer.as_bytes());
+            // The client closes first (it knows the length), so the
+            // TIME_WAIT is on its side and it never reuses a port whose
+            // old connection IPVS still remembers.
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = stream.read(&mut buf);
         });
     }
     Ok(())
@@ -39,11 +44,29 @@ fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    let body = out.split("\r\n\r\n").nth(1).ok_or("no body")?;
-    Ok(body.trim().to_owned())
+    // One write: the server reads the request with one read.
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before the whole answer".into());
+        }
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or("no Content-Length")?;
+            if body.len() >= length {
+                return Ok(body.trim().to_owned());
+            }
+        }
+    }
 }
 
 fn main() {
