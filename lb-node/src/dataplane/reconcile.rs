@@ -163,8 +163,15 @@ async fn sync<D: Dataplane>(
         // Conflicts here only mean our belief was stale; the next dump fixes it.
         let _ = now_programmed.apply(op);
     }
-    for failure in &report.failed {
+    // The first few failures name their service; the rest are counted.
+    for failure in report.failed.iter().take(5) {
         warn!(service = %failure.op.service(), error = %failure.error, "dataplane operation failed; will retry");
+    }
+    if report.failed.len() > 5 {
+        warn!(
+            more = report.failed.len() - 5,
+            "more dataplane operations failed; will retry"
+        );
     }
     if !ops.is_empty() {
         info!(
@@ -172,6 +179,7 @@ async fn sync<D: Dataplane>(
             ops = ops.len(),
             failed = report.failed.len(),
             repair = repairing,
+            took_ms = started.elapsed().as_secs_f64() * 1000.0,
             "dataplane synced"
         );
     }
