@@ -62,9 +62,11 @@ fn thousand_services() -> String {
             9 => "tunnel",
             _ => "masquerade",
         };
+        // Every 50th service (of every kind, by the rotation) by firewall mark.
+        let fwmark = if i % 50 == 13 { 1000 + i } else { 0 };
         let _ = write!(
             s,
-            "[[service]]\nname = \"s{i}\"\nvip = \"{vip}\"\nport = {}\nprotocol = \"{protocol}\"\nscheduler = \"{}\"\npersistence_timeout = {persistence}\nforwarding = \"{forwarding}\"\n",
+            "[[service]]\nname = \"s{i}\"\nvip = \"{vip}\"\nport = {}\nprotocol = \"{protocol}\"\nscheduler = \"{}\"\npersistence_timeout = {persistence}\nforwarding = \"{forwarding}\"\nfwmark = {fwmark}\n",
             80 + i % 7,
             SCHEDULERS[i as usize % SCHEDULERS.len()],
         );
@@ -137,7 +139,16 @@ lb-node --config /lab/member.toml > /tmp/lb.log 2>&1 &
 wait_equal initial
 echo "LAB kernel-lines $(wc -l < /tmp/kernel)"
 echo "LAB services $(grep -c '^-A' /tmp/kernel)"
+echo "LAB fwmark-services $(grep -c '^-A -f' /tmp/kernel)"
+# The addresses and the nftables table follow each IPVS batch.
+marks() {{ nft list chain inet lb_node prerouting 2>/dev/null | grep -c 'meta mark set'; }}
+i=0
+while [ $i -lt 100 ] && [ "$(marks)" -lt 20 ]; do usleep 100000; i=$((i+1)); done
+echo "LAB mark-rules $(marks)"
+grep -i "nft\|table inet" /tmp/lb.log | head -5 | sed 's/^/LAB log+ /'
 echo "LAB foreign $(ipvsadm -Sn | grep -c 192.168.77.1)"
+i=0
+while [ $i -lt 100 ] && [ "$(ip -o addr show dev lbvip0 | wc -l)" -lt 1000 ]; do usleep 100000; i=$((i+1)); done
 echo "LAB vips-local $(ip -o addr show dev lbvip0 | wc -l)"
 nft list table inet lb_node > /tmp/nft 2>&1 && echo "LAB nft yes" || echo "LAB nft no"
 for s in conntrack expire_nodest_conn expire_quiescent_template; do
@@ -177,6 +188,8 @@ kill %1 2>/dev/null
     }
     assert_eq!(run.get("services"), Some("1000"), "{:?}", run.results);
     assert_eq!(run.get("plan-lines"), run.get("kernel-lines"));
+    assert_eq!(run.get("fwmark-services"), Some("20"), "{:?}", run.results);
+    assert_eq!(run.get("mark-rules"), Some("20"), "{:?}", run.results);
     assert_eq!(run.get("foreign"), Some("1"), "the foreign service is gone");
     assert_eq!(run.get("vips-local"), Some("1000"), "every VIP on lbvip0");
     assert_eq!(run.get("nft"), Some("yes"), "masquerade table missing");
@@ -226,6 +239,10 @@ fn traffic_services(drain_backend: &str) -> String {
     }
     s += "[[service]]\nname = \"wrr\"\nvip = \"10.0.0.101\"\nport = 80\nscheduler = \"wrr\"\n";
     s += &backend("10.0.2.11", 3);
+    s += &backend("10.0.2.12", 1);
+    // By firewall mark: lb-node marks the VIP's traffic, IPVS balances by it.
+    s += "[[service]]\nname = \"fw\"\nvip = \"10.0.0.103\"\nport = 80\nscheduler = \"rr\"\nfwmark = 103\n";
+    s += &backend("10.0.2.11", 1);
     s += &backend("10.0.2.12", 1);
     s += "[[service]]\nname = \"drain\"\nvip = \"10.0.0.102\"\nport = 80\nscheduler = \"rr\"\n";
     s += &backend(drain_backend, 1);
@@ -277,7 +294,7 @@ cp /lab/services.toml /lab/live.toml
 sed -i 's/services.toml/live.toml/' /lab/member.toml
 lb-node --config /lab/member.toml > /tmp/lb.log 2>&1 &
 i=0
-while [ $i -lt 300 ] && [ "$(ipvsadm -Sn | grep -c '^-a')" -lt 6 ]; do usleep 100000; i=$((i+1)); done
+while [ $i -lt 300 ] && [ "$(ipvsadm -Sn | grep -c '^-a')" -lt 8 ]; do usleep 100000; i=$((i+1)); done
 ipvsadm -Sn | sed 's/^/LAB table+ /'
 nft list table inet lb_node | sed 's/^/LAB nft+ /'
 
@@ -289,6 +306,7 @@ get() {
 }
 get 10.0.0.100 30 rr
 get 10.0.0.101 40 wrr
+get 10.0.0.103 10 fwmark
 
 # Graceful termination: a slow request to b3 is open when b3 is replaced
 # by b2.
@@ -349,7 +367,15 @@ tail -20 /tmp/lb.log | sed 's/^/LAB log+ /'
     // wrr 3:1 over 40: exactly 30 and 10.
     assert_eq!(count("wrr-b1"), 30, "wrr b1\n{}", context());
     assert_eq!(count("wrr-b2"), 10, "wrr b2\n{}", context());
-    assert_eq!(count("rr-failed") + count("wrr-failed"), 0, "{}", context());
+    // By firewall mark, rr over two: 5 and 5.
+    assert_eq!(count("fwmark-b1"), 5, "fwmark b1\n{}", context());
+    assert_eq!(count("fwmark-b2"), 5, "fwmark b2\n{}", context());
+    assert_eq!(
+        count("rr-failed") + count("wrr-failed") + count("fwmark-failed"),
+        0,
+        "{}",
+        context()
+    );
     // Graceful termination.
     assert_eq!(
         run.get("open-on-b3"),

@@ -622,6 +622,7 @@ fn print_services(
                         "protocol": protocol(key.protocol),
                         "scheduler": scheduler(s.scheduler),
                         "persistence_timeout": s.persistence_timeout,
+                        "fwmark": s.fwmark,
                         "forwarding": forwarding(s.forwarding),
                         "allowed_sources": s.allowed_sources.iter().map(|n| format!("{}/{}", ip(&n.address), n.prefix_len)).collect::<Vec<_>>(),
                         "backends": s.backends.iter().map(|b| json!({

@@ -46,6 +46,7 @@ pub struct Metrics {
     pub kube_plan_seconds: Histogram,
     pub kube_batch_events: Histogram,
     pub bgp_sessions: prometheus::IntGaugeVec,
+    pub ipvs_sysctls: prometheus::IntGaugeVec,
 }
 
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
@@ -226,6 +227,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                     "1 while the BGP session with the peer is established.",
                 ),
                 &["peer"],
+            ),
+        ),
+        ipvs_sysctls: registered(
+            &registry,
+            prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "lb_ipvs_sysctl",
+                    "A sysctl the IPVS dataplane sets, as read back (-1: unreadable).",
+                ),
+                &["name"],
             ),
         ),
         registry,

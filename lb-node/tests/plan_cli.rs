@@ -172,6 +172,20 @@ fn other_mistakes_name_the_field() {
             && err.contains("did you mean 10.0.0.0/8"),
         "{err}"
     );
+    let err = refused(&GOOD.replace("port = 80", "port = 80\nfwmark = -1"));
+    assert!(
+        err.contains("service[0].fwmark (service \"web\"): -1 is out of range"),
+        "{err}"
+    );
+    // One mark per address family.
+    let second = GOOD
+        .replace("\"web\"", "\"api\"")
+        .replace("port = 80", "port = 81");
+    let err = refused(&format!("{}{}", GOOD, second).replace("port = 8", "fwmark = 7\nport = 8"));
+    assert!(
+        err.contains("service[1].fwmark (service \"api\"): fwmark 7 is used by service[0] already"),
+        "{err}"
+    );
     // Not TOML at all.
     let err = refused("[[service]\n");
     assert!(err.contains("services.toml: not valid TOML"), "{err}");

@@ -11,8 +11,8 @@ use crate::dataplane::table::{Op, Table};
 ///    then its destination deletions in key order, then its destination
 ///    updates and additions together in key order.
 ///
-/// A service whose key (VIP, port or protocol) changes is a different
-/// service to the kernel: it is deleted and added. Settings and weights are
+/// A service whose key (VIP, port or protocol) or firewall mark changes is
+/// a different service to the kernel: it is deleted and added. Settings and weights are
 /// changed in place, so open connections survive them.
 pub fn plan(desired: &Table, observed: &Table) -> Vec<Op> {
     let mut ops: Vec<Op> = observed
@@ -22,7 +22,15 @@ pub fn plan(desired: &Table, observed: &Table) -> Vec<Op> {
         .map(|&service| Op::DeleteService { service })
         .collect();
     for (&service, want) in &desired.services {
-        let Some(have) = observed.services.get(&service) else {
+        // A firewall mark changes the service's identity in the kernel.
+        let have = observed
+            .services
+            .get(&service)
+            .filter(|have| have.settings.fwmark == want.settings.fwmark);
+        if have.is_none() && observed.services.contains_key(&service) {
+            ops.push(Op::DeleteService { service });
+        }
+        let Some(have) = have else {
             ops.push(Op::AddService {
                 service,
                 settings: want.settings,

@@ -29,29 +29,37 @@ fn forwarding_switch(f: Forwarding) -> &'static str {
     }
 }
 
-/// ipvsadm's service order: family, protocol number, address, port.
-fn ipvsadm_order(k: &ServiceKey) -> (bool, u8, std::net::IpAddr, u16) {
+/// ipvsadm's service order: firewall mark (none first), family, protocol
+/// number, address, port.
+fn ipvsadm_order(k: &ServiceKey, fwmark: Option<u32>) -> (u32, bool, u8, std::net::IpAddr, u16) {
     let proto = match k.protocol {
         Protocol::Tcp => 6,
         Protocol::Udp => 17,
         Protocol::Sctp => 132,
     };
-    (k.vip.is_ipv6(), proto, k.vip, k.port)
+    match fwmark {
+        Some(mark) => (mark, k.vip.is_ipv6(), 0, k.vip, 0),
+        None => (0, k.vip.is_ipv6(), proto, k.vip, k.port),
+    }
 }
 
 /// The table as `ipvsadm -Sn` prints it, one line per service and
 /// destination.
 pub fn ipvsadm_rules(table: &Table) -> String {
     let mut keys: Vec<&ServiceKey> = table.services.keys().collect();
-    keys.sort_by_key(|k| ipvsadm_order(k));
+    keys.sort_by_key(|k| ipvsadm_order(k, table.services[*k].settings.fwmark));
     let mut out = String::new();
     for key in keys {
         let service = &table.services[key];
-        let name = format!(
-            "{} {}",
-            protocol_switch(key.protocol),
-            SocketText(key.vip, key.port)
-        );
+        let name = match service.settings.fwmark {
+            Some(mark) if key.vip.is_ipv6() => format!("-f {mark} -6"),
+            Some(mark) => format!("-f {mark}"),
+            None => format!(
+                "{} {}",
+                protocol_switch(key.protocol),
+                SocketText(key.vip, key.port)
+            ),
+        };
         let _ = write!(out, "-A {name} -s {}", service.settings.scheduler);
         if let Some(timeout) = service.settings.persistence_timeout {
             let _ = write!(out, " -p {timeout}");

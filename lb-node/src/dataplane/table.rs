@@ -38,6 +38,8 @@ pub struct ServiceSettings {
     pub scheduler: Scheduler,
     /// Seconds; `None` for no persistence.
     pub persistence_timeout: Option<u32>,
+    /// An IPVS firewall-mark service rather than an address one.
+    pub fwmark: Option<u32>,
 }
 
 /// A destination's settings as the kernel holds them.
@@ -160,6 +162,7 @@ fn programmed(state: &State, s: &VirtualService) -> ProgrammedService {
         settings: ServiceSettings {
             scheduler: s.scheduler,
             persistence_timeout: s.persistence_timeout,
+            fwmark: s.fwmark,
         },
         destinations,
     }

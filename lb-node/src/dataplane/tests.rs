@@ -32,6 +32,7 @@ fn service(
         name: format!("{vip}:{port}"),
         scheduler: Scheduler::Wrr,
         persistence_timeout: None,
+        fwmark: None,
         forwarding: Forwarding::Masquerade,
         allowed_sources: vec![],
         backends: backends
@@ -159,6 +160,28 @@ fn protocol_change_replaces_the_service() {
 }
 
 #[test]
+fn a_firewall_mark_change_replaces_the_service() {
+    let before = example();
+    let mut after = example();
+    after[0].fwmark = Some(7);
+    let ops = plan(&table_of(&after), &table_of(&before));
+    let text: Vec<String> = ops.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        [
+            "delete service tcp/192.0.2.10:80",
+            "add service tcp/192.0.2.10:80",
+            "add destination 10.0.0.1:8080 to tcp/192.0.2.10:80",
+            "add destination 10.0.0.2:8080 to tcp/192.0.2.10:80",
+        ]
+    );
+    // And back.
+    let ops = plan(&table_of(&before), &table_of(&after));
+    assert_eq!(ops.len(), 4);
+    assert!(matches!(ops[0], Op::DeleteService { .. }));
+}
+
+#[test]
 fn scheduler_change_updates_in_place() {
     let before = example();
     let mut after = example();
@@ -222,6 +245,15 @@ fn ipvsadm_rules_match_the_tools_format() {
         &[("10.0.0.9", 443, 0)],
     ));
     services[2].forwarding = Forwarding::Direct;
+    // Firewall-mark services come after the others, by mark.
+    services[1].fwmark = Some(5);
+    services.push(service(
+        "192.0.2.8",
+        80,
+        Protocol::Tcp,
+        &[("10.0.0.8", 80, 1)],
+    ));
+    services[3].fwmark = Some(4);
     let text = ipvsadm_rules(&table_of(&services));
     assert_eq!(
         text,
@@ -230,8 +262,10 @@ fn ipvsadm_rules_match_the_tools_format() {
          -a -t 192.0.2.10:80 -r 10.0.0.2:8080 -m -w 2\n\
          -A --sctp-service 192.0.2.9:443 -s wrr\n\
          -a --sctp-service 192.0.2.9:443 -r 10.0.0.9:443 -g -w 0\n\
-         -A -u [2001:db8::10]:53 -s wrr\n\
-         -a -u [2001:db8::10]:53 -r [2001:db8:1::1]:53 -m -w 1\n"
+         -A -f 4 -s wrr\n\
+         -a -f 4 -r 10.0.0.8:80 -m -w 1\n\
+         -A -f 5 -6 -s wrr\n\
+         -a -f 5 -6 -r [2001:db8:1::1]:53 -m -w 1\n"
     );
 }
 

@@ -43,6 +43,7 @@ fn same_settings(a: &VirtualService, b: &VirtualService) -> bool {
     a.name == b.name
         && a.scheduler == b.scheduler
         && a.persistence_timeout == b.persistence_timeout
+        && a.fwmark == b.fwmark
         && a.forwarding == b.forwarding
         && a.allowed_sources == b.allowed_sources
 }

@@ -20,6 +20,7 @@ pub fn numbered_service(n: u32, backends: u8) -> VirtualService {
         name: format!("svc-{n}"),
         scheduler: Scheduler::Rr,
         persistence_timeout: None,
+        fwmark: None,
         forwarding: Forwarding::Masquerade,
         allowed_sources: vec![],
         backends: (0..backends.min(16))

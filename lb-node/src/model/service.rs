@@ -278,6 +278,10 @@ pub struct VirtualService {
     pub scheduler: Scheduler,
     /// Seconds a client sticks to its backend; `None` for no persistence.
     pub persistence_timeout: Option<u32>,
+    /// Program the service as an IPVS firewall-mark service: traffic to the
+    /// VIP, port and protocol is marked with this (non-zero) mark and IPVS
+    /// balances by the mark. Unique per address family.
+    pub fwmark: Option<u32>,
     pub forwarding: Forwarding,
     /// Client networks allowed to reach the VIP; empty means everybody.
     pub allowed_sources: Vec<IpNet>,

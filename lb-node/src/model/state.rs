@@ -124,6 +124,9 @@ pub enum ApplyError {
     /// An address assigned to one service while another holds it.
     #[error("address {address} is held by {holder}")]
     AddressInUse { address: IpAddr, holder: String },
+    /// A firewall mark another service of the same family uses.
+    #[error("fwmark {mark} is used by service {holder}")]
+    FwmarkInUse { mark: u32, holder: ServiceKey },
 }
 
 /// Everything a snapshot holds, to rebuild a `State` from.
@@ -367,6 +370,18 @@ impl State {
             Command::UpsertService(service) => {
                 let service = service.clone().normalize()?;
                 let key = service.key;
+                if let Some(mark) = service.fwmark
+                    && let Some(other) = self.services.values().find(|o| {
+                        o.key != key
+                            && o.fwmark == Some(mark)
+                            && o.key.vip.is_ipv6() == key.vip.is_ipv6()
+                    })
+                {
+                    return Err(ApplyError::FwmarkInUse {
+                        mark,
+                        holder: other.key,
+                    });
+                }
                 let outcome = match self.services.get(&key) {
                     Some(old) if **old == service => return Ok(Applied::Unchanged(key)),
                     Some(_) => Applied::Updated(key),

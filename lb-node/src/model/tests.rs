@@ -69,6 +69,7 @@ fn service() -> impl Strategy<Value = VirtualService> {
                         name: format!("svc-{}", key.port),
                         scheduler,
                         persistence_timeout,
+                        fwmark: None,
                         forwarding,
                         allowed_sources: nets.iter().filter_map(|n| n.parse().ok()).collect(),
                         backends,
@@ -190,6 +191,7 @@ fn web() -> VirtualService {
         name: "web".into(),
         scheduler: Scheduler::Wrr,
         persistence_timeout: None,
+        fwmark: None,
         forwarding: Forwarding::Masquerade,
         allowed_sources: vec![],
         backends: vec![Backend {

@@ -96,6 +96,7 @@ pub fn service_to_pb(s: &VirtualService) -> pb::VirtualService {
         name: s.name.clone(),
         scheduler: scheduler_to_pb(s.scheduler) as i32,
         persistence_timeout: s.persistence_timeout.unwrap_or(0),
+        fwmark: s.fwmark.unwrap_or(0),
         forwarding: match s.forwarding {
             Forwarding::Masquerade => pb::Forwarding::Masquerade,
             Forwarding::Direct => pb::Forwarding::Direct,
@@ -514,6 +515,7 @@ fn service_from_pb(s: pb::VirtualService, at: &str) -> Result<VirtualService, Wi
         name: s.name,
         scheduler,
         persistence_timeout: (s.persistence_timeout != 0).then_some(s.persistence_timeout),
+        fwmark: (s.fwmark != 0).then_some(s.fwmark),
         forwarding,
         allowed_sources,
         backends: backends_from_pb(s.backends, at)?,

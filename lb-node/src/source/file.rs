@@ -47,6 +47,8 @@ struct RawService {
     scheduler: String,
     #[serde(default)]
     persistence_timeout: i64,
+    #[serde(default)]
+    fwmark: i64,
     #[serde(default = "default_forwarding")]
     forwarding: String,
     #[serde(default)]
@@ -99,6 +101,7 @@ pub fn parse_services(text: &str, file: &Path) -> Result<Vec<VirtualService>, Co
     let mut services = Vec::with_capacity(raw.service.len());
     let mut by_key = HashMap::new();
     let mut by_name = HashMap::new();
+    let mut by_mark = HashMap::new();
     for (i, raw) in raw.service.into_iter().enumerate() {
         let at = format!("service[{i}]");
         let name = raw.name.clone();
@@ -118,6 +121,16 @@ pub fn parse_services(text: &str, file: &Path) -> Result<Vec<VirtualService>, Co
                 format!(
                     "duplicate service: service[{first}] already serves {}",
                     service.key
+                ),
+            ));
+        }
+        if let Some(mark) = service.fwmark
+            && let Some(first) = by_mark.insert((service.key.vip.is_ipv6(), mark), i)
+        {
+            return Err(err(
+                "fwmark",
+                format!(
+                    "fwmark {mark} is used by service[{first}] already (one service per mark and address family)"
                 ),
             ));
         }
@@ -177,6 +190,20 @@ fn check_service(
                     "{} is out of range 0-{} seconds (0 turns persistence off)",
                     raw.persistence_timeout,
                     crate::model::MAX_PERSISTENCE_TIMEOUT
+                ),
+            ));
+        }
+    };
+    let fwmark = match u32::try_from(raw.fwmark) {
+        Ok(0) => None,
+        Ok(m) => Some(m),
+        Err(_) => {
+            return Err(err(
+                "fwmark",
+                format!(
+                    "{} is out of range 0-{} (0: no firewall mark)",
+                    raw.fwmark,
+                    u32::MAX
                 ),
             ));
         }
@@ -243,6 +270,7 @@ fn check_service(
         name: raw.name,
         scheduler,
         persistence_timeout,
+        fwmark,
         forwarding,
         allowed_sources,
         backends,

@@ -23,6 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
+use std::fmt::Write as _;
+
 use anyhow::Context as _;
 use tracing::{info, warn};
 
@@ -49,7 +51,11 @@ pub struct Local {
     /// Each programmed service and whether it masquerades.
     services: BTreeMap<ServiceKey, bool>,
     masq: BTreeSet<IpAddr>,
-    /// Whether the masquerade table is as `masq` says.
+    /// Firewall-mark services: their traffic is marked in prerouting.
+    marks: BTreeMap<ServiceKey, u32>,
+    /// The marks the installed table has.
+    installed_marks: BTreeMap<ServiceKey, u32>,
+    /// Whether the nftables table is as `masq` and `marks` say.
     masq_installed: bool,
     pub last_error: Option<String>,
 }
@@ -104,6 +110,8 @@ impl Local {
             vips: Arc::new(RwLock::new(present)),
             services: BTreeMap::new(),
             masq: BTreeSet::new(),
+            marks: BTreeMap::new(),
+            installed_marks: BTreeMap::new(),
             masq_installed: false,
             last_error: None,
         })
@@ -127,6 +135,11 @@ impl Local {
                 )
             })
             .collect();
+        self.marks = table
+            .services
+            .iter()
+            .filter_map(|(k, s)| s.settings.fwmark.map(|m| (*k, m)))
+            .collect();
         let wanted: BTreeSet<IpAddr> = self.services.keys().map(|k| k.vip).collect();
         let masq = self.masq_vips();
         self.converge(wanted, masq).await;
@@ -137,11 +150,16 @@ impl Local {
         let mut touched = BTreeSet::new();
         for op in ops {
             match op {
-                Op::AddService { service, .. } => {
+                Op::AddService { service, settings } | Op::UpdateService { service, settings } => {
                     self.services.entry(*service).or_insert(false);
+                    match settings.fwmark {
+                        Some(m) => self.marks.insert(*service, m),
+                        None => self.marks.remove(service),
+                    };
                 }
                 Op::DeleteService { service } => {
                     self.services.remove(service);
+                    self.marks.remove(service);
                 }
                 Op::AddDestination {
                     service, settings, ..
@@ -157,7 +175,7 @@ impl Local {
             }
             touched.insert(op.service().vip);
         }
-        if touched.is_empty() && self.masq_installed {
+        if touched.is_empty() && self.masq_installed && self.marks == self.installed_marks {
             return;
         }
         let mut wanted = self.current();
@@ -230,10 +248,19 @@ impl Local {
                 errors.push(format!("{e:#}"));
             }
         }
-        if self.settings.masquerade && (masq != self.masq || !self.masq_installed) {
-            match install_masquerade(&masq).await {
+        let want_table = self.settings.masquerade || !self.marks.is_empty();
+        let masq = if self.settings.masquerade {
+            masq
+        } else {
+            BTreeSet::new()
+        };
+        if want_table
+            && (masq != self.masq || self.marks != self.installed_marks || !self.masq_installed)
+        {
+            match install_table(&masq, &self.marks).await {
                 Ok(()) => {
                     self.masq = masq;
+                    self.installed_marks = self.marks.clone();
                     self.masq_installed = true;
                 }
                 Err(e) => {
@@ -282,8 +309,9 @@ impl Local {
     }
 }
 
-/// The nftables script that (re)defines lb-node's table.
-pub fn masquerade_script(masq: &BTreeSet<IpAddr>) -> String {
+/// The nftables script that (re)defines lb-node's table: masquerade for
+/// NAT VIPs, and the marks of firewall-mark services.
+pub fn table_script(masq: &BTreeSet<IpAddr>, marks: &BTreeMap<ServiceKey, u32>) -> String {
     let list = |v6: bool| {
         masq.iter()
             .filter(|ip| ip.is_ipv6() == v6)
@@ -304,13 +332,31 @@ pub fn masquerade_script(masq: &BTreeSet<IpAddr>) -> String {
     s += &set("masq6", "ipv6_addr", list(true));
     s += "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n";
     s += "    ct original ip daddr @masq4 masquerade\n";
-    s += "    ct original ip6 daddr @masq6 masquerade\n  }\n}\n";
+    s += "    ct original ip6 daddr @masq6 masquerade\n  }\n";
+    if !marks.is_empty() {
+        s += "  chain prerouting {\n    type filter hook prerouting priority mangle; policy accept;\n";
+        for (k, mark) in marks {
+            let family = if k.vip.is_ipv6() { "ip6" } else { "ip" };
+            let _ = writeln!(
+                s,
+                "    {family} daddr {} {} dport {} meta mark set {mark:#x}",
+                k.vip,
+                k.protocol.name(),
+                k.port
+            );
+        }
+        s += "  }\n";
+    }
+    s += "}\n";
     s
 }
 
-async fn install_masquerade(masq: &BTreeSet<IpAddr>) -> anyhow::Result<()> {
+async fn install_table(
+    masq: &BTreeSet<IpAddr>,
+    marks: &BTreeMap<ServiceKey, u32>,
+) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt as _;
-    let script = masquerade_script(masq);
+    let script = table_script(masq, marks);
     let mut child = tokio::process::Command::new("nft")
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
@@ -328,6 +374,10 @@ async fn install_masquerade(masq: &BTreeSet<IpAddr>) -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    info!(vips = masq.len(), "masquerade table installed");
+    info!(
+        masquerade_vips = masq.len(),
+        fwmarks = marks.len(),
+        "nftables table inet lb_node installed"
+    );
     Ok(())
 }

@@ -100,7 +100,15 @@ pub fn set_sysctls() -> Vec<(String, String)> {
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_else(|e| format!("unreadable: {e}"));
             info!(sysctl = name, value = %now, "IPVS sysctl");
-            ((*name).replace('/', "."), now)
+            let dotted = (*name).replace('/', ".");
+            crate::metrics::METRICS
+                .ipvs_sysctls
+                .with_label_values(&[&dotted])
+                .set(now.parse().unwrap_or(-1));
+            if now != *value {
+                warn!(sysctl = %dotted, wanted = value, now = %now, "an IPVS sysctl is not as lb-node needs it");
+            }
+            (dotted, now)
         })
         .collect()
 }
@@ -113,18 +121,25 @@ fn protocol_number(p: Protocol) -> u16 {
     }
 }
 
-fn kernel_key(k: &ServiceKey) -> KernelKey {
-    KernelKey::Addr {
-        vip: k.vip,
-        port: k.port,
-        protocol: protocol_number(k.protocol),
+/// How the kernel names a service: by its mark when it has one.
+pub fn kernel_key(k: &ServiceKey, fwmark: Option<u32>) -> KernelKey {
+    match fwmark {
+        Some(mark) => KernelKey::Fwmark {
+            ipv6: k.vip.is_ipv6(),
+            mark,
+        },
+        None => KernelKey::Addr {
+            vip: k.vip,
+            port: k.port,
+            protocol: protocol_number(k.protocol),
+        },
     }
 }
 
 /// What lb-node programs for a service.
 pub fn kernel_service(k: &ServiceKey, s: &ServiceSettings) -> KernelService {
     KernelService {
-        key: kernel_key(k),
+        key: kernel_key(k, s.fwmark),
         scheduler: s.scheduler.name().to_owned(),
         flags: if s.persistence_timeout.is_some() {
             flags::PERSISTENT
@@ -153,22 +168,35 @@ pub fn kernel_dest(d: &DestKey, s: &Destination) -> KernelDest {
 }
 
 /// A kernel service in lb-node's terms, if it is one lb-node could have
-/// programmed.
-fn read_service(k: &KernelService) -> Option<(ServiceKey, ServiceSettings)> {
-    let KernelKey::Addr {
-        vip,
-        port,
-        protocol,
-    } = k.key
-    else {
-        return None;
+/// programmed; a firewall-mark service is found by its mark in `by_mark`.
+fn read_service(
+    k: &KernelService,
+    by_mark: &BTreeMap<(bool, u32), ServiceKey>,
+) -> Option<(ServiceKey, ServiceSettings)> {
+    let (key, fwmark) = match k.key {
+        KernelKey::Addr {
+            vip,
+            port,
+            protocol,
+        } => {
+            let protocol = match protocol {
+                6 => Protocol::Tcp,
+                17 => Protocol::Udp,
+                132 => Protocol::Sctp,
+                _ => return None,
+            };
+            (
+                ServiceKey {
+                    vip,
+                    port,
+                    protocol,
+                },
+                None,
+            )
+        }
+        KernelKey::Fwmark { ipv6, mark } => (*by_mark.get(&(ipv6, mark))?, Some(mark)),
     };
-    let protocol = match protocol {
-        6 => Protocol::Tcp,
-        17 => Protocol::Udp,
-        132 => Protocol::Sctp,
-        _ => return None,
-    };
+    let vip = key.vip;
     let scheduler: Scheduler = k.scheduler.parse().ok()?;
     let persistent = k.flags & flags::PERSISTENT != 0;
     let extra_flags = k.flags & !(flags::PERSISTENT | flags::HASHED);
@@ -177,14 +205,11 @@ fn read_service(k: &KernelService) -> Option<(ServiceKey, ServiceSettings)> {
         return None;
     }
     Some((
-        ServiceKey {
-            vip,
-            port,
-            protocol,
-        },
+        key,
         ServiceSettings {
             scheduler,
             persistence_timeout: persistent.then_some(k.timeout),
+            fwmark,
         },
     ))
 }
@@ -211,26 +236,20 @@ fn read_dest(d: &KernelDest) -> Option<(DestKey, Destination)> {
     ))
 }
 
-fn service_msg(c: u8, k: &ServiceKey, s: Option<&ServiceSettings>) -> IpvsMessage {
+fn service_msg(c: u8, k: &KernelKey, s: Option<(&ServiceKey, &ServiceSettings)>) -> IpvsMessage {
     let attrs = match s {
-        Some(s) => kernel_service(k, s).attrs(),
-        None => kernel_key(k).attrs(),
+        Some((key, s)) => kernel_service(key, s).attrs(),
+        None => k.attrs(),
     };
     IpvsMessage::new(c, vec![TopAttr::Service(attrs)])
 }
 
-fn dest_msg(c: u8, k: &ServiceKey, d: &DestKey, s: Option<&Destination>) -> IpvsMessage {
+fn dest_msg(c: u8, k: &KernelKey, d: &DestKey, s: Option<&Destination>) -> IpvsMessage {
     let attrs = match s {
         Some(s) => kernel_dest(d, s).attrs(),
         None => KernelDest::key_attrs(d.address, d.port),
     };
-    IpvsMessage::new(
-        c,
-        vec![
-            TopAttr::Service(kernel_key(k).attrs()),
-            TopAttr::Dest(attrs),
-        ],
-    )
+    IpvsMessage::new(c, vec![TopAttr::Service(k.attrs()), TopAttr::Dest(attrs)])
 }
 
 /// Settings of the IPVS dataplane.
@@ -250,6 +269,9 @@ struct Inner {
     socket: Option<IpvsSocket>,
     settings: IpvsSettings,
     local_vips: Option<local::LocalVips>,
+    /// The firewall mark of each firewall-mark service lb-node programmed:
+    /// the kernel names those by mark only.
+    marks: BTreeMap<ServiceKey, u32>,
     /// Destinations draining after removal: when they must go at the latest.
     draining: BTreeMap<(ServiceKey, DestKey), Instant>,
 }
@@ -261,6 +283,10 @@ impl std::fmt::Debug for IpvsSocket {
 }
 
 impl Inner {
+    fn key(&self, k: &ServiceKey) -> KernelKey {
+        kernel_key(k, self.marks.get(k).copied())
+    }
+
     fn socket(&mut self) -> Result<&mut IpvsSocket, IpvsError> {
         if self.socket.is_none() {
             self.socket = Some(IpvsSocket::open()?);
@@ -286,15 +312,21 @@ impl Inner {
     fn dump_inner(&mut self) -> Result<Table, IpvsError> {
         let ownership = self.settings.ownership.clone();
         let local_vips = self.local_vips.clone();
+        let by_mark: BTreeMap<(bool, u32), ServiceKey> = self
+            .marks
+            .iter()
+            .map(|(k, m)| ((k.vip.is_ipv6(), *m), *k))
+            .collect();
         let sock = self.socket()?;
         let mut table = Table::default();
         let mut unfit_services = Vec::new();
         let mut unfit_dests = Vec::new();
         for ks in sock.services()? {
-            if !owns(&ownership, local_vips.as_ref(), &ks.key) {
+            let known_mark = matches!(ks.key, KernelKey::Fwmark { ipv6, mark } if by_mark.contains_key(&(ipv6, mark)));
+            if !known_mark && !owns(&ownership, local_vips.as_ref(), &ks.key) {
                 continue;
             }
-            let Some((key, settings)) = read_service(&ks) else {
+            let Some((key, settings)) = read_service(&ks, &by_mark) else {
                 unfit_services.push(ks.key);
                 continue;
             };
@@ -352,7 +384,20 @@ impl Inner {
         Ok(table)
     }
 
+    /// Applies `ops` a slice at a time, so a full sync of a big table never
+    /// holds every request in memory at once.
     fn apply(&mut self, ops: &[Op]) -> ApplyReport {
+        const SLICE: usize = 8192;
+        let mut report = ApplyReport::default();
+        for chunk in ops.chunks(SLICE) {
+            let part = self.apply_slice(chunk);
+            report.applied += part.applied;
+            report.failed.extend(part.failed);
+        }
+        report
+    }
+
+    fn apply_slice(&mut self, ops: &[Op]) -> ApplyReport {
         let drain = self.settings.drain_timeout;
         let now = Instant::now();
         // A drain sets weight 0 with the rest of the destination as the
@@ -372,7 +417,8 @@ impl Inner {
                 })
                 .collect();
             for svc in services {
-                match self.socket().and_then(|s| s.dests(&kernel_key(&svc))) {
+                let kk = self.key(&svc);
+                match self.socket().and_then(|s| s.dests(&kk)) {
                     Ok(dests) => current.extend(dests.into_iter().map(|d| {
                         (
                             (
@@ -407,15 +453,23 @@ impl Inner {
         let mut origin = Vec::with_capacity(ops.len());
         for (i, op) in ops.iter().enumerate() {
             let m = match op {
-                Op::AddService { service, settings } => {
-                    service_msg(cmd::NEW_SERVICE, service, Some(settings))
-                }
-                Op::UpdateService { service, settings } => {
-                    service_msg(cmd::SET_SERVICE, service, Some(settings))
+                Op::AddService { service, settings } | Op::UpdateService { service, settings } => {
+                    match settings.fwmark {
+                        Some(m) => self.marks.insert(*service, m),
+                        None => self.marks.remove(service),
+                    };
+                    let c = if matches!(op, Op::AddService { .. }) {
+                        cmd::NEW_SERVICE
+                    } else {
+                        cmd::SET_SERVICE
+                    };
+                    service_msg(c, &self.key(service), Some((service, settings)))
                 }
                 Op::DeleteService { service } => {
                     self.draining.retain(|(s, _), _| s != service);
-                    service_msg(cmd::DEL_SERVICE, service, None)
+                    let m = service_msg(cmd::DEL_SERVICE, &self.key(service), None);
+                    self.marks.remove(service);
+                    m
                 }
                 Op::AddDestination {
                     service,
@@ -424,9 +478,9 @@ impl Inner {
                 } => {
                     if self.draining.remove(&(*service, *dest)).is_some() {
                         // Back before its drain ended: it is still there.
-                        dest_msg(cmd::SET_DEST, service, dest, Some(settings))
+                        dest_msg(cmd::SET_DEST, &self.key(service), dest, Some(settings))
                     } else {
-                        dest_msg(cmd::NEW_DEST, service, dest, Some(settings))
+                        dest_msg(cmd::NEW_DEST, &self.key(service), dest, Some(settings))
                     }
                 }
                 Op::UpdateDestination {
@@ -435,7 +489,7 @@ impl Inner {
                     settings,
                 } => {
                     self.draining.remove(&(*service, *dest));
-                    dest_msg(cmd::SET_DEST, service, dest, Some(settings))
+                    dest_msg(cmd::SET_DEST, &self.key(service), dest, Some(settings))
                 }
                 Op::DeleteDestination { service, dest } if !drain.is_zero() => {
                     let key = (*service, *dest);
@@ -454,13 +508,13 @@ impl Inner {
                     IpvsMessage::new(
                         cmd::SET_DEST,
                         vec![
-                            TopAttr::Service(kernel_key(service).attrs()),
+                            TopAttr::Service(self.key(service).attrs()),
                             TopAttr::Dest(kd.attrs()),
                         ],
                     )
                 }
                 Op::DeleteDestination { service, dest } => {
-                    dest_msg(cmd::DEL_DEST, service, dest, None)
+                    dest_msg(cmd::DEL_DEST, &self.key(service), dest, None)
                 }
             };
             requests.push(m);
@@ -522,7 +576,8 @@ impl Inner {
         let services: BTreeSet<ServiceKey> = self.draining.keys().map(|(s, _)| *s).collect();
         let mut done = Vec::new();
         for svc in services {
-            let dests = match self.socket().and_then(|s| s.dests(&kernel_key(&svc))) {
+            let kk = self.key(&svc);
+            let dests = match self.socket().and_then(|s| s.dests(&kk)) {
                 Ok(d) => d,
                 Err(IpvsError::Kernel(_)) => Vec::new(), // the service is gone
                 Err(e) => return Err(self.fail(e)),
@@ -550,7 +605,7 @@ impl Inner {
             self.draining.remove(&(*s, *d));
             if let Some(why) = why {
                 info!(service = %s, destination = %d, reason = why, "drained destination deleted");
-                requests.push(dest_msg(cmd::DEL_DEST, s, d, None));
+                requests.push(dest_msg(cmd::DEL_DEST, &self.key(s), d, None));
             }
         }
         let n = requests.len();
@@ -612,6 +667,7 @@ impl IpvsDataplane {
                     socket: Some(socket),
                     settings,
                     local_vips,
+                    marks: BTreeMap::new(),
                     draining: BTreeMap::new(),
                 })),
                 local,

@@ -310,6 +310,7 @@ pub fn translate(
                 name: format!("{name}:{label}"),
                 scheduler,
                 persistence_timeout,
+                fwmark: None,
                 forwarding,
                 allowed_sources: ranges.clone(),
                 backends,
