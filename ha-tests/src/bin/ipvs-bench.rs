@@ -57,8 +57,7 @@ fn main() -> anyhow::Result<()> {
         "[node]\nid = 1\n[dataplane]\nkind = \"ipvs\"\nrepair_interval = \"1h\"\nvip_interface = \"\"\nmasquerade = false\ndrain_timeout = \"0s\"\n[source.file]\npath = \"live.toml\"\ncheck_interval = \"1s\"\n[admin]\nlisten = \"127.0.0.1:9443\"\nmetrics_listen = \"127.0.0.1:9445\"\n",
     )?;
     let ops = services * (backends + 1);
-    let script = format!(
-        r#"
+    let script = r#"
 cp /lab/services.toml /lab/live.toml
 lb-node plan --config /lab/member.toml > /tmp/rules
 echo "LAB rules $(wc -l < /tmp/rules)"
@@ -72,23 +71,23 @@ cp /lab/services-changed.toml /lab/live.toml
 i=0
 while [ $i -lt 600 ] && [ "$(grep -c 'dataplane synced' /tmp/lb.log)" -lt 2 ]; do usleep 200000; i=$((i+1)); done
 grep "dataplane synced" /tmp/lb.log | sed -n 2p | sed 's/^/LAB change+ /'
-echo "LAB peak-kib $(grep VmHWM /proc/$pid/status | awk '{{print $2}}')"
+echo "LAB peak-kib $(grep VmHWM /proc/$pid/status | awk '{print $2}')"
+echo "LAB rss-kib $(grep VmRSS /proc/$pid/status | awk '{print $2}')"
 kill $pid
 wait $pid 2>/dev/null
 ipvsadm -C
 start=$(cut -d' ' -f1 /proc/uptime)
 ipvsadm -R < /tmp/rules
 end=$(cut -d' ' -f1 /proc/uptime)
-echo "LAB ipvsadm-seconds $(awk "BEGIN{{print $end-$start}}")"
+echo "LAB ipvsadm-seconds $(awk "BEGIN{print $end-$start}")"
 echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
-"#
-    );
+"#;
     let lb_node = binary("lb-node")?;
     eprintln!(
         "ipvs-bench: {services} services x {backends} backends = {ops} operations; booting the lab"
     );
     let run = lab.run(
-        &script,
+        script,
         &[
             ("/usr/local/bin/lb-node", &lb_node),
             ("/lab/services.toml", &dir.path().join("services.toml")),

@@ -166,10 +166,8 @@ impl Local {
                 }
                 | Op::UpdateDestination {
                     service, settings, ..
-                } => {
-                    if settings.forwarding == Forwarding::Masquerade {
-                        self.services.insert(*service, true);
-                    }
+                } if settings.forwarding == Forwarding::Masquerade => {
+                    self.services.insert(*service, true);
                 }
                 _ => {}
             }
@@ -243,10 +241,10 @@ impl Local {
             }
         }
         let extra: Vec<IpAddr> = have.difference(&wanted).copied().collect();
-        if !extra.is_empty() {
-            if let Err(e) = self.remove(&extra).await {
-                errors.push(format!("{e:#}"));
-            }
+        if !extra.is_empty()
+            && let Err(e) = self.remove(&extra).await
+        {
+            errors.push(format!("{e:#}"));
         }
         let want_table = self.settings.masquerade || !self.marks.is_empty();
         let masq = if self.settings.masquerade {

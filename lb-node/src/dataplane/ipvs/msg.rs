@@ -837,7 +837,8 @@ mod tests {
         nl.finalize();
         let mut buf = vec![0u8; nl.buffer_len()];
         nl.serialize(&mut buf);
-        let back = NetlinkMessage::<GenlMessage<IpvsMessage>>::deserialize(&buf).unwrap();
+        let back =
+            NetlinkMessage::<GenlMessage<IpvsMessage>>::deserialize(&buf).expect("test value");
         assert_eq!(back.header.message_type, 42);
         match back.payload {
             NetlinkPayload::InnerMessage(m) => m.payload,
@@ -849,7 +850,7 @@ mod tests {
     fn a_service_request_has_the_kernels_layout() {
         let svc = KernelService {
             key: KernelKey::Addr {
-                vip: "10.0.0.1".parse().unwrap(),
+                vip: "10.0.0.1".parse().expect("test value"),
                 port: 80,
                 protocol: 6,
             },
@@ -880,7 +881,10 @@ mod tests {
         assert_eq!(&buf[addr_at + 4..addr_at + 8], &[10, 0, 0, 1]);
         // The scheduler name is NUL-terminated.
         assert!(buf.windows(4).any(|w| w == b"wrr\0"));
-        let back = roundtrip(msg).service().unwrap().unwrap();
+        let back = roundtrip(msg)
+            .service()
+            .expect("test value")
+            .expect("test value");
         assert_eq!(back, svc);
     }
 
@@ -889,7 +893,7 @@ mod tests {
         let services = [
             KernelService {
                 key: KernelKey::Addr {
-                    vip: "fd00::1".parse().unwrap(),
+                    vip: "fd00::1".parse().expect("test value"),
                     port: 443,
                     protocol: 132,
                 },
@@ -915,9 +919,16 @@ mod tests {
         ];
         for svc in services {
             let msg = IpvsMessage::new(cmd::NEW_SERVICE, vec![TopAttr::Service(svc.attrs())]);
-            assert_eq!(roundtrip(msg).service().unwrap().unwrap(), svc);
+            assert_eq!(
+                roundtrip(msg)
+                    .service()
+                    .expect("test value")
+                    .expect("test value"),
+                svc
+            );
         }
-        let mut dest = KernelDest::new("fd00::9".parse().unwrap(), 8443, fwd::TUNNEL, 7);
+        let mut dest =
+            KernelDest::new("fd00::9".parse().expect("test value"), 8443, fwd::TUNNEL, 7);
         dest.tun_type = Some(tun::GUE);
         dest.tun_port = Some(6080);
         dest.upper_threshold = 100;
@@ -928,12 +939,18 @@ mod tests {
                 TopAttr::Dest(dest.attrs()),
             ],
         );
-        assert_eq!(roundtrip(msg).dest(true).unwrap().unwrap(), dest);
+        assert_eq!(
+            roundtrip(msg)
+                .dest(true)
+                .expect("test value")
+                .expect("test value"),
+            dest
+        );
     }
 
     fn services_key() -> KernelKey {
         KernelKey::Addr {
-            vip: "fd00::1".parse().unwrap(),
+            vip: "fd00::1".parse().expect("test value"),
             port: 443,
             protocol: 6,
         }
@@ -944,7 +961,7 @@ mod tests {
         // As a pre-3.18 kernel dumps a destination: no ADDR_FAMILY; and
         // with both counter sets, the 64-bit one wins.
         let mut attrs = vec![
-            DestAttr::Addr(addr16("10.1.0.2".parse().unwrap())),
+            DestAttr::Addr(addr16("10.1.0.2".parse().expect("test value"))),
             DestAttr::Port(8080),
             DestAttr::FwdMethod(fwd::DROUTE | 0x100),
             DestAttr::Weight(3),
@@ -963,8 +980,11 @@ mod tests {
         attrs.push(DestAttr::Stats(small));
         attrs.push(DestAttr::Stats64(wide));
         let msg = IpvsMessage::new(cmd::NEW_DEST, vec![TopAttr::Dest(attrs)]);
-        let d = roundtrip(msg).dest(false).unwrap().unwrap();
-        assert_eq!(d.address, "10.1.0.2".parse::<IpAddr>().unwrap());
+        let d = roundtrip(msg)
+            .dest(false)
+            .expect("test value")
+            .expect("test value");
+        assert_eq!(d.address, "10.1.0.2".parse::<IpAddr>().expect("test value"));
         assert_eq!(
             d.forwarding,
             fwd::DROUTE,
@@ -1001,7 +1021,7 @@ mod tests {
         };
         let bad_addr = [8u8, 0, 1, 0x80, 7, 0, 3, 0];
         assert!(IpvsMessage::parse_with_param(&bad_addr, header).is_err());
-        let mut rng_bytes = vec![0u8; 64];
+        let mut rng_bytes = [0u8; 64];
         for seed in 0..2000u32 {
             for (i, b) in rng_bytes.iter_mut().enumerate() {
                 *b = (seed.wrapping_mul(2654435761).rotate_left(i as u32) >> 7) as u8;
