@@ -244,6 +244,10 @@ fn traffic_services(drain_backend: &str) -> String {
     s += "[[service]]\nname = \"fw\"\nvip = \"10.0.0.103\"\nport = 80\nscheduler = \"rr\"\nfwmark = 103\n";
     s += &backend("10.0.2.11", 1);
     s += &backend("10.0.2.12", 1);
+    // A scheduler Debian's kernel does not build: the kernel refuses this
+    // service, and only this one.
+    s += "[[service]]\nname = \"refused\"\nvip = \"10.0.0.104\"\nport = 80\nscheduler = \"twos\"\n";
+    s += &backend("10.0.2.11", 1);
     s += "[[service]]\nname = \"drain\"\nvip = \"10.0.0.102\"\nport = 80\nscheduler = \"rr\"\n";
     s += &backend(drain_backend, 1);
     s
@@ -307,6 +311,9 @@ get() {
 get 10.0.0.100 30 rr
 get 10.0.0.101 40 wrr
 get 10.0.0.103 10 fwmark
+echo "LAB refused-in-kernel $(ipvsadm -Sn | grep -c 10.0.0.104)"
+echo "LAB refused-logged $(grep 'operation failed' /tmp/lb.log | grep -c 'tcp/10.0.0.104:80')"
+grep 'operation failed' /tmp/lb.log | head -2 | sed 's/^/LAB refusal+ /'
 
 # Graceful termination: a slow request to b3 is open when b3 is replaced
 # by b2.
@@ -376,6 +383,13 @@ tail -20 /tmp/lb.log | sed 's/^/LAB log+ /'
         "{}",
         context()
     );
+    // The kernel refused one service (ENOENT: no such scheduler): reported
+    // with the service named, and every other service works.
+    assert_eq!(run.get("refused-in-kernel"), Some("0"), "{}", context());
+    assert!(count("refused-logged") >= 1, "{}", context());
+    for l in run.block("refusal") {
+        eprintln!("refusal logged: {l}");
+    }
     // Graceful termination.
     assert_eq!(
         run.get("open-on-b3"),

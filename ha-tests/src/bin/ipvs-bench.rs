@@ -148,12 +148,14 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         "  one backend change in that table:      {change_ms:.2} ms (ops {})",
         field(&change, "ops").unwrap_or(-1.0)
     );
+    let mib = |k: &str| run.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) / 1024;
     println!(
         "  lb-node peak memory (VmHWM):           {} MiB",
-        run.get("peak-kib")
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            / 1024
+        mib("peak-kib")
+    );
+    println!(
+        "  lb-node memory after both syncs (RSS): {} MiB",
+        mib("rss-kib")
     );
     Ok(())
 }

@@ -252,6 +252,25 @@ fn dest_msg(c: u8, k: &KernelKey, d: &DestKey, s: Option<&Destination>) -> IpvsM
     IpvsMessage::new(c, vec![TopAttr::Service(k.attrs()), TopAttr::Dest(attrs)])
 }
 
+/// What a refusal means for this operation, for an operator.
+fn explain(op: &Op, errno: i32) -> String {
+    let text = socket::errno_text(errno);
+    match (op, errno) {
+        (Op::AddService { settings, .. } | Op::UpdateService { settings, .. }, libc::ENOENT) => {
+            format!(
+                "{text}: the kernel has no scheduler {:?} (module ip_vs_{} not loaded, or not built into this kernel)",
+                settings.scheduler.name(),
+                settings.scheduler.name()
+            )
+        }
+        (
+            Op::AddDestination { .. } | Op::UpdateDestination { .. } | Op::DeleteDestination { .. },
+            libc::ESRCH,
+        ) => format!("{text}: the service is not in the kernel"),
+        _ => text,
+    }
+}
+
 /// Settings of the IPVS dataplane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpvsSettings {
@@ -559,7 +578,7 @@ impl Inner {
                     op: op.clone(),
                     error: DataplaneError::Rejected {
                         op: op.to_string(),
-                        reason: socket::errno_text(errno),
+                        reason: explain(op, errno),
                     },
                 }),
             }
@@ -676,17 +695,22 @@ impl IpvsDataplane {
         ))
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Inner) -> T + Send + 'static,
-    ) -> Option<T> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = inner.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Runs netlink work on the calling thread: a few operations inline
+    /// (a change costs one round trip to the kernel, no thread hand-off),
+    /// a big batch with `block_in_place` so the runtime's other tasks move
+    /// to another worker meanwhile.
+    fn netlink<T>(&self, small: bool, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let work = || {
+            let mut guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
             f(&mut guard)
-        })
-        .await
-        .ok()
+        };
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if small || !multi_thread {
+            work()
+        } else {
+            tokio::task::block_in_place(work)
+        }
     }
 }
 
@@ -696,10 +720,7 @@ impl Dataplane for IpvsDataplane {
     }
 
     async fn dump(&mut self) -> Result<Table, DataplaneError> {
-        let table = self
-            .blocking(Inner::dump)
-            .await
-            .unwrap_or_else(|| Err(DataplaneError::Unavailable("the IPVS worker failed".into())))?;
+        let table = self.netlink(false, Inner::dump)?;
         if let Some(local) = &self.local {
             local.lock().await.sync_with(&table).await;
         }
@@ -707,20 +728,7 @@ impl Dataplane for IpvsDataplane {
     }
 
     async fn apply(&mut self, ops: &[Op]) -> ApplyReport {
-        let owned = ops.to_vec();
-        let report = self
-            .blocking(move |inner| inner.apply(&owned))
-            .await
-            .unwrap_or_else(|| ApplyReport {
-                applied: 0,
-                failed: ops
-                    .iter()
-                    .map(|op| OpFailure {
-                        op: op.clone(),
-                        error: DataplaneError::Unavailable("the IPVS worker failed".into()),
-                    })
-                    .collect(),
-            });
+        let report = self.netlink(ops.len() <= 64, |inner| inner.apply(ops));
         if let Some(local) = &self.local {
             local.lock().await.note_ops(ops).await;
         }
@@ -728,9 +736,7 @@ impl Dataplane for IpvsDataplane {
     }
 
     async fn maintain(&mut self) -> Result<(), DataplaneError> {
-        self.blocking(Inner::finish_drains)
-            .await
-            .unwrap_or_else(|| Err(DataplaneError::Unavailable("the IPVS worker failed".into())))
-            .map(|_| ())
+        // Nothing to do but a look at a map, unless something drains.
+        self.netlink(true, Inner::finish_drains).map(|_| ())
     }
 }
