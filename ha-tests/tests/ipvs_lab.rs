@@ -269,6 +269,7 @@ fn traffic_is_spread_by_rr_and_wrr_comes_back_through_the_member_and_drains() ->
     std::fs::write(dir.path().join("member.toml"), member_config("30s", "10s"))?;
     let lb_node = binary("lb-node")?;
     let lab_http = binary("lab-http")?;
+    let lbctl = binary("lbctl")?;
     let script = r#"
 # Backends b1-b3 behind a bridge on the member, with no route back to the
 # client: an answer reaches the client only through the member's SNAT.
@@ -309,6 +310,12 @@ get() {
   sort /tmp/answers | uniq -c | while read count who; do echo "LAB $3-$who $count"; done
 }
 get 10.0.0.100 30 rr
+# The kernel's counters through the admin API, as an operator reads them.
+# (The kernel folds its per-CPU counters every 2 s.)
+sleep 3
+echo "LAB rr-json $(lbctl -o json services rr)"
+lbctl services rr | sed 's/^/LAB rr-table+ /'
+ipvsadm -Ln --stats -t 10.0.0.100:80 | sed 's/^/LAB rr-table+ /'
 get 10.0.0.101 40 wrr
 get 10.0.0.103 10 fwmark
 echo "LAB refused-in-kernel $(ipvsadm -Sn | grep -c 10.0.0.104)"
@@ -342,6 +349,7 @@ tail -20 /tmp/lb.log | sed 's/^/LAB log+ /'
         &[
             ("/usr/local/bin/lb-node", &lb_node),
             ("/usr/local/bin/lab-http", &lab_http),
+            ("/usr/local/bin/lbctl", &lbctl),
             ("/lab/services.toml", &dir.path().join("services.toml")),
             (
                 "/lab/services-after.toml",
@@ -371,6 +379,25 @@ tail -20 /tmp/lb.log | sed 's/^/LAB log+ /'
     for b in ["b1", "b2", "b3"] {
         assert_eq!(count(&format!("rr-{b}")), 10, "rr {b}\n{}", context());
     }
+    // The same 10 per backend, as the kernel counted them, through lbctl.
+    for l in run.block("rr-table") {
+        eprintln!("lbctl: {l}");
+    }
+    let listed: serde_json::Value = serde_json::from_str(run.get("rr-json").unwrap_or("null"))?;
+    let backends = listed[0]["backends"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(backends.len(), 3, "{listed}");
+    for b in &backends {
+        assert_eq!(b["kernel"]["counters"]["connections"], 10, "{listed}");
+        assert_eq!(b["kernel"]["weight"], 1, "{listed}");
+        assert!(
+            b["kernel"]["counters"]["bytes_out"].as_u64().unwrap_or(0) > 0,
+            "{listed}"
+        );
+    }
+    assert_eq!(listed[0]["kernel"]["connections"], 30, "{listed}");
     // wrr 3:1 over 40: exactly 30 and 10.
     assert_eq!(count("wrr-b1"), 30, "wrr b1\n{}", context());
     assert_eq!(count("wrr-b2"), 10, "wrr b2\n{}", context());

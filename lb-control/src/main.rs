@@ -225,7 +225,7 @@ async fn call(client: &mut AdminClient<Channel>, args: &Args) -> Result<(), toni
                 })
                 .await?
                 .into_inner();
-            print_services(&r.services, &r.overrides, out, name.is_some());
+            print_services(&r, out, name.is_some());
         }
         Command::Backend { action } => {
             let (service, backend, action) = match action {
@@ -603,12 +603,37 @@ fn override_text(
         })
 }
 
-fn print_services(
-    services: &[state::VirtualService],
-    overrides: &[state::BackendOverride],
-    output: Output,
-    detailed: bool,
-) {
+/// The kernel counters of `s`'s backend `b`, if the member sent them.
+fn dest_counters<'a>(
+    counters: &'a [pb::ServiceCounters],
+    s: &state::VirtualService,
+    b: &state::Backend,
+) -> Option<&'a pb::DestinationCounters> {
+    let backend = socket(&b.address, b.port);
+    counters
+        .iter()
+        .find(|c| c.key == s.key)?
+        .destinations
+        .iter()
+        .find(|d| d.backend == backend)
+}
+
+fn counters_json(c: Option<&pb::Counters>) -> serde_json::Value {
+    let c = c.copied().unwrap_or_default();
+    json!({
+        "connections": c.connections,
+        "packets_in": c.packets_in,
+        "packets_out": c.packets_out,
+        "bytes_in": c.bytes_in,
+        "bytes_out": c.bytes_out,
+        "connections_per_second": c.connections_per_second,
+        "bytes_in_per_second": c.bytes_in_per_second,
+        "bytes_out_per_second": c.bytes_out_per_second,
+    })
+}
+
+fn print_services(r: &pb::ListServicesResponse, output: Output, detailed: bool) {
+    let (services, overrides, counters) = (&r.services, &r.overrides, &r.counters);
     match output {
         Output::Json => {
             let list: Vec<_> = services
@@ -631,7 +656,14 @@ fn print_services(
                             "weight": b.weight,
                             "state": backend_state(b.state),
                             "override": override_text(overrides, s, b),
+                            "kernel": dest_counters(counters, s, b).map(|d| json!({
+                                "weight": d.weight,
+                                "active_connections": d.active_connections,
+                                "inactive_connections": d.inactive_connections,
+                                "counters": counters_json(d.counters.as_ref()),
+                            })),
                         })).collect::<Vec<_>>(),
+                        "kernel": counters.iter().find(|c| c.key == s.key).map(|c| counters_json(c.counters.as_ref())),
                     })
                 })
                 .collect();
@@ -663,14 +695,31 @@ fn print_services(
                         let extra = override_text(overrides, s, b)
                             .map(|t| format!("  [{t}]"))
                             .unwrap_or_default();
+                        let kernel = dest_counters(counters, s, b)
+                            .map(|d| {
+                                let c = d.counters.unwrap_or_default();
+                                format!(
+                                    "  kernel: weight {} active {} inactive {} conns {} in {} B out {} B",
+                                    d.weight,
+                                    d.active_connections,
+                                    d.inactive_connections,
+                                    c.connections,
+                                    c.bytes_in,
+                                    c.bytes_out
+                                )
+                            })
+                            .unwrap_or_default();
                         println!(
-                            "  -> {:<40} weight {:<5} {}{extra}",
+                            "  -> {:<40} weight {:<5} {}{extra}{kernel}",
                             socket(&b.address, b.port),
                             b.weight,
                             backend_state(b.state)
                         );
                     }
                 }
+            }
+            if detailed && !r.counters_error.is_empty() {
+                println!("(no kernel counters: {})", r.counters_error);
             }
         }
     }

@@ -222,12 +222,14 @@ pub async fn run(
     }
 
     let (dataplane_tx, dataplane_rx) = watch::channel(DataplaneStatus::default());
+    let (counters_tx, counters_rx) = tokio::sync::mpsc::channel(16);
     match ipvs {
         Some(dataplane) => tasks.push(tokio::spawn(reconcile::run(
             dataplane,
             states.clone(),
             config.dataplane.repair_interval,
             dataplane_tx,
+            counters_rx,
             shutdown.clone(),
         ))),
         None => tasks.push(tokio::spawn(reconcile::run(
@@ -235,6 +237,7 @@ pub async fn run(
             states.clone(),
             config.dataplane.repair_interval,
             dataplane_tx,
+            counters_rx,
             shutdown.clone(),
         ))),
     }
@@ -261,6 +264,7 @@ pub async fn run(
         states,
         source: source_rx,
         dataplane: dataplane_rx,
+        counters: counters_tx,
         proposer,
         cluster,
         shutdown: shutdown.clone(),

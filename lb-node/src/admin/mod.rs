@@ -42,6 +42,8 @@ pub struct AdminService {
     pub states: watch::Receiver<Arc<State>>,
     pub source: watch::Receiver<SourceStatus>,
     pub dataplane: watch::Receiver<DataplaneStatus>,
+    /// Asks the reconciler for kernel counters.
+    pub counters: tokio::sync::mpsc::Sender<crate::dataplane::reconcile::CountersQuery>,
     pub proposer: Proposer,
     pub cluster: Option<ClusterHandle>,
     pub shutdown: CancellationToken,
@@ -58,6 +60,52 @@ fn propose_error(e: ProposeError) -> Status {
 }
 
 impl AdminService {
+    /// The kernel counters of `keys`, from the reconciler.
+    async fn read_counters(
+        &self,
+        keys: Vec<crate::model::ServiceKey>,
+    ) -> Result<Vec<pb::ServiceCounters>, String> {
+        use crate::dataplane::reconcile::CountersQuery;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.counters
+            .send(CountersQuery { keys, reply })
+            .await
+            .map_err(|_| "the dataplane is not running".to_owned())?;
+        let counters = tokio::time::timeout(std::time::Duration::from_secs(5), answer)
+            .await
+            .map_err(|_| "the dataplane did not answer within 5 s (a long sync?)".to_owned())?
+            .map_err(|_| "the dataplane is not running".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let pb_counters = |c: &crate::dataplane::Counters| pb::Counters {
+            connections: c.connections,
+            packets_in: c.packets_in,
+            packets_out: c.packets_out,
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+            connections_per_second: c.connections_per_second,
+            bytes_in_per_second: c.bytes_in_per_second,
+            bytes_out_per_second: c.bytes_out_per_second,
+        };
+        Ok(counters
+            .iter()
+            .map(|s| pb::ServiceCounters {
+                key: Some(crate::model::key_to_pb(&s.key)),
+                counters: Some(pb_counters(&s.counters)),
+                destinations: s
+                    .destinations
+                    .iter()
+                    .map(|d| pb::DestinationCounters {
+                        backend: d.dest.to_string(),
+                        weight: d.weight,
+                        active_connections: d.active_connections,
+                        inactive_connections: d.inactive_connections,
+                        counters: Some(pb_counters(&d.counters)),
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+
     /// A write refused; a follower names the leader, and where its admin API
     /// is when known ("leader admin API at HOST:PORT"), for the client to go
     /// there.
@@ -177,9 +225,22 @@ impl Admin for AdminService {
             .filter(|((key, _, _), _)| services.iter().any(|s| s.key == *key))
             .map(|((key, address, port), v)| override_to_pb(key, *address, *port, Some(*v)))
             .collect();
+        let (counters, counters_error) = if name.is_empty() {
+            (Vec::new(), String::new())
+        } else {
+            match self
+                .read_counters(services.iter().map(|s| s.key).collect())
+                .await
+            {
+                Ok(c) => (c, String::new()),
+                Err(e) => (Vec::new(), e),
+            }
+        };
         Ok(Response::new(pb::ListServicesResponse {
             services: services.into_iter().map(service_to_pb).collect(),
             overrides,
+            counters,
+            counters_error,
         }))
     }
 

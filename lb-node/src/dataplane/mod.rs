@@ -12,6 +12,8 @@
 
 use std::future::Future;
 
+use crate::model::ServiceKey;
+
 pub mod ipvs;
 mod memory;
 mod plan;
@@ -51,6 +53,37 @@ pub struct ApplyReport {
     pub failed: Vec<OpFailure>,
 }
 
+/// Traffic counters of a service or destination, as the kernel keeps them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub connections: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub connections_per_second: u64,
+    pub bytes_in_per_second: u64,
+    pub bytes_out_per_second: u64,
+}
+
+/// One destination's counters and connection counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationCounters {
+    pub dest: DestKey,
+    pub weight: u32,
+    pub active_connections: u32,
+    pub inactive_connections: u32,
+    pub counters: Counters,
+}
+
+/// One service's counters with its destinations'.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceCounters {
+    pub key: ServiceKey,
+    pub counters: Counters,
+    pub destinations: Vec<DestinationCounters>,
+}
+
 /// A place virtual services are programmed: kernel IPVS, or memory.
 ///
 /// Implementations treat "already exists" on add and "does not exist" on
@@ -66,6 +99,15 @@ pub trait Dataplane: Send + 'static {
     /// destinations that have finished draining.
     fn maintain(&mut self) -> impl Future<Output = Result<(), DataplaneError>> + Send {
         async { Ok(()) }
+    }
+    /// The kernel's counters of these services (those it holds); empty
+    /// from a dataplane that keeps none.
+    fn counters(
+        &mut self,
+        keys: &[ServiceKey],
+    ) -> impl Future<Output = Result<Vec<ServiceCounters>, DataplaneError>> + Send {
+        let _ = keys;
+        async { Ok(Vec::new()) }
     }
 }
 

@@ -38,6 +38,16 @@ pub struct DataplaneStatus {
     pub programmed_destinations: u64,
 }
 
+/// A request for the kernel counters of some services, answered by the
+/// reconciler (which owns the dataplane) between syncs.
+#[derive(Debug)]
+pub struct CountersQuery {
+    pub keys: Vec<crate::model::ServiceKey>,
+    pub reply: tokio::sync::oneshot::Sender<
+        Result<Vec<crate::dataplane::ServiceCounters>, crate::dataplane::DataplaneError>,
+    >,
+}
+
 /// Keeps `dataplane` equal to the latest state from `states` until
 /// `shutdown`. The dataplane is left programmed on shutdown: a member that
 /// stops keeps forwarding until something else takes over (fail static).
@@ -46,6 +56,7 @@ pub async fn run<D: Dataplane>(
     mut states: watch::Receiver<Arc<State>>,
     repair_interval: Duration,
     status: watch::Sender<DataplaneStatus>,
+    mut queries: tokio::sync::mpsc::Receiver<CountersQuery>,
     shutdown: CancellationToken,
 ) {
     let kind = dataplane.kind();
@@ -81,6 +92,9 @@ pub async fn run<D: Dataplane>(
                 Ok(()) => pending = true,
                 Err(_) => return,
             },
+            Some(q) = queries.recv() => {
+                let _ = q.reply.send(dataplane.counters(&q.keys).await);
+            }
             _ = housekeeping.tick() => {
                 if let Err(e) = dataplane.maintain().await {
                     warn!(error = %e, "dataplane housekeeping failed; resyncing");

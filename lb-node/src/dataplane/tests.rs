@@ -347,6 +347,7 @@ async fn reconciler_programs_changes_and_repairs_drift() {
         state_rx,
         Duration::from_secs(30),
         status_tx,
+        tokio::sync::mpsc::channel(1).1,
         shutdown.clone(),
     ));
 

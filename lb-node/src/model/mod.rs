@@ -24,7 +24,9 @@ pub use service::{
     MAX_WEIGHT, Protocol, Scheduler, ServiceKey, SocketText, UnknownName, VirtualService,
 };
 pub use state::{Applied, ApplyError, KubeObjects, State};
-pub use wire::{Batch, SNAPSHOT_FORMAT_VERSION, WireError, override_to_pb, service_to_pb};
+pub use wire::{
+    Batch, SNAPSHOT_FORMAT_VERSION, WireError, key_to_pb, override_to_pb, service_to_pb,
+};
 
 #[cfg(test)]
 mod tests;

@@ -63,7 +63,7 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-fn key_to_pb(key: &ServiceKey) -> pb::ServiceKey {
+pub fn key_to_pb(key: &ServiceKey) -> pb::ServiceKey {
     pb::ServiceKey {
         vip: ip_bytes(key.vip),
         port: u32::from(key.port),

@@ -252,6 +252,20 @@ fn dest_msg(c: u8, k: &KernelKey, d: &DestKey, s: Option<&Destination>) -> IpvsM
     IpvsMessage::new(c, vec![TopAttr::Service(k.attrs()), TopAttr::Dest(attrs)])
 }
 
+fn counters_of(s: Option<msg::Stats>) -> crate::dataplane::Counters {
+    let s = s.unwrap_or_default();
+    crate::dataplane::Counters {
+        connections: s.conns,
+        packets_in: s.inpkts,
+        packets_out: s.outpkts,
+        bytes_in: s.inbytes,
+        bytes_out: s.outbytes,
+        connections_per_second: s.cps,
+        bytes_in_per_second: s.inbps,
+        bytes_out_per_second: s.outbps,
+    }
+}
+
 /// What a refusal means for this operation, for an operator.
 fn explain(op: &Op, errno: i32) -> String {
     let text = socket::errno_text(errno);
@@ -586,6 +600,45 @@ impl Inner {
         report
     }
 
+    fn counters(
+        &mut self,
+        keys: &[ServiceKey],
+    ) -> Result<Vec<crate::dataplane::ServiceCounters>, DataplaneError> {
+        let mut out = Vec::new();
+        for key in keys {
+            let kk = self.key(key);
+            let result = self.socket().and_then(|s| {
+                let Some(service) = s.service(&kk)? else {
+                    return Ok(None);
+                };
+                let dests = s.dests(&kk)?;
+                Ok(Some((service, dests)))
+            });
+            match result {
+                Ok(Some((service, dests))) => out.push(crate::dataplane::ServiceCounters {
+                    key: *key,
+                    counters: counters_of(service.stats),
+                    destinations: dests
+                        .iter()
+                        .map(|d| crate::dataplane::DestinationCounters {
+                            dest: DestKey {
+                                address: d.address,
+                                port: d.port,
+                            },
+                            weight: d.weight,
+                            active_connections: d.active_conns,
+                            inactive_connections: d.inactive_conns,
+                            counters: counters_of(d.stats),
+                        })
+                        .collect(),
+                }),
+                Ok(None) => {}
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes drained destinations: no connection left, or out of time.
     fn finish_drains(&mut self) -> Result<usize, DataplaneError> {
         if self.draining.is_empty() {
@@ -733,6 +786,13 @@ impl Dataplane for IpvsDataplane {
             local.lock().await.note_ops(ops).await;
         }
         report
+    }
+
+    async fn counters(
+        &mut self,
+        keys: &[ServiceKey],
+    ) -> Result<Vec<crate::dataplane::ServiceCounters>, DataplaneError> {
+        self.netlink(keys.len() <= 16, |inner| inner.counters(keys))
     }
 
     async fn maintain(&mut self) -> Result<(), DataplaneError> {

@@ -291,6 +291,23 @@ impl IpvsSocket {
             .map_err(|e| IpvsError::Io(format!("malformed service in a dump: {e}")))
     }
 
+    /// One service, with its counters; `None` if the kernel has no such
+    /// service.
+    pub fn service(&mut self, key: &KernelKey) -> Result<Option<KernelService>, IpvsError> {
+        match self.request(
+            IpvsMessage::new(cmd::GET_SERVICE, vec![TopAttr::Service(key.attrs())]),
+            false,
+        ) {
+            Ok(answers) => answers
+                .into_iter()
+                .find_map(|m| m.service().transpose())
+                .transpose()
+                .map_err(|e| IpvsError::Io(format!("malformed service {key}: {e}"))),
+            Err(IpvsError::Kernel(libc::ESRCH | libc::ENOENT)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The destinations of one service.
     pub fn dests(&mut self, key: &KernelKey) -> Result<Vec<KernelDest>, IpvsError> {
         let v6 = matches!(key, KernelKey::Addr { vip, .. } if vip.is_ipv6())
