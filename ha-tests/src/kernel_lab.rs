@@ -119,9 +119,22 @@ impl KernelLab {
             })
             .collect();
         kernels.sort();
-        let kernel = kernels
-            .pop()
-            .context("kernel lab: no /boot/vmlinuz-* (apt-get install linux-image-amd64)")?;
+        // The newest kernel that ships IPVS as a module (a machine may have
+        // other kernels in /boot, with or without modules).
+        let has_ipvs = |k: &PathBuf| {
+            k.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("vmlinuz-"))
+                .is_some_and(|release| {
+                    Path::new("/lib/modules")
+                        .join(release)
+                        .join("kernel/net/netfilter/ipvs/ip_vs.ko")
+                        .exists()
+                })
+        };
+        let kernel = kernels.into_iter().rev().find(has_ipvs).context(
+            "kernel lab: no /boot/vmlinuz-* with IPVS modules (apt-get install linux-image-amd64)",
+        )?;
         let release = kernel
             .file_name()
             .and_then(|n| n.to_str())
