@@ -303,13 +303,12 @@ async fn open_ipvs(
         interface: config.vip_interface.clone(),
         masquerade: config.masquerade,
     });
-    let (dataplane, _info) = IpvsDataplane::open(IpvsSettings {
+    IpvsDataplane::open(IpvsSettings {
         ownership,
         drain_timeout: config.drain_timeout,
         local,
     })
-    .await?;
-    Ok(dataplane)
+    .await
 }
 
 /// The VIPs this member announces, as they change: in a cluster, what the

@@ -75,30 +75,30 @@ pub(crate) async fn link_index(handle: &rtnetlink::Handle, name: &str) -> anyhow
     Ok(link.header.index)
 }
 
+/// Every address on interface `index`.
+pub(crate) async fn addresses_on(
+    handle: &rtnetlink::Handle,
+    index: u32,
+) -> anyhow::Result<Vec<netlink_packet_route::address::AddressMessage>> {
+    use futures_util::TryStreamExt as _;
+    Ok(handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await?)
+}
+
 /// The addresses on `index` inside `ranges`.
 async fn addresses_in(
     handle: &rtnetlink::Handle,
     index: u32,
     ranges: &[IpNet],
 ) -> anyhow::Result<Vec<netlink_packet_route::address::AddressMessage>> {
-    use futures_util::TryStreamExt as _;
-    use netlink_packet_route::address::AddressAttribute;
-    let mut out = Vec::new();
-    let mut stream = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute();
-    while let Some(m) = stream.try_next().await? {
-        let ip = m.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Address(ip) => Some(*ip),
-            _ => None,
-        });
-        if ip.is_some_and(|ip| ranges.iter().any(|r| r.contains(&ip))) {
-            out.push(m);
-        }
-    }
-    Ok(out)
+    let mut all = addresses_on(handle, index).await?;
+    all.retain(|m| ip_of(m).is_some_and(|ip| ranges.iter().any(|r| r.contains(&ip))));
+    Ok(all)
 }
 
 pub(crate) fn ip_of(m: &netlink_packet_route::address::AddressMessage) -> Option<IpAddr> {

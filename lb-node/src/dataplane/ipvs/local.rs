@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use std::fmt::Write as _;
 
@@ -50,14 +50,12 @@ pub struct Local {
     vips: LocalVips,
     /// Each programmed service and whether it masquerades.
     services: BTreeMap<ServiceKey, bool>,
+    /// The VIPs with a masquerading service.
     masq: BTreeSet<IpAddr>,
     /// Firewall-mark services: their traffic is marked in prerouting.
     marks: BTreeMap<ServiceKey, u32>,
-    /// The marks the installed table has.
-    installed_marks: BTreeMap<ServiceKey, u32>,
-    /// Whether the nftables table is as `masq` and `marks` say.
-    masq_installed: bool,
-    pub last_error: Option<String>,
+    /// The nftables table must be (re)installed from `masq` and `marks`.
+    table_dirty: bool,
 }
 
 impl Local {
@@ -89,20 +87,11 @@ impl Local {
             .execute()
             .await
             .with_context(|| format!("cannot bring {} up", settings.interface))?;
-        let mut present = BTreeSet::new();
-        {
-            use futures_util::TryStreamExt as _;
-            let mut stream = handle
-                .address()
-                .get()
-                .set_link_index_filter(index)
-                .execute();
-            while let Some(m) = stream.try_next().await? {
-                if let Some(ip) = crate::announce::l2::ip_of(&m) {
-                    present.insert(ip);
-                }
-            }
-        }
+        let present = crate::announce::l2::addresses_on(&handle, index)
+            .await?
+            .iter()
+            .filter_map(crate::announce::l2::ip_of)
+            .collect();
         Ok(Local {
             settings,
             handle,
@@ -111,9 +100,7 @@ impl Local {
             services: BTreeMap::new(),
             masq: BTreeSet::new(),
             marks: BTreeMap::new(),
-            installed_marks: BTreeMap::new(),
-            masq_installed: false,
-            last_error: None,
+            table_dirty: true,
         })
     }
 
@@ -135,31 +122,49 @@ impl Local {
                 )
             })
             .collect();
-        self.marks = table
+        let marks: BTreeMap<ServiceKey, u32> = table
             .services
             .iter()
             .filter_map(|(k, s)| s.settings.fwmark.map(|m| (*k, m)))
             .collect();
+        let masq: BTreeSet<IpAddr> = self
+            .services
+            .iter()
+            .filter(|(_, m)| **m)
+            .map(|(k, _)| k.vip)
+            .collect();
+        if marks != self.marks || masq != self.masq {
+            self.table_dirty = true;
+        }
+        (self.marks, self.masq) = (marks, masq);
         let wanted: BTreeSet<IpAddr> = self.services.keys().map(|k| k.vip).collect();
-        let masq = self.masq_vips();
-        self.converge(wanted, masq).await;
+        let (add, remove) = {
+            let have = self.vips.read().unwrap_or_else(PoisonError::into_inner);
+            (
+                wanted.difference(&have).copied().collect(),
+                have.difference(&wanted).copied().collect(),
+            )
+        };
+        self.converge(add, remove).await;
     }
 
-    /// After operations: what they changed.
+    /// After operations: what they changed. The cost follows the change
+    /// (the VIPs it touched), not the table.
     pub async fn note_ops(&mut self, ops: &[Op]) {
         let mut touched = BTreeSet::new();
         for op in ops {
             match op {
                 Op::AddService { service, settings } | Op::UpdateService { service, settings } => {
                     self.services.entry(*service).or_insert(false);
-                    match settings.fwmark {
+                    let old = match settings.fwmark {
                         Some(m) => self.marks.insert(*service, m),
                         None => self.marks.remove(service),
                     };
+                    self.table_dirty |= old != settings.fwmark;
                 }
                 Op::DeleteService { service } => {
                     self.services.remove(service);
-                    self.marks.remove(service);
+                    self.table_dirty |= self.marks.remove(service).is_some();
                 }
                 Op::AddDestination {
                     service, settings, ..
@@ -173,11 +178,7 @@ impl Local {
             }
             touched.insert(op.service().vip);
         }
-        if touched.is_empty() && self.masq_installed && self.marks == self.installed_marks {
-            return;
-        }
-        let mut wanted = self.current();
-        let mut masq = self.masq.clone();
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
         for vip in touched {
             let mut used = false;
             let mut masquerades = false;
@@ -185,18 +186,24 @@ impl Local {
                 used = true;
                 masquerades |= m;
             }
-            if used {
-                wanted.insert(vip);
-            } else {
-                wanted.remove(&vip);
+            let local = self
+                .vips
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&vip);
+            if used && !local {
+                add.push(vip);
+            } else if !used && local {
+                remove.push(vip);
             }
-            if masquerades {
-                masq.insert(vip);
+            let changed = if masquerades {
+                self.masq.insert(vip)
             } else {
-                masq.remove(&vip);
-            }
+                self.masq.remove(&vip)
+            };
+            self.table_dirty |= changed;
         }
-        self.converge(wanted, masq).await;
+        self.converge(add, remove).await;
     }
 
     fn services_of(&self, vip: IpAddr) -> impl Iterator<Item = (&ServiceKey, bool)> {
@@ -211,97 +218,60 @@ impl Local {
             .map(|(k, m)| (k, *m))
     }
 
-    fn masq_vips(&self) -> BTreeSet<IpAddr> {
-        self.services
-            .iter()
-            .filter(|(_, m)| **m)
-            .map(|(k, _)| k.vip)
-            .collect()
-    }
-
-    fn current(&self) -> BTreeSet<IpAddr> {
-        self.vips
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    async fn converge(&mut self, wanted: BTreeSet<IpAddr>, masq: BTreeSet<IpAddr>) {
-        let have = self.current();
+    /// Adds and removes VIPs, and reinstalls the table if it changed (or
+    /// failed before). Failures are logged and retried at the next change
+    /// or repair.
+    async fn converge(&mut self, add: Vec<IpAddr>, remove: Vec<IpAddr>) {
         let mut errors = Vec::new();
-        for vip in wanted.difference(&have) {
-            match crate::announce::l2::add_local(&self.handle, self.index, *vip).await {
+        for vip in add {
+            match crate::announce::l2::add_local(&self.handle, self.index, vip).await {
                 Ok(()) => {
                     self.vips
                         .write()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(*vip);
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(vip);
                 }
                 Err(e) => errors.push(format!("{e:#}")),
             }
         }
-        let extra: Vec<IpAddr> = have.difference(&wanted).copied().collect();
-        if !extra.is_empty()
-            && let Err(e) = self.remove(&extra).await
+        if !remove.is_empty()
+            && let Err(e) = self.remove(&remove).await
         {
             errors.push(format!("{e:#}"));
         }
         let want_table = self.settings.masquerade || !self.marks.is_empty();
-        let masq = if self.settings.masquerade {
-            masq
-        } else {
-            BTreeSet::new()
-        };
-        if want_table
-            && (masq != self.masq || self.marks != self.installed_marks || !self.masq_installed)
-        {
-            match install_table(&masq, &self.marks).await {
-                Ok(()) => {
-                    self.masq = masq;
-                    self.installed_marks = self.marks.clone();
-                    self.masq_installed = true;
-                }
-                Err(e) => {
-                    self.masq_installed = false;
-                    errors.push(format!("{e:#}"));
-                }
+        if want_table && self.table_dirty {
+            let none = BTreeSet::new();
+            let masq = if self.settings.masquerade {
+                &self.masq
+            } else {
+                &none
+            };
+            match install_table(masq, &self.marks).await {
+                Ok(()) => self.table_dirty = false,
+                Err(e) => errors.push(format!("{e:#}")),
             }
         }
-        self.last_error = (!errors.is_empty()).then(|| errors.join("; "));
         for e in &errors {
             warn!(error = %e, "VIP interface or masquerade table not as wanted; retried at the next change or repair");
         }
     }
 
     async fn remove(&mut self, vips: &[IpAddr]) -> anyhow::Result<()> {
-        use futures_util::TryStreamExt as _;
-        let mut stream = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(self.index)
-            .execute();
-        let mut doomed = Vec::new();
-        while let Some(m) = stream.try_next().await? {
-            if crate::announce::l2::ip_of(&m).is_some_and(|ip| vips.contains(&ip)) {
-                doomed.push(m);
-            }
-        }
-        for m in doomed {
-            let ip = crate::announce::l2::ip_of(&m);
+        for m in crate::announce::l2::addresses_on(&self.handle, self.index).await? {
+            let Some(ip) = crate::announce::l2::ip_of(&m).filter(|ip| vips.contains(ip)) else {
+                continue;
+            };
             self.handle
                 .address()
                 .del(m)
                 .execute()
                 .await
-                .with_context(|| format!("cannot remove {ip:?} from the VIP interface"))?;
-        }
-        let mut set = self
-            .vips
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for v in vips {
-            set.remove(v);
+                .with_context(|| format!("cannot remove {ip} from the VIP interface"))?;
+            self.vips
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&ip);
         }
         Ok(())
     }

@@ -86,31 +86,27 @@ pub const SYSCTLS: &[(&str, &str)] = &[
     ("net/ipv6/conf/all/forwarding", "1"),
 ];
 
-/// Sets `SYSCTLS` and returns what each reads back (or why it could not be
-/// read), for status and logs.
-pub fn set_sysctls() -> Vec<(String, String)> {
-    SYSCTLS
-        .iter()
-        .map(|(name, value)| {
-            let path = format!("/proc/sys/{name}");
-            if let Err(e) = std::fs::write(&path, value) {
-                warn!(sysctl = name, value, error = %e, "cannot set an IPVS sysctl");
-            }
-            let now = std::fs::read_to_string(&path)
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_else(|e| format!("unreadable: {e}"));
-            info!(sysctl = name, value = %now, "IPVS sysctl");
-            let dotted = (*name).replace('/', ".");
-            crate::metrics::METRICS
-                .ipvs_sysctls
-                .with_label_values(&[&dotted])
-                .set(now.parse().unwrap_or(-1));
-            if now != *value {
-                warn!(sysctl = %dotted, wanted = value, now = %now, "an IPVS sysctl is not as lb-node needs it");
-            }
-            (dotted, now)
-        })
-        .collect()
+/// Sets `SYSCTLS`, and logs and exports (`lb_ipvs_sysctl`) what each reads
+/// back.
+pub fn set_sysctls() {
+    for (name, value) in SYSCTLS {
+        let path = format!("/proc/sys/{name}");
+        if let Err(e) = std::fs::write(&path, value) {
+            warn!(sysctl = name, value, error = %e, "cannot set an IPVS sysctl");
+        }
+        let now = std::fs::read_to_string(&path)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|e| format!("unreadable: {e}"));
+        let dotted = name.replace('/', ".");
+        info!(sysctl = %dotted, value = %now, "IPVS sysctl");
+        crate::metrics::METRICS
+            .ipvs_sysctls
+            .with_label_values(&[&dotted])
+            .set(now.parse().unwrap_or(-1));
+        if now != *value {
+            warn!(sysctl = %dotted, wanted = value, now = %now, "an IPVS sysctl is not as lb-node needs it");
+        }
+    }
 }
 
 fn protocol_number(p: Protocol) -> u16 {
@@ -699,7 +695,7 @@ pub struct IpvsDataplane {
 impl IpvsDataplane {
     /// Opens IPVS (an error if this kernel has none), sets the sysctls and
     /// prepares the local VIP interface.
-    pub async fn open(settings: IpvsSettings) -> Result<(Self, Info), IpvsError> {
+    pub async fn open(settings: IpvsSettings) -> Result<Self, IpvsError> {
         let (socket, info) = tokio::task::spawn_blocking(|| {
             let mut s = IpvsSocket::open()?;
             let info = s.info()?;
@@ -733,19 +729,16 @@ impl IpvsDataplane {
         }
         let local_vips = local.as_ref().map(local::Local::vips);
         let local = local.map(|l| Arc::new(tokio::sync::Mutex::new(l)));
-        Ok((
-            IpvsDataplane {
-                inner: Arc::new(Mutex::new(Inner {
-                    socket: Some(socket),
-                    settings,
-                    local_vips,
-                    marks: BTreeMap::new(),
-                    draining: BTreeMap::new(),
-                })),
-                local,
-            },
-            info,
-        ))
+        Ok(IpvsDataplane {
+            inner: Arc::new(Mutex::new(Inner {
+                socket: Some(socket),
+                settings,
+                local_vips,
+                marks: BTreeMap::new(),
+                draining: BTreeMap::new(),
+            })),
+            local,
+        })
     }
 
     /// Runs netlink work on the calling thread: a few operations inline

@@ -255,12 +255,8 @@ impl IpvsSocket {
                     interrupted = true;
                 }
                 match m.payload {
-                    NetlinkPayload::InnerMessage(g) => {
-                        out.push(g.payload);
-                        if !dump {
-                            // A plain GET answers once, then ACKs.
-                        }
-                    }
+                    // A plain GET answers once, then ACKs (below).
+                    NetlinkPayload::InnerMessage(g) => out.push(g.payload),
                     NetlinkPayload::Done(_) => {
                         if interrupted {
                             return Err(IpvsError::Io(
