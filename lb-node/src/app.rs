@@ -404,7 +404,7 @@ async fn start_raft(
             election_ticks: cluster.election_ticks,
             heartbeat_ticks: cluster.heartbeat_ticks,
             snapshot_after_entries: cluster.snapshot_after_entries,
-            fixed_election_timeout: false,
+            fixed_election_timeout: None,
             initial_admin: cluster.initial_admin.clone(),
         },
         store,

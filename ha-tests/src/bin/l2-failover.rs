@@ -3,7 +3,7 @@
 //! every ARP frame), the VIP's owner is killed with SIGKILL `--runs` times
 //! (restarted after each run); the figure is the time from the kill to the
 //! new owner's first gratuitous ARP as the client captured it. Default
-//! timers (tick 50 ms, election timeout 10-20 ticks). Also checks, over the
+//! timers (tick 50 ms, election timeout 10-15 ticks). Also checks, over the
 //! whole run, that no two members ever answered for the VIP at once.
 //!
 //!   cargo build --release --workspace --bins

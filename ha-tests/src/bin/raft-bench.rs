@@ -138,7 +138,7 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<Cluster> {
                     election_ticks: 10,
                     heartbeat_ticks: 1,
                     snapshot_after_entries: 10_000,
-                    fixed_election_timeout: false,
+                    fixed_election_timeout: None,
                     initial_admin: Default::default(),
                 };
                 let replica = Replica::open(config, store, &initial).expect("replica opens");

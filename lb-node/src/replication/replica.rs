@@ -35,17 +35,19 @@ const OWNERSHIP_EVERY_TICKS: u64 = 2;
 pub struct ReplicaConfig {
     pub id: u64,
     /// Ticks without a leader's word before a follower stands for election
-    /// (randomized up to twice this by raft-rs).
+    /// (randomized up to 1.5 times this).
     pub election_ticks: usize,
     /// Ticks between a leader's heartbeats.
     pub heartbeat_ticks: usize,
     /// Take a snapshot and compact the log after this many applied entries.
     pub snapshot_after_entries: u64,
-    /// Use exactly `election_ticks` instead of a random timeout in
-    /// `[election_ticks, 2 * election_ticks)`. raft-rs draws that random
-    /// number from its own generator, so only the simulation, which must be
-    /// reproducible, fixes it (and gives each member a different one).
-    pub fixed_election_timeout: bool,
+    /// Use exactly this election timeout (in ticks) instead of a random one
+    /// in `[election_ticks, 1.5 * election_ticks)`. raft-rs draws that
+    /// random number from its own generator, so only the simulation, which
+    /// must be reproducible, fixes it (and gives each member a different
+    /// one). The lease and the leader's health window stay
+    /// `election_ticks`, the same on every member, as in production.
+    pub fixed_election_timeout: Option<usize>,
     /// Admin API addresses of the initial members, where configured.
     pub initial_admin: BTreeMap<u64, String>,
 }
@@ -130,6 +132,14 @@ pub struct Replica {
     owned_since: BTreeMap<std::net::IpAddr, u64>,
     /// The tick since which this member's lease has held without a break.
     in_touch_since: Option<u64>,
+    /// The term of the last tick at which this member's lease held (at
+    /// start: the term on disk).
+    touch_term: u64,
+    /// `touch_term` as it was when the current stretch in touch began: the
+    /// last term of which this member's state is known current.
+    stretch_after_term: u64,
+    /// The term of the last entry applied (or of the installed snapshot).
+    applied_term: u64,
 }
 
 impl std::fmt::Debug for Replica {
@@ -192,6 +202,7 @@ impl Replica {
             }
         }
         let applied = snapshot.get_metadata().index;
+        let applied_term = snapshot.get_metadata().term;
         let raft_config = raft::Config {
             id: config.id,
             election_tick: config.election_ticks,
@@ -201,16 +212,24 @@ impl Replica {
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
-            min_election_tick: config.election_ticks,
-            max_election_tick: if config.fixed_election_timeout {
-                config.election_ticks + 1
+            min_election_tick: config
+                .fixed_election_timeout
+                .unwrap_or(config.election_ticks),
+            max_election_tick: if let Some(fixed) = config.fixed_election_timeout {
+                fixed + 1
             } else {
-                2 * config.election_ticks
+                // raft-rs's default spread is [e, 2e). Half of that keeps a
+                // tie between two candidates rare (pre-vote, and the
+                // survivors of a crash rarely time out in the same tick)
+                // while a dead leader is replaced within 1.5 election
+                // timeouts instead of two.
+                config.election_ticks + (config.election_ticks / 2).max(1)
             },
             ..Default::default()
         };
         raft_config.validate()?;
         let raw = RawNode::new(&raft_config, store, &super::raft_log::logger(config.id))?;
+        let disk_term = raw.raft.term;
         Ok(Replica {
             raw,
             state,
@@ -231,6 +250,9 @@ impl Replica {
             noted_owners: None,
             owned_since: BTreeMap::new(),
             in_touch_since: None,
+            touch_term: disk_term,
+            stretch_after_term: disk_term,
+            applied_term,
         })
     }
 
@@ -293,11 +315,18 @@ impl Replica {
             // now), so it waits a full lease again, long enough to catch
             // up and learn that.
             if self.lease_valid() {
-                self.in_touch_since.get_or_insert(self.ticks);
+                if self.in_touch_since.is_none() {
+                    self.in_touch_since = Some(self.ticks);
+                    self.stretch_after_term = self.touch_term;
+                }
+                self.touch_term = self.raw.raft.term;
                 self.note_ownership();
             } else {
                 self.in_touch_since = None;
                 self.owned_since.clear();
+                // Back in touch, every VIP it owns then is noted afresh
+                // (even if no owner changed meanwhile).
+                self.noted_owners = None;
             }
         }
     }
@@ -345,15 +374,37 @@ impl Replica {
         }
     }
 
-    /// Whether this member may announce anything: its lease holds and it
-    /// has been in touch for a full lease (back in touch, or just started,
-    /// its state may be stale: a full lease to catch up first).
+    /// Whether this member may announce anything: its lease holds and its
+    /// state is known current. Back in touch (or just started), its state
+    /// may be stale: it waits a full lease to catch up, or less when it has
+    /// proof (`caught_up_in_new_term`).
     pub fn may_announce(&self) -> bool {
         if self.removed || !self.lease_valid() {
             return false;
         }
         let lease = self.config.election_ticks as u64;
-        self.in_touch_since.is_some_and(|t| self.ticks >= t + lease)
+        self.in_touch_since.is_some_and(|t| self.ticks >= t + lease) || self.caught_up_in_new_term()
+    }
+
+    /// Proof that a member back in touch has applied everything committed
+    /// before its current leader was elected, without waiting a full lease:
+    /// its current term is newer than the last term it was in touch in, it
+    /// voted for the current leader in this term (a leader votes for
+    /// itself), and it has applied an entry of this term. By Raft's leader
+    /// completeness the leader's log holds every committed entry, and by
+    /// log matching a member that applied the leader's first entry of the
+    /// term has applied all of them. What the leader commits later about
+    /// this member's VIPs treats it as live: the leader heard its vote, so
+    /// it counts as healthy, and a VIP moves away from a healthy member
+    /// only in two commits with the takeover wait (`maybe_reassign_vips`).
+    /// This is what makes a leader's crash cost one election, not an
+    /// election plus a full lease.
+    fn caught_up_in_new_term(&self) -> bool {
+        let raft = &self.raw.raft;
+        raft.term > self.stretch_after_term
+            && raft.leader_id != 0
+            && raft.vote == raft.leader_id
+            && self.applied_term == raft.term
     }
 
     /// Every VIP, while this member may announce and is not drained: what
@@ -674,6 +725,7 @@ impl Replica {
         out: &mut ReadyOutput,
     ) -> Result<(), ReplicaError> {
         let index = snapshot.get_metadata().index;
+        let snapshot_term = snapshot.get_metadata().term;
         let state = State::decode_snapshot(snapshot.get_data())
             .map_err(|source| ReplicaError::BadSnapshot { index, source })?;
         self.raw.mut_store().apply_snapshot(snapshot)?;
@@ -685,6 +737,7 @@ impl Replica {
         );
         self.state = state;
         self.applied = index;
+        self.applied_term = snapshot_term;
         out.state_changed = true;
         out.installed_snapshot = Some(index);
         Ok(())
@@ -743,6 +796,7 @@ impl Replica {
                 }
             }
             self.applied = entry.index;
+            self.applied_term = entry.term;
         }
         Ok(())
     }

@@ -154,6 +154,10 @@ pub struct Sim {
     network: Vec<InFlight>,
     /// Cut links, both directions.
     cut: BTreeSet<(u64, u64)>,
+    /// Members that get no log entries (appends and snapshots are lost on
+    /// the way to them) while heartbeats still arrive: a member back in
+    /// touch but not yet caught up.
+    pub starved: BTreeSet<u64>,
     pub faults: NetFaults,
     /// What the transport tells senders: (sender, peer, snapshot delivered?)
     /// for snapshots, (sender, peer, None) for an unreachable peer.
@@ -193,7 +197,7 @@ impl Sim {
             election_ticks: 10,
             heartbeat_ticks: 1,
             snapshot_after_entries: 40,
-            fixed_election_timeout: true,
+            fixed_election_timeout: None,
             initial_admin: BTreeMap::new(),
         };
         let mut sim = Sim {
@@ -204,6 +208,7 @@ impl Sim {
             initial,
             network: Vec::new(),
             cut: BTreeSet::new(),
+            starved: BTreeSet::new(),
             faults: NetFaults::CALM,
             reports: Vec::new(),
             timeouts: BTreeMap::new(),
@@ -297,7 +302,7 @@ impl Sim {
         self.timeouts.insert(id, election_ticks);
         let config = ReplicaConfig {
             id,
-            election_ticks,
+            fixed_election_timeout: Some(election_ticks),
             ..self.config.clone()
         };
         let initial = self.initial.clone();
@@ -594,7 +599,13 @@ impl Sim {
                 message.reject
             );
         }
-        if self.cut.contains(&(message.from, message.to)) {
+        let entries = matches!(
+            message.get_msg_type(),
+            MessageType::MsgAppend | MessageType::MsgSnapshot
+        );
+        if self.cut.contains(&(message.from, message.to))
+            || (entries && self.starved.contains(&message.to))
+        {
             let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
             self.reports
                 .push((message.from, message.to, snapshot.then_some(false)));

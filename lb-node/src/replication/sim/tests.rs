@@ -444,3 +444,65 @@ fn no_vip_is_ever_announced_twice_and_a_dead_owners_vips_come_back() {
     assert!(worst <= 3_000, "worst time to re-announce: {worst} ms");
     eprintln!("worst time for a dead owner's VIP to be announced again: {worst} ms (virtual)");
 }
+
+#[test]
+fn a_member_back_in_touch_announces_nothing_stale() {
+    for seed in 0..SEEDS {
+        let mut sim = Sim::new(3, seed);
+        sim.check_announcements = true;
+        assert!(sim.run_until_converged(5_000), "seed {seed}: no leader");
+        sim.propose(6);
+        sim.run(2_000);
+        let victim = follower(&sim);
+        let vips = sim.announced(victim);
+        assert!(
+            !vips.is_empty(),
+            "seed {seed}: the follower announces a VIP"
+        );
+        // Cut off, the member withdraws and the leader gives its VIPs away;
+        // its own state still says they are its own.
+        sim.isolate(&[victim]);
+        sim.run(2_000);
+        assert!(
+            sim.announced(victim).is_empty(),
+            "seed {seed}: cut off, it withdrew"
+        );
+        // Odd seeds: a new term begins while it is away (it did not vote),
+        // so it comes back to a term newer than its state.
+        if seed % 2 == 1 {
+            let leader = sim.leader().expect("a leader");
+            let other = sim
+                .ids()
+                .into_iter()
+                .find(|id| *id != leader && *id != victim)
+                .expect("a third member");
+            sim.transfer_leader(other);
+            sim.run(1_000);
+            assert_eq!(sim.leader(), Some(other), "seed {seed}: leadership moved");
+        }
+        let moved = sim.announcers();
+        assert!(
+            vips.iter()
+                .all(|v| moved.get(v).is_some_and(|m| *m != victim)),
+            "seed {seed}: its VIPs are announced elsewhere: {moved:?}"
+        );
+        // Back in touch, heartbeats arrive (its lease holds again) but log
+        // entries do not for 300 ms (less than a lease): it must not
+        // announce from its stale state.
+        sim.starved.insert(victim);
+        sim.heal();
+        sim.run(300);
+        sim.starved.clear();
+        sim.run(3_000);
+        assert!(
+            sim.split_brain.is_empty(),
+            "seed {seed}: split brain: {:?}",
+            &sim.split_brain[..sim.split_brain.len().min(5)]
+        );
+        assert_eq!(
+            sim.announcers().len(),
+            6,
+            "seed {seed}: every VIP announced"
+        );
+    }
+}
