@@ -8,7 +8,8 @@
 #
 # Writes OUT_DIR/ca.pem (and ca-key.pem: keep it offline), member-N.pem and
 # member-N-key.pem, lbctl.pem and lbctl-key.pem. Every member certificate
-# names "lb-node", "member-N", localhost and 127.0.0.1, plus EXTRA_SANs
+# names "lb-node", "member-N" (required: the peer port checks it), localhost
+# and 127.0.0.1, plus EXTRA_SANs
 # (give each member's address there); clients check the name "lb-node".
 set -euo pipefail
 if [ $# -lt 2 ]; then

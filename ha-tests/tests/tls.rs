@@ -2,7 +2,8 @@
 //! certificates from deploy/tls/make-certs.sh: the cluster forms and lbctl
 //! works with a certificate of the cluster's CA, and every call without a
 //! client certificate, or with one from another CA, is refused, on the
-//! admin port and on the peer port alike.
+//! admin port and on the peer port alike; on the peer port a certificate
+//! speaks only for the member it names.
 
 use std::path::Path;
 use std::process::Command;
@@ -45,12 +46,17 @@ fn lbctl(
 }
 
 /// A peer-port call with the given client identity (or none).
-async fn peer_call(port: u16, ca: &Path, identity: Option<(&Path, &str)>) -> Result<(), String> {
+async fn peer_call(
+    port: u16,
+    ca: &Path,
+    identity: Option<(&Path, &str)>,
+    from: u64,
+) -> Result<(), String> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(
             std::fs::read(ca).map_err(|e| e.to_string())?,
         ))
-        .domain_name("lb-node");
+        .domain_name("member-1");
     if let Some((dir, name)) = identity {
         let cert = std::fs::read(dir.join(format!("{name}.pem"))).map_err(|e| e.to_string())?;
         let key = std::fs::read(dir.join(format!("{name}-key.pem"))).map_err(|e| e.to_string())?;
@@ -65,7 +71,7 @@ async fn peer_call(port: u16, ca: &Path, identity: Option<(&Path, &str)>) -> Res
         .map_err(|e| e.to_string())?;
     let envelope = Envelope {
         cluster_id: "tls-test".into(),
-        from: 2,
+        from,
         to: 1,
         message: vec![],
     };
@@ -142,12 +148,12 @@ async fn only_certificates_of_the_cluster_ca_get_in() -> anyhow::Result<()> {
 
     // Peer port: the same.
     let port = layout.peer_ports[0];
-    let no_cert = peer_call(port, &certs.join("ca.pem"), None).await;
+    let no_cert = peer_call(port, &certs.join("ca.pem"), None, 2).await;
     assert!(
         no_cert.is_err(),
         "a peer without a certificate must be refused"
     );
-    let wrong_ca = peer_call(port, &certs.join("ca.pem"), Some((&rogue, "member-1"))).await;
+    let wrong_ca = peer_call(port, &certs.join("ca.pem"), Some((&rogue, "member-1")), 1).await;
     assert!(
         wrong_ca.is_err(),
         "a peer with another CA's certificate must be refused"
@@ -155,12 +161,25 @@ async fn only_certificates_of_the_cluster_ca_get_in() -> anyhow::Result<()> {
     // A real member certificate passes TLS and reaches the envelope checks,
     // which refuse this empty message by name: so the refusals above were
     // TLS's doing.
-    let real = peer_call(port, &certs.join("ca.pem"), Some((&certs, "member-2"))).await;
+    let real = peer_call(port, &certs.join("ca.pem"), Some((&certs, "member-2")), 2).await;
     let real = real.expect_err("an empty raft message is refused by the envelope checks");
     assert!(
         real.contains("member 2 at 127.0.0.1"),
         "TLS let it through to the envelope checks: {real}"
     );
+
+    // A certificate of the cluster's CA speaks only for the member it
+    // names: member 3's certificate claiming to be member 2, and lbctl's
+    // claiming to be member 2, are refused, naming the name that is missing.
+    for name in ["member-3", "lbctl"] {
+        let err = peer_call(port, &certs.join("ca.pem"), Some((&certs, name)), 2)
+            .await
+            .expect_err("a certificate that does not name the sender is refused");
+        assert!(
+            err.contains("must carry DNS:member-2 to speak for member 2"),
+            "{name} speaking for member 2: {err}"
+        );
+    }
 
     // Nothing of that disturbed the cluster.
     let (code, out, _) = lbctl(&members[2], Some((&certs, "lbctl")), &["status"])?;

@@ -22,6 +22,7 @@ use proto::peer::v1::peer_server::{Peer, PeerServer};
 use proto::peer::v1::{Envelope, SendAck};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
@@ -72,7 +73,14 @@ impl PeerService {
     }
 
     /// Checks one envelope; the error says what is wrong, naming the peer.
-    fn admit(&self, envelope: &Envelope, remote: Option<SocketAddr>) -> Result<Message, String> {
+    /// With mutual TLS, `certs` is the chain the peer presented, and the
+    /// envelope's sender must be the member its certificate names.
+    fn admit(
+        &self,
+        envelope: &Envelope,
+        remote: Option<SocketAddr>,
+        certs: Option<&[CertificateDer<'static>]>,
+    ) -> Result<Message, String> {
         let peer = format!(
             "member {} at {}",
             envelope.from,
@@ -92,6 +100,9 @@ impl PeerService {
             .contains_key(&envelope.from)
         {
             return Err(format!("{peer}: not a member of this cluster"));
+        }
+        if let Some(certs) = certs {
+            certificate_names_member(certs, envelope.from).map_err(|e| format!("{peer}: {e}"))?;
         }
         if envelope.to != self.gate.me {
             return Err(format!(
@@ -117,6 +128,7 @@ impl Peer for PeerService {
         request: Request<Streaming<Envelope>>,
     ) -> Result<Response<SendAck>, Status> {
         let remote = request.remote_addr();
+        let certs = request.peer_certs();
         let mut stream = request.into_inner();
         loop {
             let envelope = match stream.next().await {
@@ -127,7 +139,7 @@ impl Peer for PeerService {
                     return Err(status);
                 }
             };
-            match self.admit(&envelope, remote) {
+            match self.admit(&envelope, remote, certs.as_deref().map(Vec::as_slice)) {
                 Ok(message) => {
                     if self.inputs.send(Input::Raft(Box::new(message))).is_err() {
                         return Err(Status::unavailable("member is stopping"));
@@ -140,6 +152,32 @@ impl Peer for PeerService {
             }
         }
     }
+}
+
+/// The DNS name a member's certificate must carry to speak for member `id`
+/// on the peer port (deploy/tls/make-certs.sh puts it there).
+pub fn member_tls_name(id: u64) -> String {
+    format!("member-{id}")
+}
+
+/// Whether the leaf of `certs` (already verified against the cluster CA by
+/// TLS) names member `id`: without this, any certificate of the CA (another
+/// member's, or lbctl's) could speak for any member.
+fn certificate_names_member(certs: &[CertificateDer<'static>], id: u64) -> Result<(), String> {
+    let name = member_tls_name(id);
+    let leaf = certs
+        .first()
+        .ok_or_else(|| "no client certificate presented".to_owned())?;
+    let cert = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| format!("its certificate does not parse: {e}"))?;
+    let server_name = ServerName::try_from(name.as_str())
+        .map_err(|e| format!("member name {name:?} is not a DNS name: {e}"))?;
+    cert.verify_is_valid_for_subject_name(&server_name)
+        .map_err(|_| {
+            format!(
+                "its certificate does not name {name:?}: a peer certificate must carry DNS:{name} to speak for member {id}"
+            )
+        })
 }
 
 /// Serves the peer port on `listener` until `shutdown`.
@@ -296,7 +334,8 @@ impl LaneTask {
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(2));
         if let Some(tls) = &self.tls {
-            endpoint = endpoint.tls_config(tls.clone())?;
+            // The member at the other end must prove it is member `to`.
+            endpoint = endpoint.tls_config(tls.clone().domain_name(member_tls_name(self.to)))?;
         }
         Ok(endpoint)
     }
