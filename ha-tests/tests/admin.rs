@@ -228,7 +228,27 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
         )
         .await?;
     }
+    // Asked through one member, lbctl asks every member which VIPs it
+    // announces: each VIP by its owner alone, the drained member by none.
+    eventually(
+        "every VIP announced by its owner alone, seen through one member",
+        Duration::from_secs(10),
+        || async {
+            let (_, out, _) = lbctl(&[&members[&leader]], &["-o", "json", "vips"])?;
+            let v: serde_json::Value = serde_json::from_str(&out)?;
+            let vips = v["vips"].as_array().cloned().unwrap_or_default();
+            let ok = vips.len() == 3
+                && v["unreachable"].as_array().is_some_and(|u| u.is_empty())
+                && vips.iter().all(|x| {
+                    x["announced_by"] == serde_json::json!([x["owner"]])
+                        && x["owner"].as_u64() != Some(drained)
+                });
+            Ok(ok.then_some(()))
+        },
+    )
+    .await?;
     let (_, out, _) = lbctl(&all, &["vips"])?;
+    assert!(out.contains("ANNOUNCED BY"), "{out}");
     assert!(
         out.contains(&format!("drained members: [{drained}]")),
         "{out}"
@@ -350,6 +370,23 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
     ] {
         assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
     }
+    // Counted from what happened above: backend overrides reached this
+    // member's dataplane after they were proposed, and the drains moved
+    // VIPs.
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        value("lb_propagation_seconds_count") >= 1.0,
+        "propagation observed:\n{body}"
+    );
+    assert!(
+        value("lb_vip_owner_changes_total") >= 1.0,
+        "VIP moves counted:\n{body}"
+    );
+    assert!(body.contains("lb_vips_announced "), "{body}");
     assert_eq!(m.http_get("/healthz")?.0, 200);
     assert_eq!(m.http_get("/readyz")?.0, 200);
     Ok(())

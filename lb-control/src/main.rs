@@ -77,7 +77,8 @@ enum Command {
         #[command(subcommand)]
         action: BackendAction,
     },
-    /// Every VIP with the member that announces it.
+    /// Every VIP with its owner, and which members announce it now (each
+    /// member is asked through its admin API).
     Vips,
     /// Hand leadership to a member.
     TransferLeadership {
@@ -171,7 +172,7 @@ async fn main() -> ExitCode {
             }
         };
         let mut client = AdminClient::new(channel);
-        match call(&mut client, &args).await {
+        match call(&mut client, &args, tls.clone()).await {
             Ok(()) => return ExitCode::SUCCESS,
             Err(status) => match status.code() {
                 tonic::Code::Unavailable => {
@@ -207,7 +208,11 @@ async fn main() -> ExitCode {
     ExitCode::from(EXIT_UNREACHABLE)
 }
 
-async fn call(client: &mut AdminClient<Channel>, args: &Args) -> Result<(), tonic::Status> {
+async fn call(
+    client: &mut AdminClient<Channel>,
+    args: &Args,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<(), tonic::Status> {
     use pb::set_backend_override_request::Action;
     let out = args.output;
     match &args.command {
@@ -284,30 +289,50 @@ async fn call(client: &mut AdminClient<Channel>, args: &Args) -> Result<(), toni
         }
         Command::Vips => {
             let r = client.list_vips(pb::ListVipsRequest {}).await?.into_inner();
+            let (announcers, unreachable) = announcers(client, tls).await?;
+            let by = |vip: &str| -> Vec<u64> {
+                announcers
+                    .iter()
+                    .filter(|(_, vips)| vips.contains(vip))
+                    .map(|(id, _)| *id)
+                    .collect()
+            };
             match out {
                 Output::Json => println!(
                     "{}",
                     json!({
-                        "vips": r.vips.iter().map(|v| json!({"vip": v.vip, "owner": v.owner, "services": v.services, "announced_here": v.announced_here})).collect::<Vec<_>>(),
+                        "vips": r.vips.iter().map(|v| json!({"vip": v.vip, "owner": v.owner, "services": v.services, "announced_here": v.announced_here, "announced_by": by(&v.vip)})).collect::<Vec<_>>(),
                         "drained": r.drained,
+                        "unreachable": unreachable.iter().map(|(id, e)| json!({"member": id, "error": e})).collect::<Vec<_>>(),
                     })
                 ),
                 Output::Table => {
-                    println!("{:<40} {:<6} {:<5} SERVICES", "VIP", "OWNER", "HERE");
+                    println!(
+                        "{:<40} {:<6} {:<13} SERVICES",
+                        "VIP", "OWNER", "ANNOUNCED BY"
+                    );
                     for v in &r.vips {
                         let owner = if v.owner == 0 {
                             "none".to_owned()
                         } else {
                             v.owner.to_string()
                         };
-                        let here = if v.announced_here { "yes" } else { "-" };
+                        let by = by(&v.vip);
+                        let by = if by.is_empty() {
+                            "nobody".to_owned()
+                        } else {
+                            by.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+                        };
                         println!(
-                            "{:<40} {:<6} {:<5} {}",
+                            "{:<40} {:<6} {:<13} {}",
                             v.vip,
                             owner,
-                            here,
+                            by,
                             v.services.join(",")
                         );
+                    }
+                    for (id, e) in &unreachable {
+                        println!("member {id} not asked: {e}");
                     }
                     if !r.drained.is_empty() {
                         println!("drained members: {:?}", r.drained);
@@ -374,6 +399,64 @@ fn done(out: Output, message: &str) {
         Output::Json => println!("{}", json!({ "result": message })),
         Output::Table => println!("{message}"),
     }
+}
+
+/// Which VIPs each member announces now, asking every member whose admin
+/// address the answering member knows (a standalone member: itself only);
+/// and the members that could not be asked, with why.
+type Announcers = (
+    std::collections::BTreeMap<u64, std::collections::BTreeSet<String>>,
+    Vec<(u64, String)>,
+);
+
+async fn announcers(
+    client: &mut AdminClient<Channel>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<Announcers, tonic::Status> {
+    let status = client
+        .get_status(pb::GetStatusRequest {})
+        .await?
+        .into_inner();
+    let here = |r: pb::ListVipsResponse| -> std::collections::BTreeSet<String> {
+        r.vips
+            .into_iter()
+            .filter(|v| v.announced_here)
+            .map(|v| v.vip)
+            .collect()
+    };
+    let mut announcers = std::collections::BTreeMap::new();
+    let mut unreachable = Vec::new();
+    let Some(cluster) = status.cluster else {
+        let r = client.list_vips(pb::ListVipsRequest {}).await?.into_inner();
+        announcers.insert(status.node_id, here(r));
+        return Ok((announcers, unreachable));
+    };
+    for member in cluster.members {
+        if member.id == status.node_id {
+            let r = client.list_vips(pb::ListVipsRequest {}).await?.into_inner();
+            announcers.insert(member.id, here(r));
+            continue;
+        }
+        if member.admin_address.is_empty() {
+            unreachable.push((member.id, "its admin address is not known".to_owned()));
+            continue;
+        }
+        let endpoint = format!("http://{}", member.admin_address);
+        let answer = match connect(&endpoint, tls.clone()).await {
+            Ok(channel) => AdminClient::new(channel)
+                .list_vips(pb::ListVipsRequest {})
+                .await
+                .map_err(|s| format!("{endpoint}: {}", s.message())),
+            Err(e) => Err(format!("{endpoint}: {e}")),
+        };
+        match answer {
+            Ok(r) => {
+                announcers.insert(member.id, here(r.into_inner()));
+            }
+            Err(e) => unreachable.push((member.id, e)),
+        }
+    }
+    Ok((announcers, unreachable))
 }
 
 async fn connect(

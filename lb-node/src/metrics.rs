@@ -47,6 +47,8 @@ pub struct Metrics {
     pub kube_batch_events: Histogram,
     pub bgp_sessions: prometheus::IntGaugeVec,
     pub ipvs_sysctls: prometheus::IntGaugeVec,
+    pub propagation_seconds: Histogram,
+    pub vip_owner_changes: IntCounter,
 }
 
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
@@ -239,6 +241,23 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 &["name"],
             ),
         ),
+        propagation_seconds: registered(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "lb_propagation_seconds",
+                    "Time from a service-table change's proposal (on the proposing member's clock) to programmed in this member's dataplane; the newest change of each sync.",
+                )
+                .buckets(latency_buckets()),
+            ),
+        ),
+        vip_owner_changes: registered(
+            &registry,
+            IntCounter::new(
+                "lb_vip_owner_changes_total",
+                "VIPs whose committed owner changed, as this member applied it (moves, releases and first assignments).",
+            ),
+        ),
         registry,
     };
     for kind in ["services", "endpointslices"] {
@@ -349,6 +368,20 @@ pub fn render(views: &Views) -> String {
                 r.commit_index.saturating_sub(r.applied_index) as i64,
             ),
             gauge("lb_raft_voters", "Voting members.", r.voters.len() as i64),
+            gauge(
+                "lb_vips_owned",
+                "VIPs the committed state gives this member.",
+                state
+                    .vip_owners()
+                    .values()
+                    .filter(|owner| **owner == r.id)
+                    .count() as i64,
+            ),
+            gauge(
+                "lb_vips_announced",
+                "VIPs this member announces now (owned, lease held, fenced).",
+                r.announced.len() as i64,
+            ),
         ]);
     }
     for g in gauges.into_iter().flatten() {

@@ -67,6 +67,10 @@ pub async fn run<D: Dataplane>(
     // Whether the latest state still has to be programmed.
     let mut pending = true;
     let mut next_repair = tokio::time::Instant::now() + repair_interval;
+    // The proposal time of the newest change programmed; None until the
+    // first sync, whose changes may be old (a restart replays the log) and
+    // are not counted.
+    let mut propagated: Option<u64> = None;
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -75,6 +79,18 @@ pub async fn run<D: Dataplane>(
             let repairing = programmed.is_none();
             if sync(&mut dataplane, &state, &mut programmed, repairing, &status).await {
                 pending = false;
+                let changed_at = state.changed_at_unix_us();
+                match propagated {
+                    Some(seen) if changed_at > seen => {
+                        let now = crate::replication::replica::unix_now_us();
+                        crate::metrics::METRICS
+                            .propagation_seconds
+                            .observe(now.saturating_sub(changed_at) as f64 / 1e6);
+                        propagated = Some(changed_at);
+                    }
+                    Some(_) => {}
+                    None => propagated = Some(changed_at),
+                }
                 if repairing {
                     next_repair = tokio::time::Instant::now() + repair_interval;
                 }

@@ -39,6 +39,9 @@ pub struct State {
     lb_addresses: Arc<BTreeMap<String, Vec<IpAddr>>>,
     /// What the leader saw of Kubernetes, to resume from.
     kube: KubeObjects,
+    /// When the entry that last changed the service table was proposed
+    /// (Unix µs, from the log, so equal on every member).
+    changed_at_unix_us: u64,
 }
 
 /// The Kubernetes objects the table was built from ("namespace/name" to
@@ -141,6 +144,7 @@ pub(crate) struct StateParts {
     pub drained: BTreeSet<u64>,
     pub lb_addresses: BTreeMap<String, Vec<IpAddr>>,
     pub kube: KubeObjects,
+    pub changed_at_unix_us: u64,
 }
 
 impl State {
@@ -161,7 +165,20 @@ impl State {
             drained: parts.drained,
             lb_addresses: Arc::new(parts.lb_addresses),
             kube: parts.kube,
+            changed_at_unix_us: parts.changed_at_unix_us,
         }
+    }
+
+    /// When the entry that last changed the service table was proposed
+    /// (Unix µs; 0 if unknown).
+    pub fn changed_at_unix_us(&self) -> u64 {
+        self.changed_at_unix_us
+    }
+
+    /// Records the proposal time of the entry just applied, when it changed
+    /// the service table (the replica calls this after each batch).
+    pub fn note_change_proposed_at(&mut self, unix_us: u64) {
+        self.changed_at_unix_us = unix_us;
     }
 
     /// The Kubernetes objects and watch cursors.

@@ -287,6 +287,7 @@ impl State {
             kube_endpoint_slices: kube_objects_to_pb(self.kube().endpoint_slices.iter()),
             kube_services_cursor: self.kube().services_cursor.clone(),
             kube_endpoint_slices_cursor: self.kube().endpoint_slices_cursor.clone(),
+            changed_at_unix_us: self.changed_at_unix_us(),
         }
         .encode_to_vec()
     }
@@ -347,6 +348,7 @@ impl State {
         };
         Ok(State::from_parts(StateParts {
             kube,
+            changed_at_unix_us: pb.changed_at_unix_us,
             revision: pb.revision,
             services,
             members,
@@ -368,6 +370,8 @@ pub struct Batch {
     /// The proposer's own number for it, to answer its caller.
     pub proposal_id: u64,
     pub commands: Vec<Command>,
+    /// When the proposer proposed it (Unix time, µs; 0 if unknown).
+    pub proposed_at_unix_us: u64,
 }
 
 impl Batch {
@@ -376,6 +380,7 @@ impl Batch {
             proposer: self.proposer,
             proposal_id: self.proposal_id,
             commands: self.commands.iter().map(command_to_pb).collect(),
+            proposed_at_unix_us: self.proposed_at_unix_us,
         }
         .encode_to_vec()
     }
@@ -404,6 +409,7 @@ impl Batch {
             proposer: pb.proposer,
             proposal_id: pb.proposal_id,
             commands,
+            proposed_at_unix_us: pb.proposed_at_unix_us,
         })
     }
 }

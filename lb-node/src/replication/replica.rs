@@ -140,6 +140,15 @@ pub struct Replica {
     stretch_after_term: u64,
     /// The term of the last entry applied (or of the installed snapshot).
     applied_term: u64,
+    /// Stamps proposals (Unix µs): the wall clock, or the simulation's.
+    clock: fn() -> u64,
+}
+
+/// The wall clock in Unix microseconds (0 before 1970).
+pub fn unix_now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl std::fmt::Debug for Replica {
@@ -253,11 +262,18 @@ impl Replica {
             touch_term: disk_term,
             stretch_after_term: disk_term,
             applied_term,
+            clock: unix_now_us,
         })
     }
 
     pub fn id(&self) -> u64 {
         self.config.id
+    }
+
+    /// Replaces the clock that stamps proposals (the simulation's runs must
+    /// not depend on the wall clock).
+    pub fn set_clock(&mut self, clock: fn() -> u64) {
+        self.clock = clock;
     }
 
     pub fn state(&self) -> &State {
@@ -583,6 +599,7 @@ impl Replica {
             proposer: self.config.id,
             proposal_id,
             commands,
+            proposed_at_unix_us: (self.clock)(),
         }
         .encode();
         self.raw
@@ -758,8 +775,29 @@ impl Replica {
                 }
                 EntryType::EntryNormal => match Batch::decode(&entry.data) {
                     Ok(batch) => {
+                        let revision = self.state.revision();
+                        let owners_before = batch
+                            .commands
+                            .iter()
+                            .any(|c| matches!(c, Command::SetVipOwners(_)))
+                            .then(|| self.state.vip_owners().clone());
                         let outcomes: Vec<_> =
                             batch.commands.iter().map(|c| self.state.apply(c)).collect();
+                        if self.state.revision() != revision {
+                            self.state
+                                .note_change_proposed_at(batch.proposed_at_unix_us);
+                        }
+                        if let Some(before) = owners_before {
+                            let after = self.state.vip_owners();
+                            let moved = before
+                                .iter()
+                                .filter(|(vip, owner)| after.get(vip) != Some(owner))
+                                .count()
+                                + after.keys().filter(|vip| !before.contains_key(vip)).count();
+                            crate::metrics::METRICS
+                                .vip_owner_changes
+                                .inc_by(moved as u64);
+                        }
                         out.state_changed = true;
                         if batch.proposer == self.config.id
                             && self.pending.remove(&batch.proposal_id)
