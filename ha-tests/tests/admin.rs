@@ -67,6 +67,32 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
     let (code, out, _) = lbctl(&[&members[&leader]], &["-o", "json", "status"])?;
     assert_eq!(code, 0);
     assert!(out.contains("\"role\":\"leader\""), "{out}");
+    // The leader reports both others healthy, with their log progress, and
+    // its own lease.
+    eventually(
+        "the leader sees both followers healthy",
+        Duration::from_secs(10),
+        || async {
+            let (_, out, _) = lbctl(&[&members[&leader]], &["-o", "json", "status"])?;
+            let v: serde_json::Value = serde_json::from_str(&out)?;
+            let peers = v["cluster"]["peers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let ok = peers.len() == 2
+                && peers
+                    .iter()
+                    .all(|p| p["healthy"] == true && p["match_index"].as_u64() > Some(0))
+                && v["cluster"]["lease_held"] == true;
+            Ok(ok.then_some(()))
+        },
+    )
+    .await?;
+    let (_, out, _) = lbctl(&[&members[&leader]], &["status"])?;
+    assert!(
+        out.contains("healthy, holds up to") && out.contains("lease      held"),
+        "{out}"
+    );
     let (code, out, _) = lbctl(&[&members[&follower]], &["services"])?;
     assert_eq!(code, 0);
     assert!(

@@ -521,7 +521,10 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
                     "commit_index": c.commit_index,
                     "applied_index": c.applied_index,
                     "voters": c.voters,
-                    "members": c.members.iter().map(|m| json!({"id": m.id, "peer_address": m.peer_address})).collect::<Vec<_>>(),
+                    "members": c.members.iter().map(|m| json!({"id": m.id, "peer_address": m.peer_address, "admin_address": m.admin_address})).collect::<Vec<_>>(),
+                    "lease_held": c.lease_held,
+                    "may_announce": c.may_announce,
+                    "peers": c.peers.iter().map(|p| json!({"id": p.id, "healthy": p.healthy, "match_index": p.match_index})).collect::<Vec<_>>(),
                 })),
                 "dataplane": {
                     "kind": dp.kind,
@@ -556,8 +559,32 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
                         } else {
                             "not voting"
                         };
-                        println!("  member   {} at {} ({voter})", m.id, m.peer_address);
+                        // The leader's view of the others' health.
+                        let health = c
+                            .peers
+                            .iter()
+                            .find(|p| p.id == m.id)
+                            .map(|p| {
+                                format!(
+                                    ", {}, holds up to {}",
+                                    if p.healthy { "healthy" } else { "SILENT" },
+                                    p.match_index
+                                )
+                            })
+                            .unwrap_or_default();
+                        println!(
+                            "  member   {} at {} ({voter}{health})",
+                            m.id, m.peer_address
+                        );
                     }
+                    println!(
+                        "lease      {}",
+                        match (c.lease_held, c.may_announce) {
+                            (true, true) => "held; may announce",
+                            (true, false) => "held; catching up before announcing",
+                            (false, _) => "LOST: announces nothing",
+                        }
+                    );
                 }
                 None => println!("cluster    none (standalone)"),
             }

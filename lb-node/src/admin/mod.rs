@@ -201,6 +201,17 @@ impl Admin for AdminService {
                         })
                         .collect(),
                     voters: raft.voters,
+                    lease_held: raft.lease_held,
+                    may_announce: raft.may_announce,
+                    peers: raft
+                        .peers
+                        .iter()
+                        .map(|(id, healthy, match_index)| pb::PeerHealth {
+                            id: *id,
+                            healthy: *healthy,
+                            match_index: *match_index,
+                        })
+                        .collect(),
                 }
             }),
         }))

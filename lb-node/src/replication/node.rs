@@ -77,6 +77,11 @@ pub struct RaftStatus {
     /// Every VIP while this member may announce (lease, in touch, not
     /// drained): BGP's ECMP mode announces these.
     pub ecmp: Arc<std::collections::BTreeSet<std::net::IpAddr>>,
+    /// Whether this member's lease holds, and whether it may announce.
+    pub lease_held: bool,
+    pub may_announce: bool,
+    /// On the leader: (id, healthy, match index) of every other voter.
+    pub peers: Vec<(u64, bool, u64)>,
 }
 
 impl RaftStatus {
@@ -114,6 +119,9 @@ fn status_of(replica: &Replica, announced: Option<AnnouncedSets>) -> RaftStatus 
         voters: replica.voters(),
         announced,
         ecmp,
+        lease_held: replica.lease_valid(),
+        may_announce: replica.may_announce(),
+        peers: replica.peer_health(),
     }
 }
 

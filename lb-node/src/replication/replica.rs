@@ -347,6 +347,23 @@ impl Replica {
         }
     }
 
+    /// On the leader: each other voter's (id, healthy, match index). Empty
+    /// on a follower.
+    pub fn peer_health(&self) -> Vec<(u64, bool, u64)> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let healthy = self.healthy_members();
+        self.voters()
+            .into_iter()
+            .filter(|id| *id != self.config.id)
+            .map(|id| {
+                let matched = self.raw.raft.prs().get(id).map_or(0, |p| p.matched);
+                (id, healthy.contains(&id), matched)
+            })
+            .collect()
+    }
+
     /// Members the leader has heard from within an election timeout
     /// (itself included).
     pub fn healthy_members(&self) -> BTreeSet<u64> {
