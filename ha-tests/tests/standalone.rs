@@ -92,7 +92,11 @@ async fn member_serves_the_example_and_lbctl_shows_it() -> anyhow::Result<()> {
     let (code, out, _) = member.lbctl(&["vips"])?;
     assert_eq!(code, 0);
     assert!(
-        out.lines().filter(|l| l.contains(" 1      yes")).count() == 3,
+        out.lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("1")
+                && l.split_whitespace().nth(2) == Some("1"))
+            .count()
+            == 3,
         "{out}"
     );
 
