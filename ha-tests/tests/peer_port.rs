@@ -61,6 +61,7 @@ async fn bad_peer_input_is_refused_and_named() -> anyhow::Result<()> {
             from: 2,
             to: 1,
             message: valid_raft_bytes.clone(),
+            ..Default::default()
         },
     )
     .await
@@ -79,6 +80,7 @@ async fn bad_peer_input_is_refused_and_named() -> anyhow::Result<()> {
             from: 99,
             to: 1,
             message: valid_raft_bytes,
+            ..Default::default()
         },
     )
     .await
@@ -96,6 +98,7 @@ async fn bad_peer_input_is_refused_and_named() -> anyhow::Result<()> {
             from: 2,
             to: 1,
             message: vec![0xff; 37],
+            ..Default::default()
         },
     )
     .await

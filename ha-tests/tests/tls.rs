@@ -74,6 +74,7 @@ async fn peer_call(
         from,
         to: 1,
         message: vec![],
+        ..Default::default()
     };
     PeerClient::new(channel)
         .send(tokio_stream::iter([envelope]))

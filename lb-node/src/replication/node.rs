@@ -34,7 +34,7 @@ pub enum Input {
         Vec<Command>,
         oneshot::Sender<Result<Outcomes, ProposeError>>,
     ),
-    Raft(Box<Message>),
+    Raft(Box<Message>, super::replica::Stamp),
     Unreachable(u64),
     SnapshotSent {
         to: u64,
@@ -58,7 +58,7 @@ pub enum Input {
 
 /// Where the node thread sends Raft messages. Must not block.
 pub trait Outbox: Send + 'static {
-    fn send(&self, message: Message);
+    fn send(&self, message: Message, stamp: super::replica::Stamp);
 }
 
 /// The cluster as this member sees it, for status and for deciding who runs
@@ -168,7 +168,7 @@ pub fn run(
                         let _ = done.send(Err(refused(e)));
                     }
                 },
-                Input::Raft(message) => replica.step(*message),
+                Input::Raft(message, stamp) => replica.step(*message, stamp),
                 Input::Unreachable(id) => replica.report_unreachable(id),
                 Input::SnapshotSent { to, ok } => replica.report_snapshot(to, ok),
                 Input::TransferLeader(to) => replica.transfer_leader(to),
@@ -212,7 +212,8 @@ pub fn run(
                 }
             };
             for message in out.messages {
-                outbox.send(message);
+                let stamp = replica.stamp_for(message.to);
+                outbox.send(message, stamp);
             }
             completed.extend(out.completed);
             for id in out.abandoned {

@@ -80,11 +80,29 @@ pub enum NotAccepted {
     Dropped(String),
 }
 
+/// Sent with every Raft message: the sender's clock (its incarnation and
+/// tick) and the latest clock reading of the receiver that the sender has
+/// received (the echo). An echo of its own tick proves to a member that
+/// the peer heard it at that tick, so a lease built on echoes needs the
+/// link to work both ways: a member that still hears its leader but is no
+/// longer heard (a one-way partition) loses its lease as the leader stops
+/// hearing it, not never.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    pub incarnation: u64,
+    pub tick: u64,
+    pub echo_incarnation: u64,
+    pub echo_tick: u64,
+}
+
 /// What one `handle_ready` produced, for the caller to act on.
 #[derive(Debug, Default)]
 pub struct ReadyOutput {
     /// Messages to send to peers.
     pub messages: Vec<Message>,
+    /// The simulation's stamps for `messages` (the node thread stamps as it
+    /// sends).
+    pub stamps: Vec<Stamp>,
     /// Own proposals that were applied, with what each command did.
     pub completed: Vec<(u64, Vec<Result<Applied, ApplyError>>)>,
     /// Own proposals whose fate is unknown because leadership was lost:
@@ -114,6 +132,14 @@ pub struct Replica {
     /// leader's view of which members are alive, for VIP ownership.
     ticks: u64,
     last_heard: BTreeMap<u64, u64>,
+    /// This process's run of the member (a restart starts a new one): the
+    /// ticks of an earlier run mean nothing to this one.
+    incarnation: u64,
+    /// Each peer's latest clock reading received: (incarnation, tick).
+    stamps_from: BTreeMap<u64, (u64, u64)>,
+    /// Per peer, the latest of this member's ticks the peer echoed back
+    /// (it heard this member at that tick).
+    confirmed: BTreeMap<u64, u64>,
     /// The tick this member became leader.
     leader_since: u64,
     /// The (applied index, eligible members) of the last ownership round
@@ -252,6 +278,9 @@ impl Replica {
             snapshot_for_new_member: false,
             ticks: 0,
             last_heard: BTreeMap::new(),
+            incarnation: unix_now_us(),
+            stamps_from: BTreeMap::new(),
+            confirmed: BTreeMap::new(),
             leader_since: 0,
             proposed_owners: None,
             release_marks: BTreeMap::new(),
@@ -268,6 +297,23 @@ impl Replica {
 
     pub fn id(&self) -> u64 {
         self.config.id
+    }
+
+    /// Sets this run's incarnation (the simulation's runs must not depend
+    /// on the wall clock, which gives the default).
+    pub fn set_incarnation(&mut self, incarnation: u64) {
+        self.incarnation = incarnation;
+    }
+
+    /// The stamp to send with a message to `to`.
+    pub fn stamp_for(&self, to: u64) -> Stamp {
+        let (echo_incarnation, echo_tick) = self.stamps_from.get(&to).copied().unwrap_or_default();
+        Stamp {
+            incarnation: self.incarnation,
+            tick: self.ticks,
+            echo_incarnation,
+            echo_tick,
+        }
     }
 
     /// Replaces the clock that stamps proposals (the simulation's runs must
@@ -380,17 +426,21 @@ impl Replica {
             .collect()
     }
 
-    /// Whether this member may announce now: it is in touch with a quorum.
-    /// A leader has heard from a majority of voters (itself included)
-    /// within the lease; a follower has heard from its leader within the
-    /// lease, and that leader in turn steps down (check-quorum) when it
-    /// loses its majority. The lease is the election timeout: by the time
-    /// a leader gives a silent member's VIPs away (it has not heard from it
-    /// for that long) the silent member's lease has run out too.
+    /// Whether this member may announce now: it is in touch with a quorum,
+    /// both ways. A leader has a majority of voters (itself included) that
+    /// echoed one of its ticks within the lease; a follower has its leader
+    /// echo one of its ticks within the lease, and that leader in turn steps
+    /// down (check-quorum) when it loses its majority. The lease is the
+    /// election timeout, counted from when this member *sent* what the peer
+    /// echoed: by the time a leader gives a silent member's VIPs away (it
+    /// has received nothing from it for that long) the silent member's lease
+    /// has run out, even if the leader's messages still reach it.
     pub fn lease_valid(&self) -> bool {
         let lease = self.config.election_ticks as u64;
+        // Heard *and heard back*: the peer echoed a tick of ours within the
+        // lease (see `Stamp`).
         let fresh = |id: &u64| {
-            self.last_heard
+            self.confirmed
                 .get(id)
                 .is_some_and(|t| self.ticks.saturating_sub(*t) <= lease)
         };
@@ -581,7 +631,7 @@ impl Replica {
 
     /// Feeds a message from a peer. Messages raft-rs rejects (a stale term,
     /// an unknown peer) are dropped with a warning, never fatal.
-    pub fn step(&mut self, mut message: Message) {
+    pub fn step(&mut self, mut message: Message, stamp: Stamp) {
         if self.removed {
             return;
         }
@@ -598,6 +648,16 @@ impl Replica {
             }
         }
         self.last_heard.insert(from, self.ticks);
+        let seen = self.stamps_from.entry(from).or_default();
+        if seen.0 == stamp.incarnation {
+            seen.1 = seen.1.max(stamp.tick);
+        } else {
+            *seen = (stamp.incarnation, stamp.tick);
+        }
+        if stamp.echo_incarnation == self.incarnation && stamp.echo_tick <= self.ticks {
+            let confirmed = self.confirmed.entry(from).or_default();
+            *confirmed = (*confirmed).max(stamp.echo_tick);
+        }
         if let Err(e) = self.raw.step(message) {
             warn!(peer = from, error = %e, "raft message dropped");
         }

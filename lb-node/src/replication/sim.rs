@@ -142,6 +142,7 @@ struct InFlight {
     at: u64,
     seq: u64,
     message: Message,
+    stamp: super::replica::Stamp,
 }
 
 /// A simulated cluster.
@@ -306,13 +307,17 @@ impl Sim {
             ..self.config.clone()
         };
         let initial = self.initial.clone();
+        self.seq += 1;
+        let incarnation = self.seq;
         let member = self.members.get_mut(&id).expect("known member");
         let dir = member.dir.clone();
         member.host.call(move |r| {
             let store = LogStore::open_with(&dir, false).expect("log opens");
             let mut replica = Replica::open(config, store, &initial).expect("replica opens");
-            // Runs replay exactly: no wall clock in the log.
+            // Runs replay exactly: no wall clock in the log, and each run of
+            // a member its own incarnation.
             replica.set_clock(|| 0);
+            replica.set_incarnation(incarnation);
             *r = Some(replica);
         });
         member.up = true;
@@ -511,11 +516,11 @@ impl Sim {
         for m in delivering {
             let (from, to) = (m.message.from, m.message.to);
             let snapshot = m.message.get_msg_type() == MessageType::MsgSnapshot;
-            let message = m.message;
+            let (message, stamp) = (m.message, m.stamp);
             let delivered = self
                 .members
                 .get(&to)
-                .and_then(|mem| mem.with(move |r| r.step(message)))
+                .and_then(|mem| mem.with(move |r| r.step(message, stamp)))
                 .is_some();
             // The real transport knows when a stream breaks or a snapshot
             // has been sent, and tells the sender; so does the simulation.
@@ -552,7 +557,11 @@ impl Sim {
         let Some((outputs, state)) = member.with(|r| {
             let mut outputs = Vec::new();
             while r.has_ready() {
-                outputs.push(r.handle_ready().expect("ready handled"));
+                let mut out = r.handle_ready().expect("ready handled");
+                // Stamped as the node thread stamps them, when sent.
+                let stamps: Vec<_> = out.messages.iter().map(|m| r.stamp_for(m.to)).collect();
+                out.stamps = stamps;
+                outputs.push(out);
             }
             let changed = outputs.iter().any(|o| o.state_changed);
             (outputs, changed.then(|| r.state().clone()))
@@ -580,14 +589,14 @@ impl Sim {
                     self.abandoned += 1;
                 }
             }
-            messages.extend(out.messages);
+            messages.extend(out.messages.into_iter().zip(out.stamps));
         }
-        for message in messages {
-            self.send(message);
+        for (message, stamp) in messages {
+            self.send(message, stamp);
         }
     }
 
-    fn send(&mut self, message: Message) {
+    fn send(&mut self, message: Message, stamp: super::replica::Stamp) {
         if self.trace {
             eprintln!(
                 "t={} {:?} {}->{} term {} index {} log_term {} commit {} reject {}",
@@ -634,6 +643,7 @@ impl Sim {
                 at: self.now + delay,
                 seq: self.seq,
                 message: message.clone(),
+                stamp,
             });
         }
     }

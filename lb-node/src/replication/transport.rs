@@ -32,6 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::node::{Input, Outbox};
+use super::replica::Stamp;
 use crate::model::State;
 
 /// Largest message accepted: a snapshot of a 50,000-service table with ten
@@ -141,7 +142,17 @@ impl Peer for PeerService {
             };
             match self.admit(&envelope, remote, certs.as_deref().map(Vec::as_slice)) {
                 Ok(message) => {
-                    if self.inputs.send(Input::Raft(Box::new(message))).is_err() {
+                    let stamp = Stamp {
+                        incarnation: envelope.incarnation,
+                        tick: envelope.tick,
+                        echo_incarnation: envelope.echo_incarnation,
+                        echo_tick: envelope.echo_tick,
+                    };
+                    if self
+                        .inputs
+                        .send(Input::Raft(Box::new(message), stamp))
+                        .is_err()
+                    {
                         return Err(Status::unavailable("member is stopping"));
                     }
                 }
@@ -214,8 +225,8 @@ struct OutboxInner {
 #[derive(Debug)]
 struct Lanes {
     address: String,
-    ordinary: mpsc::UnboundedSender<Message>,
-    snapshots: mpsc::UnboundedSender<Message>,
+    ordinary: mpsc::UnboundedSender<(Message, Stamp)>,
+    snapshots: mpsc::UnboundedSender<(Message, Stamp)>,
 }
 
 impl PeerOutbox {
@@ -244,7 +255,7 @@ impl PeerOutbox {
 }
 
 impl Outbox for PeerOutbox {
-    fn send(&self, message: Message) {
+    fn send(&self, message: Message, stamp: Stamp) {
         let inner = &self.inner;
         let to = message.to;
         let Some(address) = inner.members.borrow().members().get(&to).cloned() else {
@@ -262,9 +273,9 @@ impl Outbox for PeerOutbox {
         }
         let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
         let sent = if snapshot {
-            lane.snapshots.send(message)
+            lane.snapshots.send((message, stamp))
         } else {
-            lane.ordinary.send(message)
+            lane.ordinary.send((message, stamp))
         };
         if sent.is_err() {
             let _ = inner.inputs.send(if snapshot {
@@ -311,13 +322,17 @@ struct LaneTask {
 }
 
 impl LaneTask {
-    fn envelope(&self, message: &Message) -> Option<Envelope> {
+    fn envelope(&self, (message, stamp): &(Message, Stamp)) -> Option<Envelope> {
         match message.write_to_bytes() {
             Ok(bytes) => Some(Envelope {
                 cluster_id: self.cluster_id.clone(),
                 from: self.me,
                 to: self.to,
                 message: bytes,
+                incarnation: stamp.incarnation,
+                tick: stamp.tick,
+                echo_incarnation: stamp.echo_incarnation,
+                echo_tick: stamp.echo_tick,
             }),
             Err(e) => {
                 warn!(peer = self.to, error = %e, "cannot encode raft message");
@@ -345,7 +360,7 @@ impl LaneTask {
     }
 
     /// Ordinary messages: one long-lived stream, reconnected with backoff.
-    async fn run_ordinary(self, mut queue: mpsc::UnboundedReceiver<Message>) {
+    async fn run_ordinary(self, mut queue: mpsc::UnboundedReceiver<(Message, Stamp)>) {
         let mut backoff = BACKOFF_MIN;
         loop {
             let channel = tokio::select! {
@@ -402,7 +417,7 @@ impl LaneTask {
     }
 
     /// Snapshots: each on its own connection; the node learns the outcome.
-    async fn run_snapshots(self, mut queue: mpsc::UnboundedReceiver<Message>) {
+    async fn run_snapshots(self, mut queue: mpsc::UnboundedReceiver<(Message, Stamp)>) {
         loop {
             let message = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
