@@ -20,14 +20,26 @@ use serde_json::json;
 
 use crate::{ClusterLayout, Member, cluster_status};
 
-/// The drills this tier runs, by name.
-pub const DRILLS: [&str; 5] = [
-    "leader-crash",
-    "follower-crash",
-    "owner-crash",
-    "transfer-and-drain",
-    "disk-wiped",
-];
+/// The drills this tier runs, by name (`leader-crash` and `owner-crash`
+/// run in network namespaces with client traffic: `netdrills`).
+pub const DRILLS: [&str; 3] = ["follower-crash", "transfer-and-drain", "disk-wiped"];
+
+/// Every drill, both tiers.
+pub fn all_drills() -> Vec<&'static str> {
+    let mut all: Vec<&str> = crate::netdrills::NET_DRILLS.to_vec();
+    all.extend(DRILLS);
+    all
+}
+
+/// Runs a drill of either tier by name.
+pub async fn run_any(name: &str) -> anyhow::Result<Report> {
+    if crate::netdrills::NET_DRILLS.contains(&name) {
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || crate::netdrills::run(&name)).await?
+    } else {
+        run(name).await
+    }
+}
 
 const SERVICES: &str = include_str!("../../deploy/examples/services.toml");
 /// The backend the writer overrides.
@@ -38,6 +50,13 @@ const BACKEND: &str = "198.51.100.12:8080";
 pub struct Report {
     pub drill: String,
     pub passed: bool,
+    /// The longest time client traffic through the VIP went unanswered,
+    /// and the requests that failed; None where the drill sends none.
+    pub disruption_ms: Option<u64>,
+    pub requests_failed: Option<u64>,
+    pub requests_sent: Option<u64>,
+    /// Where it ran: "loopback" or "netns" (real ARP and packets).
+    pub tier: &'static str,
     pub failures: Vec<String>,
     pub commands_lost: Option<u64>,
     pub commands_acknowledged: u64,
@@ -51,8 +70,10 @@ impl Report {
         json!({
             "drill": self.drill,
             "passed": self.passed,
-            "disruption_ms": null,
-            "requests_failed": null,
+            "tier": self.tier,
+            "disruption_ms": self.disruption_ms,
+            "requests_failed": self.requests_failed,
+            "requests_sent": self.requests_sent,
             "commands_lost": self.commands_lost,
             "commands_acknowledged": self.commands_acknowledged,
             "time_to_new_leader_ms": self.time_to_new_leader_ms,
@@ -126,7 +147,7 @@ impl Cluster {
 /// Writes backend weights 1, 2, 3, ... through whichever member leads, at
 /// `rate` per second, until stopped; remembers the last acknowledged and
 /// the last attempted value.
-struct Writer {
+pub(crate) struct Writer {
     stop: Arc<AtomicBool>,
     acknowledged: Arc<AtomicU32>,
     attempted: Arc<AtomicU32>,
@@ -134,7 +155,12 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(endpoints: Vec<String>, rate: u32) -> Writer {
+    pub(crate) fn start(
+        endpoints: Vec<String>,
+        rate: u32,
+        service: &'static str,
+        backend: &'static str,
+    ) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acknowledged = Arc::new(AtomicU32::new(0));
         let attempted = Arc::new(AtomicU32::new(0));
@@ -158,8 +184,8 @@ impl Writer {
                         continue;
                     };
                     let request = pb::SetBackendOverrideRequest {
-                        service: "web".into(),
-                        backend: BACKEND.into(),
+                        service: service.into(),
+                        backend: backend.into(),
                         action: Some(pb::set_backend_override_request::Action::Weight(weight)),
                     };
                     if pb::admin_client::AdminClient::new(channel)
@@ -182,7 +208,7 @@ impl Writer {
         }
     }
 
-    async fn finish(self) -> (u32, u32) {
+    pub(crate) async fn finish(self) -> (u32, u32) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.task.await;
         (
@@ -194,15 +220,26 @@ impl Writer {
 
 /// The override weight of the writer's backend as `member` holds it.
 async fn written_weight(member: &Member) -> anyhow::Result<Option<u32>> {
-    let r = member
-        .client()
-        .await?
-        .list_services(pb::ListServicesRequest { name: "web".into() })
+    override_weight(member.client().await?, "web", [198, 51, 100, 12], 8080).await
+}
+
+/// The override weight of backend `address:port` of `service`, as the
+/// member behind `client` holds it.
+pub(crate) async fn override_weight(
+    mut client: pb::admin_client::AdminClient<tonic::transport::Channel>,
+    service: &str,
+    address: [u8; 4],
+    port: u32,
+) -> anyhow::Result<Option<u32>> {
+    let r = client
+        .list_services(pb::ListServicesRequest {
+            name: service.into(),
+        })
         .await?
         .into_inner();
     Ok(r.overrides.iter().find_map(|o| match o.action {
         Some(proto::state::v1::backend_override::Action::Weight(w))
-            if o.port == 8080 && o.address == [198, 51, 100, 12] =>
+            if o.port == port && o.address == address =>
         {
             Some(w)
         }
@@ -210,7 +247,7 @@ async fn written_weight(member: &Member) -> anyhow::Result<Option<u32>> {
     }))
 }
 
-fn ms(d: Duration) -> u64 {
+pub(crate) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -225,6 +262,7 @@ pub async fn run(name: &str) -> anyhow::Result<Report> {
     let mut cluster = Cluster::start(dir.path())?;
     let mut report = Report {
         drill: name.into(),
+        tier: "loopback",
         ..Report::default()
     };
     let leader = cluster.settled(Duration::from_secs(30)).await?;
@@ -233,7 +271,7 @@ pub async fn run(name: &str) -> anyhow::Result<Report> {
         Ok((cluster.announcers().await?.len() == 3).then_some(()))
     })
     .await?;
-    let writer = Writer::start(cluster.endpoints(), 20);
+    let writer = Writer::start(cluster.endpoints(), 20, "web", BACKEND);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t0 = Instant::now();
     let before = cluster.announcers().await?;

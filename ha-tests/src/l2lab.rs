@@ -107,6 +107,10 @@ pub struct Lab {
     arping: Option<Child>,
     pub seen: Arc<Mutex<Vec<ArpSeen>>>,
     admin_ports: BTreeMap<u64, u16>,
+    /// Members' admin APIs listen on every address of their namespace (not
+    /// only loopback), so that the client namespace reaches them at
+    /// 10.77.0.N (the drills' writer and probes run there).
+    pub admin_on_lan: bool,
 }
 
 impl Drop for Lab {
@@ -143,6 +147,7 @@ impl Lab {
             arping: None,
             seen: Arc::default(),
             admin_ports: BTreeMap::new(),
+            admin_on_lan: false,
         };
         let sw = lab.ns("sw");
         run(&["ip", "netns", "add", &sw])?;
@@ -265,8 +270,19 @@ impl Lab {
             .collect::<anyhow::Result<_>>()?;
         let list: Vec<String> = peers
             .iter()
-            .map(|(id, peer, _)| format!("{{ id = {id}, address = \"10.77.0.{id}:{peer}\" }}"))
+            .map(|(id, peer, admin)| {
+                if self.admin_on_lan {
+                    format!("{{ id = {id}, address = \"10.77.0.{id}:{peer}\", admin = \"10.77.0.{id}:{admin}\" }}")
+                } else {
+                    format!("{{ id = {id}, address = \"10.77.0.{id}:{peer}\" }}")
+                }
+            })
             .collect();
+        let admin_host = if self.admin_on_lan {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        };
         let services: String = VIPS
             .iter()
             .enumerate()
@@ -281,7 +297,7 @@ impl Lab {
             std::fs::write(
                 &config,
                 format!(
-                    "[node]\nid = {id}\n\n[source.file]\npath = \"services.toml\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\nmetrics_listen = \"127.0.0.1:0\"\n\n\
+                    "[node]\nid = {id}\n\n[source.file]\npath = \"services.toml\"\n\n[admin]\nlisten = \"{admin_host}:{admin}\"\nmetrics_listen = \"127.0.0.1:0\"\n\n\
                      {}\n\
                      [cluster]\nid = \"l2-lab\"\ndata_dir = \"data-{id}\"\nlisten = \"10.77.0.{id}:{peer}\"\nmember = [{}]\n",
                     announce(*id),
@@ -376,6 +392,21 @@ impl Lab {
         self.members
             .insert(owner, Member::start_in(Some(&ns), &config)?);
         Ok((new, at - t0))
+    }
+
+    /// Member `id`'s admin API as the client namespace reaches it (with
+    /// `admin_on_lan`).
+    pub fn admin_endpoint(&self, id: u64) -> String {
+        format!("http://10.77.0.{id}:{}", self.admin_ports[&id])
+    }
+
+    /// Starts member `id` again with its config (after a crash or stop).
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        let config = self.dir.path().join(format!("member-{id}.toml"));
+        let ns = self.ns(&format!("m{id}"));
+        self.members
+            .insert(id, Member::start_in(Some(&ns), &config)?);
+        Ok(())
     }
 
     /// Runs lbctl against member `id` inside its namespace; (code, stdout).

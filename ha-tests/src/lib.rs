@@ -363,3 +363,4 @@ pub mod drills;
 pub mod fake_api;
 pub mod kernel_lab;
 pub mod l2lab;
+pub mod netdrills;

@@ -7,19 +7,19 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let names: Vec<&str> = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["drill", "all"] => ha_tests::drills::DRILLS.to_vec(),
+        ["drill", "all"] => ha_tests::drills::all_drills(),
         ["drill", name] => vec![name],
         _ => {
             eprintln!(
                 "usage: ha-tests drill NAME|all\ndrills: {}",
-                ha_tests::drills::DRILLS.join(", ")
+                ha_tests::drills::all_drills().join(", ")
             );
             return ExitCode::from(2);
         }
     };
     let mut ok = true;
     for name in names {
-        match ha_tests::drills::run(name).await {
+        match ha_tests::drills::run_any(name).await {
             Ok(report) => {
                 ok &= report.passed;
                 println!("{}", report.json());
