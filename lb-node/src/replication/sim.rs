@@ -355,6 +355,12 @@ impl Sim {
         }
     }
 
+    /// Drops every message from `from` to `to`; the other direction works
+    /// (a one-way partition: an ACL, a half-broken link).
+    pub fn cut_one_way(&mut self, from: u64, to: u64) {
+        self.cut.insert((from, to));
+    }
+
     pub fn heal(&mut self) {
         self.cut.clear();
     }

@@ -506,3 +506,44 @@ fn a_member_back_in_touch_announces_nothing_stale() {
         );
     }
 }
+
+#[test]
+fn a_member_heard_but_not_hearing_back_withdraws() {
+    for seed in 0..SEEDS {
+        let mut sim = Sim::new(3, seed);
+        sim.check_announcements = true;
+        assert!(sim.run_until_converged(5_000), "seed {seed}: no leader");
+        sim.propose(6);
+        sim.run(2_000);
+        let leader = sim.leader().expect("a leader");
+        let victim = follower(&sim);
+        assert!(
+            !sim.announced(victim).is_empty(),
+            "seed {seed}: it announces"
+        );
+        // Its messages to the leader are lost.
+        sim.cut_one_way(victim, leader);
+        // Of the leader's messages only heartbeats get through, as when a
+        // TCP stream's acknowledgments are lost: it stalls, and the entry
+        // that moves the member's VIPs never reaches it.
+        sim.starved.insert(victim);
+        sim.run(3_000);
+        assert!(
+            sim.announced(victim).is_empty(),
+            "seed {seed}: a member the leader cannot hear must withdraw"
+        );
+        assert_eq!(
+            sim.announcers().len(),
+            6,
+            "seed {seed}: its VIPs announced elsewhere"
+        );
+        sim.starved.clear();
+        sim.heal();
+        sim.run(3_000);
+        assert!(
+            sim.split_brain.is_empty(),
+            "seed {seed}: split brain: {:?}",
+            &sim.split_brain[..sim.split_brain.len().min(5)]
+        );
+    }
+}
