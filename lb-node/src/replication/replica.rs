@@ -27,9 +27,6 @@ use crate::model::{Applied, ApplyError, Batch, Command, State, WireError};
 /// (as long) has run out.
 const TAKEOVER_HEARTBEATS: u64 = 3;
 
-/// How often (in ticks) the leader reconsiders VIP owners.
-const OWNERSHIP_EVERY_TICKS: u64 = 2;
-
 /// Timing and thresholds of a replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaConfig {
@@ -369,7 +366,11 @@ impl Replica {
         if !self.removed {
             self.raw.tick();
             self.ticks += 1;
-            if self.ticks.is_multiple_of(OWNERSHIP_EVERY_TICKS) {
+            // The leader reconsiders VIP owners once per heartbeat.
+            if self
+                .ticks
+                .is_multiple_of(self.config.heartbeat_ticks.max(1) as u64)
+            {
                 self.maybe_reassign_vips();
             }
             // A member out of touch forgets since when it owns its VIPs:
