@@ -66,6 +66,46 @@ pub struct Report {
 }
 
 impl Report {
+    /// Every member in `ids` must hold the last acknowledged write or a
+    /// later attempted one (`weight_of` reads a member's); counts the
+    /// members that lack it as `commands_lost`.
+    pub(crate) async fn check_writes<F, Fut>(
+        &mut self,
+        ids: &[u64],
+        acknowledged: u32,
+        attempted: u32,
+        weight_of: F,
+    ) where
+        F: Fn(u64) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Option<u32>>>,
+    {
+        self.commands_acknowledged = u64::from(acknowledged);
+        let mut lost = 0;
+        for id in ids {
+            let holds = crate::eventually(
+                "the last write applied",
+                Duration::from_secs(10),
+                || async {
+                    Ok(weight_of(*id)
+                        .await?
+                        .filter(|w| *w >= acknowledged && *w <= attempted))
+                },
+            )
+            .await;
+            if holds.is_err() {
+                lost += 1;
+                self.failures.push(format!(
+                    "member {id} lacks acknowledged write {acknowledged}"
+                ));
+            }
+        }
+        self.commands_lost = Some(lost);
+        if acknowledged == 0 {
+            self.failures
+                .push("no write was acknowledged: the drill proved nothing".into());
+        }
+    }
+
     pub fn json(&self) -> String {
         json!({
             "drill": self.drill,
@@ -386,34 +426,13 @@ pub async fn run(name: &str) -> anyhow::Result<Report> {
     report.time_to_converged_ms = Some(ms(t0.elapsed()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (acknowledged, attempted) = writer.finish().await;
-    report.commands_acknowledged = u64::from(acknowledged);
-    // Every member must hold the last acknowledged write or a later one
-    // (attempted but unacknowledged writes may land too).
-    let mut lost = 0;
-    for (id, m) in &cluster.members {
-        let settled = crate::eventually(
-            "the last write applied",
-            Duration::from_secs(10),
-            || async {
-                Ok(written_weight(m)
-                    .await?
-                    .filter(|w| *w >= acknowledged && *w <= attempted))
-            },
-        )
+    let ids: Vec<u64> = cluster.members.keys().copied().collect();
+    let members = &cluster.members;
+    report
+        .check_writes(&ids, acknowledged, attempted, |id| async move {
+            written_weight(&members[&id]).await
+        })
         .await;
-        if settled.is_err() {
-            lost += 1;
-            report.failures.push(format!(
-                "member {id} lacks acknowledged write {acknowledged}"
-            ));
-        }
-    }
-    report.commands_lost = Some(lost);
-    if acknowledged == 0 {
-        report
-            .failures
-            .push("no write was acknowledged: the drill proved nothing".into());
-    }
     report.passed = report.failures.is_empty();
     Ok(report)
 }

@@ -384,40 +384,19 @@ async fn drill(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
     report.disruption_ms = Some(outage);
     report.requests_failed = Some(failed);
     report.requests_sent = Some(records.len() as u64);
-    report.commands_acknowledged = u64::from(acknowledged);
     if records.iter().all(|(_, r)| r.is_none()) {
         report
             .failures
             .push(format!("no request to {vip} was ever answered"));
     }
 
-    let mut lost = 0;
-    for id in lab.members.keys() {
-        let holds = crate::eventually(
-            "the last write applied",
-            Duration::from_secs(10),
-            || async {
-                Ok(
-                    override_weight(admin(lab, *id).await?, SERVICE, [10, 77, 0, 200], 8080)
-                        .await?
-                        .filter(|w| *w >= acknowledged && *w <= attempted),
-                )
-            },
-        )
+    let ids: Vec<u64> = lab.members.keys().copied().collect();
+    let lab_ref: &Lab = lab;
+    report
+        .check_writes(&ids, acknowledged, attempted, |id| async move {
+            override_weight(admin(lab_ref, id).await?, SERVICE, [10, 77, 0, 200], 8080).await
+        })
         .await;
-        if holds.is_err() {
-            lost += 1;
-            report.failures.push(format!(
-                "member {id} lacks acknowledged write {acknowledged}"
-            ));
-        }
-    }
-    report.commands_lost = Some(lost);
-    if acknowledged == 0 {
-        report
-            .failures
-            .push("no write was acknowledged: the drill proved nothing".into());
-    }
     // At no time did two members answer ARP for one VIP (answers closer
     // than 40 ms apart, the client asking every 50 ms).
     for v in VIPS {
