@@ -334,6 +334,8 @@ struct RawAnnounce {
     garp_count: u32,
     #[serde(default = "default_garp_interval")]
     garp_interval: String,
+    #[serde(default = "default_linger")]
+    linger: String,
 }
 
 fn default_hold_time() -> u16 {
@@ -467,6 +469,9 @@ fn default_garp_count() -> u32 {
 fn default_garp_interval() -> String {
     "100ms".into()
 }
+fn default_linger() -> String {
+    "2s".into()
+}
 
 fn validate_announce(
     a: RawAnnounce,
@@ -509,12 +514,21 @@ fn validate_announce(
                 ));
             }
             let garp_interval = parse_duration(&a.garp_interval, file, "announce.garp_interval")?;
+            let linger = parse_duration(&a.linger, file, "announce.linger")?;
+            if linger > Duration::from_secs(600) {
+                return Err(ConfigError::new(
+                    file,
+                    "announce.linger",
+                    "must be at most 10m (a withdrawn VIP stays local that long)",
+                ));
+            }
             Ok(AnnounceConfig::L2(L2Config {
                 interface,
                 vip_interface: a.vip_interface,
                 vip_ranges,
                 garp_count: a.garp_count,
                 garp_interval,
+                linger,
             }))
         }
         "bgp" => Ok(AnnounceConfig::Bgp(validate_bgp(a, file)?)),

@@ -13,7 +13,7 @@
 //! would go on answering for a dead announcer: a split brain at L2). See
 //! docs/announcement.md.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -40,6 +40,11 @@ pub struct L2Config {
     /// Gratuitous ARP / unsolicited NA sent on takeover.
     pub garp_count: u32,
     pub garp_interval: Duration,
+    /// How long a VIP stays local after this member stops announcing it.
+    /// ARP answers stop at once; the address stays so that clients whose
+    /// ARP caches still point here (until the new owner's gratuitous ARP
+    /// reaches them) are served rather than dropped.
+    pub linger: Duration,
 }
 
 type Sender = Arc<Mutex<Box<dyn pnet_datalink::DataLinkSender>>>;
@@ -254,6 +259,8 @@ pub async fn run(
     info!(interface = %config.interface, vip_interface = %config.vip_interface, "L2 announcer started");
 
     let mut current: BTreeSet<IpAddr> = BTreeSet::new();
+    // Withdrawn VIPs still local, and until when.
+    let mut lingering: BTreeMap<IpAddr, tokio::time::Instant> = BTreeMap::new();
     let mut warned: BTreeSet<IpAddr> = BTreeSet::new();
     loop {
         let wanted: BTreeSet<IpAddr> = announced
@@ -268,20 +275,34 @@ pub async fn run(
                 inside
             })
             .collect();
-        // Withdraw first: stop answering, then drop the address.
+        // Withdraw first: stop answering at once; the address lingers
+        // (clients whose ARP caches still point here are served until the
+        // new owner's gratuitous ARP reaches them), then goes.
         for vip in current.difference(&wanted).copied().collect::<Vec<_>>() {
             answering
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(&vip);
+            current.remove(&vip);
+            lingering.insert(vip, tokio::time::Instant::now() + config.linger);
+            info!(%vip, linger = ?config.linger, "VIP withdrawn: no longer answering ARP / NDP");
+        }
+        let now = tokio::time::Instant::now();
+        for vip in lingering
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(vip, _)| *vip)
+            .collect::<Vec<_>>()
+        {
+            lingering.remove(&vip);
             if let Err(e) = remove_local(&handle, vip_index, vip, &config.vip_ranges).await {
                 warn!(%vip, error = format!("{e:#}"), "withdraw");
             }
-            current.remove(&vip);
-            info!(%vip, "VIP withdrawn");
+            info!(%vip, "VIP no longer local");
         }
         for vip in wanted.difference(&current).copied().collect::<Vec<_>>() {
-            if let Err(e) = add_local(&handle, vip_index, vip).await {
+            let still_local = lingering.remove(&vip).is_some();
+            if !still_local && let Err(e) = add_local(&handle, vip_index, vip).await {
                 warn!(%vip, error = format!("{e:#}"), "cannot make the VIP local; announcing anyway");
             }
             answering
@@ -316,9 +337,16 @@ pub async fn run(
                 }
             });
         }
+        let next_expiry = lingering.values().min().copied();
         tokio::select! {
             _ = shutdown.cancelled() => break,
             changed = announced.changed() => if changed.is_err() { break },
+            () = async {
+                match next_expiry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
     }
     // Shutdown: withdraw everything.
@@ -326,7 +354,7 @@ pub async fn run(
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clear();
-    for vip in &current {
+    for vip in current.iter().chain(lingering.keys()) {
         if let Err(e) = remove_local(&handle, vip_index, *vip, &config.vip_ranges).await {
             warn!(%vip, error = format!("{e:#}"), "withdraw at shutdown");
         }
