@@ -52,11 +52,18 @@ pub struct Listeners {
     pub peer: Option<TcpListener>,
 }
 
-/// Runs a member until `shutdown`. Returns an error when the initial
+/// How long a member stopping cleanly waits for the others to take its
+/// VIPs and leadership before it stops anyway.
+pub const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs a member until `shutdown`, or until `stop` asks for a clean stop:
+/// a cluster member then first hands its VIPs and leadership to the others
+/// (`hand_over`), then shuts down. Returns an error when the initial
 /// services file is invalid or the Raft log cannot be opened.
 pub async fn run(
     config: Config,
     listeners: Listeners,
+    stop: CancellationToken,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // Registered before anything else, so a SIGHUP never kills the member.
@@ -259,6 +266,31 @@ pub async fn run(
         }
     }));
 
+    {
+        let (node, states, shutdown) = (
+            cluster.as_ref().map(|c| c.node.clone()),
+            states.clone(),
+            shutdown.clone(),
+        );
+        let heartbeat = config
+            .cluster
+            .as_ref()
+            .map_or(Duration::ZERO, |c| c.tick * c.heartbeat_ticks as u32);
+        let id = config.node_id;
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = shutdown.cancelled() => return,
+            }
+            if let Some(node) = node {
+                tokio::select! {
+                    () = hand_over(&node, states, id, heartbeat) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            }
+            shutdown.cancel();
+        });
+    }
     let admin = AdminService {
         node_id: config.node_id,
         states,
@@ -286,6 +318,63 @@ pub async fn run(
     }
     info!("lb-node stopped");
     Ok(())
+}
+
+/// A clean stop of a cluster member: tells the others it is leaving (the
+/// leader gives its VIPs away as if it were drained; a leader first hands
+/// leadership over), waits until the committed state gives each of its
+/// VIPs to another member and the new owners had time to announce them
+/// (their takeover wait, docs/announcement.md), at most
+/// `HAND_OVER_TIMEOUT`. Returns at once where nobody could take over: a
+/// member alone, or out of touch with a quorum.
+async fn hand_over(
+    node: &node::NodeHandle,
+    mut states: watch::Receiver<Arc<State>>,
+    id: u64,
+    heartbeat: Duration,
+) {
+    let lonely = {
+        let s = node.status.borrow();
+        s.voters.len() < 2 || !s.lease_held
+    };
+    if lonely || node.leave().is_err() {
+        info!("stopping: nobody to hand VIPs over to");
+        return;
+    }
+    info!("stopping: handing VIPs and leadership over first");
+    let started = tokio::time::Instant::now();
+    let mut status = node.status.clone();
+    let done = async {
+        loop {
+            let handed = {
+                let s = status.borrow_and_update();
+                let state = states.borrow_and_update();
+                let owners = state.vip_owners();
+                !s.is_leader()
+                    && s.announced.is_empty()
+                    && owners.len() == state.vips().len()
+                    && owners.values().all(|o| *o != id)
+            };
+            if handed {
+                return;
+            }
+            tokio::select! {
+                r = status.changed() => if r.is_err() { return },
+                r = states.changed() => if r.is_err() { return },
+            }
+        }
+    };
+    if tokio::time::timeout(HAND_OVER_TIMEOUT, done).await.is_err() {
+        tracing::warn!(
+            timeout = ?HAND_OVER_TIMEOUT,
+            "stopping: the others did not take this member's VIPs in time; stopping anyway"
+        );
+        return;
+    }
+    // The new owners announce three heartbeats after the change: stay
+    // (serving what still arrives here) until they have.
+    tokio::time::sleep(heartbeat * 5).await;
+    info!(took = ?started.elapsed(), "stopping: VIPs and leadership handed over");
 }
 
 async fn open_ipvs(

@@ -124,8 +124,8 @@ fn run(config: Config) -> ExitCode {
                     config.admin.metrics_listen
                 )
             })?;
-        let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let (stop, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        tokio::spawn(stop_on_signal(stop.clone(), shutdown.clone()));
         lb_node::app::run(
             config,
             lb_node::app::Listeners {
@@ -133,6 +133,7 @@ fn run(config: Config) -> ExitCode {
                 metrics,
                 peer,
             },
+            stop,
             shutdown,
         )
         .await
@@ -150,8 +151,10 @@ fn run(config: Config) -> ExitCode {
     }
 }
 
-/// SIGTERM or SIGINT: stop gracefully.
-async fn stop_on_signal(shutdown: CancellationToken) {
+/// SIGTERM or SIGINT: stop cleanly (a cluster member hands its VIPs and
+/// leadership over first, at most `app::HAND_OVER_TIMEOUT`); a second one
+/// stops at once.
+async fn stop_on_signal(stop: CancellationToken, shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -163,6 +166,11 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: stopping"),
         _ = int.recv() => info!("SIGINT: stopping"),
+    }
+    stop.cancel();
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM again: stopping now"),
+        _ = int.recv() => info!("SIGINT again: stopping now"),
     }
     shutdown.cancel();
 }

@@ -41,6 +41,8 @@ pub enum Input {
         ok: bool,
     },
     TransferLeader(u64),
+    /// Stopping cleanly: hand VIPs and leadership over (`Replica::leave`).
+    Leave,
     AddMember {
         id: u64,
         peer_address: String,
@@ -172,6 +174,7 @@ pub fn run(
                 Input::Unreachable(id) => replica.report_unreachable(id),
                 Input::SnapshotSent { to, ok } => replica.report_snapshot(to, ok),
                 Input::TransferLeader(to) => replica.transfer_leader(to),
+                Input::Leave => replica.leave(),
                 Input::AddMember {
                     id,
                     peer_address,
@@ -305,6 +308,12 @@ impl NodeHandle {
     pub fn transfer_leader(&self, to: u64) -> Result<(), ProposeError> {
         self.inputs
             .send(Input::TransferLeader(to))
+            .map_err(|_| ProposeError::Stopped)
+    }
+
+    pub fn leave(&self) -> Result<(), ProposeError> {
+        self.inputs
+            .send(Input::Leave)
             .map_err(|_| ProposeError::Stopped)
     }
 

@@ -90,6 +90,9 @@ pub struct Stamp {
     pub tick: u64,
     pub echo_incarnation: u64,
     pub echo_tick: u64,
+    /// The sender is stopping cleanly and wants its VIPs taken over first
+    /// (`Replica::leave`).
+    pub leaving: bool,
 }
 
 /// What one `handle_ready` produced, for the caller to act on.
@@ -134,6 +137,10 @@ pub struct Replica {
     incarnation: u64,
     /// Each peer's latest clock reading received: (incarnation, tick).
     stamps_from: BTreeMap<u64, (u64, u64)>,
+    /// This member is stopping cleanly (`leave`), and the peers whose
+    /// latest message said they are.
+    leaving: bool,
+    leaving_peers: BTreeSet<u64>,
     /// Per peer, the latest of this member's ticks the peer echoed back
     /// (it heard this member at that tick).
     confirmed: BTreeMap<u64, u64>,
@@ -287,6 +294,8 @@ impl Replica {
             last_heard: BTreeMap::new(),
             incarnation: unix_now_us(),
             stamps_from: BTreeMap::new(),
+            leaving: false,
+            leaving_peers: BTreeSet::new(),
             confirmed: BTreeMap::new(),
             leader_since: 0,
             proposed_owners: None,
@@ -320,6 +329,7 @@ impl Replica {
             tick: self.ticks,
             echo_incarnation,
             echo_tick,
+            leaving: self.leaving,
         }
     }
 
@@ -505,7 +515,10 @@ impl Replica {
     /// a member announces in BGP ECMP mode, where every healthy member with
     /// quorum carries every VIP.
     pub fn ecmp_vips(&self) -> BTreeSet<std::net::IpAddr> {
-        if !self.may_announce() || self.state.drained_members().contains(&self.config.id) {
+        if !self.may_announce()
+            || self.leaving
+            || self.state.drained_members().contains(&self.config.id)
+        {
             return BTreeSet::new();
         }
         self.state.vips()
@@ -573,6 +586,7 @@ impl Replica {
             .healthy_members()
             .into_iter()
             .filter(|m| !self.state.drained_members().contains(m))
+            .filter(|m| !self.is_leaving(*m))
             .collect();
         // Nothing applied and nobody's health changed since the last round
         // found nothing to do: skip the O(VIPs) work on the raft thread.
@@ -664,6 +678,11 @@ impl Replica {
             self.raw.raft.set_priority(i64::MAX);
         }
         self.last_heard.insert(from, self.ticks);
+        if stamp.leaving {
+            self.leaving_peers.insert(from);
+        } else {
+            self.leaving_peers.remove(&from);
+        }
         let seen = self.stamps_from.entry(from).or_default();
         if seen.0 == stamp.incarnation {
             seen.1 = seen.1.max(stamp.tick);
@@ -753,6 +772,41 @@ impl Replica {
     /// Asks the leader (this member) to hand leadership to `to`.
     pub fn transfer_leader(&mut self, to: u64) {
         self.raw.transfer_leader(to);
+    }
+
+    /// Whether `member` said it is stopping cleanly (or is this member,
+    /// stopping).
+    fn is_leaving(&self, member: u64) -> bool {
+        if member == self.config.id {
+            self.leaving
+        } else {
+            self.leaving_peers.contains(&member)
+        }
+    }
+
+    /// This member is stopping cleanly: every message it sends says so
+    /// from now on, and whoever leads gives its VIPs to the others as if
+    /// it were drained (nothing is committed about it: a restarted member
+    /// is eligible again). A leader also hands leadership to the healthy
+    /// voter whose log is furthest along.
+    pub fn leave(&mut self) {
+        self.leaving = true;
+        if !self.is_leader() {
+            return;
+        }
+        let healthy = self.healthy_members();
+        let best = self
+            .voters()
+            .into_iter()
+            .filter(|id| *id != self.config.id && healthy.contains(id))
+            .max_by_key(|id| self.raw.raft.prs().get(*id).map_or(0, |p| p.matched));
+        if let Some(to) = best {
+            info!(
+                member = self.config.id,
+                to, "leaving: handing leadership over"
+            );
+            self.raw.transfer_leader(to);
+        }
     }
 
     /// Tells raft a peer could not be reached, so it stops pipelining to it.

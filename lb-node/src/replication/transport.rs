@@ -147,6 +147,7 @@ impl Peer for PeerService {
                         tick: envelope.tick,
                         echo_incarnation: envelope.echo_incarnation,
                         echo_tick: envelope.echo_tick,
+                        leaving: envelope.leaving,
                     };
                     if self
                         .inputs
@@ -333,6 +334,7 @@ impl LaneTask {
                 tick: stamp.tick,
                 echo_incarnation: stamp.echo_incarnation,
                 echo_tick: stamp.echo_tick,
+                leaving: stamp.leaving,
             }),
             Err(e) => {
                 warn!(peer = self.to, error = %e, "cannot encode raft message");
