@@ -2,11 +2,10 @@
 //! loopback, a steady stream of acknowledged writes through the admin API,
 //! one fault, and the figures an operator asks for, printed as one JSON line.
 //!
-//! Traffic through the VIPs needs the IPVS dataplane and the announcers,
-//! which are not built yet: until then `disruption_ms` and
-//! `requests_failed` are null, and "VIP moved" means the new owner's
-//! fencing lease allows it to announce (what `lbctl vips` calls
-//! `announced_here`).
+//! The drills with client traffic run in network namespaces
+//! (`netdrills`), the ones of the Kubernetes source against the fake API
+//! server (`kube`); this module holds the report, the writer, and the
+//! loopback drill `disk-wiped`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,22 +19,41 @@ use serde_json::json;
 
 use crate::{ClusterLayout, Member, cluster_status};
 
-/// The drills this tier runs, by name (`leader-crash` and `owner-crash`
-/// run in network namespaces with client traffic: `netdrills`).
-pub const DRILLS: [&str; 3] = ["follower-crash", "transfer-and-drain", "disk-wiped"];
+/// The drills this tier runs, by name (the ones with client traffic run in
+/// network namespaces: `netdrills`).
+pub const DRILLS: [&str; 1] = ["disk-wiped"];
 
 /// Every drill, both tiers.
 pub fn all_drills() -> Vec<&'static str> {
     let mut all: Vec<&str> = crate::netdrills::NET_DRILLS.to_vec();
     all.extend(DRILLS);
+    all.extend(crate::kube::KUBE_DRILLS);
     all
 }
 
-/// Runs a drill of either tier by name.
-pub async fn run_any(name: &str) -> anyhow::Result<Report> {
+/// How big a drill runs: what the command line asks for, or what a test
+/// can afford.
+#[derive(Debug, Clone, Copy)]
+pub struct Size {
+    /// How long `apiserver-outage` keeps the API server away.
+    pub outage: Duration,
+}
+
+impl Default for Size {
+    fn default() -> Size {
+        Size {
+            outage: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Runs a drill of any tier by name.
+pub async fn run_any(name: &str, size: Size) -> anyhow::Result<Report> {
     if crate::netdrills::NET_DRILLS.contains(&name) {
         let name = name.to_owned();
         tokio::task::spawn_blocking(move || crate::netdrills::run(&name)).await?
+    } else if crate::kube::KUBE_DRILLS.contains(&name) {
+        crate::kube::run(name, size.outage).await
     } else {
         run(name).await
     }
@@ -314,94 +332,8 @@ pub async fn run(name: &str) -> anyhow::Result<Report> {
     let writer = Writer::start(cluster.endpoints(), 20, "web", BACKEND);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t0 = Instant::now();
-    let before = cluster.announcers().await?;
 
     match name {
-        "leader-crash" | "follower-crash" | "owner-crash" => {
-            let victim = match name {
-                "leader-crash" => leader,
-                "follower-crash" => *cluster
-                    .members
-                    .keys()
-                    .find(|id| **id != leader)
-                    .context("a follower")?,
-                // The owner of some VIP that is not the leader.
-                _ => *before
-                    .values()
-                    .find(|m| **m != leader)
-                    .context("a follower owning a VIP")?,
-            };
-            let mut dead = cluster.members.remove(&victim).context("victim")?;
-            dead.signal("KILL")?;
-            let t0 = Instant::now();
-            if victim == leader {
-                let new = cluster.settled(Duration::from_secs(10)).await?;
-                report.time_to_new_leader_ms = Some(ms(t0.elapsed()));
-                if new == victim {
-                    report
-                        .failures
-                        .push("the dead leader is still leader".into());
-                }
-            }
-            let moved: Vec<String> = before
-                .iter()
-                .filter(|(_, m)| **m == victim)
-                .map(|(v, _)| v.clone())
-                .collect();
-            if !moved.is_empty() {
-                crate::eventually(
-                    "the victim's VIPs announced elsewhere",
-                    Duration::from_secs(10),
-                    || async {
-                        let now = cluster.announcers().await?;
-                        Ok(moved
-                            .iter()
-                            .all(|v| now.get(v).is_some_and(|m| *m != victim))
-                            .then_some(()))
-                    },
-                )
-                .await?;
-                report.time_to_vip_moved_ms = Some(ms(t0.elapsed()));
-            }
-            // Back again: it replays its log and catches up.
-            dead.wait_exit(Duration::from_secs(5))?;
-            drop(dead);
-            cluster
-                .members
-                .insert(victim, Member::start(&cluster.layout.config(victim))?);
-        }
-        "transfer-and-drain" => {
-            let to = *cluster
-                .members
-                .keys()
-                .find(|id| **id != leader)
-                .context("a follower")?;
-            let (code, _, err) =
-                cluster.members[&leader].lbctl(&["transfer-leadership", &to.to_string()])?;
-            if code != 0 {
-                report
-                    .failures
-                    .push(format!("transfer-leadership failed: {err}"));
-            }
-            report.time_to_new_leader_ms = Some(ms(t0.elapsed()));
-            let t1 = Instant::now();
-            let (code, _, err) =
-                cluster.members[&to].lbctl(&["member", "drain", &leader.to_string()])?;
-            if code != 0 {
-                report.failures.push(format!("member drain failed: {err}"));
-            }
-            crate::eventually(
-                "the drained member announces nothing",
-                Duration::from_secs(10),
-                || async {
-                    let now = cluster.announcers().await?;
-                    Ok((now.len() == 3 && now.values().all(|m| *m != leader)).then_some(()))
-                },
-            )
-            .await?;
-            report.time_to_vip_moved_ms = Some(ms(t1.elapsed()));
-            let _ = cluster.members[&to].lbctl(&["member", "undrain", &leader.to_string()])?;
-        }
         "disk-wiped" => {
             let victim = *cluster
                 .members

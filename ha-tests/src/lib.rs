@@ -264,12 +264,29 @@ pub fn replace_file(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A free TCP port on loopback (bound and released: another process could
-/// take it in between, which on a test machine does not happen in practice).
+/// A free TCP port for a member to listen on, below the kernel's
+/// ephemeral range (32768 and up): a port the kernel hands out for
+/// `bind(0)` may also become the local port of some outgoing connection
+/// (the tests make many) before the member binds it, and the member then
+/// fails to start (seen once in CI-like runs). Starts at a place that
+/// depends on the process and the time, so that parallel test processes
+/// rarely try the same ports; checked free by binding it.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    let seed = std::process::id().wrapping_mul(7_919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..1_000 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = u16::try_from(LOW + seed.wrapping_add(n.wrapping_mul(101)) % SPAN)?;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port found between {LOW} and {}", LOW + SPAN)
 }
 
 /// Files for a loopback cluster of `n` members sharing one services file:
@@ -362,5 +379,8 @@ pub async fn cluster_status(member: &Member) -> anyhow::Result<proto::admin::v1:
 pub mod drills;
 pub mod fake_api;
 pub mod kernel_lab;
+pub mod kube;
 pub mod l2lab;
 pub mod netdrills;
+pub mod target;
+pub mod traffic;

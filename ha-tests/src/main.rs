@@ -1,25 +1,113 @@
-//! `ha-tests drill NAME|all`: runs failover drills against real lb-node
-//! processes on this machine and prints one JSON line per drill.
+//! `ha-tests drill NAME|all [--outage SECONDS]`: runs failover drills
+//! against real lb-node processes on this machine and prints one JSON line
+//! per drill (docs/drills.md).
+//!
+//! `ha-tests drill transfer-and-drain --target --endpoint URL... --probe
+//! VIP:PORT... [--ca F --cert F --key F]`: the non-destructive drill
+//! against a running appliance (`target.rs`).
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use ha_tests::drills::{Size, all_drills, run_any};
+use ha_tests::target::Target;
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: ha-tests drill NAME|all [--outage SECONDS]\n       ha-tests drill transfer-and-drain --target --endpoint URL... --probe VIP:PORT... [--ca F --cert F --key F]\ndrills: {}",
+        all_drills().join(", ")
+    );
+    ExitCode::from(2)
+}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let names: Vec<&str> = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["drill", "all"] => ha_tests::drills::all_drills(),
-        ["drill", name] => vec![name],
-        _ => {
-            eprintln!(
-                "usage: ha-tests drill NAME|all\ndrills: {}",
-                ha_tests::drills::all_drills().join(", ")
-            );
-            return ExitCode::from(2);
+    let mut size = Size::default();
+    let mut words = Vec::new();
+    let mut target: Option<Target> = None;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let mut value = |flag: &str| {
+            let v = rest.next().cloned();
+            if v.is_none() {
+                eprintln!("ha-tests: {flag} needs a value");
+            }
+            v
+        };
+        match arg.as_str() {
+            "--outage" => match value("--outage").and_then(|s| s.parse::<u64>().ok()) {
+                Some(s) if s >= 2 => size.outage = Duration::from_secs(s),
+                _ => {
+                    eprintln!("ha-tests: --outage takes a number of seconds, 2 or more");
+                    return usage();
+                }
+            },
+            "--target" => {
+                target.get_or_insert_with(|| Target {
+                    rate: 50,
+                    ..Target::default()
+                });
+            }
+            "--endpoint" => match value("--endpoint") {
+                Some(e) => target.get_or_insert_with(Target::default).endpoints.push(e),
+                None => return usage(),
+            },
+            "--probe" => match value("--probe").map(|p| (p.parse::<SocketAddr>(), p)) {
+                Some((Ok(p), _)) => target.get_or_insert_with(Target::default).probes.push(p),
+                Some((Err(_), p)) => {
+                    eprintln!("ha-tests: --probe {p:?}: expected VIP:PORT, like 192.0.2.10:80");
+                    return usage();
+                }
+                None => return usage(),
+            },
+            flag @ ("--ca" | "--cert" | "--key") => match value(flag) {
+                Some(v) => target
+                    .get_or_insert_with(Target::default)
+                    .tls
+                    .extend([flag.to_owned(), v]),
+                None => return usage(),
+            },
+            other => words.push(other),
         }
+    }
+    if let Some(target) = &mut target {
+        target.rate = 50;
+        let name = match words[..] {
+            ["drill", name] => name,
+            _ => return usage(),
+        };
+        return match ha_tests::target::run(name, target).await {
+            Ok(report) => {
+                println!("{}", report.json());
+                if report.passed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                println!(
+                    "{}",
+                    serde_json::json!({"drill": name, "passed": false, "error": format!("{e:#}")})
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let names: Vec<&str> = match words[..] {
+        ["drill", "all"] => all_drills(),
+        ["drill", name] if all_drills().contains(&name) => vec![name],
+        ["drill", name] => {
+            eprintln!("ha-tests: no drill named {name:?}");
+            return usage();
+        }
+        _ => return usage(),
     };
     let mut ok = true;
     for name in names {
-        match ha_tests::drills::run_any(name).await {
+        match run_any(name, size).await {
             Ok(report) => {
                 ok &= report.passed;
                 println!("{}", report.json());

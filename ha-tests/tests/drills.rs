@@ -5,8 +5,15 @@
 //! acknowledged lost, no two members answering for one VIP, everyone
 //! converged) must hold.
 
+/// The size CI affords: a 10 s API server outage instead of 60 s.
+fn size() -> ha_tests::drills::Size {
+    ha_tests::drills::Size {
+        outage: std::time::Duration::from_secs(10),
+    }
+}
+
 async fn drill(name: &str) -> anyhow::Result<()> {
-    let report = ha_tests::drills::run_any(name).await?;
+    let report = ha_tests::drills::run_any(name, size()).await?;
     println!("{}", report.json());
     anyhow::ensure!(report.passed, "drill {name} failed: {}", report.json());
     anyhow::ensure!(report.commands_lost == Some(0), "{}", report.json());
@@ -46,4 +53,37 @@ async fn leader_isolated() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minority_partition() -> anyhow::Result<()> {
     drill("minority-partition").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart() -> anyhow::Result<()> {
+    drill("rolling-restart").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apiserver_outage() -> anyhow::Result<()> {
+    drill("apiserver-outage").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_compacted() -> anyhow::Result<()> {
+    drill("history-compacted").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_backend() -> anyhow::Result<()> {
+    drill("flapping-backend").await
+}
+
+/// The game day against a running appliance (`--target`), run against the
+/// network-namespace lab from its client: through lbctl and the VIPs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_and_drain_against_a_running_appliance() -> anyhow::Result<()> {
+    let report =
+        tokio::task::spawn_blocking(|| ha_tests::netdrills::run_target("transfer-and-drain"))
+            .await??;
+    println!("{}", report.json());
+    anyhow::ensure!(report.passed, "{}", report.json());
+    anyhow::ensure!(report.requests_sent.unwrap_or(0) > 100, "{}", report.json());
+    Ok(())
 }

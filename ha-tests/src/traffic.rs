@@ -1,0 +1,149 @@
+//! Client traffic for the drills: a new TCP connection and one HTTP/1.0
+//! request at a fixed rate, each success and failure timestamped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::l2lab::unix_now;
+
+/// How long one request may take before it counts as failed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// One request: a new connection to `to`, "GET /", the answer's body once
+/// complete (by Content-Length, or the server closing). None when it fails
+/// or takes longer than `REQUEST_TIMEOUT`.
+pub async fn request(to: SocketAddr) -> Option<String> {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(to).await.ok()?;
+        stream
+            .write_all(format!("GET / HTTP/1.0\r\nHost: {to}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 2048];
+        loop {
+            let n = stream.read(&mut buf).await.ok()?;
+            answer.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answer);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                if !head.starts_with("HTTP/") {
+                    return None;
+                }
+                let length = head.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())
+                        .flatten()
+                });
+                // The client closes first when it knows the length (the
+                // lab's server waits for that).
+                if n == 0 || length.is_some_and(|l| body.len() >= l) {
+                    return Some(body.trim().to_owned());
+                }
+            }
+            if n == 0 {
+                return None;
+            }
+        }
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Requests to one address at a fixed rate until `finish`: (unix time
+/// sent, answer body or None).
+#[derive(Debug)]
+pub struct Traffic {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(f64, Option<String>)>>,
+}
+
+impl Traffic {
+    pub fn start(to: SocketAddr, per_second: u64) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let halt = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(1000 / per_second.max(1)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut pending = tokio::task::JoinSet::new();
+            while !halt.load(Ordering::SeqCst) {
+                tick.tick().await;
+                let at = unix_now();
+                pending.spawn(async move { (at, request(to).await) });
+                while let Some(Ok(done)) = pending.try_join_next() {
+                    out.push(done);
+                }
+            }
+            while let Some(Ok(done)) = pending.join_next().await {
+                out.push(done);
+            }
+            out.sort_by(|a, b| a.0.total_cmp(&b.0));
+            out
+        });
+        Traffic { stop, task }
+    }
+
+    pub async fn finish(self) -> Vec<(f64, Option<String>)> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// The longest stretch without an answer: from the last answered request
+/// before a failure to the first answered one after it (ms), and how many
+/// failed.
+pub fn disruption(records: &[(f64, Option<String>)]) -> (u64, u64) {
+    let failed = records.iter().filter(|(_, r)| r.is_none()).count() as u64;
+    let mut longest = 0.0f64;
+    let mut last_ok: Option<f64> = None;
+    let mut in_outage = false;
+    for (at, answer) in records {
+        match answer {
+            Some(_) => {
+                if in_outage && let Some(ok) = last_ok {
+                    longest = longest.max(at - ok);
+                }
+                in_outage = false;
+                last_ok = Some(*at);
+            }
+            None => in_outage = true,
+        }
+    }
+    if in_outage && let (Some(ok), Some((end, _))) = (last_ok, records.last()) {
+        longest = longest.max(end - ok);
+    }
+    ((longest * 1000.0).round() as u64, failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::disruption;
+
+    fn r(at: f64, ok: bool) -> (f64, Option<String>) {
+        (at, ok.then(|| "m1".to_owned()))
+    }
+
+    #[test]
+    fn the_longest_outage_spans_last_answer_to_next_answer() {
+        let records = [
+            r(0.0, true),
+            r(0.02, true),
+            r(0.04, false),
+            r(0.06, false),
+            r(0.08, true),
+            r(0.10, false),
+            r(0.12, true),
+        ];
+        assert_eq!(disruption(&records), (60, 3));
+        assert_eq!(disruption(&[r(0.0, true), r(0.02, true)]), (0, 0));
+        // An outage still open at the end counts up to the last request.
+        assert_eq!(disruption(&[r(0.0, true), r(0.5, false)]), (500, 1));
+    }
+}
