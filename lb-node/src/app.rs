@@ -573,7 +573,14 @@ async fn run_source_while_leader<F, Fut>(
 {
     let mut running: Option<(CancellationToken, tokio::task::JoinHandle<()>)> = None;
     loop {
-        let leader = status.borrow_and_update().is_leader();
+        // A new leader starts the source only once it applied its first
+        // entry: entries of the last leader that it commits on taking over
+        // are then in the state the source starts from (otherwise its view
+        // of the objects lags the table it compares against).
+        let leader = {
+            let s = status.borrow_and_update();
+            s.is_leader() && s.applied_current_term
+        };
         match (leader, running.is_some()) {
             (true, false) => {
                 info!("leader: starting the source");

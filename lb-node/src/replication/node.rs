@@ -82,6 +82,9 @@ pub struct RaftStatus {
     /// Whether this member's lease holds, and whether it may announce.
     pub lease_held: bool,
     pub may_announce: bool,
+    /// Whether this member applied an entry of its current term (a new
+    /// leader: every earlier entry is applied; the source waits for it).
+    pub applied_current_term: bool,
     /// On the leader: (id, healthy, match index) of every other voter.
     pub peers: Vec<(u64, bool, u64)>,
 }
@@ -123,6 +126,7 @@ fn status_of(replica: &Replica, announced: Option<AnnouncedSets>) -> RaftStatus 
         ecmp,
         lease_held: replica.lease_valid(),
         may_announce: replica.may_announce(),
+        applied_current_term: replica.applied_current_term(),
         peers: replica.peer_health(),
     }
 }

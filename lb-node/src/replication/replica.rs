@@ -503,6 +503,13 @@ impl Replica {
     /// only in two commits with the takeover wait (`maybe_reassign_vips`).
     /// This is what makes a leader's crash cost one election, not an
     /// election plus a full lease.
+    /// Whether this member applied an entry of its current term: for a
+    /// leader, its first entry, so every entry of earlier terms it will
+    /// ever commit is applied too.
+    pub fn applied_current_term(&self) -> bool {
+        self.applied_term == self.raw.raft.term
+    }
+
     fn caught_up_in_new_term(&self) -> bool {
         let raft = &self.raw.raft;
         raft.term > self.stretch_after_term
