@@ -50,6 +50,10 @@ use view::{Plan, View};
 
 /// Most events held for one batch; more wait in the channel.
 const MAX_EVENTS_PER_BATCH: usize = 20_000;
+
+/// Kubernetes Services per part of a new leader's full reconcile (about
+/// 25 ms of planning each).
+const RECONCILE_PART: usize = 2_000;
 /// How many warnings of one plan are logged (the rest are counted).
 const WARNINGS_LOGGED: usize = 20;
 
@@ -139,6 +143,7 @@ pub async fn run(
     };
     let stop = stop.child_token();
     let _stop_children = stop.clone().drop_guard();
+    let started = Instant::now();
     let state = states.borrow().clone();
     let mut warnings = Vec::new();
     let mut view = View::new(
@@ -152,21 +157,15 @@ pub async fn run(
     }
     let writer = StatusWriter::start(client.clone(), stop.clone());
 
-    // A new leader first makes the table agree with the committed objects
+    // A new leader also makes the table agree with the committed objects
     // (a no-op unless the last leader died in a split batch, or the
-    // translation settings changed).
-    let started = Instant::now();
-    let plan = view.reconcile_all(&state);
-    log_plan(&plan);
-    if !plan.entries.is_empty() {
-        info!(
-            commands = plan.service_commands,
-            "the table disagreed with the committed Kubernetes objects; reconciling"
-        );
-    }
-    if !propose(&proposer, plan, &writer).await {
-        return;
-    }
+    // translation settings changed). At 50,000 Services that takes most of
+    // a second, so it is done in parts between event batches: changes
+    // flow at once, and a batch plans its Services against the table
+    // whatever the reconcile has reached.
+    let mut unreconciled = view.reconcile_list(&state);
+    unreconciled.reverse();
+    let (mut reconcile_commands, reconcile_started) = (0usize, Instant::now());
     info!(
         services = state.kube().services.len(),
         endpoint_slices = state.kube().endpoint_slices.len(),
@@ -215,8 +214,34 @@ pub async fn run(
 
     let mut last_proposal: Option<Instant> = None;
     loop {
+        if !unreconciled.is_empty() {
+            let part: Vec<String> =
+                unreconciled.split_off(unreconciled.len().saturating_sub(RECONCILE_PART));
+            let state = states.borrow().clone();
+            let plan = view.reconcile_some(&state, &part);
+            drop(state);
+            log_plan(&plan);
+            if !plan.entries.is_empty() {
+                info!(
+                    commands = plan.service_commands,
+                    "the table disagreed with the committed Kubernetes objects; reconciling"
+                );
+            }
+            reconcile_commands += plan.service_commands;
+            if !propose(&proposer, plan, &writer).await {
+                return;
+            }
+            if unreconciled.is_empty() {
+                info!(
+                    commands = reconcile_commands,
+                    took_ms = reconcile_started.elapsed().as_millis() as u64,
+                    "Kubernetes source: the table agrees with the committed objects"
+                );
+            }
+        }
         let mut batch = Vec::new();
         tokio::select! {
+            biased;
             _ = stop.cancelled() => return,
             changed = connection.changed() => {
                 if changed.is_err() { return; }
@@ -231,6 +256,8 @@ pub async fn run(
                 Some(e) => batch.push(e),
                 None => return,
             },
+            // Nothing waiting: go on with the reconcile.
+            () = std::future::ready(()), if !unreconciled.is_empty() => continue,
         }
         // Coalesce: everything already waiting, and under load whatever
         // arrives until the window since the last proposal has passed.
