@@ -28,6 +28,7 @@ pub fn all_drills() -> Vec<&'static str> {
     let mut all: Vec<&str> = crate::netdrills::NET_DRILLS.to_vec();
     all.extend(DRILLS);
     all.extend(crate::kube::KUBE_DRILLS);
+    all.push("scale-50k");
     all
 }
 
@@ -37,12 +38,15 @@ pub fn all_drills() -> Vec<&'static str> {
 pub struct Size {
     /// How long `apiserver-outage` keeps the API server away.
     pub outage: Duration,
+    /// How big `scale-50k` is.
+    pub scale: crate::scale::Scale,
 }
 
 impl Default for Size {
     fn default() -> Size {
         Size {
             outage: Duration::from_secs(60),
+            scale: crate::scale::Scale::FULL,
         }
     }
 }
@@ -54,6 +58,8 @@ pub async fn run_any(name: &str, size: Size) -> anyhow::Result<Report> {
         tokio::task::spawn_blocking(move || crate::netdrills::run(&name)).await?
     } else if crate::kube::KUBE_DRILLS.contains(&name) {
         crate::kube::run(name, size.outage).await
+    } else if name == "scale-50k" {
+        crate::scale::run(size.scale).await
     } else {
         run(name).await
     }
@@ -81,6 +87,9 @@ pub struct Report {
     pub time_to_new_leader_ms: Option<u64>,
     pub time_to_vip_moved_ms: Option<u64>,
     pub time_to_converged_ms: Option<u64>,
+    /// Figures particular to one drill (the scale run's), added to the
+    /// JSON line as they are.
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 impl Report {
@@ -125,7 +134,7 @@ impl Report {
     }
 
     pub fn json(&self) -> String {
-        json!({
+        let mut line = json!({
             "drill": self.drill,
             "passed": self.passed,
             "tier": self.tier,
@@ -138,8 +147,13 @@ impl Report {
             "time_to_vip_moved_ms": self.time_to_vip_moved_ms,
             "time_to_converged_ms": self.time_to_converged_ms,
             "failures": self.failures,
-        })
-        .to_string()
+        });
+        if let Some(map) = line.as_object_mut() {
+            for (k, v) in &self.extra {
+                map.insert(k.clone(), v.clone());
+            }
+        }
+        line.to_string()
     }
 }
 

@@ -382,5 +382,6 @@ pub mod kernel_lab;
 pub mod kube;
 pub mod l2lab;
 pub mod netdrills;
+pub mod scale;
 pub mod target;
 pub mod traffic;

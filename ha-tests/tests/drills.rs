@@ -5,10 +5,17 @@
 //! acknowledged lost, no two members answering for one VIP, everyone
 //! converged) must hold.
 
-/// The size CI affords: a 10 s API server outage instead of 60 s.
+/// The size CI affords: a 10 s API server outage instead of 60 s,
+/// and the scale run at 2,000 services x 10 endpoints, 200 changes/s.
 fn size() -> ha_tests::drills::Size {
     ha_tests::drills::Size {
         outage: std::time::Duration::from_secs(10),
+        scale: ha_tests::scale::Scale {
+            services: 2_000,
+            endpoints: 10,
+            rate: 200,
+            seconds: 10,
+        },
     }
 }
 
@@ -86,4 +93,9 @@ async fn transfer_and_drain_against_a_running_appliance() -> anyhow::Result<()> 
     anyhow::ensure!(report.passed, "{}", report.json());
     anyhow::ensure!(report.requests_sent.unwrap_or(0) > 100, "{}", report.json());
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_run() -> anyhow::Result<()> {
+    drill("scale-50k").await
 }

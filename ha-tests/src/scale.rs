@@ -1,0 +1,442 @@
+//! The scale run: three real members fed by the fake API server with
+//! `services` Services of one `endpoints`-endpoint EndpointSlice each.
+//!
+//! 1. Cold start: from starting the members until all three have
+//!    programmed the whole table.
+//! 2. Propagation: EndpointSlice changes at `rate` per second for
+//!    `seconds` (each replaces one endpoint of one service, every service
+//!    in turn); per change, from the write on the API server until every
+//!    member applied it (each member's admin event stream).
+//! 3. Leader crash at that scale, under the same change stream: the
+//!    leader is SIGKILLed; the time until a change written after the kill
+//!    is applied on both survivors, and whether the new leader listed
+//!    anything (it must resume from the replicated cursors).
+//! 4. Peak memory (VmHWM) of every member.
+//!
+//! `ha-tests drill scale-50k` runs it at 50,000 × 10, 1,000 changes/s for
+//! 60 s; the test runs it at a size CI affords. `kube-bench` adds the API
+//! server's cost of per-node watchers to phases 1-2.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use proto::admin::v1 as pb;
+use serde_json::{Value, json};
+use tokio_stream::StreamExt as _;
+
+use crate::drills::{Report, ms};
+use crate::fake_api::{FakeApi, Kind};
+use crate::{ClusterLayout, Member};
+
+/// How big a scale run is.
+#[derive(Debug, Clone, Copy)]
+pub struct Scale {
+    pub services: usize,
+    pub endpoints: usize,
+    /// Changes per second in phases 2 and 3.
+    pub rate: u64,
+    /// Length of phase 2.
+    pub seconds: u64,
+}
+
+impl Scale {
+    /// The size `scale-50k` names.
+    pub const FULL: Scale = Scale {
+        services: 50_000,
+        endpoints: 10,
+        rate: 1_000,
+        seconds: 60,
+    };
+}
+
+/// Memory a member may use at any size (the target at 50,000).
+pub const MEMORY_LIMIT_MIB: f64 = 1024.0;
+
+/// Service `i`: ClusterIP 10.(96+i/65536).x.y port 80.
+pub fn service(i: usize) -> Value {
+    let ip = format!("10.{}.{}.{}", 96 + i / 65_536, i / 256 % 256, i % 256);
+    json!({
+        "metadata": {"name": format!("svc-{i}"), "namespace": "bench"},
+        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
+    })
+}
+
+/// Service `i`'s slice, version `v`: endpoints 1..n of its pod network,
+/// the last one's host part moving with `v`. Changes of one service in a
+/// run are `services` versions apart, which is never a multiple of 150
+/// for the sizes used, so every change is a real one.
+pub fn slice(i: usize, n: usize, v: u64) -> Value {
+    let endpoints: Vec<Value> = (0..n)
+        .map(|e| {
+            // Version 0 (the initial one) is the only one with host 99.
+            let host = match (e + 1 == n, v) {
+                (false, _) => e + 1,
+                (true, 0) => 99,
+                (true, v) => 100 + (v % 150) as usize,
+            };
+            json!({"addresses": [format!("172.{}.{}.{host}", 16 + i / 65_536, i / 256 % 256)],
+                   "conditions": {"ready": true, "serving": true, "terminating": false},
+                   "nodeName": format!("node-{}", (i + e) % 5000),
+                   "targetRef": {"kind": "Pod", "namespace": "bench", "name": format!("svc-{i}-pod-{e}")}})
+        })
+        .collect();
+    json!({
+        "metadata": {"name": format!("svc-{i}-abcde"), "namespace": "bench",
+                     "labels": {"kubernetes.io/service-name": format!("svc-{i}"), "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints
+    })
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// A process's peak resident memory (VmHWM), MiB.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|k| k.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn ms_f(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+/// Changes written and not yet applied everywhere: service index ->
+/// (written at, members that applied it as a bitmask); and the changes
+/// applied everywhere: (written at, applied on the last member at).
+#[derive(Debug, Default)]
+pub struct Tracker {
+    pending: HashMap<usize, (Instant, u8)>,
+    /// The members a change must reach (bit `id - 1`).
+    required: u8,
+    pub done: Vec<(Instant, Instant)>,
+    pub per_member: BTreeMap<u64, Vec<Duration>>,
+}
+
+impl Tracker {
+    pub fn lost(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// The fake API server and three members, once all three programmed the
+/// whole table.
+#[derive(Debug)]
+pub struct Bench {
+    pub api: FakeApi,
+    pub dir: tempfile::TempDir,
+    pub members: BTreeMap<u64, Member>,
+    pub tracker: Arc<Mutex<Tracker>>,
+    pub scale: Scale,
+    /// Changes written so far (each a new version of one slice).
+    written: u64,
+    pub cold_start: Duration,
+}
+
+fn lock(t: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
+    t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Bench {
+    /// Populates the API server, starts three members, and waits until all
+    /// three have programmed every service and endpoint (phase 1).
+    pub async fn start(scale: Scale) -> anyhow::Result<Bench> {
+        let api = FakeApi::start(Duration::from_secs(60)).await?;
+        for i in 0..scale.services {
+            api.apply(Kind::Services, service(i))?;
+            api.apply(Kind::EndpointSlices, slice(i, scale.endpoints, 0))?;
+        }
+        let dir = tempfile::tempdir()?;
+        api.write_kubeconfig(dir.path(), "kube")?;
+        let layout = ClusterLayout::write_with_source(
+            dir.path(),
+            3,
+            "[source.kubernetes]\nkubeconfig = \"kube.kubeconfig\"\n",
+            "kube-bench",
+        )?;
+        let started = Instant::now();
+        let mut members = BTreeMap::new();
+        for id in 1..=3u64 {
+            members.insert(id, Member::start(&layout.config(id))?);
+        }
+        let want = scale.services as u64;
+        let want_destinations = (scale.services * scale.endpoints) as u64;
+        crate::eventually(
+            "all three members programmed the whole table",
+            Duration::from_secs(600),
+            || async {
+                for m in members.values() {
+                    let s = m
+                        .client()
+                        .await?
+                        .get_status(pb::GetStatusRequest {})
+                        .await?
+                        .into_inner();
+                    let programmed = s.services == want
+                        && s.dataplane.is_some_and(|d| {
+                            d.programmed_services == want
+                                && d.programmed_destinations == want_destinations
+                        });
+                    if !programmed {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            },
+        )
+        .await?;
+        let cold_start = started.elapsed();
+        let tracker = Arc::new(Mutex::new(Tracker {
+            required: 0b111,
+            ..Tracker::default()
+        }));
+        for (id, m) in &members {
+            let mut stream = m
+                .client()
+                .await?
+                .watch_events(pb::WatchEventsRequest::default())
+                .await?
+                .into_inner();
+            let tracker = tracker.clone();
+            let bit = 1u8 << (id - 1);
+            let id = *id;
+            tokio::spawn(async move {
+                while let Some(Ok(e)) = stream.next().await {
+                    let now = Instant::now();
+                    let Some(i) = e
+                        .message
+                        .strip_prefix("service bench/svc-")
+                        .and_then(|r| r.split(':').next())
+                        .and_then(|n| n.parse::<usize>().ok())
+                    else {
+                        continue;
+                    };
+                    let mut t = lock(&tracker);
+                    let required = t.required;
+                    let Some((sent, seen)) = t.pending.get(&i).copied() else {
+                        continue;
+                    };
+                    if seen & bit == 0 {
+                        t.per_member.entry(id).or_default().push(now - sent);
+                    }
+                    let seen = seen | bit;
+                    if seen & required == required {
+                        t.pending.remove(&i);
+                        t.done.push((sent, now));
+                    } else if let Some(p) = t.pending.get_mut(&i) {
+                        p.1 = seen;
+                    }
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(Bench {
+            api,
+            dir,
+            members,
+            tracker,
+            scale,
+            written: 0,
+            cold_start,
+        })
+    }
+
+    /// Writes `count` changes at the scale's rate; returns how long it took.
+    pub async fn drive(&mut self, count: u64) -> anyhow::Result<Duration> {
+        let t0 = tokio::time::Instant::now();
+        let (rate, services, endpoints) =
+            (self.scale.rate, self.scale.services, self.scale.endpoints);
+        for k in 0..count {
+            let at = t0 + Duration::from_nanos(k * 1_000_000_000 / rate.max(1));
+            tokio::time::sleep_until(at).await;
+            let n = self.written + k;
+            let i = (n as usize) % services;
+            lock(&self.tracker).pending.insert(i, (Instant::now(), 0));
+            self.api
+                .apply(Kind::EndpointSlices, slice(i, endpoints, n + 1))?;
+        }
+        self.written += count;
+        Ok(t0.elapsed())
+    }
+
+    /// The leader, as member 1..3 says.
+    async fn leader(&self) -> anyhow::Result<u64> {
+        crate::eventually("a leader", Duration::from_secs(20), || async {
+            for m in self.members.values() {
+                let s = crate::cluster_status(m).await?;
+                if s.leader != 0 && self.members.contains_key(&s.leader) {
+                    return Ok(Some(s.leader));
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+}
+
+/// Runs the scale run and reports it as a drill (`scale-50k` at full size).
+pub async fn run(scale: Scale) -> anyhow::Result<Report> {
+    let mut report = Report {
+        drill: "scale-50k".into(),
+        tier: "loopback",
+        ..Report::default()
+    };
+    let mut bench = Bench::start(scale).await?;
+    report.time_to_converged_ms = Some(ms(bench.cold_start));
+    report
+        .extra
+        .insert("services".into(), json!(scale.services));
+    report
+        .extra
+        .insert("endpoints".into(), json!(scale.services * scale.endpoints));
+    report
+        .extra
+        .insert("cold_start_ms".into(), json!(ms(bench.cold_start)));
+
+    // 2. Propagation.
+    bench.api.reset_stats();
+    let total = scale.rate * scale.seconds;
+    let took = bench.drive(total).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (mut latencies, lost) = {
+        let mut t = lock(&bench.tracker);
+        let l: Vec<Duration> = t.done.iter().map(|(s, d)| *d - *s).collect();
+        let lost = t.lost();
+        t.done.clear();
+        (l, lost)
+    };
+    latencies.sort();
+    report.extra.insert(
+        "propagation".into(),
+        json!({
+            "changes": total,
+            "offered_per_second": (total as f64 / took.as_secs_f64()).round(),
+            "p50_ms": ms_f(percentile(&latencies, 0.5)),
+            "p99_ms": ms_f(percentile(&latencies, 0.99)),
+            "max_ms": ms_f(latencies.last().copied().unwrap_or_default()),
+            "never_applied": lost,
+        }),
+    );
+    if lost > 0 {
+        report
+            .failures
+            .push(format!("{lost} changes never applied on every member"));
+    }
+
+    // 3. Leader crash under the same stream.
+    let leader = bench.leader().await?;
+    let survivors: u8 = (1..=3u64)
+        .filter(|id| *id != leader)
+        .map(|id| 1u8 << (id - 1))
+        .sum();
+    bench.api.reset_stats();
+    let crash_changes = scale.rate * 6;
+    let kill_after = scale.rate * 2;
+    bench.drive(kill_after).await?;
+    {
+        let mut t = lock(&bench.tracker);
+        t.required = survivors;
+        t.done.clear();
+    }
+    let mut dead = bench.members.remove(&leader).context("the leader")?;
+    let leader_peak = peak_rss_mib(dead.pid());
+    let killed_at = Instant::now();
+    dead.signal("KILL")?;
+    bench.drive(crash_changes - kill_after).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    dead.wait_exit(Duration::from_secs(5))?;
+    let (flowing, lost_in_crash) = {
+        let t = lock(&bench.tracker);
+        let first = t
+            .done
+            .iter()
+            .filter(|(sent, _)| *sent > killed_at)
+            .map(|(_, applied)| *applied)
+            .min();
+        (first.map(|at| at - killed_at), t.lost())
+    };
+    match flowing {
+        Some(d) => {
+            report.time_to_new_leader_ms = Some(ms(d));
+            if d > Duration::from_secs(2) {
+                report.failures.push(format!(
+                    "changes flowed again {} ms after the leader crash (target 2 s)",
+                    ms(d)
+                ));
+            }
+        }
+        None => report
+            .failures
+            .push("no change applied after the leader crash".into()),
+    }
+    if lost_in_crash > 0 {
+        report.failures.push(format!(
+            "{lost_in_crash} changes never applied on the survivors after the crash"
+        ));
+    }
+    if std::env::var_os("DRILL_LOGS").is_some() {
+        eprintln!(
+            "leader {leader} killed at {:?} after start",
+            killed_at.elapsed()
+        );
+        for (id, m) in &bench.members {
+            for line in m.log().lines().filter(|l| {
+                l.contains("role changed") || l.contains("source") || l.contains("Kubernetes")
+            }) {
+                eprintln!("member {id}: {line}");
+            }
+        }
+    }
+    let mut relists = 0;
+    for (agent, s) in bench.api.stats() {
+        if agent.starts_with("lb-node") {
+            relists += s.count("list services") + s.count("list endpointslices");
+        }
+    }
+    report
+        .extra
+        .insert("relists_after_crash".into(), json!(relists));
+    if relists > 0 {
+        report.failures.push(format!(
+            "the new leader listed {relists} times instead of resuming"
+        ));
+    }
+    report.commands_lost = Some((lost + lost_in_crash) as u64);
+    report.commands_acknowledged = bench.written;
+
+    // 4. Memory.
+    let mut memory = BTreeMap::new();
+    memory.insert(leader.to_string(), json!(leader_peak));
+    for (id, m) in &bench.members {
+        memory.insert(id.to_string(), json!(peak_rss_mib(m.pid())));
+    }
+    let worst = memory
+        .values()
+        .filter_map(Value::as_f64)
+        .fold(0.0f64, f64::max);
+    report.extra.insert("peak_rss_mib".into(), json!(memory));
+    if worst > MEMORY_LIMIT_MIB {
+        report.failures.push(format!(
+            "a member peaked at {worst:.0} MiB (limit {MEMORY_LIMIT_MIB:.0} MiB)"
+        ));
+    }
+    report.passed = report.failures.is_empty();
+    Ok(report)
+}
