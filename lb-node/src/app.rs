@@ -167,6 +167,21 @@ pub async fn run(
         location: source_location,
         ..SourceStatus::default()
     });
+    // A follower keeps the stored Kubernetes objects decoded, so that it
+    // starts the source at once if it becomes leader.
+    let standby: Option<kubernetes::Standby> = match (&config.source, &cluster) {
+        (SourceConfig::Kubernetes(_), Some(c)) => {
+            let cache = kubernetes::Standby::default();
+            tasks.push(tokio::spawn(kubernetes::standby(
+                cache.clone(),
+                states.clone(),
+                c.node.status.clone(),
+                shutdown.clone(),
+            )));
+            Some(cache)
+        }
+        _ => None,
+    };
     let run_source = {
         let (source, states, proposer) = (config.source.clone(), states.clone(), proposer.clone());
         let node_id = config.node_id;
@@ -190,6 +205,7 @@ pub async fn run(
                     proposer.clone(),
                     states.clone(),
                     source_tx.clone(),
+                    standby.clone(),
                     stop,
                 )),
             }

@@ -120,6 +120,54 @@ async fn propose(proposer: &Proposer, plan: Plan, status_writes: &StatusWriter) 
     true
 }
 
+/// Stored objects a follower decoded ahead of need (`standby`), for the
+/// source to start from when this member becomes leader.
+pub type Standby = Arc<tokio::sync::Mutex<Option<view::Decoded>>>;
+
+/// On a cluster member that does not lead: keeps the stored Kubernetes
+/// objects decoded, in step with the applied state (once a second, on a
+/// blocking thread; only what changed is decoded), so that a new leader's
+/// source starts without decoding them all. Idle while this member leads
+/// (its source holds the objects then).
+pub async fn standby(
+    cache: Standby,
+    states: watch::Receiver<Arc<State>>,
+    raft: watch::Receiver<crate::replication::node::RaftStatus>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if raft.borrow().is_leader() {
+            continue;
+        }
+        let state = states.borrow().clone();
+        let mut guard = cache.clone().lock_owned().await;
+        let refreshed = tokio::task::spawn_blocking(move || {
+            let mut decoded = guard.take().unwrap_or_default();
+            let fresh = decoded.refresh(&state);
+            *guard = Some(decoded);
+            (fresh, guard)
+        })
+        .await;
+        match refreshed {
+            Ok((fresh, guard)) => {
+                if fresh > 1_000 {
+                    info!(
+                        decoded = fresh,
+                        cached = guard.as_ref().map_or(0, view::Decoded::len),
+                        "Kubernetes objects decoded ahead of a takeover"
+                    );
+                }
+                drop(guard);
+            }
+            Err(e) => warn!(error = %e, "standby decoding failed"),
+        }
+    }
+}
+
 /// Runs the Kubernetes source until `stop` or a failed proposal.
 pub async fn run(
     config: KubernetesSourceConfig,
@@ -127,6 +175,7 @@ pub async fn run(
     proposer: Proposer,
     states: watch::Receiver<Arc<State>>,
     status: watch::Sender<SourceStatus>,
+    standby: Option<Standby>,
     stop: CancellationToken,
 ) {
     let client = match client(&config, node_id).await {
@@ -144,10 +193,16 @@ pub async fn run(
     let stop = stop.child_token();
     let _stop_children = stop.clone().drop_guard();
     let started = Instant::now();
+    let decoded = match &standby {
+        Some(cache) => cache.lock().await.take().unwrap_or_default(),
+        None => view::Decoded::default(),
+    };
+    let ready = decoded.len();
     let state = states.borrow().clone();
     let mut warnings = Vec::new();
-    let mut view = View::new(
+    let mut view = View::with_decoded(
         &state,
+        decoded,
         config.translate.clone(),
         config.address_pools.clone(),
         &mut warnings,
@@ -171,6 +226,7 @@ pub async fn run(
         endpoint_slices = state.kube().endpoint_slices.len(),
         services_cursor = %state.kube().services_cursor,
         endpoint_slices_cursor = %state.kube().endpoint_slices_cursor,
+        decoded_ahead = ready,
         took_ms = started.elapsed().as_millis() as u64,
         "Kubernetes source: resuming from the committed objects"
     );

@@ -451,3 +451,80 @@ fn a_big_batch_is_split_and_only_its_last_entry_moves_the_cursor() {
     commit(&mut half, &repair);
     assert_eq!(half.len(), n);
 }
+
+/// A follower's standby cache decodes only what changed, drops what was
+/// deleted, and a view built from it plans like one built from scratch.
+#[test]
+fn the_standby_cache_decodes_only_what_changed() {
+    let mut state = State::default();
+    let mut leader = view(&state);
+    let mut events = Vec::new();
+    for i in 0..5 {
+        let name = format!("web-{i}");
+        events.push(upsert(
+            KubeKind::Service,
+            &name,
+            cluster_ip(&name, &format!("10.96.0.{}", i + 1), 80),
+            2 * i + 1,
+        ));
+        events.push(upsert(
+            KubeKind::EndpointSlice,
+            &format!("{name}-a"),
+            slice_json(&format!("{name}-a"), &name, &["10.1.0.1"]),
+            2 * i + 2,
+        ));
+    }
+    let plan = leader.plan(&state, events);
+    commit(&mut state, &plan);
+
+    let mut cache = Decoded::default();
+    assert_eq!(cache.refresh(&state), 10, "everything, the first time");
+    assert_eq!(cache.refresh(&state), 0, "nothing changed");
+    // One slice changes, one Service and its slice go.
+    let plan = leader.plan(
+        &state,
+        vec![
+            upsert(
+                KubeKind::EndpointSlice,
+                "web-0-a",
+                slice_json("web-0-a", "web-0", &["10.1.0.7", "10.1.0.8"]),
+                20,
+            ),
+            Event::Delete {
+                kind: KubeKind::Service,
+                name: "ns/web-4".into(),
+                resource_version: "21".into(),
+            },
+            Event::Delete {
+                kind: KubeKind::EndpointSlice,
+                name: "ns/web-4-a".into(),
+                resource_version: "22".into(),
+            },
+        ],
+    );
+    commit(&mut state, &plan);
+    assert_eq!(cache.refresh(&state), 1, "only the changed slice");
+    assert_eq!(cache.len(), 8, "the deleted pair is gone");
+
+    // The view a new leader builds from it is in step with the state.
+    let mut warnings = Vec::new();
+    let mut standby = View::with_decoded(
+        &state,
+        cache,
+        TranslateConfig::default(),
+        pools(),
+        &mut warnings,
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(standby.reconcile_all(&state).entries.is_empty());
+    let next = vec![upsert(
+        KubeKind::EndpointSlice,
+        "web-1-a",
+        slice_json("web-1-a", "web-1", &["10.1.0.9"]),
+        30,
+    )];
+    assert_eq!(
+        service_commands(&standby.plan(&state, next.clone())),
+        service_commands(&view(&state).plan(&state, next))
+    );
+}
