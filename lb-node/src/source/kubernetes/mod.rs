@@ -199,38 +199,9 @@ pub async fn run(
     };
     let ready = decoded.len();
     let state = states.borrow().clone();
-    let mut warnings = Vec::new();
-    let mut view = View::with_decoded(
-        &state,
-        decoded,
-        config.translate.clone(),
-        config.address_pools.clone(),
-        &mut warnings,
-    );
-    for w in &warnings {
-        warn!("{w}");
-    }
-    let writer = StatusWriter::start(client.clone(), stop.clone());
-
-    // A new leader also makes the table agree with the committed objects
-    // (a no-op unless the last leader died in a split batch, or the
-    // translation settings changed). At 50,000 Services that takes most of
-    // a second, so it is done in parts between event batches: changes
-    // flow at once, and a batch plans its Services against the table
-    // whatever the reconcile has reached.
-    let mut unreconciled = view.reconcile_list(&state);
-    unreconciled.reverse();
-    let (mut reconcile_commands, reconcile_started) = (0usize, Instant::now());
-    info!(
-        services = state.kube().services.len(),
-        endpoint_slices = state.kube().endpoint_slices.len(),
-        services_cursor = %state.kube().services_cursor,
-        endpoint_slices_cursor = %state.kube().endpoint_slices_cursor,
-        decoded_ahead = ready,
-        took_ms = started.elapsed().as_millis() as u64,
-        "Kubernetes source: resuming from the committed objects"
-    );
-
+    // The watches start from the committed cursors at once; what they
+    // deliver waits in the channel while the view is built from the same
+    // state.
     let (events_tx, mut events) = mpsc::channel(MAX_EVENTS_PER_BATCH);
     let (connection_tx, mut connection) = watch::channel(watcher::Connection::default());
     let namespace = config.namespace.clone();
@@ -266,6 +237,44 @@ pub async fn run(
         },
         stop.clone(),
     ));
+    let mut warnings = Vec::new();
+    let (translate, pools, at) = (
+        config.translate.clone(),
+        config.address_pools.clone(),
+        state.clone(),
+    );
+    let built = tokio::task::spawn_blocking(move || {
+        let view = View::with_decoded(&at, decoded, translate, pools, &mut warnings);
+        (view, warnings)
+    })
+    .await;
+    let Ok((mut view, warnings)) = built else {
+        error!("building the view of the Kubernetes objects failed; the source restarts");
+        return;
+    };
+    for w in &warnings {
+        warn!("{w}");
+    }
+    let writer = StatusWriter::start(client.clone(), stop.clone());
+
+    // A new leader also makes the table agree with the committed objects
+    // (a no-op unless the last leader died in a split batch, or the
+    // translation settings changed). At 50,000 Services that takes most of
+    // a second, so it is done in parts between event batches: changes
+    // flow at once, and a batch plans its Services against the table
+    // whatever the reconcile has reached.
+    let mut unreconciled = view.reconcile_list(&state);
+    unreconciled.reverse();
+    let (mut reconcile_commands, reconcile_started) = (0usize, Instant::now());
+    info!(
+        services = state.kube().services.len(),
+        endpoint_slices = state.kube().endpoint_slices.len(),
+        services_cursor = %state.kube().services_cursor,
+        endpoint_slices_cursor = %state.kube().endpoint_slices_cursor,
+        decoded_ahead = ready,
+        took_ms = started.elapsed().as_millis() as u64,
+        "Kubernetes source: resuming from the committed objects"
+    );
     drop(state);
 
     let mut last_proposal: Option<Instant> = None;
