@@ -269,6 +269,13 @@ impl Sim {
             .unwrap_or(false)
     }
 
+    /// Member `id` is stopping cleanly (`Replica::leave`).
+    pub fn leave(&mut self, id: u64) {
+        if let Some(member) = self.members.get(&id) {
+            member.with(Replica::leave);
+        }
+    }
+
     /// Asks the leader to hand leadership to `to`.
     pub fn transfer_leader(&mut self, to: u64) {
         self.on_leader(move |r| r.transfer_leader(to));
