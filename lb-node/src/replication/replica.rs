@@ -589,12 +589,24 @@ impl Replica {
         if self.proposed_owners.as_ref() == Some(self.state.vip_owners()) {
             self.proposed_owners = None;
         }
-        let eligible: BTreeSet<u64> = self
+        let undrained: BTreeSet<u64> = self
             .healthy_members()
             .into_iter()
             .filter(|m| !self.state.drained_members().contains(m))
+            .collect();
+        // Leaving members hand their VIPs to the others, unless everyone
+        // is leaving (the whole cluster stopping): then they keep them
+        // until they stop, rather than nobody announcing meanwhile.
+        let staying: BTreeSet<u64> = undrained
+            .iter()
+            .copied()
             .filter(|m| !self.is_leaving(*m))
             .collect();
+        let eligible = if staying.is_empty() {
+            undrained
+        } else {
+            staying
+        };
         // Nothing applied and nobody's health changed since the last round
         // found nothing to do: skip the O(VIPs) work on the raft thread.
         let inputs = (self.applied, eligible);
@@ -805,7 +817,9 @@ impl Replica {
         let best = self
             .voters()
             .into_iter()
-            .filter(|id| *id != self.config.id && healthy.contains(id))
+            .filter(|id| {
+                *id != self.config.id && healthy.contains(id) && !self.leaving_peers.contains(id)
+            })
             .max_by_key(|id| self.raw.raft.prs().get(*id).map_or(0, |p| p.matched));
         if let Some(to) = best {
             info!(
