@@ -133,6 +133,32 @@ impl Report {
         }
     }
 
+    /// Adds one probe's requests (sent at, answer) to the traffic figures:
+    /// the longest outage over all probes, failed and sent summed. Failures
+    /// where none may happen (`may_fail` false), and a probe never
+    /// answered at all, are broken promises.
+    pub(crate) fn add_traffic(
+        &mut self,
+        to: &str,
+        records: &[(f64, Option<String>)],
+        may_fail: bool,
+    ) {
+        let (outage, failed) = crate::traffic::disruption(records);
+        if records.iter().all(|(_, r)| r.is_none()) {
+            self.failures
+                .push(format!("no request to {to} was ever answered"));
+        }
+        if failed > 0 && !may_fail {
+            self.failures.push(format!(
+                "{failed} of {} requests to {to} failed ({outage} ms unanswered), where none may",
+                records.len()
+            ));
+        }
+        self.disruption_ms = Some(self.disruption_ms.unwrap_or(0).max(outage));
+        self.requests_failed = Some(self.requests_failed.unwrap_or(0) + failed);
+        self.requests_sent = Some(self.requests_sent.unwrap_or(0) + records.len() as u64);
+    }
+
     pub fn json(&self) -> String {
         let mut line = json!({
             "drill": self.drill,
@@ -165,10 +191,7 @@ struct Cluster {
 impl Cluster {
     fn start(dir: &Path) -> anyhow::Result<Cluster> {
         let layout = ClusterLayout::write(dir, 3, SERVICES, "drill")?;
-        let mut members = BTreeMap::new();
-        for id in 1..=3 {
-            members.insert(id, Member::start(&layout.config(id))?);
-        }
+        let members = layout.start_all()?;
         Ok(Cluster { layout, members })
     }
 

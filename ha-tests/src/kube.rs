@@ -164,10 +164,7 @@ pub async fn start(n_services: usize) -> anyhow::Result<(Setup, Vec<Vec<u8>>)> {
         "[source.kubernetes]\nkubeconfig = \"kube.kubeconfig\"\naddress_pools = [\"192.0.2.0/28\"]\n",
         "kube-cluster",
     )?;
-    let mut members = BTreeMap::new();
-    for id in 1..=3 {
-        members.insert(id, Member::start(&layout.config(id))?);
-    }
+    let members = layout.start_all()?;
     Ok((
         Setup {
             dir,

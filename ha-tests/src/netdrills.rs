@@ -24,7 +24,7 @@ use proto::admin::v1 as pb;
 
 use crate::drills::{Report, Writer, override_weight};
 use crate::l2lab::{Lab, VIPS, split_brain, unix_now};
-use crate::traffic::{Traffic, disruption};
+use crate::traffic::Traffic;
 
 /// The drills this tier runs, by name.
 pub const NET_DRILLS: [&str; 7] = [
@@ -61,21 +61,22 @@ pub fn run(name: &str) -> anyhow::Result<Report> {
         "unknown network drill {name:?}; drills: {}",
         NET_DRILLS.join(", ")
     );
-    run_in_lab(name, None)
+    run_in_lab(name, false)
 }
 
 /// Runs the `--target` game day (`target.rs`) against a fresh lab, from
 /// the client's namespace, as an operator would against a deployment:
 /// through lbctl and the VIPs.
 pub fn run_target(name: &str) -> anyhow::Result<Report> {
-    run_in_lab(name, Some(()))
+    run_in_lab(name, true)
 }
 
-fn run_in_lab(name: &str, as_target: Option<()>) -> anyhow::Result<Report> {
+fn run_in_lab(name: &str, as_target: bool) -> anyhow::Result<Report> {
     let index = NET_DRILLS.iter().position(|d| *d == name).unwrap_or(0);
-    let tag = match as_target {
-        Some(()) => "t".to_owned(),
-        None => format!("d{index}"),
+    let tag = if as_target {
+        "t".to_owned()
+    } else {
+        format!("d{index}")
     };
     let mut lab = Lab::new(&tag)?;
     lab.admin_on_lan = true;
@@ -105,22 +106,19 @@ fn run_in_lab(name: &str, as_target: Option<()>) -> anyhow::Result<Report> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            let result = match as_target {
-                None => runtime.block_on(drill(&mut lab, name)),
-                Some(()) => {
-                    let target = crate::target::Target {
-                        endpoints: (1..=3).map(|id| lab.admin_endpoint(id)).collect(),
-                        probes: VIPS
-                            .iter()
-                            .filter_map(|v| {
-                                Some((v.parse::<std::net::Ipv4Addr>().ok()?, 80).into())
-                            })
-                            .collect(),
-                        tls: Vec::new(),
-                        rate: REQUESTS_PER_SECOND,
-                    };
-                    runtime.block_on(crate::target::run(name, &target))
-                }
+            let result = if !as_target {
+                runtime.block_on(drill(&mut lab, name))
+            } else {
+                let target = crate::target::Target {
+                    endpoints: (1..=3).map(|id| lab.admin_endpoint(id)).collect(),
+                    probes: VIPS
+                        .iter()
+                        .filter_map(|v| Some((v.parse::<std::net::Ipv4Addr>().ok()?, 80).into()))
+                        .collect(),
+                    tls: Vec::new(),
+                    rate: REQUESTS_PER_SECOND,
+                };
+                runtime.block_on(crate::target::run(name, &target))
             };
             if std::env::var_os("DRILL_LOGS").is_some() {
                 for (id, m) in &lab.members {
@@ -340,14 +338,20 @@ async fn drill(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
                     .push(format!("leadership went to {new}, not {to}"));
             }
             let t1 = unix_now();
-            on_leader(lab, "old leader drained", |mut c| async move {
-                c.drain_member(pb::DrainMemberRequest {
-                    id: leader,
-                    drained: true,
-                })
-                .await
-            })
-            .await?;
+            let drain = |drained: bool| {
+                on_leader(
+                    lab,
+                    "old leader drained or undrained",
+                    move |mut c| async move {
+                        c.drain_member(pb::DrainMemberRequest {
+                            id: leader,
+                            drained,
+                        })
+                        .await
+                    },
+                )
+            };
+            drain(true).await?;
             match lab.wait_garp(vip, t1, Some(leader), Duration::from_secs(10)) {
                 Ok((_, at)) => {
                     report.time_to_vip_moved_ms = Some(((at - t1) * 1000.0) as u64);
@@ -355,14 +359,7 @@ async fn drill(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
                 Err(e) => report.failures.push(format!("{vip} did not move: {e:#}")),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
-            on_leader(lab, "old leader undrained", |mut c| async move {
-                c.drain_member(pb::DrainMemberRequest {
-                    id: leader,
-                    drained: false,
-                })
-                .await
-            })
-            .await?;
+            drain(false).await?;
         }
         "rolling-restart" => {
             // Followers first, the leader last, each stopped cleanly
@@ -462,7 +459,6 @@ async fn drill(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
     .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (acknowledged, attempted) = writer.finish().await;
-    let (mut longest, mut failed, mut sent) = (0, 0, 0);
     for (v, t) in traffic {
         let records = t.finish().await;
         if std::env::var_os("DRILL_TRAFFIC").is_some() {
@@ -470,27 +466,10 @@ async fn drill(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
                 eprintln!("{v} {:+.3} {}", at - t0, answer.as_deref().unwrap_or("-"));
             }
         }
-        let (outage, lost) = disruption(&records);
-        if records.iter().all(|(_, r)| r.is_none()) {
-            report
-                .failures
-                .push(format!("no request to {v} was ever answered"));
-        }
         // Only the VIP the fault hits may see failures, and only where
         // failing over is expected at all.
-        if lost > 0 && (hitless(name) || v != vip) {
-            report.failures.push(format!(
-                "{lost} of {} requests to {v} failed ({outage} ms unanswered), where none may",
-                records.len()
-            ));
-        }
-        longest = longest.max(outage);
-        failed += lost;
-        sent += records.len() as u64;
+        report.add_traffic(v, &records, !hitless(name) && v == vip);
     }
-    report.disruption_ms = Some(longest);
-    report.requests_failed = Some(failed);
-    report.requests_sent = Some(sent);
 
     let ids: Vec<u64> = lab.members.keys().copied().collect();
     let lab_ref: &Lab = lab;

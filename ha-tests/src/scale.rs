@@ -172,10 +172,7 @@ impl Bench {
             "kube-bench",
         )?;
         let started = Instant::now();
-        let mut members = BTreeMap::new();
-        for id in 1..=3u64 {
-            members.insert(id, Member::start(&layout.config(id))?);
-        }
+        let members = layout.start_all()?;
         let want = scale.services as u64;
         let want_destinations = (scale.services * scale.endpoints) as u64;
         crate::eventually(

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::drills::Report;
 use crate::l2lab::unix_now;
-use crate::traffic::{Traffic, disruption};
+use crate::traffic::Traffic;
 
 /// The drills that may run against a running appliance.
 pub const TARGET_DRILLS: [&str; 1] = ["transfer-and-drain"];
@@ -205,23 +205,9 @@ pub async fn run(name: &str, target: &Target) -> anyhow::Result<Report> {
             .push(format!("member {leader} may still be drained: {e:#}")),
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (mut longest, mut failed, mut sent) = (0, 0, 0);
     for (probe, t) in traffic {
-        let records = t.finish().await;
-        let (outage, lost) = disruption(&records);
-        if lost > 0 {
-            report.failures.push(format!(
-                "{lost} of {} requests to {probe} failed ({outage} ms unanswered)",
-                records.len()
-            ));
-        }
-        longest = longest.max(outage);
-        failed += lost;
-        sent += records.len() as u64;
+        report.add_traffic(&probe.to_string(), &t.finish().await, false);
     }
-    report.disruption_ms = Some(longest);
-    report.requests_failed = Some(failed);
-    report.requests_sent = Some(sent);
     report.passed = report.failures.is_empty();
     Ok(report)
 }

@@ -47,10 +47,7 @@ async fn leader_of(members: &BTreeMap<u64, Member>) -> anyhow::Result<u64> {
 async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let layout = ClusterLayout::write(dir.path(), 3, SERVICES, "admin-test")?;
-    let mut members = BTreeMap::new();
-    for id in 1..=3 {
-        members.insert(id, Member::start(&layout.config(id))?);
-    }
+    let mut members = layout.start_all()?;
     let leader = leader_of(&members).await?;
     let follower = *members
         .keys()

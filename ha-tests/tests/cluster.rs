@@ -49,10 +49,7 @@ async fn settled(members: &BTreeMap<u64, Member>, timeout: Duration) -> anyhow::
 async fn leader_killed_survivors_serve_and_it_rejoins() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let layout = ClusterLayout::write(dir.path(), 3, SERVICES, "test-cluster")?;
-    let mut members = BTreeMap::new();
-    for id in 1..=3 {
-        members.insert(id, Member::start(&layout.config(id))?);
-    }
+    let mut members = layout.start_all()?;
     let leader = settled(&members, Duration::from_secs(20)).await?;
     for m in members.values() {
         assert_eq!(

@@ -3,11 +3,10 @@
 //! a log line naming the peer, and the cluster goes on as if nothing
 //! happened.
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::time::Duration;
 
-use ha_tests::{ClusterLayout, Member, cluster_status, eventually};
+use ha_tests::{ClusterLayout, cluster_status, eventually};
 use proto::peer::v1::Envelope;
 use proto::peer::v1::peer_client::PeerClient;
 
@@ -27,10 +26,7 @@ async fn send_one(port: u16, envelope: Envelope) -> Result<(), tonic::Status> {
 async fn bad_peer_input_is_refused_and_named() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let layout = ClusterLayout::write(dir.path(), 3, SERVICES, "good-cluster")?;
-    let mut members = BTreeMap::new();
-    for id in 1..=3 {
-        members.insert(id, Member::start(&layout.config(id))?);
-    }
+    let mut members = layout.start_all()?;
     let leader = eventually("a leader", Duration::from_secs(20), || async {
         let s = cluster_status(&members[&1]).await?;
         Ok((s.leader != 0).then_some(s.leader))

@@ -135,15 +135,23 @@ pub async fn standby(
     raft: watch::Receiver<crate::replication::node::RaftStatus>,
     stop: CancellationToken,
 ) {
+    // The state the cache was last brought in step with: an unchanged
+    // state costs no walk over its objects.
+    let mut done: Option<Arc<State>> = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         if raft.borrow().is_leader() {
+            done = None;
             continue;
         }
         let state = states.borrow().clone();
+        if done.as_ref().is_some_and(|d| Arc::ptr_eq(d, &state)) {
+            continue;
+        }
+        done = Some(state.clone());
         let mut guard = cache.clone().lock_owned().await;
         let refreshed = tokio::task::spawn_blocking(move || {
             let mut decoded = guard.take().unwrap_or_default();
