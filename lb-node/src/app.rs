@@ -220,10 +220,12 @@ pub async fn run(
         ))),
     }
 
+    let (dataplane_tx, dataplane_rx) = watch::channel(DataplaneStatus::default());
     match config.announce.clone() {
         crate::announce::AnnounceConfig::None => {}
         crate::announce::AnnounceConfig::L2(l2) => {
-            let announced = announced_vips(&states, cluster.as_ref(), false, &shutdown);
+            let announced =
+                announced_vips(&states, &dataplane_rx, cluster.as_ref(), false, &shutdown);
             let stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = crate::announce::l2::run(l2, announced, stop.clone()).await {
@@ -233,7 +235,13 @@ pub async fn run(
             }));
         }
         crate::announce::AnnounceConfig::Bgp(bgp) => {
-            let announced = announced_vips(&states, cluster.as_ref(), bgp.ecmp, &shutdown);
+            let announced = announced_vips(
+                &states,
+                &dataplane_rx,
+                cluster.as_ref(),
+                bgp.ecmp,
+                &shutdown,
+            );
             let stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = crate::announce::bgp::run(bgp, announced, stop.clone()).await {
@@ -244,7 +252,6 @@ pub async fn run(
         }
     }
 
-    let (dataplane_tx, dataplane_rx) = watch::channel(DataplaneStatus::default());
     let (counters_tx, counters_rx) = tokio::sync::mpsc::channel(16);
     match ipvs {
         Some(dataplane) => tasks.push(tokio::spawn(reconcile::run(
@@ -263,6 +270,15 @@ pub async fn run(
             counters_rx,
             shutdown.clone(),
         ))),
+    }
+
+    if let Some(c) = &cluster {
+        tasks.push(tokio::spawn(report_dataplane_ready(
+            c.node.clone(),
+            states.clone(),
+            dataplane_rx.clone(),
+            shutdown.clone(),
+        )));
     }
 
     let views = crate::metrics::Views {
@@ -334,6 +350,42 @@ pub async fn run(
     }
     info!("lb-node stopped");
     Ok(())
+}
+
+/// Tells the cluster this member may take VIPs once its dataplane has
+/// programmed the table it caught up to: when the member may announce (in
+/// touch, caught up), the state's revision then is the mark, and the
+/// member is ready once a sync reached it. Until then the leader gives it
+/// no VIP and it announces none, so a member that just started never
+/// attracts traffic it has no kernel table for (at 50,000 services the
+/// first sync takes seconds). A dataplane that never syncs keeps the member
+/// out of the VIPs' way, which is what it should do.
+async fn report_dataplane_ready(
+    node: node::NodeHandle,
+    states: watch::Receiver<Arc<State>>,
+    mut dataplane: watch::Receiver<DataplaneStatus>,
+    shutdown: CancellationToken,
+) {
+    let mut status = node.status.clone();
+    let ready = async {
+        status.wait_for(|s| s.may_announce).await.ok()?;
+        let mark = states.borrow().revision();
+        dataplane
+            .wait_for(|d| d.last_sync_unix_ms > 0 && d.synced_revision >= mark)
+            .await
+            .ok()?;
+        Some(mark)
+    };
+    tokio::select! {
+        mark = ready => {
+            if let Some(mark) = mark
+                && node.dataplane_ready().is_ok()
+            {
+                info!(revision = mark, "dataplane programmed the table: this member takes VIPs");
+            }
+        }
+        () = shutdown.cancelled() => {}
+    }
 }
 
 /// A clean stop of a cluster member: tells the others it is leaving (the
@@ -416,64 +468,120 @@ async fn open_ipvs(
     .await
 }
 
-/// The VIPs this member announces, as they change: in a cluster, what the
-/// Raft node says (owners and lease); standalone, every VIP of the table.
+/// The VIPs to announce: in a cluster, what the replica says this member
+/// may announce (`ecmp`: every VIP, BGP's ECMP mode); standalone, every
+/// VIP of the table. A VIP joins the set only once the dataplane has
+/// programmed the state that was current when it became this member's,
+/// so a member never attracts traffic for a service its kernel does not
+/// have yet (a member just started, a new service); it leaves the set at
+/// once.
 fn announced_vips(
     states: &watch::Receiver<Arc<State>>,
+    dataplane: &watch::Receiver<DataplaneStatus>,
     cluster: Option<&ClusterHandle>,
     ecmp: bool,
     shutdown: &CancellationToken,
 ) -> watch::Receiver<Arc<std::collections::BTreeSet<std::net::IpAddr>>> {
     let (tx, rx) = watch::channel(Arc::default());
     let shutdown = shutdown.clone();
-    match cluster {
-        Some(c) => {
-            let mut status = c.node.status.clone();
-            tokio::spawn(async move {
-                loop {
-                    let now = {
-                        let s = status.borrow_and_update();
-                        if ecmp {
-                            s.ecmp.clone()
-                        } else {
-                            s.announced.clone()
-                        }
-                    };
-                    tx.send_if_modified(|a| {
-                        let changed = **a != *now;
-                        if changed {
-                            *a = now;
-                        }
-                        changed
-                    });
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        changed = status.changed() => if changed.is_err() { return },
+    let mut states = states.clone();
+    let mut dataplane = dataplane.clone();
+    let mut status = cluster.map(|c| c.node.status.clone());
+    tokio::spawn(async move {
+        let mut gate = AnnounceGate::default();
+        loop {
+            let wanted = match &mut status {
+                Some(status) => {
+                    let s = status.borrow_and_update();
+                    if ecmp {
+                        s.ecmp.clone()
+                    } else {
+                        s.announced.clone()
                     }
                 }
-            });
-        }
-        None => {
-            let mut states = states.clone();
-            tokio::spawn(async move {
-                loop {
-                    let now = states.borrow_and_update().vips();
-                    tx.send_if_modified(|a| {
-                        let changed = **a != now;
-                        if changed {
-                            *a = Arc::new(now);
-                        }
-                        changed
-                    });
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        changed = states.changed() => if changed.is_err() { return },
+                None => Arc::new(states.borrow_and_update().vips()),
+            };
+            let revision = states.borrow_and_update().revision();
+            let synced = {
+                let d = dataplane.borrow_and_update();
+                (d.last_sync_unix_ms > 0).then_some(d.synced_revision)
+            };
+            if let Some(now) = gate.update(wanted, revision, synced) {
+                tx.send_replace(now);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = async {
+                    match &mut status {
+                        Some(status) => status.changed().await,
+                        None => states.changed().await,
                     }
-                }
-            });
+                } => if changed.is_err() { return },
+                changed = dataplane.changed() => if changed.is_err() { return },
+            }
         }
-    }
+    });
     rx
+}
+
+/// Holds back each VIP that is to be announced until the dataplane has
+/// synced the state revision current when it was first wanted.
+#[derive(Debug, Default)]
+struct AnnounceGate {
+    wanted: Arc<std::collections::BTreeSet<std::net::IpAddr>>,
+    waiting: std::collections::BTreeMap<std::net::IpAddr, u64>,
+    published: Arc<std::collections::BTreeSet<std::net::IpAddr>>,
+}
+
+impl AnnounceGate {
+    /// The set to announce when it changed: `wanted` now, the state's
+    /// `revision` now, and the revision the dataplane has synced (None
+    /// before its first sync).
+    fn update(
+        &mut self,
+        wanted: Arc<std::collections::BTreeSet<std::net::IpAddr>>,
+        revision: u64,
+        synced: Option<u64>,
+    ) -> Option<Arc<std::collections::BTreeSet<std::net::IpAddr>>> {
+        // Copied only when something changes (most wakes are a sync with
+        // nothing waiting).
+        let mut published: Option<std::collections::BTreeSet<std::net::IpAddr>> = None;
+        // The wanted set is shared, and kept, while it does not change:
+        // comparing it costs O(VIPs) only when it did.
+        if !Arc::ptr_eq(&wanted, &self.wanted) && *wanted != *self.wanted {
+            let mut now = (*self.published).clone();
+            now.retain(|v| wanted.contains(v));
+            self.waiting.retain(|v, _| wanted.contains(v));
+            for v in wanted.iter() {
+                if !now.contains(v) {
+                    self.waiting.entry(*v).or_insert(revision);
+                }
+            }
+            published = Some(now);
+        }
+        self.wanted = wanted;
+        if let Some(synced) = synced {
+            let ready: Vec<std::net::IpAddr> = self
+                .waiting
+                .iter()
+                .filter(|(_, needed)| **needed <= synced)
+                .map(|(v, _)| *v)
+                .collect();
+            if !ready.is_empty() {
+                let now = published.get_or_insert_with(|| (*self.published).clone());
+                for v in ready {
+                    self.waiting.remove(&v);
+                    now.insert(v);
+                }
+            }
+        }
+        let published = published?;
+        if published == *self.published {
+            return None;
+        }
+        self.published = Arc::new(published);
+        Some(self.published.clone())
+    }
 }
 
 /// A failure that stopped the member from inside (the raft node thread),
@@ -511,6 +619,7 @@ async fn start_raft(
             snapshot_after_entries: cluster.snapshot_after_entries,
             fixed_election_timeout: None,
             initial_admin: cluster.initial_admin.clone(),
+            wait_for_dataplane: true,
         },
         store,
         &cluster.initial_members,
@@ -624,5 +733,60 @@ async fn run_source_while_leader<F, Fut>(
     if let Some((stop, task)) = running {
         stop.cancel();
         let _ = task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::net::IpAddr;
+    use std::sync::Arc;
+
+    use super::AnnounceGate;
+
+    fn set(vips: &[&str]) -> Arc<BTreeSet<IpAddr>> {
+        Arc::new(vips.iter().map(|v| v.parse().expect("address")).collect())
+    }
+
+    #[test]
+    fn a_vip_is_announced_once_the_dataplane_synced_the_state_that_gave_it() {
+        let mut gate = AnnounceGate::default();
+        // Wanted at revision 7, before the dataplane's first sync: held.
+        assert_eq!(gate.update(set(&["10.0.0.1"]), 7, None), None);
+        // A sync of an older revision does not release it.
+        assert_eq!(gate.update(set(&["10.0.0.1"]), 8, Some(6)), None);
+        // Revision 7 synced: announced.
+        assert_eq!(
+            gate.update(set(&["10.0.0.1"]), 8, Some(7)),
+            Some(set(&["10.0.0.1"]))
+        );
+        // A second VIP waits for its own revision; the first stays.
+        assert_eq!(
+            gate.update(set(&["10.0.0.1", "10.0.0.2"]), 9, Some(8)),
+            None
+        );
+        assert_eq!(
+            gate.update(set(&["10.0.0.1", "10.0.0.2"]), 9, Some(9)),
+            Some(set(&["10.0.0.1", "10.0.0.2"]))
+        );
+        // Withdrawn at once, whatever the dataplane did.
+        assert_eq!(
+            gate.update(set(&["10.0.0.2"]), 10, Some(9)),
+            Some(set(&["10.0.0.2"]))
+        );
+        // Wanted again: waits again, for the revision current now.
+        assert_eq!(
+            gate.update(set(&["10.0.0.1", "10.0.0.2"]), 12, Some(11)),
+            None
+        );
+        assert_eq!(
+            gate.update(set(&["10.0.0.1", "10.0.0.2"]), 12, Some(12)),
+            Some(set(&["10.0.0.1", "10.0.0.2"]))
+        );
+        // Nothing changed: nothing to send.
+        assert_eq!(
+            gate.update(set(&["10.0.0.1", "10.0.0.2"]), 13, Some(13)),
+            None
+        );
     }
 }

@@ -140,6 +140,7 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<Cluster> {
                     snapshot_after_entries: 10_000,
                     fixed_election_timeout: None,
                     initial_admin: Default::default(),
+                    wait_for_dataplane: false,
                 };
                 let replica = Replica::open(config, store, &initial).expect("replica opens");
                 if let Err(e) = node::run(

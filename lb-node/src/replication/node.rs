@@ -43,6 +43,9 @@ pub enum Input {
     TransferLeader(u64),
     /// Stopping cleanly: hand VIPs and leadership over (`Replica::leave`).
     Leave,
+    /// The dataplane programmed the table: take VIPs
+    /// (`Replica::dataplane_ready`).
+    DataplaneReady,
     AddMember {
         id: u64,
         peer_address: String,
@@ -85,6 +88,9 @@ pub struct RaftStatus {
     /// Whether this member applied an entry of its current term (a new
     /// leader: every earlier entry is applied; the source waits for it).
     pub applied_current_term: bool,
+    /// Whether this member's dataplane has programmed the table (until
+    /// then it takes and announces no VIP).
+    pub dataplane_ready: bool,
     /// On the leader: (id, healthy, match index) of every other voter.
     pub peers: Vec<(u64, bool, u64)>,
 }
@@ -127,6 +133,7 @@ fn status_of(replica: &Replica, announced: Option<AnnouncedSets>) -> RaftStatus 
         lease_held: replica.lease_valid(),
         may_announce: replica.may_announce(),
         applied_current_term: replica.applied_current_term(),
+        dataplane_ready: replica.is_dataplane_ready(),
         peers: replica.peer_health(),
     }
 }
@@ -179,6 +186,7 @@ pub fn run(
                 Input::SnapshotSent { to, ok } => replica.report_snapshot(to, ok),
                 Input::TransferLeader(to) => replica.transfer_leader(to),
                 Input::Leave => replica.leave(),
+                Input::DataplaneReady => replica.dataplane_ready(),
                 Input::AddMember {
                     id,
                     peer_address,
@@ -318,6 +326,12 @@ impl NodeHandle {
     pub fn leave(&self) -> Result<(), ProposeError> {
         self.inputs
             .send(Input::Leave)
+            .map_err(|_| ProposeError::Stopped)
+    }
+
+    pub fn dataplane_ready(&self) -> Result<(), ProposeError> {
+        self.inputs
+            .send(Input::DataplaneReady)
             .map_err(|_| ProposeError::Stopped)
     }
 

@@ -47,6 +47,10 @@ pub struct ReplicaConfig {
     pub fixed_election_timeout: Option<usize>,
     /// Admin API addresses of the initial members, where configured.
     pub initial_admin: BTreeMap<u64, String>,
+    /// Start unready: take and announce no VIP until the dataplane has
+    /// programmed the table (`dataplane_ready`). lb-node sets it; the
+    /// simulation, which has no dataplane, does not.
+    pub wait_for_dataplane: bool,
 }
 
 /// Why a replica cannot go on. Fatal for the member: it stops rather than
@@ -93,6 +97,9 @@ pub struct Stamp {
     /// The sender is stopping cleanly and wants its VIPs taken over first
     /// (`Replica::leave`).
     pub leaving: bool,
+    /// The sender's dataplane has not programmed the table yet
+    /// (`Replica::dataplane_ready`).
+    pub unready: bool,
 }
 
 /// What one `handle_ready` produced, for the caller to act on.
@@ -141,6 +148,8 @@ pub struct Replica {
     /// latest message said they are.
     leaving: bool,
     leaving_peers: BTreeSet<u64>,
+    unready: bool,
+    unready_peers: BTreeSet<u64>,
     /// Per peer, the latest of this member's ticks the peer echoed back
     /// (it heard this member at that tick).
     confirmed: BTreeMap<u64, u64>,
@@ -279,6 +288,7 @@ impl Replica {
         raft_config.validate()?;
         let raw = RawNode::new(&raft_config, store, &super::raft_log::logger(config.id))?;
         let disk_term = raw.raft.term;
+        let unready = config.wait_for_dataplane;
         Ok(Replica {
             raw,
             state,
@@ -296,6 +306,8 @@ impl Replica {
             stamps_from: BTreeMap::new(),
             leaving: false,
             leaving_peers: BTreeSet::new(),
+            unready,
+            unready_peers: BTreeSet::new(),
             confirmed: BTreeMap::new(),
             leader_since: 0,
             proposed_owners: None,
@@ -330,6 +342,7 @@ impl Replica {
             echo_incarnation,
             echo_tick,
             leaving: self.leaving,
+            unready: self.unready,
         }
     }
 
@@ -524,6 +537,7 @@ impl Replica {
     pub fn ecmp_vips(&self) -> BTreeSet<std::net::IpAddr> {
         if !self.may_announce()
             || self.leaving
+            || self.unready
             || self.state.drained_members().contains(&self.config.id)
         {
             return BTreeSet::new();
@@ -539,8 +553,10 @@ impl Replica {
     /// lease ran out, before the leader gave its VIPs away). No two members
     /// announce one VIP at the same time; the simulation checks it at every
     /// step of its fault scenarios.
+    /// A member whose dataplane has not programmed the table announces
+    /// nothing (it could not serve what it attracts).
     pub fn announced_vips(&self) -> BTreeSet<std::net::IpAddr> {
-        if !self.may_announce() {
+        if !self.may_announce() || self.unready {
             return BTreeSet::new();
         }
         let takeover = TAKEOVER_HEARTBEATS * self.config.heartbeat_ticks as u64;
@@ -589,11 +605,17 @@ impl Replica {
         if self.proposed_owners.as_ref() == Some(self.state.vip_owners()) {
             self.proposed_owners = None;
         }
+        // Members whose dataplane has not programmed the table yet (just
+        // started) get nothing: they could not serve it. When nobody is
+        // ready (the whole cluster starting), owners stay as they are.
         let undrained: BTreeSet<u64> = self
             .healthy_members()
             .into_iter()
-            .filter(|m| !self.state.drained_members().contains(m))
+            .filter(|m| !self.state.drained_members().contains(m) && !self.is_unready(*m))
             .collect();
+        if undrained.is_empty() {
+            return;
+        }
         // Leaving members hand their VIPs to the others, unless everyone
         // is leaving (the whole cluster stopping): then they keep them
         // until they stop, rather than nobody announcing meanwhile.
@@ -702,6 +724,11 @@ impl Replica {
         } else {
             self.leaving_peers.remove(&from);
         }
+        if stamp.unready {
+            self.unready_peers.insert(from);
+        } else {
+            self.unready_peers.remove(&from);
+        }
         let seen = self.stamps_from.entry(from).or_default();
         if seen.0 == stamp.incarnation {
             seen.1 = seen.1.max(stamp.tick);
@@ -801,6 +828,28 @@ impl Replica {
         } else {
             self.leaving_peers.contains(&member)
         }
+    }
+
+    /// Whether `member`'s dataplane has yet to program the table (as its
+    /// last message said; this member's own flag for itself).
+    fn is_unready(&self, member: u64) -> bool {
+        if member == self.config.id {
+            self.unready
+        } else {
+            self.unready_peers.contains(&member)
+        }
+    }
+
+    /// Whether this member still waits for its dataplane.
+    pub fn is_dataplane_ready(&self) -> bool {
+        !self.unready
+    }
+
+    /// This member's dataplane has programmed the table it caught up to:
+    /// it may take and announce VIPs from now on (its next messages say
+    /// so).
+    pub fn dataplane_ready(&mut self) {
+        self.unready = false;
     }
 
     /// This member is stopping cleanly: every message it sends says so

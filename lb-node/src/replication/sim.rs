@@ -200,6 +200,7 @@ impl Sim {
             snapshot_after_entries: 40,
             fixed_election_timeout: None,
             initial_admin: BTreeMap::new(),
+            wait_for_dataplane: false,
         };
         let mut sim = Sim {
             rng: SmallRng::seed_from_u64(seed),
@@ -292,6 +293,23 @@ impl Sim {
 
     /// Starts (or restarts) a member from its disk.
     pub fn start(&mut self, id: u64) {
+        self.start_as(id, false);
+    }
+
+    /// Starts a member that waits for its dataplane, as lb-node does: it
+    /// takes no VIP until `dataplane_ready`.
+    pub fn start_unready(&mut self, id: u64) {
+        self.start_as(id, true);
+    }
+
+    /// Member `id`'s dataplane has programmed the table.
+    pub fn dataplane_ready(&mut self, id: u64) {
+        if let Some(member) = self.members.get(&id) {
+            member.with(Replica::dataplane_ready);
+        }
+    }
+
+    fn start_as(&mut self, id: u64, wait_for_dataplane: bool) {
         // Each start draws this member's election timeout from the seed,
         // different from every other member's: reproducible runs without
         // endless split votes.
@@ -311,6 +329,7 @@ impl Sim {
         let config = ReplicaConfig {
             id,
             fixed_election_timeout: Some(election_ticks),
+            wait_for_dataplane,
             ..self.config.clone()
         };
         let initial = self.initial.clone();

@@ -148,6 +148,7 @@ impl Peer for PeerService {
                         echo_incarnation: envelope.echo_incarnation,
                         echo_tick: envelope.echo_tick,
                         leaving: envelope.leaving,
+                        unready: envelope.unready,
                     };
                     if self
                         .inputs
@@ -335,6 +336,7 @@ impl LaneTask {
                 echo_incarnation: stamp.echo_incarnation,
                 echo_tick: stamp.echo_tick,
                 leaving: stamp.leaving,
+                unready: stamp.unready,
             }),
             Err(e) => {
                 warn!(peer = self.to, error = %e, "cannot encode raft message");

@@ -618,3 +618,65 @@ fn a_leaving_member_hands_over_before_it_stops() {
         eprintln!("seed {seed}: member {leaving} handed over in {handed} ms (virtual)");
     }
 }
+
+/// A member that starts again takes no VIP, and announces none, until its
+/// dataplane has programmed the table (lb-node tells it so): the others
+/// carry every VIP meanwhile; once ready it gets its share back, with no
+/// split brain. (Without the gate a restarted member got VIPs before its
+/// kernel table existed: the kernel-lab drills saw it, docs/drills.md.)
+#[test]
+fn a_member_takes_no_vip_before_its_dataplane_is_ready() {
+    for seed in 0..SEEDS {
+        let mut sim = Sim::new(3, seed);
+        assert!(sim.run_until_converged(5_000), "seed {seed}: no leader");
+        sim.propose(9);
+        sim.run(1_000);
+        let restarted = follower(&sim);
+        sim.crash(restarted);
+        sim.run(1_000);
+        sim.start_unready(restarted);
+        // Two seconds (virtual) of a slow first sync.
+        for _ in 0..400 {
+            sim.run(5);
+            assert!(
+                sim.announced(restarted).is_empty(),
+                "seed {seed}: member {restarted} announces before its dataplane is ready"
+            );
+            if let Some(leader) = sim.leader() {
+                assert_eq!(
+                    owner_counts(&sim, leader).get(&restarted),
+                    None,
+                    "seed {seed}: member {restarted} was given VIPs before it was ready:\n{}",
+                    sim.describe()
+                );
+            }
+        }
+        assert_eq!(
+            sim.announcers().len(),
+            9,
+            "seed {seed}: the others carry every VIP meanwhile:\n{}",
+            sim.describe()
+        );
+        sim.dataplane_ready(restarted);
+        let mut back = None;
+        for step in 0..400u64 {
+            sim.run(5);
+            if !sim.announced(restarted).is_empty() {
+                back = Some(step * 5);
+                break;
+            }
+        }
+        let back = back.unwrap_or_else(|| {
+            panic!(
+                "seed {seed}: member {restarted} got no VIP within 2 s of being ready:\n{}",
+                sim.describe()
+            )
+        });
+        assert!(
+            sim.split_brain.is_empty(),
+            "seed {seed}: split brain: {:?}",
+            &sim.split_brain[..sim.split_brain.len().min(5)]
+        );
+        eprintln!("seed {seed}: member {restarted} announcing {back} ms (virtual) after ready");
+    }
+}
