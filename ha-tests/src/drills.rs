@@ -55,7 +55,10 @@ impl Default for Size {
 pub async fn run_any(name: &str, size: Size) -> anyhow::Result<Report> {
     if crate::netdrills::NET_DRILLS.contains(&name) {
         let name = name.to_owned();
-        tokio::task::spawn_blocking(move || crate::netdrills::run(&name)).await?
+        tokio::task::spawn_blocking(move || {
+            crate::netdrills::run(&name, crate::netdrills::Dataplane::Memory)
+        })
+        .await?
     } else if crate::kube::KUBE_DRILLS.contains(&name) {
         crate::kube::run(name, size.outage).await
     } else if name == "scale-50k" {

@@ -49,6 +49,8 @@ pub const MODULES: &[&str] = &[
     "nft_chain_nat",
     "nft_masq",
     "nft_ct",
+    // lb-node's flow hand-over (netdev ingress, `fwd`).
+    "nft_fwd_netdev",
 ];
 
 /// Host programs copied into the guest, with the package that provides
@@ -231,6 +233,9 @@ impl KernelLab {
             cpio.dir(dir);
         }
         cpio.file("bin/busybox", &std::fs::read("/bin/busybox")?, 0o755);
+        // Programs that look their user up (tcpdump -Z root) find root.
+        cpio.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644);
+        cpio.file("etc/group", b"root:x:0:\n", 0o644);
         let mut libs = BTreeSet::new();
         for (tool, _) in TOOLS {
             cpio.file(tool.trim_start_matches('/'), &std::fs::read(tool)?, 0o755);
@@ -302,9 +307,11 @@ poweroff -f
             .arg(&self.kernel)
             .arg("-initrd")
             .arg(&image)
+            // A soft lockup panics (and with -no-reboot ends qemu) at once,
+            // rather than leaving the run to its timeout.
             .args([
                 "-append",
-                "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
+                "console=ttyS0 quiet loglevel=3 panic=-1 softlockup_panic=1 rdinit=/init",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -342,6 +349,10 @@ poweroff -f
                 l.find("LAB ").map(|at| l[at + 4..].to_owned())
             })
             .collect();
+        // Debugging: the whole console, kept where asked.
+        if let Some(path) = std::env::var_os("KERNEL_LAB_CONSOLE") {
+            let _ = std::fs::write(path, &console);
+        }
         let run = GuestRun {
             console,
             results,

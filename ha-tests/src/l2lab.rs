@@ -111,6 +111,15 @@ pub struct Lab {
     /// only loopback), so that the client namespace reaches them at
     /// 10.77.0.N (the drills' writer and probes run there).
     pub admin_on_lan: bool,
+    /// The members' `[dataplane]` section (empty: the memory dataplane).
+    pub dataplane: String,
+    /// The backends of the VIPs' services (port 8080).
+    pub backends: Vec<&'static str>,
+    /// Whether a fourth service has the IPv6 VIP (`VIP6`). The drills
+    /// leave it out: three VIPs over three members is one each.
+    pub ipv6_service: bool,
+    /// Namespaces added with `add_host`, deleted on drop.
+    hosts: Vec<String>,
 }
 
 impl Drop for Lab {
@@ -126,6 +135,9 @@ impl Drop for Lab {
         self.members.clear();
         for ns in ["m1", "m2", "m3", "c", "sw"] {
             let _ = run(&["ip", "netns", "del", &format!("{}-{ns}", self.prefix)]);
+        }
+        for ns in &self.hosts {
+            let _ = run(&["ip", "netns", "del", ns]);
         }
     }
 }
@@ -148,60 +160,81 @@ impl Lab {
             seen: Arc::default(),
             admin_ports: BTreeMap::new(),
             admin_on_lan: false,
+            dataplane: String::new(),
+            backends: vec!["10.77.0.200"],
+            ipv6_service: true,
+            hosts: Vec::new(),
         };
         let sw = lab.ns("sw");
         run(&["ip", "netns", "add", &sw])?;
         in_ns(&sw, &["ip", "link", "add", "br0", "type", "bridge"])?;
         in_ns(&sw, &["ip", "link", "set", "br0", "up"])?;
-        let hosts = [
+        for (i, (name, ip)) in [
             ("m1", "10.77.0.1"),
             ("m2", "10.77.0.2"),
             ("m3", "10.77.0.3"),
             ("c", "10.77.0.100"),
-        ];
-        for (i, (name, ip)) in hosts.iter().enumerate() {
-            let ns = lab.ns(name);
-            run(&["ip", "netns", "add", &ns])?;
-            let port = format!("p{i}");
-            // The veth is created in the switch and one end moved over.
-            in_ns(
-                &sw,
-                &[
-                    "ip", "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-                ],
-            )?;
-            in_ns(&sw, &["ip", "link", "set", "eth0", "netns", &ns])?;
-            in_ns(&sw, &["ip", "link", "set", &port, "master", "br0", "up"])?;
-            in_ns(&ns, &["ip", "link", "set", "lo", "up"])?;
-            in_ns(
-                &ns,
-                &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
-            )?;
-            // IPv6 on the same segment, without duplicate address detection
-            // (it would hold the address back for a second or two).
-            let host = ip.rsplit('.').next().unwrap_or("0");
-            in_ns(
-                &ns,
-                &[
-                    "ip",
-                    "addr",
-                    "add",
-                    &format!("fd00:77::{host}/64"),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ],
-            )?;
-            in_ns(&ns, &["ip", "link", "set", "eth0", "up"])?;
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mac = lab.attach(&format!("p{i}"), name, ip)?;
             if name.starts_with('m') {
-                let out = Command::new("ip")
-                    .args(["netns", "exec", &ns, "cat", "/sys/class/net/eth0/address"])
-                    .output()?;
-                let mac = String::from_utf8_lossy(&out.stdout).trim().to_owned();
                 lab.macs.insert(mac, (i + 1) as u64);
             }
         }
         Ok(lab)
+    }
+
+    /// Adds a host on the bridge: namespace `<prefix>-<name>` with address
+    /// `ip` (/24, and fd00:77::<last octet>/64); deleted with the lab.
+    pub fn add_host(&mut self, name: &str, ip: &str) -> anyhow::Result<()> {
+        let port = format!("h{}", self.hosts.len());
+        self.hosts.push(self.ns(name));
+        self.attach(&port, name, ip)?;
+        Ok(())
+    }
+
+    /// Creates namespace `name` joined to the bridge by switch port `port`;
+    /// returns its MAC address.
+    fn attach(&self, port: &str, name: &str, ip: &str) -> anyhow::Result<String> {
+        let sw = self.ns("sw");
+        let ns = self.ns(name);
+        run(&["ip", "netns", "add", &ns])?;
+        // The veth is created in the switch and one end moved over.
+        in_ns(
+            &sw,
+            &[
+                "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0",
+            ],
+        )?;
+        in_ns(&sw, &["ip", "link", "set", "eth0", "netns", &ns])?;
+        in_ns(&sw, &["ip", "link", "set", port, "master", "br0", "up"])?;
+        in_ns(&ns, &["ip", "link", "set", "lo", "up"])?;
+        in_ns(
+            &ns,
+            &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+        )?;
+        // IPv6 on the same segment, without duplicate address detection
+        // (it would hold the address back for a second or two).
+        let host = ip.rsplit('.').next().unwrap_or("0");
+        in_ns(
+            &ns,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("fd00:77::{host}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
+        in_ns(&ns, &["ip", "link", "set", "eth0", "up"])?;
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns, "cat", "/sys/class/net/eth0/address"])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
     /// Starts the client's capture of ARP and its questions for the VIPs.
@@ -214,6 +247,9 @@ impl Lab {
                 "exec",
                 &lab.ns("c"),
                 "tcpdump",
+                // Stay root (no `tcpdump` user in the kernel lab's guest).
+                "-Z",
+                "root",
                 "-i",
                 "eth0",
                 "-l",
@@ -287,10 +323,15 @@ impl Lab {
             .iter()
             .enumerate()
             .map(|(i, vip)| {
-                format!("[[service]]\nname = \"web-{i}\"\nvip = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"rr\"\n\n[[service.backend]]\naddress = \"10.77.0.200\"\nport = 8080\n\n")
+                let backends: String = self
+                    .backends
+                    .iter()
+                    .map(|b| format!("[[service.backend]]\naddress = \"{b}\"\nport = 8080\n\n"))
+                    .collect();
+                format!("[[service]]\nname = \"web-{i}\"\nvip = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"rr\"\n\n{backends}")
             })
             .collect::<String>()
-            + &format!("[[service]]\nname = \"web-v6\"\nvip = \"{VIP6}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"rr\"\n\n[[service.backend]]\naddress = \"fd00:77::200\"\nport = 8080\n");
+            + &if !self.ipv6_service { String::new() } else { format!("[[service]]\nname = \"web-v6\"\nvip = \"{VIP6}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"rr\"\n\n[[service.backend]]\naddress = \"fd00:77::200\"\nport = 8080\n") };
         std::fs::write(self.dir.path().join("services.toml"), services)?;
         for (id, peer, admin) in &peers {
             let config = self.dir.path().join(format!("member-{id}.toml"));
@@ -298,9 +339,10 @@ impl Lab {
                 &config,
                 format!(
                     "[node]\nid = {id}\n\n[source.file]\npath = \"services.toml\"\n\n[admin]\nlisten = \"{admin_host}:{admin}\"\nmetrics_listen = \"127.0.0.1:0\"\n\n\
-                     {}\n\
+                     {}\n{}\n\
                      [cluster]\nid = \"l2-lab\"\ndata_dir = \"data-{id}\"\nlisten = \"10.77.0.{id}:{peer}\"\nmember = [{}]\n",
                     announce(*id),
+                    self.dataplane,
                     list.join(", ")
                 ),
             )?;

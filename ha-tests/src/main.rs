@@ -2,6 +2,10 @@
 //! against real lb-node processes on this machine and prints one JSON line
 //! per drill (docs/drills.md).
 //!
+//! `ha-tests drill NAME|all --lab`: the drills with client traffic through
+//! real IPVS, in the kernel lab (a guest booted under qemu); `--tier ipvs`
+//! runs them with IPVS on this machine's kernel (the guest does that).
+//!
 //! `ha-tests drill transfer-and-drain --target --endpoint URL... --probe
 //! VIP:PORT... [--ca F --cert F --key F]`: the non-destructive drill
 //! against a running appliance (`target.rs`).
@@ -15,7 +19,7 @@ use ha_tests::target::Target;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: ha-tests drill NAME|all [--outage SECONDS]\n       ha-tests drill transfer-and-drain --target --endpoint URL... --probe VIP:PORT... [--ca F --cert F --key F]\ndrills: {}",
+        "usage: ha-tests drill NAME|all [--outage SECONDS]\n       ha-tests drill NAME|all --lab | --tier ipvs   (drills with traffic, through real IPVS)\n       ha-tests drill transfer-and-drain --target --endpoint URL... --probe VIP:PORT... [--ca F --cert F --key F]\ndrills: {}",
         all_drills().join(", ")
     );
     ExitCode::from(2)
@@ -27,6 +31,8 @@ async fn main() -> ExitCode {
     let mut size = Size::default();
     let mut words = Vec::new();
     let mut target: Option<Target> = None;
+    let mut lab = false;
+    let mut ipvs = false;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         let mut value = |flag: &str| {
@@ -41,6 +47,15 @@ async fn main() -> ExitCode {
                 Some(s) if s >= 2 => size.outage = Duration::from_secs(s),
                 _ => {
                     eprintln!("ha-tests: --outage takes a number of seconds, 2 or more");
+                    return usage();
+                }
+            },
+            "--lab" => lab = true,
+            "--tier" => match value("--tier").as_deref() {
+                Some("ipvs") => ipvs = true,
+                Some("netns") => ipvs = false,
+                _ => {
+                    eprintln!("ha-tests: --tier takes ipvs or netns");
                     return usage();
                 }
             },
@@ -94,6 +109,59 @@ async fn main() -> ExitCode {
                 );
                 ExitCode::FAILURE
             }
+        };
+    }
+    if lab || ipvs {
+        use ha_tests::netdrills::{Dataplane, NET_DRILLS, run, run_in_kernel_lab};
+        let names: Vec<&str> = match words[..] {
+            ["drill", "all"] => NET_DRILLS.to_vec(),
+            ["drill", name] if NET_DRILLS.contains(&name) => vec![name],
+            ["drill", name] => {
+                eprintln!(
+                    "ha-tests: {name:?} has no IPVS tier; drills with traffic: {}",
+                    NET_DRILLS.join(", ")
+                );
+                return usage();
+            }
+            _ => return usage(),
+        };
+        let names: Vec<String> = names.into_iter().map(str::to_owned).collect();
+        let reports: Vec<serde_json::Value> = if lab {
+            let all = names.clone();
+            let run =
+                move || run_in_kernel_lab(&all.iter().map(String::as_str).collect::<Vec<_>>());
+            match tokio::task::spawn_blocking(run).await {
+                Ok(Ok(reports)) => reports,
+                Ok(Err(e)) => vec![
+                    serde_json::json!({"drill": "kernel-lab", "passed": false, "error": format!("{e:#}")}),
+                ],
+                Err(e) => vec![
+                    serde_json::json!({"drill": "kernel-lab", "passed": false, "error": e.to_string()}),
+                ],
+            }
+        } else {
+            let mut out = Vec::new();
+            for name in names {
+                let drill = name.clone();
+                let report =
+                    tokio::task::spawn_blocking(move || run(&drill, Dataplane::Ipvs)).await;
+                out.push(match report {
+                    Ok(Ok(r)) => serde_json::from_str(&r.json()).unwrap_or_default(),
+                    Ok(Err(e)) => serde_json::json!({"drill": name, "passed": false, "error": format!("{e:#}")}),
+                    Err(e) => serde_json::json!({"drill": name, "passed": false, "error": e.to_string()}),
+                });
+            }
+            out
+        };
+        let mut ok = true;
+        for r in &reports {
+            ok &= r["passed"] == true;
+            println!("{r}");
+        }
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
         };
     }
     let names: Vec<&str> = match words[..] {

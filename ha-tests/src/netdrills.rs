@@ -54,24 +54,46 @@ fn enter_netns(ns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What forwards the VIPs' traffic in a network drill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dataplane {
+    /// The memory dataplane; an HTTP server in each member's namespace
+    /// answers for the VIPs it holds (any kernel).
+    Memory,
+    /// Real IPVS: each member forwards to two backends in their own
+    /// namespaces (10.77.0.200 and .201, port 8080) with masquerade. Needs
+    /// a kernel with IPVS: the kernel lab's (`kernel_lab::run_drills`).
+    Ipvs,
+}
+
+impl Dataplane {
+    /// The tier name in the drill's report.
+    pub fn tier(self) -> &'static str {
+        match self {
+            Dataplane::Memory => "netns",
+            Dataplane::Ipvs => "ipvs",
+        }
+    }
+}
+
 /// Runs one drill by name in a fresh lab.
-pub fn run(name: &str) -> anyhow::Result<Report> {
+pub fn run(name: &str, dataplane: Dataplane) -> anyhow::Result<Report> {
     anyhow::ensure!(
         NET_DRILLS.contains(&name),
         "unknown network drill {name:?}; drills: {}",
         NET_DRILLS.join(", ")
     );
-    run_in_lab(name, false)
+    run_in_lab(name, dataplane, false)
 }
 
 /// Runs the `--target` game day (`target.rs`) against a fresh lab, from
 /// the client's namespace, as an operator would against a deployment:
 /// through lbctl and the VIPs.
 pub fn run_target(name: &str) -> anyhow::Result<Report> {
-    run_in_lab(name, true)
+    run_in_lab(name, Dataplane::Memory, true)
 }
 
-fn run_in_lab(name: &str, as_target: bool) -> anyhow::Result<Report> {
+fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Result<Report> {
     let index = NET_DRILLS.iter().position(|d| *d == name).unwrap_or(0);
     let tag = if as_target {
         "t".to_owned()
@@ -80,17 +102,54 @@ fn run_in_lab(name: &str, as_target: bool) -> anyhow::Result<Report> {
     };
     let mut lab = Lab::new(&tag)?;
     lab.admin_on_lan = true;
-    lab.start_arp_watch()?;
-    lab.start_members()?;
+    lab.ipv6_service = false;
     let lab_http = crate::binary("lab-http")?;
     let lab_http = lab_http.to_str().context("lab-http path")?;
-    let mut servers: Vec<Child> = Vec::new();
-    for id in 1..=3u64 {
-        servers.push(lab.spawn(
-            &format!("m{id}"),
-            &[lab_http, "serve", "0.0.0.0:80", &format!("m{id}")],
-        )?);
-    }
+    // (namespace, address to serve on, name it answers with)
+    let servers: Vec<(String, &str, String)> = match dataplane {
+        Dataplane::Memory => (1..=3)
+            .map(|id| (format!("m{id}"), "0.0.0.0:80", format!("m{id}")))
+            .collect(),
+        Dataplane::Ipvs => {
+            lab.dataplane = "[dataplane]\nkind = \"ipvs\"\n".into();
+            lab.backends = vec!["10.77.0.200", "10.77.0.201"];
+            for (i, b) in lab.backends.clone().into_iter().enumerate() {
+                lab.add_host(&format!("b{i}"), b)?;
+            }
+            (0..2)
+                .map(|i| (format!("b{i}"), "0.0.0.0:8080", format!("b{i}")))
+                .collect()
+        }
+    };
+    lab.start_arp_watch()?;
+    // Debugging: every TCP reset the client receives, with the MAC that
+    // sent it (which member), on the drill's stderr.
+    let _resets = match std::env::var_os("DRILL_TRAFFIC") {
+        Some(_) => Some(
+            std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &lab.ns("c"),
+                    "tcpdump",
+                    "-Z",
+                    "root",
+                    "-i",
+                    "eth0",
+                ])
+                .args(["-l", "-n", "-e", "-tt", "tcp[tcpflags] & tcp-rst != 0"])
+                .stdout(std::process::Stdio::inherit())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("tcpdump")?,
+        ),
+        None => None,
+    };
+    lab.start_members()?;
+    let mut servers: Vec<Child> = servers
+        .iter()
+        .map(|(ns, at, answer)| lab.spawn(ns, &[lab_http, "serve", at, answer]))
+        .collect::<anyhow::Result<_>>()?;
     for vip in VIPS {
         lab.wait_garp(vip, 0.0, None, Duration::from_secs(30))?;
     }
@@ -107,7 +166,7 @@ fn run_in_lab(name: &str, as_target: bool) -> anyhow::Result<Report> {
                 .enable_all()
                 .build()?;
             let result = if !as_target {
-                runtime.block_on(drill(&mut lab, name))
+                runtime.block_on(drill(&mut lab, name, dataplane))
             } else {
                 let target = crate::target::Target {
                     endpoints: (1..=3).map(|id| lab.admin_endpoint(id)).collect(),
@@ -130,7 +189,7 @@ fn run_in_lab(name: &str, as_target: bool) -> anyhow::Result<Report> {
         .join()
         .map_err(|_| anyhow::anyhow!("the drill thread panicked"))?
     });
-    for mut server in servers {
+    for server in &mut servers {
         let _ = server.kill();
         let _ = server.wait();
     }
@@ -241,10 +300,10 @@ fn hitless(name: &str) -> bool {
     )
 }
 
-async fn drill(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
+async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Result<Report> {
     let mut report = Report {
         drill: name.into(),
-        tier: "netns",
+        tier: dataplane.tier(),
         ..Report::default()
     };
     let leader = settled(lab, Duration::from_secs(30)).await?;
@@ -379,8 +438,8 @@ async fn drill(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
                 drop(member);
                 lab.restart(id)?;
                 settled(lab, Duration::from_secs(30)).await?;
-                // Its share of VIPs back (an IPv4 or the IPv6 one: four
-                // VIPs over three members) before the next one goes.
+                // Its share of VIPs back (one of three) before the next
+                // one goes.
                 crate::eventually(
                     "the restarted member announcing a VIP",
                     Duration::from_secs(10),
@@ -489,4 +548,83 @@ async fn drill(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
     }
     report.passed = report.failures.is_empty();
     Ok(report)
+}
+
+/// Runs network drills with real IPVS in the kernel lab (Debian's kernel
+/// under qemu, `kernel_lab`): one guest boots, and inside it this same
+/// program (`ha-tests drill NAME --tier ipvs`) builds the lab's namespaces,
+/// starts three members programming IPVS, the backends, the client's
+/// traffic and capture, and runs each drill in turn. Returns each drill's
+/// JSON report, with `tier` "kernel-lab".
+pub fn run_in_kernel_lab(names: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
+    for name in names {
+        anyhow::ensure!(
+            NET_DRILLS.contains(name),
+            "{name:?} does not run in the kernel lab; drills with traffic: {}",
+            NET_DRILLS.join(", ")
+        );
+    }
+    let lab = crate::kernel_lab::KernelLab::find()?;
+    let tcpdump = std::path::Path::new("/usr/bin/tcpdump");
+    anyhow::ensure!(
+        tcpdump.exists(),
+        "kernel lab: /usr/bin/tcpdump is missing (apt-get install tcpdump)"
+    );
+    let binaries = ["ha-tests", "lb-node", "lab-http", "arp-probe"]
+        .iter()
+        .map(|b| Ok((format!("/usr/local/bin/{b}"), crate::binary(b)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut files: Vec<(&str, &std::path::Path)> = binaries
+        .iter()
+        .map(|(guest, host)| (guest.as_str(), host.as_path()))
+        .collect();
+    files.push(("/usr/bin/tcpdump", tcpdump));
+    // The debugging switches reach the guest's run too.
+    let logs: String = ["DRILL_LOGS", "DRILL_TRAFFIC"]
+        .iter()
+        .filter(|v| std::env::var_os(v).is_some())
+        .map(|v| format!("export {v}=1\n"))
+        .collect();
+    let script = format!(
+        r#"{logs}for d in {}; do
+  start=$(cut -d' ' -f1 /proc/uptime)
+  ha-tests drill $d --tier ipvs > /tmp/report 2> /tmp/stderr
+  code=$?
+  echo "LAB drill $d exit $code after $(awk "BEGIN{{print $(cut -d' ' -f1 /proc/uptime)-$start}}") s"
+  sed 's/^/LAB report+ /' /tmp/report
+  if [ $code != 0 ] || [ -n "$DRILL_LOGS$DRILL_TRAFFIC" ]; then sed "s/^/LAB stderr+ $d: /" /tmp/stderr; fi
+done
+"#,
+        names.join(" ")
+    );
+    let timeout = Duration::from_secs(60 + 240 * names.len() as u64);
+    let run = lab.run(&script, &files, 3072, timeout)?;
+    for l in run.block("stderr") {
+        eprintln!("{l}");
+    }
+    let mut reports = Vec::new();
+    for name in names {
+        let line = run.block("report").into_iter().find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .filter(|v| v["drill"] == *name)
+        });
+        let mut report = match line {
+            Some(v) => v,
+            None => serde_json::json!({
+                "drill": name,
+                "passed": false,
+                "error": format!(
+                    "no report from the guest; console:\n{}",
+                    crate::kernel_lab::tail(&run.console, 40)
+                ),
+            }),
+        };
+        report["tier"] = "kernel-lab".into();
+        reports.push(report);
+    }
+    for l in run.results.iter().filter(|l| l.starts_with("drill ")) {
+        eprintln!("kernel lab: {l}");
+    }
+    Ok(reports)
 }

@@ -17,43 +17,64 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
 /// complete (by Content-Length, or the server closing). None when it fails
 /// or takes longer than `REQUEST_TIMEOUT`.
 pub async fn request(to: SocketAddr) -> Option<String> {
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(to).await.ok()?;
-        stream
-            .write_all(format!("GET / HTTP/1.0\r\nHost: {to}\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut answer = Vec::new();
-        let mut buf = [0u8; 2048];
-        loop {
-            let n = stream.read(&mut buf).await.ok()?;
-            answer.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&answer);
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                if !head.starts_with("HTTP/") {
-                    return None;
-                }
-                let length = head.lines().find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())
-                        .flatten()
-                });
-                // The client closes first when it knows the length (the
-                // lab's server waits for that).
-                if n == 0 || length.is_some_and(|l| body.len() >= l) {
-                    return Some(body.trim().to_owned());
-                }
+    match tokio::time::timeout(REQUEST_TIMEOUT, attempt(to)).await {
+        Ok(Ok(body)) => Some(body),
+        Ok(Err(stage)) => {
+            if std::env::var_os("DRILL_TRAFFIC").is_some() {
+                eprintln!("{:.3} request to {to} failed: {stage}", unix_now());
             }
-            if n == 0 {
-                return None;
+            None
+        }
+        Err(_) => {
+            if std::env::var_os("DRILL_TRAFFIC").is_some() {
+                eprintln!(
+                    "{:.3} request to {to} failed: no answer within {REQUEST_TIMEOUT:?}",
+                    unix_now()
+                );
+            }
+            None
+        }
+    }
+}
+
+/// One request; on failure, the stage that failed and why.
+async fn attempt(to: SocketAddr) -> Result<String, String> {
+    let mut stream = tokio::net::TcpStream::connect(to)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .write_all(format!("GET / HTTP/1.0\r\nHost: {to}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 2048];
+    loop {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("receive after connecting: {e}"))?;
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            if !head.starts_with("HTTP/") {
+                return Err(format!("not HTTP: {head:?}"));
+            }
+            let length = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())
+                    .flatten()
+            });
+            // The client closes first when it knows the length (the
+            // lab's server waits for that).
+            if n == 0 || length.is_some_and(|l| body.len() >= l) {
+                return Ok(body.trim().to_owned());
             }
         }
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, attempt)
-        .await
-        .ok()
-        .flatten()
+        if n == 0 {
+            return Err("closed before the whole answer".into());
+        }
+    }
 }
 
 /// Requests to one address at a fixed rate until `finish`: (unix time
