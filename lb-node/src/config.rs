@@ -336,6 +336,8 @@ struct RawAnnounce {
     garp_interval: String,
     #[serde(default = "default_linger")]
     linger: String,
+    #[serde(default)]
+    flow_handover: bool,
 }
 
 fn default_hold_time() -> u16 {
@@ -529,6 +531,7 @@ fn validate_announce(
                 garp_count: a.garp_count,
                 garp_interval,
                 linger,
+                flow_handover: a.flow_handover,
             }))
         }
         "bgp" => Ok(AnnounceConfig::Bgp(validate_bgp(a, file)?)),

@@ -45,6 +45,10 @@ pub struct L2Config {
     /// ARP caches still point here (until the new owner's gratuitous ARP
     /// reaches them) are served rather than dropped.
     pub linger: Duration,
+    /// Experimental, off by default: for `linger` after taking a VIP over
+    /// from a live member, send TCP segments of flows this member does not
+    /// know to that member (`handover`).
+    pub flow_handover: bool,
 }
 
 type Sender = Arc<Mutex<Box<dyn pnet_datalink::DataLinkSender>>>;
@@ -210,11 +214,15 @@ pub async fn run(
         };
     let tx: Sender = Arc::new(Mutex::new(tx));
     let answering: Arc<RwLock<BTreeSet<IpAddr>>> = Arc::default();
+    // Who announced each VIP last, by the gratuitous ARP it sent: where a
+    // VIP taken over from a live member hands its flows (`handover`).
+    let announcers: Arc<Mutex<BTreeMap<std::net::Ipv4Addr, Mac>>> = Arc::default();
 
     // Answers ARP requests and neighbour solicitations for what we announce.
     let stop = Arc::new(AtomicBool::new(false));
     let responder = {
         let (tx, answering, stop) = (tx.clone(), answering.clone(), stop.clone());
+        let announcers = announcers.clone();
         std::thread::Builder::new()
             .name("l2-responder".into())
             .spawn(move || {
@@ -230,6 +238,19 @@ pub async fn run(
                     // Our own gratuitous requests come back: not a question.
                     if matches!(&request, frames::Request::Arp { sender_mac, .. } if *sender_mac == mac) {
                         continue;
+                    }
+                    // Another member's gratuitous ARP: it announces the VIP.
+                    if let frames::Request::Arp {
+                        sender_mac,
+                        sender_ip,
+                        target,
+                    } = &request
+                        && sender_ip == target
+                    {
+                        announcers
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(*target, *sender_mac);
                     }
                     let mine = answering
                         .read()
@@ -262,6 +283,7 @@ pub async fn run(
     // Withdrawn VIPs still local, and until when.
     let mut lingering: BTreeMap<IpAddr, tokio::time::Instant> = BTreeMap::new();
     let mut warned: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut handover = super::handover::Handover::new(&config.interface, mac, config.linger);
     loop {
         let wanted: BTreeSet<IpAddr> = announced
             .borrow_and_update()
@@ -284,6 +306,9 @@ pub async fn run(
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(&vip);
             current.remove(&vip);
+            if let IpAddr::V4(v4) = vip {
+                handover.end(v4);
+            }
             lingering.insert(vip, tokio::time::Instant::now() + config.linger);
             info!(%vip, linger = ?config.linger, "VIP withdrawn: no longer answering ARP / NDP");
         }
@@ -300,7 +325,43 @@ pub async fn run(
             }
             info!(%vip, "VIP no longer local");
         }
-        for vip in wanted.difference(&current).copied().collect::<Vec<_>>() {
+        let taking: Vec<IpAddr> = wanted.difference(&current).copied().collect();
+        // Taken over from another member: its flows go on there for as
+        // long as it keeps the VIP local. In place before the gratuitous
+        // ARP flips the clients over.
+        // The last announcer may be this member itself (a VIP back before
+        // anyone else announced it): then nothing is handed anywhere.
+        for vip in &taking {
+            let IpAddr::V4(v4) = vip else { continue };
+            let mut seen = announcers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(previous) = seen.get(v4).copied()
+                && config.flow_handover
+                && !config.linger.is_zero()
+            {
+                handover.begin(
+                    *v4,
+                    previous,
+                    tokio::time::Instant::now() + config.linger,
+                    seen.values().copied(),
+                );
+            }
+            seen.insert(*v4, mac);
+        }
+        handover.apply().await;
+        // That took a moment (nft): announce only what is still ours now;
+        // anything else waits for the next round.
+        let (taking, gone): (Vec<IpAddr>, Vec<IpAddr>) = {
+            let now = announced.borrow();
+            taking.into_iter().partition(|v| now.contains(v))
+        };
+        for vip in gone {
+            if let IpAddr::V4(v4) = vip {
+                handover.end(v4);
+            }
+        }
+        for vip in taking {
             let still_local = lingering.remove(&vip).is_some();
             if !still_local && let Err(e) = add_local(&handle, vip_index, vip).await {
                 warn!(%vip, error = format!("{e:#}"), "cannot make the VIP local; announcing anyway");
@@ -337,7 +398,13 @@ pub async fn run(
                 }
             });
         }
-        let next_expiry = lingering.values().min().copied();
+        handover.expire(tokio::time::Instant::now());
+        handover.apply().await;
+        let next_expiry = lingering
+            .values()
+            .copied()
+            .chain(handover.next_expiry())
+            .min();
         tokio::select! {
             _ = shutdown.cancelled() => break,
             changed = announced.changed() => if changed.is_err() { break },
@@ -359,6 +426,8 @@ pub async fn run(
             warn!(%vip, error = format!("{e:#}"), "withdraw at shutdown");
         }
     }
+    handover.clear();
+    handover.apply().await;
     info!(vips = current.len(), "L2 announcer stopped; VIPs withdrawn");
     stop.store(true, Ordering::Relaxed);
     let _ = tokio::task::spawn_blocking(move || responder.join()).await;

@@ -13,6 +13,7 @@
 
 pub mod bgp;
 pub mod frames;
+pub mod handover;
 pub mod l2;
 
 /// `[announce]`.
