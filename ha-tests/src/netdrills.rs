@@ -124,7 +124,7 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
     lab.start_arp_watch()?;
     // Debugging: every TCP reset the client receives, with the MAC that
     // sent it (which member), on the drill's stderr.
-    let _resets = match std::env::var_os("DRILL_TRAFFIC") {
+    let mut resets = match std::env::var_os("DRILL_TRAFFIC") {
         Some(_) => Some(
             std::process::Command::new("ip")
                 .args([
@@ -189,7 +189,7 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
         .join()
         .map_err(|_| anyhow::anyhow!("the drill thread panicked"))?
     });
-    for server in &mut servers {
+    for server in servers.iter_mut().chain(resets.as_mut()) {
         let _ = server.kill();
         let _ = server.wait();
     }
