@@ -291,10 +291,14 @@ impl Lab {
     }
 
     /// Writes the members' configs and starts them, announcing by L2.
+    /// `DRILL_FLOW_HANDOVER=1` turns the experimental flow hand-over on
+    /// (docs/announcement.md), to measure it.
     pub fn start_members(&mut self) -> anyhow::Result<()> {
+        let handover = std::env::var_os("DRILL_FLOW_HANDOVER").is_some();
         self.start_members_with(|_| {
-            "[announce]\nmode = \"l2\"\ninterface = \"eth0\"\nvip_ranges = [\"10.77.0.48/28\", \"fd00:77::40/122\"]\n"
-                .to_owned()
+            format!(
+                "[announce]\nmode = \"l2\"\ninterface = \"eth0\"\nvip_ranges = [\"10.77.0.48/28\", \"fd00:77::40/122\"]\nflow_handover = {handover}\n"
+            )
         })
     }
 

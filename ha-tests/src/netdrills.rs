@@ -580,7 +580,7 @@ pub fn run_in_kernel_lab(names: &[&str]) -> anyhow::Result<Vec<serde_json::Value
         .collect();
     files.push(("/usr/bin/tcpdump", tcpdump));
     // The debugging switches reach the guest's run too.
-    let logs: String = ["DRILL_LOGS", "DRILL_TRAFFIC"]
+    let logs: String = ["DRILL_LOGS", "DRILL_TRAFFIC", "DRILL_FLOW_HANDOVER"]
         .iter()
         .filter(|v| std::env::var_os(v).is_some())
         .map(|v| format!("export {v}=1\n"))
