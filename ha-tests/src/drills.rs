@@ -163,6 +163,11 @@ impl Report {
     }
 
     pub fn json(&self) -> String {
+        self.value().to_string()
+    }
+
+    /// The report as one JSON object.
+    pub fn value(&self) -> serde_json::Value {
         let mut line = json!({
             "drill": self.drill,
             "passed": self.passed,
@@ -182,7 +187,7 @@ impl Report {
                 map.insert(k.clone(), v.clone());
             }
         }
-        line.to_string()
+        line
     }
 }
 

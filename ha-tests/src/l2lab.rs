@@ -237,27 +237,32 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
+    /// tcpdump in the client's namespace: a line per frame matching
+    /// `filter`, with link-layer addresses and Unix times.
+    fn client_capture(&self, filter: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns("c"), "tcpdump"])
+            // Stay root (no `tcpdump` user in the kernel lab's guest).
+            .args(["-Z", "root", "-i", "eth0", "-l", "-n", "-e", "-tt", filter]);
+        c
+    }
+
+    /// Debugging: every TCP reset the client receives, with the MAC that
+    /// sent it (which member), on standard output.
+    pub fn watch_resets(&self) -> anyhow::Result<Child> {
+        self.client_capture("tcp[tcpflags] & tcp-rst != 0")
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start tcpdump")
+    }
+
     /// Starts the client's capture of ARP and its questions for the VIPs.
     pub fn start_arp_watch(&mut self) -> anyhow::Result<()> {
         let lab = self;
         // The capture: every ARP frame the client sees, with its time.
-        let mut capture = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.ns("c"),
-                "tcpdump",
-                // Stay root (no `tcpdump` user in the kernel lab's guest).
-                "-Z",
-                "root",
-                "-i",
-                "eth0",
-                "-l",
-                "-n",
-                "-e",
-                "-tt",
-                "arp",
-            ])
+        let mut capture = lab
+            .client_capture("arp")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

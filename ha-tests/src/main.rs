@@ -103,95 +103,69 @@ async fn main() -> ExitCode {
                 }
             }
             Err(e) => {
-                println!(
-                    "{}",
-                    serde_json::json!({"drill": name, "passed": false, "error": format!("{e:#}")})
-                );
+                println!("{}", failed(name, &e));
                 ExitCode::FAILURE
             }
         };
     }
-    if lab || ipvs {
-        use ha_tests::netdrills::{Dataplane, NET_DRILLS, run, run_in_kernel_lab};
-        let names: Vec<&str> = match words[..] {
-            ["drill", "all"] => NET_DRILLS.to_vec(),
-            ["drill", name] if NET_DRILLS.contains(&name) => vec![name],
-            ["drill", name] => {
-                eprintln!(
-                    "ha-tests: {name:?} has no IPVS tier; drills with traffic: {}",
-                    NET_DRILLS.join(", ")
-                );
+    // Which drills, and where they run.
+    let (all, named): (Vec<&'static str>, &str) = if lab || ipvs {
+        (ha_tests::netdrills::NET_DRILLS.to_vec(), "has no IPVS tier")
+    } else {
+        (all_drills(), "is not a drill")
+    };
+    let names: Vec<&'static str> = match words[..] {
+        ["drill", "all"] => all,
+        ["drill", name] => match all.iter().find(|d| **d == name) {
+            Some(d) => vec![*d],
+            None => {
+                eprintln!("ha-tests: {name:?} {named}; drills: {}", all.join(", "));
                 return usage();
             }
-            _ => return usage(),
-        };
-        let names: Vec<String> = names.into_iter().map(str::to_owned).collect();
-        let reports: Vec<serde_json::Value> = if lab {
-            let all = names.clone();
-            let run =
-                move || run_in_kernel_lab(&all.iter().map(String::as_str).collect::<Vec<_>>());
-            match tokio::task::spawn_blocking(run).await {
-                Ok(Ok(reports)) => reports,
-                Ok(Err(e)) => vec![
-                    serde_json::json!({"drill": "kernel-lab", "passed": false, "error": format!("{e:#}")}),
-                ],
-                Err(e) => vec![
-                    serde_json::json!({"drill": "kernel-lab", "passed": false, "error": e.to_string()}),
-                ],
-            }
-        } else {
-            let mut out = Vec::new();
-            for name in names {
-                let drill = name.clone();
-                let report =
-                    tokio::task::spawn_blocking(move || run(&drill, Dataplane::Ipvs)).await;
-                out.push(match report {
-                    Ok(Ok(r)) => serde_json::from_str(&r.json()).unwrap_or_default(),
-                    Ok(Err(e)) => serde_json::json!({"drill": name, "passed": false, "error": format!("{e:#}")}),
-                    Err(e) => serde_json::json!({"drill": name, "passed": false, "error": e.to_string()}),
-                });
-            }
-            out
-        };
-        let mut ok = true;
-        for r in &reports {
-            ok &= r["passed"] == true;
-            println!("{r}");
-        }
-        return if ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
-    }
-    let names: Vec<&str> = match words[..] {
-        ["drill", "all"] => all_drills(),
-        ["drill", name] if all_drills().contains(&name) => vec![name],
-        ["drill", name] => {
-            eprintln!("ha-tests: no drill named {name:?}");
-            return usage();
-        }
+        },
         _ => return usage(),
     };
-    let mut ok = true;
-    for name in names {
-        match run_any(name, size).await {
-            Ok(report) => {
-                ok &= report.passed;
-                println!("{}", report.json());
-            }
-            Err(e) => {
-                ok = false;
-                println!(
-                    "{}",
-                    serde_json::json!({"drill": name, "passed": false, "error": format!("{e:#}")})
-                );
-            }
+    let reports: Vec<serde_json::Value> = if lab {
+        let all = names.clone();
+        match tokio::task::spawn_blocking(move || ha_tests::netdrills::run_in_kernel_lab(&all))
+            .await
+            .map_err(anyhow::Error::from)
+        {
+            Ok(Ok(reports)) => reports,
+            Ok(Err(e)) | Err(e) => vec![failed("kernel-lab", &e)],
         }
+    } else {
+        let mut out = Vec::new();
+        for name in names {
+            let report = if ipvs {
+                use ha_tests::netdrills::{Dataplane, run};
+                tokio::task::spawn_blocking(move || run(name, Dataplane::Ipvs))
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r)
+            } else {
+                run_any(name, size).await
+            };
+            out.push(match report {
+                Ok(r) => r.value(),
+                Err(e) => failed(name, &e),
+            });
+        }
+        out
+    };
+    let mut ok = true;
+    for r in &reports {
+        ok &= r["passed"] == true;
+        println!("{r}");
     }
     if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// The JSON line of a drill that could not run.
+fn failed(drill: &str, e: &anyhow::Error) -> serde_json::Value {
+    serde_json::json!({"drill": drill, "passed": false, "error": format!("{e:#}")})
 }

@@ -62,7 +62,7 @@ pub enum Dataplane {
     Memory,
     /// Real IPVS: each member forwards to two backends in their own
     /// namespaces (10.77.0.200 and .201, port 8080) with masquerade. Needs
-    /// a kernel with IPVS: the kernel lab's (`kernel_lab::run_drills`).
+    /// a kernel with IPVS: the kernel lab's (`run_in_kernel_lab`).
     Ipvs,
 }
 
@@ -122,27 +122,9 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
         }
     };
     lab.start_arp_watch()?;
-    // Debugging: every TCP reset the client receives, with the MAC that
-    // sent it (which member), on the drill's stderr.
+    // Debugging: every TCP reset the client receives, and who sent it.
     let mut resets = match std::env::var_os("DRILL_TRAFFIC") {
-        Some(_) => Some(
-            std::process::Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &lab.ns("c"),
-                    "tcpdump",
-                    "-Z",
-                    "root",
-                    "-i",
-                    "eth0",
-                ])
-                .args(["-l", "-n", "-e", "-tt", "tcp[tcpflags] & tcp-rst != 0"])
-                .stdout(std::process::Stdio::inherit())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .context("tcpdump")?,
-        ),
+        Some(_) => Some(lab.watch_resets()?),
         None => None,
     };
     lab.start_members()?;

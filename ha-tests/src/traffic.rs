@@ -17,24 +17,17 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
 /// complete (by Content-Length, or the server closing). None when it fails
 /// or takes longer than `REQUEST_TIMEOUT`.
 pub async fn request(to: SocketAddr) -> Option<String> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, attempt(to)).await {
-        Ok(Ok(body)) => Some(body),
-        Ok(Err(stage)) => {
+    let outcome = tokio::time::timeout(REQUEST_TIMEOUT, attempt(to))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_TIMEOUT:?}")));
+    outcome
+        .map_err(|why| {
+            // Debugging: why each request failed.
             if std::env::var_os("DRILL_TRAFFIC").is_some() {
-                eprintln!("{:.3} request to {to} failed: {stage}", unix_now());
+                eprintln!("{:.3} request to {to} failed: {why}", unix_now());
             }
-            None
-        }
-        Err(_) => {
-            if std::env::var_os("DRILL_TRAFFIC").is_some() {
-                eprintln!(
-                    "{:.3} request to {to} failed: no answer within {REQUEST_TIMEOUT:?}",
-                    unix_now()
-                );
-            }
-            None
-        }
-    }
+        })
+        .ok()
 }
 
 /// One request; on failure, the stage that failed and why.

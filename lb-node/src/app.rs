@@ -489,6 +489,9 @@ fn announced_vips(
     let mut status = cluster.map(|c| c.node.status.clone());
     tokio::spawn(async move {
         let mut gate = AnnounceGate::default();
+        // Standalone: every VIP of the table, computed again only when the
+        // table changed (most wakes are a dataplane sync).
+        let mut table_vips: Option<Arc<std::collections::BTreeSet<std::net::IpAddr>>> = None;
         loop {
             let wanted = match &mut status {
                 Some(status) => {
@@ -499,7 +502,12 @@ fn announced_vips(
                         s.announced.clone()
                     }
                 }
-                None => Arc::new(states.borrow_and_update().vips()),
+                None => match &table_vips {
+                    Some(vips) if !states.has_changed().unwrap_or(false) => vips.clone(),
+                    _ => table_vips
+                        .insert(Arc::new(states.borrow_and_update().vips()))
+                        .clone(),
+                },
             };
             let revision = states.borrow_and_update().revision();
             let synced = {

@@ -17,5 +17,6 @@ pub mod config;
 pub mod dataplane;
 pub mod metrics;
 pub mod model;
+pub mod nft;
 pub mod replication;
 pub mod source;

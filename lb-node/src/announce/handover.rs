@@ -82,17 +82,19 @@ impl Handover {
         }
     }
 
+    /// The members' MACs known so far (announcers seen).
+    pub fn know(&mut self, members: impl IntoIterator<Item = Mac>) {
+        for m in members {
+            if self.members.insert(m) && !self.active.is_empty() {
+                self.dirty = true;
+            }
+        }
+    }
+
     /// This member took `vip` over from `previous`: hand its unknown flows
-    /// there until `until`. `members`: every other member's MAC known.
-    pub fn begin(
-        &mut self,
-        vip: Ipv4Addr,
-        previous: Mac,
-        until: Instant,
-        members: impl IntoIterator<Item = Mac>,
-    ) {
+    /// there until `until`.
+    pub fn begin(&mut self, vip: Ipv4Addr, previous: Mac, until: Instant) {
         if previous != self.own {
-            self.members.extend(members);
             self.members.insert(previous);
             self.members.insert(self.own);
             self.active.insert(vip, (previous, until));
@@ -173,7 +175,7 @@ impl Handover {
         let Some(script) = self.script() else {
             return;
         };
-        match run_nft(&script).await {
+        match crate::nft::apply(&script).await {
             Ok(()) => {
                 let before = self.installed;
                 self.installed = !self.active.is_empty();
@@ -185,7 +187,7 @@ impl Handover {
                 }
             }
             Err(e) if self.active.is_empty() => {
-                // Deleting a table that is not there fails: nothing to do.
+                // nft missing (the feature is off): nothing was installed.
                 self.installed = false;
                 tracing::debug!(error = %e, "no hand-over table to delete");
             }
@@ -200,27 +202,6 @@ impl Handover {
     }
 }
 
-async fn run_nft(script: &str) -> anyhow::Result<()> {
-    use tokio::io::AsyncWriteExt as _;
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot run nft: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).await?;
-    }
-    let out = child.wait_with_output().await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "nft: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,18 +214,17 @@ mod tests {
         h.installed = false;
         assert_eq!(h.script(), None, "nothing installed, nothing active");
         let now = Instant::now();
+        h.know([own, [2, 0, 0, 0, 0, 3]]);
         h.begin(
             "10.0.0.1".parse().expect("ip"),
             previous,
             now + std::time::Duration::from_secs(2),
-            [own, [2, 0, 0, 0, 0, 3]],
         );
         // Taking a VIP back from ourselves is no hand-over.
         h.begin(
             "10.0.0.2".parse().expect("ip"),
             own,
             now + std::time::Duration::from_secs(2),
-            [],
         );
         let script = h.script().expect("a script");
         assert!(script.contains("hook ingress device \"eth0\""), "{script}");

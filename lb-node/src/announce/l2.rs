@@ -327,27 +327,27 @@ pub async fn run(
         }
         let taking: Vec<IpAddr> = wanted.difference(&current).copied().collect();
         // Taken over from another member: its flows go on there for as
-        // long as it keeps the VIP local. In place before the gratuitous
-        // ARP flips the clients over.
-        // The last announcer may be this member itself (a VIP back before
-        // anyone else announced it): then nothing is handed anywhere.
-        for vip in &taking {
-            let IpAddr::V4(v4) = vip else { continue };
+        // long as it keeps the VIP local, in place before the gratuitous
+        // ARP flips the clients over. The last announcer may be this
+        // member itself (a VIP back before anyone else announced it): then
+        // nothing is handed anywhere.
+        if !taking.is_empty() {
             let mut seen = announcers
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(previous) = seen.get(v4).copied()
-                && config.flow_handover
-                && !config.linger.is_zero()
-            {
-                handover.begin(
-                    *v4,
-                    previous,
-                    tokio::time::Instant::now() + config.linger,
-                    seen.values().copied(),
-                );
+            let handing = config.flow_handover && !config.linger.is_zero();
+            if handing {
+                handover.know(seen.values().copied());
             }
-            seen.insert(*v4, mac);
+            for vip in &taking {
+                let IpAddr::V4(v4) = vip else { continue };
+                if let Some(previous) = seen.get(v4).copied()
+                    && handing
+                {
+                    handover.begin(*v4, previous, tokio::time::Instant::now() + config.linger);
+                }
+                seen.insert(*v4, mac);
+            }
         }
         handover.apply().await;
         // That took a moment (nft): announce only what is still ours now;

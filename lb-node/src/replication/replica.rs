@@ -102,6 +102,13 @@ pub struct Stamp {
     pub unready: bool,
 }
 
+/// The flags a member's messages carry about itself (`Stamp`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Says {
+    leaving: bool,
+    unready: bool,
+}
+
 /// What one `handle_ready` produced, for the caller to act on.
 #[derive(Debug, Default)]
 pub struct ReadyOutput {
@@ -144,12 +151,12 @@ pub struct Replica {
     incarnation: u64,
     /// Each peer's latest clock reading received: (incarnation, tick).
     stamps_from: BTreeMap<u64, (u64, u64)>,
-    /// This member is stopping cleanly (`leave`), and the peers whose
-    /// latest message said they are.
+    /// This member is stopping cleanly (`leave`); its dataplane has not
+    /// programmed the table yet (`dataplane_ready`); what each peer's
+    /// latest message said of the same.
     leaving: bool,
-    leaving_peers: BTreeSet<u64>,
     unready: bool,
-    unready_peers: BTreeSet<u64>,
+    peers_say: BTreeMap<u64, Says>,
     /// Per peer, the latest of this member's ticks the peer echoed back
     /// (it heard this member at that tick).
     confirmed: BTreeMap<u64, u64>,
@@ -305,9 +312,8 @@ impl Replica {
             incarnation: unix_now_us(),
             stamps_from: BTreeMap::new(),
             leaving: false,
-            leaving_peers: BTreeSet::new(),
             unready,
-            unready_peers: BTreeSet::new(),
+            peers_say: BTreeMap::new(),
             confirmed: BTreeMap::new(),
             leader_since: 0,
             proposed_owners: None,
@@ -503,6 +509,13 @@ impl Replica {
         self.in_touch_since.is_some_and(|t| self.ticks >= t + lease) || self.caught_up_in_new_term()
     }
 
+    /// Whether this member applied an entry of its current term: for a
+    /// leader, its first entry, so every entry of earlier terms it will
+    /// ever commit is applied too.
+    pub fn applied_current_term(&self) -> bool {
+        self.applied_term == self.raw.raft.term
+    }
+
     /// Proof that a member back in touch has applied everything committed
     /// before its current leader was elected, without waiting a full lease:
     /// its current term is newer than the last term it was in touch in, it
@@ -516,19 +529,12 @@ impl Replica {
     /// only in two commits with the takeover wait (`maybe_reassign_vips`).
     /// This is what makes a leader's crash cost one election, not an
     /// election plus a full lease.
-    /// Whether this member applied an entry of its current term: for a
-    /// leader, its first entry, so every entry of earlier terms it will
-    /// ever commit is applied too.
-    pub fn applied_current_term(&self) -> bool {
-        self.applied_term == self.raw.raft.term
-    }
-
     fn caught_up_in_new_term(&self) -> bool {
         let raft = &self.raw.raft;
         raft.term > self.stretch_after_term
             && raft.leader_id != 0
             && raft.vote == raft.leader_id
-            && self.applied_term == raft.term
+            && self.applied_current_term()
     }
 
     /// Every VIP, while this member may announce and is not drained: what
@@ -719,16 +725,13 @@ impl Replica {
             self.raw.raft.set_priority(i64::MAX);
         }
         self.last_heard.insert(from, self.ticks);
-        if stamp.leaving {
-            self.leaving_peers.insert(from);
-        } else {
-            self.leaving_peers.remove(&from);
-        }
-        if stamp.unready {
-            self.unready_peers.insert(from);
-        } else {
-            self.unready_peers.remove(&from);
-        }
+        self.peers_say.insert(
+            from,
+            Says {
+                leaving: stamp.leaving,
+                unready: stamp.unready,
+            },
+        );
         let seen = self.stamps_from.entry(from).or_default();
         if seen.0 == stamp.incarnation {
             seen.1 = seen.1.max(stamp.tick);
@@ -823,20 +826,24 @@ impl Replica {
     /// Whether `member` said it is stopping cleanly (or is this member,
     /// stopping).
     fn is_leaving(&self, member: u64) -> bool {
-        if member == self.config.id {
-            self.leaving
-        } else {
-            self.leaving_peers.contains(&member)
-        }
+        self.says(member).leaving
     }
 
     /// Whether `member`'s dataplane has yet to program the table (as its
     /// last message said; this member's own flag for itself).
     fn is_unready(&self, member: u64) -> bool {
+        self.says(member).unready
+    }
+
+    /// What `member` said of itself last (this member: what it is).
+    fn says(&self, member: u64) -> Says {
         if member == self.config.id {
-            self.unready
+            Says {
+                leaving: self.leaving,
+                unready: self.unready,
+            }
         } else {
-            self.unready_peers.contains(&member)
+            self.peers_say.get(&member).copied().unwrap_or_default()
         }
     }
 
@@ -866,9 +873,7 @@ impl Replica {
         let best = self
             .voters()
             .into_iter()
-            .filter(|id| {
-                *id != self.config.id && healthy.contains(id) && !self.leaving_peers.contains(id)
-            })
+            .filter(|id| *id != self.config.id && healthy.contains(id) && !self.is_leaving(*id))
             .max_by_key(|id| self.raw.raft.prs().get(*id).map_or(0, |p| p.matched));
         if let Some(to) = best {
             info!(

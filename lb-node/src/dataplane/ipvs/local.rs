@@ -323,25 +323,9 @@ async fn install_table(
     masq: &BTreeSet<IpAddr>,
     marks: &BTreeMap<ServiceKey, u32>,
 ) -> anyhow::Result<()> {
-    use tokio::io::AsyncWriteExt as _;
-    let script = table_script(masq, marks);
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("cannot run nft (install nftables) for the masquerade table")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).await?;
-    }
-    let out = child.wait_with_output().await?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "nft refused the masquerade table: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    crate::nft::apply(&table_script(masq, marks))
+        .await
+        .context("the masquerade table")?;
     info!(
         masquerade_vips = masq.len(),
         fwmarks = marks.len(),
