@@ -564,11 +564,11 @@ pub fn run_in_kernel_lab(names: &[&str]) -> anyhow::Result<Vec<serde_json::Value
     // The debugging switches reach the guest's run too.
     let logs: String = ["DRILL_LOGS", "DRILL_TRAFFIC", "DRILL_FLOW_HANDOVER"]
         .iter()
-        .filter(|v| std::env::var_os(v).is_some())
-        .map(|v| format!("export {v}=1\n"))
+        .filter_map(|v| Some(format!("export {v}='{}'\n", std::env::var(v).ok()?)))
         .collect();
     let script = format!(
-        r#"{logs}for d in {}; do
+        r#"export DRILL_EMULATED=1
+{logs}for d in {}; do
   start=$(cut -d' ' -f1 /proc/uptime)
   ha-tests drill $d --tier ipvs > /tmp/report 2> /tmp/stderr
   code=$?

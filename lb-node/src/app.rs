@@ -308,6 +308,15 @@ pub async fn run(
             .cluster
             .as_ref()
             .map_or(Duration::ZERO, |c| c.tick * c.heartbeat_ticks as u32);
+        // After its VIPs moved, a stopping member serves what still
+        // arrives (the new owners announce three heartbeats after the
+        // change) and, in L2 mode, what the new owners hand over
+        // (`announce.linger`, docs/announcement.md): it stays that long.
+        let stay = heartbeat * 5
+            + match &config.announce {
+                crate::announce::AnnounceConfig::L2(l2) => l2.linger,
+                _ => Duration::ZERO,
+            };
         let id = config.node_id;
         tokio::spawn(async move {
             tokio::select! {
@@ -316,7 +325,7 @@ pub async fn run(
             }
             if let Some(node) = node {
                 tokio::select! {
-                    () = hand_over(&node, states, id, heartbeat) => {}
+                    () = hand_over(&node, states, id, stay) => {}
                     () = shutdown.cancelled() => {}
                 }
             }
@@ -392,14 +401,15 @@ async fn report_dataplane_ready(
 /// leader gives its VIPs away as if it were drained; a leader first hands
 /// leadership over), waits until the committed state gives each of its
 /// VIPs to another member and the new owners had time to announce them
-/// (their takeover wait, docs/announcement.md), at most
-/// `HAND_OVER_TIMEOUT`. Returns at once where nobody could take over: a
-/// member alone, or out of touch with a quorum.
+/// (their takeover wait, docs/announcement.md) and handed it what was
+/// still on its way here (`stay`), at most `HAND_OVER_TIMEOUT` for the
+/// move. Returns at once where nobody could take over: a member alone, or
+/// out of touch with a quorum.
 async fn hand_over(
     node: &node::NodeHandle,
     mut states: watch::Receiver<Arc<State>>,
     id: u64,
-    heartbeat: Duration,
+    stay: Duration,
 ) {
     let lonely = {
         let s = node.status.borrow();
@@ -439,9 +449,7 @@ async fn hand_over(
         );
         return;
     }
-    // The new owners announce three heartbeats after the change: stay
-    // (serving what still arrives here) until they have.
-    tokio::time::sleep(heartbeat * 5).await;
+    tokio::time::sleep(stay).await;
     info!(took = ?started.elapsed(), "stopping: VIPs and leadership handed over");
 }
 

@@ -336,8 +336,10 @@ struct RawAnnounce {
     garp_interval: String,
     #[serde(default = "default_linger")]
     linger: String,
-    #[serde(default)]
+    #[serde(default = "default_flow_handover")]
     flow_handover: bool,
+    #[serde(default = "default_handover_probe_wait")]
+    handover_probe_wait: String,
 }
 
 fn default_hold_time() -> u16 {
@@ -474,6 +476,12 @@ fn default_garp_interval() -> String {
 fn default_linger() -> String {
     "2s".into()
 }
+fn default_flow_handover() -> bool {
+    true
+}
+fn default_handover_probe_wait() -> String {
+    "30ms".into()
+}
 
 fn validate_announce(
     a: RawAnnounce,
@@ -524,6 +532,15 @@ fn validate_announce(
                     "must be at most 10m (a withdrawn VIP stays local that long)",
                 ));
             }
+            let handover_probe_wait =
+                parse_duration(&a.handover_probe_wait, file, "announce.handover_probe_wait")?;
+            if handover_probe_wait > Duration::from_secs(1) {
+                return Err(ConfigError::new(
+                    file,
+                    "announce.handover_probe_wait",
+                    "must be at most 1s (a takeover after a crash waits that long before its gratuitous ARP)",
+                ));
+            }
             Ok(AnnounceConfig::L2(L2Config {
                 interface,
                 vip_interface: a.vip_interface,
@@ -532,6 +549,7 @@ fn validate_announce(
                 garp_interval,
                 linger,
                 flow_handover: a.flow_handover,
+                handover_probe_wait,
             }))
         }
         "bgp" => Ok(AnnounceConfig::Bgp(validate_bgp(a, file)?)),

@@ -188,6 +188,21 @@ pub fn parse_request(frame: &[u8]) -> Option<Request> {
     }
 }
 
+/// An ARP reply: who sent it, for which address (the answer to a probe).
+pub fn parse_arp_reply(frame: &[u8]) -> Option<(Mac, Ipv4Addr)> {
+    if u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]) != ETHERTYPE_ARP {
+        return None;
+    }
+    let p = frame.get(14..42)?;
+    if p[0..2] != [0, 1] || p[2..4] != [8, 0] || p[4] != 6 || p[5] != 4 || p[6..8] != [0, 2] {
+        return None;
+    }
+    Some((
+        p[8..14].try_into().ok()?,
+        Ipv4Addr::from(<[u8; 4]>::try_from(&p[14..18]).ok()?),
+    ))
+}
+
 /// Our answer to a request for `mac`'s VIP, as the kernel would give it.
 pub fn answer(mac: Mac, request: &Request) -> Vec<u8> {
     match *request {
@@ -315,6 +330,34 @@ mod tests {
         assert_eq!(&na[0..6], &client_mac);
         assert_eq!(na[14 + 40 + 4], 0x60, "Solicited and Override");
         assert_eq!(icmpv6_checksum(vip6, client6, &na[14 + 40..]), 0);
+    }
+
+    #[test]
+    fn a_probe_is_answered_to_the_prober_and_the_answer_read_back() {
+        let member: Mac = [0x02, 0, 0, 0, 0, 0x02];
+        let vip = Ipv4Addr::new(192, 0, 2, 10);
+        // RFC 5227 probe: sender address 0.0.0.0, nobody's cache changes.
+        let probe = arp_request(member, Ipv4Addr::UNSPECIFIED, vip);
+        assert_eq!(parse_arp_reply(&probe), None, "a request is not a reply");
+        let request = parse_request(&probe).expect("a request");
+        assert_eq!(
+            request,
+            Request::Arp {
+                sender_mac: member,
+                sender_ip: Ipv4Addr::UNSPECIFIED,
+                target: vip
+            }
+        );
+        let reply = answer(MAC, &request);
+        assert_eq!(&reply[0..6], &member, "unicast to the prober");
+        assert_eq!(parse_arp_reply(&reply), Some((MAC, vip)));
+        assert_eq!(parse_request(&reply), None, "a reply is not a request");
+        // The gratuitous reply form is a reply too (from its announcer).
+        let [_, garp_reply] = gratuitous_arp(MAC, vip);
+        assert_eq!(parse_arp_reply(&garp_reply), Some((MAC, vip)));
+        for len in 0..42 {
+            assert_eq!(parse_arp_reply(&reply[..len]), None);
+        }
     }
 
     #[test]

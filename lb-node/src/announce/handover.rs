@@ -16,8 +16,9 @@
 //! the flow's SYN (the set `fresh`); any other segment for the VIP gets
 //! this member's MAC as source (so switches keep learning the client where
 //! it is) and the previous owner's as destination, and leaves by the same
-//! interface. The previous owner is the member whose gratuitous ARP for the
-//! VIP was seen last. New connections are this member's from their SYN on;
+//! interface. The previous owner is the member that answers this member's
+//! ARP probe for the VIP just before the takeover (`l2::find_holders`): it
+//! still announces the VIP or keeps it local, and it is alive. New connections are this member's from their SYN on;
 //! once the window ends the table goes.
 //!
 //! Limits: TCP over IPv4 only (UDP has no SYN to tell old flows from new;
@@ -37,20 +38,40 @@ use super::frames::Mac;
 
 const TABLE: &str = "lb_node_handover";
 
+/// Where the kernel's table stands, as far as this member knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    /// Not looked at yet: a table left by an earlier run may be there.
+    Unknown,
+    /// Not there (the feature is off, or after shutdown).
+    Absent,
+    /// There, with its ingress chain hooked: from now on only its rules
+    /// change.
+    Hooked,
+}
+
 /// The VIPs being handed over, and to whom their unknown flows go.
+///
+/// The table and its ingress chain are created once, at the first apply,
+/// and kept until shutdown; a change only replaces the chain's rules.
+/// Creating and deleting a `netdev` ingress chain registers and
+/// unregisters a hook on the interface under traffic, and doing that at
+/// every VIP move hung the kernel lab's guest (a soft lockup in packet
+/// receive) in several runs; rules changed in a hooked chain never did.
 #[derive(Debug)]
 pub struct Handover {
     interface: String,
     own: Mac,
+    /// The feature is on (`announce.flow_handover`): the table is kept.
+    enabled: bool,
     /// VIP -> (previous owner's MAC, end of the window).
     active: BTreeMap<Ipv4Addr, (Mac, Instant)>,
-    /// Whether the table is in the kernel (as far as we know).
-    installed: bool,
+    table: Table,
     /// How long a flow stays known (longer than any window).
     fresh_timeout_s: u64,
     /// nft failed once: warned, and it is not tried again.
     broken: bool,
-    /// `active` changed since the last apply.
+    /// Something changed since the last apply.
     dirty: bool,
     /// The members' MACs (every announcer seen, this member's own): a frame
     /// from one of them is never sent on, so a forwarded frame is never
@@ -69,16 +90,17 @@ fn mac_text(mac: &Mac) -> String {
 }
 
 impl Handover {
-    pub fn new(interface: &str, own: Mac, window: std::time::Duration) -> Handover {
+    pub fn new(interface: &str, own: Mac, enabled: bool, window: std::time::Duration) -> Handover {
         Handover {
             interface: interface.to_owned(),
             own,
+            enabled,
             active: BTreeMap::new(),
-            installed: true, // a table left by an earlier run goes at the first apply
+            table: Table::Unknown,
             fresh_timeout_s: window.as_secs() + 60,
             broken: false,
             dirty: true,
-            members: std::collections::BTreeSet::new(),
+            members: std::collections::BTreeSet::from([own]),
         }
     }
 
@@ -94,9 +116,8 @@ impl Handover {
     /// This member took `vip` over from `previous`: hand its unknown flows
     /// there until `until`.
     pub fn begin(&mut self, vip: Ipv4Addr, previous: Mac, until: Instant) {
-        if previous != self.own {
+        if self.enabled && previous != self.own {
             self.members.insert(previous);
-            self.members.insert(self.own);
             self.active.insert(vip, (previous, until));
             self.dirty = true;
         }
@@ -107,10 +128,11 @@ impl Handover {
         self.dirty |= self.active.remove(&vip).is_some();
     }
 
-    /// Ends every window (shutdown).
+    /// Ends every window and removes the table (shutdown).
     pub fn clear(&mut self) {
-        self.dirty |= !self.active.is_empty();
         self.active.clear();
+        self.enabled = false;
+        self.dirty = true;
     }
 
     /// Ends the windows that are over.
@@ -124,46 +146,60 @@ impl Handover {
         self.active.values().map(|(_, until)| *until).min()
     }
 
-    /// The nft script that makes the kernel match `active` (None: nothing
-    /// to do).
-    fn script(&self) -> Option<String> {
-        if self.active.is_empty() {
-            return self
-                .installed
-                .then(|| format!("table netdev {TABLE}\ndelete table netdev {TABLE}\n"));
-        }
+    /// The nft script that makes the kernel match (None: nothing to do),
+    /// and the table's state once it ran.
+    fn script(&self) -> Option<(String, Table)> {
         let mut s = String::new();
-        // Declared (created if missing) with the set kept: flows this
-        // member already took stay its own when another VIP is added.
-        let _ = writeln!(
-            s,
-            "table netdev {TABLE} {{\n  set fresh {{\n    type ipv4_addr . inet_service . ipv4_addr . inet_service\n    flags dynamic,timeout\n    timeout {}s\n    size 262144\n  }}\n  chain ingress {{\n    type filter hook ingress device \"{}\" priority -500; policy accept;\n  }}\n}}",
-            self.fresh_timeout_s, self.interface
-        );
-        let _ = writeln!(s, "flush chain netdev {TABLE} ingress");
-        let members: Vec<String> = self.members.iter().map(mac_text).collect();
-        let _ = writeln!(
-            s,
-            "add rule netdev {TABLE} ingress ether saddr {{ {} }} accept",
-            members.join(", ")
-        );
-        let vips: Vec<String> = self.active.keys().map(ToString::to_string).collect();
-        let _ = writeln!(
-            s,
-            "add rule netdev {TABLE} ingress ip daddr {{ {} }} tcp flags & (syn | ack) == syn update @fresh {{ ip saddr . tcp sport . ip daddr . tcp dport }}",
-            vips.join(", ")
-        );
-        for (vip, (previous, _)) in &self.active {
+        if !self.enabled {
+            return match self.table {
+                Table::Absent => None,
+                // Declared first so that deleting it cannot fail.
+                Table::Unknown | Table::Hooked => Some((
+                    format!("table netdev {TABLE}\ndelete table netdev {TABLE}\n"),
+                    Table::Absent,
+                )),
+            };
+        }
+        if self.table != Table::Hooked {
+            if self.table == Table::Unknown {
+                // A table left by an earlier run (maybe for another
+                // interface) goes.
+                let _ = writeln!(s, "table netdev {TABLE}\ndelete table netdev {TABLE}");
+            }
             let _ = writeln!(
                 s,
-                "add rule netdev {TABLE} ingress ether daddr {} ip daddr {vip} tcp flags & syn == 0 ip saddr . tcp sport . ip daddr . tcp dport != @fresh ether saddr set {} ether daddr set {} fwd to \"{}\"",
-                mac_text(&self.own),
-                mac_text(&self.own),
-                mac_text(previous),
-                self.interface
+                "table netdev {TABLE} {{\n  set fresh {{\n    type ipv4_addr . inet_service . ipv4_addr . inet_service\n    flags dynamic,timeout\n    timeout {}s\n    size 262144\n  }}\n  chain ingress {{\n    type filter hook ingress device \"{}\" priority -500; policy accept;\n  }}\n}}",
+                self.fresh_timeout_s, self.interface
             );
         }
-        Some(s)
+        // The set is kept: flows this member already took stay its own
+        // when another VIP is added.
+        let _ = writeln!(s, "flush chain netdev {TABLE} ingress");
+        if !self.active.is_empty() {
+            let members: Vec<String> = self.members.iter().map(mac_text).collect();
+            let _ = writeln!(
+                s,
+                "add rule netdev {TABLE} ingress ether saddr {{ {} }} accept",
+                members.join(", ")
+            );
+            let vips: Vec<String> = self.active.keys().map(ToString::to_string).collect();
+            let _ = writeln!(
+                s,
+                "add rule netdev {TABLE} ingress ip daddr {{ {} }} tcp flags & (syn | ack) == syn update @fresh {{ ip saddr . tcp sport . ip daddr . tcp dport }}",
+                vips.join(", ")
+            );
+            for (vip, (previous, _)) in &self.active {
+                let _ = writeln!(
+                    s,
+                    "add rule netdev {TABLE} ingress ether daddr {} ip daddr {vip} tcp flags & syn == 0 ip saddr . tcp sport . ip daddr . tcp dport != @fresh ether saddr set {} ether daddr set {} fwd to \"{}\"",
+                    mac_text(&self.own),
+                    mac_text(&self.own),
+                    mac_text(previous),
+                    self.interface
+                );
+            }
+        }
+        Some((s, Table::Hooked))
     }
 
     /// Makes the kernel's table match.
@@ -172,23 +208,22 @@ impl Handover {
             return;
         }
         self.dirty = false;
-        let Some(script) = self.script() else {
+        let Some((script, after)) = self.script() else {
             return;
         };
         match crate::nft::apply(&script).await {
             Ok(()) => {
-                let before = self.installed;
-                self.installed = !self.active.is_empty();
-                if self.installed || before {
+                self.table = after;
+                if after == Table::Hooked {
                     info!(
                         vips = ?self.active.keys().collect::<Vec<_>>(),
                         "flow hand-over: unknown TCP flows of these VIPs go to their previous owner"
                     );
                 }
             }
-            Err(e) if self.active.is_empty() => {
+            Err(e) if !self.enabled => {
                 // nft missing (the feature is off): nothing was installed.
-                self.installed = false;
+                self.table = Table::Absent;
                 tracing::debug!(error = %e, "no hand-over table to delete");
             }
             Err(e) => {
@@ -210,25 +245,37 @@ mod tests {
     fn the_table_forwards_only_unknown_flows_of_vips_in_their_window() {
         let own = [2, 0, 0, 0, 0, 1];
         let previous = [2, 0, 0, 0, 0, 2];
-        let mut h = Handover::new("eth0", own, std::time::Duration::from_secs(2));
-        h.installed = false;
-        assert_eq!(h.script(), None, "nothing installed, nothing active");
+        let window = std::time::Duration::from_secs(2);
+        let mut h = Handover::new("eth0", own, true, window);
+        // The first script removes a leftover table and hooks the chain,
+        // with no rule yet.
+        let (first, after) = h.script().expect("a script");
+        assert_eq!(after, Table::Hooked);
+        assert!(
+            first.starts_with(
+                "table netdev lb_node_handover\ndelete table netdev lb_node_handover\n"
+            ),
+            "{first}"
+        );
+        assert!(first.contains("hook ingress device \"eth0\""), "{first}");
+        assert!(first.contains("timeout 62s"), "{first}");
+        assert!(!first.contains("add rule"), "{first}");
+        h.table = after;
+
         let now = Instant::now();
-        h.know([own, [2, 0, 0, 0, 0, 3]]);
-        h.begin(
-            "10.0.0.1".parse().expect("ip"),
-            previous,
-            now + std::time::Duration::from_secs(2),
-        );
+        h.know([[2, 0, 0, 0, 0, 3]]);
+        h.begin("10.0.0.1".parse().expect("ip"), previous, now + window);
         // Taking a VIP back from ourselves is no hand-over.
-        h.begin(
-            "10.0.0.2".parse().expect("ip"),
-            own,
-            now + std::time::Duration::from_secs(2),
+        h.begin("10.0.0.2".parse().expect("ip"), own, now + window);
+        let (script, _) = h.script().expect("a script");
+        // Once hooked, the chain is never declared (hooked) again: only
+        // its rules change.
+        assert!(!script.contains("hook ingress"), "{script}");
+        assert!(!script.contains("delete"), "{script}");
+        assert!(
+            script.starts_with("flush chain netdev lb_node_handover ingress\n"),
+            "{script}"
         );
-        let script = h.script().expect("a script");
-        assert!(script.contains("hook ingress device \"eth0\""), "{script}");
-        assert!(script.contains("timeout 62s"), "{script}");
         // Frames from members (forwarded ones) are never sent on.
         assert!(
             script.contains(
@@ -249,15 +296,43 @@ mod tests {
             "{script}"
         );
         assert!(!script.contains("10.0.0.2"), "{script}");
-        assert_eq!(
-            h.next_expiry(),
-            Some(now + std::time::Duration::from_secs(2))
-        );
+        assert_eq!(h.next_expiry(), Some(now + window));
+
+        // The window over: the rules go, the hooked chain stays.
         h.expire(now + std::time::Duration::from_secs(3));
-        h.installed = true;
         assert_eq!(
-            h.script().as_deref(),
-            Some("table netdev lb_node_handover\ndelete table netdev lb_node_handover\n")
+            h.script(),
+            Some((
+                "flush chain netdev lb_node_handover ingress\n".to_owned(),
+                Table::Hooked
+            ))
         );
+        // Shutdown removes the table.
+        h.clear();
+        assert_eq!(
+            h.script(),
+            Some((
+                "table netdev lb_node_handover\ndelete table netdev lb_node_handover\n".to_owned(),
+                Table::Absent
+            ))
+        );
+    }
+
+    #[test]
+    fn with_the_feature_off_only_a_leftover_table_is_removed() {
+        let own = [2, 0, 0, 0, 0, 1];
+        let mut h = Handover::new("eth0", own, false, std::time::Duration::from_secs(2));
+        let (script, after) = h.script().expect("a script");
+        assert_eq!(
+            script,
+            "table netdev lb_node_handover\ndelete table netdev lb_node_handover\n"
+        );
+        h.table = after;
+        h.begin(
+            "10.0.0.1".parse().expect("ip"),
+            [2, 0, 0, 0, 0, 2],
+            Instant::now() + std::time::Duration::from_secs(2),
+        );
+        assert_eq!(h.script(), None, "off: nothing is ever installed");
     }
 }

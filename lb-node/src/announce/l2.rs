@@ -45,13 +45,40 @@ pub struct L2Config {
     /// ARP caches still point here (until the new owner's gratuitous ARP
     /// reaches them) are served rather than dropped.
     pub linger: Duration,
-    /// Experimental, off by default: for `linger` after taking a VIP over
-    /// from a live member, send TCP segments of flows this member does not
-    /// know to that member (`handover`).
+    /// For `linger` after taking a VIP over from a live member, send TCP
+    /// segments of flows this member does not know to that member
+    /// (`handover`; on by default).
     pub flow_handover: bool,
+    /// With `flow_handover`: how long a takeover waits for the previous
+    /// owner to answer the ARP probe that finds it (no answer: nothing is
+    /// handed over; after a crash the whole wait is spent).
+    pub handover_probe_wait: Duration,
+}
+
+/// What the responder heard from the other members on the segment.
+#[derive(Debug, Default)]
+struct Heard {
+    /// Who announced each VIP last, by the gratuitous ARP it sent.
+    announcers: BTreeMap<std::net::Ipv4Addr, Mac>,
+    /// Every MAC seen sending a gratuitous ARP or an ARP probe for a VIP
+    /// range address: the members (a frame from one is never handed on).
+    members: BTreeSet<Mac>,
+    /// The VIPs this member is probing for, and who answered.
+    probes: BTreeMap<std::net::Ipv4Addr, Vec<Mac>>,
 }
 
 type Sender = Arc<Mutex<Box<dyn pnet_datalink::DataLinkSender>>>;
+
+fn lock_heard(heard: &Mutex<Heard>) -> std::sync::MutexGuard<'_, Heard> {
+    heard
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn set_of(set: &RwLock<BTreeSet<IpAddr>>) -> std::sync::RwLockWriteGuard<'_, BTreeSet<IpAddr>> {
+    set.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn send(tx: &Sender, frame: &[u8]) {
     let mut tx = tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -170,6 +197,67 @@ pub fn check(config: &L2Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Finds who holds each of `vips` now (announces it, or keeps it local
+/// after a move) by an ARP probe (RFC 5227: sender address 0.0.0.0, so no
+/// one's ARP cache changes), waiting up to `handover_probe_wait` for every
+/// VIP to be answered. A member that restarted has seen none of the
+/// gratuitous ARPs sent before; the probe finds the previous owner all the
+/// same, and finds nobody after a crash (nothing is then handed to a dead
+/// member). Where several answer (a VIP moved twice within `linger`), the
+/// last announcer seen wins; where that is this member itself (a VIP back
+/// here before anyone else announced it: its flows are still this
+/// member's), nothing is handed over.
+async fn find_holders(
+    config: &L2Config,
+    tx: &Sender,
+    mac: Mac,
+    heard: &Mutex<Heard>,
+    vips: &[std::net::Ipv4Addr],
+) -> Vec<(std::net::Ipv4Addr, Mac)> {
+    let started = tokio::time::Instant::now();
+    let vips: Vec<std::net::Ipv4Addr> = {
+        let mut h = lock_heard(heard);
+        let vips: Vec<_> = vips
+            .iter()
+            .copied()
+            .filter(|v| h.announcers.get(v) != Some(&mac))
+            .collect();
+        h.probes = vips.iter().map(|v| (*v, Vec::new())).collect();
+        vips
+    };
+    if vips.is_empty() {
+        return Vec::new();
+    }
+    for vip in &vips {
+        send(
+            tx,
+            &frames::arp_request(mac, std::net::Ipv4Addr::UNSPECIFIED, *vip),
+        );
+    }
+    let deadline = started + config.handover_probe_wait;
+    while tokio::time::Instant::now() < deadline
+        && lock_heard(heard).probes.values().any(Vec::is_empty)
+    {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut h = lock_heard(heard);
+    let probes = std::mem::take(&mut h.probes);
+    let found: Vec<(std::net::Ipv4Addr, Mac)> = probes
+        .into_iter()
+        .filter_map(|(vip, answers)| {
+            let last = h.announcers.get(&vip).filter(|m| answers.contains(m));
+            last.or(answers.first()).map(|m| (vip, *m))
+        })
+        .collect();
+    info!(
+        probed = vips.len(),
+        answered = found.len(),
+        waited = ?started.elapsed(),
+        "flow hand-over: previous owners found by ARP probe"
+    );
+    found
+}
+
 /// Announces `announced` until `shutdown`, then withdraws everything.
 pub async fn run(
     config: L2Config,
@@ -214,20 +302,41 @@ pub async fn run(
         };
     let tx: Sender = Arc::new(Mutex::new(tx));
     let answering: Arc<RwLock<BTreeSet<IpAddr>>> = Arc::default();
-    // Who announced each VIP last, by the gratuitous ARP it sent: where a
-    // VIP taken over from a live member hands its flows (`handover`).
-    let announcers: Arc<Mutex<BTreeMap<std::net::Ipv4Addr, Mac>>> = Arc::default();
+    // Withdrawn VIPs still local: ARP probes for them are answered (not
+    // requests), so that the member taking one over finds this member and
+    // hands it the flows it still serves (`handover`).
+    let holding: Arc<RwLock<BTreeSet<IpAddr>>> = Arc::default();
+    let heard: Arc<Mutex<Heard>> = Arc::default();
+    // A member not heard before: the hand-over's rules must know it (a
+    // frame it forwards here is not forwarded again) at once.
+    let new_member = Arc::new(tokio::sync::Notify::new());
 
     // Answers ARP requests and neighbour solicitations for what we announce.
     let stop = Arc::new(AtomicBool::new(false));
     let responder = {
         let (tx, answering, stop) = (tx.clone(), answering.clone(), stop.clone());
-        let announcers = announcers.clone();
+        let (holding, heard, new_member) = (holding.clone(), heard.clone(), new_member.clone());
+        let ranges = config.vip_ranges.clone();
         std::thread::Builder::new()
             .name("l2-responder".into())
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let Ok(frame) = rx.next() else { continue };
+                    // An answer to our probe: that member holds the VIP.
+                    if let Some((sender_mac, sender_ip)) = frames::parse_arp_reply(frame) {
+                        if sender_mac != mac {
+                            let mut h = lock_heard(&heard);
+                            if let Some(answers) = h.probes.get_mut(&sender_ip) {
+                                if !answers.contains(&sender_mac) {
+                                    answers.push(sender_mac);
+                                }
+                                if h.members.insert(sender_mac) {
+                                    new_member.notify_one();
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     let Some(request) = frames::parse_request(frame) else {
                         continue;
                     };
@@ -239,23 +348,33 @@ pub async fn run(
                     if matches!(&request, frames::Request::Arp { sender_mac, .. } if *sender_mac == mac) {
                         continue;
                     }
-                    // Another member's gratuitous ARP: it announces the VIP.
+                    // Another member's gratuitous ARP (it announces the
+                    // VIP) or ARP probe (it is taking the VIP over).
+                    let mut probe = false;
                     if let frames::Request::Arp {
                         sender_mac,
                         sender_ip,
                         target,
                     } = &request
-                        && sender_ip == target
+                        && ranges.iter().any(|r| r.contains(&IpAddr::V4(*target)))
                     {
-                        announcers
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .insert(*target, *sender_mac);
+                        probe = sender_ip.is_unspecified();
+                        if sender_ip == target || probe {
+                            let mut h = lock_heard(&heard);
+                            if h.members.insert(*sender_mac) {
+                                new_member.notify_one();
+                            }
+                            if !probe {
+                                h.announcers.insert(*target, *sender_mac);
+                            }
+                        }
                     }
-                    let mine = answering
-                        .read()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .contains(&target);
+                    let read = |set: &RwLock<BTreeSet<IpAddr>>| {
+                        set.read()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .contains(&target)
+                    };
+                    let mine = read(&answering) || (probe && read(&holding));
                     if mine {
                         send(&tx, &frames::answer(mac, &request));
                     }
@@ -283,7 +402,12 @@ pub async fn run(
     // Withdrawn VIPs still local, and until when.
     let mut lingering: BTreeMap<IpAddr, tokio::time::Instant> = BTreeMap::new();
     let mut warned: BTreeSet<IpAddr> = BTreeSet::new();
-    let mut handover = super::handover::Handover::new(&config.interface, mac, config.linger);
+    let mut handover = super::handover::Handover::new(
+        &config.interface,
+        mac,
+        config.flow_handover && !config.linger.is_zero(),
+        config.linger,
+    );
     loop {
         let wanted: BTreeSet<IpAddr> = announced
             .borrow_and_update()
@@ -301,15 +425,13 @@ pub async fn run(
         // (clients whose ARP caches still point here are served until the
         // new owner's gratuitous ARP reaches them), then goes.
         for vip in current.difference(&wanted).copied().collect::<Vec<_>>() {
-            answering
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&vip);
+            set_of(&answering).remove(&vip);
             current.remove(&vip);
             if let IpAddr::V4(v4) = vip {
                 handover.end(v4);
             }
             lingering.insert(vip, tokio::time::Instant::now() + config.linger);
+            set_of(&holding).insert(vip);
             info!(%vip, linger = ?config.linger, "VIP withdrawn: no longer answering ARP / NDP");
         }
         let now = tokio::time::Instant::now();
@@ -320,6 +442,7 @@ pub async fn run(
             .collect::<Vec<_>>()
         {
             lingering.remove(&vip);
+            set_of(&holding).remove(&vip);
             if let Err(e) = remove_local(&handle, vip_index, vip, &config.vip_ranges).await {
                 warn!(%vip, error = format!("{e:#}"), "withdraw");
             }
@@ -328,26 +451,27 @@ pub async fn run(
         let taking: Vec<IpAddr> = wanted.difference(&current).copied().collect();
         // Taken over from another member: its flows go on there for as
         // long as it keeps the VIP local, in place before the gratuitous
-        // ARP flips the clients over. The last announcer may be this
-        // member itself (a VIP back before anyone else announced it): then
-        // nothing is handed anywhere.
-        if !taking.is_empty() {
-            let mut seen = announcers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let handing = config.flow_handover && !config.linger.is_zero();
-            if handing {
-                handover.know(seen.values().copied());
+        // ARP flips the clients over.
+        let taking_v4: Vec<std::net::Ipv4Addr> = taking
+            .iter()
+            .filter_map(|vip| match vip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        if config.flow_handover && !config.linger.is_zero() && !taking_v4.is_empty() {
+            let found = find_holders(&config, &tx, mac, &heard, &taking_v4).await;
+            let until = tokio::time::Instant::now() + config.linger;
+            for (vip, previous) in found {
+                handover.begin(vip, previous, until);
             }
-            for vip in &taking {
-                let IpAddr::V4(v4) = vip else { continue };
-                if let Some(previous) = seen.get(v4).copied()
-                    && handing
-                {
-                    handover.begin(*v4, previous, tokio::time::Instant::now() + config.linger);
-                }
-                seen.insert(*v4, mac);
+        }
+        {
+            let mut h = lock_heard(&heard);
+            for v4 in &taking_v4 {
+                h.announcers.insert(*v4, mac);
             }
+            handover.know(h.members.iter().copied());
         }
         handover.apply().await;
         // That took a moment (nft): announce only what is still ours now;
@@ -363,13 +487,11 @@ pub async fn run(
         }
         for vip in taking {
             let still_local = lingering.remove(&vip).is_some();
+            set_of(&holding).remove(&vip);
             if !still_local && let Err(e) = add_local(&handle, vip_index, vip).await {
                 warn!(%vip, error = format!("{e:#}"), "cannot make the VIP local; announcing anyway");
             }
-            answering
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(vip);
+            set_of(&answering).insert(vip);
             current.insert(vip);
             info!(%vip, "VIP announced");
             let (tx, count, interval) = (tx.clone(), config.garp_count, config.garp_interval);
@@ -399,6 +521,7 @@ pub async fn run(
             });
         }
         handover.expire(tokio::time::Instant::now());
+        handover.know(lock_heard(&heard).members.iter().copied());
         handover.apply().await;
         let next_expiry = lingering
             .values()
@@ -408,6 +531,7 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             changed = announced.changed() => if changed.is_err() { break },
+            () = new_member.notified() => {}
             () = async {
                 match next_expiry {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -417,10 +541,8 @@ pub async fn run(
         }
     }
     // Shutdown: withdraw everything.
-    answering
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clear();
+    set_of(&answering).clear();
+    set_of(&holding).clear();
     for vip in current.iter().chain(lingering.keys()) {
         if let Err(e) = remove_local(&handle, vip_index, *vip, &config.vip_ranges).await {
             warn!(%vip, error = format!("{e:#}"), "withdraw at shutdown");
