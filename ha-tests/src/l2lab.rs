@@ -101,6 +101,9 @@ pub struct Lab {
     prefix: String,
     dir: tempfile::TempDir,
     pub members: BTreeMap<u64, Member>,
+    /// The logs of members that stopped or were killed before a restart
+    /// (`DRILL_LOGS` prints them too).
+    pub past_logs: Vec<(u64, String)>,
     /// Member id by MAC address.
     pub macs: BTreeMap<String, u64>,
     capture: Option<Child>,
@@ -154,6 +157,7 @@ impl Lab {
             prefix,
             dir: tempfile::tempdir()?,
             members: BTreeMap::new(),
+            past_logs: Vec::new(),
             macs: BTreeMap::new(),
             capture: None,
             arping: None,
@@ -458,6 +462,11 @@ impl Lab {
     /// `admin_on_lan`).
     pub fn admin_endpoint(&self, id: u64) -> String {
         format!("http://10.77.0.{id}:{}", self.admin_ports[&id])
+    }
+
+    /// Keeps the log of member `id`, stopped or killed, for `DRILL_LOGS`.
+    pub fn retire(&mut self, id: u64, member: Member) {
+        self.past_logs.push((id, member.log()));
     }
 
     /// Starts member `id` again with its config (after a crash or stop).

@@ -162,6 +162,9 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
                 runtime.block_on(crate::target::run(name, &target))
             };
             if std::env::var_os("DRILL_LOGS").is_some() {
+                for (id, log) in &lab.past_logs {
+                    eprintln!("==== member {id} (before its restart)\n{log}");
+                }
                 for (id, m) in &lab.members {
                     eprintln!("==== member {id}\n{}", m.log());
                 }
@@ -417,7 +420,7 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
                 let mut member = lab.members.remove(&id).context("member")?;
                 member.signal("TERM")?;
                 member.wait_exit(Duration::from_secs(15))?;
-                drop(member);
+                lab.retire(id, member);
                 lab.restart(id)?;
                 settled(lab, Duration::from_secs(30)).await?;
                 // Its share of VIPs back (one of three) before the next
@@ -477,7 +480,7 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
     match dead.take() {
         Some(mut member) => {
             member.wait_exit(Duration::from_secs(5))?;
-            drop(member);
+            lab.retire(victim, member);
             lab.exec(&format!("m{victim}"), &["ip", "link", "set", "eth0", "up"])?;
             lab.restart(victim)?;
         }
