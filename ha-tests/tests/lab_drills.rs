@@ -8,11 +8,12 @@
 //! follower crash, a partition, a leadership transfer and a drain, a
 //! rolling restart), the VIP of a crashed member back.
 //!
-//! `rolling-restart` has its own guest and test: it lost one request (a
-//! timeout, not a reset) in about a third of the lab runs of 2026-11-26,
-//! cause not found yet (docs/drills.md), so nextest retries that test
-//! (.config/nextest.toml; a pass on retry shows as FLAKY in the log). The
-//! other six are not retried.
+//! `rolling-restart` has its own guest and test: as the seventh drill of a
+//! guest it lost one request (a timeout, not a reset, while another member
+//! was starting: most likely the shared emulated CPUs, docs/drills.md) in
+//! four of twelve lab runs of 2026-11-26, none in seven runs alone; nextest
+//! retries that test (.config/nextest.toml; a pass on retry shows as FLAKY
+//! in the log). The other six are not retried.
 
 fn check(drills: &[&str]) -> anyhow::Result<()> {
     let reports = ha_tests::netdrills::run_in_kernel_lab(drills)?;
