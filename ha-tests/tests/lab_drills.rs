@@ -11,7 +11,8 @@
 //! `rolling-restart` has its own guest and test: as the seventh drill of a
 //! guest it lost one request (a timeout, not a reset, while another member
 //! was starting: most likely the shared emulated CPUs, docs/drills.md) in
-//! four of twelve lab runs of 2026-11-26, none in seven runs alone. The
+//! four of twelve lab runs of 2026-11-26, and alone in one of twelve
+//! (in CI, 44 ms unanswered: not a timeout). The
 //! six others lost a request once in sixteen runs (`minority-partition`,
 //! in CI). So nextest retries both tests (.config/nextest.toml; a pass on
 //! retry shows as FLAKY in the log).
