@@ -104,6 +104,11 @@ impl Handover {
         }
     }
 
+    /// Whether the feature is on (`announce.flow_handover` with a linger).
+    pub const fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// The members' MACs known so far (announcers seen).
     pub fn know(&mut self, members: impl IntoIterator<Item = Mac>) {
         for m in members {

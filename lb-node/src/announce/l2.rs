@@ -459,7 +459,7 @@ pub async fn run(
                 IpAddr::V6(_) => None,
             })
             .collect();
-        if config.flow_handover && !config.linger.is_zero() && !taking_v4.is_empty() {
+        if handover.enabled() && !taking_v4.is_empty() {
             let found = find_holders(&config, &tx, mac, &heard, &taking_v4).await;
             let until = tokio::time::Instant::now() + config.linger;
             for (vip, previous) in found {
