@@ -296,7 +296,7 @@ impl Replica {
         let raw = RawNode::new(&raft_config, store, &super::raft_log::logger(config.id))?;
         let disk_term = raw.raft.term;
         let unready = config.wait_for_dataplane;
-        Ok(Replica {
+        let mut replica = Replica {
             raw,
             state,
             applied,
@@ -326,7 +326,43 @@ impl Replica {
             stretch_after_term: disk_term,
             applied_term,
             clock: unix_now_us,
-        })
+        };
+        replica.replay_committed()?;
+        Ok(replica)
+    }
+
+    /// Applies the entries this member's log holds as committed but had
+    /// not applied when it stopped, before anything reads the state. Without
+    /// it a restarted member's state is its last snapshot's until the node
+    /// thread's first ready, and its dataplane, which programs whatever
+    /// state it is given, would wipe the kernel's table back to that
+    /// snapshot (on a new cluster: to nothing) and program it again a moment
+    /// later. raft-rs hands the same entries over again in the first ready;
+    /// `apply_entries` skips what is already applied.
+    fn replay_committed(&mut self) -> Result<(), ReplicaError> {
+        let Some(entries) = self
+            .raw
+            .raft
+            .raft_log
+            .next_entries_since(self.applied, None)
+        else {
+            return Ok(());
+        };
+        let (from, to) = (
+            self.applied,
+            entries.last().map_or(self.applied, |e| e.index),
+        );
+        let mut out = ReadyOutput::default();
+        self.apply_entries(entries, &mut out)?;
+        self.raw.advance_apply_to(self.applied);
+        info!(
+            member = self.config.id,
+            from,
+            to,
+            revision = self.state.revision(),
+            "replayed the committed log"
+        );
+        Ok(())
     }
 
     pub fn id(&self) -> u64 {

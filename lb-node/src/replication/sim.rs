@@ -97,6 +97,9 @@ struct Member {
     up: bool,
     dir: PathBuf,
     dataplane: Table,
+    /// The state the member's replica had when it was opened, before any
+    /// ready: what lb-node's dataplane programs first.
+    opened_with: Option<State>,
     /// Proposal id -> commands, for proposals in flight on this member.
     in_flight: BTreeMap<u64, Vec<Command>>,
 }
@@ -241,6 +244,7 @@ impl Sim {
                 up: false,
                 dir,
                 dataplane: Table::default(),
+                opened_with: None,
                 in_flight: BTreeMap::new(),
             },
         );
@@ -337,15 +341,23 @@ impl Sim {
         let incarnation = self.seq;
         let member = self.members.get_mut(&id).expect("known member");
         let dir = member.dir.clone();
-        member.host.call(move |r| {
+        let opened = member.host.call(move |r| {
             let store = LogStore::open_with(&dir, false).expect("log opens");
             let mut replica = Replica::open(config, store, &initial).expect("replica opens");
             // Runs replay exactly: no wall clock in the log, and each run of
             // a member its own incarnation.
             replica.set_clock(|| 0);
             replica.set_incarnation(incarnation);
+            let opened = replica.state().clone();
             *r = Some(replica);
+            opened
         });
+        // lb-node's reconciler programs the state it is started with at
+        // once, before the node thread's first ready.
+        for op in plan(&Table::from_state(&opened), &member.dataplane) {
+            member.dataplane.apply(&op).expect("plan fits the table");
+        }
+        member.opened_with = Some(opened);
         member.up = true;
         // A member replays its own log before it hears from anyone.
         self.drain_ready(id);
@@ -454,6 +466,17 @@ impl Sim {
     /// How many snapshots `id` installed from a leader.
     pub fn snapshots_installed(&self, id: u64) -> usize {
         self.snapshots_installed.get(&id).copied().unwrap_or(0)
+    }
+
+    /// The state member `id` had when it was last opened, before any
+    /// ready.
+    pub fn state_at_open(&self, id: u64) -> Option<State> {
+        self.members[&id].opened_with.clone()
+    }
+
+    /// The table member `id`'s dataplane holds.
+    pub fn dataplane(&self, id: u64) -> &Table {
+        &self.members[&id].dataplane
     }
 
     pub fn applied_index(&self, id: u64) -> u64 {

@@ -126,12 +126,18 @@ fn follower_restart_replays_its_log() {
         let f = follower(sim);
         let applied = sim.applied_index(f);
         let state = sim.state(f);
+        let programmed = sim.dataplane(f).clone();
         sim.crash(f);
         load(sim, 400);
         sim.start(f);
+        // Opened, before its first ready, it already holds what it had
+        // applied: its dataplane is never programmed from an older state
+        // (a restart would have wiped the kernel's table and refilled it).
+        assert_eq!(sim.state_at_open(f), state, "replayed when opened");
         // Before it hears from the leader, it is back where it stopped.
         assert_eq!(sim.applied_index(f), applied, "replayed up to where it was");
         assert_eq!(sim.state(f), state, "the same state as before the crash");
+        assert_eq!(sim.dataplane(f), &programmed, "the same table programmed");
         load(sim, 200);
     });
 }
