@@ -197,6 +197,36 @@ pub fn check(config: &L2Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// After the hand-over is in place (which takes a moment): the VIPs of
+/// `taking` still wanted `now`, recorded as announced by this member; the
+/// others' hand-overs end, and they wait for the next round. Only VIPs
+/// really announced are recorded: one recorded and then lost before its
+/// gratuitous ARP (a leadership change in between withdraws everything for
+/// a moment) would look, at its next take, like a VIP coming back to this
+/// member, and its flows would not be handed to the member still holding
+/// it (the kernel lab caught exactly that: a reset in `rolling-restart`).
+fn confirm_taking(
+    taking: Vec<IpAddr>,
+    now: &BTreeSet<IpAddr>,
+    handover: &mut super::handover::Handover,
+    heard: &mut Heard,
+    mac: Mac,
+) -> Vec<IpAddr> {
+    let (taking, gone): (Vec<IpAddr>, Vec<IpAddr>) =
+        taking.into_iter().partition(|v| now.contains(v));
+    for vip in gone {
+        if let IpAddr::V4(v4) = vip {
+            handover.end(v4);
+        }
+    }
+    for vip in &taking {
+        if let IpAddr::V4(v4) = vip {
+            heard.announcers.insert(*v4, mac);
+        }
+    }
+    taking
+}
+
 /// Finds who holds each of `vips` now (announces it, or keeps it local
 /// after a move) by an ARP probe (RFC 5227: sender address 0.0.0.0, so no
 /// one's ARP cache changes), waiting up to `handover_probe_wait` for every
@@ -466,25 +496,17 @@ pub async fn run(
                 handover.begin(vip, previous, until);
             }
         }
-        {
-            let mut h = lock_heard(&heard);
-            for v4 in &taking_v4 {
-                h.announcers.insert(*v4, mac);
-            }
-            handover.know(h.members.iter().copied());
-        }
+        handover.know(lock_heard(&heard).members.iter().copied());
         handover.apply().await;
         // That took a moment (nft): announce only what is still ours now;
         // anything else waits for the next round.
-        let (taking, gone): (Vec<IpAddr>, Vec<IpAddr>) = {
-            let now = announced.borrow();
-            taking.into_iter().partition(|v| now.contains(v))
-        };
-        for vip in gone {
-            if let IpAddr::V4(v4) = vip {
-                handover.end(v4);
-            }
-        }
+        let taking = confirm_taking(
+            taking,
+            &announced.borrow(),
+            &mut handover,
+            &mut lock_heard(&heard),
+            mac,
+        );
         for vip in taking {
             let still_local = lingering.remove(&vip).is_some();
             set_of(&holding).remove(&vip);
@@ -555,4 +577,48 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || responder.join()).await;
     netlink.abort();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vip_lost_before_its_announcement_is_not_recorded_as_announced_here() {
+        let own: Mac = [2, 0, 0, 0, 0, 3];
+        let previous: Mac = [2, 0, 0, 0, 0, 1];
+        let window = Duration::from_secs(2);
+        let mut handover = super::super::handover::Handover::new("eth0", own, true, window);
+        let mut heard = Heard::default();
+        let vip: std::net::Ipv4Addr = "10.77.0.52".parse().expect("ip");
+        let until = tokio::time::Instant::now() + window;
+
+        // Probed, handed over, then no longer wanted when the hand-over
+        // was in place: not announced, not recorded, its window ended.
+        handover.begin(vip, previous, until);
+        let taken = confirm_taking(
+            vec![IpAddr::V4(vip)],
+            &BTreeSet::new(),
+            &mut handover,
+            &mut heard,
+            own,
+        );
+        assert!(taken.is_empty());
+        assert_eq!(heard.announcers.get(&vip), None, "not announced here");
+        assert_eq!(handover.next_expiry(), None, "its hand-over ended");
+
+        // Taken again and still wanted: announced, and this member is now
+        // its last announcer; its window stays.
+        handover.begin(vip, previous, until);
+        let taken = confirm_taking(
+            vec![IpAddr::V4(vip)],
+            &BTreeSet::from([IpAddr::V4(vip)]),
+            &mut handover,
+            &mut heard,
+            own,
+        );
+        assert_eq!(taken, vec![IpAddr::V4(vip)]);
+        assert_eq!(heard.announcers.get(&vip), Some(&own));
+        assert_eq!(handover.next_expiry(), Some(until));
+    }
 }
