@@ -82,6 +82,9 @@ pub struct Report {
     pub disruption_ms: Option<u64>,
     pub requests_failed: Option<u64>,
     pub requests_sent: Option<u64>,
+    /// The longest an answered request took (a request not answered within
+    /// `traffic::REQUEST_TIMEOUT` failed).
+    pub slowest_answer_ms: Option<u64>,
     /// Where it ran: "loopback" or "netns" (real ARP and packets).
     pub tier: &'static str,
     pub failures: Vec<String>,
@@ -143,11 +146,11 @@ impl Report {
     pub(crate) fn add_traffic(
         &mut self,
         to: &str,
-        records: &[(f64, Option<String>)],
+        records: &[crate::traffic::Sent],
         may_fail: bool,
     ) {
         let (outage, failed) = crate::traffic::disruption(records);
-        if records.iter().all(|(_, r)| r.is_none()) {
+        if records.iter().all(|r| r.answer.is_none()) {
             self.failures
                 .push(format!("no request to {to} was ever answered"));
         }
@@ -160,6 +163,12 @@ impl Report {
         self.disruption_ms = Some(self.disruption_ms.unwrap_or(0).max(outage));
         self.requests_failed = Some(self.requests_failed.unwrap_or(0) + failed);
         self.requests_sent = Some(self.requests_sent.unwrap_or(0) + records.len() as u64);
+        let slowest = records
+            .iter()
+            .filter(|r| r.answer.is_some())
+            .map(|r| r.took_ms)
+            .max();
+        self.slowest_answer_ms = self.slowest_answer_ms.max(slowest);
     }
 
     pub fn json(&self) -> String {
@@ -175,6 +184,7 @@ impl Report {
             "disruption_ms": self.disruption_ms,
             "requests_failed": self.requests_failed,
             "requests_sent": self.requests_sent,
+            "slowest_answer_ms": self.slowest_answer_ms,
             "commands_lost": self.commands_lost,
             "commands_acknowledged": self.commands_acknowledged,
             "time_to_new_leader_ms": self.time_to_new_leader_ms,

@@ -16,7 +16,7 @@
 //! namespace, and so do the threads of its runtime, so every socket it
 //! opens (traffic, admin calls) starts there.
 
-use std::process::Child;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -127,6 +127,24 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
         Some(_) => Some(lab.watch_resets()?),
         None => None,
     };
+    // Debugging: stretches when the lab's processes could not run, at
+    // normal priority and at real-time priority (`stall-watch`).
+    let mut watches = Vec::new();
+    if std::env::var_os("DRILL_TRAFFIC").is_some() {
+        let watch = crate::binary("stall-watch")?;
+        let mut normal = Command::new(&watch);
+        normal.args(["100", "stall (normal)"]);
+        let mut fifo = Command::new("chrt");
+        fifo.args(["-f", "50"])
+            .arg(&watch)
+            .args(["100", "stall (fifo)"]);
+        for mut c in [normal, fifo] {
+            match c.spawn() {
+                Ok(child) => watches.push(child),
+                Err(e) => eprintln!("cannot start stall-watch: {e}"),
+            }
+        }
+    }
     lab.start_members()?;
     let mut servers: Vec<Child> = servers
         .iter()
@@ -147,6 +165,20 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
+            if std::env::var_os("DRILL_TRAFFIC").is_some() {
+                // The traffic's own runtime: does it get to run?
+                runtime.spawn(async {
+                    loop {
+                        let before = std::time::Instant::now();
+                        let at = unix_now();
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        let gap = before.elapsed();
+                        if gap > Duration::from_millis(100) {
+                            eprintln!("stall (runtime): {at:.3} stalled {} ms", gap.as_millis());
+                        }
+                    }
+                });
+            }
             let result = if !as_target {
                 runtime.block_on(drill(&mut lab, name, dataplane))
             } else {
@@ -174,7 +206,11 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
         .join()
         .map_err(|_| anyhow::anyhow!("the drill thread panicked"))?
     });
-    for server in servers.iter_mut().chain(resets.as_mut()) {
+    for server in servers
+        .iter_mut()
+        .chain(resets.as_mut())
+        .chain(&mut watches)
+    {
         let _ = server.kill();
         let _ = server.wait();
     }
@@ -506,8 +542,9 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
     for (v, t) in traffic {
         let records = t.finish().await;
         if std::env::var_os("DRILL_TRAFFIC").is_some() {
-            for (at, answer) in &records {
-                eprintln!("{v} {:+.3} {}", at - t0, answer.as_deref().unwrap_or("-"));
+            for r in &records {
+                let answer = r.answer.as_deref().unwrap_or("-");
+                eprintln!("{v} {:+.3} {answer} {} ms", r.at - t0, r.took_ms);
             }
         }
         // Only the VIP the fault hits may see failures, and only where
@@ -555,15 +592,26 @@ pub fn run_in_kernel_lab(names: &[&str]) -> anyhow::Result<Vec<serde_json::Value
         tcpdump.exists(),
         "kernel lab: /usr/bin/tcpdump is missing (apt-get install tcpdump)"
     );
-    let binaries = ["ha-tests", "lb-node", "lab-http", "arp-probe"]
-        .iter()
-        .map(|b| Ok((format!("/usr/local/bin/{b}"), crate::binary(b)?)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let binaries = [
+        "ha-tests",
+        "lb-node",
+        "lab-http",
+        "arp-probe",
+        "stall-watch",
+    ]
+    .iter()
+    .map(|b| Ok((format!("/usr/local/bin/{b}"), crate::binary(b)?)))
+    .collect::<anyhow::Result<Vec<_>>>()?;
     let mut files: Vec<(&str, &std::path::Path)> = binaries
         .iter()
         .map(|(guest, host)| (guest.as_str(), host.as_path()))
         .collect();
     files.push(("/usr/bin/tcpdump", tcpdump));
+    // For the debugging stall watch at real-time priority.
+    let chrt = std::path::Path::new("/usr/bin/chrt");
+    if chrt.exists() {
+        files.push(("/usr/bin/chrt", chrt));
+    }
     // The debugging switches reach the guest's run too.
     let logs: String = ["DRILL_LOGS", "DRILL_TRAFFIC", "DRILL_FLOW_HANDOVER"]
         .iter()
