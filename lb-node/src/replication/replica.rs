@@ -208,6 +208,20 @@ impl std::fmt::Debug for Replica {
     }
 }
 
+/// How many ticks past the election timeout a member first stands for
+/// election. With check-quorum, a member ignores (pre-)votes until a full
+/// election timeout (`election_ticks`, not its drawn one) has passed since
+/// it last heard the leader, and the survivors of a leader's crash heard
+/// its last heartbeat up to a tick or so apart. Without the margin, a
+/// member drawing exactly `election_ticks` could stand while the other
+/// survivor was one tick short of it: ignored, and the other's own
+/// pre-vote then refused by priority, both waited a whole timeout more
+/// (a leader crash cost about 1.3 s instead of 0.8 s in 2 of 20 host
+/// drills). Three ticks (30 ms with the defaults) cover a late tick or two.
+fn lease_margin(election_ticks: usize) -> usize {
+    (election_ticks / 16).max(2)
+}
+
 impl Replica {
     /// Opens a replica on its log. A new log (empty disk) is bootstrapped
     /// with `initial_members` as voters when the member is one of them;
@@ -279,7 +293,7 @@ impl Replica {
             priority: config.id as i64,
             min_election_tick: config
                 .fixed_election_timeout
-                .unwrap_or(config.election_ticks),
+                .unwrap_or(config.election_ticks + lease_margin(config.election_ticks)),
             max_election_tick: if let Some(fixed) = config.fixed_election_timeout {
                 fixed + 1
             } else {
@@ -288,7 +302,9 @@ impl Replica {
                 // need not keep them apart: a fifth of the timeout keeps
                 // members from standing all at once while a dead leader is
                 // replaced within 1.2 election timeouts.
-                config.election_ticks + (config.election_ticks / 5).max(1)
+                config.election_ticks
+                    + lease_margin(config.election_ticks)
+                    + (config.election_ticks / 5).max(1)
             },
             ..Default::default()
         };
