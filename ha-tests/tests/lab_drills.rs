@@ -8,14 +8,14 @@
 //! follower crash, a partition, a leadership transfer and a drain, a
 //! rolling restart), the VIP of a crashed member back.
 //!
-//! `rolling-restart` has its own guest and test: as the seventh drill of a
-//! guest it lost one request (a timeout, not a reset, while another member
-//! was starting: most likely the shared emulated CPUs, docs/drills.md) in
-//! four of twelve lab runs of 2026-11-26, and alone in one of twelve
-//! (in CI, 44 ms unanswered: not a timeout). The
-//! six others lost a request once in sixteen runs (`minority-partition`,
-//! in CI). So nextest retries both tests (.config/nextest.toml; a pass on
-//! retry shows as FLAKY in the log).
+//! `rolling-restart` has its own guest and test, so that each guest's run
+//! stays short. Neither test is retried. The lost requests of earlier lab
+//! runs had two causes, both found with the members' logs and fixed: a
+//! reset the flow hand-over missed after a leadership change (the
+//! announcer), and answers that the 300 ms timeout of the time called
+//! failed while the emulated guest stopped for a moment at a member's
+//! start-up (the drills' timeout). One earlier failure (`minority-partition`,
+//! in CI without traffic detail) was never captured; docs/drills.md.
 
 fn check(drills: &[&str]) -> anyhow::Result<()> {
     let reports = ha_tests::netdrills::run_in_kernel_lab(drills)?;
