@@ -107,9 +107,10 @@ impl Traffic {
             let mut pending = tokio::task::JoinSet::new();
             while !halt.load(Ordering::SeqCst) {
                 tick.tick().await;
-                let at = unix_now();
+                let (at, started) = (unix_now(), std::time::Instant::now());
                 pending.spawn(async move {
-                    let started = std::time::Instant::now();
+                    // From when it was due, not when the task first ran:
+                    // a client that stalls counts against its requests.
                     let answer = request(to).await;
                     let took_ms = started.elapsed().as_millis() as u64;
                     Sent {

@@ -18,8 +18,9 @@
 //! it is) and the previous owner's as destination, and leaves by the same
 //! interface. The previous owner is the member that answers this member's
 //! ARP probe for the VIP just before the takeover (`l2::find_holders`): it
-//! still announces the VIP or keeps it local, and it is alive. New connections are this member's from their SYN on;
-//! once the window ends the table goes.
+//! still announces the VIP or keeps it local, and it is alive. New
+//! connections are this member's from their SYN on; once the window ends
+//! the VIP's rules go (the table and its hooked chain stay, `Handover`).
 //!
 //! Limits: TCP over IPv4 only (UDP has no SYN to tell old flows from new;
 //! IPv6 VIPs move as before); after a crash the previous owner is dead, and

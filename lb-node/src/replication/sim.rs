@@ -354,9 +354,7 @@ impl Sim {
         });
         // lb-node's reconciler programs the state it is started with at
         // once, before the node thread's first ready.
-        for op in plan(&Table::from_state(&opened), &member.dataplane) {
-            member.dataplane.apply(&op).expect("plan fits the table");
-        }
+        program(&mut member.dataplane, &opened);
         member.opened_with = Some(opened);
         member.up = true;
         // A member replays its own log before it hears from anyone.
@@ -624,10 +622,7 @@ impl Sim {
             return;
         };
         if let Some(state) = state {
-            // The reconciler's work, synchronously: plan and apply.
-            for op in plan(&Table::from_state(&state), &member.dataplane) {
-                member.dataplane.apply(&op).expect("plan fits the table");
-            }
+            program(&mut member.dataplane, &state);
         }
         let mut messages = Vec::new();
         for out in outputs {
@@ -756,6 +751,14 @@ impl Sim {
             ));
         }
         Ok(())
+    }
+}
+
+/// The reconciler's work, synchronously: plans `state` against the table
+/// and applies it.
+fn program(dataplane: &mut Table, state: &State) {
+    for op in plan(&Table::from_state(state), dataplane) {
+        dataplane.apply(&op).expect("plan fits the table");
     }
 }
 
