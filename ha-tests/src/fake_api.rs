@@ -1,7 +1,8 @@
 //! A fake Kubernetes API server for tests: no real kube-apiserver can be
 //! installed here, so this one speaks the HTTP protocol that kube-rs and
-//! kubectl use, for two resources: `v1/services` (with the `status`
-//! subresource) and `discovery.k8s.io/v1/endpointslices`.
+//! kubectl use, for three resources: `v1/services` (with the `status`
+//! subresource), `discovery.k8s.io/v1/endpointslices` and the
+//! cluster-scoped `v1/nodes`.
 //!
 //! What it implements, as the real server does:
 //! - discovery (`/version`, `/api`, `/api/v1`, `/apis`, `/apis/<group>/<v>`)
@@ -54,6 +55,8 @@ use tokio_util::sync::CancellationToken;
 pub enum Kind {
     Services,
     EndpointSlices,
+    /// Cluster-scoped: stored and listed without a namespace.
+    Nodes,
 }
 
 impl Kind {
@@ -61,19 +64,25 @@ impl Kind {
         match self {
             Kind::Services => "services",
             Kind::EndpointSlices => "endpointslices",
+            Kind::Nodes => "nodes",
         }
     }
     fn kind(self) -> &'static str {
         match self {
             Kind::Services => "Service",
             Kind::EndpointSlices => "EndpointSlice",
+            Kind::Nodes => "Node",
         }
     }
     fn api_version(self) -> &'static str {
         match self {
-            Kind::Services => "v1",
+            Kind::Services | Kind::Nodes => "v1",
             Kind::EndpointSlices => "discovery.k8s.io/v1",
         }
+    }
+    /// Whether objects live in a namespace.
+    fn namespaced(self) -> bool {
+        self != Kind::Nodes
     }
 }
 
@@ -303,7 +312,11 @@ impl Store {
             .map(|o| o.entry("metadata").or_insert(json!({})));
         if let Some(Value::Object(meta)) = meta {
             meta.insert("name".into(), json!(name));
-            meta.insert("namespace".into(), json!(namespace));
+            if kind.namespaced() {
+                meta.insert("namespace".into(), json!(namespace));
+            } else {
+                meta.remove("namespace");
+            }
             meta.insert(
                 "uid".into(),
                 json!(format!("00000000-0000-0000-0000-{:012x}", self.version + 1)),
@@ -464,6 +477,7 @@ impl FakeApi {
     /// Creates the object, or replaces it (status included) if it exists.
     pub fn apply(&self, kind: Kind, obj: Value) -> Result<Value, ApiError> {
         let namespace = match meta_str(&obj, "namespace") {
+            _ if !kind.namespaced() => String::new(),
             n if n.is_empty() => "default".to_owned(),
             n => n,
         };
@@ -643,6 +657,7 @@ fn parse_path(path: &str) -> Option<Target> {
     };
     let kind = match (core, plural) {
         (true, "services") => Kind::Services,
+        (true, "nodes") if namespace.is_none() => Kind::Nodes,
         (false, "endpointslices") => Kind::EndpointSlices,
         _ => return None,
     };
@@ -696,7 +711,7 @@ fn visible(obj: &Value, namespace: Option<&str>, selector: Option<&str>) -> bool
 }
 
 fn discovery(path: &str) -> Option<Value> {
-    let resource = |name: &str, kind: &str, verbs: &[&str]| json!({"name": name, "singularName": "", "namespaced": true, "kind": kind, "verbs": verbs});
+    let resource = |name: &str, kind: &str, verbs: &[&str]| json!({"name": name, "singularName": "", "namespaced": name != "nodes", "kind": kind, "verbs": verbs});
     let all = [
         "create", "delete", "get", "list", "patch", "update", "watch",
     ];
@@ -715,6 +730,7 @@ fn discovery(path: &str) -> Option<Value> {
             "resources": [
                 resource("services", "Service", &all),
                 resource("services/status", "Service", &["get", "patch", "update"]),
+                resource("nodes", "Node", &all),
             ]
         })),
         "/apis" => Some(json!({
@@ -828,6 +844,9 @@ async fn handle(
         }
         (&Method::POST, None) => {
             count(&shared, &agent, &format!("create {resource}"), 0);
+            let namespace = namespace
+                .clone()
+                .or((!target.kind.namespaced()).then(String::new));
             match (namespace.as_deref(), parsed()) {
                 (None, _) => Err(api_error(
                     405,

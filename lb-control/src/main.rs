@@ -533,6 +533,17 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
                     "last_error": dp.last_error,
                     "programmed_services": dp.programmed_services,
                     "programmed_destinations": dp.programmed_destinations,
+                    "routes": dp.routes.as_ref().map(|r| json!({
+                        "pod_routes": r.pod_routes,
+                        "wanted": r.wanted,
+                        "installed": r.installed,
+                        "node_warning_count": r.node_warning_count,
+                        "node_warnings": r.node_warnings,
+                        "endpoints_checked": r.endpoints_checked,
+                        "endpoints_unrouted": r.endpoints_unrouted,
+                        "unrouted_examples": r.unrouted_examples,
+                        "last_error": r.last_error,
+                    })),
                 },
             })
         ),
@@ -626,7 +637,51 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
                     format!("\n  error    {}", dp.last_error)
                 }
             );
+            if let Some(r) = dp
+                .routes
+                .as_ref()
+                .filter(|r| r.pod_routes || r.endpoints_checked > 0)
+            {
+                print_routes(r);
+            }
         }
+    }
+}
+
+/// The routes line of `status`: pod routes and endpoints without a route.
+fn print_routes(r: &pb::RoutesStatus) {
+    let mut parts = Vec::new();
+    if r.pod_routes {
+        parts.push(format!(
+            "pod routes {} of {} installed",
+            r.installed, r.wanted
+        ));
+    }
+    if r.endpoints_checked > 0 {
+        parts.push(if r.endpoints_unrouted == 0 {
+            format!("all {} endpoints routed", r.endpoints_checked)
+        } else {
+            format!(
+                "{} of {} endpoints WITHOUT A ROUTE (only a default one)",
+                r.endpoints_unrouted, r.endpoints_checked
+            )
+        });
+    }
+    println!("routes     {}", parts.join("; "));
+    if !r.unrouted_examples.is_empty() {
+        println!("  unrouted {}", r.unrouted_examples.join(", "));
+    }
+    for w in &r.node_warnings {
+        println!("  warning  {w}");
+    }
+    if r.node_warning_count > r.node_warnings.len() as u64 {
+        println!(
+            "  warning  and {} more",
+            r.node_warning_count - r.node_warnings.len() as u64
+        );
+    }
+    if !r.last_error.is_empty() {
+        println!("  error    {}", r.last_error);
     }
 }
 

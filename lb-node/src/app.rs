@@ -74,16 +74,18 @@ pub async fn run(
             hangup_tx.send_modify(|n| *n += 1);
         }
     });
+    // The member's one rtnetlink connection (VIP addresses, pod routes).
+    let netlink = crate::netlink::Netlink::open()?;
     // The kernel is checked before the member joins: `ipvs` on a kernel
     // without IPVS stops here with a message that says so.
     let ipvs = match config.dataplane.kind {
         DataplaneKind::Memory => None,
         DataplaneKind::Ipvs => Some(
-            open_ipvs(&config.dataplane)
+            open_ipvs(&config.dataplane, &netlink)
                 .await
                 .with_context(|| format!("{}: dataplane.kind = \"ipvs\"", config.file.display()))?,
         ),
-        DataplaneKind::Auto => match open_ipvs(&config.dataplane).await {
+        DataplaneKind::Auto => match open_ipvs(&config.dataplane, &netlink).await {
             Ok(d) => Some(d),
             Err(e @ crate::dataplane::ipvs::IpvsError::NoIpvs) => {
                 tracing::warn!(error = %e, "dataplane.kind = \"auto\": no IPVS here; using the memory dataplane");
@@ -100,7 +102,8 @@ pub async fn run(
     if let crate::announce::AnnounceConfig::L2(l2) = &config.announce {
         crate::announce::l2::check(l2)?;
         for s in &services {
-            if !l2.vip_ranges.iter().any(|r| r.contains(&s.key.vip)) {
+            let routed = l2.service_cidrs.iter().any(|n| n.contains(&s.key.vip));
+            if !routed && !l2.vip_ranges.iter().any(|r| r.contains(&s.key.vip)) {
                 anyhow::bail!(crate::config::ConfigError::new(
                     &config.file,
                     "announce.vip_ranges",
@@ -136,6 +139,7 @@ pub async fn run(
             let (proposer, states, handle, node) = start_raft(
                 config.node_id,
                 cluster,
+                config.announce.scope(),
                 peer,
                 config.tls.as_ref(),
                 &fatal,
@@ -224,22 +228,37 @@ pub async fn run(
     match config.announce.clone() {
         crate::announce::AnnounceConfig::None => {}
         crate::announce::AnnounceConfig::L2(l2) => {
-            let announced =
-                announced_vips(&states, &dataplane_rx, cluster.as_ref(), false, &shutdown);
-            let stop = shutdown.clone();
+            let announced = announced_vips(
+                &states,
+                &dataplane_rx,
+                cluster.as_ref(),
+                false,
+                config.announce.scope(),
+                &shutdown,
+            );
+            let (stop, netlink) = (shutdown.clone(), netlink.clone());
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = crate::announce::l2::run(l2, announced, stop.clone()).await {
+                if let Err(e) = crate::announce::l2::run(l2, netlink, announced, stop.clone()).await
+                {
                     tracing::error!(error = format!("{e:#}"), "L2 announcer failed; stopping");
                     stop.cancel();
                 }
             }));
         }
         crate::announce::AnnounceConfig::Bgp(bgp) => {
-            let announced = announced_vips(
+            let vips = announced_vips(
                 &states,
                 &dataplane_rx,
                 cluster.as_ref(),
                 bgp.ecmp,
+                config.announce.scope(),
+                &shutdown,
+            );
+            let announced = bgp_routes(
+                vips,
+                bgp.service_cidrs.clone(),
+                cluster.as_ref(),
+                &dataplane_rx,
                 &shutdown,
             );
             let stop = shutdown.clone();
@@ -250,6 +269,24 @@ pub async fn run(
                 }
             }));
         }
+    }
+
+    // Routes to pods: installed from the Nodes with pod_routes; checked
+    // for every endpoint wherever the kernel forwards (IPVS).
+    let pod_routes = matches!(&config.source, SourceConfig::Kubernetes(k) if k.pod_routes);
+    let (routes_tx, routes_rx) = watch::channel(crate::dataplane::routes::RoutesStatus::default());
+    if pod_routes || ipvs.is_some() {
+        tasks.push(tokio::spawn(crate::dataplane::routes::run(
+            netlink.clone(),
+            states.clone(),
+            crate::dataplane::routes::RoutesSettings {
+                pod_routes,
+                check_endpoints: ipvs.is_some(),
+                repair_interval: config.dataplane.repair_interval,
+            },
+            routes_tx,
+            shutdown.clone(),
+        )));
     }
 
     let (counters_tx, counters_rx) = tokio::sync::mpsc::channel(16);
@@ -285,6 +322,7 @@ pub async fn run(
         states: states.clone(),
         source: source_rx.clone(),
         dataplane: dataplane_rx.clone(),
+        routes: routes_rx.clone(),
         raft: cluster.as_ref().map(|c| c.node.status.clone()),
     };
     let metrics_shutdown = shutdown.clone();
@@ -318,6 +356,7 @@ pub async fn run(
                 _ => Duration::ZERO,
             };
         let id = config.node_id;
+        let scope = config.announce.scope();
         tokio::spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => {}
@@ -325,7 +364,7 @@ pub async fn run(
             }
             if let Some(node) = node {
                 tokio::select! {
-                    () = hand_over(&node, states, id, stay) => {}
+                    () = hand_over(&node, states, &scope, id, stay) => {}
                     () = shutdown.cancelled() => {}
                 }
             }
@@ -337,6 +376,7 @@ pub async fn run(
         states,
         source: source_rx,
         dataplane: dataplane_rx,
+        routes: routes_rx,
         counters: counters_tx,
         proposer,
         cluster,
@@ -408,6 +448,7 @@ async fn report_dataplane_ready(
 async fn hand_over(
     node: &node::NodeHandle,
     mut states: watch::Receiver<Arc<State>>,
+    scope: &crate::model::AnnounceScope,
     id: u64,
     stay: Duration,
 ) {
@@ -430,7 +471,7 @@ async fn hand_over(
                 let owners = state.vip_owners();
                 !s.is_leader()
                     && s.announced.is_empty()
-                    && owners.len() == state.vips().len()
+                    && owners.len() == scope.vips(&state).len()
                     && owners.values().all(|o| *o != id)
             };
             if handed {
@@ -455,6 +496,7 @@ async fn hand_over(
 
 async fn open_ipvs(
     config: &crate::config::DataplaneConfig,
+    netlink: &crate::netlink::Netlink,
 ) -> Result<crate::dataplane::ipvs::IpvsDataplane, crate::dataplane::ipvs::IpvsError> {
     use crate::dataplane::ipvs::{IpvsDataplane, IpvsSettings, Ownership, local::LocalSettings};
     let ownership = if config.own_whole_table {
@@ -468,11 +510,14 @@ async fn open_ipvs(
         interface: config.vip_interface.clone(),
         masquerade: config.masquerade,
     });
-    IpvsDataplane::open(IpvsSettings {
-        ownership,
-        drain_timeout: config.drain_timeout,
-        local,
-    })
+    IpvsDataplane::open(
+        IpvsSettings {
+            ownership,
+            drain_timeout: config.drain_timeout,
+            local,
+        },
+        netlink,
+    )
     .await
 }
 
@@ -488,6 +533,7 @@ fn announced_vips(
     dataplane: &watch::Receiver<DataplaneStatus>,
     cluster: Option<&ClusterHandle>,
     ecmp: bool,
+    scope: crate::model::AnnounceScope,
     shutdown: &CancellationToken,
 ) -> watch::Receiver<Arc<std::collections::BTreeSet<std::net::IpAddr>>> {
     let (tx, rx) = watch::channel(Arc::default());
@@ -513,7 +559,7 @@ fn announced_vips(
                 None => match &table_vips {
                     Some(vips) if !states.has_changed().unwrap_or(false) => vips.clone(),
                     _ => table_vips
-                        .insert(Arc::new(states.borrow_and_update().vips()))
+                        .insert(Arc::new(scope.vips(&states.borrow_and_update())))
                         .clone(),
                 },
             };
@@ -534,6 +580,58 @@ fn announced_vips(
                     }
                 } => if changed.is_err() { return },
                 changed = dataplane.changed() => if changed.is_err() { return },
+            }
+        }
+    });
+    rx
+}
+
+/// What the BGP speaker announces: each announced VIP as a host route,
+/// and the service CIDRs whole while this member serves (a cluster
+/// member: in touch, ready, not drained or leaving; standalone: once its
+/// dataplane has synced), so that the routers spread ClusterIP traffic
+/// over every healthy member.
+fn bgp_routes(
+    mut vips: watch::Receiver<Arc<std::collections::BTreeSet<std::net::IpAddr>>>,
+    service_cidrs: Vec<ipnet::IpNet>,
+    cluster: Option<&ClusterHandle>,
+    dataplane: &watch::Receiver<DataplaneStatus>,
+    shutdown: &CancellationToken,
+) -> watch::Receiver<Arc<std::collections::BTreeSet<ipnet::IpNet>>> {
+    let (tx, rx) = watch::channel(Arc::default());
+    let shutdown = shutdown.clone();
+    let mut dataplane = dataplane.clone();
+    let mut status = cluster.map(|c| c.node.status.clone());
+    tokio::spawn(async move {
+        loop {
+            let serving = match &mut status {
+                Some(s) => s.borrow_and_update().serving,
+                None => dataplane.borrow_and_update().last_sync_unix_ms > 0,
+            };
+            let mut routes: std::collections::BTreeSet<ipnet::IpNet> = vips
+                .borrow_and_update()
+                .iter()
+                .map(|ip| ipnet::IpNet::from(*ip))
+                .collect();
+            if serving {
+                routes.extend(service_cidrs.iter().copied());
+            }
+            tx.send_if_modified(|now| {
+                let changed = **now != routes;
+                if changed {
+                    *now = Arc::new(routes);
+                }
+                changed
+            });
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = vips.changed() => if changed.is_err() { return },
+                changed = async {
+                    match &mut status {
+                        Some(s) => s.changed().await,
+                        None => dataplane.changed().await,
+                    }
+                } => if changed.is_err() { return },
             }
         }
     });
@@ -616,6 +714,7 @@ type RaftParts = (
 async fn start_raft(
     node_id: u64,
     cluster: &ClusterConfig,
+    scope: crate::model::AnnounceScope,
     peer_listener: TcpListener,
     tls: Option<&crate::config::TlsConfig>,
     fatal: &Fatal,
@@ -636,6 +735,7 @@ async fn start_raft(
             fixed_election_timeout: None,
             initial_admin: cluster.initial_admin.clone(),
             wait_for_dataplane: true,
+            scope,
         },
         store,
         &cluster.initial_members,

@@ -1,12 +1,14 @@
 //! lb-node: one member of the load-balancer appliance.
 //!
-//! See ARCHITECTURE.md for the shape; [`app`] wires the tasks together.
+//! docs/architecture.md maps the modules; [`app`] wires the tasks
+//! together.
 //!
 //! - [`model`]: the replicated service table (pure);
 //! - [`dataplane`]: plan and program the kernel's table;
 //! - [`source`]: where desired state comes from;
 //! - [`replication`]: how commands become committed state;
-//! - [`announce`]: telling the network where the VIPs are (L2);
+//! - [`announce`]: telling the network where the VIPs are (L2, BGP);
+//! - [`netlink`]: the member's one rtnetlink connection;
 //! - [`admin`]: the gRPC admin API;
 //! - [`config`]: the member's configuration file.
 
@@ -17,6 +19,7 @@ pub mod config;
 pub mod dataplane;
 pub mod metrics;
 pub mod model;
+pub mod netlink;
 pub mod nft;
 pub mod replication;
 pub mod source;

@@ -286,6 +286,7 @@ pub struct Views {
     pub states: watch::Receiver<Arc<State>>,
     pub source: watch::Receiver<SourceStatus>,
     pub dataplane: watch::Receiver<DataplaneStatus>,
+    pub routes: watch::Receiver<crate::dataplane::routes::RoutesStatus>,
     pub raft: Option<watch::Receiver<RaftStatus>>,
 }
 
@@ -301,6 +302,7 @@ pub fn render(views: &Views) -> String {
     let state = views.states.borrow().clone();
     let dataplane = views.dataplane.borrow().clone();
     let source = views.source.borrow().clone();
+    let routes = views.routes.borrow().clone();
     let mut gauges = vec![
         gauge(
             "lb_services",
@@ -326,6 +328,21 @@ pub fn render(views: &Views) -> String {
             "lb_dataplane_synced_revision",
             "State revision the dataplane last synced.",
             dataplane.synced_revision as i64,
+        ),
+        gauge(
+            "lb_pod_routes_wanted",
+            "Pod routes the committed Nodes mean (source.kubernetes.pod_routes).",
+            routes.wanted as i64,
+        ),
+        gauge(
+            "lb_pod_routes_installed",
+            "Pod routes of lb-node's in the kernel that match what the Nodes mean.",
+            routes.installed as i64,
+        ),
+        gauge(
+            "lb_endpoints_unrouted",
+            "Endpoints no route but a default one covers (checked with a kernel dataplane).",
+            routes.endpoints_unrouted as i64,
         ),
         gauge(
             "lb_source_healthy",

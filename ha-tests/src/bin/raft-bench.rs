@@ -141,6 +141,7 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<Cluster> {
                     fixed_election_timeout: None,
                     initial_admin: Default::default(),
                     wait_for_dataplane: false,
+                    scope: Default::default(),
                 };
                 let replica = Replica::open(config, store, &initial).expect("replica opens");
                 if let Err(e) = node::run(

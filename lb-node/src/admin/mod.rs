@@ -42,6 +42,7 @@ pub struct AdminService {
     pub states: watch::Receiver<Arc<State>>,
     pub source: watch::Receiver<SourceStatus>,
     pub dataplane: watch::Receiver<DataplaneStatus>,
+    pub routes: watch::Receiver<crate::dataplane::routes::RoutesStatus>,
     /// Asks the reconciler for kernel counters.
     pub counters: tokio::sync::mpsc::Sender<crate::dataplane::reconcile::CountersQuery>,
     pub proposer: Proposer,
@@ -160,6 +161,7 @@ impl Admin for AdminService {
         let state = self.states.borrow().clone();
         let source = self.source.borrow().clone();
         let dataplane = self.dataplane.borrow().clone();
+        let routes = self.routes.borrow().clone();
         Ok(Response::new(pb::GetStatusResponse {
             node_id: self.node_id,
             version: env!("CARGO_PKG_VERSION").into(),
@@ -181,6 +183,17 @@ impl Admin for AdminService {
                 last_error: dataplane.last_error,
                 programmed_services: dataplane.programmed_services,
                 programmed_destinations: dataplane.programmed_destinations,
+                routes: Some(pb::RoutesStatus {
+                    pod_routes: routes.pod_routes,
+                    wanted: routes.wanted,
+                    installed: routes.installed,
+                    node_warning_count: routes.node_warning_count,
+                    node_warnings: routes.node_warnings,
+                    endpoints_checked: routes.endpoints_checked,
+                    endpoints_unrouted: routes.endpoints_unrouted,
+                    unrouted_examples: routes.unrouted_examples,
+                    last_error: routes.last_error,
+                }),
             }),
             cluster: self.cluster.as_ref().map(|c| {
                 let raft = c.node.status.borrow().clone();

@@ -53,6 +53,12 @@ pub struct L2Config {
     /// owner to answer the ARP probe that finds it (no answer: nothing is
     /// handed over; after a crash the whole wait is spent).
     pub handover_probe_wait: Duration,
+    /// The Kubernetes service CIDRs: their addresses (ClusterIPs) are not
+    /// announced one by one; nodes route them through the gateways.
+    pub service_cidrs: Vec<IpNet>,
+    /// Addresses on the nodes' network, owned and announced like VIPs,
+    /// that nodes use as next hops for the service CIDRs.
+    pub service_gateways: Vec<IpAddr>,
 }
 
 /// What the responder heard from the other members on the segment.
@@ -95,95 +101,6 @@ fn set_sysctl(path: &str, value: &str) {
             warn!(sysctl = path, value, error = %e, "cannot set; the kernel may answer ARP for VIPs itself")
         }
     }
-}
-
-pub(crate) async fn link_index(handle: &rtnetlink::Handle, name: &str) -> anyhow::Result<u32> {
-    use futures_util::TryStreamExt as _;
-    let link = handle
-        .link()
-        .get()
-        .match_name(name.to_owned())
-        .execute()
-        .try_next()
-        .await
-        .with_context(|| format!("interface {name:?}"))?
-        .with_context(|| format!("interface {name:?} does not exist"))?;
-    Ok(link.header.index)
-}
-
-/// Every address on interface `index`.
-pub(crate) async fn addresses_on(
-    handle: &rtnetlink::Handle,
-    index: u32,
-) -> anyhow::Result<Vec<netlink_packet_route::address::AddressMessage>> {
-    use futures_util::TryStreamExt as _;
-    Ok(handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
-        .await?)
-}
-
-/// The addresses on `index` inside `ranges`.
-async fn addresses_in(
-    handle: &rtnetlink::Handle,
-    index: u32,
-    ranges: &[IpNet],
-) -> anyhow::Result<Vec<netlink_packet_route::address::AddressMessage>> {
-    let mut all = addresses_on(handle, index).await?;
-    all.retain(|m| ip_of(m).is_some_and(|ip| ranges.iter().any(|r| r.contains(&ip))));
-    Ok(all)
-}
-
-pub(crate) fn ip_of(m: &netlink_packet_route::address::AddressMessage) -> Option<IpAddr> {
-    use netlink_packet_route::address::AddressAttribute;
-    m.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Address(ip) => Some(*ip),
-        _ => None,
-    })
-}
-
-pub(crate) async fn add_local(
-    handle: &rtnetlink::Handle,
-    index: u32,
-    vip: IpAddr,
-) -> anyhow::Result<()> {
-    use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
-    let prefix = if vip.is_ipv4() { 32 } else { 128 };
-    let mut request = handle.address().add(index, vip, prefix).replace();
-    if vip.is_ipv6() {
-        // No duplicate address detection: the VIP moves between members by
-        // design, and DAD would hold it back (or fail it) for a second.
-        let m = request.message_mut();
-        m.header.flags |= AddressHeaderFlags::Nodad;
-        m.attributes
-            .push(AddressAttribute::Flags(AddressFlags::Nodad));
-    }
-    request
-        .execute()
-        .await
-        .with_context(|| format!("cannot add {vip}/{prefix}"))
-}
-
-async fn remove_local(
-    handle: &rtnetlink::Handle,
-    index: u32,
-    vip: IpAddr,
-    ranges: &[IpNet],
-) -> anyhow::Result<()> {
-    for m in addresses_in(handle, index, ranges).await? {
-        if ip_of(&m) == Some(vip) {
-            handle
-                .address()
-                .del(m)
-                .execute()
-                .await
-                .with_context(|| format!("cannot remove {vip}"))?;
-        }
-    }
-    Ok(())
 }
 
 /// Checks the configuration against this machine: the interfaces exist.
@@ -291,6 +208,7 @@ async fn find_holders(
 /// Announces `announced` until `shutdown`, then withdraws everything.
 pub async fn run(
     config: L2Config,
+    netlink: crate::netlink::Netlink,
     mut announced: watch::Receiver<Arc<BTreeSet<IpAddr>>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -413,18 +331,21 @@ pub async fn run(
             .context("cannot start the L2 responder")?
     };
 
-    let (connection, handle, _) =
-        rtnetlink::new_connection().context("announce: cannot open rtnetlink")?;
-    let netlink = tokio::spawn(connection);
-    let vip_index = link_index(&handle, &config.vip_interface).await?;
+    let vip_index = netlink.link_index(&config.vip_interface).await?;
     // Addresses in our ranges left by an earlier run are ours: remove them.
-    for m in addresses_in(&handle, vip_index, &config.vip_ranges).await? {
-        let ip = ip_of(&m);
-        if let Err(e) = handle.address().del(m).execute().await {
-            warn!(address = ?ip, error = %e, "cannot remove a stale VIP");
-        } else {
-            info!(address = ?ip, "removed a VIP left by an earlier run");
+    let stale: Vec<IpAddr> = netlink
+        .addresses_on(vip_index)
+        .await?
+        .into_iter()
+        .filter(|ip| config.vip_ranges.iter().any(|r| r.contains(ip)))
+        .collect();
+    match netlink.remove_addresses(vip_index, &stale).await {
+        Ok(removed) => {
+            for ip in removed {
+                info!(address = %ip, "removed a VIP left by an earlier run");
+            }
         }
+        Err(e) => warn!(error = format!("{e:#}"), "cannot remove stale VIPs"),
     }
     info!(interface = %config.interface, vip_interface = %config.vip_interface, "L2 announcer started");
 
@@ -473,7 +394,7 @@ pub async fn run(
         {
             lingering.remove(&vip);
             set_of(&holding).remove(&vip);
-            if let Err(e) = remove_local(&handle, vip_index, vip, &config.vip_ranges).await {
+            if let Err(e) = netlink.remove_addresses(vip_index, &[vip]).await {
                 warn!(%vip, error = format!("{e:#}"), "withdraw");
             }
             info!(%vip, "VIP no longer local");
@@ -510,7 +431,7 @@ pub async fn run(
         for vip in taking {
             let still_local = lingering.remove(&vip).is_some();
             set_of(&holding).remove(&vip);
-            if !still_local && let Err(e) = add_local(&handle, vip_index, vip).await {
+            if !still_local && let Err(e) = netlink.add_host_address(vip_index, vip).await {
                 warn!(%vip, error = format!("{e:#}"), "cannot make the VIP local; announcing anyway");
             }
             set_of(&answering).insert(vip);
@@ -565,17 +486,15 @@ pub async fn run(
     // Shutdown: withdraw everything.
     set_of(&answering).clear();
     set_of(&holding).clear();
-    for vip in current.iter().chain(lingering.keys()) {
-        if let Err(e) = remove_local(&handle, vip_index, *vip, &config.vip_ranges).await {
-            warn!(%vip, error = format!("{e:#}"), "withdraw at shutdown");
-        }
+    let all: Vec<IpAddr> = current.iter().chain(lingering.keys()).copied().collect();
+    if let Err(e) = netlink.remove_addresses(vip_index, &all).await {
+        warn!(error = format!("{e:#}"), "withdraw at shutdown");
     }
     handover.clear();
     handover.apply().await;
     info!(vips = current.len(), "L2 announcer stopped; VIPs withdrawn");
     stop.store(true, Ordering::Relaxed);
     let _ = tokio::task::spawn_blocking(move || responder.join()).await;
-    netlink.abort();
     Ok(())
 }
 

@@ -5,7 +5,11 @@
 //! docs/announcement.md), or every VIP of the table on a standalone member.
 //! This module only makes the network know: `l2` answers ARP and neighbour
 //! solicitations and sends gratuitous ARP / unsolicited NA on takeover.
-//! `bgp` announces them as host routes to BGP peers.
+//! `bgp` announces them as host routes to BGP peers, and the service CIDRs
+//! whole. Addresses inside the service CIDRs are not announced one by
+//! one (`model::AnnounceScope`): in BGP mode every healthy member
+//! announces the CIDRs, in L2 mode nodes route them through the service
+//! gateways, which are owned and announced like VIPs.
 //!
 //! - `frames`: pure: the Ethernet frames, built and parsed.
 //! - `l2`: the L2 announcer (rtnetlink and a packet socket).
@@ -25,4 +29,21 @@ pub enum AnnounceConfig {
     None,
     L2(l2::L2Config),
     Bgp(bgp::BgpConfig),
+}
+
+impl AnnounceConfig {
+    /// Which addresses are announced one by one (`AnnounceScope`).
+    pub fn scope(&self) -> crate::model::AnnounceScope {
+        match self {
+            AnnounceConfig::None => crate::model::AnnounceScope::default(),
+            AnnounceConfig::L2(l2) => crate::model::AnnounceScope {
+                aggregates: l2.service_cidrs.clone(),
+                gateways: l2.service_gateways.iter().copied().collect(),
+            },
+            AnnounceConfig::Bgp(bgp) => crate::model::AnnounceScope {
+                aggregates: bgp.service_cidrs.clone(),
+                gateways: Default::default(),
+            },
+        }
+    }
 }

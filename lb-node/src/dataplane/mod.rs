@@ -6,7 +6,9 @@
 //! - `rules`: a table in `ipvsadm -Sn` form;
 //! - `memory`: the in-memory dataplane;
 //! - `reconcile`: the task that owns the dataplane and keeps it equal to the
-//!   replicated state (level-based: diff, apply, repair drift).
+//!   replicated state (level-based: diff, apply, repair drift);
+//! - `routes`: the routes to pods (from the Nodes, where only the nodes
+//!   know them) and the check that every endpoint has one.
 //!
 //! Nothing here decides *what* should be served; that is the model's job.
 
@@ -18,6 +20,7 @@ pub mod ipvs;
 mod memory;
 mod plan;
 pub mod reconcile;
+pub mod routes;
 mod rules;
 mod table;
 

@@ -52,6 +52,9 @@ pub enum Command {
 pub enum KubeKind {
     Service,
     EndpointSlice,
+    /// Watched only with `source.kubernetes.pod_routes`: each Node's pod
+    /// CIDRs and InternalIP, from which every member routes pod traffic.
+    Node,
 }
 
 impl KubeKind {
@@ -59,6 +62,7 @@ impl KubeKind {
         match self {
             KubeKind::Service => "services",
             KubeKind::EndpointSlice => "endpointslices",
+            KubeKind::Node => "nodes",
         }
     }
 }

@@ -17,7 +17,7 @@ mod wire;
 
 pub use command::{Command, KubeDelta, KubeKind};
 pub use diff::commands_towards;
-pub use ownership::assign_owners;
+pub use ownership::{AnnounceScope, assign_owners};
 pub use pools::{AllocError, allocate};
 pub use service::{
     Backend, BackendOverride, BackendState, Forwarding, InvalidService, MAX_PERSISTENCE_TIMEOUT,

@@ -14,6 +14,36 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
+use super::State;
+
+/// Which addresses are announced one by one, and so get an owner: every
+/// VIP of the table outside the service CIDRs (those are announced whole:
+/// BGP aggregates from every healthy member, or L2 gateways), plus the
+/// service gateways, which no service uses but which are owned and fail
+/// over like VIPs. The same on every member (it comes from
+/// `[announce]`, which must agree across the cluster).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnnounceScope {
+    /// Announced as whole networks: the Kubernetes service CIDRs.
+    pub aggregates: Vec<IpNet>,
+    /// Announced like VIPs although no service uses them.
+    pub gateways: BTreeSet<IpAddr>,
+}
+
+impl AnnounceScope {
+    /// The addresses of `state` announced one by one.
+    pub fn vips(&self, state: &State) -> BTreeSet<IpAddr> {
+        let mut vips = state.vips();
+        if !self.aggregates.is_empty() {
+            vips.retain(|vip| !self.aggregates.iter().any(|n| n.contains(vip)));
+        }
+        vips.extend(self.gateways.iter().copied());
+        vips
+    }
+}
+
 /// The owners after a change; see the module docs for the promises.
 pub fn assign_owners(
     vips: &BTreeSet<IpAddr>,

@@ -52,8 +52,11 @@ pub struct State {
 pub struct KubeObjects {
     pub services: imbl::OrdMap<String, Arc<[u8]>>,
     pub endpoint_slices: imbl::OrdMap<String, Arc<[u8]>>,
+    /// Nodes by name (cluster-scoped), only with pod routes on.
+    pub nodes: imbl::OrdMap<String, Arc<[u8]>>,
     pub services_cursor: String,
     pub endpoint_slices_cursor: String,
+    pub nodes_cursor: String,
 }
 
 impl KubeObjects {
@@ -61,6 +64,7 @@ impl KubeObjects {
         match kind {
             KubeKind::Service => &self.services,
             KubeKind::EndpointSlice => &self.endpoint_slices,
+            KubeKind::Node => &self.nodes,
         }
     }
 
@@ -68,6 +72,7 @@ impl KubeObjects {
         match kind {
             KubeKind::Service => &self.services_cursor,
             KubeKind::EndpointSlice => &self.endpoint_slices_cursor,
+            KubeKind::Node => &self.nodes_cursor,
         }
     }
 
@@ -77,6 +82,7 @@ impl KubeObjects {
             KubeKind::EndpointSlice => {
                 (&mut self.endpoint_slices, &mut self.endpoint_slices_cursor)
             }
+            KubeKind::Node => (&mut self.nodes, &mut self.nodes_cursor),
         };
         let mut changed = false;
         for (name, json) in &delta.upserts {

@@ -102,10 +102,11 @@ fn command() -> impl Strategy<Value = Command> {
         1 => (prop_oneof![Just("a/x"), Just("b/y")], prop::collection::vec(ip(), 0..3))
             .prop_map(|(service, addresses)| Command::AssignAddresses { service: service.into(), addresses }),
         1 => (1u64..4, any::<bool>()).prop_map(|(member, drained)| Command::SetMemberDrained { member, drained }),
-        1 => (any::<bool>(), prop::collection::vec((prop_oneof![Just("a/x"), Just("b/y")], prop::collection::vec(any::<u8>(), 0..8)), 0..3),
+        1 => (prop_oneof![Just(KubeKind::Service), Just(KubeKind::EndpointSlice), Just(KubeKind::Node)],
+              prop::collection::vec((prop_oneof![Just("a/x"), Just("b/y")], prop::collection::vec(any::<u8>(), 0..8)), 0..3),
               prop::collection::vec(prop_oneof![Just("a/x"), Just("c/z")], 0..2), prop_oneof![Just(""), Just("17"), Just("42")])
-            .prop_map(|(service, upserts, deletes, rv)| Command::KubeObjects(KubeDelta {
-                kind: if service { KubeKind::Service } else { KubeKind::EndpointSlice },
+            .prop_map(|(kind, upserts, deletes, rv)| Command::KubeObjects(KubeDelta {
+                kind,
                 upserts: upserts.into_iter().map(|(n, j)| (n.to_owned(), j.into())).collect(),
                 deletes: deletes.into_iter().map(str::to_owned).collect(),
                 resource_version: rv.into(),

@@ -199,6 +199,7 @@ fn command_to_pb(c: &Command) -> pb::Command {
             kind: match d.kind {
                 KubeKind::Service => pb::KubeKind::Service,
                 KubeKind::EndpointSlice => pb::KubeKind::EndpointSlice,
+                KubeKind::Node => pb::KubeKind::Node,
             } as i32,
             upserts: kube_objects_to_pb(d.upserts.iter().map(|(n, j)| (n, j))),
             deletes: d.deletes.clone(),
@@ -287,6 +288,8 @@ impl State {
             kube_endpoint_slices: kube_objects_to_pb(self.kube().endpoint_slices.iter()),
             kube_services_cursor: self.kube().services_cursor.clone(),
             kube_endpoint_slices_cursor: self.kube().endpoint_slices_cursor.clone(),
+            kube_nodes: kube_objects_to_pb(self.kube().nodes.iter()),
+            kube_nodes_cursor: self.kube().nodes_cursor.clone(),
             changed_at_unix_us: self.changed_at_unix_us(),
         }
         .encode_to_vec()
@@ -343,8 +346,10 @@ impl State {
         let kube = KubeObjects {
             services: kube_objects_from_pb(pb.kube_services, "kube_services")?,
             endpoint_slices: kube_objects_from_pb(pb.kube_endpoint_slices, "kube_endpoint_slices")?,
+            nodes: kube_objects_from_pb(pb.kube_nodes, "kube_nodes")?,
             services_cursor: pb.kube_services_cursor,
             endpoint_slices_cursor: pb.kube_endpoint_slices_cursor,
+            nodes_cursor: pb.kube_nodes_cursor,
         };
         Ok(State::from_parts(StateParts {
             kube,
@@ -570,6 +575,7 @@ fn command_from_pb(c: pb::Command) -> Result<Command, WireError> {
             let kind = match pb::KubeKind::try_from(d.kind) {
                 Ok(pb::KubeKind::Service) => KubeKind::Service,
                 Ok(pb::KubeKind::EndpointSlice) => KubeKind::EndpointSlice,
+                Ok(pb::KubeKind::Node) => KubeKind::Node,
                 _ => {
                     return Err(field(
                         "kube_delta.kind",

@@ -82,6 +82,10 @@ pub struct RaftStatus {
     /// Every VIP while this member may announce (lease, in touch, not
     /// drained): BGP's ECMP mode announces these.
     pub ecmp: Arc<std::collections::BTreeSet<std::net::IpAddr>>,
+    /// Whether this member carries traffic for everyone (may announce,
+    /// ready, not leaving, not drained): BGP announces the service CIDRs
+    /// while it does.
+    pub serving: bool,
     /// Whether this member's lease holds, and whether it may announce.
     pub lease_held: bool,
     pub may_announce: bool,
@@ -130,6 +134,7 @@ fn status_of(replica: &Replica, announced: Option<AnnouncedSets>) -> RaftStatus 
         voters: replica.voters(),
         announced,
         ecmp,
+        serving: replica.serving(),
         lease_held: replica.lease_valid(),
         may_announce: replica.may_announce(),
         applied_current_term: replica.applied_current_term(),

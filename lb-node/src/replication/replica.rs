@@ -51,6 +51,9 @@ pub struct ReplicaConfig {
     /// programmed the table (`dataplane_ready`). lb-node sets it; the
     /// simulation, which has no dataplane, does not.
     pub wait_for_dataplane: bool,
+    /// Which addresses get an owner (`AnnounceScope`): the table's VIPs
+    /// outside the service CIDRs, and the service gateways.
+    pub scope: crate::model::AnnounceScope,
 }
 
 /// Why a replica cannot go on. Fatal for the member: it stops rather than
@@ -589,18 +592,24 @@ impl Replica {
             && self.applied_current_term()
     }
 
-    /// Every VIP, while this member may announce and is not drained: what
-    /// a member announces in BGP ECMP mode, where every healthy member with
+    /// Whether this member carries traffic for everyone now: it may
+    /// announce, is ready, not leaving and not drained. BGP announces the
+    /// service CIDRs while it holds, and in ECMP mode every VIP.
+    pub fn serving(&self) -> bool {
+        self.may_announce()
+            && !self.leaving
+            && !self.unready
+            && !self.state.drained_members().contains(&self.config.id)
+    }
+
+    /// Every VIP announced one by one, while this member serves: what a
+    /// member announces in BGP ECMP mode, where every healthy member with
     /// quorum carries every VIP.
     pub fn ecmp_vips(&self) -> BTreeSet<std::net::IpAddr> {
-        if !self.may_announce()
-            || self.leaving
-            || self.unready
-            || self.state.drained_members().contains(&self.config.id)
-        {
+        if !self.serving() {
             return BTreeSet::new();
         }
-        self.state.vips()
+        self.config.scope.vips(&self.state)
     }
 
     /// The VIPs this member announces now: the ones the committed state
@@ -695,7 +704,8 @@ impl Replica {
         }
         let (_, eligible) = &inputs;
         let current = self.state.vip_owners().clone();
-        let target = crate::model::assign_owners(&self.state.vips(), eligible, &current);
+        let target =
+            crate::model::assign_owners(&self.config.scope.vips(&self.state), eligible, &current);
         // A VIP moves in two commits: its live previous owner first
         // releases it (it is left out), and only once every healthy member
         // has the entry that released it does its new owner get it. So the

@@ -204,6 +204,7 @@ impl Sim {
             fixed_election_timeout: None,
             initial_admin: BTreeMap::new(),
             wait_for_dataplane: false,
+            scope: Default::default(),
         };
         let mut sim = Sim {
             rng: SmallRng::seed_from_u64(seed),

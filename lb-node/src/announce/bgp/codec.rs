@@ -10,6 +10,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use ipnet::IpNet;
+
 pub const HEADER_LEN: usize = 19;
 pub const MAX_LEN: usize = 4096;
 /// AS_TRANS (RFC 6793): the two-octet stand-in for a four-octet ASN.
@@ -80,11 +82,12 @@ pub struct Attributes {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     Open(Open),
-    /// IPv4 host routes withdrawn and announced (with `attributes`);
-    /// IPv6 ones travel in MP_UNREACH / MP_REACH.
+    /// IPv4 routes withdrawn and announced (with `attributes`): host
+    /// routes for VIPs, whole networks for service CIDRs; IPv6 ones travel
+    /// in MP_UNREACH / MP_REACH.
     Update {
-        withdrawn: Vec<IpAddr>,
-        announced: Vec<IpAddr>,
+        withdrawn: Vec<IpNet>,
+        announced: Vec<IpNet>,
         attributes: Option<Attributes>,
     },
     Notification {
@@ -103,16 +106,16 @@ fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
     m
 }
 
-fn host_prefix(ip: IpAddr, out: &mut Vec<u8>) {
-    match ip {
-        IpAddr::V4(v4) => {
-            out.push(32);
-            out.extend_from_slice(&v4.octets());
-        }
-        IpAddr::V6(v6) => {
-            out.push(128);
-            out.extend_from_slice(&v6.octets());
-        }
+/// A prefix as NLRI: its length in bits, then as many octets of the
+/// network as that length needs (RFC 4271 4.3).
+fn prefix(net: IpNet, out: &mut Vec<u8>) {
+    let net = net.trunc();
+    let bits = net.prefix_len();
+    out.push(bits);
+    let octets = usize::from(bits).div_ceil(8);
+    match net.network() {
+        IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()[..octets]),
+        IpAddr::V6(v6) => out.extend_from_slice(&v6.octets()[..octets]),
     }
 }
 
@@ -184,25 +187,19 @@ impl Message {
                 let mut nlri4 = Vec::new();
                 let mut unreach6 = Vec::new();
                 let mut reach6 = Vec::new();
-                for ip in withdrawn {
-                    host_prefix(
-                        *ip,
-                        if ip.is_ipv4() {
-                            &mut withdrawn4
-                        } else {
-                            &mut unreach6
-                        },
-                    );
+                for net in withdrawn {
+                    let to = match net {
+                        IpNet::V4(_) => &mut withdrawn4,
+                        IpNet::V6(_) => &mut unreach6,
+                    };
+                    prefix(*net, to);
                 }
-                for ip in announced {
-                    host_prefix(
-                        *ip,
-                        if ip.is_ipv4() {
-                            &mut nlri4
-                        } else {
-                            &mut reach6
-                        },
-                    );
+                for net in announced {
+                    let to = match net {
+                        IpNet::V4(_) => &mut nlri4,
+                        IpNet::V6(_) => &mut reach6,
+                    };
+                    prefix(*net, to);
                 }
                 let mut attrs = Vec::new();
                 if !unreach6.is_empty() {
@@ -551,8 +548,11 @@ mod tests {
     #[test]
     fn update_announces_v4_and_v6() {
         let m = Message::Update {
-            withdrawn: vec!["192.0.2.9".parse().expect("ip")],
-            announced: vec!["192.0.2.10".parse().expect("ip")],
+            withdrawn: vec!["192.0.2.9/32".parse().expect("net")],
+            announced: vec![
+                "192.0.2.10/32".parse().expect("net"),
+                "10.96.0.0/12".parse().expect("net"),
+            ],
             attributes: Some(Attributes {
                 as_path: vec![65001],
                 next_hop: "10.0.0.1".parse().expect("ip"),
@@ -564,12 +564,13 @@ mod tests {
         // Withdrawn: 5 bytes (len 32 + 4 octets).
         assert_eq!(&bytes[19..21], &[0, 5]);
         assert_eq!(&bytes[21..26], &[32, 192, 0, 2, 9]);
-        assert_eq!(&bytes[bytes.len() - 5..], &[32, 192, 0, 2, 10]);
+        // Announced: the host route, then the /12 in two octets.
+        assert_eq!(&bytes[bytes.len() - 8..], &[32, 192, 0, 2, 10, 12, 10, 96]);
         assert!(Message::decode(&bytes).expect("valid").is_some());
 
         let v6 = Message::Update {
             withdrawn: vec![],
-            announced: vec!["2001:db8::10".parse().expect("ip")],
+            announced: vec!["2001:db8::10/128".parse().expect("net")],
             attributes: Some(Attributes {
                 as_path: vec![],
                 next_hop: "2001:db8::1".parse().expect("ip"),

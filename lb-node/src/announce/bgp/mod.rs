@@ -1,6 +1,9 @@
 //! An announce-only BGP-4 speaker: one session per configured peer, which
-//! announces this member's VIPs as host routes (/32, /128) with itself as
-//! the next hop and withdraws them as they go. Received routes are ignored.
+//! announces this member's routes with itself as the next hop and
+//! withdraws them as they go: its VIPs as host routes (/32, /128), and the
+//! service CIDRs whole while it serves (`announce.service_cidrs`, from every
+//! healthy member: the routers spread ClusterIP traffic by ECMP). Received
+//! routes are ignored.
 //!
 //! The session (RFC 4271 §8, the part an announce-only speaker needs):
 //! connect (active), OPEN both ways (four-octet AS and multiprotocol IPv4 /
@@ -21,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use ipnet::IpNet;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -48,6 +52,9 @@ pub struct BgpConfig {
     /// Every healthy member announces every VIP (ECMP), rather than only
     /// the owner.
     pub ecmp: bool,
+    /// Announced whole by every healthy member, and the VIPs inside them
+    /// not one by one (the Kubernetes service CIDRs).
+    pub service_cidrs: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +66,7 @@ pub struct PeerConfig {
 /// Runs one session per peer until `shutdown`.
 pub async fn run(
     config: BgpConfig,
-    announced: watch::Receiver<Arc<BTreeSet<IpAddr>>>,
+    announced: watch::Receiver<Arc<BTreeSet<IpNet>>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
@@ -81,7 +88,7 @@ pub async fn run(
 async fn peer_loop(
     config: Arc<BgpConfig>,
     peer: PeerConfig,
-    announced: watch::Receiver<Arc<BTreeSet<IpAddr>>>,
+    announced: watch::Receiver<Arc<BTreeSet<IpNet>>>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_secs(1);
@@ -167,8 +174,8 @@ fn attributes(config: &BgpConfig, peer: &PeerConfig, next_hop: IpAddr) -> Attrib
 
 /// A clean end of a session: every advertised route withdrawn, then a
 /// Cease (Administrative Shutdown) NOTIFICATION.
-async fn close(conn: &mut Conn, peer: &PeerConfig, advertised: &BTreeSet<IpAddr>) {
-    let all: Vec<IpAddr> = advertised.iter().copied().collect();
+async fn close(conn: &mut Conn, peer: &PeerConfig, advertised: &BTreeSet<IpNet>) {
+    let all: Vec<IpNet> = advertised.iter().copied().collect();
     for chunk in all.chunks(200) {
         let _ = conn
             .send(&Message::Update {
@@ -192,7 +199,7 @@ async fn close(conn: &mut Conn, peer: &PeerConfig, advertised: &BTreeSet<IpAddr>
 async fn session(
     config: &BgpConfig,
     peer: &PeerConfig,
-    mut announced: watch::Receiver<Arc<BTreeSet<IpAddr>>>,
+    mut announced: watch::Receiver<Arc<BTreeSet<IpNet>>>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Ended> {
     let stream = tokio::select! {
@@ -259,7 +266,7 @@ async fn session(
         .next_hop_v6
         .map(IpAddr::V6)
         .or(local.is_ipv6().then_some(local));
-    let mut advertised: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut advertised: BTreeSet<IpNet> = BTreeSet::new();
     let keepalive_every = if hold.is_zero() {
         Duration::from_secs(3600)
     } else {
@@ -272,27 +279,24 @@ async fn session(
     loop {
         if wanted_changed {
             wanted_changed = false;
-            let wanted: BTreeSet<IpAddr> = announced
+            let wanted: BTreeSet<IpNet> = announced
                 .borrow_and_update()
                 .iter()
                 .copied()
-                .filter(|ip| {
-                    if ip.is_ipv4() {
-                        next_v4.is_some()
-                    } else {
-                        next_v6.is_some()
-                    }
+                .filter(|net| match net {
+                    IpNet::V4(_) => next_v4.is_some(),
+                    IpNet::V6(_) => next_v6.is_some(),
                 })
                 .collect();
             for v6 in [false, true] {
-                let withdrawn: Vec<IpAddr> = advertised
+                let withdrawn: Vec<IpNet> = advertised
                     .difference(&wanted)
-                    .filter(|ip| ip.is_ipv6() == v6)
+                    .filter(|net| matches!(net, IpNet::V6(_)) == v6)
                     .copied()
                     .collect();
-                let added: Vec<IpAddr> = wanted
+                let added: Vec<IpNet> = wanted
                     .difference(&advertised)
-                    .filter(|ip| ip.is_ipv6() == v6)
+                    .filter(|net| matches!(net, IpNet::V6(_)) == v6)
                     .copied()
                     .collect();
                 let next_hop = if v6 { next_v6 } else { next_v4 };
@@ -439,11 +443,17 @@ mod tests {
             next_hop_v4: None,
             next_hop_v6: None,
             ecmp: false,
+            service_cidrs: vec![],
         }
     }
 
-    fn ips(list: &[&str]) -> Arc<BTreeSet<IpAddr>> {
-        Arc::new(list.iter().map(|s| s.parse().expect("ip")).collect())
+    /// Host routes of the addresses.
+    fn ips(list: &[&str]) -> Arc<BTreeSet<IpNet>> {
+        Arc::new(
+            list.iter()
+                .map(|s| IpNet::from(s.parse::<IpAddr>().expect("ip")))
+                .collect(),
+        )
     }
 
     #[tokio::test]
@@ -465,7 +475,7 @@ mod tests {
         let (_, raw) = peer.next_raw().await;
         let expected = Message::Update {
             withdrawn: vec![],
-            announced: vec!["192.0.2.10".parse().expect("ip")],
+            announced: vec!["192.0.2.10/32".parse().expect("net")],
             attributes: Some(attributes(
                 &c,
                 &c.peers[0],
@@ -482,7 +492,7 @@ mod tests {
         tx.send_replace(ips(&[]));
         let (_, raw) = peer.next_raw().await;
         let withdrawal = Message::Update {
-            withdrawn: vec!["192.0.2.10".parse().expect("ip")],
+            withdrawn: vec!["192.0.2.10/32".parse().expect("net")],
             announced: vec![],
             attributes: None,
         };

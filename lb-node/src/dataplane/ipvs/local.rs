@@ -45,7 +45,7 @@ pub type LocalVips = Arc<RwLock<BTreeSet<IpAddr>>>;
 #[derive(Debug)]
 pub struct Local {
     settings: LocalSettings,
-    handle: rtnetlink::Handle,
+    netlink: crate::netlink::Netlink,
     index: u32,
     vips: LocalVips,
     /// Each programmed service and whether it masquerades.
@@ -59,42 +59,23 @@ pub struct Local {
 }
 
 impl Local {
-    pub async fn new(settings: LocalSettings) -> anyhow::Result<Self> {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().context("cannot open rtnetlink")?;
-        tokio::spawn(connection);
-        let index = match crate::announce::l2::link_index(&handle, &settings.interface).await {
+    pub async fn new(
+        settings: LocalSettings,
+        netlink: crate::netlink::Netlink,
+    ) -> anyhow::Result<Self> {
+        let index = match netlink.link_index(&settings.interface).await {
             Ok(i) => i,
             Err(_) => {
-                handle
-                    .link()
-                    .add(rtnetlink::LinkDummy::new(&settings.interface).up().build())
-                    .execute()
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "cannot create the dummy interface {:?} for VIPs (is the dummy module available?)",
-                            settings.interface
-                        )
-                    })?;
+                let index = netlink.add_dummy(&settings.interface).await?;
                 info!(interface = %settings.interface, "created the VIP interface");
-                crate::announce::l2::link_index(&handle, &settings.interface).await?
+                index
             }
         };
-        handle
-            .link()
-            .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .with_context(|| format!("cannot bring {} up", settings.interface))?;
-        let present = crate::announce::l2::addresses_on(&handle, index)
-            .await?
-            .iter()
-            .filter_map(crate::announce::l2::ip_of)
-            .collect();
+        netlink.set_up(index, &settings.interface).await?;
+        let present = netlink.addresses_on(index).await?.into_iter().collect();
         Ok(Local {
             settings,
-            handle,
+            netlink,
             index,
             vips: Arc::new(RwLock::new(present)),
             services: BTreeMap::new(),
@@ -224,7 +205,7 @@ impl Local {
     async fn converge(&mut self, add: Vec<IpAddr>, remove: Vec<IpAddr>) {
         let mut errors = Vec::new();
         for vip in add {
-            match crate::announce::l2::add_local(&self.handle, self.index, vip).await {
+            match self.netlink.add_host_address(self.index, vip).await {
                 Ok(()) => {
                     self.vips
                         .write()
@@ -258,20 +239,14 @@ impl Local {
     }
 
     async fn remove(&mut self, vips: &[IpAddr]) -> anyhow::Result<()> {
-        for m in crate::announce::l2::addresses_on(&self.handle, self.index).await? {
-            let Some(ip) = crate::announce::l2::ip_of(&m).filter(|ip| vips.contains(ip)) else {
-                continue;
-            };
-            self.handle
-                .address()
-                .del(m)
-                .execute()
-                .await
-                .with_context(|| format!("cannot remove {ip} from the VIP interface"))?;
-            self.vips
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&ip);
+        let removed = self
+            .netlink
+            .remove_addresses(self.index, vips)
+            .await
+            .context("the VIP interface")?;
+        let mut local = self.vips.write().unwrap_or_else(PoisonError::into_inner);
+        for ip in removed {
+            local.remove(&ip);
         }
         Ok(())
     }

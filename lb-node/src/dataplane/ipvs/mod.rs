@@ -694,8 +694,12 @@ pub struct IpvsDataplane {
 
 impl IpvsDataplane {
     /// Opens IPVS (an error if this kernel has none), sets the sysctls and
-    /// prepares the local VIP interface.
-    pub async fn open(settings: IpvsSettings) -> Result<Self, IpvsError> {
+    /// prepares the local VIP interface (through `netlink`, the member's
+    /// rtnetlink connection).
+    pub async fn open(
+        settings: IpvsSettings,
+        netlink: &crate::netlink::Netlink,
+    ) -> Result<Self, IpvsError> {
         let (socket, info) = tokio::task::spawn_blocking(|| {
             let mut s = IpvsSocket::open()?;
             let info = s.info()?;
@@ -716,7 +720,7 @@ impl IpvsDataplane {
         set_sysctls();
         let local = match &settings.local {
             Some(l) => Some(
-                local::Local::new(l.clone())
+                local::Local::new(l.clone(), netlink.clone())
                     .await
                     .map_err(|e| IpvsError::Io(format!("{e:#}")))?,
             ),

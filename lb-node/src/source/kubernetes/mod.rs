@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use tokio::sync::{mpsc, watch};
@@ -240,11 +240,29 @@ pub async fn run(
             trim: view::trim_slice as fn(EndpointSlice) -> EndpointSlice,
             label_selector: None,
             cursor: state.kube().endpoint_slices_cursor.clone(),
-            events: events_tx,
-            connection: connection_tx,
+            events: events_tx.clone(),
+            connection: connection_tx.clone(),
         },
         stop.clone(),
     ));
+    if config.pod_routes {
+        // Cluster-scoped: all Nodes, whatever `namespace` says.
+        tokio::spawn(watcher::run(
+            watcher::KindWatch {
+                api: Api::all_with(client.clone(), &ApiResource::erase::<Node>(&())),
+                kind: KubeKind::Node,
+                trim: view::trim_node as fn(Node) -> Node,
+                label_selector: None,
+                cursor: state.kube().nodes_cursor.clone(),
+                events: events_tx,
+                connection: connection_tx,
+            },
+            stop.clone(),
+        ));
+    } else {
+        // The channel closes when the watches that hold it end.
+        drop((events_tx, connection_tx));
+    }
     let mut warnings = Vec::new();
     let (translate, pools, at) = (
         config.translate.clone(),

@@ -26,7 +26,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -87,13 +87,14 @@ pub struct Plan {
     pub service_commands: usize,
 }
 
-/// `namespace/name` of an object.
+/// `namespace/name` of an object; the name alone for a cluster-scoped
+/// one (a Node).
 pub fn object_key(meta: &ObjectMeta) -> String {
-    format!(
-        "{}/{}",
-        meta.namespace.as_deref().unwrap_or("default"),
-        meta.name.as_deref().unwrap_or("")
-    )
+    let name = meta.name.as_deref().unwrap_or("");
+    match meta.namespace.as_deref() {
+        Some(namespace) => format!("{namespace}/{name}"),
+        None => name.to_owned(),
+    }
 }
 
 /// A Service with only what the translation reads: name, namespace, our
@@ -150,6 +151,32 @@ pub fn trim_slice(e: EndpointSlice) -> EndpointSlice {
             })
             .collect(),
         ports: e.ports,
+    }
+}
+
+/// A Node with only what pod routes need: its name, pod CIDRs and
+/// InternalIP addresses (`dataplane::routes` reads them). Heartbeats,
+/// conditions, images and the rest change often and mean nothing here, so
+/// they never reach the log.
+pub fn trim_node(n: Node) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: n.metadata.name,
+            ..ObjectMeta::default()
+        },
+        spec: n.spec.map(|spec| NodeSpec {
+            pod_cidr: spec.pod_cidr,
+            pod_cidrs: spec.pod_cidrs,
+            ..NodeSpec::default()
+        }),
+        status: n.status.map(|status| NodeStatus {
+            addresses: status.addresses.map(|list| {
+                list.into_iter()
+                    .filter(|a| a.type_ == "InternalIP")
+                    .collect()
+            }),
+            ..NodeStatus::default()
+        }),
     }
 }
 
@@ -550,6 +577,9 @@ impl View {
                 };
                 affected.extend(self.put_slice(name.to_owned(), slice));
             }
+            // Nodes mean pod routes (`dataplane::routes`, on every member),
+            // not table entries: they are only recorded.
+            KubeKind::Node => {}
         }
     }
 

@@ -1,0 +1,349 @@
+//! `[announce]`: how VIPs reach the network (L2 or BGP).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, parse_duration};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    address: String,
+    #[serde(rename = "as")]
+    asn: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAnnounce {
+    mode: String,
+    local_as: Option<u32>,
+    router_id: Option<String>,
+    #[serde(default)]
+    peer: Vec<RawPeer>,
+    #[serde(default = "default_hold_time")]
+    hold_time: u16,
+    #[serde(default)]
+    communities: Vec<String>,
+    #[serde(default = "default_local_pref")]
+    local_pref: u32,
+    next_hop_v4: Option<String>,
+    next_hop_v6: Option<String>,
+    #[serde(default)]
+    ecmp: bool,
+    interface: Option<String>,
+    #[serde(default = "default_vip_interface")]
+    vip_interface: String,
+    #[serde(default)]
+    vip_ranges: Vec<String>,
+    #[serde(default = "default_garp_count")]
+    garp_count: u32,
+    #[serde(default = "default_garp_interval")]
+    garp_interval: String,
+    #[serde(default = "default_linger")]
+    linger: String,
+    #[serde(default = "default_flow_handover")]
+    flow_handover: bool,
+    #[serde(default = "default_handover_probe_wait")]
+    handover_probe_wait: String,
+    #[serde(default)]
+    service_cidrs: Vec<String>,
+    #[serde(default)]
+    service_gateways: Vec<String>,
+}
+
+/// `announce.service_cidrs`: networks (no host bits).
+fn service_cidrs(texts: &[String], file: &Path) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, t) in texts.iter().enumerate() {
+        let at = format!("announce.service_cidrs[{i}]");
+        let net: ipnet::IpNet = t.parse().map_err(|_| {
+            ConfigError::new(
+                file,
+                &at,
+                format!(
+                    "{t:?} is not a network like \"10.96.0.0/12\" (the cluster's service CIDR)"
+                ),
+            )
+        })?;
+        if net.trunc() != net {
+            return Err(ConfigError::new(
+                file,
+                at,
+                format!("{t:?} has host bits set; write {}", net.trunc()),
+            ));
+        }
+        out.push(net);
+    }
+    Ok(out)
+}
+
+fn default_hold_time() -> u16 {
+    90
+}
+fn default_local_pref() -> u32 {
+    100
+}
+
+fn validate_bgp(
+    a: RawAnnounce,
+    file: &Path,
+) -> Result<crate::announce::bgp::BgpConfig, ConfigError> {
+    let local_as = a.local_as.filter(|a| *a != 0).ok_or_else(|| {
+        ConfigError::new(
+            file,
+            "announce.local_as",
+            "required with mode = \"bgp\" (1 to 4294967295)",
+        )
+    })?;
+    let router_id: std::net::Ipv4Addr = a
+        .router_id
+        .as_deref()
+        .ok_or_else(|| {
+            ConfigError::new(
+                file,
+                "announce.router_id",
+                "required with mode = \"bgp\": an IPv4 address unique to this member",
+            )
+        })?
+        .parse()
+        .map_err(|_| ConfigError::new(file, "announce.router_id", "not an IPv4 address"))?;
+    if a.peer.is_empty() {
+        return Err(ConfigError::new(
+            file,
+            "announce.peer",
+            "at least one [[announce.peer]] with address and as",
+        ));
+    }
+    let mut peers = Vec::new();
+    for (i, p) in a.peer.iter().enumerate() {
+        let address = p
+            .address
+            .parse::<SocketAddr>()
+            .or_else(|_| {
+                p.address
+                    .parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 179))
+            })
+            .map_err(|_| {
+                ConfigError::new(
+                    file,
+                    format!("announce.peer[{i}].address"),
+                    format!("{:?} is not an address (or address:port)", p.address),
+                )
+            })?;
+        if p.asn == 0 {
+            return Err(ConfigError::new(
+                file,
+                format!("announce.peer[{i}].as"),
+                "0 is not an AS number",
+            ));
+        }
+        peers.push(crate::announce::bgp::PeerConfig {
+            address,
+            asn: p.asn,
+        });
+    }
+    if a.hold_time != 0 && a.hold_time < 3 {
+        return Err(ConfigError::new(
+            file,
+            "announce.hold_time",
+            "0 or at least 3 seconds (RFC 4271)",
+        ));
+    }
+    let mut communities = Vec::new();
+    for (i, c) in a.communities.iter().enumerate() {
+        communities.push(
+            crate::announce::bgp::codec::parse_community(c).ok_or_else(|| {
+                ConfigError::new(
+                    file,
+                    format!("announce.communities[{i}]"),
+                    format!("{c:?} is not a community like \"65001:100\""),
+                )
+            })?,
+        );
+    }
+    let next_hop_v4 = a
+        .next_hop_v4
+        .map(|t| {
+            t.parse().map_err(|_| {
+                ConfigError::new(
+                    file,
+                    "announce.next_hop_v4",
+                    format!("{t:?} is not an IPv4 address"),
+                )
+            })
+        })
+        .transpose()?;
+    let next_hop_v6 = a
+        .next_hop_v6
+        .map(|t| {
+            t.parse().map_err(|_| {
+                ConfigError::new(
+                    file,
+                    "announce.next_hop_v6",
+                    format!("{t:?} is not an IPv6 address"),
+                )
+            })
+        })
+        .transpose()?;
+    if !a.service_gateways.is_empty() {
+        return Err(ConfigError::new(
+            file,
+            "announce.service_gateways",
+            "only with mode = \"l2\": in BGP mode every member announces the service CIDRs itself",
+        ));
+    }
+    let service_cidrs = service_cidrs(&a.service_cidrs, file)?;
+    Ok(crate::announce::bgp::BgpConfig {
+        service_cidrs,
+        local_as,
+        router_id,
+        peers,
+        hold_time: a.hold_time,
+        communities,
+        local_pref: a.local_pref,
+        next_hop_v4,
+        next_hop_v6,
+        ecmp: a.ecmp,
+    })
+}
+
+fn default_vip_interface() -> String {
+    "lo".into()
+}
+fn default_garp_count() -> u32 {
+    3
+}
+fn default_garp_interval() -> String {
+    "100ms".into()
+}
+fn default_linger() -> String {
+    "2s".into()
+}
+fn default_flow_handover() -> bool {
+    true
+}
+fn default_handover_probe_wait() -> String {
+    "30ms".into()
+}
+
+pub(super) fn validate_announce(
+    a: RawAnnounce,
+    file: &Path,
+) -> Result<crate::announce::AnnounceConfig, ConfigError> {
+    use crate::announce::{AnnounceConfig, l2::L2Config};
+    match a.mode.as_str() {
+        "none" => Ok(AnnounceConfig::None),
+        "l2" => {
+            let interface = a.interface.filter(|i| !i.is_empty()).ok_or_else(|| {
+                ConfigError::new(
+                    file,
+                    "announce.interface",
+                    "required with mode = \"l2\": the interface that answers ARP and NA",
+                )
+            })?;
+            let mut vip_ranges = Vec::new();
+            for (i, r) in a.vip_ranges.iter().enumerate() {
+                let net: ipnet::IpNet = r.parse().map_err(|_| {
+                    ConfigError::new(
+                        file,
+                        format!("announce.vip_ranges[{i}]"),
+                        format!("{r:?} is not a network like \"192.0.2.0/24\""),
+                    )
+                })?;
+                vip_ranges.push(net.trunc());
+            }
+            if vip_ranges.is_empty() {
+                return Err(ConfigError::new(
+                    file,
+                    "announce.vip_ranges",
+                    "required with mode = \"l2\": the networks VIPs come from (addresses in them on the VIP interface are managed by lb-node)",
+                ));
+            }
+            if a.garp_count == 0 || a.garp_count > 100 {
+                return Err(ConfigError::new(
+                    file,
+                    "announce.garp_count",
+                    "must be 1 to 100",
+                ));
+            }
+            let garp_interval = parse_duration(&a.garp_interval, file, "announce.garp_interval")?;
+            let linger = parse_duration(&a.linger, file, "announce.linger")?;
+            if linger > Duration::from_secs(600) {
+                return Err(ConfigError::new(
+                    file,
+                    "announce.linger",
+                    "must be at most 10m (a withdrawn VIP stays local that long)",
+                ));
+            }
+            let handover_probe_wait =
+                parse_duration(&a.handover_probe_wait, file, "announce.handover_probe_wait")?;
+            if handover_probe_wait > Duration::from_secs(1) {
+                return Err(ConfigError::new(
+                    file,
+                    "announce.handover_probe_wait",
+                    "must be at most 1s (a takeover after a crash waits that long before its gratuitous ARP)",
+                ));
+            }
+            let service_cidrs = service_cidrs(&a.service_cidrs, file)?;
+            let mut service_gateways = Vec::new();
+            for (i, t) in a.service_gateways.iter().enumerate() {
+                let at = format!("announce.service_gateways[{i}]");
+                let ip: std::net::IpAddr = t.parse().map_err(|_| {
+                    ConfigError::new(file, &at, format!("{t:?} is not an IP address"))
+                })?;
+                if !vip_ranges.iter().any(|r| r.contains(&ip)) {
+                    return Err(ConfigError::new(
+                        file,
+                        at,
+                        format!(
+                            "{ip} is outside every announce.vip_ranges network: a gateway is announced like a VIP"
+                        ),
+                    ));
+                }
+                if let Some(net) = service_cidrs.iter().find(|n| n.contains(&ip)) {
+                    return Err(ConfigError::new(
+                        file,
+                        at,
+                        format!(
+                            "{ip} is inside service CIDR {net}: a gateway must be on the nodes' network"
+                        ),
+                    ));
+                }
+                if service_gateways.contains(&ip) {
+                    return Err(ConfigError::new(file, at, format!("{ip} is listed twice")));
+                }
+                service_gateways.push(ip);
+            }
+            if !service_cidrs.is_empty() && service_gateways.is_empty() {
+                return Err(ConfigError::new(
+                    file,
+                    "announce.service_gateways",
+                    "required with service_cidrs in mode = \"l2\": the addresses on the nodes' network through which nodes route the service CIDRs (one per member is usual)",
+                ));
+            }
+            Ok(AnnounceConfig::L2(L2Config {
+                service_cidrs,
+                service_gateways,
+                interface,
+                vip_interface: a.vip_interface,
+                vip_ranges,
+                garp_count: a.garp_count,
+                garp_interval,
+                linger,
+                flow_handover: a.flow_handover,
+                handover_probe_wait,
+            }))
+        }
+        "bgp" => Ok(AnnounceConfig::Bgp(validate_bgp(a, file)?)),
+        other => Err(ConfigError::new(
+            file,
+            "announce.mode",
+            format!("unknown mode {other:?}; expected \"none\", \"l2\" or \"bgp\""),
+        )),
+    }
+}

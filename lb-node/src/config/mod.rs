@@ -1,0 +1,440 @@
+//! The member's configuration file: parsing, defaults and validation.
+//!
+//! Every field is checked here, before anything starts; an error names the
+//! file and the field's path (`dataplane.repair_interval`), so a typo stops
+//! the member at once with a message that says where to look.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+mod announce;
+mod cluster;
+mod kubernetes;
+
+pub use cluster::{ClusterConfig, TLS_SERVER_NAME, TlsConfig, server_builder};
+pub use kubernetes::KubernetesSourceConfig;
+
+/// An error in a configuration or services file. Never retryable: the file
+/// must be fixed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Path of the offending field, such as `service[1].backend[0].port`;
+    /// empty when the file as a whole is the problem.
+    pub field: String,
+    /// The service's name, when the field belongs to one.
+    pub service: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        if let Some(name) = &self.service {
+            write!(f, " (service {name:?})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl ConfigError {
+    pub fn new(file: &Path, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_owned(),
+            field: field.into(),
+            service: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads a TOML file into `T`, naming the field's path on a type error or
+/// an unknown field.
+pub fn read_toml<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| ConfigError::new(file, "", format!("cannot read: {e}")))?;
+    parse_toml(&text, file)
+}
+
+/// Parses TOML text into `T`; see [`read_toml`].
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &Path,
+) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        ConfigError::new(
+            file,
+            "",
+            format!("not valid TOML: {}", one_line(&e.to_string())),
+        )
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut field = e.path().to_string();
+        if field == "." {
+            field.clear();
+        }
+        let message = one_line(&e.into_inner().to_string());
+        // serde reports a missing field at its parent; name the field itself.
+        if let Some(missing) = message
+            .split("missing field `")
+            .nth(1)
+            .and_then(|rest| rest.split('`').next())
+        {
+            if !field.is_empty() {
+                field.push('.');
+            }
+            field.push_str(missing);
+        }
+        ConfigError::new(file, field, message)
+    })
+}
+
+/// toml's messages span several lines (with a source excerpt); a log line
+/// and an exit message want one.
+fn one_line(message: &str) -> String {
+    let is_excerpt = |line: &str| {
+        let rest = line
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .trim_start();
+        rest.starts_with('|')
+    };
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !is_excerpt(l))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Parses a duration written as `500ms`, `1s`, `2m`.
+pub fn parse_duration(text: &str, file: &Path, field: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text).map_err(|e| {
+        ConfigError::new(
+            file,
+            field,
+            format!("{text:?} is not a duration like \"500ms\" or \"30s\": {e}"),
+        )
+    })
+}
+
+/// A relative path is relative to the configuration file, so an example
+/// works from any working directory.
+pub(super) fn relative_to(file: &Path, path: PathBuf) -> PathBuf {
+    match file.parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path,
+    }
+}
+
+/// Where the member keeps IPVS state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataplaneKind {
+    /// In memory only: nothing reaches the kernel. For machines without
+    /// IPVS and for tests.
+    Memory,
+    /// Kernel IPVS; a kernel without it stops the member with a message.
+    Ipvs,
+    /// IPVS when the kernel has it, memory (with a warning) otherwise.
+    Auto,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    pub kind: DataplaneKind,
+    /// How often the dataplane is dumped and compared with the state, which
+    /// repairs changes made by hand.
+    pub repair_interval: Duration,
+    /// IPVS: the dummy interface that makes VIPs local ("" leaves that to
+    /// the operator).
+    pub vip_interface: String,
+    /// IPVS: install the nftables masquerade table for NAT destinations.
+    pub masquerade: bool,
+    /// IPVS: how long a removed backend keeps its open connections.
+    pub drain_timeout: Duration,
+    /// IPVS: the services lb-node manages are those with a VIP in these
+    /// networks; empty: those with a VIP on `vip_interface`.
+    pub managed_networks: Vec<ipnet::IpNet>,
+    /// IPVS: lb-node owns the whole kernel table and deletes what it did
+    /// not program.
+    pub own_whole_table: bool,
+}
+
+/// Where the desired service table comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceConfig {
+    /// A services file, reloaded on SIGHUP and when it changes.
+    File {
+        path: PathBuf,
+        check_interval: Duration,
+    },
+    /// The Kubernetes API server: Services and EndpointSlices, watched by
+    /// the leader only.
+    Kubernetes(KubernetesSourceConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics`, `/healthz` and `/readyz` (plain HTTP).
+    pub metrics_listen: SocketAddr,
+}
+
+/// A member's validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: PathBuf,
+    pub node_id: u64,
+    pub dataplane: DataplaneConfig,
+    pub source: SourceConfig,
+    pub admin: AdminConfig,
+    /// `None` for a standalone member.
+    pub cluster: Option<ClusterConfig>,
+    /// `None`: the admin and peer ports speak plain HTTP/2.
+    pub tls: Option<TlsConfig>,
+    pub announce: crate::announce::AnnounceConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    node: RawNode,
+    #[serde(default)]
+    dataplane: RawDataplane,
+    source: RawSource,
+    #[serde(default)]
+    admin: RawAdmin,
+    cluster: Option<cluster::RawCluster>,
+    tls: Option<cluster::RawTls>,
+    announce: Option<announce::RawAnnounce>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDataplane {
+    kind: String,
+    repair_interval: String,
+    vip_interface: String,
+    masquerade: bool,
+    drain_timeout: String,
+    managed_networks: Vec<String>,
+    own_whole_table: bool,
+}
+
+impl Default for RawDataplane {
+    fn default() -> Self {
+        Self {
+            kind: "memory".into(),
+            repair_interval: "30s".into(),
+            vip_interface: "lbvip0".into(),
+            masquerade: true,
+            drain_timeout: "30s".into(),
+            managed_networks: Vec::new(),
+            own_whole_table: false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    file: Option<RawFileSource>,
+    kubernetes: Option<kubernetes::RawKubernetesSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFileSource {
+    path: PathBuf,
+    #[serde(default = "default_check_interval")]
+    check_interval: String,
+}
+
+fn default_check_interval() -> String {
+    "1s".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    listen: String,
+    metrics_listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9443".into(),
+            metrics_listen: "127.0.0.1:9445".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a member's configuration file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = read_toml(file)?;
+        Self::validate(raw, file)
+    }
+
+    fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigError> {
+        if raw.node.id == 0 {
+            return Err(ConfigError::new(
+                file,
+                "node.id",
+                "must be 1 or more (0 is not a valid Raft id)",
+            ));
+        }
+        let kind = match raw.dataplane.kind.as_str() {
+            "memory" => DataplaneKind::Memory,
+            "ipvs" => DataplaneKind::Ipvs,
+            "auto" => DataplaneKind::Auto,
+            other => {
+                return Err(ConfigError::new(
+                    file,
+                    "dataplane.kind",
+                    format!(
+                        "unknown dataplane {other:?}; expected \"ipvs\", \"memory\" or \"auto\""
+                    ),
+                ));
+            }
+        };
+        let repair_interval = parse_duration(
+            &raw.dataplane.repair_interval,
+            file,
+            "dataplane.repair_interval",
+        )?;
+        if repair_interval < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                file,
+                "dataplane.repair_interval",
+                "must be at least 1s: a full dump costs as much as the table is big",
+            ));
+        }
+        let drain_timeout = parse_duration(
+            &raw.dataplane.drain_timeout,
+            file,
+            "dataplane.drain_timeout",
+        )?;
+        let mut managed_networks = Vec::new();
+        for (i, n) in raw.dataplane.managed_networks.iter().enumerate() {
+            managed_networks.push(n.parse::<ipnet::IpNet>().map_err(|e| {
+                ConfigError::new(
+                    file,
+                    format!("dataplane.managed_networks[{i}]"),
+                    format!("{n:?} is not a network: {e}"),
+                )
+            })?);
+        }
+        if raw.dataplane.vip_interface.len() > 15
+            || raw.dataplane.vip_interface.contains(['/', ' '])
+        {
+            return Err(ConfigError::new(
+                file,
+                "dataplane.vip_interface",
+                format!(
+                    "{:?} is not a valid interface name (at most 15 characters, no '/' or space)",
+                    raw.dataplane.vip_interface
+                ),
+            ));
+        }
+        let source = match (raw.source.file, raw.source.kubernetes) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    file,
+                    "source",
+                    "both [source.file] and [source.kubernetes]; configure one",
+                ));
+            }
+            (None, None) => {
+                return Err(ConfigError::new(
+                    file,
+                    "source",
+                    "no source configured; add a [source.file] or [source.kubernetes] section",
+                ));
+            }
+            (None, Some(k)) => SourceConfig::Kubernetes(kubernetes::validate_kubernetes(k, file)?),
+            (Some(source), None) => {
+                let check_interval =
+                    parse_duration(&source.check_interval, file, "source.file.check_interval")?;
+                if check_interval < Duration::from_millis(100) {
+                    return Err(ConfigError::new(
+                        file,
+                        "source.file.check_interval",
+                        "must be at least 100ms",
+                    ));
+                }
+                SourceConfig::File {
+                    path: relative_to(file, source.path),
+                    check_interval,
+                }
+            }
+        };
+        let listen: SocketAddr = raw.admin.listen.parse().map_err(|_| {
+            ConfigError::new(
+                file,
+                "admin.listen",
+                format!(
+                    "{:?} is not an address:port like \"127.0.0.1:9443\"",
+                    raw.admin.listen
+                ),
+            )
+        })?;
+        let tls = raw.tls.map(|t| cluster::read_tls(t, file)).transpose()?;
+        let cluster = raw
+            .cluster
+            .map(|c| cluster::validate_cluster(c, raw.node.id, file))
+            .transpose()?;
+        let announce = raw
+            .announce
+            .map(|a| announce::validate_announce(a, file))
+            .transpose()?
+            .unwrap_or_default();
+        Ok(Config {
+            announce,
+            cluster,
+            tls,
+            file: file.to_owned(),
+            node_id: raw.node.id,
+            dataplane: DataplaneConfig {
+                kind,
+                repair_interval,
+                vip_interface: raw.dataplane.vip_interface,
+                masquerade: raw.dataplane.masquerade,
+                drain_timeout,
+                managed_networks,
+                own_whole_table: raw.dataplane.own_whole_table,
+            },
+            source,
+            admin: AdminConfig {
+                listen,
+                metrics_listen: raw.admin.metrics_listen.parse().map_err(|_| {
+                    ConfigError::new(
+                        file,
+                        "admin.metrics_listen",
+                        format!(
+                            "{:?} is not an address:port like \"127.0.0.1:9445\"",
+                            raw.admin.metrics_listen
+                        ),
+                    )
+                })?,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,293 @@
+//! The member's one rtnetlink connection: links, addresses and routes.
+//!
+//! One connection task per member, opened once in `app.rs` and handed to
+//! whoever changes the kernel's network state (the VIP interface of the
+//! IPVS dataplane, the L2 announcer's VIPs, the pod routes), as
+//! holo-interface is the one netlink owner of its daemon. The handle is
+//! cheap to clone; each call is one request on the shared socket.
+//!
+//! Must not: decide anything. Callers say which address or route; this
+//! module only speaks the protocol, and treats "already there" on an add
+//! and "already gone" on a delete as done (CONVENTIONS.md, idempotent
+//! kernel calls).
+
+use std::net::IpAddr;
+
+use anyhow::Context as _;
+use futures_util::TryStreamExt as _;
+use ipnet::IpNet;
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
+};
+
+/// A route of the kernel's main table, as much of it as lb-node reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRoute {
+    pub destination: IpNet,
+    /// The next hop, when the route has one (not a connected route).
+    pub gateway: Option<IpAddr>,
+    pub protocol: u8,
+    /// Unicast (not local, broadcast, blackhole or unreachable).
+    pub unicast: bool,
+}
+
+/// A cloneable handle to the member's rtnetlink connection.
+#[derive(Debug, Clone)]
+pub struct Netlink {
+    handle: rtnetlink::Handle,
+}
+
+/// errno values the kernel returns for "already there" and "not there".
+const EEXIST: i32 = 17;
+const ESRCH: i32 = 3;
+const ENOENT: i32 = 2;
+/// The kernel's main routing table.
+const RT_TABLE_MAIN: u32 = 254;
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+impl Netlink {
+    /// Opens the connection; its task runs on the current tokio runtime
+    /// until every handle is dropped.
+    pub fn open() -> anyhow::Result<Netlink> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().context("cannot open rtnetlink")?;
+        tokio::spawn(connection);
+        Ok(Netlink { handle })
+    }
+
+    /// The index of interface `name`.
+    pub async fn link_index(&self, name: &str) -> anyhow::Result<u32> {
+        let link = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute()
+            .try_next()
+            .await
+            .with_context(|| format!("interface {name:?}"))?
+            .with_context(|| format!("interface {name:?} does not exist"))?;
+        Ok(link.header.index)
+    }
+
+    /// Creates dummy interface `name`; its index.
+    pub async fn add_dummy(&self, name: &str) -> anyhow::Result<u32> {
+        self.handle
+            .link()
+            .add(rtnetlink::LinkDummy::new(name).up().build())
+            .execute()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot create the dummy interface {name:?} (is the dummy module available?)"
+                )
+            })?;
+        self.link_index(name).await
+    }
+
+    /// Brings interface `index` up.
+    pub async fn set_up(&self, index: u32, name: &str) -> anyhow::Result<()> {
+        self.handle
+            .link()
+            .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("cannot bring {name} up"))
+    }
+
+    /// Every address on interface `index`.
+    pub async fn addresses_on(&self, index: u32) -> anyhow::Result<Vec<IpAddr>> {
+        Ok(self
+            .address_messages(index)
+            .await?
+            .iter()
+            .filter_map(ip_of)
+            .collect())
+    }
+
+    async fn address_messages(&self, index: u32) -> anyhow::Result<Vec<AddressMessage>> {
+        Ok(self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await?)
+    }
+
+    /// Makes `ip` local on interface `index` as a host address (/32,
+    /// /128; IPv6 without duplicate address detection: a VIP moves between
+    /// members by design, and DAD would hold it back for a second).
+    pub async fn add_host_address(&self, index: u32, ip: IpAddr) -> anyhow::Result<()> {
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        let mut request = self.handle.address().add(index, ip, prefix).replace();
+        if ip.is_ipv6() {
+            let m = request.message_mut();
+            m.header.flags |= AddressHeaderFlags::Nodad;
+            m.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        request
+            .execute()
+            .await
+            .with_context(|| format!("cannot add {ip}/{prefix}"))
+    }
+
+    /// Removes each of `ips` that is on interface `index`; returns the ones
+    /// removed.
+    pub async fn remove_addresses(
+        &self,
+        index: u32,
+        ips: &[IpAddr],
+    ) -> anyhow::Result<Vec<IpAddr>> {
+        let mut removed = Vec::new();
+        for m in self.address_messages(index).await? {
+            let Some(ip) = ip_of(&m).filter(|ip| ips.contains(ip)) else {
+                continue;
+            };
+            match self.handle.address().del(m).execute().await {
+                Ok(()) => removed.push(ip),
+                Err(e) if matches!(errno(&e), Some(ENOENT | ESRCH)) => removed.push(ip),
+                Err(e) => return Err(e).with_context(|| format!("cannot remove {ip}")),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The routes of the main table, both families.
+    pub async fn main_routes(&self) -> anyhow::Result<Vec<KernelRoute>> {
+        let mut out = Vec::new();
+        for request in [
+            rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ] {
+            let messages: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(request)
+                .execute()
+                .try_collect()
+                .await
+                .context("cannot read the routing table")?;
+            out.extend(messages.iter().filter_map(kernel_route));
+        }
+        Ok(out)
+    }
+
+    /// Adds the route `destination via gateway`, or replaces what the
+    /// table had for `destination`, marked with `protocol`.
+    pub async fn replace_route(
+        &self,
+        destination: IpNet,
+        gateway: IpAddr,
+        protocol: u8,
+    ) -> anyhow::Result<()> {
+        let message = route_message(destination, Some(gateway), protocol)?;
+        self.handle
+            .route()
+            .add(message)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("cannot route {destination} via {gateway}"))
+    }
+
+    /// Deletes the route to `destination` marked with `protocol`; one
+    /// already gone is not an error.
+    pub async fn delete_route(&self, destination: IpNet, protocol: u8) -> anyhow::Result<()> {
+        let message = route_message(destination, None, protocol)?;
+        match self.handle.route().del(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(ESRCH | ENOENT)) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot delete the route to {destination}")),
+        }
+    }
+}
+
+/// Whether an add failed only because it was there already.
+pub fn already_exists(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<rtnetlink::Error>()
+        .is_some_and(|e| errno(e) == Some(EEXIST))
+}
+
+fn route_message(
+    destination: IpNet,
+    gateway: Option<IpAddr>,
+    protocol: u8,
+) -> anyhow::Result<RouteMessage> {
+    let mut builder = rtnetlink::RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(destination.network(), destination.prefix_len())
+        .with_context(|| format!("route destination {destination}"))?
+        .protocol(RouteProtocol::from(protocol));
+    if let Some(gateway) = gateway {
+        builder = builder
+            .gateway(gateway)
+            .with_context(|| format!("route gateway {gateway}"))?;
+    }
+    Ok(builder.build())
+}
+
+fn ip_of(m: &AddressMessage) -> Option<IpAddr> {
+    m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    })
+}
+
+fn route_address(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+/// A main-table route, or None for other tables and what lb-node cannot
+/// read (multipath routes count by their destination, without a gateway).
+fn kernel_route(m: &RouteMessage) -> Option<KernelRoute> {
+    let table = m
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(m.header.table));
+    if table != RT_TABLE_MAIN {
+        return None;
+    }
+    let family_v4 = m.header.address_family == netlink_packet_route::AddressFamily::Inet;
+    let destination = m
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(d) => route_address(d),
+            _ => None,
+        })
+        .unwrap_or(if family_v4 {
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+        });
+    let destination = IpNet::new(destination, m.header.destination_prefix_length).ok()?;
+    let gateway = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(g) => route_address(g),
+        _ => None,
+    });
+    Some(KernelRoute {
+        destination,
+        gateway,
+        protocol: u8::from(m.header.protocol),
+        unicast: m.header.kind == RouteType::Unicast,
+    })
+}
