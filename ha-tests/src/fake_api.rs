@@ -428,7 +428,16 @@ impl FakeApi {
     /// Starts a server on a free loopback port, with bookmarks every
     /// `bookmark_interval` on watches that ask for them.
     pub async fn start(bookmark_interval: Duration) -> anyhow::Result<FakeApi> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        FakeApi::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), bookmark_interval).await
+    }
+
+    /// Starts a server on `addr` (the cluster lab's API server listens on
+    /// the node network).
+    pub async fn start_on(
+        addr: SocketAddr,
+        bookmark_interval: Duration,
+    ) -> anyhow::Result<FakeApi> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             store: Mutex::new(Store {

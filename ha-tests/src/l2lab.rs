@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 
+use crate::netns::{in_ns, run};
 use crate::{Member, free_port};
 
 /// The VIPs of the lab's three services (one each, so that every member
@@ -29,27 +30,6 @@ pub const VIPS: [&str; 3] = ["10.77.0.50", "10.77.0.51", "10.77.0.52"];
 pub const VIP: &str = VIPS[0];
 /// An IPv6 VIP of a fourth service (on-link in fd00:77::/64).
 pub const VIP6: &str = "fd00:77::50";
-
-fn run(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .with_context(|| format!("cannot run {}", args[0]))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<()> {
-    let mut all = vec!["ip", "netns", "exec", ns];
-    all.extend_from_slice(args);
-    run(&all)
-}
 
 /// One ARP frame the client saw.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,7 +45,9 @@ pub struct ArpSeen {
     pub reply: bool,
 }
 
-fn parse_tcpdump(line: &str) -> Option<ArpSeen> {
+/// One ARP frame of tcpdump's `-n -e -tt` output, when it is about one
+/// of `addresses`.
+fn parse_tcpdump(line: &str, addresses: &[String]) -> Option<ArpSeen> {
     // 1700000000.123456 02:aa:..:01 > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: Request who-has 10.77.0.50 tell 10.77.0.50, length 28
     let mut words = line.split_whitespace();
     let at: f64 = words.next()?.parse().ok()?;
@@ -73,7 +55,7 @@ fn parse_tcpdump(line: &str) -> Option<ArpSeen> {
     words.next()?; // >
     let dst = words.next()?.trim_end_matches(',').to_owned();
     let rest = line.split_once(": ")?.1;
-    let vip = VIPS.iter().find(|v| {
+    let vip = addresses.iter().find(|v| {
         rest.contains(&format!("tell {v},")) || rest.starts_with(&format!("Reply {v} is-at"))
     })?;
     let gratuitous = (rest.starts_with("Request who-has")
@@ -87,6 +69,75 @@ fn parse_tcpdump(line: &str) -> Option<ArpSeen> {
         gratuitous,
         reply,
     })
+}
+
+/// tcpdump watching ARP on an interface of a namespace: every frame about
+/// the given addresses, with its time and sender. Stopped when dropped.
+#[derive(Debug)]
+pub struct ArpCapture {
+    child: Child,
+    pub seen: Arc<Mutex<Vec<ArpSeen>>>,
+}
+
+impl Drop for ArpCapture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ArpCapture {
+    pub fn start(ns: &str, interface: &str, addresses: &[&str]) -> anyhow::Result<ArpCapture> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "tcpdump"])
+            // Stay root (no `tcpdump` user in the kernel lab's guest).
+            .args([
+                "-Z", "root", "-i", interface, "-l", "-n", "-e", "-tt", "arp",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start tcpdump (the test command installs it)")?;
+        let stdout = child.stdout.take().context("tcpdump stdout")?;
+        let seen: Arc<Mutex<Vec<ArpSeen>>> = Arc::default();
+        let sink = seen.clone();
+        let addresses: Vec<String> = addresses.iter().map(|a| (*a).to_owned()).collect();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(s) = parse_tcpdump(&line, &addresses) {
+                    sink.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(s);
+                }
+            }
+        });
+        // tcpdump needs a moment before it captures.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(ArpCapture { child, seen })
+    }
+
+    pub fn seen(&self) -> Vec<ArpSeen> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The first gratuitous ARP for `address` at or after `since` from a
+    /// MAC that `member` maps to a member other than `not`: (member, time).
+    pub fn garp(
+        &self,
+        address: &str,
+        since: f64,
+        member: impl Fn(&str) -> Option<u64>,
+        not: Option<u64>,
+    ) -> Option<(u64, f64)> {
+        self.seen().into_iter().find_map(|s| {
+            let m = member(&s.src_mac)?;
+            (s.gratuitous && s.vip == address && s.at >= since && Some(m) != not)
+                .then_some((m, s.at))
+        })
+    }
 }
 
 pub fn unix_now() -> f64 {
@@ -106,9 +157,8 @@ pub struct Lab {
     pub past_logs: Vec<(u64, String)>,
     /// Member id by MAC address.
     pub macs: BTreeMap<String, u64>,
-    capture: Option<Child>,
+    capture: Option<ArpCapture>,
     arping: Option<Child>,
-    pub seen: Arc<Mutex<Vec<ArpSeen>>>,
     admin_ports: BTreeMap<u64, u16>,
     /// Members' admin APIs listen on every address of their namespace (not
     /// only loopback), so that the client namespace reaches them at
@@ -127,11 +177,8 @@ pub struct Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for child in [self.capture.take(), self.arping.take()]
-            .into_iter()
-            .flatten()
-        {
-            let mut child = child;
+        self.capture = None;
+        if let Some(mut child) = self.arping.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -161,7 +208,6 @@ impl Lab {
             macs: BTreeMap::new(),
             capture: None,
             arping: None,
-            seen: Arc::default(),
             admin_ports: BTreeMap::new(),
             admin_on_lan: false,
             dataplane: String::new(),
@@ -265,26 +311,7 @@ impl Lab {
     pub fn start_arp_watch(&mut self) -> anyhow::Result<()> {
         let lab = self;
         // The capture: every ARP frame the client sees, with its time.
-        let mut capture = lab
-            .client_capture("arp")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start tcpdump (the test command installs it)")?;
-        let stdout = capture.stdout.take().context("tcpdump stdout")?;
-        let seen = lab.seen.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(s) = parse_tcpdump(&line) {
-                    seen.lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push(s);
-                }
-            }
-        });
-        lab.capture = Some(capture);
-        // tcpdump needs a moment before it captures.
-        std::thread::sleep(Duration::from_millis(300));
+        lab.capture = Some(ArpCapture::start(&lab.ns("c"), "eth0", &VIPS)?);
         // The client keeps asking, by broadcast, every 50 ms.
         lab.arping = Some(
             Command::new("ip")
@@ -377,10 +404,10 @@ impl Lab {
     }
 
     pub fn seen(&self) -> Vec<ArpSeen> {
-        self.seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.capture
+            .as_ref()
+            .map(ArpCapture::seen)
+            .unwrap_or_default()
     }
 
     /// Waits for a gratuitous ARP for `vip` at or after `since` from a
@@ -393,14 +420,10 @@ impl Lab {
         timeout: Duration,
     ) -> anyhow::Result<(u64, f64)> {
         let deadline = Instant::now() + timeout;
+        let capture = self.capture.as_ref().context("no ARP capture started")?;
         loop {
-            if let Some(s) = self.seen().into_iter().find(|s| {
-                s.gratuitous
-                    && s.vip == vip
-                    && s.at >= since
-                    && self.macs.get(&s.src_mac).is_some_and(|m| Some(*m) != not)
-            }) {
-                return Ok((self.macs[&s.src_mac], s.at));
+            if let Some(found) = capture.garp(vip, since, |mac| self.macs.get(mac).copied(), not) {
+                return Ok(found);
             }
             if Instant::now() > deadline {
                 bail!(

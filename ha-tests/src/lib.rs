@@ -384,12 +384,16 @@ pub async fn cluster_status(member: &Member) -> anyhow::Result<proto::admin::v1:
         .context("member reports no cluster")
 }
 
+pub mod clusterdrills;
+pub mod clusterlab;
+pub mod dns;
 pub mod drills;
 pub mod fake_api;
 pub mod kernel_lab;
 pub mod kube;
 pub mod l2lab;
 pub mod netdrills;
+pub mod netns;
 pub mod scale;
 pub mod target;
 pub mod traffic;

@@ -6,6 +6,11 @@
 //! real IPVS, in the kernel lab (a guest booted under qemu); `--tier ipvs`
 //! runs them with IPVS on this machine's kernel (the guest does that).
 //!
+//! `ha-tests drill cluster-NAME|cluster --lab [--mode l2|bgp]`: the
+//! cluster lab's drills (pods reaching Services through the appliance
+//! with no kube-proxy, `clusterdrills`) in the kernel lab, in one mode or
+//! both; `--tier ipvs --mode MODE` runs one on this machine's kernel.
+//!
 //! `ha-tests drill transfer-and-drain --target --endpoint URL... --probe
 //! VIP:PORT... [--ca F --cert F --key F]`: the non-destructive drill
 //! against a running appliance (`target.rs`).
@@ -19,8 +24,9 @@ use ha_tests::target::Target;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: ha-tests drill NAME|all [--outage SECONDS]\n       ha-tests drill NAME|all --lab | --tier ipvs   (drills with traffic, through real IPVS)\n       ha-tests drill transfer-and-drain --target --endpoint URL... --probe VIP:PORT... [--ca F --cert F --key F]\ndrills: {}",
-        all_drills().join(", ")
+        "usage: ha-tests drill NAME|all [--outage SECONDS]\n       ha-tests drill NAME|all --lab | --tier ipvs   (drills with traffic, through real IPVS)\n       ha-tests drill CLUSTER-DRILL|cluster --lab [--mode l2|bgp]   (pods reaching Services with no kube-proxy)\n       ha-tests drill transfer-and-drain --target --endpoint URL... --probe VIP:PORT... [--ca F --cert F --key F]\ndrills: {}\ncluster drills: {}",
+        all_drills().join(", "),
+        ha_tests::clusterdrills::CLUSTER_DRILLS.join(", ")
     );
     ExitCode::from(2)
 }
@@ -33,6 +39,7 @@ async fn main() -> ExitCode {
     let mut target: Option<Target> = None;
     let mut lab = false;
     let mut ipvs = false;
+    let mut modes: Vec<ha_tests::clusterlab::Mode> = Vec::new();
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         let mut value = |flag: &str| {
@@ -51,6 +58,16 @@ async fn main() -> ExitCode {
                 }
             },
             "--lab" => lab = true,
+            "--mode" => match value("--mode")
+                .as_deref()
+                .and_then(ha_tests::clusterlab::Mode::parse)
+            {
+                Some(m) => modes.push(m),
+                None => {
+                    eprintln!("ha-tests: --mode takes l2 or bgp");
+                    return usage();
+                }
+            },
             "--tier" => match value("--tier").as_deref() {
                 Some("ipvs") => ipvs = true,
                 Some("netns") => ipvs = false,
@@ -108,6 +125,12 @@ async fn main() -> ExitCode {
             }
         };
     }
+    // The cluster lab's drills.
+    if let ["drill", name] = words[..]
+        && (name == "cluster" || ha_tests::clusterdrills::CLUSTER_DRILLS.contains(&name))
+    {
+        return cluster(name, lab, ipvs, modes).await;
+    }
     // Which drills, and where they run.
     let (all, named): (Vec<&'static str>, &str) = if lab || ipvs {
         (ha_tests::netdrills::NET_DRILLS.to_vec(), "has no IPVS tier")
@@ -152,6 +175,81 @@ async fn main() -> ExitCode {
             });
         }
         out
+    };
+    let mut ok = true;
+    for r in &reports {
+        ok &= r["passed"] == true;
+        println!("{r}");
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs cluster drills: `--lab` boots the kernel lab and runs them there
+/// (every mode unless `--mode` says); `--tier ipvs` runs one here.
+async fn cluster(
+    name: &str,
+    lab: bool,
+    ipvs: bool,
+    mut modes: Vec<ha_tests::clusterlab::Mode>,
+) -> ExitCode {
+    use ha_tests::clusterdrills::{CLUSTER_DRILLS, run, run_in_kernel_lab};
+    use ha_tests::clusterlab::Mode;
+    let names: Vec<&'static str> = if name == "cluster" {
+        // The bench is asked for by name (cluster-hop): it is not a drill.
+        CLUSTER_DRILLS
+            .iter()
+            .copied()
+            .filter(|d| *d != "cluster-hop")
+            .collect()
+    } else {
+        CLUSTER_DRILLS
+            .iter()
+            .copied()
+            .filter(|d| *d == name)
+            .collect()
+    };
+    let reports: Vec<serde_json::Value> = if lab {
+        if modes.is_empty() {
+            modes = vec![Mode::L2, Mode::Bgp];
+        }
+        let runs: Vec<(&'static str, Mode)> = modes
+            .iter()
+            .flat_map(|m| names.iter().map(move |n| (*n, *m)))
+            .collect();
+        match tokio::task::spawn_blocking(move || run_in_kernel_lab(&runs))
+            .await
+            .map_err(anyhow::Error::from)
+        {
+            Ok(Ok(reports)) => reports,
+            Ok(Err(e)) | Err(e) => vec![failed("kernel-lab", &e)],
+        }
+    } else if ipvs {
+        let mode = modes.first().copied().unwrap_or(Mode::L2);
+        let mut out = Vec::new();
+        for name in names {
+            let report = tokio::task::spawn_blocking(move || run(name, mode))
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r);
+            out.push(match report {
+                Ok(r) => r.value(),
+                Err(e) => {
+                    let mut v = failed(name, &e);
+                    v["mode"] = mode.name().into();
+                    v
+                }
+            });
+        }
+        out
+    } else {
+        eprintln!(
+            "ha-tests: the cluster drills need real IPVS: add --lab (the kernel lab), or --tier ipvs on a kernel with IPVS"
+        );
+        return usage();
     };
     let mut ok = true;
     for r in &reports {

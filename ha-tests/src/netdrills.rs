@@ -44,16 +44,6 @@ const BACKEND: &str = "10.77.0.200:8080";
 /// Requests the client sends per second.
 const REQUESTS_PER_SECOND: u64 = 50;
 
-/// Moves the calling thread into network namespace `ns` (by its name
-/// under /run/netns).
-fn enter_netns(ns: &str) -> anyhow::Result<()> {
-    let path = format!("/run/netns/{ns}");
-    let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("setns {path}"))?;
-    Ok(())
-}
-
 /// What forwards the VIPs' traffic in a network drill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dataplane {
@@ -156,7 +146,7 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
     let client_ns = lab.ns("c");
     let result = std::thread::scope(|s| {
         s.spawn(|| -> anyhow::Result<Report> {
-            enter_netns(&client_ns)?;
+            crate::netns::enter(&client_ns)?;
             // Worker threads are created by this thread, so they start in
             // the client namespace too. The traffic and the writer run on
             // them, so the drill's own blocking waits (for an ARP frame, a

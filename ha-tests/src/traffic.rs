@@ -97,7 +97,18 @@ pub struct Traffic {
 }
 
 impl Traffic {
+    /// New connections with one HTTP request each (`request`).
     pub fn start(to: SocketAddr, per_second: u64) -> Traffic {
+        Traffic::start_with(per_second, move || request(to))
+    }
+
+    /// Any probe at a fixed rate: `probe` answers something (recorded as
+    /// the answer) or None (failed). The cluster lab's DNS lookups use it.
+    pub fn start_with<F, Fut>(per_second: u64, probe: F) -> Traffic
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Option<String>> + Send + 'static,
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let halt = stop.clone();
         let task = tokio::spawn(async move {
@@ -108,10 +119,11 @@ impl Traffic {
             while !halt.load(Ordering::SeqCst) {
                 tick.tick().await;
                 let (at, started) = (unix_now(), std::time::Instant::now());
+                let attempt = probe();
                 pending.spawn(async move {
                     // From when it was due, not when the task first ran:
                     // a client that stalls counts against its requests.
-                    let answer = request(to).await;
+                    let answer = attempt.await;
                     let took_ms = started.elapsed().as_millis() as u64;
                     Sent {
                         at,

@@ -301,7 +301,7 @@ async fn call(
                 Output::Json => println!(
                     "{}",
                     json!({
-                        "vips": r.vips.iter().map(|v| json!({"vip": v.vip, "owner": v.owner, "services": v.services, "announced_here": v.announced_here, "announced_by": by(&v.vip)})).collect::<Vec<_>>(),
+                        "vips": r.vips.iter().map(|v| json!({"vip": v.vip, "owner": v.owner, "services": v.services, "announced_here": v.announced_here, "announced_by": by(&v.vip), "routed_by": v.routed_by})).collect::<Vec<_>>(),
                         "drained": r.drained,
                         "unreachable": unreachable.iter().map(|(id, e)| json!({"member": id, "error": e})).collect::<Vec<_>>(),
                     })
@@ -318,18 +318,22 @@ async fn call(
                             v.owner.to_string()
                         };
                         let by = by(&v.vip);
-                        let by = if by.is_empty() {
+                        let by = if v.routed_by.starts_with("service CIDR") {
+                            // Never announced on its own.
+                            "-".to_owned()
+                        } else if by.is_empty() {
                             "nobody".to_owned()
                         } else {
                             by.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
                         };
-                        println!(
-                            "{:<40} {:<6} {:<13} {}",
-                            v.vip,
-                            owner,
-                            by,
-                            v.services.join(",")
-                        );
+                        let mut what = v.services.join(",");
+                        if !v.routed_by.is_empty() {
+                            if !what.is_empty() {
+                                what.push(' ');
+                            }
+                            what.push_str(&format!("({})", v.routed_by));
+                        }
+                        println!("{:<40} {:<6} {:<13} {}", v.vip, owner, by, what);
                     }
                     for (id, e) in &unreachable {
                         println!("member {id} not asked: {e}");
@@ -662,8 +666,14 @@ fn print_routes(r: &pb::RoutesStatus) {
             format!("all {} endpoints routed", r.endpoints_checked)
         } else {
             format!(
-                "{} of {} endpoints WITHOUT A ROUTE (only a default one)",
-                r.endpoints_unrouted, r.endpoints_checked
+                "{} of {} endpoints WITHOUT A ROUTE{}",
+                r.endpoints_unrouted,
+                r.endpoints_checked,
+                if r.pod_routes {
+                    " (in no node's pod CIDR)"
+                } else {
+                    ""
+                }
             )
         });
     }

@@ -377,6 +377,7 @@ pub async fn run(
         source: source_rx,
         dataplane: dataplane_rx,
         routes: routes_rx,
+        scope: config.announce.scope(),
         counters: counters_tx,
         proposer,
         cluster,

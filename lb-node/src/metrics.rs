@@ -341,7 +341,7 @@ pub fn render(views: &Views) -> String {
         ),
         gauge(
             "lb_endpoints_unrouted",
-            "Endpoints no route but a default one covers (checked with a kernel dataplane).",
+            "Endpoints no route covers (with pod routes: none more specific than a default one; checked with a kernel dataplane).",
             routes.endpoints_unrouted as i64,
         ),
         gauge(

@@ -29,6 +29,8 @@ pub struct KernelRoute {
     pub destination: IpNet,
     /// The next hop, when the route has one (not a connected route).
     pub gateway: Option<IpAddr>,
+    /// The next hops of a multipath (ECMP) route; empty otherwise.
+    pub nexthops: Vec<IpAddr>,
     pub protocol: u8,
     /// Unicast (not local, broadcast, blackhole or unreachable).
     pub unicast: bool,
@@ -38,6 +40,9 @@ pub struct KernelRoute {
 #[derive(Debug, Clone)]
 pub struct Netlink {
     handle: rtnetlink::Handle,
+    /// The kernel runs one dump at a time per netlink socket and answers
+    /// a second with EBUSY: dumps (addresses, routes) take turns.
+    dumping: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// errno values the kernel returns for "already there" and "not there".
@@ -61,11 +66,15 @@ impl Netlink {
         let (connection, handle, _) =
             rtnetlink::new_connection().context("cannot open rtnetlink")?;
         tokio::spawn(connection);
-        Ok(Netlink { handle })
+        Ok(Netlink {
+            handle,
+            dumping: std::sync::Arc::default(),
+        })
     }
 
     /// The index of interface `name`.
     pub async fn link_index(&self, name: &str) -> anyhow::Result<u32> {
+        let _turn = self.dumping.lock().await;
         let link = self
             .handle
             .link()
@@ -115,6 +124,7 @@ impl Netlink {
     }
 
     async fn address_messages(&self, index: u32) -> anyhow::Result<Vec<AddressMessage>> {
+        let _turn = self.dumping.lock().await;
         Ok(self
             .handle
             .address()
@@ -167,6 +177,7 @@ impl Netlink {
     /// The routes of the main table, both families.
     pub async fn main_routes(&self) -> anyhow::Result<Vec<KernelRoute>> {
         let mut out = Vec::new();
+        let _turn = self.dumping.lock().await;
         for request in [
             rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
             rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
@@ -253,7 +264,7 @@ fn route_address(a: &RouteAddress) -> Option<IpAddr> {
 }
 
 /// A main-table route, or None for other tables and what lb-node cannot
-/// read (multipath routes count by their destination, without a gateway).
+/// read.
 fn kernel_route(m: &RouteMessage) -> Option<KernelRoute> {
     let table = m
         .attributes
@@ -284,9 +295,25 @@ fn kernel_route(m: &RouteMessage) -> Option<KernelRoute> {
         RouteAttribute::Gateway(g) => route_address(g),
         _ => None,
     });
+    let nexthops = m
+        .attributes
+        .iter()
+        .filter_map(|a| match a {
+            RouteAttribute::MultiPath(hops) => Some(hops),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|hop| {
+            hop.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(g) => route_address(g),
+                _ => None,
+            })
+        })
+        .collect();
     Some(KernelRoute {
         destination,
         gateway,
+        nexthops,
         protocol: u8::from(m.header.protocol),
         unicast: m.header.kind == RouteType::Unicast,
     })

@@ -3,6 +3,7 @@
 //!
 //!   lab-http serve ADDR:PORT NAME    answers NAME; /slow answers slow-NAME after 4 s
 //!   lab-http get ADDR:PORT PATH N    N new connections, one answer (or "failed") per line
+//!   lab-http echo ADDR:PORT          sends back what it reads (round-trip times)
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -34,6 +35,28 @@ fn serve(addr: SocketAddr, name: String) -> std::io::Result<()> {
             // old connection IPVS still remembers.
             let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
             let _ = stream.read(&mut buf);
+        });
+    }
+    Ok(())
+}
+
+fn echo(addr: SocketAddr) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let _ = stream.set_nodelay(true);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if stream.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
         });
     }
     Ok(())
@@ -71,7 +94,7 @@ fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: lab-http serve ADDR:PORT NAME | lab-http get ADDR:PORT PATH COUNT";
+    let usage = "usage: lab-http serve ADDR:PORT NAME | lab-http get ADDR:PORT PATH COUNT | lab-http echo ADDR:PORT";
     match args.get(1).map(String::as_str) {
         Some("serve") if args.len() == 4 => {
             let Ok(addr) = args[2].parse() else {
@@ -79,6 +102,16 @@ fn main() {
                 std::process::exit(2)
             };
             if let Err(e) = serve(addr, args[3].clone()) {
+                eprintln!("lab-http: {e}");
+                std::process::exit(1);
+            }
+        }
+        Some("echo") if args.len() == 3 => {
+            let Ok(addr) = args[2].parse() else {
+                eprintln!("{usage}");
+                std::process::exit(2)
+            };
+            if let Err(e) = echo(addr) {
                 eprintln!("lab-http: {e}");
                 std::process::exit(1);
             }

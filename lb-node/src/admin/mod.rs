@@ -43,6 +43,8 @@ pub struct AdminService {
     pub source: watch::Receiver<SourceStatus>,
     pub dataplane: watch::Receiver<DataplaneStatus>,
     pub routes: watch::Receiver<crate::dataplane::routes::RoutesStatus>,
+    /// Which addresses are announced one by one (service CIDRs, gateways).
+    pub scope: crate::model::AnnounceScope,
     /// Asks the reconciler for kernel counters.
     pub counters: tokio::sync::mpsc::Sender<crate::dataplane::reconcile::CountersQuery>,
     pub proposer: Proposer,
@@ -459,23 +461,47 @@ impl Admin for AdminService {
                 names.push(s.name.clone());
             }
         }
+        let gateways = self
+            .scope
+            .gateways
+            .iter()
+            .map(|g| (*g, Vec::new()))
+            .collect::<Vec<_>>();
+        let announced = self
+            .cluster
+            .as_ref()
+            .map(|c| c.node.status.borrow().announced.clone());
         let vips = by_vip
             .into_iter()
+            .chain(gateways)
             .map(|(vip, services)| {
+                let routed_by = if self.scope.gateways.contains(&vip) {
+                    "service gateway".to_owned()
+                } else {
+                    self.scope
+                        .aggregates
+                        .iter()
+                        .find(|n| n.contains(&vip))
+                        .map(|n| format!("service CIDR {n}"))
+                        .unwrap_or_default()
+                };
+                let own = routed_by.starts_with("service CIDR");
                 // A standalone member is the only one: it owns and announces
                 // every VIP it serves.
-                match &self.cluster {
+                match &announced {
                     None => pb::Vip {
                         vip: vip.to_string(),
-                        owner: self.node_id,
+                        owner: if own { 0 } else { self.node_id },
                         services,
-                        announced_here: true,
+                        announced_here: !own,
+                        routed_by,
                     },
-                    Some(c) => pb::Vip {
+                    Some(announced) => pb::Vip {
                         vip: vip.to_string(),
                         owner: state.vip_owners().get(&vip).copied().unwrap_or(0),
                         services,
-                        announced_here: c.node.status.borrow().announced.contains(&vip),
+                        announced_here: announced.contains(&vip),
+                        routed_by,
                     },
                 }
             })

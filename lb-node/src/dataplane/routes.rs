@@ -18,15 +18,17 @@
 //! removed or changed by hand is put back at the next round, a route of
 //! a Node that is gone is removed (also one left by an earlier run).
 //!
-//! Either way the member checks that every endpoint has a route more
-//! specific than a default one, and reports those that do not
-//! (`lbctl status`, `lb_endpoints_unrouted`): a default route rarely
-//! knows the pods.
+//! Either way the member checks that every endpoint has a route, and
+//! reports those that do not (`lbctl status`, `lb_endpoints_unrouted`).
+//! With pod routes on, a default route does not count: the operator said
+//! that only the nodes know the pods, so an endpoint outside every node's
+//! pod CIDR (and every connected network) goes nowhere useful. Without
+//! them, the default route is the usual way into a routed fabric.
 //!
 //! The pure part (`pod_routes`, `plan`, `Lookup`) is tested without a
 //! kernel; `run` is its shell, on the member's rtnetlink connection.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,42 +154,51 @@ pub fn plan(
     changes
 }
 
-/// Longest-prefix lookups over a routing table's destinations.
+/// Longest-prefix lookups over a routing table's destinations, as the
+/// kernel picks a route: the most specific one decides, and a blackhole or
+/// unreachable route there means no path.
 #[derive(Debug, Default)]
 pub struct Lookup {
-    /// Per family (false: IPv4), per prefix length, the networks.
-    networks: BTreeMap<(bool, u8), HashSet<IpAddr>>,
+    /// Per family (false: IPv4) and prefix length, the networks and
+    /// whether each is a path (unicast).
+    networks: BTreeMap<(bool, u8), HashMap<IpAddr, bool>>,
+    /// Whether a default route counts as a path.
+    defaults: bool,
 }
 
 impl Lookup {
-    /// The unicast routes of `routes` other than default routes.
-    pub fn specific(routes: &[KernelRoute]) -> Lookup {
-        let mut networks: BTreeMap<(bool, u8), HashSet<IpAddr>> = BTreeMap::new();
-        for r in routes
-            .iter()
-            .filter(|r| r.unicast && r.destination.prefix_len() > 0)
-        {
+    /// The routes of a table; a default route is a path only with
+    /// `defaults`.
+    pub fn new(routes: &[KernelRoute], defaults: bool) -> Lookup {
+        let mut networks: BTreeMap<(bool, u8), HashMap<IpAddr, bool>> = BTreeMap::new();
+        for r in routes {
             let d = r.destination.trunc();
-            networks
+            let path = networks
                 .entry((d.addr().is_ipv6(), d.prefix_len()))
                 .or_default()
-                .insert(d.addr());
+                .entry(d.addr())
+                .or_insert(false);
+            *path |= r.unicast;
         }
-        Lookup { networks }
+        Lookup { networks, defaults }
     }
 
-    /// Whether a route of the table covers `ip`.
+    /// Whether the route the kernel would pick for `ip` is a path.
     pub fn covers(&self, ip: IpAddr) -> bool {
-        self.networks
-            .iter()
-            .filter(|((v6, _), _)| *v6 == ip.is_ipv6())
-            .any(|((_, len), nets)| {
-                IpNet::new(ip, *len).is_ok_and(|n| nets.contains(&n.trunc().addr()))
-            })
+        let v6 = ip.is_ipv6();
+        for ((_, len), nets) in self.networks.range((v6, 0)..=(v6, u8::MAX)).rev() {
+            let Ok(net) = IpNet::new(ip, *len) else {
+                continue;
+            };
+            if let Some(path) = nets.get(&net.trunc().addr()) {
+                return *path && (*len > 0 || self.defaults);
+            }
+        }
+        false
     }
 }
 
-/// The endpoints (backend addresses of the table) no specific route
+/// The endpoints (backend addresses of the table) no route of `lookup`
 /// covers: how many of how many, and the first few with a service each.
 pub fn unrouted(state: &State, lookup: &Lookup) -> (usize, usize, Vec<String>) {
     let mut seen: BTreeMap<IpAddr, &str> = BTreeMap::new();
@@ -221,7 +232,8 @@ pub struct RoutesStatus {
     pub node_warnings: Vec<String>,
     pub node_warning_count: u64,
     /// Endpoints checked (0: not checked, e.g. the memory dataplane), and
-    /// those without a specific route, with the first few.
+    /// those without a route (with pod routes: without one more specific
+    /// than a default route), with the first few.
     pub endpoints_checked: u64,
     pub endpoints_unrouted: u64,
     pub unrouted_examples: Vec<String>,
@@ -288,8 +300,9 @@ pub async fn run(
                     .count() as u64;
                 if settings.check_endpoints {
                     let state = state.clone();
+                    let defaults = !settings.pod_routes;
                     let checked = tokio::task::spawn_blocking(move || {
-                        unrouted(&state, &Lookup::specific(&routes))
+                        unrouted(&state, &Lookup::new(&routes, defaults))
                     })
                     .await;
                     if let Ok((checked, count, examples)) = checked {
@@ -510,21 +523,23 @@ mod tests {
     }
 
     #[test]
-    fn only_a_route_more_specific_than_a_default_one_counts() {
+    fn with_pod_routes_only_a_route_more_specific_than_a_default_one_counts() {
         let route = |d: &str, unicast: bool| KernelRoute {
             destination: net(d),
             gateway: None,
+            nexthops: vec![],
             protocol: 2,
             unicast,
         };
-        let lookup = Lookup::specific(&[
+        let table = [
             route("0.0.0.0/0", true),
             route("::/0", true),
             route("10.80.0.0/24", true),
             route("10.244.1.0/24", true),
             route("10.244.2.0/24", false),
             route("fd00:244::/48", true),
-        ]);
+        ];
+        let lookup = Lookup::new(&table, false);
         assert!(lookup.covers(ip("10.244.1.7")));
         assert!(lookup.covers(ip("10.80.0.200")));
         assert!(
@@ -534,5 +549,14 @@ mod tests {
         assert!(!lookup.covers(ip("10.244.3.7")), "only the default route");
         assert!(lookup.covers(ip("fd00:244:0:5::9")));
         assert!(!lookup.covers(ip("fd00:245::9")));
+        // Into a routed fabric, the default route is the way.
+        let fabric = Lookup::new(&table, true);
+        assert!(fabric.covers(ip("10.244.3.7")));
+        assert!(fabric.covers(ip("fd00:245::9")));
+        assert!(
+            !fabric.covers(ip("10.244.2.7")),
+            "a blackhole route is still no path"
+        );
+        assert!(!Lookup::new(&table[2..], true).covers(ip("10.244.3.7")));
     }
 }
