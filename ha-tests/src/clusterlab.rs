@@ -260,7 +260,23 @@ impl Lab {
             let node = format!("n{n}");
             self.add_ns(&node)?;
             self.attach(&node, NODE_BRIDGE, "eth0", &format!("10.80.0.1{n}/24"))?;
-            self.exec(&node, &["ip", "link", "add", "cbr0", "type", "bridge"])?;
+            // A MAC of its own: a bridge otherwise takes its lowest
+            // port's, and a pod coming or going would change the pods'
+            // gateway MAC under them (seconds of lost packets until their
+            // ARP caches notice; the CNI bridge plugin sets one too).
+            self.exec(
+                &node,
+                &[
+                    "ip",
+                    "link",
+                    "add",
+                    "cbr0",
+                    "address",
+                    &format!("02:00:00:00:0{n}:01"),
+                    "type",
+                    "bridge",
+                ],
+            )?;
             self.exec(
                 &node,
                 &[
@@ -344,8 +360,7 @@ impl Lab {
     }
 
     fn sysctl(&self, name: &str, key: &str, value: &str) -> anyhow::Result<()> {
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        self.exec(name, &["sh", "-c", &format!("echo {value} > {path}")])
+        self.exec(name, &["sysctl", "-w", &format!("{key}={value}")])
             .map(drop)
     }
 
