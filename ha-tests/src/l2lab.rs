@@ -171,6 +171,8 @@ pub struct Lab {
     /// Whether a fourth service has the IPv6 VIP (`VIP6`). The drills
     /// leave it out: three VIPs over three members is one each.
     pub ipv6_service: bool,
+    /// The services file instead of the lab's VIPs' (a benchmark's table).
+    pub services_file: Option<String>,
     /// Namespaces added with `add_host`, deleted on drop.
     hosts: Vec<String>,
 }
@@ -213,6 +215,7 @@ impl Lab {
             dataplane: String::new(),
             backends: vec!["10.77.0.200"],
             ipv6_service: true,
+            services_file: None,
             hosts: Vec::new(),
         };
         let sw = lab.ns("sw");
@@ -381,6 +384,7 @@ impl Lab {
             })
             .collect::<String>()
             + &if !self.ipv6_service { String::new() } else { format!("[[service]]\nname = \"web-v6\"\nvip = \"{VIP6}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"rr\"\n\n[[service.backend]]\naddress = \"fd00:77::200\"\nport = 8080\n") };
+        let services = self.services_file.clone().unwrap_or(services);
         std::fs::write(self.dir.path().join("services.toml"), services)?;
         for (id, peer, admin) in &peers {
             let config = self.dir.path().join(format!("member-{id}.toml"));

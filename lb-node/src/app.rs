@@ -1,23 +1,31 @@
 //! Wires a member's tasks together.
 //!
 //! ```text
-//!   services file ──(SIGHUP, content change)──▶ source::file::run   (leader only)
-//!                                                   │ Vec<Command>
+//!   services file ──(SIGHUP, change)──▶ source::file::run          ┐ leader only
+//!   API server ──────(list/watch)─────▶ source::kubernetes::run    ┘ (run_source_while_leader)
+//!                                                   │ Vec<Command> (Proposer)
 //!                                                   ▼
 //!                     replication: standalone log, or the Raft node thread
 //!                     (replication::node) with its peer transport
-//!                                                   │ watch<Arc<State>>  (every member)
-//!                          ┌────────────────────────┼─────────────────┐
-//!                          ▼                        ▼                 ▼
-//!             dataplane::reconcile::run      admin::serve       (announce, later)
-//!             plan(desired, programmed)      GetStatus,
-//!             ─▶ Dataplane::apply            ListServices
+//!                                │ watch<Arc<State>> (every member)   │ watch<RaftStatus>
+//!          ┌───────────────┬─────┴──────────┬─────────────┐           │
+//!          ▼               ▼                ▼             ▼           ▼
+//!   dataplane::       dataplane::      admin::serve,   announced_vips (the gate:
+//!   reconcile::run    routes::run      metrics::serve  lease, owners, dataplane synced)
+//!   (IPVS or memory)  (pod routes,                        │ watch<VIPs>
+//!          │          endpoint check)                     ▼
+//!          │ watch<DataplaneStatus>            announce::l2::run | announce::bgp::run
+//!          └──▶ report_dataplane_ready (a member takes VIPs once programmed)
+//!
+//!   netlink::Netlink: one rtnetlink connection for the VIP interface, the
+//!   L2 announcer and the routes
 //! ```
 //!
 //! Each task owns its resource and ends on the shared `CancellationToken`.
 //! In a cluster, a supervisor starts the source when this member becomes
 //! leader and stops it when it stops being leader: only the leader reads
-//! the source and proposes.
+//! the source and proposes. A clean stop (`stop`) hands VIPs and
+//! leadership over first (`hand_over`).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,10 +1,11 @@
 //! How commands become committed state. Sources hold a [`Proposer`]; every
 //! member reads the applied state from a `watch` channel.
 //!
-//! Today there is one implementation, `standalone`: a single member that
-//! applies each proposal at once. The Raft-replicated log takes the same
-//! place behind the same `Proposer`, so sources and the reconciler do not
-//! change when it lands.
+//! Two implementations behind the same `Proposer`: `standalone`, a single
+//! member that applies each proposal at once, and the Raft-replicated log
+//! (`replica` driven by the `node` thread, `storage` on raft-engine, the
+//! `transport` between members; `sim` runs replicas on a simulated
+//! network).
 
 use std::sync::Arc;
 

@@ -1,16 +1,17 @@
 //! Where desired state comes from. A source runs only where it may propose
-//! (today: the single standalone member; with Raft: the leader), turns what
-//! it reads into `Command`s and proposes only differences.
+//! (the single standalone member, or the Raft leader), turns what it reads
+//! into `Command`s and proposes only differences.
 //!
 //! - `file`: the standalone services file.
-//! - `kubernetes`: Services and EndpointSlices from the API server.
+//! - `kubernetes`: Services, EndpointSlices (and, for pod routes, Nodes)
+//!   from the API server.
 
 pub mod file;
 
 /// What a source last did, for status and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SourceStatus {
-    /// "file" (later "kubernetes").
+    /// "file" or "kubernetes".
     pub kind: &'static str,
     /// The file path or API server address.
     pub location: String,
