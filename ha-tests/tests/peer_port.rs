@@ -105,6 +105,26 @@ async fn bad_peer_input_is_refused_and_named() -> anyhow::Result<()> {
         err.message()
     );
 
+    // A beat (no Raft message) whose view does not add up.
+    let err = send_one(
+        port,
+        Envelope {
+            cluster_id: "good-cluster".into(),
+            from: 2,
+            to: 1,
+            hears: vec![1, 3],
+            hears_applied: vec![7],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("a malformed view is refused");
+    assert!(
+        err.message().contains("2 members heard but 1 applied indexes"),
+        "{}",
+        err.message()
+    );
+
     let m1 = members.get_mut(&1).expect("member 1");
     m1.wait_for_log("not this cluster's", Duration::from_secs(5))?;
     m1.wait_for_log("member 99", Duration::from_secs(5))?;

@@ -73,7 +73,8 @@ async fn peer_call(
         cluster_id: "tls-test".into(),
         from,
         to: 1,
-        message: vec![],
+        // Not a Raft message (an empty one would be a beat).
+        message: vec![0xff],
         ..Default::default()
     };
     PeerClient::new(channel)
@@ -160,10 +161,10 @@ async fn only_certificates_of_the_cluster_ca_get_in() -> anyhow::Result<()> {
         "a peer with another CA's certificate must be refused"
     );
     // A real member certificate passes TLS and reaches the envelope checks,
-    // which refuse this empty message by name: so the refusals above were
-    // TLS's doing.
+    // which refuse this undecodable message by name: so the refusals above
+    // were TLS's doing.
     let real = peer_call(port, &certs.join("ca.pem"), Some((&certs, "member-2")), 2).await;
-    let real = real.expect_err("an empty raft message is refused by the envelope checks");
+    let real = real.expect_err("an undecodable raft message is refused by the envelope checks");
     assert!(
         real.contains("member 2 at 127.0.0.1"),
         "TLS let it through to the envelope checks: {real}"

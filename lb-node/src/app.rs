@@ -556,10 +556,17 @@ fn announced_vips(
         // table changed (most wakes are a dataplane sync).
         let mut table_vips: Option<Arc<std::collections::BTreeSet<std::net::IpAddr>>> = None;
         loop {
+            // A cluster member's decision holds until its lease's end: past
+            // it with no word from the node thread (stalled: a frozen
+            // disk), nothing is announced.
+            let mut until = None;
             let wanted = match &mut status {
                 Some(status) => {
                     let s = status.borrow_and_update();
-                    if ecmp {
+                    until = Some(s.announce_until);
+                    if !within(s.announce_until) {
+                        Arc::default()
+                    } else if ecmp {
                         s.ecmp.clone()
                     } else {
                         s.announced.clone()
@@ -589,10 +596,29 @@ fn announced_vips(
                     }
                 } => if changed.is_err() { return },
                 changed = dataplane.changed() => if changed.is_err() { return },
+                () = lease_end(until.flatten()) => {}
             }
         }
     });
     rx
+}
+
+/// Whether a decision valid until `until` still holds (None: it never
+/// did).
+fn within(until: Option<std::time::Instant>) -> bool {
+    until.is_some_and(|t| std::time::Instant::now() < t)
+}
+
+/// Sleeps until `until`, when what was decided up to then must be looked
+/// at again (the node thread moves the end forward with every echo, and a
+/// stalled one does not); never, without an end.
+async fn lease_end(until: Option<std::time::Instant>) {
+    match until {
+        Some(t) if std::time::Instant::now() < t => {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await;
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 /// What the BGP speaker announces: each announced VIP as a host route,
@@ -613,8 +639,13 @@ fn bgp_routes(
     let mut status = cluster.map(|c| c.node.status.clone());
     tokio::spawn(async move {
         loop {
+            let mut until = None;
             let serving = match &mut status {
-                Some(s) => s.borrow_and_update().serving,
+                Some(s) => {
+                    let s = s.borrow_and_update();
+                    until = s.announce_until;
+                    s.serving && within(until)
+                }
                 None => dataplane.borrow_and_update().last_sync_unix_ms > 0,
             };
             let mut routes: std::collections::BTreeSet<ipnet::IpNet> = vips
@@ -641,6 +672,7 @@ fn bgp_routes(
                         None => dataplane.changed().await,
                     }
                 } => if changed.is_err() { return },
+                () = lease_end(until) => {}
             }
         }
     });

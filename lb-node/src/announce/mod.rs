@@ -19,6 +19,7 @@ pub mod bgp;
 pub mod frames;
 pub mod handover;
 pub mod l2;
+pub mod ownership;
 
 /// `[announce]`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

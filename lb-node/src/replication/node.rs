@@ -35,6 +35,8 @@ pub enum Input {
         oneshot::Sender<Result<Outcomes, ProposeError>>,
     ),
     Raft(Box<Message>, super::replica::Stamp),
+    /// A peer's beat: its stamp, no Raft message.
+    Beat(u64, super::replica::Stamp),
     Unreachable(u64),
     SnapshotSent {
         to: u64,
@@ -64,6 +66,9 @@ pub enum Input {
 /// Where the node thread sends Raft messages. Must not block.
 pub trait Outbox: Send + 'static {
     fn send(&self, message: Message, stamp: super::replica::Stamp);
+    /// A beat to `to`: the stamp alone (the VIP lease's all-to-all
+    /// exchange).
+    fn beat(&self, to: u64, stamp: super::replica::Stamp);
 }
 
 /// The cluster as this member sees it, for status and for deciding who runs
@@ -86,6 +91,11 @@ pub struct RaftStatus {
     /// ready, not leaving, not drained): BGP announces the service CIDRs
     /// while it does.
     pub serving: bool,
+    /// Until when what this member announces stays valid without news
+    /// from the node thread: the end of its lease. The announcers stop on
+    /// their own clock then, so a stalled node thread (a frozen disk)
+    /// stops announcing by itself. None: nothing may be announced.
+    pub announce_until: Option<std::time::Instant>,
     /// Whether this member's lease holds, and whether it may announce.
     pub lease_held: bool,
     pub may_announce: bool,
@@ -105,6 +115,23 @@ impl RaftStatus {
     }
 }
 
+/// When the node thread's last tick happened: tick numbers (the lease's
+/// ends) to instants, counted from the latest tick, so a node thread that
+/// falls behind real time moves the instants earlier, never later.
+#[derive(Debug, Clone, Copy)]
+struct TickClock {
+    at: Instant,
+    tick: u64,
+    length: Duration,
+}
+
+impl TickClock {
+    fn instant(&self, tick: u64) -> Instant {
+        let ahead = u32::try_from(tick.saturating_sub(self.tick)).unwrap_or(u32::MAX);
+        self.at + self.length.saturating_mul(ahead)
+    }
+}
+
 type AnnouncedSets = (
     Arc<std::collections::BTreeSet<std::net::IpAddr>>,
     Arc<std::collections::BTreeSet<std::net::IpAddr>>,
@@ -112,7 +139,11 @@ type AnnouncedSets = (
 
 /// The member's status; `announced` is computed again only when asked
 /// (`None`), because it costs O(VIPs) and the loop runs per message.
-fn status_of(replica: &Replica, announced: Option<AnnouncedSets>) -> RaftStatus {
+fn status_of(
+    replica: &Replica,
+    announced: Option<AnnouncedSets>,
+    clock: &TickClock,
+) -> RaftStatus {
     let (announced, ecmp) = announced.unwrap_or_else(|| {
         (
             Arc::new(replica.announced_vips()),
@@ -135,6 +166,7 @@ fn status_of(replica: &Replica, announced: Option<AnnouncedSets>) -> RaftStatus 
         announced,
         ecmp,
         serving: replica.serving(),
+        announce_until: replica.lease_until().map(|t| clock.instant(t)),
         lease_held: replica.lease_valid(),
         may_announce: replica.may_announce(),
         applied_current_term: replica.applied_current_term(),
@@ -163,7 +195,12 @@ pub fn run(
     let mut waiting: HashMap<u64, oneshot::Sender<Result<Outcomes, ProposeError>>> = HashMap::new();
     let mut next_tick = Instant::now() + tick;
     states.send_replace(Arc::new(replica.state().clone()));
-    status.send_replace(status_of(&replica, None));
+    let mut clock = TickClock {
+        at: Instant::now(),
+        tick: replica.ticks(),
+        length: tick,
+    };
+    status.send_replace(status_of(&replica, None, &clock));
     info!(member = replica.id(), "raft node started");
     loop {
         let timeout = next_tick.saturating_duration_since(Instant::now());
@@ -187,6 +224,7 @@ pub fn run(
                     }
                 },
                 Input::Raft(message, stamp) => replica.step(*message, stamp),
+                Input::Beat(from, stamp) => replica.beat(from, &stamp),
                 Input::Unreachable(id) => replica.report_unreachable(id),
                 Input::SnapshotSent { to, ok } => replica.report_snapshot(to, ok),
                 Input::TransferLeader(to) => replica.transfer_leader(to),
@@ -214,7 +252,23 @@ pub fn run(
         let mut ticked = false;
         if Instant::now() >= next_tick {
             ticked = true;
+            // Ticks missed while this thread could not run (a stalled
+            // disk, a paused process) count for the leases, which are real
+            // time, though Raft gets one tick, not a burst.
+            let missed = Instant::now().saturating_duration_since(next_tick).as_nanos()
+                / tick.as_nanos().max(1);
             replica.tick();
+            if missed > 0 {
+                replica.skip_ticks(u64::try_from(missed).unwrap_or(u64::MAX));
+            }
+            clock = TickClock {
+                at: Instant::now(),
+                tick: replica.ticks(),
+                length: tick,
+            };
+            for to in replica.take_beats() {
+                outbox.beat(to, replica.stamp_for(to));
+            }
             next_tick += tick;
             // After a long stall, do not fire a burst of ticks.
             if next_tick < Instant::now() {
@@ -267,17 +321,24 @@ pub fn run(
             let s = status.borrow();
             (s.announced.clone(), s.ecmp.clone())
         });
-        let now = status_of(&replica, keep);
+        let now = status_of(&replica, keep, &clock);
         status.send_if_modified(|s| {
             if s.leader != now.leader && now.leader != 0 {
                 crate::metrics::METRICS.leader_changes.inc();
             }
-            if *s == now {
-                false
-            } else {
-                *s = now;
-                true
-            }
+            // The lease's end moves with every echo: stored, but nobody is
+            // woken for that alone (the announcers read it when their
+            // timer for the previous end fires).
+            let changed = RaftStatus {
+                announce_until: s.announce_until,
+                ..now.clone()
+            } != *s
+                // Except when the end had passed: the announcers, which
+                // stopped then, must start again.
+                || (now.announce_until != s.announce_until
+                    && s.announce_until.is_none_or(|t| t <= Instant::now()));
+            *s = now;
+            changed
         });
     }
 }

@@ -17,6 +17,7 @@ use raft::{RawNode, StateRole};
 use tracing::{info, warn};
 
 use super::storage::{LogStore, LogStoreError};
+use crate::announce::ownership::Lease;
 use crate::model::{Applied, ApplyError, Batch, Command, State, WireError};
 
 /// Heartbeats a member waits after a VIP becomes its own before announcing
@@ -26,6 +27,15 @@ use crate::model::{Applied, ApplyError, Batch, Command, State, WireError};
 /// election timeout without a word from it, by which time its own lease
 /// (as long) has run out.
 const TAKEOVER_HEARTBEATS: u64 = 3;
+
+/// Leases (in election timeouts) a member goes on announcing after it
+/// lost touch with its leader, its lease holding: long enough to see a
+/// new leader elected (an election takes about 1.2 election timeouts)
+/// without withdrawing anything, short enough that a member cut from its
+/// leader alone (its other links fine) does not serve a stale table for
+/// long. A leader that has not heard a member for this plus a lease knows
+/// it stopped.
+const LEADERLESS_LEASES: u64 = 2;
 
 /// Timing and thresholds of a replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +101,7 @@ pub enum NotAccepted {
 /// link to work both ways: a member that still hears its leader but is no
 /// longer heard (a one-way partition) loses its lease as the leader stops
 /// hearing it, not never.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stamp {
     pub incarnation: u64,
     pub tick: u64,
@@ -103,6 +113,11 @@ pub struct Stamp {
     /// The sender's dataplane has not programmed the table yet
     /// (`Replica::dataplane_ready`).
     pub unready: bool,
+    /// The sender's applied index.
+    pub applied: u64,
+    /// The members the sender heard within its lease (its view), with
+    /// the latest applied index each told it.
+    pub hears: Vec<(u64, u64)>,
 }
 
 /// The flags a member's messages carry about itself (`Stamp`).
@@ -145,10 +160,17 @@ pub struct Replica {
     removed: bool,
     /// A member was added: snapshot once this ready is applied.
     snapshot_for_new_member: bool,
-    /// Ticks since start, and the tick each peer was last heard from: a
-    /// leader's view of which members are alive, for VIP ownership.
+    /// Ticks since start.
     ticks: u64,
-    last_heard: BTreeMap<u64, u64>,
+    /// What this member heard of its peers, and they of it: its lease,
+    /// each peer's (`announce::ownership::Lease`).
+    lease: Lease,
+    /// The latest applied index each member told (directly or through
+    /// another's view): the leader gives a released VIP away once every
+    /// member that may still announce it has applied its release.
+    known_applied: BTreeMap<u64, u64>,
+    /// Beats are due to every other voter (once per heartbeat).
+    beats_due: bool,
     /// This process's run of the member (a restart starts a new one): the
     /// ticks of an earlier run mean nothing to this one.
     incarnation: u64,
@@ -160,9 +182,6 @@ pub struct Replica {
     leaving: bool,
     unready: bool,
     peers_say: BTreeMap<u64, Says>,
-    /// Per peer, the latest of this member's ticks the peer echoed back
-    /// (it heard this member at that tick).
-    confirmed: BTreeMap<u64, u64>,
     /// The tick this member became leader.
     leader_since: u64,
     /// The (applied index, eligible members) of the last ownership round
@@ -174,15 +193,26 @@ pub struct Replica {
     proposed_owners: Option<BTreeMap<std::net::IpAddr, u64>>,
     /// On the leader: VIPs without an owner and the applied index at which
     /// this leader first saw them so. Such a VIP is given to its new owner
-    /// only once every healthy member has that entry (its previous owner
-    /// then knows it released it).
+    /// only once every member has applied that entry, or its lease must
+    /// have lapsed (its previous owner, whoever it was, then stopped).
     release_marks: BTreeMap<std::net::IpAddr, u64>,
     /// The tick at which each VIP this member owns became its own.
     owned_since: BTreeMap<std::net::IpAddr, u64>,
-    /// The tick since which this member's lease has held without a break.
+    /// The VIPs this member announces: once started, a VIP goes on while
+    /// the lease holds and the state says it is this member's, through a
+    /// leader's election; starting needs a state known current.
+    announcing: BTreeSet<std::net::IpAddr>,
+    /// This member serves every VIP (ECMP mode, service CIDRs): the same
+    /// going-on for the whole table.
+    serving: bool,
+    /// The tick since which this member has been in touch with a leader
+    /// (heard and heard back) without a break: its state is current once
+    /// that lasted a full lease.
     in_touch_since: Option<u64>,
-    /// The term of the last tick at which this member's lease held (at
-    /// start: the term on disk).
+    /// The last tick at which this member was in touch with a leader.
+    last_in_touch: u64,
+    /// The term of the last tick at which this member was in touch with a
+    /// leader (at start: the term on disk).
     touch_term: u64,
     /// `touch_term` as it was when the current stretch in touch began: the
     /// last term of which this member's state is known current.
@@ -314,6 +344,7 @@ impl Replica {
         raft_config.validate()?;
         let raw = RawNode::new(&raft_config, store, &super::raft_log::logger(config.id))?;
         let disk_term = raw.raft.term;
+        let lease_length = config.election_ticks as u64;
         let unready = config.wait_for_dataplane;
         let mut replica = Replica {
             raw,
@@ -327,20 +358,24 @@ impl Replica {
             removed: false,
             snapshot_for_new_member: false,
             ticks: 0,
-            last_heard: BTreeMap::new(),
+            lease: Lease::new(lease_length),
+            known_applied: BTreeMap::new(),
+            beats_due: false,
             incarnation: unix_now_us(),
             stamps_from: BTreeMap::new(),
             leaving: false,
             unready,
             peers_say: BTreeMap::new(),
-            confirmed: BTreeMap::new(),
             leader_since: 0,
             proposed_owners: None,
             release_marks: BTreeMap::new(),
             ownership_settled: None,
             noted_owners: None,
             owned_since: BTreeMap::new(),
+            announcing: BTreeSet::new(),
+            serving: false,
             in_touch_since: None,
+            last_in_touch: 0,
             touch_term: disk_term,
             stretch_after_term: disk_term,
             applied_term,
@@ -404,6 +439,13 @@ impl Replica {
             echo_tick,
             leaving: self.leaving,
             unready: self.unready,
+            applied: self.applied,
+            hears: self
+                .lease
+                .view(self.ticks)
+                .into_iter()
+                .map(|m| (m, self.known_applied.get(&m).copied().unwrap_or(0)))
+                .collect(),
         }
     }
 
@@ -442,6 +484,11 @@ impl Replica {
         self.applied
     }
 
+    /// Ticks since start.
+    pub fn ticks(&self) -> u64 {
+        self.ticks
+    }
+
     /// Voters of the current configuration.
     pub fn voters(&self) -> Vec<u64> {
         let mut voters: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
@@ -460,32 +507,68 @@ impl Replica {
         if !self.removed {
             self.raw.tick();
             self.ticks += 1;
-            // The leader reconsiders VIP owners once per heartbeat.
-            if self
-                .ticks
-                .is_multiple_of(self.config.heartbeat_ticks.max(1) as u64)
-            {
+            let heartbeat = self.config.heartbeat_ticks.max(1) as u64;
+            if self.ticks.is_multiple_of(heartbeat) {
+                // Every member beats to every other, leader or not: the
+                // leases do not depend on who leads.
+                self.beats_due = true;
+                // The leader reconsiders VIP owners once per heartbeat.
                 self.maybe_reassign_vips();
             }
-            // A member out of touch forgets since when it owns its VIPs:
-            // back in touch, its state may be stale (others may own them
-            // now), so it waits a full lease again, long enough to catch
-            // up and learn that.
-            if self.lease_valid() {
+            // In touch with a leader: the state is current once that has
+            // lasted a full lease (or on proof: `caught_up_in_new_term`).
+            if self.in_touch_with_leader() {
                 if self.in_touch_since.is_none() {
                     self.in_touch_since = Some(self.ticks);
                     self.stretch_after_term = self.touch_term;
                 }
                 self.touch_term = self.raw.raft.term;
-                self.note_ownership();
+                self.last_in_touch = self.ticks;
             } else {
                 self.in_touch_since = None;
-                self.owned_since.clear();
-                // Back in touch, every VIP it owns then is noted afresh
-                // (even if no owner changed meanwhile).
-                self.noted_owners = None;
             }
+            // A member whose lease lapsed forgets since when it owns its
+            // VIPs and stops announcing: back, its state may be stale
+            // (others may own them now), so it starts again only once it
+            // is current (`note_ownership`).
+            self.note_ownership();
         }
+    }
+
+    /// Moves the lease clock `n` ticks on without ticking Raft: the ticks
+    /// this member's thread missed while it could not run. What it heard
+    /// before is that much older now, and its lease may have lapsed
+    /// meanwhile: it then announces nothing until it is current again.
+    pub fn skip_ticks(&mut self, n: u64) {
+        if self.removed || n == 0 {
+            return;
+        }
+        self.ticks += n;
+        if self.in_touch_since.is_some() && !self.in_touch_with_leader() {
+            self.in_touch_since = None;
+        }
+        self.note_ownership();
+    }
+
+    /// The voters due a beat from this member (once per heartbeat; the
+    /// caller sends each, stamped, with no Raft message).
+    pub fn take_beats(&mut self) -> Vec<u64> {
+        if !std::mem::take(&mut self.beats_due) || self.removed {
+            return Vec::new();
+        }
+        self.voters()
+            .into_iter()
+            .filter(|id| *id != self.config.id)
+            .collect()
+    }
+
+    /// A beat from a peer: its stamp, no Raft message.
+    pub fn beat(&mut self, from: u64, stamp: &Stamp) {
+        if self.removed {
+            return;
+        }
+        self.heard_from(from, stamp);
+        self.note_ownership();
     }
 
     /// On the leader: each other voter's (id, healthy, match index). Empty
@@ -505,57 +588,70 @@ impl Replica {
             .collect()
     }
 
-    /// Members the leader has heard from within an election timeout
-    /// (itself included).
+    /// Members this member has heard from within an election timeout
+    /// (itself included): on the leader, those that may own VIPs.
     pub fn healthy_members(&self) -> BTreeSet<u64> {
-        let window = self.config.election_ticks as u64;
         self.voters()
             .into_iter()
-            .filter(|id| {
-                *id == self.config.id
-                    || self
-                        .last_heard
-                        .get(id)
-                        .is_some_and(|t| self.ticks.saturating_sub(*t) <= window)
-            })
+            .filter(|id| *id == self.config.id || self.lease.hears(*id, self.ticks))
             .collect()
     }
 
-    /// Whether this member may announce now: it is in touch with a quorum,
-    /// both ways. A leader has a majority of voters (itself included) that
-    /// echoed one of its ticks within the lease; a follower has its leader
-    /// echo one of its ticks within the lease, and that leader in turn steps
-    /// down (check-quorum) when it loses its majority. The lease is the
-    /// election timeout, counted from when this member *sent* what the peer
-    /// echoed: by the time a leader gives a silent member's VIPs away (it
-    /// has received nothing from it for that long) the silent member's lease
-    /// has run out, even if the leader's messages still reach it.
+    /// Whether this member's lease holds: a majority of the voters (it
+    /// included) heard it and said so (echoed one of its ticks) within
+    /// the lease, counted from when it sent what they echoed. Whoever
+    /// leads: an election ends nobody's lease. A member that can no
+    /// longer make a quorum stops announcing within a lease, before the
+    /// others may give its VIPs away (`Lease::lapsed`).
     pub fn lease_valid(&self) -> bool {
-        let lease = self.config.election_ticks as u64;
-        // Heard *and heard back*: the peer echoed a tick of ours within the
-        // lease (see `Stamp`).
-        let fresh = |id: &u64| {
-            self.confirmed
-                .get(id)
-                .is_some_and(|t| self.ticks.saturating_sub(*t) <= lease)
-        };
-        if self.is_leader() {
-            let voters = self.voters();
-            let heard = voters
-                .iter()
-                .filter(|id| **id == self.config.id || fresh(id))
-                .count();
-            heard * 2 > voters.len()
-        } else {
-            let leader = self.leader();
-            leader != 0 && fresh(&leader)
-        }
+        !self.removed
+            && self
+                .lease
+                .holds(self.config.id, &self.voters(), self.ticks)
     }
 
-    /// Whether this member may announce anything: its lease holds and its
-    /// state is known current. Back in touch (or just started), its state
-    /// may be stale: it waits a full lease to catch up, or less when it has
-    /// proof (`caught_up_in_new_term`).
+    /// The last tick at which the lease holds without news; None when it
+    /// does not hold. What this member announces is valid until then.
+    pub fn lease_until(&self) -> Option<u64> {
+        if self.removed {
+            return None;
+        }
+        self.lease.until(self.config.id, &self.voters(), self.ticks)
+    }
+
+    /// Whether this member is in touch with a leader, both ways: a leader
+    /// with its lease; a follower whose leader echoed one of its ticks
+    /// within the lease.
+    fn in_touch_with_leader(&self) -> bool {
+        if self.is_leader() {
+            return self.lease_valid();
+        }
+        let leader = self.leader();
+        leader != 0 && self.lease.echoed_by(leader, self.ticks)
+    }
+
+    /// Ticks a member goes on announcing without a leader in touch.
+    fn leaderless_grace(&self) -> u64 {
+        LEADERLESS_LEASES * self.config.election_ticks as u64
+    }
+
+    /// Whether `member` has stopped announcing by now, as this member
+    /// knows: its lease must have lapsed (`Lease::lapsed`), or this member
+    /// (the leader) has not heard it for a lease plus the leaderless grace,
+    /// so whatever leader it was in touch with heard it last before that,
+    /// and it stopped (both counted from when it sent: equal tick rates).
+    fn stopped(&self, member: u64, voters: &[u64]) -> bool {
+        let lease = self.config.election_ticks as u64;
+        self.lease.lapsed(self.config.id, member, voters, self.ticks)
+            || (self.is_leader()
+                && self.lease.silent_for(member, self.ticks) > lease + self.leaderless_grace())
+    }
+
+    /// Whether this member may start announcing: its lease holds and its
+    /// state is known current. Back in touch with a leader (or just
+    /// started), its state may be stale: it waits a full lease to catch
+    /// up, or less when it has proof (`caught_up_in_new_term`). What it
+    /// announces already goes on while the lease holds (`announced_vips`).
     pub fn may_announce(&self) -> bool {
         if self.removed || !self.lease_valid() {
             return false;
@@ -580,10 +676,8 @@ impl Replica {
     /// log matching a member that applied the leader's first entry of the
     /// term has applied all of them. What the leader commits later about
     /// this member's VIPs treats it as live: the leader heard its vote, so
-    /// it counts as healthy, and a VIP moves away from a healthy member
-    /// only in two commits with the takeover wait (`maybe_reassign_vips`).
-    /// This is what makes a leader's crash cost one election, not an
-    /// election plus a full lease.
+    /// it counts as healthy, and a VIP moves away from a live member only
+    /// in two commits with the takeover wait (`maybe_reassign_vips`).
     fn caught_up_in_new_term(&self) -> bool {
         let raft = &self.raw.raft;
         raft.term > self.stretch_after_term
@@ -592,71 +686,92 @@ impl Replica {
             && self.applied_current_term()
     }
 
-    /// Whether this member carries traffic for everyone now: it may
-    /// announce, is ready, not leaving and not drained. BGP announces the
-    /// service CIDRs while it holds, and in ECMP mode every VIP.
+    /// Whether this member carries traffic for everyone now: BGP
+    /// announces the service CIDRs while it does, and in ECMP mode every
+    /// VIP. It starts once its lease holds and its state is current, and
+    /// goes on while the lease holds and it is ready, not leaving and not
+    /// drained (through a leader's election, too).
     pub fn serving(&self) -> bool {
-        self.may_announce()
-            && !self.leaving
-            && !self.unready
-            && !self.state.drained_members().contains(&self.config.id)
+        self.serving
     }
 
     /// Every VIP announced one by one, while this member serves: what a
     /// member announces in BGP ECMP mode, where every healthy member with
     /// quorum carries every VIP.
     pub fn ecmp_vips(&self) -> BTreeSet<std::net::IpAddr> {
-        if !self.serving() {
+        if !self.serving {
             return BTreeSet::new();
         }
         self.config.scope.vips(&self.state)
     }
 
     /// The VIPs this member announces now: the ones the committed state
-    /// gives it, while its lease holds, once it has been in touch for a
-    /// full lease (so a stale member has caught up), and each only a few
-    /// heartbeats after it became this member's (so a live previous owner
-    /// has applied the change and stopped; a silent one stopped when its
-    /// lease ran out, before the leader gave its VIPs away). No two members
-    /// announce one VIP at the same time; the simulation checks it at every
-    /// step of its fault scenarios.
-    /// A member whose dataplane has not programmed the table announces
+    /// gives it, while its lease holds; each started only once its state
+    /// was known current and a few heartbeats after the VIP became its own
+    /// (so a live previous owner has applied the change and stopped; a
+    /// silent one stopped when its lease lapsed, before the leader gave
+    /// its VIPs away). No two members announce one VIP at the same time;
+    /// the simulation checks it at every step of its fault scenarios. A
+    /// member whose dataplane has not programmed the table announces
     /// nothing (it could not serve what it attracts).
     pub fn announced_vips(&self) -> BTreeSet<std::net::IpAddr> {
-        if !self.may_announce() || self.unready {
+        if self.unready {
             return BTreeSet::new();
         }
-        let takeover = TAKEOVER_HEARTBEATS * self.config.heartbeat_ticks as u64;
-        self.owned_since
-            .iter()
-            .filter(|(_, since)| self.ticks >= **since + takeover)
-            .map(|(vip, _)| *vip)
-            .collect()
+        self.announcing.clone()
     }
 
-    /// Tracks since when this member owns each VIP (after every apply).
+    /// Tracks since when this member owns each VIP, and what it announces
+    /// and serves (after every tick, apply and beat).
     fn note_ownership(&mut self) {
-        // Most applies change no owner: then there is nothing to note.
-        if self
+        // What it announces goes on while its lease holds, and, without a
+        // leader in touch, for `LEADERLESS_LEASES` more (an election).
+        let lease = self.lease_valid()
+            && self.ticks.saturating_sub(self.last_in_touch) <= self.leaderless_grace();
+        let current = self.may_announce();
+        if !lease {
+            // Back, every VIP it owns then is noted afresh (even if no
+            // owner changed meanwhile).
+            self.owned_since.clear();
+            self.noted_owners = None;
+        } else if !self
             .noted_owners
             .as_ref()
             .is_some_and(|noted| self.state.same_vip_owners(noted))
         {
-            return;
+            // Most calls change no owner: then there is nothing to note.
+            self.noted_owners = Some(self.state.clone());
+            let me = self.config.id;
+            let mine: BTreeSet<std::net::IpAddr> = self
+                .state
+                .vip_owners()
+                .iter()
+                .filter(|(_, owner)| **owner == me)
+                .map(|(vip, _)| *vip)
+                .collect();
+            self.owned_since.retain(|vip, _| mine.contains(vip));
+            for vip in mine {
+                self.owned_since.entry(vip).or_insert(self.ticks);
+            }
         }
-        self.noted_owners = Some(self.state.clone());
-        let me = self.config.id;
-        let mine: BTreeSet<std::net::IpAddr> = self
-            .state
-            .vip_owners()
-            .iter()
-            .filter(|(_, owner)| **owner == me)
-            .map(|(vip, _)| *vip)
-            .collect();
-        self.owned_since.retain(|vip, _| mine.contains(vip));
-        for vip in mine {
-            self.owned_since.entry(vip).or_insert(self.ticks);
+        if !lease {
+            self.announcing.clear();
+        } else {
+            self.announcing.retain(|v| self.owned_since.contains_key(v));
+            if current {
+                let takeover = TAKEOVER_HEARTBEATS * self.config.heartbeat_ticks as u64;
+                for (vip, since) in &self.owned_since {
+                    if self.ticks >= since + takeover {
+                        self.announcing.insert(*vip);
+                    }
+                }
+            }
         }
+        let may_serve = lease
+            && !self.leaving
+            && !self.unready
+            && !self.state.drained_members().contains(&self.config.id);
+        self.serving = may_serve && (self.serving || current);
     }
 
     /// On the leader: recompute VIP owners over the healthy, undrained
@@ -706,35 +821,43 @@ impl Replica {
         let current = self.state.vip_owners().clone();
         let target =
             crate::model::assign_owners(&self.config.scope.vips(&self.state), eligible, &current);
-        // A VIP moves in two commits: its live previous owner first
-        // releases it (it is left out), and only once every healthy member
-        // has the entry that released it does its new owner get it. So the
-        // previous owner has stopped, or will within the new owner's
-        // takeover wait, before the new owner starts. A silent previous
-        // owner's lease has run out already: its VIPs move at once.
-        let healthy = self.healthy_members();
+        // A VIP moves in two commits: its previous owner first releases it
+        // (it is left out), and only once every member has applied the
+        // entry that released it, or its lease must have lapsed, does its
+        // new owner get it. So the previous owner has stopped, or will
+        // within the new owner's takeover wait, before the new owner
+        // starts. An owner whose own lease must have lapsed (so many
+        // others stopped hearing it that it cannot make a quorum) has
+        // stopped already: its VIPs move at once. Not merely one this
+        // leader stopped hearing: others may still hear it, and it
+        // announces on (its lease holds) until it applies the release.
         let me = self.config.id;
+        let voters = self.voters();
+        let stopped: BTreeSet<u64> = voters
+            .iter()
+            .copied()
+            .filter(|id| self.stopped(*id, &voters))
+            .collect();
+        let known_applied = &self.known_applied;
         let everyone_has = |index: u64| {
-            healthy.iter().all(|id| {
+            voters.iter().all(|id| {
                 *id == me
-                    || self
-                        .raw
-                        .raft
-                        .prs()
-                        .get(*id)
-                        .is_some_and(|p| p.matched >= index)
+                    || known_applied.get(id).is_some_and(|a| *a >= index)
+                    || stopped.contains(id)
             })
         };
         let mut owners = BTreeMap::new();
         let mut waiting = false;
+        let applied = self.applied;
+        let release_marks = &mut self.release_marks;
         for (vip, owner) in &target {
             match current.get(vip) {
-                Some(old) if old == owner || !healthy.contains(old) => {
+                Some(old) if old == owner || stopped.contains(old) => {
                     owners.insert(*vip, *owner);
                 }
                 Some(_) => waiting = true, // released by this proposal
                 None => {
-                    let mark = *self.release_marks.entry(*vip).or_insert(self.applied);
+                    let mark = *release_marks.entry(*vip).or_insert(applied);
                     if everyone_has(mark) {
                         owners.insert(*vip, *owner);
                     } else {
@@ -786,7 +909,15 @@ impl Replica {
             // its priority (lowered again on the next role change).
             self.raw.raft.set_priority(i64::MAX);
         }
-        self.last_heard.insert(from, self.ticks);
+        self.heard_from(from, &stamp);
+        if let Err(e) = self.raw.step(message) {
+            warn!(peer = from, error = %e, "raft message dropped");
+        }
+    }
+
+    /// What a peer's stamp says: its clock and the echo of this member's,
+    /// its flags, its applied index and its view.
+    fn heard_from(&mut self, from: u64, stamp: &Stamp) {
         self.peers_say.insert(
             from,
             Says {
@@ -795,17 +926,27 @@ impl Replica {
             },
         );
         let seen = self.stamps_from.entry(from).or_default();
-        if seen.0 == stamp.incarnation {
-            seen.1 = seen.1.max(stamp.tick);
-        } else {
+        let restarted = seen.0 != stamp.incarnation;
+        if restarted {
             *seen = (stamp.incarnation, stamp.tick);
+        } else {
+            seen.1 = seen.1.max(stamp.tick);
         }
-        if stamp.echo_incarnation == self.incarnation && stamp.echo_tick <= self.ticks {
-            let confirmed = self.confirmed.entry(from).or_default();
-            *confirmed = (*confirmed).max(stamp.echo_tick);
-        }
-        if let Err(e) = self.raw.step(message) {
-            warn!(peer = from, error = %e, "raft message dropped");
+        let echoed = (stamp.echo_incarnation == self.incarnation).then_some(stamp.echo_tick);
+        let view: Vec<u64> = stamp.hears.iter().map(|(m, _)| *m).collect();
+        self.lease.heard(from, self.ticks, echoed, Some(&view));
+        // A restarted member's applied index starts again from its disk.
+        let known = self.known_applied.entry(from).or_default();
+        *known = if restarted {
+            stamp.applied
+        } else {
+            (*known).max(stamp.applied)
+        };
+        for (member, applied) in &stamp.hears {
+            if *member != self.config.id && *member != from {
+                let known = self.known_applied.entry(*member).or_default();
+                *known = (*known).max(*applied);
+            }
         }
     }
 

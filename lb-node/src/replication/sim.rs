@@ -144,7 +144,10 @@ fn view(r: &mut Replica) -> View {
 struct InFlight {
     at: u64,
     seq: u64,
-    message: Message,
+    from: u64,
+    to: u64,
+    /// None: a beat.
+    message: Option<Message>,
     stamp: super::replica::Stamp,
 }
 
@@ -436,6 +439,12 @@ impl Sim {
             .unwrap_or_default()
     }
 
+    /// Whether member `id` serves every VIP now (ECMP mode, service
+    /// CIDRs); false when it is down.
+    pub fn serving(&self, id: u64) -> bool {
+        self.members[&id].with(|r| r.serving()).unwrap_or(false)
+    }
+
     /// Which member announces each VIP now (the first one found, if several).
     pub fn announcers(&self) -> BTreeMap<IpAddr, u64> {
         let mut by_vip = BTreeMap::new();
@@ -568,13 +577,21 @@ impl Sim {
         let due = self.network.partition_point(|m| m.at <= self.now);
         let delivering: Vec<InFlight> = self.network.drain(..due).collect();
         for m in delivering {
-            let (from, to) = (m.message.from, m.message.to);
-            let snapshot = m.message.get_msg_type() == MessageType::MsgSnapshot;
+            let (from, to) = (m.from, m.to);
+            let snapshot = m
+                .message
+                .as_ref()
+                .is_some_and(|m| m.get_msg_type() == MessageType::MsgSnapshot);
             let (message, stamp) = (m.message, m.stamp);
             let delivered = self
                 .members
                 .get(&to)
-                .and_then(|mem| mem.with(move |r| r.step(message, stamp)))
+                .and_then(|mem| {
+                    mem.with(move |r| match message {
+                        Some(message) => r.step(message, stamp),
+                        None => r.beat(from, &stamp),
+                    })
+                })
                 .is_some();
             // The real transport knows when a stream breaks or a snapshot
             // has been sent, and tells the sender; so does the simulation.
@@ -593,8 +610,21 @@ impl Sim {
             }
         }
         if self.now.is_multiple_of(TICK_MS) {
-            for m in self.members.values() {
-                m.with(|r| r.tick());
+            let mut beats = Vec::new();
+            for (id, m) in &self.members {
+                let id = *id;
+                if let Some(stamped) = m.with(move |r| {
+                    r.tick();
+                    r.take_beats()
+                        .into_iter()
+                        .map(|to| (to, r.stamp_for(to)))
+                        .collect::<Vec<_>>()
+                }) {
+                    beats.extend(stamped.into_iter().map(|(to, stamp)| (id, to, stamp)));
+                }
+            }
+            for (from, to, stamp) in beats {
+                self.transmit(from, to, None, stamp);
             }
         }
         for id in self.ids() {
@@ -648,6 +678,36 @@ impl Sim {
     }
 
     fn send(&mut self, message: Message, stamp: super::replica::Stamp) {
+        let (from, to) = (message.from, message.to);
+        self.transmit(from, to, Some(message), stamp);
+    }
+
+    /// Puts a message (or, with None, a beat) on the network.
+    fn transmit(
+        &mut self,
+        from: u64,
+        to: u64,
+        message: Option<Message>,
+        stamp: super::replica::Stamp,
+    ) {
+        let Some(message) = message else {
+            if self.cut.contains(&(from, to)) || self.rng.gen_bool(self.faults.drop) {
+                return;
+            }
+            let delay = self
+                .rng
+                .gen_range(self.faults.delay_ms.0..=self.faults.delay_ms.1);
+            self.seq += 1;
+            self.network.push(InFlight {
+                at: self.now + delay,
+                seq: self.seq,
+                from,
+                to,
+                message: None,
+                stamp,
+            });
+            return;
+        };
         if self.trace {
             eprintln!(
                 "t={} {:?} {}->{} term {} index {} log_term {} commit {} reject {}",
@@ -693,8 +753,10 @@ impl Sim {
             self.network.push(InFlight {
                 at: self.now + delay,
                 seq: self.seq,
-                message: message.clone(),
-                stamp,
+                from,
+                to,
+                message: Some(message.clone()),
+                stamp: stamp.clone(),
             });
         }
     }

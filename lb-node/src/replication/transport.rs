@@ -75,13 +75,14 @@ impl PeerService {
 
     /// Checks one envelope; the error says what is wrong, naming the peer.
     /// With mutual TLS, `certs` is the chain the peer presented, and the
-    /// envelope's sender must be the member its certificate names.
+    /// envelope's sender must be the member its certificate names. A beat
+    /// (no Raft message) gives None.
     fn admit(
         &self,
         envelope: &Envelope,
         remote: Option<SocketAddr>,
         certs: Option<&[CertificateDer<'static>]>,
-    ) -> Result<Message, String> {
+    ) -> Result<Option<Message>, String> {
         let peer = format!(
             "member {} at {}",
             envelope.from,
@@ -111,6 +112,16 @@ impl PeerService {
                 envelope.to, self.gate.me
             ));
         }
+        if envelope.hears.len() != envelope.hears_applied.len() {
+            return Err(format!(
+                "{peer}: {} members heard but {} applied indexes",
+                envelope.hears.len(),
+                envelope.hears_applied.len()
+            ));
+        }
+        if envelope.message.is_empty() {
+            return Ok(None);
+        }
         let message = Message::parse_from_bytes(&envelope.message)
             .map_err(|e| format!("{peer}: undecodable raft message: {e}"))?;
         if message.from != envelope.from || message.to != envelope.to {
@@ -118,7 +129,7 @@ impl PeerService {
                 "{peer}: envelope and message disagree on sender or receiver"
             ));
         }
-        Ok(message)
+        Ok(Some(message))
     }
 }
 
@@ -149,12 +160,19 @@ impl Peer for PeerService {
                         echo_tick: envelope.echo_tick,
                         leaving: envelope.leaving,
                         unready: envelope.unready,
+                        applied: envelope.applied,
+                        hears: envelope
+                            .hears
+                            .iter()
+                            .copied()
+                            .zip(envelope.hears_applied.iter().copied())
+                            .collect(),
                     };
-                    if self
-                        .inputs
-                        .send(Input::Raft(Box::new(message), stamp))
-                        .is_err()
-                    {
+                    let input = match message {
+                        Some(m) => Input::Raft(Box::new(m), stamp),
+                        None => Input::Beat(envelope.from, stamp),
+                    };
+                    if self.inputs.send(input).is_err() {
                         return Err(Status::unavailable("member is stopping"));
                     }
                 }
@@ -227,8 +245,8 @@ struct OutboxInner {
 #[derive(Debug)]
 struct Lanes {
     address: String,
-    ordinary: mpsc::UnboundedSender<(Message, Stamp)>,
-    snapshots: mpsc::UnboundedSender<(Message, Stamp)>,
+    ordinary: mpsc::UnboundedSender<(Option<Message>, Stamp)>,
+    snapshots: mpsc::UnboundedSender<(Option<Message>, Stamp)>,
 }
 
 impl PeerOutbox {
@@ -258,8 +276,19 @@ impl PeerOutbox {
 
 impl Outbox for PeerOutbox {
     fn send(&self, message: Message, stamp: Stamp) {
-        let inner = &self.inner;
         let to = message.to;
+        self.inner.queue(to, Some(message), stamp);
+    }
+
+    fn beat(&self, to: u64, stamp: Stamp) {
+        self.inner.queue(to, None, stamp);
+    }
+}
+
+impl OutboxInner {
+    /// Queues a message (or, with None, a beat) on the lane to `to`.
+    fn queue(&self, to: u64, message: Option<Message>, stamp: Stamp) {
+        let inner = self;
         let Some(address) = inner.members.borrow().members().get(&to).cloned() else {
             debug!(peer = to, "no address for peer; message dropped");
             let _ = inner.inputs.send(Input::Unreachable(to));
@@ -273,7 +302,9 @@ impl Outbox for PeerOutbox {
             // The member moved: new connections to the new address.
             *lane = inner.open_lanes(to, address);
         }
-        let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+        let snapshot = message
+            .as_ref()
+            .is_some_and(|m| m.get_msg_type() == MessageType::MsgSnapshot);
         let sent = if snapshot {
             lane.snapshots.send((message, stamp))
         } else {
@@ -287,9 +318,7 @@ impl Outbox for PeerOutbox {
             });
         }
     }
-}
 
-impl OutboxInner {
     fn open_lanes(&self, to: u64, address: String) -> Lanes {
         let (ordinary, ordinary_rx) = mpsc::unbounded_channel();
         let (snapshots, snapshots_rx) = mpsc::unbounded_channel();
@@ -324,8 +353,13 @@ struct LaneTask {
 }
 
 impl LaneTask {
-    fn envelope(&self, (message, stamp): &(Message, Stamp)) -> Option<Envelope> {
-        match message.write_to_bytes() {
+    /// The envelope of a message, or of a beat (no message).
+    fn envelope(&self, (message, stamp): &(Option<Message>, Stamp)) -> Option<Envelope> {
+        let bytes = match message {
+            Some(m) => m.write_to_bytes(),
+            None => Ok(Vec::new()),
+        };
+        match bytes {
             Ok(bytes) => Some(Envelope {
                 cluster_id: self.cluster_id.clone(),
                 from: self.me,
@@ -337,6 +371,9 @@ impl LaneTask {
                 echo_tick: stamp.echo_tick,
                 leaving: stamp.leaving,
                 unready: stamp.unready,
+                hears: stamp.hears.iter().map(|(m, _)| *m).collect(),
+                hears_applied: stamp.hears.iter().map(|(_, a)| *a).collect(),
+                applied: stamp.applied,
             }),
             Err(e) => {
                 warn!(peer = self.to, error = %e, "cannot encode raft message");
@@ -364,7 +401,7 @@ impl LaneTask {
     }
 
     /// Ordinary messages: one long-lived stream, reconnected with backoff.
-    async fn run_ordinary(self, mut queue: mpsc::UnboundedReceiver<(Message, Stamp)>) {
+    async fn run_ordinary(self, mut queue: mpsc::UnboundedReceiver<(Option<Message>, Stamp)>) {
         let mut backoff = BACKOFF_MIN;
         loop {
             let channel = tokio::select! {
@@ -421,7 +458,7 @@ impl LaneTask {
     }
 
     /// Snapshots: each on its own connection; the node learns the outcome.
-    async fn run_snapshots(self, mut queue: mpsc::UnboundedReceiver<(Message, Stamp)>) {
+    async fn run_snapshots(self, mut queue: mpsc::UnboundedReceiver<(Option<Message>, Stamp)>) {
         loop {
             let message = tokio::select! {
                 _ = self.shutdown.cancelled() => return,

@@ -686,3 +686,152 @@ fn a_member_takes_no_vip_before_its_dataplane_is_ready() {
         eprintln!("seed {seed}: member {restarted} announcing {back} ms (virtual) after ready");
     }
 }
+
+/// A leader's crash withdraws no VIP of a live member (ARCHITECTURE.md,
+/// rules 5 and 8): from the crash until a new leader has given the dead
+/// leader's VIPs away, at every step, each survivor announces every VIP it
+/// announced before and goes on serving (what BGP's ECMP mode and the
+/// service CIDRs announce). Before leases held without a leader, every
+/// member withdrew everything for about an election.
+#[test]
+fn a_leader_crash_withdraws_no_vip_of_a_live_member() {
+    use std::collections::{BTreeMap, BTreeSet};
+    for seed in 0..SEEDS {
+        let mut sim = Sim::new(3, seed);
+        sim.check_announcements = true;
+        assert!(sim.run_until_converged(5_000), "seed {seed}: no leader");
+        sim.propose(6);
+        sim.run(2_000);
+        let leader = sim.leader().expect("a leader");
+        let survivors: Vec<u64> = sim.ids().into_iter().filter(|id| *id != leader).collect();
+        let before: BTreeMap<u64, BTreeSet<std::net::IpAddr>> = survivors
+            .iter()
+            .map(|id| (*id, sim.announced(*id)))
+            .collect();
+        assert!(
+            before.values().all(|v| !v.is_empty()),
+            "seed {seed}: each survivor announces: {before:?}"
+        );
+        assert!(survivors.iter().all(|id| sim.serving(*id)), "seed {seed}");
+        sim.crash(leader);
+        let mut t = 0;
+        while t < 3_000 {
+            sim.run(super::STEP_MS);
+            t += super::STEP_MS;
+            for id in &survivors {
+                let now = sim.announced(*id);
+                assert!(
+                    before[id].is_subset(&now),
+                    "seed {seed}: {t} ms after the leader's crash member {id} announces {now:?}, not all of {:?}",
+                    before[id]
+                );
+                assert!(
+                    sim.serving(*id),
+                    "seed {seed}: {t} ms after the leader's crash member {id} stopped serving"
+                );
+            }
+        }
+        assert_eq!(
+            sim.announcers().len(),
+            6,
+            "seed {seed}: the dead leader's VIPs announced again"
+        );
+        assert!(
+            sim.split_brain.is_empty(),
+            "seed {seed}: split brain: {:?}",
+            &sim.split_brain[..sim.split_brain.len().min(5)]
+        );
+    }
+}
+
+/// The leader loses a member that the other member still hears (their
+/// link cut, the rest fine): the member's lease holds (a quorum hears it),
+/// so it announces on, and the leader must not give its VIPs away on its
+/// own silence; only once the member has stopped (out of touch with any
+/// leader for the leaderless grace) do they move. At no step do two
+/// members announce one VIP. A lease that counts only the leader's ear
+/// gives a split brain here.
+#[test]
+fn a_member_only_the_leader_lost_is_not_announced_over() {
+    for seed in 0..SEEDS {
+        let mut sim = Sim::new(3, seed);
+        sim.check_announcements = true;
+        assert!(sim.run_until_converged(5_000), "seed {seed}: no leader");
+        sim.propose(6);
+        sim.run(2_000);
+        let leader = sim.leader().expect("a leader");
+        let cut = follower(&sim);
+        assert!(!sim.announced(cut).is_empty(), "seed {seed}");
+        sim.cut_one_way(leader, cut);
+        sim.cut_one_way(cut, leader);
+        sim.run(6_000);
+        assert!(
+            sim.split_brain.is_empty(),
+            "seed {seed}: split brain: {:?}",
+            &sim.split_brain[..sim.split_brain.len().min(5)]
+        );
+        assert_eq!(
+            sim.announcers().len(),
+            6,
+            "seed {seed}: every VIP announced by somebody"
+        );
+        sim.heal();
+        sim.run(3_000);
+        assert!(
+            sim.split_brain.is_empty(),
+            "seed {seed}: split brain after the heal: {:?}",
+            &sim.split_brain[..sim.split_brain.len().min(5)]
+        );
+        assert_eq!(sim.announcers().len(), 6, "seed {seed}");
+    }
+}
+
+/// The leader dies in the middle of a VIP move (a member is drained: its
+/// VIPs are released, then given to others in a second commit): the new
+/// leader inherits the half-done move and finishes it; at no step do two
+/// members announce one VIP, and every VIP is announced again.
+#[test]
+fn a_leader_crash_in_the_middle_of_a_vip_move_finishes_it_safely() {
+    use crate::model::Command;
+    for seed in 0..SEEDS {
+        let mut sim = Sim::new(3, seed);
+        sim.check_announcements = true;
+        assert!(sim.run_until_converged(5_000), "seed {seed}: no leader");
+        sim.propose(6);
+        sim.run(2_000);
+        let leader = sim.leader().expect("a leader");
+        let drained = follower(&sim);
+        assert!(sim.propose_command(Command::SetMemberDrained {
+            member: drained,
+            drained: true
+        }));
+        // Until the leader has released the drained member's VIPs (some
+        // VIP without an owner), then it dies.
+        let mut t = 0;
+        while t < 2_000 {
+            sim.run(super::STEP_MS);
+            t += super::STEP_MS;
+            let state = sim.state(leader).expect("the leader is up");
+            if state.vip_owners().len() < 6 {
+                break;
+            }
+        }
+        assert!(t < 2_000, "seed {seed}: no VIP was ever released");
+        sim.crash(leader);
+        sim.run(4_000);
+        assert!(
+            sim.split_brain.is_empty(),
+            "seed {seed}: split brain: {:?}",
+            &sim.split_brain[..sim.split_brain.len().min(5)]
+        );
+        assert!(
+            sim.announced(drained).is_empty(),
+            "seed {seed}: the drained member announces"
+        );
+        assert_eq!(
+            sim.announcers().len(),
+            6,
+            "seed {seed}: every VIP announced after the new leader finished the move"
+        );
+    }
+}
