@@ -120,7 +120,8 @@ async fn bad_peer_input_is_refused_and_named() -> anyhow::Result<()> {
     .await
     .expect_err("a malformed view is refused");
     assert!(
-        err.message().contains("2 members heard but 1 applied indexes"),
+        err.message()
+            .contains("2 members heard but 1 applied indexes"),
         "{}",
         err.message()
     );

@@ -139,11 +139,7 @@ type AnnouncedSets = (
 
 /// The member's status; `announced` is computed again only when asked
 /// (`None`), because it costs O(VIPs) and the loop runs per message.
-fn status_of(
-    replica: &Replica,
-    announced: Option<AnnouncedSets>,
-    clock: &TickClock,
-) -> RaftStatus {
+fn status_of(replica: &Replica, announced: Option<AnnouncedSets>, clock: &TickClock) -> RaftStatus {
     let (announced, ecmp) = announced.unwrap_or_else(|| {
         (
             Arc::new(replica.announced_vips()),
@@ -255,7 +251,9 @@ pub fn run(
             // Ticks missed while this thread could not run (a stalled
             // disk, a paused process) count for the leases, which are real
             // time, though Raft gets one tick, not a burst.
-            let missed = Instant::now().saturating_duration_since(next_tick).as_nanos()
+            let missed = Instant::now()
+                .saturating_duration_since(next_tick)
+                .as_nanos()
                 / tick.as_nanos().max(1);
             replica.tick();
             if missed > 0 {

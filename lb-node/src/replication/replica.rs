@@ -169,8 +169,12 @@ pub struct Replica {
     /// another's view): the leader gives a released VIP away once every
     /// member that may still announce it has applied its release.
     known_applied: BTreeMap<u64, u64>,
-    /// Beats are due to every other voter (once per heartbeat).
+    /// Beats are due to every other voter (once per heartbeat, and at
+    /// once when this member stops or starts hearing someone: the leader
+    /// learns a silence from the views without waiting a heartbeat).
     beats_due: bool,
+    /// The view sent last.
+    last_view: Vec<u64>,
     /// This process's run of the member (a restart starts a new one): the
     /// ticks of an earlier run mean nothing to this one.
     incarnation: u64,
@@ -361,6 +365,7 @@ impl Replica {
             lease: Lease::new(lease_length),
             known_applied: BTreeMap::new(),
             beats_due: false,
+            last_view: Vec::new(),
             incarnation: unix_now_us(),
             stamps_from: BTreeMap::new(),
             leaving: false,
@@ -508,6 +513,11 @@ impl Replica {
             self.raw.tick();
             self.ticks += 1;
             let heartbeat = self.config.heartbeat_ticks.max(1) as u64;
+            let view = self.lease.view(self.ticks);
+            if view != self.last_view {
+                self.last_view = view;
+                self.beats_due = true;
+            }
             if self.ticks.is_multiple_of(heartbeat) {
                 // Every member beats to every other, leader or not: the
                 // leases do not depend on who leads.
@@ -604,10 +614,7 @@ impl Replica {
     /// longer make a quorum stops announcing within a lease, before the
     /// others may give its VIPs away (`Lease::lapsed`).
     pub fn lease_valid(&self) -> bool {
-        !self.removed
-            && self
-                .lease
-                .holds(self.config.id, &self.voters(), self.ticks)
+        !self.removed && self.lease.holds(self.config.id, &self.voters(), self.ticks)
     }
 
     /// The last tick at which the lease holds without news; None when it
@@ -642,7 +649,8 @@ impl Replica {
     /// and it stopped (both counted from when it sent: equal tick rates).
     fn stopped(&self, member: u64, voters: &[u64]) -> bool {
         let lease = self.config.election_ticks as u64;
-        self.lease.lapsed(self.config.id, member, voters, self.ticks)
+        self.lease
+            .lapsed(self.config.id, member, voters, self.ticks)
             || (self.is_leader()
                 && self.lease.silent_for(member, self.ticks) > lease + self.leaderless_grace())
     }
@@ -848,12 +856,19 @@ impl Replica {
         };
         let mut owners = BTreeMap::new();
         let mut waiting = false;
+        let healthy = self.healthy_members();
         let applied = self.applied;
         let release_marks = &mut self.release_marks;
         for (vip, owner) in &target {
             match current.get(vip) {
                 Some(old) if old == owner || stopped.contains(old) => {
                     owners.insert(*vip, *owner);
+                }
+                // Silent, but it may still announce: it keeps the VIP until
+                // it must have stopped (then it moves in one commit).
+                Some(old) if !healthy.contains(old) => {
+                    owners.insert(*vip, *old);
+                    waiting = true;
                 }
                 Some(_) => waiting = true, // released by this proposal
                 None => {
@@ -918,6 +933,16 @@ impl Replica {
     /// What a peer's stamp says: its clock and the echo of this member's,
     /// its flags, its applied index and its view.
     fn heard_from(&mut self, from: u64, stamp: &Stamp) {
+        if self.note_stamp(from, stamp) && self.is_leader() {
+            // A member heard or no longer heard by a peer: an owner may
+            // have stopped, and its VIPs may move now, not at the next
+            // heartbeat.
+            self.maybe_reassign_vips();
+        }
+    }
+
+    /// Takes in what a peer's stamp says; returns whether its view changed.
+    fn note_stamp(&mut self, from: u64, stamp: &Stamp) -> bool {
         self.peers_say.insert(
             from,
             Says {
@@ -934,7 +959,7 @@ impl Replica {
         }
         let echoed = (stamp.echo_incarnation == self.incarnation).then_some(stamp.echo_tick);
         let view: Vec<u64> = stamp.hears.iter().map(|(m, _)| *m).collect();
-        self.lease.heard(from, self.ticks, echoed, Some(&view));
+        let view_changed = self.lease.heard(from, self.ticks, echoed, Some(&view));
         // A restarted member's applied index starts again from its disk.
         let known = self.known_applied.entry(from).or_default();
         *known = if restarted {
@@ -948,6 +973,7 @@ impl Replica {
                 *known = (*known).max(*applied);
             }
         }
+        view_changed
     }
 
     /// Proposes a batch of commands as one entry; returns its proposal id,

@@ -51,15 +51,26 @@ impl Lease {
     /// A message from `from` arrived at tick `now`; it echoed this
     /// member's tick `echoed` (when the echo is of this member's current
     /// run) and said it heard `view` within its lease (when it said).
-    pub fn heard(&mut self, from: u64, now: u64, echoed: Option<u64>, view: Option<&[u64]>) {
+    /// Returns whether its view changed.
+    pub fn heard(
+        &mut self,
+        from: u64,
+        now: u64,
+        echoed: Option<u64>,
+        view: Option<&[u64]>,
+    ) -> bool {
         self.heard.insert(from, now);
         if let Some(t) = echoed.filter(|t| *t <= now) {
             let c = self.confirmed.entry(from).or_default();
             *c = (*c).max(t);
         }
-        if let Some(v) = view {
-            self.views.insert(from, (v.to_vec(), now));
-        }
+        let Some(v) = view else { return false };
+        let changed = self
+            .views
+            .get(&from)
+            .is_none_or(|(old, _)| old.as_slice() != v);
+        self.views.insert(from, (v.to_vec(), now));
+        changed
     }
 
     /// Forgets a member (removed from the cluster, or restarted: its old
@@ -184,7 +195,10 @@ mod tests {
         l.heard(2, 6, Some(5), Some(&[1, 3]));
         assert_eq!(l.until(1, &VOTERS, 6), Some(15));
         assert!(l.holds(1, &VOTERS, 15));
-        assert!(!l.holds(1, &VOTERS, 16), "lapsed a full lease after the echoed tick");
+        assert!(
+            !l.holds(1, &VOTERS, 16),
+            "lapsed a full lease after the echoed tick"
+        );
         // An echo of a tick not reached yet (another run's) is ignored.
         l.heard(3, 16, Some(99), None);
         assert!(!l.holds(1, &VOTERS, 16));
@@ -199,7 +213,11 @@ mod tests {
         l.heard(2, 3, Some(3), None);
         assert!(!l.holds(1, &voters, 3));
         l.heard(5, 4, Some(1), None);
-        assert_eq!(l.until(1, &voters, 4), Some(11), "the older of the two echoes");
+        assert_eq!(
+            l.until(1, &voters, 4),
+            Some(11),
+            "the older of the two echoes"
+        );
         assert_eq!(Lease::new(10).until(7, &[7], 1_000), Some(u64::MAX));
         assert!(!Lease::new(10).holds(7, &[], 0));
     }
