@@ -28,9 +28,10 @@
 //!   CIDR to the router, which spreads it over them by ECMP; nodes and
 //!   members have the router as their default route.
 //!
-//! No node or pod namespace holds a firewall rule of any kind
-//! (`Lab::service_rules` checks it): Service traffic leaves the node as
-//! plain routed packets.
+//! No node or pod namespace holds a firewall rule of any kind, once the
+//! connectivity drill removed its stand-ins for kube-proxy's
+//! (`Lab::service_rules` checks it; empty base chains are no rule):
+//! Service traffic leaves the node as plain routed packets.
 //!
 //! Needs root, iproute2, tcpdump, BIRD 2 (`bird`, `birdc`) and, for the
 //! traffic through the members, a kernel with IPVS (`--tier ipvs`, the
@@ -823,9 +824,21 @@ impl Lab {
             .chain(self.pods.iter().map(|p| p.name.clone()))
             .collect();
         for name in names {
+            // Rules, not the empty base chains (policy accept) that
+            // `iptables-restore` leaves in a nat table it was given empty.
             let ruleset = self.exec(&name, &["nft", "list", "ruleset"])?;
-            if !ruleset.trim().is_empty() {
-                found.push((name.clone(), ruleset.trim().to_owned()));
+            let rules: Vec<&str> = ruleset
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !["table ", "chain ", "type ", "}"]
+                            .iter()
+                            .any(|p| l.starts_with(p))
+                })
+                .collect();
+            if !rules.is_empty() {
+                found.push((name.clone(), rules.join("; ")));
             }
             let legacy = std::fs::read_to_string("/proc/net/ip_tables_names").unwrap_or_default();
             if !legacy.trim().is_empty() {

@@ -1,8 +1,9 @@
 //! A fake Kubernetes API server for tests: no real kube-apiserver can be
 //! installed here, so this one speaks the HTTP protocol that kube-rs and
-//! kubectl use, for three resources: `v1/services` (with the `status`
-//! subresource), `discovery.k8s.io/v1/endpointslices` and the
-//! cluster-scoped `v1/nodes`.
+//! kubectl use, for four resources: `v1/services` (with the `status`
+//! subresource), `discovery.k8s.io/v1/endpointslices`, the cluster-scoped
+//! `v1/nodes`, and `apps/v1/daemonsets` (stored only: the README's steps
+//! that switch kube-proxy's DaemonSet off and back are run against it).
 //!
 //! What it implements, as the real server does:
 //! - discovery (`/version`, `/api`, `/api/v1`, `/apis`, `/apis/<group>/<v>`)
@@ -57,6 +58,7 @@ pub enum Kind {
     EndpointSlices,
     /// Cluster-scoped: stored and listed without a namespace.
     Nodes,
+    DaemonSets,
 }
 
 impl Kind {
@@ -65,6 +67,7 @@ impl Kind {
             Kind::Services => "services",
             Kind::EndpointSlices => "endpointslices",
             Kind::Nodes => "nodes",
+            Kind::DaemonSets => "daemonsets",
         }
     }
     fn kind(self) -> &'static str {
@@ -72,12 +75,14 @@ impl Kind {
             Kind::Services => "Service",
             Kind::EndpointSlices => "EndpointSlice",
             Kind::Nodes => "Node",
+            Kind::DaemonSets => "DaemonSet",
         }
     }
     fn api_version(self) -> &'static str {
         match self {
             Kind::Services | Kind::Nodes => "v1",
             Kind::EndpointSlices => "discovery.k8s.io/v1",
+            Kind::DaemonSets => "apps/v1",
         }
     }
     /// Whether objects live in a namespace.
@@ -648,12 +653,12 @@ struct Target {
 
 fn parse_path(path: &str) -> Option<Target> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let rest: &[&str] = match parts.as_slice() {
-        ["api", "v1", rest @ ..] => rest,
-        ["apis", "discovery.k8s.io", "v1", rest @ ..] => rest,
+    let (group, rest): (&str, &[&str]) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", "discovery.k8s.io", "v1", rest @ ..] => ("discovery.k8s.io", rest),
+        ["apis", "apps", "v1", rest @ ..] => ("apps", rest),
         _ => return None,
     };
-    let core = parts[0] == "api";
     let (namespace, rest) = match rest {
         ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some((*ns).to_owned()), rest),
         _ => (None, rest),
@@ -664,10 +669,11 @@ fn parse_path(path: &str) -> Option<Target> {
         [plural, name, sub] => (*plural, Some((*name).to_owned()), Some(*sub)),
         _ => return None,
     };
-    let kind = match (core, plural) {
-        (true, "services") => Kind::Services,
-        (true, "nodes") if namespace.is_none() => Kind::Nodes,
-        (false, "endpointslices") => Kind::EndpointSlices,
+    let kind = match (group, plural) {
+        ("", "services") => Kind::Services,
+        ("", "nodes") if namespace.is_none() => Kind::Nodes,
+        ("discovery.k8s.io", "endpointslices") => Kind::EndpointSlices,
+        ("apps", "daemonsets") => Kind::DaemonSets,
         _ => return None,
     };
     let status = match sub {
@@ -748,7 +754,16 @@ fn discovery(path: &str) -> Option<Value> {
                 "name": "discovery.k8s.io",
                 "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
                 "preferredVersion": {"groupVersion": "discovery.k8s.io/v1", "version": "v1"}
+            }, {
+                "name": "apps",
+                "versions": [{"groupVersion": "apps/v1", "version": "v1"}],
+                "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}
             }]
+        })),
+        "/apis/apps/v1" => Some(json!({
+            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "apps/v1",
+            "resources": [{"name": "daemonsets", "singularName": "daemonset", "namespaced": true,
+                           "kind": "DaemonSet", "verbs": all, "shortNames": ["ds"]}]
         })),
         "/apis/discovery.k8s.io/v1" => Some(json!({
             "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "discovery.k8s.io/v1",

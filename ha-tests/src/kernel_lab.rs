@@ -47,6 +47,13 @@ pub const MODULES: &[&str] = &[
     "bridge",
     "sctp",
     "nft_chain_nat",
+    // `dnat to`: the cluster lab's stand-in for kube-proxy's nftables mode.
+    "nft_nat",
+    // iptables-nft asks the kernel which revisions of its matches and
+    // targets it knows (through nft_compat) before it translates them.
+    "nft_compat",
+    "xt_tcpudp",
+    "xt_nat",
     "nft_masq",
     "nft_ct",
     // lb-node's flow hand-over (netdev ingress, `fwd`).
@@ -59,7 +66,16 @@ const TOOLS: &[(&str, &str)] = &[
     ("/usr/bin/ip", "iproute2"),
     ("/usr/sbin/nft", "nftables"),
     ("/usr/sbin/ipvsadm", "ipvsadm"),
+    // iptables-nft (one program that acts by its name), for the cluster
+    // lab's stand-in for kube-proxy's iptables mode.
+    ("/usr/sbin/iptables", "iptables"),
+    ("/usr/sbin/iptables-save", "iptables"),
+    ("/usr/sbin/iptables-restore", "iptables"),
 ];
+
+/// iptables' extensions (matches and targets), which it opens by name when
+/// a rule uses them: no `ldd` finds them.
+const XTABLES: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 
 /// A kernel and its modules.
 #[derive(Debug, Clone)]
@@ -240,6 +256,17 @@ impl KernelLab {
         for (tool, _) in TOOLS {
             cpio.file(tool.trim_start_matches('/'), &std::fs::read(tool)?, 0o755);
             libs.extend(shared_libraries(Path::new(tool))?);
+        }
+        if let Ok(entries) = std::fs::read_dir(XTABLES) {
+            cpio.parents(&format!("{}/x", XTABLES.trim_start_matches('/')));
+            for entry in entries {
+                let path = entry?.path();
+                if path.extension().is_some_and(|e| e == "so") {
+                    let guest = path.to_string_lossy().trim_start_matches('/').to_owned();
+                    cpio.file(&guest, &std::fs::read(&path)?, 0o755);
+                    libs.extend(shared_libraries(&path)?);
+                }
+            }
         }
         for (guest, host) in files {
             let data = if is_elf(host)? {

@@ -228,3 +228,105 @@ async fn kube_rs_pages_watches_and_gets_410_after_compaction() -> anyhow::Result
     }
     Ok(())
 }
+
+/// The kubectl commands of README's *Replacing kube-proxy*, steps 3 and 4,
+/// run as written (by `sh`, from the README's own text) against a
+/// kube-proxy DaemonSet: the backup copy is written, the patch gives the
+/// pods a node selector no node has, and the rollback takes it away again.
+/// A `kubectl replace` of the backup, which the README once said, is
+/// refused after the patch (its resourceVersion is stale): checked, so the
+/// README does not say it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_switches_kube_proxy_off_and_back() -> anyhow::Result<()> {
+    let api = FakeApi::start(Duration::from_secs(1)).await?;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = api.write_kubeconfig(dir.path(), "kubectl")?;
+    api.apply(
+        Kind::DaemonSets,
+        json!({
+            "apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "kube-proxy", "namespace": "kube-system",
+                         "labels": {"k8s-app": "kube-proxy"}},
+            "spec": {
+                "selector": {"matchLabels": {"k8s-app": "kube-proxy"}},
+                "template": {
+                    "metadata": {"labels": {"k8s-app": "kube-proxy"}},
+                    "spec": {"nodeSelector": {"kubernetes.io/os": "linux"},
+                             "containers": [{"name": "kube-proxy",
+                                             "image": "registry.k8s.io/kube-proxy:v1.32.0"}]}
+                }
+            }
+        }),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let readme = include_str!("../../README.md");
+    // The shell lines of the README's code blocks that call kubectl on
+    // kube-proxy, continuation lines joined.
+    let text = readme.replace("\\\n", " ");
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("kubectl -n kube-system") && l.contains("kube-proxy"))
+        .collect();
+    let [backup, switch_off, rollback] = lines.as_slice() else {
+        panic!("expected the backup, the switch-off and the rollback in the README: {lines:?}");
+    };
+    let sh = |line: &str| -> anyhow::Result<String> {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(line)
+            .env("KUBECONFIG", &kubeconfig)
+            .current_dir(dir.path())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "`{line}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let selector = |api: &FakeApi| {
+        api.get(Kind::DaemonSets, "kube-system", "kube-proxy")
+            .map(|d| d["spec"]["template"]["spec"]["nodeSelector"].clone())
+    };
+
+    sh(backup)?;
+    let saved = std::fs::read_to_string(dir.path().join("kube-proxy.yaml"))?;
+    assert!(
+        saved.contains("kind: DaemonSet") && saved.contains("name: kube-proxy"),
+        "{saved}"
+    );
+    sh(switch_off)?;
+    assert_eq!(
+        selector(&api),
+        Some(json!({"kubernetes.io/os": "linux", "lb-node.io/kube-proxy": "off"}))
+    );
+    // The backup can no longer be put back as it is.
+    let replaced = Command::new("kubectl")
+        .args([
+            "-n",
+            "kube-system",
+            "replace",
+            "--validate=false",
+            "-f",
+            "kube-proxy.yaml",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .current_dir(dir.path())
+        .output()?;
+    assert!(!replaced.status.success(), "a stale replace went through");
+    assert!(
+        String::from_utf8_lossy(&replaced.stderr).contains("has been modified"),
+        "{}",
+        String::from_utf8_lossy(&replaced.stderr)
+    );
+    sh(rollback)?;
+    assert_eq!(
+        selector(&api),
+        Some(json!({"kubernetes.io/os": "linux"})),
+        "the rollback leaves kube-proxy's own selector"
+    );
+    let table = kubectl(&kubeconfig, &["-n", "kube-system", "get", "ds"])?;
+    assert!(table.contains("kube-proxy"), "{table}");
+    Ok(())
+}
