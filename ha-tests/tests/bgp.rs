@@ -14,6 +14,9 @@ use ha_tests::l2lab::{Lab, VIP6, VIPS};
 
 const HOLD: u64 = 6;
 
+/// BIRD's BFD, 100 ms x 3 on every interface.
+const BIRD_BFD: &str = "protocol bfd {\n  interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };\n}\n";
+
 struct Bird {
     child: Child,
 }
@@ -29,6 +32,14 @@ fn start_bird(lab: &Lab) -> anyhow::Result<Bird> {
     start_bird_as(lab, "bird", 179, 65000, 65001)
 }
 
+/// `start_bird_as` with more configuration: `global` at the top level,
+/// `session` in every BGP session, and the hold time.
+struct BirdExtra<'a> {
+    global: &'a str,
+    session: &'a str,
+    hold: u64,
+}
+
 /// A BIRD instance `name` in the router namespace, listening on `port`,
 /// in AS `asn`, peering with the three members (AS `member_as`).
 fn start_bird_as(
@@ -38,14 +49,41 @@ fn start_bird_as(
     asn: u32,
     member_as: u32,
 ) -> anyhow::Result<Bird> {
+    start_bird_with(
+        lab,
+        name,
+        port,
+        asn,
+        member_as,
+        BirdExtra {
+            global: "",
+            session: "",
+            hold: HOLD,
+        },
+    )
+}
+
+fn start_bird_with(
+    lab: &Lab,
+    name: &str,
+    port: u16,
+    asn: u32,
+    member_as: u32,
+    extra: BirdExtra<'_>,
+) -> anyhow::Result<Bird> {
+    let BirdExtra {
+        global,
+        session,
+        hold,
+    } = extra;
     let dir = lab.dir();
     let config = dir.join(format!("{name}.conf"));
     // iBGP with members on the shared segment: a direct session (BIRD
     // takes iBGP for multihop otherwise).
     let direct = if asn == member_as { "direct;\n  " } else { "" };
     let mut text = format!(
-        "router id 10.77.0.100;\nprotocol device {{ }}\n\
-         template bgp lbnode {{\n  local 10.77.0.100 port {port} as {asn};\n  hold time {HOLD};\n  passive on;\n  error wait time 1, 5;\n  {direct}\
+        "router id 10.77.0.100;\nprotocol device {{ }}\n{global}\
+         template bgp lbnode {{\n  local 10.77.0.100 port {port} as {asn};\n  hold time {hold};\n  passive on;\n  error wait time 1, 5;\n  {direct}{session}\
          ipv4 {{ import all; export none; }};\n  ipv6 {{ import all; export none; }};\n}}\n"
     );
     for id in 1..=3 {
@@ -92,7 +130,11 @@ fn routes(lab: &Lab) -> anyhow::Result<BTreeMap<String, BTreeSet<u64>>> {
 }
 
 fn routes_of(lab: &Lab, name: &str) -> anyhow::Result<BTreeMap<String, BTreeSet<u64>>> {
-    let out = show_routes(lab, name)?;
+    Ok(parse_routes(&show_routes(lab, name)?))
+}
+
+/// VIP -> the members of its next hops, from `birdc show route all`.
+fn parse_routes(out: &str) -> BTreeMap<String, BTreeSet<u64>> {
     let mut table: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
     let mut current: Option<String> = None;
     for line in out.lines() {
@@ -116,7 +158,7 @@ fn routes_of(lab: &Lab, name: &str) -> anyhow::Result<BTreeMap<String, BTreeSet<
             table.entry(vip.clone()).or_default().insert(member);
         }
     }
-    Ok(table)
+    table
 }
 
 fn wait_for<T>(
@@ -217,15 +259,16 @@ fn bird_sees_owners_and_withdrawals() -> anyhow::Result<()> {
             &["ip", "route", "del", "blackhole", net],
         )?;
     }
-    wait_for(
+    let healed = wait_for(
         "every VIP announced once after the heal",
         Duration::from_secs(30),
         || owners(&lab),
     )?;
 
     // Gone silently (its link down: no FIN, no RST): BIRD drops its routes
-    // when the hold timer expires.
-    let silent = *lab.members.keys().next().expect("a member");
+    // when the hold timer expires. A member that has routes, or the test
+    // would prove nothing.
+    let silent = *healed.values().next().expect("a member with a VIP");
     let t0 = Instant::now();
     lab.exec(
         "sw",
@@ -421,5 +464,312 @@ fn ecmp_with_an_ebgp_and_an_ibgp_peer() -> anyhow::Result<()> {
             },
         )?;
     }
+    Ok(())
+}
+
+/// BFD against BIRD's (RFC 5880/5881, 100 ms x 3 on both sides), with a
+/// BGP hold time of 30 s that would otherwise keep a lost member's routes:
+/// the sessions come up and `lbctl status` shows them; a member whose link
+/// goes down (no FIN, no RST) or whose process stalls (SIGSTOP) leaves
+/// BIRD's table in the detection time plus BIRD's reaction, not the hold
+/// time; each comes back when its path does.
+#[test]
+fn bfd_drops_a_lost_or_stalled_member_at_once() -> anyhow::Result<()> {
+    let mut lab = Lab::new("f")?;
+    let _bird = start_bird_with(
+        &lab,
+        "bird",
+        179,
+        65000,
+        65001,
+        BirdExtra {
+            global: BIRD_BFD,
+            session: "bfd on;\n  ",
+            hold: 30,
+        },
+    )?;
+    lab.start_members_with(|id| {
+        format!(
+            "[announce]\nmode = \"bgp\"\nlocal_as = 65001\nrouter_id = \"10.77.0.{id}\"\nhold_time = 30\n\
+             [announce.bfd]\ninterval = \"100ms\"\nmultiplier = 3\n\
+             [[announce.peer]]\naddress = \"10.77.0.100\"\nas = 65000\n"
+        )
+    })?;
+    wait_for("each VIP via its owner", Duration::from_secs(30), || {
+        owners(&lab)
+    })?;
+    let socket = lab.dir().join("bird.ctl");
+    let bfd_sessions = |lab: &Lab| -> anyhow::Result<String> {
+        lab.exec(
+            "c",
+            &[
+                "birdc",
+                "-s",
+                socket.to_str().unwrap_or_default(),
+                "show",
+                "bfd",
+                "sessions",
+            ],
+        )
+    };
+    wait_for(
+        "BIRD's three BFD sessions up",
+        Duration::from_secs(20),
+        || {
+            let out = bfd_sessions(&lab)?;
+            Ok((out.lines().filter(|l| l.contains(" Up ")).count() == 3).then_some(()))
+        },
+    )?;
+    eprintln!("{}", bfd_sessions(&lab)?);
+    for id in 1..=3u64 {
+        let (code, out) = lab.lbctl(id, &["status"])?;
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("bgp peer   10.77.0.100:179 AS 65000: established since")
+                && out.contains("bfd up"),
+            "member {id}: {out}"
+        );
+    }
+
+    // A member with routes.
+    let with_routes = |lab: &Lab| -> anyhow::Result<Option<u64>> {
+        Ok(owners(lab)?.and_then(|o| o.values().next().copied()))
+    };
+    let gone = |lab: &Lab, member: u64| -> anyhow::Result<Option<()>> {
+        Ok(routes(lab)?
+            .values()
+            .all(|s| !s.contains(&member))
+            .then_some(()))
+    };
+
+    // Its link down: no FIN, no RST.
+    let lost = wait_for("a member with routes", Duration::from_secs(10), || {
+        with_routes(&lab)
+    })?;
+    let t0 = Instant::now();
+    lab.exec(
+        "sw",
+        &["ip", "link", "set", &format!("p{}", lost - 1), "down"],
+    )?;
+    wait_for(
+        "the lost member's routes gone",
+        Duration::from_secs(10),
+        || gone(&lab, lost),
+    )?;
+    let lost_after = t0.elapsed();
+    lab.exec(
+        "sw",
+        &["ip", "link", "set", &format!("p{}", lost - 1), "up"],
+    )?;
+    wait_for(
+        "every VIP announced once after the link is back",
+        Duration::from_secs(30),
+        || owners(&lab),
+    )?;
+
+    // Stalled: SIGSTOP (a frozen process is a lost member).
+    let stalled = wait_for("a member with routes", Duration::from_secs(10), || {
+        with_routes(&lab)
+    })?;
+    let t0 = Instant::now();
+    lab.members[&stalled].signal("STOP")?;
+    let waited = wait_for(
+        "the stalled member's routes gone",
+        Duration::from_secs(10),
+        || gone(&lab, stalled),
+    );
+    let stalled_after = t0.elapsed();
+    lab.members[&stalled].signal("CONT")?;
+    waited?;
+    wait_for(
+        "every VIP announced once after the stall",
+        Duration::from_secs(30),
+        || owners(&lab),
+    )?;
+    let (_, status) = lab.lbctl(stalled, &["status"])?;
+    eprintln!(
+        "BFD 100 ms x 3, hold time 30 s: link down -> routes gone after {lost_after:?}; \
+         SIGSTOP -> routes gone after {stalled_after:?}\n{status}"
+    );
+    // Far below the hold time (the figure is what counts; the bound only
+    // keeps a loaded machine from failing the test).
+    for (what, after) in [("link down", lost_after), ("SIGSTOP", stalled_after)] {
+        assert!(
+            after < Duration::from_secs(3),
+            "{what}: routes outlived BFD's detection by far: {after:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Graceful restart (RFC 4724) in ECMP mode with BFD, against BIRD as the
+/// receiving speaker (its default, `graceful restart aware`) with `bfd
+/// graceful` (BIRD 2.0.12 counts a neighbor's AdminDown as a failure;
+/// this makes a BFD failure a restart): a member stopped (SIGTERM) and
+/// started again keeps its path to every VIP in BIRD's table the whole
+/// time (sampled back to back), and the restarted member's End-of-RIB
+/// leaves the routes in place. A member stopped and not started again
+/// loses its routes when the restart time runs out.
+#[test]
+fn graceful_restart_keeps_the_routes_through_a_restart() -> anyhow::Result<()> {
+    const RESTART_TIME: u64 = 8;
+    let mut lab = Lab::new("g")?;
+    let _bird = start_bird_with(
+        &lab,
+        "bird",
+        179,
+        65000,
+        65001,
+        BirdExtra {
+            global: &format!(
+                "log \"{}\" all;\ndebug protocols {{ states, routes, events }};\n{BIRD_BFD}",
+                lab.dir().join("bird.log").display()
+            ),
+            session: "bfd graceful;\n  ",
+            hold: HOLD,
+        },
+    )?;
+    lab.start_members_with(|id| {
+        format!(
+            "[announce]\nmode = \"bgp\"\nlocal_as = 65001\nrouter_id = \"10.77.0.{id}\"\nhold_time = {HOLD}\necmp = true\n\
+             graceful_restart = \"{RESTART_TIME}s\"\n[announce.bfd]\n\
+             [[announce.peer]]\naddress = \"10.77.0.100\"\nas = 65000\n"
+        )
+    })?;
+    let all: BTreeSet<u64> = (1..=3).collect();
+    let every_vip_via = |lab: &Lab, members: &BTreeSet<u64>| -> anyhow::Result<Option<()>> {
+        let t = routes(lab)?;
+        Ok(VIPS
+            .iter()
+            .all(|v| t.get(*v) == Some(members))
+            .then_some(()))
+    };
+    wait_for("every VIP via all three", Duration::from_secs(30), || {
+        every_vip_via(&lab, &all)
+    })?;
+    // BFD up everywhere first, so that the stop's AdminDown is tested.
+    for id in 1..=3u64 {
+        wait_for("BFD up", Duration::from_secs(20), || {
+            let (_, out) = lab.lbctl(id, &["status"])?;
+            Ok(out.contains("bfd up").then_some(()))
+        })?;
+    }
+
+    // A sampler: BIRD's table back to back, until told to stop.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (ns, socket) = (lab.ns("c"), lab.dir().join("bird.ctl"));
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut samples: Vec<(Instant, BTreeMap<String, BTreeSet<u64>>)> = Vec::new();
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = std::process::Command::new("ip")
+                    .args(["netns", "exec", &ns, "birdc", "-s"])
+                    .arg(&socket)
+                    .args(["show", "route", "all"])
+                    .output();
+                if let Ok(out) = out {
+                    samples.push((
+                        Instant::now(),
+                        parse_routes(&String::from_utf8_lossy(&out.stdout)),
+                    ));
+                }
+            }
+            samples
+        })
+    };
+
+    // Member 1 stopped (SIGTERM) and started again.
+    let restarted = 1u64;
+    let t0 = Instant::now();
+    let mut m = lab.members.remove(&restarted).expect("member");
+    m.signal("TERM")?;
+    m.wait_exit(Duration::from_secs(15))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let log = m.log();
+    lab.retire(restarted, m);
+    assert!(
+        log.contains("routes left to the peer's graceful restart"),
+        "{log}"
+    );
+    let stopped_after = t0.elapsed();
+    lab.restart(restarted)?;
+    wait_for(
+        "the restarted member settled",
+        Duration::from_secs(30),
+        || {
+            let (_, out) = lab.lbctl(restarted, &["status"])?;
+            Ok((out.contains("established since") && out.contains("bfd up")).then_some(()))
+        },
+    )?;
+    // Past its End-of-RIB, and a little more.
+    std::thread::sleep(Duration::from_secs(2));
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let samples = sampler.join().expect("sampler");
+    let missing: Vec<f64> = samples
+        .iter()
+        .filter(|(_, t)| VIPS.iter().any(|v| t.get(*v) != Some(&all)))
+        .map(|(at, _)| at.duration_since(t0).as_secs_f64())
+        .collect();
+    eprintln!(
+        "graceful restart of member {restarted}: stopped after {stopped_after:?}, back and settled after {:?}; \
+         {} samples of BIRD's table, {} with a path missing {:?}",
+        t0.elapsed(),
+        samples.len(),
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>()
+    );
+    for (at, t) in samples
+        .iter()
+        .filter(|(_, t)| VIPS.iter().any(|v| t.get(*v) != Some(&all)))
+        .take(3)
+    {
+        eprintln!("at {:?}: {t:?}", at.duration_since(t0));
+    }
+    if !missing.is_empty() {
+        let bird = std::fs::read_to_string(lab.dir().join("bird.log")).unwrap_or_default();
+        for line in bird.lines().filter(|l| l.contains("m1")) {
+            eprintln!("bird: {line}");
+        }
+        for line in lab.members[&restarted].log().lines() {
+            if line.contains("BGP") || line.contains("BFD") || line.contains("takes VIPs") {
+                eprintln!("{line}");
+            }
+        }
+    }
+    assert!(samples.len() > 20, "too few samples: {}", samples.len());
+    assert!(
+        missing.is_empty(),
+        "a path left BIRD's table during the restart"
+    );
+    assert!(
+        lab.members[&restarted]
+            .log()
+            .contains("BGP session established"),
+        "restarted"
+    );
+
+    // Stopped for good: BIRD keeps the routes for the restart time, then
+    // drops them.
+    let gone_member = 2u64;
+    let mut m = lab.members.remove(&gone_member).expect("member");
+    let t0 = Instant::now();
+    m.signal("TERM")?;
+    m.wait_exit(Duration::from_secs(15))?;
+    let rest: BTreeSet<u64> = all.iter().copied().filter(|m| *m != gone_member).collect();
+    wait_for(
+        "its routes gone after the restart time",
+        Duration::from_secs(RESTART_TIME + 10),
+        || every_vip_via(&lab, &rest),
+    )?;
+    let gone = t0.elapsed();
+    eprintln!(
+        "member {gone_member} stopped for good: its routes gone after {gone:?} (restart time {RESTART_TIME} s)"
+    );
+    assert!(
+        gone >= Duration::from_secs(RESTART_TIME - 1),
+        "the routes went before the restart time ({gone:?}): not graceful"
+    );
+    lab.retire(gone_member, m);
     Ok(())
 }

@@ -549,6 +549,17 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
                         "last_error": r.last_error,
                     })),
                 },
+                "bgp_peers": s.bgp_peers.iter().map(|p| json!({
+                    "address": p.address,
+                    "asn": p.asn,
+                    "state": p.state,
+                    "established_since_unix_ms": p.established_since_unix_ms,
+                    "routes": p.routes,
+                    "last_error": p.last_error,
+                    "bfd_state": p.bfd_state,
+                    "bfd_diagnostic": p.bfd_diagnostic,
+                    "bfd_flaps": p.bfd_flaps,
+                })).collect::<Vec<_>>(),
             })
         ),
         Output::Table => {
@@ -648,7 +659,43 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
             {
                 print_routes(r);
             }
+            for p in &s.bgp_peers {
+                print_bgp_peer(p);
+            }
         }
+    }
+}
+
+/// A BGP peer's line of `status`: its session, its routes, its BFD.
+fn print_bgp_peer(p: &pb::BgpPeerStatus) {
+    let session = if p.state == "established" {
+        format!(
+            "established since {}, {} routes",
+            when(p.established_since_unix_ms),
+            p.routes
+        )
+    } else {
+        p.state.to_uppercase()
+    };
+    let bfd = if p.bfd_state.is_empty() {
+        "bfd off".to_owned()
+    } else if p.bfd_state == "up" {
+        format!("bfd up ({} flaps)", p.bfd_flaps)
+    } else {
+        format!(
+            "bfd {}{} ({} flaps)",
+            p.bfd_state.to_uppercase(),
+            if p.bfd_diagnostic.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", p.bfd_diagnostic)
+            },
+            p.bfd_flaps
+        )
+    };
+    println!("bgp peer   {} AS {}: {session}; {bfd}", p.address, p.asn);
+    if p.state != "established" && !p.last_error.is_empty() {
+        println!("  error    {}", p.last_error);
     }
 }
 

@@ -147,7 +147,7 @@ pub async fn run(
             let (proposer, states, handle, node) = start_raft(
                 config.node_id,
                 cluster,
-                config.announce.scope(),
+                &config.announce,
                 peer,
                 config.tls.as_ref(),
                 &fatal,
@@ -233,10 +233,11 @@ pub async fn run(
     }
 
     let (dataplane_tx, dataplane_rx) = watch::channel(DataplaneStatus::default());
+    let (bgp_tx, bgp_rx) = watch::channel(Vec::new());
     match config.announce.clone() {
         crate::announce::AnnounceConfig::None => {}
         crate::announce::AnnounceConfig::L2(l2) => {
-            let announced = announced_vips(
+            let (announced, _) = announced_vips(
                 &states,
                 &dataplane_rx,
                 cluster.as_ref(),
@@ -262,7 +263,7 @@ pub async fn run(
                 config.announce.scope(),
                 &shutdown,
             );
-            let announced = bgp_routes(
+            let (announced, settled) = bgp_routes(
                 vips,
                 bgp.service_cidrs.clone(),
                 cluster.as_ref(),
@@ -271,7 +272,9 @@ pub async fn run(
             );
             let stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = crate::announce::bgp::run(bgp, announced, stop.clone()).await {
+                if let Err(e) =
+                    crate::announce::bgp::run(bgp, announced, settled, bgp_tx, stop.clone()).await
+                {
                     tracing::error!(error = format!("{e:#}"), "BGP speaker failed; stopping");
                     stop.cancel();
                 }
@@ -385,6 +388,7 @@ pub async fn run(
         source: source_rx,
         dataplane: dataplane_rx,
         routes: routes_rx,
+        bgp_peers: bgp_rx,
         scope: config.announce.scope(),
         counters: counters_tx,
         proposer,
@@ -544,8 +548,12 @@ fn announced_vips(
     ecmp: bool,
     scope: crate::model::AnnounceScope,
     shutdown: &CancellationToken,
-) -> watch::Receiver<Arc<std::collections::BTreeSet<std::net::IpAddr>>> {
+) -> (
+    watch::Receiver<Arc<std::collections::BTreeSet<std::net::IpAddr>>>,
+    watch::Receiver<bool>,
+) {
     let (tx, rx) = watch::channel(Arc::default());
+    let (settled_tx, settled_rx) = watch::channel(false);
     let shutdown = shutdown.clone();
     let mut states = states.clone();
     let mut dataplane = dataplane.clone();
@@ -560,10 +568,12 @@ fn announced_vips(
             // it with no word from the node thread (stalled: a frozen
             // disk), nothing is announced.
             let mut until = None;
+            let mut decided = false;
             let wanted = match &mut status {
                 Some(status) => {
                     let s = status.borrow_and_update();
                     until = Some(s.announce_until);
+                    decided = s.serving && within(s.announce_until);
                     if !within(s.announce_until) {
                         Arc::default()
                     } else if ecmp {
@@ -584,8 +594,18 @@ fn announced_vips(
                 let d = dataplane.borrow_and_update();
                 (d.last_sync_unix_ms > 0).then_some(d.synced_revision)
             };
+            if status.is_none() {
+                decided = synced.is_some();
+            }
             if let Some(now) = gate.update(wanted, revision, synced) {
                 tx.send_replace(now);
+            }
+            // Decided, and nothing held back by the gate: what is
+            // announced now is what the member means to announce (BGP's
+            // End-of-RIB waits for it). After the VIPs, so that a reader
+            // that sees it sees them.
+            if decided && gate.waiting.is_empty() {
+                settled_tx.send_if_modified(|s| !std::mem::replace(s, true));
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -600,7 +620,7 @@ fn announced_vips(
             }
         }
     });
-    rx
+    (rx, settled_rx)
 }
 
 /// Whether a decision valid until `until` still holds (None: it never
@@ -625,15 +645,23 @@ async fn lease_end(until: Option<std::time::Instant>) {
 /// and the service CIDRs whole while this member serves (a cluster
 /// member: in touch, ready, not drained or leaving; standalone: once its
 /// dataplane has synced), so that the routers spread ClusterIP traffic
-/// over every healthy member.
+/// over every healthy member. The second receiver turns true the first
+/// time the member serves: what it announces is decided from then on.
 fn bgp_routes(
-    mut vips: watch::Receiver<Arc<std::collections::BTreeSet<std::net::IpAddr>>>,
+    (mut vips, mut vips_settled): (
+        watch::Receiver<Arc<std::collections::BTreeSet<std::net::IpAddr>>>,
+        watch::Receiver<bool>,
+    ),
     service_cidrs: Vec<ipnet::IpNet>,
     cluster: Option<&ClusterHandle>,
     dataplane: &watch::Receiver<DataplaneStatus>,
     shutdown: &CancellationToken,
-) -> watch::Receiver<Arc<std::collections::BTreeSet<ipnet::IpNet>>> {
+) -> (
+    watch::Receiver<Arc<std::collections::BTreeSet<ipnet::IpNet>>>,
+    watch::Receiver<bool>,
+) {
     let (tx, rx) = watch::channel(Arc::default());
+    let (settled_tx, settled_rx) = watch::channel(false);
     let shutdown = shutdown.clone();
     let mut dataplane = dataplane.clone();
     let mut status = cluster.map(|c| c.node.status.clone());
@@ -648,6 +676,7 @@ fn bgp_routes(
                 }
                 None => dataplane.borrow_and_update().last_sync_unix_ms > 0,
             };
+            let vips_decided = *vips_settled.borrow_and_update();
             let mut routes: std::collections::BTreeSet<ipnet::IpNet> = vips
                 .borrow_and_update()
                 .iter()
@@ -663,9 +692,14 @@ fn bgp_routes(
                 }
                 changed
             });
+            // After the routes, so that a session sees them first.
+            if serving && vips_decided {
+                settled_tx.send_if_modified(|s| !std::mem::replace(s, true));
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 changed = vips.changed() => if changed.is_err() { return },
+                changed = vips_settled.changed() => if changed.is_err() { return },
                 changed = async {
                     match &mut status {
                         Some(s) => s.changed().await,
@@ -676,7 +710,7 @@ fn bgp_routes(
             }
         }
     });
-    rx
+    (rx, settled_rx)
 }
 
 /// Holds back each VIP that is to be announced until the dataplane has
@@ -755,7 +789,7 @@ type RaftParts = (
 async fn start_raft(
     node_id: u64,
     cluster: &ClusterConfig,
-    scope: crate::model::AnnounceScope,
+    announce: &crate::announce::AnnounceConfig,
     peer_listener: TcpListener,
     tls: Option<&crate::config::TlsConfig>,
     fatal: &Fatal,
@@ -776,7 +810,11 @@ async fn start_raft(
             fixed_election_timeout: None,
             initial_admin: cluster.initial_admin.clone(),
             wait_for_dataplane: true,
-            scope,
+            scope: announce.scope(),
+            // BGP ECMP with graceful restart: the routes stay through a
+            // restart (docs/announcement.md, *Graceful restart*).
+            serve_while_leaving: matches!(announce, crate::announce::AnnounceConfig::Bgp(b)
+                if b.ecmp && b.graceful_restart.is_some()),
         },
         store,
         &cluster.initial_members,

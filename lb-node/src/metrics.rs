@@ -46,6 +46,7 @@ pub struct Metrics {
     pub kube_plan_seconds: Histogram,
     pub kube_batch_events: Histogram,
     pub bgp_sessions: prometheus::IntGaugeVec,
+    pub bfd_sessions: prometheus::IntGaugeVec,
     pub ipvs_sysctls: prometheus::IntGaugeVec,
     pub propagation_seconds: Histogram,
     pub vip_owner_changes: IntCounter,
@@ -227,6 +228,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 Opts::new(
                     "lb_bgp_session_established",
                     "1 while the BGP session with the peer is established.",
+                ),
+                &["peer"],
+            ),
+        ),
+        bfd_sessions: registered(
+            &registry,
+            prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "lb_bfd_session_up",
+                    "1 while the BFD session with the BGP peer is up.",
                 ),
                 &["peer"],
             ),

@@ -142,6 +142,7 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<Cluster> {
                     initial_admin: Default::default(),
                     wait_for_dataplane: false,
                     scope: Default::default(),
+                    serve_while_leaving: false,
                 };
                 let replica = Replica::open(config, store, &initial).expect("replica opens");
                 if let Err(e) = node::run(

@@ -43,6 +43,8 @@ pub struct AdminService {
     pub source: watch::Receiver<SourceStatus>,
     pub dataplane: watch::Receiver<DataplaneStatus>,
     pub routes: watch::Receiver<crate::dataplane::routes::RoutesStatus>,
+    /// The BGP peers' sessions (empty unless announcing by BGP).
+    pub bgp_peers: watch::Receiver<Vec<crate::announce::bgp::PeerStatus>>,
     /// Which addresses are announced one by one (service CIDRs, gateways).
     pub scope: crate::model::AnnounceScope,
     /// Asks the reconciler for kernel counters.
@@ -197,6 +199,31 @@ impl Admin for AdminService {
                     last_error: routes.last_error,
                 }),
             }),
+            bgp_peers: self
+                .bgp_peers
+                .borrow()
+                .iter()
+                .map(|p| pb::BgpPeerStatus {
+                    address: p.address.to_string(),
+                    asn: p.asn,
+                    state: p.state.into(),
+                    established_since_unix_ms: p.established_since_unix_ms,
+                    routes: p.routes as u64,
+                    last_error: p.last_error.clone(),
+                    bfd_state: p
+                        .bfd
+                        .as_ref()
+                        .map(|b| b.state.name().into())
+                        .unwrap_or_default(),
+                    bfd_diagnostic: p
+                        .bfd
+                        .as_ref()
+                        .filter(|b| b.diag != 0)
+                        .map(|b| crate::announce::bfd::packet::diag::name(b.diag).into())
+                        .unwrap_or_default(),
+                    bfd_flaps: p.bfd.as_ref().map_or(0, |b| b.flaps),
+                })
+                .collect(),
             cluster: self.cluster.as_ref().map(|c| {
                 let raft = c.node.status.borrow().clone();
                 pb::ClusterStatus {

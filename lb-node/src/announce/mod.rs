@@ -15,6 +15,7 @@
 //! - `l2`: the L2 announcer (rtnetlink and a packet socket).
 //! - `bgp`: the BGP speaker (`bgp::codec` is pure).
 
+pub mod bfd;
 pub mod bgp;
 pub mod frames;
 pub mod handover;

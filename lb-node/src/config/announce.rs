@@ -14,6 +14,104 @@ struct RawPeer {
     address: String,
     #[serde(rename = "as")]
     asn: u32,
+    source: Option<String>,
+    ttl: Option<u32>,
+    #[serde(default)]
+    prefixes: Vec<String>,
+    #[serde(default)]
+    communities: Vec<String>,
+    #[serde(default)]
+    large_communities: Vec<String>,
+    med: Option<u32>,
+    bfd: Option<bool>,
+}
+
+/// `[announce.bfd]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBfd {
+    #[serde(default = "default_bfd_interval")]
+    interval: String,
+    /// Defaults to `interval`.
+    min_rx: Option<String>,
+    #[serde(default = "default_bfd_multiplier")]
+    multiplier: u8,
+}
+
+fn default_bfd_interval() -> String {
+    "100ms".into()
+}
+
+fn default_bfd_multiplier() -> u8 {
+    3
+}
+
+/// BFD timers: 10 ms to 60 s, a multiplier of at least 1.
+fn bfd_timers(raw: &RawBfd, file: &Path) -> Result<crate::announce::bfd::Timers, ConfigError> {
+    let interval = |text: &str, field: &str| {
+        let d = super::parse_duration(text, file, field)?;
+        if d < Duration::from_millis(10) || d > Duration::from_secs(60) {
+            return Err(ConfigError::new(file, field, "must be 10ms to 60s"));
+        }
+        Ok(d)
+    };
+    let desired_min_tx = interval(&raw.interval, "announce.bfd.interval")?;
+    let required_min_rx = match &raw.min_rx {
+        Some(t) => interval(t, "announce.bfd.min_rx")?,
+        None => desired_min_tx,
+    };
+    if raw.multiplier == 0 {
+        return Err(ConfigError::new(
+            file,
+            "announce.bfd.multiplier",
+            "must be 1 to 255 (3 is usual)",
+        ));
+    }
+    Ok(crate::announce::bfd::Timers {
+        desired_min_tx,
+        required_min_rx,
+        multiplier: raw.multiplier,
+    })
+}
+
+/// Communities ("65001:100") at `at[i]`.
+fn communities(texts: &[String], file: &Path, at: &str) -> Result<Vec<u32>, ConfigError> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            crate::announce::bgp::codec::parse_community(c).ok_or_else(|| {
+                ConfigError::new(
+                    file,
+                    format!("{at}[{i}]"),
+                    format!("{c:?} is not a community like \"65001:100\""),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Large communities ("65001:1:2", RFC 8092) at `at[i]`.
+fn large_communities(
+    texts: &[String],
+    file: &Path,
+    at: &str,
+) -> Result<Vec<(u32, u32, u32)>, ConfigError> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let parts: Vec<Option<u32>> = c.split(':').map(|p| p.trim().parse().ok()).collect();
+            match parts.as_slice() {
+                [Some(a), Some(b), Some(d)] => Ok((*a, *b, *d)),
+                _ => Err(ConfigError::new(
+                    file,
+                    format!("{at}[{i}]"),
+                    format!("{c:?} is not a large community like \"65001:1:2\" (three numbers up to 4294967295)"),
+                )),
+            }
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -50,9 +148,14 @@ pub(super) struct RawAnnounce {
     #[serde(default = "default_handover_probe_wait")]
     handover_probe_wait: String,
     #[serde(default)]
+    large_communities: Vec<String>,
+    med: Option<u32>,
+    #[serde(default)]
     service_cidrs: Vec<String>,
     #[serde(default)]
     service_gateways: Vec<String>,
+    bfd: Option<RawBfd>,
+    graceful_restart: Option<String>,
 }
 
 /// `announce.service_cidrs`: networks (no host bits).
@@ -142,9 +245,58 @@ fn validate_bgp(
                 "0 is not an AS number",
             ));
         }
+        let at = format!("announce.peer[{i}]");
+        let source = p
+            .source
+            .as_deref()
+            .map(|t| {
+                t.parse::<std::net::IpAddr>().map_err(|_| {
+                    ConfigError::new(
+                        file,
+                        format!("{at}.source"),
+                        format!("{t:?} is not an IP address"),
+                    )
+                })
+            })
+            .transpose()?;
+        if source.is_some_and(|s| s.is_ipv4() != address.is_ipv4()) {
+            return Err(ConfigError::new(
+                file,
+                format!("{at}.source"),
+                "must be of the peer address's family",
+            ));
+        }
+        if p.ttl.is_some_and(|t| !(1..=255).contains(&t)) {
+            return Err(ConfigError::new(
+                file,
+                format!("{at}.ttl"),
+                "must be 1 to 255",
+            ));
+        }
+        let mut prefixes = Vec::new();
+        for (j, t) in p.prefixes.iter().enumerate() {
+            prefixes.push(t.parse::<ipnet::IpNet>().map_err(|_| {
+                ConfigError::new(
+                    file,
+                    format!("{at}.prefixes[{j}]"),
+                    format!("{t:?} is not a network like \"192.0.2.0/24\""),
+                )
+            })?);
+        }
         peers.push(crate::announce::bgp::PeerConfig {
             address,
             asn: p.asn,
+            source,
+            ttl: p.ttl,
+            prefixes,
+            communities: communities(&p.communities, file, &format!("{at}.communities"))?,
+            large_communities: large_communities(
+                &p.large_communities,
+                file,
+                &format!("{at}.large_communities"),
+            )?,
+            med: p.med,
+            bfd: p.bfd.unwrap_or(true),
         });
     }
     if a.hold_time != 0 && a.hold_time < 3 {
@@ -154,18 +306,9 @@ fn validate_bgp(
             "0 or at least 3 seconds (RFC 4271)",
         ));
     }
-    let mut communities = Vec::new();
-    for (i, c) in a.communities.iter().enumerate() {
-        communities.push(
-            crate::announce::bgp::codec::parse_community(c).ok_or_else(|| {
-                ConfigError::new(
-                    file,
-                    format!("announce.communities[{i}]"),
-                    format!("{c:?} is not a community like \"65001:100\""),
-                )
-            })?,
-        );
-    }
+    let communities = communities(&a.communities, file, "announce.communities")?;
+    let large_communities =
+        large_communities(&a.large_communities, file, "announce.large_communities")?;
     let next_hop_v4 = a
         .next_hop_v4
         .map(|t| {
@@ -198,13 +341,40 @@ fn validate_bgp(
         ));
     }
     let service_cidrs = service_cidrs(&a.service_cidrs, file)?;
+    let bfd = a.bfd.as_ref().map(|b| bfd_timers(b, file)).transpose()?;
+    let graceful_restart = a
+        .graceful_restart
+        .as_deref()
+        .map(|t| {
+            let d = parse_duration(t, file, "announce.graceful_restart")?;
+            if d < Duration::from_secs(1) || d > Duration::from_secs(4095) {
+                return Err(ConfigError::new(
+                    file,
+                    "announce.graceful_restart",
+                    "the restart time must be 1s to 4095s (RFC 4724's 12 bits)",
+                ));
+            }
+            Ok(d.as_secs() as u16)
+        })
+        .transpose()?;
+    if bfd.is_none() && a.peer.iter().any(|p| p.bfd == Some(true)) {
+        return Err(ConfigError::new(
+            file,
+            "announce.bfd",
+            "a peer asks for BFD (bfd = true): add an [announce.bfd] section",
+        ));
+    }
     Ok(crate::announce::bgp::BgpConfig {
         service_cidrs,
+        bfd,
+        graceful_restart,
         local_as,
         router_id,
         peers,
         hold_time: a.hold_time,
         communities,
+        large_communities,
+        med: a.med,
         local_pref: a.local_pref,
         next_hop_v4,
         next_hop_v6,
@@ -239,6 +409,17 @@ pub(super) fn validate_announce(
     match a.mode.as_str() {
         "none" => Ok(AnnounceConfig::None),
         "l2" => {
+            if a.bfd.is_some() || a.graceful_restart.is_some() {
+                return Err(ConfigError::new(
+                    file,
+                    if a.bfd.is_some() {
+                        "announce.bfd"
+                    } else {
+                        "announce.graceful_restart"
+                    },
+                    "only with mode = \"bgp\": it belongs to the BGP sessions",
+                ));
+            }
             let interface = a.interface.filter(|i| !i.is_empty()).ok_or_else(|| {
                 ConfigError::new(
                     file,

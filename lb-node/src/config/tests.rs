@@ -108,3 +108,119 @@ fn exactly_one_source() {
     let none = load(&format!("{NODE}[source]\n")).expect_err("no source");
     assert!(none.to_string().contains("[source.kubernetes]"), "{none}");
 }
+
+const BGP: &str = "[source.file]\npath = \"s.toml\"\n[announce]\nmode = \"bgp\"\nlocal_as = 65001\nrouter_id = \"10.0.0.1\"\n";
+
+#[test]
+fn bgp_peers_take_their_own_source_ttl_prefixes_and_attributes() {
+    let config = load(&format!(
+        "{NODE}{BGP}large_communities = [\"65001:1:2\"]\nmed = 10\n\
+         [[announce.peer]]\naddress = \"10.0.0.254\"\nas = 65000\nsource = \"10.0.0.1\"\nttl = 1\n\
+         prefixes = [\"192.0.2.0/24\"]\ncommunities = [\"65000:7\"]\nlarge_communities = [\"65000:3:4\"]\nmed = 20\n"
+    ))
+    .expect("valid");
+    let crate::announce::AnnounceConfig::Bgp(b) = config.announce else {
+        panic!("bgp");
+    };
+    assert_eq!(b.large_communities, vec![(65001, 1, 2)]);
+    assert_eq!(b.med, Some(10));
+    let p = &b.peers[0];
+    assert_eq!(p.source, Some("10.0.0.1".parse().expect("ip")));
+    assert_eq!(p.ttl, Some(1));
+    assert_eq!(
+        p.prefixes,
+        vec!["192.0.2.0/24".parse::<ipnet::IpNet>().expect("net")]
+    );
+    assert_eq!(p.communities, vec![(65000 << 16) | 7]);
+    assert_eq!(p.large_communities, vec![(65000, 3, 4)]);
+    assert_eq!(p.med, Some(20));
+}
+
+#[test]
+fn bad_bgp_peer_settings_name_their_field() {
+    let cases = [
+        ("source = \"nope\"", "announce.peer[0].source", "not an IP"),
+        (
+            "source = \"2001:db8::1\"",
+            "announce.peer[0].source",
+            "family",
+        ),
+        ("ttl = 0", "announce.peer[0].ttl", "1 to 255"),
+        (
+            "prefixes = [\"x\"]",
+            "announce.peer[0].prefixes[0]",
+            "not a network",
+        ),
+        (
+            "communities = [\"1\"]",
+            "announce.peer[0].communities[0]",
+            "community",
+        ),
+        (
+            "large_communities = [\"1:2\"]",
+            "announce.peer[0].large_communities[0]",
+            "large community",
+        ),
+    ];
+    for (line, field, words) in cases {
+        let e = load(&format!(
+            "{NODE}{BGP}[[announce.peer]]\naddress = \"10.0.0.254\"\nas = 65000\n{line}\n"
+        ))
+        .expect_err(line);
+        let text = e.to_string();
+        assert!(
+            text.contains(field) && text.contains(words),
+            "{line}: {text}"
+        );
+    }
+}
+
+#[test]
+fn bfd_defaults_and_bad_timers_name_their_field() {
+    let peer = "[[announce.peer]]\naddress = \"10.0.0.254\"\nas = 65000\n";
+    let config = load(&format!("{NODE}{BGP}[announce.bfd]\n{peer}")).expect("valid");
+    let crate::announce::AnnounceConfig::Bgp(b) = config.announce else {
+        panic!("bgp");
+    };
+    assert_eq!(b.bfd, Some(crate::announce::bfd::Timers::default()));
+    assert!(b.peers[0].bfd);
+    let off = load(&format!("{NODE}{BGP}{peer}")).expect("valid");
+    let crate::announce::AnnounceConfig::Bgp(b) = off.announce else {
+        panic!("bgp");
+    };
+    assert_eq!(b.bfd, None, "off unless configured");
+    let cases = [
+        (
+            "[announce.bfd]\ninterval = \"1ms\"\n",
+            "announce.bfd.interval",
+            "10ms to 60s",
+        ),
+        (
+            "[announce.bfd]\nmin_rx = \"soon\"\n",
+            "announce.bfd.min_rx",
+            "soon",
+        ),
+        (
+            "[announce.bfd]\nmultiplier = 0\n",
+            "announce.bfd.multiplier",
+            "1 to 255",
+        ),
+        (
+            "[announce.bfd]\necho = true\n",
+            "announce.bfd",
+            "unknown field",
+        ),
+        (
+            "graceful_restart = \"2h\"\n",
+            "announce.graceful_restart",
+            "1s to 4095s",
+        ),
+    ];
+    for (text, field, words) in cases {
+        let e = load(&format!("{NODE}{BGP}{text}{peer}")).expect_err(text);
+        let t = e.to_string();
+        assert!(t.contains(field) && t.contains(words), "{text}: {t}");
+    }
+    let e = load(&format!("{NODE}{BGP}{peer}bfd = true\n")).expect_err("no [announce.bfd]");
+    assert!(e.to_string().contains("add an [announce.bfd]"), "{e}");
+}

@@ -315,10 +315,13 @@ pub fn run(
         }
         // What is announced changes with time (ticks) and with the VIP
         // owners, not with every message.
+        // And with serving (a beat can start it between ticks): the ECMP
+        // set follows it, and must not lag behind what says it serves.
         let keep = (!ticked && !owners_moved && !replica.is_removed()).then(|| {
             let s = status.borrow();
-            (s.announced.clone(), s.ecmp.clone())
+            (s.serving == replica.serving()).then(|| (s.announced.clone(), s.ecmp.clone()))
         });
+        let keep = keep.flatten();
         let now = status_of(&replica, keep, &clock);
         status.send_if_modified(|s| {
             if s.leader != now.leader && now.leader != 0 {

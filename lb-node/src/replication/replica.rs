@@ -64,6 +64,10 @@ pub struct ReplicaConfig {
     /// Which addresses get an owner (`AnnounceScope`): the table's VIPs
     /// outside the service CIDRs, and the service gateways.
     pub scope: crate::model::AnnounceScope,
+    /// A leaving member serves on until it stops (BGP ECMP mode with
+    /// graceful restart: its routes stay with the routers through the
+    /// restart rather than being withdrawn and announced again).
+    pub serve_while_leaving: bool,
 }
 
 /// Why a replica cannot go on. Fatal for the member: it stops rather than
@@ -776,7 +780,7 @@ impl Replica {
             }
         }
         let may_serve = lease
-            && !self.leaving
+            && (!self.leaving || self.config.serve_while_leaving)
             && !self.unready
             && !self.state.drained_members().contains(&self.config.id);
         self.serving = may_serve && (self.serving || current);

@@ -208,6 +208,7 @@ impl Sim {
             initial_admin: BTreeMap::new(),
             wait_for_dataplane: false,
             scope: Default::default(),
+            serve_while_leaving: false,
         };
         let mut sim = Sim {
             rng: SmallRng::seed_from_u64(seed),

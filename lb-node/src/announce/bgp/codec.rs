@@ -1,12 +1,16 @@
 //! BGP-4 messages (RFC 4271) as bytes, for an announce-only speaker. Pure.
 //!
-//! What is built: the header; OPEN with the multiprotocol (RFC 4760) and
-//! four-octet AS (RFC 6793) capabilities; UPDATE with ORIGIN, AS_PATH
-//! (four-octet ASNs), NEXT_HOP, LOCAL_PREF, COMMUNITIES (RFC 1997) and IPv4
-//! NLRI, or MP_REACH_NLRI / MP_UNREACH_NLRI for IPv6; NOTIFICATION;
-//! KEEPALIVE. Decoding checks what RFC 4271 §6 asks and answers a malformed
-//! message with the error code and subcode to send back. Received UPDATEs
-//! are checked only for framing: the speaker ignores received routes.
+//! What is built: the header; OPEN with the multiprotocol (RFC 4760),
+//! route refresh (RFC 2918) and four-octet AS (RFC 6793) capabilities, and
+//! extended optional parameters (RFC 9072) understood; UPDATE with ORIGIN,
+//! AS_PATH (four-octet ASNs, or two-octet ones with AS_TRANS and an
+//! AS4_PATH to a peer without the capability), NEXT_HOP,
+//! MULTI_EXIT_DISC, LOCAL_PREF, COMMUNITIES (RFC 1997), LARGE_COMMUNITIES
+//! (RFC 8092) and IPv4 NLRI, or MP_REACH_NLRI / MP_UNREACH_NLRI for IPv6;
+//! NOTIFICATION; KEEPALIVE; ROUTE-REFRESH. Decoding checks what RFC 4271
+//! §6 asks and answers a malformed message with the error code and subcode
+//! to send back. Received UPDATEs are checked only for framing: the
+//! speaker ignores received routes.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -33,8 +37,15 @@ pub mod error {
     pub const UPDATE_MALFORMED_ATTRIBUTE_LIST: u8 = 1;
     pub const HOLD_TIMER_EXPIRED: u8 = 4;
     pub const FSM: u8 = 5;
+    /// RFC 6608 subcodes of an FSM error: an unexpected message in each
+    /// state.
+    pub const FSM_IN_OPEN_SENT: u8 = 1;
+    pub const FSM_IN_OPEN_CONFIRM: u8 = 2;
+    pub const FSM_IN_ESTABLISHED: u8 = 3;
     pub const CEASE: u8 = 6;
     pub const CEASE_ADMINISTRATIVE_SHUTDOWN: u8 = 2;
+    /// RFC 9384.
+    pub const CEASE_BFD_DOWN: u8 = 10;
 }
 
 /// A malformed message: what to put in the NOTIFICATION.
@@ -67,16 +78,39 @@ pub struct Open {
     pub families: Vec<(u16, u8)>,
     /// Whether the four-octet AS capability was present.
     pub four_octet: bool,
+    /// Whether the route refresh capability was present.
+    pub route_refresh: bool,
+    /// The graceful restart capability (RFC 4724), when present.
+    pub graceful_restart: Option<GracefulRestart>,
+}
+
+/// The graceful restart capability (code 64).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GracefulRestart {
+    /// R: the speaker has restarted.
+    pub restarting: bool,
+    /// Seconds the peer keeps the speaker's routes after the session is
+    /// lost (at most 4095).
+    pub time: u16,
+    /// (AFI, SAFI, F: forwarding state preserved across the restart).
+    pub families: Vec<(u16, u8, bool)>,
 }
 
 /// Path attributes of an announcement.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Attributes {
     /// The AS path: empty for iBGP, `[our ASN]` for eBGP.
     pub as_path: Vec<u32>,
-    pub next_hop: IpAddr,
+    /// Whether the peer takes four-octet ASNs in AS_PATH; without,
+    /// AS_PATH has two-octet ones (AS_TRANS for the big) and AS4_PATH the
+    /// real path.
+    pub four_octet: bool,
+    pub next_hop: Option<IpAddr>,
+    pub med: Option<u32>,
     pub local_pref: Option<u32>,
     pub communities: Vec<u32>,
+    /// RFC 8092: (global administrator, data 1, data 2).
+    pub large_communities: Vec<(u32, u32, u32)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +130,17 @@ pub enum Message {
         data: Vec<u8>,
     },
     Keepalive,
+    /// RFC 2918: send the routes of this family again.
+    RouteRefresh {
+        afi: u16,
+        safi: u8,
+    },
+    /// RFC 4724's End-of-RIB marker: every route of the family was sent.
+    /// (Only sent: a received one decodes as the empty UPDATE it is.)
+    EndOfRib {
+        afi: u16,
+        safi: u8,
+    },
 }
 
 fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
@@ -143,6 +188,26 @@ impl Message {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Message::Keepalive => frame(4, &[]),
+            Message::EndOfRib { afi, safi } => {
+                if (*afi, *safi) == (1, 1) {
+                    // IPv4 unicast: an UPDATE with nothing in it.
+                    return frame(2, &[0, 0, 0, 0]);
+                }
+                // Others: an UPDATE with only an empty MP_UNREACH_NLRI.
+                let mut v = afi.to_be_bytes().to_vec();
+                v.push(*safi);
+                let mut attrs = Vec::new();
+                attribute(OPTIONAL, 15, &v, &mut attrs);
+                let mut b = vec![0, 0];
+                b.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+                b.extend_from_slice(&attrs);
+                frame(2, &b)
+            }
+            Message::RouteRefresh { afi, safi } => {
+                let mut b = afi.to_be_bytes().to_vec();
+                b.extend_from_slice(&[0, *safi]);
+                frame(5, &b)
+            }
             Message::Notification {
                 code,
                 subcode,
@@ -158,6 +223,20 @@ impl Message {
                     caps.extend_from_slice(&[1, 4]);
                     caps.extend_from_slice(&afi.to_be_bytes());
                     caps.extend_from_slice(&[0, *safi]);
+                }
+                if o.route_refresh {
+                    caps.extend_from_slice(&[2, 0]);
+                }
+                if let Some(gr) = &o.graceful_restart {
+                    caps.push(64);
+                    caps.push((2 + 4 * gr.families.len()) as u8);
+                    let head = (u16::from(gr.restarting) << 15) | (gr.time & 0x0fff);
+                    caps.extend_from_slice(&head.to_be_bytes());
+                    for (afi, safi, forwarding) in &gr.families {
+                        caps.extend_from_slice(&afi.to_be_bytes());
+                        caps.push(*safi);
+                        caps.push(if *forwarding { 0x80 } else { 0 });
+                    }
                 }
                 if o.four_octet {
                     caps.extend_from_slice(&[65, 4]);
@@ -209,17 +288,31 @@ impl Message {
                 }
                 if let Some(a) = attributes.as_ref().filter(|_| !announced.is_empty()) {
                     attribute(WELL_KNOWN, 1, &[0], &mut attrs); // ORIGIN IGP
-                    let mut path = Vec::new();
-                    if !a.as_path.is_empty() {
-                        path.push(2); // AS_SEQUENCE
-                        path.push(a.as_path.len() as u8);
-                        for asn in &a.as_path {
-                            path.extend_from_slice(&asn.to_be_bytes());
+                    // AS_PATH: four-octet ASNs to a peer that takes them;
+                    // two-octet ones otherwise, AS_TRANS for those that do
+                    // not fit, and the true path in AS4_PATH (RFC 6793).
+                    let segment = |four: bool| {
+                        let mut path = Vec::new();
+                        if !a.as_path.is_empty() {
+                            path.push(2); // AS_SEQUENCE
+                            path.push(a.as_path.len() as u8);
+                            for asn in &a.as_path {
+                                if four {
+                                    path.extend_from_slice(&asn.to_be_bytes());
+                                } else {
+                                    let two = u16::try_from(*asn).unwrap_or(AS_TRANS);
+                                    path.extend_from_slice(&two.to_be_bytes());
+                                }
+                            }
                         }
-                    }
-                    attribute(WELL_KNOWN, 2, &path, &mut attrs);
-                    if let (IpAddr::V4(nh), false) = (a.next_hop, nlri4.is_empty()) {
+                        path
+                    };
+                    attribute(WELL_KNOWN, 2, &segment(a.four_octet), &mut attrs);
+                    if let (Some(IpAddr::V4(nh)), false) = (a.next_hop, nlri4.is_empty()) {
                         attribute(WELL_KNOWN, 3, &nh.octets(), &mut attrs);
+                    }
+                    if let Some(med) = a.med {
+                        attribute(OPTIONAL, 4, &med.to_be_bytes(), &mut attrs);
                     }
                     if let Some(pref) = a.local_pref {
                         attribute(WELL_KNOWN, 5, &pref.to_be_bytes(), &mut attrs);
@@ -229,8 +322,10 @@ impl Message {
                             a.communities.iter().flat_map(|c| c.to_be_bytes()).collect();
                         attribute(OPTIONAL_TRANSITIVE, 8, &v, &mut attrs);
                     }
-                    if !reach6.is_empty() {
-                        let nh = match a.next_hop {
+                    if !reach6.is_empty()
+                        && let Some(next_hop) = a.next_hop
+                    {
+                        let nh = match next_hop {
                             IpAddr::V6(v6) => v6,
                             IpAddr::V4(v4) => v4.to_ipv6_mapped(),
                         };
@@ -239,6 +334,19 @@ impl Message {
                         v.push(0); // reserved
                         v.extend_from_slice(&reach6);
                         attribute(OPTIONAL, 14, &v, &mut attrs);
+                    }
+                    if !a.four_octet && a.as_path.iter().any(|asn| *asn > u32::from(u16::MAX)) {
+                        attribute(OPTIONAL_TRANSITIVE, 17, &segment(true), &mut attrs);
+                    }
+                    if !a.large_communities.is_empty() {
+                        let v: Vec<u8> = a
+                            .large_communities
+                            .iter()
+                            .flat_map(|(g, d1, d2)| {
+                                [g.to_be_bytes(), d1.to_be_bytes(), d2.to_be_bytes()].concat()
+                            })
+                            .collect();
+                        attribute(OPTIONAL_TRANSITIVE, 32, &v, &mut attrs);
                     }
                 }
                 let mut b = Vec::new();
@@ -273,6 +381,7 @@ impl Message {
             2 => 23,
             3 => 21,
             4 => 19,
+            5 => 23,
             _ => {
                 return Err(bad(
                     error::HEADER,
@@ -282,7 +391,7 @@ impl Message {
                 ));
             }
         };
-        if len < min || len > MAX_LEN || (kind == 4 && len != 19) {
+        if len < min || len > MAX_LEN || (kind == 4 && len != 19) || (kind == 5 && len != 23) {
             return Err(bad(
                 error::HEADER,
                 error::HEADER_BAD_LENGTH,
@@ -301,6 +410,10 @@ impl Message {
                 code: body[0],
                 subcode: body[1],
                 data: body[2..].to_vec(),
+            },
+            5 => Message::RouteRefresh {
+                afi: u16::from_be_bytes([body[0], body[1]]),
+                safi: body[3],
             },
             _ => Message::Keepalive,
         };
@@ -336,42 +449,70 @@ fn decode_open(b: &[u8]) -> Result<Message, DecodeError> {
             "BGP identifier 0",
         ));
     }
-    let params_len = usize::from(b[9]);
-    let params = b.get(10..10 + params_len).ok_or_else(|| {
+    let overrun = |what: &str| {
         bad(
             error::HEADER,
             error::HEADER_BAD_LENGTH,
             Vec::new(),
-            "optional parameters overrun the message",
+            format!("{what} overrun the message"),
         )
-    })?;
+    };
+    // RFC 9072: a length of 255 and a first parameter type of 255 mean
+    // extended parameters: a two-octet total length, and a two-octet length
+    // per parameter.
+    let extended = b[9] == 255 && b.get(10) == Some(&255);
+    let (params, len_bytes) = if extended {
+        let total = usize::from(u16::from_be_bytes([
+            *b.get(11).ok_or_else(|| overrun("optional parameters"))?,
+            *b.get(12).ok_or_else(|| overrun("optional parameters"))?,
+        ]));
+        (
+            b.get(13..13 + total)
+                .ok_or_else(|| overrun("optional parameters"))?,
+            2,
+        )
+    } else {
+        let params_len = usize::from(b[9]);
+        (
+            b.get(10..10 + params_len)
+                .ok_or_else(|| overrun("optional parameters"))?,
+            1,
+        )
+    };
     let mut open = Open {
         asn: u32::from(two),
         hold_time,
         bgp_id,
         families: Vec::new(),
         four_octet: false,
+        route_refresh: false,
+        graceful_restart: None,
     };
     let mut i = 0;
     while i < params.len() {
-        let (Some(&ptype), Some(&plen)) = (params.get(i), params.get(i + 1)) else {
-            return Err(bad(
+        let head = params.get(i..i + 1 + len_bytes).ok_or_else(|| {
+            bad(
                 error::OPEN,
                 error::OPEN_UNSUPPORTED_PARAMETER,
                 Vec::new(),
                 "truncated parameter",
-            ));
+            )
+        })?;
+        let ptype = head[0];
+        let plen = if extended {
+            usize::from(u16::from_be_bytes([head[1], head[2]]))
+        } else {
+            usize::from(head[1])
         };
-        let value = params
-            .get(i + 2..i + 2 + usize::from(plen))
-            .ok_or_else(|| {
-                bad(
-                    error::OPEN,
-                    error::OPEN_UNSUPPORTED_PARAMETER,
-                    Vec::new(),
-                    "parameter overruns",
-                )
-            })?;
+        let start = i + 1 + len_bytes;
+        let value = params.get(start..start + plen).ok_or_else(|| {
+            bad(
+                error::OPEN,
+                error::OPEN_UNSUPPORTED_PARAMETER,
+                Vec::new(),
+                "parameter overruns",
+            )
+        })?;
         if ptype != 2 {
             return Err(bad(
                 error::OPEN,
@@ -391,6 +532,18 @@ fn decode_open(b: &[u8]) -> Result<Message, DecodeError> {
                 (1, 4) => open
                     .families
                     .push((u16::from_be_bytes([cap[0], cap[1]]), cap[3])),
+                (2, 0) => open.route_refresh = true,
+                (64, n) if n >= 2 && (n - 2) % 4 == 0 => {
+                    let head = u16::from_be_bytes([cap[0], cap[1]]);
+                    open.graceful_restart = Some(GracefulRestart {
+                        restarting: head & 0x8000 != 0,
+                        time: head & 0x0fff,
+                        families: cap[2..]
+                            .chunks(4)
+                            .map(|f| (u16::from_be_bytes([f[0], f[1]]), f[2], f[3] & 0x80 != 0))
+                            .collect(),
+                    });
+                }
                 (65, 4) => {
                     open.four_octet = true;
                     open.asn = u32::from_be_bytes([cap[0], cap[1], cap[2], cap[3]]);
@@ -399,7 +552,7 @@ fn decode_open(b: &[u8]) -> Result<Message, DecodeError> {
             }
             j += 2 + clen;
         }
-        i += 2 + usize::from(plen);
+        i = start + plen;
     }
     Ok(Message::Open(open))
 }
@@ -495,12 +648,30 @@ mod tests {
             bgp_id: Ipv4Addr::new(10, 0, 0, 1),
             families: vec![(1, 1), (2, 1)],
             four_octet: true,
+            route_refresh: true,
+            graceful_restart: Some(GracefulRestart {
+                restarting: true,
+                time: 120,
+                families: vec![(1, 1, true), (2, 1, false)],
+            }),
         };
         let bytes = Message::Open(open.clone()).encode();
         assert_eq!(&bytes[19..22], &[4, 0x5b, 0xa0], "version 4, AS_TRANS");
         let (m, n) = Message::decode(&bytes).expect("valid").expect("whole");
         assert_eq!(n, bytes.len());
         assert_eq!(m, Message::Open(open));
+    }
+
+    #[test]
+    fn end_of_rib_markers() {
+        // IPv4: the 23-byte empty UPDATE.
+        let v4 = Message::EndOfRib { afi: 1, safi: 1 }.encode();
+        assert_eq!(v4.len(), 23);
+        assert_eq!(&v4[18..], &[2, 0, 0, 0, 0]);
+        // IPv6: an UPDATE with only MP_UNREACH_NLRI(AFI 2, SAFI 1).
+        let v6 = Message::EndOfRib { afi: 2, safi: 1 }.encode();
+        assert_eq!(&v6[18..], &[2, 0, 0, 0, 6, 0x80, 15, 3, 0, 2, 1]);
+        assert!(Message::decode(&v6).expect("valid").is_some());
     }
 
     #[test]
@@ -555,9 +726,9 @@ mod tests {
             ],
             attributes: Some(Attributes {
                 as_path: vec![65001],
-                next_hop: "10.0.0.1".parse().expect("ip"),
-                local_pref: None,
+                next_hop: Some("10.0.0.1".parse().expect("ip")),
                 communities: vec![parse_community("65001:100").expect("community")],
+                ..Attributes::default()
             }),
         };
         let bytes = m.encode();
@@ -572,10 +743,9 @@ mod tests {
             withdrawn: vec![],
             announced: vec!["2001:db8::10/128".parse().expect("net")],
             attributes: Some(Attributes {
-                as_path: vec![],
-                next_hop: "2001:db8::1".parse().expect("ip"),
+                next_hop: Some("2001:db8::1".parse().expect("ip")),
                 local_pref: Some(100),
-                communities: vec![],
+                ..Attributes::default()
             }),
         }
         .encode();
@@ -611,6 +781,8 @@ mod tests {
             bgp_id: Ipv4Addr::new(1, 1, 1, 1),
             families: vec![],
             four_octet: false,
+            route_refresh: false,
+            graceful_restart: None,
         })
         .encode();
         v3[19] = 3;

@@ -5,33 +5,36 @@
 //! healthy member: the routers spread ClusterIP traffic by ECMP). Received
 //! routes are ignored.
 //!
-//! The session (RFC 4271 §8, the part an announce-only speaker needs):
-//! connect (active), OPEN both ways (four-octet AS and multiprotocol IPv4 /
-//! IPv6 unicast capabilities; the peer's AS must be the configured one; hold
-//! time the smaller of both, 0 or at least 3 s), KEEPALIVE to establish,
-//! then UPDATEs as the announced set changes, KEEPALIVEs every third of the
-//! hold time, and the hold timer on what the peer sends. A malformed
-//! message gets the NOTIFICATION with RFC 4271's code and subcode; the
-//! session then resets and reconnects with backoff (1 s doubling to 30 s).
-//! A clean stop withdraws every route and ends with a Cease NOTIFICATION
-//! (Administrative Shutdown).
+//! The protocol is the pure state machine of `fsm` (OPEN, negotiation,
+//! UPDATEs of the negotiated families, NOTIFICATIONs); this task owns the
+//! TCP connection and the timers and turns them into its events. Writes go
+//! through a writer task, so a peer that stops reading never holds up the
+//! session's timers or a stop: a write that makes no progress for the hold
+//! time (or 30 s without one) ends the session. A session error resets
+//! with backoff (1 s doubling to 30 s, back to 1 s after a session that
+//! was established). A clean stop withdraws every route and ends with a
+//! Cease NOTIFICATION (Administrative Shutdown), waiting at most 2 s for
+//! the peer to take them.
 
 pub mod codec;
+pub mod fsm;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use ipnet::IpNet;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use codec::{Attributes, Message, Open, error};
+use crate::announce::bfd::packet::State as BfdState;
+use codec::{Attributes, Message};
+use fsm::{Action, Event, Session, SessionConfig};
 
 /// `[announce]` with `mode = "bgp"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +45,10 @@ pub struct BgpConfig {
     /// Proposed hold time, seconds (0 or 3..=65535).
     pub hold_time: u16,
     pub communities: Vec<u32>,
+    /// RFC 8092 large communities: (global administrator, data 1, data 2).
+    pub large_communities: Vec<(u32, u32, u32)>,
+    /// MULTI_EXIT_DISC of every route, when set.
+    pub med: Option<u32>,
     /// LOCAL_PREF on iBGP sessions.
     pub local_pref: u32,
     /// Next hop for IPv4 routes; `None`: the session's own address.
@@ -55,27 +62,185 @@ pub struct BgpConfig {
     /// Announced whole by every healthy member, and the VIPs inside them
     /// not one by one (the Kubernetes service CIDRs).
     pub service_cidrs: Vec<ipnet::IpNet>,
+    /// BFD for every peer that does not opt out (`[announce.bfd]`).
+    pub bfd: Option<crate::announce::bfd::Timers>,
+    /// Graceful restart's restart time, seconds (RFC 4724); `None`: off.
+    pub graceful_restart: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
     pub address: SocketAddr,
     pub asn: u32,
+    /// The local address the session starts from; `None`: the kernel's
+    /// choice.
+    pub source: Option<IpAddr>,
+    /// The TTL (hop limit) of the session's packets: 1 for a directly
+    /// connected eBGP peer, more for multihop; `None`: the system default.
+    pub ttl: Option<u32>,
+    /// Only routes inside these networks go to this peer; empty: all.
+    pub prefixes: Vec<IpNet>,
+    /// Added to the global communities on this peer's routes.
+    pub communities: Vec<u32>,
+    pub large_communities: Vec<(u32, u32, u32)>,
+    /// Overrides the global MED on this peer's routes.
+    pub med: Option<u32>,
+    /// BFD with this peer when `[announce.bfd]` is on (the default).
+    pub bfd: bool,
 }
 
-/// Runs one session per peer until `shutdown`.
+/// One peer as `lbctl status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub address: SocketAddr,
+    pub asn: u32,
+    /// "connecting", "open-sent", "open-confirm" or "established".
+    pub state: &'static str,
+    /// Unix milliseconds; 0 when not established.
+    pub established_since_unix_ms: i64,
+    /// Routes the peer has from this member.
+    pub routes: usize,
+    /// Why the last session ended; empty before any ended.
+    pub last_error: String,
+    /// `None` when BFD is off for this peer.
+    pub bfd: Option<crate::announce::bfd::Status>,
+}
+
+impl PeerConfig {
+    /// A peer with only an address and an AS.
+    pub fn new(address: SocketAddr, asn: u32) -> PeerConfig {
+        PeerConfig {
+            address,
+            asn,
+            source: None,
+            ttl: None,
+            prefixes: Vec::new(),
+            communities: Vec::new(),
+            large_communities: Vec::new(),
+            med: None,
+            bfd: true,
+        }
+    }
+
+    /// The BFD session this peer gets, if any: single hop unless the
+    /// session is multihop (a TTL above 1).
+    fn bfd_spec(&self, config: &BgpConfig) -> Option<crate::announce::bfd::PeerSpec> {
+        (config.bfd.is_some() && self.bfd).then(|| crate::announce::bfd::PeerSpec {
+            address: self.address.ip(),
+            source: self.source,
+            multihop: self.ttl.is_some_and(|t| t > 1),
+        })
+    }
+
+    /// Whether `route` goes to this peer.
+    fn takes(&self, route: &IpNet) -> bool {
+        self.prefixes.is_empty() || self.prefixes.iter().any(|p| p.contains(route))
+    }
+
+    /// What its session needs of the configuration; `first`: the first
+    /// session since the process started.
+    fn session_config(&self, config: &BgpConfig, first: bool) -> SessionConfig {
+        let mut communities = config.communities.clone();
+        communities.extend(self.communities.iter().copied());
+        let mut large = config.large_communities.clone();
+        large.extend(self.large_communities.iter().copied());
+        SessionConfig {
+            local_as: config.local_as,
+            router_id: config.router_id,
+            peer_as: self.asn,
+            hold_time: config.hold_time,
+            attributes: Attributes {
+                communities,
+                large_communities: large,
+                med: self.med.or(config.med),
+                local_pref: Some(config.local_pref),
+                ..Attributes::default()
+            },
+            next_hop_v4: config.next_hop_v4,
+            next_hop_v6: config.next_hop_v6,
+            graceful_restart: config.graceful_restart.map(|t| fsm::GrConfig {
+                restart_time: t,
+                restarting: first,
+            }),
+        }
+    }
+}
+
+/// Runs one session per peer until `shutdown`, with BFD where
+/// configured; publishes the peers' states in `status`.
+/// `settled` turns true once what the member announces is decided (the
+/// End-of-RIB of graceful restart waits for it).
 pub async fn run(
     config: BgpConfig,
     announced: watch::Receiver<Arc<BTreeSet<IpNet>>>,
+    settled: watch::Receiver<bool>,
+    status: watch::Sender<Vec<PeerStatus>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    status.send_replace(
+        config
+            .peers
+            .iter()
+            .map(|p| PeerStatus {
+                address: p.address,
+                asn: p.asn,
+                state: "connecting",
+                established_since_unix_ms: 0,
+                routes: 0,
+                last_error: String::new(),
+                bfd: p.bfd_spec(&config).map(|_| Default::default()),
+            })
+            .collect(),
+    );
+    let specs: Vec<(usize, crate::announce::bfd::PeerSpec)> = config
+        .peers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.bfd_spec(&config).map(|s| (i, s)))
+        .collect();
+    let mut bfd: Vec<Option<watch::Receiver<crate::announce::bfd::Status>>> =
+        vec![None; config.peers.len()];
+    if let Some(timers) = config.bfd {
+        let receivers = crate::announce::bfd::spawn(
+            timers,
+            specs.iter().map(|(_, s)| s.clone()).collect(),
+            shutdown.clone(),
+        )
+        .await
+        .context("BFD")?;
+        for ((i, _), rx) in specs.iter().zip(receivers) {
+            // The status follows the BFD session, in a session or not.
+            let (mut copy, status) = (rx.clone(), status.clone());
+            let i = *i;
+            tokio::spawn(async move {
+                loop {
+                    let now = copy.borrow_and_update().clone();
+                    status.send_modify(|s| {
+                        if let Some(p) = s.get_mut(i) {
+                            p.bfd = Some(now);
+                        }
+                    });
+                    if copy.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            bfd[i] = Some(rx);
+        }
+    }
     let mut sessions = Vec::new();
-    for peer in config.peers.clone() {
+    for (i, peer) in config.peers.clone().into_iter().enumerate() {
         sessions.push(tokio::spawn(peer_loop(
             config.clone(),
             peer,
             announced.clone(),
+            PeerHandle {
+                index: i,
+                status: status.clone(),
+                bfd: bfd[i].take(),
+                settled: settled.clone(),
+            },
             shutdown.clone(),
         )));
     }
@@ -85,31 +250,82 @@ pub async fn run(
     Ok(())
 }
 
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// A session's links to the rest: its line in the status, its BFD, and
+/// whether the member's routes are settled.
+struct PeerHandle {
+    index: usize,
+    status: watch::Sender<Vec<PeerStatus>>,
+    bfd: Option<watch::Receiver<crate::announce::bfd::Status>>,
+    settled: watch::Receiver<bool>,
+}
+
+impl PeerHandle {
+    fn update(&self, f: impl FnOnce(&mut PeerStatus)) {
+        self.status.send_modify(|s| {
+            if let Some(p) = s.get_mut(self.index) {
+                f(p);
+            }
+        });
+    }
+}
+
 async fn peer_loop(
     config: Arc<BgpConfig>,
     peer: PeerConfig,
     announced: watch::Receiver<Arc<BTreeSet<IpNet>>>,
+    mut handle: PeerHandle,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = BACKOFF_FIRST;
+    let mut first = true;
     loop {
-        match session(&config, &peer, announced.clone(), &shutdown).await {
-            Ok(Ended::Shutdown) => return,
-            Ok(Ended::Reset(why)) => {
-                warn!(peer = %peer.address, reason = %why, "BGP session reset");
-                backoff = Duration::from_secs(1);
-            }
-            Err(e) => warn!(peer = %peer.address, error = format!("{e:#}"), "BGP session failed"),
-        }
+        let mut established = false;
+        let ended = session(
+            &config,
+            &peer,
+            announced.clone(),
+            &mut handle,
+            first,
+            &shutdown,
+            &mut established,
+        )
+        .await;
+        first = false;
         crate::metrics::METRICS
             .bgp_sessions
             .with_label_values(&[&peer.address.to_string()])
             .set(0);
+        let error = match ended {
+            Ok(Ended::Shutdown) => return,
+            Ok(Ended::Reset(why)) => {
+                warn!(peer = %peer.address, reason = %why, "BGP session reset");
+                why
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                warn!(peer = %peer.address, error = %e, "BGP session failed");
+                e
+            }
+        };
+        handle.update(|p| {
+            p.state = "connecting";
+            p.established_since_unix_ms = 0;
+            p.routes = 0;
+            p.last_error = error;
+        });
+        // A session that got as far as established ends the outage the
+        // backoff counted: the next failure starts from the first step.
+        if established {
+            backoff = BACKOFF_FIRST;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -118,243 +334,261 @@ enum Ended {
     Reset(String),
 }
 
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
+/// Connects to the peer, from its source address and with its TTL when
+/// configured.
+async fn connect(peer: &PeerConfig) -> anyhow::Result<TcpStream> {
+    let socket = if peer.address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .context("socket")?;
+    if let Some(source) = peer.source {
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .with_context(|| format!("cannot bind the source address {source}"))?;
+    }
+    let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(peer.address))
+        .await
+        .context("connect timed out")?
+        .context("cannot connect")?;
+    stream.set_nodelay(true)?;
+    if let Some(ttl) = peer.ttl {
+        stream.set_ttl(ttl).context("cannot set the TTL")?;
+    }
+    Ok(stream)
 }
 
-impl Conn {
-    async fn send(&mut self, m: &Message) -> anyhow::Result<()> {
-        self.stream
-            .write_all(&m.encode())
+/// Writes what the session queues, in order; fails when one message makes
+/// no progress for `stall` (the peer stopped reading).
+async fn write_loop(
+    mut stream: tokio::net::tcp::OwnedWriteHalf,
+    mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
+    stall: Duration,
+) -> anyhow::Result<()> {
+    while let Some(bytes) = queue.recv().await {
+        tokio::time::timeout(stall, stream.write_all(&bytes))
             .await
-            .context("cannot write to the peer")
+            .with_context(|| format!("the peer has read nothing for {stall:?}"))?
+            .context("cannot write to the peer")?;
     }
-
-    /// The next message; a malformed one is answered with its
-    /// NOTIFICATION and ends the session.
-    async fn next(&mut self) -> anyhow::Result<Message> {
-        loop {
-            match Message::decode(&self.buf) {
-                Ok(Some((m, n))) => {
-                    self.buf.drain(..n);
-                    return Ok(m);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    let _ = self
-                        .send(&Message::Notification {
-                            code: e.code,
-                            subcode: e.subcode,
-                            data: e.data.clone(),
-                        })
-                        .await;
-                    bail!("malformed message from the peer: {e}");
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk).await.context("read")?;
-            if n == 0 {
-                bail!("the peer closed the connection");
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
+    let _ = stream.shutdown().await;
+    Ok(())
 }
 
-fn attributes(config: &BgpConfig, peer: &PeerConfig, next_hop: IpAddr) -> Attributes {
-    let ebgp = peer.asn != config.local_as;
-    Attributes {
-        as_path: if ebgp { vec![config.local_as] } else { vec![] },
-        next_hop,
-        local_pref: (!ebgp).then_some(config.local_pref),
-        communities: config.communities.clone(),
+/// The routes for this peer.
+fn routes_for(peer: &PeerConfig, all: &Arc<BTreeSet<IpNet>>) -> Arc<BTreeSet<IpNet>> {
+    if peer.prefixes.is_empty() {
+        return all.clone();
     }
-}
-
-/// A clean end of a session: every advertised route withdrawn, then a
-/// Cease (Administrative Shutdown) NOTIFICATION.
-async fn close(conn: &mut Conn, peer: &PeerConfig, advertised: &BTreeSet<IpNet>) {
-    let all: Vec<IpNet> = advertised.iter().copied().collect();
-    for chunk in all.chunks(200) {
-        let _ = conn
-            .send(&Message::Update {
-                withdrawn: chunk.to_vec(),
-                announced: vec![],
-                attributes: None,
-            })
-            .await;
-    }
-    let _ = conn
-        .send(&Message::Notification {
-            code: error::CEASE,
-            subcode: error::CEASE_ADMINISTRATIVE_SHUTDOWN,
-            data: vec![],
-        })
-        .await;
-    let _ = conn.stream.shutdown().await;
-    info!(peer = %peer.address, routes = advertised.len(), "BGP session closed: routes withdrawn, Cease sent");
+    Arc::new(all.iter().copied().filter(|r| peer.takes(r)).collect())
 }
 
 async fn session(
     config: &BgpConfig,
     peer: &PeerConfig,
     mut announced: watch::Receiver<Arc<BTreeSet<IpNet>>>,
+    handle: &mut PeerHandle,
+    first: bool,
     shutdown: &CancellationToken,
+    established: &mut bool,
 ) -> anyhow::Result<Ended> {
+    let mut settled = handle.settled.clone();
+    let mut bfd = handle.bfd.clone();
+    let mut bfd_was_up = bfd
+        .as_mut()
+        .is_some_and(|b| b.borrow_and_update().state == BfdState::Up);
     let stream = tokio::select! {
         _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
-        s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(peer.address)) => {
-            s.context("connect timed out")?.context("cannot connect")?
-        }
+        s = connect(peer) => s?,
     };
-    stream.set_nodelay(true)?;
     let local = stream.local_addr()?.ip();
-    let mut conn = Conn {
-        stream,
-        buf: Vec::new(),
-    };
-    conn.send(&Message::Open(Open {
-        asn: config.local_as,
-        hold_time: config.hold_time,
-        bgp_id: config.router_id,
-        families: vec![(1, 1), (2, 1)],
-        four_octet: true,
-    }))
-    .await?;
-    let open = tokio::time::timeout(Duration::from_secs(30), conn.next())
-        .await
-        .context("no OPEN from the peer")??;
-    let Message::Open(theirs) = open else {
-        conn.send(&Message::Notification {
-            code: error::FSM,
-            subcode: 0,
-            data: vec![],
-        })
-        .await?;
-        bail!("expected an OPEN, got {open:?}");
-    };
-    if theirs.asn != peer.asn {
-        conn.send(&Message::Notification {
-            code: error::OPEN,
-            subcode: error::OPEN_BAD_PEER_AS,
-            data: vec![],
-        })
-        .await?;
-        bail!("the peer says AS {}, configured {}", theirs.asn, peer.asn);
-    }
-    let hold = Duration::from_secs(u64::from(config.hold_time.min(theirs.hold_time)));
-    conn.send(&Message::Keepalive).await?;
-    match tokio::time::timeout(Duration::from_secs(30), conn.next()).await?? {
-        Message::Keepalive => {}
-        Message::Notification { code, subcode, .. } => {
-            bail!("the peer refused the session: NOTIFICATION {code}/{subcode}")
-        }
-        other => bail!("expected a KEEPALIVE, got {other:?}"),
-    }
-    info!(peer = %peer.address, asn = peer.asn, hold_s = hold.as_secs(), "BGP session established");
-    crate::metrics::METRICS
-        .bgp_sessions
-        .with_label_values(&[&peer.address.to_string()])
-        .set(1);
-
-    let next_v4 = config
-        .next_hop_v4
-        .map(IpAddr::V4)
-        .or(local.is_ipv4().then_some(local));
-    let next_v6 = config
-        .next_hop_v6
-        .map(IpAddr::V6)
-        .or(local.is_ipv6().then_some(local));
-    let mut advertised: BTreeSet<IpNet> = BTreeSet::new();
-    let keepalive_every = if hold.is_zero() {
-        Duration::from_secs(3600)
-    } else {
-        hold / 3
-    };
-    let mut keepalive = tokio::time::interval(keepalive_every);
-    keepalive.tick().await;
-    let mut last_heard = tokio::time::Instant::now();
-    let mut wanted_changed = true;
-    loop {
-        if wanted_changed {
-            wanted_changed = false;
-            let wanted: BTreeSet<IpNet> = announced
-                .borrow_and_update()
-                .iter()
-                .copied()
-                .filter(|net| match net {
-                    IpNet::V4(_) => next_v4.is_some(),
-                    IpNet::V6(_) => next_v6.is_some(),
-                })
-                .collect();
-            for v6 in [false, true] {
-                let withdrawn: Vec<IpNet> = advertised
-                    .difference(&wanted)
-                    .filter(|net| matches!(net, IpNet::V6(_)) == v6)
-                    .copied()
-                    .collect();
-                let added: Vec<IpNet> = wanted
-                    .difference(&advertised)
-                    .filter(|net| matches!(net, IpNet::V6(_)) == v6)
-                    .copied()
-                    .collect();
-                let next_hop = if v6 { next_v6 } else { next_v4 };
-                // Chunks keep each UPDATE under 4,096 bytes.
-                for chunk in withdrawn.chunks(200) {
-                    conn.send(&Message::Update {
-                        withdrawn: chunk.to_vec(),
-                        announced: vec![],
-                        attributes: None,
-                    })
-                    .await?;
+    let (mut read, write) = stream.into_split();
+    let (queue, queued) = mpsc::unbounded_channel::<Vec<u8>>();
+    let stall = Duration::from_secs(u64::from(config.hold_time).max(30));
+    let mut writer = tokio::spawn(write_loop(write, queued, stall));
+    let mut fsm = Session::new(peer.session_config(config, first));
+    let mut closing: Option<(String, bool)> = None;
+    let mut act = |actions: Vec<Action>, closing: &mut Option<(String, bool)>| {
+        for a in actions {
+            match a {
+                Action::Send(m) => {
+                    let _ = queue.send(m.encode());
                 }
-                if let Some(nh) = next_hop {
-                    for chunk in added.chunks(150) {
-                        conn.send(&Message::Update {
-                            withdrawn: vec![],
-                            announced: chunk.to_vec(),
-                            attributes: Some(attributes(config, peer, nh)),
-                        })
-                        .await?;
-                    }
+                Action::Established(n) => {
+                    *established = true;
+                    handle.update(|p| {
+                        p.state = "established";
+                        p.established_since_unix_ms =
+                            crate::dataplane::reconcile::unix_ms(std::time::SystemTime::now());
+                    });
+                    info!(peer = %peer.address, asn = peer.asn, hold_s = n.hold_time,
+                          families = ?n.families, four_octet = n.four_octet,
+                          graceful_restart = n.graceful_restart, "BGP session established");
+                    crate::metrics::METRICS
+                        .bgp_sessions
+                        .with_label_values(&[&peer.address.to_string()])
+                        .set(1);
                 }
-                if !withdrawn.is_empty() || !added.is_empty() {
-                    info!(peer = %peer.address, announced = added.len(), withdrawn = withdrawn.len(), "BGP routes updated");
+                Action::RoutesUpdated {
+                    announced,
+                    withdrawn,
+                    total,
+                } => {
+                    info!(peer = %peer.address, announced, withdrawn, "BGP routes updated");
+                    handle.update(|p| p.routes = total);
                 }
+                Action::Close { reason, clean } => *closing = Some((reason, clean)),
             }
-            advertised = wanted;
         }
-        let hold_deadline = last_heard + hold;
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                close(&mut conn, peer, &advertised).await;
+    };
+    act(fsm.handle(Event::Connected { local }), &mut closing);
+    act(
+        fsm.handle(Event::Routes(routes_for(
+            peer,
+            &announced.borrow_and_update(),
+        ))),
+        &mut closing,
+    );
+    if *settled.borrow_and_update() {
+        act(fsm.handle(Event::Settled), &mut closing);
+    }
+    // Graceful restart: the End-of-RIB goes once the member settled, or
+    // after the restart time at the latest (a member that cannot rejoin
+    // must not keep its stale routes for ever).
+    let end_of_rib_by = tokio::time::Instant::now()
+        + Duration::from_secs(u64::from(config.graceful_restart.unwrap_or(0)));
+    let mut settle_pending = config.graceful_restart.is_some() && !*settled.borrow();
+    // Until the OPENs are exchanged, 30 s of silence ends the attempt.
+    let mut last_heard = tokio::time::Instant::now();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 4096];
+    let mut keepalive_at: Option<tokio::time::Instant> = None;
+    loop {
+        if let Some((reason, clean)) = closing.take() {
+            // What was queued goes first (withdrawals, the NOTIFICATION),
+            // for at most 2 s: a peer that does not read does not hold a
+            // stop up.
+            drop(queue);
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+            writer.abort();
+            if clean {
+                info!(peer = %peer.address, routes = fsm.advertised().len(), "BGP session closed: {reason}");
                 return Ok(Ended::Shutdown);
             }
-            changed = announced.changed() => {
-                // The sender goes away only when the member stops: the
-                // same clean close as a shutdown, whichever branch won.
+            return Ok(Ended::Reset(reason));
+        }
+        let hold = fsm.negotiated().map(|n| n.hold_time);
+        let hold_for = match hold {
+            Some(0) => None,
+            Some(h) => Some(Duration::from_secs(u64::from(h))),
+            None => Some(Duration::from_secs(30)),
+        };
+        if let (Some(h), None) = (hold_for, keepalive_at)
+            && hold.is_some()
+        {
+            keepalive_at = Some(tokio::time::Instant::now() + h / 3);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => act(fsm.handle(Event::Stop), &mut closing),
+            changed = settled.changed(), if settle_pending => {
+                if changed.is_err() || *settled.borrow_and_update() {
+                    settle_pending = false;
+                    // The routes published before it first: the select may
+                    // wake this branch before the routes' own.
+                    if announced.has_changed().unwrap_or(false) {
+                        let routes = routes_for(peer, &announced.borrow_and_update());
+                        act(fsm.handle(Event::Routes(routes)), &mut closing);
+                    }
+                    act(fsm.handle(Event::Settled), &mut closing);
+                }
+            }
+            () = tokio::time::sleep_until(end_of_rib_by), if settle_pending => {
+                settle_pending = false;
+                warn!(peer = %peer.address, "not settled within the restart time: End-of-RIB sent anyway");
+                act(fsm.handle(Event::Settled), &mut closing);
+            }
+            changed = async {
+                match bfd.as_mut() {
+                    Some(b) => b.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 if changed.is_err() {
-                    close(&mut conn, peer, &advertised).await;
-                    return Ok(Ended::Shutdown);
+                    bfd = None;
+                    continue;
                 }
-                wanted_changed = true;
+                let now = bfd.as_mut().map(|b| b.borrow_and_update().clone()).unwrap_or_default();
+                let up = now.state == BfdState::Up;
+                // Down after Up, the peer not administratively down (RFC
+                // 5882 §3.2: that is no failure of the path): the path is
+                // gone, and the session with it.
+                // Our own AdminDown is a stop, which the session sees
+                // itself.
+                if bfd_was_up
+                    && now.state == BfdState::Down
+                    && !now.peer_admin_down
+                    && !shutdown.is_cancelled()
+                {
+                    act(fsm.handle(Event::BfdDown), &mut closing);
+                }
+                bfd_was_up = up;
             }
-            _ = keepalive.tick(), if !hold.is_zero() => conn.send(&Message::Keepalive).await?,
-            _ = tokio::time::sleep_until(hold_deadline), if !hold.is_zero() => {
-                let _ = conn.send(&Message::Notification { code: error::HOLD_TIMER_EXPIRED, subcode: 0, data: vec![] }).await;
-                return Ok(Ended::Reset("hold timer expired".into()));
+            changed = announced.changed() => {
+                // The sender goes away only when the member stops.
+                let event = if changed.is_err() {
+                    Event::Stop
+                } else {
+                    Event::Routes(routes_for(peer, &announced.borrow_and_update()))
+                };
+                act(fsm.handle(event), &mut closing);
             }
-            m = conn.next() => match m? {
-                Message::Keepalive | Message::Update { .. } => last_heard = tokio::time::Instant::now(),
-                Message::Notification { code, subcode, .. } => {
-                    return Ok(Ended::Reset(format!("the peer sent NOTIFICATION {code}/{subcode}")));
+            () = async {
+                match keepalive_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
-                Message::Open(_) => {
-                    let _ = conn.send(&Message::Notification { code: error::FSM, subcode: 0, data: vec![] }).await;
-                    return Ok(Ended::Reset("an OPEN on an established session".into()));
+            } => {
+                act(fsm.handle(Event::KeepaliveDue), &mut closing);
+                keepalive_at = hold_for.map(|h| tokio::time::Instant::now() + h / 3);
+            }
+            () = async {
+                match hold_for {
+                    Some(h) => tokio::time::sleep_until(last_heard + h).await,
+                    None => std::future::pending().await,
                 }
-            },
+            } => act(fsm.handle(Event::HoldTimerExpired), &mut closing),
+            n = read.read(&mut chunk) => {
+                let n = n.context("read")?;
+                if n == 0 {
+                    anyhow::bail!("the peer closed the connection");
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                loop {
+                    match Message::decode(&buf) {
+                        Ok(Some((m, len))) => {
+                            buf.drain(..len);
+                            last_heard = tokio::time::Instant::now();
+                            act(fsm.handle(Event::Received(m)), &mut closing);
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            act(fsm.handle(Event::Malformed(e)), &mut closing);
+                            break;
+                        }
+                    }
+                    if closing.is_some() {
+                        break;
+                    }
+                }
+            }
+            written = &mut writer => {
+                return Err(match written {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => anyhow::anyhow!("the writer stopped"),
+                    Err(e) => anyhow::anyhow!("the writer failed: {e}"),
+                });
+            }
         }
     }
 }
@@ -362,6 +596,7 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use codec::{Open, error};
     use tokio::net::TcpListener;
 
     /// A scripted peer: reads whole messages, answers what the test says.
@@ -419,6 +654,8 @@ mod tests {
                     bgp_id: Ipv4Addr::new(127, 0, 0, 2),
                     families: vec![(1, 1)],
                     four_octet: true,
+                    route_refresh: true,
+                    graceful_restart: None,
                 })
                 .encode(),
             )
@@ -433,17 +670,21 @@ mod tests {
         BgpConfig {
             local_as: 65001,
             router_id: Ipv4Addr::new(127, 0, 0, 1),
-            peers: vec![PeerConfig {
-                address: SocketAddr::from(([127, 0, 0, 1], port)),
-                asn: peer_as,
-            }],
+            peers: vec![PeerConfig::new(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                peer_as,
+            )],
             hold_time: 9,
             communities: vec![],
+            large_communities: vec![],
+            med: None,
             local_pref: 100,
             next_hop_v4: None,
             next_hop_v6: None,
             ecmp: false,
             service_cidrs: vec![],
+            bfd: None,
+            graceful_restart: None,
         }
     }
 
@@ -462,7 +703,13 @@ mod tests {
         let port = listener.local_addr().expect("addr").port();
         let (tx, rx) = watch::channel(ips(&["192.0.2.10"]));
         let stop = CancellationToken::new();
-        let speaker = tokio::spawn(run(config(port, 65000), rx, stop.clone()));
+        let speaker = tokio::spawn(run(
+            config(port, 65000),
+            rx,
+            watch::channel(true).1,
+            watch::channel(Vec::new()).0,
+            stop.clone(),
+        ));
 
         let mut peer = Peer::accept(&listener).await;
         let open = peer.establish(65000).await;
@@ -476,11 +723,14 @@ mod tests {
         let expected = Message::Update {
             withdrawn: vec![],
             announced: vec!["192.0.2.10/32".parse().expect("net")],
-            attributes: Some(attributes(
-                &c,
-                &c.peers[0],
-                "127.0.0.1".parse().expect("ip"),
-            )),
+            attributes: Some(Attributes {
+                as_path: vec![65001],
+                four_octet: true,
+                next_hop: Some("127.0.0.1".parse().expect("ip")),
+                // eBGP: no LOCAL_PREF.
+                local_pref: None,
+                ..c.peers[0].session_config(&c, true).attributes
+            }),
         };
         assert_eq!(raw, expected.encode());
         assert!(
@@ -539,7 +789,13 @@ mod tests {
         let port = listener.local_addr().expect("addr").port();
         let (_tx, rx) = watch::channel(ips(&[]));
         let stop = CancellationToken::new();
-        let speaker = tokio::spawn(run(config(port, 65000), rx, stop.clone()));
+        let speaker = tokio::spawn(run(
+            config(port, 65000),
+            rx,
+            watch::channel(true).1,
+            watch::channel(Vec::new()).0,
+            stop.clone(),
+        ));
         let mut peer = Peer::accept(&listener).await;
         let Message::Open(_) = peer.next().await else {
             panic!("expected an OPEN")
@@ -551,6 +807,8 @@ mod tests {
                 bgp_id: Ipv4Addr::new(127, 0, 0, 2),
                 families: vec![],
                 four_octet: true,
+                route_refresh: false,
+                graceful_restart: None,
             })
             .encode(),
         )
