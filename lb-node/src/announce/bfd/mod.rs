@@ -81,16 +81,23 @@ struct Demux {
     by_address: HashMap<(IpAddr, u16), Inbox>,
 }
 
-/// Starts one session per peer; their statuses, in order. Fails when a
-/// receiving socket cannot be bound (the port is taken).
+/// Starts one session per peer; their statuses, in order, and the
+/// sessions' tasks, which end once `shutdown` told each peer AdminDown
+/// (the caller waits for them, so a stop is never mistaken for a failure
+/// by a peer that missed it). Fails when a receiving socket cannot be
+/// bound (the port is taken).
 pub async fn spawn(
     timers: Timers,
     peers: Vec<PeerSpec>,
     shutdown: CancellationToken,
-) -> anyhow::Result<Vec<watch::Receiver<Status>>> {
+) -> anyhow::Result<(
+    Vec<watch::Receiver<Status>>,
+    Vec<tokio::task::JoinHandle<()>>,
+)> {
     let demux = Arc::new(Mutex::new(Demux::default()));
     let mut listening = std::collections::BTreeSet::new();
     let mut statuses = Vec::new();
+    let mut tasks = Vec::new();
     for peer in peers {
         let port = if peer.multihop {
             MULTIHOP_PORT
@@ -116,7 +123,7 @@ pub async fn spawn(
             }
         };
         let (status_tx, status_rx) = watch::channel(Status::default());
-        tokio::spawn(run_session(
+        tasks.push(tokio::spawn(run_session(
             Session::new(timers, discriminator.0),
             peer,
             port,
@@ -124,10 +131,10 @@ pub async fn spawn(
             discriminator.1,
             status_tx,
             shutdown.clone(),
-        ));
+        )));
         statuses.push(status_rx);
     }
-    Ok(statuses)
+    Ok((statuses, tasks))
 }
 
 fn listen(v6: bool, port: u16) -> anyhow::Result<UdpSocket> {
@@ -261,9 +268,17 @@ async fn run_session(
             }
             got = inbox.recv() => {
                 let Some((p, at)) = got else { return };
+                let before = s.tx_interval();
                 let change = s.receive(&p, at.into_std());
                 if s.reply_due() {
                     send(&mut s);
+                }
+                // The peer asked for packets more often (its required
+                // min RX went down: FRR asks for 1 s until Up): the new
+                // pace starts now, not after a packet sent at the old one
+                // (its detection time would run out first).
+                if let Some(now) = s.tx_interval().filter(|_| s.tx_interval() != before) {
+                    next_tx = next_tx.min(Instant::now() + jittered(now, multiplier));
                 }
                 change
             }

@@ -201,14 +201,22 @@ pub async fn run(
         .collect();
     let mut bfd: Vec<Option<watch::Receiver<crate::announce::bfd::Status>>> =
         vec![None; config.peers.len()];
+    // BFD stops after the BGP sessions: a peer hears the session close
+    // (a graceful restart's, or a Cease) before BFD's AdminDown, so that
+    // it never takes the stop for a failure of the path.
+    let bfd_stop = CancellationToken::new();
+    // Also on an early return.
+    let bfd_guard = bfd_stop.clone().drop_guard();
+    let mut bfd_tasks = Vec::new();
     if let Some(timers) = config.bfd {
-        let receivers = crate::announce::bfd::spawn(
+        let (receivers, tasks) = crate::announce::bfd::spawn(
             timers,
             specs.iter().map(|(_, s)| s.clone()).collect(),
-            shutdown.clone(),
+            bfd_stop.clone(),
         )
         .await
         .context("BFD")?;
+        bfd_tasks = tasks;
         for ((i, _), rx) in specs.iter().zip(receivers) {
             // The status follows the BFD session, in a session or not.
             let (mut copy, status) = (rx.clone(), status.clone());
@@ -246,6 +254,10 @@ pub async fn run(
     }
     for s in sessions {
         let _ = s.await;
+    }
+    drop(bfd_guard);
+    for t in bfd_tasks {
+        let _ = t.await;
     }
     Ok(())
 }

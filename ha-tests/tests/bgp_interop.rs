@@ -1,0 +1,460 @@
+//! The BGP speaker against FRR and GoBGP (BIRD has `bgp.rs`), each a real
+//! daemon in the lab's router namespace, read back through its own CLI.
+//! Together with `bgp.rs` every feature is checked against the three
+//! implementations operators run:
+//!
+//! - ECMP from three members with a four-octet AS, IPv4 and IPv6 (MP over
+//!   the IPv4 session), communities, large communities and MED, to FRR
+//!   (both families) and GoBGP (IPv4 unicast only: nothing of IPv6 may
+//!   reach it, or it resets the session); no session drops;
+//! - an OPEN with no capabilities at all (FRR's `dont-capability-negotiate`,
+//!   an old router): IPv4 routes only, the AS_PATH in two octets with
+//!   AS_TRANS;
+//! - drain and clean stop withdraw at once from both;
+//! - BFD with FRR's bfdd: a member's link down leaves FRR's table in the
+//!   detection time, not the hold time;
+//! - graceful restart with FRR and GoBGP as helpers: a member's restart
+//!   keeps its paths in both tables the whole time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use ha_tests::l2lab::{Lab, VIP6, VIPS};
+use ha_tests::routers::{Frr, Gobgp, PeerSetup, Table};
+
+/// The members' AS: four octets.
+const MEMBER_AS: u32 = 4_200_000_001;
+const FRR_PORT: u16 = 2179;
+const GOBGP_PORT: u16 = 3179;
+
+fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        match f() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = Some(e.to_string()),
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{what}: not within {timeout:?} (last error: {last:?})");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether every VIP of `vips` has paths through exactly `members`.
+fn all_via(table: &Table, vips: &[&str], members: &BTreeSet<u64>) -> bool {
+    vips.iter().all(|v| table.get(*v) == Some(members))
+}
+
+/// The members' `[announce]`: ECMP to every peer given (address:port, AS).
+fn announce(id: u64, extra: &str, peers: &[(u16, u32)]) -> String {
+    let mut text = format!(
+        "[announce]\nmode = \"bgp\"\nlocal_as = {MEMBER_AS}\nrouter_id = \"10.77.0.{id}\"\nhold_time = 6\necmp = true\n\
+         next_hop_v6 = \"fd00:77::{id}\"\n{extra}"
+    );
+    for (port, asn) in peers {
+        text.push_str(&format!(
+            "[[announce.peer]]\naddress = \"10.77.0.100:{port}\"\nas = {asn}\n"
+        ));
+    }
+    text
+}
+
+/// FRR's first path to `vip`, with every attribute
+/// (`show bgp ipv4 unicast <prefix> json`).
+fn frr_path(frr: &Frr, vip: &str) -> anyhow::Result<serde_json::Value> {
+    let text = frr.vtysh(&format!("show bgp ipv4 unicast {vip}/32 json"))?;
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    Ok(json.pointer("/paths/0").cloned().unwrap_or_default())
+}
+
+fn v4_and_v6() -> Vec<&'static str> {
+    VIPS.iter().copied().chain([VIP6]).collect()
+}
+
+#[test]
+fn frr_and_gobgp_take_every_vip_from_every_member() -> anyhow::Result<()> {
+    let mut lab = Lab::new("i")?;
+    let frr = Frr::start(&lab, &PeerSetup::new(65000, MEMBER_AS, FRR_PORT))?;
+    let gobgp = Gobgp::start(
+        &lab,
+        &PeerSetup {
+            ipv6: false,
+            ..PeerSetup::new(65002, MEMBER_AS, GOBGP_PORT)
+        },
+    )?;
+    lab.start_members_with(|id| {
+        announce(
+            id,
+            "communities = [\"65001:100\"]\nlarge_communities = [\"4200000001:7:9\"]\nmed = 50\n",
+            &[(FRR_PORT, 65000), (GOBGP_PORT, 65002)],
+        )
+    })?;
+    let all: BTreeSet<u64> = (1..=3).collect();
+    wait_for(
+        "FRR: every VIP (v4 and v6) via all three",
+        Duration::from_secs(30),
+        || Ok(all_via(&frr.table()?, &v4_and_v6(), &all).then_some(())),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{:?}\n{}", frr.table(), frr.log()))?;
+    wait_for(
+        "GoBGP: every IPv4 VIP via all three",
+        Duration::from_secs(30),
+        || Ok(all_via(&gobgp.table()?, &VIPS, &all).then_some(())),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{:?}\n{}", gobgp.table(), gobgp.log()))?;
+
+    // Stable: a while later, nothing dropped anywhere, and GoBGP (which
+    // negotiated IPv4 only) never saw IPv6.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(frr.established()?, all, "FRR's sessions");
+    assert_eq!(gobgp.established()?, all, "GoBGP's sessions");
+    let drops = frr.drops()?;
+    assert!(drops.values().all(|d| *d == 0), "FRR dropped: {drops:?}");
+    let table = gobgp.table()?;
+    assert!(
+        !table.contains_key(VIP6),
+        "IPv6 reached GoBGP, which did not negotiate it: {table:?}"
+    );
+    for (id, m) in &lab.members {
+        let log = m.log();
+        assert!(
+            !log.contains("NOTIFICATION received") && !log.contains("session reset"),
+            "member {id}: {log}"
+        );
+    }
+
+    // The attributes, as FRR and GoBGP decoded them.
+    let path = frr_path(&frr, VIPS[0])?;
+    let text = path.to_string();
+    assert_eq!(
+        path.pointer("/aspath/string").and_then(|s| s.as_str()),
+        Some("4200000001"),
+        "FRR's AS path: {text}"
+    );
+    assert_eq!(
+        path.get("metric").and_then(|m| m.as_u64()),
+        Some(50),
+        "MED: {text}"
+    );
+    assert_eq!(
+        path.pointer("/community/string").and_then(|s| s.as_str()),
+        Some("65001:100"),
+        "community: {text}"
+    );
+    assert_eq!(
+        path.pointer("/largeCommunity/string")
+            .and_then(|s| s.as_str()),
+        Some("4200000001:7:9"),
+        "large community: {text}"
+    );
+    let paths = gobgp.paths("ipv4", &format!("{}/32", VIPS[0]))?;
+    let text = paths.to_string();
+    assert!(text.contains("4200000001"), "GoBGP's AS path: {text}");
+    assert!(text.contains("\"metric\":50"), "GoBGP's MED: {text}");
+
+    // Drained: gone from both at once.
+    let leader = wait_for("a leader", Duration::from_secs(10), || Ok(lab.leader()))?;
+    let drained = if leader == 1 { 2 } else { 1 };
+    let (code, out) = lab.lbctl(leader, &["member", "drain", &drained.to_string()])?;
+    assert_eq!(code, 0, "{out}");
+    let rest: BTreeSet<u64> = all.iter().copied().filter(|m| *m != drained).collect();
+    let t0 = Instant::now();
+    wait_for(
+        "FRR: the drained member gone",
+        Duration::from_secs(5),
+        || Ok(all_via(&frr.table()?, &v4_and_v6(), &rest).then_some(())),
+    )?;
+    wait_for(
+        "GoBGP: the drained member gone",
+        Duration::from_secs(5),
+        || Ok(all_via(&gobgp.table()?, &VIPS, &rest).then_some(())),
+    )?;
+    eprintln!(
+        "member {drained} drained: gone from FRR and GoBGP after {:?}",
+        t0.elapsed()
+    );
+
+    // Stopped cleanly (the leader, to be sure its stop is not a drain): its
+    // paths withdrawn at once, a Cease sent to each.
+    let stopped = leader;
+    let mut m = lab.members.remove(&stopped).expect("member");
+    let t0 = Instant::now();
+    m.signal("TERM")?;
+    m.wait_exit(Duration::from_secs(10))?;
+    let last: BTreeSet<u64> = rest.iter().copied().filter(|m| *m != stopped).collect();
+    wait_for(
+        "FRR: the stopped member gone",
+        Duration::from_secs(5),
+        || Ok(all_via(&frr.table()?, &v4_and_v6(), &last).then_some(())),
+    )?;
+    wait_for(
+        "GoBGP: the stopped member gone",
+        Duration::from_secs(5),
+        || Ok(all_via(&gobgp.table()?, &VIPS, &last).then_some(())),
+    )?;
+    eprintln!(
+        "member {stopped} stopped: gone from FRR and GoBGP after {:?}",
+        t0.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(m.log().matches("Cease sent").count(), 2, "{}", m.log());
+    Ok(())
+}
+
+/// An old router: FRR told to send an OPEN without capabilities (no
+/// four-octet AS, no multiprotocol). The members (AS 4200000001) must speak
+/// RFC 4271 as it was: IPv4 NLRI in the UPDATE's own fields, AS_PATH in two
+/// octets with AS_TRANS (RFC 6793), no IPv6, and the session stays up.
+/// FRR (like BIRD with `enable as4 off`) still reads the members'
+/// four-octet capability, so it leaves AS4_PATH alone and shows AS_TRANS:
+/// that AS4_PATH carries the real AS is read off the wire by tcpdump's
+/// own BGP decoder.
+#[test]
+fn an_old_router_gets_as_trans_and_ipv4_only() -> anyhow::Result<()> {
+    let mut lab = Lab::new("o")?;
+    // Port 179, where tcpdump decodes BGP.
+    let frr = Frr::start(
+        &lab,
+        &PeerSetup {
+            no_capabilities: true,
+            ..PeerSetup::new(65000, MEMBER_AS, 179)
+        },
+    )?;
+    let capture = lab.dir().join("bgp.pcap.txt");
+    let mut tcpdump = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("c"),
+            "tcpdump",
+            "-Z",
+            "root",
+            "-l",
+            "-vv",
+            "-n",
+        ])
+        .args(["-i", "eth0", "tcp port 179"])
+        .stdout(std::fs::File::create(&capture)?)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    lab.start_members_with(|id| announce(id, "", &[(179, 65000)]))?;
+    let all: BTreeSet<u64> = (1..=3).collect();
+    wait_for(
+        "FRR: every IPv4 VIP via all three",
+        Duration::from_secs(30),
+        || Ok(all_via(&frr.table()?, &VIPS, &all).then_some(())),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{:?}\n{}", frr.table(), frr.log()))?;
+    std::thread::sleep(Duration::from_secs(3));
+    let table = frr.table()?;
+    assert!(!table.contains_key(VIP6), "IPv6 without MP: {table:?}");
+    let drops = frr.drops()?;
+    assert!(drops.values().all(|d| *d == 0), "FRR dropped: {drops:?}");
+    let path = frr_path(&frr, VIPS[0])?;
+    assert_eq!(
+        path.pointer("/aspath/string").and_then(|s| s.as_str()),
+        Some("23456"),
+        "two-octet AS_PATH with AS_TRANS: {path}"
+    );
+    let _ = tcpdump.kill();
+    let _ = tcpdump.wait();
+    let wire = std::fs::read_to_string(&capture)?;
+    let as4_path = wire
+        .lines()
+        .filter(|l| l.contains("AS4 Path"))
+        .collect::<Vec<_>>();
+    assert!(
+        !as4_path.is_empty() && wire.contains("4200000001"),
+        "no AS4_PATH with the member's AS on the wire:\n{wire}"
+    );
+    assert!(
+        !wire.contains("Multi-Protocol Reach"),
+        "MP_REACH to a router that did not negotiate it:\n{wire}"
+    );
+    Ok(())
+}
+
+/// BFD against FRR's bfdd (100 ms x 3 both sides, a BGP hold time of 30 s
+/// that would otherwise keep the routes), and graceful restart with FRR
+/// and GoBGP as helpers.
+#[test]
+fn frr_bfd_and_graceful_restart_with_frr_and_gobgp() -> anyhow::Result<()> {
+    const RESTART_TIME: u64 = 8;
+    let mut lab = Lab::new("r")?;
+    let frr = Frr::start(
+        &lab,
+        &PeerSetup {
+            hold: 30,
+            bfd: true,
+            graceful_restart: true,
+            ..PeerSetup::new(65000, MEMBER_AS, FRR_PORT)
+        },
+    )?;
+    let gobgp = Gobgp::start(
+        &lab,
+        &PeerSetup {
+            hold: 30,
+            graceful_restart: true,
+            ..PeerSetup::new(65002, MEMBER_AS, GOBGP_PORT)
+        },
+    )?;
+    lab.start_members_with(|id| {
+        announce(
+            id,
+            &format!("graceful_restart = \"{RESTART_TIME}s\"\n[announce.bfd]\ninterval = \"100ms\"\nmultiplier = 3\n"),
+            &[(FRR_PORT, 65000), (GOBGP_PORT, 65002)],
+        )
+        // GoBGP runs no BFD: the member's session to it opts out.
+        .replace(
+            "as = 65002\n",
+            "as = 65002\nbfd = false\n",
+        )
+    })?;
+    let all: BTreeSet<u64> = (1..=3).collect();
+    let vips = v4_and_v6();
+    wait_for(
+        "FRR: every VIP via all three",
+        Duration::from_secs(30),
+        || Ok(all_via(&frr.table()?, &vips, &all).then_some(())),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{:?}\n{}", frr.table(), frr.log()))?;
+    wait_for(
+        "GoBGP: every VIP via all three",
+        Duration::from_secs(30),
+        || Ok(all_via(&gobgp.table()?, &vips, &all).then_some(())),
+    )?;
+    wait_for("FRR's BFD sessions up", Duration::from_secs(20), || {
+        let out = frr.vtysh("show bfd peers json")?;
+        let json: serde_json::Value = serde_json::from_str(&out)?;
+        let up = json
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p.get("status").and_then(|s| s.as_str()) == Some("up"))
+            .count();
+        Ok((up == 3).then_some(()))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", frr.vtysh("show bfd peers").unwrap_or_default()))?;
+    for id in 1..=3u64 {
+        wait_for("the member sees BFD up", Duration::from_secs(10), || {
+            let (_, out) = lab.lbctl(id, &["status"])?;
+            Ok(out.contains("bfd up").then_some(()))
+        })?;
+    }
+
+    // Graceful restart of member 1: its paths stay in both tables the
+    // whole time, sampled back to back.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let handle = scope.spawn(|| {
+            let mut samples: Vec<(Instant, Table, Table)> = Vec::new();
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                if let (Ok(f), Ok(g)) = (frr.table(), gobgp.table()) {
+                    samples.push((Instant::now(), f, g));
+                }
+            }
+            samples
+        });
+        let restarted = 1u64;
+        let t0 = Instant::now();
+        let mut m = lab.members.remove(&restarted).expect("member");
+        m.signal("TERM")?;
+        m.wait_exit(Duration::from_secs(15))?;
+        lab.retire(restarted, m);
+        lab.restart(restarted)?;
+        wait_for(
+            "the restarted member settled",
+            Duration::from_secs(30),
+            || {
+                let (_, out) = lab.lbctl(restarted, &["status"])?;
+                Ok(
+                    (out.matches("established since").count() == 2 && out.contains("bfd up"))
+                        .then_some(()),
+                )
+            },
+        )?;
+        std::thread::sleep(Duration::from_secs(2));
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        let samples = handle.join().map_err(|_| anyhow::anyhow!("sampler"))?;
+        Ok((t0, samples))
+    })?;
+    let (t0, samples) = sampler;
+    let missing = |pick: fn(&(Instant, Table, Table)) -> &Table| -> Vec<f64> {
+        samples
+            .iter()
+            .filter(|s| !all_via(pick(s), &vips, &all))
+            .map(|s| s.0.duration_since(t0).as_secs_f64())
+            .collect()
+    };
+    let (frr_missing, gobgp_missing) = (missing(|s| &s.1), missing(|s| &s.2));
+    eprintln!(
+        "graceful restart: {} samples; FRR missed a path in {} ({:?}), GoBGP in {} ({:?})",
+        samples.len(),
+        frr_missing.len(),
+        frr_missing.iter().take(5).collect::<Vec<_>>(),
+        gobgp_missing.len(),
+        gobgp_missing.iter().take(5).collect::<Vec<_>>()
+    );
+    for s in samples
+        .iter()
+        .filter(|s| !all_via(&s.1, &vips, &all))
+        .take(3)
+    {
+        eprintln!("FRR at {:?}: {:?}", s.0.duration_since(t0), s.1);
+    }
+    if !frr_missing.is_empty() {
+        for line in lab.members[&1].log().lines() {
+            if line.contains("BGP") || line.contains("BFD") {
+                eprintln!("{line}");
+            }
+        }
+        eprintln!("{}", frr.log());
+        eprintln!("{}", frr.daemon_log("bfdd"));
+    }
+    assert!(samples.len() > 10, "too few samples: {}", samples.len());
+    assert!(
+        frr_missing.is_empty() && gobgp_missing.is_empty(),
+        "a path left a table during a graceful restart\n{}",
+        frr.log()
+    );
+
+    // Member 2's link down (no FIN, no RST): FRR drops it by BFD, long
+    // before its hold time (30 s); GoBGP, without BFD, keeps it.
+    let lost = 2u64;
+    let rest: BTreeSet<u64> = all.iter().copied().filter(|m| *m != lost).collect();
+    let t0 = Instant::now();
+    lab.exec(
+        "sw",
+        &["ip", "link", "set", &format!("p{}", lost - 1), "down"],
+    )?;
+    wait_for("FRR: the lost member gone", Duration::from_secs(10), || {
+        Ok(all_via(&frr.table()?, &vips, &rest).then_some(()))
+    })?;
+    let gone = t0.elapsed();
+    let gobgp_still: BTreeMap<String, BTreeSet<u64>> = gobgp.table()?;
+    eprintln!(
+        "BFD with FRR, 100 ms x 3, hold time 30 s: link down -> FRR dropped the member's paths after {gone:?}; \
+         GoBGP (no BFD) still has them: {}",
+        all_via(&gobgp_still, &vips, &all)
+    );
+    assert!(
+        gone < Duration::from_secs(3),
+        "FRR kept a lost member's paths far past BFD's detection: {gone:?}"
+    );
+    lab.exec(
+        "sw",
+        &["ip", "link", "set", &format!("p{}", lost - 1), "up"],
+    )?;
+    wait_for("FRR: the member back", Duration::from_secs(30), || {
+        Ok(all_via(&frr.table()?, &vips, &all).then_some(()))
+    })?;
+    Ok(())
+}
