@@ -394,6 +394,7 @@ pub mod kube;
 pub mod l2lab;
 pub mod netdrills;
 pub mod netns;
+pub mod routerdrills;
 pub mod routers;
 pub mod scale;
 pub mod target;

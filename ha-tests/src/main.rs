@@ -24,9 +24,10 @@ use ha_tests::target::Target;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: ha-tests drill NAME|all [--outage SECONDS]\n       ha-tests drill NAME|all --lab | --tier ipvs   (drills with traffic, through real IPVS)\n       ha-tests drill CLUSTER-DRILL|cluster --lab [--mode l2|bgp]   (pods reaching Services with no kube-proxy)\n       ha-tests drill transfer-and-drain --target --endpoint URL... --probe VIP:PORT... [--ca F --cert F --key F]\ndrills: {}\ncluster drills: {}",
+        "usage: ha-tests drill NAME|all [--outage SECONDS]\n       ha-tests drill NAME|all --lab | --tier ipvs   (drills with traffic, through real IPVS)\n       ha-tests drill CLUSTER-DRILL|cluster --lab [--mode l2|bgp]   (pods reaching Services with no kube-proxy)\n       ha-tests drill BGP-DRILL|bgp [--mode owner|ecmp]   (through a real router, FRR)\n       ha-tests drill transfer-and-drain --target --endpoint URL... --probe VIP:PORT... [--ca F --cert F --key F]\ndrills: {}\ncluster drills: {}\nbgp drills: {}",
         all_drills().join(", "),
-        ha_tests::clusterdrills::CLUSTER_DRILLS.join(", ")
+        ha_tests::clusterdrills::CLUSTER_DRILLS.join(", "),
+        ha_tests::routerdrills::ROUTER_DRILLS.join(", ")
     );
     ExitCode::from(2)
 }
@@ -40,6 +41,7 @@ async fn main() -> ExitCode {
     let mut lab = false;
     let mut ipvs = false;
     let mut modes: Vec<ha_tests::clusterlab::Mode> = Vec::new();
+    let mut router_modes: Vec<ha_tests::routerdrills::Mode> = Vec::new();
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         let mut value = |flag: &str| {
@@ -58,16 +60,19 @@ async fn main() -> ExitCode {
                 }
             },
             "--lab" => lab = true,
-            "--mode" => match value("--mode")
-                .as_deref()
-                .and_then(ha_tests::clusterlab::Mode::parse)
-            {
-                Some(m) => modes.push(m),
-                None => {
-                    eprintln!("ha-tests: --mode takes l2 or bgp");
+            "--mode" => {
+                let v = value("--mode").unwrap_or_default();
+                if let Some(m) = ha_tests::clusterlab::Mode::parse(&v) {
+                    modes.push(m);
+                } else if let Some(m) = ha_tests::routerdrills::Mode::parse(&v) {
+                    router_modes.push(m);
+                } else {
+                    eprintln!(
+                        "ha-tests: --mode takes l2 or bgp (cluster drills), owner or ecmp (bgp drills)"
+                    );
                     return usage();
                 }
-            },
+            }
             "--tier" => match value("--tier").as_deref() {
                 Some("ipvs") => ipvs = true,
                 Some("netns") => ipvs = false,
@@ -124,6 +129,12 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    // Through a real router (BGP).
+    if let ["drill", name] = words[..]
+        && (name == "bgp" || ha_tests::routerdrills::ROUTER_DRILLS.contains(&name))
+    {
+        return router(name, router_modes).await;
     }
     // The cluster lab's drills.
     if let ["drill", name] = words[..]
@@ -266,4 +277,49 @@ async fn cluster(
 /// The JSON line of a drill that could not run.
 fn failed(drill: &str, e: &anyhow::Error) -> serde_json::Value {
     serde_json::json!({"drill": drill, "passed": false, "error": format!("{e:#}")})
+}
+
+/// Runs drills through the router: `bgp` is all of them; every mode
+/// unless `--mode` says. One JSON report per drill and mode.
+async fn router(name: &str, modes: Vec<ha_tests::routerdrills::Mode>) -> ExitCode {
+    use ha_tests::routerdrills::{Mode, ROUTER_DRILLS, run};
+    let names: Vec<&'static str> = if name == "bgp" {
+        ROUTER_DRILLS.to_vec()
+    } else {
+        ROUTER_DRILLS
+            .iter()
+            .copied()
+            .filter(|d| *d == name)
+            .collect()
+    };
+    let modes = if modes.is_empty() {
+        vec![Mode::Owner, Mode::Ecmp]
+    } else {
+        modes
+    };
+    let mut ok = true;
+    for name in names {
+        for mode in &modes {
+            let mode = *mode;
+            let report = tokio::task::spawn_blocking(move || run(name, mode))
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r);
+            let line = match report {
+                Ok(r) => r.value(),
+                Err(e) => {
+                    let mut v = failed(name, &e);
+                    v["mode"] = serde_json::json!(mode.name());
+                    v
+                }
+            };
+            ok &= line["passed"] == true;
+            println!("{line}");
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -209,7 +209,7 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
 
 /// The member each live member says leads, once they agree and hold the
 /// same applied index; via the admin API from the client namespace.
-async fn settled(lab: &Lab, timeout: Duration) -> anyhow::Result<u64> {
+pub(crate) async fn settled(lab: &Lab, timeout: Duration) -> anyhow::Result<u64> {
     crate::eventually("an agreed leader, everyone caught up", timeout, || async {
         let mut seen = Vec::new();
         for id in lab.members.keys() {
@@ -231,7 +231,7 @@ async fn settled(lab: &Lab, timeout: Duration) -> anyhow::Result<u64> {
     .await
 }
 
-async fn admin(
+pub(crate) async fn admin(
     lab: &Lab,
     id: u64,
 ) -> anyhow::Result<pb::admin_client::AdminClient<tonic::transport::Channel>> {
@@ -280,7 +280,11 @@ where
 
 /// Waits until some live member other than `not` says `leader` leads
 /// (or, with `leader` 0, any member but `not`); returns it.
-async fn leader_other_than(lab: &Lab, not: u64, timeout: Duration) -> anyhow::Result<u64> {
+pub(crate) async fn leader_other_than(
+    lab: &Lab,
+    not: u64,
+    timeout: Duration,
+) -> anyhow::Result<u64> {
     crate::eventually("a leader on the majority side", timeout, || async {
         for id in lab.members.keys().filter(|id| **id != not) {
             let Ok(mut c) = admin(lab, *id).await else {

@@ -263,6 +263,20 @@ impl Frr {
             .collect())
     }
 
+    /// The members whose BFD session is up (`show bfd peers json`).
+    pub fn bfd_up(&self) -> anyhow::Result<BTreeSet<u64>> {
+        let text = self.vtysh("show bfd peers json")?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("vtysh printed {text}"))?;
+        Ok(json
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p.get("status").and_then(|s| s.as_str()) == Some("up"))
+            .filter_map(|p| p.get("peer").and_then(|a| a.as_str()).and_then(member_of))
+            .collect())
+    }
+
     /// Sessions dropped since start, per member (FRR's
     /// `connectionsDropped`).
     pub fn drops(&self) -> anyhow::Result<BTreeMap<u64, u64>> {

@@ -332,15 +332,7 @@ fn frr_bfd_and_graceful_restart_with_frr_and_gobgp() -> anyhow::Result<()> {
         || Ok(all_via(&gobgp.table()?, &vips, &all).then_some(())),
     )?;
     wait_for("FRR's BFD sessions up", Duration::from_secs(20), || {
-        let out = frr.vtysh("show bfd peers json")?;
-        let json: serde_json::Value = serde_json::from_str(&out)?;
-        let up = json
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p.get("status").and_then(|s| s.as_str()) == Some("up"))
-            .count();
-        Ok((up == 3).then_some(()))
+        Ok((frr.bfd_up()? == all).then_some(()))
     })
     .map_err(|e| anyhow::anyhow!("{e}\n{}", frr.vtysh("show bfd peers").unwrap_or_default()))?;
     for id in 1..=3u64 {

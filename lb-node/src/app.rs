@@ -263,8 +263,11 @@ pub async fn run(
                 config.announce.scope(),
                 &shutdown,
             );
+            // ECMP mode: every member announces every VIP, nothing moves.
+            let linger = if bgp.ecmp { Duration::ZERO } else { bgp.linger };
             let (announced, settled) = bgp_routes(
                 vips,
+                linger,
                 bgp.service_cidrs.clone(),
                 cluster.as_ref(),
                 &dataplane_rx,
@@ -652,6 +655,7 @@ fn bgp_routes(
         watch::Receiver<Arc<std::collections::BTreeSet<std::net::IpAddr>>>,
         watch::Receiver<bool>,
     ),
+    linger: Duration,
     service_cidrs: Vec<ipnet::IpNet>,
     cluster: Option<&ClusterHandle>,
     dataplane: &watch::Receiver<DataplaneStatus>,
@@ -666,6 +670,11 @@ fn bgp_routes(
     let mut dataplane = dataplane.clone();
     let mut status = cluster.map(|c| c.node.status.clone());
     tokio::spawn(async move {
+        // VIPs that moved away while this member's lease holds: announced
+        // until their time is up (owner mode's make before break).
+        let mut lingering: std::collections::BTreeMap<std::net::IpAddr, tokio::time::Instant> =
+            Default::default();
+        let mut previous: Arc<std::collections::BTreeSet<std::net::IpAddr>> = Arc::default();
         loop {
             let mut until = None;
             let serving = match &mut status {
@@ -677,14 +686,33 @@ fn bgp_routes(
                 None => dataplane.borrow_and_update().last_sync_unix_ms > 0,
             };
             let vips_decided = *vips_settled.borrow_and_update();
-            let mut routes: std::collections::BTreeSet<ipnet::IpNet> = vips
-                .borrow_and_update()
+            let current = vips.borrow_and_update().clone();
+            let now = tokio::time::Instant::now();
+            // Lingering needs the lease, not the right to take VIPs: a
+            // drained or leaving member hands its VIPs over make before
+            // break too; one that lost its lease withdraws everything.
+            let lease = match &status {
+                Some(_) => within(until),
+                None => serving,
+            };
+            if lease && !linger.is_zero() {
+                for gone in previous.difference(&current) {
+                    lingering.entry(*gone).or_insert(now + linger);
+                }
+                lingering.retain(|ip, end| *end > now && !current.contains(ip));
+            } else {
+                lingering.clear();
+            }
+            previous = current.clone();
+            let mut routes: std::collections::BTreeSet<ipnet::IpNet> = current
                 .iter()
+                .chain(lingering.keys())
                 .map(|ip| ipnet::IpNet::from(*ip))
                 .collect();
             if serving {
                 routes.extend(service_cidrs.iter().copied());
             }
+            let next_end = lingering.values().min().copied();
             tx.send_if_modified(|now| {
                 let changed = **now != routes;
                 if changed {
@@ -707,6 +735,12 @@ fn bgp_routes(
                     }
                 } => if changed.is_err() { return },
                 () = lease_end(until) => {}
+                () = async {
+                    match next_end {
+                        Some(end) => tokio::time::sleep_until(end).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
             }
         }
     });

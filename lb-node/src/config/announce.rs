@@ -364,7 +364,16 @@ fn validate_bgp(
             "a peer asks for BFD (bfd = true): add an [announce.bfd] section",
         ));
     }
+    let linger = parse_duration(&a.linger, file, "announce.linger")?;
+    if linger > Duration::from_secs(600) {
+        return Err(ConfigError::new(
+            file,
+            "announce.linger",
+            "must be at most 10m (a VIP that moved away stays announced that long)",
+        ));
+    }
     Ok(crate::announce::bgp::BgpConfig {
+        linger,
         service_cidrs,
         bfd,
         graceful_restart,

@@ -66,6 +66,11 @@ pub struct BgpConfig {
     pub bfd: Option<crate::announce::bfd::Timers>,
     /// Graceful restart's restart time, seconds (RFC 4724); `None`: off.
     pub graceful_restart: Option<u16>,
+    /// Owner mode: how long a VIP that moved to another member stays
+    /// announced here (make before break: the new owner's route is up by
+    /// then; both members' kernels serve it meanwhile). Never past the
+    /// lease: a member that may not serve withdraws everything at once.
+    pub linger: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -680,6 +685,7 @@ mod tests {
 
     fn config(port: u16, peer_as: u32) -> BgpConfig {
         BgpConfig {
+            linger: Duration::ZERO,
             local_as: 65001,
             router_id: Ipv4Addr::new(127, 0, 0, 1),
             peers: vec![PeerConfig::new(

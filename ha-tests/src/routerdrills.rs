@@ -1,0 +1,574 @@
+//! Drills through a real router: the L2 lab's three members announce the
+//! VIPs by BGP, with BFD (100 ms x 3) and graceful restart, to FRR in the
+//! router namespace (`c`), whose zebra installs them in that namespace's
+//! kernel (one path per VIP in owner mode, three in ECMP mode, hashed per
+//! connection: `fib_multipath_hash_policy` 1). The client lives behind the
+//! router (`cl`, 10.78.0.2, its default route through `c`) and opens a new
+//! connection to every VIP 50 times a second; every member serves every
+//! VIP (the VIPs are on its loopback, answered by a small HTTP server), so
+//! where a request lands is the router's choice alone, and a member's
+//! kernel keeps serving whatever happens to its lb-node, as IPVS does.
+//! The router's kernel table is read every 10 ms through the drill.
+//!
+//! Why FRR and not BIRD: BIRD 2.0.12 counts a neighbor's BFD AdminDown as
+//! a failure, so a clean restart drops the member's routes unless `bfd
+//! graceful` is set, which then keeps a lost machine's routes for the
+//! restart time; with FRR, one configuration gives both (docs/announcement.md).
+//!
+//! Drills (`--mode owner|ecmp`, both when not given):
+//! - `bgp-leader-crash`: the leader's lb-node SIGKILLed;
+//! - `bgp-owner-crash`: another member's lb-node SIGKILLed;
+//! - `bgp-machine-lost`: a member's link down (no FIN, no RST);
+//! - `bgp-stalled-member`: a member's lb-node SIGSTOPped;
+//! - `bgp-rolling-restart`: every member stopped (SIGTERM) and started
+//!   again, followers first.
+
+use std::collections::BTreeSet;
+use std::process::Child;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::drills::Report;
+use crate::l2lab::{Lab, VIPS, unix_now};
+use crate::netdrills::{leader_other_than, settled};
+use crate::routers::{Frr, PeerSetup, Table};
+use crate::traffic::Traffic;
+
+pub const ROUTER_DRILLS: [&str; 5] = [
+    "bgp-leader-crash",
+    "bgp-owner-crash",
+    "bgp-machine-lost",
+    "bgp-stalled-member",
+    "bgp-rolling-restart",
+];
+
+const REQUESTS_PER_SECOND: u64 = 50;
+const HOLD: u64 = 9;
+const RESTART_TIME: u64 = 60;
+
+/// How the members announce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One member per VIP.
+    Owner,
+    /// Every member every VIP.
+    Ecmp,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "owner" => Some(Mode::Owner),
+            "ecmp" => Some(Mode::Ecmp),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Owner => "owner",
+            Mode::Ecmp => "ecmp",
+        }
+    }
+}
+
+/// The client's namespace, deleted on drop.
+struct ClientNs(String);
+
+impl Drop for ClientNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// The router's kernel table, read every 10 ms: (Unix time, VIP ->
+/// members its route goes through).
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(f64, Table)>>,
+}
+
+impl Sampler {
+    fn start(router_ns: String) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let halt = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            if crate::netns::enter(&router_ns).is_err() {
+                return samples;
+            }
+            while !halt.load(Ordering::Relaxed) {
+                let next = std::time::Instant::now() + Duration::from_millis(10);
+                if let Ok(t) = kernel_table() {
+                    samples.push((unix_now(), t));
+                }
+                std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+            }
+            samples
+        });
+        Sampler { stop, thread }
+    }
+
+    fn finish(self) -> Vec<(f64, Table)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// This namespace's routes to the VIPs (`ip -j route`), by next hop.
+fn kernel_table() -> anyhow::Result<Table> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "route", "show"])
+        .output()?;
+    let routes: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let mut table = Table::new();
+    for r in routes.as_array().into_iter().flatten() {
+        let Some(dst) = r.get("dst").and_then(|d| d.as_str()) else {
+            continue;
+        };
+        if !VIPS.contains(&dst) {
+            continue;
+        }
+        let hops: Vec<&serde_json::Value> = match r.get("nexthops").and_then(|n| n.as_array()) {
+            Some(list) => list.iter().collect(),
+            None => vec![r],
+        };
+        for h in hops {
+            let member = h
+                .get("gateway")
+                .and_then(|g| g.as_str())
+                .and_then(|g| g.strip_prefix("10.77.0."))
+                .and_then(|m| m.parse::<u64>().ok());
+            if let Some(m) = member {
+                table.entry(dst.to_owned()).or_default().insert(m);
+            }
+        }
+    }
+    Ok(table)
+}
+
+/// Whether the table is what the mode asks for with every member in
+/// `members`: each VIP through all of them (ECMP), or each through one
+/// and every member with one (owner).
+fn complete(table: &Table, mode: Mode, members: &BTreeSet<u64>) -> bool {
+    match mode {
+        Mode::Ecmp => VIPS.iter().all(|v| table.get(*v) == Some(members)),
+        Mode::Owner => {
+            let owners: BTreeSet<u64> = VIPS
+                .iter()
+                .filter_map(|v| table.get(*v).filter(|s| s.len() == 1))
+                .flat_map(|s| s.iter().copied())
+                .collect();
+            VIPS.iter()
+                .all(|v| table.get(*v).is_some_and(|s| s.len() == 1))
+                && &owners == members
+        }
+    }
+}
+
+/// Runs one drill in a fresh lab.
+pub fn run(name: &str, mode: Mode) -> anyhow::Result<Report> {
+    let index = ROUTER_DRILLS
+        .iter()
+        .position(|d| *d == name)
+        .with_context(|| {
+            format!(
+                "unknown router drill {name:?}; drills: {}",
+                ROUTER_DRILLS.join(", ")
+            )
+        })?;
+    let mut lab = Lab::new(&format!("r{index}{}", &mode.name()[..1]))?;
+    lab.admin_on_lan = true;
+    lab.ipv6_service = false;
+
+    // The client behind the router.
+    let client = ClientNs(lab.ns("cl"));
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let status = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .with_context(|| format!("cannot run {}", args.join(" ")))?;
+        anyhow::ensure!(status.success(), "{} failed", args.join(" "));
+        Ok(())
+    };
+    run(&["ip", "netns", "add", &client.0])?;
+    lab.exec(
+        "c",
+        &[
+            "ip", "link", "add", "eth1", "type", "veth", "peer", "name", "cl0",
+        ],
+    )?;
+    lab.exec("c", &["ip", "link", "set", "cl0", "netns", &client.0])?;
+    lab.exec("c", &["ip", "addr", "add", "10.78.0.1/24", "dev", "eth1"])?;
+    lab.exec("c", &["ip", "link", "set", "eth1", "up"])?;
+    for sysctl in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.fib_multipath_hash_policy=1",
+    ] {
+        lab.exec("c", &["sysctl", "-qw", sysctl])?;
+    }
+    let in_client = |args: &[&str]| -> anyhow::Result<()> {
+        let mut full = vec!["ip", "netns", "exec", &client.0];
+        full.extend_from_slice(args);
+        run(&full)
+    };
+    in_client(&["ip", "link", "set", "lo", "up"])?;
+    in_client(&["ip", "addr", "add", "10.78.0.2/24", "dev", "cl0"])?;
+    in_client(&["ip", "link", "set", "cl0", "up"])?;
+    in_client(&["ip", "route", "add", "default", "via", "10.78.0.1"])?;
+    // Every member's kernel serves every VIP (as IPVS would), answers ARP
+    // only for its own addresses (so the router never finds a VIP by ARP),
+    // and reaches the client through the router.
+    for id in 1..=3 {
+        let m = format!("m{id}");
+        lab.exec(&m, &["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"])?;
+        for vip in VIPS {
+            lab.exec(
+                &m,
+                &["ip", "addr", "add", &format!("{vip}/32"), "dev", "lo"],
+            )?;
+        }
+        lab.exec(
+            &m,
+            &["ip", "route", "add", "10.78.0.0/24", "via", "10.77.0.100"],
+        )?;
+    }
+
+    let frr = Frr::start(
+        &lab,
+        &PeerSetup {
+            hold: HOLD,
+            ipv6: false,
+            bfd: true,
+            graceful_restart: true,
+            ..PeerSetup::new(65000, 65001, 179)
+        },
+    )?;
+    let ecmp = mode == Mode::Ecmp;
+    lab.start_members_with(|id| {
+        format!(
+            "[announce]\nmode = \"bgp\"\nlocal_as = 65001\nrouter_id = \"10.77.0.{id}\"\nhold_time = {HOLD}\necmp = {ecmp}\n\
+             graceful_restart = \"{RESTART_TIME}s\"\n[announce.bfd]\ninterval = \"100ms\"\nmultiplier = 3\n\
+             [[announce.peer]]\naddress = \"10.77.0.100\"\nas = 65000\n"
+        )
+    })?;
+    let lab_http = crate::binary("lab-http")?;
+    let lab_http = lab_http.to_str().context("lab-http path")?;
+    let mut servers: Vec<Child> = (1..=3)
+        .map(|id| {
+            lab.spawn(
+                &format!("m{id}"),
+                &[lab_http, "serve", "0.0.0.0:80", &format!("m{id}")],
+            )
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    let client_ns = client.0.clone();
+    let router_ns = lab.ns("c");
+    let result = std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<Report> {
+            crate::netns::enter(&client_ns)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let result = runtime.block_on(drill(&mut lab, &frr, name, mode, &router_ns));
+            if std::env::var_os("DRILL_LOGS").is_some() {
+                for (id, log) in &lab.past_logs {
+                    eprintln!("==== member {id} (before its restart)\n{log}");
+                }
+                for (id, m) in &lab.members {
+                    eprintln!("==== member {id}\n{}", m.log());
+                }
+                eprintln!("==== FRR\n{}", frr.log());
+            }
+            result
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the drill thread panicked"))?
+    });
+    for server in &mut servers {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+    drop(frr);
+    result
+}
+
+async fn drill(
+    lab: &mut Lab,
+    frr: &Frr,
+    name: &str,
+    mode: Mode,
+    router_ns: &str,
+) -> anyhow::Result<Report> {
+    let mut report = Report {
+        drill: name.into(),
+        tier: "netns-router",
+        ..Report::default()
+    };
+    report
+        .extra
+        .insert("mode".into(), serde_json::json!(mode.name()));
+    let all: BTreeSet<u64> = (1..=3).collect();
+    let leader = settled(lab, Duration::from_secs(30)).await?;
+    let before = crate::eventually(
+        "the router's table complete",
+        Duration::from_secs(30),
+        || async {
+            let t = in_router(router_ns)?;
+            Ok(complete(&t, mode, &all).then_some(t))
+        },
+    )
+    .await?;
+    // BFD up with every member, or a fault would be found by the hold
+    // time and prove nothing about BFD.
+    crate::eventually(
+        "the router's BFD sessions up",
+        Duration::from_secs(20),
+        || async { Ok((frr.bfd_up()?.len() == 3).then_some(())) },
+    )
+    .await?;
+    let has_routes = |m: u64| before.values().any(|s| s.contains(&m));
+    let victim = match name {
+        "bgp-leader-crash" | "bgp-rolling-restart" => leader,
+        _ => *all
+            .iter()
+            .find(|m| **m != leader && has_routes(**m))
+            .context("a follower with routes")?,
+    };
+    // The VIPs the victim alone carries (owner mode).
+    let victim_vips: BTreeSet<&str> = VIPS
+        .iter()
+        .copied()
+        .filter(|v| {
+            before
+                .get(*v)
+                .is_some_and(|s| s == &BTreeSet::from([victim]))
+        })
+        .collect();
+
+    let sampler = Sampler::start(router_ns.to_owned());
+    let mut traffic = Vec::new();
+    for v in VIPS {
+        traffic.push((
+            v,
+            Traffic::start(
+                (v.parse::<std::net::Ipv4Addr>()?, 80).into(),
+                REQUESTS_PER_SECOND,
+            ),
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let t0 = unix_now();
+    match name {
+        "bgp-leader-crash" | "bgp-owner-crash" => {
+            let member = lab.members.remove(&victim).context("victim")?;
+            member.signal("KILL")?;
+            if name == "bgp-leader-crash" {
+                match leader_other_than(lab, victim, Duration::from_secs(10)).await {
+                    Ok(_) => report.time_to_new_leader_ms = Some(since_ms(t0)),
+                    Err(e) => report.failures.push(format!("no new leader: {e:#}")),
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let mut member = member;
+            member.wait_exit(Duration::from_secs(5))?;
+            lab.retire(victim, member);
+            lab.restart(victim)?;
+        }
+        "bgp-machine-lost" => {
+            let port = format!("p{}", victim - 1);
+            lab.exec("sw", &["ip", "link", "set", &port, "down"])?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            lab.exec("sw", &["ip", "link", "set", &port, "up"])?;
+        }
+        "bgp-stalled-member" => {
+            lab.members[&victim].signal("STOP")?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            lab.members[&victim].signal("CONT")?;
+        }
+        "bgp-rolling-restart" => {
+            let mut order: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
+            order.push(leader);
+            for id in order {
+                let mut member = lab.members.remove(&id).context("member")?;
+                member.signal("TERM")?;
+                member.wait_exit(Duration::from_secs(15))?;
+                lab.retire(id, member);
+                lab.restart(id)?;
+                settled(lab, Duration::from_secs(30)).await?;
+                // Its BGP session back, and its share of VIPs in owner
+                // mode, before the next one goes.
+                crate::eventually(
+                    "the restarted member's routes",
+                    Duration::from_secs(20),
+                    || async {
+                        let t = in_router(router_ns)?;
+                        Ok(
+                            (complete(&t, mode, &all) && t.values().any(|s| s.contains(&id)))
+                                .then_some(()),
+                        )
+                    },
+                )
+                .await?;
+            }
+        }
+        _ => anyhow::bail!("unknown router drill {name:?}"),
+    }
+    settled(lab, Duration::from_secs(30)).await?;
+    crate::eventually(
+        "the router's table complete again",
+        Duration::from_secs(30),
+        || async { Ok(complete(&in_router(router_ns)?, mode, &all).then_some(())) },
+    )
+    .await?;
+    report.time_to_converged_ms = Some(since_ms(t0));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let samples = sampler.finish();
+
+    // The router's table after the fault: when the victim's routes left
+    // it (and, in owner mode, when its VIPs came back through another
+    // member); any moment a survivor's route was missing.
+    let after: Vec<&(f64, Table)> = samples.iter().filter(|(at, _)| *at >= t0).collect();
+    report
+        .extra
+        .insert("router_samples".into(), serde_json::json!(after.len()));
+    let gone = after
+        .iter()
+        .find(|(_, t)| t.values().all(|s| !s.contains(&victim)))
+        .map(|(at, _)| ((at - t0) * 1000.0) as u64);
+    report
+        .extra
+        .insert("victim_routes_gone_ms".into(), serde_json::json!(gone));
+    if mode == Mode::Owner {
+        let moved = after
+            .iter()
+            .find(|(_, t)| {
+                !victim_vips.is_empty()
+                    && victim_vips.iter().all(|v| {
+                        t.get(*v)
+                            .is_some_and(|s| !s.is_empty() && !s.contains(&victim))
+                    })
+            })
+            .map(|(at, _)| ((at - t0) * 1000.0) as u64);
+        report.time_to_vip_moved_ms = moved;
+    }
+    let hitless = name == "bgp-rolling-restart";
+    let mut survivor_missing = 0u64;
+    let mut first_missing: Option<String> = None;
+    for (at, t) in &after {
+        let broken = match mode {
+            // Every path but the victim's stays (in a rolling restart,
+            // every path).
+            Mode::Ecmp => VIPS.iter().any(|v| {
+                let have = t.get(*v).cloned().unwrap_or_default();
+                before[*v]
+                    .iter()
+                    .any(|m| (hitless || *m != victim) && !have.contains(m))
+            }),
+            // Every VIP keeps a route, but the victim's own while it
+            // moves (in a rolling restart, every VIP).
+            Mode::Owner => VIPS.iter().any(|v| {
+                (hitless || !victim_vips.contains(v)) && t.get(*v).is_none_or(|s| s.is_empty())
+            }),
+        };
+        if broken {
+            survivor_missing += 1;
+            first_missing.get_or_insert_with(|| format!("{:+.3} s: {t:?}", at - t0));
+        }
+    }
+    report.extra.insert(
+        "samples_with_a_path_missing".into(),
+        serde_json::json!(survivor_missing),
+    );
+    if let Some(first) = first_missing {
+        report.failures.push(format!(
+            "{survivor_missing} samples of the router's table lacked a path that had to stay; first at {first}"
+        ));
+    }
+
+    // Requests: in owner mode only the victim's VIPs may fail (none in a
+    // rolling restart); in ECMP mode the flows that hashed to the victim
+    // may, and how long after the fault the last one failed is the
+    // figure.
+    let mut last_failure: Option<f64> = None;
+    for (v, t) in traffic {
+        let records = t.finish().await;
+        if std::env::var_os("DRILL_TRAFFIC").is_some() {
+            for r in &records {
+                let answer = r.answer.as_deref().unwrap_or("-");
+                eprintln!("{v} {:+.3} {answer} {} ms", r.at - t0, r.took_ms);
+            }
+        }
+        for r in records.iter().filter(|r| r.answer.is_none() && r.at >= t0) {
+            last_failure = Some(last_failure.map_or(r.at, |l: f64| l.max(r.at)));
+        }
+        let may_fail = !hitless
+            && match mode {
+                Mode::Owner => victim_vips.contains(v),
+                Mode::Ecmp => true,
+            };
+        report.add_traffic(v, &records, may_fail);
+    }
+    report.extra.insert(
+        "last_failure_ms".into(),
+        serde_json::json!(last_failure.map(|l| ((l - t0) * 1000.0) as u64)),
+    );
+    report
+        .extra
+        .insert("victim".into(), serde_json::json!(victim));
+    report.passed = report.failures.is_empty();
+    Ok(report)
+}
+
+/// The router's table, read from its namespace by a thread of its own
+/// (this one lives in the client's).
+fn in_router(router_ns: &str) -> anyhow::Result<Table> {
+    let ns = router_ns.to_owned();
+    std::thread::spawn(move || {
+        crate::netns::enter(&ns)?;
+        kernel_table()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the table reader panicked"))?
+}
+
+fn since_ms(t0: f64) -> u64 {
+    ((unix_now() - t0) * 1000.0).max(0.0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(rows: &[(&str, &[u64])]) -> Table {
+        rows.iter()
+            .map(|(v, ms)| ((*v).to_owned(), ms.iter().copied().collect()))
+            .collect()
+    }
+
+    #[test]
+    fn complete_tables_by_mode() {
+        let all: BTreeSet<u64> = (1..=3).collect();
+        let ecmp = table(&[
+            (VIPS[0], &[1, 2, 3]),
+            (VIPS[1], &[1, 2, 3]),
+            (VIPS[2], &[1, 2, 3]),
+        ]);
+        assert!(complete(&ecmp, Mode::Ecmp, &all));
+        assert!(!complete(&ecmp, Mode::Owner, &all));
+        let owner = table(&[(VIPS[0], &[1]), (VIPS[1], &[2]), (VIPS[2], &[3])]);
+        assert!(complete(&owner, Mode::Owner, &all));
+        let lopsided = table(&[(VIPS[0], &[1]), (VIPS[1], &[1]), (VIPS[2], &[3])]);
+        assert!(!complete(&lopsided, Mode::Owner, &all));
+        let missing = table(&[(VIPS[0], &[1, 2, 3]), (VIPS[1], &[1, 2, 3])]);
+        assert!(!complete(&missing, Mode::Ecmp, &all));
+    }
+}
