@@ -54,13 +54,21 @@ pub struct PeerSetup {
     pub hold: u64,
     /// Whether it takes IPv6 unicast besides IPv4 (over the IPv4 session).
     pub ipv6: bool,
-    /// FRR: BFD on the sessions (bfdd, 100 ms x 3).
+    /// FRR: BFD on the sessions (bfdd, `bfd_interval_ms` x 3).
     pub bfd: bool,
+    /// FRR's BFD transmit and receive interval, milliseconds.
+    pub bfd_interval_ms: u64,
     /// Graceful restart as the receiving (helper) speaker.
     pub graceful_restart: bool,
     /// FRR: `dont-capability-negotiate` (an OPEN with no capabilities: no
     /// four-octet AS, no multiprotocol), as an old router would.
     pub no_capabilities: bool,
+    /// FRR: the sessions (and BFD) over IPv6, fd00:77::100 to
+    /// fd00:77::1-3, instead of IPv4.
+    pub ipv6_transport: bool,
+    /// FRR: it connects to the members (their port 179), rather than
+    /// waiting for them: for members whose peer is `passive`.
+    pub connects: bool,
 }
 
 impl PeerSetup {
@@ -72,8 +80,11 @@ impl PeerSetup {
             hold: 6,
             ipv6: true,
             bfd: false,
+            bfd_interval_ms: 100,
             graceful_restart: false,
             no_capabilities: false,
+            ipv6_transport: false,
+            connects: false,
         }
     }
 }
@@ -99,9 +110,17 @@ impl Frr {
             hold,
             ipv6,
             bfd,
+            bfd_interval_ms,
             graceful_restart,
             no_capabilities,
+            ipv6_transport,
+            connects,
         } = setup.clone();
+        let (members, listen) = if ipv6_transport {
+            ("fd00:77::", "fd00:77::100")
+        } else {
+            ("10.77.0.", "10.77.0.100")
+        };
         let keepalive = (hold / 3).max(1);
         let mut bgp = format!(
             "frr defaults traditional\nhostname frr\nlog file {} debugging\ndebug bgp neighbor-events\ndebug bgp bfd\ndebug bgp graceful-restart\n!\n\
@@ -113,9 +132,12 @@ impl Frr {
             bgp.push_str(" bgp graceful-restart\n");
         }
         bgp.push_str(&format!(
-            " neighbor lb peer-group\n neighbor lb remote-as {member_as}\n neighbor lb passive\n\
-             neighbor lb timers {keepalive} {hold}\n"
+            " neighbor lb peer-group\n neighbor lb remote-as {member_as}\n\
+             neighbor lb timers {keepalive} {hold}\n neighbor lb timers connect 1\n"
         ));
+        if !connects {
+            bgp.push_str(" neighbor lb passive\n");
+        }
         if bfd {
             bgp.push_str(" neighbor lb bfd profile fast\n");
         }
@@ -123,7 +145,7 @@ impl Frr {
             bgp.push_str(" neighbor lb dont-capability-negotiate\n");
         }
         for id in 1..=3 {
-            bgp.push_str(&format!(" neighbor 10.77.0.{id} peer-group lb\n"));
+            bgp.push_str(&format!(" neighbor {members}{id} peer-group lb\n"));
         }
         bgp.push_str(
             " address-family ipv4 unicast\n  maximum-paths 8\n  maximum-paths ibgp 8\n  neighbor lb activate\n exit-address-family\n",
@@ -142,7 +164,7 @@ impl Frr {
         std::fs::write(
             dir.join("bfdd.conf"),
             format!(
-                "hostname frr\nlog file {} debugging\ndebug bfd peer\ndebug bfd zebra\nbfd\n profile fast\n  receive-interval 100\n  transmit-interval 100\n  detect-multiplier 3\n !\n!\n",
+                "hostname frr\nlog file {} debugging\ndebug bfd peer\ndebug bfd zebra\nbfd\n profile fast\n  receive-interval {bfd_interval_ms}\n  transmit-interval {bfd_interval_ms}\n  detect-multiplier 3\n !\n!\n",
                 path("bfdd.log")
             ),
         )?;
@@ -184,12 +206,7 @@ impl Frr {
             wait_file(&dir.join("bfdd.vty"), "bfdd's vty")?;
         }
         let mut args = common("bgpd");
-        args.extend([
-            "-p".into(),
-            port.to_string(),
-            "-l".into(),
-            "10.77.0.100".into(),
-        ]);
+        args.extend(["-p".into(), port.to_string(), "-l".into(), listen.into()]);
         daemons.0.push(spawn(args)?);
         wait_file(&dir.join("bgpd.vty"), "bgpd's vty")?;
         Ok(Frr {

@@ -450,3 +450,121 @@ fn frr_bfd_and_graceful_restart_with_frr_and_gobgp() -> anyhow::Result<()> {
     })?;
     Ok(())
 }
+
+/// BGP and BFD over IPv6 transport, against FRR: the members peer with
+/// fd00:77::100 and carry both families over that session (IPv4 routes
+/// with `next_hop_v4`); BFD runs over IPv6 too, and a member's link down
+/// leaves FRR's table by BFD, far below the hold time.
+#[test]
+fn bgp_and_bfd_over_ipv6_with_frr() -> anyhow::Result<()> {
+    let mut lab = Lab::new("6")?;
+    let frr = Frr::start(
+        &lab,
+        &PeerSetup {
+            hold: 30,
+            bfd: true,
+            ipv6_transport: true,
+            ..PeerSetup::new(65000, MEMBER_AS, FRR_PORT)
+        },
+    )?;
+    lab.start_members_with(|id| {
+        format!(
+            "[announce]\nmode = \"bgp\"\nlocal_as = {MEMBER_AS}\nrouter_id = \"10.77.0.{id}\"\nhold_time = 30\necmp = true\n\
+             next_hop_v4 = \"10.77.0.{id}\"\nnext_hop_v6 = \"fd00:77::{id}\"\n\
+             [announce.bfd]\ninterval = \"100ms\"\nmultiplier = 3\n\
+             [[announce.peer]]\naddress = \"[fd00:77::100]:{FRR_PORT}\"\nas = 65000\n"
+        )
+    })?;
+    let all: BTreeSet<u64> = (1..=3).collect();
+    let vips = v4_and_v6();
+    wait_for(
+        "FRR: every VIP via all three, over IPv6 sessions",
+        Duration::from_secs(30),
+        || Ok(all_via(&frr.table()?, &vips, &all).then_some(())),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{:?}\n{}", frr.table(), frr.log()))?;
+    assert_eq!(frr.established()?, all, "FRR's sessions (by IPv6 address)");
+    wait_for("FRR's BFD sessions up", Duration::from_secs(20), || {
+        Ok((frr.bfd_up()? == all).then_some(()))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", frr.vtysh("show bfd peers").unwrap_or_default()))?;
+    let lost = 3u64;
+    let rest: BTreeSet<u64> = all.iter().copied().filter(|m| *m != lost).collect();
+    let t0 = Instant::now();
+    lab.exec(
+        "sw",
+        &["ip", "link", "set", &format!("p{}", lost - 1), "down"],
+    )?;
+    wait_for("FRR: the lost member gone", Duration::from_secs(10), || {
+        Ok(all_via(&frr.table()?, &vips, &rest).then_some(()))
+    })?;
+    let gone = t0.elapsed();
+    eprintln!("BGP and BFD over IPv6: link down -> FRR dropped the member's paths after {gone:?}");
+    assert!(
+        gone < Duration::from_secs(3),
+        "a lost member's paths outlived BFD's detection by far: {gone:?}"
+    );
+    Ok(())
+}
+
+/// Passive peers: the members listen (`passive = true`, `announce.listen`)
+/// and FRR connects to them; a connection from an address that is no
+/// passive peer is closed.
+#[test]
+fn frr_connects_to_passive_members() -> anyhow::Result<()> {
+    let mut lab = Lab::new("p")?;
+    let frr = Frr::start(
+        &lab,
+        &PeerSetup {
+            connects: true,
+            ..PeerSetup::new(65000, MEMBER_AS, FRR_PORT)
+        },
+    )?;
+    lab.start_members_with(|id| {
+        format!(
+            "[announce]\nmode = \"bgp\"\nlocal_as = {MEMBER_AS}\nrouter_id = \"10.77.0.{id}\"\nhold_time = 6\necmp = true\n\
+             next_hop_v6 = \"fd00:77::{id}\"\nlisten = \"10.77.0.{id}:179\"\n\
+             [[announce.peer]]\naddress = \"10.77.0.100\"\nas = 65000\npassive = true\n"
+        )
+    })?;
+    let all: BTreeSet<u64> = (1..=3).collect();
+    wait_for(
+        "FRR: every VIP via all three, sessions it opened",
+        Duration::from_secs(30),
+        || Ok(all_via(&frr.table()?, &v4_and_v6(), &all).then_some(())),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{:?}\n{}", frr.table(), lab.members[&1].log()))?;
+    // A stranger (another address in the router's namespace) is turned
+    // away: its connection closed before anything is said.
+    lab.exec("c", &["ip", "addr", "add", "10.77.0.99/24", "dev", "eth0"])?;
+    let ns = lab.ns("c");
+    let read = std::thread::spawn(move || -> anyhow::Result<usize> {
+        ha_tests::netns::enter(&ns)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            use tokio::io::AsyncReadExt as _;
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind("10.77.0.99:0".parse()?)?;
+            let mut stream = socket.connect("10.77.0.1:179".parse()?).await?;
+            let mut buf = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await??;
+            Ok(n)
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the stranger panicked"))??;
+    assert_eq!(read, 0, "a stranger was answered");
+    wait_for(
+        "the member logs the stranger",
+        Duration::from_secs(2),
+        || {
+            Ok(lab.members[&1]
+                .log()
+                .contains("no passive peer")
+                .then_some(()))
+        },
+    )?;
+    Ok(())
+}

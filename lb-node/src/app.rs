@@ -330,6 +330,13 @@ pub async fn run(
             dataplane_rx.clone(),
             shutdown.clone(),
         )));
+        if matches!(config.announce, crate::announce::AnnounceConfig::Bgp(_)) {
+            tasks.push(tokio::spawn(report_announcer_ready(
+                c.node.clone(),
+                bgp_rx.clone(),
+                shutdown.clone(),
+            )));
+        }
     }
 
     let views = crate::metrics::Views {
@@ -450,6 +457,46 @@ async fn report_dataplane_ready(
             }
         }
         () = shutdown.cancelled() => {}
+    }
+}
+
+/// BGP: tells the replica whether this member can announce at all (a
+/// session with at least one peer established). A member that cannot is
+/// given no VIP (its VIPs go to members whose routers hear them), so that
+/// owner mode never leaves a VIP with a member no router listens to; one
+/// that comes back gets VIPs again once its session is up, not before.
+async fn report_announcer_ready(
+    node: node::NodeHandle,
+    mut peers: watch::Receiver<Vec<crate::announce::bgp::PeerStatus>>,
+    shutdown: CancellationToken,
+) {
+    let mut told: Option<bool> = None;
+    loop {
+        let ready = peers
+            .borrow_and_update()
+            .iter()
+            .any(|p| p.state == "established");
+        if told != Some(ready) {
+            if node.announce_ready(ready).is_err() {
+                return;
+            }
+            if told.is_some() || ready {
+                info!(
+                    ready,
+                    "BGP: {}",
+                    if ready {
+                        "a session is up: this member takes VIPs"
+                    } else {
+                        "no session is up: this member's VIPs go to others"
+                    }
+                );
+            }
+            told = Some(ready);
+        }
+        tokio::select! {
+            changed = peers.changed() => if changed.is_err() { return },
+            () = shutdown.cancelled() => return,
+        }
     }
 }
 
@@ -849,6 +896,9 @@ async fn start_raft(
             // restart (docs/announcement.md, *Graceful restart*).
             serve_while_leaving: matches!(announce, crate::announce::AnnounceConfig::Bgp(b)
                 if b.ecmp && b.graceful_restart.is_some()),
+            // BGP: no VIP for a member with no session up
+            // (`report_announcer_ready`).
+            wait_for_announcer: matches!(announce, crate::announce::AnnounceConfig::Bgp(_)),
         },
         store,
         &cluster.initial_members,

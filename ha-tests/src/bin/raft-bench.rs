@@ -143,6 +143,7 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<Cluster> {
                     wait_for_dataplane: false,
                     scope: Default::default(),
                     serve_while_leaving: false,
+                    wait_for_announcer: false,
                 };
                 let replica = Replica::open(config, store, &initial).expect("replica opens");
                 if let Err(e) = node::run(

@@ -24,6 +24,7 @@ struct RawPeer {
     large_communities: Vec<String>,
     med: Option<u32>,
     bfd: Option<bool>,
+    passive: Option<bool>,
 }
 
 /// `[announce.bfd]`.
@@ -156,6 +157,8 @@ pub(super) struct RawAnnounce {
     service_gateways: Vec<String>,
     bfd: Option<RawBfd>,
     graceful_restart: Option<String>,
+    /// Where passive peers connect to (BGP mode).
+    listen: Option<String>,
 }
 
 /// `announce.service_cidrs`: networks (no host bits).
@@ -297,6 +300,7 @@ fn validate_bgp(
             )?,
             med: p.med,
             bfd: p.bfd.unwrap_or(true),
+            passive: p.passive.unwrap_or(false),
         });
     }
     if a.hold_time != 0 && a.hold_time < 3 {
@@ -372,8 +376,31 @@ fn validate_bgp(
             "must be at most 10m (a VIP that moved away stays announced that long)",
         ));
     }
+    let listen = a
+        .listen
+        .as_deref()
+        .map(|t| {
+            t.parse::<SocketAddr>()
+                .or_else(|_| t.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 179)))
+                .map_err(|_| {
+                    ConfigError::new(
+                        file,
+                        "announce.listen",
+                        format!("{t:?} is not an address (or address:port) to listen on for passive peers"),
+                    )
+                })
+        })
+        .transpose()?;
+    if listen.is_some() && !peers.iter().any(|p| p.passive) {
+        return Err(ConfigError::new(
+            file,
+            "announce.listen",
+            "no peer is passive (passive = true): nothing would connect",
+        ));
+    }
     Ok(crate::announce::bgp::BgpConfig {
         linger,
+        listen,
         service_cidrs,
         bfd,
         graceful_restart,

@@ -176,6 +176,33 @@ fn bad_bgp_peer_settings_name_their_field() {
 }
 
 #[test]
+fn passive_peers_and_where_they_connect() {
+    let peer = "[[announce.peer]]\naddress = \"10.0.0.254\"\nas = 65000\n";
+    let config = load(&format!(
+        "{NODE}{BGP}listen = \"10.0.0.1\"\n{peer}passive = true\n"
+    ))
+    .expect("valid");
+    let crate::announce::AnnounceConfig::Bgp(b) = config.announce else {
+        panic!("bgp");
+    };
+    assert_eq!(b.listen, Some("10.0.0.1:179".parse().expect("addr")));
+    assert!(b.peers[0].passive);
+    let default = load(&format!("{NODE}{BGP}{peer}")).expect("valid");
+    let crate::announce::AnnounceConfig::Bgp(b) = default.announce else {
+        panic!("bgp");
+    };
+    assert!(!b.peers[0].passive && b.listen.is_none());
+    for (text, words) in [
+        ("listen = \"nope\"\n", "not an address"),
+        ("listen = \"10.0.0.1:1179\"\n", "no peer is passive"),
+    ] {
+        let e = load(&format!("{NODE}{BGP}{text}{peer}")).expect_err(text);
+        let e = e.to_string();
+        assert!(e.contains("announce.listen") && e.contains(words), "{e}");
+    }
+}
+
+#[test]
 fn bfd_defaults_and_bad_timers_name_their_field() {
     let peer = "[[announce.peer]]\naddress = \"10.0.0.254\"\nas = 65000\n";
     let config = load(&format!("{NODE}{BGP}[announce.bfd]\n{peer}")).expect("valid");

@@ -48,6 +48,8 @@ pub enum Input {
     /// The dataplane programmed the table: take VIPs
     /// (`Replica::dataplane_ready`).
     DataplaneReady,
+    /// The announcer can (or cannot) announce (`Replica::announce_ready`).
+    AnnounceReady(bool),
     AddMember {
         id: u64,
         peer_address: String,
@@ -226,6 +228,7 @@ pub fn run(
                 Input::TransferLeader(to) => replica.transfer_leader(to),
                 Input::Leave => replica.leave(),
                 Input::DataplaneReady => replica.dataplane_ready(),
+                Input::AnnounceReady(ready) => replica.announce_ready(ready),
                 Input::AddMember {
                     id,
                     peer_address,
@@ -399,6 +402,12 @@ impl NodeHandle {
     pub fn dataplane_ready(&self) -> Result<(), ProposeError> {
         self.inputs
             .send(Input::DataplaneReady)
+            .map_err(|_| ProposeError::Stopped)
+    }
+
+    pub fn announce_ready(&self, ready: bool) -> Result<(), ProposeError> {
+        self.inputs
+            .send(Input::AnnounceReady(ready))
             .map_err(|_| ProposeError::Stopped)
     }
 

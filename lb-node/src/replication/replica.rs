@@ -68,6 +68,9 @@ pub struct ReplicaConfig {
     /// graceful restart: its routes stay with the routers through the
     /// restart rather than being withdrawn and announced again).
     pub serve_while_leaving: bool,
+    /// Start with the announcer unable to announce (BGP: no session yet):
+    /// take no VIP until `announce_ready(true)`.
+    pub wait_for_announcer: bool,
 }
 
 /// Why a replica cannot go on. Fatal for the member: it stops rather than
@@ -189,6 +192,10 @@ pub struct Replica {
     /// latest message said of the same.
     leaving: bool,
     unready: bool,
+    /// The announcer cannot make the network know anything (BGP: no
+    /// session established): like unready, but both ways
+    /// (`announce_ready`), and sent as unready.
+    announce_down: bool,
     peers_say: BTreeMap<u64, Says>,
     /// The tick this member became leader.
     leader_since: u64,
@@ -354,6 +361,7 @@ impl Replica {
         let disk_term = raw.raft.term;
         let lease_length = config.election_ticks as u64;
         let unready = config.wait_for_dataplane;
+        let announce_down = config.wait_for_announcer;
         let mut replica = Replica {
             raw,
             state,
@@ -374,6 +382,7 @@ impl Replica {
             stamps_from: BTreeMap::new(),
             leaving: false,
             unready,
+            announce_down,
             peers_say: BTreeMap::new(),
             leader_since: 0,
             proposed_owners: None,
@@ -447,7 +456,7 @@ impl Replica {
             echo_incarnation,
             echo_tick,
             leaving: self.leaving,
-            unready: self.unready,
+            unready: self.not_ready(),
             applied: self.applied,
             hears: self
                 .lease
@@ -727,7 +736,7 @@ impl Replica {
     /// member whose dataplane has not programmed the table announces
     /// nothing (it could not serve what it attracts).
     pub fn announced_vips(&self) -> BTreeSet<std::net::IpAddr> {
-        if self.unready {
+        if self.not_ready() {
             return BTreeSet::new();
         }
         self.announcing.clone()
@@ -781,7 +790,7 @@ impl Replica {
         }
         let may_serve = lease
             && (!self.leaving || self.config.serve_while_leaving)
-            && !self.unready
+            && !self.not_ready()
             && !self.state.drained_members().contains(&self.config.id);
         self.serving = may_serve && (self.serving || current);
     }
@@ -1073,7 +1082,7 @@ impl Replica {
         if member == self.config.id {
             Says {
                 leaving: self.leaving,
-                unready: self.unready,
+                unready: self.not_ready(),
             }
         } else {
             self.peers_say.get(&member).copied().unwrap_or_default()
@@ -1083,6 +1092,22 @@ impl Replica {
     /// Whether this member still waits for its dataplane.
     pub fn is_dataplane_ready(&self) -> bool {
         !self.unready
+    }
+
+    /// Unready for VIPs: the dataplane has not programmed the table yet,
+    /// or the announcer cannot announce.
+    fn not_ready(&self) -> bool {
+        self.unready || self.announce_down
+    }
+
+    /// Whether the announcer can make the network know this member's VIPs
+    /// (BGP: a session with at least one peer is established). While it
+    /// cannot, the member says it is unready and whoever leads gives its
+    /// VIPs to the others; once it can again, it is eligible again (and
+    /// the VIP that moves back is announced by it before its interim
+    /// owner's linger ends).
+    pub fn announce_ready(&mut self, ready: bool) {
+        self.announce_down = !ready;
     }
 
     /// This member's dataplane has programmed the table it caught up to:

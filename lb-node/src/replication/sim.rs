@@ -209,6 +209,7 @@ impl Sim {
             wait_for_dataplane: false,
             scope: Default::default(),
             serve_while_leaving: false,
+            wait_for_announcer: false,
         };
         let mut sim = Sim {
             rng: SmallRng::seed_from_u64(seed),

@@ -12,8 +12,8 @@
 //! RFC 5881 §4). Everything runs on the member's async runtime, so a
 //! stalled lb-node stops answering and its peers see it go down.
 //!
-//! Not done: the receive-side TTL check of RFC 5881 §5 (GTSM needs
-//! `IP_RECVTTL`/`IP_MINTTL`, which the safe socket crates do not set),
+//! Single-hop packets are taken only with TTL (hop limit) 255, RFC 5881
+//! §5's GTSM check, read from `IP_RECVTTL` / `IPV6_RECVHOPLIMIT`. Not done:
 //! authentication, demand mode and the echo function.
 
 pub mod packet;
@@ -30,7 +30,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use packet::{Packet, State};
 pub use session::Timers;
@@ -153,6 +153,15 @@ fn listen(v6: bool, port: u16) -> anyhow::Result<UdpSocket> {
     if v6 {
         socket.set_only_v6(true)?;
     }
+    // Each packet's TTL (hop limit) comes with it: single hop takes only
+    // 255 (RFC 5881 §5, GTSM).
+    use nix::sys::socket::{setsockopt, sockopt};
+    if v6 {
+        setsockopt(&socket, sockopt::Ipv6RecvHopLimit, &true)
+    } else {
+        setsockopt(&socket, sockopt::Ipv4RecvTtl, &true)
+    }
+    .context("cannot ask for received packets' TTL")?;
     socket.set_nonblocking(true)?;
     socket
         .bind(&addr.into())
@@ -196,10 +205,13 @@ async fn receive(
     shutdown: CancellationToken,
 ) {
     let mut buf = [0u8; 128];
+    let mut control = vec![0u8; 64];
     loop {
-        let (n, from) = tokio::select! {
+        let (n, from, ttl) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = socket.recv_from(&mut buf) => match r {
+            r = socket.async_io(tokio::io::Interest::READABLE, || {
+                receive_one(&socket, &mut buf, &mut control)
+            }) => match r {
                 Ok(r) => r,
                 Err(e) => {
                     warn!(error = %e, "BFD receive failed");
@@ -208,6 +220,13 @@ async fn receive(
                 }
             },
         };
+        // Single hop: a packet that crossed a router (or was sent with
+        // less than 255) is not from a neighbour (RFC 5881 §5). Multihop
+        // has no such check (RFC 5883 leaves it to configuration).
+        if port == SINGLE_HOP_PORT && ttl != Some(255) {
+            debug!(%from, ?ttl, "BFD packet dropped: single hop takes TTL 255 only");
+            continue;
+        }
         let at = Instant::now();
         let Ok(p) = Packet::decode(&buf[..n]) else {
             continue;
@@ -227,6 +246,47 @@ async fn receive(
             let _ = inbox.try_send((p, at));
         }
     }
+}
+
+/// One datagram: its length, sender and TTL (or hop limit), when the
+/// kernel gave it.
+fn receive_one(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    control: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Option<u8>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
+    use std::os::fd::AsRawFd as _;
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(control),
+        MsgFlags::empty(),
+    )
+    .map_err(std::io::Error::from)?;
+    let from = msg
+        .address
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                .or_else(|| {
+                    a.as_sockaddr_in6()
+                        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                })
+        })
+        .ok_or_else(|| std::io::Error::other("a datagram without a sender address"))?;
+    let mut ttl = None;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            match c {
+                ControlMessageOwned::Ipv4Ttl(t) => ttl = u8::try_from(t).ok(),
+                ControlMessageOwned::Ipv6HopLimit(h) => ttl = u8::try_from(h).ok(),
+                _ => {}
+            }
+        }
+    }
+    Ok((msg.bytes, from, ttl))
 }
 
 fn jittered(interval: Duration, multiplier: u8) -> Duration {
@@ -348,4 +408,45 @@ fn report(
         s.diag = c.diag;
         s.peer_admin_down = peer_admin_down;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 5881 §5: a single-hop packet is taken only with TTL 255; the
+    /// same packet sent with TTL 254 (one router away) is dropped.
+    #[tokio::test]
+    async fn single_hop_takes_ttl_255_only() -> anyhow::Result<()> {
+        let socket = listen(false, 0)?;
+        let port = socket.local_addr()?.port();
+        let demux = Arc::new(Mutex::new(Demux::default()));
+        let (tx, mut rx) = mpsc::channel(8);
+        demux
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .by_address
+            .insert((IpAddr::V4(Ipv4Addr::LOCALHOST), SINGLE_HOP_PORT), tx);
+        let stop = CancellationToken::new();
+        tokio::spawn(receive(socket, SINGLE_HOP_PORT, demux, stop.clone()));
+        let sender = UdpSocket::bind("127.0.0.1:0").await?;
+        let bytes = Session::new(Timers::default(), 7).packet().encode();
+        let to = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let heard = |rx: &mut mpsc::Receiver<(Packet, Instant)>| {
+            let got = rx.try_recv().ok();
+            got.map(|(p, _)| p.my_discriminator)
+        };
+
+        socket2::SockRef::from(&sender).set_ttl_v4(254)?;
+        sender.send_to(&bytes, to).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(heard(&mut rx), None, "TTL 254 taken");
+
+        socket2::SockRef::from(&sender).set_ttl_v4(255)?;
+        sender.send_to(&bytes, to).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(heard(&mut rx), Some(7), "TTL 255 dropped");
+        stop.cancel();
+        Ok(())
+    }
 }

@@ -30,7 +30,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::announce::bfd::packet::State as BfdState;
 use codec::{Attributes, Message};
@@ -71,6 +71,8 @@ pub struct BgpConfig {
     /// then; both members' kernels serve it meanwhile). Never past the
     /// lease: a member that may not serve withdraws everything at once.
     pub linger: Duration,
+    /// Where passive peers connect to; `None`: port 179 on every address.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +94,9 @@ pub struct PeerConfig {
     pub med: Option<u32>,
     /// BFD with this peer when `[announce.bfd]` is on (the default).
     pub bfd: bool,
+    /// The peer connects to us (`BgpConfig::listen`); we never connect to
+    /// it. A connection from any other address is closed at once.
+    pub passive: bool,
 }
 
 /// One peer as `lbctl status` shows it.
@@ -124,6 +129,7 @@ impl PeerConfig {
             large_communities: Vec::new(),
             med: None,
             bfd: true,
+            passive: false,
         }
     }
 
@@ -242,6 +248,28 @@ pub async fn run(
             bfd[i] = Some(rx);
         }
     }
+    // Passive peers: one listener hands each accepted connection to the
+    // peer it comes from.
+    let mut incoming: Vec<Option<mpsc::Receiver<TcpStream>>> =
+        (0..config.peers.len()).map(|_| None).collect();
+    if config.peers.iter().any(|p| p.passive) {
+        let at = config
+            .listen
+            .unwrap_or_else(|| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 179)));
+        let listener = tokio::net::TcpListener::bind(at)
+            .await
+            .with_context(|| format!("cannot listen on {at} for passive BGP peers"))?;
+        let mut routes = Vec::new();
+        for (i, p) in config.peers.iter().enumerate() {
+            if p.passive {
+                let (tx, rx) = mpsc::channel(1);
+                incoming[i] = Some(rx);
+                routes.push((p.address.ip(), tx));
+            }
+        }
+        info!(%at, "listening for passive BGP peers");
+        tokio::spawn(accept_loop(listener, routes, shutdown.clone()));
+    }
     let mut sessions = Vec::new();
     for (i, peer) in config.peers.clone().into_iter().enumerate() {
         sessions.push(tokio::spawn(peer_loop(
@@ -253,6 +281,7 @@ pub async fn run(
                 status: status.clone(),
                 bfd: bfd[i].take(),
                 settled: settled.clone(),
+                incoming: incoming[i].take(),
             },
             shutdown.clone(),
         )));
@@ -277,6 +306,8 @@ struct PeerHandle {
     status: watch::Sender<Vec<PeerStatus>>,
     bfd: Option<watch::Receiver<crate::announce::bfd::Status>>,
     settled: watch::Receiver<bool>,
+    /// A passive peer's connections, from the listener.
+    incoming: Option<mpsc::Receiver<TcpStream>>,
 }
 
 impl PeerHandle {
@@ -338,6 +369,10 @@ async fn peer_loop(
         if established {
             backoff = BACKOFF_FIRST;
         }
+        // A passive peer calls again when it wants: no backoff of ours.
+        if peer.passive {
+            continue;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
@@ -349,6 +384,56 @@ async fn peer_loop(
 enum Ended {
     Shutdown,
     Reset(String),
+}
+
+/// Accepts passive peers' connections: each goes to the session of the
+/// peer whose address it comes from (IPv4-mapped addresses read as IPv4);
+/// one from anywhere else, or for a peer whose session is busy, is closed.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    peers: Vec<(IpAddr, mpsc::Sender<TcpStream>)>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, from) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "cannot accept a BGP connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ip = from.ip().to_canonical();
+        match peers.iter().find(|(a, _)| *a == ip) {
+            Some((_, tx)) => {
+                if tx.try_send(stream).is_err() {
+                    debug!(%from, "BGP connection from a peer whose session is busy: closed");
+                }
+            }
+            None => warn!(%from, "BGP connection from an address that is no passive peer: closed"),
+        }
+    }
+}
+
+/// The session's connection: a passive peer's next accepted one, or one
+/// we open.
+async fn open(
+    peer: &PeerConfig,
+    incoming: Option<&mut mpsc::Receiver<TcpStream>>,
+) -> anyhow::Result<TcpStream> {
+    let Some(incoming) = incoming else {
+        return connect(peer).await;
+    };
+    let stream = incoming.recv().await.context("the BGP listener stopped")?;
+    stream.set_nodelay(true)?;
+    if let Some(ttl) = peer.ttl {
+        stream.set_ttl(ttl).context("cannot set the TTL")?;
+    }
+    Ok(stream)
 }
 
 /// Connects to the peer, from its source address and with its TTL when
@@ -417,7 +502,7 @@ async fn session(
         .is_some_and(|b| b.borrow_and_update().state == BfdState::Up);
     let stream = tokio::select! {
         _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
-        s = connect(peer) => s?,
+        s = open(peer, handle.incoming.as_mut()) => s?,
     };
     let local = stream.local_addr()?.ip();
     let (mut read, write) = stream.into_split();
@@ -686,6 +771,7 @@ mod tests {
     fn config(port: u16, peer_as: u32) -> BgpConfig {
         BgpConfig {
             linger: Duration::ZERO,
+            listen: None,
             local_as: 65001,
             router_id: Ipv4Addr::new(127, 0, 0, 1),
             peers: vec![PeerConfig::new(
