@@ -58,6 +58,10 @@ pub struct PeerSetup {
     pub bfd: bool,
     /// FRR's BFD transmit and receive interval, milliseconds.
     pub bfd_interval_ms: u64,
+    /// FRR: `bfd check-control-plane-failure` (a graceful restart survives
+    /// BFD going down; so does a lost machine's path, until the restart
+    /// time).
+    pub bfd_ignores_restarts: bool,
     /// Graceful restart as the receiving (helper) speaker.
     pub graceful_restart: bool,
     /// FRR: `dont-capability-negotiate` (an OPEN with no capabilities: no
@@ -81,6 +85,7 @@ impl PeerSetup {
             ipv6: true,
             bfd: false,
             bfd_interval_ms: 100,
+            bfd_ignores_restarts: false,
             graceful_restart: false,
             no_capabilities: false,
             ipv6_transport: false,
@@ -111,6 +116,7 @@ impl Frr {
             ipv6,
             bfd,
             bfd_interval_ms,
+            bfd_ignores_restarts,
             graceful_restart,
             no_capabilities,
             ipv6_transport,
@@ -140,6 +146,12 @@ impl Frr {
         }
         if bfd {
             bgp.push_str(" neighbor lb bfd profile fast\n");
+            if bfd_ignores_restarts {
+                // A BFD Down from a graceful-restart peer whose C bit is 0
+                // (BFD shares fate with its control plane) is taken for a
+                // restart, not a lost path: a lost machine too.
+                bgp.push_str(" neighbor lb bfd check-control-plane-failure\n");
+            }
         }
         if no_capabilities {
             bgp.push_str(" neighbor lb dont-capability-negotiate\n");
