@@ -256,6 +256,28 @@ where
     }
 }
 
+/// `eventually` for tests that block (no runtime): polls `check` every
+/// 50 ms until it returns `Some`, or fails after `timeout`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        match check() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = Some(e.to_string()),
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {timeout:?} (last error: {last:?})");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Writes a file the way editors do: a new file renamed over the old one.
 pub fn replace_file(path: &Path, text: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");

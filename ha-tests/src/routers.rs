@@ -245,10 +245,15 @@ impl Frr {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// A `... json` command's output, parsed.
+    pub fn vtysh_json(&self, command: &str) -> anyhow::Result<serde_json::Value> {
+        let text = self.vtysh(command)?;
+        serde_json::from_str(&text).with_context(|| format!("vtysh -c '{command}' printed {text}"))
+    }
+
     /// `show bgp <family> unicast json`, parsed.
     pub fn json(&self, family: &str) -> anyhow::Result<serde_json::Value> {
-        let text = self.vtysh(&format!("show bgp {family} unicast json"))?;
-        serde_json::from_str(&text).with_context(|| format!("vtysh printed {text}"))
+        self.vtysh_json(&format!("show bgp {family} unicast json"))
     }
 
     /// Both families' valid paths: VIP -> members.
@@ -280,9 +285,7 @@ impl Frr {
 
     /// The members whose session is Established.
     pub fn established(&self) -> anyhow::Result<BTreeSet<u64>> {
-        let text = self.vtysh("show bgp neighbors json")?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("vtysh printed {text}"))?;
+        let json = self.vtysh_json("show bgp neighbors json")?;
         Ok(json
             .as_object()
             .into_iter()
@@ -294,9 +297,7 @@ impl Frr {
 
     /// The members whose BFD session is up (`show bfd peers json`).
     pub fn bfd_up(&self) -> anyhow::Result<BTreeSet<u64>> {
-        let text = self.vtysh("show bfd peers json")?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("vtysh printed {text}"))?;
+        let json = self.vtysh_json("show bfd peers json")?;
         Ok(json
             .as_array()
             .into_iter()
@@ -309,9 +310,7 @@ impl Frr {
     /// Sessions dropped since start, per member (FRR's
     /// `connectionsDropped`).
     pub fn drops(&self) -> anyhow::Result<BTreeMap<u64, u64>> {
-        let text = self.vtysh("show bgp neighbors json")?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("vtysh printed {text}"))?;
+        let json = self.vtysh_json("show bgp neighbors json")?;
         Ok(json
             .as_object()
             .into_iter()

@@ -11,6 +11,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use ha_tests::l2lab::{Lab, VIP6, VIPS};
+use ha_tests::wait_for;
 
 const HOLD: u64 = 6;
 
@@ -159,26 +160,6 @@ fn parse_routes(out: &str) -> BTreeMap<String, BTreeSet<u64>> {
         }
     }
     table
-}
-
-fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + timeout;
-    let mut last = None;
-    loop {
-        match f() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = Some(e.to_string()),
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!("{what}: not within {timeout:?} (last error: {last:?})");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Each VIP with exactly one next hop, and who.

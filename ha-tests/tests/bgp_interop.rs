@@ -21,31 +21,12 @@ use std::time::{Duration, Instant};
 
 use ha_tests::l2lab::{Lab, VIP6, VIPS};
 use ha_tests::routers::{Frr, Gobgp, PeerSetup, Table};
+use ha_tests::wait_for;
 
 /// The members' AS: four octets.
 const MEMBER_AS: u32 = 4_200_000_001;
 const FRR_PORT: u16 = 2179;
 const GOBGP_PORT: u16 = 3179;
-
-fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + timeout;
-    let mut last = None;
-    loop {
-        match f() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = Some(e.to_string()),
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!("{what}: not within {timeout:?} (last error: {last:?})");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Whether every VIP of `vips` has paths through exactly `members`.
 fn all_via(table: &Table, vips: &[&str], members: &BTreeSet<u64>) -> bool {
@@ -69,8 +50,7 @@ fn announce(id: u64, extra: &str, peers: &[(u16, u32)]) -> String {
 /// FRR's first path to `vip`, with every attribute
 /// (`show bgp ipv4 unicast <prefix> json`).
 fn frr_path(frr: &Frr, vip: &str) -> anyhow::Result<serde_json::Value> {
-    let text = frr.vtysh(&format!("show bgp ipv4 unicast {vip}/32 json"))?;
-    let json: serde_json::Value = serde_json::from_str(&text)?;
+    let json = frr.vtysh_json(&format!("show bgp ipv4 unicast {vip}/32 json"))?;
     Ok(json.pointer("/paths/0").cloned().unwrap_or_default())
 }
 

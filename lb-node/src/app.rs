@@ -743,8 +743,11 @@ fn bgp_routes(
                 None => serving,
             };
             if lease && !linger.is_zero() {
-                for gone in previous.difference(&current) {
-                    lingering.entry(*gone).or_insert(now + linger);
+                // Most wakes are the lease moving on, with the same set.
+                if !Arc::ptr_eq(&previous, &current) {
+                    for gone in previous.difference(&current) {
+                        lingering.entry(*gone).or_insert(now + linger);
+                    }
                 }
                 lingering.retain(|ip, end| *end > now && !current.contains(ip));
             } else {
