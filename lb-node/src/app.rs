@@ -511,7 +511,7 @@ async fn report_announcer_ready(
 async fn hand_over(
     node: &node::NodeHandle,
     mut states: watch::Receiver<Arc<State>>,
-    scope: &crate::model::AnnounceScope,
+    scope: &crate::announce::ownership::AnnounceScope,
     id: u64,
     stay: Duration,
 ) {
@@ -596,7 +596,7 @@ fn announced_vips(
     dataplane: &watch::Receiver<DataplaneStatus>,
     cluster: Option<&ClusterHandle>,
     ecmp: bool,
-    scope: crate::model::AnnounceScope,
+    scope: crate::announce::ownership::AnnounceScope,
     shutdown: &CancellationToken,
 ) -> (
     watch::Receiver<Arc<std::collections::BTreeSet<std::net::IpAddr>>>,
@@ -609,7 +609,7 @@ fn announced_vips(
     let mut dataplane = dataplane.clone();
     let mut status = cluster.map(|c| c.node.status.clone());
     tokio::spawn(async move {
-        let mut gate = AnnounceGate::default();
+        let mut gate = crate::announce::ownership::AnnounceGate::default();
         // Standalone: every VIP of the table, computed again only when the
         // table changed (most wakes are a dataplane sync).
         let mut table_vips: Option<Arc<std::collections::BTreeSet<std::net::IpAddr>>> = None;
@@ -654,7 +654,7 @@ fn announced_vips(
             // announced now is what the member means to announce (BGP's
             // End-of-RIB waits for it). After the VIPs, so that a reader
             // that sees it sees them.
-            if decided && gate.waiting.is_empty() {
+            if decided && !gate.holds_back() {
                 settled_tx.send_if_modified(|s| !std::mem::replace(s, true));
             }
             tokio::select! {
@@ -719,9 +719,7 @@ fn bgp_routes(
     tokio::spawn(async move {
         // VIPs that moved away while this member's lease holds: announced
         // until their time is up (owner mode's make before break).
-        let mut lingering: std::collections::BTreeMap<std::net::IpAddr, tokio::time::Instant> =
-            Default::default();
-        let mut previous: Arc<std::collections::BTreeSet<std::net::IpAddr>> = Arc::default();
+        let mut linger = crate::announce::ownership::Linger::new(linger);
         loop {
             let mut until = None;
             let serving = match &mut status {
@@ -734,35 +732,19 @@ fn bgp_routes(
             };
             let vips_decided = *vips_settled.borrow_and_update();
             let current = vips.borrow_and_update().clone();
-            let now = tokio::time::Instant::now();
-            // Lingering needs the lease, not the right to take VIPs: a
-            // drained or leaving member hands its VIPs over make before
-            // break too; one that lost its lease withdraws everything.
             let lease = match &status {
                 Some(_) => within(until),
                 None => serving,
             };
-            if lease && !linger.is_zero() {
-                // Most wakes are the lease moving on, with the same set.
-                if !Arc::ptr_eq(&previous, &current) {
-                    for gone in previous.difference(&current) {
-                        lingering.entry(*gone).or_insert(now + linger);
-                    }
-                }
-                lingering.retain(|ip, end| *end > now && !current.contains(ip));
-            } else {
-                lingering.clear();
-            }
-            previous = current.clone();
             let mut routes: std::collections::BTreeSet<ipnet::IpNet> = current
                 .iter()
-                .chain(lingering.keys())
+                .chain(linger.update(&current, lease, std::time::Instant::now()))
                 .map(|ip| ipnet::IpNet::from(*ip))
                 .collect();
             if serving {
                 routes.extend(service_cidrs.iter().copied());
             }
-            let next_end = lingering.values().min().copied();
+            let next_end = linger.next_end().map(tokio::time::Instant::from_std);
             tx.send_if_modified(|now| {
                 let changed = **now != routes;
                 if changed {
@@ -795,66 +777,6 @@ fn bgp_routes(
         }
     });
     (rx, settled_rx)
-}
-
-/// Holds back each VIP that is to be announced until the dataplane has
-/// synced the state revision current when it was first wanted.
-#[derive(Debug, Default)]
-struct AnnounceGate {
-    wanted: Arc<std::collections::BTreeSet<std::net::IpAddr>>,
-    waiting: std::collections::BTreeMap<std::net::IpAddr, u64>,
-    published: Arc<std::collections::BTreeSet<std::net::IpAddr>>,
-}
-
-impl AnnounceGate {
-    /// The set to announce when it changed: `wanted` now, the state's
-    /// `revision` now, and the revision the dataplane has synced (None
-    /// before its first sync).
-    fn update(
-        &mut self,
-        wanted: Arc<std::collections::BTreeSet<std::net::IpAddr>>,
-        revision: u64,
-        synced: Option<u64>,
-    ) -> Option<Arc<std::collections::BTreeSet<std::net::IpAddr>>> {
-        // Copied only when something changes (most wakes are a sync with
-        // nothing waiting).
-        let mut published: Option<std::collections::BTreeSet<std::net::IpAddr>> = None;
-        // The wanted set is shared, and kept, while it does not change:
-        // comparing it costs O(VIPs) only when it did.
-        if !Arc::ptr_eq(&wanted, &self.wanted) && *wanted != *self.wanted {
-            let mut now = (*self.published).clone();
-            now.retain(|v| wanted.contains(v));
-            self.waiting.retain(|v, _| wanted.contains(v));
-            for v in wanted.iter() {
-                if !now.contains(v) {
-                    self.waiting.entry(*v).or_insert(revision);
-                }
-            }
-            published = Some(now);
-        }
-        self.wanted = wanted;
-        if let Some(synced) = synced {
-            let ready: Vec<std::net::IpAddr> = self
-                .waiting
-                .iter()
-                .filter(|(_, needed)| **needed <= synced)
-                .map(|(v, _)| *v)
-                .collect();
-            if !ready.is_empty() {
-                let now = published.get_or_insert_with(|| (*self.published).clone());
-                for v in ready {
-                    self.waiting.remove(&v);
-                    now.insert(v);
-                }
-            }
-        }
-        let published = published?;
-        if published == *self.published {
-            return None;
-        }
-        self.published = Arc::new(published);
-        Some(self.published.clone())
-    }
 }
 
 /// A failure that stopped the member from inside (the raft node thread),
@@ -1015,60 +937,5 @@ async fn run_source_while_leader<F, Fut>(
     if let Some((stop, task)) = running {
         stop.cancel();
         let _ = task.await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-    use std::net::IpAddr;
-    use std::sync::Arc;
-
-    use super::AnnounceGate;
-
-    fn set(vips: &[&str]) -> Arc<BTreeSet<IpAddr>> {
-        Arc::new(vips.iter().map(|v| v.parse().expect("address")).collect())
-    }
-
-    #[test]
-    fn a_vip_is_announced_once_the_dataplane_synced_the_state_that_gave_it() {
-        let mut gate = AnnounceGate::default();
-        // Wanted at revision 7, before the dataplane's first sync: held.
-        assert_eq!(gate.update(set(&["10.0.0.1"]), 7, None), None);
-        // A sync of an older revision does not release it.
-        assert_eq!(gate.update(set(&["10.0.0.1"]), 8, Some(6)), None);
-        // Revision 7 synced: announced.
-        assert_eq!(
-            gate.update(set(&["10.0.0.1"]), 8, Some(7)),
-            Some(set(&["10.0.0.1"]))
-        );
-        // A second VIP waits for its own revision; the first stays.
-        assert_eq!(
-            gate.update(set(&["10.0.0.1", "10.0.0.2"]), 9, Some(8)),
-            None
-        );
-        assert_eq!(
-            gate.update(set(&["10.0.0.1", "10.0.0.2"]), 9, Some(9)),
-            Some(set(&["10.0.0.1", "10.0.0.2"]))
-        );
-        // Withdrawn at once, whatever the dataplane did.
-        assert_eq!(
-            gate.update(set(&["10.0.0.2"]), 10, Some(9)),
-            Some(set(&["10.0.0.2"]))
-        );
-        // Wanted again: waits again, for the revision current now.
-        assert_eq!(
-            gate.update(set(&["10.0.0.1", "10.0.0.2"]), 12, Some(11)),
-            None
-        );
-        assert_eq!(
-            gate.update(set(&["10.0.0.1", "10.0.0.2"]), 12, Some(12)),
-            Some(set(&["10.0.0.1", "10.0.0.2"]))
-        );
-        // Nothing changed: nothing to send.
-        assert_eq!(
-            gate.update(set(&["10.0.0.1", "10.0.0.2"]), 13, Some(13)),
-            None
-        );
     }
 }

@@ -46,7 +46,7 @@ pub struct AdminService {
     /// The BGP peers' sessions (empty unless announcing by BGP).
     pub bgp_peers: watch::Receiver<Vec<crate::announce::bgp::PeerStatus>>,
     /// Which addresses are announced one by one (service CIDRs, gateways).
-    pub scope: crate::model::AnnounceScope,
+    pub scope: crate::announce::ownership::AnnounceScope,
     /// Asks the reconciler for kernel counters.
     pub counters: tokio::sync::mpsc::Sender<crate::dataplane::reconcile::CountersQuery>,
     pub proposer: Proposer,

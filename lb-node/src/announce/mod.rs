@@ -7,7 +7,7 @@
 //! solicitations and sends gratuitous ARP / unsolicited NA on takeover.
 //! `bgp` announces them as host routes to BGP peers, and the service CIDRs
 //! whole. Addresses inside the service CIDRs are not announced one by
-//! one (`model::AnnounceScope`): in BGP mode every healthy member
+//! one (`announce::ownership::AnnounceScope`): in BGP mode every healthy member
 //! announces the CIDRs, in L2 mode nodes route them through the service
 //! gateways, which are owned and announced like VIPs.
 //!
@@ -35,14 +35,14 @@ pub enum AnnounceConfig {
 
 impl AnnounceConfig {
     /// Which addresses are announced one by one (`AnnounceScope`).
-    pub fn scope(&self) -> crate::model::AnnounceScope {
+    pub fn scope(&self) -> crate::announce::ownership::AnnounceScope {
         match self {
-            AnnounceConfig::None => crate::model::AnnounceScope::default(),
-            AnnounceConfig::L2(l2) => crate::model::AnnounceScope {
+            AnnounceConfig::None => crate::announce::ownership::AnnounceScope::default(),
+            AnnounceConfig::L2(l2) => crate::announce::ownership::AnnounceScope {
                 aggregates: l2.service_cidrs.clone(),
                 gateways: l2.service_gateways.iter().copied().collect(),
             },
-            AnnounceConfig::Bgp(bgp) => crate::model::AnnounceScope {
+            AnnounceConfig::Bgp(bgp) => crate::announce::ownership::AnnounceScope {
                 aggregates: bgp.service_cidrs.clone(),
                 gateways: Default::default(),
             },

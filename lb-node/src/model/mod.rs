@@ -9,7 +9,6 @@
 mod command;
 mod diff;
 pub mod fixtures;
-mod ownership;
 mod pools;
 mod service;
 mod state;
@@ -17,7 +16,6 @@ mod wire;
 
 pub use command::{Command, KubeDelta, KubeKind};
 pub use diff::commands_towards;
-pub use ownership::{AnnounceScope, assign_owners};
 pub use pools::{AllocError, allocate};
 pub use service::{
     Backend, BackendOverride, BackendState, Forwarding, InvalidService, MAX_PERSISTENCE_TIMEOUT,

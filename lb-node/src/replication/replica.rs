@@ -4,7 +4,10 @@
 //! `examples/five_mem_node`.
 //!
 //! It does no networking and owns no thread: its caller feeds it ticks and
-//! messages and sends what `handle_ready` returns. The daemon's node task and
+//! messages and sends what `handle_ready` returns. Who may announce what
+//! (the lease, the VIPs announced, the owners the leader proposes) is
+//! `announce::ownership::Ownership`'s: the replica feeds it a view of Raft
+//! with every tick, stamp and apply, and proposes the owners it asks for. The daemon's node task and
 //! the deterministic simulation both drive this same code.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,25 +20,9 @@ use raft::{RawNode, StateRole};
 use tracing::{info, warn};
 
 use super::storage::{LogStore, LogStoreError};
-use crate::announce::ownership::Lease;
+pub use crate::announce::ownership::Stamp;
+use crate::announce::ownership::{Ownership, OwnershipConfig, RaftView};
 use crate::model::{Applied, ApplyError, Batch, Command, State, WireError};
-
-/// Heartbeats a member waits after a VIP becomes its own before announcing
-/// it: long enough for a live previous owner, which learns of the change
-/// from the same commit, to have applied it and stopped. A silent previous
-/// owner needs no wait here: the leader only gives its VIPs away after an
-/// election timeout without a word from it, by which time its own lease
-/// (as long) has run out.
-const TAKEOVER_HEARTBEATS: u64 = 3;
-
-/// Leases (in election timeouts) a member goes on announcing after it
-/// lost touch with its leader, its lease holding: long enough to see a
-/// new leader elected (an election takes about 1.2 election timeouts)
-/// without withdrawing anything, short enough that a member cut from its
-/// leader alone (its other links fine) does not serve a stale table for
-/// long. A leader that has not heard a member for this plus a lease knows
-/// it stopped.
-const LEADERLESS_LEASES: u64 = 2;
 
 /// Timing and thresholds of a replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +50,7 @@ pub struct ReplicaConfig {
     pub wait_for_dataplane: bool,
     /// Which addresses get an owner (`AnnounceScope`): the table's VIPs
     /// outside the service CIDRs, and the service gateways.
-    pub scope: crate::model::AnnounceScope,
+    pub scope: crate::announce::ownership::AnnounceScope,
     /// A leaving member serves on until it stops (BGP ECMP mode with
     /// graceful restart: its routes stay with the routers through the
     /// restart rather than being withdrawn and announced again).
@@ -101,39 +88,6 @@ pub enum NotAccepted {
     Dropped(String),
 }
 
-/// Sent with every Raft message: the sender's clock (its incarnation and
-/// tick) and the latest clock reading of the receiver that the sender has
-/// received (the echo). An echo of its own tick proves to a member that
-/// the peer heard it at that tick, so a lease built on echoes needs the
-/// link to work both ways: a member that still hears its leader but is no
-/// longer heard (a one-way partition) loses its lease as the leader stops
-/// hearing it, not never.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stamp {
-    pub incarnation: u64,
-    pub tick: u64,
-    pub echo_incarnation: u64,
-    pub echo_tick: u64,
-    /// The sender is stopping cleanly and wants its VIPs taken over first
-    /// (`Replica::leave`).
-    pub leaving: bool,
-    /// The sender's dataplane has not programmed the table yet
-    /// (`Replica::dataplane_ready`).
-    pub unready: bool,
-    /// The sender's applied index.
-    pub applied: u64,
-    /// The members the sender heard within its lease (its view), with
-    /// the latest applied index each told it.
-    pub hears: Vec<(u64, u64)>,
-}
-
-/// The flags a member's messages carry about itself (`Stamp`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Says {
-    leaving: bool,
-    unready: bool,
-}
-
 /// What one `handle_ready` produced, for the caller to act on.
 #[derive(Debug, Default)]
 pub struct ReadyOutput {
@@ -169,69 +123,9 @@ pub struct Replica {
     snapshot_for_new_member: bool,
     /// Ticks since start.
     ticks: u64,
-    /// What this member heard of its peers, and they of it: its lease,
-    /// each peer's (`announce::ownership::Lease`).
-    lease: Lease,
-    /// The latest applied index each member told (directly or through
-    /// another's view): the leader gives a released VIP away once every
-    /// member that may still announce it has applied its release.
-    known_applied: BTreeMap<u64, u64>,
-    /// Beats are due to every other voter (once per heartbeat, and at
-    /// once when this member stops or starts hearing someone: the leader
-    /// learns a silence from the views without waiting a heartbeat).
-    beats_due: bool,
-    /// The view sent last.
-    last_view: Vec<u64>,
-    /// This process's run of the member (a restart starts a new one): the
-    /// ticks of an earlier run mean nothing to this one.
-    incarnation: u64,
-    /// Each peer's latest clock reading received: (incarnation, tick).
-    stamps_from: BTreeMap<u64, (u64, u64)>,
-    /// This member is stopping cleanly (`leave`); its dataplane has not
-    /// programmed the table yet (`dataplane_ready`); what each peer's
-    /// latest message said of the same.
-    leaving: bool,
-    unready: bool,
-    /// The announcer cannot make the network know anything (BGP: no
-    /// session established): like unready, but both ways
-    /// (`announce_ready`), and sent as unready.
-    announce_down: bool,
-    peers_say: BTreeMap<u64, Says>,
-    /// The tick this member became leader.
-    leader_since: u64,
-    /// The (applied index, eligible members) of the last ownership round
-    /// that found the owners right.
-    ownership_settled: Option<(u64, BTreeSet<u64>)>,
-    /// The state whose VIP owners `owned_since` reflects.
-    noted_owners: Option<State>,
-    /// VIP owners proposed and not yet applied.
-    proposed_owners: Option<BTreeMap<std::net::IpAddr, u64>>,
-    /// On the leader: VIPs without an owner and the applied index at which
-    /// this leader first saw them so. Such a VIP is given to its new owner
-    /// only once every member has applied that entry, or its lease must
-    /// have lapsed (its previous owner, whoever it was, then stopped).
-    release_marks: BTreeMap<std::net::IpAddr, u64>,
-    /// The tick at which each VIP this member owns became its own.
-    owned_since: BTreeMap<std::net::IpAddr, u64>,
-    /// The VIPs this member announces: once started, a VIP goes on while
-    /// the lease holds and the state says it is this member's, through a
-    /// leader's election; starting needs a state known current.
-    announcing: BTreeSet<std::net::IpAddr>,
-    /// This member serves every VIP (ECMP mode, service CIDRs): the same
-    /// going-on for the whole table.
-    serving: bool,
-    /// The tick since which this member has been in touch with a leader
-    /// (heard and heard back) without a break: its state is current once
-    /// that lasted a full lease.
-    in_touch_since: Option<u64>,
-    /// The last tick at which this member was in touch with a leader.
-    last_in_touch: u64,
-    /// The term of the last tick at which this member was in touch with a
-    /// leader (at start: the term on disk).
-    touch_term: u64,
-    /// `touch_term` as it was when the current stretch in touch began: the
-    /// last term of which this member's state is known current.
-    stretch_after_term: u64,
+    /// Who may announce what: the lease, the VIPs this member announces
+    /// and serves, the owners it proposes when it leads.
+    ownership: Ownership,
     /// The term of the last entry applied (or of the installed snapshot).
     applied_term: u64,
     /// Stamps proposals (Unix µs): the wall clock, or the simulation's.
@@ -359,9 +253,19 @@ impl Replica {
         raft_config.validate()?;
         let raw = RawNode::new(&raft_config, store, &super::raft_log::logger(config.id))?;
         let disk_term = raw.raft.term;
-        let lease_length = config.election_ticks as u64;
-        let unready = config.wait_for_dataplane;
-        let announce_down = config.wait_for_announcer;
+        let ownership = Ownership::new(
+            OwnershipConfig {
+                me: config.id,
+                election_ticks: config.election_ticks as u64,
+                heartbeat_ticks: config.heartbeat_ticks as u64,
+                scope: config.scope.clone(),
+                serve_while_leaving: config.serve_while_leaving,
+                wait_for_dataplane: config.wait_for_dataplane,
+                wait_for_announcer: config.wait_for_announcer,
+            },
+            disk_term,
+            unix_now_us(),
+        );
         let mut replica = Replica {
             raw,
             state,
@@ -374,28 +278,7 @@ impl Replica {
             removed: false,
             snapshot_for_new_member: false,
             ticks: 0,
-            lease: Lease::new(lease_length),
-            known_applied: BTreeMap::new(),
-            beats_due: false,
-            last_view: Vec::new(),
-            incarnation: unix_now_us(),
-            stamps_from: BTreeMap::new(),
-            leaving: false,
-            unready,
-            announce_down,
-            peers_say: BTreeMap::new(),
-            leader_since: 0,
-            proposed_owners: None,
-            release_marks: BTreeMap::new(),
-            ownership_settled: None,
-            noted_owners: None,
-            owned_since: BTreeMap::new(),
-            announcing: BTreeSet::new(),
-            serving: false,
-            in_touch_since: None,
-            last_in_touch: 0,
-            touch_term: disk_term,
-            stretch_after_term: disk_term,
+            ownership,
             applied_term,
             clock: unix_now_us,
         };
@@ -444,26 +327,27 @@ impl Replica {
     /// Sets this run's incarnation (the simulation's runs must not depend
     /// on the wall clock, which gives the default).
     pub fn set_incarnation(&mut self, incarnation: u64) {
-        self.incarnation = incarnation;
+        self.ownership.set_incarnation(incarnation);
     }
 
     /// The stamp to send with a message to `to`.
     pub fn stamp_for(&self, to: u64) -> Stamp {
-        let (echo_incarnation, echo_tick) = self.stamps_from.get(&to).copied().unwrap_or_default();
-        Stamp {
-            incarnation: self.incarnation,
-            tick: self.ticks,
-            echo_incarnation,
-            echo_tick,
-            leaving: self.leaving,
-            unready: self.not_ready(),
+        self.ownership.stamp_for(&self.view(), to)
+    }
+
+    /// What ownership reads of Raft now.
+    fn view(&self) -> RaftView {
+        let raft = &self.raw.raft;
+        RaftView {
+            now: self.ticks,
+            voters: self.voters(),
+            leader: raft.leader_id,
+            is_leader: raft.state == StateRole::Leader,
+            term: raft.term,
+            vote: raft.vote,
             applied: self.applied,
-            hears: self
-                .lease
-                .view(self.ticks)
-                .into_iter()
-                .map(|m| (m, self.known_applied.get(&m).copied().unwrap_or(0)))
-                .collect(),
+            applied_term: self.applied_term,
+            removed: self.removed,
         }
     }
 
@@ -525,36 +409,8 @@ impl Replica {
         if !self.removed {
             self.raw.tick();
             self.ticks += 1;
-            let heartbeat = self.config.heartbeat_ticks.max(1) as u64;
-            let view = self.lease.view(self.ticks);
-            if view != self.last_view {
-                self.last_view = view;
-                self.beats_due = true;
-            }
-            if self.ticks.is_multiple_of(heartbeat) {
-                // Every member beats to every other, leader or not: the
-                // leases do not depend on who leads.
-                self.beats_due = true;
-                // The leader reconsiders VIP owners once per heartbeat.
-                self.maybe_reassign_vips();
-            }
-            // In touch with a leader: the state is current once that has
-            // lasted a full lease (or on proof: `caught_up_in_new_term`).
-            if self.in_touch_with_leader() {
-                if self.in_touch_since.is_none() {
-                    self.in_touch_since = Some(self.ticks);
-                    self.stretch_after_term = self.touch_term;
-                }
-                self.touch_term = self.raw.raft.term;
-                self.last_in_touch = self.ticks;
-            } else {
-                self.in_touch_since = None;
-            }
-            // A member whose lease lapsed forgets since when it owns its
-            // VIPs and stops announcing: back, its state may be stale
-            // (others may own them now), so it starts again only once it
-            // is current (`note_ownership`).
-            self.note_ownership();
+            let proposal = self.ownership.tick(&self.view(), &self.state);
+            self.propose_owners(proposal);
         }
     }
 
@@ -567,22 +423,16 @@ impl Replica {
             return;
         }
         self.ticks += n;
-        if self.in_touch_since.is_some() && !self.in_touch_with_leader() {
-            self.in_touch_since = None;
-        }
-        self.note_ownership();
+        self.ownership.skipped(&self.view(), &self.state);
     }
 
     /// The voters due a beat from this member (once per heartbeat; the
     /// caller sends each, stamped, with no Raft message).
     pub fn take_beats(&mut self) -> Vec<u64> {
-        if !std::mem::take(&mut self.beats_due) || self.removed {
+        if self.removed {
             return Vec::new();
         }
-        self.voters()
-            .into_iter()
-            .filter(|id| *id != self.config.id)
-            .collect()
+        self.ownership.take_beats(&self.view())
     }
 
     /// A beat from a peer: its stamp, no Raft message.
@@ -591,7 +441,7 @@ impl Replica {
             return;
         }
         self.heard_from(from, stamp);
-        self.note_ownership();
+        self.ownership.note(&self.view(), &self.state);
     }
 
     /// On the leader: each other voter's (id, healthy, match index). Empty
@@ -614,71 +464,24 @@ impl Replica {
     /// Members this member has heard from within an election timeout
     /// (itself included): on the leader, those that may own VIPs.
     pub fn healthy_members(&self) -> BTreeSet<u64> {
-        self.voters()
-            .into_iter()
-            .filter(|id| *id == self.config.id || self.lease.hears(*id, self.ticks))
-            .collect()
+        self.ownership.healthy_members(&self.view())
     }
 
-    /// Whether this member's lease holds: a majority of the voters (it
-    /// included) heard it and said so (echoed one of its ticks) within
-    /// the lease, counted from when it sent what they echoed. Whoever
-    /// leads: an election ends nobody's lease. A member that can no
-    /// longer make a quorum stops announcing within a lease, before the
-    /// others may give its VIPs away (`Lease::lapsed`).
+    /// Whether this member's lease holds (`Ownership::lease_valid`).
     pub fn lease_valid(&self) -> bool {
-        !self.removed && self.lease.holds(self.config.id, &self.voters(), self.ticks)
+        self.ownership.lease_valid(&self.view())
     }
 
     /// The last tick at which the lease holds without news; None when it
     /// does not hold. What this member announces is valid until then.
     pub fn lease_until(&self) -> Option<u64> {
-        if self.removed {
-            return None;
-        }
-        self.lease.until(self.config.id, &self.voters(), self.ticks)
-    }
-
-    /// Whether this member is in touch with a leader, both ways: a leader
-    /// with its lease; a follower whose leader echoed one of its ticks
-    /// within the lease.
-    fn in_touch_with_leader(&self) -> bool {
-        if self.is_leader() {
-            return self.lease_valid();
-        }
-        let leader = self.leader();
-        leader != 0 && self.lease.echoed_by(leader, self.ticks)
-    }
-
-    /// Ticks a member goes on announcing without a leader in touch.
-    fn leaderless_grace(&self) -> u64 {
-        LEADERLESS_LEASES * self.config.election_ticks as u64
-    }
-
-    /// Whether `member` has stopped announcing by now, as this member
-    /// knows: its lease must have lapsed (`Lease::lapsed`), or this member
-    /// (the leader) has not heard it for a lease plus the leaderless grace,
-    /// so whatever leader it was in touch with heard it last before that,
-    /// and it stopped (both counted from when it sent: equal tick rates).
-    fn stopped(&self, member: u64, voters: &[u64]) -> bool {
-        let lease = self.config.election_ticks as u64;
-        self.lease
-            .lapsed(self.config.id, member, voters, self.ticks)
-            || (self.is_leader()
-                && self.lease.silent_for(member, self.ticks) > lease + self.leaderless_grace())
+        self.ownership.lease_until(&self.view())
     }
 
     /// Whether this member may start announcing: its lease holds and its
-    /// state is known current. Back in touch with a leader (or just
-    /// started), its state may be stale: it waits a full lease to catch
-    /// up, or less when it has proof (`caught_up_in_new_term`). What it
-    /// announces already goes on while the lease holds (`announced_vips`).
+    /// state is known current (`Ownership::may_announce`).
     pub fn may_announce(&self) -> bool {
-        if self.removed || !self.lease_valid() {
-            return false;
-        }
-        let lease = self.config.election_ticks as u64;
-        self.in_touch_since.is_some_and(|t| self.ticks >= t + lease) || self.caught_up_in_new_term()
+        self.ownership.may_announce(&self.view())
     }
 
     /// Whether this member applied an entry of its current term: for a
@@ -688,229 +491,31 @@ impl Replica {
         self.applied_term == self.raw.raft.term
     }
 
-    /// Proof that a member back in touch has applied everything committed
-    /// before its current leader was elected, without waiting a full lease:
-    /// its current term is newer than the last term it was in touch in, it
-    /// voted for the current leader in this term (a leader votes for
-    /// itself), and it has applied an entry of this term. By Raft's leader
-    /// completeness the leader's log holds every committed entry, and by
-    /// log matching a member that applied the leader's first entry of the
-    /// term has applied all of them. What the leader commits later about
-    /// this member's VIPs treats it as live: the leader heard its vote, so
-    /// it counts as healthy, and a VIP moves away from a live member only
-    /// in two commits with the takeover wait (`maybe_reassign_vips`).
-    fn caught_up_in_new_term(&self) -> bool {
-        let raft = &self.raw.raft;
-        raft.term > self.stretch_after_term
-            && raft.leader_id != 0
-            && raft.vote == raft.leader_id
-            && self.applied_current_term()
-    }
-
-    /// Whether this member carries traffic for everyone now: BGP
-    /// announces the service CIDRs while it does, and in ECMP mode every
-    /// VIP. It starts once its lease holds and its state is current, and
-    /// goes on while the lease holds and it is ready, not leaving and not
-    /// drained (through a leader's election, too).
+    /// Whether this member carries traffic for everyone now
+    /// (`Ownership::serving`).
     pub fn serving(&self) -> bool {
-        self.serving
+        self.ownership.serving()
     }
 
-    /// Every VIP announced one by one, while this member serves: what a
-    /// member announces in BGP ECMP mode, where every healthy member with
-    /// quorum carries every VIP.
+    /// Every VIP announced one by one, while this member serves (BGP
+    /// ECMP mode).
     pub fn ecmp_vips(&self) -> BTreeSet<std::net::IpAddr> {
-        if !self.serving {
-            return BTreeSet::new();
-        }
-        self.config.scope.vips(&self.state)
+        self.ownership.ecmp_vips(&self.state)
     }
 
-    /// The VIPs this member announces now: the ones the committed state
-    /// gives it, while its lease holds; each started only once its state
-    /// was known current and a few heartbeats after the VIP became its own
-    /// (so a live previous owner has applied the change and stopped; a
-    /// silent one stopped when its lease lapsed, before the leader gave
-    /// its VIPs away). No two members announce one VIP at the same time;
-    /// the simulation checks it at every step of its fault scenarios. A
-    /// member whose dataplane has not programmed the table announces
-    /// nothing (it could not serve what it attracts).
+    /// The VIPs this member announces now (`Ownership::announced_vips`).
     pub fn announced_vips(&self) -> BTreeSet<std::net::IpAddr> {
-        if self.not_ready() {
-            return BTreeSet::new();
-        }
-        self.announcing.clone()
+        self.ownership.announced_vips()
     }
 
-    /// Tracks since when this member owns each VIP, and what it announces
-    /// and serves (after every tick, apply and beat).
-    fn note_ownership(&mut self) {
-        // What it announces goes on while its lease holds, and, without a
-        // leader in touch, for `LEADERLESS_LEASES` more (an election).
-        let lease = self.lease_valid()
-            && self.ticks.saturating_sub(self.last_in_touch) <= self.leaderless_grace();
-        let current = self.may_announce();
-        if !lease {
-            // Back, every VIP it owns then is noted afresh (even if no
-            // owner changed meanwhile).
-            self.owned_since.clear();
-            self.noted_owners = None;
-        } else if !self
-            .noted_owners
-            .as_ref()
-            .is_some_and(|noted| self.state.same_vip_owners(noted))
-        {
-            // Most calls change no owner: then there is nothing to note.
-            self.noted_owners = Some(self.state.clone());
-            let me = self.config.id;
-            let mine: BTreeSet<std::net::IpAddr> = self
-                .state
-                .vip_owners()
-                .iter()
-                .filter(|(_, owner)| **owner == me)
-                .map(|(vip, _)| *vip)
-                .collect();
-            self.owned_since.retain(|vip, _| mine.contains(vip));
-            for vip in mine {
-                self.owned_since.entry(vip).or_insert(self.ticks);
-            }
-        }
-        if !lease {
-            self.announcing.clear();
-        } else {
-            self.announcing.retain(|v| self.owned_since.contains_key(v));
-            if current {
-                let takeover = TAKEOVER_HEARTBEATS * self.config.heartbeat_ticks as u64;
-                for (vip, since) in &self.owned_since {
-                    if self.ticks >= since + takeover {
-                        self.announcing.insert(*vip);
-                    }
-                }
-            }
-        }
-        let may_serve = lease
-            && (!self.leaving || self.config.serve_while_leaving)
-            && !self.not_ready()
-            && !self.state.drained_members().contains(&self.config.id);
-        self.serving = may_serve && (self.serving || current);
-    }
-
-    /// On the leader: recompute VIP owners over the healthy, undrained
-    /// members and propose them if they differ. Waits a few heartbeats after
-    /// an election, so that every live follower has answered once and none
-    /// is taken for dead.
-    fn maybe_reassign_vips(&mut self) {
-        if !self.is_leader()
-            || self.ticks < self.leader_since + 2 * self.config.heartbeat_ticks as u64 + 1
-        {
-            return;
-        }
-        if self.proposed_owners.as_ref() == Some(self.state.vip_owners()) {
-            self.proposed_owners = None;
-        }
-        // Members whose dataplane has not programmed the table yet (just
-        // started) get nothing: they could not serve it. When nobody is
-        // ready (the whole cluster starting), owners stay as they are.
-        let undrained: BTreeSet<u64> = self
-            .healthy_members()
-            .into_iter()
-            .filter(|m| !self.state.drained_members().contains(m) && !self.is_unready(*m))
-            .collect();
-        if undrained.is_empty() {
-            return;
-        }
-        // Leaving members hand their VIPs to the others, unless everyone
-        // is leaving (the whole cluster stopping): then they keep them
-        // until they stop, rather than nobody announcing meanwhile.
-        let staying: BTreeSet<u64> = undrained
-            .iter()
-            .copied()
-            .filter(|m| !self.is_leaving(*m))
-            .collect();
-        let eligible = if staying.is_empty() {
-            undrained
-        } else {
-            staying
-        };
-        // Nothing applied and nobody's health changed since the last round
-        // found nothing to do: skip the O(VIPs) work on the raft thread.
-        let inputs = (self.applied, eligible);
-        if self.ownership_settled.as_ref() == Some(&inputs) {
-            return;
-        }
-        let (_, eligible) = &inputs;
-        let current = self.state.vip_owners().clone();
-        let target =
-            crate::model::assign_owners(&self.config.scope.vips(&self.state), eligible, &current);
-        // A VIP moves in two commits: its previous owner first releases it
-        // (it is left out), and only once every member has applied the
-        // entry that released it, or its lease must have lapsed, does its
-        // new owner get it. So the previous owner has stopped, or will
-        // within the new owner's takeover wait, before the new owner
-        // starts. An owner whose own lease must have lapsed (so many
-        // others stopped hearing it that it cannot make a quorum) has
-        // stopped already: its VIPs move at once. Not merely one this
-        // leader stopped hearing: others may still hear it, and it
-        // announces on (its lease holds) until it applies the release.
-        let me = self.config.id;
-        let voters = self.voters();
-        let stopped: BTreeSet<u64> = voters
-            .iter()
-            .copied()
-            .filter(|id| self.stopped(*id, &voters))
-            .collect();
-        let known_applied = &self.known_applied;
-        let everyone_has = |index: u64| {
-            voters.iter().all(|id| {
-                *id == me
-                    || known_applied.get(id).is_some_and(|a| *a >= index)
-                    || stopped.contains(id)
-            })
-        };
-        let mut owners = BTreeMap::new();
-        let mut waiting = false;
-        let healthy = self.healthy_members();
-        let applied = self.applied;
-        let release_marks = &mut self.release_marks;
-        for (vip, owner) in &target {
-            match current.get(vip) {
-                Some(old) if old == owner || stopped.contains(old) => {
-                    owners.insert(*vip, *owner);
-                }
-                // Silent, but it may still announce: it keeps the VIP until
-                // it must have stopped (then it moves in one commit).
-                Some(old) if !healthy.contains(old) => {
-                    owners.insert(*vip, *old);
-                    waiting = true;
-                }
-                Some(_) => waiting = true, // released by this proposal
-                None => {
-                    let mark = *release_marks.entry(*vip).or_insert(applied);
-                    if everyone_has(mark) {
-                        owners.insert(*vip, *owner);
-                    } else {
-                        waiting = true;
-                    }
-                }
-            }
-        }
-        self.release_marks
-            .retain(|vip, _| !current.contains_key(vip) && target.contains_key(vip));
-        if owners == current {
-            if !waiting {
-                self.ownership_settled = Some(inputs);
-            }
-            return;
-        }
-        if self.proposed_owners.as_ref() == Some(&owners) {
-            return;
-        }
-        info!(member = self.config.id, eligible = ?eligible, "VIP owners change");
+    /// Proposes the VIP owners ownership asked for, if it did.
+    fn propose_owners(&mut self, owners: Option<crate::announce::ownership::Owners>) {
+        let Some(owners) = owners else { return };
         if self
             .propose(vec![Command::SetVipOwners(owners.clone())])
             .is_ok()
         {
-            self.proposed_owners = Some(owners);
+            self.ownership.proposed(owners);
         }
     }
 
@@ -946,47 +551,8 @@ impl Replica {
     /// What a peer's stamp says: its clock and the echo of this member's,
     /// its flags, its applied index and its view.
     fn heard_from(&mut self, from: u64, stamp: &Stamp) {
-        if self.note_stamp(from, stamp) && self.is_leader() {
-            // A member heard or no longer heard by a peer: an owner may
-            // have stopped, and its VIPs may move now, not at the next
-            // heartbeat.
-            self.maybe_reassign_vips();
-        }
-    }
-
-    /// Takes in what a peer's stamp says; returns whether its view changed.
-    fn note_stamp(&mut self, from: u64, stamp: &Stamp) -> bool {
-        self.peers_say.insert(
-            from,
-            Says {
-                leaving: stamp.leaving,
-                unready: stamp.unready,
-            },
-        );
-        let seen = self.stamps_from.entry(from).or_default();
-        let restarted = seen.0 != stamp.incarnation;
-        if restarted {
-            *seen = (stamp.incarnation, stamp.tick);
-        } else {
-            seen.1 = seen.1.max(stamp.tick);
-        }
-        let echoed = (stamp.echo_incarnation == self.incarnation).then_some(stamp.echo_tick);
-        let view: Vec<u64> = stamp.hears.iter().map(|(m, _)| *m).collect();
-        let view_changed = self.lease.heard(from, self.ticks, echoed, Some(&view));
-        // A restarted member's applied index starts again from its disk.
-        let known = self.known_applied.entry(from).or_default();
-        *known = if restarted {
-            stamp.applied
-        } else {
-            (*known).max(stamp.applied)
-        };
-        for (member, applied) in &stamp.hears {
-            if *member != self.config.id && *member != from {
-                let known = self.known_applied.entry(*member).or_default();
-                *known = (*known).max(*applied);
-            }
-        }
-        view_changed
+        let proposal = self.ownership.heard(&self.view(), &self.state, from, stamp);
+        self.propose_owners(proposal);
     }
 
     /// Proposes a batch of commands as one entry; returns its proposal id,
@@ -1065,56 +631,22 @@ impl Replica {
         self.raw.transfer_leader(to);
     }
 
-    /// Whether `member` said it is stopping cleanly (or is this member,
-    /// stopping).
-    fn is_leaving(&self, member: u64) -> bool {
-        self.says(member).leaving
-    }
-
-    /// Whether `member`'s dataplane has yet to program the table (as its
-    /// last message said; this member's own flag for itself).
-    fn is_unready(&self, member: u64) -> bool {
-        self.says(member).unready
-    }
-
-    /// What `member` said of itself last (this member: what it is).
-    fn says(&self, member: u64) -> Says {
-        if member == self.config.id {
-            Says {
-                leaving: self.leaving,
-                unready: self.not_ready(),
-            }
-        } else {
-            self.peers_say.get(&member).copied().unwrap_or_default()
-        }
-    }
-
     /// Whether this member still waits for its dataplane.
     pub fn is_dataplane_ready(&self) -> bool {
-        !self.unready
-    }
-
-    /// Unready for VIPs: the dataplane has not programmed the table yet,
-    /// or the announcer cannot announce.
-    fn not_ready(&self) -> bool {
-        self.unready || self.announce_down
+        self.ownership.is_dataplane_ready()
     }
 
     /// Whether the announcer can make the network know this member's VIPs
-    /// (BGP: a session with at least one peer is established). While it
-    /// cannot, the member says it is unready and whoever leads gives its
-    /// VIPs to the others; once it can again, it is eligible again (and
-    /// the VIP that moves back is announced by it before its interim
-    /// owner's linger ends).
+    /// (`Ownership::announce_ready`).
     pub fn announce_ready(&mut self, ready: bool) {
-        self.announce_down = !ready;
+        self.ownership.announce_ready(ready);
     }
 
     /// This member's dataplane has programmed the table it caught up to:
     /// it may take and announce VIPs from now on (its next messages say
     /// so).
     pub fn dataplane_ready(&mut self) {
-        self.unready = false;
+        self.ownership.dataplane_ready();
     }
 
     /// This member is stopping cleanly: every message it sends says so
@@ -1123,7 +655,7 @@ impl Replica {
     /// is eligible again). A leader also hands leadership to the healthy
     /// voter whose log is furthest along.
     pub fn leave(&mut self) {
-        self.leaving = true;
+        self.ownership.leave();
         if !self.is_leader() {
             return;
         }
@@ -1131,7 +663,9 @@ impl Replica {
         let best = self
             .voters()
             .into_iter()
-            .filter(|id| *id != self.config.id && healthy.contains(id) && !self.is_leaving(*id))
+            .filter(|id| {
+                *id != self.config.id && healthy.contains(id) && !self.ownership.is_leaving(*id)
+            })
             .max_by_key(|id| self.raw.raft.prs().get(*id).map_or(0, |p| p.matched));
         if let Some(to) = best {
             info!(
@@ -1188,7 +722,7 @@ impl Replica {
         self.apply_entries(light.take_committed_entries(), &mut out)?;
         self.raw.advance_apply_to(self.applied);
         self.note_role_change(&mut out);
-        self.note_ownership();
+        self.ownership.note(&self.view(), &self.state);
         if std::mem::take(&mut self.snapshot_for_new_member) {
             self.snapshot_now()?;
         } else {
@@ -1206,11 +740,9 @@ impl Replica {
             if role != self.role {
                 self.raw.raft.set_priority(self.config.id as i64);
                 info!(member = self.config.id, term, role = ?role, leader = self.raw.raft.leader_id, "raft role changed");
-                if role == StateRole::Leader {
-                    self.leader_since = self.ticks;
-                }
-                self.proposed_owners = None;
-                self.ownership_settled = None;
+                let view = self.view();
+                self.ownership
+                    .role_changed(&view, role == StateRole::Leader);
             }
             self.role = role;
             self.term = term;

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::State;
+use crate::model::State;
 
 /// Which addresses are announced one by one, and so get an owner: every
 /// VIP of the table outside the service CIDRs (those are announced whole:

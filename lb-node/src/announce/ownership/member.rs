@@ -1,0 +1,951 @@
+//! One member's side of "who may announce what": what it heard of its
+//! peers and they of it (the lease), what it may announce and serve, and
+//! on the leader, which VIP owners to propose.
+//!
+//! Pure: the replica hands it a small view of Raft (`RaftView`) and the
+//! applied `State` with every input, and proposes what it returns. No
+//! raft-rs, no clock (ticks come in the view), no I/O, so every rule here
+//! is unit-tested without a log or a thread (below), and the simulation
+//! drives the same code through the replica.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use tracing::info;
+
+use super::{AnnounceScope, Lease, assign_owners};
+use crate::model::State;
+
+/// Heartbeats a member waits after a VIP becomes its own before announcing
+/// it: long enough for a live previous owner, which learns of the change
+/// from the same commit, to have applied it and stopped. A silent previous
+/// owner needs no wait here: the leader only gives its VIPs away after an
+/// election timeout without a word from it, by which time its own lease
+/// (as long) has run out.
+const TAKEOVER_HEARTBEATS: u64 = 3;
+
+/// Leases (in election timeouts) a member goes on announcing after it
+/// lost touch with its leader, its lease holding: long enough to see a
+/// new leader elected (an election takes about 1.2 election timeouts)
+/// without withdrawing anything, short enough that a member cut from its
+/// leader alone (its other links fine) does not serve a stale table for
+/// long. A leader that has not heard a member for this plus a lease knows
+/// it stopped.
+const LEADERLESS_LEASES: u64 = 2;
+
+/// VIP owners, as committed (`Command::SetVipOwners`).
+pub type Owners = BTreeMap<IpAddr, u64>;
+
+/// What a member's ownership rules need to know.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnershipConfig {
+    pub me: u64,
+    /// The lease, and the leader's health window, in ticks (the election
+    /// timeout, the same on every member).
+    pub election_ticks: u64,
+    /// Ticks between heartbeats: beats go out and the leader reconsiders
+    /// owners this often.
+    pub heartbeat_ticks: u64,
+    /// Which addresses get an owner.
+    pub scope: AnnounceScope,
+    /// A leaving member serves on until it stops (BGP ECMP mode with
+    /// graceful restart).
+    pub serve_while_leaving: bool,
+    /// Start unready: no VIP until `dataplane_ready`.
+    pub wait_for_dataplane: bool,
+    /// Start with the announcer down: no VIP until `announce_ready(true)`.
+    pub wait_for_announcer: bool,
+}
+
+/// What ownership reads of Raft at one moment: the replica builds it for
+/// every call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftView {
+    /// This member's tick (ticks since it started).
+    pub now: u64,
+    /// Voters of the current configuration, sorted.
+    pub voters: Vec<u64>,
+    /// The leader this member knows of; 0 for none.
+    pub leader: u64,
+    /// Whether this member is the leader.
+    pub is_leader: bool,
+    /// This member's current term and its vote in it.
+    pub term: u64,
+    pub vote: u64,
+    /// The index and term of the last entry applied (or snapshot installed).
+    pub applied: u64,
+    pub applied_term: u64,
+    /// A committed change removed this member: it announces nothing.
+    pub removed: bool,
+}
+
+/// Sent with every Raft message and beat: the sender's clock (its
+/// incarnation and tick) and the latest clock reading of the receiver that
+/// the sender has received (the echo). An echo of its own tick proves to a
+/// member that the peer heard it at that tick, so a lease built on echoes
+/// needs the link to work both ways: a member that still hears its leader
+/// but is no longer heard (a one-way partition) loses its lease as the
+/// leader stops hearing it, not never.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    pub incarnation: u64,
+    pub tick: u64,
+    pub echo_incarnation: u64,
+    pub echo_tick: u64,
+    /// The sender is stopping cleanly and wants its VIPs taken over first
+    /// (`Ownership::leave`).
+    pub leaving: bool,
+    /// The sender's dataplane has not programmed the table yet, or its
+    /// announcer cannot announce.
+    pub unready: bool,
+    /// The sender's applied index.
+    pub applied: u64,
+    /// The members the sender heard within its lease (its view), with
+    /// the latest applied index each told it.
+    pub hears: Vec<(u64, u64)>,
+}
+
+/// The flags a member's messages carry about itself (`Stamp`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Says {
+    leaving: bool,
+    unready: bool,
+}
+
+/// One member's lease, what it announces and serves, and (leading) the
+/// owners it proposes.
+#[derive(Debug, Clone)]
+pub struct Ownership {
+    config: OwnershipConfig,
+    /// What this member heard of its peers, and they of it: its lease,
+    /// each peer's.
+    lease: Lease,
+    /// The latest applied index each member told (directly or through
+    /// another's view): the leader gives a released VIP away once every
+    /// member that may still announce it has applied its release.
+    known_applied: BTreeMap<u64, u64>,
+    /// Beats are due to every other voter (once per heartbeat, and at
+    /// once when this member stops or starts hearing someone: the leader
+    /// learns a silence from the views without waiting a heartbeat).
+    beats_due: bool,
+    /// The view sent last.
+    last_view: Vec<u64>,
+    /// This process's run of the member (a restart starts a new one): the
+    /// ticks of an earlier run mean nothing to this one.
+    incarnation: u64,
+    /// Each peer's latest clock reading received: (incarnation, tick).
+    stamps_from: BTreeMap<u64, (u64, u64)>,
+    /// This member is stopping cleanly (`leave`); its dataplane has not
+    /// programmed the table yet (`dataplane_ready`); what each peer's
+    /// latest message said of the same.
+    leaving: bool,
+    unready: bool,
+    /// The announcer cannot make the network know anything (BGP: no
+    /// session established): like unready, but both ways
+    /// (`announce_ready`), and sent as unready.
+    announce_down: bool,
+    peers_say: BTreeMap<u64, Says>,
+    /// The tick this member became leader.
+    leader_since: u64,
+    /// The (applied index, eligible members) of the last ownership round
+    /// that found the owners right.
+    settled: Option<(u64, BTreeSet<u64>)>,
+    /// The state whose VIP owners `owned_since` reflects.
+    noted_owners: Option<State>,
+    /// VIP owners proposed and not yet applied.
+    proposed: Option<Owners>,
+    /// On the leader: VIPs without an owner and the applied index at which
+    /// this leader first saw them so. Such a VIP is given to its new owner
+    /// only once every member has applied that entry, or its lease must
+    /// have lapsed (its previous owner, whoever it was, then stopped).
+    release_marks: BTreeMap<IpAddr, u64>,
+    /// The tick at which each VIP this member owns became its own.
+    owned_since: BTreeMap<IpAddr, u64>,
+    /// The VIPs this member announces: once started, a VIP goes on while
+    /// the lease holds and the state says it is this member's, through a
+    /// leader's election; starting needs a state known current.
+    announcing: BTreeSet<IpAddr>,
+    /// This member serves every VIP (ECMP mode, service CIDRs): the same
+    /// going-on for the whole table.
+    serving: bool,
+    /// The tick since which this member has been in touch with a leader
+    /// (heard and heard back) without a break: its state is current once
+    /// that lasted a full lease.
+    in_touch_since: Option<u64>,
+    /// The last tick at which this member was in touch with a leader.
+    last_in_touch: u64,
+    /// The term of the last tick at which this member was in touch with a
+    /// leader (at start: the term on disk).
+    touch_term: u64,
+    /// `touch_term` as it was when the current stretch in touch began: the
+    /// last term of which this member's state is known current.
+    stretch_after_term: u64,
+}
+
+impl Ownership {
+    /// A member starting with `disk_term` on its disk, in its run
+    /// `incarnation`.
+    pub fn new(config: OwnershipConfig, disk_term: u64, incarnation: u64) -> Ownership {
+        Ownership {
+            lease: Lease::new(config.election_ticks),
+            known_applied: BTreeMap::new(),
+            beats_due: false,
+            last_view: Vec::new(),
+            incarnation,
+            stamps_from: BTreeMap::new(),
+            leaving: false,
+            unready: config.wait_for_dataplane,
+            announce_down: config.wait_for_announcer,
+            peers_say: BTreeMap::new(),
+            leader_since: 0,
+            settled: None,
+            noted_owners: None,
+            proposed: None,
+            release_marks: BTreeMap::new(),
+            owned_since: BTreeMap::new(),
+            announcing: BTreeSet::new(),
+            serving: false,
+            in_touch_since: None,
+            last_in_touch: 0,
+            touch_term: disk_term,
+            stretch_after_term: disk_term,
+            config,
+        }
+    }
+
+    /// Sets this run's incarnation (the simulation's runs must not depend
+    /// on the wall clock).
+    pub fn set_incarnation(&mut self, incarnation: u64) {
+        self.incarnation = incarnation;
+    }
+
+    /// The stamp to send with a message to `to`.
+    pub fn stamp_for(&self, v: &RaftView, to: u64) -> Stamp {
+        let (echo_incarnation, echo_tick) = self.stamps_from.get(&to).copied().unwrap_or_default();
+        Stamp {
+            incarnation: self.incarnation,
+            tick: v.now,
+            echo_incarnation,
+            echo_tick,
+            leaving: self.leaving,
+            unready: self.not_ready(),
+            applied: v.applied,
+            hears: self
+                .lease
+                .view(v.now)
+                .into_iter()
+                .map(|m| (m, self.known_applied.get(&m).copied().unwrap_or(0)))
+                .collect(),
+        }
+    }
+
+    /// One tick went by (`v.now` is the new tick). Returns the owners to
+    /// propose, if this member leads and they should change.
+    pub fn tick(&mut self, v: &RaftView, state: &State) -> Option<Owners> {
+        let view = self.lease.view(v.now);
+        if view != self.last_view {
+            self.last_view = view;
+            self.beats_due = true;
+        }
+        let mut proposal = None;
+        if v.now.is_multiple_of(self.config.heartbeat_ticks.max(1)) {
+            // Every member beats to every other, leader or not: the
+            // leases do not depend on who leads.
+            self.beats_due = true;
+            // The leader reconsiders VIP owners once per heartbeat.
+            proposal = self.reassign(v, state);
+        }
+        // In touch with a leader: the state is current once that has
+        // lasted a full lease (or on proof: `caught_up_in_new_term`).
+        if self.in_touch_with_leader(v) {
+            if self.in_touch_since.is_none() {
+                self.in_touch_since = Some(v.now);
+                self.stretch_after_term = self.touch_term;
+            }
+            self.touch_term = v.term;
+            self.last_in_touch = v.now;
+        } else {
+            self.in_touch_since = None;
+        }
+        // A member whose lease lapsed forgets since when it owns its VIPs
+        // and stops announcing: back, its state may be stale (others may
+        // own them now), so it starts again only once it is current.
+        self.note(v, state);
+        proposal
+    }
+
+    /// The clock jumped to `v.now` without ticks: the ticks this member's
+    /// thread missed while it could not run. What it heard before is that
+    /// much older now, and its lease may have lapsed meanwhile: it then
+    /// announces nothing until it is current again.
+    pub fn skipped(&mut self, v: &RaftView, state: &State) {
+        if self.in_touch_since.is_some() && !self.in_touch_with_leader(v) {
+            self.in_touch_since = None;
+        }
+        self.note(v, state);
+    }
+
+    /// The voters due a beat from this member (once per heartbeat).
+    pub fn take_beats(&mut self, v: &RaftView) -> Vec<u64> {
+        if !std::mem::take(&mut self.beats_due) {
+            return Vec::new();
+        }
+        v.voters
+            .iter()
+            .copied()
+            .filter(|id| *id != self.config.me)
+            .collect()
+    }
+
+    /// A message or beat from `from`, with its stamp. Returns the owners
+    /// to propose, if this member leads and a member is heard or no
+    /// longer heard by a peer (an owner may have stopped: its VIPs may
+    /// move now, not at the next heartbeat).
+    pub fn heard(
+        &mut self,
+        v: &RaftView,
+        state: &State,
+        from: u64,
+        stamp: &Stamp,
+    ) -> Option<Owners> {
+        self.peers_say.insert(
+            from,
+            Says {
+                leaving: stamp.leaving,
+                unready: stamp.unready,
+            },
+        );
+        let seen = self.stamps_from.entry(from).or_default();
+        let restarted = seen.0 != stamp.incarnation;
+        if restarted {
+            *seen = (stamp.incarnation, stamp.tick);
+        } else {
+            seen.1 = seen.1.max(stamp.tick);
+        }
+        let echoed = (stamp.echo_incarnation == self.incarnation).then_some(stamp.echo_tick);
+        let view: Vec<u64> = stamp.hears.iter().map(|(m, _)| *m).collect();
+        let view_changed = self.lease.heard(from, v.now, echoed, Some(&view));
+        // A restarted member's applied index starts again from its disk.
+        let known = self.known_applied.entry(from).or_default();
+        *known = if restarted {
+            stamp.applied
+        } else {
+            (*known).max(stamp.applied)
+        };
+        for (member, applied) in &stamp.hears {
+            if *member != self.config.me && *member != from {
+                let known = self.known_applied.entry(*member).or_default();
+                *known = (*known).max(*applied);
+            }
+        }
+        if view_changed && v.is_leader {
+            self.reassign(v, state)
+        } else {
+            None
+        }
+    }
+
+    /// This member's role or term changed (`became_leader`: it leads now).
+    pub fn role_changed(&mut self, v: &RaftView, became_leader: bool) {
+        if became_leader {
+            self.leader_since = v.now;
+        }
+        self.proposed = None;
+        self.settled = None;
+    }
+
+    /// The owners returned were proposed (the next round waits for them).
+    pub fn proposed(&mut self, owners: Owners) {
+        self.proposed = Some(owners);
+    }
+
+    /// Members this member has heard from within an election timeout
+    /// (itself included): on the leader, those that may own VIPs.
+    pub fn healthy_members(&self, v: &RaftView) -> BTreeSet<u64> {
+        v.voters
+            .iter()
+            .copied()
+            .filter(|id| *id == self.config.me || self.lease.hears(*id, v.now))
+            .collect()
+    }
+
+    /// Whether this member's lease holds: a majority of the voters (it
+    /// included) heard it and said so (echoed one of its ticks) within
+    /// the lease, counted from when it sent what they echoed. Whoever
+    /// leads: an election ends nobody's lease. A member that can no
+    /// longer make a quorum stops announcing within a lease, before the
+    /// others may give its VIPs away (`Lease::lapsed`).
+    pub fn lease_valid(&self, v: &RaftView) -> bool {
+        !v.removed && self.lease.holds(self.config.me, &v.voters, v.now)
+    }
+
+    /// The last tick at which the lease holds without news; None when it
+    /// does not hold. What this member announces is valid until then.
+    pub fn lease_until(&self, v: &RaftView) -> Option<u64> {
+        if v.removed {
+            return None;
+        }
+        self.lease.until(self.config.me, &v.voters, v.now)
+    }
+
+    /// Whether this member is in touch with a leader, both ways: a leader
+    /// with its lease; a follower whose leader echoed one of its ticks
+    /// within the lease.
+    fn in_touch_with_leader(&self, v: &RaftView) -> bool {
+        if v.is_leader {
+            return self.lease_valid(v);
+        }
+        v.leader != 0 && self.lease.echoed_by(v.leader, v.now)
+    }
+
+    /// Ticks a member goes on announcing without a leader in touch.
+    fn leaderless_grace(&self) -> u64 {
+        LEADERLESS_LEASES * self.config.election_ticks
+    }
+
+    /// Whether `member` has stopped announcing by now, as this member
+    /// knows: its lease must have lapsed (`Lease::lapsed`), or this member
+    /// (the leader) has not heard it for a lease plus the leaderless grace,
+    /// so whatever leader it was in touch with heard it last before that,
+    /// and it stopped (both counted from when it sent: equal tick rates).
+    fn stopped(&self, v: &RaftView, member: u64) -> bool {
+        let lease = self.config.election_ticks;
+        self.lease.lapsed(self.config.me, member, &v.voters, v.now)
+            || (v.is_leader
+                && self.lease.silent_for(member, v.now) > lease + self.leaderless_grace())
+    }
+
+    /// Whether this member may start announcing: its lease holds and its
+    /// state is known current. Back in touch with a leader (or just
+    /// started), its state may be stale: it waits a full lease to catch
+    /// up, or less when it has proof (`caught_up_in_new_term`). What it
+    /// announces already goes on while the lease holds (`announced_vips`).
+    pub fn may_announce(&self, v: &RaftView) -> bool {
+        if !self.lease_valid(v) {
+            return false;
+        }
+        let lease = self.config.election_ticks;
+        self.in_touch_since.is_some_and(|t| v.now >= t + lease) || caught_up_in_new_term(v, self)
+    }
+
+    /// Whether this member carries traffic for everyone now: BGP
+    /// announces the service CIDRs while it does, and in ECMP mode every
+    /// VIP. It starts once its lease holds and its state is current, and
+    /// goes on while the lease holds and it is ready, not leaving and not
+    /// drained (through a leader's election, too).
+    pub fn serving(&self) -> bool {
+        self.serving
+    }
+
+    /// Every VIP announced one by one, while this member serves: what a
+    /// member announces in BGP ECMP mode, where every healthy member with
+    /// quorum carries every VIP.
+    pub fn ecmp_vips(&self, state: &State) -> BTreeSet<IpAddr> {
+        if !self.serving {
+            return BTreeSet::new();
+        }
+        self.config.scope.vips(state)
+    }
+
+    /// The VIPs this member announces now: the ones the committed state
+    /// gives it, while its lease holds; each started only once its state
+    /// was known current and a few heartbeats after the VIP became its own
+    /// (so a live previous owner has applied the change and stopped; a
+    /// silent one stopped when its lease lapsed, before the leader gave
+    /// its VIPs away). No two members announce one VIP at the same time;
+    /// the simulation checks it at every step of its fault scenarios. A
+    /// member whose dataplane has not programmed the table announces
+    /// nothing (it could not serve what it attracts).
+    pub fn announced_vips(&self) -> BTreeSet<IpAddr> {
+        if self.not_ready() {
+            return BTreeSet::new();
+        }
+        self.announcing.clone()
+    }
+
+    /// Tracks since when this member owns each VIP, and what it announces
+    /// and serves (after every tick, apply and beat).
+    pub fn note(&mut self, v: &RaftView, state: &State) {
+        // What it announces goes on while its lease holds, and, without a
+        // leader in touch, for `LEADERLESS_LEASES` more (an election).
+        let lease = self.lease_valid(v)
+            && v.now.saturating_sub(self.last_in_touch) <= self.leaderless_grace();
+        let current = self.may_announce(v);
+        if !lease {
+            // Back, every VIP it owns then is noted afresh (even if no
+            // owner changed meanwhile).
+            self.owned_since.clear();
+            self.noted_owners = None;
+        } else if !self
+            .noted_owners
+            .as_ref()
+            .is_some_and(|noted| state.same_vip_owners(noted))
+        {
+            // Most calls change no owner: then there is nothing to note.
+            self.noted_owners = Some(state.clone());
+            let me = self.config.me;
+            let mine: BTreeSet<IpAddr> = state
+                .vip_owners()
+                .iter()
+                .filter(|(_, owner)| **owner == me)
+                .map(|(vip, _)| *vip)
+                .collect();
+            self.owned_since.retain(|vip, _| mine.contains(vip));
+            for vip in mine {
+                self.owned_since.entry(vip).or_insert(v.now);
+            }
+        }
+        if !lease {
+            self.announcing.clear();
+        } else {
+            self.announcing
+                .retain(|ip| self.owned_since.contains_key(ip));
+            if current {
+                let takeover = TAKEOVER_HEARTBEATS * self.config.heartbeat_ticks;
+                for (vip, since) in &self.owned_since {
+                    if v.now >= since + takeover {
+                        self.announcing.insert(*vip);
+                    }
+                }
+            }
+        }
+        let may_serve = lease
+            && (!self.leaving || self.config.serve_while_leaving)
+            && !self.not_ready()
+            && !state.drained_members().contains(&self.config.me);
+        self.serving = may_serve && (self.serving || current);
+    }
+
+    /// On the leader: the VIP owners over the healthy, undrained, ready
+    /// members, when they differ from the committed ones and were not
+    /// proposed already. Waits a few heartbeats after an election, so
+    /// that every live follower has answered once and none is taken for
+    /// dead.
+    pub fn reassign(&mut self, v: &RaftView, state: &State) -> Option<Owners> {
+        if !v.is_leader || v.now < self.leader_since + 2 * self.config.heartbeat_ticks + 1 {
+            return None;
+        }
+        if self.proposed.as_ref() == Some(state.vip_owners()) {
+            self.proposed = None;
+        }
+        // Members whose dataplane has not programmed the table yet (just
+        // started) get nothing: they could not serve it. When nobody is
+        // ready (the whole cluster starting), owners stay as they are.
+        let undrained: BTreeSet<u64> = self
+            .healthy_members(v)
+            .into_iter()
+            .filter(|m| !state.drained_members().contains(m) && !self.says(*m).unready)
+            .collect();
+        if undrained.is_empty() {
+            return None;
+        }
+        // Leaving members hand their VIPs to the others, unless everyone
+        // is leaving (the whole cluster stopping): then they keep them
+        // until they stop, rather than nobody announcing meanwhile.
+        let staying: BTreeSet<u64> = undrained
+            .iter()
+            .copied()
+            .filter(|m| !self.says(*m).leaving)
+            .collect();
+        let eligible = if staying.is_empty() {
+            undrained
+        } else {
+            staying
+        };
+        // Nothing applied and nobody's health changed since the last round
+        // found nothing to do: skip the O(VIPs) work on the raft thread.
+        let inputs = (v.applied, eligible);
+        if self.settled.as_ref() == Some(&inputs) {
+            return None;
+        }
+        let (_, eligible) = &inputs;
+        let current = state.vip_owners().clone();
+        let target = assign_owners(&self.config.scope.vips(state), eligible, &current);
+        // A VIP moves in two commits: its previous owner first releases it
+        // (it is left out), and only once every member has applied the
+        // entry that released it, or its lease must have lapsed, does its
+        // new owner get it. So the previous owner has stopped, or will
+        // within the new owner's takeover wait, before the new owner
+        // starts. An owner whose own lease must have lapsed (so many
+        // others stopped hearing it that it cannot make a quorum) has
+        // stopped already: its VIPs move at once. Not merely one this
+        // leader stopped hearing: others may still hear it, and it
+        // announces on (its lease holds) until it applies the release.
+        let me = self.config.me;
+        let stopped: BTreeSet<u64> = v
+            .voters
+            .iter()
+            .copied()
+            .filter(|id| self.stopped(v, *id))
+            .collect();
+        let known_applied = &self.known_applied;
+        let everyone_has = |index: u64| {
+            v.voters.iter().all(|id| {
+                *id == me
+                    || known_applied.get(id).is_some_and(|a| *a >= index)
+                    || stopped.contains(id)
+            })
+        };
+        let mut owners = BTreeMap::new();
+        let mut waiting = false;
+        let healthy = self.healthy_members(v);
+        let release_marks = &mut self.release_marks;
+        for (vip, owner) in &target {
+            match current.get(vip) {
+                Some(old) if old == owner || stopped.contains(old) => {
+                    owners.insert(*vip, *owner);
+                }
+                // Silent, but it may still announce: it keeps the VIP until
+                // it must have stopped (then it moves in one commit).
+                Some(old) if !healthy.contains(old) => {
+                    owners.insert(*vip, *old);
+                    waiting = true;
+                }
+                Some(_) => waiting = true, // released by this proposal
+                None => {
+                    let mark = *release_marks.entry(*vip).or_insert(v.applied);
+                    if everyone_has(mark) {
+                        owners.insert(*vip, *owner);
+                    } else {
+                        waiting = true;
+                    }
+                }
+            }
+        }
+        self.release_marks
+            .retain(|vip, _| !current.contains_key(vip) && target.contains_key(vip));
+        if owners == current {
+            if !waiting {
+                self.settled = Some(inputs);
+            }
+            return None;
+        }
+        if self.proposed.as_ref() == Some(&owners) {
+            return None;
+        }
+        info!(member = me, eligible = ?eligible, "VIP owners change");
+        Some(owners)
+    }
+
+    /// Whether `member` said it is stopping cleanly (or is this member,
+    /// stopping).
+    pub fn is_leaving(&self, member: u64) -> bool {
+        self.says(member).leaving
+    }
+
+    /// What `member` said of itself last (this member: what it is).
+    fn says(&self, member: u64) -> Says {
+        if member == self.config.me {
+            Says {
+                leaving: self.leaving,
+                unready: self.not_ready(),
+            }
+        } else {
+            self.peers_say.get(&member).copied().unwrap_or_default()
+        }
+    }
+
+    /// Whether this member still waits for its dataplane.
+    pub fn is_dataplane_ready(&self) -> bool {
+        !self.unready
+    }
+
+    /// Unready for VIPs: the dataplane has not programmed the table yet,
+    /// or the announcer cannot announce.
+    fn not_ready(&self) -> bool {
+        self.unready || self.announce_down
+    }
+
+    /// Whether the announcer can make the network know this member's VIPs
+    /// (BGP: a session with at least one peer is established). While it
+    /// cannot, the member says it is unready and whoever leads gives its
+    /// VIPs to the others; once it can again, it is eligible again.
+    pub fn announce_ready(&mut self, ready: bool) {
+        self.announce_down = !ready;
+    }
+
+    /// This member's dataplane has programmed the table it caught up to:
+    /// it may take and announce VIPs from now on (its next messages say
+    /// so).
+    pub fn dataplane_ready(&mut self) {
+        self.unready = false;
+    }
+
+    /// This member is stopping cleanly: every message it sends says so
+    /// from now on, and whoever leads gives its VIPs to the others as if
+    /// it were drained (nothing is committed about it: a restarted member
+    /// is eligible again).
+    pub fn leave(&mut self) {
+        self.leaving = true;
+    }
+}
+
+/// Proof that a member back in touch has applied everything committed
+/// before its current leader was elected, without waiting a full lease:
+/// its current term is newer than the last term it was in touch in, it
+/// voted for the current leader in this term (a leader votes for itself),
+/// and it has applied an entry of this term. By Raft's leader
+/// completeness the leader's log holds every committed entry, and by log
+/// matching a member that applied the leader's first entry of the term
+/// has applied all of them. What the leader commits later about this
+/// member's VIPs treats it as live: the leader heard its vote, so it
+/// counts as healthy, and a VIP moves away from a live member only in two
+/// commits with the takeover wait (`Ownership::reassign`).
+fn caught_up_in_new_term(v: &RaftView, o: &Ownership) -> bool {
+    v.term > o.stretch_after_term && v.leader != 0 && v.vote == v.leader && v.applied_term == v.term
+}
+
+#[cfg(test)]
+mod tests {
+    //! Three members' `Ownership`s, no Raft: the tests play the log
+    //! (what is committed, and who has applied it) and the network (who
+    //! hears whom) by hand.
+
+    use super::*;
+    use crate::model::Command;
+
+    /// The lease (election timeout) and heartbeat, in ticks.
+    const E: u64 = 10;
+    const H: u64 = 2;
+
+    struct Node {
+        o: Ownership,
+        v: RaftView,
+        state: State,
+    }
+
+    struct Lab {
+        nodes: Vec<Node>,
+        /// Members cut off from everyone.
+        cut: BTreeSet<u64>,
+        leader: u64,
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("address")
+    }
+
+    /// Members 1-3 with `leader` leading term 2 and every member's vote,
+    /// `vips` (as gateways: owned without services) owned as `owners`;
+    /// `disk_term` 2 makes every member wait a full lease in touch before
+    /// it may announce (its state is not proven current by the term).
+    fn lab(
+        leader: u64,
+        vips: &[&str],
+        owners: &[(&str, u64)],
+        unready: &[u64],
+        disk_term: u64,
+    ) -> Lab {
+        let scope = AnnounceScope {
+            aggregates: Vec::new(),
+            gateways: vips.iter().map(|v| ip(v)).collect(),
+        };
+        let mut state = State::default();
+        state
+            .apply(&Command::SetVipOwners(
+                owners.iter().map(|(v, m)| (ip(v), *m)).collect(),
+            ))
+            .expect("owners");
+        let nodes = (1..=3)
+            .map(|me| Node {
+                o: Ownership::new(
+                    OwnershipConfig {
+                        me,
+                        election_ticks: E,
+                        heartbeat_ticks: H,
+                        scope: scope.clone(),
+                        serve_while_leaving: false,
+                        wait_for_dataplane: unready.contains(&me),
+                        wait_for_announcer: false,
+                    },
+                    disk_term,
+                    100 + me,
+                ),
+                v: RaftView {
+                    now: 0,
+                    voters: vec![1, 2, 3],
+                    leader,
+                    is_leader: me == leader,
+                    term: 2,
+                    vote: leader,
+                    applied: 1,
+                    applied_term: 2,
+                    removed: false,
+                },
+                state: state.clone(),
+            })
+            .collect();
+        Lab {
+            nodes,
+            cut: BTreeSet::new(),
+            leader,
+        }
+    }
+
+    impl Lab {
+        fn node(&mut self, id: u64) -> &mut Node {
+            &mut self.nodes[id as usize - 1]
+        }
+
+        /// One tick on every member, then every member not cut tells
+        /// every other; returns what the leader asked to propose.
+        fn tick(&mut self) -> Option<Owners> {
+            let mut proposal = None;
+            for n in &mut self.nodes {
+                n.v.now += 1;
+                if let Some(p) = n.o.tick(&n.v, &n.state) {
+                    proposal = Some(p);
+                }
+            }
+            for from in 1..=3u64 {
+                for to in 1..=3u64 {
+                    if from == to || self.cut.contains(&from) || self.cut.contains(&to) {
+                        continue;
+                    }
+                    let a = &self.nodes[from as usize - 1];
+                    let stamp = a.o.stamp_for(&a.v, to);
+                    let b = self.node(to);
+                    if let Some(p) = b.o.heard(&b.v, &b.state, from, &stamp) {
+                        proposal = Some(p);
+                    }
+                    b.o.note(&b.v, &b.state);
+                }
+            }
+            proposal
+        }
+
+        /// The leader proposed `owners`, and `members` applied the entry.
+        fn commit(&mut self, owners: &Owners, members: &[u64]) {
+            let leader = self.leader;
+            self.node(leader).o.proposed(owners.clone());
+            for id in members {
+                let n = self.node(*id);
+                n.state
+                    .apply(&Command::SetVipOwners(owners.clone()))
+                    .expect("owners");
+                n.v.applied += 1;
+                n.o.note(&n.v, &n.state);
+            }
+        }
+
+        /// The members announcing `vip`.
+        fn announcing(&self, vip: &str) -> Vec<u64> {
+            (1..=3u64)
+                .filter(|id| {
+                    self.nodes[*id as usize - 1]
+                        .o
+                        .announced_vips()
+                        .contains(&ip(vip))
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn an_owner_announces_once_current_and_stops_before_a_silent_vip_moves() {
+        let vip = "10.0.0.1";
+        let mut lab = lab(3, &[vip], &[(vip, 1)], &[], 2);
+        // Started with a term on disk it cannot prove current: it waits a
+        // full lease in touch with the leader, then announces.
+        for _ in 0..E {
+            assert_eq!(lab.tick(), None, "nothing moves while all are healthy");
+            assert!(lab.announcing(vip).is_empty());
+        }
+        for _ in 0..3 {
+            lab.tick();
+        }
+        assert_eq!(lab.announcing(vip), [1]);
+        // Member 1 goes silent (a lost machine): it stops on its own
+        // clock when its lease lapses, and the leader gives the VIP away
+        // only after that. Never two announcers.
+        lab.cut.insert(1);
+        let mut stopped_at = None;
+        let mut moved_at = None;
+        for t in 0..6 * E {
+            if let Some(owners) = lab.tick() {
+                assert_eq!(moved_at, None, "one move");
+                assert_eq!(
+                    owners.get(&ip(vip)),
+                    Some(&2),
+                    "to the lower-loaded live member"
+                );
+                // Member 1 hears nothing: it changes only in its own tick,
+                // which came before this tick's messages.
+                assert!(!lab.announcing(vip).contains(&1), "moved while 1 announced");
+                moved_at = Some(t);
+                lab.commit(&owners, &[2, 3]);
+            }
+            let now = lab.announcing(vip);
+            assert!(now.len() <= 1, "two announcers at {t}: {now:?}");
+            if stopped_at.is_none() && !now.contains(&1) {
+                stopped_at = Some(t);
+            }
+        }
+        let (stopped, moved) = (stopped_at.expect("1 stopped"), moved_at.expect("moved"));
+        assert!(
+            stopped <= E + 1,
+            "1 announced {stopped} ticks into its silence"
+        );
+        assert!(
+            moved >= stopped,
+            "moved at {moved} before 1 stopped at {stopped}"
+        );
+        assert_eq!(lab.announcing(vip), [2]);
+    }
+
+    #[test]
+    fn a_live_owner_gives_a_vip_up_in_two_commits() {
+        let vip = "10.0.0.1";
+        let mut lab = lab(3, &[vip], &[(vip, 1)], &[], 1);
+        for _ in 0..2 * E {
+            assert_eq!(lab.tick(), None);
+        }
+        assert_eq!(lab.announcing(vip), [1]);
+        // Member 1 leaves: the first commit takes the VIP from it.
+        lab.node(1).o.leave();
+        let release = (0..2 * H).find_map(|_| lab.tick()).expect("a release");
+        assert_eq!(release.get(&ip(vip)), None, "released first");
+        // Member 2 lags: it has not applied the release.
+        lab.commit(&release, &[1, 3]);
+        assert!(lab.announcing(vip).is_empty(), "1 stops on applying it");
+        for _ in 0..3 * E {
+            assert_eq!(
+                lab.tick(),
+                None,
+                "no grant while a member has not applied the release"
+            );
+        }
+        lab.commit(&release, &[2]);
+        let grant = (0..2 * H).find_map(|_| lab.tick()).expect("a grant");
+        let to = *grant.get(&ip(vip)).expect("granted");
+        assert_ne!(to, 1, "not to the leaving member");
+        lab.commit(&grant, &[1, 2, 3]);
+        for _ in 0..4 * H {
+            assert_eq!(lab.tick(), None);
+        }
+        assert_eq!(lab.announcing(vip), [to]);
+    }
+
+    #[test]
+    fn a_member_whose_dataplane_is_not_ready_is_given_nothing() {
+        let vips = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
+        let mut lab = lab(3, &vips, &[], &[2], 1);
+        let owners = (0..2 * E).find_map(|_| lab.tick()).expect("owners");
+        assert_eq!(owners.len(), 3);
+        assert!(owners.values().all(|m| *m != 2), "{owners:?}");
+        lab.commit(&owners, &[1, 2, 3]);
+        for _ in 0..2 * E {
+            assert_eq!(lab.tick(), None, "nothing moves while 2 is unready");
+        }
+        for vip in vips {
+            assert_eq!(lab.announcing(vip).len(), 1, "{vip}");
+        }
+        // Ready: it takes its share (a VIP released, then granted to it).
+        lab.node(2).o.dataplane_ready();
+        let release = (0..2 * H).find_map(|_| lab.tick()).expect("a release");
+        assert_eq!(release.len(), 2);
+        lab.commit(&release, &[1, 2, 3]);
+        let grant = (0..4 * H).find_map(|_| lab.tick()).expect("a grant");
+        assert_eq!(grant.values().filter(|m| **m == 2).count(), 1, "{grant:?}");
+    }
+}
