@@ -132,6 +132,23 @@ pub fn expected(hosts: &[Vec<u8>]) -> Table {
     t
 }
 
+/// Runs kubectl (as an operator does) with `kubeconfig`; its stdout, or
+/// an error with its stderr.
+pub fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run kubectl (the test command installs it): {e}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The fake API server and three members watching it.
 #[derive(Debug)]
 pub struct Setup {

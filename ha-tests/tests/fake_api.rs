@@ -6,26 +6,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use ha_tests::fake_api::{FakeApi, Kind};
+use ha_tests::kube::kubectl;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use serde_json::json;
 use tokio_stream::StreamExt as _;
-
-fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .map_err(|e| anyhow::anyhow!("cannot run kubectl (the test command installs it): {e}"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_creates_lists_and_deletes() -> anyhow::Result<()> {

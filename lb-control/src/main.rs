@@ -130,6 +130,27 @@ enum MemberAction {
     Undrain { id: u64 },
 }
 
+/// `println!` that survives a closed pipe: `lbctl services | head` ends
+/// quietly when the reader has what it wants, instead of panicking on
+/// "failed printing to stdout". Any other write error ends lbctl with
+/// status 1.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            stdout_failed(e)
+        }
+    }};
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("lbctl: cannot write to stdout: {e}");
+    std::process::exit(1)
+}
+
 /// Exit codes.
 const EXIT_UNREACHABLE: u8 = 1;
 const EXIT_REFUSED: u8 = 3;
@@ -140,12 +161,17 @@ const EXIT_TIMEOUT: u8 = 5;
 async fn main() -> ExitCode {
     let args = Args::parse();
     if let Command::Completion { shell } = &args.command {
+        let mut script = Vec::new();
         clap_complete::generate(
             *shell,
             &mut <Args as clap::CommandFactory>::command(),
             "lbctl",
-            &mut std::io::stdout(),
+            &mut script,
         );
+        use std::io::Write as _;
+        if let Err(e) = std::io::stdout().write_all(&script) {
+            stdout_failed(e);
+        }
         return ExitCode::SUCCESS;
     }
     let tls = match tls(&args) {
@@ -298,7 +324,7 @@ async fn call(
                     .collect()
             };
             match out {
-                Output::Json => println!(
+                Output::Json => out!(
                     "{}",
                     json!({
                         "vips": r.vips.iter().map(|v| json!({"vip": v.vip, "owner": v.owner, "services": v.services, "announced_here": v.announced_here, "announced_by": by(&v.vip), "routed_by": v.routed_by})).collect::<Vec<_>>(),
@@ -307,9 +333,11 @@ async fn call(
                     })
                 ),
                 Output::Table => {
-                    println!(
+                    out!(
                         "{:<40} {:<6} {:<13} SERVICES",
-                        "VIP", "OWNER", "ANNOUNCED BY"
+                        "VIP",
+                        "OWNER",
+                        "ANNOUNCED BY"
                     );
                     for v in &r.vips {
                         let owner = if v.owner == 0 {
@@ -333,13 +361,13 @@ async fn call(
                             }
                             what.push_str(&format!("({})", v.routed_by));
                         }
-                        println!("{:<40} {:<6} {:<13} {}", v.vip, owner, by, what);
+                        out!("{:<40} {:<6} {:<13} {}", v.vip, owner, by, what);
                     }
                     for (id, e) in &unreachable {
-                        println!("member {id} not asked: {e}");
+                        out!("member {id} not asked: {e}");
                     }
                     if !r.drained.is_empty() {
-                        println!("drained members: {:?}", r.drained);
+                        out!("drained members: {:?}", r.drained);
                     }
                 }
             }
@@ -383,12 +411,12 @@ async fn call(
                 .into_inner();
             while let Some(event) = stream.message().await? {
                 match out {
-                    Output::Json => println!(
+                    Output::Json => out!(
                         "{}",
                         json!({"unix_ms": event.unix_ms, "kind": event.kind, "message": event.message, "revision": event.revision})
                     ),
                     Output::Table => {
-                        println!("{} {:<9} {}", event.unix_ms, event.kind, event.message)
+                        out!("{} {:<9} {}", event.unix_ms, event.kind, event.message)
                     }
                 }
             }
@@ -400,8 +428,8 @@ async fn call(
 
 fn done(out: Output, message: &str) {
     match out {
-        Output::Json => println!("{}", json!({ "result": message })),
-        Output::Table => println!("{message}"),
+        Output::Json => out!("{}", json!({ "result": message })),
+        Output::Table => out!("{message}"),
     }
 }
 
@@ -501,7 +529,7 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
     let source = s.source.clone().unwrap_or_default();
     let dp = s.dataplane.clone().unwrap_or_default();
     match output {
-        Output::Json => println!(
+        Output::Json => out!(
             "{}",
             json!({
                 "node_id": s.node_id,
@@ -563,10 +591,10 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
             })
         ),
         Output::Table => {
-            println!("node       {} (lb-node {})", s.node_id, s.version);
+            out!("node       {} (lb-node {})", s.node_id, s.version);
             match &s.cluster {
                 Some(c) => {
-                    println!(
+                    out!(
                         "cluster    {}: {} in term {}, leader {}, commit {}, applied {}",
                         c.cluster_id,
                         c.role,
@@ -598,12 +626,13 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
                                 )
                             })
                             .unwrap_or_default();
-                        println!(
+                        out!(
                             "  member   {} at {} ({voter}{health})",
-                            m.id, m.peer_address
+                            m.id,
+                            m.peer_address
                         );
                     }
-                    println!(
+                    out!(
                         "lease      {}",
                         match (c.lease_held, c.may_announce) {
                             (true, true) => "held; may announce",
@@ -612,11 +641,11 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
                         }
                     );
                 }
-                None => println!("cluster    none (standalone)"),
+                None => out!("cluster    none (standalone)"),
             }
-            println!("revision   {}", s.revision);
-            println!("services   {}", s.services);
-            println!(
+            out!("revision   {}", s.revision);
+            out!("services   {}", s.services);
+            out!(
                 "source     {} {} (loaded {}){}",
                 source.kind,
                 source.location,
@@ -628,18 +657,19 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
                 }
             );
             if source.disconnected_since_unix_ms > 0 {
-                println!(
+                out!(
                     "  disconnected since {} (the table keeps serving)",
                     when(source.disconnected_since_unix_ms)
                 );
             }
             if !source.services_cursor.is_empty() || !source.endpoint_slices_cursor.is_empty() {
-                println!(
+                out!(
                     "  cursors  services {}, endpointslices {}",
-                    source.services_cursor, source.endpoint_slices_cursor
+                    source.services_cursor,
+                    source.endpoint_slices_cursor
                 );
             }
-            println!(
+            out!(
                 "dataplane  {}: {} services, {} destinations (synced {}, {} ops){}",
                 dp.kind,
                 dp.programmed_services,
@@ -693,9 +723,9 @@ fn print_bgp_peer(p: &pb::BgpPeerStatus) {
             p.bfd_flaps
         )
     };
-    println!("bgp peer   {} AS {}: {session}; {bfd}", p.address, p.asn);
+    out!("bgp peer   {} AS {}: {session}; {bfd}", p.address, p.asn);
     if p.state != "established" && !p.last_error.is_empty() {
-        println!("  error    {}", p.last_error);
+        out!("  error    {}", p.last_error);
     }
 }
 
@@ -724,21 +754,21 @@ fn print_routes(r: &pb::RoutesStatus) {
             )
         });
     }
-    println!("routes     {}", parts.join("; "));
+    out!("routes     {}", parts.join("; "));
     if !r.unrouted_examples.is_empty() {
-        println!("  unrouted {}", r.unrouted_examples.join(", "));
+        out!("  unrouted {}", r.unrouted_examples.join(", "));
     }
     for w in &r.node_warnings {
-        println!("  warning  {w}");
+        out!("  warning  {w}");
     }
     if r.node_warning_count > r.node_warnings.len() as u64 {
-        println!(
+        out!(
             "  warning  and {} more",
             r.node_warning_count - r.node_warnings.len() as u64
         );
     }
     if !r.last_error.is_empty() {
-        println!("  error    {}", r.last_error);
+        out!("  error    {}", r.last_error);
     }
 }
 
@@ -889,12 +919,17 @@ fn print_services(r: &pb::ListServicesResponse, output: Output, detailed: bool) 
                     })
                 })
                 .collect();
-            println!("{}", serde_json::Value::Array(list));
+            out!("{}", serde_json::Value::Array(list));
         }
         Output::Table => {
-            println!(
+            out!(
                 "{:<20} {:<5} {:<30} {:<6} {:<11} {:>8}",
-                "NAME", "PROTO", "VIP", "SCHED", "FORWARDING", "BACKENDS"
+                "NAME",
+                "PROTO",
+                "VIP",
+                "SCHED",
+                "FORWARDING",
+                "BACKENDS"
             );
             for s in services {
                 let key = s.key.clone().unwrap_or_default();
@@ -903,7 +938,7 @@ fn print_services(r: &pb::ListServicesResponse, output: Output, detailed: bool) 
                     .iter()
                     .filter(|b| b.state == state::BackendState::Ready as i32)
                     .count();
-                println!(
+                out!(
                     "{:<20} {:<5} {:<30} {:<6} {:<11} {:>8}",
                     s.name,
                     protocol(key.protocol),
@@ -931,7 +966,7 @@ fn print_services(r: &pb::ListServicesResponse, output: Output, detailed: bool) 
                                 )
                             })
                             .unwrap_or_default();
-                        println!(
+                        out!(
                             "  -> {:<40} weight {:<5} {}{extra}{kernel}",
                             socket(&b.address, b.port),
                             b.weight,
@@ -941,7 +976,7 @@ fn print_services(r: &pb::ListServicesResponse, output: Output, detailed: bool) 
                 }
             }
             if detailed && !r.counters_error.is_empty() {
-                println!("(no kernel counters: {})", r.counters_error);
+                out!("(no kernel counters: {})", r.counters_error);
             }
         }
     }

@@ -16,7 +16,7 @@ mod wire;
 
 pub use command::{Command, KubeDelta, KubeKind};
 pub use diff::commands_towards;
-pub use pools::{AllocError, allocate};
+pub use pools::{AllocError, allocate, in_pools};
 pub use service::{
     Backend, BackendOverride, BackendState, Forwarding, InvalidService, MAX_PERSISTENCE_TIMEOUT,
     MAX_WEIGHT, Protocol, Scheduler, ServiceKey, SocketText, UnknownName, VirtualService,

@@ -3,7 +3,6 @@
 //! a `Command::AssignAddresses`, and `State::apply` refuses an address
 //! another service holds, so two leaders can never hand out one address.
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -34,19 +33,25 @@ fn usable(pool: &IpNet) -> impl Iterator<Item = IpAddr> + '_ {
     })
 }
 
-/// An address for a service: `requested` if it is in a pool and free, or
-/// else the first free address of `family` (`true` for IPv6) in pool order.
+/// Whether `ip` is in one of the pools.
+pub fn in_pools(pools: &[IpNet], ip: &IpAddr) -> bool {
+    pools.iter().any(|p| p.contains(ip))
+}
+
+/// An address for a service: `requested` if it is in a pool and not
+/// `in_use`, or else the first address of `family` (`true` for IPv6) in
+/// pool order that is not.
 pub fn allocate(
     pools: &[IpNet],
-    in_use: &BTreeSet<IpAddr>,
+    in_use: impl Fn(&IpAddr) -> bool,
     requested: Option<IpAddr>,
     ipv6: bool,
 ) -> Result<IpAddr, AllocError> {
     if let Some(ip) = requested {
-        if !pools.iter().any(|p| p.contains(&ip)) {
+        if !in_pools(pools, &ip) {
             return Err(AllocError::NotInPool(ip));
         }
-        if in_use.contains(&ip) {
+        if in_use(&ip) {
             return Err(AllocError::InUse(ip));
         }
         return Ok(ip);
@@ -55,7 +60,7 @@ pub fn allocate(
         .iter()
         .filter(|p| p.addr().is_ipv6() == ipv6)
         .flat_map(usable)
-        .find(|ip| !in_use.contains(ip))
+        .find(|ip| !in_use(ip))
         .ok_or(AllocError::Exhausted {
             family: if ipv6 { "IPv6" } else { "IPv4" },
         })
@@ -63,6 +68,8 @@ pub fn allocate(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn pools() -> Vec<IpNet> {
@@ -80,7 +87,7 @@ mod tests {
     fn allocates_in_pool_order_skipping_network_and_broadcast() {
         let mut used = BTreeSet::new();
         let mut got = Vec::new();
-        while let Ok(a) = allocate(&pools(), &used, None, false) {
+        while let Ok(a) = allocate(&pools(), |ip| used.contains(ip), None, false) {
             used.insert(a);
             got.push(a.to_string());
         }
@@ -89,17 +96,20 @@ mod tests {
             ["192.0.2.1", "192.0.2.2", "198.51.100.8", "198.51.100.9"]
         );
         assert_eq!(
-            allocate(&pools(), &used, None, false),
+            allocate(&pools(), |ip| used.contains(ip), None, false),
             Err(AllocError::Exhausted { family: "IPv4" })
         );
         // A released address is the next one given.
         used.remove(&ip("192.0.2.2"));
-        assert_eq!(allocate(&pools(), &used, None, false), Ok(ip("192.0.2.2")));
+        assert_eq!(
+            allocate(&pools(), |ip| used.contains(ip), None, false),
+            Ok(ip("192.0.2.2"))
+        );
     }
 
     #[test]
     fn ipv6_pools_serve_ipv6() {
-        let a = allocate(&pools(), &BTreeSet::new(), None, true).expect("v6");
+        let a = allocate(&pools(), |_| false, None, true).expect("v6");
         assert!(a.is_ipv6() && pools()[2].contains(&a), "{a}");
     }
 
@@ -107,15 +117,30 @@ mod tests {
     fn a_requested_address_is_honoured_or_refused_with_the_reason() {
         let used: BTreeSet<IpAddr> = [ip("192.0.2.1")].into();
         assert_eq!(
-            allocate(&pools(), &used, Some(ip("192.0.2.2")), false),
+            allocate(
+                &pools(),
+                |ip| used.contains(ip),
+                Some(ip("192.0.2.2")),
+                false
+            ),
             Ok(ip("192.0.2.2"))
         );
         assert_eq!(
-            allocate(&pools(), &used, Some(ip("192.0.2.1")), false),
+            allocate(
+                &pools(),
+                |ip| used.contains(ip),
+                Some(ip("192.0.2.1")),
+                false
+            ),
             Err(AllocError::InUse(ip("192.0.2.1")))
         );
         assert_eq!(
-            allocate(&pools(), &used, Some(ip("203.0.113.1")), false),
+            allocate(
+                &pools(),
+                |ip| used.contains(ip),
+                Some(ip("203.0.113.1")),
+                false
+            ),
             Err(AllocError::NotInPool(ip("203.0.113.1")))
         );
     }

@@ -472,6 +472,13 @@ async fn write_status(
         .iter()
         .map(|ip| serde_json::json!({"ip": ip.to_string(), "ipMode": "VIP"}))
         .collect();
+    // None left (the Service is no longer ours): the list goes, as a real
+    // controller leaves it (`loadBalancer: {}`).
+    let ingress = if ingress.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::Value::Array(ingress)
+    };
     let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}});
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;

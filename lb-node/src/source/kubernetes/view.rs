@@ -31,7 +31,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::translate::{TranslateConfig, translate, wants_load_balancer};
-use crate::model::{Command, KubeDelta, KubeKind, ServiceKey, State, VirtualService, allocate};
+use crate::model::{
+    Command, KubeDelta, KubeKind, ServiceKey, State, VirtualService, allocate, in_pools,
+};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -212,6 +214,16 @@ pub struct View {
     slices_of: HashMap<String, BTreeSet<String>>,
     /// Service -> the table keys it produced.
     owned: HashMap<String, BTreeSet<ServiceKey>>,
+    /// Address -> the Services that use it other than as a LoadBalancer
+    /// address of ours: clusterIPs, externalIPs, and the status addresses
+    /// of LoadBalancers that are not ours (another controller's). No pool
+    /// address that one Service uses is given to another.
+    used: HashMap<IpAddr, BTreeSet<String>>,
+    /// Address -> the Services of ours whose status shows it: the first
+    /// claim on a pool address (a Service keeps the address its status
+    /// holds; after a rebuild or a migration, every Service gets back the
+    /// address it had).
+    claims: HashMap<IpAddr, BTreeSet<String>>,
 }
 
 impl View {
@@ -257,15 +269,16 @@ impl View {
         let mut view = View {
             config,
             pools,
-            services: decoded
-                .services
-                .into_iter()
-                .map(|(name, (_, s))| (name, s))
-                .collect(),
+            services: HashMap::new(),
             slices: HashMap::new(),
             slices_of: HashMap::new(),
             owned: HashMap::new(),
+            used: HashMap::new(),
+            claims: HashMap::new(),
         };
+        for (name, (_, service)) in decoded.services {
+            view.put_service(name, Some(service));
+        }
         for (name, (_, slice)) in decoded.slices {
             view.put_slice(name, Some(slice));
         }
@@ -278,6 +291,70 @@ impl View {
             }
         }
         view
+    }
+
+    /// Replaces (or with `None` removes) a Service, and the addresses it
+    /// uses and claims.
+    fn put_service(&mut self, name: String, service: Option<Service>) {
+        if let Some(old) = self.services.remove(&name) {
+            let (used, claims) = self.addresses_of(&old);
+            for (ips, index) in [(used, &mut self.used), (claims, &mut self.claims)] {
+                for ip in ips {
+                    if let Some(users) = index.get_mut(&ip) {
+                        users.remove(&name);
+                        if users.is_empty() {
+                            index.remove(&ip);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(service) = service {
+            let (used, claims) = self.addresses_of(&service);
+            for ip in used {
+                self.used.entry(ip).or_default().insert(name.clone());
+            }
+            for ip in claims {
+                self.claims.entry(ip).or_default().insert(name.clone());
+            }
+            self.services.insert(name, service);
+        }
+    }
+
+    /// The addresses a Service uses (its clusterIPs and externalIPs, and
+    /// its status addresses when it is not ours), and those it claims
+    /// (its status addresses in our pools, when it is ours).
+    fn addresses_of(&self, service: &Service) -> (Vec<IpAddr>, Vec<IpAddr>) {
+        let spec = service.spec.as_ref();
+        let mut used: Vec<IpAddr> = spec
+            .into_iter()
+            .flat_map(|s| {
+                s.cluster_ip
+                    .iter()
+                    .chain(s.cluster_ips.iter().flatten())
+                    .chain(s.external_ips.iter().flatten())
+            })
+            .filter_map(|text| text.parse().ok())
+            .collect();
+        let mut claims = Vec::new();
+        let shown = status_ips(service);
+        if self.ours(service) {
+            claims = shown
+                .into_iter()
+                .filter(|ip| in_pools(&self.pools, ip))
+                .collect();
+        } else {
+            used.extend(shown);
+        }
+        used.sort_unstable();
+        used.dedup();
+        (used, claims)
+    }
+
+    /// Whether this appliance gives the Service its LoadBalancer
+    /// addresses.
+    fn ours(&self, service: &Service) -> bool {
+        !self.pools.is_empty() && wants_load_balancer(service, &self.config)
     }
 
     /// Replaces (or with `None` removes) a slice; returns the services
@@ -552,17 +629,13 @@ impl View {
             KubeKind::Service => {
                 affected.insert(name.to_owned());
                 match json.map(serde_json::from_slice::<Service>) {
-                    Some(Ok(s)) => {
-                        self.services.insert(name.to_owned(), s);
-                    }
+                    Some(Ok(s)) => self.put_service(name.to_owned(), Some(s)),
                     Some(Err(e)) => {
                         plan.warnings
                             .push(format!("Service {name}: {e}; treated as deleted"));
-                        self.services.remove(name);
+                        self.put_service(name.to_owned(), None);
                     }
-                    None => {
-                        self.services.remove(name);
-                    }
+                    None => self.put_service(name.to_owned(), None),
                 }
             }
             KubeKind::EndpointSlice => {
@@ -583,8 +656,14 @@ impl View {
         }
     }
 
-    /// The LoadBalancer addresses `name` should hold, and whether its
-    /// status must be written.
+    /// The LoadBalancer addresses `name` should hold. Precedence, per
+    /// family: the address it holds already (committed); else the
+    /// address its status shows (the first claim: kept when it is in a
+    /// pool and nobody else holds, uses or claimed it first); else the
+    /// address it asks for (refused when another Service holds, uses or
+    /// claims it); else the first address of the pools that nobody
+    /// holds, uses or claims. `taken` holds every LoadBalancer address
+    /// held, this batch's grants included.
     fn addresses_for(
         &self,
         name: &str,
@@ -594,9 +673,7 @@ impl View {
         plan: &mut Plan,
     ) -> Vec<IpAddr> {
         let current = state.lb_addresses().get(name).cloned().unwrap_or_default();
-        let Some(service) =
-            service.filter(|s| !self.pools.is_empty() && wants_load_balancer(s, &self.config))
-        else {
+        let Some(service) = service.filter(|s| self.ours(s)) else {
             return Vec::new();
         };
         let spec = service.spec.as_ref();
@@ -623,19 +700,64 @@ impl View {
                 )),
             }
         }
+        let shown = status_ips(service);
         let mut out = Vec::new();
         for ipv6 in families {
             let want = requested.iter().find(|ip| ip.is_ipv6() == ipv6).copied();
-            let keep = current.iter().find(|ip| {
-                ip.is_ipv6() == ipv6
-                    && want.is_none_or(|w| w == **ip)
-                    && self.pools.iter().any(|p| p.contains(*ip))
-            });
-            if let Some(ip) = keep {
+            let fits = |ip: &IpAddr| {
+                ip.is_ipv6() == ipv6 && want.is_none_or(|w| w == *ip) && in_pools(&self.pools, ip)
+            };
+            if let Some(ip) = current.iter().find(|ip| fits(ip)) {
                 out.push(*ip);
                 continue;
             }
-            match allocate(&self.pools, taken, want, ipv6) {
+            // Who else has `ip`, and how (None: free for this Service).
+            // Its own claim yields only to a claim of a Service whose name
+            // sorts first (two statuses showing one address).
+            let holder = |ip: &IpAddr, taken: &BTreeSet<IpAddr>, own_claim: bool| {
+                if taken.contains(ip) {
+                    return Some("another Service's LoadBalancer address".to_owned());
+                }
+                if let Some(user) = self
+                    .used
+                    .get(ip)
+                    .and_then(|u| u.iter().find(|u| *u != name))
+                {
+                    return Some(format!(
+                        "used by Service {user} (a clusterIP, an externalIP or another controller's LoadBalancer address)"
+                    ));
+                }
+                self.claims
+                    .get(ip)
+                    .and_then(|c| {
+                        c.iter()
+                            .find(|u| *u != name && (!own_claim || u.as_str() < name))
+                    })
+                    .map(|user| format!("shown in the status of Service {user}"))
+            };
+            if let Some(ip) = shown
+                .iter()
+                .find(|ip| fits(ip) && holder(ip, taken, true).is_none())
+            {
+                taken.insert(*ip);
+                out.push(*ip);
+                continue;
+            }
+            if let Some(w) = want
+                && in_pools(&self.pools, &w)
+                && let Some(why) = holder(&w, taken, false)
+            {
+                plan.warnings.push(format!(
+                    "Service {name}: requested address {w} refused: {why}; it stays pending"
+                ));
+                continue;
+            }
+            match allocate(
+                &self.pools,
+                |ip| holder(ip, taken, false).is_some(),
+                want,
+                ipv6,
+            ) {
                 Ok(ip) => {
                     taken.insert(ip);
                     out.push(ip);
@@ -670,8 +792,7 @@ impl View {
         let mut assignments = Vec::new();
         for name in affected {
             let service = self.services.get(name);
-            let wants = service
-                .is_some_and(|s| !self.pools.is_empty() && wants_load_balancer(s, &self.config));
+            let wants = service.is_some_and(|s| self.ours(s));
             let current = state.lb_addresses().get(name).cloned().unwrap_or_default();
             if !wants && !current.is_empty() {
                 for ip in &current {
@@ -681,13 +802,43 @@ impl View {
                     service: name.clone(),
                     addresses: Vec::new(),
                 });
+                // No longer ours (a type or class change, the pools
+                // gone): the status that shows our addresses is cleared,
+                // or two Services would show one address.
+                if let Some(s) = service {
+                    let shown = status_ips(s);
+                    if !shown.is_empty() && shown.iter().all(|ip| current.contains(ip)) {
+                        plan.status_writes.push((name.clone(), Vec::new()));
+                    }
+                }
             }
         }
-        for name in affected {
+        // Services that ask for an address (a status, a request) pick
+        // before those that take any: a pending request is granted when
+        // its address frees, not lost to the next automatic pick.
+        let (asking, any): (Vec<&String>, Vec<&String>) = affected.iter().partition(|name| {
+            self.services.get(*name).is_some_and(|s| {
+                !status_ips(s).is_empty()
+                    || s.spec.as_ref().is_some_and(|spec| {
+                        spec.load_balancer_ip
+                            .as_ref()
+                            .is_some_and(|ip| !ip.is_empty())
+                    })
+                    || s.metadata
+                        .annotations
+                        .as_ref()
+                        .is_some_and(|a| a.contains_key(ANNOTATION_ADDRESSES))
+            })
+        });
+        for name in asking.into_iter().chain(any) {
             let service = self.services.get(name);
             let current = state.lb_addresses().get(name).cloned().unwrap_or_default();
             let addresses = self.addresses_for(name, service, state, &mut taken, plan);
-            if addresses != current && !addresses.is_empty() {
+            // Pending now (its request cannot be met): what it held is
+            // released, not kept out of everyone's reach.
+            if addresses != current
+                && (!addresses.is_empty() || service.is_some_and(|s| self.ours(s)))
+            {
                 assignments.push(Command::AssignAddresses {
                     service: name.clone(),
                     addresses: addresses.clone(),
@@ -709,7 +860,7 @@ impl View {
                         .flatten()
                         .filter_map(|n| self.slices.get(n).cloned())
                         .collect();
-                    let pooled = !self.pools.is_empty() && wants_load_balancer(s, &self.config);
+                    let pooled = self.ours(s);
                     let translated = if pooled {
                         // Our addresses, not whatever the status says.
                         let mut bare = s.clone();
