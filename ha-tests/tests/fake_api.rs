@@ -21,18 +21,14 @@ async fn kubectl_creates_lists_and_deletes() -> anyhow::Result<()> {
     let manifest = dir.path().join("web.yaml");
     std::fs::write(
         &manifest,
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  type: LoadBalancer\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n---\n\
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  type: LoadBalancer\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n---\n\
          apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: shop\n  labels:\n    kubernetes.io/service-name: web\naddressType: IPv4\n\
          ports:\n- name: http\n  port: 8080\n  protocol: TCP\nendpoints:\n- addresses: [\"10.1.0.1\"]\n  conditions: {ready: true}\n",
     )?;
     let created = kubectl(
         &kubeconfig,
-        &[
-            "create",
-            "--validate=false",
-            "-f",
-            manifest.to_str().unwrap_or_default(),
-        ],
+        &["create", "-f", manifest.to_str().unwrap_or_default()],
     )?;
     assert!(created.contains("service/web created"), "{created}");
     assert!(
@@ -289,14 +285,7 @@ async fn the_readme_switches_kube_proxy_off_and_back() -> anyhow::Result<()> {
     );
     // The backup can no longer be put back as it is.
     let replaced = Command::new("kubectl")
-        .args([
-            "-n",
-            "kube-system",
-            "replace",
-            "--validate=false",
-            "-f",
-            "kube-proxy.yaml",
-        ])
+        .args(["-n", "kube-system", "replace", "-f", "kube-proxy.yaml"])
         .env("KUBECONFIG", &kubeconfig)
         .current_dir(dir.path())
         .output()?;
@@ -314,5 +303,206 @@ async fn the_readme_switches_kube_proxy_off_and_back() -> anyhow::Result<()> {
     );
     let table = kubectl(&kubeconfig, &["-n", "kube-system", "get", "ds"])?;
     assert!(table.contains("kube-proxy"), "{table}");
+    Ok(())
+}
+
+/// kubectl exactly as operators use it, without `--validate=false`:
+/// `apply` of a multi-document manifest and of a changed copy (the
+/// stored objects are the manifest's, no patch directive kept), `get svc`
+/// and `-o wide` with the server's columns, `edit`, `apply
+/// --dry-run=server` (nothing stored), refused input with the real
+/// server's errors (422 with causes, a namespace that does not exist, a
+/// clusterIP already held), and `delete -f`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_get_edit_and_errors_as_a_real_server() -> anyhow::Result<()> {
+    let api = FakeApi::start(Duration::from_secs(1)).await?;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = api.write_kubeconfig(dir.path(), "kubectl")?;
+    let kc = |args: &[&str]| kubectl(&kubeconfig, args);
+    let failing = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()?;
+        anyhow::ensure!(!out.status.success(), "kubectl {args:?} succeeded");
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let file = |name: &str, text: &str| -> anyhow::Result<String> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path.to_string_lossy().into_owned())
+    };
+    let v1 = file(
+        "v1.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  labels: {app: web}\n\
+         spec:\n  type: LoadBalancer\n  selector: {app: web}\n  ports:\n\
+         \x20 - {name: http, port: 80, targetPort: 8080}\n\
+         \x20 - {name: https, port: 443, targetPort: 8443}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: shop\n\
+         \x20 labels: {kubernetes.io/service-name: web}\naddressType: IPv4\n\
+         ports: [{name: http, port: 8080, protocol: TCP}]\n\
+         endpoints:\n- addresses: [10.1.0.1]\n- addresses: [10.1.0.2]\n",
+    )?;
+    let out = kc(&["apply", "-f", &v1])?;
+    assert!(out.contains("service/web created"), "{out}");
+    // The changed copy: https dropped, metrics added, http's target and
+    // the endpoints changed.
+    let v2 = file(
+        "v2.yaml",
+        &std::fs::read_to_string(&v1)?
+            .replace(
+                "  - {name: http, port: 80, targetPort: 8080}\n  - {name: https, port: 443, targetPort: 8443}\n",
+                "  - {name: metrics, port: 9090, targetPort: 9090}\n  - {name: http, port: 80, targetPort: 8081}\n",
+            )
+            .replace("- addresses: [10.1.0.2]\n", "- addresses: [10.1.0.3]\n"),
+    )?;
+    let out = kc(&["apply", "-f", &v2])?;
+    assert!(out.contains("service/web configured"), "{out}");
+    let web = api
+        .get(Kind::Services, "shop", "web")
+        .ok_or_else(|| anyhow::anyhow!("web gone"))?;
+    assert_eq!(
+        web["spec"]["ports"],
+        json!([{"name": "metrics", "port": 9090, "targetPort": 9090, "protocol": "TCP"},
+               {"name": "http", "port": 80, "targetPort": 8081, "protocol": "TCP"}]),
+        "{web}"
+    );
+    let slice = api
+        .get(Kind::EndpointSlices, "shop", "web-1")
+        .ok_or_else(|| anyhow::anyhow!("web-1 gone"))?;
+    assert_eq!(
+        slice["endpoints"],
+        json!([{"addresses": ["10.1.0.1"]}, {"addresses": ["10.1.0.3"]}])
+    );
+    for stored in [&web, &slice] {
+        let text = stored["spec"].to_string() + &stored["endpoints"].to_string();
+        assert!(!text.contains('$'), "a patch directive was stored: {text}");
+    }
+
+    // The server's columns, by short name.
+    let table = kc(&["get", "svc", "-n", "shop"])?;
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ],
+        "{table}"
+    );
+    assert!(
+        table.contains("<pending>") && table.contains("9090/TCP,80/TCP"),
+        "{table}"
+    );
+    let wide = kc(&["get", "svc", "-n", "shop", "-o", "wide"])?;
+    assert!(
+        wide.contains("SELECTOR") && wide.contains("app=web"),
+        "{wide}"
+    );
+    let slices = kc(&["get", "endpointslices", "-n", "shop"])?;
+    assert!(
+        slices.contains("ADDRESSTYPE") && slices.contains("10.1.0.1,10.1.0.3"),
+        "{slices}"
+    );
+
+    // kubectl edit (its editor a script changing a target port).
+    let editor = file(
+        "editor.sh",
+        "#!/bin/sh\nsed -i 's/targetPort: 8081/targetPort: 8082/' \"$1\"\n",
+    )?;
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["edit", "svc", "web", "-n", "shop"])
+        .env("KUBE_EDITOR", &editor)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = |api: &FakeApi| {
+        api.get(Kind::Services, "shop", "web")
+            .map(|w| w["spec"]["ports"][1]["targetPort"].clone())
+    };
+    assert_eq!(port(&api), Some(json!(8082)));
+    // A server-side dry run answers but stores nothing.
+    let out = kc(&["apply", "-f", &v2, "--dry-run=server"])?;
+    assert!(out.contains("(server dry run)"), "{out}");
+    assert_eq!(port(&api), Some(json!(8082)), "the dry run was stored");
+
+    // Refused as a real server refuses.
+    let bad = file(
+        "bad.yaml",
+        &std::fs::read_to_string(&v2)?.replace("port: 9090, targetPort", "port: 0, targetPort"),
+    )?;
+    let err = failing(&["apply", "-f", &bad])?;
+    assert!(
+        err.contains("is invalid: spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive"),
+        "{err}"
+    );
+    let elsewhere = file(
+        "elsewhere.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x, namespace: nope}\nspec:\n  ports: [{port: 80}]\n",
+    )?;
+    let err = failing(&["apply", "-f", &elsewhere])?;
+    assert!(err.contains("namespaces \"nope\" not found"), "{err}");
+    // An explicit clusterIP (the one the allocator would give next, web
+    // having had 10.96.0.10) is never handed out again, and a held one is
+    // refused.
+    let explicit = file(
+        "explicit.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: explicit, namespace: shop}\nspec:\n  clusterIP: 10.96.0.11\n  ports: [{port: 80}]\n",
+    )?;
+    kc(&["apply", "-f", &explicit])?;
+    let auto = file(
+        "auto.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: auto, namespace: shop}\nspec:\n  ports: [{port: 80}]\n",
+    )?;
+    kc(&["apply", "-f", &auto])?;
+    let ip_of = |name: &str| {
+        api.get(Kind::Services, "shop", name)
+            .map(|s| s["spec"]["clusterIP"].clone())
+            .unwrap_or_default()
+    };
+    assert_ne!(ip_of("auto"), ip_of("explicit"));
+    assert_ne!(ip_of("auto"), ip_of("web"));
+    let taken = file(
+        "taken.yaml",
+        &std::fs::read_to_string(&explicit)?.replace("name: explicit", "name: taken"),
+    )?;
+    let err = failing(&["apply", "-f", &taken])?;
+    assert!(err.contains("provided IP is already allocated"), "{err}");
+
+    let out = kc(&["delete", "-f", &v2])?;
+    assert!(
+        out.contains("namespace \"shop\" deleted") && out.contains("service \"web\" deleted"),
+        "{out}"
+    );
+    ha_tests::eventually(
+        "the namespace finalized",
+        Duration::from_secs(5),
+        || async {
+            Ok(api
+                .get(Kind::Services, "shop", "auto")
+                .is_none()
+                .then_some(()))
+        },
+    )
+    .await?;
+    let err = failing(&["apply", "-f", &auto])?;
+    assert!(err.contains("namespaces \"shop\" not found"), "{err}");
     Ok(())
 }

@@ -90,7 +90,7 @@ async fn addresses_never_collide_are_kept_and_survive_a_rebuild() -> anyhow::Res
     let manifest = setup.dir.path().join("shop.yaml");
     std::fs::write(&manifest, MANIFESTS)?;
     let path = manifest.to_str().unwrap_or_default();
-    kc(&["apply", "--validate=false", "-f", path])?;
+    kc(&["apply", "-f", path])?;
     // .1 is ext's externalIP, .2 the other controller's: web gets .3.
     ingress_becomes(api, "web", &["192.0.2.3"]).await?;
     // asks asked for ext's externalIP: refused, it stays pending, and the
@@ -142,7 +142,7 @@ async fn addresses_never_collide_are_kept_and_survive_a_rebuild() -> anyhow::Res
             1,
         ),
     )?;
-    kc(&["apply", "--validate=false", "-f", path])?;
+    kc(&["apply", "-f", path])?;
     ingress_becomes(api, "web", &[]).await?;
     let later = setup.dir.path().join("later.yaml");
     std::fs::write(
@@ -150,12 +150,7 @@ async fn addresses_never_collide_are_kept_and_survive_a_rebuild() -> anyhow::Res
         "apiVersion: v1\nkind: Service\nmetadata: {name: later, namespace: shop}\n\
          spec:\n  type: LoadBalancer\n  ports: [{name: http, port: 80}]\n",
     )?;
-    kc(&[
-        "apply",
-        "--validate=false",
-        "-f",
-        later.to_str().unwrap_or_default(),
-    ])?;
+    kc(&["apply", "-f", later.to_str().unwrap_or_default()])?;
     ingress_becomes(api, "later", &["192.0.2.3"]).await?;
 
     // `lbctl services | true`: the reader is gone before lbctl writes;

@@ -1,16 +1,20 @@
 //! A fake Kubernetes API server for tests: no real kube-apiserver can be
 //! installed here, so this one speaks the HTTP protocol that kube-rs and
-//! kubectl use, for four resources: `v1/services` (with the `status`
+//! kubectl use, for five resources: `v1/services` (with the `status`
 //! subresource), `discovery.k8s.io/v1/endpointslices`, the cluster-scoped
-//! `v1/nodes`, and `apps/v1/daemonsets` (stored only: the README's steps
-//! that switch kube-proxy's DaemonSet off and back are run against it).
+//! `v1/nodes` and `v1/namespaces`, and `apps/v1/daemonsets` (stored only:
+//! the README's steps that switch kube-proxy's DaemonSet off and back are
+//! run against it).
 //!
 //! What it implements, as the real server does:
 //! - discovery (`/version`, `/api`, `/api/v1`, `/apis`, `/apis/<group>/<v>`)
-//!   so that kubectl can find the resources;
+//!   with short names (`svc`, `ns`, `no`, `ds`) and categories (`all`),
+//!   and OpenAPI v3 documents with what kubectl's validation looks up, so
+//!   kubectl needs no `--validate=false` (`present.rs`);
 //! - list (cluster-wide or per namespace) with `resourceVersion` in the
 //!   list metadata, `limit` and `continue` pages, `labelSelector`
-//!   (equality terms);
+//!   (equality terms), and server-side tables (`Accept: ...;as=Table`)
+//!   with the columns a real server prints for each kind (`present.rs`);
 //! - watch (`?watch=true`) from a `resourceVersion`: the history after it,
 //!   then live events, `ADDED`/`MODIFIED`/`DELETED`, `BOOKMARK` when asked
 //!   for (`allowWatchBookmarks`), `timeoutSeconds`; a version older than
@@ -18,17 +22,30 @@
 //!   Status, as etcd compaction causes; version "0" or none starts with
 //!   synthetic `ADDED` events for every object;
 //! - get, create (POST), replace (PUT, with optimistic concurrency on
-//!   `metadata.resourceVersion`), merge patch (PATCH; strategic merge patch
-//!   is treated as a merge patch), delete; the `status` subresource (PUT
-//!   and PATCH change only `.status`, the main resource ignores it);
-//! - ClusterIP allocation for new Services (from 10.96.0.0/16).
+//!   `metadata.resourceVersion`), JSON merge patch, JSON patch and
+//!   strategic merge patch with its directives and the kinds' list merge
+//!   keys (`patch.rs`), delete; the `status` subresource (PUT and PATCH
+//!   change only `.status`, the main resource ignores it); `dryRun`
+//!   (answered, not stored);
+//! - validation of what clients send for the fields the appliance reads
+//!   (ports, protocols, addresses, types), 422 with causes (`validate.rs`);
+//! - namespaces: a namespaced object is created only in one that exists
+//!   and is not terminating; deleting one terminates it, and its objects
+//!   go with it a moment later;
+//! - ClusterIP allocation for new Services (from 10.96.0.0/16), skipping
+//!   every clusterIP held; an explicit one already held is refused.
 //!
 //! What it does not: authentication (any bearer token is accepted), field
-//! selectors, JSON patch and server-side apply (415), schema validation
-//! (it stores what it is given, which lets tests feed malformed objects
-//! to the client), consistent pagination across writes (pages are cut
-//! from the current objects, not a snapshot; the watch from the list's
-//! version repairs any difference, as it would for a real client).
+//! selectors, server-side apply (415), protobuf bodies (kubectl's `create
+//! service` and `create namespace` send protobuf: use manifests), OpenAPI
+//! schemas (kubectl apply falls back to its built-in types' patch
+//! strategies, which is what it uses for these kinds anyway) and v2,
+//! unknown-field checks, consistent pagination across writes (pages are
+//! cut from the current objects, not a snapshot; the watch from the
+//! list's version repairs any difference, as it would for a real client).
+//! `FakeApi::apply`, the tests' own door, stores what it is given without
+//! validation (so tests can feed malformed objects to the client) and
+//! makes the namespace if it is missing.
 //!
 //! For tests: per client (by `User-Agent`) it counts connections, requests
 //! by verb and resource, and the bytes it sent; it can compact its history,
@@ -51,6 +68,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+mod patch;
+mod present;
+mod validate;
+
 /// The resources served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
@@ -59,6 +80,10 @@ pub enum Kind {
     /// Cluster-scoped: stored and listed without a namespace.
     Nodes,
     DaemonSets,
+    /// Cluster-scoped; a namespaced object is created only in one that
+    /// exists (`default`, `kube-system`, `kube-public` and
+    /// `kube-node-lease` do from the start).
+    Namespaces,
 }
 
 impl Kind {
@@ -68,6 +93,7 @@ impl Kind {
             Kind::EndpointSlices => "endpointslices",
             Kind::Nodes => "nodes",
             Kind::DaemonSets => "daemonsets",
+            Kind::Namespaces => "namespaces",
         }
     }
     fn kind(self) -> &'static str {
@@ -76,18 +102,19 @@ impl Kind {
             Kind::EndpointSlices => "EndpointSlice",
             Kind::Nodes => "Node",
             Kind::DaemonSets => "DaemonSet",
+            Kind::Namespaces => "Namespace",
         }
     }
     fn api_version(self) -> &'static str {
         match self {
-            Kind::Services | Kind::Nodes => "v1",
+            Kind::Services | Kind::Nodes | Kind::Namespaces => "v1",
             Kind::EndpointSlices => "discovery.k8s.io/v1",
             Kind::DaemonSets => "apps/v1",
         }
     }
     /// Whether objects live in a namespace.
     fn namespaced(self) -> bool {
-        self != Kind::Nodes
+        !matches!(self, Kind::Nodes | Kind::Namespaces)
     }
 }
 
@@ -108,7 +135,7 @@ impl ClientStats {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Store {
     version: u64,
     objects: BTreeMap<(Kind, String, String), Value>,
@@ -117,6 +144,9 @@ struct Store {
     /// Versions up to this one are compacted away.
     floor: u64,
     next_cluster_ip: u32,
+    /// The clusterIPs Services hold: allocation skips them, an explicit
+    /// one already held is refused.
+    cluster_ips: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug)]
@@ -155,6 +185,8 @@ pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
+    /// The Status's `details` (a 422's causes), or null.
+    pub details: Value,
 }
 
 impl std::fmt::Display for ApiError {
@@ -170,14 +202,19 @@ fn api_error(code: u16, reason: &'static str, message: impl Into<String>) -> Api
         code,
         reason,
         message: message.into(),
+        details: Value::Null,
     }
 }
 
 fn status_json(e: &ApiError) -> Value {
-    json!({
+    let mut status = json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {},
         "status": "Failure", "message": e.message, "reason": e.reason, "code": e.code
-    })
+    });
+    if !e.details.is_null() {
+        status["details"] = e.details.clone();
+    }
+    status
 }
 
 fn meta_str(obj: &Value, field: &str) -> String {
@@ -185,27 +222,6 @@ fn meta_str(obj: &Value, field: &str) -> String {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned()
-}
-
-/// RFC 7386 merge patch.
-fn merge_patch(target: &mut Value, patch: &Value) {
-    match patch {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = json!({});
-            }
-            if let Value::Object(t) = target {
-                for (k, v) in p {
-                    if v.is_null() {
-                        t.remove(k);
-                    } else {
-                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                    }
-                }
-            }
-        }
-        other => *target = other.clone(),
-    }
 }
 
 fn now_rfc3339() -> String {
@@ -269,9 +285,15 @@ impl Store {
         spec.entry("sessionAffinity").or_insert(json!("None"));
         let external_name = spec.get("type") == Some(&json!("ExternalName"));
         if !external_name && !spec.contains_key("clusterIP") {
-            self.next_cluster_ip += 1;
-            let n = self.next_cluster_ip;
-            let ip = format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff);
+            // The next address of 10.96.0.0/16 that no Service holds.
+            let ip = loop {
+                self.next_cluster_ip = (self.next_cluster_ip + 1) % 65_534;
+                let n = self.next_cluster_ip.max(10);
+                let ip = format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff);
+                if !self.cluster_ips.contains(&ip) {
+                    break ip;
+                }
+            };
             spec.insert("clusterIP".into(), json!(ip));
             spec.insert("clusterIPs".into(), json!([ip]));
             spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
@@ -330,6 +352,16 @@ impl Store {
             meta.remove("generateName");
         }
         self.defaults(kind, &mut obj);
+        if kind == Kind::Services
+            && let Some(ip) = obj.pointer("/spec/clusterIP").and_then(Value::as_str)
+            && ip != "None"
+        {
+            self.cluster_ips.insert(ip.to_owned());
+        }
+        if kind == Kind::Namespaces {
+            obj["spec"] = json!({"finalizers": ["kubernetes"]});
+            obj["status"] = json!({"phase": "Active"});
+        }
         self.record(kind, "ADDED", &mut obj);
         self.objects.insert(key, obj.clone());
         Ok(obj)
@@ -403,6 +435,18 @@ impl Store {
 
     fn delete(&mut self, kind: Kind, namespace: &str, name: &str) -> Result<Value, ApiError> {
         let key = (kind, namespace.to_owned(), name.to_owned());
+        if kind == Kind::Namespaces
+            && let Some(ns) = self.objects.get_mut(&key)
+        {
+            // Terminating first, as a real server does: its objects go,
+            // and then it, when `finalize_namespace` runs (a moment later).
+            ns["status"]["phase"] = json!("Terminating");
+            ns["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            let mut obj = ns.clone();
+            self.record(kind, "MODIFIED", &mut obj);
+            self.objects.insert(key, obj.clone());
+            return Ok(obj);
+        }
         let Some(mut obj) = self.objects.remove(&key) else {
             return Err(api_error(
                 404,
@@ -410,8 +454,85 @@ impl Store {
                 format!("{} \"{name}\" not found", kind.plural()),
             ));
         };
+        if kind == Kind::Services
+            && let Some(ip) = obj.pointer("/spec/clusterIP").and_then(Value::as_str)
+        {
+            self.cluster_ips.remove(ip);
+        }
         self.record(kind, "DELETED", &mut obj);
         Ok(obj)
+    }
+
+    /// Ends a terminating namespace: its objects are deleted, then it.
+    fn finalize_namespace(&mut self, name: &str) -> Result<Value, ApiError> {
+        let inside: Vec<(Kind, String, String)> = self
+            .objects
+            .keys()
+            .filter(|(k, ns, _)| k.namespaced() && ns == name)
+            .cloned()
+            .collect();
+        for (k, ns, n) in inside {
+            self.delete(k, &ns, &n)?;
+        }
+        let key = (Kind::Namespaces, String::new(), name.to_owned());
+        let Some(mut obj) = self.objects.remove(&key) else {
+            return Err(api_error(
+                404,
+                "NotFound",
+                format!("namespaces \"{name}\" not found"),
+            ));
+        };
+        self.record(Kind::Namespaces, "DELETED", &mut obj);
+        Ok(obj)
+    }
+
+    /// A namespaced object may be created only in a namespace that exists.
+    fn namespace_exists(&self, kind: Kind, namespace: &str) -> Result<(), ApiError> {
+        if !kind.namespaced() {
+            return Ok(());
+        }
+        match self
+            .objects
+            .get(&(Kind::Namespaces, String::new(), namespace.to_owned()))
+        {
+            None => Err(api_error(
+                404,
+                "NotFound",
+                format!("namespaces \"{namespace}\" not found"),
+            )),
+            Some(ns) if ns["status"]["phase"] == "Terminating" => Err(api_error(
+                403,
+                "Forbidden",
+                format!(
+                    "unable to create new content in namespace {namespace} because it is being terminated"
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// An explicit clusterIP must be free (and an address).
+    fn cluster_ip_free(&self, kind: Kind, obj: &Value) -> Result<(), ApiError> {
+        let Some(ip) = obj.pointer("/spec/clusterIP").and_then(Value::as_str) else {
+            return Ok(());
+        };
+        if kind != Kind::Services || ip.is_empty() || ip == "None" || !self.cluster_ips.contains(ip)
+        {
+            return Ok(());
+        }
+        let name = meta_str(obj, "name");
+        let message = format!(
+            "Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: provided IP is already allocated"
+        );
+        let mut e = api_error(
+            422,
+            "Invalid",
+            format!("Service \"{name}\" is invalid: spec.clusterIPs: {message}"),
+        );
+        e.details = json!({"name": name, "kind": "Service", "causes": [
+            {"reason": "FieldValueInvalid", "message": message, "field": "spec.clusterIPs"}
+        ]});
+        Err(e)
     }
 }
 
@@ -451,6 +572,7 @@ impl FakeApi {
                 history: VecDeque::new(),
                 floor: 0,
                 next_cluster_ip: 9,
+                cluster_ips: Default::default(),
             }),
             versions: watch::channel(1000).0,
             stats: Mutex::new(BTreeMap::new()),
@@ -459,6 +581,11 @@ impl FakeApi {
             refusing_ack: watch::channel(false).0,
             watch_generation: watch::channel(0).0,
             bookmark_interval,
+        });
+        shared.change(|s| {
+            for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+                let _ = s.create(Kind::Namespaces, "", json!({"metadata": {"name": ns}}));
+            }
         });
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(listener, addr, shared.clone(), stop.clone()));
@@ -497,6 +624,15 @@ impl FakeApi {
         };
         let name = meta_str(&obj, "name");
         self.change(|s| {
+            // The tests' door: the namespace is made as a setup script's
+            // `kubectl create namespace` would.
+            if kind.namespaced() && s.namespace_exists(kind, &namespace).is_err() {
+                s.create(
+                    Kind::Namespaces,
+                    "",
+                    json!({"metadata": {"name": namespace}}),
+                )?;
+            }
             if s.objects
                 .contains_key(&(kind, namespace.clone(), name.clone()))
             {
@@ -512,8 +648,15 @@ impl FakeApi {
         })
     }
 
+    /// Deletes an object (a namespace at once, with its objects).
     pub fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, ApiError> {
-        self.change(|s| s.delete(kind, namespace, name))
+        self.change(|s| {
+            let out = s.delete(kind, namespace, name)?;
+            if kind == Kind::Namespaces {
+                return s.finalize_namespace(name);
+            }
+            Ok(out)
+        })
     }
 
     pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
@@ -672,6 +815,7 @@ fn parse_path(path: &str) -> Option<Target> {
     let kind = match (group, plural) {
         ("", "services") => Kind::Services,
         ("", "nodes") if namespace.is_none() => Kind::Nodes,
+        ("", "namespaces") if namespace.is_none() => Kind::Namespaces,
         ("discovery.k8s.io", "endpointslices") => Kind::EndpointSlices,
         ("apps", "daemonsets") => Kind::DaemonSets,
         _ => return None,
@@ -725,54 +869,6 @@ fn visible(obj: &Value, namespace: Option<&str>, selector: Option<&str>) -> bool
         && selector.is_none_or(|s| selector_matches(s, obj))
 }
 
-fn discovery(path: &str) -> Option<Value> {
-    let resource = |name: &str, kind: &str, verbs: &[&str]| json!({"name": name, "singularName": "", "namespaced": name != "nodes", "kind": kind, "verbs": verbs});
-    let all = [
-        "create", "delete", "get", "list", "patch", "update", "watch",
-    ];
-    match path.trim_end_matches('/') {
-        "/version" => Some(json!({
-            "major": "1", "minor": "33", "gitVersion": "v1.33.0-fake",
-            "platform": "linux/amd64", "goVersion": "none", "compiler": "none",
-            "buildDate": "2026-01-01T00:00:00Z", "gitCommit": "fake", "gitTreeState": "clean"
-        })),
-        "/api" => Some(json!({
-            "kind": "APIVersions", "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]
-        })),
-        "/api/v1" => Some(json!({
-            "kind": "APIResourceList", "groupVersion": "v1",
-            "resources": [
-                resource("services", "Service", &all),
-                resource("services/status", "Service", &["get", "patch", "update"]),
-                resource("nodes", "Node", &all),
-            ]
-        })),
-        "/apis" => Some(json!({
-            "kind": "APIGroupList", "apiVersion": "v1",
-            "groups": [{
-                "name": "discovery.k8s.io",
-                "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
-                "preferredVersion": {"groupVersion": "discovery.k8s.io/v1", "version": "v1"}
-            }, {
-                "name": "apps",
-                "versions": [{"groupVersion": "apps/v1", "version": "v1"}],
-                "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}
-            }]
-        })),
-        "/apis/apps/v1" => Some(json!({
-            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "apps/v1",
-            "resources": [{"name": "daemonsets", "singularName": "daemonset", "namespaced": true,
-                           "kind": "DaemonSet", "verbs": all, "shortNames": ["ds"]}]
-        })),
-        "/apis/discovery.k8s.io/v1" => Some(json!({
-            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "discovery.k8s.io/v1",
-            "resources": [resource("endpointslices", "EndpointSlice", &all)]
-        })),
-        _ => None,
-    }
-}
-
 async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
@@ -801,7 +897,7 @@ async fn handle(
     }
     let path = req.uri().path().to_owned();
     if req.method() == Method::GET
-        && let Some(body) = discovery(&path)
+        && let Some(body) = present::discovery(&path).or_else(|| present::openapi(&path))
     {
         count(&shared, &agent, "discovery", 0);
         return respond(200, &body);
@@ -815,6 +911,16 @@ async fn handle(
         ));
     };
     let q = query(&req);
+    // kubectl get asks for a server-side table.
+    let as_table = req
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"));
+    let include = q.get("includeObject").cloned().unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     let resource = if target.status {
         format!("{}/status", target.kind.plural())
     } else {
@@ -836,7 +942,17 @@ async fn handle(
             .map_err(|e| api_error(400, "BadRequest", format!("the body is not JSON: {e}")))
     };
     let namespace = target.namespace.clone();
-    let change = |f: &mut dyn FnMut(&mut Store) -> Result<Value, ApiError>| shared.change(f);
+    // `dryRun=All` (`kubectl ... --dry-run=server`): the same checks and
+    // answer, on a copy that is thrown away.
+    let dry_run = q.contains_key("dryRun");
+    let change = |f: &mut dyn FnMut(&mut Store) -> Result<Value, ApiError>| {
+        if dry_run {
+            let mut copy = lock(&shared.store).clone();
+            f(&mut copy)
+        } else {
+            shared.change(f)
+        }
+    };
     let result = match (&method, &target.name) {
         (&Method::GET, None) => {
             let watching = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
@@ -845,7 +961,14 @@ async fn handle(
                 return watch_response(shared, agent, target, q);
             }
             count(&shared, &agent, &format!("list {resource}"), 0);
-            list(&shared, &target, &q)
+            list(&shared, &target, &q).map(|l| {
+                if as_table {
+                    let items = l["items"].as_array().cloned().unwrap_or_default();
+                    present::table(target.kind, &items, l["metadata"].clone(), &include, now)
+                } else {
+                    l
+                }
+            })
         }
         (&Method::GET, Some(name)) => {
             count(&shared, &agent, &format!("get {resource}"), 0);
@@ -865,6 +988,14 @@ async fn handle(
                         format!("{} \"{name}\" not found", target.kind.plural()),
                     )
                 })
+                .map(|o| {
+                    if as_table {
+                        let rv = json!({"resourceVersion": meta_str(&o, "resourceVersion")});
+                        present::table(target.kind, &[o], rv, &include, now)
+                    } else {
+                        o
+                    }
+                })
         }
         (&Method::POST, None) => {
             count(&shared, &agent, &format!("create {resource}"), 0);
@@ -879,14 +1010,30 @@ async fn handle(
                 )),
                 (_, Err(e)) => Err(e),
                 (Some(ns), Ok(obj)) => {
-                    let mut obj = Some(obj);
-                    change(&mut |s| s.create(target.kind, ns, obj.take().unwrap_or_default()))
+                    match validate::object(target.kind, &meta_str(&obj, "name"), &obj) {
+                        Err(e) => Err(e),
+                        Ok(()) => {
+                            let mut obj = Some(obj);
+                            change(&mut |s| {
+                                s.namespace_exists(target.kind, ns)?;
+                                if let Some(o) = obj.as_ref() {
+                                    s.cluster_ip_free(target.kind, o)?;
+                                }
+                                s.create(target.kind, ns, obj.take().unwrap_or_default())
+                            })
+                        }
+                    }
                 }
             }
         }
         (&Method::PUT, Some(name)) => {
             count(&shared, &agent, &format!("update {resource}"), 0);
-            match parsed() {
+            match parsed().and_then(|obj| {
+                if !target.status {
+                    validate::object(target.kind, name, &obj)?;
+                }
+                Ok(obj)
+            }) {
                 Err(e) => Err(e),
                 Ok(obj) => {
                     let ns = namespace.clone().unwrap_or_default();
@@ -905,18 +1052,29 @@ async fn handle(
         }
         (&Method::PATCH, Some(name)) => {
             count(&shared, &agent, &format!("patch {resource}"), 0);
-            if !(content_type.starts_with("application/merge-patch+json")
-                || content_type.starts_with("application/strategic-merge-patch+json"))
-            {
+            let kind_of_patch = content_type
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            if !matches!(
+                kind_of_patch.as_str(),
+                "application/merge-patch+json"
+                    | "application/strategic-merge-patch+json"
+                    | "application/json-patch+json"
+            ) {
                 Err(api_error(
                     415,
                     "UnsupportedMediaType",
-                    format!("the fake API server takes merge patches, not {content_type:?}"),
+                    format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (not {content_type:?}: server-side apply is not served here)"
+                    ),
                 ))
             } else {
                 match parsed() {
                     Err(e) => Err(e),
-                    Ok(patch) => {
+                    Ok(body) => {
                         let ns = namespace.clone().unwrap_or_default();
                         change(&mut |s| {
                             let Some(mut obj) = s
@@ -930,10 +1088,21 @@ async fn handle(
                                     format!("{} \"{name}\" not found", target.kind.plural()),
                                 ));
                             };
-                            merge_patch(&mut obj, &patch);
+                            match kind_of_patch.as_str() {
+                                "application/json-patch+json" => {
+                                    patch::json_patch(&mut obj, &body)?
+                                }
+                                "application/strategic-merge-patch+json" => {
+                                    patch::strategic_merge_patch(target.kind, &mut obj, &body)?
+                                }
+                                _ => patch::merge_patch(&mut obj, &body),
+                            }
                             if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut)
                             {
                                 m.remove("resourceVersion");
+                            }
+                            if !target.status {
+                                validate::object(target.kind, name, &obj)?;
                             }
                             s.replace(target.kind, &ns, name, obj, target.status)
                         })
@@ -944,7 +1113,15 @@ async fn handle(
         (&Method::DELETE, Some(name)) => {
             count(&shared, &agent, &format!("delete {resource}"), 0);
             let ns = namespace.clone().unwrap_or_default();
-            change(&mut |s| s.delete(target.kind, &ns, name))
+            let out = change(&mut |s| s.delete(target.kind, &ns, name));
+            if target.kind == Kind::Namespaces && out.is_ok() && !dry_run {
+                let (shared, name) = (shared.clone(), name.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let _ = shared.change(|s| s.finalize_namespace(&name));
+                });
+            }
+            out
         }
         _ => Err(api_error(405, "MethodNotAllowed", "not supported here")),
     };
