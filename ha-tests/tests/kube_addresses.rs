@@ -103,6 +103,85 @@ async fn addresses_never_collide_are_kept_and_survive_a_rebuild() -> anyhow::Res
     })
     .await?;
     assert!(ingress(api, "asks").is_empty(), "{log}");
+    // The operator sees it without the leader's log: `lbctl status`
+    // counts it and shows the last few, `lbctl events` streams the next
+    // one with a readable time.
+    let leader_member = &setup.members[&leader_id];
+    let (_, status, _) = leader_member.lbctl(&["status"])?;
+    assert!(
+        status.contains("  warnings ") && status.contains("requested address 192.0.2.1 refused"),
+        "{status}"
+    );
+    let mut events = std::process::Command::new(ha_tests::binary("lbctl")?)
+        .args([
+            "--endpoint",
+            &format!("http://{}", leader_member.admin),
+            "events",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let reader = std::io::BufReader::new(
+        events
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
+    );
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        reader
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains(" source ") && l.contains("shop/asks2"))
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asks2 = setup.dir.path().join("asks2.yaml");
+    std::fs::write(
+        &asks2,
+        MANIFESTS[MANIFESTS.rfind("---").unwrap_or(0)..].replace("name: asks,", "name: asks2,"),
+    )?;
+    kc(&["apply", "-f", asks2.to_str().unwrap_or_default()])?;
+    let found = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || lines.join()),
+    )
+    .await;
+    let _ = events.kill();
+    let line = found
+        .map_err(|_| anyhow::anyhow!("no warning event in 20 s"))??
+        .map_err(|_| anyhow::anyhow!("the events reader panicked"))?
+        .ok_or_else(|| anyhow::anyhow!("lbctl events ended without the warning"))?;
+    let stamp = line.split(' ').take(2).collect::<Vec<_>>().join(" ");
+    assert!(
+        stamp.len() == 24
+            && stamp.starts_with("20")
+            && stamp.ends_with('Z')
+            && stamp.as_bytes()[10] == b' ',
+        "not a readable time: {line}"
+    );
+    // The table stays aligned whatever the names' lengths: every column
+    // starts where its header does.
+    let (_, table, _) = leader_member.lbctl(&["services"])?;
+    let at = table
+        .lines()
+        .next()
+        .and_then(|h| h.find("PROTO"))
+        .unwrap_or(0);
+    assert!(
+        at > 0
+            && table
+                .lines()
+                .skip(1)
+                .all(|l| l[..at].ends_with("  ") && !l[at..].starts_with(' ')),
+        "{table}"
+    );
+    // Found by Kubernetes name (all its ports) and by address.
+    for what in ["shop/web", "192.0.2.3:80", "192.0.2.3"] {
+        let (code, out, err) = leader_member.lbctl(&["services", what])?;
+        assert!(
+            code == 0 && out.contains("shop/web:http"),
+            "{what}: {out}{err}"
+        );
+    }
     // The migrated Service kept its address all along.
     assert_eq!(ingress(api, "migrated"), ["192.0.2.9"]);
     let before: BTreeMap<&str, Vec<String>> = ["web", "migrated", "asks", "other"]

@@ -69,7 +69,9 @@ enum Command {
     Status,
     /// The service table, or one service with its backends.
     Services {
-        /// Show only the service with this name.
+        /// Only the matching services, with their backends: a name
+        /// ("shop/web:http"), a Kubernetes Service ("shop/web": all its
+        /// ports), or an address ("192.0.2.1:80", "192.0.2.1").
         name: Option<String>,
     },
     /// Override one backend of a service (replicated; survives failover).
@@ -416,7 +418,12 @@ async fn call(
                         json!({"unix_ms": event.unix_ms, "kind": event.kind, "message": event.message, "revision": event.revision})
                     ),
                     Output::Table => {
-                        out!("{} {:<9} {}", event.unix_ms, event.kind, event.message)
+                        out!(
+                            "{} {:<9} {}",
+                            clock(event.unix_ms),
+                            event.kind,
+                            event.message
+                        )
                     }
                 }
             }
@@ -525,6 +532,29 @@ fn when(unix_ms: i64) -> String {
     format!("{:.1}s ago", (now - unix_ms).max(0) as f64 / 1000.0)
 }
 
+/// A Unix millisecond time as UTC wall-clock time, to the millisecond
+/// ("2026-12-05 01:10:12.345Z").
+fn clock(unix_ms: i64) -> String {
+    let (secs, ms) = (unix_ms.div_euclid(1000), unix_ms.rem_euclid(1000));
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // The civil date of a day count (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{ms:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
 fn print_status(s: &pb::GetStatusResponse, output: Output) {
     let source = s.source.clone().unwrap_or_default();
     let dp = s.dataplane.clone().unwrap_or_default();
@@ -540,6 +570,10 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
                     "kind": source.kind,
                     "location": source.location,
                     "last_loaded_unix_ms": source.last_loaded_unix_ms,
+                    "warnings": source.warnings,
+                    "recent_warnings": source.recent_warnings.iter().map(|w| json!({
+                        "unix_ms": w.unix_ms, "message": w.message,
+                    })).collect::<Vec<_>>(),
                     "last_error": source.last_error,
                     "disconnected_since_unix_ms": source.disconnected_since_unix_ms,
                     "services_cursor": source.services_cursor,
@@ -661,6 +695,16 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
                     "  disconnected since {} (the table keeps serving)",
                     when(source.disconnected_since_unix_ms)
                 );
+            }
+            if source.warnings > 0 {
+                out!(
+                    "  warnings {} (objects or fields left out, updates rejected); the last {}:",
+                    source.warnings,
+                    source.recent_warnings.len()
+                );
+                for w in &source.recent_warnings {
+                    out!("    {} {}", clock(w.unix_ms), w.message);
+                }
             }
             if !source.services_cursor.is_empty() || !source.endpoint_slices_cursor.is_empty() {
                 out!(
@@ -922,31 +966,55 @@ fn print_services(r: &pb::ListServicesResponse, output: Output, detailed: bool) 
             out!("{}", serde_json::Value::Array(list));
         }
         Output::Table => {
-            out!(
-                "{:<20} {:<5} {:<30} {:<6} {:<11} {:>8}",
-                "NAME",
-                "PROTO",
-                "VIP",
-                "SCHED",
-                "FORWARDING",
-                "BACKENDS"
-            );
-            for s in services {
-                let key = s.key.clone().unwrap_or_default();
-                let ready = s
-                    .backends
-                    .iter()
-                    .filter(|b| b.state == state::BackendState::Ready as i32)
-                    .count();
-                out!(
-                    "{:<20} {:<5} {:<30} {:<6} {:<11} {:>8}",
-                    s.name,
-                    protocol(key.protocol),
-                    socket(&key.vip, key.port),
-                    scheduler(s.scheduler),
-                    forwarding(s.forwarding),
-                    format!("{ready}/{}", s.backends.len())
-                );
+            // Columns as wide as their widest cell: long Kubernetes
+            // names keep the table aligned.
+            let rows: Vec<[String; 6]> = services
+                .iter()
+                .map(|s| {
+                    let key = s.key.clone().unwrap_or_default();
+                    let ready = s
+                        .backends
+                        .iter()
+                        .filter(|b| b.state == state::BackendState::Ready as i32)
+                        .count();
+                    [
+                        s.name.clone(),
+                        protocol(key.protocol),
+                        socket(&key.vip, key.port),
+                        scheduler(s.scheduler),
+                        forwarding(s.forwarding),
+                        format!("{ready}/{}", s.backends.len()),
+                    ]
+                })
+                .collect();
+            let header =
+                ["NAME", "PROTO", "VIP", "SCHED", "FORWARDING", "BACKENDS"].map(String::from);
+            let mut widths = header.clone().map(|h| h.len());
+            for row in &rows {
+                for (w, cell) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+            let line = |cells: &[String; 6]| {
+                format!(
+                    "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {:<w4$}  {:>w5$}",
+                    cells[0],
+                    cells[1],
+                    cells[2],
+                    cells[3],
+                    cells[4],
+                    cells[5],
+                    w0 = widths[0],
+                    w1 = widths[1],
+                    w2 = widths[2],
+                    w3 = widths[3],
+                    w4 = widths[4],
+                    w5 = widths[5],
+                )
+            };
+            out!("{}", line(&header));
+            for (s, row) in services.iter().zip(&rows) {
+                out!("{}", line(row));
                 if detailed {
                     for b in &s.backends {
                         let extra = override_text(overrides, s, b)

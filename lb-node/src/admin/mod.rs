@@ -179,6 +179,15 @@ impl Admin for AdminService {
                 disconnected_since_unix_ms: source.disconnected_since_unix_ms,
                 services_cursor: state.kube().services_cursor.clone(),
                 endpoint_slices_cursor: state.kube().endpoint_slices_cursor.clone(),
+                warnings: source.warnings,
+                recent_warnings: source
+                    .recent_warnings
+                    .iter()
+                    .map(|(unix_ms, message)| pb::SourceWarning {
+                        unix_ms: *unix_ms,
+                        message: message.clone(),
+                    })
+                    .collect(),
             }),
             dataplane: Some(pb::DataplaneStatus {
                 kind: dataplane.kind.into(),
@@ -265,12 +274,12 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
         let name = request.into_inner().name;
         let state = self.states.borrow().clone();
-        let services: Vec<_> = state
-            .services()
-            .filter(|s| name.is_empty() || s.name == name)
-            .collect();
+        let wanted = ServiceFilter::parse(&name);
+        let services: Vec<_> = state.services().filter(|s| wanted.matches(s)).collect();
         if !name.is_empty() && services.is_empty() {
-            return Err(Status::not_found(format!("no service named {name:?}")));
+            return Err(Status::not_found(format!(
+                "no service matches {name:?} (a name like shop/web:http or shop/web, or an address like 192.0.2.1:80)"
+            )));
         }
         let overrides = state
             .overrides()
@@ -584,6 +593,8 @@ impl Admin for AdminService {
         let (tx, rx) = mpsc::channel(256);
         let mut states = self.states.clone();
         let mut dataplane = self.dataplane.clone();
+        let mut source = self.source.clone();
+        let mut warnings_seen = source.borrow_and_update().warnings;
         let mut raft = self.cluster.as_ref().map(|c| c.node.status.clone());
         let shutdown = self.shutdown.clone();
         let mut last_state = states.borrow_and_update().clone();
@@ -637,6 +648,17 @@ impl Admin for AdminService {
                         }
                         last_raft = now;
                     }
+                    Ok(()) = source.changed() => {
+                        let s = source.borrow_and_update().clone();
+                        // The new ones among the recent (more may have come
+                        // than are kept: those are counted in status only).
+                        let new = s.warnings.saturating_sub(warnings_seen) as usize;
+                        let skip = s.recent_warnings.len().saturating_sub(new);
+                        for (_, message) in s.recent_warnings.iter().skip(skip) {
+                            events.push(("source", message.clone(), last_state.revision()));
+                        }
+                        warnings_seen = s.warnings;
+                    }
                     Ok(()) = dataplane.changed() => {
                         let d = dataplane.borrow_and_update().clone();
                         if d.last_sync_ops > 0 || !d.last_error.is_empty() {
@@ -663,6 +685,47 @@ impl Admin for AdminService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Which services `lbctl services <what>` means.
+#[derive(Debug)]
+enum ServiceFilter {
+    All,
+    /// A virtual service's name, or a Kubernetes Service's
+    /// `namespace/name` (every port of it).
+    Name(String),
+    /// An address, with or without a port.
+    Address(std::net::IpAddr, Option<u16>),
+}
+
+impl ServiceFilter {
+    fn parse(text: &str) -> ServiceFilter {
+        if text.is_empty() {
+            return ServiceFilter::All;
+        }
+        if let Ok(socket) = text.parse::<SocketAddr>() {
+            return ServiceFilter::Address(socket.ip(), Some(socket.port()));
+        }
+        if let Ok(ip) = text.trim_matches(['[', ']']).parse() {
+            return ServiceFilter::Address(ip, None);
+        }
+        ServiceFilter::Name(text.to_owned())
+    }
+
+    fn matches(&self, s: &crate::model::VirtualService) -> bool {
+        match self {
+            ServiceFilter::All => true,
+            ServiceFilter::Name(name) => {
+                s.name == *name
+                    || s.name
+                        .strip_prefix(name.as_str())
+                        .is_some_and(|rest| rest.starts_with(':'))
+            }
+            ServiceFilter::Address(ip, port) => {
+                s.key.vip == *ip && port.is_none_or(|p| s.key.port == p)
+            }
+        }
     }
 }
 

@@ -22,5 +22,24 @@ pub struct SourceStatus {
     /// Unix milliseconds since when the source is unreachable (the API
     /// server); 0 when reachable.
     pub disconnected_since_unix_ms: i64,
+    /// Objects or fields left out and updates rejected since this source
+    /// started (on the leader), and the last few (Unix ms, what).
+    pub warnings: u64,
+    pub recent_warnings: Vec<(i64, String)>,
+}
+
+/// How many recent warnings a source keeps for `lbctl status`.
+pub const RECENT_WARNINGS: usize = 10;
+
+impl SourceStatus {
+    /// Counts `warnings` seen at `unix_ms`, keeping the last few.
+    pub fn note_warnings(&mut self, warnings: &[String], unix_ms: i64) {
+        self.warnings += warnings.len() as u64;
+        let skip = warnings.len().saturating_sub(RECENT_WARNINGS);
+        self.recent_warnings
+            .extend(warnings.iter().skip(skip).map(|w| (unix_ms, w.clone())));
+        let excess = self.recent_warnings.len().saturating_sub(RECENT_WARNINGS);
+        self.recent_warnings.drain(..excess);
+    }
 }
 pub mod kubernetes;

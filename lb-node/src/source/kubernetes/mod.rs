@@ -93,7 +93,13 @@ fn unix_ms(t: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn log_plan(plan: &Plan) {
+/// Logs a plan's warnings and counts them in the source's status (`lbctl
+/// status`, `lbctl events`).
+fn log_plan(plan: &Plan, status: &watch::Sender<SourceStatus>) {
+    if !plan.warnings.is_empty() {
+        let now = unix_ms(SystemTime::now());
+        status.send_modify(|s| s.note_warnings(&plan.warnings, now));
+    }
     METRICS.skipped_fields.inc_by(plan.warnings.len() as u64);
     for w in plan.warnings.iter().take(WARNINGS_LOGGED) {
         warn!("{w}");
@@ -281,6 +287,10 @@ pub async fn run(
     for w in &warnings {
         warn!("{w}");
     }
+    if !warnings.is_empty() {
+        let now = unix_ms(SystemTime::now());
+        status.send_modify(|s| s.note_warnings(&warnings, now));
+    }
     let writer = StatusWriter::start(client.clone(), stop.clone());
 
     // A new leader also makes the table agree with the committed objects
@@ -311,7 +321,7 @@ pub async fn run(
             let state = states.borrow().clone();
             let plan = view.reconcile_some(&state, &part);
             drop(state);
-            log_plan(&plan);
+            log_plan(&plan, &status);
             if !plan.entries.is_empty() {
                 info!(
                     commands = plan.service_commands,
@@ -379,7 +389,7 @@ pub async fn run(
             .kube_plan_seconds
             .observe(planning.elapsed().as_secs_f64());
         METRICS.kube_batch_events.observe(events_in_batch as f64);
-        log_plan(&plan);
+        log_plan(&plan, &status);
         debug!(
             events = events_in_batch,
             objects = plan.objects_changed,
