@@ -754,7 +754,7 @@ impl Lab {
             std::fs::write(
                 &config,
                 format!(
-                    "[node]\nid = {id}\n\n[dataplane]\nkind = \"{dataplane}\"\n\n\
+                    "[node]\nid = {id}\ninsecure = true\n\n[dataplane]\nkind = \"{dataplane}\"\n\n\
                      [source.kubernetes]\nkubeconfig = \"{}\"\npod_routes = {}\n\n\
                      [admin]\nlisten = \"0.0.0.0:{admin}\"\nmetrics_listen = \"127.0.0.1:0\"\n\n{announce}\n\
                      [cluster]\nid = \"cluster-lab\"\ndata_dir = \"data-{id}\"\nlisten = \"{address}:{peer}\"\nmember = [{}]\n",

@@ -391,7 +391,7 @@ impl Lab {
             std::fs::write(
                 &config,
                 format!(
-                    "[node]\nid = {id}\n\n[source.file]\npath = \"services.toml\"\n\n[admin]\nlisten = \"{admin_host}:{admin}\"\nmetrics_listen = \"127.0.0.1:0\"\n\n\
+                    "[node]\nid = {id}\ninsecure = true\n\n[source.file]\npath = \"services.toml\"\n\n[admin]\nlisten = \"{admin_host}:{admin}\"\nmetrics_listen = \"127.0.0.1:0\"\n\n\
                      {}\n{}\n\
                      [cluster]\nid = \"l2-lab\"\ndata_dir = \"data-{id}\"\nlisten = \"10.77.0.{id}:{peer}\"\nmember = [{}]\n",
                     announce(*id),

@@ -78,7 +78,7 @@ async fn member_serves_the_example_and_lbctl_shows_it() -> anyhow::Result<()> {
     let (code, _, err) = member.lbctl(&["services", "no-such-service"])?;
     assert_eq!(code, 4, "not found has its own exit code");
     assert!(
-        err.contains("no service named \"no-such-service\""),
+        err.contains("no service matches \"no-such-service\""),
         "{err}"
     );
     let (code, out, _) = member.lbctl(&["-o", "json", "status"])?;
@@ -226,5 +226,81 @@ fn a_broken_file_at_start_is_refused_with_the_field() -> anyhow::Result<()> {
         ),
         "{err}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_emptied_file_waits_for_sighup() -> anyhow::Result<()> {
+    let (_dir, config, services_path) = setup("200ms")?;
+    let mut member = Member::start(&config)?;
+    eventually("the example served", Duration::from_secs(10), || async {
+        Ok((services(&member).await?.len() == 3).then_some(()))
+    })
+    .await?;
+    // Emptied (an accident more often than an intent): kept, and said.
+    replace_file(&services_path, "")?;
+    let line = member.wait_for_log("services file rejected", Duration::from_secs(10))?;
+    assert!(
+        line.contains("removes 3 of the 3 services (it declares none)") && line.contains("SIGHUP"),
+        "{line}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(services(&member).await?.len(), 3, "the table was kept");
+    let status = member
+        .client()
+        .await?
+        .get_status(pb::GetStatusRequest {})
+        .await?
+        .into_inner();
+    assert!(
+        status
+            .source
+            .context("source")?
+            .last_error
+            .contains("SIGHUP")
+    );
+    // The operator confirms.
+    member.signal("HUP")?;
+    eventually("emptied on SIGHUP", Duration::from_secs(10), || async {
+        Ok(services(&member).await?.is_empty().then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_file_written_in_place_is_not_applied_half_written() -> anyhow::Result<()> {
+    let (_dir, config, services_path) = setup("200ms")?;
+    let member = Member::start(&config)?;
+    eventually("the example served", Duration::from_secs(10), || async {
+        Ok((services(&member).await?.len() == 3).then_some(()))
+    })
+    .await?;
+    // Served from the file read at start: the source's first check
+    // finds nothing to change.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let full = std::fs::read_to_string(&services_path)?;
+    // A slow writer: the first service only for 400 ms (two checks), then
+    // the whole file again, in place (not renamed over).
+    let first = &full[..full
+        .find("[[service]]\nname = \"dns\"")
+        .context("dns service")?];
+    std::fs::write(&services_path, first)?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    std::fs::write(&services_path, &full)?;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let log = member.log();
+    assert!(
+        !log.contains("services file loaded"),
+        "the half-written file was applied: {log}"
+    );
+    assert_eq!(services(&member).await?.len(), 3);
+    // A change that stays is applied, after the settle interval.
+    let edited = full.replacen("weight = 3", "weight = 4", 1);
+    std::fs::write(&services_path, &edited)?;
+    eventually("the settled edit", Duration::from_secs(10), || async {
+        Ok((weight_of(&services(&member).await?, "web", 0) == Some(4)).then_some(()))
+    })
+    .await?;
     Ok(())
 }

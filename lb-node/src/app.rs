@@ -173,6 +173,13 @@ pub async fn run(
         cluster = cluster.as_ref().map_or("standalone", |c| c.cluster_id.as_str()),
         "lb-node starting"
     );
+    if config.tls.is_none() && !config.admin.listen.ip().is_loopback() {
+        // Only with node.insecure (the configuration refuses it otherwise).
+        tracing::error!(
+            listen = %config.admin.listen,
+            "INSECURE: the admin port has no TLS and is reachable beyond this machine: anything that reaches it can change the table and drain members (node.insecure = true); configure [tls] outside a lab"
+        );
+    }
 
     let (source_tx, source_rx) = watch::channel(SourceStatus {
         kind: source_kind,
@@ -202,9 +209,11 @@ pub async fn run(
                 SourceConfig::File {
                     path,
                     check_interval,
+                    settle,
                 } => Box::pin(file::run(
                     path.clone(),
                     *check_interval,
+                    *settle,
                     hangups.clone(),
                     proposer.clone(),
                     states.clone(),
@@ -801,9 +810,11 @@ async fn start_raft(
     fatal: &Fatal,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<RaftParts> {
-    if tls.is_none() {
-        tracing::warn!(
-            "the peer port has no TLS: anything that reaches it can speak for a member; configure [tls] outside a lab"
+    if tls.is_none() && !cluster.listen.ip().is_loopback() {
+        // Only with node.insecure (the configuration refuses it otherwise).
+        tracing::error!(
+            listen = %cluster.listen,
+            "INSECURE: the peer port has no TLS and is reachable beyond this machine: anything that reaches it can speak for a member and force elections (node.insecure = true); configure [tls] outside a lab"
         );
     }
     let store = LogStore::open(&cluster.data_dir)?;

@@ -43,13 +43,23 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // raft-engine's warnings while it opens the log are said again,
+        // in the member's words, by `LogStore::open` (a torn tail after an
+        // unclean stop is expected, not corruption).
+        .with_filter(lb_node::replication::storage::NotOpenWarnings);
+    tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with(fmt)
+        .with(lb_node::replication::storage::OpenWarnings)
         .init();
     let config = match Config::load(&args.config) {
         Ok(config) => config,
@@ -89,7 +99,31 @@ fn plan(config: &Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Raises the soft limit on open descriptors to the hard one (systemd's
+/// default soft limit is 1,024): a member holds a descriptor per peer,
+/// client and BGP/BFD session, and a flood of connections must meet the
+/// listeners' caps, not this limit. Returns (before, after).
+fn raise_descriptor_limit() -> Option<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).ok()?;
+    }
+    Some((soft, hard.max(soft)))
+}
+
 fn run(config: Config) -> ExitCode {
+    match raise_descriptor_limit() {
+        Some((before, after)) if before != after => {
+            tracing::info!(
+                before,
+                after,
+                "open descriptor limit raised to the hard limit"
+            )
+        }
+        Some(_) => {}
+        None => tracing::warn!("cannot read or raise the open descriptor limit"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

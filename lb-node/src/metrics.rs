@@ -417,7 +417,118 @@ pub fn render(views: &Views) -> String {
     }
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&families, &mut out);
-    String::from_utf8(out).unwrap_or_default()
+    let mut text = String::from_utf8(out).unwrap_or_default();
+    text.push_str(&process_metrics(&ProcSelf::read()));
+    text
+}
+
+/// What `/proc/self` says of this process (Linux; zeros elsewhere).
+#[derive(Debug, Default, Clone, PartialEq)]
+struct ProcSelf {
+    open_fds: u64,
+    max_fds: u64,
+    resident_bytes: u64,
+    virtual_bytes: u64,
+    cpu_seconds: f64,
+    threads: u64,
+}
+
+impl ProcSelf {
+    fn read() -> ProcSelf {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+        // The clock ticks of utime and stime (USER_HZ: 100 on Linux).
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .filter(|t| *t > 0)
+            .unwrap_or(100) as f64;
+        ProcSelf::parse(&status, &limits, &stat, open_fds, ticks)
+    }
+
+    fn parse(status: &str, limits: &str, stat: &str, open_fds: u64, ticks: f64) -> ProcSelf {
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let max_fds = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+            .unwrap_or(0);
+        // Fields after the command name (which may hold spaces), from
+        // the state (field 3): utime and stime are fields 14 and 15.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let field = |n: usize| {
+            fields
+                .get(n - 3)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        ProcSelf {
+            open_fds,
+            max_fds,
+            resident_bytes: kib("VmRSS:") * 1024,
+            virtual_bytes: kib("VmSize:") * 1024,
+            cpu_seconds: (field(14) + field(15)) / ticks,
+            threads: kib("Threads:"),
+        }
+    }
+}
+
+/// The `process_*` metrics every Prometheus client library exports, so
+/// an operator sees descriptors, memory or CPU running out before they
+/// do.
+fn process_metrics(p: &ProcSelf) -> String {
+    let mut out = String::new();
+    let mut one = |name: &str, kind: &str, help: &str, value: String| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    };
+    one(
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        p.open_fds.to_string(),
+    );
+    one(
+        "process_max_fds",
+        "gauge",
+        "Maximum number of open file descriptors.",
+        p.max_fds.to_string(),
+    );
+    one(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        p.resident_bytes.to_string(),
+    );
+    one(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        p.virtual_bytes.to_string(),
+    );
+    one(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        format!("{:.2}", p.cpu_seconds),
+    );
+    one(
+        "process_threads",
+        "gauge",
+        "Number of OS threads in the process.",
+        p.threads.to_string(),
+    );
+    out
 }
 
 /// Whether the member is ready to serve, and if not, why.
@@ -469,4 +580,41 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::*;
+
+    #[test]
+    fn proc_self_is_read_as_linux_writes_it() {
+        let status = "Name:\tlb-node\nVmSize:\t  204800 kB\nVmRSS:\t   51200 kB\nThreads:\t7\n";
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            1024                 524288               files\n";
+        let stat =
+            "42 (lb node) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 7 0 100 209715200 12800";
+        let p = ProcSelf::parse(status, limits, stat, 12, 100.0);
+        assert_eq!(
+            p,
+            ProcSelf {
+                open_fds: 12,
+                max_fds: 1024,
+                resident_bytes: 51200 * 1024,
+                virtual_bytes: 204800 * 1024,
+                cpu_seconds: 3.0,
+                threads: 7,
+            }
+        );
+        let text = process_metrics(&p);
+        assert!(
+            text.contains("process_open_fds 12\n")
+                && text.contains("process_cpu_seconds_total 3.00\n"),
+            "{text}"
+        );
+        // This process, for real.
+        let me = ProcSelf::read();
+        assert!(
+            me.open_fds > 0 && me.max_fds > 0 && me.resident_bytes > 0,
+            "{me:?}"
+        );
+    }
 }

@@ -173,6 +173,10 @@ pub enum SourceConfig {
     File {
         path: PathBuf,
         check_interval: Duration,
+        /// A change seen by a check is applied once the file has kept
+        /// that content this long (a file being written is not applied
+        /// mid-write); SIGHUP applies at once.
+        settle: Duration,
     },
     /// The Kubernetes API server: Services and EndpointSlices, watched by
     /// the leader only.
@@ -199,6 +203,9 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// `None`: the admin and peer ports speak plain HTTP/2.
     pub tls: Option<TlsConfig>,
+    /// `node.insecure`: the operator accepted admin or peer ports beyond
+    /// loopback without TLS (refused otherwise).
+    pub insecure: bool,
     pub announce: crate::announce::AnnounceConfig,
 }
 
@@ -220,6 +227,9 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawNode {
     id: u64,
+    /// Accept listening beyond loopback without TLS (a lab).
+    #[serde(default)]
+    insecure: bool,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +271,12 @@ struct RawFileSource {
     path: PathBuf,
     #[serde(default = "default_check_interval")]
     check_interval: String,
+    #[serde(default = "default_settle")]
+    settle: String,
+}
+
+fn default_settle() -> String {
+    "1s".into()
 }
 
 fn default_check_interval() -> String {
@@ -380,6 +396,7 @@ impl Config {
                 SourceConfig::File {
                     path: relative_to(file, source.path),
                     check_interval,
+                    settle: parse_duration(&source.settle, file, "source.file.settle")?,
                 }
             }
         };
@@ -403,10 +420,37 @@ impl Config {
             .map(|a| announce::validate_announce(a, file))
             .transpose()?
             .unwrap_or_default();
+        // Without TLS anyone who reaches the admin port can change the
+        // table and drain members, and anyone who reaches the peer port
+        // can speak for a member (force an election, say): beyond
+        // loopback only when the operator says so.
+        if tls.is_none() && !raw.node.insecure {
+            let consequence = |field: &str| {
+                if field == "admin.listen" {
+                    "anyone who reaches it can change the table and drain members"
+                } else {
+                    "anyone who reaches it can speak for a member and force elections"
+                }
+            };
+            let exposed = std::iter::once(("admin.listen", listen))
+                .chain(cluster.as_ref().map(|c| ("cluster.listen", c.listen)))
+                .find(|(_, a)| !a.ip().is_loopback());
+            if let Some((field, address)) = exposed {
+                return Err(ConfigError::new(
+                    file,
+                    field,
+                    format!(
+                        "{address} is reachable beyond this machine without TLS: {}. Configure [tls], or set insecure = true under [node] to accept that (a lab)",
+                        consequence(field)
+                    ),
+                ));
+            }
+        }
         Ok(Config {
             announce,
             cluster,
             tls,
+            insecure: raw.node.insecure,
             file: file.to_owned(),
             node_id: raw.node.id,
             dataplane: DataplaneConfig {

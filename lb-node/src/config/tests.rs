@@ -251,3 +251,29 @@ fn bfd_defaults_and_bad_timers_name_their_field() {
     let e = load(&format!("{NODE}{BGP}{peer}bfd = true\n")).expect_err("no [announce.bfd]");
     assert!(e.to_string().contains("add an [announce.bfd]"), "{e}");
 }
+
+#[test]
+fn listening_beyond_loopback_without_tls_needs_insecure() {
+    let source = "[source.file]\npath = \"s.toml\"\n";
+    let cluster = "[cluster]\nid = \"c\"\ndata_dir = \"d\"\nlisten = \"10.0.0.1:9461\"\nmember = [{ id = 1, address = \"10.0.0.1:9461\" }]\n";
+    let err = load(&format!(
+        "{NODE}{source}[admin]\nlisten = \"0.0.0.0:9443\"\n"
+    ))
+    .expect_err("an open admin port without TLS");
+    let text = err.to_string();
+    assert!(
+        text.contains("admin.listen")
+            && text.contains("without TLS")
+            && text.contains("insecure = true"),
+        "{text}"
+    );
+    let err = load(&format!("{NODE}{source}{cluster}")).expect_err("an open peer port without TLS");
+    assert!(err.to_string().contains("cluster.listen"), "{err}");
+    // Loopback is fine; beyond it, the operator says so.
+    load(&format!("{NODE}{source}")).expect("loopback");
+    let config = load(&format!(
+        "[node]\nid = 1\ninsecure = true\n{source}[admin]\nlisten = \"0.0.0.0:9443\"\n{cluster}"
+    ))
+    .expect("insecure accepted");
+    assert!(config.insecure);
+}

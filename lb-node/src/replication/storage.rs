@@ -34,6 +34,91 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use raft_engine::{Command as EngineCommand, Engine, LogBatch, MessageExt};
 
+/// Where raft-engine warns while it opens the log (log records bridged
+/// to tracing keep the module path as their target).
+const OPEN_WARNINGS_TARGET: &str = "raft_engine::file_pipe_log::pipe_builder";
+
+/// raft-engine's warnings while opening, kept for `LogStore::open` to say
+/// again in the member's words.
+static OPEN_WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether an event is one of raft-engine's warnings while it opens the
+/// log (the member's log shows them through `LogStore::open` instead).
+/// raft-engine logs with the `log` crate: the bridge's events carry the
+/// module in their normalized metadata.
+pub fn is_open_warning(event: &tracing::Event<'_>) -> bool {
+    use tracing_log::NormalizeEvent as _;
+    let normalized = event.normalized_metadata();
+    let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+    meta.target() == OPEN_WARNINGS_TARGET && *meta.level() == tracing::Level::WARN
+}
+
+/// A filter for the member's log output: raft-engine's opening warnings
+/// are left to `LogStore::open`.
+#[derive(Debug)]
+pub struct NotOpenWarnings;
+
+impl<S> tracing_subscriber::layer::Filter<S> for NotOpenWarnings {
+    fn enabled(
+        &self,
+        _: &tracing::Metadata<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        true
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        !is_open_warning(event)
+    }
+}
+
+/// A tracing layer that keeps raft-engine's opening warnings.
+#[derive(Debug)]
+pub struct OpenWarnings;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for OpenWarnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if !is_open_warning(event) {
+            return;
+        }
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut m = Message(String::new());
+        event.record(&mut m);
+        OPEN_WARNINGS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(m.0);
+    }
+}
+
+/// Says raft-engine's opening warnings again: a truncated last file is
+/// the torn tail of an unclean stop (kill -9, power loss), expected, and
+/// checked against the mark; anything else is passed on as it was.
+fn report_open_warnings(log_dir: &Path, warnings: Vec<String>, sound: bool) {
+    for w in warnings {
+        if sound && w.starts_with("Truncating log file due to broken") {
+            tracing::info!(
+                dir = %log_dir.display(),
+                raft_engine = %w,
+                "the raft log's last file ended in a torn write from an unclean stop (kill -9, a crash, a power loss): its unwritten tail was cut, as expected; nothing acknowledged was lost (checked against raft-log.mark)"
+            );
+        } else {
+            tracing::warn!(dir = %log_dir.display(), "raft-engine: {w}");
+        }
+    }
+}
+
 /// The one raft group this engine holds.
 const GROUP: u64 = 1;
 const HARD_STATE_KEY: &[u8] = b"hard_state";
@@ -128,7 +213,19 @@ impl LogStore {
             purge_threshold: raft_engine::ReadableSize::mb(256),
             ..Default::default()
         };
-        let engine = Arc::new(Engine::open(config).map_err(engine_err)?);
+        let engine = Engine::open(config);
+        let open_warnings = std::mem::take(
+            &mut *OPEN_WARNINGS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let engine = match engine {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                report_open_warnings(&log_dir, open_warnings, false);
+                return Err(engine_err(e));
+            }
+        };
         let hard_state = engine
             .get_message::<HardState>(GROUP, HARD_STATE_KEY)
             .map_err(engine_err)?
@@ -158,7 +255,14 @@ impl LogStore {
             snapshot,
             mark,
         };
-        store.check_consistency()?;
+        let checked = store
+            .check_consistency()
+            .and_then(|()| store.verify_entries());
+        let lost = previous_mark.is_some_and(|(last_index, term)| {
+            store.last() < last_index || store.hard_state.term < term
+        });
+        report_open_warnings(&log_dir, open_warnings, checked.is_ok() && !lost);
+        checked?;
         if let Some((last_index, term)) = previous_mark
             && (store.last() < last_index || store.hard_state.term < term)
         {
@@ -173,6 +277,42 @@ impl LogStore {
         }
         store.write_mark();
         Ok(store)
+    }
+
+    /// Reads every entry once, so that damage in the middle of the log (a
+    /// flipped byte: raft-engine checks a record's checksum when it reads
+    /// it, not when it opens) is found here, with the file and what to do,
+    /// and not by raft-rs, which aborts on a storage error in the middle
+    /// of replaying the log. The log holds only what follows the last
+    /// snapshot, so this is bounded (`snapshot_after_entries`).
+    fn verify_entries(&self) -> Result<(), LogStoreError> {
+        let (Some(first), Some(last)) = (
+            self.engine.first_index(GROUP),
+            self.engine.last_index(GROUP),
+        ) else {
+            return Ok(());
+        };
+        let mut from = first;
+        let mut buf = Vec::new();
+        while from <= last {
+            let to = (from + 1024).min(last + 1);
+            buf.clear();
+            if let Err(e) = self
+                .engine
+                .fetch_entries_to::<EntryExt>(GROUP, from, to, None, &mut buf)
+            {
+                return Err(LogStoreError::Engine {
+                    dir: self.dir.join("raft-log"),
+                    source: raft_engine::Error::Corruption(format!(
+                        "entries {from} to {}, of {first} to {last}, cannot be read ({e}): the log is damaged. Do not edit it: stop this member, move its data directory aside ({}) and start it again; it rejoins and catches up from a snapshot",
+                        to - 1,
+                        self.dir.display()
+                    )),
+                });
+            }
+            from = to;
+        }
+        Ok(())
     }
 
     /// The log and the snapshot must meet: the log may not start after the
@@ -644,6 +784,108 @@ mod tests {
             .expect_err("truncated")
             .to_string();
         assert!(text.contains("snapshot.bin"), "{text}");
+    }
+
+    #[test]
+    fn a_torn_tail_is_reported_as_an_unclean_stop_not_as_corruption() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        /// Every event's level and text, as the member's log would have it.
+        #[derive(Clone, Default)]
+        struct Capture(Arc<std::sync::Mutex<Vec<String>>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+            fn on_event(
+                &self,
+                e: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                if is_open_warning(e) {
+                    return; // the filter main.rs puts on its output
+                }
+                struct Text(String);
+                impl tracing::field::Visit for Text {
+                    fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                        self.0.push_str(&format!(" {}={v:?}", f.name()));
+                    }
+                }
+                let mut t = Text(e.metadata().level().to_string());
+                e.record(&mut t);
+                self.0.lock().expect("lock").push(t.0);
+            }
+        }
+        let capture = Capture::default();
+        tracing_subscriber::registry()
+            .with(OpenWarnings)
+            .with(capture.clone())
+            .try_init()
+            .expect("the test's subscriber, with the log bridge");
+        let dir = tempfile::tempdir().expect("tmp");
+        {
+            let mut store = LogStore::open(dir.path()).expect("open");
+            for i in 1..=20 {
+                store.append(&[entry(i, 1)], None).expect("append");
+            }
+        }
+        // A write cut short by a crash: half a record after the last one.
+        let file = std::fs::read_dir(dir.path().join("raft-log"))
+            .expect("log dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "raftlog"))
+            .expect("a log file");
+        let mut bytes = std::fs::read(&file).expect("read");
+        let end = bytes.iter().rposition(|b| *b != 0).expect("records") + 1;
+        bytes.truncate(end);
+        bytes.extend_from_slice(&[0x5a; 24]);
+        std::fs::write(&file, &bytes).expect("write");
+        let store = LogStore::open(dir.path()).expect("a torn tail opens");
+        assert_eq!(store.last(), 20, "nothing acknowledged lost");
+        let lines = capture.0.lock().expect("lock").clone();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("INFO") && l.contains("torn write from an unclean stop")),
+            "{lines:?}"
+        );
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.starts_with("WARN") || l.starts_with("ERROR")),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn one_flipped_byte_in_an_entry_is_refused_at_open_with_the_way_out() {
+        let dir = tempfile::tempdir().expect("tmp");
+        {
+            let mut store = LogStore::open(dir.path()).expect("open");
+            for i in 1..=200 {
+                store.append(&[entry(i, 1)], None).expect("append");
+            }
+        }
+        let file = std::fs::read_dir(dir.path().join("raft-log"))
+            .expect("log dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "raftlog"))
+            .expect("a log file");
+        let mut bytes = std::fs::read(&file).expect("read");
+        // One bit of one entry's data, in the middle of the log.
+        let needle = b"entry 100";
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("entry 100 in the file");
+        bytes[at + 6] ^= 0x01;
+        std::fs::write(&file, &bytes).expect("write");
+        let text = LogStore::open(dir.path())
+            .expect_err("a damaged entry")
+            .to_string();
+        assert!(
+            text.contains("raft-log") && text.contains("move its data directory aside"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -84,11 +84,43 @@ fn default_state() -> String {
     "ready".into()
 }
 
+/// The largest services file read: parsing TOML takes about 35 bytes of
+/// memory per byte of file (a 16 MiB file of 109,569 services with one
+/// backend each: `lb-node plan` peaked at 576 MB, 2026-12-05; a 50 MB
+/// file took 2 GB). Larger tables belong in the Kubernetes source.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// Refuses a file larger than `MAX_FILE_BYTES` before reading it.
+fn check_size(file: &Path, len: u64) -> Result<(), ConfigError> {
+    if len > MAX_FILE_BYTES {
+        return Err(ConfigError::new(
+            file,
+            "",
+            format!(
+                "is {} bytes; a services file may have at most {MAX_FILE_BYTES} (16 MiB): parsing takes about 35 times its size in memory. Serve larger tables from Kubernetes",
+                len
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads and checks a services file.
 pub fn load_services(file: &Path) -> Result<Vec<VirtualService>, ConfigError> {
+    let len = std::fs::metadata(file)
+        .map_err(|e| ConfigError::new(file, "", format!("cannot read: {e}")))?
+        .len();
+    check_size(file, len)?;
     let text = std::fs::read_to_string(file)
         .map_err(|e| ConfigError::new(file, "", format!("cannot read: {e}")))?;
     parse_services(&text, file)
+}
+
+/// Whether a polled change removes so much that it waits for SIGHUP:
+/// every service, or more than half of ten or more. (An empty or
+/// truncated file is more often an accident than an intent.)
+fn removes_most(current: usize, removed: usize, left: usize) -> bool {
+    removed > 0 && (left == 0 || (current >= 10 && removed * 2 > current))
 }
 
 /// Parses and checks the text of a services file; `file` is only for
@@ -334,10 +366,15 @@ fn service_name_of(text: &str, field: &str) -> Option<String> {
 /// The file is checked every `check_interval` (its content, not its time
 /// stamp, so an editor's rename-over counts as a change and a `touch` does
 /// not) and on every SIGHUP (`hangups` changes), which reloads even an
-/// unchanged file.
+/// unchanged file. A change a check finds is applied once the content has
+/// stayed the same for `settle` (a file written in place is not applied
+/// half-written), and one that would remove every service, or most of
+/// them, only on SIGHUP (with a warning and the table kept meanwhile).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     path: PathBuf,
     check_interval: Duration,
+    settle: Duration,
     mut hangups: watch::Receiver<u64>,
     proposer: Proposer,
     states: watch::Receiver<Arc<State>>,
@@ -345,6 +382,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut last_text: Option<String> = None;
+    // A changed content seen by a check, and since when.
+    let mut settling: Option<(String, std::time::Instant)> = None;
     let mut ticker = tokio::time::interval(check_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -356,6 +395,14 @@ pub async fn run(
                 true
             }
         };
+        let size = match tokio::fs::metadata(&path).await {
+            Ok(m) => check_size(&path, m.len()),
+            Err(e) => Err(ConfigError::new(&path, "", format!("cannot read: {e}"))),
+        };
+        if let Err(e) = size {
+            report_failure(&status, &e, &mut last_text, None);
+            continue;
+        }
         let text = match tokio::fs::read_to_string(&path).await {
             Ok(text) => text,
             Err(e) => {
@@ -365,12 +412,47 @@ pub async fn run(
             }
         };
         if !forced && last_text.as_deref() == Some(text.as_str()) {
+            settling = None;
             continue;
         }
+        // The first read (start, or a new leader) applies at once; a later
+        // change once it has settled.
+        if !forced && last_text.is_some() {
+            match &settling {
+                Some((seen, since)) if *seen == text && since.elapsed() >= settle => {}
+                Some((seen, _)) if *seen == text => continue,
+                _ => {
+                    settling = Some((text, std::time::Instant::now()));
+                    continue;
+                }
+            }
+        }
+        settling = None;
         match parse_services(&text, &path) {
             Ok(services) => {
                 let commands = commands_towards(&states.borrow(), services.iter().cloned());
                 let count = commands.len();
+                let removed = commands
+                    .iter()
+                    .filter(|c| matches!(c, crate::model::Command::DeleteService(_)))
+                    .count();
+                let current = states.borrow().len();
+                if !forced && removes_most(current, removed, services.len()) {
+                    let e = ConfigError::new(
+                        &path,
+                        "",
+                        format!(
+                            "this version removes {removed} of the {current} services{}; not applied until SIGHUP confirms it (kill -HUP the member); the running table is kept",
+                            if services.is_empty() {
+                                " (it declares none)"
+                            } else {
+                                ""
+                            }
+                        ),
+                    );
+                    report_failure(&status, &e, &mut last_text, Some(text));
+                    continue;
+                }
                 match proposer.propose(commands).await {
                     Ok(_) => {
                         crate::metrics::METRICS
@@ -418,4 +500,32 @@ fn report_failure(
         *last_text = text;
     }
     status.send_modify(|s| s.last_error = message);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_over_the_limit_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("services.toml");
+        let file = std::fs::File::create(&path).expect("create");
+        // Sparse: 17 MiB that take no disk, and would take 600 MB to parse.
+        file.set_len(17 << 20).expect("grow");
+        let text = load_services(&path).expect_err("too big").to_string();
+        assert!(
+            text.contains("services.toml") && text.contains("16 MiB"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn removing_every_service_or_most_of_many_waits() {
+        assert!(removes_most(3, 3, 0), "emptied");
+        assert!(!removes_most(3, 2, 1), "a small table edited");
+        assert!(removes_most(20, 11, 9), "most of many");
+        assert!(!removes_most(20, 10, 10), "half");
+        assert!(!removes_most(0, 0, 0), "nothing to remove");
+    }
 }
