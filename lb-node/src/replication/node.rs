@@ -180,6 +180,24 @@ fn refused(e: NotAccepted) -> ProposeError {
     }
 }
 
+/// Runs a write to the log, turning raft-engine's panic on a failed
+/// `fdatasync` (its `unwrap` when the filesystem turned read-only) into
+/// the member's fatal error: it stops with a clear message and a non-zero
+/// exit, its peers take over, instead of aborting. Nothing of the replica
+/// is used after such a panic.
+fn guarded<T>(
+    write: impl FnOnce() -> Result<T, super::replica::ReplicaError>,
+) -> Result<T, super::replica::ReplicaError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(write)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "a panic in the log engine".to_owned());
+        Err(super::replica::ReplicaError::DiskFailed(what))
+    })
+}
+
 /// Runs the node loop until `Input::Stop` or every sender is gone. Returns
 /// the replica's fatal error, if any.
 pub fn run(
@@ -244,7 +262,7 @@ pub fn run(
                 Input::RemoveMember { id, done } => {
                     let _ = done.send(replica.propose_remove_member(id).map_err(refused));
                 }
-                Input::Snapshot => replica.snapshot_now()?,
+                Input::Snapshot => guarded(|| replica.snapshot_now())?,
                 Input::Stop => return Ok(()),
             }
         }
@@ -279,7 +297,7 @@ pub fn run(
         let mut state_changed = false;
         let mut completed = Vec::new();
         while replica.has_ready() {
-            let out = match replica.handle_ready() {
+            let out = match guarded(|| replica.handle_ready()) {
                 Ok(out) => out,
                 Err(e) => {
                     error!(error = %e, "raft node stopped: cannot go on with this log");

@@ -68,6 +68,13 @@ pub enum ReplicaError {
     Store(#[from] LogStoreError),
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    /// The log's disk failed under raft-engine (it aborts the write with a
+    /// panic when an `fdatasync` fails: a filesystem turned read-only, a
+    /// disk gone).
+    #[error(
+        "the raft log's disk failed ({0}); the member stops. Check the filesystem under its data directory (read-only after an error, full, gone), then start the member again"
+    )]
+    DiskFailed(String),
     /// A snapshot from the leader whose state does not decode.
     #[error("snapshot at index {index}: {source}")]
     BadSnapshot {
