@@ -151,6 +151,12 @@ pub enum LogStoreError {
     /// The snapshot file is damaged or unreadable. Not retryable.
     #[error("snapshot file {path}: {reason}")]
     Snapshot { path: PathBuf, reason: String },
+    /// The data directory was deleted or replaced under the running
+    /// member: it stops writing (and stops).
+    #[error(
+        "the data directory {dir} was {what} while the member ran: it stops rather than acknowledge writes it would lose. Start it again: with its data gone it rejoins and catches up from a snapshot"
+    )]
+    DirGone { dir: PathBuf, what: String },
     /// Creating the data directory or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -173,6 +179,17 @@ pub struct LogStore {
     snapshot: Snapshot,
     /// The high-water mark file, rewritten after every write.
     mark: std::fs::File,
+    /// The data directory's (device, inode) at open: a directory deleted
+    /// or replaced under the running member is noticed before the next
+    /// write, not at the next restart.
+    identity: (u64, u64),
+}
+
+/// The (device, inode) of a directory.
+fn identity_of(dir: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(dir)?;
+    Ok((m.dev(), m.ino()))
 }
 
 impl std::fmt::Debug for LogStore {
@@ -246,6 +263,10 @@ impl LogStore {
                 path: mark_path.clone(),
                 source,
             })?;
+        let identity = identity_of(dir).map_err(|source| LogStoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
         let store = LogStore {
             engine,
             sync,
@@ -254,6 +275,7 @@ impl LogStore {
             conf_state,
             snapshot,
             mark,
+            identity,
         };
         let checked = store
             .check_consistency()
@@ -401,6 +423,7 @@ impl LogStore {
     /// log. The snapshot file is durable before the log is cleared, so a
     /// crash in between leaves a consistent (if longer) log.
     pub fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<(), LogStoreError> {
+        self.check_dir()?;
         write_snapshot(&self.dir.join(SNAPSHOT_FILE), &snapshot)?;
         let meta = snapshot.get_metadata();
         let mut hs = self.hard_state.clone();
@@ -428,6 +451,7 @@ impl LogStore {
     /// Records a snapshot this member made of its own applied state and
     /// drops the log entries it covers.
     pub fn compact(&mut self, snapshot: Snapshot) -> Result<(), LogStoreError> {
+        self.check_dir()?;
         write_snapshot(&self.dir.join(SNAPSHOT_FILE), &snapshot)?;
         let index = snapshot.get_metadata().index;
         self.snapshot = snapshot;
@@ -488,7 +512,24 @@ impl LogStore {
         }
     }
 
+    /// Refuses to write once the data directory is gone or replaced: the
+    /// files still open would take the writes and acknowledge them, and
+    /// lose them at the next start.
+    fn check_dir(&self) -> Result<(), LogStoreError> {
+        match identity_of(&self.dir) {
+            Ok(now) if now == self.identity => Ok(()),
+            found => Err(LogStoreError::DirGone {
+                dir: self.dir.clone(),
+                what: match found {
+                    Ok(_) => "replaced by another directory".into(),
+                    Err(e) => format!("gone ({e})"),
+                },
+            }),
+        }
+    }
+
     fn write(&self, batch: &mut LogBatch, sync: bool) -> Result<(), LogStoreError> {
+        self.check_dir()?;
         self.engine
             .write(batch, sync && self.sync)
             .map(|_| ())
@@ -853,6 +894,27 @@ mod tests {
                 .any(|l| l.starts_with("WARN") || l.starts_with("ERROR")),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn a_data_directory_deleted_under_the_member_stops_its_writes() {
+        let parent = tempfile::tempdir().expect("tmp");
+        let dir = parent.path().join("data");
+        let mut store = LogStore::open(&dir).expect("open");
+        store.append(&[entry(1, 1)], None).expect("append");
+        std::fs::remove_dir_all(&dir).expect("rm -rf");
+        let text = store
+            .append(&[entry(2, 1)], None)
+            .expect_err("a write after the directory went")
+            .to_string();
+        assert!(
+            text.contains("was gone") && text.contains("it stops"),
+            "{text}"
+        );
+        // Replaced by an empty one (rm -rf; mkdir): the same.
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let text = store.set_commit(1).expect_err("replaced").to_string();
+        assert!(text.contains("replaced by another directory"), "{text}");
     }
 
     #[test]
