@@ -48,6 +48,15 @@ async fn services(member: &Member) -> anyhow::Result<Vec<proto::state::v1::Virtu
         .services)
 }
 
+async fn status_of(member: &Member) -> anyhow::Result<pb::GetStatusResponse> {
+    Ok(member
+        .client()
+        .await?
+        .get_status(pb::GetStatusRequest {})
+        .await?
+        .into_inner())
+}
+
 fn weight_of(
     services: &[proto::state::v1::VirtualService],
     name: &str,
@@ -121,12 +130,7 @@ async fn edits_are_applied_and_a_broken_file_keeps_the_table() -> anyhow::Result
     })
     .await?;
     // It cost one command and one dataplane operation, not a reload of everything.
-    let status = member
-        .client()
-        .await?
-        .get_status(pb::GetStatusRequest {})
-        .await?
-        .into_inner();
+    let status = status_of(&member).await?;
     assert_eq!(status.dataplane.context("dataplane")?.last_sync_ops, 1);
 
     // A broken file: the error names the service and the field, and the
@@ -139,12 +143,7 @@ async fn edits_are_applied_and_a_broken_file_keeps_the_table() -> anyhow::Result
         line.contains("service[1].port (service \"dns\"): 70000 is not a port"),
         "{line}"
     );
-    let status = member
-        .client()
-        .await?
-        .get_status(pb::GetStatusRequest {})
-        .await?
-        .into_inner();
+    let status = status_of(&member).await?;
     assert!(
         status
             .source
@@ -168,12 +167,7 @@ async fn edits_are_applied_and_a_broken_file_keeps_the_table() -> anyhow::Result
         Ok((services(&member).await?.len() == 2).then_some(()))
     })
     .await?;
-    let status = member
-        .client()
-        .await?
-        .get_status(pb::GetStatusRequest {})
-        .await?
-        .into_inner();
+    let status = status_of(&member).await?;
     assert_eq!(status.source.context("source")?.last_error, "");
     assert_eq!(
         status.dataplane.context("dataplane")?.programmed_services,
@@ -246,12 +240,7 @@ async fn an_emptied_file_waits_for_sighup() -> anyhow::Result<()> {
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(services(&member).await?.len(), 3, "the table was kept");
-    let status = member
-        .client()
-        .await?
-        .get_status(pb::GetStatusRequest {})
-        .await?
-        .into_inner();
+    let status = status_of(&member).await?;
     assert!(
         status
             .source

@@ -206,6 +206,15 @@ fn api_error(code: u16, reason: &'static str, message: impl Into<String>) -> Api
     }
 }
 
+/// `<plural> "<name>" not found`, as the real server says it.
+fn not_found(kind: Kind, name: &str) -> ApiError {
+    api_error(
+        404,
+        "NotFound",
+        format!("{} \"{name}\" not found", kind.plural()),
+    )
+}
+
 fn status_json(e: &ApiError) -> Value {
     let mut status = json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {},
@@ -379,11 +388,7 @@ impl Store {
     ) -> Result<Value, ApiError> {
         let key = (kind, namespace.to_owned(), name.to_owned());
         let Some(current) = self.objects.get(&key).cloned() else {
-            return Err(api_error(
-                404,
-                "NotFound",
-                format!("{} \"{name}\" not found", kind.plural()),
-            ));
+            return Err(not_found(kind, name));
         };
         let asked = meta_str(&obj, "resourceVersion");
         if !asked.is_empty() && asked != meta_str(&current, "resourceVersion") {
@@ -448,11 +453,7 @@ impl Store {
             return Ok(obj);
         }
         let Some(mut obj) = self.objects.remove(&key) else {
-            return Err(api_error(
-                404,
-                "NotFound",
-                format!("{} \"{name}\" not found", kind.plural()),
-            ));
+            return Err(not_found(kind, name));
         };
         if kind == Kind::Services
             && let Some(ip) = obj.pointer("/spec/clusterIP").and_then(Value::as_str)
@@ -476,11 +477,7 @@ impl Store {
         }
         let key = (Kind::Namespaces, String::new(), name.to_owned());
         let Some(mut obj) = self.objects.remove(&key) else {
-            return Err(api_error(
-                404,
-                "NotFound",
-                format!("namespaces \"{name}\" not found"),
-            ));
+            return Err(not_found(Kind::Namespaces, name));
         };
         self.record(Kind::Namespaces, "DELETED", &mut obj);
         Ok(obj)
@@ -495,11 +492,7 @@ impl Store {
             .objects
             .get(&(Kind::Namespaces, String::new(), namespace.to_owned()))
         {
-            None => Err(api_error(
-                404,
-                "NotFound",
-                format!("namespaces \"{namespace}\" not found"),
-            )),
+            None => Err(not_found(Kind::Namespaces, namespace)),
             Some(ns) if ns["status"]["phase"] == "Terminating" => Err(api_error(
                 403,
                 "Forbidden",
@@ -981,13 +974,7 @@ async fn handle(
                     name.clone(),
                 ))
                 .cloned()
-                .ok_or_else(|| {
-                    api_error(
-                        404,
-                        "NotFound",
-                        format!("{} \"{name}\" not found", target.kind.plural()),
-                    )
-                })
+                .ok_or_else(|| not_found(target.kind, name))
                 .map(|o| {
                     if as_table {
                         let rv = json!({"resourceVersion": meta_str(&o, "resourceVersion")});
@@ -1082,11 +1069,7 @@ async fn handle(
                                 .get(&(target.kind, ns.clone(), name.clone()))
                                 .cloned()
                             else {
-                                return Err(api_error(
-                                    404,
-                                    "NotFound",
-                                    format!("{} \"{name}\" not found", target.kind.plural()),
-                                ));
+                                return Err(not_found(target.kind, name));
                             };
                             match kind_of_patch.as_str() {
                                 "application/json-patch+json" => {

@@ -339,7 +339,7 @@ impl Replica {
 
     /// The stamp to send with a message to `to`.
     pub fn stamp_for(&self, to: u64) -> Stamp {
-        self.ownership.stamp_for(&self.view(), to)
+        self.ownership.stamp_for(self.ticks, self.applied, to)
     }
 
     /// What ownership reads of Raft now.
@@ -558,8 +558,10 @@ impl Replica {
     /// What a peer's stamp says: its clock and the echo of this member's,
     /// its flags, its applied index and its view.
     fn heard_from(&mut self, from: u64, stamp: &Stamp) {
-        let proposal = self.ownership.heard(&self.view(), &self.state, from, stamp);
-        self.propose_owners(proposal);
+        if self.ownership.heard(self.ticks, from, stamp) && self.is_leader() {
+            let proposal = self.ownership.reassign(&self.view(), &self.state);
+            self.propose_owners(proposal);
+        }
     }
 
     /// Proposes a batch of commands as one entry; returns its proposal id,

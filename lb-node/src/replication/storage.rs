@@ -712,6 +712,16 @@ mod tests {
     use super::*;
     use raft::Storage as _;
 
+    /// The (first) raft-engine file of the log in data directory `dir`.
+    fn log_file(dir: &Path) -> PathBuf {
+        std::fs::read_dir(dir.join("raft-log"))
+            .expect("log dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "raftlog"))
+            .expect("a log file")
+    }
+
     fn entry(index: u64, term: u64) -> Entry {
         Entry {
             index,
@@ -868,12 +878,7 @@ mod tests {
             }
         }
         // A write cut short by a crash: half a record after the last one.
-        let file = std::fs::read_dir(dir.path().join("raft-log"))
-            .expect("log dir")
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "raftlog"))
-            .expect("a log file");
+        let file = log_file(dir.path());
         let mut bytes = std::fs::read(&file).expect("read");
         let end = bytes.iter().rposition(|b| *b != 0).expect("records") + 1;
         bytes.truncate(end);
@@ -926,12 +931,7 @@ mod tests {
                 store.append(&[entry(i, 1)], None).expect("append");
             }
         }
-        let file = std::fs::read_dir(dir.path().join("raft-log"))
-            .expect("log dir")
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "raftlog"))
-            .expect("a log file");
+        let file = log_file(dir.path());
         let mut bytes = std::fs::read(&file).expect("read");
         // One bit of one entry's data, in the middle of the log.
         let needle = b"entry 100";
@@ -959,13 +959,7 @@ mod tests {
                 store.append(&[entry(i, 1)], None).expect("append");
             }
         }
-        let log_dir = dir.path().join("raft-log");
-        let file = std::fs::read_dir(&log_dir)
-            .expect("log dir")
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "raftlog"))
-            .expect("a log file");
+        let file = log_file(dir.path());
         let mut bytes = std::fs::read(&file).expect("read");
         // Damage a record in the middle of the file.
         let middle = bytes.len() / 2;

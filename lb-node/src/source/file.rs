@@ -86,8 +86,9 @@ fn default_state() -> String {
 
 /// The largest services file read: parsing TOML takes about 35 bytes of
 /// memory per byte of file (a 16 MiB file of 109,569 services with one
-/// backend each: `lb-node plan` peaked at 576 MB, 2026-12-05; a 50 MB
-/// file took 2 GB). Larger tables belong in the Kubernetes source.
+/// backend each: `/usr/bin/time -v lb-node --config lb.toml plan` peaked
+/// at 576 MB, one run, 2026-12-05; issue 19 reported 2.0 GB for a 50 MB
+/// file). Larger tables belong in the Kubernetes source.
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 /// Refuses a file larger than `MAX_FILE_BYTES` before reading it.

@@ -219,20 +219,21 @@ impl Ownership {
         self.incarnation = incarnation;
     }
 
-    /// The stamp to send with a message to `to`.
-    pub fn stamp_for(&self, v: &RaftView, to: u64) -> Stamp {
+    /// The stamp to send with a message to `to`, at tick `now` with
+    /// `applied` applied (every message sent: no view of Raft needed).
+    pub fn stamp_for(&self, now: u64, applied: u64, to: u64) -> Stamp {
         let (echo_incarnation, echo_tick) = self.stamps_from.get(&to).copied().unwrap_or_default();
         Stamp {
             incarnation: self.incarnation,
-            tick: v.now,
+            tick: now,
             echo_incarnation,
             echo_tick,
             leaving: self.leaving,
             unready: self.not_ready(),
-            applied: v.applied,
+            applied,
             hears: self
                 .lease
-                .view(v.now)
+                .view(now)
                 .into_iter()
                 .map(|m| (m, self.known_applied.get(&m).copied().unwrap_or(0)))
                 .collect(),
@@ -297,17 +298,12 @@ impl Ownership {
             .collect()
     }
 
-    /// A message or beat from `from`, with its stamp. Returns the owners
-    /// to propose, if this member leads and a member is heard or no
-    /// longer heard by a peer (an owner may have stopped: its VIPs may
-    /// move now, not at the next heartbeat).
-    pub fn heard(
-        &mut self,
-        v: &RaftView,
-        state: &State,
-        from: u64,
-        stamp: &Stamp,
-    ) -> Option<Owners> {
+    /// A message or beat from `from` at tick `now`, with its stamp (every
+    /// message received: no view of Raft needed). Returns whether the
+    /// peer's view changed: a member heard or no longer heard, so an owner
+    /// may have stopped, and a leader reconsiders owners now
+    /// (`reassign`), not at the next heartbeat.
+    pub fn heard(&mut self, now: u64, from: u64, stamp: &Stamp) -> bool {
         self.peers_say.insert(
             from,
             Says {
@@ -324,7 +320,7 @@ impl Ownership {
         }
         let echoed = (stamp.echo_incarnation == self.incarnation).then_some(stamp.echo_tick);
         let view: Vec<u64> = stamp.hears.iter().map(|(m, _)| *m).collect();
-        let view_changed = self.lease.heard(from, v.now, echoed, Some(&view));
+        let view_changed = self.lease.heard(from, now, echoed, Some(&view));
         // A restarted member's applied index starts again from its disk.
         let known = self.known_applied.entry(from).or_default();
         *known = if restarted {
@@ -338,11 +334,7 @@ impl Ownership {
                 *known = (*known).max(*applied);
             }
         }
-        if view_changed && v.is_leader {
-            self.reassign(v, state)
-        } else {
-            None
-        }
+        view_changed
     }
 
     /// This member's role or term changed (`became_leader`: it leads now).
@@ -803,9 +795,12 @@ mod tests {
                         continue;
                     }
                     let a = &self.nodes[from as usize - 1];
-                    let stamp = a.o.stamp_for(&a.v, to);
+                    let stamp = a.o.stamp_for(a.v.now, a.v.applied, to);
                     let b = self.node(to);
-                    if let Some(p) = b.o.heard(&b.v, &b.state, from, &stamp) {
+                    if b.o.heard(b.v.now, from, &stamp)
+                        && b.v.is_leader
+                        && let Some(p) = b.o.reassign(&b.v, &b.state)
+                    {
                         proposal = Some(p);
                     }
                     b.o.note(&b.v, &b.state);

@@ -682,17 +682,7 @@ impl View {
             _ => vec![false],
         };
         let mut requested: Vec<IpAddr> = Vec::new();
-        let annotation = service
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ANNOTATION_ADDRESSES));
-        let texts: Vec<String> = match (annotation, spec.and_then(|s| s.load_balancer_ip.clone())) {
-            (Some(list), _) => list.split(',').map(|t| t.trim().to_owned()).collect(),
-            (None, Some(ip)) if !ip.is_empty() => vec![ip],
-            _ => Vec::new(),
-        };
-        for text in texts.iter().filter(|t| !t.is_empty()) {
+        for text in requested_texts(service) {
             match text.parse::<IpAddr>() {
                 Ok(ip) => requested.push(ip),
                 Err(_) => plan.warnings.push(format!(
@@ -817,18 +807,9 @@ impl View {
         // before those that take any: a pending request is granted when
         // its address frees, not lost to the next automatic pick.
         let (asking, any): (Vec<&String>, Vec<&String>) = affected.iter().partition(|name| {
-            self.services.get(*name).is_some_and(|s| {
-                !status_ips(s).is_empty()
-                    || s.spec.as_ref().is_some_and(|spec| {
-                        spec.load_balancer_ip
-                            .as_ref()
-                            .is_some_and(|ip| !ip.is_empty())
-                    })
-                    || s.metadata
-                        .annotations
-                        .as_ref()
-                        .is_some_and(|a| a.contains_key(ANNOTATION_ADDRESSES))
-            })
+            self.services
+                .get(*name)
+                .is_some_and(|s| !status_ips(s).is_empty() || !requested_texts(s).is_empty())
         });
         for name in asking.into_iter().chain(any) {
             let service = self.services.get(name);
@@ -938,6 +919,25 @@ impl View {
         }
         commands
     }
+}
+
+/// The addresses a Service asks for, as written: the annotation's list,
+/// or else `spec.loadBalancerIP`.
+fn requested_texts(s: &Service) -> Vec<String> {
+    let annotation = s
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_ADDRESSES));
+    let texts: Vec<String> = match (
+        annotation,
+        s.spec.as_ref().and_then(|s| s.load_balancer_ip.clone()),
+    ) {
+        (Some(list), _) => list.split(',').map(|t| t.trim().to_owned()).collect(),
+        (None, Some(ip)) => vec![ip],
+        _ => Vec::new(),
+    };
+    texts.into_iter().filter(|t| !t.is_empty()).collect()
 }
 
 /// The addresses a Service's status shows.
