@@ -350,6 +350,24 @@ impl Lab {
         })
     }
 
+    /// The lab's services file (one service per VIP of `VIPS`, port 80 to
+    /// the backends' 8080) with `extra(i)` added to the i-th service's
+    /// settings; without the IPv6 service.
+    pub fn services_text(&self, extra: impl Fn(usize) -> String) -> String {
+        VIPS.iter()
+            .enumerate()
+            .map(|(i, vip)| {
+                let backends: String = self
+                    .backends
+                    .iter()
+                    .map(|b| format!("[[service.backend]]\naddress = \"{b}\"\nport = 8080\n\n"))
+                    .collect();
+                let extra = extra(i);
+                format!("[[service]]\nname = \"web-{i}\"\nvip = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"rr\"\n{extra}\n{backends}")
+            })
+            .collect()
+    }
+
     /// Writes the members' configs with `announce(id)` as their
     /// `[announce]` section, and starts them.
     pub fn start_members_with(&mut self, announce: impl Fn(u64) -> String) -> anyhow::Result<()> {
@@ -371,19 +389,14 @@ impl Lab {
         } else {
             "127.0.0.1"
         };
-        let services: String = VIPS
-            .iter()
-            .enumerate()
-            .map(|(i, vip)| {
-                let backends: String = self
-                    .backends
-                    .iter()
-                    .map(|b| format!("[[service.backend]]\naddress = \"{b}\"\nport = 8080\n\n"))
-                    .collect();
-                format!("[[service]]\nname = \"web-{i}\"\nvip = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"rr\"\n\n{backends}")
-            })
-            .collect::<String>()
-            + &if !self.ipv6_service { String::new() } else { format!("[[service]]\nname = \"web-v6\"\nvip = \"{VIP6}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"rr\"\n\n[[service.backend]]\naddress = \"fd00:77::200\"\nport = 8080\n") };
+        let services = self.services_text(|_| String::new())
+            + &if !self.ipv6_service {
+                String::new()
+            } else {
+                format!(
+                    "[[service]]\nname = \"web-v6\"\nvip = \"{VIP6}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"rr\"\n\n[[service.backend]]\naddress = \"fd00:77::200\"\nport = 8080\n"
+                )
+            };
         let services = self.services_file.clone().unwrap_or(services);
         std::fs::write(self.dir.path().join("services.toml"), services)?;
         for (id, peer, admin) in &peers {

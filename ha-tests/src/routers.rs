@@ -73,6 +73,8 @@ pub struct PeerSetup {
     /// FRR: it connects to the members (their port 179), rather than
     /// waiting for them: for members whose peer is `passive`.
     pub connects: bool,
+    /// TCP MD5 password of every session (FRR and GoBGP).
+    pub password: Option<String>,
 }
 
 impl PeerSetup {
@@ -90,6 +92,7 @@ impl PeerSetup {
             no_capabilities: false,
             ipv6_transport: false,
             connects: false,
+            password: None,
         }
     }
 }
@@ -121,6 +124,7 @@ impl Frr {
             no_capabilities,
             ipv6_transport,
             connects,
+            password,
         } = setup.clone();
         let (members, listen) = if ipv6_transport {
             ("fd00:77::", "fd00:77::100")
@@ -143,6 +147,9 @@ impl Frr {
         ));
         if !connects {
             bgp.push_str(" neighbor lb passive\n");
+        }
+        if let Some(password) = &password {
+            bgp.push_str(&format!(" neighbor lb password {password}\n"));
         }
         if bfd {
             bgp.push_str(" neighbor lb bfd profile fast\n");
@@ -353,6 +360,7 @@ impl Gobgp {
             hold,
             ipv6,
             graceful_restart,
+            password,
             ..
         } = setup.clone();
         let keepalive = (hold / 3).max(1);
@@ -360,10 +368,13 @@ impl Gobgp {
             "[global.config]\n  as = {asn}\n  router-id = \"10.77.0.100\"\n  port = {port}\n  local-address-list = [\"10.77.0.100\"]\n\
              [global.use-multiple-paths.config]\n  enabled = true\n"
         );
+        let auth = password
+            .map(|p| format!("    auth-password = \"{p}\"\n"))
+            .unwrap_or_default();
         for id in 1..=3 {
             text.push_str(&format!(
                 "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"10.77.0.{id}\"\n    peer-as = {member_as}\n\
-                 [neighbors.timers.config]\n    hold-time = {hold}\n    keepalive-interval = {keepalive}\n    connect-retry = 1\n\
+                 {auth}[neighbors.timers.config]\n    hold-time = {hold}\n    keepalive-interval = {keepalive}\n    connect-retry = 1\n\
                  [neighbors.transport.config]\n    passive-mode = true\n    local-address = \"10.77.0.100\"\n"
             ));
             if graceful_restart {

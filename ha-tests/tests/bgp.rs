@@ -763,3 +763,105 @@ fn graceful_restart_keeps_the_routes_through_a_restart() -> anyhow::Result<()> {
     lab.retire(gone_member, m);
     Ok(())
 }
+
+/// TCP MD5 (RFC 2385) with BIRD: members 1 and 2 have the password,
+/// member 3 a wrong one. BIRD takes routes from 1 and 2 only.
+#[test]
+fn bird_takes_sessions_with_the_md5_password_only() -> anyhow::Result<()> {
+    let mut lab = Lab::new("5")?;
+    let _bird = start_bird_with(
+        &lab,
+        "bird",
+        179,
+        65000,
+        65001,
+        BirdExtra {
+            global: "",
+            session: "password \"bird-s3cret\";\n  ",
+            hold: HOLD,
+        },
+    )?;
+    lab.start_members_with(|id| {
+        let password = if id == 3 { "not-the-s3cret" } else { "bird-s3cret" };
+        format!(
+            "[announce]\nmode = \"bgp\"\nlocal_as = 65001\nrouter_id = \"10.77.0.{id}\"\nhold_time = {HOLD}\necmp = true\n\
+             [[announce.peer]]\naddress = \"10.77.0.100\"\nas = 65000\npassword = \"{password}\"\n"
+        )
+    })?;
+    let signed: BTreeSet<u64> = [1, 2].into();
+    wait_for("every VIP via 1 and 2", Duration::from_secs(30), || {
+        let t = routes(&lab)?;
+        Ok(VIPS
+            .iter()
+            .all(|v| t.get(*v) == Some(&signed))
+            .then_some(()))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{:?}", routes(&lab)))?;
+    // Long enough for several connection attempts of member 3.
+    std::thread::sleep(Duration::from_secs(3));
+    let t = routes(&lab)?;
+    assert!(
+        VIPS.iter().all(|v| t.get(*v) == Some(&signed)),
+        "only the members with the password: {t:?}"
+    );
+    let (_, status) = lab.lbctl(3, &["status"])?;
+    assert!(!status.contains("established"), "member 3:\n{status}");
+    Ok(())
+}
+
+/// Communities per service with BIRD: the second service's
+/// `bgp_communities` ride on its VIP's route only, with the member's own.
+#[test]
+fn bird_sees_each_services_communities() -> anyhow::Result<()> {
+    let mut lab = Lab::new("7")?;
+    let _bird = start_bird(&lab)?;
+    lab.services_file = Some(lab.services_text(|i| {
+        if i == 1 {
+            "bgp_communities = [\"65010:42\", \"65010:1:2\"]\n".into()
+        } else {
+            String::new()
+        }
+    }));
+    lab.start_members_with(|id| {
+        format!(
+            "[announce]\nmode = \"bgp\"\nlocal_as = 65001\nrouter_id = \"10.77.0.{id}\"\nhold_time = {HOLD}\necmp = true\n\
+             communities = [\"65001:100\"]\n[[announce.peer]]\naddress = \"10.77.0.100\"\nas = 65000\n"
+        )
+    })?;
+    let all: BTreeSet<u64> = (1..=3).collect();
+    wait_for("every VIP via all three", Duration::from_secs(30), || {
+        let t = routes(&lab)?;
+        Ok(VIPS.iter().all(|v| t.get(*v) == Some(&all)).then_some(()))
+    })?;
+    // `show route all <prefix>`: each path's attributes.
+    let attributes = |vip: &str| -> anyhow::Result<String> {
+        let socket = lab.dir().join("bird.ctl");
+        lab.exec(
+            "c",
+            &[
+                "birdc",
+                "-s",
+                socket.to_str().unwrap_or_default(),
+                "show",
+                "route",
+                "all",
+                "for",
+                &format!("{vip}/32"),
+            ],
+        )
+    };
+    let tagged = attributes(VIPS[1])?;
+    assert!(
+        tagged.contains("BGP.community: (65001,100) (65010,42)")
+            && tagged.contains("BGP.large_community: (65010, 1, 2)"),
+        "{tagged}"
+    );
+    let plain = attributes(VIPS[0])?;
+    assert!(
+        plain.contains("BGP.community: (65001,100)")
+            && !plain.contains("65010")
+            && !plain.contains("large_community"),
+        "{plain}"
+    );
+    Ok(())
+}

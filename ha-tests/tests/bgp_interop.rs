@@ -473,6 +473,8 @@ fn frr_connects_to_passive_members() -> anyhow::Result<()> {
         &lab,
         &PeerSetup {
             connects: true,
+            // Signed too: the listener has each passive peer's key.
+            password: Some("passive-s3cret".into()),
             ..PeerSetup::new(65000, MEMBER_AS, FRR_PORT)
         },
     )?;
@@ -480,7 +482,7 @@ fn frr_connects_to_passive_members() -> anyhow::Result<()> {
         format!(
             "[announce]\nmode = \"bgp\"\nlocal_as = {MEMBER_AS}\nrouter_id = \"10.77.0.{id}\"\nhold_time = 6\necmp = true\n\
              next_hop_v6 = \"fd00:77::{id}\"\nlisten = \"10.77.0.{id}:179\"\n\
-             [[announce.peer]]\naddress = \"10.77.0.100\"\nas = 65000\npassive = true\n"
+             [[announce.peer]]\naddress = \"10.77.0.100\"\nas = 65000\npassive = true\npassword = \"passive-s3cret\"\n"
         )
     })?;
     let all: BTreeSet<u64> = (1..=3).collect();
@@ -520,6 +522,180 @@ fn frr_connects_to_passive_members() -> anyhow::Result<()> {
                 .log()
                 .contains("no passive peer")
                 .then_some(()))
+        },
+    )?;
+    Ok(())
+}
+
+/// TCP MD5 (RFC 2385) with FRR and GoBGP at once: members 1 and 2 have
+/// each router's password, member 3 a wrong one for FRR and none for
+/// GoBGP. The routers take sessions from 1 and 2 only (the kernel drops
+/// the others' segments), and member 3 says so in its status.
+#[test]
+fn md5_passwords_with_frr_and_gobgp() -> anyhow::Result<()> {
+    let mut lab = Lab::new("m")?;
+    let frr = Frr::start(
+        &lab,
+        &PeerSetup {
+            password: Some("frr-s3cret".into()),
+            ..PeerSetup::new(65000, MEMBER_AS, FRR_PORT)
+        },
+    )?;
+    let gobgp = Gobgp::start(
+        &lab,
+        &PeerSetup {
+            password: Some("gobgp-s3cret".into()),
+            ipv6: false,
+            ..PeerSetup::new(65010, MEMBER_AS, GOBGP_PORT)
+        },
+    )?;
+    std::fs::write(lab.dir().join("frr.key"), "frr-s3cret\n")?;
+    let key_file = lab.dir().join("frr.key");
+    lab.start_members_with(|id| {
+        let (frr_password, gobgp_password) = if id == 3 {
+            ("password = \"not-the-s3cret\"".to_owned(), String::new())
+        } else {
+            (
+                format!("password_file = \"{}\"", key_file.display()),
+                "password = \"gobgp-s3cret\"".to_owned(),
+            )
+        };
+        format!(
+            "[announce]\nmode = \"bgp\"\nlocal_as = {MEMBER_AS}\nrouter_id = \"10.77.0.{id}\"\nhold_time = 6\necmp = true\n\
+             [[announce.peer]]\naddress = \"10.77.0.100:{FRR_PORT}\"\nas = 65000\n{frr_password}\n\
+             [[announce.peer]]\naddress = \"10.77.0.100:{GOBGP_PORT}\"\nas = 65010\n{gobgp_password}\n"
+        )
+    })?;
+    let signed: BTreeSet<u64> = [1, 2].into();
+    wait_for(
+        "FRR and GoBGP: every VIP via the two members with the password",
+        Duration::from_secs(30),
+        || {
+            Ok(
+                (all_via(&frr.table()?, &VIPS, &signed)
+                    && all_via(&gobgp.table()?, &VIPS, &signed))
+                .then_some(()),
+            )
+        },
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\nFRR {:?}\nGoBGP {:?}\n{}",
+            frr.table(),
+            gobgp.table(),
+            lab.members[&1].log()
+        )
+    })?;
+    // Long enough for several connection attempts of member 3.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(frr.established()?, signed, "FRR's sessions");
+    assert_eq!(gobgp.established()?, signed, "GoBGP's sessions");
+    let (_, status) = lab.lbctl(3, &["status"])?;
+    assert!(
+        !status.contains("established"),
+        "member 3 has no session up:\n{status}"
+    );
+    // The password never reaches the member's log.
+    for id in 1..=3 {
+        let log = lab.members[&id].log();
+        assert!(!log.contains("s3cret"), "member {id} logged a password");
+    }
+    Ok(())
+}
+
+/// Communities per service: a service's `bgp_communities` (standard,
+/// large and a well-known name) ride on its VIP's route only, besides the
+/// member's own, as FRR and GoBGP decode them; a change in the file is
+/// announced again with the new set.
+#[test]
+fn communities_per_service_reach_frr_and_gobgp() -> anyhow::Result<()> {
+    let mut lab = Lab::new("c")?;
+    let frr = Frr::start(&lab, &PeerSetup::new(65000, MEMBER_AS, FRR_PORT))?;
+    let gobgp = Gobgp::start(
+        &lab,
+        &PeerSetup {
+            ipv6: false,
+            ..PeerSetup::new(65010, MEMBER_AS, GOBGP_PORT)
+        },
+    )?;
+    let second = |extra: &'static str| {
+        move |i: usize| {
+            if i == 1 {
+                extra.to_owned()
+            } else {
+                String::new()
+            }
+        }
+    };
+    lab.services_file = Some(lab.services_text(second(
+        "bgp_communities = [\"65010:42\", \"65010:1:2\", \"no-export\"]\n",
+    )));
+    lab.start_members_with(|id| {
+        announce(
+            id,
+            "communities = [\"65001:100\"]\n",
+            &[(FRR_PORT, 65000), (GOBGP_PORT, 65010)],
+        )
+    })?;
+    let all: BTreeSet<u64> = (1..=3).collect();
+    wait_for("every VIP via all three", Duration::from_secs(30), || {
+        Ok(
+            (all_via(&frr.table()?, &VIPS, &all) && all_via(&gobgp.table()?, &VIPS, &all))
+                .then_some(()),
+        )
+    })?;
+    let community = |vip: &str| -> anyhow::Result<(String, String)> {
+        let p = frr_path(&frr, vip)?;
+        Ok((
+            p.pointer("/community/string")
+                .and_then(|s| s.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            p.pointer("/largeCommunity/string")
+                .and_then(|s| s.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        ))
+    };
+    assert_eq!(
+        community(VIPS[1])?,
+        ("65001:100 65010:42 no-export".into(), "65010:1:2".into()),
+        "FRR, the service's VIP"
+    );
+    assert_eq!(
+        community(VIPS[0])?,
+        ("65001:100".into(), String::new()),
+        "FRR, another VIP"
+    );
+    // GoBGP's JSON: standard communities as numbers, large as parts.
+    let text = gobgp.paths("ipv4", &format!("{}/32", VIPS[1]))?.to_string();
+    let c42 = (65010u64 << 16) + 42;
+    assert!(
+        text.contains(&c42.to_string()) && text.contains("\"ASN\":65010"),
+        "GoBGP, the service's VIP: {text}"
+    );
+    let text = gobgp.paths("ipv4", &format!("{}/32", VIPS[0]))?.to_string();
+    assert!(
+        !text.contains(&c42.to_string()),
+        "GoBGP, another VIP: {text}"
+    );
+
+    // Changed in the file: announced again with the new set.
+    std::fs::write(
+        lab.dir().join("services.toml"),
+        lab.services_text(second("bgp_communities = [\"65010:43\"]\n")),
+    )?;
+    wait_for("FRR: the new communities", Duration::from_secs(15), || {
+        Ok((community(VIPS[1])? == ("65001:100 65010:43".into(), String::new())).then_some(()))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}", community(VIPS[1])))?;
+    let c43 = (65010u64 << 16) + 43;
+    wait_for(
+        "GoBGP: the new communities",
+        Duration::from_secs(15),
+        || {
+            let text = gobgp.paths("ipv4", &format!("{}/32", VIPS[1]))?.to_string();
+            Ok((text.contains(&c43.to_string()) && !text.contains(&c42.to_string())).then_some(()))
         },
     )?;
     Ok(())

@@ -278,6 +278,7 @@ pub async fn run(
                 vips,
                 linger,
                 bgp.service_cidrs.clone(),
+                &states,
                 cluster.as_ref(),
                 &dataplane_rx,
                 &shutdown,
@@ -713,17 +714,27 @@ fn bgp_routes(
     ),
     linger: Duration,
     service_cidrs: Vec<ipnet::IpNet>,
+    states: &watch::Receiver<Arc<State>>,
     cluster: Option<&ClusterHandle>,
     dataplane: &watch::Receiver<DataplaneStatus>,
     shutdown: &CancellationToken,
 ) -> (
-    watch::Receiver<Arc<std::collections::BTreeSet<ipnet::IpNet>>>,
+    watch::Receiver<Arc<crate::announce::bgp::fsm::Routes>>,
     watch::Receiver<bool>,
 ) {
     let (tx, rx) = watch::channel(Arc::default());
     let (settled_tx, settled_rx) = watch::channel(false);
     let shutdown = shutdown.clone();
     let mut dataplane = dataplane.clone();
+    let mut states = states.clone();
+    // The services' communities per VIP, read again when the table changed.
+    let (mut tags, mut tags_revision) = {
+        let state = states.borrow_and_update();
+        (
+            Arc::new(crate::announce::bgp::route_tags(&state)),
+            state.revision(),
+        )
+    };
     let mut status = cluster.map(|c| c.node.status.clone());
     tokio::spawn(async move {
         // VIPs that moved away while this member's lease holds: announced
@@ -741,17 +752,32 @@ fn bgp_routes(
             };
             let vips_decided = *vips_settled.borrow_and_update();
             let current = vips.borrow_and_update().clone();
+            {
+                let state = states.borrow_and_update();
+                if state.revision() != tags_revision {
+                    tags_revision = state.revision();
+                    let now = crate::announce::bgp::route_tags(&state);
+                    if *tags != now {
+                        tags = Arc::new(now);
+                    }
+                }
+            }
             let lease = match &status {
                 Some(_) => within(until),
                 None => serving,
             };
-            let mut routes: std::collections::BTreeSet<ipnet::IpNet> = current
+            let mut routes: crate::announce::bgp::fsm::Routes = current
                 .iter()
                 .chain(linger.update(&current, lease, std::time::Instant::now()))
-                .map(|ip| ipnet::IpNet::from(*ip))
+                .map(|ip| {
+                    (
+                        ipnet::IpNet::from(*ip),
+                        tags.get(ip).cloned().unwrap_or_default(),
+                    )
+                })
                 .collect();
             if serving {
-                routes.extend(service_cidrs.iter().copied());
+                routes.extend(service_cidrs.iter().map(|c| (*c, Default::default())));
             }
             let next_end = linger.next_end().map(tokio::time::Instant::from_std);
             tx.send_if_modified(|now| {
@@ -769,6 +795,7 @@ fn bgp_routes(
                 _ = shutdown.cancelled() => return,
                 changed = vips.changed() => if changed.is_err() { return },
                 changed = vips_settled.changed() => if changed.is_err() { return },
+                changed = states.changed() => if changed.is_err() { return },
                 changed = async {
                     match &mut status {
                         Some(s) => s.changed().await,

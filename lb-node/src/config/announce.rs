@@ -25,6 +25,43 @@ struct RawPeer {
     med: Option<u32>,
     bfd: Option<bool>,
     passive: Option<bool>,
+    password: Option<String>,
+    password_file: Option<std::path::PathBuf>,
+}
+
+/// A peer's TCP MD5 password: `password` inline or `password_file` (its
+/// content without the final line end; relative to the config file), not
+/// both; 1 to 80 bytes.
+fn password(
+    p: &RawPeer,
+    file: &Path,
+    at: &str,
+) -> Result<Option<crate::announce::bgp::md5::Key>, ConfigError> {
+    let (bytes, field) = match (&p.password, &p.password_file) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                file,
+                format!("{at}.password_file"),
+                "give password or password_file, not both",
+            ));
+        }
+        (Some(text), None) => (text.as_bytes().to_vec(), format!("{at}.password")),
+        (None, Some(path)) => {
+            let field = format!("{at}.password_file");
+            let path = super::relative_to(file, path.clone());
+            let mut bytes = std::fs::read(&path).map_err(|e| {
+                ConfigError::new(file, &field, format!("cannot read {}: {e}", path.display()))
+            })?;
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            (bytes, field)
+        }
+    };
+    crate::announce::bgp::md5::Key::new(bytes)
+        .map(Some)
+        .map_err(|e| ConfigError::new(file, field, format!("the password {e}")))
 }
 
 /// `[announce.bfd]`.
@@ -102,15 +139,13 @@ fn large_communities(
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let parts: Vec<Option<u32>> = c.split(':').map(|p| p.trim().parse().ok()).collect();
-            match parts.as_slice() {
-                [Some(a), Some(b), Some(d)] => Ok((*a, *b, *d)),
-                _ => Err(ConfigError::new(
+            crate::announce::bgp::codec::parse_large_community(c).ok_or_else(|| {
+                ConfigError::new(
                     file,
                     format!("{at}[{i}]"),
                     format!("{c:?} is not a large community like \"65001:1:2\" (three numbers up to 4294967295)"),
-                )),
-            }
+                )
+            })
         })
         .collect()
 }
@@ -301,6 +336,7 @@ fn validate_bgp(
             med: p.med,
             bfd: p.bfd.unwrap_or(true),
             passive: p.passive.unwrap_or(false),
+            password: password(p, file, &at)?,
         });
     }
     if a.hold_time != 0 && a.hold_time < 3 {

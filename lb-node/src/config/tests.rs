@@ -134,10 +134,31 @@ fn bgp_peers_take_their_own_source_ttl_prefixes_and_attributes() {
     assert_eq!(p.communities, vec![(65000 << 16) | 7]);
     assert_eq!(p.large_communities, vec![(65000, 3, 4)]);
     assert_eq!(p.med, Some(20));
+    assert_eq!(p.password, None);
+}
+
+#[test]
+fn a_bgp_password_comes_inline_or_from_a_file_without_its_line_end() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("r1.key"), "s3cret\n").expect("key");
+    let file = dir.path().join("member.toml");
+    let text = format!(
+        "{NODE}{BGP}[[announce.peer]]\naddress = \"10.0.0.254\"\nas = 65000\npassword_file = \"r1.key\"\n\
+         [[announce.peer]]\naddress = \"10.0.0.253\"\nas = 65000\npassword = \"s3cret\"\n"
+    );
+    let config = Config::validate(parse_toml(&text, &file).expect("toml"), &file).expect("valid");
+    let crate::announce::AnnounceConfig::Bgp(b) = config.announce else {
+        panic!("bgp");
+    };
+    let want = crate::announce::bgp::md5::Key::new(b"s3cret".to_vec()).expect("key");
+    assert_eq!(b.peers[0].password.as_ref(), Some(&want));
+    assert_eq!(b.peers[1].password.as_ref(), Some(&want));
+    assert!(!format!("{:?}", b.peers[0]).contains("s3cret"));
 }
 
 #[test]
 fn bad_bgp_peer_settings_name_their_field() {
+    let long_password = format!("password = \"{}\"", "x".repeat(81));
     let cases = [
         ("source = \"nope\"", "announce.peer[0].source", "not an IP"),
         (
@@ -160,6 +181,22 @@ fn bad_bgp_peer_settings_name_their_field() {
             "large_communities = [\"1:2\"]",
             "announce.peer[0].large_communities[0]",
             "large community",
+        ),
+        ("password = \"\"", "announce.peer[0].password", "empty"),
+        (
+            long_password.as_str(),
+            "announce.peer[0].password",
+            "at most 80",
+        ),
+        (
+            "password = \"a\"\npassword_file = \"k\"",
+            "announce.peer[0].password_file",
+            "not both",
+        ),
+        (
+            "password_file = \"/nonexistent/bgp.key\"",
+            "announce.peer[0].password_file",
+            "cannot read /nonexistent/bgp.key",
         ),
     ];
     for (line, field, words) in cases {

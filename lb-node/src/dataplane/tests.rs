@@ -35,6 +35,8 @@ fn service(
         fwmark: None,
         forwarding: Forwarding::Masquerade,
         allowed_sources: vec![],
+        bgp_communities: vec![],
+        bgp_large_communities: vec![],
         backends: backends
             .iter()
             .map(|&(a, port, weight)| Backend {

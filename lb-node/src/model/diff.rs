@@ -46,4 +46,6 @@ fn same_settings(a: &VirtualService, b: &VirtualService) -> bool {
         && a.fwmark == b.fwmark
         && a.forwarding == b.forwarding
         && a.allowed_sources == b.allowed_sources
+        && a.bgp_communities == b.bgp_communities
+        && a.bgp_large_communities == b.bgp_large_communities
 }

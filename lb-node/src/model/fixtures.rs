@@ -23,6 +23,8 @@ pub fn numbered_service(n: u32, backends: u8) -> VirtualService {
         fwmark: None,
         forwarding: Forwarding::Masquerade,
         allowed_sources: vec![],
+        bgp_communities: vec![],
+        bgp_large_communities: vec![],
         backends: (0..backends.min(16))
             .map(|i| Backend {
                 address: IpAddr::V4(Ipv4Addr::from(

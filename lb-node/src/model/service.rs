@@ -286,6 +286,12 @@ pub struct VirtualService {
     /// Client networks allowed to reach the VIP; empty means everybody.
     pub allowed_sources: Vec<IpNet>,
     pub backends: Vec<Backend>,
+    /// BGP communities of the VIP's route (with those of the other
+    /// services on the VIP, the member's and the peer's); sorted, no
+    /// duplicates. Nothing to IPVS.
+    pub bgp_communities: Vec<u32>,
+    /// RFC 8092 large communities, the same way.
+    pub bgp_large_communities: Vec<(u32, u32, u32)>,
 }
 
 /// Why a virtual service or backend breaks the model's rules. Never
@@ -332,6 +338,10 @@ impl VirtualService {
     /// Sorts the backends into their canonical order and checks every rule.
     pub fn normalize(mut self) -> Result<Self, InvalidService> {
         self.backends.sort_by_key(Backend::endpoint);
+        self.bgp_communities.sort_unstable();
+        self.bgp_communities.dedup();
+        self.bgp_large_communities.sort_unstable();
+        self.bgp_large_communities.dedup();
         self.validate()?;
         Ok(self)
     }

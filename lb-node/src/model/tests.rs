@@ -61,9 +61,20 @@ fn service() -> impl Strategy<Value = VirtualService> {
             prop::sample::select(Forwarding::ALL.to_vec()),
             prop::collection::vec(prop_oneof![Just("10.0.0.0/8"), Just("2001:db8::/32")], 0..2),
             backends(key.vip.is_ipv4()),
+            prop::collection::btree_set(any::<u32>(), 0..3),
+            prop::collection::btree_set(any::<(u32, u32, u32)>(), 0..2),
         )
             .prop_map(
-                |(key, scheduler, persistence_timeout, forwarding, nets, backends)| {
+                |(
+                    key,
+                    scheduler,
+                    persistence_timeout,
+                    forwarding,
+                    nets,
+                    backends,
+                    communities,
+                    large,
+                )| {
                     VirtualService {
                         key,
                         name: format!("svc-{}", key.port),
@@ -72,6 +83,8 @@ fn service() -> impl Strategy<Value = VirtualService> {
                         fwmark: None,
                         forwarding,
                         allowed_sources: nets.iter().filter_map(|n| n.parse().ok()).collect(),
+                        bgp_communities: communities.into_iter().collect(),
+                        bgp_large_communities: large.into_iter().collect(),
                         backends,
                     }
                 },
@@ -195,6 +208,8 @@ fn web() -> VirtualService {
         fwmark: None,
         forwarding: Forwarding::Masquerade,
         allowed_sources: vec![],
+        bgp_communities: vec![],
+        bgp_large_communities: vec![],
         backends: vec![Backend {
             address: "10.0.0.1".parse().expect("ip"),
             port: 8080,

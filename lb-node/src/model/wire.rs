@@ -111,6 +111,16 @@ pub fn service_to_pb(s: &VirtualService) -> pb::VirtualService {
             })
             .collect(),
         backends: s.backends.iter().map(backend_to_pb).collect(),
+        bgp_communities: s.bgp_communities.clone(),
+        bgp_large_communities: s
+            .bgp_large_communities
+            .iter()
+            .map(|&(global, local1, local2)| pb::LargeCommunity {
+                global,
+                local1,
+                local2,
+            })
+            .collect(),
     }
 }
 
@@ -530,6 +540,12 @@ fn service_from_pb(s: pb::VirtualService, at: &str) -> Result<VirtualService, Wi
         forwarding,
         allowed_sources,
         backends: backends_from_pb(s.backends, at)?,
+        bgp_communities: s.bgp_communities,
+        bgp_large_communities: s
+            .bgp_large_communities
+            .into_iter()
+            .map(|c| (c.global, c.local1, c.local2))
+            .collect(),
     };
     Ok(service.normalize()?)
 }

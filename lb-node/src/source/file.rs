@@ -53,6 +53,9 @@ struct RawService {
     forwarding: String,
     #[serde(default)]
     allowed_sources: Vec<String>,
+    /// "65001:100", "65001:1:2" or a well-known name, for the VIP's route.
+    #[serde(default)]
+    bgp_communities: Vec<String>,
     #[serde(default)]
     backend: Vec<RawBackend>,
 }
@@ -261,6 +264,18 @@ fn check_service(
         }
         allowed_sources.push(net);
     }
+    let (bgp_communities, bgp_large_communities) = crate::announce::bgp::codec::split_communities(
+        raw.bgp_communities.iter().map(String::as_str),
+    )
+    .map_err(|(j, bad)| {
+        err(
+            &format!("bgp_communities[{j}]"),
+            format!(
+                "{bad:?} is not {}",
+                crate::announce::bgp::codec::ANY_COMMUNITY_FORMS
+            ),
+        )
+    })?;
     let mut backends = Vec::with_capacity(raw.backend.len());
     for (j, b) in raw.backend.into_iter().enumerate() {
         let at = format!("backend[{j}]");
@@ -307,6 +322,8 @@ fn check_service(
         forwarding,
         allowed_sources,
         backends,
+        bgp_communities,
+        bgp_large_communities,
     };
     // The model's own rules (address families, duplicates) come last; map
     // their error back to the field in the file.
@@ -518,6 +535,29 @@ mod tests {
         assert!(
             text.contains("services.toml") && text.contains("16 MiB"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn bgp_communities_of_a_service() {
+        let file = Path::new("/etc/lb-node/services.toml");
+        let head = "[[service]]\nname = \"web\"\nvip = \"192.0.2.1\"\nport = 80\n";
+        let s = parse_services(
+            &format!("{head}bgp_communities = [\"65001:100\", \"65001:1:2\", \"no-advertise\", \"65001:100\"]\n"),
+            file,
+        )
+        .expect("valid");
+        assert_eq!(s[0].bgp_communities, vec![(65001 << 16) | 100, 0xFFFF_FF02]);
+        assert_eq!(s[0].bgp_large_communities, vec![(65001, 1, 2)]);
+        let e = parse_services(
+            &format!("{head}bgp_communities = [\"1:2\", \"1:2:x\"]\n"),
+            file,
+        )
+        .expect_err("bad")
+        .to_string();
+        assert!(
+            e.contains("bgp_communities[1]") && e.contains("\"1:2:x\" is not a community"),
+            "{e}"
         );
     }
 

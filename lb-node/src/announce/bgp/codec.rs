@@ -636,9 +636,94 @@ pub fn parse_community(text: &str) -> Option<u32> {
     )
 }
 
+/// A large community (RFC 8092): global administrator, two local parts.
+pub type LargeCommunity = (u32, u32, u32);
+
+/// A large community (RFC 8092) written "65001:1:2".
+pub fn parse_large_community(text: &str) -> Option<LargeCommunity> {
+    let mut parts = text.split(':').map(|p| p.trim().parse::<u32>().ok());
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(Some(a)), Some(Some(b)), Some(Some(c)), None) => Some((a, b, c)),
+        _ => None,
+    }
+}
+
+/// A community of either kind, as a service asks for it: "65001:100"
+/// (RFC 1997), "65001:1:2" (RFC 8092), or a well-known name
+/// (`no-export`, `no-advertise`, `no-export-subconfed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnyCommunity {
+    Standard(u32),
+    Large(LargeCommunity),
+}
+
+pub fn parse_any_community(text: &str) -> Option<AnyCommunity> {
+    match text.trim() {
+        "no-export" => Some(AnyCommunity::Standard(0xFFFF_FF01)),
+        "no-advertise" => Some(AnyCommunity::Standard(0xFFFF_FF02)),
+        "no-export-subconfed" => Some(AnyCommunity::Standard(0xFFFF_FF03)),
+        t if t.matches(':').count() == 2 => parse_large_community(t).map(AnyCommunity::Large),
+        t => parse_community(t).map(AnyCommunity::Standard),
+    }
+}
+
+/// The forms `parse_any_community` takes, for an error message.
+pub const ANY_COMMUNITY_FORMS: &str = "a community like \"65001:100\", a large community like \"65001:1:2\", or no-export / no-advertise / no-export-subconfed";
+
+/// Splits `texts` into standard and large communities; the index and
+/// text of the first that is neither on error.
+pub fn split_communities<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+) -> Result<(Vec<u32>, Vec<LargeCommunity>), (usize, String)> {
+    let (mut standard, mut large) = (Vec::new(), Vec::new());
+    for (i, t) in texts.into_iter().enumerate() {
+        match parse_any_community(t) {
+            Some(AnyCommunity::Standard(c)) => standard.push(c),
+            Some(AnyCommunity::Large(c)) => large.push(c),
+            None => return Err((i, t.to_owned())),
+        }
+    }
+    Ok((standard, large))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn communities_of_either_kind_parse() {
+        assert_eq!(
+            parse_any_community("65001:100"),
+            Some(AnyCommunity::Standard(0xFDE9_0064))
+        );
+        assert_eq!(
+            parse_any_community(" 65001:1:2 "),
+            Some(AnyCommunity::Large((65001, 1, 2)))
+        );
+        assert_eq!(
+            parse_any_community("no-export"),
+            Some(AnyCommunity::Standard(0xFFFF_FF01))
+        );
+        for bad in [
+            "",
+            "65001",
+            "70000:1",
+            "1:2:3:4",
+            "a:b",
+            "4294967296:1:1",
+            "no_export",
+        ] {
+            assert_eq!(parse_any_community(bad), None, "{bad}");
+        }
+        assert_eq!(
+            split_communities(["1:2", "1:2:3", "x"]),
+            Err((2, "x".to_owned()))
+        );
+        assert_eq!(
+            split_communities(["1:2", "1:2:3"]),
+            Ok((vec![0x0001_0002], vec![(1, 2, 3)]))
+        );
+    }
 
     #[test]
     fn open_round_trips_with_capabilities() {

@@ -19,7 +19,7 @@
 //! negotiated family are sent. An unexpected message gets RFC 6608's FSM
 //! error for the state; a NOTIFICATION is never answered.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -35,6 +35,18 @@ pub const IPV6_UNICAST: (u16, u8) = (2, 1);
 /// 17 octets).
 const WITHDRAWN_PER_UPDATE: usize = 200;
 const ANNOUNCED_PER_UPDATE: usize = 150;
+
+/// Communities one route carries besides the session's own: those of
+/// the services on its VIP (a service's `bgp_communities`, or a
+/// Kubernetes Service's annotation). Sorted, no duplicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteTags {
+    pub communities: Vec<u32>,
+    pub large_communities: Vec<(u32, u32, u32)>,
+}
+
+/// What a member announces: each route with its own communities.
+pub type Routes = BTreeMap<IpNet, RouteTags>;
 
 /// What one session needs to know of the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +115,7 @@ pub enum Event {
     /// Time for a KEEPALIVE (a third of the hold time).
     KeepaliveDue,
     /// What this member announces now.
-    Routes(Arc<BTreeSet<IpNet>>),
+    Routes(Arc<Routes>),
     /// A clean stop: withdraw everything, say goodbye; with graceful
     /// restart negotiated, close without a word instead, so that the peer
     /// keeps the routes for the restart time (the kernel forwards on).
@@ -143,8 +155,8 @@ pub struct Session {
     state: State,
     local: Option<IpAddr>,
     negotiated: Option<Negotiated>,
-    wanted: Arc<BTreeSet<IpNet>>,
-    advertised: BTreeSet<IpNet>,
+    wanted: Arc<Routes>,
+    advertised: Routes,
     settled: bool,
     end_of_rib_sent: bool,
 }
@@ -157,7 +169,7 @@ impl Session {
             local: None,
             negotiated: None,
             wanted: Arc::default(),
-            advertised: BTreeSet::new(),
+            advertised: Routes::new(),
             settled: false,
             end_of_rib_sent: false,
         }
@@ -192,7 +204,7 @@ impl Session {
     }
 
     /// The routes the peer holds from this session now.
-    pub fn advertised(&self) -> &BTreeSet<IpNet> {
+    pub fn advertised(&self) -> &Routes {
         &self.advertised
     }
 
@@ -275,7 +287,7 @@ impl Session {
             }
             (_, Event::Stop) => {
                 if self.state == State::Established {
-                    let all: Vec<IpNet> = self.advertised.iter().copied().collect();
+                    let all: Vec<IpNet> = self.advertised.keys().copied().collect();
                     for chunk in all.chunks(WITHDRAWN_PER_UPDATE) {
                         out.push(Action::Send(Message::Update {
                             withdrawn: chunk.to_vec(),
@@ -316,11 +328,11 @@ impl Session {
             }
             (State::Established, Event::Received(Message::RouteRefresh { afi, safi })) => {
                 // Every route of the family again.
-                let family: Vec<IpNet> = self
+                let family: Vec<(IpNet, RouteTags)> = self
                     .advertised
                     .iter()
-                    .copied()
-                    .filter(|n| family_of(n) == (afi, safi))
+                    .filter(|(n, _)| family_of(n) == (afi, safi))
+                    .map(|(n, t)| (*n, t.clone()))
                     .collect();
                 self.announce(&family, &mut out);
             }
@@ -410,14 +422,25 @@ impl Session {
 
     /// Sends what changed between what is wanted and what the peer has.
     fn sync_routes(&mut self, out: &mut Vec<Action>) {
-        let wanted: BTreeSet<IpNet> = self
+        let wanted: Routes = self
             .wanted
             .iter()
-            .copied()
-            .filter(|n| self.sendable(n))
+            .filter(|(n, _)| self.sendable(n))
+            .map(|(n, t)| (*n, t.clone()))
             .collect();
-        let withdrawn: Vec<IpNet> = self.advertised.difference(&wanted).copied().collect();
-        let added: Vec<IpNet> = wanted.difference(&self.advertised).copied().collect();
+        let withdrawn: Vec<IpNet> = self
+            .advertised
+            .keys()
+            .filter(|n| !wanted.contains_key(n))
+            .copied()
+            .collect();
+        // New routes, and routes whose communities changed (announced
+        // again: an UPDATE replaces the peer's path).
+        let added: Vec<(IpNet, RouteTags)> = wanted
+            .iter()
+            .filter(|(n, t)| self.advertised.get(n) != Some(t))
+            .map(|(n, t)| (*n, t.clone()))
+            .collect();
         for v6 in [false, true] {
             let family: Vec<IpNet> = withdrawn
                 .iter()
@@ -443,21 +466,33 @@ impl Session {
         self.advertised = wanted;
     }
 
-    /// UPDATEs announcing `routes` (of negotiated families), one family per
-    /// UPDATE.
-    fn announce(&self, routes: &[IpNet], out: &mut Vec<Action>) {
+    /// UPDATEs announcing `routes` (of negotiated families), one family
+    /// and one set of communities per UPDATE.
+    fn announce(&self, routes: &[(IpNet, RouteTags)], out: &mut Vec<Action>) {
         let ebgp = self.config.peer_as != self.config.local_as;
         let four_octet = self.negotiated.as_ref().is_some_and(|n| n.four_octet);
-        for v6 in [false, true] {
-            let family: Vec<IpNet> = routes
-                .iter()
-                .copied()
-                .filter(|n| matches!(n, IpNet::V6(_)) == v6)
-                .collect();
+        let mut groups: BTreeMap<(bool, &RouteTags), Vec<IpNet>> = BTreeMap::new();
+        for (net, tags) in routes {
+            groups
+                .entry((matches!(net, IpNet::V6(_)), tags))
+                .or_default()
+                .push(*net);
+        }
+        for ((v6, tags), family) in groups {
             let Some(next_hop) = self.next_hop(v6) else {
                 continue;
             };
+            let mut communities = self.config.attributes.communities.clone();
+            communities.extend(&tags.communities);
+            communities.sort_unstable();
+            communities.dedup();
+            let mut large_communities = self.config.attributes.large_communities.clone();
+            large_communities.extend(&tags.large_communities);
+            large_communities.sort_unstable();
+            large_communities.dedup();
             let attributes = Attributes {
+                communities,
+                large_communities,
                 as_path: if ebgp {
                     vec![self.config.local_as]
                 } else {
@@ -511,8 +546,12 @@ mod tests {
         }
     }
 
-    fn routes(list: &[&str]) -> Arc<BTreeSet<IpNet>> {
-        Arc::new(list.iter().map(|s| s.parse().expect("net")).collect())
+    fn routes(list: &[&str]) -> Arc<Routes> {
+        Arc::new(
+            list.iter()
+                .map(|s| (s.parse().expect("net"), RouteTags::default()))
+                .collect(),
+        )
     }
 
     fn open(asn: u32, families: Vec<(u16, u8)>, four_octet: bool) -> Message {
@@ -549,6 +588,77 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Routes with their own communities go in UPDATEs of their own,
+    /// with the session's communities added; a change of a route's
+    /// communities alone announces it again, and nothing else.
+    #[test]
+    fn each_route_carries_its_services_communities() {
+        let mut s = Session::new(config(65000));
+        let tagged = |c: Vec<u32>, l: Vec<(u32, u32, u32)>| RouteTags {
+            communities: c,
+            large_communities: l,
+        };
+        let mut wanted = Routes::new();
+        wanted.insert("192.0.2.10/32".parse().expect("net"), RouteTags::default());
+        wanted.insert("192.0.2.11/32".parse().expect("net"), RouteTags::default());
+        wanted.insert(
+            "192.0.2.12/32".parse().expect("net"),
+            tagged(vec![0xfde9_0001, 0xfde9_0064], vec![(65001, 1, 2)]),
+        );
+        s.handle(Event::Routes(Arc::new(wanted.clone())));
+        let a = establish(&mut s, open(65000, vec![IPV4_UNICAST], true));
+        let updates: Vec<(
+            Vec<IpNet>,
+            Vec<u32>,
+            Vec<crate::announce::bgp::codec::LargeCommunity>,
+        )> = sent(&a)
+            .into_iter()
+            .filter_map(|m| match m {
+                Message::Update {
+                    announced,
+                    attributes: Some(at),
+                    ..
+                } => Some((
+                    announced.clone(),
+                    at.communities.clone(),
+                    at.large_communities.clone(),
+                )),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(updates.len(), 2, "{updates:?}");
+        assert!(updates.contains(&(
+            vec![
+                "192.0.2.10/32".parse().expect("net"),
+                "192.0.2.11/32".parse().expect("net")
+            ],
+            vec![0xfde9_0064],
+            vec![]
+        )));
+        // The session's 65001:100 once, with the route's own.
+        assert!(updates.contains(&(
+            vec!["192.0.2.12/32".parse().expect("net")],
+            vec![0xfde9_0001, 0xfde9_0064],
+            vec![(65001, 1, 2)]
+        )));
+        // Only the communities of one route change: that route again.
+        wanted.insert(
+            "192.0.2.11/32".parse().expect("net"),
+            tagged(vec![7], vec![]),
+        );
+        let a = s.handle(Event::Routes(Arc::new(wanted)));
+        assert!(
+            matches!(
+                sent(&a).as_slice(),
+                [Message::Update { announced, withdrawn, attributes: Some(at) }]
+                    if announced == &vec!["192.0.2.11/32".parse::<IpNet>().expect("net")]
+                        && withdrawn.is_empty()
+                        && at.communities == vec![7, 0xfde9_0064]
+            ),
+            "{a:?}"
+        );
     }
 
     #[test]

@@ -18,8 +18,9 @@
 
 pub mod codec;
 pub mod fsm;
+pub mod md5;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +98,8 @@ pub struct PeerConfig {
     /// The peer connects to us (`BgpConfig::listen`); we never connect to
     /// it. A connection from any other address is closed at once.
     pub passive: bool,
+    /// TCP MD5 signature of the session's segments (RFC 2385).
+    pub password: Option<md5::Key>,
 }
 
 /// One peer as `lbctl status` shows it.
@@ -130,6 +133,7 @@ impl PeerConfig {
             med: None,
             bfd: true,
             passive: false,
+            password: None,
         }
     }
 
@@ -183,7 +187,7 @@ impl PeerConfig {
 /// End-of-RIB of graceful restart waits for it).
 pub async fn run(
     config: BgpConfig,
-    announced: watch::Receiver<Arc<BTreeSet<IpNet>>>,
+    announced: watch::Receiver<Arc<fsm::Routes>>,
     settled: watch::Receiver<bool>,
     status: watch::Sender<Vec<PeerStatus>>,
     shutdown: CancellationToken,
@@ -256,8 +260,7 @@ pub async fn run(
         let at = config
             .listen
             .unwrap_or_else(|| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 179)));
-        let listener = tokio::net::TcpListener::bind(at)
-            .await
+        let listener = passive_listener(at, &config.peers)
             .with_context(|| format!("cannot listen on {at} for passive BGP peers"))?;
         let mut routes = Vec::new();
         for (i, p) in config.peers.iter().enumerate() {
@@ -334,7 +337,7 @@ impl PeerHandle {
 async fn peer_loop(
     config: Arc<BgpConfig>,
     peer: PeerConfig,
-    announced: watch::Receiver<Arc<BTreeSet<IpNet>>>,
+    announced: watch::Receiver<Arc<fsm::Routes>>,
     mut handle: PeerHandle,
     shutdown: CancellationToken,
 ) {
@@ -430,6 +433,29 @@ async fn accept_loop(
     }
 }
 
+/// The passive peers' listener, with each one's password set before it
+/// listens (no connection is accepted unsigned).
+fn passive_listener(
+    at: SocketAddr,
+    peers: &[PeerConfig],
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let socket = if at.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(at)?;
+    for p in peers.iter().filter(|p| p.passive) {
+        if let Some(key) = &p.password {
+            md5::set(&socket, p.address.ip(), Some(key)).with_context(|| {
+                format!("cannot set the TCP MD5 password of peer {}", p.address)
+            })?;
+        }
+    }
+    Ok(socket.listen(1024)?)
+}
+
 /// The session's connection: a passive peer's next accepted one, or one
 /// we open.
 async fn open(
@@ -456,6 +482,10 @@ async fn connect(peer: &PeerConfig) -> anyhow::Result<TcpStream> {
         tokio::net::TcpSocket::new_v6()
     }
     .context("socket")?;
+    if let Some(key) = &peer.password {
+        md5::set(&socket, peer.address.ip(), Some(key))
+            .context("cannot set the TCP MD5 password (a kernel without CONFIG_TCP_MD5SIG?)")?;
+    }
     if let Some(source) = peer.source {
         socket
             .bind(SocketAddr::new(source, 0))
@@ -489,18 +519,44 @@ async fn write_loop(
     Ok(())
 }
 
+/// The communities each VIP's route carries: those of every service on
+/// it, merged. VIPs without any are left out.
+pub fn route_tags(state: &crate::model::State) -> BTreeMap<IpAddr, fsm::RouteTags> {
+    let mut tags: BTreeMap<IpAddr, fsm::RouteTags> = BTreeMap::new();
+    for s in state.services() {
+        if s.bgp_communities.is_empty() && s.bgp_large_communities.is_empty() {
+            continue;
+        }
+        let t = tags.entry(s.key.vip).or_default();
+        t.communities.extend(&s.bgp_communities);
+        t.large_communities.extend(&s.bgp_large_communities);
+    }
+    for t in tags.values_mut() {
+        t.communities.sort_unstable();
+        t.communities.dedup();
+        t.large_communities.sort_unstable();
+        t.large_communities.dedup();
+    }
+    tags
+}
+
 /// The routes for this peer.
-fn routes_for(peer: &PeerConfig, all: &Arc<BTreeSet<IpNet>>) -> Arc<BTreeSet<IpNet>> {
+fn routes_for(peer: &PeerConfig, all: &Arc<fsm::Routes>) -> Arc<fsm::Routes> {
     if peer.prefixes.is_empty() {
         return all.clone();
     }
-    Arc::new(all.iter().copied().filter(|r| peer.takes(r)).collect())
+    Arc::new(
+        all.iter()
+            .filter(|(r, _)| peer.takes(r))
+            .map(|(r, t)| (*r, t.clone()))
+            .collect(),
+    )
 }
 
 async fn session(
     config: &BgpConfig,
     peer: &PeerConfig,
-    mut announced: watch::Receiver<Arc<BTreeSet<IpNet>>>,
+    mut announced: watch::Receiver<Arc<fsm::Routes>>,
     handle: &mut PeerHandle,
     first: bool,
     shutdown: &CancellationToken,
@@ -804,10 +860,15 @@ mod tests {
     }
 
     /// Host routes of the addresses.
-    fn ips(list: &[&str]) -> Arc<BTreeSet<IpNet>> {
+    fn ips(list: &[&str]) -> Arc<fsm::Routes> {
         Arc::new(
             list.iter()
-                .map(|s| IpNet::from(s.parse::<IpAddr>().expect("ip")))
+                .map(|s| {
+                    (
+                        IpNet::from(s.parse::<IpAddr>().expect("ip")),
+                        Default::default(),
+                    )
+                })
                 .collect(),
         )
     }

@@ -50,6 +50,11 @@ use crate::model::{
 pub const ANNOTATION_SCHEDULER: &str = "lb-node.io/scheduler";
 /// Chooses the forwarding method for one service.
 pub const ANNOTATION_FORWARDING: &str = "lb-node.io/forwarding";
+/// BGP communities of the Service's VIPs' routes, comma-separated:
+/// "65001:100", large "65001:1:2", or no-export / no-advertise /
+/// no-export-subconfed. A bad value is warned about and ignored (the
+/// Service is served without them, not dropped for a typo).
+pub const ANNOTATION_BGP_COMMUNITIES: &str = "lb-node.io/bgp-communities";
 /// Kubernetes' default session affinity timeout.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 
@@ -185,6 +190,22 @@ pub fn translate(
             }
         },
     };
+    let (bgp_communities, bgp_large_communities) = match annotations.get(ANNOTATION_BGP_COMMUNITIES)
+    {
+        None => (Vec::new(), Vec::new()),
+        Some(v) => match crate::announce::bgp::codec::split_communities(
+            v.split(',').map(str::trim).filter(|t| !t.is_empty()),
+        ) {
+            Ok(both) => both,
+            Err((_, bad)) => {
+                out.warnings.push(format!(
+                    "service {name}: annotation {ANNOTATION_BGP_COMMUNITIES}: {bad:?} is not {}; served without these communities",
+                    crate::announce::bgp::codec::ANY_COMMUNITY_FORMS
+                ));
+                (Vec::new(), Vec::new())
+            }
+        },
+    };
     let persistence_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
             .as_ref()
@@ -314,6 +335,8 @@ pub fn translate(
                 forwarding,
                 allowed_sources: ranges.clone(),
                 backends,
+                bgp_communities: bgp_communities.clone(),
+                bgp_large_communities: bgp_large_communities.clone(),
             };
             match virtual_service.normalize() {
                 Ok(s) => out.services.push(s),

@@ -253,6 +253,34 @@ fn session_affinity_and_annotations() {
     );
 }
 
+/// The communities annotation rides on every port of the Service; a bad
+/// one is warned about and the Service kept without them.
+#[test]
+fn the_bgp_communities_annotation() {
+    let mut s = web();
+    s["metadata"]["annotations"] =
+        json!({"lb-node.io/bgp-communities": "65001:100, 65001:1:2,no-export"});
+    let t = translate(
+        &service(s.clone()),
+        &web_slices(),
+        &[],
+        &TranslateConfig::default(),
+    );
+    let http = find(&t, "10.96.0.10", 80);
+    assert_eq!(http.bgp_communities, vec![(65001 << 16) | 100, 0xFFFF_FF01]);
+    assert_eq!(http.bgp_large_communities, vec![(65001, 1, 2)]);
+    assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+    s["metadata"]["annotations"] = json!({"lb-node.io/bgp-communities": "65001:100,65001"});
+    let t = translate(&service(s), &web_slices(), &[], &TranslateConfig::default());
+    let http = find(&t, "10.96.0.10", 80);
+    assert!(http.bgp_communities.is_empty());
+    assert!(
+        t.warnings[0].contains("lb-node.io/bgp-communities: \"65001\" is not a community"),
+        "{:?}",
+        t.warnings
+    );
+}
+
 #[test]
 fn external_traffic_policy_local_selects_the_same_backends() {
     let mut s = load_balancer(None);
