@@ -52,6 +52,17 @@ async fn peer_call(
     identity: Option<(&Path, &str)>,
     from: u64,
 ) -> Result<(), String> {
+    peer_call_sized(port, ca, identity, from, 1).await
+}
+
+/// `peer_call` with a message of `size` bytes.
+async fn peer_call_sized(
+    port: u16,
+    ca: &Path,
+    identity: Option<(&Path, &str)>,
+    from: u64,
+    size: usize,
+) -> Result<(), String> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(
             std::fs::read(ca).map_err(|e| e.to_string())?,
@@ -74,7 +85,7 @@ async fn peer_call(
         from,
         to: 1,
         // Not a Raft message (an empty one would be a beat).
-        message: vec![0xff],
+        message: vec![0xff; size],
         ..Default::default()
     };
     PeerClient::new(channel)
@@ -171,17 +182,44 @@ async fn only_certificates_of_the_cluster_ca_get_in() -> anyhow::Result<()> {
     );
 
     // A certificate of the cluster's CA speaks only for the member it
-    // names: member 3's certificate claiming to be member 2, and lbctl's
-    // claiming to be member 2, are refused, naming the name that is missing.
-    for name in ["member-3", "lbctl"] {
-        let err = peer_call(port, &certs.join("ca.pem"), Some((&certs, name)), 2)
-            .await
-            .expect_err("a certificate that does not name the sender is refused");
-        assert!(
-            err.contains("must carry DNS:member-2 to speak for member 2"),
-            "{name} speaking for member 2: {err}"
-        );
-    }
+    // names: member 3's certificate claiming to be member 2 is refused,
+    // naming the name that is missing.
+    let err = peer_call(port, &certs.join("ca.pem"), Some((&certs, "member-3")), 2)
+        .await
+        .expect_err("a certificate that does not name the sender is refused");
+    assert!(
+        err.contains("must carry DNS:member-2 to speak for member 2"),
+        "member-3 speaking for member 2: {err}"
+    );
+    // One that names no other member (lbctl's) is refused before anything
+    // is read: a 200 MB message costs the member no memory.
+    let rss = |pid: u32| -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no VmHWM"))
+    };
+    let before = rss(members[0].pid())?;
+    let err = peer_call_sized(
+        port,
+        &certs.join("ca.pem"),
+        Some((&certs, "lbctl")),
+        2,
+        200 << 20,
+    )
+    .await
+    .expect_err("lbctl's certificate is no member's");
+    assert!(
+        err.contains("names no other member of this cluster"),
+        "lbctl's certificate on the peer port: {err}"
+    );
+    let after = rss(members[0].pid())?;
+    assert!(
+        after < before + 50 * 1024,
+        "the member's peak memory rose from {before} kB to {after} kB"
+    );
 
     // Nothing of that disturbed the cluster.
     let (code, out, _) = lbctl(&members[2], Some((&certs, "lbctl")), &["status"])?;

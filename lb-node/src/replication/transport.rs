@@ -133,6 +133,23 @@ impl PeerService {
     }
 }
 
+impl PeerService {
+    /// Whether the leaf of `certs` names a current member other than this
+    /// one: who may send anything at all.
+    fn names_another_member(&self, certs: &[CertificateDer<'static>]) -> Result<(), String> {
+        let members = self.gate.members.borrow();
+        if members
+            .members()
+            .keys()
+            .any(|id| *id != self.gate.me && certificate_names_member(certs, *id).is_ok())
+        {
+            Ok(())
+        } else {
+            Err("its certificate names no other member of this cluster".into())
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn send(
@@ -141,6 +158,20 @@ impl Peer for PeerService {
     ) -> Result<Response<SendAck>, Status> {
         let remote = request.remote_addr();
         let certs = request.peer_certs();
+        // With mutual TLS the sender is known before any message is read:
+        // a certificate of the CA that names no other member (lbctl's, a
+        // removed member's) is refused here, before a message of up to
+        // 256 MiB would be buffered to find out who sent it.
+        if let Some(certs) = certs.as_deref() {
+            if let Err(reason) = self.names_another_member(certs) {
+                let reason = format!(
+                    "peer at {}: {reason}",
+                    remote.map_or("?".into(), |a| a.to_string())
+                );
+                warn!(reason = %reason, "peer connection refused before reading");
+                return Err(Status::permission_denied(reason));
+            }
+        }
         let mut stream = request.into_inner();
         loop {
             let envelope = match stream.next().await {
