@@ -67,10 +67,10 @@ pub struct PeerSetup {
     /// FRR: `dont-capability-negotiate` (an OPEN with no capabilities: no
     /// four-octet AS, no multiprotocol), as an old router would.
     pub no_capabilities: bool,
-    /// FRR: the sessions (and BFD) over IPv6, fd00:77::100 to
-    /// fd00:77::1-3, instead of IPv4.
+    /// FRR and GoBGP: the sessions (FRR's BFD too) over IPv6,
+    /// fd00:77::100 to fd00:77::1-3, instead of IPv4.
     pub ipv6_transport: bool,
-    /// FRR: it connects to the members (their port 179), rather than
+    /// FRR and GoBGP: it connects to the members (their port 179), rather than
     /// waiting for them: for members whose peer is `passive`.
     pub connects: bool,
     /// TCP MD5 password of every session (FRR and GoBGP).
@@ -361,11 +361,24 @@ impl Gobgp {
             ipv6,
             graceful_restart,
             password,
+            ipv6_transport,
+            connects,
             ..
         } = setup.clone();
+        let (members, local) = if ipv6_transport {
+            ("fd00:77::", "fd00:77::100")
+        } else {
+            ("10.77.0.", "10.77.0.100")
+        };
+        // Connecting to the members (their port 179) instead of waiting.
+        let transport = if connects {
+            "    passive-mode = false\n    remote-port = 179\n"
+        } else {
+            "    passive-mode = true\n"
+        };
         let keepalive = (hold / 3).max(1);
         let mut text = format!(
-            "[global.config]\n  as = {asn}\n  router-id = \"10.77.0.100\"\n  port = {port}\n  local-address-list = [\"10.77.0.100\"]\n\
+            "[global.config]\n  as = {asn}\n  router-id = \"10.77.0.100\"\n  port = {port}\n  local-address-list = [\"{local}\"]\n\
              [global.use-multiple-paths.config]\n  enabled = true\n"
         );
         let auth = password
@@ -373,9 +386,9 @@ impl Gobgp {
             .unwrap_or_default();
         for id in 1..=3 {
             text.push_str(&format!(
-                "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"10.77.0.{id}\"\n    peer-as = {member_as}\n\
+                "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{members}{id}\"\n    peer-as = {member_as}\n\
                  {auth}[neighbors.timers.config]\n    hold-time = {hold}\n    keepalive-interval = {keepalive}\n    connect-retry = 1\n\
-                 [neighbors.transport.config]\n    passive-mode = true\n    local-address = \"10.77.0.100\"\n"
+                 [neighbors.transport.config]\n{transport}    local-address = \"{local}\"\n"
             ));
             if graceful_restart {
                 text.push_str(

@@ -865,3 +865,61 @@ fn bird_sees_each_services_communities() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// BIRD over IPv6 transport, connecting to passive members: the members
+/// listen on their IPv6 address (`passive = true`), BIRD opens the
+/// sessions from fd00:77::100 and takes every VIP of both families.
+#[test]
+fn bird_connects_to_passive_members_over_ipv6() -> anyhow::Result<()> {
+    let mut lab = Lab::new("8")?;
+    let dir = lab.dir().to_owned();
+    let config = dir.join("bird.conf");
+    let mut text = String::from(
+        "router id 10.77.0.100;\nprotocol device { }\n\
+         template bgp lbnode {\n  local fd00:77::100 as 65000;\n  hold time 6;\n  connect retry time 1;\n  error wait time 1, 5;\n\
+         ipv4 { import all; export none; };\n  ipv6 { import all; export none; };\n}\n",
+    );
+    for id in 1..=3 {
+        text.push_str(&format!(
+            "protocol bgp m{id} from lbnode {{ neighbor fd00:77::{id} port 179 as 65001; }}\n"
+        ));
+    }
+    std::fs::write(&config, text)?;
+    let _bird = Bird {
+        child: lab.spawn(
+            "c",
+            &[
+                "bird",
+                "-f",
+                "-c",
+                config.to_str().unwrap_or_default(),
+                "-s",
+                dir.join("bird.ctl").to_str().unwrap_or_default(),
+                "-P",
+                dir.join("bird.pid").to_str().unwrap_or_default(),
+            ],
+        )?,
+    };
+    lab.start_members_with(|id| {
+        format!(
+            "[announce]\nmode = \"bgp\"\nlocal_as = 65001\nrouter_id = \"10.77.0.{id}\"\nhold_time = {HOLD}\necmp = true\n\
+             next_hop_v4 = \"10.77.0.{id}\"\nnext_hop_v6 = \"fd00:77::{id}\"\nlisten = \"[fd00:77::{id}]:179\"\n\
+             [[announce.peer]]\naddress = \"fd00:77::100\"\nas = 65000\npassive = true\n"
+        )
+    })?;
+    let all: BTreeSet<u64> = (1..=3).collect();
+    wait_for(
+        "BIRD: every VIP via all three, sessions it opened over IPv6",
+        Duration::from_secs(30),
+        || {
+            let t = routes(&lab)?;
+            Ok(VIPS
+                .iter()
+                .chain([&VIP6])
+                .all(|v| t.get(*v) == Some(&all))
+                .then_some(()))
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{:?}", routes(&lab)))?;
+    Ok(())
+}

@@ -700,3 +700,39 @@ fn communities_per_service_reach_frr_and_gobgp() -> anyhow::Result<()> {
     )?;
     Ok(())
 }
+
+/// GoBGP over IPv6 transport, connecting to passive members: the members
+/// listen on their IPv6 address (`passive = true`), GoBGP opens the
+/// sessions from fd00:77::100, and takes every VIP of both families.
+#[test]
+fn gobgp_connects_to_passive_members_over_ipv6() -> anyhow::Result<()> {
+    let mut lab = Lab::new("q")?;
+    let gobgp = Gobgp::start(
+        &lab,
+        &PeerSetup {
+            connects: true,
+            ipv6_transport: true,
+            ..PeerSetup::new(65010, MEMBER_AS, GOBGP_PORT)
+        },
+    )?;
+    lab.start_members_with(|id| {
+        format!(
+            "[announce]\nmode = \"bgp\"\nlocal_as = {MEMBER_AS}\nrouter_id = \"10.77.0.{id}\"\nhold_time = 6\necmp = true\n\
+             next_hop_v4 = \"10.77.0.{id}\"\nnext_hop_v6 = \"fd00:77::{id}\"\nlisten = \"[fd00:77::{id}]:179\"\n\
+             [[announce.peer]]\naddress = \"fd00:77::100\"\nas = 65010\npassive = true\n"
+        )
+    })?;
+    let all: BTreeSet<u64> = (1..=3).collect();
+    wait_for(
+        "GoBGP: every VIP via all three, sessions it opened over IPv6",
+        Duration::from_secs(30),
+        || Ok(all_via(&gobgp.table()?, &v4_and_v6(), &all).then_some(())),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{:?}\n{}", gobgp.table(), gobgp.log()))?;
+    assert_eq!(
+        gobgp.established()?,
+        all,
+        "GoBGP's sessions (by IPv6 address)"
+    );
+    Ok(())
+}
