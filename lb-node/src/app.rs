@@ -144,6 +144,7 @@ pub async fn run(
             let peer = listeners
                 .peer
                 .context("a cluster member needs a peer listener")?;
+            let peer = crate::listener::GuardedListener::new(peer, "peer", config.limits);
             let (proposer, states, handle, node) = start_raft(
                 config.node_id,
                 cluster,
@@ -357,7 +358,8 @@ pub async fn run(
         raft: cluster.as_ref().map(|c| c.node.status.clone()),
     };
     let metrics_shutdown = shutdown.clone();
-    let metrics_listener = listeners.metrics;
+    let metrics_listener =
+        crate::listener::GuardedListener::new(listeners.metrics, "metrics", config.limits);
     tasks.push(tokio::spawn(async move {
         if let Err(e) =
             crate::metrics::serve(metrics_listener, views, metrics_shutdown.clone()).await
@@ -416,7 +418,9 @@ pub async fn run(
         shutdown: shutdown.clone(),
     };
     let admin_tls = config.tls.as_ref().map(crate::config::TlsConfig::server);
-    let admin_result = admin::serve(listeners.admin, admin, admin_tls, shutdown.clone()).await;
+    let admin_listener =
+        crate::listener::GuardedListener::new(listeners.admin, "admin", config.limits);
+    let admin_result = admin::serve(admin_listener, admin, admin_tls, shutdown.clone()).await;
     // The admin server ends only on shutdown (or a fatal error): stop the rest.
     shutdown.cancel();
     for task in tasks {
@@ -832,7 +836,7 @@ async fn start_raft(
     node_id: u64,
     cluster: &ClusterConfig,
     announce: &crate::announce::AnnounceConfig,
-    peer_listener: TcpListener,
+    peer_listener: crate::listener::GuardedListener,
     tls: Option<&crate::config::TlsConfig>,
     fatal: &Fatal,
     shutdown: &CancellationToken,

@@ -17,6 +17,7 @@ pub mod announce;
 pub mod app;
 pub mod config;
 pub mod dataplane;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod netlink;

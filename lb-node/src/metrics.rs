@@ -16,7 +16,6 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +49,8 @@ pub struct Metrics {
     pub ipvs_sysctls: prometheus::IntGaugeVec,
     pub propagation_seconds: Histogram,
     pub vip_owner_changes: IntCounter,
+    pub connections_open: prometheus::IntGaugeVec,
+    pub connections_refused: IntCounterVec,
 }
 
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
@@ -269,8 +270,36 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 "VIPs whose committed owner changed, as this member applied it (moves, releases and first assignments).",
             ),
         ),
+        connections_open: registered(
+            &registry,
+            prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "lb_connections_open",
+                    "Connections open on each port the member listens on.",
+                ),
+                &["listener"],
+            ),
+        ),
+        connections_refused: registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "lb_connections_refused_total",
+                    "Connections closed at accept: the listener full, the source's share full, or accept failing.",
+                ),
+                &["listener", "reason"],
+            ),
+        ),
         registry,
     };
+    for listener in ["admin", "peer", "metrics"] {
+        metrics.connections_open.with_label_values(&[listener]);
+        for reason in ["listener_full", "source_full", "accept_error"] {
+            metrics
+                .connections_refused
+                .with_label_values(&[listener, reason]);
+        }
+    }
     for kind in ["services", "endpointslices"] {
         metrics.watch_events.with_label_values(&[kind]);
         metrics.watch_errors.with_label_values(&[kind]);
@@ -568,7 +597,7 @@ async fn ready(AxumState(views): AxumState<Views>) -> (StatusCode, String) {
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: crate::listener::GuardedListener,
     views: Views,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {

@@ -125,6 +125,8 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<Cluster> {
             None,
         );
         let service = PeerService::new("bench".into(), id, states.clone(), inputs.clone());
+        let listener =
+            lb_node::listener::GuardedListener::new(listener, "peer", Default::default());
         tokio::spawn(transport::serve(listener, service, None, shutdown.clone()));
         let member_dir = dir.join(format!("member-{id}"));
         let initial = members.clone();

@@ -11,10 +11,9 @@ use std::time::{Duration, SystemTime};
 
 use proto::admin::v1 as pb;
 use proto::admin::v1::admin_server::{Admin, AdminServer};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -732,13 +731,13 @@ impl ServiceFilter {
 /// Serves the admin API on `listener` until `shutdown`. The caller binds the
 /// listener, so tests can use port 0.
 pub async fn serve(
-    listener: TcpListener,
+    listener: crate::listener::GuardedListener,
     service: AdminService,
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     crate::config::server_builder(tls)?
         .add_service(AdminServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(listener.into_stream(), shutdown.cancelled_owned())
         .await
 }

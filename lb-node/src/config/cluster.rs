@@ -66,9 +66,12 @@ pub const TLS_SERVER_NAME: &str = "lb-node";
 impl TlsConfig {
     pub fn server(&self) -> tonic::transport::ServerTlsConfig {
         use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        // A client that starts a handshake and stalls holds a connection
+        // (and a descriptor) no longer than this.
         ServerTlsConfig::new()
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
+            .timeout(std::time::Duration::from_secs(10))
     }
 
     pub fn client(&self) -> tonic::transport::ClientTlsConfig {

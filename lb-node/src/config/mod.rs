@@ -206,6 +206,9 @@ pub struct Config {
     /// `node.insecure`: the operator accepted admin or peer ports beyond
     /// loopback without TLS (refused otherwise).
     pub insecure: bool,
+    /// Caps of every port the member listens on (`node.max_connections`,
+    /// `node.max_connections_per_source`, `node.first_bytes_timeout`).
+    pub limits: crate::listener::Limits,
     pub announce: crate::announce::AnnounceConfig,
 }
 
@@ -230,6 +233,9 @@ struct RawNode {
     /// Accept listening beyond loopback without TLS (a lab).
     #[serde(default)]
     insecure: bool,
+    max_connections: Option<usize>,
+    max_connections_per_source: Option<usize>,
+    first_bytes_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -297,6 +303,50 @@ impl Default for RawAdmin {
             metrics_listen: "127.0.0.1:9445".into(),
         }
     }
+}
+
+/// `node.max_connections` (default 1024), `node.max_connections_per_source`
+/// (64, at most the former) and `node.first_bytes_timeout` (10s, 1s to
+/// 5m): the caps of each port the member listens on.
+fn listener_limits(node: &RawNode, file: &Path) -> Result<crate::listener::Limits, ConfigError> {
+    let d = crate::listener::Limits::default();
+    let max = node.max_connections.unwrap_or(d.max);
+    if !(16..=1_000_000).contains(&max) {
+        return Err(ConfigError::new(
+            file,
+            "node.max_connections",
+            format!("{max} is out of range 16-1000000"),
+        ));
+    }
+    let per_source = node
+        .max_connections_per_source
+        .unwrap_or(d.per_source.min(max));
+    if per_source == 0 || per_source > max {
+        return Err(ConfigError::new(
+            file,
+            "node.max_connections_per_source",
+            format!("{per_source} must be 1 to max_connections ({max})"),
+        ));
+    }
+    let first_bytes = match &node.first_bytes_timeout {
+        None => d.first_bytes,
+        Some(t) => {
+            let v = parse_duration(t, file, "node.first_bytes_timeout")?;
+            if v < Duration::from_secs(1) || v > Duration::from_secs(300) {
+                return Err(ConfigError::new(
+                    file,
+                    "node.first_bytes_timeout",
+                    "must be 1s to 5m",
+                ));
+            }
+            v
+        }
+    };
+    Ok(crate::listener::Limits {
+        max,
+        per_source,
+        first_bytes,
+    })
 }
 
 impl Config {
@@ -446,11 +496,13 @@ impl Config {
                 ));
             }
         }
+        let limits = listener_limits(&raw.node, file)?;
         Ok(Config {
             announce,
             cluster,
             tls,
             insecure: raw.node.insecure,
+            limits,
             file: file.to_owned(),
             node_id: raw.node.id,
             dataplane: DataplaneConfig {

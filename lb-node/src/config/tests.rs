@@ -314,3 +314,39 @@ fn listening_beyond_loopback_without_tls_needs_insecure() {
     .expect("insecure accepted");
     assert!(config.insecure);
 }
+
+#[test]
+fn listener_limits_default_and_bounds() {
+    let config = load(&format!("{NODE}[source.file]\npath = \"s.toml\"\n")).expect("valid");
+    assert_eq!(config.limits, crate::listener::Limits::default());
+    let config = load(
+        "[node]\nid = 1\nmax_connections = 100\nmax_connections_per_source = 10\nfirst_bytes_timeout = \"2s\"\n[source.file]\npath = \"s.toml\"\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        config.limits,
+        crate::listener::Limits {
+            max: 100,
+            per_source: 10,
+            first_bytes: Duration::from_secs(2)
+        }
+    );
+    for (line, field) in [
+        ("max_connections = 3", "node.max_connections"),
+        (
+            "max_connections_per_source = 0",
+            "node.max_connections_per_source",
+        ),
+        (
+            "max_connections = 100\nmax_connections_per_source = 200",
+            "node.max_connections_per_source",
+        ),
+        ("first_bytes_timeout = \"10ms\"", "node.first_bytes_timeout"),
+    ] {
+        let e = load(&format!(
+            "[node]\nid = 1\n{line}\n[source.file]\npath = \"s.toml\"\n"
+        ))
+        .expect_err(line);
+        assert!(e.to_string().contains(field), "{line}: {e}");
+    }
+}

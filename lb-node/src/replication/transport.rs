@@ -25,7 +25,7 @@ use raft::eraftpb::{Message, MessageType};
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
@@ -162,15 +162,15 @@ impl Peer for PeerService {
         // a certificate of the CA that names no other member (lbctl's, a
         // removed member's) is refused here, before a message of up to
         // 256 MiB would be buffered to find out who sent it.
-        if let Some(certs) = certs.as_deref() {
-            if let Err(reason) = self.names_another_member(certs) {
-                let reason = format!(
-                    "peer at {}: {reason}",
-                    remote.map_or("?".into(), |a| a.to_string())
-                );
-                warn!(reason = %reason, "peer connection refused before reading");
-                return Err(Status::permission_denied(reason));
-            }
+        if let Some(certs) = certs.as_deref()
+            && let Err(reason) = self.names_another_member(certs)
+        {
+            let reason = format!(
+                "peer at {}: {reason}",
+                remote.map_or("?".into(), |a| a.to_string())
+            );
+            warn!(reason = %reason, "peer connection refused before reading");
+            return Err(Status::permission_denied(reason));
         }
         let mut stream = request.into_inner();
         loop {
@@ -244,14 +244,14 @@ fn certificate_names_member(certs: &[CertificateDer<'static>], id: u64) -> Resul
 
 /// Serves the peer port on `listener` until `shutdown`.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: crate::listener::GuardedListener,
     service: PeerService,
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     crate::config::server_builder(tls)?
         .add_service(PeerServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(listener.into_stream(), shutdown.cancelled_owned())
         .await
 }
 
