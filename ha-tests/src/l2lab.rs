@@ -175,10 +175,18 @@ pub struct Lab {
     pub services_file: Option<String>,
     /// Namespaces added with `add_host`, deleted on drop.
     hosts: Vec<String>,
+    /// Each member's data directory on a loop-mounted disk of its own
+    /// (`disks`), which a drill can freeze.
+    pub loop_disks: bool,
+    pub disks: BTreeMap<u64, crate::disk::LoopFs>,
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // Thawed first: a member blocked on a frozen disk cannot be killed.
+        for d in self.disks.values() {
+            let _ = d.thaw();
+        }
         self.capture = None;
         if let Some(mut child) = self.arping.take() {
             let _ = child.kill();
@@ -217,6 +225,8 @@ impl Lab {
             ipv6_service: true,
             services_file: None,
             hosts: Vec::new(),
+            loop_disks: false,
+            disks: BTreeMap::new(),
         };
         let sw = lab.ns("sw");
         run(&["ip", "netns", "add", &sw])?;
@@ -400,6 +410,13 @@ impl Lab {
         let services = self.services_file.clone().unwrap_or(services);
         std::fs::write(self.dir.path().join("services.toml"), services)?;
         for (id, peer, admin) in &peers {
+            if self.loop_disks && !self.disks.contains_key(id) {
+                let fs = crate::disk::LoopFs::mount(
+                    &self.dir.path().join(format!("disk-{id}.img")),
+                    &self.dir.path().join(format!("data-{id}")),
+                )?;
+                self.disks.insert(*id, fs);
+            }
             let config = self.dir.path().join(format!("member-{id}.toml"));
             std::fs::write(
                 &config,

@@ -408,6 +408,7 @@ pub async fn cluster_status(member: &Member) -> anyhow::Result<proto::admin::v1:
 
 pub mod clusterdrills;
 pub mod clusterlab;
+pub mod disk;
 pub mod dns;
 pub mod drills;
 pub mod fake_api;

@@ -27,7 +27,7 @@ use crate::l2lab::{Lab, VIPS, split_brain, unix_now};
 use crate::traffic::Traffic;
 
 /// The drills this tier runs, by name.
-pub const NET_DRILLS: [&str; 7] = [
+pub const NET_DRILLS: [&str; 8] = [
     "leader-crash",
     "owner-crash",
     "follower-crash",
@@ -35,7 +35,11 @@ pub const NET_DRILLS: [&str; 7] = [
     "minority-partition",
     "transfer-and-drain",
     "rolling-restart",
+    "disk-stall",
 ];
+
+/// How long `disk-stall` keeps the leader's disk frozen.
+const STALL: Duration = Duration::from_secs(15);
 
 /// The writer's service and backend (from the lab's services file).
 const SERVICE: &str = "web-1";
@@ -92,6 +96,8 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
     };
     let mut lab = Lab::new(&tag)?;
     lab.admin_on_lan = true;
+    // Each data directory on a disk of its own, which the drill freezes.
+    lab.loop_disks = name == "disk-stall";
     lab.ipv6_service = false;
     let lab_http = crate::binary("lab-http")?;
     let lab_http = lab_http.to_str().context("lab-http path")?;
@@ -342,7 +348,8 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
     )
     .await?;
     let victim = match name {
-        "leader-crash" | "leader-isolated" | "transfer-and-drain" | "rolling-restart" => leader,
+        "leader-crash" | "leader-isolated" | "transfer-and-drain" | "rolling-restart"
+        | "disk-stall" => leader,
         _ => *owners
             .iter()
             .map(|(_, m)| m)
@@ -393,6 +400,14 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
             dead = Some(member);
         }
         "leader-isolated" | "minority-partition" => isolate(lab, victim, true)?,
+        // The leader's disk stalls: its raft thread blocks in its next
+        // write, its process runs on. Its lease must end on the announcer's
+        // own clock, with nobody else answering for its VIP before.
+        "disk-stall" => lab
+            .disks
+            .get(&victim)
+            .context("the victim's disk")?
+            .freeze()?,
         "transfer-and-drain" => {
             let to = *lab
                 .members
@@ -479,6 +494,7 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
             | "follower-crash"
             | "leader-isolated"
             | "minority-partition"
+            | "disk-stall"
     ) {
         // The VIP's new home: another member's first gratuitous ARP.
         match lab.wait_garp(vip, t0, Some(victim), Duration::from_secs(10)) {
@@ -488,7 +504,7 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
     }
     if matches!(
         name,
-        "leader-crash" | "leader-isolated" | "minority-partition"
+        "leader-crash" | "leader-isolated" | "minority-partition" | "disk-stall"
     ) {
         // A new leader on the majority side (or, for a minority partition,
         // the same one going on).
@@ -516,6 +532,14 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
         }
         None if matches!(name, "leader-isolated" | "minority-partition") => {
             isolate(lab, victim, false)?;
+        }
+        None if name == "disk-stall" => {
+            let left = Duration::from_secs_f64((STALL.as_secs_f64() - (unix_now() - t0)).max(0.0));
+            tokio::time::sleep(left).await;
+            lab.disks
+                .get(&victim)
+                .context("the victim's disk")?
+                .thaw()?;
         }
         None => {}
     }

@@ -4,68 +4,12 @@
 //! the member with a clear error and exit status 1, not an abort, and
 //! the others go on committing.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use ha_tests::disk::LoopFs;
 use ha_tests::{ClusterLayout, cluster_status, eventually, replace_file};
 
 const SERVICES: &str = "[[service]]\nname = \"web\"\nvip = \"192.0.2.10\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"rr\"\n\n[[service.backend]]\naddress = \"198.51.100.1\"\nport = 8080\n";
-
-fn sh(line: &str) -> anyhow::Result<String> {
-    let out = Command::new("sh").arg("-c").arg(line).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "`{line}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// An ext4 filesystem on a loop device mounted at `at`, unmounted (and
-/// its loop device freed) when dropped.
-struct LoopFs {
-    at: PathBuf,
-    device: String,
-}
-
-impl LoopFs {
-    fn mount(image: &Path, at: &Path) -> anyhow::Result<LoopFs> {
-        sh(&format!(
-            "truncate -s 64M {0} && mkfs.ext4 -q -F {0}",
-            image.display()
-        ))?;
-        std::fs::create_dir_all(at)?;
-        sh(&format!(
-            "mount -o loop,errors=remount-ro {} {}",
-            image.display(),
-            at.display()
-        ))?;
-        let device = sh(&format!("findmnt -n -o SOURCE {}", at.display()))?;
-        Ok(LoopFs {
-            at: at.to_owned(),
-            device,
-        })
-    }
-
-    /// What a failing disk does to ext4: an error, and the filesystem
-    /// turns read-only under its open files.
-    fn fail(&self) -> anyhow::Result<()> {
-        let name = Path::new(&self.device)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        std::fs::write(format!("/sys/fs/ext4/{name}/trigger_fs_error"), "1")?;
-        Ok(())
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        let _ = sh(&format!("umount -l {}", self.at.display()));
-        let _ = sh(&format!("losetup -d {}", self.device));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filesystem_turned_read_only_stops_the_member_cleanly() -> anyhow::Result<()> {
