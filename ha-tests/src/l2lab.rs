@@ -179,6 +179,8 @@ pub struct Lab {
     /// (`disks`), which a drill can freeze.
     pub loop_disks: bool,
     pub disks: BTreeMap<u64, crate::disk::LoopFs>,
+    /// Disks replaced by a drill, under the new ones: unmounted last.
+    pub failed_disks: Vec<crate::disk::LoopFs>,
 }
 
 impl Drop for Lab {
@@ -227,6 +229,7 @@ impl Lab {
             hosts: Vec::new(),
             loop_disks: false,
             disks: BTreeMap::new(),
+            failed_disks: Vec::new(),
         };
         let sw = lab.ns("sw");
         run(&["ip", "netns", "add", &sw])?;

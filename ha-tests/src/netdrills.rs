@@ -27,7 +27,7 @@ use crate::l2lab::{Lab, VIPS, split_brain, unix_now};
 use crate::traffic::Traffic;
 
 /// The drills this tier runs, by name.
-pub const NET_DRILLS: [&str; 8] = [
+pub const NET_DRILLS: [&str; 9] = [
     "leader-crash",
     "owner-crash",
     "follower-crash",
@@ -36,6 +36,7 @@ pub const NET_DRILLS: [&str; 8] = [
     "transfer-and-drain",
     "rolling-restart",
     "disk-stall",
+    "disk-readonly",
 ];
 
 /// How long `disk-stall` keeps the leader's disk frozen.
@@ -97,7 +98,7 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
     let mut lab = Lab::new(&tag)?;
     lab.admin_on_lan = true;
     // Each data directory on a disk of its own, which the drill freezes.
-    lab.loop_disks = name == "disk-stall";
+    lab.loop_disks = matches!(name, "disk-stall" | "disk-readonly");
     lab.ipv6_service = false;
     let lab_http = crate::binary("lab-http")?;
     let lab_http = lab_http.to_str().context("lab-http path")?;
@@ -349,7 +350,7 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
     .await?;
     let victim = match name {
         "leader-crash" | "leader-isolated" | "transfer-and-drain" | "rolling-restart"
-        | "disk-stall" => leader,
+        | "disk-stall" | "disk-readonly" => leader,
         _ => *owners
             .iter()
             .map(|(_, m)| m)
@@ -408,6 +409,16 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
             .get(&victim)
             .context("the victim's disk")?
             .freeze()?,
+        // The leader's disk fails: ext4 turns read-only under its log. It
+        // must stop with a clear error and exit status 1 (not abort), and
+        // its VIPs move as after a crash.
+        "disk-readonly" => {
+            lab.disks
+                .get(&victim)
+                .context("the victim's disk")?
+                .fail()?;
+            dead = Some(lab.members.remove(&victim).context("victim")?);
+        }
         "transfer-and-drain" => {
             let to = *lab
                 .members
@@ -495,6 +506,7 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
             | "leader-isolated"
             | "minority-partition"
             | "disk-stall"
+            | "disk-readonly"
     ) {
         // The VIP's new home: another member's first gratuitous ARP.
         match lab.wait_garp(vip, t0, Some(victim), Duration::from_secs(10)) {
@@ -504,7 +516,7 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
     }
     if matches!(
         name,
-        "leader-crash" | "leader-isolated" | "minority-partition" | "disk-stall"
+        "leader-crash" | "leader-isolated" | "minority-partition" | "disk-stall" | "disk-readonly"
     ) {
         // A new leader on the majority side (or, for a minority partition,
         // the same one going on).
@@ -524,6 +536,34 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     match dead.take() {
+        Some(mut member) if name == "disk-readonly" => {
+            // It stops at its next write (the writer writes 20 a second).
+            let status = member.wait_exit(Duration::from_secs(20))?;
+            let log = member.log();
+            if status.code() != Some(1) || !log.contains("the raft log's disk failed") {
+                report.failures.push(format!(
+                    "the member with a failed disk exited with {status}, not 1 and the disk's error: {}",
+                    log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+                ));
+            }
+            if log.contains("panicked") {
+                report
+                    .failures
+                    .push("the member with a failed disk panicked".into());
+            }
+            lab.retire(victim, member);
+            // The operator's way back: a new disk (mounted over the failed
+            // one, which stays until the lab ends) with an empty data
+            // directory; the member rejoins from the leader's snapshot.
+            let fresh = crate::disk::LoopFs::mount(
+                &lab.dir().join(format!("disk-{victim}-new.img")),
+                &lab.dir().join(format!("data-{victim}")),
+            )?;
+            if let Some(failed) = lab.disks.insert(victim, fresh) {
+                lab.failed_disks.push(failed);
+            }
+            lab.restart(victim)?;
+        }
         Some(mut member) => {
             member.wait_exit(Duration::from_secs(5))?;
             lab.retire(victim, member);

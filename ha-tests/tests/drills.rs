@@ -74,6 +74,14 @@ async fn disk_stall() -> anyhow::Result<()> {
     drill("disk-stall").await
 }
 
+/// The leader's filesystem turns read-only (a disk error): it stops with
+/// a clear error and exit status 1, its VIP moves, nothing acknowledged
+/// is lost; repaired and started, it rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_readonly() -> anyhow::Result<()> {
+    drill("disk-readonly").await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apiserver_outage() -> anyhow::Result<()> {
     drill("apiserver-outage").await

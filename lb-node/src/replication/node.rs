@@ -180,6 +180,29 @@ fn refused(e: NotAccepted) -> ProposeError {
     }
 }
 
+thread_local! {
+    /// Inside `guarded`: a panic there is the member's error, not a crash.
+    static IN_GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A panic caught by `guarded` is reported once, as the member's error
+/// (`the raft log's disk failed (...)`), not also as a raw panic message
+/// on stderr: the hook stays quiet for it (its place at debug level) and
+/// hands every other panic to the previous hook.
+fn quiet_guarded_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_GUARDED.with(std::cell::Cell::get) {
+                tracing::debug!(at = ?info.location(), "the log engine panicked: {info}");
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// Runs a write to the log, turning raft-engine's panic on a failed
 /// `fdatasync` (its `unwrap` when the filesystem turned read-only) into
 /// the member's fatal error: it stops with a clear message and a non-zero
@@ -188,7 +211,11 @@ fn refused(e: NotAccepted) -> ProposeError {
 fn guarded<T>(
     write: impl FnOnce() -> Result<T, super::replica::ReplicaError>,
 ) -> Result<T, super::replica::ReplicaError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(write)).unwrap_or_else(|panic| {
+    quiet_guarded_panics();
+    IN_GUARDED.with(|g| g.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(write));
+    IN_GUARDED.with(|g| g.set(false));
+    result.unwrap_or_else(|panic| {
         let what = panic
             .downcast_ref::<String>()
             .cloned()
@@ -196,6 +223,14 @@ fn guarded<T>(
             .unwrap_or_else(|| "a panic in the log engine".to_owned());
         Err(super::replica::ReplicaError::DiskFailed(what))
     })
+}
+
+/// Leaves a replica whose log engine failed as it is: dropping it would
+/// have the engine flush to the failed disk once more, and panic again
+/// (raft-engine's writer unwraps its `ftruncate` and `fdatasync` on
+/// drop; seen in the `disk-readonly` drill). The process is stopping.
+fn abandon(replica: Replica) {
+    std::mem::forget(replica);
 }
 
 /// Runs the node loop until `Input::Stop` or every sender is gone. Returns
@@ -262,7 +297,13 @@ pub fn run(
                 Input::RemoveMember { id, done } => {
                     let _ = done.send(replica.propose_remove_member(id).map_err(refused));
                 }
-                Input::Snapshot => guarded(|| replica.snapshot_now())?,
+                Input::Snapshot => {
+                    if let Err(e) = guarded(|| replica.snapshot_now()) {
+                        error!(error = %e, "raft node stopped: cannot go on with this log");
+                        abandon(replica);
+                        return Err(e);
+                    }
+                }
                 Input::Stop => return Ok(()),
             }
         }
@@ -301,6 +342,7 @@ pub fn run(
                 Ok(out) => out,
                 Err(e) => {
                     error!(error = %e, "raft node stopped: cannot go on with this log");
+                    abandon(replica);
                     return Err(e);
                 }
             };
