@@ -27,7 +27,7 @@ use crate::l2lab::{Lab, VIPS, split_brain, unix_now};
 use crate::traffic::Traffic;
 
 /// The drills this tier runs, by name.
-pub const NET_DRILLS: [&str; 9] = [
+pub const NET_DRILLS: [&str; 10] = [
     "leader-crash",
     "owner-crash",
     "follower-crash",
@@ -37,6 +37,7 @@ pub const NET_DRILLS: [&str; 9] = [
     "rolling-restart",
     "disk-stall",
     "disk-readonly",
+    "log-corrupt",
 ];
 
 /// How long `disk-stall` keeps the leader's disk frozen.
@@ -69,6 +70,24 @@ impl Dataplane {
             Dataplane::Ipvs => "ipvs",
         }
     }
+}
+
+/// Flips eight bytes in the middle of the largest log file under `dir`.
+fn damage_log(dir: &std::path::Path) -> anyhow::Result<()> {
+    let file = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "raftlog"))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .with_context(|| format!("no log file in {}", dir.display()))?;
+    let mut bytes = std::fs::read(&file)?;
+    let middle = bytes.len() / 2;
+    anyhow::ensure!(bytes.len() > 64, "{} is too small", file.display());
+    for b in &mut bytes[middle..middle + 8] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&file, &bytes)?;
+    Ok(())
 }
 
 /// Runs one drill by name in a fresh lab.
@@ -318,7 +337,7 @@ fn since_ms(t0: f64) -> u64 {
 fn hitless(name: &str) -> bool {
     matches!(
         name,
-        "follower-crash" | "transfer-and-drain" | "rolling-restart"
+        "follower-crash" | "transfer-and-drain" | "rolling-restart" | "log-corrupt"
     )
 }
 
@@ -409,6 +428,37 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
             .get(&victim)
             .context("the victim's disk")?
             .freeze()?,
+        // A follower stopped cleanly finds its log damaged at start (bits
+        // flipped in the middle of its log file): it must refuse with the
+        // way out, not start on a damaged log or abort; the others serve
+        // on. The operator's way out (its data directory moved aside)
+        // brings it back.
+        "log-corrupt" => {
+            let mut member = lab.members.remove(&victim).context("victim")?;
+            member.signal("TERM")?;
+            member.wait_exit(Duration::from_secs(15))?;
+            lab.retire(victim, member);
+            let data = lab.dir().join(format!("data-{victim}"));
+            damage_log(&data.join("raft-log"))?;
+            match lab.restart(victim) {
+                Ok(()) => report
+                    .failures
+                    .push("the member started on a damaged log".into()),
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    if !(text.contains("the log is damaged")
+                        && text.contains("move its data directory aside"))
+                        || text.contains("panicked")
+                    {
+                        report.failures.push(format!(
+                            "the damaged log was not refused with the way out: {text}"
+                        ));
+                    }
+                }
+            }
+            std::fs::rename(&data, lab.dir().join(format!("data-{victim}.damaged")))?;
+            lab.restart(victim)?;
+        }
         // The leader's disk fails: ext4 turns read-only under its log. It
         // must stop with a clear error and exit status 1 (not abort), and
         // its VIPs move as after a crash.

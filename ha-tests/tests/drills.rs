@@ -82,6 +82,14 @@ async fn disk_readonly() -> anyhow::Result<()> {
     drill("disk-readonly").await
 }
 
+/// A follower's log damaged while it was stopped: it refuses to start with
+/// the way out, no request fails; its data directory moved aside, it
+/// rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_corrupt() -> anyhow::Result<()> {
+    drill("log-corrupt").await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apiserver_outage() -> anyhow::Result<()> {
     drill("apiserver-outage").await

@@ -291,9 +291,10 @@ impl LogStore {
             return Err(LogStoreError::Engine {
                 dir: log_dir,
                 source: raft_engine::Error::Corruption(format!(
-                    "the log opens at last index {} term {}, but index {last_index} term {term} had been written: records were lost to damage (raft-engine dropped what followed a broken record)",
+                    "the log opens at last index {} term {}, but index {last_index} term {term} had been written: records were lost to damage (raft-engine dropped what followed a broken record), so the log is damaged. Do not edit it: stop this member, move its data directory aside ({}) and start it again; it rejoins and catches up from a snapshot",
                     store.last(),
-                    store.hard_state.term
+                    store.hard_state.term,
+                    store.dir.display()
                 )),
             });
         }
