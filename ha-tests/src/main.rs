@@ -144,12 +144,7 @@ async fn main() -> ExitCode {
     }
     // Which drills, and where they run.
     let (all, named): (Vec<&'static str>, &str) = if lab || ipvs {
-        // `disk-stall` needs loop devices and fsfreeze: the host tier's.
-        let ipvs_tier = ha_tests::netdrills::NET_DRILLS
-            .into_iter()
-            .filter(|d| !d.starts_with("disk-"))
-            .collect();
-        (ipvs_tier, "has no IPVS tier")
+        (ha_tests::netdrills::ipvs_tier(), "has no IPVS tier")
     } else {
         (all_drills(), "is not a drill")
     };

@@ -40,6 +40,16 @@ pub const NET_DRILLS: [&str; 10] = [
     "log-corrupt",
 ];
 
+/// The drills that also run through real IPVS (the kernel lab): not the
+/// storage drills, which need the host's loop devices and whose promises
+/// are about the log, not the data path.
+pub fn ipvs_tier() -> Vec<&'static str> {
+    NET_DRILLS
+        .into_iter()
+        .filter(|d| !d.starts_with("disk-") && *d != "log-corrupt")
+        .collect()
+}
+
 /// How long `disk-stall` keeps the leader's disk frozen.
 const STALL: Duration = Duration::from_secs(15);
 

@@ -44,7 +44,7 @@ fn check(drills: &[&str]) -> anyhow::Result<()> {
 
 #[test]
 fn crashes_partitions_transfer_and_drain_pass_through_real_ipvs() -> anyhow::Result<()> {
-    let drills: Vec<&str> = ha_tests::netdrills::NET_DRILLS
+    let drills: Vec<&str> = ha_tests::netdrills::ipvs_tier()
         .into_iter()
         .filter(|d| *d != "rolling-restart")
         .collect();
