@@ -77,8 +77,6 @@ fn start_bird_with(
         session,
         hold,
     } = extra;
-    let dir = lab.dir();
-    let config = dir.join(format!("{name}.conf"));
     // iBGP with members on the shared segment: a direct session (BIRD
     // takes iBGP for multihop otherwise).
     let direct = if asn == member_as { "direct;\n  " } else { "" };
@@ -92,6 +90,13 @@ fn start_bird_with(
             "protocol bgp m{id} from lbnode {{ neighbor 10.77.0.{id} as {member_as}; }}\n"
         ));
     }
+    spawn_bird(lab, name, &text)
+}
+
+/// BIRD instance `name` in the router namespace with configuration `text`.
+fn spawn_bird(lab: &Lab, name: &str, text: &str) -> anyhow::Result<Bird> {
+    let dir = lab.dir();
+    let config = dir.join(format!("{name}.conf"));
     std::fs::write(&config, text)?;
     let socket = dir.join(format!("{name}.ctl"));
     let child = lab.spawn(
@@ -111,18 +116,22 @@ fn start_bird_with(
 }
 
 fn show_routes(lab: &Lab, name: &str) -> anyhow::Result<String> {
+    show_routes_for(lab, name, &[])
+}
+
+/// `birdc show route all [for <prefix>]` of BIRD instance `name`.
+fn show_routes_for(lab: &Lab, name: &str, extra: &[&str]) -> anyhow::Result<String> {
     let socket = lab.dir().join(format!("{name}.ctl"));
-    lab.exec(
-        "c",
-        &[
-            "birdc",
-            "-s",
-            socket.to_str().unwrap_or_default(),
-            "show",
-            "route",
-            "all",
-        ],
-    )
+    let mut args = vec![
+        "birdc",
+        "-s",
+        socket.to_str().unwrap_or_default(),
+        "show",
+        "route",
+        "all",
+    ];
+    args.extend_from_slice(extra);
+    lab.exec("c", &args)
 }
 
 /// VIP -> the members BIRD has a route to it through.
@@ -833,23 +842,8 @@ fn bird_sees_each_services_communities() -> anyhow::Result<()> {
         let t = routes(&lab)?;
         Ok(VIPS.iter().all(|v| t.get(*v) == Some(&all)).then_some(()))
     })?;
-    // `show route all <prefix>`: each path's attributes.
-    let attributes = |vip: &str| -> anyhow::Result<String> {
-        let socket = lab.dir().join("bird.ctl");
-        lab.exec(
-            "c",
-            &[
-                "birdc",
-                "-s",
-                socket.to_str().unwrap_or_default(),
-                "show",
-                "route",
-                "all",
-                "for",
-                &format!("{vip}/32"),
-            ],
-        )
-    };
+    // `show route all for <prefix>`: each path's attributes.
+    let attributes = |vip: &str| show_routes_for(&lab, "bird", &["for", &format!("{vip}/32")]);
     let tagged = attributes(VIPS[1])?;
     assert!(
         tagged.contains("BGP.community: (65001,100) (65010,42)")
@@ -872,8 +866,6 @@ fn bird_sees_each_services_communities() -> anyhow::Result<()> {
 #[test]
 fn bird_connects_to_passive_members_over_ipv6() -> anyhow::Result<()> {
     let mut lab = Lab::new("8")?;
-    let dir = lab.dir().to_owned();
-    let config = dir.join("bird.conf");
     let mut text = String::from(
         "router id 10.77.0.100;\nprotocol device { }\n\
          template bgp lbnode {\n  local fd00:77::100 as 65000;\n  hold time 6;\n  connect retry time 1;\n  error wait time 1, 5;\n\
@@ -884,22 +876,7 @@ fn bird_connects_to_passive_members_over_ipv6() -> anyhow::Result<()> {
             "protocol bgp m{id} from lbnode {{ neighbor fd00:77::{id} port 179 as 65001; }}\n"
         ));
     }
-    std::fs::write(&config, text)?;
-    let _bird = Bird {
-        child: lab.spawn(
-            "c",
-            &[
-                "bird",
-                "-f",
-                "-c",
-                config.to_str().unwrap_or_default(),
-                "-s",
-                dir.join("bird.ctl").to_str().unwrap_or_default(),
-                "-P",
-                dir.join("bird.pid").to_str().unwrap_or_default(),
-            ],
-        )?,
-    };
+    let _bird = spawn_bird(&lab, "bird", &text)?;
     lab.start_members_with(|id| {
         format!(
             "[announce]\nmode = \"bgp\"\nlocal_as = 65001\nrouter_id = \"10.77.0.{id}\"\nhold_time = {HOLD}\necmp = true\n\

@@ -730,15 +730,8 @@ fn bgp_routes(
     let (settled_tx, settled_rx) = watch::channel(false);
     let shutdown = shutdown.clone();
     let mut dataplane = dataplane.clone();
+    // Read for each route's communities (those of the services on its VIP).
     let mut states = states.clone();
-    // The services' communities per VIP, read again when the table changed.
-    let (mut tags, mut tags_revision) = {
-        let state = states.borrow_and_update();
-        (
-            Arc::new(crate::announce::bgp::route_tags(&state)),
-            state.revision(),
-        )
-    };
     let mut status = cluster.map(|c| c.node.status.clone());
     tokio::spawn(async move {
         // VIPs that moved away while this member's lease holds: announced
@@ -756,16 +749,7 @@ fn bgp_routes(
             };
             let vips_decided = *vips_settled.borrow_and_update();
             let current = vips.borrow_and_update().clone();
-            {
-                let state = states.borrow_and_update();
-                if state.revision() != tags_revision {
-                    tags_revision = state.revision();
-                    let now = crate::announce::bgp::route_tags(&state);
-                    if *tags != now {
-                        tags = Arc::new(now);
-                    }
-                }
-            }
+            let state = states.borrow_and_update().clone();
             let lease = match &status {
                 Some(_) => within(until),
                 None => serving,
@@ -776,7 +760,7 @@ fn bgp_routes(
                 .map(|ip| {
                     (
                         ipnet::IpNet::from(*ip),
-                        tags.get(ip).cloned().unwrap_or_default(),
+                        crate::announce::bgp::route_tags(&state, *ip),
                     )
                 })
                 .collect();

@@ -283,6 +283,20 @@ impl State {
         self.services.values().map(Arc::as_ref)
     }
 
+    /// The services on `vip` (keys order by VIP first: a range, not a
+    /// scan).
+    pub fn services_on(&self, vip: IpAddr) -> impl Iterator<Item = &VirtualService> {
+        let first = ServiceKey {
+            vip,
+            port: 0,
+            protocol: crate::model::Protocol::Tcp,
+        };
+        self.services
+            .range(first..)
+            .take_while(move |(k, _)| k.vip == vip)
+            .map(|(_, s)| s.as_ref())
+    }
+
     pub fn service(&self, key: &ServiceKey) -> Option<&VirtualService> {
         self.services.get(key).map(Arc::as_ref)
     }

@@ -20,7 +20,6 @@ pub mod codec;
 pub mod fsm;
 pub mod md5;
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -519,25 +518,19 @@ async fn write_loop(
     Ok(())
 }
 
-/// The communities each VIP's route carries: those of every service on
-/// it, merged. VIPs without any are left out.
-pub fn route_tags(state: &crate::model::State) -> BTreeMap<IpAddr, fsm::RouteTags> {
-    let mut tags: BTreeMap<IpAddr, fsm::RouteTags> = BTreeMap::new();
-    for s in state.services() {
-        if s.bgp_communities.is_empty() && s.bgp_large_communities.is_empty() {
-            continue;
-        }
-        let t = tags.entry(s.key.vip).or_default();
+/// The communities of `vip`'s route: those of every service on it,
+/// merged (a lookup of the VIP's services, not a scan of the table).
+pub fn route_tags(state: &crate::model::State, vip: IpAddr) -> fsm::RouteTags {
+    let mut t = fsm::RouteTags::default();
+    for s in state.services_on(vip) {
         t.communities.extend(&s.bgp_communities);
         t.large_communities.extend(&s.bgp_large_communities);
     }
-    for t in tags.values_mut() {
-        t.communities.sort_unstable();
-        t.communities.dedup();
-        t.large_communities.sort_unstable();
-        t.large_communities.dedup();
-    }
-    tags
+    t.communities.sort_unstable();
+    t.communities.dedup();
+    t.large_communities.sort_unstable();
+    t.large_communities.dedup();
+    t
 }
 
 /// The routes for this peer.
