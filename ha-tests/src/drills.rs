@@ -259,11 +259,12 @@ impl Cluster {
 
 /// Writes backend weights 1, 2, 3, ... through whichever member leads, at
 /// `rate` per second, until stopped; remembers the last acknowledged and
-/// the last attempted value.
+/// the last attempted value, and counts the writes no member acknowledged.
 pub(crate) struct Writer {
     stop: Arc<AtomicBool>,
     acknowledged: Arc<AtomicU32>,
     attempted: Arc<AtomicU32>,
+    unacknowledged: Arc<AtomicU32>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -277,13 +278,20 @@ impl Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acknowledged = Arc::new(AtomicU32::new(0));
         let attempted = Arc::new(AtomicU32::new(0));
-        let (s, ack, att) = (stop.clone(), acknowledged.clone(), attempted.clone());
+        let unacknowledged = Arc::new(AtomicU32::new(0));
+        let (s, ack, att, unack) = (
+            stop.clone(),
+            acknowledged.clone(),
+            attempted.clone(),
+            unacknowledged.clone(),
+        );
         let task = tokio::spawn(async move {
             let mut weight = 0u32;
             let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
             while !s.load(Ordering::SeqCst) {
                 weight += 1;
                 att.store(weight, Ordering::SeqCst);
+                let mut written = false;
                 'endpoints: for e in &endpoints {
                     let Ok(channel) = tonic::transport::Channel::from_shared(e.clone()) else {
                         continue;
@@ -307,8 +315,12 @@ impl Writer {
                         .is_ok()
                     {
                         ack.store(weight, Ordering::SeqCst);
+                        written = true;
                         break 'endpoints;
                     }
+                }
+                if !written {
+                    unack.fetch_add(1, Ordering::SeqCst);
                 }
                 tokio::time::sleep(interval).await;
             }
@@ -317,8 +329,14 @@ impl Writer {
             stop,
             acknowledged,
             attempted,
+            unacknowledged,
             task,
         }
+    }
+
+    /// The writes so far that no member acknowledged.
+    pub(crate) fn unacknowledged(&self) -> u32 {
+        self.unacknowledged.load(Ordering::SeqCst)
     }
 
     pub(crate) async fn finish(self) -> (u32, u32) {

@@ -160,9 +160,10 @@ pub struct Lab {
     capture: Option<ArpCapture>,
     arping: Option<Child>,
     admin_ports: BTreeMap<u64, u16>,
-    /// Members' admin APIs listen on every address of their namespace (not
-    /// only loopback), so that the client namespace reaches them at
-    /// 10.77.0.N (the drills' writer and probes run there).
+    peer_ports: BTreeMap<u64, u16>,
+    /// Members' admin APIs (and metrics endpoints) listen on every address
+    /// of their namespace (not only loopback), so that the client namespace
+    /// reaches them at 10.77.0.N (the drills' writer and probes run there).
     pub admin_on_lan: bool,
     /// The members' `[dataplane]` section (empty: the memory dataplane).
     pub dataplane: String,
@@ -221,6 +222,7 @@ impl Lab {
             capture: None,
             arping: None,
             admin_ports: BTreeMap::new(),
+            peer_ports: BTreeMap::new(),
             admin_on_lan: false,
             dataplane: String::new(),
             backends: vec!["10.77.0.200"],
@@ -402,6 +404,14 @@ impl Lab {
         } else {
             "127.0.0.1"
         };
+        let on_lan = self.admin_on_lan;
+        let metrics_host = move |id: u64| {
+            if on_lan {
+                format!("10.77.0.{id}")
+            } else {
+                "127.0.0.1".to_owned()
+            }
+        };
         let services = self.services_text(|_| String::new())
             + &if !self.ipv6_service {
                 String::new()
@@ -424,9 +434,10 @@ impl Lab {
             std::fs::write(
                 &config,
                 format!(
-                    "[node]\nid = {id}\ninsecure = true\n\n[source.file]\npath = \"services.toml\"\n\n[admin]\nlisten = \"{admin_host}:{admin}\"\nmetrics_listen = \"127.0.0.1:0\"\n\n\
+                    "[node]\nid = {id}\ninsecure = true\n\n[source.file]\npath = \"services.toml\"\n\n[admin]\nlisten = \"{admin_host}:{admin}\"\nmetrics_listen = \"{}:0\"\n\n\
                      {}\n{}\n\
                      [cluster]\nid = \"l2-lab\"\ndata_dir = \"data-{id}\"\nlisten = \"10.77.0.{id}:{peer}\"\nmember = [{}]\n",
+                    metrics_host(*id),
                     announce(*id),
                     self.dataplane,
                     list.join(", ")
@@ -434,6 +445,7 @@ impl Lab {
             )?;
             let ns = self.ns(&format!("m{id}"));
             self.admin_ports.insert(*id, *admin);
+            self.peer_ports.insert(*id, *peer);
             self.members
                 .insert(*id, Member::start_in(Some(&ns), &config)?);
         }
@@ -522,6 +534,15 @@ impl Lab {
     /// `admin_on_lan`).
     pub fn admin_endpoint(&self, id: u64) -> String {
         format!("http://10.77.0.{id}:{}", self.admin_ports[&id])
+    }
+
+    /// Member `id`'s admin and peer ports on the lab's LAN.
+    pub fn admin_address(&self, id: u64) -> std::net::SocketAddr {
+        ([10, 77, 0, id as u8], self.admin_ports[&id]).into()
+    }
+
+    pub fn peer_address(&self, id: u64) -> std::net::SocketAddr {
+        ([10, 77, 0, id as u8], self.peer_ports[&id]).into()
     }
 
     /// Keeps the log of member `id`, stopped or killed, for `DRILL_LOGS`.

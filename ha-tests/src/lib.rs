@@ -412,6 +412,7 @@ pub mod disk;
 pub mod dns;
 pub mod drills;
 pub mod fake_api;
+pub mod flood;
 pub mod kernel_lab;
 pub mod kube;
 pub mod l2lab;

@@ -27,7 +27,7 @@ use crate::l2lab::{Lab, VIPS, split_brain, unix_now};
 use crate::traffic::Traffic;
 
 /// The drills this tier runs, by name.
-pub const NET_DRILLS: [&str; 10] = [
+pub const NET_DRILLS: [&str; 11] = [
     "leader-crash",
     "owner-crash",
     "follower-crash",
@@ -38,15 +38,32 @@ pub const NET_DRILLS: [&str; 10] = [
     "disk-stall",
     "disk-readonly",
     "log-corrupt",
+    "connection-flood",
 ];
 
 /// The drills that also run through real IPVS (the kernel lab): not the
 /// storage drills, which need the host's loop devices and whose promises
-/// are about the log, not the data path.
+/// are about the log, nor the connection flood, whose promise is about
+/// the member's listeners; neither is about the data path.
 pub fn ipvs_tier() -> Vec<&'static str> {
     NET_DRILLS
         .into_iter()
-        .filter(|d| !d.starts_with("disk-") && *d != "log-corrupt")
+        .filter(|d| !d.starts_with("disk-") && !matches!(*d, "log-corrupt" | "connection-flood"))
+        .collect()
+}
+
+/// `connection-flood`: connections to each of the leader's admin and peer
+/// ports, from `FLOOD_SOURCES` addresses (so that the cap per source,
+/// 64, leaves the listener's own cap, 1,024, to be reached), held for
+/// `FLOOD_HOLD` after the last one opened.
+const FLOOD_CONNECTIONS: usize = 20_000;
+const FLOOD_SOURCES: u8 = 40;
+const FLOOD_HOLD: Duration = Duration::from_secs(5);
+
+/// The flood's source addresses, on a host of their own (`f`).
+fn flood_sources() -> Vec<std::net::Ipv4Addr> {
+    (0..FLOOD_SOURCES)
+        .map(|i| std::net::Ipv4Addr::new(10, 77, 0, 150 + i))
         .collect()
 }
 
@@ -129,6 +146,16 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
     // Each data directory on a disk of its own, which the drill freezes.
     lab.loop_disks = matches!(name, "disk-stall" | "disk-readonly");
     lab.ipv6_service = false;
+    if name == "connection-flood" {
+        let sources = flood_sources();
+        lab.add_host("f", &sources[0].to_string())?;
+        for s in &sources[1..] {
+            lab.exec(
+                "f",
+                &["ip", "addr", "add", &format!("{s}/24"), "dev", "eth0"],
+            )?;
+        }
+    }
     let lab_http = crate::binary("lab-http")?;
     let lab_http = lab_http.to_str().context("lab-http path")?;
     // (namespace, address to serve on, name it answers with)
@@ -347,7 +374,11 @@ fn since_ms(t0: f64) -> u64 {
 fn hitless(name: &str) -> bool {
     matches!(
         name,
-        "follower-crash" | "transfer-and-drain" | "rolling-restart" | "log-corrupt"
+        "follower-crash"
+            | "transfer-and-drain"
+            | "rolling-restart"
+            | "log-corrupt"
+            | "connection-flood"
     )
 }
 
@@ -379,7 +410,7 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
     .await?;
     let victim = match name {
         "leader-crash" | "leader-isolated" | "transfer-and-drain" | "rolling-restart"
-        | "disk-stall" | "disk-readonly" => leader,
+        | "disk-stall" | "disk-readonly" | "connection-flood" => leader,
         _ => *owners
             .iter()
             .map(|(_, m)| m)
@@ -398,7 +429,13 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
         .copied()
         .filter(|v| name != "follower-crash" || *v != vip)
         .collect();
-    let endpoints: Vec<String> = (1..=3).map(|id| lab.admin_endpoint(id)).collect();
+    // The writer tries the members in turn; the flood's writes go to the
+    // flooded leader first.
+    let mut order: Vec<u64> = (1..=3).collect();
+    if name == "connection-flood" {
+        order.sort_by_key(|id| *id != leader);
+    }
+    let endpoints: Vec<String> = order.iter().map(|id| lab.admin_endpoint(*id)).collect();
     let writer = Writer::start(endpoints, 20, SERVICE, BACKEND);
     let mut traffic = Vec::new();
     for v in &probed {
@@ -479,6 +516,10 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
                 .fail()?;
             dead = Some(lab.members.remove(&victim).context("victim")?);
         }
+        // Tens of thousands of silent connections on the leader's admin and
+        // peer ports from many addresses while it serves and commits: its
+        // probes answer all along, no write fails, it stays the leader.
+        "connection-flood" => flood(lab, leader, &writer, &mut report).await?,
         "transfer-and-drain" => {
             let to = *lab
                 .members
@@ -643,7 +684,12 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
         }
         None => {}
     }
-    settled(lab, Duration::from_secs(30)).await?;
+    let leader_now = settled(lab, Duration::from_secs(30)).await?;
+    if name == "connection-flood" && leader_now != leader {
+        report.failures.push(format!(
+            "the leadership moved from {leader} to {leader_now} during the flood"
+        ));
+    }
     report.time_to_converged_ms = Some(since_ms(t0));
     // Traffic goes on until every VIP is answered again and a little after,
     // so that a VIP moving back to the returning member is counted too.
@@ -688,6 +734,95 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
     }
     report.passed = report.failures.is_empty();
     Ok(report)
+}
+
+/// The `connection-flood` drill's fault and its own checks; see
+/// `flood.rs`.
+async fn flood(lab: &Lab, leader: u64, writer: &Writer, report: &mut Report) -> anyhow::Result<()> {
+    let metrics = lab.members.get(&leader).context("the leader")?.metrics;
+    let unacknowledged_before = writer.unacknowledged();
+    let mut flood = crate::flood::Flood::start(
+        &lab.ns("f"),
+        &flood_sources(),
+        &[lab.admin_address(leader), lab.peer_address(leader)],
+        FLOOD_CONNECTIONS,
+        FLOOD_HOLD,
+    )?;
+    // The leader's probe and its descriptors, every 100 ms until the flood
+    // has closed its connections.
+    let (mut probes, mut probes_failed, mut fds_max) = (0u64, 0u64, 0f64);
+    while !flood.is_finished() {
+        probes += 1;
+        match crate::flood::http_get(metrics, "/readyz").await {
+            Ok((200, _)) => {}
+            Ok((status, body)) => {
+                probes_failed += 1;
+                report
+                    .failures
+                    .push(format!("/readyz answered {status}: {}", body.trim()));
+            }
+            Err(e) => {
+                probes_failed += 1;
+                report.failures.push(format!("/readyz: {e:#}"));
+            }
+        }
+        if let Ok((200, text)) = crate::flood::http_get(metrics, "/metrics").await {
+            fds_max = fds_max.max(metric(&text, "process_open_fds "));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let outcome = flood.finish()?;
+    let unacknowledged = writer.unacknowledged() - unacknowledged_before;
+    if unacknowledged > 0 {
+        report
+            .failures
+            .push(format!("{unacknowledged} writes failed during the flood"));
+    }
+    if outcome.opened < (2 * FLOOD_CONNECTIONS as u64) * 9 / 10 {
+        report.failures.push(format!(
+            "the flood opened only {} connections of {} ({} failed): it proved little",
+            outcome.opened,
+            2 * FLOOD_CONNECTIONS,
+            outcome.failed
+        ));
+    }
+    let (_, text) = crate::flood::http_get(metrics, "/metrics").await?;
+    let mut refused = serde_json::Map::new();
+    for listener in ["admin", "peer"] {
+        for reason in ["evicted", "source_full", "listener_full", "accept_error"] {
+            let series = format!(
+                "lb_connections_refused_total{{listener=\"{listener}\",reason=\"{reason}\"}} "
+            );
+            let n = metric(&text, &series);
+            if n > 0.0 {
+                refused.insert(format!("{listener}_{reason}"), n.into());
+            }
+        }
+    }
+    let log = lab.members.get(&leader).context("the leader")?.log();
+    if log.contains("Too many open files") {
+        report
+            .failures
+            .push("the leader ran out of descriptors".into());
+    }
+    report.extra.extend([
+        ("flood_opened".to_owned(), outcome.opened.into()),
+        ("flood_failed".to_owned(), outcome.failed.into()),
+        ("flood_open_seconds".to_owned(), outcome.seconds.into()),
+        ("probes".to_owned(), probes.into()),
+        ("probes_failed".to_owned(), probes_failed.into()),
+        ("leader_open_fds_max".to_owned(), fds_max.into()),
+        ("refused".to_owned(), refused.into()),
+    ]);
+    Ok(())
+}
+
+/// A metric's value from a `/metrics` text (NaN when absent).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// Runs network drills with real IPVS in the kernel lab (Debian's kernel

@@ -90,6 +90,14 @@ async fn log_corrupt() -> anyhow::Result<()> {
     drill("log-corrupt").await
 }
 
+/// 20,000 silent connections on each of the leader's admin and peer ports
+/// from 40 addresses while the cluster serves and commits (issue 19): no
+/// request or write fails, `/readyz` answers all along, it stays leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_flood() -> anyhow::Result<()> {
+    drill("connection-flood").await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apiserver_outage() -> anyhow::Result<()> {
     drill("apiserver-outage").await

@@ -135,22 +135,18 @@ fn run(config: Config) -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let admin = tokio::net::TcpListener::bind(config.admin.listen)
+        let admin = lb_node::listener::bind(config.admin.listen)
             .await
             .map_err(|e| {
                 anyhow::anyhow!("cannot listen on admin.listen {}: {e}", config.admin.listen)
             })?;
         let peer = match &config.cluster {
-            Some(cluster) => Some(
-                tokio::net::TcpListener::bind(cluster.listen)
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!("cannot listen on cluster.listen {}: {e}", cluster.listen)
-                    })?,
-            ),
+            Some(cluster) => Some(lb_node::listener::bind(cluster.listen).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on cluster.listen {}: {e}", cluster.listen)
+            })?),
             None => None,
         };
-        let metrics = tokio::net::TcpListener::bind(config.admin.metrics_listen)
+        let metrics = lb_node::listener::bind(config.admin.metrics_listen)
             .await
             .map_err(|e| {
                 anyhow::anyhow!(
