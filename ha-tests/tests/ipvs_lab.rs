@@ -319,8 +319,8 @@ ipvsadm -Ln --stats -t 10.0.0.100:80 | sed 's/^/LAB rr-table+ /'
 get 10.0.0.101 40 wrr
 get 10.0.0.103 10 fwmark
 echo "LAB refused-in-kernel $(ipvsadm -Sn | grep -c 10.0.0.104)"
-echo "LAB refused-logged $(grep 'operation failed' /tmp/lb.log | grep -c 'tcp/10.0.0.104:80')"
-grep 'operation failed' /tmp/lb.log | head -2 | sed 's/^/LAB refusal+ /'
+echo "LAB refused-logged $(grep 'refused a service' /tmp/lb.log | grep -c 'tcp/10.0.0.104:80')"
+grep 'refused a service' /tmp/lb.log | head -2 | sed 's/^/LAB refusal+ /'
 
 # Graceful termination: a slow request to b3 is open when b3 is replaced
 # by b2.

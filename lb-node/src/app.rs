@@ -591,6 +591,7 @@ async fn open_ipvs(
         IpvsSettings {
             ownership,
             drain_timeout: config.drain_timeout,
+            udp_drain_timeout: config.udp_drain_timeout,
             local,
         },
         netlink,

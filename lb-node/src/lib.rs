@@ -22,5 +22,6 @@ pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod nft;
+pub mod nft_sets;
 pub mod replication;
 pub mod source;

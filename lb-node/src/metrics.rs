@@ -35,6 +35,8 @@ pub struct Metrics {
     pub dataplane_errors: IntCounter,
     pub dataplane_sync_seconds: Histogram,
     pub drift_repairs: IntCounter,
+    pub dataplane_dumps: IntCounter,
+    pub dataplane_refused_services: IntGauge,
     pub source_loads: IntCounterVec,
     pub watch_events: IntCounterVec,
     pub watch_errors: IntCounterVec,
@@ -135,6 +137,20 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             IntCounter::new(
                 "lb_dataplane_drift_repairs_total",
                 "Operations that repaired a dataplane changed by hand.",
+            ),
+        ),
+        dataplane_dumps: registered(
+            &registry,
+            IntCounter::new(
+                "lb_dataplane_dumps_total",
+                "Whole-table dumps of the dataplane (start, repairs, resyncs after an error).",
+            ),
+        ),
+        dataplane_refused_services: registered(
+            &registry,
+            IntGauge::new(
+                "lb_dataplane_refused_services",
+                "Services the dataplane refused, retried on their own with backoff.",
             ),
         ),
         source_loads: registered(

@@ -4,6 +4,7 @@
 //!   lab-http serve ADDR:PORT NAME    answers NAME; /slow answers slow-NAME after 4 s
 //!   lab-http get ADDR:PORT PATH N    N new connections, one answer (or "failed") per line
 //!   lab-http echo ADDR:PORT          sends back what it reads (round-trip times)
+//!   lab-http udp ADDR:PORT N         one datagram from each of N sockets (N UDP flows)
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -94,7 +95,7 @@ fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: lab-http serve ADDR:PORT NAME | lab-http get ADDR:PORT PATH COUNT | lab-http echo ADDR:PORT";
+    let usage = "usage: lab-http serve ADDR:PORT NAME | lab-http get ADDR:PORT PATH COUNT | lab-http echo ADDR:PORT | lab-http udp ADDR:PORT COUNT";
     match args.get(1).map(String::as_str) {
         Some("serve") if args.len() == 4 => {
             let Ok(addr) = args[2].parse() else {
@@ -114,6 +115,25 @@ fn main() {
             if let Err(e) = echo(addr) {
                 eprintln!("lab-http: {e}");
                 std::process::exit(1);
+            }
+        }
+        Some("udp") if args.len() == 4 => {
+            let (Ok(addr), Ok(count)) = (args[2].parse::<SocketAddr>(), args[3].parse::<u32>())
+            else {
+                eprintln!("{usage}");
+                std::process::exit(2)
+            };
+            let any: SocketAddr = if addr.is_ipv6() {
+                "[::]:0".parse().expect("address")
+            } else {
+                "0.0.0.0:0".parse().expect("address")
+            };
+            for _ in 0..count {
+                let sent = std::net::UdpSocket::bind(any).and_then(|s| s.send_to(b"q", addr));
+                if let Err(e) = sent {
+                    eprintln!("lab-http: udp: {e}");
+                    std::process::exit(1);
+                }
             }
         }
         Some("get") if args.len() == 5 => {

@@ -158,6 +158,10 @@ pub struct DataplaneConfig {
     pub masquerade: bool,
     /// IPVS: how long a removed backend keeps its open connections.
     pub drain_timeout: Duration,
+    /// IPVS: the same for UDP services (none by default: a UDP flow is an
+    /// "inactive connection" that never ends while packets come, so a
+    /// drain only blackholes it; kube-proxy deletes UDP backends at once).
+    pub udp_drain_timeout: Duration,
     /// IPVS: the services lb-node manages are those with a VIP in these
     /// networks; empty: those with a VIP on `vip_interface`.
     pub managed_networks: Vec<ipnet::IpNet>,
@@ -246,6 +250,7 @@ struct RawDataplane {
     vip_interface: String,
     masquerade: bool,
     drain_timeout: String,
+    udp_drain_timeout: String,
     managed_networks: Vec<String>,
     own_whole_table: bool,
 }
@@ -258,6 +263,7 @@ impl Default for RawDataplane {
             vip_interface: "lbvip0".into(),
             masquerade: true,
             drain_timeout: "30s".into(),
+            udp_drain_timeout: "0s".into(),
             managed_networks: Vec::new(),
             own_whole_table: false,
         }
@@ -395,6 +401,11 @@ impl Config {
             file,
             "dataplane.drain_timeout",
         )?;
+        let udp_drain_timeout = parse_duration(
+            &raw.dataplane.udp_drain_timeout,
+            file,
+            "dataplane.udp_drain_timeout",
+        )?;
         let mut managed_networks = Vec::new();
         for (i, n) in raw.dataplane.managed_networks.iter().enumerate() {
             managed_networks.push(n.parse::<ipnet::IpNet>().map_err(|e| {
@@ -415,6 +426,21 @@ impl Config {
                     "{:?} is not a valid interface name (at most 15 characters, no '/' or space)",
                     raw.dataplane.vip_interface
                 ),
+            ));
+        }
+        if kind == DataplaneKind::Ipvs
+            && raw.dataplane.vip_interface.is_empty()
+            && managed_networks.is_empty()
+            && !raw.dataplane.own_whole_table
+        {
+            return Err(ConfigError::new(
+                file,
+                "dataplane.vip_interface",
+                "is empty and no dataplane.managed_networks are set: lb-node would have no way to \
+                 tell its own IPVS services from others' (it recognises them by their VIPs on its \
+                 interface), so it could never repair or remove them; set managed_networks to the \
+                 networks of the VIPs (or own_whole_table = true on a machine whose IPVS table is \
+                 lb-node's alone)",
             ));
         }
         let source = match (raw.source.file, raw.source.kubernetes) {
@@ -511,6 +537,7 @@ impl Config {
                 vip_interface: raw.dataplane.vip_interface,
                 masquerade: raw.dataplane.masquerade,
                 drain_timeout,
+                udp_drain_timeout,
                 managed_networks,
                 own_whole_table: raw.dataplane.own_whole_table,
             },

@@ -350,3 +350,40 @@ fn listener_limits_default_and_bounds() {
         assert!(e.to_string().contains(field), "{line}: {e}");
     }
 }
+
+/// IPVS without a VIP interface and without managed networks would own
+/// nothing it dumps: every repair re-sent the whole table and hand edits
+/// were never repaired (issue 20). Refused, naming the way out.
+#[test]
+fn ipvs_without_a_vip_interface_needs_managed_networks() {
+    let base = format!(
+        "{NODE}[source.file]\npath = \"s.toml\"\n[dataplane]\nkind = \"ipvs\"\nvip_interface = \"\"\n"
+    );
+    let e = load(&base).expect_err("no way to own services");
+    assert_eq!(e.field, "dataplane.vip_interface");
+    assert!(e.message.contains("managed_networks"), "{}", e.message);
+    for fix in [
+        "managed_networks = [\"10.96.0.0/12\"]",
+        "own_whole_table = true",
+    ] {
+        let config = load(&format!("{base}{fix}\n")).expect(fix);
+        assert!(config.dataplane.vip_interface.is_empty());
+    }
+    // The memory dataplane owns no kernel table: nothing to refuse.
+    load(&format!(
+        "{NODE}[source.file]\npath = \"s.toml\"\n[dataplane]\nkind = \"memory\"\nvip_interface = \"\"\n"
+    ))
+    .expect("memory");
+}
+
+#[test]
+fn udp_backends_drain_for_no_time_by_default() {
+    let config = load(&format!("{NODE}[source.file]\npath = \"s.toml\"\n")).expect("valid");
+    assert_eq!(config.dataplane.udp_drain_timeout, Duration::ZERO);
+    assert_eq!(config.dataplane.drain_timeout, Duration::from_secs(30));
+    let e = load(&format!(
+        "{NODE}[source.file]\npath = \"s.toml\"\n[dataplane]\nudp_drain_timeout = \"soon\"\n"
+    ))
+    .expect_err("bad duration");
+    assert_eq!(e.field, "dataplane.udp_drain_timeout");
+}

@@ -1,16 +1,21 @@
 //! The in-memory dataplane: a `Table` behind a lock, with the kernel's rules
 //! for conflicts. For tests, simulations and machines without IPVS.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::dataplane::table::{Op, OpConflict, Table};
 use crate::dataplane::{ApplyReport, Dataplane, DataplaneError, OpFailure};
+use crate::model::Scheduler;
 
 /// A dataplane that programs a `Table` in memory. Clones share the table,
 /// so a test can look at it, or tamper with it to simulate drift.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryDataplane {
     table: Arc<Mutex<Table>>,
+    /// A scheduler it refuses, as a kernel without its module does.
+    refused: Arc<Mutex<Option<Scheduler>>>,
+    dumps: Arc<AtomicU64>,
 }
 
 impl MemoryDataplane {
@@ -21,6 +26,17 @@ impl MemoryDataplane {
     /// The table as programmed now.
     pub fn table(&self) -> Table {
         self.lock().clone()
+    }
+
+    /// Refuses services with `scheduler` from now on (None: accepts all),
+    /// as a kernel without that scheduler's module does.
+    pub fn refuse_scheduler(&self, scheduler: Option<Scheduler>) {
+        *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = scheduler;
+    }
+
+    /// Whole-table dumps so far.
+    pub fn dumps(&self) -> u64 {
+        self.dumps.load(Ordering::SeqCst)
     }
 
     /// Direct access, as `ipvsadm` by hand would have.
@@ -35,13 +51,34 @@ impl Dataplane for MemoryDataplane {
     }
 
     async fn dump(&mut self) -> Result<Table, DataplaneError> {
+        self.dumps.fetch_add(1, Ordering::SeqCst);
         Ok(self.table())
     }
 
+    async fn dump_only(
+        &mut self,
+        keys: &std::collections::BTreeSet<crate::model::ServiceKey>,
+    ) -> Result<Table, DataplaneError> {
+        Ok(self.table().only(keys))
+    }
+
     async fn apply(&mut self, ops: &[Op]) -> ApplyReport {
+        let refused = *self.refused.lock().unwrap_or_else(PoisonError::into_inner);
         let mut table = self.lock();
         let mut report = ApplyReport::default();
         for op in ops {
+            if let Op::AddService { settings, .. } | Op::UpdateService { settings, .. } = op
+                && Some(settings.scheduler) == refused
+            {
+                report.failed.push(OpFailure {
+                    op: op.clone(),
+                    error: DataplaneError::Rejected {
+                        op: op.to_string(),
+                        reason: format!("no scheduler {:?}", settings.scheduler.name()),
+                    },
+                });
+                continue;
+            }
             match table.apply(op) {
                 Ok(()) => report.applied += 1,
                 // Idempotent like the kernel calls: adding what exists and

@@ -96,6 +96,15 @@ pub trait Dataplane: Send + 'static {
     fn kind(&self) -> &'static str;
     /// Everything programmed now.
     fn dump(&mut self) -> impl Future<Output = Result<Table, DataplaneError>> + Send;
+    /// What is programmed now for these services only (the others are not
+    /// in the table): after a refusal, the reconciler reads back the
+    /// services concerned at the cost of those.
+    fn dump_only(
+        &mut self,
+        keys: &std::collections::BTreeSet<ServiceKey>,
+    ) -> impl Future<Output = Result<Table, DataplaneError>> + Send {
+        async move { Ok(self.dump().await?.only(keys)) }
+    }
     /// Applies operations in order, going on after a failure.
     fn apply(&mut self, ops: &[Op]) -> impl Future<Output = ApplyReport> + Send;
     /// Periodic housekeeping (about once a second): IPVS deletes the

@@ -378,6 +378,66 @@ async fn reconciler_programs_changes_and_repairs_drift() {
     task.await.expect("reconciler ends cleanly");
 }
 
+/// A service the dataplane refuses (a scheduler the kernel lacks) is set
+/// apart and retried with backoff; the rest of the table is neither dumped
+/// again nor held up (issue 20: it was a whole-table dump every second).
+#[tokio::test(start_paused = true)]
+async fn a_refused_service_is_retried_on_its_own_with_backoff() {
+    let dp = MemoryDataplane::new();
+    dp.refuse_scheduler(Some(Scheduler::Sh));
+    let mut services = example();
+    let mut odd = service("192.0.2.20", 80, Protocol::Tcp, &[("10.0.0.9", 80, 1)]);
+    odd.scheduler = Scheduler::Sh;
+    services.push(odd);
+    let (state_tx, state_rx) = watch_state(state_of(&services));
+    let (status_tx, status_rx) = tokio::sync::watch::channel(reconcile::DataplaneStatus::default());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(reconcile::run(
+        dp.clone(),
+        state_rx,
+        Duration::from_secs(30),
+        status_tx,
+        tokio::sync::mpsc::channel(1).1,
+        shutdown.clone(),
+    ));
+    wait_for("the others programmed", || {
+        dp.table() == table_of(&services[..2])
+    })
+    .await;
+    assert!(
+        status_rx.borrow().last_error.contains("no scheduler"),
+        "{:?}",
+        status_rx.borrow()
+    );
+
+    // 20 s later: no dump but the first, and a change to another service
+    // goes through at once.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(dp.dumps(), 1, "a refused service made the member dump");
+    services[0].backends[0].weight = 9;
+    state_tx
+        .send(Arc::new(state_of(&services)))
+        .expect("reconciler alive");
+    wait_for("the change applied", || {
+        dp.table() == table_of(&services[..2])
+    })
+    .await;
+
+    // The kernel gets the scheduler: the service is in within the backoff
+    // (1, 2, 4, 8, 16 s so far: at most 32 s), still without a dump.
+    dp.refuse_scheduler(None);
+    tokio::time::sleep(Duration::from_secs(33)).await;
+    wait_for("the refused service programmed", || {
+        dp.table() == table_of(&services)
+    })
+    .await;
+    assert!(status_rx.borrow().last_error.is_empty());
+    assert!(dp.dumps() <= 2, "{} dumps (one repair at 30 s)", dp.dumps());
+
+    shutdown.cancel();
+    task.await.expect("reconciler ends cleanly");
+}
+
 #[test]
 fn overrides_change_the_programmed_weight() {
     let services = example();

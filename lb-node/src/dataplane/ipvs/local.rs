@@ -14,10 +14,13 @@
 //! Masquerade (NAT) destinations send their replies to whoever sent the
 //! request; for those to come back through the member, the member rewrites
 //! the source of what it forwards to its own address. That is one nftables
-//! table, `inet lb_node`, replaced atomically by `nft -f -` when the set of
-//! masquerade VIPs changes:
+//! table, `inet lb_node`:
 //! `ct original ip daddr @masq4 masquerade` in a postrouting nat chain. It
-//! needs `net.ipv4.vs.conntrack = 1` (set with the other sysctls).
+//! needs `net.ipv4.vs.conntrack = 1` (set with the other sysctls). A change
+//! of masquerading VIPs adds and deletes elements of the sets over netlink
+//! (`nft_sets`), at the cost of the change; the whole table is replaced
+//! atomically (`nft -f -`) at start, at every repair (after each dump), when
+//! the firewall-mark rules change, and when an element change fails.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -56,6 +59,14 @@ pub struct Local {
     marks: BTreeMap<ServiceKey, u32>,
     /// The nftables table must be (re)installed from `masq` and `marks`.
     table_dirty: bool,
+    /// The table is there (installed by this run or an earlier one), so a
+    /// change must reach it even when it no longer needs a table.
+    table_present: bool,
+    /// What this run installed last (the sets' elements, the mark rules),
+    /// and whether the next install must replace the whole table.
+    installed_masq: BTreeSet<IpAddr>,
+    installed_marks: BTreeMap<ServiceKey, u32>,
+    full_install: bool,
 }
 
 impl Local {
@@ -82,7 +93,18 @@ impl Local {
             masq: BTreeSet::new(),
             marks: BTreeMap::new(),
             table_dirty: true,
+            table_present: false,
+            installed_masq: BTreeSet::new(),
+            installed_marks: BTreeMap::new(),
+            full_install: true,
         })
+    }
+
+    /// The firewall-mark services an earlier run recorded (`recorded_marks`).
+    pub fn with_marks(mut self, marks: BTreeMap<ServiceKey, u32>) -> Self {
+        self.table_present |= !marks.is_empty();
+        self.marks = marks;
+        self
     }
 
     pub fn vips(&self) -> LocalVips {
@@ -114,9 +136,9 @@ impl Local {
             .filter(|(_, m)| **m)
             .map(|(k, _)| k.vip)
             .collect();
-        if marks != self.marks || masq != self.masq {
-            self.table_dirty = true;
-        }
+        // A repair checks the table too: replaced whole, from the dump.
+        self.table_dirty = true;
+        self.full_install = true;
         (self.marks, self.masq) = (marks, masq);
         let wanted: BTreeSet<IpAddr> = self.services.keys().map(|k| k.vip).collect();
         let (add, remove) = {
@@ -220,17 +242,37 @@ impl Local {
         {
             errors.push(format!("{e:#}"));
         }
-        let want_table = self.settings.masquerade || !self.marks.is_empty();
+        let want_table = self.settings.masquerade || !self.marks.is_empty() || self.table_present;
         if want_table && self.table_dirty {
-            let none = BTreeSet::new();
             let masq = if self.settings.masquerade {
-                &self.masq
+                self.masq.clone()
             } else {
-                &none
+                BTreeSet::new()
             };
-            match install_table(masq, &self.marks).await {
-                Ok(()) => self.table_dirty = false,
-                Err(e) => errors.push(format!("{e:#}")),
+            let by_elements = !self.full_install && self.marks == self.installed_marks;
+            let mut done = false;
+            if by_elements {
+                match change_elements(&self.installed_masq, &masq) {
+                    Ok(()) => done = true,
+                    Err(e) => {
+                        warn!(error = %e, "cannot change the masquerade sets' elements; replacing the table");
+                    }
+                }
+            }
+            if !done {
+                match install_table(&masq, &self.marks).await {
+                    Ok(()) => done = true,
+                    Err(e) => errors.push(format!("{e:#}")),
+                }
+            }
+            if done {
+                self.table_dirty = false;
+                self.table_present = true;
+                self.full_install = false;
+                self.installed_masq = masq;
+                self.installed_marks = self.marks.clone();
+            } else {
+                self.full_install = true;
             }
         }
         for e in &errors {
@@ -294,6 +336,104 @@ pub fn table_script(masq: &BTreeSet<IpAddr>, marks: &BTreeMap<ServiceKey, u32>) 
     s
 }
 
+/// The firewall-mark services recorded in lb-node's table by an earlier
+/// run: its prerouting rules name each one and its mark. The kernel names
+/// a firewall-mark service by its mark alone, so this record is how a
+/// restarted member recognises the ones it programmed (and removes those
+/// gone from its table). The record lives exactly as long as the IPVS
+/// table it describes (the same network namespace; both gone at reboot).
+/// Empty when there is no table (the first run) or nft cannot read it.
+pub async fn recorded_marks() -> BTreeMap<ServiceKey, u32> {
+    let out = tokio::process::Command::new("nft")
+        .args(["-n", "list", "table", "inet", "lb_node"])
+        .output()
+        .await;
+    match out {
+        Ok(out) if out.status.success() => {
+            let marks = parse_marks(&String::from_utf8_lossy(&out.stdout));
+            if !marks.is_empty() {
+                info!(
+                    fwmarks = marks.len(),
+                    "firewall-mark services recorded by an earlier run"
+                );
+            }
+            marks
+        }
+        _ => BTreeMap::new(),
+    }
+}
+
+/// The marks in `nft -n list table inet lb_node`'s text: lines like
+/// `ip daddr 10.0.0.5 tcp dport 80 meta mark set 0x00000064`. Lines of
+/// any other form are not lb-node's and are skipped.
+pub fn parse_marks(text: &str) -> BTreeMap<ServiceKey, u32> {
+    let mut marks = BTreeMap::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [
+            family,
+            "daddr",
+            vip,
+            protocol,
+            "dport",
+            port,
+            "meta",
+            "mark",
+            "set",
+            mark,
+        ] = words[..]
+        else {
+            continue;
+        };
+        let Ok(vip) = vip.parse::<IpAddr>() else {
+            continue;
+        };
+        if (family == "ip6") != vip.is_ipv6() || !matches!(family, "ip" | "ip6") {
+            continue;
+        }
+        let Some(protocol) = Protocol::ALL.into_iter().find(|p| p.name() == protocol) else {
+            continue;
+        };
+        let Ok(port) = port.parse::<u16>() else {
+            continue;
+        };
+        let Some(Ok(mark)) = mark.strip_prefix("0x").map(|m| u32::from_str_radix(m, 16)) else {
+            continue;
+        };
+        marks.insert(
+            ServiceKey {
+                vip,
+                port,
+                protocol,
+            },
+            mark,
+        );
+    }
+    marks
+}
+
+/// Takes the masquerade sets from `have` to `want` by adding and deleting
+/// elements: one netlink transaction, whatever the number of VIPs.
+fn change_elements(
+    have: &BTreeSet<IpAddr>,
+    want: &BTreeSet<IpAddr>,
+) -> Result<(), crate::nft_sets::SetError> {
+    let change = |set, v6: bool| crate::nft_sets::SetChange {
+        set,
+        add: want
+            .difference(have)
+            .filter(|ip| ip.is_ipv6() == v6)
+            .copied()
+            .collect(),
+        delete: have
+            .difference(want)
+            .filter(|ip| ip.is_ipv6() == v6)
+            .copied()
+            .collect(),
+    };
+    crate::nft_sets::apply("lb_node", &[change("masq4", false), change("masq6", true)])
+}
+
 async fn install_table(
     masq: &BTreeSet<IpAddr>,
     marks: &BTreeMap<ServiceKey, u32>,
@@ -307,4 +447,57 @@ async fn install_table(
         "nftables table inet lb_node installed"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marks_nft_lists_are_read_back() {
+        let key = |vip: &str, port, protocol| ServiceKey {
+            vip: vip.parse().expect("ip"),
+            port,
+            protocol,
+        };
+        let marks = BTreeMap::from([
+            (key("10.0.0.5", 80, Protocol::Tcp), 100),
+            (key("fd00::5", 53, Protocol::Udp), 200),
+            (key("10.0.0.6", 443, Protocol::Sctp), u32::MAX),
+        ]);
+        let masq = BTreeSet::from(["10.0.0.1".parse().expect("ip")]);
+        // What `nft -n list table inet lb_node` printed (nftables 1.0.6)
+        // for `table_script(masq, marks)`.
+        let listed = "table inet lb_node {
+\tset masq4 {
+\t\ttype ipv4_addr
+\t\telements = { 10.0.0.1 }
+\t}
+
+\tchain postrouting {
+\t\ttype nat hook postrouting priority 100; policy accept;
+\t\tct original ip daddr @masq4 masquerade
+\t\tct original ip6 daddr @masq6 masquerade
+\t}
+
+\tchain prerouting {
+\t\ttype filter hook prerouting priority -150; policy accept;
+\t\tip daddr 10.0.0.5 tcp dport 80 meta mark set 0x00000064
+\t\tip daddr 10.0.0.6 sctp dport 443 meta mark set 0xffffffff
+\t\tip6 daddr fd00::5 udp dport 53 meta mark set 0x000000c8
+\t\tip daddr 10.0.0.7 tcp dport 80 counter meta mark set 0x1
+\t\tip6 daddr 10.0.0.8 tcp dport 80 meta mark set 0x1
+\t}
+}
+";
+        assert_eq!(parse_marks(listed), marks);
+        // The script writes each of them as one such line.
+        let script = table_script(&masq, &marks);
+        for line in [
+            "ip daddr 10.0.0.5 tcp dport 80 meta mark set 0x64",
+            "ip6 daddr fd00::5 udp dport 53 meta mark set 0xc8",
+        ] {
+            assert!(script.contains(line), "{script}");
+        }
+    }
 }

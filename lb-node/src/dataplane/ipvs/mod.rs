@@ -288,6 +288,8 @@ pub struct IpvsSettings {
     /// How long a removed destination may keep its connections; zero
     /// deletes at once.
     pub drain_timeout: Duration,
+    /// The same for UDP services.
+    pub udp_drain_timeout: Duration,
     /// Make VIPs local on this dummy interface, and install the masquerade
     /// table; `None` leaves both to the operator.
     pub local: Option<local::LocalSettings>,
@@ -314,6 +316,14 @@ impl std::fmt::Debug for IpvsSocket {
 impl Inner {
     fn key(&self, k: &ServiceKey) -> KernelKey {
         kernel_key(k, self.marks.get(k).copied())
+    }
+
+    /// How long a removed destination of service `k` drains.
+    fn drain_for(&self, k: &ServiceKey) -> Duration {
+        match k.protocol {
+            Protocol::Udp => self.settings.udp_drain_timeout,
+            Protocol::Tcp | Protocol::Sctp => self.settings.drain_timeout,
+        }
     }
 
     fn socket(&mut self) -> Result<&mut IpvsSocket, IpvsError> {
@@ -413,6 +423,46 @@ impl Inner {
         Ok(table)
     }
 
+    /// The services `keys` as the kernel holds them (absent ones left out),
+    /// draining destinations hidden as in a dump: one read per service.
+    fn dump_only(&mut self, keys: &BTreeSet<ServiceKey>) -> Result<Table, DataplaneError> {
+        let result = self.dump_only_inner(keys);
+        result.map_err(|e| self.fail(e))
+    }
+
+    fn dump_only_inner(&mut self, keys: &BTreeSet<ServiceKey>) -> Result<Table, IpvsError> {
+        let mut table = Table::default();
+        for key in keys {
+            let kk = self.key(key);
+            let by_mark: BTreeMap<(bool, u32), ServiceKey> = match kk {
+                KernelKey::Fwmark { ipv6, mark } => BTreeMap::from([((ipv6, mark), *key)]),
+                KernelKey::Addr { .. } => BTreeMap::new(),
+            };
+            let sock = self.socket()?;
+            let Some(ks) = sock.service(&kk)? else {
+                continue;
+            };
+            // Settings lb-node never programs: the next dump replaces it.
+            let Some((_, settings)) = read_service(&ks, &by_mark) else {
+                continue;
+            };
+            let destinations = sock
+                .dests(&kk)?
+                .iter()
+                .filter_map(read_dest)
+                .filter(|(d, _)| !self.draining.contains_key(&(*key, *d)))
+                .collect();
+            table.services.insert(
+                *key,
+                ProgrammedService {
+                    settings,
+                    destinations,
+                },
+            );
+        }
+        Ok(table)
+    }
+
     /// Applies `ops` a slice at a time, so a full sync of a big table never
     /// holds every request in memory at once.
     fn apply(&mut self, ops: &[Op]) -> ApplyReport {
@@ -427,18 +477,18 @@ impl Inner {
     }
 
     fn apply_slice(&mut self, ops: &[Op]) -> ApplyReport {
-        let drain = self.settings.drain_timeout;
         let now = Instant::now();
         // A drain sets weight 0 with the rest of the destination as the
         // kernel has it: read the destinations of the services concerned
         // (one dump per service, so the cost follows the change).
         let mut current: BTreeMap<(ServiceKey, DestKey), KernelDest> = BTreeMap::new();
-        if !drain.is_zero() {
+        {
             let services: BTreeSet<ServiceKey> = ops
                 .iter()
                 .filter_map(|op| match op {
                     Op::DeleteDestination { service, dest }
-                        if !self.draining.contains_key(&(*service, *dest)) =>
+                        if !self.drain_for(service).is_zero()
+                            && !self.draining.contains_key(&(*service, *dest)) =>
                     {
                         Some(*service)
                     }
@@ -520,7 +570,8 @@ impl Inner {
                     self.draining.remove(&(*service, *dest));
                     dest_msg(cmd::SET_DEST, &self.key(service), dest, Some(settings))
                 }
-                Op::DeleteDestination { service, dest } if !drain.is_zero() => {
+                Op::DeleteDestination { service, dest } if !self.drain_for(service).is_zero() => {
+                    let drain = self.drain_for(service);
                     let key = (*service, *dest);
                     let Some(kd) = current
                         .get(&key)
@@ -718,11 +769,20 @@ impl IpvsDataplane {
             "IPVS found"
         );
         set_sysctls();
+        // The firewall-mark services an earlier run programmed, from the
+        // record it left in its nftables table (the kernel names them by
+        // mark only): without it a restarted member would never recognise
+        // them, nor remove one gone from its table (issue 20).
+        let marks = match &settings.local {
+            Some(_) => local::recorded_marks().await,
+            None => BTreeMap::new(),
+        };
         let local = match &settings.local {
             Some(l) => Some(
                 local::Local::new(l.clone(), netlink.clone())
                     .await
-                    .map_err(|e| IpvsError::Io(format!("{e:#}")))?,
+                    .map_err(|e| IpvsError::Io(format!("{e:#}")))?
+                    .with_marks(marks.clone()),
             ),
             None => None,
         };
@@ -738,7 +798,7 @@ impl IpvsDataplane {
                 socket: Some(socket),
                 settings,
                 local_vips,
-                marks: BTreeMap::new(),
+                marks,
                 draining: BTreeMap::new(),
             })),
             local,
@@ -775,6 +835,10 @@ impl Dataplane for IpvsDataplane {
             local.lock().await.sync_with(&table).await;
         }
         Ok(table)
+    }
+
+    async fn dump_only(&mut self, keys: &BTreeSet<ServiceKey>) -> Result<Table, DataplaneError> {
+        self.netlink(keys.len() <= 16, |inner| inner.dump_only(keys))
     }
 
     async fn apply(&mut self, ops: &[Op]) -> ApplyReport {
