@@ -29,7 +29,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::dataplane::{Op, Table};
 use crate::model::{Forwarding, Protocol, ServiceKey};
@@ -225,6 +225,8 @@ impl Local {
     /// failed before). Failures are logged and retried at the next change
     /// or repair.
     async fn converge(&mut self, add: Vec<IpAddr>, remove: Vec<IpAddr>) {
+        let started = std::time::Instant::now();
+        let (added, removed) = (add.len(), remove.len());
         let mut errors = Vec::new();
         for vip in add {
             match self.netlink.add_host_address(self.index, vip).await {
@@ -242,6 +244,7 @@ impl Local {
         {
             errors.push(format!("{e:#}"));
         }
+        let addresses_done = started.elapsed();
         let want_table = self.settings.masquerade || !self.marks.is_empty() || self.table_present;
         if want_table && self.table_dirty {
             let masq = if self.settings.masquerade {
@@ -278,14 +281,32 @@ impl Local {
         for e in &errors {
             warn!(error = %e, "VIP interface or masquerade table not as wanted; retried at the next change or repair");
         }
+        debug!(
+            added,
+            removed,
+            addresses_ms = addresses_done.as_secs_f64() * 1000.0,
+            table_ms = (started.elapsed() - addresses_done).as_secs_f64() * 1000.0,
+            "VIP interface and masquerade table converged"
+        );
     }
 
+    /// Removes VIPs from the interface: a few one request each (the cost
+    /// of the change), many from one dump of the interface.
     async fn remove(&mut self, vips: &[IpAddr]) -> anyhow::Result<()> {
-        let removed = self
-            .netlink
-            .remove_addresses(self.index, vips)
-            .await
-            .context("the VIP interface")?;
+        let removed = if vips.len() <= 16 {
+            for ip in vips {
+                self.netlink
+                    .remove_host_address(self.index, *ip)
+                    .await
+                    .context("the VIP interface")?;
+            }
+            vips.to_vec()
+        } else {
+            self.netlink
+                .remove_addresses(self.index, vips)
+                .await
+                .context("the VIP interface")?
+        };
         let mut local = self.vips.write().unwrap_or_else(PoisonError::into_inner);
         for ip in removed {
             local.remove(&ip);

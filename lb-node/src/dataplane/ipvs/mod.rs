@@ -842,7 +842,13 @@ impl Dataplane for IpvsDataplane {
     }
 
     async fn apply(&mut self, ops: &[Op]) -> ApplyReport {
+        let started = Instant::now();
         let report = self.netlink(ops.len() <= 64, |inner| inner.apply(ops));
+        tracing::debug!(
+            ops = ops.len(),
+            ipvs_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "IPVS operations applied"
+        );
         if let Some(local) = &self.local {
             local.lock().await.note_ops(ops).await;
         }
