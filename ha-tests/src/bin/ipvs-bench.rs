@@ -31,35 +31,38 @@ fn main() -> anyhow::Result<()> {
     let backends: u32 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(10);
     let lab = KernelLab::find()?;
     let dir = tempfile::tempdir()?;
-    let mut file = String::with_capacity(services as usize * 700);
+    let mut file = String::with_capacity(services as usize * 400);
+    // Compact TOML (inline backends with the service's port and weight 1,
+    // the default scheduler) so that 50,000 x 10 fits the 16 MiB a
+    // services file may have.
     for i in 0..services {
         let _ = write!(
             file,
-            "[[service]]\nname = \"s{i}\"\nvip = \"10.{}.{}.{}\"\nport = {}\nscheduler = \"{}\"\n",
+            "[[service]]\nname=\"s{i}\"\nvip=\"10.{}.{}.{}\"\nport={}\nbackend=[",
             100 + i / 60_000,
             (i / 240) % 250,
             i % 240 + 1,
             80 + i % 3,
-            if i % 2 == 0 { "rr" } else { "wrr" }
         );
         for b in 0..backends {
             let _ = write!(
                 file,
-                "  [[service.backend]]\n  address = \"172.{}.{}.{}\"\n  port = 8080\n  weight = {}\n",
+                "{}{{address=\"172.{}.{}.{}\"}}",
+                if b == 0 { "" } else { "," },
                 16 + b,
                 (i / 250) % 250,
                 i % 250 + 1,
-                1 + (i + b) % 4
             );
         }
+        file.push_str("]\n");
     }
     std::fs::write(dir.path().join("services.toml"), &file)?;
     // The same table with one backend's weight changed (service 0, backend 0).
-    let changed = file.replacen("weight = 1\n", "weight = 9\n", 1);
+    let changed = file.replacen("}", ",weight=9}", 1);
     std::fs::write(dir.path().join("services-changed.toml"), &changed)?;
     // And then one more service, on a VIP of its own.
     let added = changed
-        + "[[service]]\nname = \"added\"\nvip = \"10.250.0.1\"\nport = 80\nscheduler = \"rr\"\n  [[service.backend]]\n  address = \"172.31.0.1\"\n  port = 8080\n";
+        + "[[service]]\nname=\"added\"\nvip=\"10.250.0.1\"\nport=80\nscheduler=\"rr\"\nbackend=[{address=\"172.31.0.1\"}]\n";
     std::fs::write(dir.path().join("services-added.toml"), added)?;
     std::fs::write(
         dir.path().join("member.toml"),
