@@ -148,8 +148,11 @@ echo "LAB mark-rules $(marks)"
 grep -i "nft\|table inet" /tmp/lb.log | head -5 | sed 's/^/LAB log+ /'
 echo "LAB foreign $(ipvsadm -Sn | grep -c 192.168.77.1)"
 i=0
-while [ $i -lt 100 ] && [ "$(ip -o addr show dev lbvip0 | wc -l)" -lt 1000 ]; do usleep 100000; i=$((i+1)); done
-echo "LAB vips-local $(ip -o addr show dev lbvip0 | wc -l)"
+# (The interface's own IPv6 link-local address, which the kernel adds a
+# moment after the link is up, is not a VIP.)
+vips() {{ ip -o addr show dev lbvip0 | grep -vc ' fe80::'; }}
+while [ $i -lt 100 ] && [ "$(vips)" -lt 1000 ]; do usleep 100000; i=$((i+1)); done
+echo "LAB vips-local $(vips)"
 nft list table inet lb_node > /tmp/nft 2>&1 && echo "LAB nft yes" || echo "LAB nft no"
 for s in conntrack expire_nodest_conn expire_quiescent_template; do
   echo "LAB sysctl-$s $(cat /proc/sys/net/ipv4/vs/$s)"
