@@ -338,20 +338,34 @@ async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
     panic!("timed out waiting for {what}");
 }
 
-#[tokio::test(start_paused = true)]
-async fn reconciler_programs_changes_and_repairs_drift() {
-    let dp = MemoryDataplane::new();
-    let (state_tx, state_rx) = watch_state(state_of(&example()));
+/// The reconciler over `dp` with a 30 s repair interval: its status, the
+/// token that stops it, and its task.
+fn start_reconciler(
+    dp: &MemoryDataplane,
+    states: tokio::sync::watch::Receiver<Arc<State>>,
+) -> (
+    tokio::sync::watch::Receiver<reconcile::DataplaneStatus>,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
     let (status_tx, status_rx) = tokio::sync::watch::channel(reconcile::DataplaneStatus::default());
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(reconcile::run(
         dp.clone(),
-        state_rx,
+        states,
         Duration::from_secs(30),
         status_tx,
         tokio::sync::mpsc::channel(1).1,
         shutdown.clone(),
     ));
+    (status_rx, shutdown, task)
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconciler_programs_changes_and_repairs_drift() {
+    let dp = MemoryDataplane::new();
+    let (state_tx, state_rx) = watch_state(state_of(&example()));
+    let (status_rx, shutdown, task) = start_reconciler(&dp, state_rx);
 
     wait_for("first sync", || dp.table() == table_of(&example())).await;
 
@@ -390,16 +404,7 @@ async fn a_refused_service_is_retried_on_its_own_with_backoff() {
     odd.scheduler = Scheduler::Sh;
     services.push(odd);
     let (state_tx, state_rx) = watch_state(state_of(&services));
-    let (status_tx, status_rx) = tokio::sync::watch::channel(reconcile::DataplaneStatus::default());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(reconcile::run(
-        dp.clone(),
-        state_rx,
-        Duration::from_secs(30),
-        status_tx,
-        tokio::sync::mpsc::channel(1).1,
-        shutdown.clone(),
-    ));
+    let (status_rx, shutdown, task) = start_reconciler(&dp, state_rx);
     wait_for("the others programmed", || {
         dp.table() == table_of(&services[..2])
     })
