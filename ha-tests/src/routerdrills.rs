@@ -1,5 +1,5 @@
 //! Drills through a real router: the L2 lab's three members announce the
-//! VIPs by BGP, with BFD (100 ms x 3) and graceful restart, to FRR in the
+//! VIPs by BGP, with BFD (50 ms x 3) and graceful restart, to FRR in the
 //! router namespace (`c`), whose zebra installs them in that namespace's
 //! kernel (one path per VIP in owner mode, three in ECMP mode, hashed per
 //! connection: `fib_multipath_hash_policy` 1). The client lives behind the
@@ -23,7 +23,11 @@
 //! - `bgp-machine-lost`: a member's link down (no FIN, no RST);
 //! - `bgp-stalled-member`: a member's lb-node SIGSTOPped;
 //! - `bgp-rolling-restart`: every member stopped (SIGTERM) and started
-//!   again, followers first.
+//!   again, followers first;
+//! - `bgp-bfd-cost`: no fault; the CPU time of every member's lb-node and
+//!   of FRR's daemons over 30 s with the sessions up, and every BFD
+//!   session up throughout (`DRILL_BFD_MS=0` runs it without BFD, the
+//!   baseline).
 
 use std::collections::BTreeSet;
 use std::process::Child;
@@ -39,13 +43,17 @@ use crate::netdrills::{leader_other_than, settled};
 use crate::routers::{Frr, PeerSetup, Table};
 use crate::traffic::Traffic;
 
-pub const ROUTER_DRILLS: [&str; 5] = [
+pub const ROUTER_DRILLS: [&str; 6] = [
     "bgp-leader-crash",
     "bgp-owner-crash",
     "bgp-machine-lost",
     "bgp-stalled-member",
     "bgp-rolling-restart",
+    "bgp-bfd-cost",
 ];
+
+/// How long `bgp-bfd-cost` measures.
+const COST_WINDOW: Duration = Duration::from_secs(30);
 
 const REQUESTS_PER_SECOND: u64 = 50;
 const HOLD: u64 = 9;
@@ -241,13 +249,15 @@ pub fn run(name: &str, mode: Mode) -> anyhow::Result<Report> {
         )?;
     }
 
-    // BFD's interval on both sides: 100 ms (the default) unless
-    // `DRILL_BFD_MS` says.
+    // BFD's interval on both sides: 50 ms (lb-node's default) unless
+    // `DRILL_BFD_MS` says; 0 is no BFD (only `bgp-bfd-cost` takes it: the
+    // failure drills measure BFD).
     let bfd_ms: u64 = std::env::var("DRILL_BFD_MS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .filter(|ms| (10..=1000).contains(ms))
-        .unwrap_or(100);
+        .filter(|ms| (10..=1000).contains(ms) || (*ms == 0 && name == "bgp-bfd-cost"))
+        .unwrap_or(50);
+    let bfd = bfd_ms != 0;
     let frr = Frr::start(
         &lab,
         &PeerSetup {
@@ -260,16 +270,21 @@ pub fn run(name: &str, mode: Mode) -> anyhow::Result<Report> {
             // one that takes it for a lost path (docs/drills.md).
             bfd_ignores_restarts: name == "bgp-rolling-restart",
             ipv6: false,
-            bfd: true,
+            bfd,
             graceful_restart: true,
             ..PeerSetup::new(65000, 65001, 179)
         },
     )?;
     let ecmp = mode == Mode::Ecmp;
+    let bfd_section = if bfd {
+        format!("[announce.bfd]\ninterval = \"{bfd_ms}ms\"\nmultiplier = 3\n")
+    } else {
+        String::new()
+    };
     lab.start_members_with(|id| {
         format!(
             "[announce]\nmode = \"bgp\"\nlocal_as = 65001\nrouter_id = \"10.77.0.{id}\"\nhold_time = {HOLD}\necmp = {ecmp}\n\
-             graceful_restart = \"{RESTART_TIME}s\"\n[announce.bfd]\ninterval = \"{bfd_ms}ms\"\nmultiplier = 3\n\
+             graceful_restart = \"{RESTART_TIME}s\"\n{bfd_section}\
              [[announce.peer]]\naddress = \"10.77.0.100\"\nas = 65000\n"
         )
     })?;
@@ -293,7 +308,7 @@ pub fn run(name: &str, mode: Mode) -> anyhow::Result<Report> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            let result = runtime.block_on(drill(&mut lab, &frr, name, mode, &router_ns));
+            let result = runtime.block_on(drill(&mut lab, &frr, name, mode, &router_ns, bfd));
             if std::env::var_os("DRILL_LOGS").is_some() {
                 for (id, log) in &lab.past_logs {
                     eprintln!("==== member {id} (before its restart)\n{log}");
@@ -333,6 +348,7 @@ async fn drill(
     name: &str,
     mode: Mode,
     router_ns: &str,
+    bfd: bool,
 ) -> anyhow::Result<Report> {
     let mut report = Report {
         drill: name.into(),
@@ -355,12 +371,17 @@ async fn drill(
     .await?;
     // BFD up with every member, or a fault would be found by the hold
     // time and prove nothing about BFD.
-    crate::eventually(
-        "the router's BFD sessions up",
-        Duration::from_secs(20),
-        || async { Ok((frr.bfd_up()?.len() == 3).then_some(())) },
-    )
-    .await?;
+    if bfd {
+        crate::eventually(
+            "the router's BFD sessions up",
+            Duration::from_secs(20),
+            || async { Ok((frr.bfd_up()?.len() == 3).then_some(())) },
+        )
+        .await?;
+    }
+    if name == "bgp-bfd-cost" {
+        return cost(lab, frr, report, bfd).await;
+    }
     let has_routes = |m: u64| before.values().any(|s| s.contains(&m));
     let victim = match name {
         "bgp-leader-crash" | "bgp-rolling-restart" => leader,
@@ -575,6 +596,88 @@ async fn drill(
         .insert("victim".into(), serde_json::json!(victim));
     report.passed = report.failures.is_empty();
     Ok(report)
+}
+
+/// `bgp-bfd-cost`: the CPU time every member's lb-node and each FRR daemon
+/// spend over [`COST_WINDOW`] with every session up and nothing
+/// happening, in milliseconds of CPU per second; with BFD, every session
+/// must stay up throughout (FRR's `uptime` covers the window).
+async fn cost(lab: &Lab, frr: &Frr, mut report: Report, bfd: bool) -> anyhow::Result<Report> {
+    let mut pids: Vec<(String, u32)> = lab
+        .members
+        .iter()
+        .map(|(id, m)| (format!("lb-node m{id}"), m.pid()))
+        .collect();
+    pids.extend(frr.pids().into_iter().map(|(d, pid)| (d.to_owned(), pid)));
+    let before: Vec<f64> = pids
+        .iter()
+        .map(|(_, pid)| cpu_seconds(*pid))
+        .collect::<anyhow::Result<_>>()?;
+    let t0 = unix_now();
+    tokio::time::sleep(COST_WINDOW).await;
+    let elapsed = unix_now() - t0;
+    let mut per_process = serde_json::Map::new();
+    for ((name, pid), before) in pids.iter().zip(before) {
+        let used = cpu_seconds(*pid)? - before;
+        // Milliseconds of CPU per second, one decimal.
+        let rate = (used / elapsed * 10_000.0).round() / 10.0;
+        per_process.insert(name.clone(), serde_json::json!(rate));
+    }
+    let members: Vec<f64> = per_process
+        .iter()
+        .filter(|(k, _)| k.starts_with("lb-node"))
+        .filter_map(|(_, v)| v.as_f64())
+        .collect();
+    report.extra.insert(
+        "lb_node_cpu_ms_per_s_mean".into(),
+        serde_json::json!(
+            (members.iter().sum::<f64>() / members.len().max(1) as f64 * 10.0).round() / 10.0
+        ),
+    );
+    report.extra.insert(
+        "cpu_ms_per_s".into(),
+        serde_json::Value::Object(per_process),
+    );
+    report
+        .extra
+        .insert("window_s".into(), serde_json::json!(elapsed.round()));
+    if bfd {
+        let peers = frr.vtysh_json("show bfd peers json")?;
+        let steady = peers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p.get("status").and_then(|s| s.as_str()) == Some("up")
+                    // Whole seconds, truncated.
+                    && p.get("uptime").and_then(|u| u.as_f64()).unwrap_or(0.0) >= elapsed.floor()
+            })
+            .count();
+        if steady != 3 {
+            report.failures.push(format!(
+                "{steady} of 3 BFD sessions stayed up through the {elapsed:.0} s window: {peers}"
+            ));
+        }
+    }
+    report.passed = report.failures.is_empty();
+    Ok(report)
+}
+
+/// A process's CPU time so far (user and system), in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime: fields 14 and 15 of the line, counted from the
+    // state (field 3), in clock ticks of 1/100 s (Linux's USER_HZ).
+    let ticks = |n: usize| -> anyhow::Result<f64> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse::<f64>().ok())
+            .with_context(|| format!("/proc/{pid}/stat has no field {n}"))
+    };
+    Ok((ticks(14)? + ticks(15)?) / 100.0)
 }
 
 /// The router's table, read from its namespace by a thread of its own

@@ -235,6 +235,21 @@ impl Frr {
         })
     }
 
+    /// The process id of each daemon (zebra, bfdd when BFD is on, bgpd),
+    /// by name.
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        let names: &[&'static str] = if self._daemons.0.len() == 3 {
+            &["zebra", "bfdd", "bgpd"]
+        } else {
+            &["zebra", "bgpd"]
+        };
+        names
+            .iter()
+            .zip(&self._daemons.0)
+            .map(|(name, child)| (*name, child.id()))
+            .collect()
+    }
+
     /// `vtysh -c <command>` against this instance.
     pub fn vtysh(&self, command: &str) -> anyhow::Result<String> {
         let out = std::process::Command::new("ip")

@@ -12,6 +12,11 @@ fn every_router_drill_passes_in_both_modes() -> anyhow::Result<()> {
     let mut failed = Vec::new();
     for name in ROUTER_DRILLS {
         for mode in [Mode::Owner, Mode::Ecmp] {
+            // The cost drill's check (BFD at 50 ms steady for 30 s under
+            // no load) does not depend on the mode.
+            if name == "bgp-bfd-cost" && mode == Mode::Ecmp {
+                continue;
+            }
             let report = run(name, mode)?;
             let line = report.value();
             eprintln!("{line}");

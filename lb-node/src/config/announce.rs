@@ -76,8 +76,9 @@ pub(super) struct RawBfd {
     multiplier: u8,
 }
 
+/// `Timers::default()`'s 50 ms.
 fn default_bfd_interval() -> String {
-    "100ms".into()
+    "50ms".into()
 }
 
 fn default_bfd_multiplier() -> u8 {
@@ -461,7 +462,7 @@ fn default_garp_count() -> u32 {
     3
 }
 fn default_garp_interval() -> String {
-    "100ms".into()
+    "50ms".into()
 }
 fn default_linger() -> String {
     "2s".into()

@@ -247,6 +247,12 @@ fn bfd_defaults_and_bad_timers_name_their_field() {
         panic!("bgp");
     };
     assert_eq!(b.bfd, Some(crate::announce::bfd::Timers::default()));
+    let timers = b.bfd.expect("on");
+    assert_eq!(
+        (timers.desired_min_tx, timers.required_min_rx, timers.multiplier),
+        (Duration::from_millis(50), Duration::from_millis(50), 3),
+        "50 ms x 3 unless configured"
+    );
     assert!(b.peers[0].bfd);
     let off = load(&format!("{NODE}{BGP}{peer}")).expect("valid");
     let crate::announce::AnnounceConfig::Bgp(b) = off.announce else {

@@ -1,7 +1,7 @@
 //! BFD for the BGP sessions (RFC 5880 asynchronous mode over UDP: RFC
 //! 5881 single hop on port 3784, RFC 5883 multihop on port 4784): a lost
-//! member's routes leave the routers in the detection time (300 ms with
-//! the default 100 ms x 3) instead of the BGP hold time, and a router the
+//! member's routes leave the routers in the detection time (150 ms with
+//! the default 50 ms x 3) instead of the BGP hold time, and a router the
 //! member lost ends its BGP session as fast.
 //!
 //! `packet` is the wire format, `session` the pure state machine; this

@@ -31,11 +31,14 @@ pub struct Timers {
     pub multiplier: u8,
 }
 
+/// The default: 50 ms x 3, so that a lost member's routes leave a router
+/// that asks for the same rate within 300 ms (detection 150 ms, plus the
+/// router's own work; docs/announcement.md, *BFD*).
 impl Default for Timers {
     fn default() -> Timers {
         Timers {
-            desired_min_tx: Duration::from_millis(100),
-            required_min_rx: Duration::from_millis(100),
+            desired_min_tx: Duration::from_millis(50),
+            required_min_rx: Duration::from_millis(50),
             multiplier: 3,
         }
     }
@@ -248,12 +251,15 @@ impl Session {
 mod tests {
     use super::*;
 
-    /// Two sessions talking to each other through `deliver`.
+    /// Two sessions talking to each other through `deliver`, at 100 ms x
+    /// 3 (round figures for the tests).
     fn pair() -> (Session, Session) {
-        (
-            Session::new(Timers::default(), 11),
-            Session::new(Timers::default(), 22),
-        )
+        let timers = Timers {
+            desired_min_tx: Duration::from_millis(100),
+            required_min_rx: Duration::from_millis(100),
+            multiplier: 3,
+        };
+        (Session::new(timers, 11), Session::new(timers, 22))
     }
 
     fn deliver(from: &mut Session, to: &mut Session, now: Instant) -> Option<Change> {
