@@ -133,6 +133,10 @@ fn a_thousand_services_equal_ipvsadm_and_drift_is_repaired() -> anyhow::Result<(
         r#"{WAIT_EQUAL}
 # A service lb-node does not own: it must survive every repair.
 ipvsadm -A -t 192.168.77.1:80 -s rr
+# An earlier version made the VIPs addresses of lbvip0: one is there.
+ip link add lbvip0 type dummy
+ip link set lbvip0 up
+ip addr add 10.100.0.1/32 dev lbvip0
 lb-node plan --config /lab/member.toml > /tmp/plan
 echo "LAB plan-lines $(wc -l < /tmp/plan)"
 lb-node --config /lab/member.toml > /tmp/lb.log 2>&1 &
@@ -148,11 +152,15 @@ echo "LAB mark-rules $(marks)"
 grep -i "nft\|table inet" /tmp/lb.log | head -5 | sed 's/^/LAB log+ /'
 echo "LAB foreign $(ipvsadm -Sn | grep -c 192.168.77.1)"
 i=0
-# (The interface's own IPv6 link-local address, which the kernel adds a
-# moment after the link is up, is not a VIP.)
-vips() {{ ip -o addr show dev lbvip0 | grep -vc ' fe80::'; }}
+# The VIPs are local by routes of lb-node's table 27746, through lbvip0.
+vips() {{ {{ ip route show table 27746; ip -6 route show table 27746; }} | grep -c '^local .* dev lbvip0'; }}
+rules() {{ echo "$(ip rule show | grep -c '^5:.*lookup 27746') $(ip -6 rule show | grep -c '^5:.*lookup 27746')"; }}
 while [ $i -lt 100 ] && [ "$(vips)" -lt 1000 ]; do usleep 100000; i=$((i+1)); done
 echo "LAB vips-local $(vips)"
+echo "LAB rules $(rules)"
+echo "LAB vip-addresses $(ip -o addr show dev lbvip0 | grep -vc ' fe80::')"
+# Traffic to a VIP is delivered here (to IPVS): the kernel's route lookup.
+echo "LAB lookup $(ip route get 10.100.0.3 | head -1 | cut -d' ' -f1)"
 nft list table inet lb_node > /tmp/nft 2>&1 && echo "LAB nft yes" || echo "LAB nft no"
 for s in conntrack expire_nodest_conn expire_quiescent_template; do
   echo "LAB sysctl-$s $(cat /proc/sys/net/ipv4/vs/$s)"
@@ -166,6 +174,13 @@ ipvsadm -d -t 10.100.0.1:80 -r 10.200.0.1:8000
 ipvsadm -e -u 10.100.0.2:81 -r 10.200.0.2:8000 -m -w 77
 wait_equal edited
 echo "LAB foreign-after-edit $(ipvsadm -Sn | grep -c 192.168.77.1)"
+# Drift: the rule and a VIP's route removed by hand come back at a repair.
+ip rule del priority 5 lookup 27746
+ip route del local 10.100.0.3 dev lbvip0 table 27746
+i=0
+while [ $i -lt 100 ] && {{ [ "$(vips)" -lt 1000 ] || [ "$(rules)" != "1 1" ]; }}; do usleep 100000; i=$((i+1)); done
+echo "LAB vips-after-drift $(vips)"
+echo "LAB rules-after-drift $(rules)"
 grep "dataplane synced" /tmp/lb.log | sed 's/^/LAB synced+ /'
 kill %1 2>/dev/null
 "#
@@ -194,7 +209,25 @@ kill %1 2>/dev/null
     assert_eq!(run.get("fwmark-services"), Some("20"), "{:?}", run.results);
     assert_eq!(run.get("mark-rules"), Some("20"), "{:?}", run.results);
     assert_eq!(run.get("foreign"), Some("1"), "the foreign service is gone");
-    assert_eq!(run.get("vips-local"), Some("1000"), "every VIP on lbvip0");
+    assert_eq!(
+        run.get("vips-local"),
+        Some("1000"),
+        "every VIP local by a route of table 27746 through lbvip0: {:?}",
+        run.results
+    );
+    assert_eq!(run.get("rules"), Some("1 1"), "one lookup rule per family");
+    assert_eq!(
+        run.get("vip-addresses"),
+        Some("0"),
+        "the earlier version's address moved to a route"
+    );
+    assert_eq!(
+        run.get("lookup"),
+        Some("local"),
+        "a VIP routes to this host"
+    );
+    assert_eq!(run.get("vips-after-drift"), Some("1000"), "route repaired");
+    assert_eq!(run.get("rules-after-drift"), Some("1 1"), "rule repaired");
     assert_eq!(run.get("nft"), Some("yes"), "masquerade table missing");
     for s in [
         "conntrack",

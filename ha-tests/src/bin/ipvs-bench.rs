@@ -102,15 +102,19 @@ synced() {
 }
 synced 1
 grep "dataplane synced" /tmp/lb.log | sed -n 1p | sed 's/^/LAB full+ /'
+# lb-node's CPU so far (start, the file, the sync), user and system, in
+# clock ticks: the kernel's work on each IPVS request runs in lb-node's
+# own send call, so system time bounds what any client could save.
+echo "LAB cpu-ticks $(cut -d' ' -f14,15 /proc/$pid/stat)"
 echo "LAB kernel-lines $(ipvsadm -Sn | wc -l)"
-echo "LAB vips-local $(ip -o addr show dev lbvip0 | wc -l)"
+echo "LAB vips-local $(ip route show table 27746 | grep -c '^local')"
 cp /lab/services-changed.toml /lab/live.toml
 synced 2
 grep "dataplane synced" /tmp/lb.log | sed -n 2p | sed 's/^/LAB change+ /'
 cp /lab/services-added.toml /lab/live.toml
 synced 3
 grep "dataplane synced" /tmp/lb.log | sed -n 3p | sed 's/^/LAB added+ /'
-echo "LAB added-local $(ip -o addr show dev lbvip0 | grep -c 10.250.0.1)"
+echo "LAB added-local $(ip route show table 27746 | grep -c 'local 10.250.0.1 ')"
 echo "LAB added-masq $(nft list set inet lb_node masq4 | grep -c 10.250.0.1)"
 echo "LAB peak-kib $(grep VmHWM /proc/$pid/status | awk '{print $2}')"
 echo "LAB rss-kib $(grep VmRSS /proc/$pid/status | awk '{print $2}')"
@@ -207,9 +211,23 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         "  one backend change in that table:      {change_ms:.2} ms (ops {})",
         field(&change, "ops").unwrap_or(-1.0)
     );
+    // USER_HZ: 100 ticks a second.
+    let cpu: Vec<f64> = run
+        .get("cpu-ticks")
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|t| t.parse::<f64>().ok())
+        .map(|t| t / 100.0)
+        .collect();
+    let (user_s, system_s) = (cpu.first().copied(), cpu.get(1).copied());
+    println!(
+        "  lb-node CPU by the end of the full sync: user {} s, system {} s",
+        user_s.map_or("?".into(), |u| format!("{u:.1}")),
+        system_s.map_or("?".into(), |u| format!("{u:.1}")),
+    );
     let mib = |k: &str| run.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) / 1024;
     println!(
-        "  one service added on a new VIP:        {added_ms:.2} ms (ops {}; on lbvip0: {}, in the masquerade set: {})",
+        "  one service added on a new VIP:        {added_ms:.2} ms (ops {}; local by a route: {}, in the masquerade set: {})",
         field(&added, "ops").unwrap_or(-1.0),
         run.get("added-local").unwrap_or("?"),
         run.get("added-masq").unwrap_or("?"),
@@ -237,6 +255,8 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
             "new_vip_service_ms": added_ms,
             "vips_local": run.get("vips-local"),
             "peak_mib": mib("peak-kib"),
+            "cpu_user_s": user_s,
+            "cpu_system_s": system_s,
         })
     );
     Ok(())

@@ -151,8 +151,8 @@ pub struct DataplaneConfig {
     /// How often the dataplane is dumped and compared with the state, which
     /// repairs changes made by hand.
     pub repair_interval: Duration,
-    /// IPVS: the dummy interface that makes VIPs local ("" leaves that to
-    /// the operator).
+    /// IPVS: the dummy interface through which VIPs are made local, by
+    /// routes of lb-node's table ("" leaves that to the operator).
     pub vip_interface: String,
     /// IPVS: install the nftables masquerade table for NAT destinations.
     pub masquerade: bool,
@@ -426,6 +426,15 @@ impl Config {
                     "{:?} is not a valid interface name (at most 15 characters, no '/' or space)",
                     raw.dataplane.vip_interface
                 ),
+            ));
+        }
+        if kind == DataplaneKind::Ipvs && raw.dataplane.vip_interface == "lo" {
+            return Err(ConfigError::new(
+                file,
+                "dataplane.vip_interface",
+                "is the loopback: it must be an interface of lb-node's own (a dummy interface it \
+                 creates, \"lbvip0\" by default), because lb-node takes the VIPs found through it \
+                 for its own and moves addresses it finds there to its routes",
             ));
         }
         if kind == DataplaneKind::Ipvs

@@ -249,7 +249,11 @@ fn bfd_defaults_and_bad_timers_name_their_field() {
     assert_eq!(b.bfd, Some(crate::announce::bfd::Timers::default()));
     let timers = b.bfd.expect("on");
     assert_eq!(
-        (timers.desired_min_tx, timers.required_min_rx, timers.multiplier),
+        (
+            timers.desired_min_tx,
+            timers.required_min_rx,
+            timers.multiplier
+        ),
         (Duration::from_millis(50), Duration::from_millis(50), 3),
         "50 ms x 3 unless configured"
     );
@@ -360,6 +364,16 @@ fn listener_limits_default_and_bounds() {
 /// IPVS without a VIP interface and without managed networks would own
 /// nothing it dumps: every repair re-sent the whole table and hand edits
 /// were never repaired (issue 20). Refused, naming the way out.
+#[test]
+fn ipvs_vip_interface_cannot_be_the_loopback() {
+    let e = load(&format!(
+        "{NODE}[source.file]\npath = \"s.toml\"\n[dataplane]\nkind = \"ipvs\"\nvip_interface = \"lo\"\n"
+    ))
+    .expect_err("the loopback is refused");
+    assert_eq!(e.field, "dataplane.vip_interface");
+    assert!(e.message.contains("loopback"), "{e}");
+}
+
 #[test]
 fn ipvs_without_a_vip_interface_needs_managed_networks() {
     let base = format!(

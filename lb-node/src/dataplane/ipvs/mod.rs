@@ -779,10 +779,19 @@ impl IpvsDataplane {
         };
         let local = match &settings.local {
             Some(l) => Some(
-                local::Local::new(l.clone(), netlink.clone())
-                    .await
-                    .map_err(|e| IpvsError::Io(format!("{e:#}")))?
-                    .with_marks(marks.clone()),
+                // A connection of its own: a VIP's route must not wait
+                // behind another task's dump on the shared one (the pod
+                // routes' check reads every table, 50,000 VIP routes
+                // included: 277 ms for one new VIP in the kernel lab).
+                local::Local::new(
+                    l.clone(),
+                    netlink
+                        .another()
+                        .map_err(|e| IpvsError::Io(format!("{e:#}")))?,
+                )
+                .await
+                .map_err(|e| IpvsError::Io(format!("{e:#}")))?
+                .with_marks(marks.clone()),
             ),
             None => None,
         };
