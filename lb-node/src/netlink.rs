@@ -67,8 +67,21 @@ impl Netlink {
     /// Opens the connection; its task runs on the current tokio runtime
     /// until every handle is dropped.
     pub fn open() -> anyhow::Result<Netlink> {
-        let (connection, handle, _) =
+        use rtnetlink::sys::AsyncSocket as _;
+        let (mut connection, handle, _) =
             rtnetlink::new_connection().context("cannot open rtnetlink")?;
+        // Strict checking (Linux 4.20 and later): the kernel filters a
+        // dump by the table asked for, instead of sending every table for
+        // this side to sort (with 50,000 VIP routes, a read of the main
+        // table would parse them all, and every request behind it wait).
+        // An older kernel refuses the option; dumps are filtered here too.
+        if let Err(e) = connection
+            .socket_mut()
+            .socket_mut()
+            .set_netlink_get_strict_chk(true)
+        {
+            tracing::debug!(error = %e, "rtnetlink without strict checking");
+        }
         tokio::spawn(connection);
         Ok(Netlink {
             handle,
@@ -263,14 +276,7 @@ impl Netlink {
     pub async fn local_routes(&self, table: u32, index: u32) -> anyhow::Result<Vec<IpAddr>> {
         let mut out = Vec::new();
         let _turn = self.dumping.lock().await;
-        for request in [
-            rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                .table_id(table)
-                .build(),
-            rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                .table_id(table)
-                .build(),
-        ] {
+        for request in [route_dump(false, table), route_dump(true, table)] {
             let messages: Vec<RouteMessage> = self
                 .handle
                 .route()
@@ -362,8 +368,8 @@ impl Netlink {
         let mut out = Vec::new();
         let _turn = self.dumping.lock().await;
         for request in [
-            rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-            rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+            route_dump(false, RT_TABLE_MAIN),
+            route_dump(true, RT_TABLE_MAIN),
         ] {
             let messages: Vec<RouteMessage> = self
                 .handle
@@ -429,6 +435,26 @@ fn route_message(
             .with_context(|| format!("route gateway {gateway}"))?;
     }
     Ok(builder.build())
+}
+
+/// A dump request for the routes of `table`: with strict checking the
+/// kernel filters on the table, and on the protocol and type when they are
+/// set, so those are left unset (the builder's defaults would ask for
+/// static unicast routes only).
+fn route_dump(v6: bool, table: u32) -> RouteMessage {
+    let mut m = if v6 {
+        rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .table_id(table)
+            .build()
+    } else {
+        rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .table_id(table)
+            .build()
+    };
+    m.header.protocol = RouteProtocol::Unspec;
+    m.header.kind = RouteType::Unspec;
+    m.header.scope = RouteScope::Universe;
+    m
 }
 
 /// `local IP/32 dev INDEX table TABLE` (/128 for IPv6), scope host.
