@@ -52,7 +52,6 @@ pub struct Netlink {
 const EEXIST: i32 = 17;
 const ESRCH: i32 = 3;
 const ENOENT: i32 = 2;
-const EADDRNOTAVAIL: i32 = 99;
 /// The kernel's main routing table.
 const RT_TABLE_MAIN: u32 = 254;
 
@@ -174,19 +173,6 @@ impl Netlink {
             .execute()
             .await
             .with_context(|| format!("cannot add {ip}/{prefix}"))
-    }
-
-    /// Removes host address `ip` (/32 or /128) from interface `index`, if
-    /// it is there: one request, whatever else the interface holds.
-    pub async fn remove_host_address(&self, index: u32, ip: IpAddr) -> anyhow::Result<()> {
-        let prefix = if ip.is_ipv4() { 32 } else { 128 };
-        let mut add = self.handle.address().add(index, ip, prefix);
-        let message = add.message_mut().clone();
-        match self.handle.address().del(message).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(errno(&e), Some(ENOENT | ESRCH | EADDRNOTAVAIL)) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("cannot remove {ip}/{prefix}")),
-        }
     }
 
     /// Removes each of `ips` that is on interface `index`; returns the ones

@@ -296,31 +296,31 @@ impl Local {
         let started = std::time::Instant::now();
         let (added, removed) = (add.len(), remove.len());
         let mut errors = Vec::new();
-        if !add.is_empty() {
-            let failed = self
+        if !add.is_empty() || !remove.is_empty() {
+            let failed_adds = self
                 .netlink
                 .add_local_routes(VIP_TABLE, self.index, &add)
                 .await;
-            let mut local = self.vips.write().unwrap_or_else(PoisonError::into_inner);
-            for vip in &add {
-                if !failed.iter().any(|(ip, _)| ip == vip) {
-                    local.insert(*vip);
-                }
-            }
-            errors.extend(failed.iter().map(|(_, e)| format!("{e:#}")));
-        }
-        if !remove.is_empty() {
-            let failed = self
+            let failed_removes = self
                 .netlink
                 .remove_local_routes(VIP_TABLE, self.index, &remove)
                 .await;
+            let failed: BTreeSet<IpAddr> = failed_adds
+                .iter()
+                .chain(&failed_removes)
+                .map(|(ip, _)| *ip)
+                .collect();
             let mut local = self.vips.write().unwrap_or_else(PoisonError::into_inner);
-            for vip in &remove {
-                if !failed.iter().any(|(ip, _)| ip == vip) {
-                    local.remove(vip);
-                }
+            local.extend(add.iter().filter(|vip| !failed.contains(vip)));
+            for vip in remove.iter().filter(|vip| !failed.contains(vip)) {
+                local.remove(vip);
             }
-            errors.extend(failed.iter().map(|(_, e)| format!("{e:#}")));
+            errors.extend(
+                failed_adds
+                    .iter()
+                    .chain(&failed_removes)
+                    .map(|(_, e)| format!("{e:#}")),
+            );
         }
         let addresses_done = started.elapsed();
         let want_table = self.settings.masquerade || !self.marks.is_empty() || self.table_present;
