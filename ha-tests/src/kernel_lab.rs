@@ -86,7 +86,7 @@ pub struct KernelLab {
 }
 
 /// What a guest run printed.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct GuestRun {
     /// The whole serial console.
     pub console: String,

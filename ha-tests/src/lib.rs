@@ -421,5 +421,6 @@ pub mod netns;
 pub mod routerdrills;
 pub mod routers;
 pub mod scale;
+pub mod sessions;
 pub mod target;
 pub mod traffic;

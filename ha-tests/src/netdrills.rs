@@ -41,16 +41,30 @@ pub const NET_DRILLS: [&str; 11] = [
     "connection-flood",
 ];
 
+/// Drills that need real IPVS (the kernel lab only): established
+/// connections through the VIP of a member that is lost, carried on by the
+/// member that takes the VIP over (IPVS connection sync, issue 21).
+pub const IPVS_ONLY_DRILLS: [&str; 1] = ["owner-crash-established"];
+
 /// The drills that also run through real IPVS (the kernel lab): not the
 /// storage drills, which need the host's loop devices and whose promises
 /// are about the log, nor the connection flood, whose promise is about
-/// the member's listeners; neither is about the data path.
+/// the member's listeners; neither is about the data path. And those that
+/// run only there.
 pub fn ipvs_tier() -> Vec<&'static str> {
     NET_DRILLS
         .into_iter()
         .filter(|d| !d.starts_with("disk-") && !matches!(*d, "log-corrupt" | "connection-flood"))
+        .chain(IPVS_ONLY_DRILLS)
         .collect()
 }
+
+/// `owner-crash-established`: long-lived connections through the lost
+/// owner's VIP, each asking every `SESSION_EVERY`, to port `SESSION_PORT`
+/// of the backends (an echo server).
+const SESSIONS: usize = 200;
+const SESSION_EVERY: Duration = Duration::from_millis(100);
+const SESSION_PORT: u16 = 9000;
 
 /// `connection-flood`: connections to each of the leader's admin and peer
 /// ports, from `FLOOD_SOURCES` addresses (so that the cap per source,
@@ -120,9 +134,13 @@ fn damage_log(dir: &std::path::Path) -> anyhow::Result<()> {
 /// Runs one drill by name in a fresh lab.
 pub fn run(name: &str, dataplane: Dataplane) -> anyhow::Result<Report> {
     anyhow::ensure!(
-        NET_DRILLS.contains(&name),
+        NET_DRILLS.contains(&name) || IPVS_ONLY_DRILLS.contains(&name),
         "unknown network drill {name:?}; drills: {}",
         NET_DRILLS.join(", ")
+    );
+    anyhow::ensure!(
+        !IPVS_ONLY_DRILLS.contains(&name) || dataplane == Dataplane::Ipvs,
+        "{name} runs only through real IPVS: ha-tests drill {name} --lab"
     );
     run_in_lab(name, dataplane, false)
 }
@@ -135,7 +153,12 @@ pub fn run_target(name: &str) -> anyhow::Result<Report> {
 }
 
 fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Result<Report> {
-    let index = NET_DRILLS.iter().position(|d| *d == name).unwrap_or(0);
+    let index = NET_DRILLS
+        .iter()
+        .chain(&IPVS_ONLY_DRILLS)
+        .position(|d| *d == name)
+        .unwrap_or(0);
+    let established = IPVS_ONLY_DRILLS.contains(&name);
     let tag = if as_target {
         "t".to_owned()
     } else {
@@ -165,9 +188,38 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
             .collect(),
         Dataplane::Ipvs => {
             lab.dataplane = "[dataplane]\nkind = \"ipvs\"\n".into();
+            // Connection sync on the members' link: the survival drills,
+            // and any drill with DRILL_CONNECTION_SYNC=1.
+            if established || std::env::var("DRILL_CONNECTION_SYNC").is_ok_and(|v| v == "1") {
+                lab.dataplane += "[dataplane.connection_sync]\ninterface = \"eth0\"\n";
+            }
             lab.backends = vec!["10.77.0.200", "10.77.0.201"];
             for (i, b) in lab.backends.clone().into_iter().enumerate() {
                 lab.add_host(&format!("b{i}"), b)?;
+            }
+            if established {
+                // The sessions' service on every VIP: port 9000 to the
+                // backends' echo servers, by Maglev hashing (`mh`): a flow
+                // no member synced still reaches its backend (sloppy_tcp).
+                let sessions: String = VIPS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, vip)| {
+                        let backends: String = lab
+                            .backends
+                            .iter()
+                            .map(|b| format!("[[service.backend]]\naddress = \"{b}\"\nport = {SESSION_PORT}\n\n"))
+                            .collect();
+                        let dns: String = lab
+                            .backends
+                            .iter()
+                            .map(|b| format!("[[service.backend]]\naddress = \"{b}\"\nport = 53\n\n"))
+                            .collect();
+                        format!("[[service]]\nname = \"echo-{i}\"\nvip = \"{vip}\"\nport = {SESSION_PORT}\nprotocol = \"tcp\"\nscheduler = \"mh\"\n\n{backends}\
+                                 [[service]]\nname = \"dns-{i}\"\nvip = \"{vip}\"\nport = 53\nprotocol = \"udp\"\nscheduler = \"rr\"\n\n{dns}")
+                    })
+                    .collect();
+                lab.services_file = Some(lab.services_text(|_| String::new()) + &sessions);
             }
             (0..2)
                 .map(|i| (format!("b{i}"), "0.0.0.0:8080", format!("b{i}")))
@@ -203,6 +255,18 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
         .iter()
         .map(|(ns, at, answer)| lab.spawn(ns, &[lab_http, "serve", at, answer]))
         .collect::<anyhow::Result<_>>()?;
+    if established {
+        let at = format!("0.0.0.0:{SESSION_PORT}");
+        let lab_dns = crate::binary("lab-dns")?;
+        let lab_dns = lab_dns.to_str().context("lab-dns path")?;
+        for i in 0..lab.backends.len() {
+            servers.push(lab.spawn(&format!("b{i}"), &[lab_http, "echo", &at])?);
+            servers.push(lab.spawn(
+                &format!("b{i}"),
+                &[lab_dns, "serve", "0.0.0.0:53", "web.lab=10.0.0.1"],
+            )?);
+        }
+    }
     for vip in VIPS {
         lab.wait_garp(vip, 0.0, None, Duration::from_secs(30))?;
     }
@@ -232,7 +296,9 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
                     }
                 });
             }
-            let result = if !as_target {
+            let result = if established {
+                runtime.block_on(survival(&mut lab, name))
+            } else if !as_target {
                 runtime.block_on(drill(&mut lab, name, dataplane))
             } else {
                 let target = crate::target::Target {
@@ -389,25 +455,7 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
         ..Report::default()
     };
     let leader = settled(lab, Duration::from_secs(30)).await?;
-    // Who answers for each VIP now: one VIP per member once balanced.
-    let owners: Vec<(&str, u64)> = crate::eventually(
-        "each member answering ARP for one VIP",
-        Duration::from_secs(10),
-        || async {
-            let now = unix_now();
-            let owners: Vec<(&str, u64)> = VIPS
-                .iter()
-                .filter_map(|vip| {
-                    lab.answering(vip)
-                        .filter(|(at, _)| now - at < 0.3)
-                        .map(|(_, m)| (*vip, m))
-                })
-                .collect();
-            let members: std::collections::BTreeSet<u64> = owners.iter().map(|(_, m)| *m).collect();
-            Ok((members.len() == 3).then_some(owners))
-        },
-    )
-    .await?;
+    let owners = vip_owners(lab).await?;
     let victim = match name {
         "leader-crash" | "leader-isolated" | "transfer-and-drain" | "rolling-restart"
         | "disk-stall" | "disk-readonly" | "connection-flood" => leader,
@@ -736,6 +784,274 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
     Ok(report)
 }
 
+/// Who answers for each VIP now, once balanced: one VIP per member.
+async fn vip_owners(lab: &Lab) -> anyhow::Result<Vec<(&'static str, u64)>> {
+    crate::eventually(
+        "each member answering ARP for one VIP",
+        Duration::from_secs(10),
+        || async {
+            let now = unix_now();
+            let owners: Vec<(&'static str, u64)> = VIPS
+                .iter()
+                .filter_map(|vip| {
+                    lab.answering(vip)
+                        .filter(|(at, _)| now - at < 0.3)
+                        .map(|(_, m)| (*vip, m))
+                })
+                .collect();
+            let members: std::collections::BTreeSet<u64> = owners.iter().map(|(_, m)| *m).collect();
+            Ok((members.len() == 3).then_some(owners))
+        },
+    )
+    .await
+}
+
+/// `owner-crash-established` (issue 21): `SESSIONS` long-lived
+/// connections through a follower's VIP, each asking every
+/// `SESSION_EVERY`; the machine is lost (lb-node SIGKILLed, its link down)
+/// and, after a while, comes back and takes its share of VIPs again. The
+/// connections must go on through both moves: the member that takes the
+/// VIP over has them from the kernel's connection sync, and the
+/// masquerade to the VIP gives the backend the same addresses.
+async fn survival(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
+    let mut report = Report {
+        drill: name.into(),
+        tier: Dataplane::Ipvs.tier(),
+        ..Report::default()
+    };
+    let leader = settled(lab, Duration::from_secs(30)).await?;
+    let owners = vip_owners(lab).await?;
+    let (vip, victim) = *owners
+        .iter()
+        .find(|(_, m)| *m != leader)
+        .context("a follower answering for a VIP")?;
+    let to: std::net::SocketAddr = (vip.parse::<std::net::Ipv4Addr>()?, SESSION_PORT).into();
+    let sessions = crate::sessions::Sessions::start(None, to, SESSIONS, SESSION_EVERY).await?;
+    let queries =
+        crate::sessions::Queries::start((to.ip(), 53).into(), "web.lab", Duration::from_millis(50))
+            .await?;
+    // Long enough for every connection to be sent to the others (the sync
+    // sends one at its state change to established, in batches).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t0 = unix_now();
+    let member = lab.members.remove(&victim).context("victim")?;
+    member.signal("KILL")?;
+    lab.exec(
+        &format!("m{victim}"),
+        &["ip", "link", "set", "eth0", "down"],
+    )?;
+    let (heir, failover) = match lab.wait_garp(vip, t0, Some(victim), Duration::from_secs(10)) {
+        Ok((by, at)) => (by, (at - t0) * 1000.0),
+        Err(e) => {
+            report.failures.push(format!("{vip} did not move: {e:#}"));
+            (0, f64::NAN)
+        }
+    };
+    report.time_to_vip_moved_ms = Some(failover as u64);
+    // The heir now holds two VIPs and will give one of them back when the
+    // lost member returns (which one is its choice): connections through
+    // its own VIP too, so that whichever moves back carries some. From a
+    // second client address: IPVS finds a NAT connection's answers by
+    // backend and client address and port, not VIP, so one client using
+    // one port towards two VIPs that share a backend, through one member,
+    // gets one of the two connections' answers rewritten as the other's
+    // (docs/connections.md, limits); the client's kernel reuses ports
+    // across destinations, and 300 connections from one address hit it.
+    lab.exec("c", &["ip", "addr", "add", "10.77.0.99/24", "dev", "eth0"])?;
+    let heir_vip = owners.iter().find(|(_, m)| *m == heir).map(|(v, _)| *v);
+    let heir_sessions = match heir_vip {
+        Some(v) => Some(
+            crate::sessions::Sessions::start(
+                Some([10, 77, 0, 99].into()),
+                (v.parse::<std::net::Ipv4Addr>()?, SESSION_PORT).into(),
+                SESSIONS / 2,
+                SESSION_EVERY,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Failback: the machine returns (its kernel's connection table as it
+    // was: the process died, not the machine) and takes a VIP back once
+    // it has the others' connections.
+    let mut member = member;
+    member.wait_exit(Duration::from_secs(5))?;
+    lab.retire(victim, member);
+    lab.exec(&format!("m{victim}"), &["ip", "link", "set", "eth0", "up"])?;
+    let t1 = unix_now();
+    lab.restart(victim)?;
+    let candidates: Vec<&'static str> = std::iter::once(vip).chain(heir_vip).collect();
+    let back = crate::eventually(
+        "a VIP back on the returning member",
+        Duration::from_secs(30),
+        || async {
+            Ok(candidates.iter().find_map(|v| {
+                lab.answering(v)
+                    .filter(|(at, m)| *at > t1 && *m == victim)
+                    .map(|(at, _)| (*v, at))
+            }))
+        },
+    )
+    .await;
+    let (back_vip, failback) = match back {
+        Ok((v, at)) => (Some(v), (at - t1) * 1000.0),
+        Err(e) => {
+            report.failures.push(format!("no VIP came back: {e:#}"));
+            (None, f64::NAN)
+        }
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let end = unix_now();
+    let stories = sessions.finish().await;
+    let heir_stories = match heir_sessions {
+        Some(h) => h.finish().await,
+        None => Vec::new(),
+    };
+    let answers = queries.finish().await?;
+    // Each failure: when (from `from`), why, whether a reset, and which
+    // VIP's connection it was and when it was last answered.
+    let failed_in =
+        |set: &[crate::sessions::Session], from: f64, to: f64| -> Vec<(f64, String, bool)> {
+            let which = if std::ptr::eq(set, stories.as_slice()) {
+                vip
+            } else {
+                heir_vip.unwrap_or("-")
+            };
+            set.iter()
+                .filter_map(|s| {
+                    s.error
+                        .as_ref()
+                        .filter(|(at, _)| *at >= from && *at < to)
+                        .map(|(at, e)| {
+                            let last = s
+                                .answers
+                                .last()
+                                .map_or("never".to_owned(), |a| format!("{:+.3} s", a - from));
+                            (
+                                *at - from,
+                                format!("{e} ({which}, last answered {last})"),
+                                s.reset(),
+                            )
+                        })
+                })
+                .collect()
+        };
+    let before = failed_in(&stories, 0.0, t0).len() + failed_in(&heir_stories, 0.0, t1).len();
+    if before > 0 {
+        report.failures.push(format!(
+            "{before} connections failed before their VIP moved"
+        ));
+    }
+    let mut figures = serde_json::Map::new();
+    // The crash: the lost member's VIP's connections. The failback: every
+    // connection (none may fail); the pauses of those through the VIP
+    // that moved back.
+    let moved_back: &[crate::sessions::Session] = match back_vip {
+        Some(v) if v == vip => &stories,
+        Some(_) => &heir_stories,
+        None => &[],
+    };
+    for (label, from, to, moved_ms) in
+        [("crash", t0, t1, failover), ("failback", t1, end, failback)]
+    {
+        let mut failed = failed_in(&stories, from, to);
+        let watched: &[crate::sessions::Session] = if label == "crash" {
+            &stories
+        } else {
+            failed.extend(failed_in(&heir_stories, from, to));
+            moved_back
+        };
+        let resets = failed.iter().filter(|f| f.2).count();
+        let mut pauses: Vec<f64> = watched
+            .iter()
+            .filter(|s| s.error.is_none())
+            .map(|s| s.pause_ms(from, to))
+            .collect();
+        pauses.sort_by(f64::total_cmp);
+        let p = |q| crate::sessions::percentile(&pauses, q);
+        let connections = if label == "crash" {
+            stories.len()
+        } else {
+            stories.len() + heir_stories.len()
+        };
+        let mut f = serde_json::json!({
+            "connections": connections,
+            "failed": failed.len(),
+            "errors": failed.iter().take(3).map(|(at, e, _)| format!("{at:+.3} s: {e}")).collect::<Vec<_>>(),
+            "resets": resets,
+            "vip_moved_ms": moved_ms.round(),
+            "moved_connections": watched.len(),
+            "pause_p50_ms": p(50.0).round(),
+            "pause_p99_ms": p(99.0).round(),
+            "pause_max_ms": p(100.0).round(),
+        });
+        // The UDP client (through the lost member's VIP): queries sent
+        // after the VIP's move must all be answered (before it, those to
+        // the lost member are lost).
+        let moved = from
+            + if moved_ms.is_nan() {
+                0.0
+            } else {
+                moved_ms / 1000.0
+            };
+        let in_phase = |at: f64| at >= from && at < to;
+        let lost_after: Vec<f64> = answers
+            .iter()
+            .filter(|(at, a)| in_phase(*at) && *at >= moved && a.is_none())
+            .map(|(at, _)| at - from)
+            .collect();
+        f["udp_queries"] = answers
+            .iter()
+            .filter(|(at, _)| in_phase(*at))
+            .count()
+            .into();
+        f["udp_lost"] = answers
+            .iter()
+            .filter(|(at, a)| in_phase(*at) && a.is_none())
+            .count()
+            .into();
+        f["udp_lost_after_move"] = lost_after.len().into();
+        figures.insert(label.into(), f);
+        if !lost_after.is_empty() {
+            let first: Vec<String> = lost_after
+                .iter()
+                .take(5)
+                .map(|at| format!("{at:+.3} s"))
+                .collect();
+            report.failures.push(format!(
+                "{} UDP queries sent after the VIP moved at the {label} were not answered (sent at {})",
+                lost_after.len(),
+                first.join(", ")
+            ));
+        }
+        // At least 99.5 % of the connections go on through the crash;
+        // none may break at failback.
+        let allowed = if label == "crash" {
+            connections / 200
+        } else {
+            0
+        };
+        if failed.len() > allowed {
+            let why: Vec<String> = failed
+                .iter()
+                .take(5)
+                .map(|(at, e, _)| format!("{at:+.3} s: {e}"))
+                .collect();
+            report.failures.push(format!(
+                "{} of {connections} connections failed at the {label} ({resets} reset; at most {allowed} may): {}",
+                failed.len(),
+                why.join("; ")
+            ));
+        }
+    }
+    report
+        .extra
+        .insert("sessions".into(), serde_json::Value::Object(figures));
+    report.passed = report.failures.is_empty();
+    Ok(report)
+}
+
 /// The `connection-flood` drill's fault and its own checks; see
 /// `flood.rs`.
 async fn flood(lab: &Lab, leader: u64, writer: &Writer, report: &mut Report) -> anyhow::Result<()> {
@@ -834,7 +1150,7 @@ fn metric(text: &str, series: &str) -> f64 {
 pub fn run_in_kernel_lab(names: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
     for name in names {
         anyhow::ensure!(
-            NET_DRILLS.contains(name),
+            NET_DRILLS.contains(name) || IPVS_ONLY_DRILLS.contains(name),
             "{name:?} does not run in the kernel lab; drills with traffic: {}",
             NET_DRILLS.join(", ")
         );
@@ -849,6 +1165,7 @@ pub fn run_in_kernel_lab(names: &[&str]) -> anyhow::Result<Vec<serde_json::Value
         "ha-tests",
         "lb-node",
         "lab-http",
+        "lab-dns",
         "arp-probe",
         "stall-watch",
     ]
@@ -866,10 +1183,15 @@ pub fn run_in_kernel_lab(names: &[&str]) -> anyhow::Result<Vec<serde_json::Value
         files.push(("/usr/bin/chrt", chrt));
     }
     // The debugging switches reach the guest's run too.
-    let logs: String = ["DRILL_LOGS", "DRILL_TRAFFIC", "DRILL_FLOW_HANDOVER"]
-        .iter()
-        .filter_map(|v| Some(format!("export {v}='{}'\n", std::env::var(v).ok()?)))
-        .collect();
+    let logs: String = [
+        "DRILL_LOGS",
+        "DRILL_TRAFFIC",
+        "DRILL_FLOW_HANDOVER",
+        "DRILL_CONNECTION_SYNC",
+    ]
+    .iter()
+    .filter_map(|v| Some(format!("export {v}='{}'\n", std::env::var(v).ok()?)))
+    .collect();
     let script = format!(
         r#"export DRILL_EMULATED=1
 {logs}for d in {}; do

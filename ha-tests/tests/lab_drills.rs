@@ -46,7 +46,7 @@ fn check(drills: &[&str]) -> anyhow::Result<()> {
 fn crashes_partitions_transfer_and_drain_pass_through_real_ipvs() -> anyhow::Result<()> {
     let drills: Vec<&str> = ha_tests::netdrills::ipvs_tier()
         .into_iter()
-        .filter(|d| *d != "rolling-restart")
+        .filter(|d| *d != "rolling-restart" && !ha_tests::netdrills::IPVS_ONLY_DRILLS.contains(d))
         .collect();
     assert_eq!(drills.len(), 6);
     check(&drills)
@@ -55,4 +55,12 @@ fn crashes_partitions_transfer_and_drain_pass_through_real_ipvs() -> anyhow::Res
 #[test]
 fn rolling_restart_passes_through_real_ipvs() -> anyhow::Result<()> {
     check(&["rolling-restart"])
+}
+
+/// Issue 21: 200 long-lived connections and a UDP client through a lost
+/// member's VIP, carried on by the member that takes it over (IPVS
+/// connection sync, masquerade to the VIP) and through the failback.
+#[test]
+fn established_connections_survive_the_owners_crash_and_failback() -> anyhow::Result<()> {
+    check(&["owner-crash-established"])
 }

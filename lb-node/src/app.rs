@@ -86,14 +86,15 @@ pub async fn run(
     let netlink = crate::netlink::Netlink::open()?;
     // The kernel is checked before the member joins: `ipvs` on a kernel
     // without IPVS stops here with a message that says so.
+    let ecmp = matches!(&config.announce, crate::announce::AnnounceConfig::Bgp(b) if b.ecmp);
     let ipvs = match config.dataplane.kind {
         DataplaneKind::Memory => None,
         DataplaneKind::Ipvs => Some(
-            open_ipvs(&config.dataplane, &netlink)
+            open_ipvs(&config.dataplane, ecmp, &netlink)
                 .await
                 .with_context(|| format!("{}: dataplane.kind = \"ipvs\"", config.file.display()))?,
         ),
-        DataplaneKind::Auto => match open_ipvs(&config.dataplane, &netlink).await {
+        DataplaneKind::Auto => match open_ipvs(&config.dataplane, ecmp, &netlink).await {
             Ok(d) => Some(d),
             Err(e @ crate::dataplane::ipvs::IpvsError::NoIpvs) => {
                 tracing::warn!(error = %e, "dataplane.kind = \"auto\": no IPVS here; using the memory dataplane");
@@ -335,10 +336,22 @@ pub async fn run(
     }
 
     if let Some(c) = &cluster {
+        // With connection sync, a member that starts (or returns) takes
+        // VIPs only once the others have sent it their connections: each
+        // busy one is sent again at least every `refresh`, and a sender
+        // holds a message that does not fill a packet for up to 2 s
+        // (the kernel's IPVS_SYNC_FLUSH_TIME): failback that resets
+        // nothing, issue 21; docs/connections.md.
+        let catch_up = config
+            .dataplane
+            .connection_sync
+            .as_ref()
+            .map(|s| s.refresh + Duration::from_secs(3));
         tasks.push(tokio::spawn(report_dataplane_ready(
             c.node.clone(),
             states.clone(),
             dataplane_rx.clone(),
+            catch_up,
             shutdown.clone(),
         )));
         if matches!(config.announce, crate::announce::AnnounceConfig::Bgp(_)) {
@@ -445,13 +458,16 @@ pub async fn run(
 /// no VIP and it announces none, so a member that just started never
 /// attracts traffic it has no kernel table for (at 50,000 services the
 /// first sync takes seconds). A dataplane that never syncs keeps the member
-/// out of the VIPs' way, which is what it should do.
+/// out of the VIPs' way, which is what it should do. With `catch_up`
+/// (connection sync), not before that long after the start either.
 async fn report_dataplane_ready(
     node: node::NodeHandle,
     states: watch::Receiver<Arc<State>>,
     mut dataplane: watch::Receiver<DataplaneStatus>,
+    catch_up: Option<Duration>,
     shutdown: CancellationToken,
 ) {
+    let started = tokio::time::Instant::now();
     let mut status = node.status.clone();
     let ready = async {
         status.wait_for(|s| s.may_announce).await.ok()?;
@@ -460,6 +476,16 @@ async fn report_dataplane_ready(
             .wait_for(|d| d.last_sync_unix_ms > 0 && d.synced_revision >= mark)
             .await
             .ok()?;
+        if let Some(wait) = catch_up {
+            let left = (started + wait).saturating_duration_since(tokio::time::Instant::now());
+            if !left.is_zero() {
+                info!(
+                    wait = ?left,
+                    "dataplane programmed; waiting for the other members' connections (connection sync) before taking VIPs"
+                );
+                tokio::time::sleep(left).await;
+            }
+        }
         Some(mark)
     };
     tokio::select! {
@@ -573,6 +599,7 @@ async fn hand_over(
 
 async fn open_ipvs(
     config: &crate::config::DataplaneConfig,
+    ecmp: bool,
     netlink: &crate::netlink::Netlink,
 ) -> Result<crate::dataplane::ipvs::IpvsDataplane, crate::dataplane::ipvs::IpvsError> {
     use crate::dataplane::ipvs::{IpvsDataplane, IpvsSettings, Ownership, local::LocalSettings};
@@ -586,6 +613,10 @@ async fn open_ipvs(
     let local = (!config.vip_interface.is_empty()).then(|| LocalSettings {
         interface: config.vip_interface.clone(),
         masquerade: config.masquerade,
+        // Owner mode only: under ECMP the answers to a VIP would reach
+        // whichever member the router hashes them to, not the one that
+        // forwarded the request (docs/connections.md).
+        masquerade_to_vip: config.connection_sync.is_some() && !ecmp,
     });
     IpvsDataplane::open(
         IpvsSettings {
@@ -593,6 +624,7 @@ async fn open_ipvs(
             drain_timeout: config.drain_timeout,
             udp_drain_timeout: config.udp_drain_timeout,
             local,
+            sync: config.connection_sync.clone(),
         },
         netlink,
     )

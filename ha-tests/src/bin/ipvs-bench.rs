@@ -1,7 +1,9 @@
 //! Full sync of a big table into empty kernel IPVS by lb-node, against
 //! `ipvsadm -R` of the same rules, each in a fresh kernel-lab guest of its
-//! own; then, in lb-node's guest, one backend change and one service added
-//! on a new VIP, and lb-node's peak memory. One JSON line at the end.
+//! own; then, in lb-node's guest, one backend change and ten services added
+//! one at a time, each on a new VIP, and lb-node's peak memory. One JSON
+//! line at the end. `IPVS_BENCH_RUN_ESTIMATION=0` turns the kernel's rate
+//! estimators off in both guests.
 //!
 //!   cargo build --release --workspace --bins
 //!   cargo run --release -p ha-tests --bin ipvs-bench [-- SERVICES [BACKENDS]]
@@ -20,6 +22,9 @@ use std::time::Duration;
 
 use ha_tests::binary;
 use ha_tests::kernel_lab::{KernelLab, tail};
+
+/// Services added one at a time, each on a new VIP, after the full sync.
+const ADDED: u32 = 10;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -60,10 +65,16 @@ fn main() -> anyhow::Result<()> {
     // The same table with one backend's weight changed (service 0, backend 0).
     let changed = file.replacen("}", ",weight=9}", 1);
     std::fs::write(dir.path().join("services-changed.toml"), &changed)?;
-    // And then one more service, on a VIP of its own.
-    let added = changed
-        + "[[service]]\nname=\"added\"\nvip=\"10.250.0.1\"\nport=80\nscheduler=\"rr\"\nbackend=[{address=\"172.31.0.1\"}]\n";
-    std::fs::write(dir.path().join("services-added.toml"), added)?;
+    // And then more services, one at a time, each on a VIP of its own:
+    // ADDED of them, for the spread of one add.
+    let mut added = changed;
+    for k in 1..=ADDED {
+        let _ = write!(
+            added,
+            "[[service]]\nname=\"added{k}\"\nvip=\"10.250.0.{k}\"\nport=80\nscheduler=\"rr\"\nbackend=[{{address=\"172.31.0.{k}\"}}]\n"
+        );
+        std::fs::write(dir.path().join(format!("services-added-{k}.toml")), &added)?;
+    }
     std::fs::write(
         dir.path().join("member.toml"),
         "[node]\nid = 1\n[dataplane]\nkind = \"ipvs\"\n[source.file]\npath = \"live.toml\"\ncheck_interval = \"1s\"\n[admin]\nlisten = \"127.0.0.1:9443\"\nmetrics_listen = \"127.0.0.1:9445\"\n",
@@ -89,7 +100,15 @@ fn main() -> anyhow::Result<()> {
     let log = std::env::var("RUST_LOG")
         .map(|l| format!("export RUST_LOG='{l}'\n"))
         .unwrap_or_default();
+    // The kernel's rate estimators (`net.ipv4.vs.run_estimation`, on by
+    // default) can be turned off in both guests to see what they cost.
+    let estimation = match std::env::var("IPVS_BENCH_RUN_ESTIMATION").as_deref() {
+        Ok("0") => "modprobe ip_vs && sysctl -qw net.ipv4.vs.run_estimation=0\n",
+        _ => "",
+    };
     let script = log
+        + &format!("ADDED={ADDED}\n")
+        + estimation
         + r#"
 cp /lab/services.toml /lab/live.toml
 echo "LAB rules $(wc -l < /lab/rules)"
@@ -111,18 +130,23 @@ echo "LAB vips-local $(ip route show table 27746 | grep -c '^local')"
 cp /lab/services-changed.toml /lab/live.toml
 synced 2
 grep "dataplane synced" /tmp/lb.log | sed -n 2p | sed 's/^/LAB change+ /'
-cp /lab/services-added.toml /lab/live.toml
-synced 3
-grep "dataplane synced" /tmp/lb.log | sed -n 3p | sed 's/^/LAB added+ /'
-echo "LAB added-local $(ip route show table 27746 | grep -c 'local 10.250.0.1 ')"
-echo "LAB added-masq $(nft list set inet lb_node masq4 | grep -c 10.250.0.1)"
+k=1
+while [ $k -le $ADDED ]; do
+  cp /lab/services-added-$k.toml /lab/live.toml
+  synced $((k + 2))
+  grep "dataplane synced" /tmp/lb.log | sed -n $((k + 2))p | sed 's/^/LAB added+ /'
+  k=$((k + 1))
+done
+echo "LAB added-local $(ip route show table 27746 | grep -c 'local 10.250.0.')"
+echo "LAB added-masq $(nft list set inet lb_node masq4 | grep -o '10\.250\.0\.[0-9]*' | wc -l)"
 echo "LAB peak-kib $(grep VmHWM /proc/$pid/status | awk '{print $2}')"
 echo "LAB rss-kib $(grep VmRSS /proc/$pid/status | awk '{print $2}')"
 grep -i "warn\|error" /tmp/lb.log | head -5 | sed 's/^/LAB log+ /'
 if [ -n "$RUST_LOG" ]; then grep -E "converged|IPVS operations|dataplane synced" /tmp/lb.log | tail -9 | sed "s/^/LAB log+ /"; fi
 kill $pid
 "#;
-    let reference = r#"
+    let reference = estimation.to_owned()
+        + r#"
 start=$(cut -d' ' -f1 /proc/uptime)
 ipvsadm -R < /lab/rules
 end=$(cut -d' ' -f1 /proc/uptime)
@@ -133,32 +157,44 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         "ipvs-bench: {services} services x {backends} backends = {ops} operations; booting the lab"
     );
     let rules = dir.path().join("rules");
-    let run = lab.run(
-        &script,
-        &[
-            ("/usr/local/bin/lb-node", &lb_node),
-            ("/lab/services.toml", &dir.path().join("services.toml")),
+    let added_files: Vec<(String, std::path::PathBuf)> = (1..=ADDED)
+        .map(|k| {
             (
-                "/lab/services-changed.toml",
-                &dir.path().join("services-changed.toml"),
-            ),
-            (
-                "/lab/services-added.toml",
-                &dir.path().join("services-added.toml"),
-            ),
-            ("/lab/member.toml", &dir.path().join("member.toml")),
-            ("/lab/rules", &rules),
-        ],
-        6144,
-        Duration::from_secs(3600),
-    )?;
-    eprintln!("ipvs-bench: lb-node's guest done; ipvsadm -R in a fresh one");
-    let reference = lab.run(
-        reference,
-        &[("/lab/rules", &rules)],
-        6144,
-        Duration::from_secs(3600),
-    )?;
+                format!("/lab/services-added-{k}.toml"),
+                dir.path().join(format!("services-added-{k}.toml")),
+            )
+        })
+        .collect();
+    let mut files: Vec<(&str, &std::path::Path)> = added_files
+        .iter()
+        .map(|(g, h)| (g.as_str(), h.as_path()))
+        .collect();
+    let (services_file, changed_file, member_file) = (
+        dir.path().join("services.toml"),
+        dir.path().join("services-changed.toml"),
+        dir.path().join("member.toml"),
+    );
+    files.extend([
+        ("/usr/local/bin/lb-node", lb_node.as_path()),
+        ("/lab/services.toml", services_file.as_path()),
+        ("/lab/services-changed.toml", changed_file.as_path()),
+        ("/lab/member.toml", member_file.as_path()),
+        ("/lab/rules", rules.as_path()),
+    ]);
+    let run = lab.run(&script, &files, 6144, Duration::from_secs(3600))?;
+    // `IPVS_BENCH_REFERENCE=0` skips the reference (lb-node's figures
+    // only; the ratio is then not computed).
+    let reference = if std::env::var("IPVS_BENCH_REFERENCE").is_ok_and(|v| v == "0") {
+        ha_tests::kernel_lab::GuestRun::default()
+    } else {
+        eprintln!("ipvs-bench: lb-node's guest done; ipvsadm -R in a fresh one");
+        lab.run(
+            &reference,
+            &[("/lab/rules", &rules)],
+            6144,
+            Duration::from_secs(3600),
+        )?
+    };
     let field = |line: &str, key: &str| -> Option<f64> {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(&format!("{key}=")))
@@ -171,14 +207,20 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         .copied()
         .unwrap_or("")
         .to_owned();
-    let added = run.block("added").first().copied().unwrap_or("").to_owned();
-    let (Some(full_ms), Some(change_ms), Some(added_ms), Some(ipvsadm_s)) = (
+    let added = run.block("added");
+    // In the order they were added, and sorted.
+    let added_in_order: Vec<f64> = added.iter().filter_map(|l| field(l, "took_ms")).collect();
+    let added_ops: Vec<f64> = added.iter().filter_map(|l| field(l, "ops")).collect();
+    let mut added_ms = added_in_order.clone();
+    added_ms.sort_by(f64::total_cmp);
+    let (Some(full_ms), Some(change_ms), true, Some(ipvsadm_s)) = (
         field(&full, "took_ms"),
         field(&change, "took_ms"),
-        field(&added, "took_ms"),
+        added_ms.len() == ADDED as usize,
         reference
             .get("ipvsadm-seconds")
-            .and_then(|v| v.parse::<f64>().ok()),
+            .and_then(|v| v.parse::<f64>().ok())
+            .or(reference.results.is_empty().then_some(f64::NAN)),
     ) else {
         anyhow::bail!(
             "the run did not report its figures:\n{}\n{}\n{}",
@@ -226,9 +268,13 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         system_s.map_or("?".into(), |u| format!("{u:.1}")),
     );
     let mib = |k: &str| run.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) / 1024;
+    let (min, median, max) = (
+        added_ms[0],
+        added_ms[added_ms.len() / 2],
+        added_ms[added_ms.len() - 1],
+    );
     println!(
-        "  one service added on a new VIP:        {added_ms:.2} ms (ops {}; local by a route: {}, in the masquerade set: {})",
-        field(&added, "ops").unwrap_or(-1.0),
+        "  one service added on a new VIP, {ADDED} times: {min:.2} / {median:.2} / {max:.2} ms min / median / max (ops {added_ops:?}; local by a route: {}, in the masquerade set: {})",
         run.get("added-local").unwrap_or("?"),
         run.get("added-masq").unwrap_or("?"),
     );
@@ -252,7 +298,9 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
             "ipvsadm_restore_s": ipvsadm_s,
             "ratio": full_ms / 1000.0 / ipvsadm_s,
             "one_change_ms": change_ms,
-            "new_vip_service_ms": added_ms,
+            "new_vip_service_ms": added_in_order,
+            "new_vip_service_ms_median": median,
+            "run_estimation": estimation.is_empty(),
             "vips_local": run.get("vips-local"),
             "peak_mib": mib("peak-kib"),
             "cpu_user_s": user_s,

@@ -133,6 +133,76 @@ pub(super) fn relative_to(file: &Path, path: PathBuf) -> PathBuf {
     }
 }
 
+fn validate_connection_sync(
+    c: RawConnectionSync,
+    kind: DataplaneKind,
+    file: &Path,
+) -> Result<ConnectionSync, ConfigError> {
+    let field = |f: &str| format!("dataplane.connection_sync.{f}");
+    if kind == DataplaneKind::Memory {
+        return Err(ConfigError::new(
+            file,
+            "dataplane.connection_sync",
+            "needs kernel IPVS (dataplane.kind = \"ipvs\" or \"auto\"): the memory dataplane has no connections to sync",
+        ));
+    }
+    if c.interface.is_empty() || c.interface.len() > 15 || c.interface.contains(['/', ' ']) {
+        return Err(ConfigError::new(
+            file,
+            field("interface"),
+            format!(
+                "{:?} is not a valid interface name (1-15 characters, no '/' or space): the interface on which members reach each other",
+                c.interface
+            ),
+        ));
+    }
+    let sync_id = u8::try_from(c.sync_id).map_err(|_| {
+        ConfigError::new(
+            file,
+            field("sync_id"),
+            format!(
+                "{} is out of range: the kernel's sync id is 0-255",
+                c.sync_id
+            ),
+        )
+    })?;
+    let group: std::net::Ipv4Addr = c.group.parse().map_err(|_| {
+        ConfigError::new(
+            file,
+            field("group"),
+            format!("{:?} is not an IPv4 multicast address", c.group),
+        )
+    })?;
+    if !group.is_multicast() {
+        return Err(ConfigError::new(
+            file,
+            field("group"),
+            format!("{group} is not a multicast address (224.0.0.0/4)"),
+        ));
+    }
+    if c.port == 0 {
+        return Err(ConfigError::new(file, field("port"), "must not be 0"));
+    }
+    let refresh = parse_duration(&c.refresh, file, &field("refresh"))?;
+    if refresh < Duration::from_secs(1) || refresh.subsec_nanos() != 0 {
+        return Err(ConfigError::new(
+            file,
+            field("refresh"),
+            format!(
+                "{:?} must be whole seconds, at least 1s (the kernel counts it in seconds)",
+                c.refresh
+            ),
+        ));
+    }
+    Ok(ConnectionSync {
+        interface: c.interface,
+        sync_id,
+        group,
+        port: c.port,
+        refresh,
+    })
+}
+
 /// Where the member keeps IPVS state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataplaneKind {
@@ -168,6 +238,29 @@ pub struct DataplaneConfig {
     /// IPVS: lb-node owns the whole kernel table and deletes what it did
     /// not program.
     pub own_whole_table: bool,
+    /// IPVS: the kernel's connection synchronisation between members
+    /// (`[dataplane.connection_sync]`), so a member that takes a VIP over
+    /// has the connections its previous owner carried; `None`: off.
+    pub connection_sync: Option<ConnectionSync>,
+}
+
+/// `[dataplane.connection_sync]`: every member runs the kernel's IPVS sync
+/// daemon as master (sends the connections its IPVS creates and changes)
+/// and backup (creates those the others send) on `interface`, by
+/// multicast. The masquerade then uses the VIP as the source address
+/// instead of the member's own, so a connection has the same addresses
+/// whichever member carries it (docs/connections.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionSync {
+    pub interface: String,
+    /// The cluster's sync id (0-255): a backup takes only messages with
+    /// its own.
+    pub sync_id: u8,
+    pub group: std::net::Ipv4Addr,
+    pub port: u16,
+    /// `net.ipv4.vs.sync_refresh_period`: a connection is sent again at
+    /// each state change and at least this often while it has traffic.
+    pub refresh: Duration,
 }
 
 /// Where the desired service table comes from.
@@ -253,6 +346,34 @@ struct RawDataplane {
     udp_drain_timeout: String,
     managed_networks: Vec<String>,
     own_whole_table: bool,
+    connection_sync: Option<RawConnectionSync>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnectionSync {
+    interface: String,
+    #[serde(default = "default_sync_id")]
+    sync_id: u32,
+    #[serde(default = "default_sync_group")]
+    group: String,
+    #[serde(default = "default_sync_port")]
+    port: u16,
+    #[serde(default = "default_sync_refresh")]
+    refresh: String,
+}
+
+fn default_sync_id() -> u32 {
+    1
+}
+fn default_sync_group() -> String {
+    "224.0.0.81".into()
+}
+fn default_sync_port() -> u16 {
+    8848
+}
+fn default_sync_refresh() -> String {
+    "2s".into()
 }
 
 impl Default for RawDataplane {
@@ -266,6 +387,7 @@ impl Default for RawDataplane {
             udp_drain_timeout: "0s".into(),
             managed_networks: Vec::new(),
             own_whole_table: false,
+            connection_sync: None,
         }
     }
 }
@@ -452,6 +574,11 @@ impl Config {
                  lb-node's alone)",
             ));
         }
+        let connection_sync = raw
+            .dataplane
+            .connection_sync
+            .map(|c| validate_connection_sync(c, kind, file))
+            .transpose()?;
         let source = match (raw.source.file, raw.source.kubernetes) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::new(
@@ -500,11 +627,19 @@ impl Config {
             .cluster
             .map(|c| cluster::validate_cluster(c, raw.node.id, file))
             .transpose()?;
-        let announce = raw
+        let mut announce = raw
             .announce
             .map(|a| announce::validate_announce(a, file))
             .transpose()?
             .unwrap_or_default();
+        // Synced connections carry a moved VIP's flows on the new owner:
+        // the L2 flow hand-over (which sends them back to the previous
+        // owner) would fight it, so it is off (docs/connections.md).
+        if connection_sync.is_some()
+            && let crate::announce::AnnounceConfig::L2(l2) = &mut announce
+        {
+            l2.flow_handover = false;
+        }
         // Without TLS anyone who reaches the admin port can change the
         // table and drain members, and anyone who reaches the peer port
         // can speak for a member (force an election, say): beyond
@@ -549,6 +684,7 @@ impl Config {
                 udp_drain_timeout,
                 managed_networks,
                 own_whole_table: raw.dataplane.own_whole_table,
+                connection_sync,
             },
             source,
             admin: AdminConfig {

@@ -407,3 +407,93 @@ fn udp_backends_drain_for_no_time_by_default() {
     .expect_err("bad duration");
     assert_eq!(e.field, "dataplane.udp_drain_timeout");
 }
+
+#[test]
+fn connection_sync_is_off_unless_asked_and_turns_the_flow_hand_over_off() {
+    let announce =
+        "[announce]\nmode = \"l2\"\ninterface = \"eth0\"\nvip_ranges = [\"10.0.0.0/24\"]\n";
+    let config = load(&format!(
+        "{NODE}[source.file]\npath = \"s.toml\"\n[dataplane]\nkind = \"ipvs\"\n{announce}"
+    ))
+    .expect("valid");
+    assert_eq!(config.dataplane.connection_sync, None);
+    let crate::announce::AnnounceConfig::L2(l2) = &config.announce else {
+        panic!("l2: {:?}", config.announce);
+    };
+    assert!(l2.flow_handover);
+    let config = load(&format!(
+        "{NODE}[source.file]\npath = \"s.toml\"\n[dataplane]\nkind = \"ipvs\"\n[dataplane.connection_sync]\ninterface = \"eth1\"\n{announce}"
+    ))
+    .expect("valid");
+    let sync = config.dataplane.connection_sync.expect("on");
+    assert_eq!(sync.interface, "eth1");
+    assert_eq!(sync.sync_id, 1);
+    assert_eq!(sync.group, std::net::Ipv4Addr::new(224, 0, 0, 81));
+    assert_eq!(sync.port, 8848);
+    assert_eq!(sync.refresh, Duration::from_secs(2));
+    let crate::announce::AnnounceConfig::L2(l2) = &config.announce else {
+        panic!("l2: {:?}", config.announce);
+    };
+    assert!(
+        !l2.flow_handover,
+        "synced connections replace the hand-over"
+    );
+}
+
+#[test]
+fn connection_sync_errors_name_the_field() {
+    let with = |kind: &str, body: &str| {
+        load(&format!(
+            "{NODE}[source.file]\npath = \"s.toml\"\n[dataplane]\nkind = \"{kind}\"\n[dataplane.connection_sync]\n{body}"
+        ))
+        .expect_err("refused")
+    };
+    for (kind, body, field, says) in [
+        (
+            "memory",
+            "interface = \"eth0\"\n",
+            "dataplane.connection_sync",
+            "needs kernel IPVS",
+        ),
+        (
+            "ipvs",
+            "interface = \"\"\n",
+            "dataplane.connection_sync.interface",
+            "not a valid interface",
+        ),
+        (
+            "ipvs",
+            "interface = \"eth0\"\nsync_id = 256\n",
+            "dataplane.connection_sync.sync_id",
+            "0-255",
+        ),
+        (
+            "ipvs",
+            "interface = \"eth0\"\ngroup = \"10.0.0.1\"\n",
+            "dataplane.connection_sync.group",
+            "not a multicast",
+        ),
+        (
+            "ipvs",
+            "interface = \"eth0\"\ngroup = \"x\"\n",
+            "dataplane.connection_sync.group",
+            "not an IPv4 multicast",
+        ),
+        (
+            "ipvs",
+            "interface = \"eth0\"\nport = 0\n",
+            "dataplane.connection_sync.port",
+            "not be 0",
+        ),
+        (
+            "ipvs",
+            "interface = \"eth0\"\nrefresh = \"500ms\"\n",
+            "dataplane.connection_sync.refresh",
+            "whole seconds",
+        ),
+    ] {
+        let e = with(kind, body);
+        assert_eq!(e.field, field, "{body}");
+        assert!(e.to_string().contains(says), "{body}: {e}");
+    }
+}

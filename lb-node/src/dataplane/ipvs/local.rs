@@ -57,6 +57,10 @@ pub struct LocalSettings {
     pub interface: String,
     /// Install the masquerade table.
     pub masquerade: bool,
+    /// Masquerade to the VIP rather than the member's own address, so a
+    /// connection keeps its addresses when another member carries it
+    /// (with `[dataplane.connection_sync]`; docs/connections.md).
+    pub masquerade_to_vip: bool,
 }
 
 /// The VIPs made local now, shared with the ownership check.
@@ -356,7 +360,7 @@ impl Local {
                 } else {
                     BTreeSet::new()
                 };
-                match install_table(&masq, &self.marks).await {
+                match install_table(&masq, &self.marks, self.settings.masquerade_to_vip).await {
                     Ok(()) => {
                         self.installed_masq = masq;
                         done = true;
@@ -425,7 +429,11 @@ fn is_link_local(ip: &IpAddr) -> bool {
 
 /// The nftables script that (re)defines lb-node's table: masquerade for
 /// NAT VIPs, and the marks of firewall-mark services.
-pub fn table_script(masq: &BTreeSet<IpAddr>, marks: &BTreeMap<ServiceKey, u32>) -> String {
+pub fn table_script(
+    masq: &BTreeSet<IpAddr>,
+    marks: &BTreeMap<ServiceKey, u32>,
+    to_vip: bool,
+) -> String {
     let list = |v6: bool| {
         masq.iter()
             .filter(|ip| ip.is_ipv6() == v6)
@@ -445,8 +453,28 @@ pub fn table_script(masq: &BTreeSet<IpAddr>, marks: &BTreeMap<ServiceKey, u32>) 
     s += &set("masq4", "ipv4_addr", list(false));
     s += &set("masq6", "ipv6_addr", list(true));
     s += "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n";
-    s += "    ct original ip daddr @masq4 masquerade\n";
-    s += "    ct original ip6 daddr @masq6 masquerade\n  }\n";
+    if to_vip {
+        // The VIP as the source, the client's port kept where it is free:
+        // the backend sees the same four addresses whichever member
+        // forwards the connection.
+        s += "    ct original ip daddr @masq4 snat ip to ct original ip daddr\n";
+        s += "    ct original ip6 daddr @masq6 snat ip6 to ct original ip6 daddr\n  }\n";
+        // What reaches the local stack for a VIP after IPVS (which takes
+        // its services' packets at priority 99) without a connection: a
+        // backend's answer to a connection this member carries since a
+        // takeover but has not seen a client packet of yet, or a segment of
+        // a connection nobody synced. Dropped, before conntrack confirms
+        // an entry for it, rather than reset: the backend sends it again
+        // once the client's next packet has set the translation up.
+        s += "  chain input {\n    type filter hook input priority 100; policy accept;\n";
+        s += "    ct state new ip daddr @masq4 tcp flags & (syn | rst) == 0 drop\n";
+        s += "    ct state new ip6 daddr @masq6 tcp flags & (syn | rst) == 0 drop\n";
+        s += "    ct state new ip daddr @masq4 meta l4proto udp drop\n";
+        s += "    ct state new ip6 daddr @masq6 meta l4proto udp drop\n  }\n";
+    } else {
+        s += "    ct original ip daddr @masq4 masquerade\n";
+        s += "    ct original ip6 daddr @masq6 masquerade\n  }\n";
+    }
     if !marks.is_empty() {
         s += "  chain prerouting {\n    type filter hook prerouting priority mangle; policy accept;\n";
         for (k, mark) in marks {
@@ -571,8 +599,9 @@ fn change_elements(
 async fn install_table(
     masq: &BTreeSet<IpAddr>,
     marks: &BTreeMap<ServiceKey, u32>,
+    to_vip: bool,
 ) -> anyhow::Result<()> {
-    crate::nft::apply(&table_script(masq, marks))
+    crate::nft::apply(&table_script(masq, marks, to_vip))
         .await
         .context("the masquerade table")?;
     info!(
@@ -626,7 +655,8 @@ mod tests {
 ";
         assert_eq!(parse_marks(listed), marks);
         // The script writes each of them as one such line.
-        let script = table_script(&masq, &marks);
+        let script = table_script(&masq, &marks, false);
+        assert!(table_script(&masq, &marks, true).contains("snat ip to ct original ip daddr"));
         for line in [
             "ip daddr 10.0.0.5 tcp dport 80 meta mark set 0x64",
             "ip6 daddr fd00::5 udp dport 53 meta mark set 0xc8",

@@ -36,6 +36,9 @@ pub mod cmd {
     pub const SET_DEST: u8 = 6;
     pub const DEL_DEST: u8 = 7;
     pub const GET_DEST: u8 = 8;
+    pub const NEW_DAEMON: u8 = 9;
+    pub const DEL_DAEMON: u8 = 10;
+    pub const GET_DAEMON: u8 = 11;
     pub const SET_INFO: u8 = 14;
     pub const GET_INFO: u8 = 15;
     pub const FLUSH: u8 = 17;
@@ -43,6 +46,7 @@ pub mod cmd {
 
 const CMD_ATTR_SERVICE: u16 = 1;
 const CMD_ATTR_DEST: u16 = 2;
+const CMD_ATTR_DAEMON: u16 = 3;
 const INFO_ATTR_VERSION: u16 = 1;
 const INFO_ATTR_CONN_TAB_SIZE: u16 = 2;
 
@@ -74,6 +78,20 @@ const DEST_STATS64: u16 = 12;
 const DEST_TUN_TYPE: u16 = 13;
 const DEST_TUN_PORT: u16 = 14;
 const DEST_TUN_FLAGS: u16 = 15;
+
+const DAEMON_STATE: u16 = 1;
+const DAEMON_MCAST_IFN: u16 = 2;
+const DAEMON_SYNC_ID: u16 = 3;
+const DAEMON_SYNC_MAXLEN: u16 = 4;
+const DAEMON_MCAST_GROUP: u16 = 5;
+const DAEMON_MCAST_PORT: u16 = 7;
+const DAEMON_MCAST_TTL: u16 = 8;
+
+/// `IP_VS_STATE_*`: the connection-sync daemon's role.
+pub mod daemon_state {
+    pub const MASTER: u32 = 1;
+    pub const BACKUP: u32 = 2;
+}
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -404,6 +422,135 @@ fn parse_addr(payload: &[u8]) -> Result<[u8; 16], DecodeError> {
     Ok(out)
 }
 
+/// One connection-sync daemon (`IPVS_DAEMON_ATTR_*`): a master sends the
+/// connections this member's IPVS creates and changes, a backup creates
+/// those it hears; both can run at once. The group and port travel as the
+/// kernel reads them: the group in network order, the port in host order
+/// (the kernel converts it when it binds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncDaemon {
+    pub state: u32,
+    pub interface: String,
+    pub sync_id: u32,
+    pub max_len: Option<u16>,
+    pub group: Option<Ipv4Addr>,
+    pub port: Option<u16>,
+    pub ttl: Option<u8>,
+}
+
+impl SyncDaemon {
+    pub fn attrs(&self) -> Vec<DaemonAttr> {
+        let mut a = vec![
+            DaemonAttr::State(self.state),
+            DaemonAttr::Interface(self.interface.clone()),
+            DaemonAttr::SyncId(self.sync_id),
+        ];
+        a.extend(self.max_len.map(DaemonAttr::MaxLen));
+        a.extend(self.group.map(DaemonAttr::Group));
+        a.extend(self.port.map(DaemonAttr::Port));
+        a.extend(self.ttl.map(DaemonAttr::Ttl));
+        a
+    }
+
+    fn from_attrs(attrs: &[DaemonAttr]) -> Result<Self, DecodeError> {
+        let mut d = SyncDaemon {
+            state: 0,
+            interface: String::new(),
+            sync_id: 0,
+            max_len: None,
+            group: None,
+            port: None,
+            ttl: None,
+        };
+        let (mut state, mut interface) = (None, None);
+        for a in attrs {
+            match a {
+                DaemonAttr::State(v) => state = Some(*v),
+                DaemonAttr::Interface(v) => interface = Some(v.clone()),
+                DaemonAttr::SyncId(v) => d.sync_id = *v,
+                DaemonAttr::MaxLen(v) => d.max_len = Some(*v),
+                DaemonAttr::Group(v) => d.group = Some(*v),
+                DaemonAttr::Port(v) => d.port = Some(*v),
+                DaemonAttr::Ttl(v) => d.ttl = Some(*v),
+                DaemonAttr::Other(_) => {}
+            }
+        }
+        d.state = state.ok_or("sync daemon without a state")?;
+        d.interface = interface.ok_or("sync daemon without an interface")?;
+        Ok(d)
+    }
+}
+
+/// `IPVS_DAEMON_ATTR_*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DaemonAttr {
+    State(u32),
+    Interface(String),
+    SyncId(u32),
+    MaxLen(u16),
+    Group(Ipv4Addr),
+    Port(u16),
+    Ttl(u8),
+    Other(DefaultNla),
+}
+
+impl Nla for DaemonAttr {
+    fn value_len(&self) -> usize {
+        match self {
+            DaemonAttr::State(_) | DaemonAttr::SyncId(_) | DaemonAttr::Group(_) => 4,
+            DaemonAttr::Interface(s) => s.len() + 1,
+            DaemonAttr::MaxLen(_) | DaemonAttr::Port(_) => 2,
+            DaemonAttr::Ttl(_) => 1,
+            DaemonAttr::Other(nla) => nla.value_len(),
+        }
+    }
+
+    fn kind(&self) -> u16 {
+        match self {
+            DaemonAttr::State(_) => DAEMON_STATE,
+            DaemonAttr::Interface(_) => DAEMON_MCAST_IFN,
+            DaemonAttr::SyncId(_) => DAEMON_SYNC_ID,
+            DaemonAttr::MaxLen(_) => DAEMON_SYNC_MAXLEN,
+            DaemonAttr::Group(_) => DAEMON_MCAST_GROUP,
+            DaemonAttr::Port(_) => DAEMON_MCAST_PORT,
+            DaemonAttr::Ttl(_) => DAEMON_MCAST_TTL,
+            DaemonAttr::Other(nla) => nla.kind(),
+        }
+    }
+
+    fn emit_value(&self, buf: &mut [u8]) {
+        match self {
+            DaemonAttr::State(v) | DaemonAttr::SyncId(v) => emit_u32(buf, *v).unwrap_or(()),
+            DaemonAttr::Interface(s) => emit_cstr(buf, s),
+            DaemonAttr::MaxLen(v) | DaemonAttr::Port(v) => emit_u16(buf, *v).unwrap_or(()),
+            DaemonAttr::Group(a) => buf[..4].copy_from_slice(&a.octets()),
+            DaemonAttr::Ttl(v) => buf[0] = *v,
+            DaemonAttr::Other(nla) => nla.emit_value(buf),
+        }
+    }
+}
+
+impl<'a, T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&'a T>> for DaemonAttr {
+    fn parse(buf: &NlaBuffer<&'a T>) -> Result<Self, DecodeError> {
+        let v = buf.value();
+        Ok(match buf.kind() {
+            DAEMON_STATE => DaemonAttr::State(parse_u32(v)?),
+            DAEMON_MCAST_IFN => DaemonAttr::Interface(parse_string(v)?),
+            DAEMON_SYNC_ID => DaemonAttr::SyncId(parse_u32(v)?),
+            DAEMON_SYNC_MAXLEN => DaemonAttr::MaxLen(parse_u16(v)?),
+            DAEMON_MCAST_GROUP => {
+                let o: [u8; 4] = v
+                    .try_into()
+                    .map_err(|_| format!("sync group of {} bytes", v.len()))?;
+                DaemonAttr::Group(Ipv4Addr::from(o))
+            }
+            DAEMON_MCAST_PORT => DaemonAttr::Port(parse_u16(v)?),
+            DAEMON_MCAST_TTL => DaemonAttr::Ttl(parse_u8(v)?),
+            _ => DaemonAttr::Other(DefaultNla::parse(buf)?),
+        })
+    }
+}
+
 /// `IPVS_SVC_ATTR_*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SvcAttr {
@@ -697,6 +844,7 @@ fn emit_cstr(buf: &mut [u8], s: &str) {
 pub enum TopAttr {
     Service(Vec<SvcAttr>),
     Dest(Vec<DestAttr>),
+    Daemon(Vec<DaemonAttr>),
     /// GET_INFO's answer: IPVS_INFO_ATTR_VERSION.
     InfoVersion(u32),
     /// GET_INFO's answer: IPVS_INFO_ATTR_CONN_TAB_SIZE.
@@ -709,6 +857,7 @@ impl Nla for TopAttr {
         match self {
             TopAttr::Service(a) => a.as_slice().buffer_len(),
             TopAttr::Dest(a) => a.as_slice().buffer_len(),
+            TopAttr::Daemon(a) => a.as_slice().buffer_len(),
             TopAttr::InfoVersion(_) | TopAttr::InfoConnTabSize(_) => 4,
             TopAttr::Other(nla) => nla.value_len(),
         }
@@ -717,18 +866,23 @@ impl Nla for TopAttr {
         match self {
             TopAttr::Service(_) => CMD_ATTR_SERVICE,
             TopAttr::Dest(_) => CMD_ATTR_DEST,
+            TopAttr::Daemon(_) => CMD_ATTR_DAEMON,
             TopAttr::InfoVersion(_) => INFO_ATTR_VERSION,
             TopAttr::InfoConnTabSize(_) => INFO_ATTR_CONN_TAB_SIZE,
             TopAttr::Other(nla) => nla.kind(),
         }
     }
     fn is_nested(&self) -> bool {
-        matches!(self, TopAttr::Service(_) | TopAttr::Dest(_))
+        matches!(
+            self,
+            TopAttr::Service(_) | TopAttr::Dest(_) | TopAttr::Daemon(_)
+        )
     }
     fn emit_value(&self, buf: &mut [u8]) {
         match self {
             TopAttr::Service(a) => a.as_slice().emit(buf),
             TopAttr::Dest(a) => a.as_slice().emit(buf),
+            TopAttr::Daemon(a) => a.as_slice().emit(buf),
             TopAttr::InfoVersion(v) | TopAttr::InfoConnTabSize(v) => {
                 emit_u32(buf, *v).unwrap_or(())
             }
@@ -763,6 +917,16 @@ impl IpvsMessage {
         for a in &self.attrs {
             if let TopAttr::Service(attrs) = a {
                 return KernelService::from_attrs(attrs.clone()).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The sync daemon this message carries, if any.
+    pub fn daemon(&self) -> Result<Option<SyncDaemon>, DecodeError> {
+        for a in &self.attrs {
+            if let TopAttr::Daemon(attrs) = a {
+                return SyncDaemon::from_attrs(attrs).map(Some);
             }
         }
         Ok(None)
@@ -813,6 +977,7 @@ impl ParseableParametrized<[u8], GenlHeader> for IpvsMessage {
                 INFO_ATTR_CONN_TAB_SIZE if info => TopAttr::InfoConnTabSize(parse_u32(v)?),
                 CMD_ATTR_SERVICE => TopAttr::Service(parse_nested(v)?),
                 CMD_ATTR_DEST => TopAttr::Dest(parse_nested(v)?),
+                CMD_ATTR_DAEMON => TopAttr::Daemon(parse_nested(v)?),
                 _ => TopAttr::Other(DefaultNla::parse(&nla)?),
             });
         }
@@ -844,6 +1009,50 @@ mod tests {
             NetlinkPayload::InnerMessage(m) => m.payload,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_sync_daemon_request_has_the_kernels_layout() {
+        let d = SyncDaemon {
+            state: daemon_state::BACKUP,
+            interface: "eth0".into(),
+            sync_id: 7,
+            max_len: None,
+            group: Some(Ipv4Addr::new(224, 0, 0, 81)),
+            port: Some(8848),
+            ttl: Some(1),
+        };
+        let msg = IpvsMessage::new(cmd::NEW_DAEMON, vec![TopAttr::Daemon(d.attrs())]);
+        let mut buf = vec![0u8; msg.buffer_len()];
+        msg.emit(&mut buf);
+        // The nest: IPVS_CMD_ATTR_DAEMON (3) with the flag NLA_F_NESTED.
+        assert_eq!(u16::from_ne_bytes([buf[2], buf[3]]), 3 | 0x8000);
+        // State (1): u32 2, native order.
+        assert_eq!(&buf[4..12], &[8, 0, 1, 0, 2, 0, 0, 0]);
+        // Interface (2): "eth0\0", padded to 4.
+        assert_eq!(
+            &buf[12..24],
+            &[9, 0, 2, 0, b'e', b't', b'h', b'0', 0, 0, 0, 0]
+        );
+        // Sync id (3), group (5) in network order, port (7) in host order,
+        // TTL (8).
+        assert_eq!(&buf[24..32], &[8, 0, 3, 0, 7, 0, 0, 0]);
+        assert_eq!(&buf[32..40], &[8, 0, 5, 0, 224, 0, 0, 81]);
+        let port = 8848u16.to_ne_bytes();
+        assert_eq!(&buf[40..46], &[6, 0, 7, 0, port[0], port[1]]);
+        assert_eq!(&buf[48..53], &[5, 0, 8, 0, 1]);
+        let back = roundtrip(msg);
+        assert_eq!(back.daemon().expect("decodes"), Some(d));
+    }
+
+    #[test]
+    fn a_sync_daemon_without_state_or_interface_is_an_error_not_a_default() {
+        let msg = IpvsMessage::new(
+            cmd::NEW_DAEMON,
+            vec![TopAttr::Daemon(vec![DaemonAttr::SyncId(1)])],
+        );
+        let e = roundtrip(msg).daemon().expect_err("no state");
+        assert!(e.to_string().contains("without a state"), "{e}");
     }
 
     #[test]

@@ -23,7 +23,9 @@ use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_sys::protocols::NETLINK_GENERIC;
 use netlink_sys::{Socket, SocketAddr};
 
-use super::msg::{IpvsMessage, KernelDest, KernelKey, KernelService, TopAttr, cmd};
+use super::msg::{
+    DaemonAttr, IpvsMessage, KernelDest, KernelKey, KernelService, SyncDaemon, TopAttr, cmd,
+};
 
 /// Requests in flight at most: each answer is its own skb (about 1 KiB of
 /// receive buffer accounting), and SO_RCVBUF is capped by net.core.rmem_max
@@ -316,6 +318,36 @@ impl IpvsSocket {
         .filter_map(|m| m.dest(v6).transpose())
         .collect::<Result<_, _>>()
         .map_err(|e| IpvsError::Io(format!("malformed destination of {key} in a dump: {e}")))
+    }
+
+    /// The connection-sync daemons running in this network namespace.
+    pub fn sync_daemons(&mut self) -> Result<Vec<SyncDaemon>, IpvsError> {
+        self.request(IpvsMessage::new(cmd::GET_DAEMON, vec![]), true)?
+            .into_iter()
+            .filter_map(|m| m.daemon().transpose())
+            .collect::<Result<_, _>>()
+            .map_err(|e| IpvsError::Io(format!("malformed sync daemon in a dump: {e}")))
+    }
+
+    /// Starts a connection-sync daemon (`EEXIST` if one in that role runs).
+    pub fn start_sync_daemon(&mut self, daemon: &SyncDaemon) -> Result<(), IpvsError> {
+        self.request(
+            IpvsMessage::new(cmd::NEW_DAEMON, vec![TopAttr::Daemon(daemon.attrs())]),
+            false,
+        )
+        .map(drop)
+    }
+
+    /// Stops the connection-sync daemon in that role (`daemon_state`).
+    pub fn stop_sync_daemon(&mut self, state: u32) -> Result<(), IpvsError> {
+        self.request(
+            IpvsMessage::new(
+                cmd::DEL_DAEMON,
+                vec![TopAttr::Daemon(vec![DaemonAttr::State(state)])],
+            ),
+            false,
+        )
+        .map(drop)
     }
 
     /// Sends every request, pipelined, and returns each one's outcome in
