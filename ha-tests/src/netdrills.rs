@@ -44,7 +44,7 @@ pub const NET_DRILLS: [&str; 11] = [
 /// Drills that need real IPVS (the kernel lab only): established
 /// connections through the VIP of a member that is lost, carried on by the
 /// member that takes the VIP over (IPVS connection sync, issue 21).
-pub const IPVS_ONLY_DRILLS: [&str; 1] = ["owner-crash-established"];
+pub const IPVS_ONLY_DRILLS: [&str; 2] = ["owner-crash-established", "owner-crash-established-dr"];
 
 /// The drills that also run through real IPVS (the kernel lab): not the
 /// storage drills, which need the host's loop devices and whose promises
@@ -197,6 +197,30 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
             for (i, b) in lab.backends.clone().into_iter().enumerate() {
                 lab.add_host(&format!("b{i}"), b)?;
             }
+            // `-dr`: the sessions' services by direct routing: the
+            // backends hold the VIPs (on lo, answering no ARP for them)
+            // and answer the client themselves.
+            let direct = name.ends_with("-dr");
+            if direct {
+                for i in 0..lab.backends.len() {
+                    let ns = format!("b{i}");
+                    for vip in VIPS {
+                        lab.exec(
+                            &ns,
+                            &["ip", "addr", "add", &format!("{vip}/32"), "dev", "lo"],
+                        )?;
+                    }
+                    lab.exec(
+                        &ns,
+                        &[
+                            "sh",
+                            "-c",
+                            "for c in all eth0; do echo 1 > /proc/sys/net/ipv4/conf/$c/arp_ignore; echo 2 > /proc/sys/net/ipv4/conf/$c/arp_announce; done",
+                        ],
+                    )?;
+                }
+            }
+            let forwarding = if direct { "direct" } else { "masquerade" };
             if established {
                 // The sessions' service on every VIP: port 9000 to the
                 // backends' echo servers, by Maglev hashing (`mh`): a flow
@@ -215,11 +239,17 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
                             .iter()
                             .map(|b| format!("[[service.backend]]\naddress = \"{b}\"\nport = 53\n\n"))
                             .collect();
-                        format!("[[service]]\nname = \"echo-{i}\"\nvip = \"{vip}\"\nport = {SESSION_PORT}\nprotocol = \"tcp\"\nscheduler = \"mh\"\n\n{backends}\
-                                 [[service]]\nname = \"dns-{i}\"\nvip = \"{vip}\"\nport = 53\nprotocol = \"udp\"\nscheduler = \"rr\"\n\n{dns}")
+                        format!("[[service]]\nname = \"echo-{i}\"\nvip = \"{vip}\"\nport = {SESSION_PORT}\nprotocol = \"tcp\"\nscheduler = \"mh\"\nforwarding = \"{forwarding}\"\n\n{backends}\
+                                 [[service]]\nname = \"dns-{i}\"\nvip = \"{vip}\"\nport = 53\nprotocol = \"udp\"\nscheduler = \"rr\"\nforwarding = \"{forwarding}\"\n\n{dns}")
                     })
                     .collect();
-                lab.services_file = Some(lab.services_text(|_| String::new()) + &sessions);
+                // By direct routing the VIPs carry only those (a VIP with
+                // a masquerade service masquerades all its traffic).
+                lab.services_file = Some(if direct {
+                    sessions
+                } else {
+                    lab.services_text(|_| String::new()) + &sessions
+                });
             }
             (0..2)
                 .map(|i| (format!("b{i}"), "0.0.0.0:8080", format!("b{i}")))
@@ -259,12 +289,21 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
         let at = format!("0.0.0.0:{SESSION_PORT}");
         let lab_dns = crate::binary("lab-dns")?;
         let lab_dns = lab_dns.to_str().context("lab-dns path")?;
+        // By direct routing the DNS server answers from the VIP only when
+        // bound to it (bound to any address, its answers would leave from
+        // the backend's own, which the client's socket drops), as real DNS
+        // servers bind each address.
+        let dns_at: Vec<String> = if name.ends_with("-dr") {
+            VIPS.iter().map(|v| format!("{v}:53")).collect()
+        } else {
+            vec!["0.0.0.0:53".into()]
+        };
         for i in 0..lab.backends.len() {
             servers.push(lab.spawn(&format!("b{i}"), &[lab_http, "echo", &at])?);
-            servers.push(lab.spawn(
-                &format!("b{i}"),
-                &[lab_dns, "serve", "0.0.0.0:53", "web.lab=10.0.0.1"],
-            )?);
+            for a in &dns_at {
+                servers
+                    .push(lab.spawn(&format!("b{i}"), &[lab_dns, "serve", a, "web.lab=10.0.0.1"])?);
+            }
         }
     }
     for vip in VIPS {

@@ -59,8 +59,9 @@ fn rolling_restart_passes_through_real_ipvs() -> anyhow::Result<()> {
 
 /// Issue 21: 200 long-lived connections and a UDP client through a lost
 /// member's VIP, carried on by the member that takes it over (IPVS
-/// connection sync, masquerade to the VIP) and through the failback.
+/// connection sync, masquerade to the VIP) and through the failback; the
+/// same by direct routing.
 #[test]
 fn established_connections_survive_the_owners_crash_and_failback() -> anyhow::Result<()> {
-    check(&["owner-crash-established"])
+    check(&["owner-crash-established", "owner-crash-established-dr"])
 }
