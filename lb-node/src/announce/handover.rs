@@ -174,8 +174,8 @@ impl Handover {
             }
             let _ = writeln!(
                 s,
-                "table netdev {TABLE} {{\n  set fresh {{\n    type ipv4_addr . inet_service . ipv4_addr . inet_service\n    flags dynamic,timeout\n    timeout {}s\n    size 262144\n  }}\n  chain ingress {{\n    type filter hook ingress device \"{}\" priority -500; policy accept;\n  }}\n}}",
-                self.fresh_timeout_s, self.interface
+                "table netdev {TABLE} {{\n  set fresh {{\n    type ipv4_addr . inet_service . ipv4_addr . inet_service\n    flags dynamic,timeout\n    timeout {}s\n    size 262144\n  }}\n  set fresh_ports {{\n    type ipv4_addr . inet_service\n    flags dynamic,timeout\n    timeout {}s\n    size 262144\n  }}\n  chain ingress {{\n    type filter hook ingress device \"{}\" priority -500; policy accept;\n  }}\n}}",
+                self.fresh_timeout_s, self.fresh_timeout_s, self.interface
             );
         }
         // The set is kept: flows this member already took stay its own
@@ -191,13 +191,13 @@ impl Handover {
             let vips: Vec<String> = self.active.keys().map(ToString::to_string).collect();
             let _ = writeln!(
                 s,
-                "add rule netdev {TABLE} ingress ip daddr {{ {} }} tcp flags & (syn | ack) == syn update @fresh {{ ip saddr . tcp sport . ip daddr . tcp dport }}",
+                "add rule netdev {TABLE} ingress ip daddr {{ {} }} tcp flags & (syn | ack) == syn update @fresh {{ ip saddr . tcp sport . ip daddr . tcp dport }} update @fresh_ports {{ ip daddr . tcp sport }}",
                 vips.join(", ")
             );
             for (vip, (previous, _)) in &self.active {
                 let _ = writeln!(
                     s,
-                    "add rule netdev {TABLE} ingress ether daddr {} ip daddr {vip} tcp flags & syn == 0 ip saddr . tcp sport . ip daddr . tcp dport != @fresh ether saddr set {} ether daddr set {} fwd to \"{}\"",
+                    "add rule netdev {TABLE} ingress ether daddr {} ip daddr {vip} tcp flags & (syn | ack) != syn ip saddr . tcp sport . ip daddr . tcp dport != @fresh ip daddr . tcp dport != @fresh_ports ether saddr set {} ether daddr set {} fwd to \"{}\"",
                     mac_text(&self.own),
                     mac_text(&self.own),
                     mac_text(previous),
@@ -294,11 +294,11 @@ mod tests {
             "the members' frames are let through before any forwarding: {script}"
         );
         assert!(
-            script.contains("ip daddr { 10.0.0.1 } tcp flags & (syn | ack) == syn update @fresh"),
+            script.contains("ip daddr { 10.0.0.1 } tcp flags & (syn | ack) == syn update @fresh { ip saddr . tcp sport . ip daddr . tcp dport } update @fresh_ports { ip daddr . tcp sport }"),
             "{script}"
         );
         assert!(
-            script.contains("ether daddr 02:00:00:00:00:01 ip daddr 10.0.0.1 tcp flags & syn == 0 ip saddr . tcp sport . ip daddr . tcp dport != @fresh ether saddr set 02:00:00:00:00:01 ether daddr set 02:00:00:00:00:02 fwd to \"eth0\""),
+            script.contains("ether daddr 02:00:00:00:00:01 ip daddr 10.0.0.1 tcp flags & (syn | ack) != syn ip saddr . tcp sport . ip daddr . tcp dport != @fresh ip daddr . tcp dport != @fresh_ports ether saddr set 02:00:00:00:00:01 ether daddr set 02:00:00:00:00:02 fwd to \"eth0\""),
             "{script}"
         );
         assert!(!script.contains("10.0.0.2"), "{script}");

@@ -627,19 +627,11 @@ impl Config {
             .cluster
             .map(|c| cluster::validate_cluster(c, raw.node.id, file))
             .transpose()?;
-        let mut announce = raw
+        let announce = raw
             .announce
             .map(|a| announce::validate_announce(a, file))
             .transpose()?
             .unwrap_or_default();
-        // Synced connections carry a moved VIP's flows on the new owner:
-        // the L2 flow hand-over (which sends them back to the previous
-        // owner) would fight it, so it is off (docs/connections.md).
-        if connection_sync.is_some()
-            && let crate::announce::AnnounceConfig::L2(l2) = &mut announce
-        {
-            l2.flow_handover = false;
-        }
         // Without TLS anyone who reaches the admin port can change the
         // table and drain members, and anyone who reaches the peer port
         // can speak for a member (force an election, say): beyond

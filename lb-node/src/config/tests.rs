@@ -409,7 +409,7 @@ fn udp_backends_drain_for_no_time_by_default() {
 }
 
 #[test]
-fn connection_sync_is_off_unless_asked_and_turns_the_flow_hand_over_off() {
+fn connection_sync_is_off_unless_asked_and_leaves_the_flow_hand_over_on() {
     let announce =
         "[announce]\nmode = \"l2\"\ninterface = \"eth0\"\nvip_ranges = [\"10.0.0.0/24\"]\n";
     let config = load(&format!(
@@ -434,10 +434,9 @@ fn connection_sync_is_off_unless_asked_and_turns_the_flow_hand_over_off() {
     let crate::announce::AnnounceConfig::L2(l2) = &config.announce else {
         panic!("l2: {:?}", config.announce);
     };
-    assert!(
-        !l2.flow_handover,
-        "synced connections replace the hand-over"
-    );
+    // A connection opened just before a graceful move may not have
+    // reached the new owner yet: the hand-over still carries those.
+    assert!(l2.flow_handover);
 }
 
 #[test]

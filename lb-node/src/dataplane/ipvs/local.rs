@@ -460,15 +460,17 @@ pub fn table_script(
         s += "    ct original ip daddr @masq4 snat ip to ct original ip daddr\n";
         s += "    ct original ip6 daddr @masq6 snat ip6 to ct original ip6 daddr\n  }\n";
         // What reaches the local stack for a VIP after IPVS (which takes
-        // its services' packets at priority 99) without a connection: a
-        // backend's answer to a connection this member carries since a
-        // takeover but has not seen a client packet of yet, or a segment of
-        // a connection nobody synced. Dropped, before conntrack confirms
-        // an entry for it, rather than reset: the backend sends it again
-        // once the client's next packet has set the translation up.
+        // its services' packets at priority 99) without a connection, but
+        // a client's SYN: a backend's answer to a connection this member
+        // carries since a takeover but has not seen a client packet of
+        // yet, a backend's SYN-ACK to a handshake another member started
+        // (the backends' ARP moved first), a segment of a connection
+        // nobody synced. Dropped, before conntrack confirms an entry for
+        // it, rather than reset: the backend sends it again once the
+        // client's next packet has set the translation up.
         s += "  chain input {\n    type filter hook input priority 100; policy accept;\n";
-        s += "    ct state new ip daddr @masq4 tcp flags & (syn | rst) == 0 drop\n";
-        s += "    ct state new ip6 daddr @masq6 tcp flags & (syn | rst) == 0 drop\n";
+        s += "    ct state new ip daddr @masq4 tcp flags & (syn | ack) != syn drop\n";
+        s += "    ct state new ip6 daddr @masq6 tcp flags & (syn | ack) != syn drop\n";
         s += "    ct state new ip daddr @masq4 meta l4proto udp drop\n";
         s += "    ct state new ip6 daddr @masq6 meta l4proto udp drop\n  }\n";
     } else {
