@@ -37,10 +37,9 @@ use crate::model::{Forwarding, Protocol, Scheduler, ServiceKey};
 pub mod local;
 pub mod msg;
 pub mod socket;
+pub mod sync;
 
-use msg::{
-    IpvsMessage, KernelDest, KernelKey, KernelService, SyncDaemon, TopAttr, cmd, flags, fwd,
-};
+use msg::{IpvsMessage, KernelDest, KernelKey, KernelService, TopAttr, cmd, flags, fwd};
 pub use socket::{Info, IpvsError, IpvsSocket};
 
 /// Which services of the kernel table belong to lb-node.
@@ -94,7 +93,7 @@ pub fn set_sysctls() {
     set_sysctl_list(SYSCTLS);
 }
 
-fn set_sysctl_list(list: &[(&str, &str)]) {
+pub(crate) fn set_sysctl_list(list: &[(&str, &str)]) {
     for (name, value) in list {
         let path = format!("/proc/sys/{name}");
         if let Err(e) = std::fs::write(&path, value) {
@@ -113,89 +112,6 @@ fn set_sysctl_list(list: &[(&str, &str)]) {
             warn!(sysctl = %dotted, wanted = value, now = %now, "an IPVS sysctl is not as lb-node needs it");
         }
     }
-}
-
-/// The sync daemons `sync` asks for: a master (this member's connections
-/// out) and a backup (the others' in), both on the same interface, group
-/// and port.
-pub fn wanted_sync_daemons(sync: &crate::config::ConnectionSync) -> [SyncDaemon; 2] {
-    [msg::daemon_state::MASTER, msg::daemon_state::BACKUP].map(|state| SyncDaemon {
-        state,
-        interface: sync.interface.clone(),
-        sync_id: u32::from(sync.sync_id),
-        // The kernel's message size (a packet's worth): the master sends a
-        // message once the next connection does not fit in it, or after
-        // 2 s. One connection per message changed nothing measurable in
-        // the lab's rolling restart (docs/connections.md).
-        max_len: None,
-        group: Some(sync.group),
-        port: Some(sync.port),
-        ttl: Some(1),
-    })
-}
-
-/// Whether a running daemon is the one wanted (the kernel reports its
-/// defaults for what was not set; those are compared only when set).
-fn same_daemon(running: &SyncDaemon, wanted: &SyncDaemon) -> bool {
-    running.state == wanted.state
-        && running.interface == wanted.interface
-        && running.sync_id == wanted.sync_id
-        && (running.group.is_none() || running.group == wanted.group)
-        && (running.port.is_none() || running.port == wanted.port)
-}
-
-/// Sets the sync sysctls and makes the running daemons the wanted ones:
-/// one left by an earlier run with the same settings is kept (its
-/// connections go on syncing across a restart of lb-node), one with other
-/// settings is replaced.
-fn start_connection_sync(
-    socket: &mut IpvsSocket,
-    sync: &crate::config::ConnectionSync,
-) -> Result<(), IpvsError> {
-    let refresh = sync.refresh.as_secs().to_string();
-    set_sysctl_list(&[
-        // Sent again at each state change and this often with traffic, so
-        // a member that (re)joins has every busy connection within it.
-        ("net/ipv4/vs/sync_refresh_period", refresh.as_str()),
-        // A connection picked up mid-flow (after a takeover) has no window
-        // history: judged liberally rather than marked invalid (which
-        // would skip the translation and let the backend reset it).
-        ("net/netfilter/nf_conntrack_tcp_be_liberal", "1"),
-        // A segment of a connection no member synced is scheduled rather
-        // than dropped: with the `mh` scheduler (Maglev hashing, the same
-        // table on every member) it goes to the backend that has it.
-        ("net/ipv4/vs/sloppy_tcp", "1"),
-        ("net/ipv4/vs/sloppy_sctp", "1"),
-    ]);
-    let running = socket.sync_daemons()?;
-    for wanted in wanted_sync_daemons(sync) {
-        let role = if wanted.state == msg::daemon_state::MASTER {
-            "master"
-        } else {
-            "backup"
-        };
-        match running.iter().find(|d| d.state == wanted.state) {
-            Some(d) if same_daemon(d, &wanted) => {
-                info!(role, interface = %d.interface, sync_id = d.sync_id, "IPVS connection sync running (kept from an earlier run)");
-                continue;
-            }
-            Some(d) => {
-                info!(role, interface = %d.interface, sync_id = d.sync_id, "IPVS connection sync running with other settings; restarting it");
-                socket.stop_sync_daemon(wanted.state)?;
-            }
-            None => {}
-        }
-        socket.start_sync_daemon(&wanted).map_err(|e| match e {
-            IpvsError::Kernel(errno) => IpvsError::Io(format!(
-                "cannot start the IPVS connection sync {role} on {} (dataplane.connection_sync): {}",
-                wanted.interface,
-                socket::errno_text(errno)
-            )),
-            other => other,
-        })?;
-        info!(role, interface = %wanted.interface, sync_id = wanted.sync_id, group = ?wanted.group, port = ?wanted.port, "IPVS connection sync started");
-    }
-    Ok(())
 }
 
 fn protocol_number(p: Protocol) -> u16 {
@@ -865,7 +781,7 @@ impl IpvsDataplane {
         if let Some(sync) = settings.sync.clone() {
             socket = tokio::task::spawn_blocking(move || {
                 let mut socket = socket;
-                start_connection_sync(&mut socket, &sync).map(|()| socket)
+                sync::start(&mut socket, &sync).map(|()| socket)
             })
             .await
             .map_err(|e| IpvsError::Io(e.to_string()))??;
