@@ -22,6 +22,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use proto::admin::v1 as pb;
 
+use crate::Member;
 use crate::drills::{Report, Writer, override_weight};
 use crate::l2lab::{Lab, VIPS, split_brain, unix_now};
 use crate::traffic::Traffic;
@@ -545,13 +546,7 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
             // leaves the VIP local and the kernel serving it: the clients
             // whose ARP caches point there go on being served, so the
             // drill would see no disruption at all.)
-            let member = lab.members.remove(&victim).context("victim")?;
-            member.signal("KILL")?;
-            lab.exec(
-                &format!("m{victim}"),
-                &["ip", "link", "set", "eth0", "down"],
-            )?;
-            dead = Some(member);
+            dead = Some(lose_machine(lab, victim)?);
         }
         "leader-isolated" | "minority-partition" => isolate(lab, victim, true)?,
         // The leader's disk stalls: its raft thread blocks in its next
@@ -752,12 +747,7 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
             }
             lab.restart(victim)?;
         }
-        Some(mut member) => {
-            member.wait_exit(Duration::from_secs(5))?;
-            lab.retire(victim, member);
-            lab.exec(&format!("m{victim}"), &["ip", "link", "set", "eth0", "up"])?;
-            lab.restart(victim)?;
-        }
+        Some(member) => bring_back(lab, victim, member)?,
         None if matches!(name, "leader-isolated" | "minority-partition") => {
             isolate(lab, victim, false)?;
         }
@@ -823,6 +813,28 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
     Ok(report)
 }
 
+/// Member `victim`'s machine is lost: lb-node SIGKILLed and the machine's
+/// link down. (Killing only lb-node leaves the VIP local and the kernel
+/// serving it.) Returns the dead member, for `bring_back`.
+fn lose_machine(lab: &mut Lab, victim: u64) -> anyhow::Result<Member> {
+    let member = lab.members.remove(&victim).context("victim")?;
+    member.signal("KILL")?;
+    lab.exec(
+        &format!("m{victim}"),
+        &["ip", "link", "set", "eth0", "down"],
+    )?;
+    Ok(member)
+}
+
+/// The lost machine returns: its link up and lb-node started again (its
+/// kernel's state as it was: the process died, not the kernel).
+fn bring_back(lab: &mut Lab, victim: u64, mut member: Member) -> anyhow::Result<()> {
+    member.wait_exit(Duration::from_secs(5))?;
+    lab.retire(victim, member);
+    lab.exec(&format!("m{victim}"), &["ip", "link", "set", "eth0", "up"])?;
+    lab.restart(victim)
+}
+
 /// Who answers for each VIP now, once balanced: one VIP per member.
 async fn vip_owners(lab: &Lab) -> anyhow::Result<Vec<(&'static str, u64)>> {
     crate::eventually(
@@ -873,12 +885,7 @@ async fn survival(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
     // sends one at its state change to established, in batches).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t0 = unix_now();
-    let member = lab.members.remove(&victim).context("victim")?;
-    member.signal("KILL")?;
-    lab.exec(
-        &format!("m{victim}"),
-        &["ip", "link", "set", "eth0", "down"],
-    )?;
+    let member = lose_machine(lab, victim)?;
     let (heir, failover) = match lab.wait_garp(vip, t0, Some(victim), Duration::from_secs(10)) {
         Ok((by, at)) => (by, (at - t0) * 1000.0),
         Err(e) => {
@@ -914,12 +921,8 @@ async fn survival(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
     // Failback: the machine returns (its kernel's connection table as it
     // was: the process died, not the machine) and takes a VIP back once
     // it has the others' connections.
-    let mut member = member;
-    member.wait_exit(Duration::from_secs(5))?;
-    lab.retire(victim, member);
-    lab.exec(&format!("m{victim}"), &["ip", "link", "set", "eth0", "up"])?;
     let t1 = unix_now();
-    lab.restart(victim)?;
+    bring_back(lab, victim, member)?;
     let candidates: Vec<&'static str> = std::iter::once(vip).chain(heir_vip).collect();
     let back = crate::eventually(
         "a VIP back on the returning member",

@@ -33,7 +33,10 @@
 //! the source of what it forwards to its own address. That is one nftables
 //! table, `inet lb_node`:
 //! `ct original ip daddr @masq4 masquerade` in a postrouting nat chain. It
-//! needs `net.ipv4.vs.conntrack = 1` (set with the other sysctls). A change
+//! needs `net.ipv4.vs.conntrack = 1` (set with the other sysctls). With
+//! connection sync the source is the VIP instead (`snat ip to ct original
+//! ip daddr`), and an input chain drops what reaches a VIP without a
+//! connection but a SYN (docs/connections.md). A change
 //! of masquerading VIPs adds and deletes elements of the sets over netlink
 //! (`nft_sets`), at the cost of the change; the whole table is replaced
 //! atomically (`nft -f -`) at start, at every repair (after each dump), when
