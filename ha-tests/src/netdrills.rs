@@ -44,8 +44,13 @@ pub const NET_DRILLS: [&str; 11] = [
 
 /// Drills that need real IPVS (the kernel lab only): established
 /// connections through the VIP of a member that is lost, carried on by the
-/// member that takes the VIP over (IPVS connection sync, issue 21).
-pub const IPVS_ONLY_DRILLS: [&str; 2] = ["owner-crash-established", "owner-crash-established-dr"];
+/// member that takes the VIP over (IPVS connection sync, issue 21), and
+/// the rate of new connections the sync keeps up with.
+pub const IPVS_ONLY_DRILLS: [&str; 3] = [
+    "owner-crash-established",
+    "owner-crash-established-dr",
+    "connection-sync-lag",
+];
 
 /// The drills that also run through real IPVS (the kernel lab): not the
 /// storage drills, which need the host's loop devices and whose promises
@@ -336,7 +341,9 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
                     }
                 });
             }
-            let result = if established {
+            let result = if name == "connection-sync-lag" {
+                runtime.block_on(sync_lag(&mut lab, name))
+            } else if established {
                 runtime.block_on(survival(&mut lab, name))
             } else if !as_target {
                 runtime.block_on(drill(&mut lab, name, dataplane))
@@ -855,6 +862,166 @@ async fn vip_owners(lab: &Lab) -> anyhow::Result<Vec<(&'static str, u64)>> {
         },
     )
     .await
+}
+
+/// `connection-sync-lag`: how long each load phase of new connections
+/// lasts, and how many clients make them.
+const CHURN_SPAN: Duration = Duration::from_secs(8);
+const CHURN_CLIENTS: usize = 64;
+
+/// The IPVS connection entries of `vip`'s sessions port in member `id`'s
+/// kernel (its `/proc/net/ip_vs_conn`, addresses and ports in hex).
+fn ipvs_entries(lab: &Lab, id: u64, vip: &str) -> anyhow::Result<usize> {
+    let ip: std::net::Ipv4Addr = vip.parse()?;
+    let (ip, port) = (
+        format!("{:08X}", u32::from(ip)),
+        format!("{SESSION_PORT:04X}"),
+    );
+    let text = lab.exec(&format!("m{id}"), &["cat", "/proc/net/ip_vs_conn"])?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 4 && f[3] == ip && f[4] == port
+        })
+        .count())
+}
+
+/// `connection-sync-lag` (issue 21): new connections as fast as
+/// `CHURN_CLIENTS` clients make them through one member's VIP for
+/// `CHURN_SPAN`, with the connection sync on, then with the member's sync
+/// master stopped (`ipvsadm --stop-daemon master`), then on again: the
+/// rate with sync (the mean of the two) as a ratio of the rate without,
+/// and how far behind a backup is in the first phase: the
+/// entries it lacks while the load runs (sampled backup first, then the
+/// owner, so an overestimate by what arrives between the two reads) and
+/// how long after the load stops it has every one of the owner's.
+async fn sync_lag(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
+    let mut report = Report {
+        drill: name.into(),
+        tier: Dataplane::Ipvs.tier(),
+        ..Report::default()
+    };
+    settled(lab, Duration::from_secs(30)).await?;
+    let owners = vip_owners(lab).await?;
+    let (vip, owner) = owners[0];
+    let backup = (1..=3u64)
+        .find(|m| *m != owner)
+        .context("a member that does not own the VIP")?;
+    // Room for two phases of connections in TIME_WAIT on the client.
+    lab.exec(
+        "c",
+        &[
+            "sh",
+            "-c",
+            "echo 1024 65000 > /proc/sys/net/ipv4/ip_local_port_range",
+        ],
+    )?;
+    let to: std::net::SocketAddr = (vip.parse::<std::net::Ipv4Addr>()?, SESSION_PORT).into();
+    let lab_ref: &Lab = lab;
+    let sample = || {
+        tokio::task::block_in_place(|| -> anyhow::Result<(usize, usize)> {
+            let b = ipvs_entries(lab_ref, backup, vip)?;
+            let o = ipvs_entries(lab_ref, owner, vip)?;
+            Ok((o, b))
+        })
+    };
+    // Each phase samples the two tables as it runs (the reads cost the
+    // guest CPU, so every phase pays them alike).
+    let phase = || async {
+        let load = tokio::spawn(crate::sessions::churn(to, CHURN_CLIENTS, CHURN_SPAN));
+        let mut behind = Vec::new();
+        while !load.is_finished() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (o, b) = sample()?;
+            behind.push(o.saturating_sub(b) as f64);
+        }
+        anyhow::Ok((load.await?, behind))
+    };
+    let master = |what: &str| {
+        let owner_ns = format!("m{owner}");
+        let args: Vec<&str> = if what == "stop" {
+            vec!["ipvsadm", "--stop-daemon", "master"]
+        } else {
+            // As lb-node starts it (the lab's connection_sync defaults).
+            vec![
+                "ipvsadm",
+                "--start-daemon",
+                "master",
+                "--mcast-interface",
+                "eth0",
+                "--syncid",
+                "1",
+                "--mcast-group",
+                "224.0.0.81",
+                "--mcast-port",
+                "8848",
+                "--mcast-ttl",
+                "1",
+            ]
+        };
+        tokio::task::block_in_place(|| lab_ref.exec(&owner_ns, &args))
+    };
+    // With sync; the backup's catch-up once the load stops.
+    let (with_sync, mut behind) = phase().await?;
+    let stopped = unix_now();
+    let mut caught_up = None;
+    let mut last = (0, 0);
+    while unix_now() - stopped < 10.0 {
+        last = sample()?;
+        if last.1 >= last.0 {
+            caught_up = Some((unix_now() - stopped) * 1000.0);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Without (the owner's sync master stopped), then with again, so
+    // that neither side of the ratio is only the first or the last.
+    master("stop")?;
+    let (without, _) = phase().await?;
+    master("start")?;
+    let (again, _) = phase().await?;
+    let rate = |c: &crate::sessions::Churn| c.completed as f64 / CHURN_SPAN.as_secs_f64();
+    behind.sort_by(f64::total_cmp);
+    let p = |q| crate::sessions::percentile(&behind, q);
+    let rate_with = (rate(&with_sync) + rate(&again)) / 2.0;
+    report.extra.insert(
+        "sync".into(),
+        serde_json::json!({
+            "connections_per_s_with_sync": [rate(&with_sync).round(), rate(&again).round()],
+            "connections_per_s_without": rate(&without).round(),
+            "ratio": ((rate_with / rate(&without).max(1.0)) * 100.0).round() / 100.0,
+            "failed_with_sync": with_sync.failed + again.failed,
+            "failed_without": without.failed,
+            "backup_behind_entries_p50": p(50.0),
+            "backup_behind_entries_max": p(100.0),
+            "owner_entries": last.0,
+            "backup_entries": last.1,
+            "caught_up_ms": caught_up.map(f64::round),
+        }),
+    );
+    for (phase, c) in [
+        ("with sync", &with_sync),
+        ("without sync", &without),
+        ("with sync again", &again),
+    ] {
+        if c.failed > 0 {
+            report.failures.push(format!(
+                "{} of {} connections failed {phase}: {}",
+                c.failed,
+                c.failed + c.completed,
+                c.first_error.as_deref().unwrap_or("-")
+            ));
+        }
+    }
+    if caught_up.is_none() {
+        report.failures.push(format!(
+            "member {backup} had {} of member {owner}'s {} entries 10 s after the load stopped: the sync lost some",
+            last.1, last.0
+        ));
+    }
+    report.passed = report.failures.is_empty();
+    Ok(report)
 }
 
 /// `owner-crash-established` (issue 21): `SESSIONS` long-lived

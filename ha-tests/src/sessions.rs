@@ -164,6 +164,72 @@ async fn run(
     session
 }
 
+/// What `churn` made: connections completed (connected, 16 bytes echoed,
+/// closed) and failed, and the first failure.
+#[derive(Debug, Clone, Default)]
+pub struct Churn {
+    pub completed: u64,
+    pub failed: u64,
+    pub first_error: Option<String>,
+}
+
+/// New short connections to `to` for `span`, as fast as `concurrency`
+/// clients can make them one after another: each connects, sends 16 bytes,
+/// reads their echo and closes (the client closes first, so the member's
+/// IPVS entry goes through every TCP state, each of which the sync sends).
+pub async fn churn(to: SocketAddr, concurrency: usize, span: Duration) -> Churn {
+    let end = tokio::time::Instant::now() + span;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut c = Churn::default();
+                while tokio::time::Instant::now() < end {
+                    let once = tokio::time::timeout(Duration::from_secs(2), async {
+                        let mut s = tokio::net::TcpStream::connect(to).await?;
+                        s.set_nodelay(true)?;
+                        s.write_all(b"0123456789abcde\n").await?;
+                        let mut buf = [0u8; 16];
+                        s.read_exact(&mut buf).await?;
+                        Ok::<_, std::io::Error>(())
+                    })
+                    .await;
+                    match once {
+                        Ok(Ok(())) => c.completed += 1,
+                        Ok(Err(e)) => {
+                            c.failed += 1;
+                            c.first_error.get_or_insert_with(|| e.to_string());
+                        }
+                        Err(_) => {
+                            c.failed += 1;
+                            c.first_error
+                                .get_or_insert_with(|| "no answer within 2 s".into());
+                        }
+                    }
+                }
+                c
+            })
+        })
+        .collect();
+    let mut all = Churn::default();
+    for t in tasks {
+        match t.await {
+            Ok(c) => {
+                all.completed += c.completed;
+                all.failed += c.failed;
+                if all.first_error.is_none() {
+                    all.first_error = c.first_error;
+                }
+            }
+            Err(e) => {
+                all.failed += 1;
+                all.first_error
+                    .get_or_insert_with(|| format!("a client task failed: {e}"));
+            }
+        }
+    }
+    all
+}
+
 /// One query: when it was sent and when (if) it was answered (Unix time).
 pub type Query = (f64, Option<f64>);
 
