@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/lb/state/v1/state.proto",
             "proto/lb/admin/v1/admin.proto",
             "proto/lb/peer/v1/peer.proto",
+            "proto/grpc/health/v1/health.proto",
         ],
         &["proto"],
     )?;

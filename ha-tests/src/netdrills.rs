@@ -46,11 +46,17 @@ pub const NET_DRILLS: [&str; 11] = [
 /// connections through the VIP of a member that is lost, carried on by the
 /// member that takes the VIP over (IPVS connection sync, issue 21), and
 /// the rate of new connections the sync keeps up with.
-pub const IPVS_ONLY_DRILLS: [&str; 3] = [
+pub const IPVS_ONLY_DRILLS: [&str; 4] = [
     "owner-crash-established",
     "owner-crash-established-dr",
     "connection-sync-lag",
+    "dead-backend",
 ];
+
+/// `dead-backend` (issue 22): every service's health check, as an
+/// operator would write it with the defaults (1 s interval, 500 ms
+/// timeout, rise 2, fall 3).
+const HEALTH_CHECK: &str = "[service.health_check]\nkind = \"http\"\npath = \"/\"\n";
 
 /// The drills that also run through real IPVS (the kernel lab): not the
 /// storage drills, which need the host's loop devices and whose promises
@@ -164,7 +170,11 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
         .chain(&IPVS_ONLY_DRILLS)
         .position(|d| *d == name)
         .unwrap_or(0);
-    let established = IPVS_ONLY_DRILLS.contains(&name);
+    // The drills with long-lived sessions (and the sync on).
+    let established = matches!(
+        name,
+        "owner-crash-established" | "owner-crash-established-dr" | "connection-sync-lag"
+    );
     let tag = if as_target {
         "t".to_owned()
     } else {
@@ -257,9 +267,15 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
                     lab.services_text(|_| String::new()) + &sessions
                 });
             }
-            (0..2)
-                .map(|i| (format!("b{i}"), "0.0.0.0:8080", format!("b{i}")))
-                .collect()
+            if name == "dead-backend" {
+                // The drill starts (and kills) the backends' servers itself.
+                lab.services_file = Some(lab.services_text(|_| HEALTH_CHECK.into()));
+                Vec::new()
+            } else {
+                (0..2)
+                    .map(|i| (format!("b{i}"), "0.0.0.0:8080", format!("b{i}")))
+                    .collect()
+            }
         }
     };
     lab.start_arp_watch()?;
@@ -341,7 +357,9 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
                     }
                 });
             }
-            let result = if name == "connection-sync-lag" {
+            let result = if name == "dead-backend" {
+                runtime.block_on(dead_backend(&mut lab, name))
+            } else if name == "connection-sync-lag" {
                 runtime.block_on(sync_lag(&mut lab, name))
             } else if established {
                 runtime.block_on(survival(&mut lab, name))
@@ -862,6 +880,147 @@ async fn vip_owners(lab: &Lab) -> anyhow::Result<Vec<(&'static str, u64)>> {
         },
     )
     .await
+}
+
+/// `dead-backend`: how long each fault lasts, and how long the drill
+/// watches after each recovery.
+const DEAD_FOR: Duration = Duration::from_secs(8);
+const BACK_FOR: Duration = Duration::from_secs(6);
+/// Issue 22's bound with the default check: interval x fall + one commit.
+const OUT_WITHIN_MS: f64 = 3_500.0;
+
+/// `dead-backend` (issue 22): requests through one VIP to two backends
+/// with the services' HTTP health check; one backend's server is killed
+/// (its port refuses), later started again; then the other's link is cut
+/// (its probes and requests time out), later restored. After each fault no
+/// request may fail, or reach the dead backend, later than `OUT_WITHIN_MS`
+/// after it; after each recovery the backend must answer requests again.
+async fn dead_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
+    let mut report = Report {
+        drill: name.into(),
+        tier: Dataplane::Ipvs.tier(),
+        ..Report::default()
+    };
+    let lab_http = crate::binary("lab-http")?;
+    let lab_http = lab_http.to_str().context("lab-http path")?.to_owned();
+    let serve = |lab: &Lab, i: usize| {
+        let ns = format!("b{i}");
+        lab.spawn(&ns, &[&lab_http, "serve", "0.0.0.0:8080", &ns])
+    };
+    let mut servers = vec![serve(lab, 0)?, serve(lab, 1)?];
+    settled(lab, Duration::from_secs(30)).await?;
+    let owners = vip_owners(lab).await?;
+    let vip = owners[0].0;
+    let to: std::net::SocketAddr = (vip.parse::<std::net::Ipv4Addr>()?, 80).into();
+    // Both backends answering first (each up after `rise` probes).
+    crate::eventually(
+        "both backends answering",
+        Duration::from_secs(30),
+        || async {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..8 {
+                if let Some(a) = crate::traffic::request(to).await {
+                    seen.insert(a.trim().to_owned());
+                }
+            }
+            Ok((seen.len() == 2).then_some(()))
+        },
+    )
+    .await?;
+    let traffic = Traffic::start(to, REQUESTS_PER_SECOND);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Refused: b0's server killed; then started again.
+    let t0 = unix_now();
+    let _ = servers[0].kill();
+    let _ = servers[0].wait();
+    tokio::time::sleep(DEAD_FOR).await;
+    let t1 = unix_now();
+    servers[0] = serve(lab, 0)?;
+    tokio::time::sleep(BACK_FOR).await;
+    // Timeouts: b1's link cut; then restored.
+    let t2 = unix_now();
+    tokio::task::block_in_place(|| lab.exec("b1", &["ip", "link", "set", "eth0", "down"]))?;
+    tokio::time::sleep(DEAD_FOR).await;
+    let t3 = unix_now();
+    tokio::task::block_in_place(|| lab.exec("b1", &["ip", "link", "set", "eth0", "up"]))?;
+    tokio::time::sleep(BACK_FOR).await;
+    let end = unix_now();
+    let sent = traffic.finish().await;
+    for s in &mut servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    let mut figures = serde_json::Map::new();
+    for (label, victim, fault, back, until) in [
+        ("refused", "b0", t0, t1, t2),
+        ("link_cut", "b1", t2, t3, end),
+    ] {
+        let hit = |r: &crate::traffic::Sent| {
+            r.answer.is_none() || r.answer.as_deref().map(str::trim) == Some(victim)
+        };
+        let during: Vec<&crate::traffic::Sent> = sent
+            .iter()
+            .filter(|r| r.at >= fault && r.at < back)
+            .collect();
+        // The last request after the fault that failed or reached the
+        // dead backend: from then on, none does.
+        let out_ms = during
+            .iter()
+            .filter(|r| hit(r))
+            .map(|r| (r.at - fault) * 1000.0)
+            .fold(0.0f64, f64::max);
+        let failed = during.iter().filter(|r| r.answer.is_none()).count();
+        let late: Vec<f64> = during
+            .iter()
+            .filter(|r| hit(r) && (r.at - fault) * 1000.0 > OUT_WITHIN_MS)
+            .map(|r| r.at - fault)
+            .collect();
+        // Back: the first answer from it after it recovered.
+        let back_ms = sent
+            .iter()
+            .filter(|r| r.at >= back && r.at < until)
+            .find(|r| r.answer.as_deref().map(str::trim) == Some(victim))
+            .map(|r| (r.at - back) * 1000.0);
+        let failed_after = sent
+            .iter()
+            .filter(|r| r.at >= back && r.at < until && r.answer.is_none())
+            .count();
+        figures.insert(
+            label.into(),
+            serde_json::json!({
+                "backend": victim,
+                "requests": during.len(),
+                "failed": failed,
+                "out_after_ms": out_ms.round(),
+                "back_after_ms": back_ms.map(f64::round),
+                "failed_after_recovery": failed_after,
+            }),
+        );
+        if !late.is_empty() {
+            report.failures.push(format!(
+                "{label}: {} requests failed or reached {victim} more than {OUT_WITHIN_MS} ms after the fault (at +{:.3} s ...)",
+                late.len(),
+                late[0]
+            ));
+        }
+        if back_ms.is_none() {
+            report.failures.push(format!(
+                "{label}: {victim} answered no request within {BACK_FOR:?} of recovering"
+            ));
+        }
+        if failed_after > 0 {
+            report.failures.push(format!(
+                "{label}: {failed_after} requests failed after {victim} recovered"
+            ));
+        }
+    }
+    report.requests_sent = Some(sent.len() as u64);
+    report.requests_failed = Some(sent.iter().filter(|r| r.answer.is_none()).count() as u64);
+    report
+        .extra
+        .insert("health".into(), serde_json::Value::Object(figures));
+    report.passed = report.failures.is_empty();
+    Ok(report)
 }
 
 /// `connection-sync-lag`: how long each load phase of new connections

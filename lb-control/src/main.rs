@@ -899,6 +899,88 @@ fn override_text(
         })
 }
 
+/// The health of `s`'s backend `b`, if it is checked.
+fn backend_health<'a>(
+    health: &'a [pb::BackendHealth],
+    s: &state::VirtualService,
+    b: &state::Backend,
+) -> Option<&'a pb::BackendHealth> {
+    health
+        .iter()
+        .find(|h| h.key == s.key && h.address == b.address && h.port == b.port)
+}
+
+fn health_json(h: &pb::BackendHealth) -> serde_json::Value {
+    use state::health_report::Verdict;
+    json!({
+        "down": h.down,
+        "failing_open": h.failing_open,
+        "probers": h.probers,
+        "reports": h.reports.iter().map(|r| json!({
+            "member": r.member,
+            "down": r.verdict == Verdict::Down as i32,
+            "since_unix_ms": r.since_unix_ms,
+        })).collect::<Vec<_>>(),
+        "local": (!h.local_state.is_empty()).then(|| json!({
+            "state": h.local_state,
+            "since_unix_ms": h.local_since_unix_ms,
+            "last_ok": h.last_ok,
+            "last_detail": h.last_detail,
+            "last_latency_us": h.last_latency_us,
+            "last_at_unix_ms": h.last_at_unix_ms,
+        })),
+    })
+}
+
+/// One line of a backend's health for the table: the verdict, who says
+/// what, and this member's last probe.
+fn health_text(h: &pb::BackendHealth) -> String {
+    use state::health_report::Verdict;
+    let verdict = match (h.down, h.failing_open) {
+        (true, true) => "DOWN (every backend down: kept, failing open)",
+        (true, false) => "DOWN",
+        (false, _) => "up",
+    };
+    let reports: Vec<String> = h
+        .reports
+        .iter()
+        .map(|r| {
+            format!(
+                "member {} says {} since {}",
+                r.member,
+                if r.verdict == Verdict::Down as i32 {
+                    "down"
+                } else {
+                    "up"
+                },
+                clock(r.since_unix_ms as i64)
+            )
+        })
+        .collect();
+    let probers: Vec<String> = h.probers.iter().map(u64::to_string).collect();
+    let mut text = format!(
+        "health {verdict}; probed by {}",
+        if probers.is_empty() {
+            "-".to_owned()
+        } else {
+            probers.join(", ")
+        }
+    );
+    if !reports.is_empty() {
+        text += &format!("; {}", reports.join(", "));
+    }
+    if !h.local_state.is_empty() {
+        text += &format!(
+            "; here: {} ({}, {:.1} ms at {})",
+            h.local_state,
+            h.last_detail,
+            h.last_latency_us as f64 / 1000.0,
+            clock(h.last_at_unix_ms as i64)
+        );
+    }
+    text
+}
+
 /// The kernel counters of `s`'s backend `b`, if the member sent them.
 fn dest_counters<'a>(
     counters: &'a [pb::ServiceCounters],
@@ -952,6 +1034,7 @@ fn print_services(r: &pb::ListServicesResponse, output: Output, detailed: bool) 
                             "weight": b.weight,
                             "state": backend_state(b.state),
                             "override": override_text(overrides, s, b),
+                            "health": backend_health(&r.health, s, b).map(health_json),
                             "kernel": dest_counters(counters, s, b).map(|d| json!({
                                 "weight": d.weight,
                                 "active_connections": d.active_connections,
@@ -1040,6 +1123,9 @@ fn print_services(r: &pb::ListServicesResponse, output: Output, detailed: bool) 
                             b.weight,
                             backend_state(b.state)
                         );
+                        if let Some(h) = backend_health(&r.health, s, b) {
+                            out!("     {}", health_text(h));
+                        }
                     }
                 }
             }

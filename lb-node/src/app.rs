@@ -315,6 +315,17 @@ pub async fn run(
         )));
     }
 
+    // Active health checks (issue 22): this member's share of the
+    // backends of services that ask for them.
+    let health = crate::health::LocalView::default();
+    tasks.push(tokio::spawn(crate::health::run(
+        config.node_id,
+        states.clone(),
+        proposer.clone(),
+        health.clone(),
+        shutdown.clone(),
+    )));
+
     let (counters_tx, counters_rx) = tokio::sync::mpsc::channel(16);
     match ipvs {
         Some(dataplane) => tasks.push(tokio::spawn(reconcile::run(
@@ -426,6 +437,7 @@ pub async fn run(
         bgp_peers: bgp_rx,
         scope: config.announce.scope(),
         counters: counters_tx,
+        health,
         proposer,
         cluster,
         shutdown: shutdown.clone(),

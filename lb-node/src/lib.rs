@@ -5,6 +5,7 @@
 //!
 //! - [`model`]: the replicated service table (pure);
 //! - [`dataplane`]: plan and program the kernel's table;
+//! - [`health`]: active health checks of backends, agreed through the log;
 //! - [`source`]: where desired state comes from;
 //! - [`replication`]: how commands become committed state;
 //! - [`announce`]: telling the network where the VIPs are (L2, BGP);
@@ -17,6 +18,7 @@ pub mod announce;
 pub mod app;
 pub mod config;
 pub mod dataplane;
+pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod model;

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub ipvs_sysctls: prometheus::IntGaugeVec,
     pub propagation_seconds: Histogram,
     pub vip_owner_changes: IntCounter,
+    pub health_probes: IntCounterVec,
+    pub health_probe_seconds: Histogram,
+    pub health_probed_backends: IntGauge,
     pub connections_open: prometheus::IntGaugeVec,
     pub connections_refused: IntCounterVec,
 }
@@ -284,6 +287,33 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             IntCounter::new(
                 "lb_vip_owner_changes_total",
                 "VIPs whose committed owner changed, as this member applied it (moves, releases and first assignments).",
+            ),
+        ),
+        health_probes: registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "lb_health_probes_total",
+                    "Health probes this member made, by result (up: the probe passed).",
+                ),
+                &["result"],
+            ),
+        ),
+        health_probe_seconds: registered(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "lb_health_probe_seconds",
+                    "How long this member's health probes took (a failed one: up to its timeout).",
+                )
+                .buckets(latency_buckets()),
+            ),
+        ),
+        health_probed_backends: registered(
+            &registry,
+            IntGauge::new(
+                "lb_health_probed_backends",
+                "Backends this member probes (its share of those with health checks).",
             ),
         ),
         connections_open: registered(

@@ -24,5 +24,13 @@ pub mod admin {
     }
 }
 
+/// The standard gRPC health protocol, for the appliance's gRPC probes
+/// (and the test backends that answer them).
+pub mod grpc_health {
+    pub mod v1 {
+        tonic::include_proto!("grpc.health.v1");
+    }
+}
+
 pub use prost;
 pub use prost::Message;

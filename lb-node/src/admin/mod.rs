@@ -48,9 +48,55 @@ pub struct AdminService {
     pub scope: crate::announce::ownership::AnnounceScope,
     /// Asks the reconciler for kernel counters.
     pub counters: tokio::sync::mpsc::Sender<crate::dataplane::reconcile::CountersQuery>,
+    /// This member's own health probe results.
+    pub health: crate::health::LocalView,
     pub proposer: Proposer,
     pub cluster: Option<ClusterHandle>,
     pub shutdown: CancellationToken,
+}
+
+/// The backends whose agreed health changed from `old` to `new` (a
+/// transition of the verdict, not each report), with who says so.
+fn health_events(old: &State, new: &State) -> Vec<String> {
+    use imbl::ordmap::DiffItem;
+    if old.health().ptr_eq(new.health()) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let slots: std::collections::BTreeSet<crate::model::BackendSlot> = old
+        .health()
+        .diff(new.health())
+        .map(|item| match item {
+            DiffItem::Add(k, _) | DiffItem::Remove(k, _) => *k,
+            DiffItem::Update { new: (k, _), .. } => *k,
+        })
+        .collect();
+    for (key, address, port) in slots {
+        let (was, is) = (
+            old.backend_down(&key, address, port),
+            new.backend_down(&key, address, port),
+        );
+        if was == is {
+            continue;
+        }
+        let says: Vec<String> = new
+            .health_of(&(key, address, port))
+            .into_iter()
+            .flatten()
+            .map(|(m, s)| format!("member {m} {}", if s.down { "down" } else { "up" }))
+            .collect();
+        out.push(format!(
+            "backend {} of {key} is {} ({})",
+            crate::model::SocketText(address, port),
+            if is { "down" } else { "up" },
+            if says.is_empty() {
+                "no reports".to_owned()
+            } else {
+                says.join(", ")
+            }
+        ));
+    }
+    out
 }
 
 fn propose_error(e: ProposeError) -> Status {
@@ -60,6 +106,77 @@ fn propose_error(e: ProposeError) -> Status {
         }
         ProposeError::Unknown => Status::aborted(e.to_string()),
         ProposeError::Stopped => Status::unavailable(e.to_string()),
+    }
+}
+
+impl AdminService {
+    /// The health of the checked backends of `services`: the members'
+    /// verdict, the reports and this member's own probes.
+    fn backend_health(
+        &self,
+        state: &State,
+        services: &[&crate::model::VirtualService],
+    ) -> Vec<pb::BackendHealth> {
+        let local = self
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = Vec::new();
+        for s in services.iter().filter(|s| s.health.is_some()) {
+            let down: Vec<bool> = s
+                .backends
+                .iter()
+                .map(|b| state.backend_down(&s.key, b.address, b.port))
+                .collect();
+            let failing_open = crate::dataplane::health_fails_open(s, &down);
+            for (b, down) in s.backends.iter().zip(down) {
+                let slot = (s.key, b.address, b.port);
+                let reports = state
+                    .health_of(&slot)
+                    .into_iter()
+                    .flatten()
+                    .map(|(member, seen)| proto::state::v1::HealthReport {
+                        key: None,
+                        address: Vec::new(),
+                        port: 0,
+                        verdict: if seen.down {
+                            proto::state::v1::health_report::Verdict::Down
+                        } else {
+                            proto::state::v1::health_report::Verdict::Up
+                        } as i32,
+                        member: *member,
+                        since_unix_ms: seen.since_unix_ms,
+                    })
+                    .collect();
+                let mine = local.get(&slot);
+                out.push(pb::BackendHealth {
+                    key: Some(crate::model::key_to_pb(&s.key)),
+                    address: match b.address {
+                        std::net::IpAddr::V4(a) => a.octets().to_vec(),
+                        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+                    },
+                    port: u32::from(b.port),
+                    down,
+                    failing_open: failing_open && down,
+                    probers: state.deciding_probers(&s.key, b.address, b.port),
+                    reports,
+                    local_state: mine
+                        .map(|m| match m.health {
+                            crate::health::machine::Health::Up => "up",
+                            crate::health::machine::Health::Down => "down",
+                            crate::health::machine::Health::Unknown => "unknown",
+                        })
+                        .unwrap_or_default()
+                        .to_owned(),
+                    local_since_unix_ms: mine.map_or(0, |m| m.since_unix_ms),
+                    last_ok: mine.is_some_and(|m| m.last.ok),
+                    last_detail: mine.map(|m| m.last.detail.clone()).unwrap_or_default(),
+                    last_latency_us: mine.map_or(0, |m| m.last.latency.as_micros() as u64),
+                    last_at_unix_ms: mine.map_or(0, |m| m.at_unix_ms),
+                });
+            }
+        }
+        out
     }
 }
 
@@ -297,11 +414,13 @@ impl Admin for AdminService {
                 Err(e) => (Vec::new(), e),
             }
         };
+        let health = self.backend_health(&state, &services);
         Ok(Response::new(pb::ListServicesResponse {
             services: services.into_iter().map(service_to_pb).collect(),
             overrides,
             counters,
             counters_error,
+            health,
         }))
     }
 
@@ -626,6 +745,12 @@ impl Admin for AdminService {
                             if last_state.vip_owners().get(vip) != Some(owner) {
                                 events.push(("vip", format!("VIP {vip} now owned by member {owner}"), state.revision()));
                             }
+                        }
+                        for text in health_events(&last_state, &state) {
+                            events.push(("health", text, state.revision()));
+                        }
+                        if state.probers() != last_state.probers() {
+                            events.push(("health", format!("members probing backends now {:?}", state.probing_members()), state.revision()));
                         }
                         if state.drained_members() != last_state.drained_members() {
                             events.push(("members", format!("drained members now {:?}", state.drained_members()), state.revision()));

@@ -27,7 +27,10 @@ mod table;
 pub use memory::MemoryDataplane;
 pub use plan::plan;
 pub use rules::ipvsadm_rules;
-pub use table::{DestKey, Destination, Op, OpConflict, ProgrammedService, ServiceSettings, Table};
+pub use table::{
+    DestKey, Destination, Op, OpConflict, ProgrammedService, ServiceSettings, Table,
+    health_fails_open,
+};
 
 /// What a dataplane could not do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

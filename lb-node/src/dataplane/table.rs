@@ -132,15 +132,26 @@ fn programmed(state: &State, s: &VirtualService) -> ProgrammedService {
         Some(BackendOverride::Weight(w)) => w,
         None => b.weight,
     };
+    let down = health_down(state, s);
+    let remove_down = s
+        .health
+        .as_ref()
+        .is_some_and(|h| h.on_down == crate::model::OnDown::Remove);
     let any_ready = s
         .backends
         .iter()
-        .any(|b| b.state == BackendState::Ready && weight_of(b) > 0);
+        .zip(&down)
+        .any(|(b, down)| b.state == BackendState::Ready && weight_of(b) > 0 && !down);
     let destinations = s
         .backends
         .iter()
-        .filter_map(|b| {
+        .zip(&down)
+        .filter_map(|(b, down)| {
+            if *down && remove_down {
+                return None;
+            }
             let weight = match b.state {
+                _ if *down => 0,
                 BackendState::Ready => weight_of(b),
                 BackendState::Serving if !any_ready => weight_of(b),
                 BackendState::Serving | BackendState::Terminating => 0,
@@ -168,6 +179,37 @@ fn programmed(state: &State, s: &VirtualService) -> ProgrammedService {
     }
 }
 
+/// Which of the service's backends (in order) health checks take out: those
+/// the probers agree are down, unless that is every backend that would
+/// otherwise get traffic (then none: fail open, as a service with no
+/// backend at all serves nobody; `health_fails_open` says so).
+fn health_down(state: &State, s: &VirtualService) -> Vec<bool> {
+    if s.health.is_none() {
+        return vec![false; s.backends.len()];
+    }
+    let down: Vec<bool> = s
+        .backends
+        .iter()
+        .map(|b| state.backend_down(&s.key, b.address, b.port))
+        .collect();
+    if health_fails_open(s, &down) {
+        return vec![false; s.backends.len()];
+    }
+    down
+}
+
+/// Whether every backend that could take traffic (ready, or serving) is
+/// down by the health checks, so they are all kept (fail open).
+pub fn health_fails_open(s: &VirtualService, down: &[bool]) -> bool {
+    let mut candidates = s
+        .backends
+        .iter()
+        .zip(down)
+        .filter(|(b, _)| matches!(b.state, BackendState::Ready | BackendState::Serving))
+        .peekable();
+    candidates.peek().is_some() && candidates.all(|(_, d)| *d)
+}
+
 /// Why an operation does not fit a table: the kernel's EEXIST and ENOENT.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpConflict {
@@ -189,7 +231,9 @@ impl Table {
     /// backend, and weight 0 otherwise; `terminating` backends stay with
     /// weight 0 so their open connections drain; `not-ready` backends are not
     /// programmed. An operator's override replaces the weight (a drain is
-    /// weight 0) before these rules apply.
+    /// weight 0) before these rules apply. A backend its health checks'
+    /// probers agree is down gets weight 0 (or is left out, with
+    /// `on_down = "remove"`), unless every backend is down (fail open).
     pub fn from_state(state: &State) -> Table {
         Table {
             services: state

@@ -37,6 +37,7 @@ fn service(
         allowed_sources: vec![],
         bgp_communities: vec![],
         bgp_large_communities: vec![],
+        health: None,
         backends: backends
             .iter()
             .map(|&(a, port, weight)| Backend {

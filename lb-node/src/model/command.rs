@@ -1,7 +1,7 @@
 //! `Command`: one entry of the replicated log, the only way the service
 //! table changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::service::{Backend, BackendOverride, ServiceKey, VirtualService};
@@ -45,6 +45,27 @@ pub enum Command {
     /// Records what the leader saw of one Kubernetes kind and where its
     /// watch stands, in the same entry as the service changes it caused.
     KubeObjects(KubeDelta),
+    /// A member's verdicts on backends it probes (issue 22): down
+    /// (`Some(true)`), up (`Some(false)`), or withdrawn (`None`: it no
+    /// longer probes that backend). `at_unix_ms` is the member's clock
+    /// when it decided, for display only.
+    ReportHealth {
+        member: u64,
+        at_unix_ms: u64,
+        reports: Vec<HealthReport>,
+    },
+    /// The members that probe backends (the leader sets the healthy,
+    /// undrained ones; empty: every undrained member).
+    SetProbers(BTreeSet<u64>),
+}
+
+/// One backend's verdict in a `ReportHealth`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthReport {
+    pub key: ServiceKey,
+    pub address: IpAddr,
+    pub port: u16,
+    pub down: Option<bool>,
 }
 
 /// The Kubernetes object kinds the leader watches.
@@ -88,7 +109,9 @@ impl Command {
             Command::SetVipOwners(_)
             | Command::SetMemberDrained { .. }
             | Command::AssignAddresses { .. }
-            | Command::KubeObjects(_) => None,
+            | Command::KubeObjects(_)
+            | Command::ReportHealth { .. }
+            | Command::SetProbers(_) => None,
         }
     }
 }

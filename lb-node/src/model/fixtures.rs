@@ -25,6 +25,7 @@ pub fn numbered_service(n: u32, backends: u8) -> VirtualService {
         allowed_sources: vec![],
         bgp_communities: vec![],
         bgp_large_communities: vec![],
+        health: None,
         backends: (0..backends.min(16))
             .map(|i| Backend {
                 address: IpAddr::V4(Ipv4Addr::from(

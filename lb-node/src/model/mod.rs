@@ -9,13 +9,18 @@
 mod command;
 mod diff;
 pub mod fixtures;
+mod health;
 mod pools;
 mod service;
 mod state;
 mod wire;
 
-pub use command::{Command, KubeDelta, KubeKind};
+pub use command::{Command, HealthReport, KubeDelta, KubeKind};
 pub use diff::commands_towards;
+pub use health::{
+    BackendSlot, HealthCheck, HealthSeen, OnDown, PROBERS_PER_BACKEND, ProbeKind, probers_of,
+    verdict,
+};
 pub use pools::{AllocError, allocate, in_pools};
 pub use service::{
     Backend, BackendOverride, BackendState, Forwarding, InvalidService, MAX_PERSISTENCE_TIMEOUT,

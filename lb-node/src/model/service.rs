@@ -292,6 +292,10 @@ pub struct VirtualService {
     pub bgp_communities: Vec<u32>,
     /// RFC 8092 large communities, the same way.
     pub bgp_large_communities: Vec<(u32, u32, u32)>,
+    /// Active health checks of the backends (issue 22); none by default.
+    /// Boxed: most services have none, and a command carrying a service
+    /// stays small.
+    pub health: Option<Box<super::HealthCheck>>,
 }
 
 /// Why a virtual service or backend breaks the model's rules. Never
@@ -332,6 +336,12 @@ pub enum InvalidService {
     MixedFamily { key: ServiceKey, backend: String },
     #[error("service {key}: backend {backend} is listed twice")]
     DuplicateBackend { key: ServiceKey, backend: String },
+    #[error("service {key}: health check {field}: {why}")]
+    Health {
+        key: ServiceKey,
+        field: &'static str,
+        why: String,
+    },
 }
 
 impl VirtualService {
@@ -362,6 +372,9 @@ impl VirtualService {
             && !(1..=MAX_PERSISTENCE_TIMEOUT).contains(&timeout)
         {
             return Err(InvalidService::PersistenceTimeout { key, timeout });
+        }
+        if let Some((field, why)) = self.health.as_deref().and_then(super::HealthCheck::problem) {
+            return Err(InvalidService::Health { key, field, why });
         }
         let mut seen = std::collections::BTreeSet::new();
         for b in &self.backends {

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::command::{Command, KubeDelta, KubeKind};
+use super::command::{Command, HealthReport, KubeDelta, KubeKind};
+use super::health::{BackendSlot, HealthSeen};
 use std::net::IpAddr;
 
 use super::service::{BackendOverride, InvalidService, MAX_WEIGHT, ServiceKey, VirtualService};
@@ -42,6 +43,11 @@ pub struct State {
     /// When the entry that last changed the service table was proposed
     /// (Unix µs, from the log, so equal on every member).
     changed_at_unix_us: u64,
+    /// The members that probe backends (`SetProbers`); empty: every
+    /// undrained member.
+    probers: BTreeSet<u64>,
+    /// What probers reported of each backend that has a health check.
+    health: imbl::OrdMap<BackendSlot, BTreeMap<u64, HealthSeen>>,
 }
 
 /// The Kubernetes objects the table was built from ("namespace/name" to
@@ -151,6 +157,8 @@ pub(crate) struct StateParts {
     pub lb_addresses: BTreeMap<String, Vec<IpAddr>>,
     pub kube: KubeObjects,
     pub changed_at_unix_us: u64,
+    pub probers: BTreeSet<u64>,
+    pub health: BTreeMap<BackendSlot, BTreeMap<u64, HealthSeen>>,
 }
 
 impl State {
@@ -172,7 +180,138 @@ impl State {
             lb_addresses: Arc::new(parts.lb_addresses),
             kube: parts.kube,
             changed_at_unix_us: parts.changed_at_unix_us,
+            probers: parts.probers,
+            health: parts.health.into_iter().collect(),
         }
+    }
+
+    /// The members that probe backends: those `SetProbers` named (the
+    /// healthy ones, by the leader), or every member, less the drained.
+    pub fn probing_members(&self) -> BTreeSet<u64> {
+        let from = if self.probers.is_empty() {
+            self.members.keys().copied().collect()
+        } else {
+            self.probers.clone()
+        };
+        from.into_iter()
+            .filter(|m| !self.drained.contains(m))
+            .collect()
+    }
+
+    /// The members `SetProbers` named last (empty: not set).
+    pub fn probers(&self) -> &BTreeSet<u64> {
+        &self.probers
+    }
+
+    /// Which members probe one backend (`probers_of` over
+    /// `probing_members`).
+    pub fn probers_for(&self, address: IpAddr, port: u16) -> Vec<u64> {
+        super::health::probers_of(&self.probing_members(), address, port)
+    }
+
+    /// What each prober reported of one backend.
+    pub fn health_of(&self, slot: &BackendSlot) -> Option<&BTreeMap<u64, HealthSeen>> {
+        self.health.get(slot)
+    }
+
+    /// Every backend some prober reported on, with the reports.
+    pub fn health(&self) -> &imbl::OrdMap<BackendSlot, BTreeMap<u64, HealthSeen>> {
+        &self.health
+    }
+
+    /// The members whose reports decide a backend's health: its probers,
+    /// or, with no members known (a standalone member), whoever reported.
+    pub fn deciding_probers(&self, key: &ServiceKey, address: IpAddr, port: u16) -> Vec<u64> {
+        let members = self.probing_members();
+        if members.is_empty() {
+            self.health
+                .get(&(*key, address, port))
+                .map(|seen| seen.keys().copied().collect())
+                .unwrap_or_default()
+        } else {
+            super::health::probers_of(&members, address, port)
+        }
+    }
+
+    /// Whether the probers agree that a backend is down (`verdict`).
+    pub fn backend_down(&self, key: &ServiceKey, address: IpAddr, port: u16) -> bool {
+        let Some(seen) = self.health.get(&(*key, address, port)) else {
+            return false;
+        };
+        let probers = self.deciding_probers(key, address, port);
+        super::health::verdict(&probers, Some(seen))
+    }
+
+    /// The health reports of one service, in backend order.
+    fn health_range(
+        &self,
+        key: ServiceKey,
+    ) -> impl Iterator<Item = (&BackendSlot, &BTreeMap<u64, HealthSeen>)> {
+        let first: BackendSlot = (key, IpAddr::from([0u8; 4]), 0);
+        self.health
+            .range(first..)
+            .take_while(move |(slot, _)| slot.0 == key)
+    }
+
+    /// Forgets the reports of backends the service no longer has (or all
+    /// of them, when it has no health check or is gone).
+    fn prune_health(&mut self, key: ServiceKey) {
+        let keep: BTreeSet<(IpAddr, u16)> = match self.services.get(&key) {
+            Some(s) if s.health.is_some() => s.backends.iter().map(|b| b.endpoint()).collect(),
+            _ => BTreeSet::new(),
+        };
+        let gone: Vec<BackendSlot> = self
+            .health_range(key)
+            .filter(|(slot, _)| !keep.contains(&(slot.1, slot.2)))
+            .map(|(slot, _)| *slot)
+            .collect();
+        for slot in gone {
+            self.health.remove(&slot);
+        }
+    }
+
+    /// Applies one member's reports; reports of backends or services that
+    /// are gone, or that have no health check, are stale and skipped.
+    fn report_health(&mut self, member: u64, at_unix_ms: u64, reports: &[HealthReport]) -> bool {
+        let mut changed = false;
+        for r in reports {
+            let slot = (r.key, r.address, r.port);
+            match r.down {
+                Some(down) => {
+                    let known = self.services.get(&r.key).is_some_and(|s| {
+                        s.health.is_some()
+                            && s.backends
+                                .binary_search_by_key(&(r.address, r.port), |b| b.endpoint())
+                                .is_ok()
+                    });
+                    if !known {
+                        continue;
+                    }
+                    let entry = self.health.entry(slot).or_default();
+                    if entry.get(&member).map(|s| s.down) != Some(down) {
+                        entry.insert(
+                            member,
+                            HealthSeen {
+                                down,
+                                since_unix_ms: at_unix_ms,
+                            },
+                        );
+                        changed = true;
+                    }
+                }
+                None => {
+                    if let Some(entry) = self.health.get_mut(&slot)
+                        && entry.remove(&member).is_some()
+                    {
+                        changed = true;
+                        if entry.is_empty() {
+                            self.health.remove(&slot);
+                        }
+                    }
+                }
+            }
+        }
+        changed
     }
 
     /// When the entry that last changed the service table was proposed
@@ -264,10 +403,26 @@ impl State {
         self.members.insert(id, peer_address);
     }
 
-    /// Forgets a member (a Raft configuration change that removes it).
+    /// Forgets a member (a Raft configuration change that removes it),
+    /// and what it reported of backends.
     pub fn remove_member(&mut self, id: u64) {
         self.members.remove(&id);
         self.admin_addresses.remove(&id);
+        self.probers.remove(&id);
+        let reported: Vec<BackendSlot> = self
+            .health
+            .iter()
+            .filter(|(_, seen)| seen.contains_key(&id))
+            .map(|(slot, _)| *slot)
+            .collect();
+        for slot in reported {
+            if let Some(seen) = self.health.get_mut(&slot) {
+                seen.remove(&id);
+                if seen.is_empty() {
+                    self.health.remove(&slot);
+                }
+            }
+        }
     }
 
     /// The service table's version: the number of service-table commands
@@ -346,6 +501,28 @@ impl State {
                 }
             }
         }
+        // Health: the services whose reports changed, and every checked
+        // service when the probers did (each backend's may have).
+        if !self.health.ptr_eq(&older.health) {
+            use imbl::ordmap::DiffItem;
+            for item in older.health.diff(&self.health) {
+                let slot = match item {
+                    DiffItem::Add(k, _) | DiffItem::Remove(k, _) => k,
+                    DiffItem::Update { new: (k, _), .. } => k,
+                };
+                keys.insert(slot.0);
+            }
+        }
+        if (self.probers != older.probers || self.drained != older.drained)
+            && self.probing_members() != older.probing_members()
+        {
+            keys.extend(
+                self.services
+                    .values()
+                    .filter(|s| s.health.is_some())
+                    .map(|s| s.key),
+            );
+        }
         keys
     }
 
@@ -396,6 +573,18 @@ impl State {
             Command::KubeObjects(delta) => Ok(Applied::Cluster {
                 changed: self.kube.apply(delta),
             }),
+            Command::ReportHealth {
+                member,
+                at_unix_ms,
+                reports,
+            } => Ok(Applied::Cluster {
+                changed: self.report_health(*member, *at_unix_ms, reports),
+            }),
+            Command::SetProbers(probers) => {
+                let changed = self.probers != *probers;
+                self.probers.clone_from(probers);
+                Ok(Applied::Cluster { changed })
+            }
             Command::SetMemberDrained { member, drained } => {
                 let changed = if *drained {
                     self.drained.insert(*member)
@@ -425,11 +614,13 @@ impl State {
                     None => Applied::Created(key),
                 };
                 self.services.insert(key, Arc::new(service));
+                self.prune_health(key);
                 Ok(outcome)
             }
             Command::DeleteService(key) => match self.services.remove(key) {
                 Some(_) => {
                     self.overrides.retain(|(k, _, _), _| k != key);
+                    self.prune_health(*key);
                     Ok(Applied::Deleted(*key))
                 }
                 None => Ok(Applied::Unchanged(*key)),
@@ -472,6 +663,7 @@ impl State {
                     return Ok(Applied::Unchanged(*key));
                 }
                 self.services.insert(*key, Arc::new(updated));
+                self.prune_health(*key);
                 Ok(Applied::Updated(*key))
             }
         }

@@ -85,6 +85,7 @@ fn service() -> impl Strategy<Value = VirtualService> {
                         allowed_sources: nets.iter().filter_map(|n| n.parse().ok()).collect(),
                         bgp_communities: communities.into_iter().collect(),
                         bgp_large_communities: large.into_iter().collect(),
+                        health: None,
                         backends,
                     }
                 },
@@ -210,6 +211,7 @@ fn web() -> VirtualService {
         allowed_sources: vec![],
         bgp_communities: vec![],
         bgp_large_communities: vec![],
+        health: None,
         backends: vec![Backend {
             address: "10.0.0.1".parse().expect("ip"),
             port: 8080,

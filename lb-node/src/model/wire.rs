@@ -13,7 +13,8 @@ use ipnet::IpNet;
 use proto::Message;
 use proto::state::v1 as pb;
 
-use super::command::{Command, KubeDelta, KubeKind};
+use super::command::{Command, HealthReport, KubeDelta, KubeKind};
+use super::health::{HealthCheck, HealthSeen, OnDown, ProbeKind};
 use super::service::{
     Backend, BackendOverride, BackendState, Forwarding, InvalidService, Protocol, Scheduler,
     ServiceKey, VirtualService,
@@ -121,7 +122,138 @@ pub fn service_to_pb(s: &VirtualService) -> pb::VirtualService {
                 local2,
             })
             .collect(),
+        health: s.health.as_deref().map(health_to_pb),
     }
+}
+
+fn millis(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+fn health_to_pb(h: &HealthCheck) -> pb::HealthCheck {
+    use pb::health_check::Kind;
+    pb::HealthCheck {
+        kind: Some(match &h.kind {
+            ProbeKind::Tcp => Kind::Tcp(pb::TcpProbe {}),
+            ProbeKind::Http {
+                tls,
+                method,
+                path,
+                host,
+                expect_status,
+                expect_body,
+            } => Kind::Http(pb::HttpProbe {
+                tls: *tls,
+                method: method.clone(),
+                path: path.clone(),
+                host: host.clone(),
+                expect_status: expect_status.iter().map(|s| u32::from(*s)).collect(),
+                expect_body: expect_body.clone(),
+            }),
+            ProbeKind::Udp { send, expect } => Kind::Udp(pb::UdpProbe {
+                send: send.clone(),
+                expect: expect.clone(),
+            }),
+            ProbeKind::Grpc { service } => Kind::Grpc(pb::GrpcProbe {
+                service: service.clone(),
+            }),
+        }),
+        port: h.port.map_or(0, u32::from),
+        interval_ms: millis(h.interval),
+        timeout_ms: millis(h.timeout),
+        rise: h.rise,
+        fall: h.fall,
+        remove_on_down: h.on_down == OnDown::Remove,
+    }
+}
+
+fn health_from_pb(h: pb::HealthCheck, at: &str) -> Result<HealthCheck, WireError> {
+    use pb::health_check::Kind;
+    let kind = match h.kind {
+        Some(Kind::Tcp(_)) => ProbeKind::Tcp,
+        Some(Kind::Http(p)) => ProbeKind::Http {
+            tls: p.tls,
+            method: p.method,
+            path: p.path,
+            host: p.host,
+            expect_status: p
+                .expect_status
+                .into_iter()
+                .map(|s| {
+                    u16::try_from(s).map_err(|_| {
+                        field(
+                            format!("{at}.expect_status"),
+                            format!("{s} is not a status"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            expect_body: p.expect_body,
+        },
+        Some(Kind::Udp(p)) => ProbeKind::Udp {
+            send: p.send,
+            expect: p.expect,
+        },
+        Some(Kind::Grpc(p)) => ProbeKind::Grpc { service: p.service },
+        None => {
+            return Err(field(
+                format!("{at}.kind"),
+                "no probe kind this build knows (written by a newer version?)",
+            ));
+        }
+    };
+    Ok(HealthCheck {
+        kind,
+        port: match h.port {
+            0 => None,
+            p => Some(port_from(p, &format!("{at}.port"))?),
+        },
+        interval: std::time::Duration::from_millis(u64::from(h.interval_ms)),
+        timeout: std::time::Duration::from_millis(u64::from(h.timeout_ms)),
+        rise: h.rise,
+        fall: h.fall,
+        on_down: if h.remove_on_down {
+            OnDown::Remove
+        } else {
+            OnDown::Drain
+        },
+    })
+}
+
+fn health_report_to_pb(r: &HealthReport, member: u64, since_unix_ms: u64) -> pb::HealthReport {
+    use pb::health_report::Verdict;
+    pb::HealthReport {
+        key: Some(key_to_pb(&r.key)),
+        address: ip_bytes(r.address),
+        port: u32::from(r.port),
+        verdict: match r.down {
+            Some(true) => Verdict::Down,
+            Some(false) => Verdict::Up,
+            None => Verdict::Withdrawn,
+        } as i32,
+        member,
+        since_unix_ms,
+    }
+}
+
+fn health_report_from_pb(r: pb::HealthReport, at: &str) -> Result<HealthReport, WireError> {
+    use pb::health_report::Verdict;
+    Ok(HealthReport {
+        key: key_from_pb(r.key, &format!("{at}.key"))?,
+        address: ip_from(&r.address, &format!("{at}.address"))?,
+        port: port_from(r.port, &format!("{at}.port"))?,
+        down: match Verdict::try_from(r.verdict) {
+            Ok(Verdict::Down) => Some(true),
+            Ok(Verdict::Up) => Some(false),
+            Ok(Verdict::Withdrawn) => None,
+            _ => {
+                return Err(field(
+                    format!("{at}.verdict"),
+                    format!("unknown verdict {}", r.verdict),
+                ));
+            }
+        },
+    })
 }
 
 fn scheduler_to_pb(s: Scheduler) -> pb::Scheduler {
@@ -219,6 +351,21 @@ fn command_to_pb(c: &Command) -> pb::Command {
             member: *member,
             drained: *drained,
         }),
+        Command::ReportHealth {
+            member,
+            at_unix_ms,
+            reports,
+        } => Kind::ReportHealth(pb::HealthReports {
+            member: *member,
+            at_unix_ms: *at_unix_ms,
+            reports: reports
+                .iter()
+                .map(|r| health_report_to_pb(r, 0, 0))
+                .collect(),
+        }),
+        Command::SetProbers(members) => Kind::SetProbers(pb::Probers {
+            members: members.iter().copied().collect(),
+        }),
     };
     pb::Command { kind: Some(kind) }
 }
@@ -301,6 +448,22 @@ impl State {
             kube_nodes: kube_objects_to_pb(self.kube().nodes.iter()),
             kube_nodes_cursor: self.kube().nodes_cursor.clone(),
             changed_at_unix_us: self.changed_at_unix_us(),
+            health: self
+                .health()
+                .iter()
+                .flat_map(|((key, address, port), seen)| {
+                    seen.iter().map(move |(member, s)| {
+                        let r = HealthReport {
+                            key: *key,
+                            address: *address,
+                            port: *port,
+                            down: Some(s.down),
+                        };
+                        health_report_to_pb(&r, *member, s.since_unix_ms)
+                    })
+                })
+                .collect(),
+            probers: self.probers().iter().copied().collect(),
         }
         .encode_to_vec()
     }
@@ -361,7 +524,28 @@ impl State {
             endpoint_slices_cursor: pb.kube_endpoint_slices_cursor,
             nodes_cursor: pb.kube_nodes_cursor,
         };
+        let mut health: BTreeMap<_, BTreeMap<u64, HealthSeen>> = BTreeMap::new();
+        for (i, r) in pb.health.into_iter().enumerate() {
+            let at = format!("health[{i}]");
+            let (member, since_unix_ms) = (r.member, r.since_unix_ms);
+            let r = health_report_from_pb(r, &at)?;
+            let Some(down) = r.down else {
+                return Err(field(at, "a withdrawn report in a snapshot"));
+            };
+            health
+                .entry((r.key, r.address, r.port))
+                .or_default()
+                .insert(
+                    member,
+                    HealthSeen {
+                        down,
+                        since_unix_ms,
+                    },
+                );
+        }
         Ok(State::from_parts(StateParts {
+            health,
+            probers: pb.probers.into_iter().collect(),
             kube,
             changed_at_unix_us: pb.changed_at_unix_us,
             revision: pb.revision,
@@ -546,6 +730,10 @@ fn service_from_pb(s: pb::VirtualService, at: &str) -> Result<VirtualService, Wi
             .into_iter()
             .map(|c| (c.global, c.local1, c.local2))
             .collect(),
+        health: s
+            .health
+            .map(|h| health_from_pb(h, &format!("{at}.health")).map(Box::new))
+            .transpose()?,
     };
     Ok(service.normalize()?)
 }
@@ -614,6 +802,17 @@ fn command_from_pb(c: pb::Command) -> Result<Command, WireError> {
             member: d.member,
             drained: d.drained,
         }),
+        Some(Kind::ReportHealth(h)) => Ok(Command::ReportHealth {
+            member: h.member,
+            at_unix_ms: h.at_unix_ms,
+            reports: h
+                .reports
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| health_report_from_pb(r, &format!("report_health.reports[{i}]")))
+                .collect::<Result<_, _>>()?,
+        }),
+        Some(Kind::SetProbers(p)) => Ok(Command::SetProbers(p.members.into_iter().collect())),
         None => Err(field(
             "kind",
             "no command kind this build knows (written by a newer version?)",

@@ -108,6 +108,24 @@ impl Proposer {
         }
     }
 
+    /// Proposes commands from any member (the leader or a follower) and
+    /// does not wait: for reports that the caller checks against the
+    /// applied state and sends again if lost (health verdicts).
+    pub fn report(&self, commands: Vec<Command>) {
+        if commands.is_empty() {
+            return;
+        }
+        match &self.sink {
+            Sink::Standalone(tx) => {
+                let (done, _answer) = oneshot::channel();
+                let _ = tx.try_send(Proposal { commands, done });
+            }
+            Sink::Raft(tx) => {
+                let _ = tx.send(node::Input::Report(commands));
+            }
+        }
+    }
+
     /// A proposer into a Raft node thread.
     pub fn raft(inputs: std::sync::mpsc::Sender<node::Input>) -> Proposer {
         Proposer {

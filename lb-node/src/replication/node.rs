@@ -35,6 +35,9 @@ pub enum Input {
         oneshot::Sender<Result<Outcomes, ProposeError>>,
     ),
     Raft(Box<Message>, super::replica::Stamp),
+    /// Commands proposed from any member, unanswered (`Proposer::report`):
+    /// a follower's go to the leader through Raft's proposal forwarding.
+    Report(Vec<Command>),
     /// A peer's beat: its stamp, no Raft message.
     Beat(u64, super::replica::Stamp),
     Unreachable(u64),
@@ -275,6 +278,7 @@ pub fn run(
                     }
                 },
                 Input::Raft(message, stamp) => replica.step(*message, stamp),
+                Input::Report(commands) => replica.report(commands),
                 Input::Beat(from, stamp) => replica.beat(from, &stamp),
                 Input::Unreachable(id) => replica.report_unreachable(id),
                 Input::SnapshotSent { to, ok } => replica.report_snapshot(to, ok),

@@ -17,7 +17,7 @@ use raft::eraftpb::{
     ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot,
 };
 use raft::{RawNode, StateRole};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::storage::{LogStore, LogStoreError};
 pub use crate::announce::ownership::Stamp;
@@ -126,6 +126,8 @@ pub struct Replica {
     term: u64,
     /// This member was removed from the cluster: it takes no more input.
     removed: bool,
+    /// The probers last proposed (`maybe_set_probers`) and when (tick).
+    probers_proposed: Option<(BTreeSet<u64>, u64)>,
     /// A member was added: snapshot once this ready is applied.
     snapshot_for_new_member: bool,
     /// Ticks since start.
@@ -280,6 +282,7 @@ impl Replica {
             config,
             next_proposal: 1,
             pending: BTreeSet::new(),
+            probers_proposed: None,
             role: StateRole::Follower,
             term: 0,
             removed: false,
@@ -418,6 +421,45 @@ impl Replica {
             self.ticks += 1;
             let proposal = self.ownership.tick(&self.view(), &self.state);
             self.propose_owners(proposal);
+            self.maybe_set_probers();
+        }
+    }
+
+    /// On the leader: the members that probe backends (health checks,
+    /// issue 22) are those it hears, so a lost member's share of the
+    /// backends goes to the others within a lease; proposed when that
+    /// differs from the state's (empty: every member, the usual case, so a
+    /// healthy cluster never proposes it).
+    fn maybe_set_probers(&mut self) {
+        let v = self.view();
+        if !self.ownership.leader_settled(&v) {
+            return;
+        }
+        let healthy = self.ownership.healthy_members(&v);
+        let voters: BTreeSet<u64> = v.voters.iter().copied().collect();
+        let want = if healthy == voters {
+            BTreeSet::new()
+        } else {
+            healthy
+        };
+        if *self.state.probers() == want {
+            self.probers_proposed = None;
+            return;
+        }
+        // Once per 50 ticks at most (a proposal lost to a leader change is
+        // made again).
+        if let Some((proposed, at)) = &self.probers_proposed
+            && *proposed == want
+            && self.ticks < at + 50
+        {
+            return;
+        }
+        if self
+            .propose(vec![Command::SetProbers(want.clone())])
+            .is_ok()
+        {
+            info!(member = self.config.id, probers = ?want, "health probers change");
+            self.probers_proposed = Some((want, self.ticks));
         }
     }
 
@@ -586,6 +628,34 @@ impl Replica {
         self.next_proposal += 1;
         self.pending.insert(proposal_id);
         Ok(proposal_id)
+    }
+
+    /// Proposes commands from any member, unanswered: the leader proposes
+    /// them; a follower hands them to Raft, which forwards them to the
+    /// leader it knows (a proposal lost on the way is the caller's to
+    /// send again: it sees whether the state took it). Used for health
+    /// reports, which every member makes.
+    pub fn report(&mut self, commands: Vec<Command>) {
+        if self.is_leader() {
+            if let Err(e) = self.propose(commands) {
+                debug!(error = ?e, "report not proposed");
+            }
+            return;
+        }
+        if self.removed || self.leader() == 0 {
+            return;
+        }
+        let data = Batch {
+            proposer: self.config.id,
+            // Never awaited: no id of `pending`'s.
+            proposal_id: u64::MAX,
+            commands,
+            proposed_at_unix_us: (self.clock)(),
+        }
+        .encode();
+        if let Err(e) = self.raw.propose(Vec::new(), data) {
+            debug!(error = %e, "report not forwarded");
+        }
     }
 
     /// Proposes adding a voter reachable at `peer_address`, with its admin

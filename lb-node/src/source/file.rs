@@ -58,6 +58,8 @@ struct RawService {
     bgp_communities: Vec<String>,
     #[serde(default)]
     backend: Vec<RawBackend>,
+    /// Active health checks of the backends (issue 22).
+    health_check: Option<crate::health::settings::RawHealthCheck>,
 }
 
 #[derive(Deserialize)]
@@ -308,6 +310,10 @@ fn check_service(
             state,
         });
     }
+    let health = raw
+        .health_check
+        .map(|h| crate::health::settings::check(h, err).map(Box::new))
+        .transpose()?;
     let positions: Vec<(IpAddr, u16)> = backends.iter().map(Backend::endpoint).collect();
     let service = VirtualService {
         key: crate::model::ServiceKey {
@@ -324,6 +330,7 @@ fn check_service(
         backends,
         bgp_communities,
         bgp_large_communities,
+        health,
     };
     // The model's own rules (address families, duplicates) come last; map
     // their error back to the field in the file.

@@ -353,6 +353,12 @@ impl Ownership {
 
     /// Members this member has heard from within an election timeout
     /// (itself included): on the leader, those that may own VIPs.
+    /// Whether this member leads and has for a few heartbeats (every live
+    /// follower has answered once, so none is taken for dead).
+    pub fn leader_settled(&self, v: &RaftView) -> bool {
+        v.is_leader && v.now > self.leader_since + 2 * self.config.heartbeat_ticks
+    }
+
     pub fn healthy_members(&self, v: &RaftView) -> BTreeSet<u64> {
         v.voters
             .iter()

@@ -337,6 +337,7 @@ pub fn translate(
                 backends,
                 bgp_communities: bgp_communities.clone(),
                 bgp_large_communities: bgp_large_communities.clone(),
+                health: None,
             };
             match virtual_service.normalize() {
                 Ok(s) => out.services.push(s),
