@@ -46,11 +46,12 @@ pub const NET_DRILLS: [&str; 11] = [
 /// connections through the VIP of a member that is lost, carried on by the
 /// member that takes the VIP over (IPVS connection sync, issue 21), and
 /// the rate of new connections the sync keeps up with.
-pub const IPVS_ONLY_DRILLS: [&str; 4] = [
+pub const IPVS_ONLY_DRILLS: [&str; 5] = [
     "owner-crash-established",
     "owner-crash-established-dr",
     "connection-sync-lag",
     "dead-backend",
+    "flapping-backend",
 ];
 
 /// `dead-backend` (issue 22): every service's health check, as an
@@ -267,7 +268,7 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
                     lab.services_text(|_| String::new()) + &sessions
                 });
             }
-            if name == "dead-backend" {
+            if matches!(name, "dead-backend" | "flapping-backend") {
                 // The drill starts (and kills) the backends' servers itself.
                 lab.services_file = Some(lab.services_text(|_| HEALTH_CHECK.into()));
                 Vec::new()
@@ -359,6 +360,8 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
             }
             let result = if name == "dead-backend" {
                 runtime.block_on(dead_backend(&mut lab, name))
+            } else if name == "flapping-backend" {
+                runtime.block_on(flapping_backend(&mut lab, name))
             } else if name == "connection-sync-lag" {
                 runtime.block_on(sync_lag(&mut lab, name))
             } else if established {
@@ -1019,6 +1022,126 @@ async fn dead_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
     report
         .extra
         .insert("health".into(), serde_json::Value::Object(figures));
+    report.passed = report.failures.is_empty();
+    Ok(report)
+}
+
+/// `flapping-backend`: how often b0's server is killed or started again,
+/// and for how long.
+const FLAP_EVERY: Duration = Duration::from_millis(600);
+const FLAP_FOR: Duration = Duration::from_secs(30);
+
+/// `flapping-backend` (issue 22): b0's port 8080 flips between answering
+/// and refusing (its server killed and started again; the guest's kernel
+/// has no nftables reject) every `FLAP_EVERY` for `FLAP_FOR`, faster than
+/// the checks' hysteresis (fall
+/// 3, rise 2) can follow. The table must barely change: the drill counts
+/// the flips and the agreed health changes of b0 (the leader's events)
+/// and reports both per minute. Passes with at most 2 table changes per
+/// minute.
+async fn flapping_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
+    use tokio_stream::StreamExt as _;
+    let mut report = Report {
+        drill: name.into(),
+        tier: Dataplane::Ipvs.tier(),
+        ..Report::default()
+    };
+    let lab_http = crate::binary("lab-http")?;
+    let lab_http = lab_http.to_str().context("lab-http path")?.to_owned();
+    let mut servers = Vec::new();
+    for i in 0..2 {
+        let ns = format!("b{i}");
+        servers.push(lab.spawn(&ns, &[&lab_http, "serve", "0.0.0.0:8080", &ns])?);
+    }
+    let leader = settled(lab, Duration::from_secs(30)).await?;
+    let mut events = admin(lab, leader)
+        .await?
+        .watch_events(pb::WatchEventsRequest::default())
+        .await?
+        .into_inner();
+    let changes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = changes.clone();
+    let watcher = tokio::spawn(async move {
+        while let Some(Ok(e)) = events.next().await {
+            if e.kind == "health" && e.message.contains(&format!("backend {BACKEND} ")) {
+                seen.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(e.message);
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let before = changes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .len();
+    let started = std::time::Instant::now();
+    let mut flips = 0u32;
+    let mut refusing = false;
+    while started.elapsed() < FLAP_FOR {
+        refusing = !refusing;
+        if refusing {
+            let _ = servers[0].kill();
+            let _ = servers[0].wait();
+        } else {
+            servers[0] = lab.spawn("b0", &[&lab_http, "serve", "0.0.0.0:8080", "b0"])?;
+        }
+        flips += 1;
+        tokio::time::sleep(FLAP_EVERY).await;
+    }
+    if refusing {
+        servers[0] = lab.spawn("b0", &[&lab_http, "serve", "0.0.0.0:8080", "b0"])?;
+    }
+    let span_min = started.elapsed().as_secs_f64() / 60.0;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let flapped = changes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .len();
+    // The control: a real outage (4 s) must show as one change down and
+    // one up, or the count above proves nothing.
+    let _ = servers[0].kill();
+    let _ = servers[0].wait();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    servers[0] = lab.spawn("b0", &[&lab_http, "serve", "0.0.0.0:8080", "b0"])?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    watcher.abort();
+    for s in &mut servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    let changes = changes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let during = flapped.saturating_sub(before);
+    let control: Vec<&String> = changes.iter().skip(flapped).collect();
+    let control_seen = control.iter().any(|m| m.contains(" is down "))
+        && control.iter().any(|m| m.contains(" is up "));
+    if !control_seen {
+        report.failures.push(format!(
+            "a 4 s outage of {BACKEND} after the flapping did not show as down and up: {control:?}"
+        ));
+    }
+    let per_min = during as f64 / span_min;
+    report.extra.insert(
+        "flapping".into(),
+        serde_json::json!({
+            "flip_every_ms": FLAP_EVERY.as_millis(),
+            "flips": flips,
+            "flips_per_min": (f64::from(flips) / span_min).round(),
+            "table_changes": during,
+            "table_changes_per_min": (per_min * 10.0).round() / 10.0,
+            "changes": changes.iter().skip(before).take(flapped - before).take(5).collect::<Vec<_>>(),
+            "outage_seen": control_seen,
+        }),
+    );
+    if per_min > 2.0 {
+        report.failures.push(format!(
+            "{during} health changes of {BACKEND} in {:.1} min of flapping ({flips} flips): the hysteresis did not hold",
+            span_min
+        ));
+    }
     report.passed = report.failures.is_empty();
     Ok(report)
 }

@@ -73,3 +73,12 @@ fn established_connections_survive_the_owners_crash_and_failback() -> anyhow::Re
 fn the_connection_sync_keeps_up_with_new_connections() -> anyhow::Result<()> {
     check(&["connection-sync-lag"])
 }
+
+/// Issue 22: HTTP health checks through real IPVS: a backend whose server
+/// is killed, and one whose link is cut, get no new request within 3.5 s
+/// and are back once they recover; a backend flapping faster than the
+/// hysteresis barely changes the table, while a real outage does.
+#[test]
+fn health_checks_take_dead_backends_out_and_ignore_flapping() -> anyhow::Result<()> {
+    check(&["dead-backend", "flapping-backend"])
+}
