@@ -54,6 +54,7 @@ pub struct Metrics {
     pub health_probes: IntCounterVec,
     pub health_probe_seconds: Histogram,
     pub health_probed_backends: IntGauge,
+    pub health_backends_down: IntGauge,
     pub connections_open: prometheus::IntGaugeVec,
     pub connections_refused: IntCounterVec,
 }
@@ -314,6 +315,13 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             IntGauge::new(
                 "lb_health_probed_backends",
                 "Backends this member probes (its share of those with health checks).",
+            ),
+        ),
+        health_backends_down: registered(
+            &registry,
+            IntGauge::new(
+                "lb_health_backends_down",
+                "Backends the probers agree are down, in this member's applied state (before failing open).",
             ),
         ),
         connections_open: registered(

@@ -20,7 +20,7 @@ pub mod machine;
 pub mod probe;
 pub mod settings;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -40,7 +40,9 @@ const REPORTS_PER_ENTRY: usize = 5_000;
 /// again (lost with a leader change, or to a follower without a leader).
 const RESEND_AFTER: Duration = Duration::from_secs(2);
 /// How often changes are gathered into reports.
-const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// At most this many entries a second per member, however many
+/// backends change.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
 /// What this member's own probes found of one backend (for `lbctl` and
 /// the metrics; the replicated verdicts are in the state).
@@ -69,20 +71,59 @@ pub fn mine(state: &State, me: u64) -> BTreeMap<BackendSlot, (HealthCheck, Socke
     let members = state.probing_members();
     let mut out = BTreeMap::new();
     for s in state.services() {
-        let Some(check) = &s.health else { continue };
-        for b in &s.backends {
-            if b.state == BackendState::NotReady {
-                continue;
-            }
-            let probed = members.is_empty()
-                || crate::model::probers_of(&members, b.address, b.port).contains(&me);
-            if probed {
-                let to = SocketAddr::new(b.address, check.port.unwrap_or(b.port));
-                out.insert((s.key, b.address, b.port), (HealthCheck::clone(check), to));
-            }
-        }
+        out.extend(mine_of(s, me, &members));
     }
     out
+}
+
+/// `mine` for one service, with the probing members given.
+fn mine_of(
+    s: &crate::model::VirtualService,
+    me: u64,
+    members: &BTreeSet<u64>,
+) -> Vec<(BackendSlot, (HealthCheck, SocketAddr))> {
+    let Some(check) = &s.health else {
+        return Vec::new();
+    };
+    s.backends
+        .iter()
+        .filter(|b| b.state != BackendState::NotReady)
+        .filter(|b| {
+            members.is_empty() || crate::model::probers_of(members, b.address, b.port).contains(&me)
+        })
+        .map(|b| {
+            let to = SocketAddr::new(b.address, check.port.unwrap_or(b.port));
+            ((s.key, b.address, b.port), (HealthCheck::clone(check), to))
+        })
+        .collect()
+}
+
+/// The report `me` owes for one backend: its verdict (`decided`: down or
+/// up; `None` while undecided or not probed) when the state holds
+/// another, or a withdrawal when it no longer probes it (`probed` false)
+/// and the state still holds its word.
+fn report_for(
+    state: &State,
+    me: u64,
+    slot: &BackendSlot,
+    probed: bool,
+    decided: Option<bool>,
+) -> Option<HealthReport> {
+    let held = state
+        .health_of(slot)
+        .and_then(|seen| seen.get(&me))
+        .map(|s| s.down);
+    let down = match (probed, decided) {
+        (true, Some(down)) if held != Some(down) => Some(down),
+        (false, _) if held.is_some() => None,
+        _ => return None,
+    };
+    Some(HealthReport {
+        key: slot.0,
+        address: slot.1,
+        port: slot.2,
+        down,
+    })
 }
 
 /// The verdicts `me` should send: each decided backend whose verdict the
@@ -94,31 +135,17 @@ pub fn due_reports(
     decided: &BTreeMap<BackendSlot, bool>,
     probed: &BTreeSet<BackendSlot>,
 ) -> Vec<HealthReport> {
-    let mut out = Vec::new();
-    for (slot, down) in decided {
-        let held = state
-            .health_of(slot)
-            .and_then(|seen| seen.get(&me))
-            .map(|s| s.down);
-        if held != Some(*down) {
-            out.push(HealthReport {
-                key: slot.0,
-                address: slot.1,
-                port: slot.2,
-                down: Some(*down),
-            });
-        }
-    }
-    for (slot, seen) in state.health() {
-        if seen.contains_key(&me) && !probed.contains(slot) {
-            out.push(HealthReport {
-                key: slot.0,
-                address: slot.1,
-                port: slot.2,
-                down: None,
-            });
-        }
-    }
+    let mut out: Vec<HealthReport> = decided
+        .iter()
+        .filter_map(|(slot, down)| report_for(state, me, slot, true, Some(*down)))
+        .collect();
+    out.extend(
+        state
+            .health()
+            .keys()
+            .filter(|slot| !probed.contains(slot))
+            .filter_map(|slot| report_for(state, me, slot, false, None)),
+    );
     out
 }
 
@@ -147,13 +174,24 @@ pub async fn run(
     local: LocalView,
     shutdown: CancellationToken,
 ) {
-    let (tx, mut results) = mpsc::channel::<Probed>(1024);
-    let mut probing: HashMap<BackendSlot, Probing> = HashMap::new();
+    let (tx, mut results) = mpsc::channel::<Probed>(4096);
+    let mut runner = Runner {
+        me,
+        tx,
+        local,
+        probing: HashMap::new(),
+        touched: HashSet::new(),
+        pending: HashMap::new(),
+        last: None,
+    };
     let mut dirty = true;
-    // Verdicts sent and when, so an unchanged one is not sent each flush.
-    let mut sent: HashMap<BackendSlot, (Option<bool>, Instant)> = HashMap::new();
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let metrics = &crate::metrics::METRICS;
+    let (probes_up, probes_down) = (
+        metrics.health_probes.with_label_values(&["up"]),
+        metrics.health_probes.with_label_values(&["down"]),
+    );
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -163,69 +201,20 @@ pub async fn run(
                 }
                 dirty = true;
             }
-            Some(Probed { slot, outcome, health, changed }) = results.recv() => {
-                let Some(p) = probing.get_mut(&slot) else { continue };
-                p.health = health;
-                crate::metrics::METRICS
-                    .health_probes
-                    .with_label_values(&[if outcome.ok { "up" } else { "down" }])
-                    .inc();
-                crate::metrics::METRICS
-                    .health_probe_seconds
-                    .observe(outcome.latency.as_secs_f64());
-                let now = unix_ms();
-                let mut view = local.lock().unwrap_or_else(PoisonError::into_inner);
-                let entry = view.entry(slot).or_insert_with(|| LocalResult {
-                    health: Health::Unknown,
-                    since_unix_ms: now,
-                    last: outcome.clone(),
-                    at_unix_ms: now,
-                });
-                if changed {
-                    info!(
-                        service = %slot.0,
-                        backend = %crate::model::SocketText(slot.1, slot.2),
-                        health = ?health,
-                        last = %outcome.detail,
-                        "backend health changed (this member's probes)"
-                    );
-                    entry.since_unix_ms = now;
-                }
-                entry.health = health;
-                entry.last = outcome;
-                entry.at_unix_ms = now;
+            Some(p) = results.recv() => {
+                if p.outcome.ok { probes_up.inc() } else { probes_down.inc() }
+                metrics.health_probe_seconds.observe(p.outcome.latency.as_secs_f64());
+                runner.probed(p);
             }
             _ = flush.tick() => {
-                let state = states.borrow_and_update().clone();
                 if dirty {
                     dirty = false;
-                    resync(&state, me, &mut probing, &tx, &local);
+                    let state = states.borrow_and_update().clone();
+                    runner.follow(&state);
                 }
-                let decided: BTreeMap<BackendSlot, bool> = probing
-                    .iter()
-                    .filter_map(|(slot, p)| match p.health {
-                        Health::Up => Some((*slot, false)),
-                        Health::Down => Some((*slot, true)),
-                        Health::Unknown => None,
-                    })
-                    .collect();
-                let probed: BTreeSet<BackendSlot> = probing.keys().copied().collect();
-                let now = Instant::now();
-                let due: Vec<HealthReport> = due_reports(&state, me, &decided, &probed)
-                    .into_iter()
-                    .filter(|r| {
-                        let slot = (r.key, r.address, r.port);
-                        match sent.get(&slot) {
-                            Some((v, at)) if *v == r.down => now.duration_since(*at) >= RESEND_AFTER,
-                            _ => true,
-                        }
-                    })
-                    .collect();
-                sent.retain(|slot, _| probed.contains(slot) || state.health_of(slot).is_some());
+                let state = states.borrow().clone();
+                let due = runner.due(&state);
                 for chunk in due.chunks(REPORTS_PER_ENTRY) {
-                    for r in chunk {
-                        sent.insert((r.key, r.address, r.port), (r.down, now));
-                    }
                     debug!(reports = chunk.len(), "health reports sent");
                     proposer.report(vec![Command::ReportHealth {
                         member: me,
@@ -236,57 +225,204 @@ pub async fn run(
             }
         }
     }
-    for (_, p) in probing.drain() {
+    for (_, p) in runner.probing.drain() {
         p.task.abort();
     }
 }
 
-/// Starts and stops probe tasks so that exactly this member's backends
-/// are probed, each with its service's current check.
-fn resync(
-    state: &State,
+/// The probe tasks and what is owed to the log. Work is in proportion to
+/// what changed: a state change that touched only health reports costs
+/// nothing here; one that changed services resyncs only those; a change
+/// of the probing members resyncs everything.
+struct Runner {
     me: u64,
-    probing: &mut HashMap<BackendSlot, Probing>,
-    tx: &mpsc::Sender<Probed>,
-    local: &LocalView,
-) {
-    let wanted = mine(state, me);
-    probing.retain(|slot, p| {
-        let keep = wanted
-            .get(slot)
-            .is_some_and(|(check, to)| *check == p.check && *to == p.to);
-        if !keep {
-            p.task.abort();
+    tx: mpsc::Sender<Probed>,
+    local: LocalView,
+    probing: HashMap<BackendSlot, Probing>,
+    /// Backends whose report may be owed (verdict changed, started or
+    /// stopped probing).
+    touched: HashSet<BackendSlot>,
+    /// Reports sent and not yet seen in the state, and when.
+    pending: HashMap<BackendSlot, (Option<bool>, Instant)>,
+    /// The state last followed.
+    last: Option<Arc<State>>,
+}
+
+impl Runner {
+    /// A probe task's result.
+    fn probed(&mut self, p: Probed) {
+        let Some(probing) = self.probing.get_mut(&p.slot) else {
+            return;
+        };
+        probing.health = p.health;
+        let now = unix_ms();
+        let mut view = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = view.entry(p.slot).or_insert_with(|| LocalResult {
+            health: Health::Unknown,
+            since_unix_ms: now,
+            last: p.outcome.clone(),
+            at_unix_ms: now,
+        });
+        if p.changed {
+            info!(
+                service = %p.slot.0,
+                backend = %crate::model::SocketText(p.slot.1, p.slot.2),
+                health = ?p.health,
+                last = %p.outcome.detail,
+                "backend health changed (this member's probes)"
+            );
+            entry.since_unix_ms = now;
+            self.touched.insert(p.slot);
         }
-        keep
-    });
-    local
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .retain(|slot, _| probing.contains_key(slot) || wanted.contains_key(slot));
-    let mut started = 0;
-    for (slot, (check, to)) in wanted {
-        if probing.contains_key(&slot) {
-            continue;
+        entry.health = p.health;
+        entry.last = p.outcome;
+        entry.at_unix_ms = now;
+    }
+
+    /// Follows a new applied state: probes started and stopped where
+    /// services (or the probing members) changed.
+    fn follow(&mut self, state: &Arc<State>) {
+        let members = state.probing_members();
+        let scope: Option<Vec<crate::model::ServiceKey>> = match &self.last {
+            Some(last) if last.probing_members() == members => Some(
+                state
+                    .service_changes_since(last)
+                    .into_iter()
+                    .map(|(key, _, _)| key)
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let health_changed = self
+            .last
+            .as_ref()
+            .is_none_or(|last| !last.health().ptr_eq(state.health()) || scope.is_none());
+        if health_changed {
+            crate::metrics::METRICS
+                .health_backends_down
+                .set(state.backends_down() as i64);
         }
-        let task = tokio::spawn(probe_loop(slot, check.clone(), to, tx.clone()));
-        probing.insert(
-            slot,
-            Probing {
-                health: Health::Unknown,
-                check,
-                to,
-                task,
-            },
-        );
-        started += 1;
+        self.last = Some(state.clone());
+        let mut wanted: HashMap<BackendSlot, (HealthCheck, SocketAddr)> = HashMap::new();
+        let keys: BTreeSet<crate::model::ServiceKey> = match &scope {
+            Some(keys) if keys.is_empty() => return,
+            Some(keys) => keys.iter().copied().collect(),
+            None => state.services().map(|s| s.key).collect(),
+        };
+        for key in &keys {
+            if let Some(s) = state.service(key) {
+                wanted.extend(mine_of(s, self.me, &members));
+            }
+        }
+        // Stop what is no longer wanted (within the scope).
+        let mut stopped = Vec::new();
+        self.probing.retain(|slot, p| {
+            if !keys.contains(&slot.0) {
+                return true;
+            }
+            let keep = wanted
+                .get(slot)
+                .is_some_and(|(check, to)| *check == p.check && *to == p.to);
+            if !keep {
+                p.task.abort();
+                stopped.push(*slot);
+            }
+            keep
+        });
+        self.local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|slot, _| self.probing.contains_key(slot) || wanted.contains_key(slot));
+        for slot in &stopped {
+            // A verdict on a backend no longer probed (or gone) is not
+            // owed any more; a withdrawal may be (`due`).
+            self.pending.remove(slot);
+        }
+        self.touched.extend(stopped);
+        // Reports this member holds in the state for backends in scope it
+        // does not probe (after a restart: from its previous run).
+        if scope.is_none() {
+            for (slot, seen) in state.health() {
+                if seen.contains_key(&self.me) && !wanted.contains_key(slot) {
+                    self.touched.insert(*slot);
+                }
+            }
+        }
+        let mut started = 0;
+        for (slot, (check, to)) in wanted {
+            if self.probing.contains_key(&slot) {
+                continue;
+            }
+            let task = tokio::spawn(probe_loop(slot, check.clone(), to, self.tx.clone()));
+            self.probing.insert(
+                slot,
+                Probing {
+                    health: Health::Unknown,
+                    check,
+                    to,
+                    task,
+                },
+            );
+            started += 1;
+        }
+        if started > 0 {
+            info!(
+                started,
+                probing = self.probing.len(),
+                "health probes started"
+            );
+        }
+        crate::metrics::METRICS
+            .health_probed_backends
+            .set(self.probing.len() as i64);
     }
-    if started > 0 {
-        info!(started, probing = probing.len(), "health probes started");
+
+    /// The reports owed now: for each touched backend, and again for each
+    /// sent one the state has not taken after `RESEND_AFTER`.
+    fn due(&mut self, state: &State) -> Vec<HealthReport> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for slot in self.touched.drain() {
+            let p = self.probing.get(&slot);
+            let decided = p.and_then(|p| match p.health {
+                Health::Up => Some(false),
+                Health::Down => Some(true),
+                Health::Unknown => None,
+            });
+            if let Some(r) = report_for(state, self.me, &slot, p.is_some(), decided) {
+                if matches!(self.pending.get(&slot), Some((v, _)) if *v == r.down) {
+                    continue;
+                }
+                self.pending.insert(slot, (r.down, now));
+                out.push(r);
+            }
+        }
+        let me = self.me;
+        self.pending.retain(|slot, (v, at)| {
+            let held = state
+                .health_of(slot)
+                .and_then(|seen| seen.get(&me))
+                .map(|s| s.down);
+            let taken = match v {
+                Some(down) => held == Some(*down),
+                None => held.is_none(),
+            };
+            if taken {
+                return false;
+            }
+            if now.duration_since(*at) >= RESEND_AFTER {
+                *at = now;
+                out.push(HealthReport {
+                    key: slot.0,
+                    address: slot.1,
+                    port: slot.2,
+                    down: *v,
+                });
+            }
+            true
+        });
+        out
     }
-    crate::metrics::METRICS
-        .health_probed_backends
-        .set(probing.len() as i64);
 }
 
 /// Probes one backend, the first time after a delay spread over one

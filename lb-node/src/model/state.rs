@@ -242,6 +242,22 @@ impl State {
         super::health::verdict(&probers, Some(seen))
     }
 
+    /// How many backends the probers agree are down (fail open aside).
+    pub fn backends_down(&self) -> usize {
+        let members = self.probing_members();
+        self.health
+            .iter()
+            .filter(|((_, address, port), seen)| {
+                let probers = if members.is_empty() {
+                    seen.keys().copied().collect()
+                } else {
+                    super::health::probers_of(&members, *address, *port)
+                };
+                super::health::verdict(&probers, Some(seen))
+            })
+            .count()
+    }
+
     /// The health reports of one service, in backend order.
     fn health_range(
         &self,

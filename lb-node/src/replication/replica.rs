@@ -128,6 +128,8 @@ pub struct Replica {
     removed: bool,
     /// The probers last proposed (`maybe_set_probers`) and when (tick).
     probers_proposed: Option<(BTreeSet<u64>, u64)>,
+    /// The probers the leader would name, and since when (tick).
+    probers_candidate: Option<(BTreeSet<u64>, u64)>,
     /// A member was added: snapshot once this ready is applied.
     snapshot_for_new_member: bool,
     /// Ticks since start.
@@ -283,6 +285,7 @@ impl Replica {
             next_proposal: 1,
             pending: BTreeSet::new(),
             probers_proposed: None,
+            probers_candidate: None,
             role: StateRole::Follower,
             term: 0,
             removed: false,
@@ -444,6 +447,24 @@ impl Replica {
         };
         if *self.state.probers() == want {
             self.probers_proposed = None;
+            self.probers_candidate = None;
+            return;
+        }
+        // Only a set that held for a while: a member unheard for a moment
+        // (a busy machine delays beats) would otherwise hand its share of
+        // the probing to the others and back, which loads them more. Six
+        // election timeouts to drop a member, one to take it back.
+        let since = match &self.probers_candidate {
+            Some((candidate, since)) if *candidate == want => *since,
+            _ => {
+                self.probers_candidate = Some((want.clone(), self.ticks));
+                self.ticks
+            }
+        };
+        let current = self.state.probing_members();
+        let shrinks = !want.is_empty() && current.iter().any(|m| !want.contains(m));
+        let settle = self.config.election_ticks as u64 * if shrinks { 6 } else { 1 };
+        if self.ticks < since + settle {
             return;
         }
         // Once per 50 ticks at most (a proposal lost to a leader change is
