@@ -450,4 +450,129 @@ mod tests {
         assert!(probe(&kind(b"re:ping"), at, t).await.ok);
         assert!(!probe(&kind(b"pong"), at, t).await.ok);
     }
+
+    /// A gRPC server of grpc.health.v1 answering `status` for every
+    /// service.
+    async fn grpc_server(status: i32) -> SocketAddr {
+        use proto::grpc_health::v1 as pb;
+        struct Answer(i32);
+        #[tonic::async_trait]
+        impl pb::health_server::Health for Answer {
+            async fn check(
+                &self,
+                _request: tonic::Request<pb::HealthCheckRequest>,
+            ) -> Result<tonic::Response<pb::HealthCheckResponse>, tonic::Status> {
+                Ok(tonic::Response::new(pb::HealthCheckResponse {
+                    status: self.0,
+                }))
+            }
+        }
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("test");
+        let at = l.local_addr().expect("test");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::health_server::HealthServer::new(Answer(status)))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+        );
+        at
+    }
+
+    #[tokio::test]
+    async fn grpc_health_must_answer_serving() {
+        use proto::grpc_health::v1::health_check_response::ServingStatus;
+        let kind = ProbeKind::Grpc {
+            service: "shop".into(),
+        };
+        let t = Duration::from_secs(2);
+        let serving = grpc_server(ServingStatus::Serving as i32).await;
+        let o = probe(&kind, serving, t).await;
+        assert!(o.ok, "{o:?}");
+        let not = grpc_server(ServingStatus::NotServing as i32).await;
+        let o = probe(&kind, not, t).await;
+        assert!(!o.ok && o.detail.contains("NOT_SERVING"), "{o:?}");
+        // Plain HTTP is not gRPC.
+        let http = server(b"HTTP/1.1 200 OK\r\n\r\n", Duration::ZERO).await;
+        assert!(!probe(&kind, http, t).await.ok);
+    }
+
+    #[tokio::test]
+    async fn https_is_judged_like_http_over_a_self_signed_certificate() {
+        use rustls_pki_types::pem::PemObject as _;
+        let dir = tempfile::tempdir().expect("test");
+        let (key, cert) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                "/CN=backend.test",
+                "-days",
+                "1",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl (Debian's openssl package)");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(&cert)
+            .expect("test")
+            .collect::<Result<_, _>>()
+            .expect("test");
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&key).expect("test");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("test")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("test");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("test");
+        let at = l.local_addr().expect("test");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(s).await {
+                        let mut buf = [0u8; 1024];
+                        let _ = tls.read(&mut buf).await;
+                        let _ = tls
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nready")
+                            .await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        let kind = |body: &str| ProbeKind::Http {
+            tls: true,
+            method: "GET".into(),
+            path: "/healthz".into(),
+            host: "backend.test".into(),
+            expect_status: vec![200],
+            expect_body: Some(body.into()),
+        };
+        let t = Duration::from_secs(2);
+        let o = probe(&kind("ready"), at, t).await;
+        assert!(o.ok, "{o:?}");
+        assert!(!probe(&kind("other"), at, t).await.ok);
+        // The same server spoken to in plain HTTP: not an HTTP answer.
+        assert!(!probe(&http(None), at, t).await.ok);
+    }
 }
