@@ -57,6 +57,31 @@ fn hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Parses a check written inline, as in a Kubernetes annotation: the
+/// fields of `[service.health_check]` as a TOML inline table's contents,
+/// `kind = "http", path = "/healthz", interval = "2s"`. The error names
+/// the field.
+pub fn parse_inline(text: &str) -> Result<HealthCheck, String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Wrapper {
+        check: RawHealthCheck,
+    }
+    let wrapped: Wrapper = toml::from_str(&format!("check = {{ {text} }}")).map_err(|e| {
+        format!(
+            "not fields like kind = \"http\", path = \"/\": {}",
+            e.message()
+        )
+    })?;
+    check(wrapped.check, &|field, message| ConfigError {
+        file: std::path::PathBuf::new(),
+        field: field.to_owned(),
+        service: None,
+        message,
+    })
+    .map_err(|e| format!("{}: {}", e.field, e.message))
+}
+
 /// Checks a raw check; `err(field, message)` names the field in the file
 /// (`health_check.` is prefixed here).
 pub fn check(
@@ -230,6 +255,18 @@ mod tests {
                 expect: b"ok".to_vec()
             }
         );
+    }
+
+    #[test]
+    fn an_inline_check_as_an_annotation_writes_it() {
+        let c = parse_inline("kind = \"tcp\", interval = \"2s\", fall = 5").expect("test");
+        assert_eq!((c.interval, c.fall), (Duration::from_secs(2), 5));
+        let e = parse_inline("kind = \"tcp\", fall = 0").expect_err("test");
+        assert!(e.starts_with("health_check.fall: "), "{e}");
+        let e = parse_inline("kind = tcp").expect_err("test");
+        assert!(e.contains("not fields like"), "{e}");
+        let e = parse_inline("kind = \"tcp\", colour = \"red\"").expect_err("test");
+        assert!(e.contains("colour"), "{e}");
     }
 
     #[test]

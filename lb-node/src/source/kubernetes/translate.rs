@@ -20,8 +20,9 @@
 //!   API defines them: ready and serving true, terminating false).
 //! - **Session affinity**: `ClientIP` becomes persistence with
 //!   `sessionAffinityConfig.clientIP.timeoutSeconds` (default 10800 s).
-//! - **Annotations**: `lb-node.io/scheduler` (an IPVS scheduler name) and
-//!   `lb-node.io/forwarding` (`masquerade`, `direct`, `tunnel`).
+//! - **Annotations**: `lb-node.io/scheduler` (an IPVS scheduler name),
+//!   `lb-node.io/forwarding` (`masquerade`, `direct`, `tunnel`) and
+//!   `lb-node.io/health-check` (active health checks, docs/health.md).
 //! - **Source ranges**: `spec.loadBalancerSourceRanges` restrict the
 //!   load-balancer VIPs.
 //! - **`externalTrafficPolicy: Local`**: kube-proxy uses it to skip a second
@@ -55,6 +56,12 @@ pub const ANNOTATION_FORWARDING: &str = "lb-node.io/forwarding";
 /// no-export-subconfed. A bad value is warned about and ignored (the
 /// Service is served without them, not dropped for a typo).
 pub const ANNOTATION_BGP_COMMUNITIES: &str = "lb-node.io/bgp-communities";
+/// Active health checks of the Service's endpoints (issue 22), off unless
+/// set: the fields of the services file's `[service.health_check]`,
+/// inline: `kind = "http", path = "/healthz"`. For every port of the
+/// Service; a check's `port` overrides the endpoint's. A bad value is
+/// warned about and the Service served without checks.
+pub const ANNOTATION_HEALTH_CHECK: &str = "lb-node.io/health-check";
 /// Kubernetes' default session affinity timeout.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 
@@ -206,6 +213,18 @@ pub fn translate(
             }
         },
     };
+    let health = match annotations.get(ANNOTATION_HEALTH_CHECK) {
+        None => None,
+        Some(v) => match crate::health::settings::parse_inline(v) {
+            Ok(check) => Some(Box::new(check)),
+            Err(e) => {
+                out.warnings.push(format!(
+                    "service {name}: annotation {ANNOTATION_HEALTH_CHECK}: {e}; served without health checks"
+                ));
+                None
+            }
+        },
+    };
     let persistence_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
             .as_ref()
@@ -337,7 +356,7 @@ pub fn translate(
                 backends,
                 bgp_communities: bgp_communities.clone(),
                 bgp_large_communities: bgp_large_communities.clone(),
-                health: None,
+                health: health.clone(),
             };
             match virtual_service.normalize() {
                 Ok(s) => out.services.push(s),

@@ -372,3 +372,31 @@ fn a_slice_of_thousands_of_endpoints_translates() {
     let t = translate(&service(web()), &[big], &[], &TranslateConfig::default());
     assert_eq!(find(&t, "10.96.0.10", 80).backends.len(), 5_000);
 }
+
+#[test]
+fn a_health_check_annotation_checks_every_port_and_a_bad_one_is_warned_about() {
+    let mut s = web();
+    s["metadata"]["annotations"] =
+        json!({"lb-node.io/health-check": "kind = \"http\", path = \"/healthz\", fall = 2"});
+    let t = translate(
+        &service(s.clone()),
+        &web_slices(),
+        &[],
+        &TranslateConfig::default(),
+    );
+    let http = find(&t, "10.96.0.10", 80);
+    let check = http.health.as_deref().expect("a check");
+    assert_eq!(check.fall, 2);
+    assert!(
+        matches!(&check.kind, crate::model::ProbeKind::Http { path, .. } if path == "/healthz")
+    );
+    assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+    s["metadata"]["annotations"] = json!({"lb-node.io/health-check": "kind = \"ping\""});
+    let t = translate(&service(s), &web_slices(), &[], &TranslateConfig::default());
+    assert!(find(&t, "10.96.0.10", 80).health.is_none());
+    assert!(
+        t.warnings[0].contains("lb-node.io/health-check: health_check.kind: unknown kind \"ping\""),
+        "{:?}",
+        t.warnings
+    );
+}
