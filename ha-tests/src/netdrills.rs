@@ -898,6 +898,8 @@ const OUT_WITHIN_MS: f64 = 3_500.0;
 /// (its probes and requests time out), later restored. After each fault no
 /// request may fail, or reach the dead backend, later than `OUT_WITHIN_MS`
 /// after it; after each recovery the backend must answer requests again.
+/// Last, one of b0's two probers (not the VIP's owner) loses its route to
+/// b0: its probes say down, the other's up, and b0 must stay in.
 async fn dead_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
     let mut report = Report {
         drill: name.into(),
@@ -948,7 +950,97 @@ async fn dead_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
     tokio::task::block_in_place(|| lab.exec("b1", &["ip", "link", "set", "eth0", "up"]))?;
     tokio::time::sleep(BACK_FOR).await;
     let end = unix_now();
+    // A broken path: one of b0's probers, not the VIP's owner, loses its
+    // route to b0 (a blackhole in its namespace); the other prober still
+    // reaches it, so b0 must stay in the table, and requests (through the
+    // owner) go on reaching it.
+    let (owner, broken) = {
+        let owner = owners[0].1;
+        let health = admin(lab, owner)
+            .await?
+            .list_services(pb::ListServicesRequest {
+                name: "web-0".into(),
+            })
+            .await?
+            .into_inner()
+            .health;
+        let b0 = health
+            .iter()
+            .find(|h| h.address == [10, 77, 0, 200] && h.port == 8080)
+            .context("b0's health in lbctl services web-0")?;
+        let prober = b0
+            .probers
+            .iter()
+            .copied()
+            .find(|p| *p != owner)
+            .context("a prober of b0 that does not own the VIP")?;
+        (owner, prober)
+    };
+    tokio::task::block_in_place(|| {
+        lab.exec(
+            &format!("m{broken}"),
+            &["ip", "route", "add", "blackhole", "10.77.0.200/32"],
+        )
+    })?;
+    let t4 = unix_now();
+    tokio::time::sleep(DEAD_FOR).await;
+    let verdict = |id: u64| {
+        let lab: &Lab = lab;
+        async move {
+            let h = admin(lab, id)
+                .await?
+                .list_services(pb::ListServicesRequest {
+                    name: "web-0".into(),
+                })
+                .await?
+                .into_inner()
+                .health;
+            let b0 = h
+                .into_iter()
+                .find(|h| h.address == [10, 77, 0, 200] && h.port == 8080)
+                .context("b0's health")?;
+            anyhow::Ok((b0.down, b0.local_state))
+        }
+    };
+    let (agreed_down, broken_sees) = verdict(broken).await?;
+    let (owner_down, _) = verdict(owner).await?;
+    tokio::task::block_in_place(|| {
+        lab.exec(
+            &format!("m{broken}"),
+            &["ip", "route", "del", "blackhole", "10.77.0.200/32"],
+        )
+    })?;
+    let t5 = unix_now();
     let sent = traffic.finish().await;
+    let in_window: Vec<&crate::traffic::Sent> =
+        sent.iter().filter(|r| r.at >= t4 && r.at < t5).collect();
+    let window_failed = in_window.iter().filter(|r| r.answer.is_none()).count();
+    let window_b0 = in_window
+        .iter()
+        .filter(|r| r.answer.as_deref().map(str::trim) == Some("b0"))
+        .count();
+    report.extra.insert(
+        "broken_path".into(),
+        serde_json::json!({
+            "member": broken,
+            "its_probes_say": broken_sees,
+            "agreed_down": agreed_down || owner_down,
+            "requests": in_window.len(),
+            "answered_by_b0": window_b0,
+            "failed": window_failed,
+        }),
+    );
+    if broken_sees != "down" {
+        report.failures.push(format!(
+            "member {broken} with no route to b0 says its probes see {broken_sees:?}, not down: the fault did not take"
+        ));
+    }
+    if agreed_down || owner_down || window_b0 == 0 || window_failed > 0 {
+        report.failures.push(format!(
+            "member {broken}'s broken path to b0 took it out (agreed down: {agreed_down} on member {broken}, {owner_down} on member {owner}; {window_b0} of {} requests reached b0, {window_failed} failed)",
+            in_window.len()
+        ));
+    }
     for s in &mut servers {
         let _ = s.kill();
         let _ = s.wait();
