@@ -63,6 +63,7 @@ fn service() -> impl Strategy<Value = VirtualService> {
             backends(key.vip.is_ipv4()),
             prop::collection::btree_set(any::<u32>(), 0..3),
             prop::collection::btree_set(any::<(u32, u32, u32)>(), 0..2),
+            health_check(),
         )
             .prop_map(
                 |(
@@ -74,6 +75,7 @@ fn service() -> impl Strategy<Value = VirtualService> {
                     backends,
                     communities,
                     large,
+                    health,
                 )| {
                     VirtualService {
                         key,
@@ -85,12 +87,55 @@ fn service() -> impl Strategy<Value = VirtualService> {
                         allowed_sources: nets.iter().filter_map(|n| n.parse().ok()).collect(),
                         bgp_communities: communities.into_iter().collect(),
                         bgp_large_communities: large.into_iter().collect(),
-                        health: None,
+                        health,
                         backends,
                     }
                 },
             )
     })
+}
+
+/// No check, or a valid one of several kinds (issue 22).
+fn health_check() -> impl Strategy<Value = Option<Box<HealthCheck>>> {
+    let kind = prop_oneof![
+        Just(ProbeKind::Tcp),
+        (
+            any::<bool>(),
+            prop_oneof![Just(vec![]), Just(vec![200u16, 204])],
+            prop_oneof![Just(None), Just(Some("ok".to_owned()))]
+        )
+            .prop_map(|(tls, expect_status, expect_body)| ProbeKind::Http {
+                tls,
+                method: "GET".into(),
+                path: "/healthz".into(),
+                host: String::new(),
+                expect_status,
+                expect_body,
+            }),
+        Just(ProbeKind::Udp {
+            send: b"q".to_vec(),
+            expect: vec![]
+        }),
+        Just(ProbeKind::Grpc {
+            service: "s".into()
+        }),
+    ];
+    prop_oneof![
+        1 => Just(None),
+        1 => (kind, prop_oneof![Just(None), Just(Some(8081u16))], 1u32..4, 1u32..4, any::<bool>()).prop_map(
+            |(kind, port, rise, fall, remove)| {
+                Some(Box::new(HealthCheck {
+                    kind,
+                    port,
+                    interval: std::time::Duration::from_secs(1),
+                    timeout: std::time::Duration::from_millis(500),
+                    rise,
+                    fall,
+                    on_down: if remove { OnDown::Remove } else { OnDown::Drain },
+                }))
+            }
+        ),
+    ]
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -125,6 +170,25 @@ fn command() -> impl Strategy<Value = Command> {
                 deletes: deletes.into_iter().map(str::to_owned).collect(),
                 resource_version: rv.into(),
             })),
+        4 => (1u64..4, 0u64..5, prop::collection::vec((key(), 1u8..6, prop_oneof![Just(8080u16), Just(8443)], prop_oneof![Just(None), Just(Some(true)), Just(Some(false))]), 0..10))
+            .prop_map(|(member, at_unix_ms, reports)| Command::ReportHealth {
+                member,
+                at_unix_ms,
+                reports: reports
+                    .into_iter()
+                    .map(|(key, host, port, down)| HealthReport {
+                        key,
+                        address: if key.vip.is_ipv4() {
+                            IpAddr::V4(Ipv4Addr::new(10, 0, 0, host))
+                        } else {
+                            IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(host)))
+                        },
+                        port,
+                        down,
+                    })
+                    .collect(),
+            }),
+        1 => prop::collection::btree_set(1u64..4, 0..3).prop_map(Command::SetProbers),
         2 => (key(), any::<bool>()).prop_flat_map(|(key, _)| {
             backends(key.vip.is_ipv4()).prop_map(move |backends| Command::ReplaceBackends { key, backends })
         }),
