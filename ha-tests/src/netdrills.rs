@@ -1129,8 +1129,8 @@ const FLAP_FOR: Duration = Duration::from_secs(30);
 /// the checks' hysteresis (fall
 /// 3, rise 2) can follow. The table must barely change: the drill counts
 /// the flips and the agreed health changes of b0 (the leader's events)
-/// and reports both per minute. Passes with at most 2 table changes per
-/// minute.
+/// and reports both per minute. Passes when the table changes at most a
+/// tenth as often as the backend flips.
 async fn flapping_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
     use tokio_stream::StreamExt as _;
     let mut report = Report {
@@ -1228,7 +1228,11 @@ async fn flapping_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
             "outage_seen": control_seen,
         }),
     );
-    if per_min > 2.0 {
+    // The hysteresis holds when the table changes at most a tenth as
+    // often as the backend flips. Not "never": a down phase the emulated
+    // guest stretches (the server's restart is a process start, which
+    // stalls there) past three half-interval probes is a real outage.
+    if during as f64 * 10.0 > f64::from(flips) {
         report.failures.push(format!(
             "{during} health changes of {BACKEND} in {:.1} min of flapping ({flips} flips): the hysteresis did not hold",
             span_min
