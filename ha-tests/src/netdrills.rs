@@ -892,6 +892,22 @@ const BACK_FOR: Duration = Duration::from_secs(6);
 /// Issue 22's bound with the default check: interval x fall + one commit.
 const OUT_WITHIN_MS: f64 = 3_500.0;
 
+/// b0's health in service web-0 as member `id` shows it (`lbctl services
+/// web-0`): the agreed verdict, its probers, its own probes.
+async fn b0_health(lab: &Lab, id: u64) -> anyhow::Result<pb::BackendHealth> {
+    admin(lab, id)
+        .await?
+        .list_services(pb::ListServicesRequest {
+            name: "web-0".into(),
+        })
+        .await?
+        .into_inner()
+        .health
+        .into_iter()
+        .find(|h| h.address == [10, 77, 0, 200] && h.port == 8080)
+        .with_context(|| format!("b0's health in member {id}'s lbctl services web-0"))
+}
+
 /// `dead-backend` (issue 22): requests through one VIP to two backends
 /// with the services' HTTP health check; one backend's server is killed
 /// (its port refuses), later started again; then the other's link is cut
@@ -956,18 +972,7 @@ async fn dead_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
     // owner) go on reaching it.
     let (owner, broken) = {
         let owner = owners[0].1;
-        let health = admin(lab, owner)
-            .await?
-            .list_services(pb::ListServicesRequest {
-                name: "web-0".into(),
-            })
-            .await?
-            .into_inner()
-            .health;
-        let b0 = health
-            .iter()
-            .find(|h| h.address == [10, 77, 0, 200] && h.port == 8080)
-            .context("b0's health in lbctl services web-0")?;
+        let b0 = b0_health(lab, owner).await?;
         let prober = b0
             .probers
             .iter()
@@ -984,26 +989,9 @@ async fn dead_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
     })?;
     let t4 = unix_now();
     tokio::time::sleep(DEAD_FOR).await;
-    let verdict = |id: u64| {
-        let lab: &Lab = lab;
-        async move {
-            let h = admin(lab, id)
-                .await?
-                .list_services(pb::ListServicesRequest {
-                    name: "web-0".into(),
-                })
-                .await?
-                .into_inner()
-                .health;
-            let b0 = h
-                .into_iter()
-                .find(|h| h.address == [10, 77, 0, 200] && h.port == 8080)
-                .context("b0's health")?;
-            anyhow::Ok((b0.down, b0.local_state))
-        }
-    };
-    let (agreed_down, broken_sees) = verdict(broken).await?;
-    let (owner_down, _) = verdict(owner).await?;
+    let seen = b0_health(lab, broken).await?;
+    let (agreed_down, broken_sees) = (seen.down, seen.local_state);
+    let owner_down = b0_health(lab, owner).await?.down;
     tokio::task::block_in_place(|| {
         lab.exec(
             &format!("m{broken}"),

@@ -151,10 +151,7 @@ impl AdminService {
                 let mine = local.get(&slot);
                 out.push(pb::BackendHealth {
                     key: Some(crate::model::key_to_pb(&s.key)),
-                    address: match b.address {
-                        std::net::IpAddr::V4(a) => a.octets().to_vec(),
-                        std::net::IpAddr::V6(a) => a.octets().to_vec(),
-                    },
+                    address: crate::model::ip_bytes(b.address),
                     port: u32::from(b.port),
                     down,
                     failing_open: failing_open && down,

@@ -67,6 +67,7 @@ fn unix_ms() -> u64 {
 /// address probed: those of services with a check, not `not-ready`, whose
 /// probers (`State::probers_for`) include `me`, or every one when no
 /// member is known (a standalone member).
+#[cfg(test)]
 pub fn mine(state: &State, me: u64) -> BTreeMap<BackendSlot, (HealthCheck, SocketAddr)> {
     let members = state.probing_members();
     let mut out = BTreeMap::new();
@@ -129,6 +130,7 @@ fn report_for(
 /// The verdicts `me` should send: each decided backend whose verdict the
 /// state does not hold yet, and a withdrawal of each report the state
 /// holds for a backend `me` no longer probes.
+#[cfg(test)]
 pub fn due_reports(
     state: &State,
     me: u64,

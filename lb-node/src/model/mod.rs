@@ -28,7 +28,7 @@ pub use service::{
 };
 pub use state::{Applied, ApplyError, KubeObjects, State};
 pub use wire::{
-    Batch, SNAPSHOT_FORMAT_VERSION, WireError, key_to_pb, override_to_pb, service_to_pb,
+    Batch, SNAPSHOT_FORMAT_VERSION, WireError, ip_bytes, key_to_pb, override_to_pb, service_to_pb,
 };
 
 #[cfg(test)]

@@ -205,6 +205,7 @@ impl State {
 
     /// Which members probe one backend (`probers_of` over
     /// `probing_members`).
+    #[cfg(test)]
     pub fn probers_for(&self, address: IpAddr, port: u16) -> Vec<u64> {
         super::health::probers_of(&self.probing_members(), address, port)
     }

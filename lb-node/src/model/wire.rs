@@ -57,7 +57,7 @@ fn field(field: impl Into<String>, reason: impl Into<String>) -> WireError {
 
 // ---- encoding -------------------------------------------------------------
 
-fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+pub fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(a) => a.octets().to_vec(),
         IpAddr::V6(a) => a.octets().to_vec(),
