@@ -290,26 +290,44 @@ pub fn replace_file(path: &Path, text: &str) -> anyhow::Result<()> {
 /// ephemeral range (32768 and up): a port the kernel hands out for
 /// `bind(0)` may also become the local port of some outgoing connection
 /// (the tests make many) before the member binds it, and the member then
-/// fails to start. (A member test failed once in 0.3 s in a full run,
-/// which this would explain; its log was not kept.) Starts at a place that
-/// depends on the process and the time, so that parallel test processes
-/// rarely try the same ports; checked free by binding it.
+/// fails to start. Test processes run in parallel and each member binds
+/// its ports a while after they were chosen, so two processes must never
+/// choose the same port: the ports are handed out in turn from a counter
+/// in a file shared by every test process on the machine (locked while
+/// read and written), and each is checked free by binding it. A CI run
+/// once lost a test to two processes that chose the same port.
 pub fn free_port() -> anyhow::Result<u16> {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    use std::io::{Read, Seek, Write};
     const LOW: u32 = 10_000;
     const SPAN: u32 = 22_000;
-    let seed = std::process::id().wrapping_mul(7_919)
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-    for _ in 0..1_000 {
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port = u16::try_from(LOW + seed.wrapping_add(n.wrapping_mul(101)) % SPAN)?;
+    let path = std::env::temp_dir().join("ha-tests-next-port");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    let mut next: u32 = text.trim().parse().unwrap_or(0) % SPAN;
+    let mut found = None;
+    for _ in 0..SPAN {
+        let port = u16::try_from(LOW + next)?;
+        next = (next + 1) % SPAN;
         if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
-            return Ok(port);
+            found = Some(port);
+            break;
         }
     }
-    bail!("no free port found between {LOW} and {}", LOW + SPAN)
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{next}")?;
+    // The lock goes with the file.
+    drop(file);
+    found.with_context(|| format!("no free port between {LOW} and {}", LOW + SPAN))
 }
 
 /// Files for a loopback cluster of `n` members sharing one services file:
