@@ -105,7 +105,7 @@ pub async fn run(
     };
     // Checked at start on every member, leader or not: a typo stops it here.
     let services = match &config.source {
-        SourceConfig::File { path, .. } => file::load_services(path)?,
+        SourceConfig::File { path, .. } => file::load_services(path, &config.health)?,
         SourceConfig::Kubernetes(_) => Vec::new(),
     };
     if let crate::announce::AnnounceConfig::L2(l2) = &config.announce {
@@ -206,6 +206,7 @@ pub async fn run(
     let run_source = {
         let (source, states, proposer) = (config.source.clone(), states.clone(), proposer.clone());
         let node_id = config.node_id;
+        let health = config.health;
         move |stop: CancellationToken| -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
             match &source {
                 SourceConfig::File {
@@ -216,6 +217,7 @@ pub async fn run(
                     path.clone(),
                     *check_interval,
                     *settle,
+                    health,
                     hangups.clone(),
                     proposer.clone(),
                     states.clone(),

@@ -81,7 +81,7 @@ fn plan(config: &Config) -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     };
-    let services = match load_services(path) {
+    let services = match load_services(path, &config.health) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("lb-node: configuration error: {e}");

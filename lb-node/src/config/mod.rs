@@ -307,6 +307,8 @@ pub struct Config {
     /// `node.max_connections_per_source`, `node.first_bytes_timeout`).
     pub limits: crate::listener::Limits,
     pub announce: crate::announce::AnnounceConfig,
+    /// `[health]`: what a service's health check leaves out.
+    pub health: crate::health::settings::Defaults,
 }
 
 #[derive(Deserialize)]
@@ -321,6 +323,7 @@ pub(super) struct RawConfig {
     cluster: Option<cluster::RawCluster>,
     tls: Option<cluster::RawTls>,
     announce: Option<announce::RawAnnounce>,
+    health: Option<crate::health::settings::RawDefaults>,
 }
 
 #[derive(Deserialize)]
@@ -579,7 +582,7 @@ impl Config {
             .connection_sync
             .map(|c| validate_connection_sync(c, kind, file))
             .transpose()?;
-        let source = match (raw.source.file, raw.source.kubernetes) {
+        let mut source = match (raw.source.file, raw.source.kubernetes) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::new(
                     file,
@@ -632,6 +635,18 @@ impl Config {
             .map(|a| announce::validate_announce(a, file))
             .transpose()?
             .unwrap_or_default();
+        let health = raw
+            .health
+            .map(|h| {
+                crate::health::settings::defaults(h, &|field: &str, message: String| {
+                    ConfigError::new(file, field, message)
+                })
+            })
+            .transpose()?
+            .unwrap_or_default();
+        if let SourceConfig::Kubernetes(k) = &mut source {
+            k.translate.health = health;
+        }
         // Without TLS anyone who reaches the admin port can change the
         // table and drain members, and anyone who reaches the peer port
         // can speak for a member (force an election, say): beyond
@@ -661,6 +676,7 @@ impl Config {
         let limits = listener_limits(&raw.node, file)?;
         Ok(Config {
             announce,
+            health,
             cluster,
             tls,
             insecure: raw.node.insecure,

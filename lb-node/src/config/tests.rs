@@ -496,3 +496,37 @@ fn connection_sync_errors_name_the_field() {
         assert!(e.to_string().contains(says), "{body}: {e}");
     }
 }
+
+#[test]
+fn health_defaults_come_from_the_member_config_and_reach_the_annotation_translation() {
+    let config = load(&format!(
+        "{NODE}[source.kubernetes]\n[health]\ninterval = \"5s\"\ntimeout = \"2s\"\nfall = 2\n"
+    ))
+    .expect("valid");
+    let want = crate::health::settings::Defaults {
+        interval: Duration::from_secs(5),
+        timeout: Duration::from_secs(2),
+        fall: 2,
+        ..Default::default()
+    };
+    assert_eq!(config.health, want);
+    let SourceConfig::Kubernetes(k) = config.source else {
+        panic!("a kubernetes source");
+    };
+    assert_eq!(k.translate.health, want);
+    // Without the section: the built-in defaults.
+    let plain = load(&format!("{NODE}[source.kubernetes]\n")).expect("valid");
+    assert_eq!(plain.health, crate::health::settings::Defaults::default());
+    // A bad default names its field in the member config.
+    let e = load(&format!(
+        "{NODE}[source.kubernetes]\n[health]\ninterval = \"1s\"\ntimeout = \"2s\"\n"
+    ))
+    .expect_err("timeout above the interval");
+    assert_eq!(e.field, "health.timeout");
+    assert_eq!(e.file, Path::new("/etc/lb-node/member.toml"));
+    let e = load(&format!(
+        "{NODE}[source.kubernetes]\n[health]\ncolour = 1\n"
+    ))
+    .expect_err("unknown key");
+    assert!(e.to_string().contains("colour"), "{e}");
+}

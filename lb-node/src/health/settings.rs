@@ -9,7 +9,8 @@ use serde::Deserialize;
 use crate::config::ConfigError;
 use crate::model::{HealthCheck, OnDown, ProbeKind};
 
-/// Defaults of a check's timing when the file leaves them out.
+/// Defaults of a check's timing when neither the check nor the member
+/// config's `[health]` gives them.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// Half the interval: a probe that times out is also retried after
 /// half an interval (`Machine::next_in`), so a backend that stops
@@ -17,6 +18,123 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 pub const DEFAULT_RISE: u32 = 2;
 pub const DEFAULT_FALL: u32 = 3;
+
+/// What a check leaves out: the member config's `[health]` section
+/// (`interval`, `timeout`, `rise`, `fall`, `on_down`), else the built-in
+/// defaults. The source that translates the services (the leader's)
+/// applies its own member's defaults, so members should agree on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Defaults {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub on_down: OnDown,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            interval: DEFAULT_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
+            rise: DEFAULT_RISE,
+            fall: DEFAULT_FALL,
+            on_down: OnDown::Drain,
+        }
+    }
+}
+
+/// The member config's `[health]` as written.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    interval: Option<String>,
+    timeout: Option<String>,
+    rise: Option<i64>,
+    fall: Option<i64>,
+    on_down: Option<String>,
+}
+
+/// Checks the member config's `[health]`; `err(field, message)` names the
+/// field (`health.` is prefixed here). The timing must make a valid check
+/// on its own (a timeout shorter than the interval, rise and fall at
+/// least 1).
+pub fn defaults(
+    raw: RawDefaults,
+    err: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Defaults, ConfigError> {
+    let e = |f: &str, m: String| err(&format!("health.{f}"), m);
+    let d = timing(
+        Timing {
+            interval: raw.interval,
+            timeout: raw.timeout,
+            rise: raw.rise,
+            fall: raw.fall,
+            on_down: raw.on_down,
+        },
+        &Defaults::default(),
+        &e,
+    )?;
+    let probe = HealthCheck {
+        kind: ProbeKind::Tcp,
+        port: None,
+        interval: d.interval,
+        timeout: d.timeout,
+        rise: d.rise,
+        fall: d.fall,
+        on_down: d.on_down,
+    };
+    if let Some((f, why)) = probe.problem() {
+        return Err(e(f, why));
+    }
+    Ok(d)
+}
+
+/// The timing fields shared by a check and the defaults.
+struct Timing {
+    interval: Option<String>,
+    timeout: Option<String>,
+    rise: Option<i64>,
+    fall: Option<i64>,
+    on_down: Option<String>,
+}
+
+fn timing(
+    raw: Timing,
+    base: &Defaults,
+    e: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Defaults, ConfigError> {
+    let duration = |f: &str, text: Option<String>, default: Duration| match text {
+        None => Ok(default),
+        Some(t) => humantime::parse_duration(&t).map_err(|_| {
+            e(
+                f,
+                format!("{t:?} is not a duration like \"500ms\" or \"2s\""),
+            )
+        }),
+    };
+    let count = |f: &str, v: Option<i64>, default: u32| match v {
+        None => Ok(default),
+        Some(v) => u32::try_from(v).map_err(|_| e(f, format!("{v} is out of range"))),
+    };
+    Ok(Defaults {
+        interval: duration("interval", raw.interval, base.interval)?,
+        timeout: duration("timeout", raw.timeout, base.timeout)?,
+        rise: count("rise", raw.rise, base.rise)?,
+        fall: count("fall", raw.fall, base.fall)?,
+        on_down: match raw.on_down.as_deref() {
+            None => base.on_down,
+            Some("drain") => OnDown::Drain,
+            Some("remove") => OnDown::Remove,
+            Some(other) => {
+                return Err(e(
+                    "on_down",
+                    format!("unknown {other:?}; expected drain or remove"),
+                ));
+            }
+        },
+    })
+}
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
@@ -61,7 +179,7 @@ fn hex(text: &str) -> Option<Vec<u8>> {
 /// fields of `[service.health_check]` as a TOML inline table's contents,
 /// `kind = "http", path = "/healthz", interval = "2s"`. The error names
 /// the field.
-pub fn parse_inline(text: &str) -> Result<HealthCheck, String> {
+pub fn parse_inline(text: &str, defaults: &Defaults) -> Result<HealthCheck, String> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Wrapper {
@@ -73,7 +191,7 @@ pub fn parse_inline(text: &str) -> Result<HealthCheck, String> {
             e.message()
         )
     })?;
-    check(wrapped.check, &|field, message| ConfigError {
+    check(wrapped.check, defaults, &|field, message| ConfigError {
         file: std::path::PathBuf::new(),
         field: field.to_owned(),
         service: None,
@@ -82,10 +200,12 @@ pub fn parse_inline(text: &str) -> Result<HealthCheck, String> {
     .map_err(|e| format!("{}: {}", e.field, e.message))
 }
 
-/// Checks a raw check; `err(field, message)` names the field in the file
-/// (`health_check.` is prefixed here).
+/// Checks a raw check; what it leaves out comes from `defaults`;
+/// `err(field, message)` names the field in the file (`health_check.` is
+/// prefixed here).
 pub fn check(
     raw: RawHealthCheck,
+    defaults: &Defaults,
     err: &impl Fn(&str, String) -> ConfigError,
 ) -> Result<HealthCheck, ConfigError> {
     let e = |f: &str, m: String| err(&format!("health_check.{f}"), m);
@@ -170,19 +290,6 @@ pub fn check(
             ));
         }
     };
-    let duration = |f: &str, text: Option<String>, default: Duration| match text {
-        None => Ok(default),
-        Some(t) => humantime::parse_duration(&t).map_err(|_| {
-            e(
-                f,
-                format!("{t:?} is not a duration like \"500ms\" or \"2s\""),
-            )
-        }),
-    };
-    let count = |f: &str, v: Option<i64>, default: u32| match v {
-        None => Ok(default),
-        Some(v) => u32::try_from(v).map_err(|_| e(f, format!("{v} is out of range"))),
-    };
     let port = match raw.port {
         None => None,
         Some(p) => Some(
@@ -192,23 +299,25 @@ pub fn check(
                 .ok_or_else(|| e("port", format!("{p} is not a port (1-65535)")))?,
         ),
     };
+    let t = timing(
+        Timing {
+            interval: raw.interval,
+            timeout: raw.timeout,
+            rise: raw.rise,
+            fall: raw.fall,
+            on_down: raw.on_down,
+        },
+        defaults,
+        &e,
+    )?;
     let check = HealthCheck {
         kind,
         port,
-        interval: duration("interval", raw.interval, DEFAULT_INTERVAL)?,
-        timeout: duration("timeout", raw.timeout, DEFAULT_TIMEOUT)?,
-        rise: count("rise", raw.rise, DEFAULT_RISE)?,
-        fall: count("fall", raw.fall, DEFAULT_FALL)?,
-        on_down: match raw.on_down.as_deref() {
-            None | Some("drain") => OnDown::Drain,
-            Some("remove") => OnDown::Remove,
-            Some(other) => {
-                return Err(e(
-                    "on_down",
-                    format!("unknown {other:?}; expected drain or remove"),
-                ));
-            }
-        },
+        interval: t.interval,
+        timeout: t.timeout,
+        rise: t.rise,
+        fall: t.fall,
+        on_down: t.on_down,
     };
     if let Some((f, why)) = check.problem() {
         return Err(e(f, why));
@@ -227,7 +336,7 @@ mod tests {
             service: None,
             message: e.to_string(),
         })?;
-        check(raw, &|f, m| ConfigError {
+        check(raw, &Defaults::default(), &|f, m| ConfigError {
             file: "t".into(),
             field: f.into(),
             service: None,
@@ -259,14 +368,62 @@ mod tests {
 
     #[test]
     fn an_inline_check_as_an_annotation_writes_it() {
-        let c = parse_inline("kind = \"tcp\", interval = \"2s\", fall = 5").expect("test");
+        let c = parse_inline(
+            "kind = \"tcp\", interval = \"2s\", fall = 5",
+            &Defaults::default(),
+        )
+        .expect("test");
         assert_eq!((c.interval, c.fall), (Duration::from_secs(2), 5));
-        let e = parse_inline("kind = \"tcp\", fall = 0").expect_err("test");
+        let e = parse_inline("kind = \"tcp\", fall = 0", &Defaults::default()).expect_err("test");
         assert!(e.starts_with("health_check.fall: "), "{e}");
-        let e = parse_inline("kind = tcp").expect_err("test");
+        let e = parse_inline("kind = tcp", &Defaults::default()).expect_err("test");
         assert!(e.contains("not fields like"), "{e}");
-        let e = parse_inline("kind = \"tcp\", colour = \"red\"").expect_err("test");
+        let e = parse_inline("kind = \"tcp\", colour = \"red\"", &Defaults::default())
+            .expect_err("test");
         assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn member_defaults_fill_what_a_check_leaves_out() {
+        let err = |f: &str, m: String| ConfigError {
+            file: "member.toml".into(),
+            field: f.into(),
+            service: None,
+            message: m,
+        };
+        let raw: RawDefaults =
+            toml::from_str("interval = \"5s\"\ntimeout = \"2s\"\nfall = 2\non_down = \"remove\"\n")
+                .expect("test");
+        let d = defaults(raw, &err).expect("test");
+        // A check that sets only its kind takes every default; one that
+        // sets a field keeps it.
+        let c = parse_inline("kind = \"tcp\"", &d).expect("test");
+        assert_eq!(
+            (c.interval, c.timeout, c.rise, c.fall, c.on_down),
+            (
+                Duration::from_secs(5),
+                Duration::from_secs(2),
+                DEFAULT_RISE,
+                2,
+                OnDown::Remove
+            )
+        );
+        let c = parse_inline("kind = \"tcp\", fall = 4, on_down = \"drain\"", &d).expect("test");
+        assert_eq!((c.fall, c.on_down), (4, OnDown::Drain));
+        // A check's own interval below the default timeout is its problem,
+        // named at its field.
+        let e = parse_inline("kind = \"tcp\", interval = \"1s\"", &d).expect_err("test");
+        assert!(e.starts_with("health_check.timeout: "), "{e}");
+        // Defaults that make no valid check are refused by field.
+        for (text, field) in [
+            ("interval = \"1s\"\ntimeout = \"3s\"\n", "health.timeout"),
+            ("rise = 0\n", "health.rise"),
+            ("interval = \"often\"\n", "health.interval"),
+            ("on_down = \"panic\"\n", "health.on_down"),
+        ] {
+            let raw: RawDefaults = toml::from_str(text).expect("test");
+            assert_eq!(defaults(raw, &err).expect_err(text).field, field, "{text}");
+        }
     }
 
     #[test]

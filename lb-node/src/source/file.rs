@@ -112,14 +112,17 @@ fn check_size(file: &Path, len: u64) -> Result<(), ConfigError> {
 }
 
 /// Reads and checks a services file.
-pub fn load_services(file: &Path) -> Result<Vec<VirtualService>, ConfigError> {
+pub fn load_services(
+    file: &Path,
+    defaults: &crate::health::settings::Defaults,
+) -> Result<Vec<VirtualService>, ConfigError> {
     let len = std::fs::metadata(file)
         .map_err(|e| ConfigError::new(file, "", format!("cannot read: {e}")))?
         .len();
     check_size(file, len)?;
     let text = std::fs::read_to_string(file)
         .map_err(|e| ConfigError::new(file, "", format!("cannot read: {e}")))?;
-    parse_services(&text, file)
+    parse_services(&text, file, defaults)
 }
 
 /// Whether a polled change removes so much that it waits for SIGHUP:
@@ -130,8 +133,13 @@ fn removes_most(current: usize, removed: usize, left: usize) -> bool {
 }
 
 /// Parses and checks the text of a services file; `file` is only for
-/// messages. Services come back in file order, each valid for the model.
-pub fn parse_services(text: &str, file: &Path) -> Result<Vec<VirtualService>, ConfigError> {
+/// messages; `defaults` fill what a health check leaves out. Services come
+/// back in file order, each valid for the model.
+pub fn parse_services(
+    text: &str,
+    file: &Path,
+    defaults: &crate::health::settings::Defaults,
+) -> Result<Vec<VirtualService>, ConfigError> {
     let raw: RawFile = parse_toml(text, file).map_err(|mut e| {
         e.service = service_name_of(text, &e.field);
         e
@@ -149,7 +157,7 @@ pub fn parse_services(text: &str, file: &Path) -> Result<Vec<VirtualService>, Co
             service: Some(name.clone()),
             message,
         };
-        let service = check_service(raw, &err)?;
+        let service = check_service(raw, defaults, &err)?;
         if let Some(first) = by_name.insert(service.name.clone(), i) {
             return Err(err("name", format!("service[{first}] has the same name")));
         }
@@ -199,6 +207,7 @@ fn address(
 
 fn check_service(
     raw: RawService,
+    defaults: &crate::health::settings::Defaults,
     err: &impl Fn(&str, String) -> ConfigError,
 ) -> Result<VirtualService, ConfigError> {
     if raw.name.trim().is_empty() {
@@ -312,7 +321,7 @@ fn check_service(
     }
     let health = raw
         .health_check
-        .map(|h| crate::health::settings::check(h, err).map(Box::new))
+        .map(|h| crate::health::settings::check(h, defaults, err).map(Box::new))
         .transpose()?;
     let positions: Vec<(IpAddr, u16)> = backends.iter().map(Backend::endpoint).collect();
     let service = VirtualService {
@@ -400,6 +409,7 @@ pub async fn run(
     path: PathBuf,
     check_interval: Duration,
     settle: Duration,
+    defaults: crate::health::settings::Defaults,
     mut hangups: watch::Receiver<u64>,
     proposer: Proposer,
     states: watch::Receiver<Arc<State>>,
@@ -453,7 +463,7 @@ pub async fn run(
             }
         }
         settling = None;
-        match parse_services(&text, &path) {
+        match parse_services(&text, &path, &defaults) {
             Ok(services) => {
                 let commands = commands_towards(&states.borrow(), services.iter().cloned());
                 let count = commands.len();
@@ -538,7 +548,9 @@ mod tests {
         let file = std::fs::File::create(&path).expect("create");
         // Sparse: 17 MiB that take no disk, and would take 600 MB to parse.
         file.set_len(17 << 20).expect("grow");
-        let text = load_services(&path).expect_err("too big").to_string();
+        let text = load_services(&path, &Default::default())
+            .expect_err("too big")
+            .to_string();
         assert!(
             text.contains("services.toml") && text.contains("16 MiB"),
             "{text}"
@@ -552,6 +564,7 @@ mod tests {
         let s = parse_services(
             &format!("{head}bgp_communities = [\"65001:100\", \"65001:1:2\", \"no-advertise\", \"65001:100\"]\n"),
             file,
+            &Default::default(),
         )
         .expect("valid");
         assert_eq!(s[0].bgp_communities, vec![(65001 << 16) | 100, 0xFFFF_FF02]);
@@ -559,6 +572,7 @@ mod tests {
         let e = parse_services(
             &format!("{head}bgp_communities = [\"1:2\", \"1:2:x\"]\n"),
             file,
+            &Default::default(),
         )
         .expect_err("bad")
         .to_string();
@@ -566,6 +580,40 @@ mod tests {
             e.contains("bgp_communities[1]") && e.contains("\"1:2:x\" is not a community"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_check_takes_what_it_leaves_out_from_the_member_defaults() {
+        let file = Path::new("/etc/lb-node/services.toml");
+        let text = "[[service]]\nname = \"web\"\nvip = \"192.0.2.1\"\nport = 80\n[service.health_check]\nkind = \"tcp\"\nrise = 3\n";
+        let defaults = crate::health::settings::Defaults {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            rise: 1,
+            fall: 4,
+            on_down: crate::model::OnDown::Remove,
+        };
+        let s = parse_services(text, file, &defaults).expect("valid");
+        let check = s[0].health.as_deref().expect("a check");
+        assert_eq!(
+            (
+                check.interval,
+                check.timeout,
+                check.rise,
+                check.fall,
+                check.on_down
+            ),
+            (
+                Duration::from_secs(5),
+                Duration::from_secs(2),
+                3,
+                4,
+                crate::model::OnDown::Remove
+            )
+        );
+        let s = parse_services(text, file, &Default::default()).expect("valid");
+        let check = s[0].health.as_deref().expect("a check");
+        assert_eq!((check.interval, check.fall), (Duration::from_secs(1), 3));
     }
 
     #[test]

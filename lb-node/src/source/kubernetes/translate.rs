@@ -74,6 +74,9 @@ pub struct TranslateConfig {
     pub handle_classless: bool,
     pub default_scheduler: Scheduler,
     pub default_forwarding: Forwarding,
+    /// The member config's `[health]`: what an annotation's check leaves
+    /// out.
+    pub health: crate::health::settings::Defaults,
 }
 
 impl Default for TranslateConfig {
@@ -83,6 +86,7 @@ impl Default for TranslateConfig {
             handle_classless: true,
             default_scheduler: Scheduler::Wlc,
             default_forwarding: Forwarding::Masquerade,
+            health: crate::health::settings::Defaults::default(),
         }
     }
 }
@@ -215,7 +219,7 @@ pub fn translate(
     };
     let health = match annotations.get(ANNOTATION_HEALTH_CHECK) {
         None => None,
-        Some(v) => match crate::health::settings::parse_inline(v) {
+        Some(v) => match crate::health::settings::parse_inline(v, &config.health) {
             Ok(check) => Some(Box::new(check)),
             Err(e) => {
                 out.warnings.push(format!(
