@@ -13,6 +13,15 @@
 //! 2. Churn: one of the four listeners closes (a quarter of the backends
 //!    refuse) and later opens again: the log entries and reports it took,
 //!    and how long until every member's table had them all down, then up.
+//! 3. The floor, with the members stopped: one thread of this program
+//!    makes the probes one member owes (two probers per backend, spread
+//!    over three members: 2 x backends / interval / 3 a second) in the
+//!    cheapest way there is, a blocking connect and a close by reset, and
+//!    its CPU time is what the kernel alone charges for them. On loopback
+//!    the prober also pays the backend's side of each handshake (the
+//!    packets are processed in the sender's system call), so this floor is
+//!    what any prober on this machine pays, the members' figures are
+//!    compared with it.
 //!
 //!   cargo build --release --workspace --bins
 //!   cargo run --release -p ha-tests --bin health-bench -- [--backends 100000] [--interval 5] [--seconds 30]
@@ -108,6 +117,50 @@ fn metric(text: &str, series: &str) -> f64 {
 /// The applied log index of a member.
 async fn applied(m: &ha_tests::Member) -> anyhow::Result<u64> {
     Ok(ha_tests::cluster_status(m).await?.applied_index)
+}
+
+/// The floor: `rate` TCP probes a second for `seconds` over the backends,
+/// each a blocking connect (on loopback the handshake completes within
+/// the call) and a close by reset, in one thread; its CPU time (user,
+/// system) in seconds and the probes made.
+fn floor(
+    ports: &[u16],
+    backends: usize,
+    rate: f64,
+    seconds: u64,
+) -> anyhow::Result<((f64, f64), u64)> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let cpu = || -> anyhow::Result<(f64, f64)> {
+        let u = getrusage(UsageWho::RUSAGE_THREAD)?;
+        let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        Ok((secs(u.user_time()), secs(u.system_time())))
+    };
+    let (u0, s0) = cpu()?;
+    let started = Instant::now();
+    let mut made = 0u64;
+    let mut refused = 0u64;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        // Paced: as many as are due by now, then a millisecond's sleep.
+        let due = (started.elapsed().as_secs_f64() * rate) as u64;
+        while made < due {
+            let i = (made as usize) % backends;
+            let to = std::net::SocketAddr::from((backend(i), ports[i % ports.len()]));
+            match std::net::TcpStream::connect(to) {
+                Ok(s) => {
+                    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
+                }
+                Err(_) => refused += 1,
+            }
+            made += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    anyhow::ensure!(
+        refused * 100 <= made,
+        "the floor's probes failed: {refused} of {made}"
+    );
+    let (u1, s1) = cpu()?;
+    Ok(((u1 - u0, s1 - s0), made))
 }
 
 /// A listener that accepts and drops every connection, until aborted.
@@ -268,6 +321,32 @@ async fn main() -> anyhow::Result<()> {
             }),
         );
     }
+    drop(members);
+    // 3. The floor, at the rate one member owes.
+    let due_per_member = 2.0 * a.backends as f64 / a.interval as f64 / 3.0;
+    let floor_figures = if a.no_checks {
+        serde_json::Value::Null
+    } else {
+        let (ports_c, backends, seconds) = (ports.clone(), a.backends, a.seconds.min(20));
+        let ((user, system), made) =
+            tokio::task::spawn_blocking(move || floor(&ports_c, backends, due_per_member, seconds))
+                .await??;
+        let span = seconds as f64;
+        serde_json::json!({
+            "probes_per_s": (made as f64 / span).round(),
+            "cpu_cores": ((user + system) / span * 1000.0).round() / 1000.0,
+            "system_cpu_cores": (system / span * 1000.0).round() / 1000.0,
+            "cpu_us_per_probe": ((user + system) / made as f64 * 1e7).round() / 10.0,
+        })
+    };
+    for m in &mut per_member {
+        let (cores, rate) = (m["cpu_cores"].as_f64(), m["probes_per_s"].as_f64());
+        if let (Some(c), Some(r)) = (cores, rate)
+            && r > 0.0
+        {
+            m["cpu_us_per_probe"] = serde_json::json!((c / r * 1e7).round() / 10.0);
+        }
+    }
     let report = serde_json::json!({
         "bench": "health",
         "backends": a.backends,
@@ -276,10 +355,11 @@ async fn main() -> anyhow::Result<()> {
         "warm_up_s": warm.as_secs(),
         "steady_seconds": span.round(),
         "steady_log_entries_per_s": (steady_entries as f64 / span * 100.0).round() / 100.0,
+        "probes_due_per_member_per_s": due_per_member.round(),
         "members": per_member,
         "churn": churn,
+        "floor": floor_figures,
     });
     println!("{report}");
-    drop(members);
     Ok(())
 }

@@ -167,7 +167,7 @@ impl AdminService {
                         .to_owned(),
                     local_since_unix_ms: mine.map_or(0, |m| m.since_unix_ms),
                     last_ok: mine.is_some_and(|m| m.last.ok),
-                    last_detail: mine.map(|m| m.last.detail.clone()).unwrap_or_default(),
+                    last_detail: mine.map(|m| m.last.detail.to_string()).unwrap_or_default(),
                     last_latency_us: mine.map_or(0, |m| m.last.latency.as_micros() as u64),
                     last_at_unix_ms: mine.map_or(0, |m| m.at_unix_ms),
                 });

@@ -384,6 +384,12 @@ impl State {
         &self.vip_owners
     }
 
+    /// The VIP owners as shared between states (equal pointers: equal
+    /// owners).
+    pub fn vip_owners_shared(&self) -> &Arc<BTreeMap<IpAddr, u64>> {
+        &self.vip_owners
+    }
+
     /// Members an operator drained.
     pub fn drained_members(&self) -> &BTreeSet<u64> {
         &self.drained

@@ -255,6 +255,8 @@ pub fn run(
         length: tick,
     };
     status.send_replace(status_of(&replica, None, &clock));
+    // The announced and ECMP sets, and what they were computed from.
+    let mut announced_cache: Option<(_, AnnouncedSets)> = None;
     info!(member = replica.id(), "raft node started");
     loop {
         let timeout = next_tick.saturating_duration_since(Instant::now());
@@ -311,9 +313,7 @@ pub fn run(
                 Input::Stop => return Ok(()),
             }
         }
-        let mut ticked = false;
         if Instant::now() >= next_tick {
-            ticked = true;
             // Ticks missed while this thread could not run (a stalled
             // disk, a paused process) count for the leases, which are real
             // time, though Raft gets one tick, not a burst.
@@ -362,7 +362,6 @@ pub fn run(
             }
             state_changed |= out.state_changed;
         }
-        let owners_moved = state_changed && !states.borrow().same_vip_owners(replica.state());
         if state_changed {
             states.send_replace(Arc::new(replica.state().clone()));
         }
@@ -380,16 +379,17 @@ pub fn run(
             );
             return Ok(());
         }
-        // What is announced changes with time (ticks) and with the VIP
-        // owners, not with every message.
-        // And with serving (a beat can start it between ticks): the ECMP
-        // set follows it, and must not lag behind what says it serves.
-        let keep = (!ticked && !owners_moved && !replica.is_removed()).then(|| {
-            let s = status.borrow();
-            (s.serving == replica.serving()).then(|| (s.announced.clone(), s.ecmp.clone()))
-        });
-        let keep = keep.flatten();
+        // What is announced is computed again (O(VIPs)) only when what it
+        // depends on changed: not with every tick or message.
+        let key = replica.announce_key();
+        let keep = match &announced_cache {
+            Some((k, sets)) if *k == key => Some(sets.clone()),
+            _ => None,
+        };
         let now = status_of(&replica, keep, &clock);
+        if announced_cache.as_ref().is_none_or(|(k, _)| *k != key) {
+            announced_cache = Some((key, (now.announced.clone(), now.ecmp.clone())));
+        }
         status.send_if_modified(|s| {
             if s.leader != now.leader && now.leader != 0 {
                 crate::metrics::METRICS.leader_changes.inc();

@@ -573,6 +573,12 @@ impl Replica {
         self.ownership.ecmp_vips(&self.state)
     }
 
+    /// What `announced_vips` and `ecmp_vips` depend on: equal keys, equal
+    /// sets (`Ownership::announce_key` and the table's revision).
+    pub fn announce_key(&self) -> ((u64, bool, bool), u64) {
+        (self.ownership.announce_key(), self.state.revision())
+    }
+
     /// The VIPs this member announces now (`Ownership::announced_vips`).
     pub fn announced_vips(&self) -> BTreeSet<std::net::IpAddr> {
         self.ownership.announced_vips()

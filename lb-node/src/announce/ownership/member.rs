@@ -16,6 +16,9 @@ use tracing::info;
 use super::{AnnounceScope, Lease, assign_owners};
 use crate::model::State;
 
+/// VIP owners as states share them (`State::vip_owners_shared`).
+type SharedOwners = std::sync::Arc<BTreeMap<IpAddr, u64>>;
+
 /// Heartbeats a member waits after a VIP becomes its own before announcing
 /// it: long enough for a live previous owner, which learns of the change
 /// from the same commit, to have applied it and stopped. A silent previous
@@ -147,11 +150,13 @@ pub struct Ownership {
     peers_say: BTreeMap<u64, Says>,
     /// The tick this member became leader.
     leader_since: u64,
-    /// The (applied index, eligible members) of the last ownership round
-    /// that found the owners right.
-    settled: Option<(u64, BTreeSet<u64>)>,
+    /// The (table revision, VIP owners, eligible members) of the last
+    /// ownership round that found the owners right: nothing else changes
+    /// its outcome (health reports and other entries that leave the table
+    /// and the owners alone do not).
+    settled: Option<(u64, SharedOwners, BTreeSet<u64>)>,
     /// The state whose VIP owners `owned_since` reflects.
-    noted_owners: Option<State>,
+    noted_owners: Option<SharedOwners>,
     /// VIP owners proposed and not yet applied.
     proposed: Option<Owners>,
     /// On the leader: VIPs without an owner and the applied index at which
@@ -165,6 +170,9 @@ pub struct Ownership {
     /// the lease holds and the state says it is this member's, through a
     /// leader's election; starting needs a state known current.
     announcing: BTreeSet<IpAddr>,
+    /// Bumped whenever `announcing` changes, so that what is announced is
+    /// computed again only then (`announce_key`).
+    announce_version: u64,
     /// This member serves every VIP (ECMP mode, service CIDRs): the same
     /// going-on for the whole table.
     serving: bool,
@@ -204,6 +212,7 @@ impl Ownership {
             release_marks: BTreeMap::new(),
             owned_since: BTreeMap::new(),
             announcing: BTreeSet::new(),
+            announce_version: 0,
             serving: false,
             in_touch_since: None,
             last_in_touch: 0,
@@ -454,6 +463,13 @@ impl Ownership {
     /// the simulation checks it at every step of its fault scenarios. A
     /// member whose dataplane has not programmed the table announces
     /// nothing (it could not serve what it attracts).
+    /// What `announced_vips` and `ecmp_vips` depend on besides the
+    /// state's table (its revision): equal keys, equal sets. Computing the
+    /// sets costs O(VIPs); this costs nothing.
+    pub fn announce_key(&self) -> (u64, bool, bool) {
+        (self.announce_version, self.not_ready(), self.serving)
+    }
+
     pub fn announced_vips(&self) -> BTreeSet<IpAddr> {
         if self.not_ready() {
             return BTreeSet::new();
@@ -469,18 +485,28 @@ impl Ownership {
         let lease = self.lease_valid(v)
             && v.now.saturating_sub(self.last_in_touch) <= self.leaderless_grace();
         let current = self.may_announce(v);
+        let mut owners_changed = false;
         if !lease {
             // Back, every VIP it owns then is noted afresh (even if no
             // owner changed meanwhile).
             self.owned_since.clear();
             self.noted_owners = None;
-        } else if !self
-            .noted_owners
-            .as_ref()
-            .is_some_and(|noted| state.same_vip_owners(noted))
-        {
+        } else {
             // Most calls change no owner: then there is nothing to note.
-            self.noted_owners = Some(state.clone());
+            // Owners equal by value but built anew (a snapshot) are taken
+            // as the noted ones, so the next call compares pointers only.
+            let owners = state.vip_owners_shared();
+            owners_changed = match &self.noted_owners {
+                Some(noted) if std::sync::Arc::ptr_eq(noted, owners) => false,
+                Some(noted) if **noted == **owners => {
+                    self.noted_owners = Some(owners.clone());
+                    false
+                }
+                _ => true,
+            };
+        }
+        if owners_changed {
+            self.noted_owners = Some(state.vip_owners_shared().clone());
             let me = self.config.me;
             let mine: BTreeSet<IpAddr> = state
                 .vip_owners()
@@ -493,16 +519,28 @@ impl Ownership {
                 self.owned_since.entry(vip).or_insert(v.now);
             }
         }
+        // O(VIPs) only when something can change: the owned VIPs changed
+        // (above), or some owned VIP is not announced yet. A member that
+        // announces all it owns (the steady state) does nothing here.
         if !lease {
-            self.announcing.clear();
+            if !self.announcing.is_empty() {
+                self.announcing.clear();
+                self.announce_version += 1;
+            }
         } else {
-            self.announcing
-                .retain(|ip| self.owned_since.contains_key(ip));
-            if current {
+            if owners_changed {
+                let before = self.announcing.len();
+                self.announcing
+                    .retain(|ip| self.owned_since.contains_key(ip));
+                if self.announcing.len() != before {
+                    self.announce_version += 1;
+                }
+            }
+            if current && self.announcing.len() < self.owned_since.len() {
                 let takeover = TAKEOVER_HEARTBEATS * self.config.heartbeat_ticks;
                 for (vip, since) in &self.owned_since {
-                    if v.now >= since + takeover {
-                        self.announcing.insert(*vip);
+                    if v.now >= since + takeover && self.announcing.insert(*vip) {
+                        self.announce_version += 1;
                     }
                 }
             }
@@ -550,13 +588,19 @@ impl Ownership {
         } else {
             staying
         };
-        // Nothing applied and nobody's health changed since the last round
-        // found nothing to do: skip the O(VIPs) work on the raft thread.
-        let inputs = (v.applied, eligible);
-        if self.settled.as_ref() == Some(&inputs) {
+        // Neither the table nor the owners nor anybody's health changed
+        // since the last round found nothing to do: skip the O(VIPs) work
+        // on the raft thread.
+        let owners_now = state.vip_owners_shared();
+        if let Some((revision, owners, members)) = &self.settled
+            && *revision == state.revision()
+            && std::sync::Arc::ptr_eq(owners, owners_now)
+            && *members == eligible
+        {
             return None;
         }
-        let (_, eligible) = &inputs;
+        let inputs = (state.revision(), owners_now.clone(), eligible);
+        let (_, _, eligible) = &inputs;
         let current = state.vip_owners().clone();
         let target = assign_owners(&self.config.scope.vips(state), eligible, &current);
         // A VIP moves in two commits: its previous owner first releases it
