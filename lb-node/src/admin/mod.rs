@@ -148,7 +148,12 @@ impl AdminService {
                         since_unix_ms: seen.since_unix_ms,
                     })
                     .collect();
-                let mine = local.get(&slot);
+                let mine = local.get(&slot).map(|c| {
+                    c.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone()
+                });
+                let mine = mine.as_ref();
                 out.push(pb::BackendHealth {
                     key: Some(crate::model::key_to_pb(&s.key)),
                     address: crate::model::ip_bytes(b.address),

@@ -56,8 +56,13 @@ pub struct LocalResult {
     pub at_unix_ms: u64,
 }
 
-/// This member's probe results, shared with the admin API.
-pub type LocalView = Arc<Mutex<BTreeMap<BackendSlot, LocalResult>>>;
+/// One backend's `LocalResult`, written by its probe task after each
+/// probe (an uncontended lock), read by the admin API.
+pub type ResultCell = Arc<Mutex<LocalResult>>;
+
+/// This member's probe results, shared with the admin API: the map
+/// changes only when probing starts or stops, not with each probe.
+pub type LocalView = Arc<Mutex<BTreeMap<BackendSlot, ResultCell>>>;
 
 fn unix_ms() -> u64 {
     crate::dataplane::reconcile::unix_ms(SystemTime::now()).max(0) as u64
@@ -159,12 +164,13 @@ struct Probing {
     health: Health,
 }
 
-/// What a probe task tells after each probe.
+/// What a probe task tells when its verdict changed (each probe's result
+/// goes to its `ResultCell`).
 struct Probed {
     slot: BackendSlot,
-    outcome: probe::Outcome,
+    /// The probe that changed it ("connection refused").
+    detail: std::borrow::Cow<'static, str>,
     health: Health,
-    changed: bool,
 }
 
 /// Probes this member's share of the backends and reports verdicts until
@@ -189,11 +195,6 @@ pub async fn run(
     let mut dirty = true;
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let metrics = &crate::metrics::METRICS;
-    let (probes_up, probes_down) = (
-        metrics.health_probes.with_label_values(&["up"]),
-        metrics.health_probes.with_label_values(&["down"]),
-    );
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -203,11 +204,7 @@ pub async fn run(
                 }
                 dirty = true;
             }
-            Some(p) = results.recv() => {
-                if p.outcome.ok { probes_up.inc() } else { probes_down.inc() }
-                metrics.health_probe_seconds.observe(p.outcome.latency.as_secs_f64());
-                runner.probed(p);
-            }
+            Some(p) = results.recv() => runner.probed(p),
             _ = flush.tick() => {
                 if dirty {
                     dirty = false;
@@ -251,34 +248,20 @@ struct Runner {
 }
 
 impl Runner {
-    /// A probe task's result.
+    /// A probe task's verdict changed.
     fn probed(&mut self, p: Probed) {
         let Some(probing) = self.probing.get_mut(&p.slot) else {
             return;
         };
         probing.health = p.health;
-        let now = unix_ms();
-        let mut view = self.local.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = view.entry(p.slot).or_insert_with(|| LocalResult {
-            health: Health::Unknown,
-            since_unix_ms: now,
-            last: p.outcome.clone(),
-            at_unix_ms: now,
-        });
-        if p.changed {
-            info!(
-                service = %p.slot.0,
-                backend = %crate::model::SocketText(p.slot.1, p.slot.2),
-                health = ?p.health,
-                last = %p.outcome.detail,
-                "backend health changed (this member's probes)"
-            );
-            entry.since_unix_ms = now;
-            self.touched.insert(p.slot);
-        }
-        entry.health = p.health;
-        entry.last = p.outcome;
-        entry.at_unix_ms = now;
+        info!(
+            service = %p.slot.0,
+            backend = %crate::model::SocketText(p.slot.1, p.slot.2),
+            health = ?p.health,
+            last = %p.detail,
+            "backend health changed (this member's probes)"
+        );
+        self.touched.insert(p.slot);
     }
 
     /// Follows a new applied state: probes started and stopped where
@@ -334,7 +317,7 @@ impl Runner {
         self.local
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|slot, _| self.probing.contains_key(slot) || wanted.contains_key(slot));
+            .retain(|slot, _| self.probing.contains_key(slot));
         for slot in &stopped {
             // A verdict on a backend no longer probed (or gone) is not
             // owed any more; a withdrawal may be (`due`).
@@ -351,11 +334,30 @@ impl Runner {
             }
         }
         let mut started = 0;
+        let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
         for (slot, (check, to)) in wanted {
             if self.probing.contains_key(&slot) {
                 continue;
             }
-            let task = tokio::spawn(probe_loop(slot, check.clone(), to, self.tx.clone()));
+            let now = unix_ms();
+            let cell: ResultCell = Arc::new(Mutex::new(LocalResult {
+                health: Health::Unknown,
+                since_unix_ms: now,
+                last: probe::Outcome {
+                    ok: false,
+                    latency: Duration::ZERO,
+                    detail: "not probed yet".into(),
+                },
+                at_unix_ms: 0,
+            }));
+            let task = tokio::spawn(probe_loop(
+                slot,
+                check.clone(),
+                to,
+                cell.clone(),
+                self.tx.clone(),
+            ));
+            local.insert(slot, cell);
             self.probing.insert(
                 slot,
                 Probing {
@@ -367,6 +369,7 @@ impl Runner {
             );
             started += 1;
         }
+        drop(local);
         if started > 0 {
             info!(
                 started,
@@ -429,13 +432,20 @@ impl Runner {
 
 /// Probes one backend, the first time after a delay spread over one
 /// interval by the backend, then as its `Machine` says (`next_in`), until
-/// aborted.
+/// aborted. Each result goes to `cell` and the metrics; a changed verdict
+/// also to the runner.
 async fn probe_loop(
     slot: BackendSlot,
     check: HealthCheck,
     to: SocketAddr,
+    cell: ResultCell,
     tx: mpsc::Sender<Probed>,
 ) {
+    let metrics = &crate::metrics::METRICS;
+    let (probes_up, probes_down) = (
+        metrics.health_probes.with_label_values(&["up"]),
+        metrics.health_probes.with_label_values(&["down"]),
+    );
     let spread = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -447,17 +457,36 @@ async fn probe_loop(
     loop {
         let started = tokio::time::Instant::now();
         let outcome = probe::probe(&check.kind, to, check.timeout).await;
+        if outcome.ok {
+            probes_up.inc();
+        } else {
+            probes_down.inc();
+        }
+        metrics
+            .health_probe_seconds
+            .observe(outcome.latency.as_secs_f64());
         let changed = machine.observe(outcome.ok).is_some();
         let health = machine.state();
-        if tx
-            .send(Probed {
-                slot,
-                outcome,
-                health,
-                changed,
-            })
-            .await
-            .is_err()
+        let detail = changed.then(|| outcome.detail.clone());
+        {
+            let now = unix_ms();
+            let mut r = cell.lock().unwrap_or_else(PoisonError::into_inner);
+            if changed {
+                r.since_unix_ms = now;
+            }
+            r.health = health;
+            r.last = outcome;
+            r.at_unix_ms = now;
+        }
+        if let Some(detail) = detail
+            && tx
+                .send(Probed {
+                    slot,
+                    detail,
+                    health,
+                })
+                .await
+                .is_err()
         {
             break;
         }
