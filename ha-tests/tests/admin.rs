@@ -342,7 +342,10 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
     // (raft-rs). Then it goes on standing for election, refused by every
     // member as not one of the cluster, which harms nothing; an operator
     // stops it (a known gap: docs/replication.md).
-    if removed.wait_exit(Duration::from_secs(10)).is_err() {
+    // Its exit status says so (10: not restarted by the systemd unit).
+    if let Ok(status) = removed.wait_exit(Duration::from_secs(10)) {
+        assert_eq!(status.code(), Some(10), "a removed member exits with 10");
+    } else {
         eventually(
             "the others refuse the removed member",
             Duration::from_secs(10),

@@ -293,3 +293,53 @@ async fn a_file_written_in_place_is_not_applied_half_written() -> anyhow::Result
     .await?;
     Ok(())
 }
+
+/// Start-up failures the operator fixes in the configuration exit 2 and
+/// name the field (issue 24): a port another process holds, a data
+/// directory that is a file.
+#[test]
+fn a_port_in_use_or_a_data_dir_that_is_a_file_exits_2_naming_the_field() -> anyhow::Result<()> {
+    let (dir, config, _services) = setup("1s")?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = taken.local_addr()?.port();
+    let text = std::fs::read_to_string(&config)?.replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+        1,
+    );
+    anyhow::ensure!(
+        text.contains(&port.to_string()),
+        "example config changed shape"
+    );
+    std::fs::write(&config, text)?;
+    let out = std::process::Command::new(ha_tests::binary("lb-node")?)
+        .arg("--config")
+        .arg(&config)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "admin.listen: cannot listen on 127.0.0.1:{port}: another process"
+        )),
+        "{err}"
+    );
+    drop(taken);
+
+    // A cluster member whose data_dir is a file.
+    let layout = ha_tests::ClusterLayout::write(dir.path(), 1, "", "exit-codes")?;
+    let data = dir.path().join("data-1");
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::write(&data, "not a directory")?;
+    let out = std::process::Command::new(ha_tests::binary("lb-node")?)
+        .arg("--config")
+        .arg(layout.config(1))
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cluster.data_dir: ") && err.contains("is not a directory"),
+        "{err}"
+    );
+    Ok(())
+}

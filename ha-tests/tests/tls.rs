@@ -138,8 +138,17 @@ async fn only_certificates_of_the_cluster_ca_get_in() -> anyhow::Result<()> {
     // Admin port: no certificate, plain text, or another CA's: refused.
     let (code, _, err) = lbctl(&members[0], None, &["status"])?;
     assert_ne!(code, 0, "plain text must not reach a TLS admin port: {err}");
+    // The reason named, not just "transport error".
+    assert!(
+        err.contains("the member may speak TLS: give --ca, --cert and --key"),
+        "{err}"
+    );
     let (code, _, err) = lbctl(&members[0], Some((&rogue, "lbctl")), &["status"])?;
     assert_ne!(code, 0, "another CA's client must be refused: {err}");
+    assert!(
+        err.contains("the member's certificate is not signed by the CA given with --ca"),
+        "{err}"
+    );
     // (The rogue run also fails to verify the server: try the rogue
     // identity with the real CA too.)
     let mut mixed = Command::new(binary("lbctl")?);
@@ -157,6 +166,15 @@ async fn only_certificates_of_the_cluster_ca_get_in() -> anyhow::Result<()> {
     assert!(
         !out.status.success(),
         "a client certificate of another CA must be refused"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Refused by an alert naming it, or by a closed connection (TLS 1.3:
+    // the server checks the client's certificate after the client is done).
+    assert!(
+        err.contains(
+            "the member refused this client's certificate: it is not signed by the cluster's CA"
+        ) || err.contains("most likely it refused this client's certificate"),
+        "{err}"
     );
 
     // Peer port: the same.
@@ -247,5 +265,43 @@ fn a_missing_certificate_file_names_the_field() -> anyhow::Result<()> {
         err.contains("tls.ca: cannot read") && err.contains("nope.pem"),
         "{err}"
     );
+    Ok(())
+}
+
+/// A key that is not the certificate's (another member's) is refused at
+/// start naming tls.key, with exit status 2 (it used to stop the member
+/// later with "transport error: keys may not be consistent", exit 1).
+#[test]
+fn a_key_of_another_certificate_names_the_field() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    make_certs(dir.path(), &["1", "2"])?;
+    std::fs::write(dir.path().join("s.toml"), "")?;
+    let config = dir.path().join("lb-node.toml");
+    std::fs::write(
+        &config,
+        "[node]\nid = 1\n[source.file]\npath = \"s.toml\"\n[tls]\nca = \"ca.pem\"\ncert = \"member-1.pem\"\nkey = \"member-2-key.pem\"\n",
+    )?;
+    let out = Command::new(binary("lb-node")?)
+        .args(["plan", "--config"])
+        .arg(&config)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("tls.key: does not belong to the certificate in tls.cert"),
+        "{err}"
+    );
+    // Not a key at all.
+    std::fs::write(
+        dir.path().join("member-2-key.pem"),
+        "-----BEGIN NOTHING-----\n",
+    )?;
+    let out = Command::new(binary("lb-node")?)
+        .args(["plan", "--config"])
+        .arg(&config)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("tls.key: "), "{err}");
     Ok(())
 }

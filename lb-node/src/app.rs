@@ -131,6 +131,7 @@ pub async fn run(
 
     let mut tasks = Vec::new();
     let fatal = Fatal::default();
+    let removed = Removed::default();
     let (proposer, states, cluster) = match &config.cluster {
         None => {
             let mut initial = State::default();
@@ -152,7 +153,7 @@ pub async fn run(
                 &config.announce,
                 peer,
                 config.tls.as_ref(),
-                &fatal,
+                (&fatal, &removed),
                 &shutdown,
             )
             .await?;
@@ -461,9 +462,28 @@ pub async fn run(
     {
         anyhow::bail!(failure);
     }
+    if removed.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(anyhow::Error::new(RemovedFromCluster));
+    }
     info!("lb-node stopped");
     Ok(())
 }
+
+/// `run`'s error when this member was removed from the cluster: it stops
+/// and must not be started again as it is (`main` exits with
+/// `EXIT_REMOVED`, which the systemd unit does not restart).
+#[derive(Debug)]
+pub struct RemovedFromCluster;
+
+impl std::fmt::Display for RemovedFromCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "this member was removed from the cluster and stopped; to bring it back, empty its data_dir and add it again (lbctl member add)",
+        )
+    }
+}
+
+impl std::error::Error for RemovedFromCluster {}
 
 /// Tells the cluster this member may take VIPs once its dataplane has
 /// programmed the table it caught up to: when the member may announce (in
@@ -853,6 +873,8 @@ fn bgp_routes(
 /// A failure that stopped the member from inside (the raft node thread),
 /// reported as the member's exit status.
 type Fatal = Arc<std::sync::Mutex<Option<String>>>;
+/// Set when the node thread ended because this member was removed.
+type Removed = Arc<std::sync::atomic::AtomicBool>;
 
 type RaftParts = (
     Proposer,
@@ -869,7 +891,7 @@ async fn start_raft(
     announce: &crate::announce::AnnounceConfig,
     peer_listener: crate::listener::GuardedListener,
     tls: Option<&crate::config::TlsConfig>,
-    fatal: &Fatal,
+    (fatal, removed): (&Fatal, &Removed),
     shutdown: &CancellationToken,
 ) -> anyhow::Result<RaftParts> {
     if tls.is_none() && !cluster.listen.ip().is_loopback() {
@@ -934,10 +956,15 @@ async fn start_raft(
     let stop_inputs = inputs.clone();
     let node_shutdown = shutdown.clone();
     let fatal = fatal.clone();
+    let removed = removed.clone();
     let node = tokio::spawn(async move {
         node_shutdown.cancelled().await;
         let _ = stop_inputs.send(node::Input::Stop);
         let failure = match tokio::task::spawn_blocking(move || node_thread.join()).await {
+            Ok(Ok(Ok(node::Ended::Removed))) => {
+                removed.store(true, std::sync::atomic::Ordering::SeqCst);
+                None
+            }
             Ok(Ok(Err(e))) => Some(format!("raft node failed: {e}")),
             Ok(Err(_)) => Some("raft node thread panicked".to_owned()),
             _ => None,

@@ -40,6 +40,9 @@ enum Command {
 
 /// Exit code for a configuration error, distinct from a runtime failure.
 const EXIT_CONFIG: u8 = 2;
+/// Exit code of a member removed from the cluster: it must not be started
+/// again as it is (deploy/systemd/lb-node.service does not restart it).
+const EXIT_REMOVED: u8 = 10;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -135,25 +138,46 @@ fn run(config: Config) -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let admin = lb_node::listener::bind(config.admin.listen)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("cannot listen on admin.listen {}: {e}", config.admin.listen)
-            })?;
+        // A port that cannot be had is the configuration's to change: the
+        // error names the field and the member exits as for any other
+        // configuration error.
+        let file = config.file.clone();
+        let bind = |field: &'static str, address: std::net::SocketAddr| {
+            let file = file.clone();
+            async move {
+                lb_node::listener::bind(address).await.map_err(|e| {
+                    let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+                        "another process (another lb-node?) listens there already".to_owned()
+                    } else {
+                        e.to_string()
+                    };
+                    anyhow::Error::new(lb_node::config::ConfigError::new(
+                        &file,
+                        field,
+                        format!("cannot listen on {address}: {why}"),
+                    ))
+                })
+            }
+        };
+        if let Some(cluster) = &config.cluster
+            && cluster.data_dir.exists()
+            && !cluster.data_dir.is_dir()
+        {
+            return Err(anyhow::Error::new(lb_node::config::ConfigError::new(
+                &config.file,
+                "cluster.data_dir",
+                format!(
+                    "{} is not a directory (a file is in the way)",
+                    cluster.data_dir.display()
+                ),
+            )));
+        }
+        let admin = bind("admin.listen", config.admin.listen).await?;
         let peer = match &config.cluster {
-            Some(cluster) => Some(lb_node::listener::bind(cluster.listen).await.map_err(|e| {
-                anyhow::anyhow!("cannot listen on cluster.listen {}: {e}", cluster.listen)
-            })?),
+            Some(cluster) => Some(bind("cluster.listen", cluster.listen).await?),
             None => None,
         };
-        let metrics = lb_node::listener::bind(config.admin.metrics_listen)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot listen on admin.metrics_listen {}: {e}",
-                    config.admin.metrics_listen
-                )
-            })?;
+        let metrics = bind("admin.metrics_listen", config.admin.metrics_listen).await?;
         let (stop, shutdown) = (CancellationToken::new(), CancellationToken::new());
         tokio::spawn(stop_on_signal(stop.clone(), shutdown.clone()));
         lb_node::app::run(
@@ -170,6 +194,13 @@ fn run(config: Config) -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e)
+            if e.downcast_ref::<lb_node::app::RemovedFromCluster>()
+                .is_some() =>
+        {
+            info!("{e}");
+            ExitCode::from(EXIT_REMOVED)
+        }
         Err(e) => {
             error!("{e:#}");
             if e.downcast_ref::<lb_node::config::ConfigError>().is_some() {

@@ -150,11 +150,44 @@ pub(super) fn read_tls(t: RawTls, file: &Path) -> Result<TlsConfig, ConfigError>
         }
         Ok(bytes)
     };
-    Ok(TlsConfig {
+    let tls = TlsConfig {
         ca_pem: read("tls.ca", t.ca)?,
         cert_pem: read("tls.cert", t.cert)?,
         key_pem: read("tls.key", t.key)?,
-    })
+    };
+    check_key_pair(&tls.cert_pem, &tls.key_pem)
+        .map_err(|(field, why)| ConfigError::new(file, field, why))?;
+    Ok(tls)
+}
+
+/// Whether the certificate and key parse and belong together, as the TLS
+/// server will need them: found here, the error names the field (found by
+/// the server, it said "transport error: keys may not be consistent").
+fn check_key_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), (&'static str, String)> {
+    use rustls_pki_types::pem::PemObject as _;
+    let certs: Vec<rustls_pki_types::CertificateDer<'static>> =
+        rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| ("tls.cert", format!("is not a PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(("tls.cert", "holds no certificate".into()));
+    }
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| ("tls.key", format!("is not a PEM private key: {e}")))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("tls.cert", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => (
+                "tls.key",
+                "does not belong to the certificate in tls.cert (another member's key?)".into(),
+            ),
+            other => ("tls.key", format!("cannot be used with tls.cert: {other}")),
+        })?;
+    Ok(())
 }
 
 pub(super) fn validate_cluster(

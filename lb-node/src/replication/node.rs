@@ -238,6 +238,16 @@ fn abandon(replica: Replica) {
 
 /// Runs the node loop until `Input::Stop` or every sender is gone. Returns
 /// the replica's fatal error, if any.
+/// Why the node thread ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Told to stop (the member stops).
+    Stopped,
+    /// This member was removed from the cluster: it must not run again
+    /// with this configuration (the process exits with its own status).
+    Removed,
+}
+
 pub fn run(
     mut replica: Replica,
     inputs: Receiver<Input>,
@@ -245,7 +255,7 @@ pub fn run(
     outbox: impl Outbox,
     states: watch::Sender<Arc<State>>,
     status: watch::Sender<RaftStatus>,
-) -> Result<(), super::replica::ReplicaError> {
+) -> Result<Ended, super::replica::ReplicaError> {
     let mut waiting: HashMap<u64, oneshot::Sender<Result<Outcomes, ProposeError>>> = HashMap::new();
     let mut next_tick = Instant::now() + tick;
     states.send_replace(Arc::new(replica.state().clone()));
@@ -263,7 +273,7 @@ pub fn run(
         let first = match inputs.recv_timeout(timeout) {
             Ok(input) => Some(input),
             Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            Err(RecvTimeoutError::Disconnected) => return Ok(Ended::Stopped),
         };
         // Take everything queued, so one ready (one fsync) covers it all.
         for input in first
@@ -310,7 +320,7 @@ pub fn run(
                         return Err(e);
                     }
                 }
-                Input::Stop => return Ok(()),
+                Input::Stop => return Ok(Ended::Stopped),
             }
         }
         if Instant::now() >= next_tick {
@@ -377,7 +387,7 @@ pub fn run(
                 member = replica.id(),
                 "this member was removed from the cluster; raft stops"
             );
-            return Ok(());
+            return Ok(Ended::Removed);
         }
         // What is announced is computed again (O(VIPs)) only when what it
         // depends on changed: not with every tick or message.
