@@ -20,10 +20,16 @@ use tonic::transport::Channel;
     about = "Admin command line of the lb-node appliance"
 )]
 struct Args {
-    /// Admin API of a member; repeat to try several in turn (writes go on
-    /// to the next one when a member says it is not the leader).
-    #[arg(long, short, global = true, default_value = "http://127.0.0.1:9443")]
+    /// Admin API of a member, host:port or a URL; repeat to try several in
+    /// turn (the next one is tried when a member cannot be reached, does
+    /// not answer within --timeout, or says it is not the leader).
+    #[arg(long, short, global = true, default_value = "127.0.0.1:9443")]
     endpoint: Vec<String>,
+    /// How long one member has to answer (connecting included) before the
+    /// next endpoint is tried: "5s", "500ms". `events` streams without a
+    /// deadline once connected.
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_timeout)]
+    timeout: Duration,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -38,6 +44,35 @@ struct Args {
     key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a duration like \"5s\" or \"500ms\""))
+}
+
+/// An endpoint as given (`host:port`, `http://host:port`,
+/// `https://host:port`) as a URL, or why it is not one.
+fn endpoint_url(endpoint: &str) -> Result<String, String> {
+    let url = if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else {
+        format!("http://{endpoint}")
+    };
+    match url.parse::<http::Uri>() {
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.host().is_some_and(|h| !h.is_empty())
+                && uri.port_u16().is_some() =>
+        {
+            Ok(url)
+        }
+        _ => Err(format!(
+            "--endpoint {endpoint:?} is not host:port (\"127.0.0.1:9443\") or a URL with a port (\"https://lb-1:9443\")"
+        )),
+    }
 }
 
 /// The mutual TLS settings from the flags, if any.
@@ -116,20 +151,36 @@ enum BackendAction {
 
 #[derive(Subcommand, Debug)]
 enum MemberAction {
-    /// Add a voting member reachable at PEER_ADDRESS (host:port).
+    /// Add a voting member. Start it first (with the cluster's members in
+    /// its config): its peer address is checked to answer before it is
+    /// added, since a voter nobody can reach counts against the quorum.
     Add {
+        /// The new member's node.id (1 or more, not used by another).
         id: u64,
+        /// Its cluster.listen address as the others reach it (host:port).
         peer_address: String,
         /// Its admin API (host:port), where followers send clients.
         #[arg(long)]
         admin: Option<String>,
+        /// Add it even if its peer address does not answer now.
+        #[arg(long)]
+        force: bool,
     },
     /// Remove a member.
-    Remove { id: u64 },
+    Remove {
+        /// The member's node.id.
+        id: u64,
+    },
     /// Drain a member before maintenance: its VIPs move to the others.
-    Drain { id: u64 },
+    Drain {
+        /// The member's node.id.
+        id: u64,
+    },
     /// Let a drained member own VIPs again.
-    Undrain { id: u64 },
+    Undrain {
+        /// The member's node.id.
+        id: u64,
+    },
 }
 
 /// `println!` that survives a closed pipe: `lbctl services | head` ends
@@ -153,8 +204,9 @@ fn stdout_failed(e: std::io::Error) -> ! {
     std::process::exit(1)
 }
 
-/// Exit codes.
+/// Exit codes (also in `lbctl --help`'s epilogue and docs/operations.md).
 const EXIT_UNREACHABLE: u8 = 1;
+const EXIT_USAGE: u8 = 2;
 const EXIT_REFUSED: u8 = 3;
 const EXIT_NOT_FOUND: u8 = 4;
 const EXIT_TIMEOUT: u8 = 5;
@@ -180,29 +232,99 @@ async fn main() -> ExitCode {
         Ok(t) => t,
         Err(e) => {
             eprintln!("lbctl: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
+    let mut queue = std::collections::VecDeque::new();
+    for e in &args.endpoint {
+        match endpoint_url(e) {
+            Ok(url) => queue.push_back(url),
+            Err(why) => {
+                eprintln!("lbctl: {why}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    if let Command::Member {
+        action:
+            MemberAction::Add {
+                id,
+                peer_address,
+                force: false,
+                ..
+            },
+    } = &args.command
+        && let Err(why) = peer_answers(*id, peer_address).await
+    {
+        eprintln!("lbctl: {why}; start the member first, or add it anyway with --force");
+        return ExitCode::from(EXIT_REFUSED);
+    }
     let mut last_error = String::from("no endpoint given");
+    let mut timed_out = false;
     // Endpoints to try, in order; a follower's hint puts the leader first.
-    let mut queue: std::collections::VecDeque<String> = args.endpoint.iter().cloned().collect();
     let mut tried = std::collections::BTreeSet::new();
+    let streams = matches!(args.command, Command::Events);
     while let Some(endpoint) = queue.pop_front() {
         if !tried.insert(endpoint.clone()) || tried.len() > 16 {
             continue;
         }
         let endpoint = &endpoint;
-        let channel = match connect(endpoint, tls.clone()).await {
-            Ok(c) => c,
-            Err(e) => {
-                last_error = format!("{endpoint}: {e}");
-                continue;
+        // One deadline for connecting and the call (a member whose disk
+        // froze accepts the connection and never answers); a stream only
+        // for connecting and its first answer.
+        let attempt = async {
+            let channel = connect(endpoint, tls.clone())
+                .await
+                .map_err(Failure::Connect)?;
+            let mut client = AdminClient::new(channel);
+            if streams {
+                call(&mut client, &args, tls.clone(), Some(args.timeout))
+                    .await
+                    .map_err(Failure::Status)
+            } else {
+                tokio::time::timeout(args.timeout, call(&mut client, &args, tls.clone(), None))
+                    .await
+                    .map_err(|_| Failure::Timeout)?
+                    .map_err(Failure::Status)
             }
         };
-        let mut client = AdminClient::new(channel);
-        match call(&mut client, &args, tls.clone()).await {
+        let result = if streams {
+            attempt.await
+        } else {
+            tokio::time::timeout(args.timeout, attempt)
+                .await
+                .unwrap_or(Err(Failure::Timeout))
+        };
+        let result = match result {
+            Ok(()) => Ok(()),
+            Err(Failure::Connect(e)) => {
+                last_error = format!("{endpoint}: {e}");
+                timed_out = false;
+                continue;
+            }
+            Err(Failure::Timeout) => {
+                last_error = format!("{endpoint}: no answer within {:?}", args.timeout);
+                timed_out = true;
+                continue;
+            }
+            // Failed in the connection, not in the member: the next one.
+            Err(Failure::Status(status)) if is_transport(&status) => {
+                last_error = format!("{endpoint}: {}", explain_status(&status, tls.is_some()));
+                timed_out = false;
+                continue;
+            }
+            Err(Failure::Status(status)) => Err(status),
+        };
+        timed_out = false;
+        match result {
             Ok(()) => return ExitCode::SUCCESS,
             Err(status) => match status.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                    if is_transport(&status) =>
+                {
+                    last_error =
+                        format!("{endpoint}: {}", explain_status(&status, args.ca.is_some()))
+                }
                 tonic::Code::Unavailable => {
                     last_error = format!("{endpoint}: {}", status.message())
                 }
@@ -214,8 +336,9 @@ async fn main() -> ExitCode {
                         .split("leader admin API at ")
                         .nth(1)
                         .and_then(|rest| rest.split_whitespace().next())
+                        && let Ok(url) = endpoint_url(leader)
                     {
-                        queue.push_front(format!("http://{leader}"));
+                        queue.push_front(url);
                     }
                 }
                 code => {
@@ -233,13 +356,56 @@ async fn main() -> ExitCode {
         }
     }
     eprintln!("lbctl: no member could answer: {last_error}");
-    ExitCode::from(EXIT_UNREACHABLE)
+    ExitCode::from(if timed_out {
+        EXIT_TIMEOUT
+    } else {
+        EXIT_UNREACHABLE
+    })
 }
 
+/// Whether a call failed in the connection rather than in the member.
+fn is_transport(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
+/// Why one endpoint did not do.
+enum Failure {
+    Connect(String),
+    Timeout,
+    Status(tonic::Status),
+}
+
+/// Whether a new member's peer address takes a connection (within 2 s).
+/// An id or address the member would refuse anyway is left to it (it
+/// names the field).
+async fn peer_answers(id: u64, peer_address: &str) -> Result<(), String> {
+    if id == 0 {
+        return Ok(());
+    }
+    let Ok(mut addresses) = tokio::net::lookup_host(peer_address).await else {
+        return Ok(());
+    };
+    let Some(to) = addresses.next() else {
+        return Ok(());
+    };
+    match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(to)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!(
+            "member {id}'s peer address {peer_address} does not answer ({e})"
+        )),
+        Err(_) => Err(format!(
+            "member {id}'s peer address {peer_address} does not answer (no connection within 2s)"
+        )),
+    }
+}
+
+/// Makes the call `args` asks for; `first_answer` bounds how long a
+/// stream (`events`) waits for the member to take it.
 async fn call(
     client: &mut AdminClient<Channel>,
     args: &Args,
     tls: Option<tonic::transport::ClientTlsConfig>,
+    first_answer: Option<Duration>,
 ) -> Result<(), tonic::Status> {
     use pb::set_backend_override_request::Action;
     let out = args.output;
@@ -296,6 +462,7 @@ async fn call(
                     id,
                     peer_address,
                     admin,
+                    ..
                 },
         } => {
             client
@@ -407,10 +574,14 @@ async fn call(
             );
         }
         Command::Events => {
-            let mut stream = client
-                .watch_events(pb::WatchEventsRequest {})
-                .await?
-                .into_inner();
+            let request = client.watch_events(pb::WatchEventsRequest {});
+            let answer = match first_answer {
+                Some(t) => tokio::time::timeout(t, request).await.map_err(|_| {
+                    tonic::Status::deadline_exceeded(format!("no answer within {t:?}"))
+                })?,
+                None => request.await,
+            };
+            let mut stream = answer?.into_inner();
             while let Some(event) = stream.message().await? {
                 match out {
                     Output::Json => out!(
@@ -502,6 +673,7 @@ async fn connect(
     endpoint: &str,
     tls: Option<tonic::transport::ClientTlsConfig>,
 ) -> Result<Channel, String> {
+    let tls_on = tls.is_some();
     let url = match (&tls, endpoint.strip_prefix("http://")) {
         (Some(_), Some(rest)) => format!("https://{rest}"),
         _ => endpoint.to_owned(),
@@ -512,13 +684,70 @@ async fn connect(
     if let Some(tls) = tls {
         channel = channel.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
     }
-    channel
-        .connect()
-        .await
-        .map_err(|e| match std::error::Error::source(&e) {
-            Some(cause) => format!("{e}: {cause}"),
-            None => e.to_string(),
-        })
+    channel.connect().await.map_err(|e| explain(&e, tls_on))
+}
+
+/// A failure in words: every cause in its chain, and for the TLS ones the
+/// likely reason first ("transport error" alone says nothing).
+fn explain(e: &(dyn std::error::Error + 'static), tls_on: bool) -> String {
+    explain_chain(e.to_string(), e.source(), tls_on)
+}
+
+/// A call's failure in words, as `explain` (a status's own text is long:
+/// its message stands for it).
+fn explain_status(status: &tonic::Status, tls_on: bool) -> String {
+    explain_chain(
+        status.message().to_owned(),
+        std::error::Error::source(status),
+        tls_on,
+    )
+}
+
+fn explain_chain(
+    first: String,
+    mut source: Option<&(dyn std::error::Error + 'static)>,
+    tls_on: bool,
+) -> String {
+    let mut chain = vec![first];
+    while let Some(s) = source {
+        let text = s.to_string();
+        if chain.last() != Some(&text) {
+            chain.push(text);
+        }
+        source = s.source();
+    }
+    let all = chain.join(": ");
+    match tls_reason(&all, tls_on) {
+        Some(reason) => format!("{reason} ({all})"),
+        None => all,
+    }
+}
+
+/// The reason behind a TLS failure, from the words of its causes.
+fn tls_reason(text: &str, tls_on: bool) -> Option<&'static str> {
+    let t = text.to_ascii_lowercase().replace([' ', '_'], "");
+    let has = |needle: &str| t.contains(needle);
+    Some(if has("unknownissuer") || has("badsignature") {
+        "the member's certificate is not signed by the CA given with --ca"
+    } else if has("notvalidforname") || has("notvalidforcontext") {
+        "the member's certificate does not name \"lb-node\", the name lbctl checks"
+    } else if has("expired") || has("notvalidyet") {
+        "a certificate is expired or not valid yet (check the dates and the clocks)"
+    } else if has("certificaterequired") {
+        "the member requires a client certificate: give --ca, --cert and --key"
+    } else if has("unknownca") || has("badcertificate") || has("decrypterror") {
+        "the member refused this client's certificate: it is not signed by the cluster's CA"
+    } else if tls_on && has("connectionclosed") {
+        "the member closed the connection after the TLS handshake: most likely it refused this client's certificate (not signed by the cluster's CA)"
+    } else if tls_on && (has("invalidcontenttype") || has("corruptmessage")) {
+        "the member speaks plain HTTP/2 (it has no [tls]): leave out --ca, --cert and --key"
+    } else if !tls_on
+        && (has("connectionreset") || has("brokenpipe") || has("frameheader") || has("http2error"))
+    {
+        "the member may speak TLS: give --ca, --cert and --key"
+    } else {
+        return None;
+    })
 }
 
 fn when(unix_ms: i64) -> String {

@@ -1,0 +1,138 @@
+//! lbctl as an operator meets it on the first day (issue 24): an endpoint
+//! given as host:port, a member that accepts connections and never answers
+//! (its process stopped, as with a frozen disk) costs `--timeout` and the
+//! next endpoint answers, a bad endpoint is a usage error (2), and `member
+//! add` refuses a peer address that does not answer unless `--force`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ha_tests::{ClusterLayout, binary, cluster_status, eventually};
+
+const SERVICES: &str = include_str!("../../deploy/examples/services.toml");
+
+fn lbctl(endpoints: &[String], args: &[&str]) -> anyhow::Result<(i32, String, String, Duration)> {
+    let mut cmd = Command::new(binary("lbctl")?);
+    for e in endpoints {
+        cmd.arg("--endpoint").arg(e);
+    }
+    let started = Instant::now();
+    let out = cmd.args(args).output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_timeouts_and_member_add_checks() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let layout = ClusterLayout::write(dir.path(), 3, SERVICES, "lbctl")?;
+    let members = layout.start_all()?;
+    let leader = eventually("a leader", Duration::from_secs(20), || async {
+        let s = cluster_status(&members[&1]).await?;
+        Ok((s.leader != 0).then_some(s.leader))
+    })
+    .await?;
+    let plain = |id: u64| members[&id].admin.to_string();
+
+    // host:port, without a scheme.
+    let (code, out, err, _) = lbctl(&[plain(1)], &["status"])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("leader"), "{out}");
+
+    // Not an endpoint: a usage error naming the flag.
+    let (code, _, err, _) = lbctl(&["lb-1".into()], &["status"])?;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--endpoint \"lb-1\" is not host:port"),
+        "{err}"
+    );
+    let (code, _, err, _) = lbctl(&[plain(1)], &["--timeout", "soon", "status"])?;
+    assert_eq!(code, 2, "{err}");
+
+    // A member that takes connections and never answers: stopped.
+    let frozen = (1..=3u64).find(|id| *id != leader).expect("a follower");
+    let live = (1..=3u64).find(|id| *id != frozen).expect("another member");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(members[&frozen].pid())?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
+    let result = (|| -> anyhow::Result<()> {
+        // Alone: the timeout, exit 5, said so.
+        let (code, _, err, took) = lbctl(&[plain(frozen)], &["--timeout", "1s", "status"])?;
+        assert_eq!(code, 5, "{err}");
+        assert!(err.contains("no answer within 1s"), "{err}");
+        assert!(took < Duration::from_secs(4), "took {took:?}");
+        // First of two: the next one answers.
+        let (code, out, err, took) = lbctl(
+            &[plain(frozen), plain(live)],
+            &["--timeout", "1s", "status"],
+        )?;
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains(&format!("member {live}")) || out.contains("leader"),
+            "{out}"
+        );
+        assert!(took < Duration::from_secs(4), "took {took:?}");
+        // A write goes on to the leader too.
+        let (code, _, err, _) = lbctl(
+            &[plain(frozen), plain(live)],
+            &[
+                "--timeout",
+                "1s",
+                "backend",
+                "weight",
+                "web",
+                "198.51.100.11:8080",
+                "3",
+            ],
+        )?;
+        assert_eq!(code, 0, "{err}");
+        Ok(())
+    })();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)?;
+    result?;
+
+    // member add: a peer address nothing listens on is refused (3) with
+    // the way out; --force adds it anyway.
+    let nowhere = ha_tests::free_port()?;
+    let all: Vec<String> = (1..=3).map(plain).collect();
+    let (code, _, err, _) = lbctl(
+        &all,
+        &["member", "add", "5", &format!("127.0.0.1:{nowhere}")],
+    )?;
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains(&format!(
+            "member 5's peer address 127.0.0.1:{nowhere} does not answer"
+        )) && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        cluster_status(&members[&leader]).await?.voters,
+        vec![1, 2, 3]
+    );
+    let (code, out, err, _) = lbctl(
+        &all,
+        &[
+            "member",
+            "add",
+            "5",
+            &format!("127.0.0.1:{nowhere}"),
+            "--force",
+        ],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("member 5 added"), "{out}");
+    let (code, _, err, _) = lbctl(&all, &["member", "remove", "5"])?;
+    assert_eq!(code, 0, "{err}");
+
+    // Every member subcommand describes its arguments.
+    let (code, out, _, _) = lbctl(&[], &["member", "add", "--help"])?;
+    assert_eq!(code, 0);
+    for text in ["node.id", "cluster.listen", "--force"] {
+        assert!(out.contains(text), "{text} in {out}");
+    }
+    Ok(())
+}
