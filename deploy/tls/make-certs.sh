@@ -4,16 +4,20 @@
 # certificate for lbctl. For a lab: in production, use your own CA.
 #
 #   deploy/tls/make-certs.sh OUT_DIR MEMBER_ID... [-- EXTRA_SAN...]
+#   /usr/share/lb-node/make-certs.sh ...      (as the package installs it)
 #   deploy/tls/make-certs.sh /etc/lb-node/tls 1 2 3 -- IP:10.0.0.1 IP:10.0.0.2 IP:10.0.0.3
 #
 # Writes OUT_DIR/ca.pem (and ca-key.pem: keep it offline), member-N.pem and
-# member-N-key.pem, lbctl.pem and lbctl-key.pem. Every member certificate
+# member-N-key.pem, lbctl.pem and lbctl-key.pem. Where the group lb-node
+# exists (the package made it), ca.pem and the member files get that group
+# and mode 0640, so the service (user lb-node) reads them; the CA key and
+# lbctl's key stay 0600, the owner's. Every member certificate
 # names "lb-node", "member-N" (required: the peer port checks it), localhost
 # and 127.0.0.1, plus EXTRA_SANs
 # (give each member's address there); clients check the name "lb-node".
 set -euo pipefail
 if [ $# -lt 2 ]; then
-  sed -n '2,13p' "$0" >&2
+  sed -n "2,17p" "$0" >&2
   exit 2
 fi
 out=$1; shift
@@ -47,4 +51,12 @@ for id in "${ids[@]}"; do
   issue "member-$id" "member-$id" "DNS:lb-node,DNS:member-$id,DNS:localhost,IP:127.0.0.1$extra"
 done
 issue lbctl lbctl "DNS:lbctl"
+if getent group lb-node >/dev/null; then
+  for id in "${ids[@]}"; do
+    chgrp lb-node "member-$id.pem" "member-$id-key.pem"
+    chmod 0640 "member-$id.pem" "member-$id-key.pem"
+  done
+  chgrp lb-node ca.pem
+  chmod 0640 ca.pem
+fi
 echo "certificates in $out: ca.pem, $(printf 'member-%s.pem ' "${ids[@]}")lbctl.pem"
