@@ -442,3 +442,45 @@ pub mod scale;
 pub mod sessions;
 pub mod target;
 pub mod traffic;
+
+/// The metric names deploy/prometheus/lb-node-alerts.yml and
+/// deploy/grafana/lb-node-dashboard.json use (`lb_...` and `process_...`
+/// sample names, as in `/metrics`: a histogram's `_bucket`).
+pub fn deploy_metric_names() -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut names = std::collections::BTreeSet::new();
+    for file in [
+        "prometheus/lb-node-alerts.yml",
+        "grafana/lb-node-dashboard.json",
+    ] {
+        let text = std::fs::read_to_string(root.join(file))
+            .with_context(|| format!("reading deploy/{file}"))?;
+        names.extend(metric_names_in(&text));
+    }
+    Ok(names)
+}
+
+/// The `lb_...` and `process_...` words of a text.
+pub fn metric_names_in(text: &str) -> std::collections::BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("lb_") || w.starts_with("process_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The names of `names` that no sample line of a `/metrics` text has.
+pub fn missing_metrics<'a>(
+    metrics: &str,
+    names: impl IntoIterator<Item = &'a String>,
+) -> Vec<String> {
+    let exported: std::collections::BTreeSet<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    names
+        .into_iter()
+        .filter(|n| !exported.contains(n.as_str()))
+        .cloned()
+        .collect()
+}

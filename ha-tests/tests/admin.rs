@@ -418,6 +418,25 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
     ] {
         assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
     }
+    // Every metric the shipped alert rules and dashboard use is exported
+    // (BGP and BFD ones exist only with peers: lb-node's metrics tests).
+    let used = ha_tests::deploy_metric_names()?;
+    let cluster_wide: Vec<&String> = used
+        .iter()
+        .filter(|n| !n.starts_with("lb_bgp_") && !n.starts_with("lb_bfd_"))
+        .collect();
+    assert!(cluster_wide.len() >= 20, "{used:?}");
+    let absent = "lb_no_such_metric".to_owned();
+    assert_eq!(
+        ha_tests::missing_metrics(&body, [&absent]),
+        vec![absent.clone()],
+        "the check finds what is missing"
+    );
+    let missing = ha_tests::missing_metrics(&body, cluster_wide);
+    assert!(
+        missing.is_empty(),
+        "used by deploy/prometheus or deploy/grafana, not in /metrics: {missing:?}"
+    );
     // Counted from what happened above: backend overrides reached this
     // member's dataplane after they were proposed, and the drains moved
     // VIPs.

@@ -701,3 +701,44 @@ mod process_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod deploy_tests {
+    use super::*;
+
+    /// The BGP and BFD metrics the shipped alert rules and dashboard use
+    /// (deploy/prometheus, deploy/grafana) exist: they have samples only
+    /// with peers configured, so they are checked here, with a peer's
+    /// label set as the speaker sets it; the rest are checked against a
+    /// running cluster's /metrics (ha-tests/tests/admin.rs).
+    #[test]
+    fn the_bgp_and_bfd_metrics_the_deploy_files_use_exist() {
+        let used: std::collections::BTreeSet<String> = [
+            include_str!("../../deploy/prometheus/lb-node-alerts.yml"),
+            include_str!("../../deploy/grafana/lb-node-dashboard.json"),
+        ]
+        .iter()
+        .flat_map(|t| t.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .filter(|w| w.starts_with("lb_bgp_") || w.starts_with("lb_bfd_"))
+        .map(str::to_owned)
+        .collect();
+        assert!(!used.is_empty());
+        METRICS
+            .bgp_sessions
+            .with_label_values(&["192.0.2.254"])
+            .set(1);
+        METRICS
+            .bfd_sessions
+            .with_label_values(&["192.0.2.254"])
+            .set(1);
+        let exported: std::collections::BTreeSet<String> = METRICS
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.get_name().to_owned())
+            .collect();
+        for name in &used {
+            assert!(exported.contains(name), "{name} is not a metric of lb-node");
+        }
+    }
+}
