@@ -115,7 +115,23 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
     }
     // The programmed table follows: the drained backend has weight 0.
     let (_, out, _) = lbctl(&[&members[&follower]], &["-o", "json", "services", "web"])?;
-    assert!(out.contains("\"override\":\"drained\""), "{out}");
+    // Typed fields for scripts, not display text.
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    let drained = json
+        .as_array()
+        .and_then(|services| services.first())
+        .and_then(|s| s["backends"].as_array())
+        .and_then(|b| {
+            b.iter().find(|b| {
+                format!("{}:{}", b["address"].as_str().unwrap_or(""), b["port"]) == BACKEND
+            })
+        })
+        .map(|b| b["override"].clone());
+    assert_eq!(
+        drained,
+        Some(serde_json::json!({ "action": "drain" })),
+        "{out}"
+    );
 
     // A write sent to a follower alone: the follower names the leader's
     // admin API and lbctl follows it.
@@ -176,10 +192,13 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
     assert_eq!(code, 0, "{err}");
     let mut seen = Vec::new();
     let wanted = format!("backend {BACKEND} of tcp/192.0.2.10:80: override cleared");
-    while !seen
-        .iter()
-        .any(|e: &String| e.contains("\"kind\":\"override\"") && e.contains(&wanted))
-    {
+    while !seen.iter().any(|e: &String| {
+        e.contains("\"kind\":\"override\"")
+            && e.contains(&wanted)
+            // RFC 3339 time ("2026-12-05T01:10:12.345Z").
+            && e.contains("\"time\":\"20")
+            && e.contains("Z\"")
+    }) {
         seen.push(
             line_rx
                 .recv_timeout(Duration::from_secs(10))

@@ -586,7 +586,7 @@ async fn call(
                 match out {
                     Output::Json => out!(
                         "{}",
-                        json!({"unix_ms": event.unix_ms, "kind": event.kind, "message": event.message, "revision": event.revision})
+                        json!({"time": rfc3339(event.unix_ms), "unix_ms": event.unix_ms, "kind": event.kind, "message": event.message, "revision": event.revision})
                     ),
                     Output::Table => {
                         out!(
@@ -759,6 +759,12 @@ fn when(unix_ms: i64) -> String {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     format!("{:.1}s ago", (now - unix_ms).max(0) as f64 / 1000.0)
+}
+
+/// A Unix millisecond time in RFC 3339 ("2026-12-05T01:10:12.345Z"), for
+/// JSON.
+fn rfc3339(unix_ms: i64) -> String {
+    clock(unix_ms).replacen(' ', "T", 1)
 }
 
 /// A Unix millisecond time as UTC wall-clock time, to the millisecond
@@ -1128,6 +1134,25 @@ fn override_text(
         })
 }
 
+/// The override of `s`'s backend `b` for scripts: `null`, `{"action":
+/// "drain"}` or `{"action": "weight", "weight": 7}`.
+fn override_json(
+    overrides: &[state::BackendOverride],
+    service: &state::VirtualService,
+    b: &state::Backend,
+) -> serde_json::Value {
+    use state::backend_override::Action;
+    match overrides
+        .iter()
+        .find(|o| o.key == service.key && o.address == b.address && o.port == b.port)
+        .and_then(|o| o.action)
+    {
+        None => serde_json::Value::Null,
+        Some(Action::Drain(_)) => json!({ "action": "drain" }),
+        Some(Action::Weight(w)) => json!({ "action": "weight", "weight": w }),
+    }
+}
+
 /// The health of `s`'s backend `b`, if it is checked.
 fn backend_health<'a>(
     health: &'a [pb::BackendHealth],
@@ -1262,7 +1287,7 @@ fn print_services(r: &pb::ListServicesResponse, output: Output, detailed: bool) 
                             "port": b.port,
                             "weight": b.weight,
                             "state": backend_state(b.state),
-                            "override": override_text(overrides, s, b),
+                            "override": override_json(overrides, s, b),
                             "health": backend_health(&r.health, s, b).map(health_json),
                             "kernel": dest_counters(counters, s, b).map(|d| json!({
                                 "weight": d.weight,
