@@ -133,6 +133,15 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
         "{out}"
     );
 
+    // A follower that never led does not read the source: its status says
+    // so instead of "loaded never" (one that led once says when it loaded).
+    let (_, out, _) = lbctl(&[&members[&follower]], &["status"])?;
+    assert!(
+        !out.contains("loaded never")
+            && (out.contains("(read by the leader only)") || out.contains("(loaded ")),
+        "{out}"
+    );
+
     // A write sent to a follower alone: the follower names the leader's
     // admin API and lbctl follows it.
     let (code, _, err) = lbctl(
@@ -256,6 +265,16 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
     let (code, out, err) = lbctl(&all, &["member", "drain", &drained.to_string()])?;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("member {drained} drained")), "{out}");
+    // status says it too, on any member.
+    eventually(
+        "status shows the drain",
+        Duration::from_secs(10),
+        || async {
+            let (_, out, _) = lbctl(&[&members[&drained]], &["status"])?;
+            Ok(out.contains("DRAINED: owns no VIP").then_some(()))
+        },
+    )
+    .await?;
     for m in members.values() {
         eventually(
             "the drained member owns no VIP, on every member",

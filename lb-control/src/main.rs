@@ -822,6 +822,7 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
                     "commit_index": c.commit_index,
                     "applied_index": c.applied_index,
                     "voters": c.voters,
+                    "drained": c.drained,
                     "members": c.members.iter().map(|m| json!({"id": m.id, "peer_address": m.peer_address, "admin_address": m.admin_address})).collect::<Vec<_>>(),
                     "lease_held": c.lease_held,
                     "may_announce": c.may_announce,
@@ -895,8 +896,13 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
                                 )
                             })
                             .unwrap_or_default();
+                        let drained = if c.drained.contains(&m.id) {
+                            ", DRAINED: owns no VIP"
+                        } else {
+                            ""
+                        };
                         out!(
-                            "  member   {} at {} ({voter}{health})",
+                            "  member   {} at {} ({voter}{health}{drained})",
                             m.id,
                             m.peer_address
                         );
@@ -914,11 +920,18 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
             }
             out!("revision   {}", s.revision);
             out!("services   {}", s.services);
+            // Only the leader reads the source: a follower that never
+            // loaded it says so rather than "loaded never".
+            let loaded = match &s.cluster {
+                Some(c) if source.last_loaded_unix_ms == 0 && c.role != "leader" => {
+                    "read by the leader only".to_owned()
+                }
+                _ => format!("loaded {}", when(source.last_loaded_unix_ms)),
+            };
             out!(
-                "source     {} {} (loaded {}){}",
+                "source     {} {} ({loaded}){}",
                 source.kind,
                 source.location,
-                when(source.last_loaded_unix_ms),
                 if source.last_error.is_empty() {
                     String::new()
                 } else {

@@ -370,6 +370,7 @@ impl Admin for AdminService {
                         })
                         .collect(),
                     voters: raft.voters,
+                    drained: state.drained_members().iter().copied().collect(),
                     lease_held: raft.lease_held,
                     may_announce: raft.may_announce,
                     peers: raft
