@@ -737,7 +737,7 @@ fn tls_reason(text: &str, tls_on: bool) -> Option<&'static str> {
         "the member requires a client certificate: give --ca, --cert and --key"
     } else if has("unknownca") || has("badcertificate") || has("decrypterror") {
         "the member refused this client's certificate: it is not signed by the cluster's CA"
-    } else if tls_on && has("connectionclosed") {
+    } else if tls_on && (has("connectionclosed") || has("brokenpipe") || has("connectionreset")) {
         "the member closed the connection after the TLS handshake: most likely it refused this client's certificate (not signed by the cluster's CA)"
     } else if tls_on && (has("invalidcontenttype") || has("corruptmessage")) {
         "the member speaks plain HTTP/2 (it has no [tls]): leave out --ca, --cert and --key"
