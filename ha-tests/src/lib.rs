@@ -455,17 +455,9 @@ pub fn deploy_metric_names() -> anyhow::Result<std::collections::BTreeSet<String
     ] {
         let text = std::fs::read_to_string(root.join(file))
             .with_context(|| format!("reading deploy/{file}"))?;
-        names.extend(metric_names_in(&text));
+        names.extend(lb_node::metrics::metric_names_in(&text));
     }
     Ok(names)
-}
-
-/// The `lb_...` and `process_...` words of a text.
-pub fn metric_names_in(text: &str) -> std::collections::BTreeSet<String> {
-    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("lb_") || w.starts_with("process_"))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// The names of `names` that no sample line of a `/metrics` text has.

@@ -246,21 +246,33 @@ async fn only_certificates_of_the_cluster_ca_get_in() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_missing_certificate_file_names_the_field() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("s.toml"), "")?;
-    let config = dir.path().join("lb-node.toml");
+/// `lb-node plan` with a member config of `dir` whose [tls] section is
+/// `tls`: its exit code and standard error.
+fn plan_with_tls(dir: &Path, tls: &str) -> anyhow::Result<(Option<i32>, String)> {
+    std::fs::write(dir.join("s.toml"), "")?;
+    let config = dir.join("lb-node.toml");
     std::fs::write(
         &config,
-        "[node]\nid = 1\n[source.file]\npath = \"s.toml\"\n[tls]\nca = \"nope.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+        format!("[node]\nid = 1\n[source.file]\npath = \"s.toml\"\n[tls]\n{tls}"),
     )?;
     let out = Command::new(binary("lb-node")?)
         .args(["plan", "--config"])
         .arg(&config)
         .output()?;
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[test]
+fn a_missing_certificate_file_names_the_field() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (code, err) = plan_with_tls(
+        dir.path(),
+        "ca = \"nope.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+    )?;
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("tls.ca: cannot read") && err.contains("nope.pem"),
         "{err}"
@@ -275,18 +287,9 @@ fn a_missing_certificate_file_names_the_field() -> anyhow::Result<()> {
 fn a_key_of_another_certificate_names_the_field() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     make_certs(dir.path(), &["1", "2"])?;
-    std::fs::write(dir.path().join("s.toml"), "")?;
-    let config = dir.path().join("lb-node.toml");
-    std::fs::write(
-        &config,
-        "[node]\nid = 1\n[source.file]\npath = \"s.toml\"\n[tls]\nca = \"ca.pem\"\ncert = \"member-1.pem\"\nkey = \"member-2-key.pem\"\n",
-    )?;
-    let out = Command::new(binary("lb-node")?)
-        .args(["plan", "--config"])
-        .arg(&config)
-        .output()?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let tls = "ca = \"ca.pem\"\ncert = \"member-1.pem\"\nkey = \"member-2-key.pem\"\n";
+    let (code, err) = plan_with_tls(dir.path(), tls)?;
+    assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("tls.key: does not belong to the certificate in tls.cert"),
         "{err}"
@@ -296,12 +299,8 @@ fn a_key_of_another_certificate_names_the_field() -> anyhow::Result<()> {
         dir.path().join("member-2-key.pem"),
         "-----BEGIN NOTHING-----\n",
     )?;
-    let out = Command::new(binary("lb-node")?)
-        .args(["plan", "--config"])
-        .arg(&config)
-        .output()?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (code, err) = plan_with_tls(dir.path(), tls)?;
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("tls.key: "), "{err}");
     Ok(())
 }

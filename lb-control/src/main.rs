@@ -204,7 +204,7 @@ fn stdout_failed(e: std::io::Error) -> ! {
     std::process::exit(1)
 }
 
-/// Exit codes (also in `lbctl --help`'s epilogue and docs/operations.md).
+/// Exit codes (documented in docs/operations.md and the README).
 const EXIT_UNREACHABLE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_REFUSED: u8 = 3;
@@ -270,23 +270,21 @@ async fn main() -> ExitCode {
         }
         let endpoint = &endpoint;
         // One deadline for connecting and the call (a member whose disk
-        // froze accepts the connection and never answers); a stream only
-        // for connecting and its first answer.
+        // froze accepts the connection and never answers); a stream has it
+        // for connecting and its first answer only.
         let attempt = async {
             let channel = connect(endpoint, tls.clone())
                 .await
                 .map_err(Failure::Connect)?;
             let mut client = AdminClient::new(channel);
-            if streams {
-                call(&mut client, &args, tls.clone(), Some(args.timeout))
-                    .await
-                    .map_err(Failure::Status)
-            } else {
-                tokio::time::timeout(args.timeout, call(&mut client, &args, tls.clone(), None))
-                    .await
-                    .map_err(|_| Failure::Timeout)?
-                    .map_err(Failure::Status)
-            }
+            call(
+                &mut client,
+                &args,
+                tls.clone(),
+                streams.then_some(args.timeout),
+            )
+            .await
+            .map_err(Failure::Status)
         };
         let result = if streams {
             attempt.await
@@ -295,64 +293,50 @@ async fn main() -> ExitCode {
                 .await
                 .unwrap_or(Err(Failure::Timeout))
         };
-        let result = match result {
-            Ok(()) => Ok(()),
+        timed_out = matches!(result, Err(Failure::Timeout));
+        let status = match result {
+            Ok(()) => return ExitCode::SUCCESS,
             Err(Failure::Connect(e)) => {
                 last_error = format!("{endpoint}: {e}");
-                timed_out = false;
                 continue;
             }
             Err(Failure::Timeout) => {
                 last_error = format!("{endpoint}: no answer within {:?}", args.timeout);
-                timed_out = true;
                 continue;
             }
             // Failed in the connection, not in the member: the next one.
             Err(Failure::Status(status)) if is_transport(&status) => {
                 last_error = format!("{endpoint}: {}", explain_status(&status, tls.is_some()));
-                timed_out = false;
                 continue;
             }
-            Err(Failure::Status(status)) => Err(status),
+            Err(Failure::Status(status)) => status,
         };
-        timed_out = false;
-        match result {
-            Ok(()) => return ExitCode::SUCCESS,
-            Err(status) => match status.code() {
-                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-                    if is_transport(&status) =>
+        match status.code() {
+            tonic::Code::Unavailable => last_error = format!("{endpoint}: {}", status.message()),
+            // A follower names the leader; another endpoint may be it.
+            tonic::Code::FailedPrecondition if status.message().contains("not the leader") => {
+                last_error = format!("{endpoint}: {}", status.message());
+                if let Some(leader) = status
+                    .message()
+                    .split("leader admin API at ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    && let Ok(url) = endpoint_url(leader)
                 {
-                    last_error =
-                        format!("{endpoint}: {}", explain_status(&status, args.ca.is_some()))
+                    queue.push_front(url);
                 }
-                tonic::Code::Unavailable => {
-                    last_error = format!("{endpoint}: {}", status.message())
-                }
-                // A follower names the leader; another endpoint may be it.
-                tonic::Code::FailedPrecondition if status.message().contains("not the leader") => {
-                    last_error = format!("{endpoint}: {}", status.message());
-                    if let Some(leader) = status
-                        .message()
-                        .split("leader admin API at ")
-                        .nth(1)
-                        .and_then(|rest| rest.split_whitespace().next())
-                        && let Ok(url) = endpoint_url(leader)
-                    {
-                        queue.push_front(url);
-                    }
-                }
-                code => {
-                    eprintln!("lbctl: {endpoint}: {}", status.message());
-                    return ExitCode::from(match code {
-                        tonic::Code::NotFound => EXIT_NOT_FOUND,
-                        tonic::Code::DeadlineExceeded => EXIT_TIMEOUT,
-                        tonic::Code::InvalidArgument
-                        | tonic::Code::FailedPrecondition
-                        | tonic::Code::AlreadyExists => EXIT_REFUSED,
-                        _ => 1,
-                    });
-                }
-            },
+            }
+            code => {
+                eprintln!("lbctl: {endpoint}: {}", status.message());
+                return ExitCode::from(match code {
+                    tonic::Code::NotFound => EXIT_NOT_FOUND,
+                    tonic::Code::DeadlineExceeded => EXIT_TIMEOUT,
+                    tonic::Code::InvalidArgument
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::AlreadyExists => EXIT_REFUSED,
+                    _ => 1,
+                });
+            }
         }
     }
     eprintln!("lbctl: no member could answer: {last_error}");

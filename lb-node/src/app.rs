@@ -131,7 +131,6 @@ pub async fn run(
 
     let mut tasks = Vec::new();
     let fatal = Fatal::default();
-    let removed = Removed::default();
     let (proposer, states, cluster) = match &config.cluster {
         None => {
             let mut initial = State::default();
@@ -153,7 +152,7 @@ pub async fn run(
                 &config.announce,
                 peer,
                 config.tls.as_ref(),
-                (&fatal, &removed),
+                &fatal,
                 &shutdown,
             )
             .await?;
@@ -455,15 +454,12 @@ pub async fn run(
         let _ = task.await;
     }
     admin_result.context("admin server failed")?;
-    if let Some(failure) = fatal
+    if let Some(end) = fatal
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take()
     {
-        anyhow::bail!(failure);
-    }
-    if removed.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err(anyhow::Error::new(RemovedFromCluster));
+        return Err(end);
     }
     info!("lb-node stopped");
     Ok(())
@@ -870,11 +866,10 @@ fn bgp_routes(
     (rx, settled_rx)
 }
 
-/// A failure that stopped the member from inside (the raft node thread),
-/// reported as the member's exit status.
-type Fatal = Arc<std::sync::Mutex<Option<String>>>;
-/// Set when the node thread ended because this member was removed.
-type Removed = Arc<std::sync::atomic::AtomicBool>;
+/// What stopped the member from inside (the raft node thread failed, or
+/// this member was removed: `RemovedFromCluster`), reported as the
+/// member's exit status.
+type Fatal = Arc<std::sync::Mutex<Option<anyhow::Error>>>;
 
 type RaftParts = (
     Proposer,
@@ -891,7 +886,7 @@ async fn start_raft(
     announce: &crate::announce::AnnounceConfig,
     peer_listener: crate::listener::GuardedListener,
     tls: Option<&crate::config::TlsConfig>,
-    (fatal, removed): (&Fatal, &Removed),
+    fatal: &Fatal,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<RaftParts> {
     if tls.is_none() && !cluster.listen.ip().is_loopback() {
@@ -956,24 +951,22 @@ async fn start_raft(
     let stop_inputs = inputs.clone();
     let node_shutdown = shutdown.clone();
     let fatal = fatal.clone();
-    let removed = removed.clone();
     let node = tokio::spawn(async move {
         node_shutdown.cancelled().await;
         let _ = stop_inputs.send(node::Input::Stop);
-        let failure = match tokio::task::spawn_blocking(move || node_thread.join()).await {
-            Ok(Ok(Ok(node::Ended::Removed))) => {
-                removed.store(true, std::sync::atomic::Ordering::SeqCst);
-                None
-            }
-            Ok(Ok(Err(e))) => Some(format!("raft node failed: {e}")),
-            Ok(Err(_)) => Some("raft node thread panicked".to_owned()),
+        let end = match tokio::task::spawn_blocking(move || node_thread.join()).await {
+            Ok(Ok(Ok(node::Ended::Removed))) => Some(anyhow::Error::new(RemovedFromCluster)),
+            Ok(Ok(Err(e))) => Some(anyhow::anyhow!("raft node failed: {e}")),
+            Ok(Err(_)) => Some(anyhow::anyhow!("raft node thread panicked")),
             _ => None,
         };
-        if let Some(failure) = failure {
-            tracing::error!("{failure}");
+        if let Some(end) = end {
+            if end.downcast_ref::<RemovedFromCluster>().is_none() {
+                tracing::error!("{end}");
+            }
             *fatal
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(failure);
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(end);
         }
     });
     // A fatal error in the node thread stops the member: it must not go on

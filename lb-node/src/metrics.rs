@@ -390,6 +390,16 @@ fn gauge(name: &str, help: &str, value: i64) -> Option<IntGauge> {
     Some(g)
 }
 
+/// The metric names in a text (`lb_...` and `process_...` words), as the
+/// alert rules and dashboard in deploy/ use them: their tests check each
+/// is exported.
+pub fn metric_names_in(text: &str) -> std::collections::BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("lb_") || w.starts_with("process_"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The metrics in Prometheus' text format.
 pub fn render(views: &Views) -> String {
     let mut families = METRICS.registry.gather();
@@ -718,9 +728,8 @@ mod deploy_tests {
             include_str!("../../deploy/grafana/lb-node-dashboard.json"),
         ]
         .iter()
-        .flat_map(|t| t.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .flat_map(|t| metric_names_in(t))
         .filter(|w| w.starts_with("lb_bgp_") || w.starts_with("lb_bfd_"))
-        .map(str::to_owned)
         .collect();
         assert!(!used.is_empty());
         METRICS

@@ -44,6 +44,21 @@ impl Default for Defaults {
     }
 }
 
+impl Defaults {
+    /// A check of `kind` on `port` with this timing.
+    fn check(self, kind: ProbeKind, port: Option<u16>) -> HealthCheck {
+        HealthCheck {
+            kind,
+            port,
+            interval: self.interval,
+            timeout: self.timeout,
+            rise: self.rise,
+            fall: self.fall,
+            on_down: self.on_down,
+        }
+    }
+}
+
 /// The member config's `[health]` as written.
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
@@ -75,16 +90,7 @@ pub fn defaults(
         &Defaults::default(),
         &e,
     )?;
-    let probe = HealthCheck {
-        kind: ProbeKind::Tcp,
-        port: None,
-        interval: d.interval,
-        timeout: d.timeout,
-        rise: d.rise,
-        fall: d.fall,
-        on_down: d.on_down,
-    };
-    if let Some((f, why)) = probe.problem() {
+    if let Some((f, why)) = d.check(ProbeKind::Tcp, None).problem() {
         return Err(e(f, why));
     }
     Ok(d)
@@ -310,15 +316,7 @@ pub fn check(
         defaults,
         &e,
     )?;
-    let check = HealthCheck {
-        kind,
-        port,
-        interval: t.interval,
-        timeout: t.timeout,
-        rise: t.rise,
-        fall: t.fall,
-        on_down: t.on_down,
-    };
+    let check = t.check(kind, port);
     if let Some((f, why)) = check.problem() {
         return Err(e(f, why));
     }

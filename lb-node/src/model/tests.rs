@@ -138,6 +138,15 @@ fn health_check() -> impl Strategy<Value = Option<Box<HealthCheck>>> {
     ]
 }
 
+/// Backend `host` of a service, in its address family.
+fn backend_address(key: &ServiceKey, host: u8) -> IpAddr {
+    if key.vip.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, host))
+    } else {
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(host)))
+    }
+}
+
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         3 => service().prop_map(Command::UpsertService),
@@ -149,11 +158,7 @@ fn command() -> impl Strategy<Value = Command> {
         ])
             .prop_map(|(key, host, port, value)| Command::SetBackendOverride {
                 key,
-                address: if key.vip.is_ipv4() {
-                    IpAddr::V4(Ipv4Addr::new(10, 0, 0, host))
-                } else {
-                    IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(host)))
-                },
+                address: backend_address(&key, host),
                 port,
                 value,
             }),
@@ -178,11 +183,7 @@ fn command() -> impl Strategy<Value = Command> {
                     .into_iter()
                     .map(|(key, host, port, down)| HealthReport {
                         key,
-                        address: if key.vip.is_ipv4() {
-                            IpAddr::V4(Ipv4Addr::new(10, 0, 0, host))
-                        } else {
-                            IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(host)))
-                        },
+                        address: backend_address(&key, host),
                         port,
                         down,
                     })

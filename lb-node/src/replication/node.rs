@@ -236,8 +236,6 @@ fn abandon(replica: Replica) {
     std::mem::forget(replica);
 }
 
-/// Runs the node loop until `Input::Stop` or every sender is gone. Returns
-/// the replica's fatal error, if any.
 /// Why the node thread ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
@@ -248,6 +246,8 @@ pub enum Ended {
     Removed,
 }
 
+/// Runs the node loop until `Input::Stop`, every sender is gone, or this
+/// member is removed. Returns the replica's fatal error, if any.
 pub fn run(
     mut replica: Replica,
     inputs: Receiver<Input>,
@@ -396,8 +396,9 @@ pub fn run(
             Some((k, sets)) if *k == key => Some(sets.clone()),
             _ => None,
         };
+        let recompute = keep.is_none();
         let now = status_of(&replica, keep, &clock);
-        if announced_cache.as_ref().is_none_or(|(k, _)| *k != key) {
+        if recompute {
             announced_cache = Some((key, (now.announced.clone(), now.ecmp.clone())));
         }
         status.send_if_modified(|s| {

@@ -155,7 +155,7 @@ pub struct Ownership {
     /// its outcome (health reports and other entries that leave the table
     /// and the owners alone do not).
     settled: Option<(u64, SharedOwners, BTreeSet<u64>)>,
-    /// The state whose VIP owners `owned_since` reflects.
+    /// The VIP owners `owned_since` reflects.
     noted_owners: Option<SharedOwners>,
     /// VIP owners proposed and not yet applied.
     proposed: Option<Owners>,
@@ -454,6 +454,13 @@ impl Ownership {
         self.config.scope.vips(state)
     }
 
+    /// What `announced_vips` and `ecmp_vips` depend on besides the
+    /// state's table (its revision): equal keys, equal sets. Computing the
+    /// sets costs O(VIPs); this costs nothing.
+    pub fn announce_key(&self) -> (u64, bool, bool) {
+        (self.announce_version, self.not_ready(), self.serving)
+    }
+
     /// The VIPs this member announces now: the ones the committed state
     /// gives it, while its lease holds; each started only once its state
     /// was known current and a few heartbeats after the VIP became its own
@@ -463,13 +470,6 @@ impl Ownership {
     /// the simulation checks it at every step of its fault scenarios. A
     /// member whose dataplane has not programmed the table announces
     /// nothing (it could not serve what it attracts).
-    /// What `announced_vips` and `ecmp_vips` depend on besides the
-    /// state's table (its revision): equal keys, equal sets. Computing the
-    /// sets costs O(VIPs); this costs nothing.
-    pub fn announce_key(&self) -> (u64, bool, bool) {
-        (self.announce_version, self.not_ready(), self.serving)
-    }
-
     pub fn announced_vips(&self) -> BTreeSet<IpAddr> {
         if self.not_ready() {
             return BTreeSet::new();
