@@ -189,6 +189,26 @@ async fn only_certificates_of_the_cluster_ca_get_in() -> anyhow::Result<()> {
         wrong_ca.is_err(),
         "a peer with another CA's certificate must be refused"
     );
+    // The member names each failed handshake in its log, with the
+    // client's address (tonic alone logged them at debug level only).
+    eventually(
+        "the refusals named in member 1's log",
+        Duration::from_secs(5),
+        || async {
+            let log = members[0].log();
+            Ok([
+                "TLS handshake failed: the client did not speak TLS",
+                "TLS handshake failed: the client refused this member's certificate",
+                "TLS handshake failed: the client's certificate is not signed by the cluster's CA",
+                "TLS handshake failed: the client offered no certificate",
+            ]
+            .iter()
+            .all(|words| log.contains(words))
+            .then_some(()))
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}:\n{}", members[0].log()))?;
     // A real member certificate passes TLS and reaches the envelope checks,
     // which refuse this undecodable message by name: so the refusals above
     // were TLS's doing.

@@ -444,7 +444,12 @@ pub async fn run(
         cluster,
         shutdown: shutdown.clone(),
     };
-    let admin_tls = config.tls.as_ref().map(crate::config::TlsConfig::server);
+    let admin_tls = config
+        .tls
+        .as_ref()
+        .map(crate::config::TlsConfig::acceptor)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let admin_listener =
         crate::listener::GuardedListener::new(listeners.admin, "admin", config.limits);
     let admin_result = admin::serve(admin_listener, admin, admin_tls, shutdown.clone()).await;
@@ -936,7 +941,10 @@ async fn start_raft(
         .spawn(move || node::run(replica, inputs_rx, tick, outbox, state_tx, status_tx))
         .context("cannot start the raft node thread")?;
     let service = PeerService::new(cluster.id.clone(), node_id, states.clone(), inputs.clone());
-    let server_tls = tls.map(crate::config::TlsConfig::server);
+    let server_tls = tls
+        .map(crate::config::TlsConfig::acceptor)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let peer_shutdown = shutdown.clone();
     let peer_addr = peer_listener.local_addr()?;
     tokio::spawn(async move {

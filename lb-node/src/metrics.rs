@@ -57,6 +57,7 @@ pub struct Metrics {
     pub health_backends_down: IntGauge,
     pub connections_open: prometheus::IntGaugeVec,
     pub connections_refused: IntCounterVec,
+    pub tls_handshakes_failed: IntCounterVec,
 }
 
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
@@ -344,6 +345,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 &["listener", "reason"],
             ),
         ),
+        tls_handshakes_failed: registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "lb_tls_handshakes_failed_total",
+                    "TLS handshakes on the admin and peer ports that failed, by why: no_certificate, unknown_ca, expired, not_yet_valid, bad_certificate (the client's), refused_ours (the client refused this member's), not_tls, timeout, other.",
+                ),
+                &["listener", "reason"],
+            ),
+        ),
         registry,
     };
     for listener in ["admin", "peer", "metrics"] {
@@ -351,6 +362,23 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         for reason in ["listener_full", "source_full", "accept_error"] {
             metrics
                 .connections_refused
+                .with_label_values(&[listener, reason]);
+        }
+    }
+    for listener in ["admin", "peer"] {
+        for reason in [
+            "no_certificate",
+            "unknown_ca",
+            "expired",
+            "not_yet_valid",
+            "bad_certificate",
+            "refused_ours",
+            "not_tls",
+            "timeout",
+            "other",
+        ] {
+            metrics
+                .tls_handshakes_failed
                 .with_label_values(&[listener, reason]);
         }
     }

@@ -790,7 +790,12 @@ impl Admin for AdminService {
                         let d = dataplane.borrow_and_update().clone();
                         if d.last_sync_ops > 0 || !d.last_error.is_empty() {
                             let text = if d.last_error.is_empty() {
-                                format!("dataplane synced revision {}: {} operations", d.synced_revision, d.last_sync_ops)
+                                format!(
+                                    "dataplane synced revision {}: {} kernel change{}",
+                                    d.synced_revision,
+                                    d.last_sync_ops,
+                                    if d.last_sync_ops == 1 { "" } else { "s" }
+                                )
                             } else {
                                 format!("dataplane sync failed: {}", d.last_error)
                             };
@@ -861,11 +866,9 @@ impl ServiceFilter {
 pub async fn serve(
     listener: crate::listener::GuardedListener,
     service: AdminService,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    crate::config::server_builder(tls)?
-        .add_service(AdminServer::new(service))
-        .serve_with_incoming_shutdown(listener.into_stream(), shutdown.cancelled_owned())
-        .await
+    let router = tonic::transport::Server::builder().add_service(AdminServer::new(service));
+    listener.serve(router, tls, shutdown).await
 }

@@ -49,29 +49,17 @@ impl std::fmt::Debug for TlsConfig {
     }
 }
 
-/// A gRPC server builder, with mutual TLS when `tls` is given.
-pub fn server_builder(
-    tls: Option<tonic::transport::ServerTlsConfig>,
-) -> Result<tonic::transport::Server, tonic::transport::Error> {
-    let builder = tonic::transport::Server::builder();
-    match tls {
-        Some(tls) => builder.tls_config(tls),
-        None => Ok(builder),
-    }
-}
-
 /// The name every member certificate carries and every client checks.
 pub const TLS_SERVER_NAME: &str = "lb-node";
 
 impl TlsConfig {
-    pub fn server(&self) -> tonic::transport::ServerTlsConfig {
-        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-        // A client that starts a handshake and stalls holds a connection
-        // (and a descriptor) no longer than this.
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
-            .timeout(std::time::Duration::from_secs(10))
+    /// The TLS side of the admin and peer servers (see
+    /// `GuardedListener::into_tls_stream`). The files were checked at
+    /// load; an error names the field all the same.
+    pub fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
+        server_config(&self.ca_pem, &self.cert_pem, &self.key_pem)
+            .map(|c| tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(c)))
+            .map_err(|(field, why)| format!("{field} {why}"))
     }
 
     pub fn client(&self) -> tonic::transport::ClientTlsConfig {
@@ -155,30 +143,52 @@ pub(super) fn read_tls(t: RawTls, file: &Path) -> Result<TlsConfig, ConfigError>
         cert_pem: read("tls.cert", t.cert)?,
         key_pem: read("tls.key", t.key)?,
     };
-    check_key_pair(&tls.cert_pem, &tls.key_pem)
+    server_config(&tls.ca_pem, &tls.cert_pem, &tls.key_pem)
         .map_err(|(field, why)| ConfigError::new(file, field, why))?;
     Ok(tls)
 }
 
-/// Whether the certificate and key parse and belong together, as the TLS
-/// server will need them: found here, the error names the field (found by
-/// the server, it said "transport error: keys may not be consistent").
-fn check_key_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), (&'static str, String)> {
+/// The TLS server's configuration: the member's certificate and key, and
+/// client certificates required, verified against the cluster's CA. Built
+/// at load to check the files (an error names the field; found by the
+/// server, a bad pair said "transport error: keys may not be consistent"),
+/// and again by each server.
+fn server_config(
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<rustls::ServerConfig, (&'static str, String)> {
     use rustls_pki_types::pem::PemObject as _;
-    let certs: Vec<rustls_pki_types::CertificateDer<'static>> =
-        rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| ("tls.cert", format!("is not a PEM certificate: {e}")))?;
-    if certs.is_empty() {
-        return Err(("tls.cert", "holds no certificate".into()));
+    let pems = |field, pem| {
+        rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| (field, format!("is not a PEM certificate: {e}")))
+            .and_then(|certs| {
+                if certs.is_empty() {
+                    Err((field, "holds no certificate".into()))
+                } else {
+                    Ok(certs)
+                }
+            })
+    };
+    let certs = pems("tls.cert", cert_pem)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in pems("tls.ca", ca_pem)? {
+        roots
+            .add(ca)
+            .map_err(|e| ("tls.ca", format!("is not a usable CA certificate: {e}")))?;
     }
     let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| ("tls.key", format!("is not a PEM private key: {e}")))?;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ServerConfig::builder_with_provider(provider)
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()
+            .map_err(|e| ("tls.ca", format!("cannot verify clients with it: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ("tls.cert", e.to_string()))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
         .map_err(|e| match e {
             rustls::Error::InconsistentKeys(_) => (
@@ -187,7 +197,9 @@ fn check_key_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), (&'static str, 
             ),
             other => ("tls.key", format!("cannot be used with tls.cert: {other}")),
         })?;
-    Ok(())
+    // gRPC is HTTP/2 only.
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
 }
 
 pub(super) fn validate_cluster(

@@ -15,7 +15,7 @@ mod announce;
 mod cluster;
 mod kubernetes;
 
-pub use cluster::{ClusterConfig, TLS_SERVER_NAME, TlsConfig, server_builder};
+pub use cluster::{ClusterConfig, TLS_SERVER_NAME, TlsConfig};
 pub use kubernetes::KubernetesSourceConfig;
 
 /// An error in a configuration or services file. Never retryable: the file

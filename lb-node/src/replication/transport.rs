@@ -246,13 +246,12 @@ fn certificate_names_member(certs: &[CertificateDer<'static>], id: u64) -> Resul
 pub async fn serve(
     listener: crate::listener::GuardedListener,
     service: PeerService,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    crate::config::server_builder(tls)?
-        .add_service(PeerServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .serve_with_incoming_shutdown(listener.into_stream(), shutdown.cancelled_owned())
-        .await
+    let router = tonic::transport::Server::builder()
+        .add_service(PeerServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES));
+    listener.serve(router, tls, shutdown).await
 }
 
 /// The sending side: routes each message to its peer's lane.
