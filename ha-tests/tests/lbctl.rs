@@ -42,6 +42,34 @@ async fn endpoints_timeouts_and_member_add_checks() -> anyhow::Result<()> {
     let (code, out, err, _) = lbctl(&[plain(1)], &["status"])?;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("leader"), "{out}");
+    // Counts read as words, in the number they take ("1 change", not
+    // "1 ops").
+    let dataplane = out
+        .lines()
+        .find(|l| l.starts_with("dataplane  "))
+        .ok_or_else(|| anyhow::anyhow!("no dataplane line: {out}"))?;
+    assert!(
+        (dataplane.contains(" change)") || dataplane.contains(" changes)"))
+            && !dataplane.contains(" 1 changes")
+            && dataplane.contains(" services, "),
+        "{dataplane}"
+    );
+    // Logged durations are rounded for people: took_ms=0.017, not
+    // 0.016524999999999998.
+    let log = members[&1].log();
+    let took: Vec<&str> = log
+        .split("took_ms=")
+        .skip(1)
+        .map(|rest| rest.split_whitespace().next().unwrap_or_default())
+        .collect();
+    assert!(
+        !took.is_empty()
+            && took.iter().all(|t| t
+                .split('.')
+                .nth(1)
+                .is_none_or(|decimals| decimals.len() <= 3)),
+        "{took:?}"
+    );
 
     // Not an endpoint: a usage error naming the flag.
     let (code, _, err, _) = lbctl(&["lb-1".into()], &["status"])?;

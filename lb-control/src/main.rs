@@ -734,6 +734,15 @@ fn tls_reason(text: &str, tls_on: bool) -> Option<&'static str> {
     })
 }
 
+/// "1 route", "2 routes": a count and its noun, in the number it takes.
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn when(unix_ms: i64) -> String {
     if unix_ms == 0 {
         return "never".into();
@@ -946,12 +955,12 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
                 );
             }
             out!(
-                "dataplane  {}: {} services, {} destinations (synced {}, {} ops){}",
+                "dataplane  {}: {}, {} (synced {}, {}){}",
                 dp.kind,
-                dp.programmed_services,
-                dp.programmed_destinations,
+                count(dp.programmed_services, "service"),
+                count(dp.programmed_destinations, "destination"),
                 when(dp.last_sync_unix_ms),
-                dp.last_sync_ops,
+                count(dp.last_sync_ops, "change"),
                 if dp.last_error.is_empty() {
                     String::new()
                 } else {
@@ -976,9 +985,9 @@ fn print_status(s: &pb::GetStatusResponse, output: Output) {
 fn print_bgp_peer(p: &pb::BgpPeerStatus) {
     let session = if p.state == "established" {
         format!(
-            "established since {}, {} routes",
+            "established since {}, {}",
             when(p.established_since_unix_ms),
-            p.routes
+            count(p.routes, "route")
         )
     } else {
         p.state.to_uppercase()
@@ -986,17 +995,17 @@ fn print_bgp_peer(p: &pb::BgpPeerStatus) {
     let bfd = if p.bfd_state.is_empty() {
         "bfd off".to_owned()
     } else if p.bfd_state == "up" {
-        format!("bfd up ({} flaps)", p.bfd_flaps)
+        format!("bfd up ({})", count(p.bfd_flaps, "flap"))
     } else {
         format!(
-            "bfd {}{} ({} flaps)",
+            "bfd {}{} ({})",
             p.bfd_state.to_uppercase(),
             if p.bfd_diagnostic.is_empty() {
                 String::new()
             } else {
                 format!(": {}", p.bfd_diagnostic)
             },
-            p.bfd_flaps
+            count(p.bfd_flaps, "flap")
         )
     };
     out!("bgp peer   {} AS {}: {session}; {bfd}", p.address, p.asn);
