@@ -436,6 +436,7 @@ pub mod kube;
 pub mod l2lab;
 pub mod netdrills;
 pub mod netns;
+pub mod prereq;
 pub mod routerdrills;
 pub mod routers;
 pub mod scale;

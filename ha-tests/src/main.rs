@@ -20,6 +20,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ha_tests::drills::{Size, all_drills, run_any};
+use ha_tests::prereq;
 use ha_tests::target::Target;
 
 fn usage() -> ExitCode {
@@ -134,6 +135,9 @@ async fn main() -> ExitCode {
     if let ["drill", name] = words[..]
         && (name == "bgp" || ha_tests::routerdrills::ROUTER_DRILLS.contains(&name))
     {
+        if let Err(e) = prereq::check(&format!("drill {name}"), &[prereq::ROUTER]) {
+            return cannot_start(&e);
+        }
         return router(name, router_modes).await;
     }
     // The cluster lab's drills.
@@ -159,6 +163,28 @@ async fn main() -> ExitCode {
         },
         _ => return usage(),
     };
+    // The kernel lab checks its own (the guest gets them from this machine).
+    if !lab {
+        let needs: Vec<&[prereq::Tool]> = names
+            .iter()
+            .filter_map(|n| {
+                if ha_tests::netdrills::NET_DRILLS.contains(n) {
+                    Some(prereq::NETNS)
+                } else if ha_tests::kube::KUBE_DRILLS.contains(n) {
+                    Some(prereq::KUBE)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let what = match &names[..] {
+            [one] => format!("drill {one}"),
+            _ => "drill all".to_owned(),
+        };
+        if let Err(e) = prereq::check(&what, &needs) {
+            return cannot_start(&e);
+        }
+    }
     let reports: Vec<serde_json::Value> = if lab {
         let all = names.clone();
         match tokio::task::spawn_blocking(move || ha_tests::netdrills::run_in_kernel_lab(&all))
@@ -239,6 +265,9 @@ async fn cluster(
             Ok(Err(e)) | Err(e) => vec![failed("kernel-lab", &e)],
         }
     } else if ipvs {
+        if let Err(e) = prereq::check(&format!("drill {name}"), &[prereq::CLUSTER_LAB]) {
+            return cannot_start(&e);
+        }
         let mode = modes.first().copied().unwrap_or(Mode::L2);
         let mut out = Vec::new();
         for name in names {
@@ -272,6 +301,13 @@ async fn cluster(
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// A drill this machine cannot run (a program missing): said on standard
+/// error, exit status 2 as for a usage error (nothing was run).
+fn cannot_start(e: &anyhow::Error) -> ExitCode {
+    eprintln!("ha-tests: {e:#}");
+    ExitCode::from(2)
 }
 
 /// The JSON line of a drill that could not run.

@@ -130,3 +130,32 @@ async fn transfer_and_drain_against_a_running_appliance() -> anyhow::Result<()> 
 async fn scale_run() -> anyhow::Result<()> {
     drill("scale-50k").await
 }
+
+/// A drill on a machine that lacks a program it needs says which, and the
+/// package, before it starts (issue 24: `owner-crash` without tcpdump
+/// failed after 30 s with "no gratuitous ARP ... seen: []").
+#[test]
+fn a_drill_names_the_program_it_lacks_before_it_starts() -> anyhow::Result<()> {
+    // A PATH with everything owner-crash needs but tcpdump.
+    let dir = tempfile::tempdir()?;
+    let system = std::env::var("PATH").unwrap_or_default();
+    for program in ["ip", "chrt"] {
+        let found = std::env::split_paths(&system)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+            .ok_or_else(|| anyhow::anyhow!("{program} is not on this machine's PATH"))?;
+        std::os::unix::fs::symlink(found, dir.path().join(program))?;
+    }
+    let out = std::process::Command::new(ha_tests::binary("ha-tests")?)
+        .args(["drill", "owner-crash"])
+        .env("PATH", dir.path())
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("drill owner-crash needs what this machine lacks: tcpdump (tcpdump)")
+            && err.contains("apt-get install tcpdump"),
+        "{err}"
+    );
+    Ok(())
+}
