@@ -165,17 +165,12 @@ async fn main() -> ExitCode {
     };
     // The kernel lab checks its own (the guest gets them from this machine).
     if !lab {
+        // The IPVS tier runs every drill in namespaces (the guest's own
+        // copy of flapping-backend, not the Kubernetes one of that name).
         let needs: Vec<&[prereq::Tool]> = names
             .iter()
-            .filter_map(|n| {
-                if ha_tests::netdrills::NET_DRILLS.contains(n) {
-                    Some(prereq::NETNS)
-                } else if ha_tests::kube::KUBE_DRILLS.contains(n) {
-                    Some(prereq::KUBE)
-                } else {
-                    None
-                }
-            })
+            .filter(|n| ipvs || ha_tests::netdrills::NET_DRILLS.contains(n))
+            .map(|_| prereq::NETNS)
             .collect();
         let what = match &names[..] {
             [one] => format!("drill {one}"),

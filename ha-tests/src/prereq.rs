@@ -28,10 +28,6 @@ pub const NETNS: &[Tool] = &[
     tool("chrt", "util-linux"),
 ];
 
-/// The Kubernetes drills: the fake API server is driven with kubectl as
-/// operators use it.
-pub const KUBE: &[Tool] = &[tool("kubectl", "kubectl")];
-
 /// The drills through a real router (FRR, in a namespace).
 pub const ROUTER: &[Tool] = &[
     tool("ip", "iproute2"),
