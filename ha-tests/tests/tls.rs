@@ -77,8 +77,10 @@ async fn peer_call_sized(
         .map_err(|e| e.to_string())?
         .tls_config(tls)
         .map_err(|e| e.to_string())?
-        .connect()
+        .connect_timeout(std::time::Duration::from_secs(10));
+    let channel = tokio::time::timeout(std::time::Duration::from_secs(30), channel.connect())
         .await
+        .map_err(|_| format!("PEER CONNECT HUNG: not connected within 30 s (as {identity:?})"))?
         .map_err(|e| e.to_string())?;
     let envelope = Envelope {
         cluster_id: "tls-test".into(),
@@ -88,11 +90,15 @@ async fn peer_call_sized(
         message: vec![0xff; size],
         ..Default::default()
     };
-    PeerClient::new(channel)
-        .send(tokio_stream::iter([envelope]))
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    // Bounded: a call that never ends fails the test here, by name.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        PeerClient::new(channel).send(tokio_stream::iter([envelope])),
+    )
+    .await
+    .map_err(|_| format!("PEER CALL HUNG: no answer within 30 s (as {identity:?})"))?
+    .map(|_| ())
+    .map_err(|e| e.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
