@@ -892,6 +892,33 @@ const BACK_FOR: Duration = Duration::from_secs(6);
 /// Issue 22's bound with the default check: interval x fall + one commit.
 const OUT_WITHIN_MS: f64 = 3_500.0;
 
+/// The health events of member `id` (the leader logs each agreed
+/// verdict) from now on, with their Unix times, collected by a task that
+/// ends when the member closes the stream.
+async fn health_events(
+    lab: &Lab,
+    id: u64,
+) -> anyhow::Result<std::sync::Arc<std::sync::Mutex<Vec<(f64, String)>>>> {
+    let mut events = admin(lab, id)
+        .await?
+        .watch_events(pb::WatchEventsRequest::default())
+        .await?
+        .into_inner();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let into = seen.clone();
+    tokio::spawn(async move {
+        use tokio_stream::StreamExt as _;
+        while let Some(Ok(e)) = events.next().await {
+            if e.kind == "health" {
+                into.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push((e.unix_ms as f64 / 1000.0, e.message));
+            }
+        }
+    });
+    Ok(seen)
+}
+
 /// b0's health in service web-0 as member `id` shows it (`lbctl services
 /// web-0`): the agreed verdict, its probers, its own probes.
 async fn b0_health(lab: &Lab, id: u64) -> anyhow::Result<pb::BackendHealth> {
@@ -929,7 +956,7 @@ async fn dead_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
         lab.spawn(&ns, &[&lab_http, "serve", "0.0.0.0:8080", &ns])
     };
     let mut servers = vec![serve(lab, 0)?, serve(lab, 1)?];
-    settled(lab, Duration::from_secs(30)).await?;
+    let leader = settled(lab, Duration::from_secs(30)).await?;
     let owners = vip_owners(lab).await?;
     let vip = owners[0].0;
     let to: std::net::SocketAddr = (vip.parse::<std::net::Ipv4Addr>()?, 80).into();
@@ -948,6 +975,10 @@ async fn dead_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
         },
     )
     .await?;
+    // The health verdicts as the leader logs them, with their times: when
+    // the drill fails, they say whether the table changed late or changed
+    // back. (The leader stays: no member fails in this drill.)
+    let verdicts = health_events(lab, leader).await?;
     let traffic = Traffic::start(to, REQUESTS_PER_SECOND);
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Refused: b0's server killed; then started again.
@@ -1053,10 +1084,14 @@ async fn dead_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
             .map(|r| (r.at - fault) * 1000.0)
             .fold(0.0f64, f64::max);
         let failed = during.iter().filter(|r| r.answer.is_none()).count();
-        let late: Vec<f64> = during
+        // Each as "+4.123 s failed after 900 ms" or "+4.123 s b1".
+        let late: Vec<String> = during
             .iter()
             .filter(|r| hit(r) && (r.at - fault) * 1000.0 > OUT_WITHIN_MS)
-            .map(|r| r.at - fault)
+            .map(|r| match &r.answer {
+                None => format!("+{:.3} s failed after {} ms", r.at - fault, r.took_ms),
+                Some(a) => format!("+{:.3} s {}", r.at - fault, a.trim()),
+            })
             .collect();
         // Back: the first answer from it after it recovered.
         let back_ms = sent
@@ -1064,10 +1099,11 @@ async fn dead_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
             .filter(|r| r.at >= back && r.at < until)
             .find(|r| r.answer.as_deref().map(str::trim) == Some(victim))
             .map(|r| (r.at - back) * 1000.0);
-        let failed_after = sent
+        let failed_after: Vec<String> = sent
             .iter()
             .filter(|r| r.at >= back && r.at < until && r.answer.is_none())
-            .count();
+            .map(|r| format!("+{:.3} s after {} ms", r.at - back, r.took_ms))
+            .collect();
         figures.insert(
             label.into(),
             serde_json::json!({
@@ -1076,14 +1112,14 @@ async fn dead_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
                 "failed": failed,
                 "out_after_ms": out_ms.round(),
                 "back_after_ms": back_ms.map(f64::round),
-                "failed_after_recovery": failed_after,
+                "failed_after_recovery": failed_after.len(),
             }),
         );
         if !late.is_empty() {
             report.failures.push(format!(
-                "{label}: {} requests failed or reached {victim} more than {OUT_WITHIN_MS} ms after the fault (at +{:.3} s ...)",
+                "{label}: {} requests failed or reached {victim} more than {OUT_WITHIN_MS} ms after the fault: {}",
                 late.len(),
-                late[0]
+                late.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
             ));
         }
         if back_ms.is_none() {
@@ -1091,11 +1127,32 @@ async fn dead_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
                 "{label}: {victim} answered no request within {BACK_FOR:?} of recovering"
             ));
         }
-        if failed_after > 0 {
+        if !failed_after.is_empty() {
             report.failures.push(format!(
-                "{label}: {failed_after} requests failed after {victim} recovered"
+                "{label}: {} requests failed after {victim} recovered: {}",
+                failed_after.len(),
+                failed_after
+                    .iter()
+                    .take(10)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
+    }
+    if !report.failures.is_empty() {
+        // The leader's verdicts, timed from the first fault.
+        let seen: Vec<String> = verdicts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(at, m)| format!("+{:.3} s {m}", at - t0))
+            .collect();
+        report.extra.insert("health_events".into(), seen.into());
+        report.extra.insert(
+            "faults_at".into(),
+            serde_json::json!({"refused": 0.0, "refused_back": t1 - t0, "link_cut": t2 - t0, "link_back": t3 - t0}),
+        );
     }
     report.requests_sent = Some(sent.len() as u64);
     report.requests_failed = Some(sent.iter().filter(|r| r.answer.is_none()).count() as u64);
