@@ -272,6 +272,66 @@ async fn only_certificates_of_the_cluster_ca_get_in() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A member given another CA's certificates: both sides of each failed
+/// dial say why in their logs, the member dialing (the other's certificate
+/// is not of its CA) and the member dialed (its certificate was refused),
+/// each cause once, not at every retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_of_another_ca_is_named_on_both_sides() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    let rogue = dir.path().join("rogue");
+    make_certs(&certs, &["1", "2"])?;
+    make_certs(&rogue, &["3"])?;
+    let layout = ClusterLayout::write(dir.path(), 3, SERVICES, "tls-test")?;
+    for id in 1..=3 {
+        let from = if id == 3 { &rogue } else { &certs };
+        let path = layout.config(id);
+        let mut config = std::fs::read_to_string(&path)?;
+        config.push_str(&format!(
+            "\n[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/member-{id}.pem\"\nkey = \"{0}/member-{id}-key.pem\"\n",
+            from.display()
+        ));
+        std::fs::write(&path, config)?;
+    }
+    let members: Vec<Member> = (1..=3)
+        .map(|id| Member::start(&layout.config(id)))
+        .collect::<anyhow::Result<_>>()?;
+    eventually(
+        "each side of a failed dial named in the logs",
+        Duration::from_secs(20),
+        || async {
+            let (one, three) = (members[0].log(), members[2].log());
+            Ok((three.contains(
+                "cannot connect to peer: member 1's certificate is not signed by the cluster's CA",
+            ) && one.contains(
+                "cannot connect to peer: member 3's certificate is not signed by the cluster's CA",
+            ) && one
+                .contains("TLS handshake failed: the client refused this member's certificate")
+                && three.contains(
+                    "TLS handshake failed: the client refused this member's certificate",
+                ))
+            .then_some(()))
+        },
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\nmember 1:\n{}\nmember 3:\n{}",
+            members[0].log(),
+            members[2].log()
+        )
+    })?;
+    // Retried every 2 s at most, warned of once (within this minute).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let warned = members[2]
+        .log()
+        .matches("cannot connect to peer: member 1's certificate")
+        .count();
+    assert_eq!(warned, 1, "{}", members[2].log());
+    Ok(())
+}
+
 /// `lb-node plan` with a member config of `dir` whose [tls] section is
 /// `tls`: its exit code and standard error.
 fn plan_with_tls(dir: &Path, tls: &str) -> anyhow::Result<(Option<i32>, String)> {

@@ -222,6 +222,57 @@ pub fn member_tls_name(id: u64) -> String {
     format!("member-{id}")
 }
 
+/// Why dialing member `to` failed in TLS, in words for the log, found in
+/// the error's chain of sources; `None` when TLS is not the cause (a member
+/// down or unreachable is normal and logged at debug level).
+pub fn dial_failure(e: &(dyn std::error::Error + 'static), to: u64) -> Option<String> {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    let mut source = Some(e);
+    while let Some(err) = source {
+        // An io::Error's source() skips the error it wraps: look inside.
+        let tls = err.downcast_ref::<E>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<E>())
+        });
+        if let Some(tls) = tls {
+            return Some(match tls {
+                E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+                    format!("member {to}'s certificate is not signed by the cluster's CA (tls.ca)")
+                }
+                E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                    format!(
+                        "member {to}'s certificate does not name {} (is another member at its address?)",
+                        member_tls_name(to)
+                    )
+                }
+                E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+                    format!("member {to}'s certificate has expired")
+                }
+                E::InvalidCertificate(other) => {
+                    format!("member {to}'s certificate was refused: {other:?}")
+                }
+                E::AlertReceived(
+                    alert @ (A::UnknownCA
+                    | A::BadCertificate
+                    | A::CertificateUnknown
+                    | A::CertificateExpired
+                    | A::CertificateRequired
+                    | A::DecryptError),
+                ) => format!(
+                    "member {to} refused this member's certificate (alert {alert:?}): its tls.ca is another CA, or this certificate expired"
+                ),
+                E::InvalidMessage(_) => {
+                    format!("member {to} did not speak TLS (its config has no [tls]?)")
+                }
+                other => format!("TLS with member {to}: {other}"),
+            });
+        }
+        source = err.source();
+    }
+    None
+}
+
 /// Whether the leaf of `certs` (already verified against the cluster CA by
 /// TLS) names member `id`: without this, any certificate of the CA (another
 /// member's, or lbctl's) could speak for any member.
@@ -433,6 +484,9 @@ impl LaneTask {
     /// Ordinary messages: one long-lived stream, reconnected with backoff.
     async fn run_ordinary(self, mut queue: mpsc::UnboundedReceiver<(Option<Message>, Stamp)>) {
         let mut backoff = BACKOFF_MIN;
+        // The TLS cause last warned of, and when: the same cause is
+        // repeated once a minute, not at every retry.
+        let mut warned: Option<(String, std::time::Instant)> = None;
         loop {
             let channel = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -441,7 +495,19 @@ impl LaneTask {
             let channel = match channel {
                 Ok(c) => c,
                 Err(e) => {
-                    debug!(peer = self.to, address = %self.address, error = %e, "cannot connect to peer");
+                    match dial_failure(e.as_ref(), self.to) {
+                        Some(why)
+                            if warned.as_ref().is_none_or(|(last, at)| {
+                                *last != why || at.elapsed() >= Duration::from_secs(60)
+                            }) =>
+                        {
+                            warn!(peer = self.to, address = %self.address, "cannot connect to peer: {why}");
+                            warned = Some((why, std::time::Instant::now()));
+                        }
+                        _ => {
+                            debug!(peer = self.to, address = %self.address, error = %e, "cannot connect to peer")
+                        }
+                    }
                     // Messages queued meanwhile are lost; raft resends.
                     let mut dropped = false;
                     while queue.try_recv().is_ok() {
@@ -459,6 +525,7 @@ impl LaneTask {
                 }
             };
             backoff = BACKOFF_MIN;
+            warned = None;
             info!(peer = self.to, address = %self.address, "connected to peer");
             let (tx, rx) = mpsc::unbounded_channel();
             let mut client = self.client(channel);
@@ -478,9 +545,12 @@ impl LaneTask {
                 }
             }
             match call.await {
-                Ok(Err(status)) => {
-                    warn!(peer = self.to, error = %status.message(), "peer stream broken; reconnecting")
-                }
+                Ok(Err(status)) => match dial_failure(&status, self.to) {
+                    Some(why) => warn!(peer = self.to, "peer stream broken: {why}; reconnecting"),
+                    None => {
+                        warn!(peer = self.to, error = %status.message(), "peer stream broken; reconnecting")
+                    }
+                },
                 _ => debug!(peer = self.to, "peer stream ended; reconnecting"),
             }
             let _ = self.inputs.send(Input::Unreachable(self.to));
@@ -530,4 +600,54 @@ pub fn peers_of(state: &State, me: u64) -> BTreeMap<u64, String> {
         .filter(|(id, _)| **id != me)
         .map(|(id, a)| (*id, a.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error as tonic wraps it: the rustls error some sources down.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("transport error")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    fn named(e: rustls::Error) -> Option<String> {
+        let wrapped = Wrapped(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        dial_failure(&wrapped, 2)
+    }
+
+    #[test]
+    fn a_failed_dial_names_its_tls_cause() {
+        use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+        let said = |e| named(e).unwrap_or_default();
+        assert!(
+            said(E::InvalidCertificate(C::UnknownIssuer))
+                .contains("not signed by the cluster's CA")
+        );
+        assert!(said(E::InvalidCertificate(C::NotValidForName)).contains("does not name member-2"));
+        assert!(
+            said(E::AlertReceived(A::CertificateRequired))
+                .contains("member 2 refused this member's certificate")
+        );
+        assert!(
+            said(E::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType
+            ))
+            .contains("did not speak TLS")
+        );
+        // Not TLS: nothing to name (a member down is normal).
+        let refused = Wrapped(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(dial_failure(&refused, 2), None);
+    }
 }
