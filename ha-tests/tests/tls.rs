@@ -23,6 +23,28 @@ fn make_certs(dir: &Path, ids: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Three members in `dir` whose [tls] sections use the files of
+/// `certs(id)` (make-certs.sh output), started; with their layout.
+fn start_with_tls<'a>(
+    dir: &Path,
+    certs: impl Fn(u64) -> &'a std::path::PathBuf,
+) -> anyhow::Result<(ClusterLayout, Vec<Member>)> {
+    let layout = ClusterLayout::write(dir, 3, SERVICES, "tls-test")?;
+    for id in 1..=3 {
+        let path = layout.config(id);
+        let mut config = std::fs::read_to_string(&path)?;
+        config.push_str(&format!(
+            "\n[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/member-{id}.pem\"\nkey = \"{0}/member-{id}-key.pem\"\n",
+            certs(id).display()
+        ));
+        std::fs::write(&path, config)?;
+    }
+    let members = (1..=3)
+        .map(|id| Member::start(&layout.config(id)))
+        .collect::<anyhow::Result<_>>()?;
+    Ok((layout, members))
+}
+
 fn lbctl(
     member: &Member,
     tls: Option<(&Path, &str)>,
@@ -108,19 +130,7 @@ async fn only_certificates_of_the_cluster_ca_get_in() -> anyhow::Result<()> {
     let rogue = dir.path().join("rogue");
     make_certs(&certs, &["1", "2", "3"])?;
     make_certs(&rogue, &["1"])?;
-    let layout = ClusterLayout::write(dir.path(), 3, SERVICES, "tls-test")?;
-    for id in 1..=3 {
-        let path = layout.config(id);
-        let mut config = std::fs::read_to_string(&path)?;
-        config.push_str(&format!(
-            "\n[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/member-{id}.pem\"\nkey = \"{0}/member-{id}-key.pem\"\n",
-            certs.display()
-        ));
-        std::fs::write(&path, config)?;
-    }
-    let members: Vec<Member> = (1..=3)
-        .map(|id| Member::start(&layout.config(id)))
-        .collect::<anyhow::Result<_>>()?;
+    let (layout, members) = start_with_tls(dir.path(), |_| &certs)?;
 
     // The cluster forms over the mutual-TLS peer port, and lbctl with the
     // cluster's client certificate sees it.
@@ -283,20 +293,8 @@ async fn a_member_of_another_ca_is_named_on_both_sides() -> anyhow::Result<()> {
     let rogue = dir.path().join("rogue");
     make_certs(&certs, &["1", "2"])?;
     make_certs(&rogue, &["3"])?;
-    let layout = ClusterLayout::write(dir.path(), 3, SERVICES, "tls-test")?;
-    for id in 1..=3 {
-        let from = if id == 3 { &rogue } else { &certs };
-        let path = layout.config(id);
-        let mut config = std::fs::read_to_string(&path)?;
-        config.push_str(&format!(
-            "\n[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/member-{id}.pem\"\nkey = \"{0}/member-{id}-key.pem\"\n",
-            from.display()
-        ));
-        std::fs::write(&path, config)?;
-    }
-    let members: Vec<Member> = (1..=3)
-        .map(|id| Member::start(&layout.config(id)))
-        .collect::<anyhow::Result<_>>()?;
+    let (_layout, members) =
+        start_with_tls(dir.path(), |id| if id == 3 { &rogue } else { &certs })?;
     eventually(
         "each side of a failed dial named in the logs",
         Duration::from_secs(20),
