@@ -1177,7 +1177,6 @@ const FLAP_FOR: Duration = Duration::from_secs(30);
 /// and reports both per minute. Passes when the table changes at most a
 /// tenth as often as the backend flips.
 async fn flapping_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
-    use tokio_stream::StreamExt as _;
     let mut report = Report {
         drill: name.into(),
         tier: Dataplane::Ipvs.tier(),
@@ -1191,27 +1190,19 @@ async fn flapping_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
         servers.push(lab.spawn(&ns, &[&lab_http, "serve", "0.0.0.0:8080", &ns])?);
     }
     let leader = settled(lab, Duration::from_secs(30)).await?;
-    let mut events = admin(lab, leader)
-        .await?
-        .watch_events(pb::WatchEventsRequest::default())
-        .await?
-        .into_inner();
-    let changes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = changes.clone();
-    let watcher = tokio::spawn(async move {
-        while let Some(Ok(e)) = events.next().await {
-            if e.kind == "health" && e.message.contains(&format!("backend {BACKEND} ")) {
-                seen.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push(e.message);
-            }
-        }
-    });
+    let verdicts = health_events(lab, leader).await?;
+    // b0's agreed changes so far.
+    let of_b0 = || -> Vec<String> {
+        verdicts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(_, m)| m.contains(&format!("backend {BACKEND} ")))
+            .map(|(_, m)| m.clone())
+            .collect()
+    };
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let before = changes
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .len();
+    let before = of_b0().len();
     let started = std::time::Instant::now();
     let mut flips = 0u32;
     let mut refusing = false;
@@ -1231,10 +1222,7 @@ async fn flapping_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
     }
     let span_min = started.elapsed().as_secs_f64() / 60.0;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let flapped = changes
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .len();
+    let flapped = of_b0().len();
     // The control: a real outage (4 s) must show as one change down and
     // one up, or the count above proves nothing.
     let _ = servers[0].kill();
@@ -1242,15 +1230,11 @@ async fn flapping_backend(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
     tokio::time::sleep(Duration::from_secs(4)).await;
     servers[0] = lab.spawn("b0", &[&lab_http, "serve", "0.0.0.0:8080", "b0"])?;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    watcher.abort();
+    let changes = of_b0();
     for s in &mut servers {
         let _ = s.kill();
         let _ = s.wait();
     }
-    let changes = changes
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
     let during = flapped.saturating_sub(before);
     let control: Vec<&String> = changes.iter().skip(flapped).collect();
     let control_seen = control.iter().any(|m| m.contains(" is down "))

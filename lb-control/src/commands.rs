@@ -178,26 +178,14 @@ pub(crate) async fn call(
             }
         }
         Command::Member {
-            action: MemberAction::Drain { id },
+            action: action @ (MemberAction::Drain { id } | MemberAction::Undrain { id }),
         } => {
+            let drained = matches!(action, MemberAction::Drain { .. });
             client
-                .drain_member(pb::DrainMemberRequest {
-                    id: *id,
-                    drained: true,
-                })
+                .drain_member(pb::DrainMemberRequest { id: *id, drained })
                 .await?;
-            done(out, &format!("member {id} drained"));
-        }
-        Command::Member {
-            action: MemberAction::Undrain { id },
-        } => {
-            client
-                .drain_member(pb::DrainMemberRequest {
-                    id: *id,
-                    drained: false,
-                })
-                .await?;
-            done(out, &format!("member {id} undrained"));
+            let word = if drained { "drained" } else { "undrained" };
+            done(out, &format!("member {id} {word}"));
         }
         Command::Snapshot => {
             let r = client

@@ -129,6 +129,14 @@ pub async fn run(
         SourceConfig::Kubernetes(k) => ("kubernetes", kubernetes::location(k)),
     };
 
+    // The TLS side of the admin and peer servers: one acceptor for both
+    // (the files were checked at load).
+    let server_tls = config
+        .tls
+        .as_ref()
+        .map(crate::config::TlsConfig::acceptor)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut tasks = Vec::new();
     let fatal = Fatal::default();
     let (proposer, states, cluster) = match &config.cluster {
@@ -151,7 +159,7 @@ pub async fn run(
                 cluster,
                 &config.announce,
                 peer,
-                config.tls.as_ref(),
+                config.tls.as_ref().zip(server_tls.clone()),
                 &fatal,
                 &shutdown,
             )
@@ -444,15 +452,9 @@ pub async fn run(
         cluster,
         shutdown: shutdown.clone(),
     };
-    let admin_tls = config
-        .tls
-        .as_ref()
-        .map(crate::config::TlsConfig::acceptor)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let admin_listener =
         crate::listener::GuardedListener::new(listeners.admin, "admin", config.limits);
-    let admin_result = admin::serve(admin_listener, admin, admin_tls, shutdown.clone()).await;
+    let admin_result = admin::serve(admin_listener, admin, server_tls, shutdown.clone()).await;
     // The admin server ends only on shutdown (or a fatal error): stop the rest.
     shutdown.cancel();
     for task in tasks {
@@ -890,7 +892,8 @@ async fn start_raft(
     cluster: &ClusterConfig,
     announce: &crate::announce::AnnounceConfig,
     peer_listener: crate::listener::GuardedListener,
-    tls: Option<&crate::config::TlsConfig>,
+    // The member's TLS files (for dialing peers) and its acceptor.
+    tls: Option<(&crate::config::TlsConfig, tokio_rustls::TlsAcceptor)>,
     fatal: &Fatal,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<RaftParts> {
@@ -933,7 +936,7 @@ async fn start_raft(
         inputs.clone(),
         tokio::runtime::Handle::current(),
         shutdown.clone(),
-        tls.map(crate::config::TlsConfig::client),
+        tls.as_ref().map(|(files, _)| files.client()),
     );
     let tick = cluster.tick;
     let node_thread = std::thread::Builder::new()
@@ -941,10 +944,7 @@ async fn start_raft(
         .spawn(move || node::run(replica, inputs_rx, tick, outbox, state_tx, status_tx))
         .context("cannot start the raft node thread")?;
     let service = PeerService::new(cluster.id.clone(), node_id, states.clone(), inputs.clone());
-    let server_tls = tls
-        .map(crate::config::TlsConfig::acceptor)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let server_tls = tls.map(|(_, acceptor)| acceptor);
     let peer_shutdown = shutdown.clone();
     let peer_addr = peer_listener.local_addr()?;
     tokio::spawn(async move {

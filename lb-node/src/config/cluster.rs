@@ -152,7 +152,7 @@ pub(super) fn read_tls(t: RawTls, file: &Path) -> Result<TlsConfig, ConfigError>
 /// client certificates required, verified against the cluster's CA. Built
 /// at load to check the files (an error names the field; found by the
 /// server, a bad pair said "transport error: keys may not be consistent"),
-/// and again by each server.
+/// and again at start for the one acceptor of the admin and peer ports.
 fn server_config(
     ca_pem: &[u8],
     cert_pem: &[u8],
