@@ -56,7 +56,16 @@ async fn endpoints_timeouts_and_member_add_checks() -> anyhow::Result<()> {
     );
     // Logged durations are rounded for people: took_ms=0.017, not
     // 0.016524999999999998.
-    let log = members[&1].log();
+    // (The reader of the member's log may be a moment behind it.)
+    let log = eventually(
+        "a dataplane sync logged",
+        Duration::from_secs(10),
+        || async {
+            let log = members[&1].log();
+            Ok(log.contains("took_ms=").then_some(log))
+        },
+    )
+    .await?;
     let took: Vec<&str> = log
         .split("took_ms=")
         .skip(1)
