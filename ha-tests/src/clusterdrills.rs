@@ -39,8 +39,8 @@ use crate::clusterlab::{
     CLIENT, ECHO, GATEWAYS, HOLD_TIME, IPERF, KUBE_DNS, Lab, Mode, Pod, SERVICE_CIDR, WEB,
     WEB_NAME, WEB_PODS,
 };
-use crate::drills::Report;
 use crate::l2lab::{ArpCapture, split_brain, unix_now};
+use crate::report::Report;
 use crate::traffic::{Sent, Traffic};
 
 /// The drills of the cluster lab.

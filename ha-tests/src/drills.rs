@@ -4,19 +4,20 @@
 //!
 //! The drills with client traffic run in network namespaces
 //! (`netdrills`), the ones of the Kubernetes source against the fake API
-//! server (`kube`); this module holds the report, the writer, and the
-//! loopback drill `disk-wiped`.
+//! server (`kube`); this module holds the catalogue of every tier's drills
+//! (`run_any`) and the loopback drill `disk-wiped`. The report is
+//! `report`'s, the writer `writer`'s.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use proto::admin::v1 as pb;
-use serde_json::json;
 
+use crate::report::Report;
+use crate::report::ms;
+use crate::writer::{Writer, override_weight};
 use crate::{ClusterLayout, Member, cluster_status};
 
 /// The drills this tier runs, by name (the ones with client traffic run in
@@ -71,135 +72,6 @@ pub async fn run_any(name: &str, size: Size) -> anyhow::Result<Report> {
 const SERVICES: &str = include_str!("../../deploy/examples/services.toml");
 /// The backend the writer overrides.
 const BACKEND: &str = "198.51.100.12:8080";
-
-/// A drill's outcome, printed as one JSON line.
-#[derive(Debug, Clone, Default)]
-pub struct Report {
-    pub drill: String,
-    pub passed: bool,
-    /// The longest time client traffic through the VIP went unanswered,
-    /// and the requests that failed; None where the drill sends none.
-    pub disruption_ms: Option<u64>,
-    pub requests_failed: Option<u64>,
-    pub requests_sent: Option<u64>,
-    /// The longest an answered request took (a request not answered within
-    /// `traffic::REQUEST_TIMEOUT` failed).
-    pub slowest_answer_ms: Option<u64>,
-    /// Where it ran: "loopback" or "netns" (real ARP and packets).
-    pub tier: &'static str,
-    pub failures: Vec<String>,
-    pub commands_lost: Option<u64>,
-    pub commands_acknowledged: u64,
-    pub time_to_new_leader_ms: Option<u64>,
-    pub time_to_vip_moved_ms: Option<u64>,
-    pub time_to_converged_ms: Option<u64>,
-    /// Figures particular to one drill (the scale run's), added to the
-    /// JSON line as they are.
-    pub extra: BTreeMap<String, serde_json::Value>,
-}
-
-impl Report {
-    /// Every member in `ids` must hold the last acknowledged write or a
-    /// later attempted one (`weight_of` reads a member's); counts the
-    /// members that lack it as `commands_lost`.
-    pub(crate) async fn check_writes<F, Fut>(
-        &mut self,
-        ids: &[u64],
-        acknowledged: u32,
-        attempted: u32,
-        weight_of: F,
-    ) where
-        F: Fn(u64) -> Fut,
-        Fut: std::future::Future<Output = anyhow::Result<Option<u32>>>,
-    {
-        self.commands_acknowledged = u64::from(acknowledged);
-        let mut lost = 0;
-        for id in ids {
-            let holds = crate::eventually(
-                "the last write applied",
-                Duration::from_secs(10),
-                || async {
-                    Ok(weight_of(*id)
-                        .await?
-                        .filter(|w| *w >= acknowledged && *w <= attempted))
-                },
-            )
-            .await;
-            if holds.is_err() {
-                lost += 1;
-                self.failures.push(format!(
-                    "member {id} lacks acknowledged write {acknowledged}"
-                ));
-            }
-        }
-        self.commands_lost = Some(lost);
-        if acknowledged == 0 {
-            self.failures
-                .push("no write was acknowledged: the drill proved nothing".into());
-        }
-    }
-
-    /// Adds one probe's requests (sent at, answer) to the traffic figures:
-    /// the longest outage over all probes, failed and sent summed. Failures
-    /// where none may happen (`may_fail` false), and a probe never
-    /// answered at all, are broken promises.
-    pub(crate) fn add_traffic(
-        &mut self,
-        to: &str,
-        records: &[crate::traffic::Sent],
-        may_fail: bool,
-    ) {
-        let (outage, failed) = crate::traffic::disruption(records);
-        if records.iter().all(|r| r.answer.is_none()) {
-            self.failures
-                .push(format!("no request to {to} was ever answered"));
-        }
-        if failed > 0 && !may_fail {
-            self.failures.push(format!(
-                "{failed} of {} requests to {to} failed ({outage} ms unanswered), where none may",
-                records.len()
-            ));
-        }
-        self.disruption_ms = Some(self.disruption_ms.unwrap_or(0).max(outage));
-        self.requests_failed = Some(self.requests_failed.unwrap_or(0) + failed);
-        self.requests_sent = Some(self.requests_sent.unwrap_or(0) + records.len() as u64);
-        let slowest = records
-            .iter()
-            .filter(|r| r.answer.is_some())
-            .map(|r| r.took_ms)
-            .max();
-        self.slowest_answer_ms = self.slowest_answer_ms.max(slowest);
-    }
-
-    pub fn json(&self) -> String {
-        self.value().to_string()
-    }
-
-    /// The report as one JSON object.
-    pub fn value(&self) -> serde_json::Value {
-        let mut line = json!({
-            "drill": self.drill,
-            "passed": self.passed,
-            "tier": self.tier,
-            "disruption_ms": self.disruption_ms,
-            "requests_failed": self.requests_failed,
-            "requests_sent": self.requests_sent,
-            "slowest_answer_ms": self.slowest_answer_ms,
-            "commands_lost": self.commands_lost,
-            "commands_acknowledged": self.commands_acknowledged,
-            "time_to_new_leader_ms": self.time_to_new_leader_ms,
-            "time_to_vip_moved_ms": self.time_to_vip_moved_ms,
-            "time_to_converged_ms": self.time_to_converged_ms,
-            "failures": self.failures,
-        });
-        if let Some(map) = line.as_object_mut() {
-            for (k, v) in &self.extra {
-                map.insert(k.clone(), v.clone());
-            }
-        }
-        line
-    }
-}
 
 struct Cluster {
     layout: ClusterLayout,
@@ -257,129 +129,9 @@ impl Cluster {
     }
 }
 
-/// Writes backend weights 1, 2, 3, ... through whichever member leads, at
-/// `rate` per second, until stopped; remembers the last acknowledged and
-/// the last attempted value, and counts the writes no member acknowledged.
-pub(crate) struct Writer {
-    stop: Arc<AtomicBool>,
-    acknowledged: Arc<AtomicU32>,
-    attempted: Arc<AtomicU32>,
-    unacknowledged: Arc<AtomicU32>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    pub(crate) fn start(
-        endpoints: Vec<String>,
-        rate: u32,
-        service: &'static str,
-        backend: &'static str,
-    ) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acknowledged = Arc::new(AtomicU32::new(0));
-        let attempted = Arc::new(AtomicU32::new(0));
-        let unacknowledged = Arc::new(AtomicU32::new(0));
-        let (s, ack, att, unack) = (
-            stop.clone(),
-            acknowledged.clone(),
-            attempted.clone(),
-            unacknowledged.clone(),
-        );
-        let task = tokio::spawn(async move {
-            let mut weight = 0u32;
-            let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-            while !s.load(Ordering::SeqCst) {
-                weight += 1;
-                att.store(weight, Ordering::SeqCst);
-                let mut written = false;
-                'endpoints: for e in &endpoints {
-                    let Ok(channel) = tonic::transport::Channel::from_shared(e.clone()) else {
-                        continue;
-                    };
-                    let Ok(channel) = channel
-                        .connect_timeout(Duration::from_millis(200))
-                        .timeout(Duration::from_secs(2))
-                        .connect()
-                        .await
-                    else {
-                        continue;
-                    };
-                    let request = pb::SetBackendOverrideRequest {
-                        service: service.into(),
-                        backend: backend.into(),
-                        action: Some(pb::set_backend_override_request::Action::Weight(weight)),
-                    };
-                    if pb::admin_client::AdminClient::new(channel)
-                        .set_backend_override(request)
-                        .await
-                        .is_ok()
-                    {
-                        ack.store(weight, Ordering::SeqCst);
-                        written = true;
-                        break 'endpoints;
-                    }
-                }
-                if !written {
-                    unack.fetch_add(1, Ordering::SeqCst);
-                }
-                tokio::time::sleep(interval).await;
-            }
-        });
-        Writer {
-            stop,
-            acknowledged,
-            attempted,
-            unacknowledged,
-            task,
-        }
-    }
-
-    /// The writes so far that no member acknowledged.
-    pub(crate) fn unacknowledged(&self) -> u32 {
-        self.unacknowledged.load(Ordering::SeqCst)
-    }
-
-    pub(crate) async fn finish(self) -> (u32, u32) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.task.await;
-        (
-            self.acknowledged.load(Ordering::SeqCst),
-            self.attempted.load(Ordering::SeqCst),
-        )
-    }
-}
-
 /// The override weight of the writer's backend as `member` holds it.
 async fn written_weight(member: &Member) -> anyhow::Result<Option<u32>> {
     override_weight(member.client().await?, "web", [198, 51, 100, 12], 8080).await
-}
-
-/// The override weight of backend `address:port` of `service`, as the
-/// member behind `client` holds it.
-pub(crate) async fn override_weight(
-    mut client: pb::admin_client::AdminClient<tonic::transport::Channel>,
-    service: &str,
-    address: [u8; 4],
-    port: u32,
-) -> anyhow::Result<Option<u32>> {
-    let r = client
-        .list_services(pb::ListServicesRequest {
-            name: service.into(),
-        })
-        .await?
-        .into_inner();
-    Ok(r.overrides.iter().find_map(|o| match o.action {
-        Some(proto::state::v1::backend_override::Action::Weight(w))
-            if o.port == port && o.address == address =>
-        {
-            Some(w)
-        }
-        _ => None,
-    }))
-}
-
-pub(crate) fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Runs one drill by name in a fresh temporary directory.

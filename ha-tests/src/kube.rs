@@ -14,8 +14,8 @@ use anyhow::Context as _;
 use proto::admin::v1 as pb;
 use serde_json::{Value, json};
 
-use crate::drills::{Report, ms};
 use crate::fake_api::{ClientStats, FakeApi, Kind};
+use crate::report::{Report, ms};
 use crate::{ClusterLayout, Member, cluster_status, eventually};
 
 /// The drills of this module, by name.

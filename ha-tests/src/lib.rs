@@ -437,12 +437,14 @@ pub mod l2lab;
 pub mod netdrills;
 pub mod netns;
 pub mod prereq;
+pub mod report;
 pub mod routerdrills;
 pub mod routers;
 pub mod scale;
 pub mod sessions;
 pub mod target;
 pub mod traffic;
+pub mod writer;
 
 /// The metric names deploy/prometheus/lb-node-alerts.yml and
 /// deploy/grafana/lb-node-dashboard.json use (`lb_...` and `process_...`
@@ -456,7 +458,7 @@ pub fn deploy_metric_names() -> anyhow::Result<std::collections::BTreeSet<String
     ] {
         let text = std::fs::read_to_string(root.join(file))
             .with_context(|| format!("reading deploy/{file}"))?;
-        names.extend(lb_node::metrics::metric_names_in(&text));
+        names.extend(lb_node::exporter::metric_names_in(&text));
     }
     Ok(names)
 }

@@ -23,9 +23,10 @@ use anyhow::Context as _;
 use proto::admin::v1 as pb;
 
 use crate::Member;
-use crate::drills::{Report, Writer, override_weight};
 use crate::l2lab::{Lab, VIPS, split_brain, unix_now};
+use crate::report::Report;
 use crate::traffic::Traffic;
+use crate::writer::{Writer, override_weight};
 
 /// The drills this tier runs, by name.
 pub const NET_DRILLS: [&str; 11] = [

@@ -37,9 +37,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::drills::Report;
 use crate::l2lab::{Lab, VIPS, unix_now};
 use crate::netdrills::{leader_other_than, settled};
+use crate::report::Report;
 use crate::routers::{Frr, PeerSetup, Table};
 use crate::traffic::Traffic;
 

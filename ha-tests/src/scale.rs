@@ -26,8 +26,8 @@ use proto::admin::v1 as pb;
 use serde_json::{Value, json};
 use tokio_stream::StreamExt as _;
 
-use crate::drills::{Report, ms};
 use crate::fake_api::{FakeApi, Kind};
+use crate::report::{Report, ms};
 use crate::{ClusterLayout, Member};
 
 /// How big a scale run is.

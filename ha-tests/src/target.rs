@@ -22,8 +22,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::Value;
 
-use crate::drills::Report;
 use crate::l2lab::unix_now;
+use crate::report::Report;
 use crate::traffic::Traffic;
 
 /// The drills that may run against a running appliance.
