@@ -11,13 +11,16 @@
 //! - [`announce`]: telling the network where the VIPs are (L2, BGP);
 //! - [`netlink`]: the member's one rtnetlink connection;
 //! - [`admin`]: the gRPC admin API;
-//! - [`config`]: the member's configuration file.
+//! - [`config`]: the member's configuration file;
+//! - [`clock`]: the wall clock in the units the state carries.
 
 pub mod admin;
 pub mod announce;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod dataplane;
+pub mod exporter;
 pub mod health;
 pub mod listener;
 pub mod metrics;
@@ -26,4 +29,5 @@ pub mod netlink;
 pub mod nft;
 pub mod nft_sets;
 pub mod replication;
+pub mod serving;
 pub mod source;

@@ -39,6 +39,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
+/// The name every member certificate carries and every client checks.
+pub const TLS_SERVER_NAME: &str = "lb-node";
+
 /// Connections the kernel queues for `accept` (capped by
 /// `net.core.somaxconn`, 4,096 on current kernels): a flood must not fill
 /// the queue between two accepts, or a real client's handshake is dropped
@@ -510,7 +513,7 @@ pub fn handshake_failure(e: &io::Error) -> Option<(&'static str, String)> {
             "refused_ours",
             format!(
                 "the client refused this member's certificate (alert {alert:?}): it trusts another CA, or expects another name than \"{}\"",
-                crate::config::TLS_SERVER_NAME
+                TLS_SERVER_NAME
             ),
         ),
         E::InvalidMessage(_) => (

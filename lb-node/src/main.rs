@@ -195,7 +195,7 @@ fn run(config: Config) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e)
-            if e.downcast_ref::<lb_node::app::RemovedFromCluster>()
+            if e.downcast_ref::<lb_node::replication::start::RemovedFromCluster>()
                 .is_some() =>
         {
             info!("{e}");
@@ -213,7 +213,7 @@ fn run(config: Config) -> ExitCode {
 }
 
 /// SIGTERM or SIGINT: stop cleanly (a cluster member hands its VIPs and
-/// leadership over first, at most `app::HAND_OVER_TIMEOUT`); a second one
+/// leadership over first, at most `replication::leave::HAND_OVER_TIMEOUT`); a second one
 /// stops at once.
 async fn stop_on_signal(stop: CancellationToken, shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};

@@ -17,7 +17,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::dataplane::reconcile::{DataplaneStatus, unix_ms};
+use crate::clock::unix_ms;
+use crate::dataplane::reconcile::DataplaneStatus;
 use crate::model::{BackendOverride, Command, MAX_WEIGHT, State, override_to_pb, service_to_pb};
 use crate::replication::node::{NodeHandle, RaftStatus};
 use crate::replication::{ProposeError, Proposer};

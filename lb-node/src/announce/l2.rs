@@ -114,6 +114,31 @@ pub fn check(config: &L2Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checks the services against the L2 settings: each VIP in one of
+/// `vip_ranges` (or routed through a service CIDR), since only those are
+/// announced. The error names `announce.vip_ranges` in `file`.
+pub fn check_services(
+    config: &L2Config,
+    services: &[crate::model::VirtualService],
+    file: &std::path::Path,
+) -> Result<(), crate::config::error::ConfigError> {
+    for s in services {
+        let vip = s.key.vip;
+        let routed = config.service_cidrs.iter().any(|n| n.contains(&vip));
+        if !routed && !config.vip_ranges.iter().any(|r| r.contains(&vip)) {
+            return Err(crate::config::error::ConfigError::new(
+                file,
+                "announce.vip_ranges",
+                format!(
+                    "service {:?} has VIP {vip}, outside every announce.vip_ranges network",
+                    s.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// After the hand-over is in place (which takes a moment): the VIPs of
 /// `taking` still wanted `now`, recorded as announced by this member; the
 /// others' hand-overs end, and they wait for the next round. Only VIPs

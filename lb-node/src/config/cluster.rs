@@ -49,9 +49,6 @@ impl std::fmt::Debug for TlsConfig {
     }
 }
 
-/// The name every member certificate carries and every client checks.
-pub const TLS_SERVER_NAME: &str = "lb-node";
-
 impl TlsConfig {
     /// The TLS side of the admin and peer servers (see
     /// `GuardedListener::into_tls_stream`). The files were checked at
@@ -67,7 +64,7 @@ impl TlsConfig {
         ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .domain_name(TLS_SERVER_NAME)
+            .domain_name(crate::listener::TLS_SERVER_NAME)
     }
 }
 

@@ -4,7 +4,6 @@
 //! file and the field's path (`dataplane.repair_interval`), so a typo stops
 //! the member at once with a message that says where to look.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,47 +12,12 @@ use serde::Deserialize;
 
 mod announce;
 mod cluster;
+pub mod error;
 mod kubernetes;
 
-pub use cluster::{ClusterConfig, TLS_SERVER_NAME, TlsConfig};
+pub use cluster::{ClusterConfig, TlsConfig};
+pub use error::ConfigError;
 pub use kubernetes::KubernetesSourceConfig;
-
-/// An error in a configuration or services file. Never retryable: the file
-/// must be fixed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    /// Path of the offending field, such as `service[1].backend[0].port`;
-    /// empty when the file as a whole is the problem.
-    pub field: String,
-    /// The service's name, when the field belongs to one.
-    pub service: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if !self.field.is_empty() {
-            write!(f, ": {}", self.field)?;
-        }
-        if let Some(name) = &self.service {
-            write!(f, " (service {name:?})")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-impl ConfigError {
-    pub fn new(file: &Path, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_owned(),
-            field: field.into(),
-            service: None,
-            message: message.into(),
-        }
-    }
-}
 
 /// Reads a TOML file into `T`, naming the field's path on a type error or
 /// an unknown field.

@@ -5,6 +5,7 @@
 //! - `plan`: the pure diff `plan(desired, observed) -> Vec<Op>`;
 //! - `rules`: a table in `ipvsadm -Sn` form;
 //! - `memory`: the in-memory dataplane;
+//! - `open`: which of the two the member config asks for;
 //! - `reconcile`: the task that owns the dataplane and keeps it equal to the
 //!   replicated state (level-based: diff, apply, repair drift);
 //! - `routes`: the routes to pods (from the Nodes, where only the nodes
@@ -18,6 +19,7 @@ use crate::model::ServiceKey;
 
 pub mod ipvs;
 mod memory;
+pub mod open;
 mod plan;
 pub mod reconcile;
 pub mod routes;

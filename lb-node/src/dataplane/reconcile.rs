@@ -15,12 +15,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::clock::unix_ms;
 use crate::dataplane::{Dataplane, DataplaneError, Op, Table, plan};
 use crate::model::{ServiceKey, State};
 
@@ -116,7 +117,7 @@ pub async fn run<D: Dataplane>(
                 let changed_at = state.changed_at_unix_us();
                 match propagated {
                     Some(seen) if changed_at > seen => {
-                        let now = crate::replication::replica::unix_now_us();
+                        let now = crate::clock::now_unix_us();
                         crate::metrics::METRICS
                             .propagation_seconds
                             .observe(now.saturating_sub(changed_at) as f64 / 1e6);
@@ -382,10 +383,4 @@ async fn apply<D: Dataplane>(
         s.programmed_destinations = (base + count_touched(&belief)).saturating_sub(before);
     });
     Some(belief)
-}
-
-pub fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

@@ -23,7 +23,7 @@ pub mod settings;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -63,10 +63,6 @@ pub type ResultCell = Arc<Mutex<LocalResult>>;
 /// This member's probe results, shared with the admin API: the map
 /// changes only when probing starts or stops, not with each probe.
 pub type LocalView = Arc<Mutex<BTreeMap<BackendSlot, ResultCell>>>;
-
-fn unix_ms() -> u64 {
-    crate::dataplane::reconcile::unix_ms(SystemTime::now()).max(0) as u64
-}
 
 /// The backends this member probes in `state`, with their check and the
 /// address probed: those of services with a check, not `not-ready`, whose
@@ -217,7 +213,7 @@ pub async fn run(
                     debug!(reports = chunk.len(), "health reports sent");
                     proposer.report(vec![Command::ReportHealth {
                         member: me,
-                        at_unix_ms: unix_ms(),
+                        at_unix_ms: crate::clock::now_unix_ms(),
                         reports: chunk.to_vec(),
                     }]);
                 }
@@ -339,7 +335,7 @@ impl Runner {
             if self.probing.contains_key(&slot) {
                 continue;
             }
-            let now = unix_ms();
+            let now = crate::clock::now_unix_ms();
             let cell: ResultCell = Arc::new(Mutex::new(LocalResult {
                 health: Health::Unknown,
                 since_unix_ms: now,
@@ -469,7 +465,7 @@ async fn probe_loop(
         let health = machine.state();
         let detail = changed.then(|| outcome.detail.clone());
         {
-            let now = unix_ms();
+            let now = crate::clock::now_unix_ms();
             let mut r = cell.lock().unwrap_or_else(PoisonError::into_inner);
             if changed {
                 r.since_unix_ms = now;

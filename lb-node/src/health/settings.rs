@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 use crate::model::{HealthCheck, OnDown, ProbeKind};
 
 /// Defaults of a check's timing when neither the check nor the member

@@ -5,39 +5,21 @@
 //! member that applies each proposal at once, and the Raft-replicated log
 //! (`replica` driven by the `node` thread, `storage` on raft-engine, the
 //! `transport` between members; `sim` runs replicas on a simulated
-//! network).
+//! network). `start` opens the log and starts the node thread and the
+//! peer server; `leave` is a member's clean stop (its VIPs and leadership
+//! handed over first).
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::model::{Applied, ApplyError, Command, State};
+use crate::model::{Command, State};
 
+mod proposal;
 mod standalone;
 
+pub use proposal::{Outcomes, ProposeError};
 pub use standalone::standalone;
-
-/// Why a proposal was not committed. Retryable: propose again.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProposeError {
-    /// The log has stopped (the member is shutting down).
-    #[error("the replicated log is not running")]
-    Stopped,
-    /// Only the leader takes proposals; `leader` is 0 when none is known.
-    #[error("this member is not the leader (leader: {leader})")]
-    NotLeader { leader: u64 },
-    /// Raft refused the proposal (a leadership transfer in progress, say).
-    #[error("proposal dropped: {0}")]
-    Dropped(String),
-    /// Leadership was lost before the proposal was applied: it may or may
-    /// not be applied later. Sources propose differences against the
-    /// applied state, so proposing again is safe.
-    #[error("leadership changed; the proposal's outcome is unknown")]
-    Unknown,
-}
-
-/// The outcome of each command of a committed proposal, in order.
-pub type Outcomes = Vec<Result<Applied, ApplyError>>;
 
 struct Proposal {
     commands: Vec<Command>,
@@ -137,9 +119,11 @@ impl Proposer {
 /// The applied state, as every member publishes it.
 pub type StateWatch = watch::Receiver<Arc<State>>;
 
+pub mod leave;
 pub mod node;
 mod raft_log;
 pub mod replica;
 pub mod sim;
+pub mod start;
 pub mod storage;
 pub mod transport;

@@ -23,8 +23,8 @@ use raft::eraftpb::Message;
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info};
 
-use super::replica::{NotAccepted, Replica};
-use super::{Outcomes, ProposeError};
+use super::proposal::{Outcomes, ProposeError};
+use super::replica::Replica;
 use crate::model::{Command, State};
 
 /// What other tasks ask of the node thread.
@@ -176,13 +176,6 @@ fn status_of(replica: &Replica, announced: Option<AnnouncedSets>, clock: &TickCl
     }
 }
 
-fn refused(e: NotAccepted) -> ProposeError {
-    match e {
-        NotAccepted::NotLeader { leader } => ProposeError::NotLeader { leader },
-        NotAccepted::Dropped(reason) => ProposeError::Dropped(reason),
-    }
-}
-
 thread_local! {
     /// Inside `guarded`: a panic there is the member's error, not a crash.
     static IN_GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -286,7 +279,7 @@ pub fn run(
                         waiting.insert(id, done);
                     }
                     Err(e) => {
-                        let _ = done.send(Err(refused(e)));
+                        let _ = done.send(Err(e));
                     }
                 },
                 Input::Raft(message, stamp) => replica.step(*message, stamp),
@@ -304,14 +297,14 @@ pub fn run(
                     admin_address,
                     done,
                 } => {
-                    let _ = done.send(
-                        replica
-                            .propose_add_member(id, &peer_address, admin_address.as_deref())
-                            .map_err(refused),
-                    );
+                    let _ = done.send(replica.propose_add_member(
+                        id,
+                        &peer_address,
+                        admin_address.as_deref(),
+                    ));
                 }
                 Input::RemoveMember { id, done } => {
-                    let _ = done.send(replica.propose_remove_member(id).map_err(refused));
+                    let _ = done.send(replica.propose_remove_member(id));
                 }
                 Input::Snapshot => {
                     if let Err(e) = guarded(|| replica.snapshot_now()) {

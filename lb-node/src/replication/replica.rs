@@ -19,6 +19,7 @@ use raft::eraftpb::{
 use raft::{RawNode, StateRole};
 use tracing::{debug, info, warn};
 
+use super::proposal::ProposeError;
 use super::storage::{LogStore, LogStoreError};
 pub use crate::announce::ownership::Stamp;
 use crate::announce::ownership::{Ownership, OwnershipConfig, RaftView};
@@ -84,17 +85,6 @@ pub enum ReplicaError {
     },
 }
 
-/// Why a proposal was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NotAccepted {
-    /// Only the leader takes proposals; `leader` is 0 when none is known.
-    #[error("this member is not the leader (leader: {leader})")]
-    NotLeader { leader: u64 },
-    /// raft-rs refused it (a transfer of leadership in progress, say).
-    #[error("proposal dropped: {0}")]
-    Dropped(String),
-}
-
 /// What one `handle_ready` produced, for the caller to act on.
 #[derive(Debug, Default)]
 pub struct ReadyOutput {
@@ -141,13 +131,6 @@ pub struct Replica {
     applied_term: u64,
     /// Stamps proposals (Unix µs): the wall clock, or the simulation's.
     clock: fn() -> u64,
-}
-
-/// The wall clock in Unix microseconds (0 before 1970).
-pub fn unix_now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl std::fmt::Debug for Replica {
@@ -275,7 +258,7 @@ impl Replica {
                 wait_for_announcer: config.wait_for_announcer,
             },
             disk_term,
-            unix_now_us(),
+            crate::clock::now_unix_us(),
         );
         let mut replica = Replica {
             raw,
@@ -293,7 +276,7 @@ impl Replica {
             ticks: 0,
             ownership,
             applied_term,
-            clock: unix_now_us,
+            clock: crate::clock::now_unix_us,
         };
         replica.replay_committed()?;
         Ok(replica)
@@ -635,9 +618,9 @@ impl Replica {
 
     /// Proposes a batch of commands as one entry; returns its proposal id,
     /// which `handle_ready` reports in `completed` or `abandoned`.
-    pub fn propose(&mut self, commands: Vec<Command>) -> Result<u64, NotAccepted> {
+    pub fn propose(&mut self, commands: Vec<Command>) -> Result<u64, ProposeError> {
         if !self.is_leader() {
-            return Err(NotAccepted::NotLeader {
+            return Err(ProposeError::NotLeader {
                 leader: self.leader(),
             });
         }
@@ -651,7 +634,7 @@ impl Replica {
         .encode();
         self.raw
             .propose(Vec::new(), data)
-            .map_err(|e| NotAccepted::Dropped(e.to_string()))?;
+            .map_err(|e| ProposeError::Dropped(e.to_string()))?;
         self.next_proposal += 1;
         self.pending.insert(proposal_id);
         Ok(proposal_id)
@@ -693,7 +676,7 @@ impl Replica {
         id: u64,
         peer_address: &str,
         admin_address: Option<&str>,
-    ) -> Result<(), NotAccepted> {
+    ) -> Result<(), ProposeError> {
         let context = match admin_address {
             Some(admin) => format!("{peer_address} {admin}"),
             None => peer_address.to_owned(),
@@ -704,9 +687,9 @@ impl Replica {
     /// Proposes removing a member. The leader cannot remove itself: transfer
     /// leadership away first, so the cluster is never without a leader that
     /// knows it is leaving.
-    pub fn propose_remove_member(&mut self, id: u64) -> Result<(), NotAccepted> {
+    pub fn propose_remove_member(&mut self, id: u64) -> Result<(), ProposeError> {
         if id == self.config.id && self.is_leader() {
-            return Err(NotAccepted::Dropped(format!(
+            return Err(ProposeError::Dropped(format!(
                 "member {id} leads the cluster: transfer leadership to another member before removing it"
             )));
         }
@@ -718,9 +701,9 @@ impl Replica {
         kind: ConfChangeType,
         id: u64,
         context: Vec<u8>,
-    ) -> Result<(), NotAccepted> {
+    ) -> Result<(), ProposeError> {
         if !self.is_leader() {
-            return Err(NotAccepted::NotLeader {
+            return Err(ProposeError::NotLeader {
                 leader: self.leader(),
             });
         }
@@ -729,7 +712,7 @@ impl Replica {
         cc.node_id = id;
         self.raw
             .propose_conf_change(context, cc)
-            .map_err(|e| NotAccepted::Dropped(e.to_string()))
+            .map_err(|e| ProposeError::Dropped(e.to_string()))
     }
 
     /// Asks the leader (this member) to hand leadership to `to`.

@@ -19,8 +19,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::clock::unix_ms;
 use crate::config::{ConfigError, parse_toml};
-use crate::dataplane::reconcile::unix_ms;
 use crate::model::{
     Backend, BackendState, Forwarding, InvalidService, Protocol, Scheduler, State, VirtualService,
     commands_towards,

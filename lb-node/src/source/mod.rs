@@ -5,8 +5,10 @@
 //! - `file`: the standalone services file.
 //! - `kubernetes`: Services, EndpointSlices (and, for pod routes, Nodes)
 //!   from the API server.
+//! - `leader`: runs the configured one where it may propose.
 
 pub mod file;
+pub mod leader;
 
 /// What a source last did, for status and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

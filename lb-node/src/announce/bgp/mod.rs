@@ -582,7 +582,7 @@ async fn session(
                     handle.update(|p| {
                         p.state = "established";
                         p.established_since_unix_ms =
-                            crate::dataplane::reconcile::unix_ms(std::time::SystemTime::now());
+                            crate::clock::unix_ms(std::time::SystemTime::now());
                     });
                     info!(peer = %peer.address, asn = peer.asn, hold_s = n.hold_time,
                           families = ?n.families, four_octet = n.four_octet,

@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::clock::unix_ms;
 use crate::config::KubernetesSourceConfig;
 use crate::metrics::METRICS;
 use crate::model::{KubeKind, State};
@@ -86,11 +87,6 @@ pub fn location(config: &KubernetesSourceConfig) -> String {
         Some(path) => format!("kubeconfig {}", path.display()),
         None => "in-cluster".to_owned(),
     }
-}
-
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Logs a plan's warnings and counts them in the source's status (`lbctl
