@@ -153,15 +153,13 @@ async fn main() -> ExitCode {
         };
         match status.code() {
             tonic::Code::Unavailable => last_error = format!("{endpoint}: {}", status.message()),
-            // A follower names the leader; another endpoint may be it.
-            tonic::Code::FailedPrecondition if status.message().contains("not the leader") => {
+            // A follower names the leader (a typed detail); another
+            // endpoint may be it.
+            tonic::Code::FailedPrecondition if proto::errors::not_leader_of(&status).is_some() => {
                 last_error = format!("{endpoint}: {}", status.message());
-                if let Some(leader) = status
-                    .message()
-                    .split("leader admin API at ")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    && let Ok(url) = endpoint_url(leader)
+                if let Some(admin) =
+                    proto::errors::not_leader_of(&status).and_then(|n| n.leader_admin)
+                    && let Ok(url) = endpoint_url(&admin)
                 {
                     queue.push_front(url);
                 }

@@ -102,9 +102,14 @@ fn health_events(old: &State, new: &State) -> Vec<String> {
 
 fn propose_error(e: ProposeError) -> Status {
     match e {
-        ProposeError::NotLeader { .. } | ProposeError::Dropped(_) => {
-            Status::failed_precondition(e.to_string())
-        }
+        ProposeError::NotLeader { leader } => proto::errors::not_leader(
+            e.to_string(),
+            &proto::errors::NotLeader {
+                leader,
+                leader_admin: None,
+            },
+        ),
+        ProposeError::Dropped(_) => Status::failed_precondition(e.to_string()),
         ProposeError::Unknown => Status::aborted(e.to_string()),
         ProposeError::Stopped => Status::unavailable(e.to_string()),
     }
@@ -231,13 +236,19 @@ impl AdminService {
     }
 
     /// A write refused; a follower names the leader, and where its admin API
-    /// is when known ("leader admin API at HOST:PORT"), for the client to go
-    /// there.
+    /// is when known, in the message for people and as a typed detail
+    /// (`proto::errors::NotLeader`) for the client to go there.
     fn refused(&self, e: ProposeError) -> Status {
         if let ProposeError::NotLeader { leader } = e
             && let Some(address) = self.states.borrow().admin_address(leader)
         {
-            return Status::failed_precondition(format!("{e}; leader admin API at {address}"));
+            return proto::errors::not_leader(
+                format!("{e}; leader admin API at {address}"),
+                &proto::errors::NotLeader {
+                    leader,
+                    leader_admin: Some(address.to_string()),
+                },
+            );
         }
         propose_error(e)
     }
