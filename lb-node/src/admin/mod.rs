@@ -367,7 +367,7 @@ impl Admin for AdminService {
                 let raft = c.node.status.borrow().clone();
                 pb::ClusterStatus {
                     cluster_id: c.cluster_id.clone(),
-                    role: raft.role.into(),
+                    role: raft.role.name().into(),
                     term: raft.term,
                     leader: raft.leader,
                     commit_index: raft.commit_index,
@@ -388,10 +388,10 @@ impl Admin for AdminService {
                     peers: raft
                         .peers
                         .iter()
-                        .map(|(id, healthy, match_index)| pb::PeerHealth {
-                            id: *id,
-                            healthy: *healthy,
-                            match_index: *match_index,
+                        .map(|p| pb::PeerHealth {
+                            id: p.id,
+                            healthy: p.healthy,
+                            match_index: p.match_index,
                         })
                         .collect(),
                 }

@@ -75,6 +75,7 @@ impl Dataplane for MemoryDataplane {
                     error: DataplaneError::Rejected {
                         op: op.to_string(),
                         reason: format!("no scheduler {:?}", settings.scheduler.name()),
+                        errno: None,
                     },
                 });
                 continue;
@@ -98,6 +99,7 @@ impl Dataplane for MemoryDataplane {
                     error: DataplaneError::Rejected {
                         op: op.to_string(),
                         reason: conflict.to_string(),
+                        errno: None,
                     },
                 }),
             }

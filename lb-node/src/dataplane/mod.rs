@@ -42,9 +42,14 @@ pub enum DataplaneError {
     #[error("dataplane unavailable: {0}")]
     Unavailable(String),
     /// The dataplane refused one operation. Retried at the next sync; the
-    /// other operations of the batch are applied regardless.
+    /// other operations of the batch are applied regardless. `errno`: the
+    /// kernel's answer (None from the memory dataplane).
     #[error("{op}: {reason}")]
-    Rejected { op: String, reason: String },
+    Rejected {
+        op: String,
+        reason: String,
+        errno: Option<i32>,
+    },
 }
 
 /// One operation that failed, and why.

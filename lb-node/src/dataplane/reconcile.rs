@@ -363,9 +363,14 @@ async fn apply<D: Dataplane>(
             .saturating_mul(1 << entry.refusals.saturating_sub(1).min(16))
             .min(REFUSED_RETRY_MAX);
         entry.retry_at = now + backoff;
+        let errno = match &f.error {
+            DataplaneError::Rejected { errno, .. } => *errno,
+            DataplaneError::Unavailable(_) => None,
+        };
         warn!(
             service = %key,
             error = %f.error,
+            errno,
             refusals = entry.refusals,
             retry_in_s = backoff.as_secs(),
             "the dataplane refused a service; the others go on, it is retried on its own"

@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, info};
 
 use super::proposal::{Outcomes, ProposeError};
-use super::replica::Replica;
+use super::replica::{PeerHealth, Replica};
 use crate::model::{Command, State};
 
 /// What other tasks ask of the node thread.
@@ -81,7 +81,7 @@ pub trait Outbox: Send + 'static {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RaftStatus {
     pub id: u64,
-    pub role: &'static str,
+    pub role: Role,
     pub term: u64,
     pub leader: u64,
     pub commit_index: u64,
@@ -110,13 +110,41 @@ pub struct RaftStatus {
     /// Whether this member's dataplane has programmed the table (until
     /// then it takes and announces no VIP).
     pub dataplane_ready: bool,
-    /// On the leader: (id, healthy, match index) of every other voter.
-    pub peers: Vec<(u64, bool, u64)>,
+    /// On the leader: how every other voter is doing.
+    pub peers: Vec<PeerHealth>,
 }
 
 impl RaftStatus {
     pub fn is_leader(&self) -> bool {
-        self.role == "leader"
+        self.role == Role::Leader
+    }
+}
+
+/// A member's Raft role.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    #[default]
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+impl Role {
+    /// As `lbctl status` and the admin API spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -154,10 +182,10 @@ fn status_of(replica: &Replica, announced: Option<AnnouncedSets>, clock: &TickCl
     RaftStatus {
         id: replica.id(),
         role: match replica.role() {
-            raft::StateRole::Leader => "leader",
-            raft::StateRole::Follower => "follower",
-            raft::StateRole::Candidate => "candidate",
-            raft::StateRole::PreCandidate => "pre-candidate",
+            raft::StateRole::Leader => Role::Leader,
+            raft::StateRole::Follower => Role::Follower,
+            raft::StateRole::Candidate => Role::Candidate,
+            raft::StateRole::PreCandidate => Role::PreCandidate,
         },
         term: replica.term(),
         leader: replica.leader(),

@@ -85,6 +85,16 @@ pub enum ReplicaError {
     },
 }
 
+/// How the leader sees another voter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerHealth {
+    pub id: u64,
+    /// Heard from within an election timeout.
+    pub healthy: bool,
+    /// The last log index known to be on it.
+    pub match_index: u64,
+}
+
 /// What one `handle_ready` produced, for the caller to act on.
 #[derive(Debug, Default)]
 pub struct ReadyOutput {
@@ -499,7 +509,7 @@ impl Replica {
 
     /// On the leader: each other voter's (id, healthy, match index). Empty
     /// on a follower.
-    pub fn peer_health(&self) -> Vec<(u64, bool, u64)> {
+    pub fn peer_health(&self) -> Vec<PeerHealth> {
         if !self.is_leader() {
             return Vec::new();
         }
@@ -509,7 +519,11 @@ impl Replica {
             .filter(|id| *id != self.config.id)
             .map(|id| {
                 let matched = self.raw.raft.prs().get(id).map_or(0, |p| p.matched);
-                (id, healthy.contains(&id), matched)
+                PeerHealth {
+                    id,
+                    healthy: healthy.contains(&id),
+                    match_index: matched,
+                }
             })
             .collect()
     }

@@ -648,6 +648,7 @@ impl Inner {
                     error: DataplaneError::Rejected {
                         op: op.to_string(),
                         reason: explain(op, errno),
+                        errno: Some(errno),
                     },
                 }),
             }
