@@ -374,9 +374,8 @@ pub async fn run(
     }
     info!(interface = %config.interface, vip_interface = %config.vip_interface, "L2 announcer started");
 
-    let mut current: BTreeSet<IpAddr> = BTreeSet::new();
-    // Withdrawn VIPs still local, and until when.
-    let mut lingering: BTreeMap<IpAddr, tokio::time::Instant> = BTreeMap::new();
+    // Answered, lingering or gone (`l2_vips`, pure).
+    let mut vips = super::l2_vips::L2Vips::new(config.linger);
     let mut warned: BTreeSet<IpAddr> = BTreeSet::new();
     let mut handover = super::handover::Handover::new(
         &config.interface,
@@ -400,31 +399,22 @@ pub async fn run(
         // Withdraw first: stop answering at once; the address lingers
         // (clients whose ARP caches still point here are served until the
         // new owner's gratuitous ARP reaches them), then goes.
-        for vip in current.difference(&wanted).copied().collect::<Vec<_>>() {
+        for vip in vips.withdraw_unwanted(&wanted, tokio::time::Instant::now()) {
             set_of(&answering).remove(&vip);
-            current.remove(&vip);
             if let IpAddr::V4(v4) = vip {
                 handover.end(v4);
             }
-            lingering.insert(vip, tokio::time::Instant::now() + config.linger);
             set_of(&holding).insert(vip);
             info!(%vip, linger = ?config.linger, "VIP withdrawn: no longer answering ARP / NDP");
         }
-        let now = tokio::time::Instant::now();
-        for vip in lingering
-            .iter()
-            .filter(|(_, until)| **until <= now)
-            .map(|(vip, _)| *vip)
-            .collect::<Vec<_>>()
-        {
-            lingering.remove(&vip);
+        for vip in vips.expire(tokio::time::Instant::now()) {
             set_of(&holding).remove(&vip);
             if let Err(e) = netlink.remove_addresses(vip_index, &[vip]).await {
                 warn!(%vip, error = format!("{e:#}"), "withdraw");
             }
             info!(%vip, "VIP no longer local");
         }
-        let taking: Vec<IpAddr> = wanted.difference(&current).copied().collect();
+        let taking = vips.to_take(&wanted);
         // Taken over from another member: its flows go on there for as
         // long as it keeps the VIP local, in place before the gratuitous
         // ARP flips the clients over.
@@ -454,13 +444,14 @@ pub async fn run(
             mac,
         );
         for vip in taking {
-            let still_local = lingering.remove(&vip).is_some();
+            let take = vips.take(vip);
             set_of(&holding).remove(&vip);
-            if !still_local && let Err(e) = netlink.add_host_address(vip_index, vip).await {
+            if take.add_address
+                && let Err(e) = netlink.add_host_address(vip_index, vip).await
+            {
                 warn!(%vip, error = format!("{e:#}"), "cannot make the VIP local; announcing anyway");
             }
             set_of(&answering).insert(vip);
-            current.insert(vip);
             info!(%vip, "VIP announced");
             let (tx, count, interval) = (tx.clone(), config.garp_count, config.garp_interval);
             let answering = answering.clone();
@@ -491,9 +482,9 @@ pub async fn run(
         handover.expire(tokio::time::Instant::now());
         handover.know(lock_heard(&heard).members.iter().copied());
         handover.apply().await;
-        let next_expiry = lingering
-            .values()
-            .copied()
+        let next_expiry = vips
+            .next_expiry()
+            .into_iter()
             .chain(handover.next_expiry())
             .min();
         tokio::select! {
@@ -511,13 +502,14 @@ pub async fn run(
     // Shutdown: withdraw everything.
     set_of(&answering).clear();
     set_of(&holding).clear();
-    let all: Vec<IpAddr> = current.iter().chain(lingering.keys()).copied().collect();
+    let announced = vips.answering().len();
+    let all = vips.withdraw_all();
     if let Err(e) = netlink.remove_addresses(vip_index, &all).await {
         warn!(error = format!("{e:#}"), "withdraw at shutdown");
     }
     handover.clear();
     handover.apply().await;
-    info!(vips = current.len(), "L2 announcer stopped; VIPs withdrawn");
+    info!(vips = announced, "L2 announcer stopped; VIPs withdrawn");
     stop.store(true, Ordering::Relaxed);
     let _ = tokio::task::spawn_blocking(move || responder.join()).await;
     Ok(())

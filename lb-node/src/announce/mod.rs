@@ -12,7 +12,8 @@
 //! gateways, which are owned and announced like VIPs.
 //!
 //! - `frames`: pure: the Ethernet frames, built and parsed.
-//! - `l2`: the L2 announcer (rtnetlink and a packet socket).
+//! - `l2`: the L2 announcer (rtnetlink and a packet socket); `l2_vips`:
+//!   pure: a VIP's life there (answered, lingering, gone).
 //! - `bgp`: the BGP speaker (`bgp::codec` is pure).
 
 pub mod bfd;
@@ -20,6 +21,7 @@ pub mod bgp;
 pub mod frames;
 pub mod handover;
 pub mod l2;
+pub mod l2_vips;
 pub mod ownership;
 
 /// `[announce]`.
