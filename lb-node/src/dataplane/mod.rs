@@ -4,6 +4,7 @@
 //!   for it (`Table::from_state`);
 //! - `plan`: the pure diff `plan(desired, observed) -> Vec<Op>`;
 //! - `rules`: a table in `ipvsadm -Sn` form;
+//! - `drain`: pure: a removed destination's graceful termination;
 //! - `memory`: the in-memory dataplane;
 //! - `open`: which of the two the member config asks for;
 //! - `reconcile`: the task that owns the dataplane and keeps it equal to the
@@ -17,6 +18,7 @@ use std::future::Future;
 
 use crate::model::ServiceKey;
 
+mod drain;
 pub mod ipvs;
 mod memory;
 pub mod open;
@@ -26,6 +28,7 @@ pub mod routes;
 mod rules;
 mod table;
 
+pub use drain::{DrainEnd, Drains};
 pub use memory::MemoryDataplane;
 pub use plan::plan;
 pub use rules::ipvsadm_rules;

@@ -29,8 +29,8 @@ use ipnet::IpNet;
 use tracing::{info, warn};
 
 use crate::dataplane::{
-    ApplyReport, Dataplane, DataplaneError, DestKey, Destination, Op, OpFailure, ProgrammedService,
-    ServiceSettings, Table,
+    ApplyReport, Dataplane, DataplaneError, DestKey, Destination, Drains, Op, OpFailure,
+    ProgrammedService, ServiceSettings, Table,
 };
 use crate::model::{Forwarding, Protocol, Scheduler, ServiceKey};
 
@@ -311,8 +311,8 @@ struct Inner {
     /// The firewall mark of each firewall-mark service lb-node programmed:
     /// the kernel names those by mark only.
     marks: BTreeMap<ServiceKey, u32>,
-    /// Destinations draining after removal: when they must go at the latest.
-    draining: BTreeMap<(ServiceKey, DestKey), Instant>,
+    /// Destinations draining after removal (`dataplane::drain`, pure).
+    draining: Drains,
 }
 
 impl std::fmt::Debug for IpvsSocket {
@@ -417,7 +417,7 @@ impl Inner {
             sock.execute(fixes)?;
         }
         // Draining destinations are in transition, not drift.
-        self.draining.retain(|(svc, dest), _| {
+        self.draining.retain(|svc, dest| {
             table
                 .services
                 .get(svc)
@@ -458,7 +458,7 @@ impl Inner {
                 .dests(&kk)?
                 .iter()
                 .filter_map(read_dest)
-                .filter(|(d, _)| !self.draining.contains_key(&(*key, *d)))
+                .filter(|(d, _)| !self.draining.is_draining(key, d))
                 .collect();
             table.services.insert(
                 *key,
@@ -496,7 +496,7 @@ impl Inner {
                 .filter_map(|op| match op {
                     Op::DeleteDestination { service, dest }
                         if !self.drain_for(service).is_zero()
-                            && !self.draining.contains_key(&(*service, *dest)) =>
+                            && !self.draining.is_draining(service, dest) =>
                     {
                         Some(*service)
                     }
@@ -553,7 +553,7 @@ impl Inner {
                     service_msg(c, &self.key(service), Some((service, settings)))
                 }
                 Op::DeleteService { service } => {
-                    self.draining.retain(|(s, _), _| s != service);
+                    self.draining.stop_service(service);
                     let m = service_msg(cmd::DEL_SERVICE, &self.key(service), None);
                     self.marks.remove(service);
                     m
@@ -563,7 +563,7 @@ impl Inner {
                     dest,
                     settings,
                 } => {
-                    if self.draining.remove(&(*service, *dest)).is_some() {
+                    if self.draining.stop(service, dest) {
                         // Back before its drain ended: it is still there.
                         dest_msg(cmd::SET_DEST, &self.key(service), dest, Some(settings))
                     } else {
@@ -575,7 +575,7 @@ impl Inner {
                     dest,
                     settings,
                 } => {
-                    self.draining.remove(&(*service, *dest));
+                    self.draining.stop(service, dest);
                     dest_msg(cmd::SET_DEST, &self.key(service), dest, Some(settings))
                 }
                 Op::DeleteDestination { service, dest } if !self.drain_for(service).is_zero() => {
@@ -583,13 +583,13 @@ impl Inner {
                     let key = (*service, *dest);
                     let Some(kd) = current
                         .get(&key)
-                        .filter(|_| !self.draining.contains_key(&key))
+                        .filter(|_| !self.draining.is_draining(service, dest))
                     else {
                         // Draining already, or gone already.
                         origin.push(None);
                         continue;
                     };
-                    self.draining.insert(key, now + drain);
+                    self.draining.start(*service, *dest, now, drain);
                     // Weight 0 first: no new connections, the open ones go on.
                     let mut kd = kd.clone();
                     kd.weight = 0;
@@ -639,7 +639,7 @@ impl Inner {
                     if matches!(op, Op::DeleteService { .. } | Op::DeleteDestination { .. }) =>
                 {
                     if let Op::DeleteDestination { service, dest } = op {
-                        self.draining.remove(&(*service, *dest));
+                        self.draining.stop(service, dest);
                     }
                     report.applied += 1
                 }
@@ -701,38 +701,28 @@ impl Inner {
             return Ok(0);
         }
         let now = Instant::now();
-        let services: BTreeSet<ServiceKey> = self.draining.keys().map(|(s, _)| *s).collect();
         let mut done = Vec::new();
-        for svc in services {
+        for svc in self.draining.services() {
             let kk = self.key(&svc);
             let dests = match self.socket().and_then(|s| s.dests(&kk)) {
                 Ok(d) => d,
                 Err(IpvsError::Kernel(_)) => Vec::new(), // the service is gone
                 Err(e) => return Err(self.fail(e)),
             };
-            for ((s, d), deadline) in self.draining.range((svc, DestKey::MIN)..) {
-                if *s != svc {
-                    break;
-                }
-                let conns = dests
+            let connections = |d: &DestKey| {
+                dests
                     .iter()
                     .find(|k| k.address == d.address && k.port == d.port)
-                    .map(|k| k.active_conns + k.inactive_conns);
-                match conns {
-                    None => done.push((*s, *d, None)),
-                    Some(0) => done.push((*s, *d, Some("no connections left"))),
-                    Some(_) if now >= *deadline => {
-                        done.push((*s, *d, Some("drain timeout passed")))
-                    }
-                    Some(_) => {}
-                }
+                    .map(|k| u64::from(k.active_conns) + u64::from(k.inactive_conns))
+            };
+            for (d, end) in self.draining.finish(&svc, connections, now) {
+                done.push((svc, d, end));
             }
         }
         let mut requests = Vec::new();
-        for (s, d, why) in &done {
-            self.draining.remove(&(*s, *d));
-            if let Some(why) = why {
-                info!(service = %s, destination = %d, reason = why, "drained destination deleted");
+        for (s, d, end) in &done {
+            if end.deletes() {
+                info!(service = %s, destination = %d, reason = end.reason(), "drained destination deleted");
                 requests.push(dest_msg(cmd::DEL_DEST, &self.key(s), d, None));
             }
         }
@@ -826,7 +816,7 @@ impl IpvsDataplane {
                 settings,
                 local_vips,
                 marks,
-                draining: BTreeMap::new(),
+                draining: Drains::default(),
             })),
             local,
         })
