@@ -6,7 +6,7 @@
 //! - `translate`: pure: one Service and its slices to virtual services.
 //! - `view`: pure: the leader's view and what a batch of events means.
 //! - `watcher`: list and watch of one kind with kube-rs, resuming from the
-//!   replicated cursor.
+//!   replicated cursor; `resume`: pure: where it goes next, and when.
 //!
 //! ```text
 //!  API server ──watch services──▶ ┐
@@ -43,6 +43,7 @@ use crate::model::{KubeKind, State};
 use crate::replication::Proposer;
 use crate::source::SourceStatus;
 
+mod resume;
 pub mod translate;
 pub mod view;
 pub mod watcher;

@@ -8,7 +8,8 @@
 //! Bookmarks are requested and move the cursor. A watch that ends (the
 //! server's timeout) resumes from the last event's version at once; one
 //! that fails retries with capped exponential backoff while the table keeps
-//! serving what it has ("fail static").
+//! serving what it has ("fail static"). Where to go next, and when, is
+//! `resume`'s (pure); this file does the requests.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -24,6 +25,7 @@ use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::resume::{Resume, Step};
 use super::view::{Event, object_key};
 use crate::metrics::METRICS;
 use crate::model::KubeKind;
@@ -33,13 +35,6 @@ use crate::model::KubeKind;
 const WATCH_TIMEOUT_SECONDS: u32 = 290;
 /// Page size of a list.
 const LIST_PAGE: u32 = 500;
-const BACKOFF_FIRST: Duration = Duration::from_millis(250);
-/// Retries stop doubling here. The whole appliance keeps two watches (the
-/// leader's), not one per node, so retrying every few seconds costs the
-/// API server nothing, and the table catches up within that after an
-/// outage (with 30 s, as client-go's reflectors, the `apiserver-outage`
-/// drill converged 9.8 s after a 60 s outage ended).
-const BACKOFF_CAP: Duration = Duration::from_secs(4);
 
 /// Whether the watches reach the API server, for status and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -50,27 +45,10 @@ pub struct Connection {
     pub last_error: String,
 }
 
-/// Capped exponential backoff with jitter.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Self {
-            next: BACKOFF_FIRST,
-        }
-    }
-    fn reset(&mut self) {
-        self.next = BACKOFF_FIRST;
-    }
-    fn next(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(BACKOFF_CAP);
-        // Up to a quarter more, so that members do not retry in step.
-        base + base.mul_f64(rand::random::<f64>() / 4.0)
-    }
+/// A wait of the backoff, up to a quarter longer, so that members do not
+/// retry in step.
+fn jitter(base: Duration) -> Duration {
+    base + base.mul_f64(rand::random::<f64>() / 4.0)
 }
 
 /// What one kind's watch needs. The API is untyped so that one malformed
@@ -179,20 +157,20 @@ where
 {
     let kind = w.kind;
     let label = kind.as_str();
-    let mut backoff = Backoff::new();
-    let mut cursor = std::mem::take(&mut w.cursor);
+    // Where to resume and when (`resume`, pure).
+    let mut resume = Resume::new(std::mem::take(&mut w.cursor));
     loop {
         if stop.is_cancelled() {
             return;
         }
-        if cursor.is_empty() {
+        if resume.next() == Step::List {
             info!(kind = label, "listing");
             METRICS.relists.with_label_values(&[label]).inc();
             match list_all(&w).await {
                 Ok((objects, version)) => {
                     connected(&w.connection);
                     info!(kind = label, objects = objects.len(), version = %version, "listed");
-                    cursor.clone_from(&version);
+                    resume.listed(&version);
                     let event = Event::Relisted {
                         kind,
                         objects,
@@ -205,7 +183,7 @@ where
                 Err(e) => {
                     warn!(kind = label, error = %e, "list failed; the table keeps serving");
                     failed(&w.connection, kind, &e.to_string());
-                    if sleep_or_stop(backoff.next(), &stop).await {
+                    if sleep_or_stop(jitter(resume.failed()), &stop).await {
                         return;
                     }
                     continue;
@@ -217,21 +195,22 @@ where
             params = params.labels(selector);
         }
         let started = Instant::now();
+        let from = resume.cursor().to_owned();
         let stream = tokio::select! {
             _ = stop.cancelled() => return,
-            s = w.api.watch(&params, &cursor) => s,
+            s = w.api.watch(&params, &from) => s,
         };
         let stream = match stream {
             Ok(s) => s,
             Err(kube::Error::Api(status)) if status.code == 410 => {
-                warn!(kind = label, version = %cursor, "410 Gone: history compacted; relisting");
-                cursor.clear();
+                warn!(kind = label, version = %from, "410 Gone: history compacted; relisting");
+                resume.gone();
                 continue;
             }
             Err(e) => {
                 warn!(kind = label, error = %e, "watch failed; the table keeps serving");
                 failed(&w.connection, kind, &e.to_string());
-                if sleep_or_stop(backoff.next(), &stop).await {
+                if sleep_or_stop(jitter(resume.failed()), &stop).await {
                     return;
                 }
                 continue;
@@ -275,8 +254,8 @@ where
                     resource_version: b.metadata.resource_version,
                 },
                 Some(Ok(WatchEvent::Error(status))) if status.code == 410 => {
-                    warn!(kind = label, version = %cursor, "410 Gone: history compacted; relisting");
-                    cursor.clear();
+                    warn!(kind = label, version = %resume.cursor(), "410 Gone: history compacted; relisting");
+                    resume.gone();
                     break;
                 }
                 Some(Ok(WatchEvent::Error(status))) => {
@@ -307,20 +286,16 @@ where
                 }
                 | Event::Cursor {
                     resource_version, ..
-                } if !resource_version.is_empty() => cursor.clone_from(resource_version),
-                _ => {}
+                } => resume.event(resource_version),
+                Event::Relisted { .. } => {}
             }
             METRICS.watch_events.with_label_values(&[label]).inc();
             if w.events.send(event).await.is_err() {
                 return;
             }
         }
-        if (events > 0 || started.elapsed() > Duration::from_secs(10)) && !broken {
-            backoff.reset();
-        }
-        // A watch that ends at once, again and again, must not spin.
-        if (broken || started.elapsed() < Duration::from_secs(1))
-            && sleep_or_stop(backoff.next(), &stop).await
+        if let Some(wait) = resume.watch_ended(events, started.elapsed(), broken)
+            && sleep_or_stop(jitter(wait), &stop).await
         {
             return;
         }
