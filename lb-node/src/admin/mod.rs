@@ -7,22 +7,25 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use proto::admin::v1 as pb;
 use proto::admin::v1::admin_server::{Admin, AdminServer};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::clock::unix_ms;
 use crate::dataplane::reconcile::DataplaneStatus;
 use crate::model::{BackendOverride, Command, MAX_WEIGHT, State, override_to_pb, service_to_pb};
 use crate::replication::node::{NodeHandle, RaftStatus};
 use crate::replication::{ProposeError, Proposer};
 use crate::source::SourceStatus;
+
+mod events;
+mod services;
+
+use services::ServiceFilter;
 
 /// How long a write waits to see its effect (a committed membership change,
 /// a new leader) before answering DEADLINE_EXCEEDED.
@@ -56,50 +59,6 @@ pub struct AdminService {
     pub shutdown: CancellationToken,
 }
 
-/// The backends whose agreed health changed from `old` to `new` (a
-/// transition of the verdict, not each report), with who says so.
-fn health_events(old: &State, new: &State) -> Vec<String> {
-    use imbl::ordmap::DiffItem;
-    if old.health().ptr_eq(new.health()) {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    let slots: std::collections::BTreeSet<crate::model::BackendSlot> = old
-        .health()
-        .diff(new.health())
-        .map(|item| match item {
-            DiffItem::Add(k, _) | DiffItem::Remove(k, _) => *k,
-            DiffItem::Update { new: (k, _), .. } => *k,
-        })
-        .collect();
-    for (key, address, port) in slots {
-        let (was, is) = (
-            old.backend_down(&key, address, port),
-            new.backend_down(&key, address, port),
-        );
-        if was == is {
-            continue;
-        }
-        let says: Vec<String> = new
-            .health_of(&(key, address, port))
-            .into_iter()
-            .flatten()
-            .map(|(m, s)| format!("member {m} {}", if s.down { "down" } else { "up" }))
-            .collect();
-        out.push(format!(
-            "backend {} of {key} is {} ({})",
-            crate::model::SocketText(address, port),
-            if is { "down" } else { "up" },
-            if says.is_empty() {
-                "no reports".to_owned()
-            } else {
-                says.join(", ")
-            }
-        ));
-    }
-    out
-}
-
 fn propose_error(e: ProposeError) -> Status {
     match e {
         ProposeError::NotLeader { leader } => proto::errors::not_leader(
@@ -112,79 +71,6 @@ fn propose_error(e: ProposeError) -> Status {
         ProposeError::Dropped(_) => Status::failed_precondition(e.to_string()),
         ProposeError::Unknown => Status::aborted(e.to_string()),
         ProposeError::Stopped => Status::unavailable(e.to_string()),
-    }
-}
-
-impl AdminService {
-    /// The health of the checked backends of `services`: the members'
-    /// verdict, the reports and this member's own probes.
-    fn backend_health(
-        &self,
-        state: &State,
-        services: &[&crate::model::VirtualService],
-    ) -> Vec<pb::BackendHealth> {
-        let local = self
-            .health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut out = Vec::new();
-        for s in services.iter().filter(|s| s.health.is_some()) {
-            let down: Vec<bool> = s
-                .backends
-                .iter()
-                .map(|b| state.backend_down(&s.key, b.address, b.port))
-                .collect();
-            let failing_open = crate::dataplane::health_fails_open(s, &down);
-            for (b, down) in s.backends.iter().zip(down) {
-                let slot = (s.key, b.address, b.port);
-                let reports = state
-                    .health_of(&slot)
-                    .into_iter()
-                    .flatten()
-                    .map(|(member, seen)| proto::state::v1::HealthReport {
-                        key: None,
-                        address: Vec::new(),
-                        port: 0,
-                        verdict: if seen.down {
-                            proto::state::v1::health_report::Verdict::Down
-                        } else {
-                            proto::state::v1::health_report::Verdict::Up
-                        } as i32,
-                        member: *member,
-                        since_unix_ms: seen.since_unix_ms,
-                    })
-                    .collect();
-                let mine = local.get(&slot).map(|c| {
-                    c.lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .clone()
-                });
-                let mine = mine.as_ref();
-                out.push(pb::BackendHealth {
-                    key: Some(crate::model::key_to_pb(&s.key)),
-                    address: crate::model::ip_bytes(b.address),
-                    port: u32::from(b.port),
-                    down,
-                    failing_open: failing_open && down,
-                    probers: state.deciding_probers(&s.key, b.address, b.port),
-                    reports,
-                    local_state: mine
-                        .map(|m| match m.health {
-                            crate::health::machine::Health::Up => "up",
-                            crate::health::machine::Health::Down => "down",
-                            crate::health::machine::Health::Unknown => "unknown",
-                        })
-                        .unwrap_or_default()
-                        .to_owned(),
-                    local_since_unix_ms: mine.map_or(0, |m| m.since_unix_ms),
-                    last_ok: mine.is_some_and(|m| m.last.ok),
-                    last_detail: mine.map(|m| m.last.detail.to_string()).unwrap_or_default(),
-                    last_latency_us: mine.map_or(0, |m| m.last.latency.as_micros() as u64),
-                    last_at_unix_ms: mine.map_or(0, |m| m.at_unix_ms),
-                });
-            }
-        }
-        out
     }
 }
 
@@ -284,7 +170,7 @@ impl AdminService {
     }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+pub(crate) type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Admin for AdminService {
@@ -723,153 +609,7 @@ impl Admin for AdminService {
         &self,
         _request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let (tx, rx) = mpsc::channel(256);
-        let mut states = self.states.clone();
-        let mut dataplane = self.dataplane.clone();
-        let mut source = self.source.clone();
-        let mut warnings_seen = source.borrow_and_update().warnings;
-        let mut raft = self.cluster.as_ref().map(|c| c.node.status.clone());
-        let shutdown = self.shutdown.clone();
-        let mut last_state = states.borrow_and_update().clone();
-        let mut last_raft = raft.as_mut().map(|r| r.borrow_and_update().clone());
-        dataplane.borrow_and_update();
-        tokio::spawn(async move {
-            loop {
-                let mut events = Vec::new();
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tx.closed() => return,
-                    Ok(()) = states.changed() => {
-                        let state = states.borrow_and_update().clone();
-                        for (key, name, change) in state.service_changes_since(&last_state) {
-                            events.push(("service", format!("service {name} ({key}) {change}"), state.revision()));
-                        }
-                        let overrides_changed = state.overrides() != last_state.overrides();
-                        let owners_changed = !state.same_vip_owners(&last_state);
-                        for (slot @ (key, address, port), value) in state.overrides().iter().filter(|_| overrides_changed) {
-                            if last_state.overrides().get(slot) != Some(value) {
-                                events.push(("override", format!("backend {} of {key}: {value}", SocketAddr::new(*address, *port)), state.revision()));
-                            }
-                        }
-                        for (key, address, port) in last_state.overrides().keys() {
-                            if !state.overrides().contains_key(&(*key, *address, *port)) {
-                                events.push(("override", format!("backend {} of {key}: override cleared", SocketAddr::new(*address, *port)), state.revision()));
-                            }
-                        }
-                        for (vip, owner) in state.vip_owners().iter().filter(|_| owners_changed) {
-                            if last_state.vip_owners().get(vip) != Some(owner) {
-                                events.push(("vip", format!("VIP {vip} now owned by member {owner}"), state.revision()));
-                            }
-                        }
-                        for text in health_events(&last_state, &state) {
-                            events.push(("health", text, state.revision()));
-                        }
-                        if state.probers() != last_state.probers() {
-                            events.push(("health", format!("members probing backends now {:?}", state.probing_members()), state.revision()));
-                        }
-                        if state.drained_members() != last_state.drained_members() {
-                            events.push(("members", format!("drained members now {:?}", state.drained_members()), state.revision()));
-                        }
-                        if state.members() != last_state.members() {
-                            events.push(("members", format!("members now {:?}", state.members().keys().collect::<Vec<_>>()), state.revision()));
-                        }
-                        last_state = state;
-                    }
-                    Ok(()) = async { match raft.as_mut() { Some(r) => r.changed().await, None => std::future::pending().await } } => {
-                        let now = raft.as_mut().map(|r| r.borrow_and_update().clone());
-                        if let (Some(old), Some(new)) = (&last_raft, &now) {
-                            if old.role != new.role {
-                                events.push(("role", format!("member {} is now {} in term {}", new.id, new.role, new.term), last_state.revision()));
-                            }
-                            if old.leader != new.leader && new.leader != 0 {
-                                events.push(("leader", format!("member {} leads in term {}", new.leader, new.term), last_state.revision()));
-                            }
-                        }
-                        last_raft = now;
-                    }
-                    Ok(()) = source.changed() => {
-                        let s = source.borrow_and_update().clone();
-                        // The new ones among the recent (more may have come
-                        // than are kept: those are counted in status only).
-                        let new = s.warnings.saturating_sub(warnings_seen) as usize;
-                        let skip = s.recent_warnings.len().saturating_sub(new);
-                        for (_, message) in s.recent_warnings.iter().skip(skip) {
-                            events.push(("source", message.clone(), last_state.revision()));
-                        }
-                        warnings_seen = s.warnings;
-                    }
-                    Ok(()) = dataplane.changed() => {
-                        let d = dataplane.borrow_and_update().clone();
-                        if d.last_sync_ops > 0 || !d.last_error.is_empty() {
-                            let text = if d.last_error.is_empty() {
-                                format!(
-                                    "dataplane synced revision {}: {} kernel change{}",
-                                    d.synced_revision,
-                                    d.last_sync_ops,
-                                    if d.last_sync_ops == 1 { "" } else { "s" }
-                                )
-                            } else {
-                                format!("dataplane sync failed: {}", d.last_error)
-                            };
-                            events.push(("dataplane", text, d.synced_revision));
-                        }
-                    }
-                }
-                for (kind, message, revision) in events {
-                    let event = pb::Event {
-                        unix_ms: unix_ms(SystemTime::now()),
-                        kind: kind.into(),
-                        message,
-                        revision,
-                    };
-                    if tx.send(Ok(event)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-/// Which services `lbctl services <what>` means.
-#[derive(Debug)]
-enum ServiceFilter {
-    All,
-    /// A virtual service's name, or a Kubernetes Service's
-    /// `namespace/name` (every port of it).
-    Name(String),
-    /// An address, with or without a port.
-    Address(std::net::IpAddr, Option<u16>),
-}
-
-impl ServiceFilter {
-    fn parse(text: &str) -> ServiceFilter {
-        if text.is_empty() {
-            return ServiceFilter::All;
-        }
-        if let Ok(socket) = text.parse::<SocketAddr>() {
-            return ServiceFilter::Address(socket.ip(), Some(socket.port()));
-        }
-        if let Ok(ip) = text.trim_matches(['[', ']']).parse() {
-            return ServiceFilter::Address(ip, None);
-        }
-        ServiceFilter::Name(text.to_owned())
-    }
-
-    fn matches(&self, s: &crate::model::VirtualService) -> bool {
-        match self {
-            ServiceFilter::All => true,
-            ServiceFilter::Name(name) => {
-                s.name == *name
-                    || s.name
-                        .strip_prefix(name.as_str())
-                        .is_some_and(|rest| rest.starts_with(':'))
-            }
-            ServiceFilter::Address(ip, port) => {
-                s.key.vip == *ip && port.is_none_or(|p| s.key.port == p)
-            }
-        }
+        Ok(Response::new(events::stream(self)))
     }
 }
 
