@@ -64,7 +64,7 @@ impl TlsConfig {
         ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .domain_name(crate::listener::TLS_SERVER_NAME)
+            .domain_name(crate::listener::tls::TLS_SERVER_NAME)
     }
 }
 
