@@ -29,18 +29,23 @@ use ipnet::IpNet;
 use tracing::{info, warn};
 
 use crate::dataplane::{
-    ApplyReport, Dataplane, DataplaneError, DestKey, Destination, Drains, Op, OpFailure,
-    ProgrammedService, ServiceSettings, Table,
+    ApplyReport, Dataplane, DataplaneError, DestKey, Drains, Op, OpFailure, ProgrammedService,
+    Table,
 };
-use crate::model::{Forwarding, Protocol, Scheduler, ServiceKey};
+use crate::model::{Protocol, ServiceKey};
 
+mod convert;
 pub mod local;
 pub mod msg;
 pub mod socket;
 pub mod sync;
+mod sysctls;
 
-use msg::{IpvsMessage, KernelDest, KernelKey, KernelService, TopAttr, cmd, flags, fwd};
+use msg::{IpvsMessage, KernelDest, KernelKey, TopAttr, cmd};
 pub use socket::{Info, IpvsError, IpvsSocket};
+pub use sysctls::{SYSCTLS, set_sysctls};
+
+use convert::{counters_of, dest_msg, explain, kernel_key, read_dest, read_service, service_msg};
 
 /// Which services of the kernel table belong to lb-node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,223 +71,6 @@ fn owns(ownership: &Ownership, local: Option<&local::LocalVips>, key: &KernelKey
                 .unwrap_or_else(PoisonError::into_inner)
                 .contains(vip)
         }),
-    }
-}
-
-/// The IPVS sysctls load balancing needs, and the values lb-node sets.
-pub const SYSCTLS: &[(&str, &str)] = &[
-    // Connections tracked, so the masquerade return path can SNAT them.
-    ("net/ipv4/vs/conntrack", "1"),
-    // A connection to a deleted destination is dropped at its next packet
-    // rather than blackholed until it times out.
-    ("net/ipv4/vs/expire_nodest_conn", "1"),
-    // A persistence template to a weight-0 destination expires, so a
-    // drained backend stops receiving the clients it had.
-    ("net/ipv4/vs/expire_quiescent_template", "1"),
-    // Reuse of a port by a new connection reschedules it (kernels since
-    // 5.9 do this without the one-second stall of older ones).
-    ("net/ipv4/vs/conn_reuse_mode", "1"),
-    // Replies from backends (after SNAT) are forwarded back to clients.
-    ("net/ipv4/ip_forward", "1"),
-    ("net/ipv6/conf/all/forwarding", "1"),
-];
-
-/// Sets `SYSCTLS`, and logs and exports (`lb_ipvs_sysctl`) what each reads
-/// back.
-pub fn set_sysctls() {
-    set_sysctl_list(SYSCTLS);
-}
-
-pub(crate) fn set_sysctl_list(list: &[(&str, &str)]) {
-    for (name, value) in list {
-        let path = format!("/proc/sys/{name}");
-        if let Err(e) = std::fs::write(&path, value) {
-            warn!(sysctl = name, value, error = %e, "cannot set an IPVS sysctl");
-        }
-        let now = std::fs::read_to_string(&path)
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|e| format!("unreadable: {e}"));
-        let dotted = name.replace('/', ".");
-        info!(sysctl = %dotted, value = %now, "IPVS sysctl");
-        crate::metrics::METRICS
-            .ipvs_sysctls
-            .with_label_values(&[&dotted])
-            .set(now.parse().unwrap_or(-1));
-        if now != *value {
-            warn!(sysctl = %dotted, wanted = value, now = %now, "an IPVS sysctl is not as lb-node needs it");
-        }
-    }
-}
-
-fn protocol_number(p: Protocol) -> u16 {
-    match p {
-        Protocol::Tcp => 6,
-        Protocol::Udp => 17,
-        Protocol::Sctp => 132,
-    }
-}
-
-/// How the kernel names a service: by its mark when it has one.
-pub fn kernel_key(k: &ServiceKey, fwmark: Option<u32>) -> KernelKey {
-    match fwmark {
-        Some(mark) => KernelKey::Fwmark {
-            ipv6: k.vip.is_ipv6(),
-            mark,
-        },
-        None => KernelKey::Addr {
-            vip: k.vip,
-            port: k.port,
-            protocol: protocol_number(k.protocol),
-        },
-    }
-}
-
-/// What lb-node programs for a service.
-pub fn kernel_service(k: &ServiceKey, s: &ServiceSettings) -> KernelService {
-    KernelService {
-        key: kernel_key(k, s.fwmark),
-        scheduler: s.scheduler.name().to_owned(),
-        flags: if s.persistence_timeout.is_some() {
-            flags::PERSISTENT
-        } else {
-            0
-        },
-        timeout: s.persistence_timeout.unwrap_or(0),
-        netmask: if k.vip.is_ipv6() { 128 } else { u32::MAX },
-        pe_name: None,
-        stats: None,
-    }
-}
-
-/// What lb-node programs for a destination.
-pub fn kernel_dest(d: &DestKey, s: &Destination) -> KernelDest {
-    let forwarding = match s.forwarding {
-        Forwarding::Masquerade => fwd::MASQ,
-        Forwarding::Direct => fwd::DROUTE,
-        Forwarding::Tunnel => fwd::TUNNEL,
-    };
-    let mut k = KernelDest::new(d.address, d.port, forwarding, s.weight);
-    if s.forwarding == Forwarding::Tunnel {
-        k.tun_type = Some(msg::tun::IPIP);
-    }
-    k
-}
-
-/// A kernel service in lb-node's terms, if it is one lb-node could have
-/// programmed; a firewall-mark service is found by its mark in `by_mark`.
-fn read_service(
-    k: &KernelService,
-    by_mark: &BTreeMap<(bool, u32), ServiceKey>,
-) -> Option<(ServiceKey, ServiceSettings)> {
-    let (key, fwmark) = match k.key {
-        KernelKey::Addr {
-            vip,
-            port,
-            protocol,
-        } => {
-            let protocol = match protocol {
-                6 => Protocol::Tcp,
-                17 => Protocol::Udp,
-                132 => Protocol::Sctp,
-                _ => return None,
-            };
-            (
-                ServiceKey {
-                    vip,
-                    port,
-                    protocol,
-                },
-                None,
-            )
-        }
-        KernelKey::Fwmark { ipv6, mark } => (*by_mark.get(&(ipv6, mark))?, Some(mark)),
-    };
-    let vip = key.vip;
-    let scheduler: Scheduler = k.scheduler.parse().ok()?;
-    let persistent = k.flags & flags::PERSISTENT != 0;
-    let extra_flags = k.flags & !(flags::PERSISTENT | flags::HASHED);
-    let full_mask = if vip.is_ipv6() { 128 } else { u32::MAX };
-    if extra_flags != 0 || k.pe_name.is_some() || (persistent && k.netmask != full_mask) {
-        return None;
-    }
-    Some((
-        key,
-        ServiceSettings {
-            scheduler,
-            persistence_timeout: persistent.then_some(k.timeout),
-            fwmark,
-        },
-    ))
-}
-
-fn read_dest(d: &KernelDest) -> Option<(DestKey, Destination)> {
-    let forwarding = match d.forwarding {
-        fwd::MASQ => Forwarding::Masquerade,
-        fwd::DROUTE => Forwarding::Direct,
-        fwd::TUNNEL if d.tun_type.unwrap_or(msg::tun::IPIP) == msg::tun::IPIP => Forwarding::Tunnel,
-        _ => return None,
-    };
-    if d.upper_threshold != 0 || d.lower_threshold != 0 {
-        return None;
-    }
-    Some((
-        DestKey {
-            address: d.address,
-            port: d.port,
-        },
-        Destination {
-            weight: d.weight,
-            forwarding,
-        },
-    ))
-}
-
-fn service_msg(c: u8, k: &KernelKey, s: Option<(&ServiceKey, &ServiceSettings)>) -> IpvsMessage {
-    let attrs = match s {
-        Some((key, s)) => kernel_service(key, s).attrs(),
-        None => k.attrs(),
-    };
-    IpvsMessage::new(c, vec![TopAttr::Service(attrs)])
-}
-
-fn dest_msg(c: u8, k: &KernelKey, d: &DestKey, s: Option<&Destination>) -> IpvsMessage {
-    let attrs = match s {
-        Some(s) => kernel_dest(d, s).attrs(),
-        None => KernelDest::key_attrs(d.address, d.port),
-    };
-    IpvsMessage::new(c, vec![TopAttr::Service(k.attrs()), TopAttr::Dest(attrs)])
-}
-
-fn counters_of(s: Option<msg::Stats>) -> crate::dataplane::Counters {
-    let s = s.unwrap_or_default();
-    crate::dataplane::Counters {
-        connections: s.conns,
-        packets_in: s.inpkts,
-        packets_out: s.outpkts,
-        bytes_in: s.inbytes,
-        bytes_out: s.outbytes,
-        connections_per_second: s.cps,
-        bytes_in_per_second: s.inbps,
-        bytes_out_per_second: s.outbps,
-    }
-}
-
-/// What a refusal means for this operation, for an operator.
-fn explain(op: &Op, errno: i32) -> String {
-    let text = socket::errno_text(errno);
-    match (op, errno) {
-        (Op::AddService { settings, .. } | Op::UpdateService { settings, .. }, libc::ENOENT) => {
-            format!(
-                "{text}: the kernel has no scheduler {:?} (module ip_vs_{} not loaded, or not built into this kernel)",
-                settings.scheduler.name(),
-                settings.scheduler.name()
-            )
-        }
-        (
-            Op::AddDestination { .. } | Op::UpdateDestination { .. } | Op::DeleteDestination { .. },
-            libc::ESRCH,
-        ) => format!("{text}: the service is not in the kernel"),
-        _ => text,
     }
 }
 

@@ -46,7 +46,7 @@ pub fn start(
     sync: &crate::config::ConnectionSync,
 ) -> Result<(), IpvsError> {
     let refresh = sync.refresh.as_secs().to_string();
-    super::set_sysctl_list(&[
+    super::sysctls::set_sysctl_list(&[
         // Sent again at each state change and this often with traffic, so
         // a member that (re)joins has every busy connection within it.
         ("net/ipv4/vs/sync_refresh_period", refresh.as_str()),
