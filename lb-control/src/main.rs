@@ -151,14 +151,14 @@ async fn main() -> ExitCode {
             }
             Err(Failure::Status(status)) => status,
         };
+        let redirect = proto::errors::not_leader_of(&status);
         match status.code() {
             tonic::Code::Unavailable => last_error = format!("{endpoint}: {}", status.message()),
             // A follower names the leader (a typed detail); another
             // endpoint may be it.
-            tonic::Code::FailedPrecondition if proto::errors::not_leader_of(&status).is_some() => {
+            tonic::Code::FailedPrecondition if redirect.is_some() => {
                 last_error = format!("{endpoint}: {}", status.message());
-                if let Some(admin) =
-                    proto::errors::not_leader_of(&status).and_then(|n| n.leader_admin)
+                if let Some(admin) = redirect.and_then(|n| n.leader_admin)
                     && let Ok(url) = endpoint_url(&admin)
                 {
                     queue.push_front(url);

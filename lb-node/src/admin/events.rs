@@ -305,8 +305,45 @@ mod tests {
     }
 
     #[test]
-    fn an_unchanged_state_has_no_events() {
-        let state = State::default();
-        assert!(state_events(&state, &state.clone()).is_empty());
+    fn services_overrides_and_owners_are_events_and_an_unchanged_state_none() {
+        use crate::model::{BackendOverride, Command, fixtures::numbered_service};
+        let svc = numbered_service(1, 2);
+        let backend = svc.backends[0].address;
+        let mut a = State::default();
+        a.apply(&Command::UpsertService(svc.clone()))
+            .expect("upsert");
+        assert!(state_events(&a, &a.clone()).is_empty());
+        let added = state_events(&State::default(), &a);
+        assert_eq!(added.len(), 1, "{added:?}");
+        assert_eq!(added[0].0, "service");
+        assert!(added[0].1.contains("svc-1"), "{added:?}");
+
+        let mut b = a.clone();
+        b.apply(&Command::SetBackendOverride {
+            key: svc.key,
+            address: backend,
+            port: 8080,
+            value: Some(BackendOverride::Drain),
+        })
+        .expect("override");
+        b.apply(&Command::SetVipOwners([(svc.key.vip, 2)].into()))
+            .expect("owners");
+        let changed = state_events(&a, &b);
+        let kinds: Vec<&str> = changed.iter().map(|e| e.0).collect();
+        assert_eq!(kinds, vec!["override", "vip"], "{changed:?}");
+        assert!(changed.iter().all(|e| e.2 == b.revision()));
+        assert_eq!(changed[1].1, "VIP 10.0.0.1 now owned by member 2");
+
+        let mut c = b.clone();
+        c.apply(&Command::SetBackendOverride {
+            key: svc.key,
+            address: backend,
+            port: 8080,
+            value: None,
+        })
+        .expect("clear");
+        let cleared = state_events(&b, &c);
+        assert_eq!(cleared.len(), 1, "{cleared:?}");
+        assert!(cleared[0].1.ends_with("override cleared"), "{cleared:?}");
     }
 }
