@@ -819,7 +819,11 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
         }
         // Only the VIP the fault hits may see failures, and only where
         // failing over is expected at all.
-        report.add_traffic(v, &records, !hitless(name) && v == vip);
+        let may_fail = !hitless(name) && v == vip;
+        report.add_traffic(v, &records, may_fail);
+        if !may_fail && records.iter().any(|r| r.answer.is_none()) {
+            report.failures.push(failed_requests(lab, v, t0, &records)?);
+        }
     }
 
     let ids: Vec<u64> = lab.members.keys().copied().collect();
@@ -840,6 +844,41 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
     }
     report.passed = report.failures.is_empty();
     Ok(report)
+}
+
+/// What the client saw of each failed request to `vip` (first ten), timed
+/// from the fault at `t0`, and which member answered ARP for the VIP just
+/// before and just after: a failure where none may fail says whether the
+/// VIP moved under it and how the connection ended.
+fn failed_requests(
+    lab: &Lab,
+    vip: &str,
+    t0: f64,
+    records: &[crate::traffic::Sent],
+) -> anyhow::Result<String> {
+    let to: std::net::SocketAddr = (vip.parse::<std::net::Ipv4Addr>()?, 80).into();
+    let replies = lab.replies(vip);
+    let (from, until) = (
+        records.first().map_or(t0, |r| r.at),
+        records.last().map_or(t0, |r| r.at) + 1.0,
+    );
+    let detail: Vec<String> = crate::traffic::failures_to(to, from, until)
+        .iter()
+        .take(10)
+        .map(|(at, why)| {
+            let before = replies.iter().rev().find(|(t, _)| t <= at).map(|(_, m)| *m);
+            let after = replies.iter().find(|(t, _)| t > at).map(|(t, m)| (t - at, *m));
+            let after = after.map_or("nobody".to_owned(), |(dt, m)| {
+                format!("member {m} {:.0} ms later", dt * 1000.0)
+            });
+            format!(
+                "+{:.3} s: {why} (ARP answered by member {} before, {after})",
+                at - t0,
+                before.map_or("none".to_owned(), |m| m.to_string())
+            )
+        })
+        .collect();
+    Ok(format!("failed requests to {vip}: {}", detail.join("; ")))
 }
 
 /// Member `victim`'s machine is lost: lb-node SIGKILLed and the machine's

@@ -36,17 +36,42 @@ pub struct Sent {
 /// complete (by Content-Length, or the server closing). None when it fails
 /// or takes longer than `REQUEST_TIMEOUT`.
 pub async fn request(to: SocketAddr) -> Option<String> {
+    let sent = unix_now();
     let outcome = tokio::time::timeout(REQUEST_TIMEOUT, attempt(to))
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_TIMEOUT:?}")));
     outcome
         .map_err(|why| {
-            // Debugging: why each request failed.
             if std::env::var_os("DRILL_TRAFFIC").is_some() {
                 eprintln!("{:.3} request to {to} failed: {why}", unix_now());
             }
+            failed()
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((to, sent, why));
         })
         .ok()
+}
+
+/// Why each request of this process failed: where it went, when it was
+/// sent (Unix time) and the stage that failed, so that a drill's failure
+/// says what the client saw (a reset, a refusal, a timeout).
+fn failed() -> &'static std::sync::Mutex<Vec<(SocketAddr, f64, String)>> {
+    static FAILED: std::sync::OnceLock<std::sync::Mutex<Vec<(SocketAddr, f64, String)>>> =
+        std::sync::OnceLock::new();
+    FAILED.get_or_init(Default::default)
+}
+
+/// The failed requests to `to` sent in `[from, until)`: (Unix time sent,
+/// why).
+pub fn failures_to(to: SocketAddr, from: f64, until: f64) -> Vec<(f64, String)> {
+    failed()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .filter(|(a, at, _)| *a == to && *at >= from && *at < until)
+        .map(|(_, at, why)| (*at, why.clone()))
+        .collect()
 }
 
 /// One request; on failure, the stage that failed and why.
