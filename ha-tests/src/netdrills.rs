@@ -867,7 +867,10 @@ fn failed_requests(
         .take(10)
         .map(|(at, why)| {
             let before = replies.iter().rev().find(|(t, _)| t <= at).map(|(_, m)| *m);
-            let after = replies.iter().find(|(t, _)| t > at).map(|(t, m)| (t - at, *m));
+            let after = replies
+                .iter()
+                .find(|(t, _)| t > at)
+                .map(|(t, m)| (t - at, *m));
             let after = after.map_or("nobody".to_owned(), |(dt, m)| {
                 format!("member {m} {:.0} ms later", dt * 1000.0)
             });

@@ -123,7 +123,8 @@ pub mod leave;
 pub mod node;
 mod raft_log;
 pub mod replica;
-pub mod sim;
+#[cfg(test)]
+mod sim;
 pub mod start;
 pub mod storage;
 pub mod transport;

@@ -20,7 +20,7 @@ use raft::{RawNode, StateRole};
 use tracing::{debug, info, warn};
 
 use super::proposal::ProposeError;
-use super::storage::{LogStore, LogStoreError};
+use super::storage::{LogStore, LogStoreError, RaftStore};
 pub use crate::announce::ownership::Stamp;
 use crate::announce::ownership::{Ownership, OwnershipConfig, RaftView};
 use crate::model::{Applied, ApplyError, Batch, Command, State, WireError};
@@ -100,9 +100,6 @@ pub struct PeerHealth {
 pub struct ReadyOutput {
     /// Messages to send to peers.
     pub messages: Vec<Message>,
-    /// The simulation's stamps for `messages` (the node thread stamps as it
-    /// sends).
-    pub stamps: Vec<Stamp>,
     /// Own proposals that were applied, with what each command did.
     pub completed: Vec<(u64, Vec<Result<Applied, ApplyError>>)>,
     /// Own proposals whose fate is unknown because leadership was lost:
@@ -114,9 +111,10 @@ pub struct ReadyOutput {
     pub installed_snapshot: Option<u64>,
 }
 
-/// One member's Raft node with its applied state.
-pub struct Replica {
-    raw: RawNode<LogStore>,
+/// One member's Raft node with its applied state, on its log: a member's
+/// `LogStore`, or the simulation's `MemStore`.
+pub struct Replica<S: RaftStore = LogStore> {
+    raw: RawNode<S>,
     state: State,
     applied: u64,
     config: ReplicaConfig,
@@ -143,7 +141,7 @@ pub struct Replica {
     clock: fn() -> u64,
 }
 
-impl std::fmt::Debug for Replica {
+impl<S: RaftStore> std::fmt::Debug for Replica<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replica")
             .field("id", &self.config.id)
@@ -168,15 +166,15 @@ fn lease_margin(election_ticks: usize) -> usize {
     (election_ticks / 16).max(2)
 }
 
-impl Replica {
+impl<S: RaftStore> Replica<S> {
     /// Opens a replica on its log. A new log (empty disk) is bootstrapped
     /// with `initial_members` as voters when the member is one of them;
     /// otherwise the member waits to be added and sent a snapshot.
     pub fn open(
         config: ReplicaConfig,
-        mut store: LogStore,
+        mut store: S,
         initial_members: &[(u64, String)],
-    ) -> Result<Replica, ReplicaError> {
+    ) -> Result<Replica<S>, ReplicaError> {
         if store.is_empty() && initial_members.iter().any(|(id, _)| *id == config.id) {
             // A new cluster starts from a snapshot at index 1 that holds the
             // initial configuration, identical on every initial member. A
@@ -198,7 +196,7 @@ impl Replica {
             meta.mut_conf_state().voters = initial_members.iter().map(|(id, _)| *id).collect();
             store.apply_snapshot(snapshot)?;
         }
-        let snapshot = store.latest_snapshot().clone();
+        let snapshot = store.latest_snapshot();
         let mut state = if snapshot.get_metadata().index > 0 {
             State::decode_snapshot(snapshot.get_data()).map_err(|source| {
                 ReplicaError::BadSnapshot {
@@ -1008,7 +1006,7 @@ impl Replica {
         let meta = snapshot.mut_metadata();
         meta.index = self.applied;
         meta.term = term;
-        meta.set_conf_state(self.raw.store().conf_state().clone());
+        meta.set_conf_state(self.raw.store().conf_state());
         self.raw.mut_store().compact(snapshot)?;
         info!(
             member = self.config.id,

@@ -1,21 +1,21 @@
-//! Deterministic simulation: N replicas (the real `Replica`, on real
-//! raft-engine logs in a temporary directory) over an in-memory network that
+//! Deterministic simulation: N replicas (the real `Replica`, on in-memory
+//! logs: `MemStore`, `LogStore`'s twin) over an in-memory network that
 //! drops, delays, duplicates, reorders and partitions messages, all driven
-//! by one seeded random generator and a virtual clock. Each member programs
-//! a memory dataplane from its applied state.
+//! by one seeded random generator and a virtual clock, in one thread. Each
+//! member programs a memory dataplane from its applied state.
 //!
 //! The same seed gives the same run, so a failing seed can be replayed.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use raft::eraftpb::{Message, MessageType};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::replica::{Replica, ReplicaConfig};
-use super::storage::LogStore;
+use super::replica::ReplicaConfig;
+use super::storage::MemStore;
 use crate::dataplane::{Table, plan};
 use crate::model::{Command, State, VirtualService};
 
@@ -49,53 +49,14 @@ impl NetFaults {
     };
 }
 
-/// A simulated machine: one thread that owns the member's replica.
-///
-/// raft-engine caches the last block it read in a thread-local keyed by
-/// file number and offset, which two engines in one thread would share, so
-/// each member's log is only ever touched from its own thread, as in the
-/// daemon (where the node thread owns it). The simulation stays sequential
-/// and deterministic: it waits for every call.
-struct Host {
-    jobs: std::sync::mpsc::Sender<Job>,
-}
-
-type Job = Box<dyn FnOnce(&mut Option<Replica>) + Send>;
-
-impl Host {
-    fn new(id: u64) -> Host {
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name(format!("sim-member-{id}"))
-            .spawn(move || {
-                let mut replica: Option<Replica> = None;
-                while let Ok(job) = queue.recv() {
-                    job(&mut replica);
-                }
-            })
-            .expect("simulation thread starts");
-        Host { jobs }
-    }
-
-    /// Runs `f` on the member's thread and waits for its result.
-    fn call<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Option<Replica>) -> R + Send + 'static,
-    ) -> R {
-        let (done, result) = std::sync::mpsc::channel();
-        self.jobs
-            .send(Box::new(move |r| {
-                let _ = done.send(f(r));
-            }))
-            .expect("simulation thread alive");
-        result.recv().expect("simulation thread answered")
-    }
-}
+type Replica = super::replica::Replica<MemStore>;
 
 struct Member {
-    host: Host,
+    /// The member's disk: it outlives the replica's crash.
+    disk: MemStore,
+    /// The running process's replica; None while it is down.
+    replica: RefCell<Option<Replica>>,
     up: bool,
-    dir: PathBuf,
     dataplane: Table,
     /// The state the member's replica had when it was opened, before any
     /// ready: what lb-node's dataplane programs first.
@@ -106,14 +67,11 @@ struct Member {
 
 impl Member {
     /// Runs `f` on the replica if the member is up.
-    fn with<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Replica) -> R + Send + 'static,
-    ) -> Option<R> {
+    fn with<R>(&self, f: impl FnOnce(&mut Replica) -> R) -> Option<R> {
         if !self.up {
             return None;
         }
-        self.host.call(move |r| r.as_mut().map(f))
+        self.replica.borrow_mut().as_mut().map(f)
     }
 }
 
@@ -179,7 +137,6 @@ pub struct Sim {
     pub check_announcements: bool,
     /// Every instant two members announced one VIP.
     pub split_brain: Vec<String>,
-    tmp: tempfile::TempDir,
     next_service: u32,
     /// Commands whose proposal was acknowledged (applied on the proposer).
     pub acknowledged: Vec<Command>,
@@ -197,7 +154,6 @@ impl std::fmt::Debug for Sim {
 impl Sim {
     /// A cluster of `n` members, ids 1..=n, all up and bootstrapped.
     pub fn new(n: u64, seed: u64) -> Sim {
-        let tmp = tempfile::tempdir().expect("temporary directory for the simulation");
         let initial: Vec<(u64, String)> = (1..=n).map(|id| (id, format!("sim-{id}:0"))).collect();
         let config = ReplicaConfig {
             id: 0,
@@ -231,7 +187,6 @@ impl Sim {
             acknowledged: Vec::new(),
             abandoned: 0,
             config,
-            tmp,
         };
         for id in 1..=n {
             sim.new_process(id);
@@ -242,13 +197,12 @@ impl Sim {
     /// A new machine with an empty disk, started: a member of the initial
     /// list bootstraps, any other waits to be added.
     pub fn new_process(&mut self, id: u64) {
-        let dir = self.tmp.path().join(format!("member-{id}"));
         self.members.insert(
             id,
             Member {
-                host: Host::new(id),
+                disk: MemStore::new(),
+                replica: RefCell::new(None),
                 up: false,
-                dir,
                 dataplane: Table::default(),
                 opened_with: None,
                 in_flight: BTreeMap::new(),
@@ -257,10 +211,7 @@ impl Sim {
         self.start(id);
     }
 
-    fn on_leader<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Replica) -> R + Send + 'static,
-    ) -> Option<R> {
+    fn on_leader<R>(&self, f: impl FnOnce(&mut Replica) -> R) -> Option<R> {
         let leader = self.leader()?;
         self.members.get(&leader)?.with(f)
     }
@@ -346,18 +297,14 @@ impl Sim {
         self.seq += 1;
         let incarnation = self.seq;
         let member = self.members.get_mut(&id).expect("known member");
-        let dir = member.dir.clone();
-        let opened = member.host.call(move |r| {
-            let store = LogStore::open_with(&dir, false).expect("log opens");
-            let mut replica = Replica::open(config, store, &initial).expect("replica opens");
-            // Runs replay exactly: no wall clock in the log, and each run of
-            // a member its own incarnation.
-            replica.set_clock(|| 0);
-            replica.set_incarnation(incarnation);
-            let opened = replica.state().clone();
-            *r = Some(replica);
-            opened
-        });
+        let mut replica =
+            Replica::open(config, member.disk.clone(), &initial).expect("replica opens");
+        // Runs replay exactly: no wall clock in the log, and each run of a
+        // member its own incarnation.
+        replica.set_clock(|| 0);
+        replica.set_incarnation(incarnation);
+        let opened = replica.state().clone();
+        *member.replica.get_mut() = Some(replica);
         // lb-node's reconciler programs the state it is started with at
         // once, before the node thread's first ready.
         program(&mut member.dataplane, &opened);
@@ -370,7 +317,7 @@ impl Sim {
     /// kill -9: the member's process is gone; its disk stays.
     pub fn crash(&mut self, id: u64) {
         let member = self.members.get_mut(&id).expect("known member");
-        member.host.call(|r| *r = None);
+        *member.replica.get_mut() = None;
         member.up = false;
         self.abandoned += member.in_flight.len();
         member.in_flight.clear();
@@ -380,7 +327,7 @@ impl Sim {
     pub fn wipe(&mut self, id: u64) {
         let member = self.members.get_mut(&id).expect("known member");
         assert!(!member.up, "wipe a crashed member");
-        std::fs::remove_dir_all(&member.dir).expect("wipe member dir");
+        member.disk = MemStore::new();
         member.dataplane = Table::default();
     }
 
@@ -639,17 +586,16 @@ impl Sim {
 
     fn drain_ready(&mut self, id: u64) {
         let member = self.members.get_mut(&id).expect("known member");
-        // Everything the member has ready, handled on its own thread.
+        // Everything the member has ready.
         let Some((outputs, state)) = member.with(|r| {
             let mut outputs = Vec::new();
             while r.has_ready() {
-                let mut out = r.handle_ready().expect("ready handled");
+                let out = r.handle_ready().expect("ready handled");
                 // Stamped as the node thread stamps them, when sent.
                 let stamps: Vec<_> = out.messages.iter().map(|m| r.stamp_for(m.to)).collect();
-                out.stamps = stamps;
-                outputs.push(out);
+                outputs.push((out, stamps));
             }
-            let changed = outputs.iter().any(|o| o.state_changed);
+            let changed = outputs.iter().any(|(o, _)| o.state_changed);
             (outputs, changed.then(|| r.state().clone()))
         }) else {
             return;
@@ -658,7 +604,7 @@ impl Sim {
             program(&mut member.dataplane, &state);
         }
         let mut messages = Vec::new();
-        for out in outputs {
+        for (out, stamps) in outputs {
             if out.installed_snapshot.is_some() {
                 *self.snapshots_installed.entry(id).or_default() += 1;
             }
@@ -672,7 +618,7 @@ impl Sim {
                     self.abandoned += 1;
                 }
             }
-            messages.extend(out.messages.into_iter().zip(out.stamps));
+            messages.extend(out.messages.into_iter().zip(stamps));
         }
         for (message, stamp) in messages {
             self.send(message, stamp);
