@@ -6,8 +6,10 @@
 //! routes are ignored.
 //!
 //! The protocol is the pure state machine of `fsm` (OPEN, negotiation,
-//! UPDATEs of the negotiated families, NOTIFICATIONs); this task owns the
-//! TCP connection and the timers and turns them into its events. Writes go
+//! UPDATEs of the negotiated families, NOTIFICATIONs); `session` owns the
+//! TCP connection and the timers and turns them into its events, and this
+//! module the peers' configuration, their reconnect loops and the passive
+//! listener. Writes go
 //! through a writer task, so a peer that stops reading never holds up the
 //! session's timers or a stop: a write that makes no progress for the hold
 //! time (or 30 s without one) ends the session. A session error resets
@@ -19,6 +21,7 @@
 pub mod codec;
 pub mod fsm;
 pub mod md5;
+mod session;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -26,15 +29,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ipnet::IpNet;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::announce::bfd::packet::State as BfdState;
-use codec::{Attributes, Message};
-use fsm::{Action, Event, Session, SessionConfig};
+use codec::Attributes;
+use fsm::SessionConfig;
 
 /// `[announce]` with `mode = "bgp"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,7 +345,7 @@ async fn peer_loop(
     let mut first = true;
     loop {
         let mut established = false;
-        let ended = session(
+        let ended = session::session(
             &config,
             &peer,
             announced.clone(),
@@ -501,23 +502,6 @@ async fn connect(peer: &PeerConfig) -> anyhow::Result<TcpStream> {
     Ok(stream)
 }
 
-/// Writes what the session queues, in order; fails when one message makes
-/// no progress for `stall` (the peer stopped reading).
-async fn write_loop(
-    mut stream: tokio::net::tcp::OwnedWriteHalf,
-    mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
-    stall: Duration,
-) -> anyhow::Result<()> {
-    while let Some(bytes) = queue.recv().await {
-        tokio::time::timeout(stall, stream.write_all(&bytes))
-            .await
-            .with_context(|| format!("the peer has read nothing for {stall:?}"))?
-            .context("cannot write to the peer")?;
-    }
-    let _ = stream.shutdown().await;
-    Ok(())
-}
-
 /// The communities of `vip`'s route: those of every service on it,
 /// merged (a lookup of the VIP's services, not a scan of the table).
 pub fn route_tags(state: &crate::model::State, vip: IpAddr) -> fsm::RouteTags {
@@ -533,464 +517,5 @@ pub fn route_tags(state: &crate::model::State, vip: IpAddr) -> fsm::RouteTags {
     t
 }
 
-/// The routes for this peer.
-fn routes_for(peer: &PeerConfig, all: &Arc<fsm::Routes>) -> Arc<fsm::Routes> {
-    if peer.prefixes.is_empty() {
-        return all.clone();
-    }
-    Arc::new(
-        all.iter()
-            .filter(|(r, _)| peer.takes(r))
-            .map(|(r, t)| (*r, t.clone()))
-            .collect(),
-    )
-}
-
-async fn session(
-    config: &BgpConfig,
-    peer: &PeerConfig,
-    mut announced: watch::Receiver<Arc<fsm::Routes>>,
-    handle: &mut PeerHandle,
-    first: bool,
-    shutdown: &CancellationToken,
-    established: &mut bool,
-) -> anyhow::Result<Ended> {
-    let mut settled = handle.settled.clone();
-    let mut bfd = handle.bfd.clone();
-    let mut bfd_was_up = bfd
-        .as_mut()
-        .is_some_and(|b| b.borrow_and_update().state == BfdState::Up);
-    let stream = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
-        s = open(peer, handle.incoming.as_mut()) => s?,
-    };
-    let local = stream.local_addr()?.ip();
-    let (mut read, write) = stream.into_split();
-    let (queue, queued) = mpsc::unbounded_channel::<Vec<u8>>();
-    let stall = Duration::from_secs(u64::from(config.hold_time).max(30));
-    let mut writer = tokio::spawn(write_loop(write, queued, stall));
-    let mut fsm = Session::new(peer.session_config(config, first));
-    let mut closing: Option<(String, bool)> = None;
-    let mut act = |actions: Vec<Action>, closing: &mut Option<(String, bool)>| {
-        for a in actions {
-            match a {
-                Action::Send(m) => {
-                    let _ = queue.send(m.encode());
-                }
-                Action::Established(n) => {
-                    *established = true;
-                    handle.update(|p| {
-                        p.state = "established";
-                        p.established_since_unix_ms =
-                            crate::clock::unix_ms(std::time::SystemTime::now());
-                    });
-                    info!(peer = %peer.address, asn = peer.asn, hold_s = n.hold_time,
-                          families = ?n.families, four_octet = n.four_octet,
-                          graceful_restart = n.graceful_restart, "BGP session established");
-                    crate::metrics::METRICS
-                        .bgp_sessions
-                        .with_label_values(&[&peer.address.to_string()])
-                        .set(1);
-                }
-                Action::RoutesUpdated {
-                    announced,
-                    withdrawn,
-                    total,
-                } => {
-                    info!(peer = %peer.address, announced, withdrawn, "BGP routes updated");
-                    handle.update(|p| p.routes = total);
-                }
-                Action::Close { reason, clean } => *closing = Some((reason, clean)),
-            }
-        }
-    };
-    act(fsm.handle(Event::Connected { local }), &mut closing);
-    act(
-        fsm.handle(Event::Routes(routes_for(
-            peer,
-            &announced.borrow_and_update(),
-        ))),
-        &mut closing,
-    );
-    if *settled.borrow_and_update() {
-        act(fsm.handle(Event::Settled), &mut closing);
-    }
-    // Graceful restart: the End-of-RIB goes once the member settled, or
-    // after the restart time at the latest (a member that cannot rejoin
-    // must not keep its stale routes for ever).
-    let end_of_rib_by = tokio::time::Instant::now()
-        + Duration::from_secs(u64::from(config.graceful_restart.unwrap_or(0)));
-    let mut settle_pending = config.graceful_restart.is_some() && !*settled.borrow();
-    // Until the OPENs are exchanged, 30 s of silence ends the attempt.
-    let mut last_heard = tokio::time::Instant::now();
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 4096];
-    let mut keepalive_at: Option<tokio::time::Instant> = None;
-    loop {
-        if let Some((reason, clean)) = closing.take() {
-            // What was queued goes first (withdrawals, the NOTIFICATION),
-            // for at most 2 s: a peer that does not read does not hold a
-            // stop up.
-            drop(queue);
-            let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
-            writer.abort();
-            if clean {
-                info!(peer = %peer.address, routes = fsm.advertised().len(), "BGP session closed: {reason}");
-                return Ok(Ended::Shutdown);
-            }
-            return Ok(Ended::Reset(reason));
-        }
-        let hold = fsm.negotiated().map(|n| n.hold_time);
-        let hold_for = match hold {
-            Some(0) => None,
-            Some(h) => Some(Duration::from_secs(u64::from(h))),
-            None => Some(Duration::from_secs(30)),
-        };
-        if let (Some(h), None) = (hold_for, keepalive_at)
-            && hold.is_some()
-        {
-            keepalive_at = Some(tokio::time::Instant::now() + h / 3);
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => act(fsm.handle(Event::Stop), &mut closing),
-            changed = settled.changed(), if settle_pending => {
-                if changed.is_err() || *settled.borrow_and_update() {
-                    settle_pending = false;
-                    // The routes published before it first: the select may
-                    // wake this branch before the routes' own.
-                    if announced.has_changed().unwrap_or(false) {
-                        let routes = routes_for(peer, &announced.borrow_and_update());
-                        act(fsm.handle(Event::Routes(routes)), &mut closing);
-                    }
-                    act(fsm.handle(Event::Settled), &mut closing);
-                }
-            }
-            () = tokio::time::sleep_until(end_of_rib_by), if settle_pending => {
-                settle_pending = false;
-                warn!(peer = %peer.address, "not settled within the restart time: End-of-RIB sent anyway");
-                act(fsm.handle(Event::Settled), &mut closing);
-            }
-            changed = async {
-                match bfd.as_mut() {
-                    Some(b) => b.changed().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                if changed.is_err() {
-                    bfd = None;
-                    continue;
-                }
-                let now = bfd.as_mut().map(|b| b.borrow_and_update().clone()).unwrap_or_default();
-                let up = now.state == BfdState::Up;
-                // Down after Up, the peer not administratively down (RFC
-                // 5882 §3.2: that is no failure of the path): the path is
-                // gone, and the session with it.
-                // Our own AdminDown is a stop, which the session sees
-                // itself.
-                if bfd_was_up
-                    && now.state == BfdState::Down
-                    && !now.peer_admin_down
-                    && !shutdown.is_cancelled()
-                {
-                    act(fsm.handle(Event::BfdDown), &mut closing);
-                }
-                bfd_was_up = up;
-            }
-            changed = announced.changed() => {
-                // The sender goes away only when the member stops.
-                let event = if changed.is_err() {
-                    Event::Stop
-                } else {
-                    Event::Routes(routes_for(peer, &announced.borrow_and_update()))
-                };
-                act(fsm.handle(event), &mut closing);
-            }
-            () = async {
-                match keepalive_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                act(fsm.handle(Event::KeepaliveDue), &mut closing);
-                keepalive_at = hold_for.map(|h| tokio::time::Instant::now() + h / 3);
-            }
-            () = async {
-                match hold_for {
-                    Some(h) => tokio::time::sleep_until(last_heard + h).await,
-                    None => std::future::pending().await,
-                }
-            } => act(fsm.handle(Event::HoldTimerExpired), &mut closing),
-            n = read.read(&mut chunk) => {
-                let n = n.context("read")?;
-                if n == 0 {
-                    anyhow::bail!("the peer closed the connection");
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                loop {
-                    match Message::decode(&buf) {
-                        Ok(Some((m, len))) => {
-                            buf.drain(..len);
-                            last_heard = tokio::time::Instant::now();
-                            act(fsm.handle(Event::Received(m)), &mut closing);
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            act(fsm.handle(Event::Malformed(e)), &mut closing);
-                            break;
-                        }
-                    }
-                    if closing.is_some() {
-                        break;
-                    }
-                }
-            }
-            written = &mut writer => {
-                return Err(match written {
-                    Ok(Err(e)) => e,
-                    Ok(Ok(())) => anyhow::anyhow!("the writer stopped"),
-                    Err(e) => anyhow::anyhow!("the writer failed: {e}"),
-                });
-            }
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use codec::{Open, error};
-    use tokio::net::TcpListener;
-
-    /// A scripted peer: reads whole messages, answers what the test says.
-    struct Peer {
-        stream: TcpStream,
-        buf: Vec<u8>,
-    }
-
-    impl Peer {
-        async fn next(&mut self) -> Message {
-            self.next_raw().await.0
-        }
-
-        /// The next message and its bytes.
-        async fn next_raw(&mut self) -> (Message, Vec<u8>) {
-            loop {
-                if let Ok(Some((m, n))) = Message::decode(&self.buf) {
-                    let raw = self.buf.drain(..n).collect();
-                    return (m, raw);
-                }
-                let mut chunk = [0u8; 4096];
-                let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
-                    .await
-                    .expect("the speaker said something in time")
-                    .expect("read");
-                assert!(n > 0, "the speaker closed the connection");
-                self.buf.extend_from_slice(&chunk[..n]);
-            }
-        }
-
-        async fn send(&mut self, bytes: &[u8]) {
-            self.stream.write_all(bytes).await.expect("write");
-        }
-
-        async fn accept(listener: &TcpListener) -> Peer {
-            let (stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
-                .await
-                .expect("the speaker connected")
-                .expect("accept");
-            Peer {
-                stream,
-                buf: Vec::new(),
-            }
-        }
-
-        /// OPEN both ways and KEEPALIVE: the session is established.
-        async fn establish(&mut self, asn: u32) -> Open {
-            let Message::Open(theirs) = self.next().await else {
-                panic!("expected an OPEN")
-            };
-            self.send(
-                &Message::Open(Open {
-                    asn,
-                    hold_time: 9,
-                    bgp_id: Ipv4Addr::new(127, 0, 0, 2),
-                    families: vec![(1, 1)],
-                    four_octet: true,
-                    route_refresh: true,
-                    graceful_restart: None,
-                })
-                .encode(),
-            )
-            .await;
-            assert_eq!(self.next().await, Message::Keepalive);
-            self.send(&Message::Keepalive.encode()).await;
-            theirs
-        }
-    }
-
-    fn config(port: u16, peer_as: u32) -> BgpConfig {
-        BgpConfig {
-            linger: Duration::ZERO,
-            listen: None,
-            local_as: 65001,
-            router_id: Ipv4Addr::new(127, 0, 0, 1),
-            peers: vec![PeerConfig::new(
-                SocketAddr::from(([127, 0, 0, 1], port)),
-                peer_as,
-            )],
-            hold_time: 9,
-            communities: vec![],
-            large_communities: vec![],
-            med: None,
-            local_pref: 100,
-            next_hop_v4: None,
-            next_hop_v6: None,
-            ecmp: false,
-            service_cidrs: vec![],
-            bfd: None,
-            graceful_restart: None,
-        }
-    }
-
-    /// Host routes of the addresses.
-    fn ips(list: &[&str]) -> Arc<fsm::Routes> {
-        Arc::new(
-            list.iter()
-                .map(|s| {
-                    (
-                        IpNet::from(s.parse::<IpAddr>().expect("ip")),
-                        Default::default(),
-                    )
-                })
-                .collect(),
-        )
-    }
-
-    #[tokio::test]
-    async fn announces_follows_changes_resets_on_bad_input_and_ceases() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let (tx, rx) = watch::channel(ips(&["192.0.2.10"]));
-        let stop = CancellationToken::new();
-        let speaker = tokio::spawn(run(
-            config(port, 65000),
-            rx,
-            watch::channel(true).1,
-            watch::channel(Vec::new()).0,
-            stop.clone(),
-        ));
-
-        let mut peer = Peer::accept(&listener).await;
-        let open = peer.establish(65000).await;
-        assert_eq!(open.asn, 65001);
-        assert!(open.four_octet);
-        assert_eq!(open.families, vec![(1, 1), (2, 1)]);
-        // eBGP: the VIP with our AS in the path and ourselves (the
-        // session's address) as next hop, byte for byte.
-        let c = config(port, 65000);
-        let (_, raw) = peer.next_raw().await;
-        let expected = Message::Update {
-            withdrawn: vec![],
-            announced: vec!["192.0.2.10/32".parse().expect("net")],
-            attributes: Some(Attributes {
-                as_path: vec![65001],
-                four_octet: true,
-                next_hop: Some("127.0.0.1".parse().expect("ip")),
-                // eBGP: no LOCAL_PREF.
-                local_pref: None,
-                ..c.peers[0].session_config(&c, true).attributes
-            }),
-        };
-        assert_eq!(raw, expected.encode());
-        assert!(
-            raw.windows(6).any(|w| w == [0x40, 2, 6, 2, 1, 0]),
-            "AS_PATH [65001]"
-        );
-
-        // The set changes: one withdrawal UPDATE.
-        tx.send_replace(ips(&[]));
-        let (_, raw) = peer.next_raw().await;
-        let withdrawal = Message::Update {
-            withdrawn: vec!["192.0.2.10/32".parse().expect("net")],
-            announced: vec![],
-            attributes: None,
-        };
-        assert_eq!(raw, withdrawal.encode());
-
-        // A malformed message: NOTIFICATION 1/1 (marker), then a reset and
-        // a new connection after the backoff.
-        let mut bad = Message::Keepalive.encode();
-        bad[0] = 0;
-        peer.send(&bad).await;
-        assert_eq!(
-            peer.next().await,
-            Message::Notification {
-                code: error::HEADER,
-                subcode: error::HEADER_NOT_SYNCHRONIZED,
-                data: vec![]
-            }
-        );
-        let mut peer = Peer::accept(&listener).await;
-        peer.establish(65000).await;
-
-        // A clean stop: Cease, Administrative Shutdown.
-        tx.send_replace(ips(&["192.0.2.11"]));
-        assert!(matches!(peer.next().await, Message::Update { .. }));
-        stop.cancel();
-        assert!(
-            matches!(peer.next().await, Message::Update { .. }),
-            "withdrawn first"
-        );
-        assert_eq!(
-            peer.next().await,
-            Message::Notification {
-                code: error::CEASE,
-                subcode: error::CEASE_ADMINISTRATIVE_SHUTDOWN,
-                data: vec![]
-            }
-        );
-        speaker.await.expect("join").expect("run");
-    }
-
-    #[tokio::test]
-    async fn a_peer_with_the_wrong_as_is_refused() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let (_tx, rx) = watch::channel(ips(&[]));
-        let stop = CancellationToken::new();
-        let speaker = tokio::spawn(run(
-            config(port, 65000),
-            rx,
-            watch::channel(true).1,
-            watch::channel(Vec::new()).0,
-            stop.clone(),
-        ));
-        let mut peer = Peer::accept(&listener).await;
-        let Message::Open(_) = peer.next().await else {
-            panic!("expected an OPEN")
-        };
-        peer.send(
-            &Message::Open(Open {
-                asn: 64999,
-                hold_time: 9,
-                bgp_id: Ipv4Addr::new(127, 0, 0, 2),
-                families: vec![],
-                four_octet: true,
-                route_refresh: false,
-                graceful_restart: None,
-            })
-            .encode(),
-        )
-        .await;
-        assert_eq!(
-            peer.next().await,
-            Message::Notification {
-                code: error::OPEN,
-                subcode: error::OPEN_BAD_PEER_AS,
-                data: vec![]
-            }
-        );
-        stop.cancel();
-        speaker.await.expect("join").expect("run");
-    }
-}
+mod tests;
