@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use raft::eraftpb::{Message, MessageType};
+use raft::eraftpb::MessageType;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -23,31 +23,6 @@ use crate::model::{Command, State, VirtualService};
 pub const STEP_MS: u64 = 5;
 /// Virtual milliseconds per Raft tick.
 pub const TICK_MS: u64 = 50;
-
-/// How the network misbehaves.
-#[derive(Debug, Clone, Copy)]
-pub struct NetFaults {
-    /// Probability that a message is lost.
-    pub drop: f64,
-    /// Probability that a message is delivered twice.
-    pub duplicate: f64,
-    /// Delivery delay, uniformly drawn, in virtual milliseconds. Different
-    /// delays reorder messages.
-    pub delay_ms: (u64, u64),
-}
-
-impl NetFaults {
-    pub const CALM: NetFaults = NetFaults {
-        drop: 0.0,
-        duplicate: 0.0,
-        delay_ms: (1, 3),
-    };
-    pub const ROUGH: NetFaults = NetFaults {
-        drop: 0.1,
-        duplicate: 0.05,
-        delay_ms: (1, 40),
-    };
-}
 
 type Replica = super::replica::Replica<MemStore>;
 
@@ -97,16 +72,6 @@ fn view(r: &mut Replica) -> View {
         applied: r.applied_index(),
         voters: r.voters(),
     }
-}
-
-struct InFlight {
-    at: u64,
-    seq: u64,
-    from: u64,
-    to: u64,
-    /// None: a beat.
-    message: Option<Message>,
-    stamp: super::replica::Stamp,
 }
 
 /// A simulated cluster.
@@ -625,90 +590,6 @@ impl Sim {
         }
     }
 
-    fn send(&mut self, message: Message, stamp: super::replica::Stamp) {
-        let (from, to) = (message.from, message.to);
-        self.transmit(from, to, Some(message), stamp);
-    }
-
-    /// Puts a message (or, with None, a beat) on the network.
-    fn transmit(
-        &mut self,
-        from: u64,
-        to: u64,
-        message: Option<Message>,
-        stamp: super::replica::Stamp,
-    ) {
-        let Some(message) = message else {
-            if self.cut.contains(&(from, to)) || self.rng.gen_bool(self.faults.drop) {
-                return;
-            }
-            let delay = self
-                .rng
-                .gen_range(self.faults.delay_ms.0..=self.faults.delay_ms.1);
-            self.seq += 1;
-            self.network.push(InFlight {
-                at: self.now + delay,
-                seq: self.seq,
-                from,
-                to,
-                message: None,
-                stamp,
-            });
-            return;
-        };
-        if self.trace {
-            eprintln!(
-                "t={} {:?} {}->{} term {} index {} log_term {} commit {} reject {}",
-                self.now,
-                message.get_msg_type(),
-                message.from,
-                message.to,
-                message.term,
-                message.index,
-                message.log_term,
-                message.commit,
-                message.reject
-            );
-        }
-        let entries = matches!(
-            message.get_msg_type(),
-            MessageType::MsgAppend | MessageType::MsgSnapshot
-        );
-        if self.cut.contains(&(message.from, message.to))
-            || (entries && self.starved.contains(&message.to))
-        {
-            let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
-            self.reports
-                .push((message.from, message.to, snapshot.then_some(false)));
-            return;
-        }
-        // Snapshots travel on their own reliable stream in the real
-        // transport; losing them here only slows things down.
-        let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
-        if !snapshot && self.rng.gen_bool(self.faults.drop) {
-            return;
-        }
-        let copies = if self.rng.gen_bool(self.faults.duplicate) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let delay = self
-                .rng
-                .gen_range(self.faults.delay_ms.0..=self.faults.delay_ms.1);
-            self.seq += 1;
-            self.network.push(InFlight {
-                at: self.now + delay,
-                seq: self.seq,
-                from,
-                to,
-                message: Some(message.clone()),
-                stamp: stamp.clone(),
-            });
-        }
-    }
-
     /// One line per member: role, term, indexes. For failure messages.
     pub fn describe(&self) -> String {
         self.ids()
@@ -772,6 +653,11 @@ fn program(dataplane: &mut Table, state: &State) {
         dataplane.apply(&op).expect("plan fits the table");
     }
 }
+
+mod network;
+
+use network::InFlight;
+pub use network::NetFaults;
 
 #[cfg(test)]
 mod tests;
