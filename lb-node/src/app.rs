@@ -21,7 +21,8 @@
 //!                                                     └─▶ serving::report_announcer_ready
 //!
 //!   netlink::Netlink: the rtnetlink connections (VIP routes, the L2
-//!   announcer's addresses, pod routes); replication::leave: the clean stop
+//!   announcer's addresses with the memory dataplane, pod routes);
+//!   replication::leave: the clean stop
 //! ```
 //!
 //! Each task owns its resource and ends on the shared `CancellationToken`.
@@ -85,8 +86,7 @@ pub async fn run(
     // The kernel is checked before the member joins.
     let ecmp = matches!(&config.announce, AnnounceConfig::Bgp(b) if b.ecmp);
     let ipvs = open_kernel(&config.dataplane, &config.file, ecmp, &netlink).await?;
-    // One interface makes VIPs local: the IPVS dataplane's, for every VIP
-    // of the table; else the L2 announcer adds those it announces there.
+    // IPVS makes every VIP local itself; else the L2 announcer does.
     if let AnnounceConfig::L2(l2) = &mut config.announce {
         let vip_interface = config.dataplane.vip_interface(ipvs.is_some());
         l2.vip_interface =
