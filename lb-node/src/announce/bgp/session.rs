@@ -1,18 +1,21 @@
 //! One BGP session's IO: the TCP stream, the writer task, the timers, BFD
 //! and the routes to announce, around the pure machine in `fsm`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::codec::Message;
+use super::config::{BgpConfig, PeerConfig, PeerStatus};
 use super::fsm::{self, Action, Event, Session};
-use super::{BgpConfig, Ended, PeerConfig, PeerHandle, open};
+use super::md5;
 use crate::announce::bfd::packet::State as BfdState;
 
 pub(super) async fn session(
@@ -252,4 +255,77 @@ async fn write_loop(
     }
     let _ = stream.shutdown().await;
     Ok(())
+}
+
+/// A session's links to the rest: its line in the status, its BFD, and
+/// whether the member's routes are settled.
+pub(super) struct PeerHandle {
+    pub(super) index: usize,
+    pub(super) status: watch::Sender<Vec<PeerStatus>>,
+    pub(super) bfd: Option<watch::Receiver<crate::announce::bfd::Status>>,
+    pub(super) settled: watch::Receiver<bool>,
+    /// A passive peer's connections, from the listener.
+    pub(super) incoming: Option<mpsc::Receiver<TcpStream>>,
+}
+
+impl PeerHandle {
+    pub(super) fn update(&self, f: impl FnOnce(&mut PeerStatus)) {
+        self.status.send_modify(|s| {
+            if let Some(p) = s.get_mut(self.index) {
+                f(p);
+            }
+        });
+    }
+}
+
+/// How a session ended.
+pub(super) enum Ended {
+    Shutdown,
+    Reset(String),
+}
+
+/// The session's connection: a passive peer's next accepted one, or one
+/// we open.
+async fn open(
+    peer: &PeerConfig,
+    incoming: Option<&mut mpsc::Receiver<TcpStream>>,
+) -> anyhow::Result<TcpStream> {
+    let Some(incoming) = incoming else {
+        return connect(peer).await;
+    };
+    let stream = incoming.recv().await.context("the BGP listener stopped")?;
+    stream.set_nodelay(true)?;
+    if let Some(ttl) = peer.ttl {
+        stream.set_ttl(ttl).context("cannot set the TTL")?;
+    }
+    Ok(stream)
+}
+
+/// Connects to the peer, from its source address and with its TTL when
+/// configured.
+async fn connect(peer: &PeerConfig) -> anyhow::Result<TcpStream> {
+    let socket = if peer.address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .context("socket")?;
+    if let Some(key) = &peer.password {
+        md5::set(&socket, peer.address.ip(), Some(key))
+            .context("cannot set the TCP MD5 password (a kernel without CONFIG_TCP_MD5SIG?)")?;
+    }
+    if let Some(source) = peer.source {
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .with_context(|| format!("cannot bind the source address {source}"))?;
+    }
+    let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(peer.address))
+        .await
+        .context("connect timed out")?
+        .context("cannot connect")?;
+    stream.set_nodelay(true)?;
+    if let Some(ttl) = peer.ttl {
+        stream.set_ttl(ttl).context("cannot set the TTL")?;
+    }
+    Ok(stream)
 }

@@ -1,7 +1,10 @@
 //! BGP sessions against scripted peers over loopback TCP.
 
 use super::*;
-use codec::{Message, Open, error};
+use std::net::Ipv4Addr;
+
+use codec::{Attributes, Message, Open, error};
+use ipnet::IpNet;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 

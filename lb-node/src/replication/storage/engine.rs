@@ -11,8 +11,8 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use raft_engine::{Command as EngineCommand, Engine, LogBatch, MessageExt};
 
+use super::store::{LogStoreError, RaftStore};
 use super::warnings::{OPEN_WARNINGS, report_open_warnings};
-use super::{LogStoreError, RaftStore};
 
 /// The one raft group this engine holds.
 const GROUP: u64 = 1;

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
-use super::{LogStoreError, RaftStore};
+use super::store::{LogStoreError, RaftStore};
 
 #[derive(Clone, Debug, Default)]
 pub struct MemStore {
