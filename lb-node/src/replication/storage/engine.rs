@@ -11,7 +11,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use raft_engine::{Command as EngineCommand, Engine, LogBatch, MessageExt};
 
-use super::store::{LogStoreError, RaftStore};
+use super::store::{LogStoreError, RaftStore, check_range};
 use super::warnings::{OPEN_WARNINGS, report_open_warnings};
 
 /// The one raft group this engine holds.
@@ -432,12 +432,7 @@ impl raft::Storage for LogStore {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low < self.first() {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        if high > self.last() + 1 {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
+        check_range(low, high, self.first(), self.last())?;
         let mut entries = Vec::with_capacity((high - low) as usize);
         let max_size = max_size
             .into()

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
-use super::store::{LogStoreError, RaftStore};
+use super::store::{LogStoreError, RaftStore, check_range};
 
 #[derive(Clone, Debug, Default)]
 pub struct MemStore {
@@ -160,16 +160,11 @@ impl raft::Storage for MemStore {
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         let log = self.log();
-        if low < log.first() {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        if high > log.last() + 1 {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
+        check_range(low, high, log.first(), log.last())?;
         let (Some(from), true) = (log.position(low), low < high) else {
             return Ok(Vec::new());
         };
-        let to = from + usize::try_from(high - low).unwrap_or(usize::MAX);
+        let to = from.saturating_add(usize::try_from(high - low).unwrap_or(usize::MAX));
         let mut entries = log.entries[from..to.min(log.entries.len())].to_vec();
         // At least one entry, then as many as fit in max_size, as
         // raft-rs's own stores do.

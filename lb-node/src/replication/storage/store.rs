@@ -61,3 +61,16 @@ pub enum LogStoreError {
         source: std::io::Error,
     },
 }
+
+/// What raft-rs's `Storage::entries` asks for, against a log holding
+/// `first..=last`: below `first` is compacted, past `last` unavailable.
+/// Both logs check it the same way.
+pub(super) fn check_range(low: u64, high: u64, first: u64, last: u64) -> raft::Result<()> {
+    if low < first {
+        return Err(raft::Error::Store(raft::StorageError::Compacted));
+    }
+    if high > last + 1 {
+        return Err(raft::Error::Store(raft::StorageError::Unavailable));
+    }
+    Ok(())
+}
