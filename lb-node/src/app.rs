@@ -21,7 +21,8 @@
 //!                                                     └─▶ serving::report_announcer_ready
 //!
 //!   netlink::Netlink: the rtnetlink connections (VIP routes, the L2
-//!   announcer's addresses, pod routes); replication::leave: the clean stop
+//!   announcer's addresses with the memory dataplane, pod routes);
+//!   replication::leave: the clean stop
 //! ```
 //!
 //! Each task owns its resource and ends on the shared `CancellationToken`.
@@ -67,7 +68,7 @@ pub struct Listeners {
 /// (`hand_over`), then shuts down. Returns an error when the initial
 /// services file is invalid or the Raft log cannot be opened.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     listeners: Listeners,
     stop: CancellationToken,
     shutdown: CancellationToken,
@@ -85,6 +86,12 @@ pub async fn run(
     // The kernel is checked before the member joins.
     let ecmp = matches!(&config.announce, AnnounceConfig::Bgp(b) if b.ecmp);
     let ipvs = open_kernel(&config.dataplane, &config.file, ecmp, &netlink).await?;
+    // IPVS makes every VIP local itself; else the L2 announcer does.
+    if let AnnounceConfig::L2(l2) = &mut config.announce {
+        let vip_interface = config.dataplane.vip_interface(ipvs.is_some());
+        l2.vip_interface =
+            (ipvs.is_none() && !vip_interface.is_empty()).then(|| vip_interface.to_owned());
+    }
     // Checked at start on every member, leader or not: a typo stops it here.
     let services = match &config.source {
         SourceConfig::File { path, .. } => file::load_services(path, &config.health)?,

@@ -2,9 +2,11 @@
 //! the VIPs it announces, from user space, and sends gratuitous ARP and
 //! unsolicited neighbour advertisements when it takes a VIP over.
 //!
-//! The VIPs themselves are made local on `vip_interface` (the loopback by
-//! default) through rtnetlink, so that the kernel accepts their traffic,
-//! while the announcing interface is set to answer ARP only for its own
+//! The VIPs themselves are local, so that the kernel accepts their
+//! traffic: with IPVS through the dataplane's interface (a local route for
+//! every VIP of the table); with the memory dataplane this announcer adds
+//! those it announces to `dataplane.vip_interface` (the loopback by
+//! default) through rtnetlink. Meanwhile the announcing interface is set to answer ARP only for its own
 //! addresses (`arp_ignore = 1`, `arp_announce = 2`; the kernel answers a
 //! neighbour solicitation only for addresses of the interface it arrived
 //! on). The kernel therefore never answers for a VIP: only this process
@@ -32,8 +34,12 @@ use super::frames::{self, Mac};
 pub struct L2Config {
     /// Where ARP and NA are answered and sent.
     pub interface: String,
-    /// Where the VIPs are made local ("lo" by default).
-    pub vip_interface: String,
+    /// Where this announcer makes the VIPs it announces local (addresses):
+    /// `dataplane.vip_interface` with the memory dataplane ("lo" by
+    /// default). None with IPVS, whose dataplane makes every VIP local
+    /// through its own interface, and when that setting is "" (the
+    /// operator's job).
+    pub vip_interface: Option<String>,
     /// Only VIPs in these networks are announced; addresses in them found
     /// on `vip_interface` and not announced are removed (they are ours).
     pub vip_ranges: Vec<IpNet>,
@@ -105,7 +111,7 @@ fn set_sysctl(path: &str, value: &str) {
 
 /// Checks the configuration against this machine: the interfaces exist.
 pub fn check(config: &L2Config) -> anyhow::Result<()> {
-    for name in [&config.interface, &config.vip_interface] {
+    for name in std::iter::once(&config.interface).chain(&config.vip_interface) {
         anyhow::ensure!(
             std::path::Path::new("/sys/class/net").join(name).exists(),
             "announce: interface {name:?} does not exist on this machine"
@@ -356,23 +362,33 @@ pub async fn run(
             .context("cannot start the L2 responder")?
     };
 
-    let vip_index = netlink.link_index(&config.vip_interface).await?;
-    // Addresses in our ranges left by an earlier run are ours: remove them.
-    let stale: Vec<IpAddr> = netlink
-        .addresses_on(vip_index)
-        .await?
-        .into_iter()
-        .filter(|ip| config.vip_ranges.iter().any(|r| r.contains(ip)))
-        .collect();
-    match netlink.remove_addresses(vip_index, &stale).await {
-        Ok(removed) => {
-            for ip in removed {
-                info!(address = %ip, "removed a VIP left by an earlier run");
+    let vip_index = match &config.vip_interface {
+        Some(name) => Some(netlink.link_index(name).await?),
+        None => None,
+    };
+    if let Some(vip_index) = vip_index {
+        // Addresses in our ranges left by an earlier run are ours: remove
+        // them.
+        let stale: Vec<IpAddr> = netlink
+            .addresses_on(vip_index)
+            .await?
+            .into_iter()
+            .filter(|ip| config.vip_ranges.iter().any(|r| r.contains(ip)))
+            .collect();
+        match netlink.remove_addresses(vip_index, &stale).await {
+            Ok(removed) => {
+                for ip in removed {
+                    info!(address = %ip, "removed a VIP left by an earlier run");
+                }
             }
+            Err(e) => warn!(error = format!("{e:#}"), "cannot remove stale VIPs"),
         }
-        Err(e) => warn!(error = format!("{e:#}"), "cannot remove stale VIPs"),
     }
-    info!(interface = %config.interface, vip_interface = %config.vip_interface, "L2 announcer started");
+    info!(
+        interface = %config.interface,
+        vip_interface = config.vip_interface.as_deref().unwrap_or("(the dataplane's)"),
+        "L2 announcer started"
+    );
 
     // Answered, lingering or gone (`l2_vips`, pure).
     let mut vips = super::l2_vips::L2Vips::new(config.linger);
@@ -409,7 +425,9 @@ pub async fn run(
         }
         for vip in vips.expire(tokio::time::Instant::now()) {
             set_of(&holding).remove(&vip);
-            if let Err(e) = netlink.remove_addresses(vip_index, &[vip]).await {
+            if let Some(vip_index) = vip_index
+                && let Err(e) = netlink.remove_addresses(vip_index, &[vip]).await
+            {
                 warn!(%vip, error = format!("{e:#}"), "withdraw");
             }
             info!(%vip, "VIP no longer local");
@@ -447,6 +465,7 @@ pub async fn run(
             let take = vips.take(vip);
             set_of(&holding).remove(&vip);
             if take.add_address
+                && let Some(vip_index) = vip_index
                 && let Err(e) = netlink.add_host_address(vip_index, vip).await
             {
                 warn!(%vip, error = format!("{e:#}"), "cannot make the VIP local; announcing anyway");
@@ -504,7 +523,9 @@ pub async fn run(
     set_of(&holding).clear();
     let announced = vips.answering().len();
     let all = vips.withdraw_all();
-    if let Err(e) = netlink.remove_addresses(vip_index, &all).await {
+    if let Some(vip_index) = vip_index
+        && let Err(e) = netlink.remove_addresses(vip_index, &all).await
+    {
         warn!(error = format!("{e:#}"), "withdraw at shutdown");
     }
     handover.clear();

@@ -170,8 +170,9 @@ pub(super) struct RawAnnounce {
     #[serde(default)]
     ecmp: bool,
     interface: Option<String>,
-    #[serde(default = "default_vip_interface")]
-    vip_interface: String,
+    /// No longer a setting (`dataplane.vip_interface` is the one): read
+    /// only to refuse it with the way out.
+    vip_interface: Option<String>,
     #[serde(default)]
     vip_ranges: Vec<String>,
     #[serde(default = "default_garp_count")]
@@ -455,9 +456,6 @@ fn validate_bgp(
     })
 }
 
-fn default_vip_interface() -> String {
-    "lo".into()
-}
 fn default_garp_count() -> u32 {
     3
 }
@@ -479,6 +477,20 @@ pub(super) fn validate_announce(
     file: &Path,
 ) -> Result<crate::announce::AnnounceConfig, ConfigError> {
     use crate::announce::{AnnounceConfig, l2::L2Config};
+    if let Some(old) = &a.vip_interface {
+        return Err(ConfigError::new(
+            file,
+            "announce.vip_interface",
+            format!(
+                "is no longer a setting ({old:?} here): VIPs are made local through one interface, \
+                 dataplane.vip_interface. With the IPVS dataplane lb-node makes every VIP local \
+                 through its own interface (\"lbvip0\" by default): delete this line. With the \
+                 memory dataplane the L2 announcer adds the VIPs it announces to \
+                 dataplane.vip_interface (\"lo\" by default): delete this line, or move it to \
+                 [dataplane] if it was not \"lo\" (docs/announcement.md, *VIP interface*)"
+            ),
+        ));
+    }
     match a.mode.as_str() {
         "none" => Ok(AnnounceConfig::None),
         "l2" => {
@@ -584,7 +596,8 @@ pub(super) fn validate_announce(
                 service_cidrs,
                 service_gateways,
                 interface,
-                vip_interface: a.vip_interface,
+                // Set when the dataplane is open (`L2Config::vip_interface`).
+                vip_interface: None,
                 vip_ranges,
                 garp_count: a.garp_count,
                 garp_interval,

@@ -185,9 +185,9 @@ pub struct DataplaneConfig {
     /// How often the dataplane is dumped and compared with the state, which
     /// repairs changes made by hand.
     pub repair_interval: Duration,
-    /// IPVS: the dummy interface through which VIPs are made local, by
-    /// routes of lb-node's table ("" leaves that to the operator).
-    pub vip_interface: String,
+    /// Where VIPs are made local, as written (None: the default of the
+    /// dataplane that runs; see `vip_interface`).
+    pub vip_interface_setting: Option<String>,
     /// IPVS: install the nftables masquerade table for NAT destinations.
     pub masquerade: bool,
     /// IPVS: how long a removed backend keeps its open connections.
@@ -206,6 +206,20 @@ pub struct DataplaneConfig {
     /// (`[dataplane.connection_sync]`), so a member that takes a VIP over
     /// has the connections its previous owner carried; `None`: off.
     pub connection_sync: Option<ConnectionSync>,
+}
+
+impl DataplaneConfig {
+    /// The one interface through which VIPs are made local
+    /// (`dataplane.vip_interface`): with IPVS, lb-node's dummy interface
+    /// ("lbvip0" by default), through which the dataplane gives every VIP
+    /// of the table a local route; with the memory dataplane, the
+    /// interface the L2 announcer adds the VIPs it announces to ("lo" by
+    /// default). "" leaves it to the operator.
+    pub fn vip_interface(&self, ipvs: bool) -> &str {
+        self.vip_interface_setting
+            .as_deref()
+            .unwrap_or(if ipvs { "lbvip0" } else { "lo" })
+    }
 }
 
 /// `[dataplane.connection_sync]`: every member runs the kernel's IPVS sync
@@ -307,7 +321,7 @@ struct RawNode {
 struct RawDataplane {
     kind: String,
     repair_interval: String,
-    vip_interface: String,
+    vip_interface: Option<String>,
     masquerade: bool,
     drain_timeout: String,
     udp_drain_timeout: String,
@@ -348,7 +362,7 @@ impl Default for RawDataplane {
         Self {
             kind: "memory".into(),
             repair_interval: "30s".into(),
-            vip_interface: "lbvip0".into(),
+            vip_interface: None,
             masquerade: true,
             drain_timeout: "30s".into(),
             udp_drain_timeout: "0s".into(),
@@ -505,29 +519,31 @@ impl Config {
                 )
             })?);
         }
-        if raw.dataplane.vip_interface.len() > 15
-            || raw.dataplane.vip_interface.contains(['/', ' '])
+        let vip_interface = raw.dataplane.vip_interface.as_deref();
+        if let Some(name) = vip_interface
+            && (name.len() > 15 || name.contains(['/', ' ']))
         {
             return Err(ConfigError::new(
                 file,
                 "dataplane.vip_interface",
                 format!(
-                    "{:?} is not a valid interface name (at most 15 characters, no '/' or space)",
-                    raw.dataplane.vip_interface
+                    "{name:?} is not a valid interface name (at most 15 characters, no '/' or space)"
                 ),
             ));
         }
-        if kind == DataplaneKind::Ipvs && raw.dataplane.vip_interface == "lo" {
+        let may_run_ipvs = matches!(kind, DataplaneKind::Ipvs | DataplaneKind::Auto);
+        if may_run_ipvs && vip_interface == Some("lo") {
             return Err(ConfigError::new(
                 file,
                 "dataplane.vip_interface",
-                "is the loopback: it must be an interface of lb-node's own (a dummy interface it \
-                 creates, \"lbvip0\" by default), because lb-node takes the VIPs found through it \
-                 for its own and moves addresses it finds there to its routes",
+                "is the loopback: with IPVS it must be an interface of lb-node's own (a dummy \
+                 interface it creates, \"lbvip0\" by default), because lb-node takes the VIPs \
+                 found through it for its own and moves addresses it finds there to its routes \
+                 (leave it out: the memory dataplane uses the loopback by default)",
             ));
         }
         if kind == DataplaneKind::Ipvs
-            && raw.dataplane.vip_interface.is_empty()
+            && vip_interface == Some("")
             && managed_networks.is_empty()
             && !raw.dataplane.own_whole_table
         {
@@ -650,7 +666,7 @@ impl Config {
             dataplane: DataplaneConfig {
                 kind,
                 repair_interval,
-                vip_interface: raw.dataplane.vip_interface,
+                vip_interface_setting: raw.dataplane.vip_interface,
                 masquerade: raw.dataplane.masquerade,
                 drain_timeout,
                 udp_drain_timeout,

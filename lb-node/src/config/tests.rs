@@ -374,6 +374,48 @@ fn ipvs_vip_interface_cannot_be_the_loopback() {
     assert!(e.message.contains("loopback"), "{e}");
 }
 
+/// One setting makes VIPs local (issue 25): `dataplane.vip_interface`,
+/// whose default is the dataplane's ("lbvip0" with IPVS, "lo" with the
+/// memory dataplane); the old `announce.vip_interface` is refused with the
+/// way out, whatever its value.
+#[test]
+fn one_vip_interface_setting_and_the_old_one_is_refused_with_the_way_out() {
+    let announce =
+        "[announce]\nmode = \"l2\"\ninterface = \"eth0\"\nvip_ranges = [\"10.0.0.0/24\"]\n";
+    let config = load(&format!(
+        "{NODE}[source.file]\npath = \"s.toml\"\n{announce}"
+    ))
+    .expect("valid");
+    assert_eq!(config.dataplane.vip_interface(true), "lbvip0");
+    assert_eq!(config.dataplane.vip_interface(false), "lo");
+    let crate::announce::AnnounceConfig::L2(l2) = &config.announce else {
+        panic!("l2: {:?}", config.announce);
+    };
+    assert_eq!(l2.vip_interface, None, "set when the dataplane is open");
+    let config = load(&format!(
+        "{NODE}[source.file]\npath = \"s.toml\"\n[dataplane]\nvip_interface = \"vips\"\n{announce}"
+    ))
+    .expect("valid");
+    assert_eq!(config.dataplane.vip_interface(false), "vips");
+    for old in ["lo", "lbvip0", ""] {
+        let e = load(&format!(
+            "{NODE}[source.file]\npath = \"s.toml\"\n{announce}vip_interface = {old:?}\n"
+        ))
+        .expect_err("the old setting is refused");
+        assert_eq!(e.field, "announce.vip_interface");
+        assert!(
+            e.message.contains("dataplane.vip_interface") && e.message.contains("delete"),
+            "{e}"
+        );
+    }
+    // `auto` may run IPVS: the loopback is refused there too.
+    let e = load(&format!(
+        "{NODE}[source.file]\npath = \"s.toml\"\n[dataplane]\nkind = \"auto\"\nvip_interface = \"lo\"\n"
+    ))
+    .expect_err("the loopback is refused");
+    assert_eq!(e.field, "dataplane.vip_interface");
+}
+
 #[test]
 fn ipvs_without_a_vip_interface_needs_managed_networks() {
     let base = format!(
@@ -387,7 +429,7 @@ fn ipvs_without_a_vip_interface_needs_managed_networks() {
         "own_whole_table = true",
     ] {
         let config = load(&format!("{base}{fix}\n")).expect(fix);
-        assert!(config.dataplane.vip_interface.is_empty());
+        assert!(config.dataplane.vip_interface(true).is_empty());
     }
     // The memory dataplane owns no kernel table: nothing to refuse.
     load(&format!(

@@ -49,8 +49,9 @@ async fn open_ipvs(
     } else {
         Ownership::VipInterface
     };
-    let local = (!config.vip_interface.is_empty()).then(|| LocalSettings {
-        interface: config.vip_interface.clone(),
+    let vip_interface = config.vip_interface(true);
+    let local = (!vip_interface.is_empty()).then(|| LocalSettings {
+        interface: vip_interface.to_owned(),
         masquerade: config.masquerade,
         // Owner mode only: under ECMP the answers to a VIP would reach
         // whichever member the router hashes them to, not the one that
