@@ -119,15 +119,26 @@ impl Member {
 
     /// GETs a path of the metrics endpoint; returns (status code, body).
     pub fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        self.http_get_within(path, Duration::from_secs(5))
+    }
+
+    /// `http_get`, waiting up to `timeout` for the answer (the error then
+    /// names the path and the wait).
+    pub fn http_get_within(&self, path: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
         use std::io::{Read as _, Write as _};
         let mut stream = std::net::TcpStream::connect(self.metrics)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.set_read_timeout(Some(timeout))?;
         write!(
             stream,
             "GET {path} HTTP/1.1\r\nHost: lb-node\r\nConnection: close\r\n\r\n"
         )?;
         let mut response = String::new();
-        stream.read_to_string(&mut response)?;
+        stream.read_to_string(&mut response).with_context(|| {
+            format!(
+                "GET {path} from {}: no whole answer within {timeout:?}",
+                self.metrics
+            )
+        })?;
         let code = response
             .split_whitespace()
             .nth(1)

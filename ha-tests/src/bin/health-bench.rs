@@ -163,6 +163,16 @@ fn floor(
     Ok(((u1 - u0, s1 - s0), made))
 }
 
+/// A member's `/metrics`, waiting up to a minute: a member saturated by
+/// its probes may answer slowly, and how slowly is a figure of the bench
+/// (`slowest_metrics_answer_ms`, the slowest seen in `slowest`).
+fn metrics_of(m: &ha_tests::Member, slowest: &mut Duration) -> anyhow::Result<String> {
+    let started = Instant::now();
+    let (_, text) = m.http_get_within("/metrics", Duration::from_secs(60))?;
+    *slowest = (*slowest).max(started.elapsed());
+    Ok(text)
+}
+
 /// A listener that accepts and drops every connection, until aborted.
 async fn listen(port: u16) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let socket = tokio::net::TcpSocket::new_v4()?;
@@ -214,6 +224,7 @@ async fn main() -> anyhow::Result<()> {
     let layout = ha_tests::ClusterLayout::write(dir.path(), 3, &text, "health-bench")?;
     let members = layout.start_all()?;
     let started = Instant::now();
+    let mut slowest = Duration::ZERO;
     // Warm: every member probing its share and every backend reported up
     // by both its probers (two reports each).
     let expected_probed = if a.no_checks { 0 } else { 2 * a.backends };
@@ -221,7 +232,7 @@ async fn main() -> anyhow::Result<()> {
         let mut probed = 0.0;
         let mut up = 0.0;
         for m in members.values() {
-            let (_, text) = m.http_get("/metrics")?;
+            let text = metrics_of(m, &mut slowest)?;
             probed += metric(&text, "lb_health_probed_backends ");
             up += metric(&text, "lb_health_probes_total{result=\"up\"} ");
         }
@@ -244,8 +255,8 @@ async fn main() -> anyhow::Result<()> {
     let probes0: Vec<f64> = members
         .values()
         .map(|m| {
-            m.http_get("/metrics")
-                .map(|(_, t)| {
+            metrics_of(m, &mut slowest)
+                .map(|t| {
                     metric(&t, "lb_health_probes_total{result=\"up\"} ")
                         + metric(&t, "lb_health_probes_total{result=\"down\"} ")
                 })
@@ -259,7 +270,7 @@ async fn main() -> anyhow::Result<()> {
     let index1 = applied(leader_member).await?;
     let mut per_member = Vec::new();
     for (i, (id, m)) in members.iter().enumerate() {
-        let (_, t) = m.http_get("/metrics")?;
+        let t = metrics_of(m, &mut slowest)?;
         let probes = metric(&t, "lb_health_probes_total{result=\"up\"} ")
             + metric(&t, "lb_health_probes_total{result=\"down\"} ")
             - probes0[i];
@@ -299,7 +310,7 @@ async fn main() -> anyhow::Result<()> {
             // Each member's count of backends its state has down.
             let mut all = true;
             for m in members.values() {
-                let (_, t) = m.http_get("/metrics")?;
+                let t = metrics_of(m, &mut slowest)?;
                 let down = metric(&t, "lb_health_backends_down ");
                 if down as usize != want_down {
                     all = false;
@@ -356,6 +367,7 @@ async fn main() -> anyhow::Result<()> {
         "steady_seconds": span.round(),
         "steady_log_entries_per_s": (steady_entries as f64 / span * 100.0).round() / 100.0,
         "probes_due_per_member_per_s": due_per_member.round(),
+        "slowest_metrics_answer_ms": slowest.as_millis(),
         "members": per_member,
         "churn": churn,
         "floor": floor_figures,

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //!   state watch ──► run: which backends are mine (model::probers_of)
-//!                    │ spawns one probe task per backend (probe.rs)
+//!                    │ spawns one probe task per backend (probe.rs) on
+//!                    │ a thread of their own (ProbeThread)
 //!                    │ ◄── results ── probe tasks
 //!                    │ Machine per backend (machine.rs: rise / fall)
 //!                    └─► Proposer::report(ReportHealth) when a verdict
@@ -178,9 +179,17 @@ pub async fn run(
     local: LocalView,
     shutdown: CancellationToken,
 ) {
+    let probes = match ProbeThread::start() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the health-probe thread: no health checks on this member");
+            return;
+        }
+    };
     let (tx, mut results) = mpsc::channel::<Probed>(4096);
     let mut runner = Runner {
         me,
+        probes: probes.handle.clone(),
         tx,
         local,
         probing: HashMap::new(),
@@ -223,6 +232,49 @@ pub async fn run(
     for (_, p) in runner.probing.drain() {
         p.task.abort();
     }
+    probes.stop();
+}
+
+/// The thread the probes run on: a runtime of one thread of its own, so
+/// that probing costs what the probes cost (no wake-ups and task stealing
+/// between the member's worker threads for tens of thousands of small
+/// tasks) and a flood of probes waits behind itself, not in the queues of
+/// the tasks that keep Raft's heartbeats and the dataplane going.
+struct ProbeThread {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProbeThread {
+    fn start() -> std::io::Result<ProbeThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("health-probes".into())
+            .spawn(move || {
+                // Runs the spawned probe tasks until told to stop (or the
+                // runner is gone); dropping the runtime drops what is left.
+                let _ = runtime.block_on(stopped);
+            })?;
+        Ok(ProbeThread {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread once its tasks were aborted; does not wait for it
+    /// (a probe in a blocking call ends with its timeout).
+    fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        drop(self.thread.take());
+    }
 }
 
 /// The probe tasks and what is owed to the log. Work is in proportion to
@@ -231,6 +283,8 @@ pub async fn run(
 /// of the probing members resyncs everything.
 struct Runner {
     me: u64,
+    /// Where probe tasks run (`ProbeThread`).
+    probes: tokio::runtime::Handle,
     tx: mpsc::Sender<Probed>,
     local: LocalView,
     probing: HashMap<BackendSlot, Probing>,
@@ -346,7 +400,7 @@ impl Runner {
                 },
                 at_unix_ms: 0,
             }));
-            let task = tokio::spawn(probe_loop(
+            let task = self.probes.spawn(probe_loop(
                 slot,
                 check.clone(),
                 to,
