@@ -6,7 +6,7 @@
 //! ```text
 //!   state watch ──► run: which backends are mine (model::probers_of)
 //!                    │ spawns one probe task per backend (probe.rs) on
-//!                    │ a thread of their own (ProbeThread)
+//!                    │ threads of their own (ProbeThreads)
 //!                    │ ◄── results ── probe tasks
 //!                    │ Machine per backend (machine.rs: rise / fall)
 //!                    └─► Proposer::report(ReportHealth) when a verdict
@@ -179,17 +179,17 @@ pub async fn run(
     local: LocalView,
     shutdown: CancellationToken,
 ) {
-    let probes = match ProbeThread::start() {
+    let probes = match ProbeThreads::start() {
         Ok(p) => p,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start the health-probe thread: no health checks on this member");
+            tracing::error!(error = %e, "cannot start the health-probe threads: no health checks on this member");
             return;
         }
     };
     let (tx, mut results) = mpsc::channel::<Probed>(4096);
     let mut runner = Runner {
         me,
-        probes: probes.handle.clone(),
+        probes,
         tx,
         local,
         probing: HashMap::new(),
@@ -232,49 +232,68 @@ pub async fn run(
     for (_, p) in runner.probing.drain() {
         p.task.abort();
     }
-    probes.stop();
 }
 
-/// The thread the probes run on: a runtime of one thread of its own, so
-/// that probing costs what the probes cost (no wake-ups and task stealing
-/// between the member's worker threads for tens of thousands of small
-/// tasks) and a flood of probes waits behind itself, not in the queues of
-/// the tasks that keep Raft's heartbeats and the dataplane going.
-struct ProbeThread {
-    handle: tokio::runtime::Handle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// The threads the probes run on: runtimes of one thread each, one per
+/// core (at most `MAX_PROBE_THREADS`), each backend's probes always on the
+/// same one. Probing costs what the probes cost (no wake-ups and task
+/// stealing between the member's worker threads for tens of thousands of
+/// small tasks), and a flood of probes waits behind itself, not in the
+/// queues of the tasks that keep Raft's heartbeats, the admin API and
+/// `/metrics` going: with 100,000 backends on a saturated machine those
+/// answered in seconds when the probes ran among them (`health-bench`,
+/// docs/health.md).
+struct ProbeThreads {
+    handles: Vec<tokio::runtime::Handle>,
+    /// Dropped, each ends its thread (its runtime drops what is left).
+    _stops: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
-impl ProbeThread {
-    fn start() -> std::io::Result<ProbeThread> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let handle = runtime.handle().clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("health-probes".into())
-            .spawn(move || {
-                // Runs the spawned probe tasks until told to stop (or the
-                // runner is gone); dropping the runtime drops what is left.
-                let _ = runtime.block_on(stopped);
-            })?;
-        Ok(ProbeThread {
-            handle,
-            stop: Some(stop),
-            thread: Some(thread),
+/// At most this many probe threads, whatever the cores.
+const MAX_PROBE_THREADS: usize = 4;
+
+impl ProbeThreads {
+    fn start() -> std::io::Result<ProbeThreads> {
+        let count = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .clamp(1, MAX_PROBE_THREADS);
+        let mut handles = Vec::with_capacity(count);
+        let mut stops = Vec::with_capacity(count);
+        for i in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(runtime.handle().clone());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            stops.push(stop);
+            // Not joined: a probe in a blocking call ends with its
+            // timeout, and the member does not wait for it to stop.
+            std::thread::Builder::new()
+                .name(format!("health-probes-{i}"))
+                .spawn(move || {
+                    let _ = runtime.block_on(stopped);
+                })?;
+        }
+        Ok(ProbeThreads {
+            handles,
+            _stops: stops,
         })
     }
 
-    /// Stops the thread once its tasks were aborted; does not wait for it
-    /// (a probe in a blocking call ends with its timeout).
-    fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        drop(self.thread.take());
+    /// The runtime `slot`'s probes run on.
+    fn for_slot(&self, slot: &BackendSlot) -> &tokio::runtime::Handle {
+        let i = (spread_of(slot) % self.handles.len() as u64) as usize;
+        &self.handles[i]
     }
+}
+
+/// A hash of a backend, to spread its probes (over the interval, over the
+/// probe threads).
+fn spread_of(slot: &BackendSlot) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    slot.hash(&mut h);
+    h.finish()
 }
 
 /// The probe tasks and what is owed to the log. Work is in proportion to
@@ -283,8 +302,8 @@ impl ProbeThread {
 /// of the probing members resyncs everything.
 struct Runner {
     me: u64,
-    /// Where probe tasks run (`ProbeThread`).
-    probes: tokio::runtime::Handle,
+    /// Where probe tasks run.
+    probes: ProbeThreads,
     tx: mpsc::Sender<Probed>,
     local: LocalView,
     probing: HashMap<BackendSlot, Probing>,
@@ -400,7 +419,7 @@ impl Runner {
                 },
                 at_unix_ms: 0,
             }));
-            let task = self.probes.spawn(probe_loop(
+            let task = self.probes.for_slot(&slot).spawn(probe_loop(
                 slot,
                 check.clone(),
                 to,
@@ -496,13 +515,7 @@ async fn probe_loop(
         metrics.health_probes.with_label_values(&["up"]),
         metrics.health_probes.with_label_values(&["down"]),
     );
-    let spread = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        slot.hash(&mut h);
-        h.finish()
-    };
-    tokio::time::sleep(machine::first_delay(check.interval, spread)).await;
+    tokio::time::sleep(machine::first_delay(check.interval, spread_of(&slot))).await;
     let mut machine = Machine::new(check.rise, check.fall);
     loop {
         let started = tokio::time::Instant::now();
