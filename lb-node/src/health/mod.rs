@@ -266,8 +266,8 @@ impl ProbeThreads {
             handles.push(runtime.handle().clone());
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             stops.push(stop);
-            // Not joined: a probe in a blocking call ends with its
-            // timeout, and the member does not wait for it to stop.
+            // Not joined: its stop dropped, the thread drops its runtime
+            // and the probe tasks left on it.
             std::thread::Builder::new()
                 .name(format!("health-probes-{i}"))
                 .spawn(move || {

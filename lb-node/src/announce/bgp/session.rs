@@ -285,15 +285,15 @@ pub(super) enum Ended {
 }
 
 /// The session's connection: a passive peer's next accepted one, or one
-/// we open.
+/// we open; either way without Nagle and with the peer's TTL.
 async fn open(
     peer: &PeerConfig,
     incoming: Option<&mut mpsc::Receiver<TcpStream>>,
 ) -> anyhow::Result<TcpStream> {
-    let Some(incoming) = incoming else {
-        return connect(peer).await;
+    let stream = match incoming {
+        Some(incoming) => incoming.recv().await.context("the BGP listener stopped")?,
+        None => connect(peer).await?,
     };
-    let stream = incoming.recv().await.context("the BGP listener stopped")?;
     stream.set_nodelay(true)?;
     if let Some(ttl) = peer.ttl {
         stream.set_ttl(ttl).context("cannot set the TTL")?;
@@ -301,8 +301,7 @@ async fn open(
     Ok(stream)
 }
 
-/// Connects to the peer, from its source address and with its TTL when
-/// configured.
+/// Connects to the peer, from its source address when configured.
 async fn connect(peer: &PeerConfig) -> anyhow::Result<TcpStream> {
     let socket = if peer.address.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
@@ -319,13 +318,8 @@ async fn connect(peer: &PeerConfig) -> anyhow::Result<TcpStream> {
             .bind(SocketAddr::new(source, 0))
             .with_context(|| format!("cannot bind the source address {source}"))?;
     }
-    let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(peer.address))
+    tokio::time::timeout(Duration::from_secs(5), socket.connect(peer.address))
         .await
         .context("connect timed out")?
-        .context("cannot connect")?;
-    stream.set_nodelay(true)?;
-    if let Some(ttl) = peer.ttl {
-        stream.set_ttl(ttl).context("cannot set the TTL")?;
-    }
-    Ok(stream)
+        .context("cannot connect")
 }
