@@ -236,6 +236,20 @@ async fn find_holders(
     found
 }
 
+/// Whether the responder answers a request for a VIP: one this member
+/// announces (`answering`, the loop's record) and still may (`allowed`,
+/// what the ownership says at this moment). The second is read at every
+/// request because the loop withdraws a released VIP only when it gets
+/// to it, and a takeover before it (the ARP probe, the hand-over's nft
+/// table) can hold it up for seconds on a loaded machine, while the new
+/// owner starts after a few heartbeats: the kernel lab saw both answer
+/// for 1.9 s. An ARP probe (a member taking the VIP over, looking for its
+/// holder) is answered while the VIP is still local here, announced or
+/// lingering, so that the flows are handed over.
+fn answers(answering: bool, allowed: bool, probe: bool, holding: bool) -> bool {
+    (answering && allowed) || (probe && (answering || holding))
+}
+
 /// Announces `announced` until `shutdown`, then withdraws everything.
 pub async fn run(
     config: L2Config,
@@ -294,6 +308,7 @@ pub async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let responder = {
         let (tx, answering, stop) = (tx.clone(), answering.clone(), stop.clone());
+        let allowed = announced.clone();
         let (holding, heard, new_member) = (holding.clone(), heard.clone(), new_member.clone());
         let ranges = config.vip_ranges.clone();
         std::thread::Builder::new()
@@ -353,7 +368,12 @@ pub async fn run(
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .contains(&target)
                     };
-                    let mine = read(&answering) || (probe && read(&holding));
+                    let mine = answers(
+                        read(&answering),
+                        allowed.borrow().contains(&target),
+                        probe,
+                        read(&holding),
+                    );
                     if mine {
                         send(&tx, &frames::answer(mac, &request));
                     }
@@ -473,17 +493,19 @@ pub async fn run(
             set_of(&answering).insert(vip);
             info!(%vip, "VIP announced");
             let (tx, count, interval) = (tx.clone(), config.garp_count, config.garp_interval);
-            let answering = answering.clone();
+            let (answering, allowed) = (answering.clone(), announced.clone());
             tokio::spawn(async move {
                 for i in 0..count {
                     if i > 0 {
                         tokio::time::sleep(interval).await;
                     }
-                    // Stop the burst as soon as the VIP is withdrawn.
+                    // Stop the burst as soon as the VIP is withdrawn (or
+                    // released, before the loop has withdrawn it).
                     if !answering
                         .read()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .contains(&vip)
+                        || !allowed.borrow().contains(&vip)
                     {
                         return;
                     }
@@ -539,6 +561,23 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_released_vip_is_not_answered_before_the_loop_withdraws_it() {
+        // Announced and still ours: answered.
+        assert!(answers(true, true, false, false));
+        // Released by the ownership while the loop is busy elsewhere: no
+        // answer to a client, but the new owner's probe finds this member.
+        assert!(!answers(true, false, false, false));
+        assert!(answers(true, false, true, false));
+        // Withdrawn and lingering: only probes are answered.
+        assert!(!answers(false, false, false, true));
+        assert!(answers(false, false, true, true));
+        // Ours by the ownership, not announced yet (its takeover runs):
+        // not answered.
+        assert!(!answers(false, true, false, false));
+        assert!(!answers(false, true, true, false));
+    }
 
     #[test]
     fn a_vip_lost_before_its_announcement_is_not_recorded_as_announced_here() {
