@@ -296,6 +296,10 @@ impl KernelLab {
             );
         }
         cpio.file("lab/scenario.sh", script.as_bytes(), 0o755);
+        let backlog: u32 = std::env::var("KERNEL_LAB_BACKLOG")
+            .ok()
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(30_000);
         let init = format!(
             r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -314,6 +318,14 @@ mount -t tmpfs tmpfs /tmp
 mkdir -p /run/netns /var/run
 {loads}
 ip link set lo up
+# The guest's one emulated CPU carries the packets of every host of a lab
+# (members, client, backends), hop by hop through veths and a bridge,
+# each hop queued on that CPU's backlog: after the emulated machine
+# stalls, the burst overflows the default 1,000 packets and is dropped
+# there (about 450 a survival drill, /proc/net/softnet_stat), which
+# separate machines would not do. TCP retransmits such a drop, a UDP
+# query is lost. (`KERNEL_LAB_BACKLOG=1000` runs a lab with the default.)
+echo {backlog} > /proc/sys/net/core/netdev_max_backlog
 echo "LAB booted $(cat /proc/uptime | cut -d' ' -f1)"
 cd /lab
 . /lab/scenario.sh

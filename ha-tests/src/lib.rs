@@ -187,6 +187,12 @@ impl Member {
         }
     }
 
+    /// How the process ended, if it has (`None` while it runs, or when
+    /// its state cannot be read).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Sends a signal by name (`HUP`, `TERM`, `KILL`).
     pub fn signal(&self, name: &str) -> anyhow::Result<()> {
         let status = Command::new("kill")

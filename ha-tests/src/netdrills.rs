@@ -334,7 +334,8 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
         lab.wait_garp(vip, 0.0, None, Duration::from_secs(30))?;
     }
     let client_ns = lab.ns("c");
-    let result = std::thread::scope(|s| {
+    let dropped_before = softnet_dropped(&lab);
+    let mut result = std::thread::scope(|s| {
         s.spawn(|| -> anyhow::Result<Report> {
             crate::netns::enter(&client_ns)?;
             // Worker threads are created by this thread, so they start in
@@ -388,12 +389,34 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
                 for (id, m) in &lab.members {
                     eprintln!("==== member {id}\n{}", m.log());
                 }
+            } else if !matches!(&result, Ok(r) if r.passed) {
+                // A failure in CI says what the members did, briefly.
+                for (id, log) in &lab.past_logs {
+                    eprintln!(
+                        "==== member {id} (before its restart), its story\n{}",
+                        story(log)
+                    );
+                }
+                for (id, m) in &lab.members {
+                    eprintln!("==== member {id}, its story\n{}", story(&m.log()));
+                }
             }
             result
         })
         .join()
         .map_err(|_| anyhow::anyhow!("the drill thread panicked"))?
     });
+    // Packets the kernel dropped for want of backlog room during the drill
+    // (on a host's one kernel, every namespace's): a lost request or UDP
+    // query can then be told from one the appliance lost.
+    if let (Ok(report), Some(before), Some(after)) =
+        (&mut result, dropped_before, softnet_dropped(&lab))
+    {
+        report.extra.insert(
+            "softnet_dropped".into(),
+            after.saturating_sub(before).into(),
+        );
+    }
     for server in servers
         .iter_mut()
         .chain(resets.as_mut())
@@ -1382,6 +1405,28 @@ fn ipvs_entries(lab: &Lab, id: u64, vip: &str) -> anyhow::Result<usize> {
         .count())
 }
 
+/// The lines of a member's log that tell what it did with VIPs and
+/// leadership, and every warning and error: the last 60, for a failed
+/// drill's report when the whole logs were not asked for (`DRILL_LOGS`).
+fn story(log: &str) -> String {
+    const TOLD: [&str; 9] = [
+        " WARN ",
+        " ERROR ",
+        "raft role changed",
+        "VIP owners change",
+        "takes VIPs",
+        "VIP announced",
+        "VIP withdrawn",
+        "hand-over",
+        "lb-node starting",
+    ];
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| TOLD.iter().any(|t| l.contains(t)) && !l.contains("INSECURE"))
+        .collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
 /// `connection-sync-lag` (issue 21): new connections as fast as
 /// `CHURN_CLIENTS` clients make them through one member's VIP for
 /// `CHURN_SPAN`, with the connection sync on, then with the member's sync
@@ -1601,7 +1646,24 @@ async fn survival(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
     let (back_vip, failback) = match back {
         Ok((v, at)) => (Some(v), (at - t1) * 1000.0),
         Err(e) => {
-            report.failures.push(format!("no VIP came back: {e:#}"));
+            // Who answers for each VIP instead, and whether the returning
+            // member still runs (its story follows the report).
+            let now: Vec<String> = VIPS
+                .iter()
+                .map(|v| match lab.answering(v) {
+                    Some((at, m)) => format!("{v}: member {m} at {:+.3} s", at - t1),
+                    None => format!("{v}: nobody"),
+                })
+                .collect();
+            let running = lab.members.get_mut(&victim).map(|m| {
+                m.exited()
+                    .map_or("running".to_owned(), |s| format!("exited: {s}"))
+            });
+            report.failures.push(format!(
+                "no VIP came back: {e:#}; answering: {}; member {victim}: {}",
+                now.join(", "),
+                running.unwrap_or_else(|| "not started".into())
+            ));
             (None, f64::NAN)
         }
     };
@@ -1754,6 +1816,19 @@ async fn survival(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
         .insert("sessions".into(), serde_json::Value::Object(figures));
     report.passed = report.failures.is_empty();
     Ok(report)
+}
+
+/// Packets the kernel dropped because a CPU's backlog was full (the
+/// second column of `/proc/net/softnet_stat`, summed over the CPUs).
+fn softnet_dropped(lab: &Lab) -> Option<u64> {
+    let text = lab.exec("c", &["cat", "/proc/net/softnet_stat"]).ok()?;
+    text.lines()
+        .map(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|d| u64::from_str_radix(d, 16).ok())
+        })
+        .sum()
 }
 
 /// The `connection-flood` drill's fault and its own checks; see
