@@ -142,7 +142,8 @@ echo "LAB added-masq $(nft list set inet lb_node masq4 | grep -o '10\.250\.0\.[0
 echo "LAB peak-kib $(grep VmHWM /proc/$pid/status | awk '{print $2}')"
 echo "LAB rss-kib $(grep VmRSS /proc/$pid/status | awk '{print $2}')"
 grep -i "warn\|error" /tmp/lb.log | head -5 | sed 's/^/LAB log+ /'
-if [ -n "$RUST_LOG" ]; then grep -E "converged|IPVS operations|dataplane synced" /tmp/lb.log | tail -9 | sed "s/^/LAB log+ /"; fi
+# With RUST_LOG: where each change after the full sync spent its time.
+if [ -n "$RUST_LOG" ]; then awk '/dataplane synced/{n++} n>=1' /tmp/lb.log | grep -E "converged|IPVS operations|dataplane synced|repair" | head -80 | sed "s/^/LAB log+ /"; fi
 kill $pid
 "#;
     let reference = estimation.to_owned()
