@@ -25,8 +25,9 @@
 //! pod CIDR (and every connected network) goes nowhere useful. Without
 //! them, the default route is the usual way into a routed fabric.
 //!
-//! The pure part (`pod_routes`, `plan`, `Lookup`) is tested without a
-//! kernel; `run` is its shell, on the member's rtnetlink connection.
+//! The pure part (`pod_routes`, `plan`, `Lookup`, `EndpointCheck`) is
+//! tested without a kernel; `run` is its shell, on the member's rtnetlink
+//! connection.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -198,26 +199,109 @@ impl Lookup {
     }
 }
 
-/// The endpoints (backend addresses of the table) no route of `lookup`
-/// covers: how many of how many, and the first few with a service each.
-pub fn unrouted(state: &State, lookup: &Lookup) -> (usize, usize, Vec<String>) {
-    let mut seen: BTreeMap<IpAddr, &str> = BTreeMap::new();
-    for service in state.services() {
-        for b in &service.backends {
-            seen.entry(b.address).or_insert(service.name.as_str());
+/// The endpoints of the table (backend addresses) and whether a route
+/// covers each, kept up to date by the services that changed: checking
+/// after a change costs the change, not the table (at 50,000 services x
+/// 10 the whole walk ran beside every change the kernel lab's benchmark
+/// made, docs/ipvs.md). Built whole again when the routes changed.
+#[derive(Debug, Default)]
+pub struct EndpointCheck {
+    /// Each endpoint: how many services use it, whether a route covers it,
+    /// and the service named in the examples (one that uses it; empty
+    /// when that one stopped, found again when an example needs it).
+    endpoints: HashMap<IpAddr, Endpoint>,
+    /// The endpoints no route covers, in order (the examples are the
+    /// first few).
+    unrouted: BTreeSet<IpAddr>,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    services: u32,
+    covered: bool,
+    service: String,
+}
+
+/// A service's endpoint addresses, each once.
+fn addresses(service: Option<&crate::model::VirtualService>) -> BTreeSet<IpAddr> {
+    service
+        .map(|s| s.backends.iter().map(|b| b.address).collect())
+        .unwrap_or_default()
+}
+
+impl EndpointCheck {
+    /// Every endpoint of `state`, checked against `lookup`.
+    pub fn new(state: &State, lookup: &Lookup) -> EndpointCheck {
+        let mut check = EndpointCheck::default();
+        for service in state.services() {
+            for ip in addresses(Some(service)) {
+                check.add(ip, &service.name, lookup);
+            }
         }
+        check
     }
-    let mut count = 0;
-    let mut examples = Vec::new();
-    for (ip, service) in &seen {
-        if !lookup.covers(*ip) {
-            count += 1;
-            if examples.len() < EXAMPLES {
-                examples.push(format!("{ip} ({service})"));
+
+    /// From `older`'s endpoints to `newer`'s, with the same routes: only
+    /// the services that differ are looked at.
+    pub fn update(&mut self, older: &State, newer: &State, lookup: &Lookup) {
+        for (key, name, _) in newer.service_changes_since(older) {
+            let before = addresses(older.service(&key));
+            let after = addresses(newer.service(&key));
+            for ip in before.difference(&after) {
+                self.remove(*ip, &name);
+            }
+            for ip in after.difference(&before) {
+                self.add(*ip, &name, lookup);
             }
         }
     }
-    (seen.len(), count, examples)
+
+    fn add(&mut self, ip: IpAddr, service: &str, lookup: &Lookup) {
+        let endpoint = self.endpoints.entry(ip).or_insert_with(|| Endpoint {
+            services: 0,
+            covered: lookup.covers(ip),
+            service: service.to_owned(),
+        });
+        endpoint.services += 1;
+        if !endpoint.covered {
+            self.unrouted.insert(ip);
+        }
+    }
+
+    fn remove(&mut self, ip: IpAddr, service: &str) {
+        if let Some(endpoint) = self.endpoints.get_mut(&ip) {
+            endpoint.services = endpoint.services.saturating_sub(1);
+            if endpoint.services == 0 {
+                self.endpoints.remove(&ip);
+                self.unrouted.remove(&ip);
+            } else if endpoint.service == service {
+                endpoint.service.clear();
+            }
+        }
+    }
+
+    /// Endpoints checked, how many no route covers, and the first few of
+    /// those with a service of `state` (the one checked) each.
+    pub fn report(&self, state: &State) -> (usize, usize, Vec<String>) {
+        let examples = self
+            .unrouted
+            .iter()
+            .take(EXAMPLES)
+            .map(|ip| {
+                let known = self.endpoints.get(ip).map_or("", |e| e.service.as_str());
+                let service = if known.is_empty() {
+                    state
+                        .services()
+                        .find(|s| s.backends.iter().any(|b| b.address == *ip))
+                        .map_or("", |s| s.name.as_str())
+                } else {
+                    known
+                };
+                format!("{ip} ({service})")
+            })
+            .collect();
+        (self.endpoints.len(), self.unrouted.len(), examples)
+    }
 }
 
 /// What the routes task did last, for `lbctl status` and `/metrics`.
@@ -266,6 +350,8 @@ pub async fn run(
     const SPACING: Duration = Duration::from_secs(1);
     let mut last_nodes: Option<imbl::OrdMap<String, Arc<[u8]>>> = None;
     let mut wanted = PodRoutes::default();
+    // The endpoint check, with the routes and the state it was made for.
+    let mut checked: Option<(EndpointCheck, Vec<KernelRoute>, Arc<State>)> = None;
     loop {
         let started = tokio::time::Instant::now();
         let state = states.borrow_and_update().clone();
@@ -301,14 +387,26 @@ pub async fn run(
                 if settings.check_endpoints {
                     let state = state.clone();
                     let defaults = !settings.pod_routes;
-                    let checked = tokio::task::spawn_blocking(move || {
-                        unrouted(&state, &Lookup::new(&routes, defaults))
+                    let previous = checked.take();
+                    let done = tokio::task::spawn_blocking(move || {
+                        let lookup = Lookup::new(&routes, defaults);
+                        let check = match previous {
+                            // The same routes: the changed services only.
+                            Some((mut check, before, older)) if before == routes => {
+                                check.update(&older, &state, &lookup);
+                                check
+                            }
+                            _ => EndpointCheck::new(&state, &lookup),
+                        };
+                        let found = check.report(&state);
+                        (found, (check, routes, state))
                     })
                     .await;
-                    if let Ok((checked, count, examples)) = checked {
-                        report.endpoints_checked = checked as u64;
+                    if let Ok(((endpoints, count, examples), done)) = done {
+                        report.endpoints_checked = endpoints as u64;
                         report.endpoints_unrouted = count as u64;
                         report.unrouted_examples = examples;
+                        checked = Some(done);
                     }
                 }
             }
@@ -405,158 +503,4 @@ async fn round(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node(name: &str, cidrs: &[&str], addresses: &[(&str, &str)]) -> (String, Arc<[u8]>) {
-        let json = serde_json::json!({
-            "metadata": {"name": name},
-            "spec": {"podCIDRs": cidrs},
-            "status": {"addresses": addresses.iter().map(|(t, a)| serde_json::json!({"type": t, "address": a})).collect::<Vec<_>>()},
-        });
-        (
-            name.to_owned(),
-            serde_json::to_vec(&json).expect("json").into(),
-        )
-    }
-
-    fn net(s: &str) -> IpNet {
-        s.parse().expect("network")
-    }
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("address")
-    }
-
-    #[test]
-    fn each_pod_cidr_goes_to_its_nodes_internal_ip_of_the_same_family() {
-        let nodes: imbl::OrdMap<String, Arc<[u8]>> = [
-            node(
-                "n1",
-                &["10.244.1.0/24", "fd00:244:1::/64"],
-                &[
-                    ("Hostname", "n1"),
-                    ("ExternalIP", "192.0.2.11"),
-                    ("InternalIP", "10.80.0.11"),
-                    ("InternalIP", "fd00:80::11"),
-                ],
-            ),
-            // The older single field, and a CIDR with host bits.
-            (
-                "n2".to_owned(),
-                br#"{"metadata":{"name":"n2"},"spec":{"podCIDR":"10.244.2.7/24"},"status":{"addresses":[{"type":"InternalIP","address":"10.80.0.12"}]}}"#
-                    .as_slice()
-                    .into(),
-            ),
-        ]
-        .into_iter()
-        .collect();
-        let r = pod_routes(&nodes);
-        assert_eq!(r.warnings, Vec::<String>::new());
-        assert_eq!(
-            r.routes,
-            BTreeMap::from([
-                (net("10.244.1.0/24"), ip("10.80.0.11")),
-                (net("10.244.2.0/24"), ip("10.80.0.12")),
-                (net("fd00:244:1::/64"), ip("fd00:80::11")),
-            ])
-        );
-    }
-
-    #[test]
-    fn bad_nodes_and_clashing_cidrs_are_left_out_with_a_warning_naming_them() {
-        let nodes: imbl::OrdMap<String, Arc<[u8]>> = [
-            node("a", &["10.244.1.0/24"], &[("InternalIP", "10.80.0.11")]),
-            node("b", &["10.244.1.0/24"], &[("InternalIP", "10.80.0.12")]),
-            node("c", &["fd00:244:3::/64"], &[("InternalIP", "10.80.0.13")]),
-            node("d", &["not-a-cidr"], &[("InternalIP", "10.80.0.14")]),
-            ("e".to_owned(), b"{\"spec\": 7}".as_slice().into()),
-            node("f", &["10.244.6.0/24"], &[]),
-        ]
-        .into_iter()
-        .collect();
-        let r = pod_routes(&nodes);
-        assert_eq!(
-            r.routes,
-            BTreeMap::from([(net("10.244.1.0/24"), ip("10.80.0.11"))])
-        );
-        assert_eq!(r.warnings.len(), 5, "{:?}", r.warnings);
-        for (w, name) in r.warnings.iter().zip(["b", "c", "d", "e", "f"]) {
-            assert!(w.starts_with(&format!("Node {name}:")), "{w}");
-        }
-    }
-
-    #[test]
-    fn the_plan_adds_what_is_missing_fixes_what_moved_and_removes_what_is_gone() {
-        let wanted = BTreeMap::from([
-            (net("10.244.1.0/24"), ip("10.80.0.11")),
-            (net("10.244.2.0/24"), ip("10.80.0.12")),
-            (net("10.244.3.0/24"), ip("10.80.0.13")),
-        ]);
-        let programmed = BTreeMap::from([
-            (net("10.244.1.0/24"), Some(ip("10.80.0.11"))),
-            (net("10.244.2.0/24"), Some(ip("10.80.0.99"))),
-            (net("10.244.9.0/24"), Some(ip("10.80.0.19"))),
-        ]);
-        assert_eq!(
-            plan(&wanted, &programmed),
-            vec![
-                RouteChange::Remove {
-                    destination: net("10.244.9.0/24")
-                },
-                RouteChange::Set {
-                    destination: net("10.244.2.0/24"),
-                    via: ip("10.80.0.12")
-                },
-                RouteChange::Set {
-                    destination: net("10.244.3.0/24"),
-                    via: ip("10.80.0.13")
-                },
-            ]
-        );
-        assert_eq!(
-            plan(
-                &wanted,
-                &wanted.iter().map(|(d, v)| (*d, Some(*v))).collect()
-            ),
-            vec![]
-        );
-    }
-
-    #[test]
-    fn with_pod_routes_only_a_route_more_specific_than_a_default_one_counts() {
-        let route = |d: &str, unicast: bool| KernelRoute {
-            destination: net(d),
-            gateway: None,
-            nexthops: vec![],
-            protocol: 2,
-            unicast,
-        };
-        let table = [
-            route("0.0.0.0/0", true),
-            route("::/0", true),
-            route("10.80.0.0/24", true),
-            route("10.244.1.0/24", true),
-            route("10.244.2.0/24", false),
-            route("fd00:244::/48", true),
-        ];
-        let lookup = Lookup::new(&table, false);
-        assert!(lookup.covers(ip("10.244.1.7")));
-        assert!(lookup.covers(ip("10.80.0.200")));
-        assert!(
-            !lookup.covers(ip("10.244.2.7")),
-            "a blackhole route is no path"
-        );
-        assert!(!lookup.covers(ip("10.244.3.7")), "only the default route");
-        assert!(lookup.covers(ip("fd00:244:0:5::9")));
-        assert!(!lookup.covers(ip("fd00:245::9")));
-        // Into a routed fabric, the default route is the way.
-        let fabric = Lookup::new(&table, true);
-        assert!(fabric.covers(ip("10.244.3.7")));
-        assert!(fabric.covers(ip("fd00:245::9")));
-        assert!(
-            !fabric.covers(ip("10.244.2.7")),
-            "a blackhole route is still no path"
-        );
-        assert!(!Lookup::new(&table[2..], true).covers(ip("10.244.3.7")));
-    }
-}
+mod tests;
