@@ -12,10 +12,7 @@ const NFT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Runs `script` as one nftables transaction; the error carries nft's own
 /// message, or says that nft did not finish within `NFT_TIMEOUT`.
 pub async fn apply(script: &str) -> anyhow::Result<()> {
-    run(script, NFT_TIMEOUT).await
-}
-
-async fn run(script: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let timeout = NFT_TIMEOUT;
     let mut child = tokio::process::Command::new("nft")
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())

@@ -78,37 +78,23 @@ fn bad_nodes_and_clashing_cidrs_are_left_out_with_a_warning_naming_them() {
 }
 
 fn service(vip: &str, backends: &[&str]) -> crate::model::VirtualService {
-    use crate::model::{
-        Backend, BackendState, Forwarding, Protocol, Scheduler, ServiceKey, VirtualService,
-    };
-    VirtualService {
-        key: ServiceKey {
-            vip: ip(vip),
-            port: 80,
-            protocol: Protocol::Tcp,
-        },
-        name: format!("s{vip}"),
-        scheduler: Scheduler::Wrr,
-        persistence_timeout: None,
-        fwmark: None,
-        forwarding: Forwarding::Masquerade,
-        allowed_sources: vec![],
-        bgp_communities: vec![],
-        bgp_large_communities: vec![],
-        health: None,
-        // Each address twice (two ports): an endpoint counts once.
-        backends: backends
-            .iter()
-            .flat_map(|a| {
-                [8080, 8081].map(|port| Backend {
-                    address: ip(a),
-                    port,
-                    weight: 1,
-                    state: BackendState::Ready,
-                })
+    use crate::model::{Backend, BackendState};
+    let mut s = crate::model::fixtures::numbered_service(0, 0);
+    s.key.vip = ip(vip);
+    s.name = format!("s{vip}");
+    // Each address twice (two ports): an endpoint counts once.
+    s.backends = backends
+        .iter()
+        .flat_map(|a| {
+            [8080, 8081].map(|port| Backend {
+                address: ip(a),
+                port,
+                weight: 1,
+                state: BackendState::Ready,
             })
-            .collect(),
-    }
+        })
+        .collect();
+    s
 }
 
 fn apply(state: &State, command: crate::model::Command) -> State {
