@@ -24,6 +24,8 @@ pub struct Metrics {
     pub dataplane_sync_seconds: Histogram,
     pub drift_repairs: IntCounter,
     pub dataplane_dumps: IntCounter,
+    pub repair_rounds: IntCounter,
+    pub repair_round_seconds: prometheus::Gauge,
     pub dataplane_refused_services: IntGauge,
     pub source_loads: IntCounterVec,
     pub watch_events: IntCounterVec,
@@ -143,7 +145,21 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &registry,
             IntCounter::new(
                 "lb_dataplane_dumps_total",
-                "Whole-table dumps of the dataplane (start, repairs, resyncs after an error).",
+                "Whole-table dumps of the dataplane (start, resyncs after an error).",
+            ),
+        ),
+        repair_rounds: registered(
+            &registry,
+            IntCounter::new(
+                "lb_dataplane_repair_rounds_total",
+                "Periodic repairs completed (the table compared with the kernel a slice at a time).",
+            ),
+        ),
+        repair_round_seconds: registered(
+            &registry,
+            prometheus::Gauge::new(
+                "lb_dataplane_repair_round_seconds",
+                "Duration of the last completed repair round, changes between its slices included.",
             ),
         ),
         dataplane_refused_services: registered(

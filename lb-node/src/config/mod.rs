@@ -182,8 +182,9 @@ pub enum DataplaneKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataplaneConfig {
     pub kind: DataplaneKind,
-    /// How often the dataplane is dumped and compared with the state, which
-    /// repairs changes made by hand.
+    /// How long after a repair round ended the next one starts: the
+    /// dataplane read back (a slice at a time) and compared with the state,
+    /// which repairs changes made by hand.
     pub repair_interval: Duration,
     /// Where VIPs are made local, as written (None: the default of the
     /// dataplane that runs; see `vip_interface`).

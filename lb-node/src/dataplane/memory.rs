@@ -16,6 +16,9 @@ pub struct MemoryDataplane {
     /// A scheduler it refuses, as a kernel without its module does.
     refused: Arc<Mutex<Option<Scheduler>>>,
     dumps: Arc<AtomicU64>,
+    /// What the reconciler asked, in order ("dump", "keys",
+    /// "dump_only N", "apply N"), for tests of its order of work.
+    calls: Arc<Mutex<Vec<String>>>,
 }
 
 impl MemoryDataplane {
@@ -39,6 +42,21 @@ impl MemoryDataplane {
         self.dumps.load(Ordering::SeqCst)
     }
 
+    /// What was asked of this dataplane so far, in order.
+    pub fn calls(&self) -> Vec<String> {
+        self.calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn called(&self, what: String) {
+        self.calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(what);
+    }
+
     /// Direct access, as `ipvsadm` by hand would have.
     pub fn lock(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
@@ -52,6 +70,7 @@ impl Dataplane for MemoryDataplane {
 
     async fn dump(&mut self) -> Result<Table, DataplaneError> {
         self.dumps.fetch_add(1, Ordering::SeqCst);
+        self.called("dump".into());
         Ok(self.table())
     }
 
@@ -59,10 +78,17 @@ impl Dataplane for MemoryDataplane {
         &mut self,
         keys: &std::collections::BTreeSet<crate::model::ServiceKey>,
     ) -> Result<Table, DataplaneError> {
+        self.called(format!("dump_only {}", keys.len()));
         Ok(self.table().only(keys))
     }
 
+    async fn service_keys(&mut self) -> Result<Vec<crate::model::ServiceKey>, DataplaneError> {
+        self.called("keys".into());
+        Ok(self.lock().services.keys().copied().collect())
+    }
+
     async fn apply(&mut self, ops: &[Op]) -> ApplyReport {
+        self.called(format!("apply {}", ops.len()));
         let refused = *self.refused.lock().unwrap_or_else(PoisonError::into_inner);
         let mut table = self.lock();
         let mut report = ApplyReport::default();

@@ -118,6 +118,21 @@ pub trait Dataplane: Send + 'static {
     ) -> impl Future<Output = Result<Table, DataplaneError>> + Send {
         async move { Ok(self.dump().await?.only(keys)) }
     }
+    /// The keys of every service the dataplane holds that lb-node owns,
+    /// without their destinations: the start of a sliced repair, which
+    /// then reads the services a slice at a time with `dump_only`.
+    fn service_keys(
+        &mut self,
+    ) -> impl Future<Output = Result<Vec<ServiceKey>, DataplaneError>> + Send {
+        async move { Ok(self.dump().await?.services.into_keys().collect()) }
+    }
+    /// The end of a sliced repair: what the dataplane keeps beside the
+    /// services (IPVS: the VIP interface and the masquerade table) is
+    /// checked against `table`, everything programmed.
+    fn repair_beside(&mut self, table: &Table) -> impl Future<Output = ()> + Send {
+        let _ = table;
+        async {}
+    }
     /// Applies operations in order, going on after a failure.
     fn apply(&mut self, ops: &[Op]) -> impl Future<Output = ApplyReport> + Send;
     /// Periodic housekeeping (about once a second): IPVS deletes the

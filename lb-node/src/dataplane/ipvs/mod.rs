@@ -103,6 +103,43 @@ struct Inner {
     draining: Drains,
 }
 
+/// Managed services and destinations whose kernel settings lb-node would
+/// never program, found by a read.
+#[derive(Debug, Default)]
+struct Unfit {
+    services: Vec<KernelKey>,
+    dests: Vec<(KernelKey, std::net::IpAddr, u16)>,
+}
+
+impl Unfit {
+    /// Deletes them, so that the plan adds them back as lb-node programs
+    /// them.
+    fn replace(self, sock: &mut IpvsSocket) -> Result<(), IpvsError> {
+        let mut fixes = Vec::new();
+        for key in &self.services {
+            warn!(service = %key, "a managed IPVS service has settings lb-node does not program; replacing it");
+            fixes.push(IpvsMessage::new(
+                cmd::DEL_SERVICE,
+                vec![TopAttr::Service(key.attrs())],
+            ));
+        }
+        for (key, addr, port) in &self.dests {
+            warn!(service = %key, destination = %crate::model::SocketText(*addr, *port), "a managed IPVS destination has settings lb-node does not program; replacing it");
+            fixes.push(IpvsMessage::new(
+                cmd::DEL_DEST,
+                vec![
+                    TopAttr::Service(key.attrs()),
+                    TopAttr::Dest(KernelDest::key_attrs(*addr, *port)),
+                ],
+            ));
+        }
+        if !fixes.is_empty() {
+            sock.execute(fixes)?;
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for IpvsSocket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("IpvsSocket")
@@ -144,36 +181,35 @@ impl Inner {
         result.map_err(|e| self.fail(e))
     }
 
-    fn dump_inner(&mut self) -> Result<Table, IpvsError> {
-        let ownership = self.settings.ownership.clone();
-        let local_vips = self.local_vips.clone();
-        let by_mark: BTreeMap<(bool, u32), ServiceKey> = self
-            .marks
+    /// The firewall-mark services lb-node programmed, by kernel name.
+    fn by_mark(&self) -> BTreeMap<(bool, u32), ServiceKey> {
+        self.marks
             .iter()
             .map(|(k, m)| ((k.vip.is_ipv6(), *m), *k))
-            .collect();
-        let sock = self.socket()?;
+            .collect()
+    }
+
+    /// Whether a kernel service is lb-node's: inside its ownership, or a
+    /// firewall mark it programmed.
+    fn manages(&self, key: &KernelKey, by_mark: &BTreeMap<(bool, u32), ServiceKey>) -> bool {
+        let known_mark = matches!(key, KernelKey::Fwmark { ipv6, mark } if by_mark.contains_key(&(*ipv6, *mark)));
+        known_mark || owns(&self.settings.ownership, self.local_vips.as_ref(), key)
+    }
+
+    fn dump_inner(&mut self) -> Result<Table, IpvsError> {
+        let by_mark = self.by_mark();
+        let listed = self.socket()?.services()?;
         let mut table = Table::default();
-        let mut unfit_services = Vec::new();
-        let mut unfit_dests = Vec::new();
-        for ks in sock.services()? {
-            let known_mark = matches!(ks.key, KernelKey::Fwmark { ipv6, mark } if by_mark.contains_key(&(ipv6, mark)));
-            if !known_mark && !owns(&ownership, local_vips.as_ref(), &ks.key) {
+        let mut unfit = Unfit::default();
+        for ks in listed {
+            if !self.manages(&ks.key, &by_mark) {
                 continue;
             }
             let Some((key, settings)) = read_service(&ks, &by_mark) else {
-                unfit_services.push(ks.key);
+                unfit.services.push(ks.key);
                 continue;
             };
-            let mut destinations = BTreeMap::new();
-            for kd in sock.dests(&ks.key)? {
-                match read_dest(&kd) {
-                    Some((dk, d)) => {
-                        destinations.insert(dk, d);
-                    }
-                    None => unfit_dests.push((ks.key, kd.address, kd.port)),
-                }
-            }
+            let destinations = self.read_dests(&ks.key, &mut unfit)?;
             table.services.insert(
                 key,
                 ProgrammedService {
@@ -182,28 +218,7 @@ impl Inner {
                 },
             );
         }
-        // Settings lb-node never programs: remove, so the plan re-adds.
-        let mut fixes = Vec::new();
-        for key in &unfit_services {
-            warn!(service = %key, "a managed IPVS service has settings lb-node does not program; replacing it");
-            fixes.push(IpvsMessage::new(
-                cmd::DEL_SERVICE,
-                vec![TopAttr::Service(key.attrs())],
-            ));
-        }
-        for (key, addr, port) in &unfit_dests {
-            warn!(service = %key, destination = %crate::model::SocketText(*addr, *port), "a managed IPVS destination has settings lb-node does not program; replacing it");
-            fixes.push(IpvsMessage::new(
-                cmd::DEL_DEST,
-                vec![
-                    TopAttr::Service(key.attrs()),
-                    TopAttr::Dest(KernelDest::key_attrs(*addr, *port)),
-                ],
-            ));
-        }
-        if !fixes.is_empty() {
-            sock.execute(fixes)?;
-        }
+        unfit.replace(self.socket()?)?;
         // Draining destinations are in transition, not drift.
         self.draining.retain(|svc, dest| {
             table
@@ -219,8 +234,55 @@ impl Inner {
         Ok(table)
     }
 
+    /// The destinations of one kernel service as lb-node programs them;
+    /// the others are noted in `unfit`.
+    fn read_dests(
+        &mut self,
+        key: &KernelKey,
+        unfit: &mut Unfit,
+    ) -> Result<BTreeMap<DestKey, crate::dataplane::Destination>, IpvsError> {
+        let mut destinations = BTreeMap::new();
+        for kd in self.socket()?.dests(key)? {
+            match read_dest(&kd) {
+                Some((dk, d)) => {
+                    destinations.insert(dk, d);
+                }
+                None => unfit.dests.push((*key, kd.address, kd.port)),
+            }
+        }
+        Ok(destinations)
+    }
+
+    /// The keys of the managed services, without their destinations (one
+    /// dump of the service list); services with settings lb-node never
+    /// programs are deleted, as a dump does.
+    fn service_keys(&mut self) -> Result<Vec<ServiceKey>, DataplaneError> {
+        let result = self.service_keys_inner();
+        result.map_err(|e| self.fail(e))
+    }
+
+    fn service_keys_inner(&mut self) -> Result<Vec<ServiceKey>, IpvsError> {
+        let by_mark = self.by_mark();
+        let listed = self.socket()?.services()?;
+        let mut keys = Vec::new();
+        let mut unfit = Unfit::default();
+        for ks in listed {
+            if !self.manages(&ks.key, &by_mark) {
+                continue;
+            }
+            match read_service(&ks, &by_mark) {
+                Some((key, _)) => keys.push(key),
+                None => unfit.services.push(ks.key),
+            }
+        }
+        unfit.replace(self.socket()?)?;
+        Ok(keys)
+    }
+
     /// The services `keys` as the kernel holds them (absent ones left out),
     /// draining destinations hidden as in a dump: one read per service.
+    /// Settings lb-node never programs are deleted, as a dump does, so
+    /// that the plan adds them back as they should be.
     fn dump_only(&mut self, keys: &BTreeSet<ServiceKey>) -> Result<Table, DataplaneError> {
         let result = self.dump_only_inner(keys);
         result.map_err(|e| self.fail(e))
@@ -228,26 +290,22 @@ impl Inner {
 
     fn dump_only_inner(&mut self, keys: &BTreeSet<ServiceKey>) -> Result<Table, IpvsError> {
         let mut table = Table::default();
+        let mut unfit = Unfit::default();
         for key in keys {
             let kk = self.key(key);
             let by_mark: BTreeMap<(bool, u32), ServiceKey> = match kk {
                 KernelKey::Fwmark { ipv6, mark } => BTreeMap::from([((ipv6, mark), *key)]),
                 KernelKey::Addr { .. } => BTreeMap::new(),
             };
-            let sock = self.socket()?;
-            let Some(ks) = sock.service(&kk)? else {
+            let Some(ks) = self.socket()?.service(&kk)? else {
                 continue;
             };
-            // Settings lb-node never programs: the next dump replaces it.
             let Some((_, settings)) = read_service(&ks, &by_mark) else {
+                unfit.services.push(kk);
                 continue;
             };
-            let destinations = sock
-                .dests(&kk)?
-                .iter()
-                .filter_map(read_dest)
-                .filter(|(d, _)| !self.draining.is_draining(key, d))
-                .collect();
+            let mut destinations = self.read_dests(&kk, &mut unfit)?;
+            destinations.retain(|d, _| !self.draining.is_draining(key, d));
             table.services.insert(
                 *key,
                 ProgrammedService {
@@ -256,6 +314,7 @@ impl Inner {
                 },
             );
         }
+        unfit.replace(self.socket()?)?;
         Ok(table)
     }
 
@@ -644,6 +703,16 @@ impl Dataplane for IpvsDataplane {
 
     async fn dump_only(&mut self, keys: &BTreeSet<ServiceKey>) -> Result<Table, DataplaneError> {
         self.netlink(keys.len() <= 16, |inner| inner.dump_only(keys))
+    }
+
+    async fn service_keys(&mut self) -> Result<Vec<ServiceKey>, DataplaneError> {
+        self.netlink(false, Inner::service_keys)
+    }
+
+    async fn repair_beside(&mut self, table: &Table) {
+        if let Some(local) = &self.local {
+            local.lock().await.sync_with(table).await;
+        }
     }
 
     async fn apply(&mut self, ops: &[Op]) -> ApplyReport {
