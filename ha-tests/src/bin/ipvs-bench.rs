@@ -3,7 +3,10 @@
 //! own; then, in lb-node's guest, one backend change and ten services added
 //! one at a time, each on a new VIP, and lb-node's peak memory. One JSON
 //! line at the end. `IPVS_BENCH_RUN_ESTIMATION=0` turns the kernel's rate
-//! estimators off in both guests.
+//! estimators off in both guests; `IPVS_BENCH_REFERENCE=0` skips
+//! `ipvsadm -R`, `IPVS_BENCH_ONLY_REFERENCE=1` runs it alone (with its
+//! user and system CPU: the system part is the kernel's own work, a floor
+//! for any client).
 //!
 //!   cargo build --release --workspace --bins
 //!   cargo run --release -p ha-tests --bin ipvs-bench [-- SERVICES [BACKENDS]]
@@ -139,6 +142,10 @@ while [ $k -le $ADDED ]; do
 done
 echo "LAB added-local $(ip route show table 27746 | grep -c 'local 10.250.0.')"
 echo "LAB added-masq $(nft list set inet lb_node masq4 | grep -o '10\.250\.0\.[0-9]*' | wc -l)"
+metric() { wget -q -O - http://127.0.0.1:9445/metrics | awk -v m="$1" '$1==m{print $2}'; }
+echo "LAB repair-rounds $(metric lb_dataplane_repair_rounds_total)"
+echo "LAB repair-round-seconds $(metric lb_dataplane_repair_round_seconds)"
+echo "LAB whole-dumps $(metric lb_dataplane_dumps_total)"
 echo "LAB peak-kib $(grep VmHWM /proc/$pid/status | awk '{print $2}')"
 echo "LAB rss-kib $(grep VmRSS /proc/$pid/status | awk '{print $2}')"
 grep -i "warn\|error" /tmp/lb.log | head -5 | sed 's/^/LAB log+ /'
@@ -149,7 +156,10 @@ kill $pid
     let reference = estimation.to_owned()
         + r#"
 start=$(cut -d' ' -f1 /proc/uptime)
-ipvsadm -R < /lab/rules
+# The inner shell's children's CPU (fields 16 and 17, after the wait):
+# ipvsadm's user and system time, the system part being the kernel's own
+# work on the requests, which any client of this kernel pays.
+sh -c 'ipvsadm -R < /lab/rules; echo "LAB ipvsadm-cpu-ticks $(cut -d" " -f16,17 /proc/$$/stat)"'
 end=$(cut -d' ' -f1 /proc/uptime)
 echo "LAB ipvsadm-seconds $(awk "BEGIN{print $end-$start}")"
 echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
@@ -182,6 +192,37 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         ("/lab/member.toml", member_file.as_path()),
         ("/lab/rules", rules.as_path()),
     ]);
+    // `IPVS_BENCH_ONLY_REFERENCE=1`: the reference alone, with its CPU.
+    if std::env::var("IPVS_BENCH_ONLY_REFERENCE").is_ok_and(|v| v == "1") {
+        let reference = lab.run(
+            &reference,
+            &[("/lab/rules", &rules)],
+            6144,
+            Duration::from_secs(3600),
+        )?;
+        let (wall, cpu) = (
+            reference.get("ipvsadm-seconds").unwrap_or("?"),
+            reference.get("ipvsadm-cpu-ticks").unwrap_or("?"),
+        );
+        println!(
+            "ipvsadm -R of {ops} operations in a fresh guest: {wall} s; its CPU user and system, ticks of 10 ms: {cpu}"
+        );
+        let ticks: Vec<f64> = cpu
+            .split_whitespace()
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "services": services,
+                "backends": backends,
+                "ipvsadm_restore_s": wall.parse::<f64>().ok(),
+                "ipvsadm_user_s": ticks.first().map(|t| t / 100.0),
+                "ipvsadm_system_s": ticks.get(1).map(|t| t / 100.0),
+            })
+        );
+        return Ok(());
+    }
     let run = lab.run(&script, &files, 6144, Duration::from_secs(3600))?;
     // `IPVS_BENCH_REFERENCE=0` skips the reference (lb-node's figures
     // only; the ratio is then not computed).
@@ -212,6 +253,12 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
     // In the order they were added, and sorted.
     let added_in_order: Vec<f64> = added.iter().filter_map(|l| field(l, "took_ms")).collect();
     let added_ops: Vec<f64> = added.iter().filter_map(|l| field(l, "ops")).collect();
+    // From the change's proposal to its sync's end: what waiting behind a
+    // repair or a dump adds (the file's parse before it is not counted).
+    let added_since: Vec<f64> = added
+        .iter()
+        .filter_map(|l| field(l, "since_change_ms"))
+        .collect();
     let mut added_ms = added_in_order.clone();
     added_ms.sort_by(f64::total_cmp);
     let (Some(full_ms), Some(change_ms), true, Some(ipvsadm_s)) = (
@@ -279,6 +326,24 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         run.get("added-local").unwrap_or("?"),
         run.get("added-masq").unwrap_or("?"),
     );
+    let spread = |v: &[f64]| -> String {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        match (v.first(), v.get(v.len() / 2), v.last()) {
+            (Some(a), Some(b), Some(c)) => format!("{a:.1} / {b:.1} / {c:.1}"),
+            _ => "?".into(),
+        }
+    };
+    println!(
+        "  the same, from the change's proposal:  {} ms min / median / max (in order: {added_since:?})",
+        spread(&added_since)
+    );
+    println!(
+        "  repairs (a slice at a time):           {} rounds, the last {} s; whole-table dumps {}",
+        run.get("repair-rounds").unwrap_or("?"),
+        run.get("repair-round-seconds").unwrap_or("?"),
+        run.get("whole-dumps").unwrap_or("?"),
+    );
     println!(
         "  lb-node peak memory (VmHWM):           {} MiB",
         mib("peak-kib")
@@ -297,10 +362,14 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
             "backends": backends,
             "lb_node_full_sync_s": full_ms / 1000.0,
             "ipvsadm_restore_s": ipvsadm_s,
+            "ipvsadm_cpu_ticks": reference.get("ipvsadm-cpu-ticks"),
             "ratio": full_ms / 1000.0 / ipvsadm_s,
             "one_change_ms": change_ms,
             "new_vip_service_ms": added_in_order,
             "new_vip_service_ms_median": median,
+            "new_vip_since_proposal_ms": added_since,
+            "repair_rounds": run.get("repair-rounds").and_then(|v| v.parse::<f64>().ok()),
+            "repair_round_s": run.get("repair-round-seconds").and_then(|v| v.parse::<f64>().ok()),
             "run_estimation": estimation.is_empty(),
             "vips_local": run.get("vips-local"),
             "peak_mib": mib("peak-kib"),

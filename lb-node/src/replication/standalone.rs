@@ -26,6 +26,7 @@ pub fn standalone(
                 p = rx.recv() => match p { Some(p) => p, None => return },
             };
             let mut state = State::clone(&state_tx.borrow());
+            let revision = state.revision();
             let outcomes: Vec<_> = proposal
                 .commands
                 .iter()
@@ -38,6 +39,12 @@ pub fn standalone(
                     outcome
                 })
                 .collect();
+            if state.revision() != revision {
+                // Proposed and applied at once: the dataplane's propagation
+                // figure (`lb_propagation_seconds`) counts from here, as a
+                // cluster's does from the proposal.
+                state.note_change_proposed_at(crate::clock::now_unix_us());
+            }
             state_tx.send_replace(Arc::new(state));
             let _ = proposal.done.send(outcomes);
         }
@@ -49,4 +56,29 @@ pub fn standalone(
         state_rx,
         task,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Command;
+    use crate::model::fixtures::numbered_service;
+
+    /// A change is stamped when it is applied, so that the dataplane's
+    /// propagation figure is kept by a standalone member too (it was by a
+    /// cluster's only).
+    #[tokio::test]
+    async fn a_change_is_stamped_with_its_time() {
+        let shutdown = CancellationToken::new();
+        let (proposer, states, task) = standalone(State::default(), shutdown.clone());
+        let task = tokio::spawn(task);
+        assert_eq!(states.borrow().changed_at_unix_us(), 0);
+        let before = crate::clock::now_unix_us();
+        let add = Command::UpsertService(numbered_service(1, 2));
+        proposer.propose(vec![add]).await.expect("applied");
+        let stamped = states.borrow().changed_at_unix_us();
+        assert!(stamped >= before, "{stamped} < {before}");
+        shutdown.cancel();
+        task.await.expect("log task ends");
+    }
 }
