@@ -124,6 +124,7 @@ synced() {
 }
 synced 1
 grep "dataplane synced" /tmp/lb.log | sed -n 1p | sed 's/^/LAB full+ /'
+grep "IPVS batch applied" /tmp/lb.log | sed -n 1p | sed 's/^/LAB batch+ /'
 # lb-node's CPU so far (start, the file, the sync), user and system, in
 # clock ticks: the kernel's work on each IPVS request runs in lb-node's
 # own send call, so system time bounds what any client could save.
@@ -250,6 +251,13 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         .unwrap_or("")
         .to_owned();
     let added = run.block("added");
+    // The thread that sent the full sync's IPVS requests: its system time
+    // is the kernel's own work on them.
+    let batch = run.block("batch").first().copied().unwrap_or("").to_owned();
+    let (batch_user_s, batch_system_s) = (
+        field(&batch, "thread_user_s"),
+        field(&batch, "thread_system_s"),
+    );
     // In the order they were added, and sorted.
     let added_in_order: Vec<f64> = added.iter().filter_map(|l| field(l, "took_ms")).collect();
     let added_ops: Vec<f64> = added.iter().filter_map(|l| field(l, "ops")).collect();
@@ -315,6 +323,11 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         user_s.map_or("?".into(), |u| format!("{u:.1}")),
         system_s.map_or("?".into(), |u| format!("{u:.1}")),
     );
+    println!(
+        "  of which the IPVS requests' thread:    user {} s, system {} s (the kernel's own work on them)",
+        batch_user_s.map_or("?".into(), |u| format!("{u:.1}")),
+        batch_system_s.map_or("?".into(), |u| format!("{u:.1}")),
+    );
     let mib = |k: &str| run.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) / 1024;
     let (min, median, max) = (
         added_ms[0],
@@ -375,6 +388,8 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
             "peak_mib": mib("peak-kib"),
             "cpu_user_s": user_s,
             "cpu_system_s": system_s,
+            "ipvs_thread_user_s": batch_user_s,
+            "ipvs_thread_system_s": batch_system_s,
         })
     );
     Ok(())

@@ -82,9 +82,22 @@ impl Dataplane for MemoryDataplane {
         Ok(self.table().only(keys))
     }
 
-    async fn service_keys(&mut self) -> Result<Vec<crate::model::ServiceKey>, DataplaneError> {
+    fn list_services(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Vec<crate::model::ServiceKey>, DataplaneError>>
+    + Send
+    + 'static {
         self.called("keys".into());
-        Ok(self.lock().services.keys().copied().collect())
+        let table = self.table.clone();
+        async move {
+            Ok(table
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .services
+                .keys()
+                .copied()
+                .collect())
+        }
     }
 
     async fn apply(&mut self, ops: &[Op]) -> ApplyReport {

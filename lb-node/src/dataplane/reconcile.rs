@@ -6,8 +6,8 @@
 //! dataplane and plans against what is really there, which repairs drift
 //! such as an `ipvsadm -C` by hand.
 //!
-//! The periodic repair goes a slice at a time (`REPAIR_SLICE_DESTINATIONS`
-//! destinations' worth of services, read back with `dump_only`), with the
+//! The periodic repair goes a slice at a time (services read back with
+//! `dump_only`, as many as take 10-40 ms to read), with the
 //! changes that arrive applied between its slices: a whole-table dump at
 //! 50,000 x 10 took 43 s in the kernel lab, every change waited behind it,
 //! and the dump alone held the whole table twice in memory (issue 20). A
@@ -43,8 +43,17 @@ const REFUSED_RETRY_FIRST: Duration = Duration::from_secs(1);
 const REFUSED_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// A repair round reads back services until their believed destinations
-/// reach this many (one service at least), then lets changes through.
+/// reach a budget (one service at least), then lets changes through. The
+/// budget starts here and follows how long a slice takes: halved when a
+/// slice took over `SLICE_TOO_LONG`, doubled under `SLICE_SHORT`, so that
+/// a change waits about `SLICE_SHORT`..`SLICE_TOO_LONG` for the slice in
+/// progress whatever the machine (a slice of 2,048 took 0.2 s in the
+/// kernel lab's emulated guest).
 const REPAIR_SLICE_DESTINATIONS: usize = 2048;
+const SLICE_BUDGET_MIN: usize = 16;
+const SLICE_BUDGET_MAX: usize = 16_384;
+const SLICE_SHORT: Duration = Duration::from_millis(10);
+const SLICE_TOO_LONG: Duration = Duration::from_millis(40);
 
 /// A periodic repair in progress: every service the kernel or the belief
 /// held at its start, compared a slice at a time.
@@ -52,6 +61,8 @@ const REPAIR_SLICE_DESTINATIONS: usize = 2048;
 struct Round {
     keys: Vec<ServiceKey>,
     next: usize,
+    /// Destinations' worth of services in the next slice.
+    budget: usize,
     started: std::time::Instant,
     slices: usize,
     /// Operations the round's slices applied: drift.
@@ -67,6 +78,7 @@ impl Round {
         Round {
             keys: keys.into_iter().collect(),
             next: 0,
+            budget: REPAIR_SLICE_DESTINATIONS,
             started: std::time::Instant::now(),
             slices: 0,
             repaired: 0,
@@ -77,7 +89,7 @@ impl Round {
     fn next_slice(&mut self, belief: &Table, refused: &RefusedServices) -> BTreeSet<ServiceKey> {
         let mut slice = BTreeSet::new();
         let mut destinations = 0;
-        while destinations < REPAIR_SLICE_DESTINATIONS
+        while destinations < self.budget
             && let Some(key) = self.keys.get(self.next)
         {
             self.next += 1;
@@ -95,6 +107,15 @@ impl Round {
             self.slices += 1;
         }
         slice
+    }
+
+    /// The last slice took `took`: the next one's budget.
+    fn took(&mut self, took: Duration) {
+        if took > SLICE_TOO_LONG {
+            self.budget = (self.budget / 2).max(SLICE_BUDGET_MIN);
+        } else if took < SLICE_SHORT {
+            self.budget = (self.budget * 2).min(SLICE_BUDGET_MAX);
+        }
     }
 }
 
@@ -171,6 +192,9 @@ pub async fn run<D: Dataplane>(
     // are not counted.
     let mut propagated: Option<u64> = None;
     let mut round: Option<Round> = None;
+    // The listing that starts a round, running beside the loop.
+    let mut listing: Option<tokio::task::JoinHandle<Result<Vec<ServiceKey>, DataplaneError>>> =
+        None;
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -214,6 +238,9 @@ pub async fn run<D: Dataplane>(
         if programmed.is_none() {
             // The whole dump that comes next replaces the round.
             round = None;
+            if let Some(l) = listing.take() {
+                l.abort();
+            }
         }
         let retry_at = refused.values().map(|r| r.retry_at).min();
         let refused_due = || retry_at.is_some_and(|r| r <= tokio::time::Instant::now());
@@ -273,6 +300,23 @@ pub async fn run<D: Dataplane>(
                     programmed = None;
                 }
             }
+            listed = async { listing.as_mut().expect("guarded by the condition").await }, if listing.is_some() => {
+                listing = None;
+                match listed {
+                    Ok(Ok(kernel)) => {
+                        round = programmed.as_ref().map(|(belief, _)| Round::new(kernel, belief));
+                    }
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "dataplane unreachable for the repair; resyncing from a dump");
+                        status.send_modify(|s| s.last_error = e.to_string());
+                        programmed = None;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "the repair's listing failed; resyncing from a dump");
+                        programmed = None;
+                    }
+                }
+            }
             _ = tokio::time::sleep_until(wake) => {
                 if refused_due() {
                     if !retry_refused(&mut dataplane, &mut programmed, &mut refused, &status).await {
@@ -280,16 +324,9 @@ pub async fn run<D: Dataplane>(
                     }
                 } else if tokio::time::Instant::now() >= wait && programmed.is_some() {
                     debug!("dataplane repair: listing the services to compare with the state");
-                    match dataplane.service_keys().await {
-                        Ok(kernel) => {
-                            round = programmed.as_ref().map(|(belief, _)| Round::new(kernel, belief));
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "dataplane unreachable for the repair; resyncing from a dump");
-                            status.send_modify(|s| s.last_error = e.to_string());
-                            programmed = None;
-                        }
-                    }
+                    listing = Some(tokio::spawn(dataplane.list_services()));
+                    // Until the listing is in (a round then sets the next).
+                    next_repair = tokio::time::Instant::now() + repair_interval;
                 }
             }
         }
@@ -420,8 +457,12 @@ async fn repair_step<D: Dataplane>(
         *programmed = Some((belief, from));
         return Step::Done;
     }
+    let read = std::time::Instant::now();
     let observed = match dataplane.dump_only(&keys).await {
-        Ok(t) => t,
+        Ok(t) => {
+            round.took(read.elapsed());
+            t
+        }
         Err(e) => {
             warn!(error = %e, "dataplane unreachable during the repair; resyncing from a dump");
             status.send_modify(|s| s.last_error = e.to_string());

@@ -454,9 +454,10 @@ async fn a_repair_goes_a_slice_at_a_time_and_lets_changes_through() {
     let slices: Vec<usize> = (0..calls.len())
         .filter(|&i| calls[i].starts_with("dump_only"))
         .collect();
+    // 2,048 destinations' worth first, then up to twice as many a slice.
     assert!(
-        slices.len() >= 5,
-        "10,010 destinations in slices of 2,048: {calls:?}"
+        slices.len() >= 3,
+        "10,010 destinations in slices: {calls:?}"
     );
     let change = calls
         .iter()

@@ -103,6 +103,27 @@ struct Inner {
     draining: Drains,
 }
 
+/// Whether a kernel service is lb-node's: inside its ownership, or a
+/// firewall mark it programmed.
+fn manages(
+    ownership: &Ownership,
+    local: Option<&local::LocalVips>,
+    by_mark: &BTreeMap<(bool, u32), ServiceKey>,
+    key: &KernelKey,
+) -> bool {
+    let known_mark =
+        matches!(key, KernelKey::Fwmark { ipv6, mark } if by_mark.contains_key(&(*ipv6, *mark)));
+    known_mark || owns(ownership, local, key)
+}
+
+/// This thread's user and system CPU so far, in seconds.
+fn thread_cpu() -> Option<(f64, f64)> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let u = getrusage(UsageWho::RUSAGE_THREAD).ok()?;
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Some((secs(u.user_time()), secs(u.system_time())))
+}
+
 /// Managed services and destinations whose kernel settings lb-node would
 /// never program, found by a read.
 #[derive(Debug, Default)]
@@ -192,8 +213,12 @@ impl Inner {
     /// Whether a kernel service is lb-node's: inside its ownership, or a
     /// firewall mark it programmed.
     fn manages(&self, key: &KernelKey, by_mark: &BTreeMap<(bool, u32), ServiceKey>) -> bool {
-        let known_mark = matches!(key, KernelKey::Fwmark { ipv6, mark } if by_mark.contains_key(&(*ipv6, *mark)));
-        known_mark || owns(&self.settings.ownership, self.local_vips.as_ref(), key)
+        manages(
+            &self.settings.ownership,
+            self.local_vips.as_ref(),
+            by_mark,
+            key,
+        )
     }
 
     fn dump_inner(&mut self) -> Result<Table, IpvsError> {
@@ -253,30 +278,44 @@ impl Inner {
         Ok(destinations)
     }
 
-    /// The keys of the managed services, without their destinations (one
-    /// dump of the service list); services with settings lb-node never
-    /// programs are deleted, as a dump does.
-    fn service_keys(&mut self) -> Result<Vec<ServiceKey>, DataplaneError> {
-        let result = self.service_keys_inner();
-        result.map_err(|e| self.fail(e))
-    }
-
-    fn service_keys_inner(&mut self) -> Result<Vec<ServiceKey>, IpvsError> {
+    /// A listing of the managed services' keys, to run on a socket and a
+    /// thread of its own. A service with settings lb-node never programs
+    /// is listed by its address, so that the slice that reads it replaces
+    /// it.
+    fn lister(&self) -> impl FnOnce() -> Result<Vec<ServiceKey>, IpvsError> + Send + use<> {
+        let ownership = self.settings.ownership.clone();
+        let local_vips = self.local_vips.clone();
         let by_mark = self.by_mark();
-        let listed = self.socket()?.services()?;
-        let mut keys = Vec::new();
-        let mut unfit = Unfit::default();
-        for ks in listed {
-            if !self.manages(&ks.key, &by_mark) {
-                continue;
+        move || {
+            let mut sock = IpvsSocket::open()?;
+            let mut keys = Vec::new();
+            for ks in sock.services()? {
+                if !manages(&ownership, local_vips.as_ref(), &by_mark, &ks.key) {
+                    continue;
+                }
+                if let Some((key, _)) = read_service(&ks, &by_mark) {
+                    keys.push(key);
+                } else if let KernelKey::Addr {
+                    vip,
+                    port,
+                    protocol,
+                } = ks.key
+                {
+                    let protocol = match protocol {
+                        6 => Protocol::Tcp,
+                        17 => Protocol::Udp,
+                        132 => Protocol::Sctp,
+                        _ => continue,
+                    };
+                    keys.push(ServiceKey {
+                        vip,
+                        port,
+                        protocol,
+                    });
+                }
             }
-            match read_service(&ks, &by_mark) {
-                Some((key, _)) => keys.push(key),
-                None => unfit.services.push(ks.key),
-            }
+            Ok(keys)
         }
-        unfit.replace(self.socket()?)?;
-        Ok(keys)
     }
 
     /// The services `keys` as the kernel holds them (absent ones left out),
@@ -322,11 +361,24 @@ impl Inner {
     /// holds every request in memory at once.
     fn apply(&mut self, ops: &[Op]) -> ApplyReport {
         const SLICE: usize = 8192;
+        let cpu_before = (ops.len() > SLICE).then(thread_cpu).flatten();
         let mut report = ApplyReport::default();
         for chunk in ops.chunks(SLICE) {
             let part = self.apply_slice(chunk);
             report.applied += part.applied;
             report.failed.extend(part.failed);
+        }
+        // A big batch runs on this one thread, the kernel's work on each
+        // request inside its send call: this thread's system time is what
+        // the kernel spent on the batch, a floor for any client sending
+        // the same requests (docs/ipvs.md, *Figures*).
+        if let (Some((u0, s0)), Some((u1, s1))) = (cpu_before, thread_cpu()) {
+            info!(
+                ops = ops.len(),
+                thread_user_s = ((u1 - u0) * 1e3).round() / 1e3,
+                thread_system_s = ((s1 - s0) * 1e3).round() / 1e3,
+                "IPVS batch applied: the CPU of the thread that sent it"
+            );
         }
         report
     }
@@ -705,8 +757,22 @@ impl Dataplane for IpvsDataplane {
         self.netlink(keys.len() <= 16, |inner| inner.dump_only(keys))
     }
 
-    async fn service_keys(&mut self) -> Result<Vec<ServiceKey>, DataplaneError> {
-        self.netlink(false, Inner::service_keys)
+    fn list_services(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Vec<ServiceKey>, DataplaneError>> + Send + 'static
+    {
+        let list = self
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .lister();
+        async move {
+            let unavailable = |e: String| DataplaneError::Unavailable(e);
+            tokio::task::spawn_blocking(list)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?
+                .map_err(|e| unavailable(e.to_string()))
+        }
     }
 
     async fn repair_beside(&mut self, table: &Table) {
