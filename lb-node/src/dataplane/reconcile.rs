@@ -284,6 +284,11 @@ pub async fn run<D: Dataplane>(
             }
             continue;
         }
+        // While a listing runs, its end is what starts the round.
+        let wait = match listing {
+            Some(_) => tokio::time::Instant::now() + repair_interval,
+            None => wait,
+        };
         let wake = retry_at.map_or(wait, |r| r.min(wait));
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -322,11 +327,9 @@ pub async fn run<D: Dataplane>(
                     if !retry_refused(&mut dataplane, &mut programmed, &mut refused, &status).await {
                         programmed = None;
                     }
-                } else if tokio::time::Instant::now() >= wait && programmed.is_some() {
+                } else if tokio::time::Instant::now() >= wait && programmed.is_some() && listing.is_none() {
                     debug!("dataplane repair: listing the services to compare with the state");
                     listing = Some(tokio::spawn(dataplane.list_services()));
-                    // Until the listing is in (a round then sets the next).
-                    next_repair = tokio::time::Instant::now() + repair_interval;
                 }
             }
         }
