@@ -10,7 +10,8 @@
 //! `dump_only`, as many as take 10-40 ms to read), with the
 //! changes that arrive applied between its slices: a whole-table dump at
 //! 50,000 x 10 took 43 s in the kernel lab, every change waited behind it,
-//! and the dump alone held the whole table twice in memory (issue 20). A
+//! and the table was built twice (what the kernel held, what it should
+//! hold) (issue 20). A
 //! whole dump is left for the start and after the dataplane was
 //! unreachable, when nothing is known of what it holds.
 //!
@@ -255,8 +256,7 @@ pub async fn run<D: Dataplane>(
                     let _ = q.reply.send(dataplane.counters(&q.keys).await);
                 }
                 _ = housekeeping.tick() => {
-                    if let Err(e) = dataplane.maintain().await {
-                        warn!(error = %e, "dataplane housekeeping failed; resyncing");
+                    if !housekeep(&mut dataplane).await {
                         programmed = None;
                     }
                 }
@@ -300,8 +300,7 @@ pub async fn run<D: Dataplane>(
                 let _ = q.reply.send(dataplane.counters(&q.keys).await);
             }
             _ = housekeeping.tick() => {
-                if let Err(e) = dataplane.maintain().await {
-                    warn!(error = %e, "dataplane housekeeping failed; resyncing");
+                if !housekeep(&mut dataplane).await {
                     programmed = None;
                 }
             }
@@ -332,6 +331,18 @@ pub async fn run<D: Dataplane>(
                     listing = Some(tokio::spawn(dataplane.list_services()));
                 }
             }
+        }
+    }
+}
+
+/// The once-a-second housekeeping (IPVS: drained destinations deleted).
+/// False when the dataplane must be resynced from a dump.
+async fn housekeep<D: Dataplane>(dataplane: &mut D) -> bool {
+    match dataplane.maintain().await {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(error = %e, "dataplane housekeeping failed; resyncing");
+            false
         }
     }
 }
