@@ -147,6 +147,29 @@ async fn endpoints_timeouts_and_member_add_checks() -> anyhow::Result<()> {
         cluster_status(&members[&leader]).await?.voters,
         vec![1, 2, 3]
     );
+    // Membership is the leader's to judge: a follower asked to remove a
+    // member sends the caller to the leader rather than answering from its
+    // own view, which may not have applied the add the leader has just
+    // confirmed (CI once saw "member 5 is not a member" right after
+    // "member 5 added").
+    // (Not the member that was stopped: it may still be catching up.)
+    let follower = (1..=3u64)
+        .find(|id| *id != leader && *id != frozen)
+        .expect("a follower");
+    let refused = members[&follower]
+        .client()
+        .await?
+        .remove_member(proto::admin::v1::RemoveMemberRequest { id: 99 })
+        .await
+        .expect_err("a follower does not remove members");
+    let redirect = proto::errors::not_leader_of(&refused)
+        .unwrap_or_else(|| panic!("not a redirect to the leader: {refused:?}"));
+    assert_eq!(redirect.leader, leader, "{refused:?}");
+    assert_eq!(
+        redirect.leader_admin.as_deref(),
+        Some(members[&leader].admin.to_string().as_str()),
+        "{refused:?}"
+    );
     let (code, out, err, _) = lbctl(
         &all,
         &[

@@ -139,6 +139,21 @@ impl AdminService {
         propose_error(e)
     }
 
+    /// Membership changes (and drains, which name a member) are the
+    /// leader's: a follower sends the caller there before it judges
+    /// membership from its own view, which may not have applied the latest
+    /// change yet (a `member add` the leader has just confirmed, then a
+    /// `member remove` sent to a follower).
+    fn leader_only(&self, cluster: &ClusterHandle) -> Result<(), Status> {
+        let status = cluster.node.status.borrow();
+        if status.leader == status.id {
+            return Ok(());
+        }
+        let leader = status.leader;
+        drop(status);
+        Err(self.refused(ProposeError::NotLeader { leader }))
+    }
+
     fn cluster(&self) -> Result<&ClusterHandle, Status> {
         self.cluster.as_ref().ok_or_else(|| {
             Status::failed_precondition("this member is standalone: it has no cluster")
@@ -460,6 +475,7 @@ impl Admin for AdminService {
                 r.peer_address
             )));
         }
+        self.leader_only(cluster)?;
         if cluster.node.status.borrow().voters.contains(&r.id) {
             return Err(Status::already_exists(format!(
                 "member {} is already a member",
@@ -487,6 +503,7 @@ impl Admin for AdminService {
         if id == 0 {
             return Err(Status::invalid_argument("id: must be 1 or more"));
         }
+        self.leader_only(cluster)?;
         if !cluster.node.status.borrow().voters.contains(&id) {
             return Err(Status::not_found(format!("member {id} is not a member")));
         }
@@ -576,6 +593,7 @@ impl Admin for AdminService {
         if r.id == 0 {
             return Err(Status::invalid_argument("id: must be 1 or more"));
         }
+        self.leader_only(cluster)?;
         if !cluster.node.status.borrow().voters.contains(&r.id) {
             return Err(Status::not_found(format!(
                 "member {} is not a member",
