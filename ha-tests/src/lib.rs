@@ -354,6 +354,19 @@ pub struct ClusterLayout {
     pub dir: PathBuf,
     pub services: PathBuf,
     pub peer_ports: Vec<u16>,
+    /// The members' admin ports, in id order.
+    pub admin_ports: Vec<u16>,
+}
+
+/// A machine's config for joining a layout's cluster (`lbctl member add`).
+#[derive(Debug, Clone)]
+pub struct Joiner {
+    pub id: u64,
+    pub config: PathBuf,
+    /// Its peer address, as `member add` takes it.
+    pub peer: String,
+    /// Its admin API address.
+    pub admin: String,
 }
 
 impl ClusterLayout {
@@ -414,11 +427,42 @@ impl ClusterLayout {
             dir: dir.to_owned(),
             services: dir.join("services.toml"),
             peer_ports,
+            admin_ports,
         })
     }
 
     pub fn config(&self, id: u64) -> PathBuf {
         self.dir.join(format!("member-{id}.toml"))
+    }
+
+    /// Writes `member-<id>.toml` for a new machine that joins the cluster
+    /// by `lbctl member add` (the founding members in its config, as an
+    /// operator writes it): member 1's config with its own id, data
+    /// directory and ports.
+    pub fn write_joiner(&self, id: u64) -> anyhow::Result<Joiner> {
+        let (peer, admin) = (free_port()?, free_port()?);
+        let config = std::fs::read_to_string(self.config(1))?
+            .replacen("id = 1\n", &format!("id = {id}\n"), 1)
+            .replace(
+                "data_dir = \"data-1\"",
+                &format!("data_dir = \"data-{id}\""),
+            )
+            .replace(
+                &format!("listen = \"127.0.0.1:{}\"\n", self.peer_ports[0]),
+                &format!("listen = \"127.0.0.1:{peer}\"\n"),
+            )
+            .replace(
+                &format!("listen = \"127.0.0.1:{}\"\n", self.admin_ports[0]),
+                &format!("listen = \"127.0.0.1:{admin}\"\n"),
+            );
+        let path = self.config(id);
+        std::fs::write(&path, config)?;
+        Ok(Joiner {
+            id,
+            config: path,
+            peer: format!("127.0.0.1:{peer}"),
+            admin: format!("127.0.0.1:{admin}"),
+        })
     }
 
     /// Starts every member of the layout (ids 1 to n).

@@ -322,32 +322,11 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
     .await?;
 
     // member add: a fourth machine joins and catches up.
-    let port4 = ha_tests::free_port()?;
-    let admin4 = ha_tests::free_port()?;
-    let config4 = std::fs::read_to_string(layout.config(3))?
-        .replace("id = 3\n", "id = 4\n")
-        .replace("data-3", "data-4")
-        .replace(
-            &format!("listen = \"127.0.0.1:{}\"", layout.peer_ports[2]),
-            &format!("listen = \"127.0.0.1:{port4}\""),
-        )
-        .replace(
-            &format!("listen = \"{}\"", members[&3].admin),
-            &format!("listen = \"127.0.0.1:{admin4}\""),
-        );
-    let config4_path = dir.path().join("member-4.toml");
-    std::fs::write(&config4_path, config4)?;
-    let fourth = Member::start(&config4_path)?;
+    let joiner = layout.write_joiner(4)?;
+    let fourth = Member::start(&joiner.config)?;
     let (code, out, err) = lbctl(
         &all,
-        &[
-            "member",
-            "add",
-            "4",
-            &format!("127.0.0.1:{port4}"),
-            "--admin",
-            &format!("127.0.0.1:{admin4}"),
-        ],
+        &["member", "add", "4", &joiner.peer, "--admin", &joiner.admin],
     )?;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("member 4 added"), "{out}");

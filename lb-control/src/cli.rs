@@ -143,9 +143,10 @@ pub(crate) enum BackendAction {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum MemberAction {
-    /// Add a voting member. Start it first (with the cluster's members in
-    /// its config): its peer address is checked to answer before it is
-    /// added, since a voter nobody can reach counts against the quorum.
+    /// Add a member, a voter or (--learner) a learner. Start it first
+    /// (with the cluster's members in its config): its peer address is
+    /// checked to answer before it is added, since a voter nobody can
+    /// reach counts against the quorum.
     Add {
         /// The new member's node.id (1 or more, not used by another).
         id: u64,
@@ -157,6 +158,22 @@ pub(crate) enum MemberAction {
         /// Add it even if its peer address does not answer now.
         #[arg(long)]
         force: bool,
+        /// Add it as a learner: it replicates the table, programs it and
+        /// announces (owns VIPs, or every VIP in BGP ECMP mode), but never
+        /// votes nor leads. Scales the data plane out beyond 3 or 5
+        /// voters.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// The learner's node.id.
+        id: u64,
+    },
+    /// Make a voter a learner (not the leader: transfer leadership first).
+    Demote {
+        /// The voter's node.id.
+        id: u64,
     },
     /// Remove a member.
     Remove {

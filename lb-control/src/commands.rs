@@ -98,6 +98,7 @@ pub(crate) async fn call(
                     id,
                     peer_address,
                     admin,
+                    learner,
                     ..
                 },
         } => {
@@ -106,9 +107,21 @@ pub(crate) async fn call(
                     admin_address: admin.clone().unwrap_or_default(),
                     id: *id,
                     peer_address: peer_address.clone(),
+                    learner: *learner,
                 })
                 .await?;
-            done(out, &format!("member {id} added"));
+            let what = if *learner { " as a learner" } else { "" };
+            done(out, &format!("member {id} added{what}"));
+        }
+        Command::Member {
+            action: action @ (MemberAction::Promote { id } | MemberAction::Demote { id }),
+        } => {
+            let learner = matches!(action, MemberAction::Demote { .. });
+            client
+                .set_member_role(pb::SetMemberRoleRequest { id: *id, learner })
+                .await?;
+            let role = if learner { "a learner" } else { "a voter" };
+            done(out, &format!("member {id} is {role}"));
         }
         Command::Member {
             action: MemberAction::Remove { id },

@@ -90,6 +90,7 @@ pub(crate) fn print_status(s: &pb::GetStatusResponse, output: Output) {
                     "commit_index": c.commit_index,
                     "applied_index": c.applied_index,
                     "voters": c.voters,
+                    "learners": c.learners,
                     "drained": c.drained,
                     "members": c.members.iter().map(|m| json!({"id": m.id, "peer_address": m.peer_address, "admin_address": m.admin_address})).collect::<Vec<_>>(),
                     "lease_held": c.lease_held,
@@ -148,6 +149,8 @@ pub(crate) fn print_status(s: &pb::GetStatusResponse, output: Output) {
                     for m in &c.members {
                         let voter = if c.voters.contains(&m.id) {
                             "voter"
+                        } else if c.learners.contains(&m.id) {
+                            "learner"
                         } else {
                             "not voting"
                         };

@@ -283,6 +283,7 @@ impl Admin for AdminService {
                         })
                         .collect(),
                     voters: raft.voters,
+                    learners: raft.learners,
                     drained: state.drained_members().iter().copied().collect(),
                     lease_held: raft.lease_held,
                     may_announce: raft.may_announce,
@@ -476,22 +477,90 @@ impl Admin for AdminService {
             )));
         }
         self.leader_only(cluster)?;
-        if cluster.node.status.borrow().voters.contains(&r.id) {
-            return Err(Status::already_exists(format!(
-                "member {} is already a member",
-                r.id
-            )));
+        {
+            let status = cluster.node.status.borrow();
+            if status.voters.contains(&r.id) || status.learners.contains(&r.id) {
+                let role = if status.voters.contains(&r.id) {
+                    "a voter"
+                } else {
+                    "a learner"
+                };
+                return Err(Status::already_exists(format!(
+                    "member {} is already a member ({role}; `lbctl member promote` or `demote` changes its role)",
+                    r.id
+                )));
+            }
         }
         let admin_address = (!r.admin_address.is_empty()).then_some(r.admin_address);
+        let learner = r.learner;
         cluster
             .node
-            .add_member(r.id, r.peer_address, admin_address)
+            .add_member(r.id, r.peer_address, admin_address, learner)
             .await
             .map_err(|e| self.refused(e))?;
         let id = r.id;
-        self.wait_for(format!("adding member {id}"), |s, _| s.voters.contains(&id))
-            .await?;
+        self.wait_for(format!("adding member {id}"), |s, _| {
+            if learner {
+                s.learners.contains(&id)
+            } else {
+                s.voters.contains(&id)
+            }
+        })
+        .await?;
         Ok(Response::new(pb::AddMemberResponse {}))
+    }
+
+    async fn set_member_role(
+        &self,
+        request: Request<pb::SetMemberRoleRequest>,
+    ) -> Result<Response<pb::SetMemberRoleResponse>, Status> {
+        let r = request.into_inner();
+        let cluster = self.cluster()?;
+        if r.id == 0 {
+            return Err(Status::invalid_argument("id: must be 1 or more"));
+        }
+        self.leader_only(cluster)?;
+        let (voter, learner) = {
+            let s = cluster.node.status.borrow();
+            (s.voters.contains(&r.id), s.learners.contains(&r.id))
+        };
+        let (id, to_learner) = (r.id, r.learner);
+        match (voter, learner) {
+            (false, false) => {
+                return Err(Status::not_found(format!("member {id} is not a member")));
+            }
+            (true, _) if !to_learner => {
+                return Err(Status::already_exists(format!(
+                    "member {id} is already a voter"
+                )));
+            }
+            (_, true) if to_learner => {
+                return Err(Status::already_exists(format!(
+                    "member {id} is already a learner"
+                )));
+            }
+            _ => {}
+        }
+        cluster
+            .node
+            .set_member_role(id, to_learner)
+            .await
+            .map_err(|e| self.refused(e))?;
+        self.wait_for(
+            format!(
+                "making member {id} a {}",
+                if to_learner { "learner" } else { "voter" }
+            ),
+            |s, _| {
+                if to_learner {
+                    s.learners.contains(&id)
+                } else {
+                    s.voters.contains(&id)
+                }
+            },
+        )
+        .await?;
+        Ok(Response::new(pb::SetMemberRoleResponse {}))
     }
 
     async fn remove_member(
@@ -504,7 +573,7 @@ impl Admin for AdminService {
             return Err(Status::invalid_argument("id: must be 1 or more"));
         }
         self.leader_only(cluster)?;
-        if !cluster.node.status.borrow().voters.contains(&id) {
+        if !cluster.node.status.borrow().is_member(id) {
             return Err(Status::not_found(format!("member {id} is not a member")));
         }
         cluster
@@ -512,10 +581,8 @@ impl Admin for AdminService {
             .remove_member(id)
             .await
             .map_err(|e| self.refused(e))?;
-        self.wait_for(format!("removing member {id}"), |s, _| {
-            !s.voters.contains(&id)
-        })
-        .await?;
+        self.wait_for(format!("removing member {id}"), |s, _| !s.is_member(id))
+            .await?;
         Ok(Response::new(pb::RemoveMemberResponse {}))
     }
 
@@ -594,7 +661,7 @@ impl Admin for AdminService {
             return Err(Status::invalid_argument("id: must be 1 or more"));
         }
         self.leader_only(cluster)?;
-        if !cluster.node.status.borrow().voters.contains(&r.id) {
+        if !cluster.node.status.borrow().is_member(r.id) {
             return Err(Status::not_found(format!(
                 "member {} is not a member",
                 r.id

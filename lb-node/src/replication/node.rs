@@ -57,6 +57,13 @@ pub enum Input {
         id: u64,
         peer_address: String,
         admin_address: Option<String>,
+        learner: bool,
+        done: oneshot::Sender<Result<(), ProposeError>>,
+    },
+    /// Promote a learner (`learner` false) or demote a voter.
+    MemberRole {
+        id: u64,
+        learner: bool,
         done: oneshot::Sender<Result<(), ProposeError>>,
     },
     RemoveMember {
@@ -87,6 +94,8 @@ pub struct RaftStatus {
     pub commit_index: u64,
     pub applied_index: u64,
     pub voters: Vec<u64>,
+    /// Members that replicate, program and announce, but never vote.
+    pub learners: Vec<u64>,
     /// The VIPs this member may announce now (owner, lease held, fenced).
     pub announced: Arc<std::collections::BTreeSet<std::net::IpAddr>>,
     /// Every VIP while this member may announce (lease, in touch, not
@@ -118,6 +127,11 @@ impl RaftStatus {
     pub fn is_leader(&self) -> bool {
         self.role == Role::Leader
     }
+
+    /// Whether `id` is a member of the configuration, voter or learner.
+    pub fn is_member(&self, id: u64) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
 }
 
 /// A member's Raft role.
@@ -128,6 +142,8 @@ pub enum Role {
     PreCandidate,
     Candidate,
     Leader,
+    /// A follower that never votes nor stands for election.
+    Learner,
 }
 
 impl Role {
@@ -138,6 +154,7 @@ impl Role {
             Role::PreCandidate => "pre-candidate",
             Role::Candidate => "candidate",
             Role::Leader => "leader",
+            Role::Learner => "learner",
         }
     }
 }
@@ -183,6 +200,9 @@ fn status_of(replica: &Replica, announced: Option<AnnouncedSets>, clock: &TickCl
         id: replica.id(),
         role: match replica.role() {
             raft::StateRole::Leader => Role::Leader,
+            raft::StateRole::Follower if replica.learners().contains(&replica.id()) => {
+                Role::Learner
+            }
             raft::StateRole::Follower => Role::Follower,
             raft::StateRole::Candidate => Role::Candidate,
             raft::StateRole::PreCandidate => Role::PreCandidate,
@@ -192,6 +212,7 @@ fn status_of(replica: &Replica, announced: Option<AnnouncedSets>, clock: &TickCl
         commit_index: replica.commit_index(),
         applied_index: replica.applied_index(),
         voters: replica.voters(),
+        learners: replica.learners(),
         announced,
         ecmp,
         serving: replica.serving(),
@@ -323,13 +344,18 @@ pub fn run(
                     id,
                     peer_address,
                     admin_address,
+                    learner,
                     done,
                 } => {
                     let _ = done.send(replica.propose_add_member(
                         id,
                         &peer_address,
                         admin_address.as_deref(),
+                        learner,
                     ));
+                }
+                Input::MemberRole { id, learner, done } => {
+                    let _ = done.send(replica.propose_member_role(id, learner));
                 }
                 Input::RemoveMember { id, done } => {
                     let _ = done.send(replica.propose_remove_member(id));
@@ -462,21 +488,29 @@ impl NodeHandle {
         answer.await.map_err(|_| ProposeError::Stopped)?
     }
 
-    /// Proposes adding a voting member; returns once proposed (the change
-    /// takes effect when committed).
+    /// Proposes adding a member, a voter or a learner; returns once
+    /// proposed (the change takes effect when committed).
     pub async fn add_member(
         &self,
         id: u64,
         peer_address: String,
         admin_address: Option<String>,
+        learner: bool,
     ) -> Result<(), ProposeError> {
         self.ask(|done| Input::AddMember {
             id,
             peer_address,
             admin_address,
+            learner,
             done,
         })
         .await
+    }
+
+    /// Proposes promoting a learner (`learner` false) or demoting a voter.
+    pub async fn set_member_role(&self, id: u64, learner: bool) -> Result<(), ProposeError> {
+        self.ask(|done| Input::MemberRole { id, learner, done })
+            .await
     }
 
     pub async fn remove_member(&self, id: u64) -> Result<(), ProposeError> {

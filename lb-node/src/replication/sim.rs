@@ -60,6 +60,7 @@ pub struct View {
     pub commit: u64,
     pub applied: u64,
     pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
 }
 
 fn view(r: &mut Replica) -> View {
@@ -71,6 +72,7 @@ fn view(r: &mut Replica) -> View {
         commit: r.commit_index(),
         applied: r.applied_index(),
         voters: r.voters(),
+        learners: r.learners(),
     }
 }
 
@@ -181,13 +183,26 @@ impl Sim {
         self.members.get(&leader)?.with(f)
     }
 
-    /// Proposes, through the leader, adding member `id`.
+    /// Proposes, through the leader, adding member `id` as a voter.
     pub fn propose_add_member(&mut self, id: u64) -> bool {
+        self.propose_join(id, false)
+    }
+
+    /// Proposes, through the leader, adding member `id`, a voter or a
+    /// learner.
+    pub fn propose_join(&mut self, id: u64, learner: bool) -> bool {
         self.on_leader(move |r| {
-            r.propose_add_member(id, &format!("sim-{id}:0"), None)
+            r.propose_add_member(id, &format!("sim-{id}:0"), None, learner)
                 .is_ok()
         })
         .unwrap_or(false)
+    }
+
+    /// Proposes, through the leader, promoting learner `id` (`learner`
+    /// false) or demoting voter `id`.
+    pub fn propose_member_role(&mut self, id: u64, learner: bool) -> bool {
+        self.on_leader(move |r| r.propose_member_role(id, learner).is_ok())
+            .unwrap_or(false)
     }
 
     /// Proposes, through the leader, removing member `id`.

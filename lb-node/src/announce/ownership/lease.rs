@@ -158,11 +158,11 @@ impl Lease {
     /// Whether `member`'s lease must have lapsed by tick `now`, as `me`
     /// knows: so many voters other than it have not heard it for a full
     /// lease (`me` by its own ear, the others by their views received
-    /// within the lease) that those left cannot make a quorum with it.
+    /// within the lease) that those left cannot make a quorum (with it,
+    /// when it votes: a learner's lease is the voters' echoes alone).
+    /// Whether `member` belongs to the configuration at all is the
+    /// caller's to check.
     pub fn lapsed(&self, me: u64, member: u64, voters: &[u64], now: u64) -> bool {
-        if !voters.contains(&member) {
-            return true;
-        }
         let others: Vec<u64> = voters.iter().copied().filter(|v| *v != member).collect();
         let silent = others
             .iter()
@@ -176,8 +176,10 @@ impl Lease {
                 }
             })
             .count();
-        // At most this many others can still echo it, plus itself.
-        others.len() - silent + 1 < Self::quorum(voters)
+        // At most this many others can still echo it, plus itself if it
+        // votes.
+        let itself = usize::from(voters.contains(&member));
+        others.len() - silent + itself < Self::quorum(voters)
     }
 }
 
@@ -240,7 +242,29 @@ mod tests {
         l.heard(3, 26, None, None);
         l.heard(2, 26, None, Some(&[1]));
         assert!(!l.lapsed(1, 3, &VOTERS, 26));
-        assert!(l.lapsed(1, 9, &VOTERS, 26), "not a voter");
+    }
+
+    #[test]
+    fn a_learners_lease_is_the_voters_echoes_alone() {
+        // Member 4 learns: it needs two of the three voters' echoes, and
+        // its own ear does not count.
+        let mut l = Lease::new(10);
+        l.heard(1, 5, Some(4), None);
+        assert!(!l.holds(4, &VOTERS, 5), "one voter of three");
+        l.heard(2, 6, Some(5), None);
+        assert_eq!(l.until(4, &VOTERS, 6), Some(14), "the older echo");
+        // Seen from voter 1: 2 and 3 still hear 4, so its lease may hold.
+        let mut v = Lease::new(10);
+        v.heard(2, 20, None, Some(&[3, 4]));
+        v.heard(3, 20, None, Some(&[2, 4]));
+        assert!(!v.lapsed(1, 4, &VOTERS, 20));
+        // Only 3 hears it now: one voter of three cannot make a quorum,
+        // and the learner is not one of its quorum itself (a voter heard
+        // by one other voter still has that one and itself).
+        v.heard(2, 21, None, Some(&[3]));
+        assert!(v.lapsed(1, 4, &VOTERS, 21));
+        v.heard(2, 22, None, Some(&[3, 4]));
+        assert!(!v.lapsed(1, 4, &VOTERS, 22), "2 hears 4 again");
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub struct RaftView {
     pub now: u64,
     /// Voters of the current configuration, sorted.
     pub voters: Vec<u64>,
+    /// Learners of the current configuration (members that replicate,
+    /// program and announce, but never vote nor lead), sorted.
+    pub learners: Vec<u64>,
     /// The leader this member knows of; 0 for none.
     pub leader: u64,
     /// Whether this member is the leader.
@@ -80,6 +83,22 @@ pub struct RaftView {
     pub applied_term: u64,
     /// A committed change removed this member: it announces nothing.
     pub removed: bool,
+}
+
+impl RaftView {
+    /// Every member of the configuration, voters and learners, sorted:
+    /// those that take part in the leases and may own VIPs.
+    pub fn members(&self) -> Vec<u64> {
+        let mut all: Vec<u64> = self.voters.iter().chain(&self.learners).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    /// Whether `id` is a member (a voter or a learner).
+    pub fn is_member(&self, id: u64) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
 }
 
 /// Sent with every Raft message and beat: the sender's clock (its
@@ -295,14 +314,15 @@ impl Ownership {
         self.note(v, state);
     }
 
-    /// The voters due a beat from this member (once per heartbeat).
+    /// The members due a beat from this member (once per heartbeat):
+    /// every other one, voters and learners (a learner's lease is the
+    /// voters' echoes of its ticks, and its view tells them whom it hears).
     pub fn take_beats(&mut self, v: &RaftView) -> Vec<u64> {
         if !std::mem::take(&mut self.beats_due) {
             return Vec::new();
         }
-        v.voters
-            .iter()
-            .copied()
+        v.members()
+            .into_iter()
             .filter(|id| *id != self.config.me)
             .collect()
     }
@@ -369,9 +389,8 @@ impl Ownership {
     }
 
     pub fn healthy_members(&self, v: &RaftView) -> BTreeSet<u64> {
-        v.voters
-            .iter()
-            .copied()
+        v.members()
+            .into_iter()
             .filter(|id| *id == self.config.me || self.lease.hears(*id, v.now))
             .collect()
     }
@@ -417,7 +436,8 @@ impl Ownership {
     /// and it stopped (both counted from when it sent: equal tick rates).
     fn stopped(&self, v: &RaftView, member: u64) -> bool {
         let lease = self.config.election_ticks;
-        self.lease.lapsed(self.config.me, member, &v.voters, v.now)
+        !v.is_member(member)
+            || self.lease.lapsed(self.config.me, member, &v.voters, v.now)
             || (v.is_leader
                 && self.lease.silent_for(member, v.now) > lease + self.leaderless_grace())
     }

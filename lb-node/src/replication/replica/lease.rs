@@ -10,14 +10,15 @@ use super::{PeerHealth, RaftStore, Replica};
 use crate::model::Command;
 
 impl<S: RaftStore> Replica<S> {
-    /// On the leader: each other voter's (id, healthy, match index). Empty
-    /// on a follower.
+    /// On the leader: each other member's (id, healthy, match index),
+    /// voters and learners. Empty on a follower.
     pub fn peer_health(&self) -> Vec<PeerHealth> {
         if !self.is_leader() {
             return Vec::new();
         }
         let healthy = self.healthy_members();
-        self.voters()
+        self.view()
+            .members()
             .into_iter()
             .filter(|id| *id != self.config.id)
             .map(|id| {
@@ -106,8 +107,8 @@ impl<S: RaftStore> Replica<S> {
             return;
         }
         let healthy = self.ownership.healthy_members(&v);
-        let voters: BTreeSet<u64> = v.voters.iter().copied().collect();
-        let want = if healthy == voters {
+        let members: BTreeSet<u64> = v.members().into_iter().collect();
+        let want = if healthy == members {
             BTreeSet::new()
         } else {
             healthy

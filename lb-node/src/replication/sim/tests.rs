@@ -267,4 +267,5 @@ fn leadership_is_transferred_to_the_named_member() {
 }
 
 /// The VIP ownership and announcement scenarios.
+mod learners;
 mod vips;

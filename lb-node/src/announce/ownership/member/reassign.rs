@@ -72,15 +72,15 @@ impl Ownership {
         // leader stopped hearing: others may still hear it, and it
         // announces on (its lease holds) until it applies the release.
         let me = self.config.me;
-        let stopped: BTreeSet<u64> = v
-            .voters
+        let members = v.members();
+        let stopped: BTreeSet<u64> = members
             .iter()
             .copied()
             .filter(|id| self.stopped(v, *id))
             .collect();
         let known_applied = &self.known_applied;
         let everyone_has = |index: u64| {
-            v.voters.iter().all(|id| {
+            members.iter().all(|id| {
                 *id == me
                     || known_applied.get(id).is_some_and(|a| *a >= index)
                     || stopped.contains(id)

@@ -59,6 +59,7 @@ fn lab(leader: u64, vips: &[&str], owners: &[(&str, u64)], unready: &[u64], disk
             v: RaftView {
                 now: 0,
                 voters: vec![1, 2, 3],
+                learners: vec![],
                 leader,
                 is_leader: me == leader,
                 term: 2,
