@@ -161,6 +161,9 @@ pub struct Lab {
     arping: Option<Child>,
     admin_ports: BTreeMap<u64, u16>,
     peer_ports: BTreeMap<u64, u16>,
+    /// The founding members' `cluster.member` list, which a joiner's
+    /// config lists too (`start_joiner`).
+    founders: String,
     /// Members' admin APIs (and metrics endpoints) listen on every address
     /// of their namespace (not only loopback), so that the client namespace
     /// reaches them at 10.77.0.N (the drills' writer and probes run there).
@@ -223,6 +226,7 @@ impl Lab {
             arping: None,
             admin_ports: BTreeMap::new(),
             peer_ports: BTreeMap::new(),
+            founders: String::new(),
             admin_on_lan: false,
             dataplane: String::new(),
             backends: vec!["10.77.0.200"],
@@ -422,6 +426,7 @@ impl Lab {
             };
         let services = self.services_file.clone().unwrap_or(services);
         std::fs::write(self.dir.path().join("services.toml"), services)?;
+        self.founders = list.join(", ");
         for (id, peer, admin) in &peers {
             if self.loop_disks && !self.disks.contains_key(id) {
                 let fs = crate::disk::LoopFs::mount(
@@ -430,18 +435,12 @@ impl Lab {
                 )?;
                 self.disks.insert(*id, fs);
             }
-            let config = self.dir.path().join(format!("member-{id}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "[node]\nid = {id}\ninsecure = true\n\n[source.file]\npath = \"services.toml\"\n\n[admin]\nlisten = \"{admin_host}:{admin}\"\nmetrics_listen = \"{}:0\"\n\n\
-                     {}\n{}\n\
-                     [cluster]\nid = \"l2-lab\"\ndata_dir = \"data-{id}\"\nlisten = \"10.77.0.{id}:{peer}\"\nmember = [{}]\n",
-                    metrics_host(*id),
-                    announce(*id),
-                    self.dataplane,
-                    list.join(", ")
-                ),
+            let config = self.write_config(
+                *id,
+                *peer,
+                &format!("{admin_host}:{admin}"),
+                &metrics_host(*id),
+                &announce(*id),
             )?;
             let ns = self.ns(&format!("m{id}"));
             self.admin_ports.insert(*id, *admin);
@@ -450,6 +449,54 @@ impl Lab {
                 .insert(*id, Member::start_in(Some(&ns), &config)?);
         }
         Ok(())
+    }
+
+    /// Writes `member-<id>.toml`: the lab's source, this member's ports
+    /// and `announce` section, the founding members as `cluster.member`.
+    fn write_config(
+        &self,
+        id: u64,
+        peer: u16,
+        admin: &str,
+        metrics_host: &str,
+        announce: &str,
+    ) -> anyhow::Result<std::path::PathBuf> {
+        let config = self.dir.path().join(format!("member-{id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[node]\nid = {id}\ninsecure = true\n\n[source.file]\npath = \"services.toml\"\n\n[admin]\nlisten = \"{admin}\"\nmetrics_listen = \"{metrics_host}:0\"\n\n\
+                 {announce}\n{}\n\
+                 [cluster]\nid = \"l2-lab\"\ndata_dir = \"data-{id}\"\nlisten = \"10.77.0.{id}:{peer}\"\nmember = [{}]\n",
+                self.dataplane, self.founders
+            ),
+        )?;
+        Ok(config)
+    }
+
+    /// Starts member `id` on host `m<id>` (added with `add_host` at
+    /// 10.77.0.<id>) as a new machine: its config lists the founding
+    /// members, so it waits to be added (`lbctl member add`, with
+    /// `admin_on_lan`). Returns its peer and admin addresses.
+    pub fn start_joiner(&mut self, id: u64, announce: &str) -> anyhow::Result<(String, String)> {
+        anyhow::ensure!(self.admin_on_lan, "a joiner's admin API is on the LAN");
+        let (peer, admin) = (free_port()?, free_port()?);
+        let config = self.write_config(
+            id,
+            peer,
+            &format!("0.0.0.0:{admin}"),
+            &format!("10.77.0.{id}"),
+            announce,
+        )?;
+        let ns = self.ns(&format!("m{id}"));
+        self.admin_ports.insert(id, admin);
+        self.peer_ports.insert(id, peer);
+        self.members
+            .insert(id, Member::start_in(Some(&ns), &config)?);
+        Ok((
+            format!("10.77.0.{id}:{peer}"),
+            format!("10.77.0.{id}:{admin}"),
+        ))
     }
 
     pub fn seen(&self) -> Vec<ArpSeen> {

@@ -502,6 +502,7 @@ pub mod report;
 pub mod routerdrills;
 pub mod routers;
 pub mod scale;
+pub mod scaleout;
 pub mod sessions;
 pub mod target;
 pub mod traffic;

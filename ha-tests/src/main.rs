@@ -323,7 +323,8 @@ async fn router(name: &str, modes: Vec<ha_tests::routerdrills::Mode>) -> ExitCod
             .filter(|d| *d == name)
             .collect()
     };
-    let modes = if modes.is_empty() {
+    let every_mode = modes.is_empty();
+    let modes = if every_mode {
         vec![Mode::Owner, Mode::Ecmp]
     } else {
         modes
@@ -332,6 +333,11 @@ async fn router(name: &str, modes: Vec<ha_tests::routerdrills::Mode>) -> ExitCod
     for name in names {
         for mode in &modes {
             let mode = *mode;
+            // Learners scale ECMP out; asked for owner mode, the drill
+            // says so.
+            if every_mode && name == "learner-scale-out" && mode == Mode::Owner {
+                continue;
+            }
             let report = tokio::task::spawn_blocking(move || run(name, mode))
                 .await
                 .map_err(anyhow::Error::from)

@@ -478,7 +478,7 @@ fn isolate(lab: &Lab, id: u64, cut: bool) -> anyhow::Result<()> {
 
 /// The leader's admin API: tries each live member, follows none of the
 /// hints (every member is tried anyway).
-async fn on_leader<T, F, Fut>(lab: &Lab, what: &str, call: F) -> anyhow::Result<T>
+pub(crate) async fn on_leader<T, F, Fut>(lab: &Lab, what: &str, call: F) -> anyhow::Result<T>
 where
     F: Fn(pb::admin_client::AdminClient<tonic::transport::Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,

@@ -27,7 +27,10 @@
 //! - `bgp-bfd-cost`: no fault; the CPU time of every member's lb-node and
 //!   of FRR's daemons over 30 s with the sessions up, and every BFD
 //!   session up throughout (`DRILL_BFD_MS=0` runs it without BFD, the
-//!   baseline).
+//!   baseline);
+//! - `learner-scale-out` (ECMP mode only): two machines join as learners
+//!   under traffic, then a voter's and a learner's machine are lost
+//!   (`scaleout.rs`).
 
 use std::collections::BTreeSet;
 use std::process::Child;
@@ -43,19 +46,20 @@ use crate::report::Report;
 use crate::routers::{Frr, PeerSetup, Table};
 use crate::traffic::Traffic;
 
-pub const ROUTER_DRILLS: [&str; 6] = [
+pub const ROUTER_DRILLS: [&str; 7] = [
     "bgp-leader-crash",
     "bgp-owner-crash",
     "bgp-machine-lost",
     "bgp-stalled-member",
     "bgp-rolling-restart",
     "bgp-bfd-cost",
+    "learner-scale-out",
 ];
 
 /// How long `bgp-bfd-cost` measures.
 const COST_WINDOW: Duration = Duration::from_secs(30);
 
-const REQUESTS_PER_SECOND: u64 = 50;
+pub(crate) const REQUESTS_PER_SECOND: u64 = 50;
 const HOLD: u64 = 9;
 const RESTART_TIME: u64 = 60;
 
@@ -98,13 +102,13 @@ impl Drop for ClientNs {
 
 /// The router's kernel table, read every 10 ms: (Unix time, VIP ->
 /// members its route goes through).
-struct Sampler {
+pub(crate) struct Sampler {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<Vec<(f64, Table)>>,
 }
 
 impl Sampler {
-    fn start(router_ns: String) -> Sampler {
+    pub(crate) fn start(router_ns: String) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let halt = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -124,7 +128,7 @@ impl Sampler {
         Sampler { stop, thread }
     }
 
-    fn finish(self) -> Vec<(f64, Table)> {
+    pub(crate) fn finish(self) -> Vec<(f64, Table)> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap_or_default()
     }
@@ -165,7 +169,7 @@ fn kernel_table() -> anyhow::Result<Table> {
 /// Whether the table is what the mode asks for with every member in
 /// `members`: each VIP through all of them (ECMP), or each through one
 /// and every member with one (owner).
-fn complete(table: &Table, mode: Mode, members: &BTreeSet<u64>) -> bool {
+pub(crate) fn complete(table: &Table, mode: Mode, members: &BTreeSet<u64>) -> bool {
     match mode {
         Mode::Ecmp => VIPS.iter().all(|v| table.get(*v) == Some(members)),
         Mode::Owner => {
@@ -192,9 +196,23 @@ pub fn run(name: &str, mode: Mode) -> anyhow::Result<Report> {
                 ROUTER_DRILLS.join(", ")
             )
         })?;
+    let scale_out = name == "learner-scale-out";
+    anyhow::ensure!(
+        !scale_out || mode == Mode::Ecmp,
+        "learner-scale-out runs in ECMP mode only (--mode ecmp)"
+    );
     let mut lab = Lab::new(&format!("r{index}{}", &mode.name()[..1]))?;
     lab.admin_on_lan = true;
     lab.ipv6_service = false;
+    // learner-scale-out: two more machines, which join as learners.
+    let machines: u64 = if scale_out {
+        for id in crate::scaleout::LEARNERS {
+            lab.add_host(&format!("m{id}"), &format!("10.77.0.{id}"))?;
+        }
+        5
+    } else {
+        3
+    };
 
     // The client behind the router.
     let client = ClientNs(lab.ns("cl"));
@@ -234,7 +252,7 @@ pub fn run(name: &str, mode: Mode) -> anyhow::Result<Report> {
     // Every member's kernel serves every VIP (as IPVS would), answers ARP
     // only for its own addresses (so the router never finds a VIP by ARP),
     // and reaches the client through the router.
-    for id in 1..=3 {
+    for id in 1..=machines {
         let m = format!("m{id}");
         lab.exec(&m, &["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"])?;
         for vip in VIPS {
@@ -272,6 +290,7 @@ pub fn run(name: &str, mode: Mode) -> anyhow::Result<Report> {
             ipv6: false,
             bfd,
             graceful_restart: true,
+            members: machines,
             ..PeerSetup::new(65000, 65001, 179)
         },
     )?;
@@ -281,16 +300,17 @@ pub fn run(name: &str, mode: Mode) -> anyhow::Result<Report> {
     } else {
         String::new()
     };
-    lab.start_members_with(|id| {
+    let announce = |id: u64| {
         format!(
             "[announce]\nmode = \"bgp\"\nlocal_as = 65001\nrouter_id = \"10.77.0.{id}\"\nhold_time = {HOLD}\necmp = {ecmp}\n\
              graceful_restart = \"{RESTART_TIME}s\"\n{bfd_section}\
              [[announce.peer]]\naddress = \"10.77.0.100\"\nas = 65000\n"
         )
-    })?;
+    };
+    lab.start_members_with(announce)?;
     let lab_http = crate::binary("lab-http")?;
     let lab_http = lab_http.to_str().context("lab-http path")?;
-    let mut servers: Vec<Child> = (1..=3)
+    let mut servers: Vec<Child> = (1..=machines)
         .map(|id| {
             lab.spawn(
                 &format!("m{id}"),
@@ -308,7 +328,9 @@ pub fn run(name: &str, mode: Mode) -> anyhow::Result<Report> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            let result = runtime.block_on(drill(&mut lab, &frr, name, mode, &router_ns, bfd));
+            let result = runtime.block_on(drill(
+                &mut lab, &frr, name, mode, &router_ns, bfd, &announce,
+            ));
             if std::env::var_os("DRILL_LOGS").is_some() {
                 for (id, log) in &lab.past_logs {
                     eprintln!("==== member {id} (before its restart)\n{log}");
@@ -349,6 +371,7 @@ async fn drill(
     mode: Mode,
     router_ns: &str,
     bfd: bool,
+    announce: &dyn Fn(u64) -> String,
 ) -> anyhow::Result<Report> {
     let mut report = Report {
         drill: name.into(),
@@ -381,6 +404,9 @@ async fn drill(
     }
     if name == "bgp-bfd-cost" {
         return cost(lab, frr, report, bfd).await;
+    }
+    if name == "learner-scale-out" {
+        return crate::scaleout::drill(lab, router_ns, announce, report).await;
     }
     let has_routes = |m: u64| before.values().any(|s| s.contains(&m));
     let victim = match name {
@@ -682,7 +708,7 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 
 /// The router's table, read from its namespace by a thread of its own
 /// (this one lives in the client's).
-fn in_router(router_ns: &str) -> anyhow::Result<Table> {
+pub(crate) fn in_router(router_ns: &str) -> anyhow::Result<Table> {
     let ns = router_ns.to_owned();
     std::thread::spawn(move || {
         crate::netns::enter(&ns)?;
@@ -692,7 +718,7 @@ fn in_router(router_ns: &str) -> anyhow::Result<Table> {
     .map_err(|_| anyhow::anyhow!("the table reader panicked"))?
 }
 
-fn since_ms(t0: f64) -> u64 {
+pub(crate) fn since_ms(t0: f64) -> u64 {
     ((unix_now() - t0) * 1000.0).max(0.0) as u64
 }
 

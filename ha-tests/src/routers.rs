@@ -25,7 +25,7 @@ fn member_of(address: &str) -> Option<u64> {
         .strip_prefix("10.77.0.")
         .or_else(|| address.strip_prefix("fd00:77::"))
         .and_then(|m| m.parse().ok())
-        .filter(|m| (1..=3).contains(m))
+        .filter(|m| (1..=9).contains(m))
 }
 
 /// Processes killed on drop.
@@ -75,6 +75,9 @@ pub struct PeerSetup {
     pub connects: bool,
     /// TCP MD5 password of every session (FRR and GoBGP).
     pub password: Option<String>,
+    /// FRR: the members it peers with, 10.77.0.1 to .N (3 unless a drill
+    /// adds machines).
+    pub members: u64,
 }
 
 impl PeerSetup {
@@ -93,6 +96,7 @@ impl PeerSetup {
             ipv6_transport: false,
             connects: false,
             password: None,
+            members: 3,
         }
     }
 }
@@ -125,6 +129,7 @@ impl Frr {
             ipv6_transport,
             connects,
             password,
+            members: peers,
         } = setup.clone();
         let (members, listen) = if ipv6_transport {
             ("fd00:77::", "fd00:77::100")
@@ -163,7 +168,7 @@ impl Frr {
         if no_capabilities {
             bgp.push_str(" neighbor lb dont-capability-negotiate\n");
         }
-        for id in 1..=3 {
+        for id in 1..=peers {
             bgp.push_str(&format!(" neighbor {members}{id} peer-group lb\n"));
         }
         bgp.push_str(
