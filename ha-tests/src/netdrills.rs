@@ -1584,6 +1584,19 @@ async fn survival(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
         .find(|(_, m)| *m != leader)
         .context("a follower answering for a VIP")?;
     let to: std::net::SocketAddr = (vip.parse::<std::net::Ipv4Addr>()?, SESSION_PORT).into();
+    // `DRILL_UNSYNCED=1`: the owner's sync master stopped first, so no
+    // connection reaches the heir and each must survive without state
+    // (`mh` and `sloppy_tcp`).
+    let unsynced = std::env::var("DRILL_UNSYNCED").is_ok_and(|v| v == "1");
+    if unsynced {
+        lab.exec(
+            &format!("m{victim}"),
+            &["ipvsadm", "--stop-daemon", "master"],
+        )?;
+        report
+            .extra
+            .insert("unsynced".into(), serde_json::json!(true));
+    }
     let sessions = crate::sessions::Sessions::start(None, to, SESSIONS, SESSION_EVERY).await?;
     let queries =
         crate::sessions::Queries::start((to.ip(), 53).into(), "web.lab", Duration::from_millis(50))
@@ -1967,6 +1980,7 @@ pub fn run_in_kernel_lab(names: &[&str]) -> anyhow::Result<Vec<serde_json::Value
         "DRILL_TRAFFIC",
         "DRILL_FLOW_HANDOVER",
         "DRILL_CONNECTION_SYNC",
+        "DRILL_UNSYNCED",
     ]
     .iter()
     .filter_map(|v| Some(format!("export {v}='{}'\n", std::env::var(v).ok()?)))
