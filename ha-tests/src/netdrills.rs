@@ -1638,6 +1638,12 @@ async fn survival(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
         None => None,
     };
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // Connections still waiting now (5 s after the move) are the ones
+    // that will fail: what the client's TCP, the heir's IPVS and its
+    // conntrack hold for each, for the report.
+    if let Some(hung) = hung_connections(lab, vip, heir) {
+        report.extra.insert("hung_at_crash".into(), hung);
+    }
     // Failback: the machine returns (its kernel's connection table as it
     // was: the process died, not the machine) and takes a VIP back once
     // it has the others' connections.
@@ -1833,6 +1839,75 @@ async fn survival(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
 
 /// Packets the kernel dropped because a CPU's backlog was full (the
 /// second column of `/proc/net/softnet_stat`, summed over the CPUs).
+/// The client's connections to `vip` that have heard nothing for 2 s
+/// (`ss -tin`: rto, backoff, unacknowledged data), each with what the
+/// heir's IPVS (`/proc/net/ip_vs_conn`) and conntrack
+/// (`/proc/net/nf_conntrack`) hold for its port; at most 5. None when no
+/// connection waits or the tables cannot be read.
+fn hung_connections(lab: &Lab, vip: &str, heir: u64) -> Option<serde_json::Value> {
+    let ss = lab
+        .exec(
+            "c",
+            &["ss", "-tinH", "dst", &format!("{vip}:{SESSION_PORT}")],
+        )
+        .ok()?;
+    // `ss -tinH`: a line per socket, then an indented line of its
+    // TCP_INFO.
+    let mut hung = Vec::new();
+    let mut lines = ss.lines().peekable();
+    while let Some(head) = lines.next() {
+        let info = match lines.peek() {
+            Some(l) if l.starts_with(char::is_whitespace) => lines.next().unwrap_or_default(),
+            _ => "",
+        };
+        let lastrcv: u64 = info
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("lastrcv:"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let port = head
+            .split_whitespace()
+            .nth(3)
+            .and_then(|local| local.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<u16>().ok());
+        if let Some(port) = port
+            && lastrcv >= 2_000
+        {
+            hung.push((port, format!("{} | {}", head.trim(), info.trim())));
+        }
+    }
+    if hung.is_empty() {
+        return None;
+    }
+    let total = hung.len();
+    let ipvs = lab
+        .exec(&format!("m{heir}"), &["cat", "/proc/net/ip_vs_conn"])
+        .unwrap_or_default();
+    let conntrack = lab
+        .exec(&format!("m{heir}"), &["cat", "/proc/net/nf_conntrack"])
+        .unwrap_or_default();
+    let examples: Vec<serde_json::Value> = hung
+        .into_iter()
+        .take(5)
+        .map(|(port, client)| {
+            let hex = format!("{port:04X}");
+            let in_ipvs: Vec<&str> = ipvs
+                .lines()
+                .filter(|l| l.split_whitespace().nth(2) == Some(hex.as_str()))
+                .collect();
+            let needle = format!("sport={port} ");
+            let in_ct: Vec<&str> = conntrack.lines().filter(|l| l.contains(&needle)).collect();
+            serde_json::json!({
+                "port": port,
+                "client": client,
+                "heir_ipvs": in_ipvs,
+                "heir_conntrack": in_ct,
+            })
+        })
+        .collect();
+    Some(serde_json::json!({ "count": total, "examples": examples }))
+}
+
 fn softnet_dropped(lab: &Lab) -> Option<u64> {
     let text = lab.exec("c", &["cat", "/proc/net/softnet_stat"]).ok()?;
     text.lines()

@@ -23,6 +23,7 @@ use crate::replication::{ProposeError, Proposer};
 use crate::source::SourceStatus;
 
 mod events;
+mod members;
 mod services;
 
 use services::ServiceFilter;
@@ -137,21 +138,6 @@ impl AdminService {
             );
         }
         propose_error(e)
-    }
-
-    /// Membership changes (and drains, which name a member) are the
-    /// leader's: a follower sends the caller there before it judges
-    /// membership from its own view, which may not have applied the latest
-    /// change yet (a `member add` the leader has just confirmed, then a
-    /// `member remove` sent to a follower).
-    fn leader_only(&self, cluster: &ClusterHandle) -> Result<(), Status> {
-        let status = cluster.node.status.borrow();
-        if status.leader == status.id {
-            return Ok(());
-        }
-        let leader = status.leader;
-        drop(status);
-        Err(self.refused(ProposeError::NotLeader { leader }))
     }
 
     fn cluster(&self) -> Result<&ClusterHandle, Status> {
@@ -462,128 +448,27 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::AddMemberResponse>, Status> {
-        let r = request.into_inner();
-        let cluster = self.cluster()?;
-        if r.id == 0 {
-            return Err(Status::invalid_argument("id: must be 1 or more"));
-        }
-        let address_ok = r.peer_address.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
-        });
-        if !address_ok {
-            return Err(Status::invalid_argument(format!(
-                "peer_address: {:?} is not a host:port",
-                r.peer_address
-            )));
-        }
-        self.leader_only(cluster)?;
-        {
-            let status = cluster.node.status.borrow();
-            if status.voters.contains(&r.id) || status.learners.contains(&r.id) {
-                let role = if status.voters.contains(&r.id) {
-                    "a voter"
-                } else {
-                    "a learner"
-                };
-                return Err(Status::already_exists(format!(
-                    "member {} is already a member ({role}; `lbctl member promote` or `demote` changes its role)",
-                    r.id
-                )));
-            }
-        }
-        let admin_address = (!r.admin_address.is_empty()).then_some(r.admin_address);
-        let learner = r.learner;
-        cluster
-            .node
-            .add_member(r.id, r.peer_address, admin_address, learner)
+        self.member_add(request.into_inner())
             .await
-            .map_err(|e| self.refused(e))?;
-        let id = r.id;
-        self.wait_for(format!("adding member {id}"), |s, _| {
-            if learner {
-                s.learners.contains(&id)
-            } else {
-                s.voters.contains(&id)
-            }
-        })
-        .await?;
-        Ok(Response::new(pb::AddMemberResponse {}))
+            .map(Response::new)
     }
 
     async fn set_member_role(
         &self,
         request: Request<pb::SetMemberRoleRequest>,
     ) -> Result<Response<pb::SetMemberRoleResponse>, Status> {
-        let r = request.into_inner();
-        let cluster = self.cluster()?;
-        if r.id == 0 {
-            return Err(Status::invalid_argument("id: must be 1 or more"));
-        }
-        self.leader_only(cluster)?;
-        let (voter, learner) = {
-            let s = cluster.node.status.borrow();
-            (s.voters.contains(&r.id), s.learners.contains(&r.id))
-        };
-        let (id, to_learner) = (r.id, r.learner);
-        match (voter, learner) {
-            (false, false) => {
-                return Err(Status::not_found(format!("member {id} is not a member")));
-            }
-            (true, _) if !to_learner => {
-                return Err(Status::already_exists(format!(
-                    "member {id} is already a voter"
-                )));
-            }
-            (_, true) if to_learner => {
-                return Err(Status::already_exists(format!(
-                    "member {id} is already a learner"
-                )));
-            }
-            _ => {}
-        }
-        cluster
-            .node
-            .set_member_role(id, to_learner)
+        self.member_role(request.into_inner())
             .await
-            .map_err(|e| self.refused(e))?;
-        self.wait_for(
-            format!(
-                "making member {id} a {}",
-                if to_learner { "learner" } else { "voter" }
-            ),
-            |s, _| {
-                if to_learner {
-                    s.learners.contains(&id)
-                } else {
-                    s.voters.contains(&id)
-                }
-            },
-        )
-        .await?;
-        Ok(Response::new(pb::SetMemberRoleResponse {}))
+            .map(Response::new)
     }
 
     async fn remove_member(
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-        let id = request.into_inner().id;
-        let cluster = self.cluster()?;
-        if id == 0 {
-            return Err(Status::invalid_argument("id: must be 1 or more"));
-        }
-        self.leader_only(cluster)?;
-        if !cluster.node.status.borrow().is_member(id) {
-            return Err(Status::not_found(format!("member {id} is not a member")));
-        }
-        cluster
-            .node
-            .remove_member(id)
+        self.member_remove(request.into_inner())
             .await
-            .map_err(|e| self.refused(e))?;
-        self.wait_for(format!("removing member {id}"), |s, _| !s.is_member(id))
-            .await?;
-        Ok(Response::new(pb::RemoveMemberResponse {}))
+            .map(Response::new)
     }
 
     async fn list_vips(
@@ -655,26 +540,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DrainMemberRequest>,
     ) -> Result<Response<pb::DrainMemberResponse>, Status> {
-        let r = request.into_inner();
-        let cluster = self.cluster()?;
-        if r.id == 0 {
-            return Err(Status::invalid_argument("id: must be 1 or more"));
-        }
-        self.leader_only(cluster)?;
-        if !cluster.node.status.borrow().is_member(r.id) {
-            return Err(Status::not_found(format!(
-                "member {} is not a member",
-                r.id
-            )));
-        }
-        self.proposer
-            .propose(vec![Command::SetMemberDrained {
-                member: r.id,
-                drained: r.drained,
-            }])
+        self.member_drain(request.into_inner())
             .await
-            .map_err(|e| self.refused(e))?;
-        Ok(Response::new(pb::DrainMemberResponse {}))
+            .map(Response::new)
     }
 
     async fn trigger_snapshot(

@@ -178,10 +178,21 @@ impl<S: RaftStore> Replica<S> {
         for &(kind, id) in changes {
             match kind {
                 ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    let role = if kind == ConfChangeType::AddLearnerNode {
+                        "learner"
+                    } else {
+                        "voter"
+                    };
+                    if self.state.members().contains_key(&id) {
+                        // A promotion or demotion: the same member and
+                        // addresses, another role.
+                        info!(member = id, role, "member's role changed");
+                        continue;
+                    }
                     let context = String::from_utf8_lossy(context).into_owned();
                     let mut parts = context.split(' ');
                     let address = parts.next().unwrap_or_default().to_owned();
-                    info!(member = id, address, "member added");
+                    info!(member = id, address, role, "member added");
                     self.state.set_member(id, address);
                     if let Some(admin) = parts.next().filter(|a| !a.is_empty()) {
                         self.state.set_admin_address(id, admin.to_owned());
