@@ -64,6 +64,8 @@ pub async fn run_any(name: &str, size: Size) -> anyhow::Result<Report> {
         crate::kube::run(name, size.outage).await
     } else if name == "scale-50k" {
         crate::scale::run(size.scale).await
+    } else if name == "scale-100k" {
+        crate::scale::run(crate::scale::Scale::HUNDRED_K).await
     } else {
         run(name).await
     }

@@ -15,6 +15,7 @@ fn size() -> ha_tests::drills::Size {
             endpoints: 10,
             rate: 200,
             seconds: 10,
+            ..ha_tests::scale::Scale::FULL
         },
     }
 }

@@ -77,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         endpoints: a.endpoints,
         rate: a.rate,
         seconds: a.seconds,
+        ..Scale::FULL
     })
     .await?;
     println!(
