@@ -501,6 +501,7 @@ pub mod prereq;
 pub mod report;
 pub mod routerdrills;
 pub mod routers;
+pub mod routertable;
 pub mod scale;
 pub mod scaleout;
 pub mod sessions;

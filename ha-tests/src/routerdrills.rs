@@ -34,8 +34,6 @@
 
 use std::collections::BTreeSet;
 use std::process::Child;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -43,7 +41,9 @@ use anyhow::Context as _;
 use crate::l2lab::{Lab, VIPS, unix_now};
 use crate::netdrills::{leader_other_than, settled};
 use crate::report::Report;
-use crate::routers::{Frr, PeerSetup, Table};
+use crate::routers::{Frr, PeerSetup};
+pub use crate::routertable::Mode;
+use crate::routertable::{REQUESTS_PER_SECOND, Sampler, Table, complete, in_router, since_ms};
 use crate::traffic::Traffic;
 
 pub const ROUTER_DRILLS: [&str; 7] = [
@@ -59,35 +59,8 @@ pub const ROUTER_DRILLS: [&str; 7] = [
 /// How long `bgp-bfd-cost` measures.
 const COST_WINDOW: Duration = Duration::from_secs(30);
 
-pub(crate) const REQUESTS_PER_SECOND: u64 = 50;
 const HOLD: u64 = 9;
 const RESTART_TIME: u64 = 60;
-
-/// How the members announce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// One member per VIP.
-    Owner,
-    /// Every member every VIP.
-    Ecmp,
-}
-
-impl Mode {
-    pub fn parse(s: &str) -> Option<Mode> {
-        match s {
-            "owner" => Some(Mode::Owner),
-            "ecmp" => Some(Mode::Ecmp),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Owner => "owner",
-            Mode::Ecmp => "ecmp",
-        }
-    }
-}
 
 /// The client's namespace, deleted on drop.
 struct ClientNs(String);
@@ -97,91 +70,6 @@ impl Drop for ClientNs {
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &self.0])
             .status();
-    }
-}
-
-/// The router's kernel table, read every 10 ms: (Unix time, VIP ->
-/// members its route goes through).
-pub(crate) struct Sampler {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<(f64, Table)>>,
-}
-
-impl Sampler {
-    pub(crate) fn start(router_ns: String) -> Sampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let halt = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut samples = Vec::new();
-            if crate::netns::enter(&router_ns).is_err() {
-                return samples;
-            }
-            while !halt.load(Ordering::Relaxed) {
-                let next = std::time::Instant::now() + Duration::from_millis(10);
-                if let Ok(t) = kernel_table() {
-                    samples.push((unix_now(), t));
-                }
-                std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
-            }
-            samples
-        });
-        Sampler { stop, thread }
-    }
-
-    pub(crate) fn finish(self) -> Vec<(f64, Table)> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap_or_default()
-    }
-}
-
-/// This namespace's routes to the VIPs (`ip -j route`), by next hop.
-fn kernel_table() -> anyhow::Result<Table> {
-    let out = std::process::Command::new("ip")
-        .args(["-j", "route", "show"])
-        .output()?;
-    let routes: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let mut table = Table::new();
-    for r in routes.as_array().into_iter().flatten() {
-        let Some(dst) = r.get("dst").and_then(|d| d.as_str()) else {
-            continue;
-        };
-        if !VIPS.contains(&dst) {
-            continue;
-        }
-        let hops: Vec<&serde_json::Value> = match r.get("nexthops").and_then(|n| n.as_array()) {
-            Some(list) => list.iter().collect(),
-            None => vec![r],
-        };
-        for h in hops {
-            let member = h
-                .get("gateway")
-                .and_then(|g| g.as_str())
-                .and_then(|g| g.strip_prefix("10.77.0."))
-                .and_then(|m| m.parse::<u64>().ok());
-            if let Some(m) = member {
-                table.entry(dst.to_owned()).or_default().insert(m);
-            }
-        }
-    }
-    Ok(table)
-}
-
-/// Whether the table is what the mode asks for with every member in
-/// `members`: each VIP through all of them (ECMP), or each through one
-/// and every member with one (owner).
-pub(crate) fn complete(table: &Table, mode: Mode, members: &BTreeSet<u64>) -> bool {
-    match mode {
-        Mode::Ecmp => VIPS.iter().all(|v| table.get(*v) == Some(members)),
-        Mode::Owner => {
-            let owners: BTreeSet<u64> = VIPS
-                .iter()
-                .filter_map(|v| table.get(*v).filter(|s| s.len() == 1))
-                .flat_map(|s| s.iter().copied())
-                .collect();
-            VIPS.iter()
-                .all(|v| table.get(*v).is_some_and(|s| s.len() == 1))
-                && &owners == members
-        }
     }
 }
 
@@ -704,22 +592,6 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
             .with_context(|| format!("/proc/{pid}/stat has no field {n}"))
     };
     Ok((ticks(14)? + ticks(15)?) / 100.0)
-}
-
-/// The router's table, read from its namespace by a thread of its own
-/// (this one lives in the client's).
-pub(crate) fn in_router(router_ns: &str) -> anyhow::Result<Table> {
-    let ns = router_ns.to_owned();
-    std::thread::spawn(move || {
-        crate::netns::enter(&ns)?;
-        kernel_table()
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the table reader panicked"))?
-}
-
-pub(crate) fn since_ms(t0: f64) -> u64 {
-    ((unix_now() - t0) * 1000.0).max(0.0) as u64
 }
 
 #[cfg(test)]

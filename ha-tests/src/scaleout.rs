@@ -22,8 +22,9 @@ use proto::admin::v1 as pb;
 use crate::l2lab::{Lab, VIPS, unix_now};
 use crate::netdrills::{admin, leader_other_than, on_leader, settled};
 use crate::report::Report;
-use crate::routerdrills::{Mode, REQUESTS_PER_SECOND, Sampler, complete, in_router, since_ms};
-use crate::routers::Table;
+use crate::routertable::{
+    Mode, REQUESTS_PER_SECOND, Sampler, Table, complete, in_router, since_ms,
+};
 use crate::traffic::{Sent, Traffic};
 
 /// The founding voters and the learners that join.
