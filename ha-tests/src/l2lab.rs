@@ -146,6 +146,11 @@ pub fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Milliseconds since the Unix time `t0`.
+pub fn since_ms(t0: f64) -> u64 {
+    ((unix_now() - t0) * 1000.0).max(0.0) as u64
+}
+
 /// The lab: namespaces, members, capture.
 #[derive(Debug)]
 pub struct Lab {

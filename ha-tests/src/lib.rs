@@ -231,17 +231,41 @@ impl Member {
     /// Runs `lbctl` against this member and returns (exit code, stdout,
     /// stderr).
     pub fn lbctl(&self, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-        let out = Command::new(binary("lbctl")?)
-            .arg("--endpoint")
-            .arg(format!("http://{}", self.admin))
-            .args(args)
-            .output()?;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+        lbctl_on(&[self], args)
     }
+}
+
+/// Runs `lbctl` with every given member as an endpoint, in that order;
+/// (exit code, stdout, stderr).
+pub fn lbctl_on(members: &[&Member], args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let mut cmd = Command::new(binary("lbctl")?);
+    for m in members {
+        cmd.arg("--endpoint").arg(format!("http://{}", m.admin));
+    }
+    let out = cmd.args(args).output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// The leader every member of `members` names, once they agree and it is
+/// one of them (within 20 s).
+pub async fn agreed_leader(
+    members: &std::collections::BTreeMap<u64, Member>,
+) -> anyhow::Result<u64> {
+    eventually("an agreed leader", Duration::from_secs(20), || async {
+        let mut seen = Vec::new();
+        for m in members.values() {
+            seen.push(cluster_status(m).await?.leader);
+        }
+        Ok(
+            (members.contains_key(&seen[0]) && seen.iter().all(|l| *l == seen[0]))
+                .then_some(seen[0]),
+        )
+    })
+    .await
 }
 
 impl Drop for Member {

@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use proto::admin::v1 as pb;
 
 use crate::Member;
-use crate::l2lab::{Lab, VIPS, split_brain, unix_now};
+use crate::l2lab::{Lab, VIPS, since_ms, split_brain, unix_now};
 use crate::report::Report;
 use crate::traffic::Traffic;
 use crate::writer::{Writer, override_weight};
@@ -434,13 +434,7 @@ pub(crate) async fn settled(lab: &Lab, timeout: Duration) -> anyhow::Result<u64>
     crate::eventually("an agreed leader, everyone caught up", timeout, || async {
         let mut seen = Vec::new();
         for id in lab.members.keys() {
-            let s = admin(lab, *id)
-                .await?
-                .get_status(pb::GetStatusRequest {})
-                .await?
-                .into_inner()
-                .cluster
-                .context("no cluster status")?;
+            let s = cluster_of(lab, *id).await?;
             seen.push((s.leader, s.applied_index));
         }
         let (leader, applied) = seen[0];
@@ -450,6 +444,17 @@ pub(crate) async fn settled(lab: &Lab, timeout: Duration) -> anyhow::Result<u64>
         Ok(ok.then_some(leader))
     })
     .await
+}
+
+/// Member `id`'s cluster status, through its admin API.
+pub(crate) async fn cluster_of(lab: &Lab, id: u64) -> anyhow::Result<pb::ClusterStatus> {
+    admin(lab, id)
+        .await?
+        .get_status(pb::GetStatusRequest {})
+        .await?
+        .into_inner()
+        .cluster
+        .context("no cluster status")
 }
 
 pub(crate) async fn admin(
@@ -508,13 +513,10 @@ pub(crate) async fn leader_other_than(
 ) -> anyhow::Result<u64> {
     crate::eventually("a leader on the majority side", timeout, || async {
         for id in lab.members.keys().filter(|id| **id != not) {
-            let Ok(mut c) = admin(lab, *id).await else {
+            let Ok(s) = cluster_of(lab, *id).await else {
                 continue;
             };
-            let Ok(s) = c.get_status(pb::GetStatusRequest {}).await else {
-                continue;
-            };
-            let leader_now = s.into_inner().cluster.map_or(0, |c| c.leader);
+            let leader_now = s.leader;
             if leader_now != 0 && leader_now != not {
                 return Ok(Some(leader_now));
             }
@@ -522,10 +524,6 @@ pub(crate) async fn leader_other_than(
         Ok(None)
     })
     .await
-}
-
-fn since_ms(t0: f64) -> u64 {
-    ((unix_now() - t0) * 1000.0).max(0.0) as u64
 }
 
 /// Drills in which no client request may fail.

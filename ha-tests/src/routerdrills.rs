@@ -38,12 +38,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::l2lab::{Lab, VIPS, unix_now};
+use crate::l2lab::{Lab, VIPS, since_ms, unix_now};
 use crate::netdrills::{leader_other_than, settled};
 use crate::report::Report;
 use crate::routers::{Frr, PeerSetup};
 pub use crate::routertable::Mode;
-use crate::routertable::{REQUESTS_PER_SECOND, Sampler, Table, complete, in_router, since_ms};
+use crate::routertable::{REQUESTS_PER_SECOND, Sampler, Table, complete, in_router};
 use crate::traffic::Traffic;
 
 pub const ROUTER_DRILLS: [&str; 7] = [

@@ -135,7 +135,3 @@ pub(crate) fn in_router(router_ns: &str) -> anyhow::Result<Table> {
     .join()
     .map_err(|_| anyhow::anyhow!("the table reader panicked"))?
 }
-
-pub(crate) fn since_ms(t0: f64) -> u64 {
-    ((unix_now() - t0) * 1000.0).max(0.0) as u64
-}

@@ -16,15 +16,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use proto::admin::v1 as pb;
 
-use crate::l2lab::{Lab, VIPS, unix_now};
-use crate::netdrills::{admin, leader_other_than, on_leader, settled};
+use crate::l2lab::{Lab, VIPS, since_ms, unix_now};
+use crate::netdrills::{cluster_of, leader_other_than, on_leader, settled};
 use crate::report::Report;
-use crate::routertable::{
-    Mode, REQUESTS_PER_SECOND, Sampler, Table, complete, in_router, since_ms,
-};
+use crate::routertable::{Mode, REQUESTS_PER_SECOND, Sampler, Table, complete, in_router};
 use crate::traffic::{Sent, Traffic};
 
 /// The founding voters and the learners that join.
@@ -98,13 +95,7 @@ pub(crate) async fn drill(
         serde_json::json!(since_ms(t_join)),
     );
     for id in lab.members.keys().copied().collect::<Vec<_>>() {
-        let s = admin(lab, id)
-            .await?
-            .get_status(pb::GetStatusRequest {})
-            .await?
-            .into_inner()
-            .cluster
-            .context("no cluster status")?;
+        let s = cluster_of(lab, id).await?;
         if s.voters != VOTERS || s.learners != LEARNERS {
             report.failures.push(format!(
                 "member {id}: voters {:?}, learners {:?}",
@@ -362,14 +353,7 @@ fn switch_port(lab: &Lab, id: u64, up: bool) -> anyhow::Result<()> {
 
 /// The term member `id` is in.
 async fn term(lab: &Lab, id: u64) -> anyhow::Result<u64> {
-    Ok(admin(lab, id)
-        .await?
-        .get_status(pb::GetStatusRequest {})
-        .await?
-        .into_inner()
-        .cluster
-        .context("no cluster status")?
-        .term)
+    Ok(cluster_of(lab, id).await?.term)
 }
 
 /// The leader the members other than `lost` agree on.
@@ -377,14 +361,7 @@ async fn settled_without(lab: &Lab, lost: u64) -> anyhow::Result<u64> {
     crate::eventually("an agreed leader", Duration::from_secs(10), || async {
         let mut seen = BTreeSet::new();
         for id in lab.members.keys().filter(|id| **id != lost) {
-            let s = admin(lab, *id)
-                .await?
-                .get_status(pb::GetStatusRequest {})
-                .await?
-                .into_inner()
-                .cluster
-                .context("no cluster status")?;
-            seen.insert(s.leader);
+            seen.insert(cluster_of(lab, *id).await?.leader);
         }
         Ok((seen.len() == 1)
             .then(|| seen.first().copied().unwrap_or(0))

@@ -5,63 +5,36 @@
 //! removed member is gone from status everywhere, events stream, metrics
 //! answer, and bad requests are refused naming the field.
 
-use std::collections::BTreeMap;
 use std::io::BufRead as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ha_tests::{ClusterLayout, Member, binary, cluster_status, eventually};
+use ha_tests::{
+    ClusterLayout, Member, agreed_leader, binary, cluster_status, eventually, lbctl_on,
+};
 
 const SERVICES: &str = include_str!("../../deploy/examples/services.toml");
 const BACKEND: &str = "198.51.100.11:8080";
-
-/// Runs lbctl with every given member as an endpoint, in that order.
-fn lbctl(members: &[&Member], args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-    let mut cmd = Command::new(binary("lbctl")?);
-    for m in members {
-        cmd.arg("--endpoint").arg(format!("http://{}", m.admin));
-    }
-    let out = cmd.args(args).output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
-
-async fn leader_of(members: &BTreeMap<u64, Member>) -> anyhow::Result<u64> {
-    eventually("an agreed leader", Duration::from_secs(20), || async {
-        let mut seen = Vec::new();
-        for m in members.values() {
-            seen.push(cluster_status(m).await?.leader);
-        }
-        Ok(
-            (seen[0] != 0 && seen.iter().all(|l| *l == seen[0]) && members.contains_key(&seen[0]))
-                .then_some(seen[0]),
-        )
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let layout = ClusterLayout::write(dir.path(), 3, SERVICES, "admin-test")?;
     let mut members = layout.start_all()?;
-    let leader = leader_of(&members).await?;
+    let leader = agreed_leader(&members).await?;
     let follower = *members
         .keys()
         .find(|id| **id != leader)
         .expect("a follower");
 
     // status and services, readable and JSON.
-    let (code, out, err) = lbctl(&[&members[&follower]], &["status"])?;
+    let (code, out, err) = lbctl_on(&[&members[&follower]], &["status"])?;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(&format!("leader {leader}")) && out.contains("follower in term"),
         "{out}"
     );
-    let (code, out, _) = lbctl(&[&members[&leader]], &["-o", "json", "status"])?;
+    let (code, out, _) = lbctl_on(&[&members[&leader]], &["-o", "json", "status"])?;
     assert_eq!(code, 0);
     assert!(out.contains("\"role\":\"leader\""), "{out}");
     // The leader reports both others healthy, with their log progress, and
@@ -70,7 +43,7 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
         "the leader sees both followers healthy",
         Duration::from_secs(10),
         || async {
-            let (_, out, _) = lbctl(&[&members[&leader]], &["-o", "json", "status"])?;
+            let (_, out, _) = lbctl_on(&[&members[&leader]], &["-o", "json", "status"])?;
             let v: serde_json::Value = serde_json::from_str(&out)?;
             let peers = v["cluster"]["peers"]
                 .as_array()
@@ -85,12 +58,12 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let (_, out, _) = lbctl(&[&members[&leader]], &["status"])?;
+    let (_, out, _) = lbctl_on(&[&members[&leader]], &["status"])?;
     assert!(
         out.contains("healthy, holds up to") && out.contains("lease      held"),
         "{out}"
     );
-    let (code, out, _) = lbctl(&[&members[&follower]], &["services"])?;
+    let (code, out, _) = lbctl_on(&[&members[&follower]], &["services"])?;
     assert_eq!(code, 0);
     assert!(
         out.contains("web") && out.contains("dns") && out.contains("sip"),
@@ -99,14 +72,14 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
 
     // backend drain, sent to a follower first: lbctl moves on to the leader.
     let both = [&members[&follower], &members[&leader]];
-    let (code, _, err) = lbctl(&both, &["backend", "drain", "web", BACKEND])?;
+    let (code, _, err) = lbctl_on(&both, &["backend", "drain", "web", BACKEND])?;
     assert_eq!(code, 0, "{err}");
     for (id, m) in &members {
         eventually(
             "the drain on every member",
             Duration::from_secs(10),
             || async {
-                let (_, out, _) = lbctl(&[m], &["services", "web"])?;
+                let (_, out, _) = lbctl_on(&[m], &["services", "web"])?;
                 Ok(out.contains("[drained]").then_some(()))
             },
         )
@@ -114,7 +87,7 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("member {id}: {e}"))?;
     }
     // The programmed table follows: the drained backend has weight 0.
-    let (_, out, _) = lbctl(&[&members[&follower]], &["-o", "json", "services", "web"])?;
+    let (_, out, _) = lbctl_on(&[&members[&follower]], &["-o", "json", "services", "web"])?;
     // Typed fields for scripts, not display text.
     let json: serde_json::Value = serde_json::from_str(&out)?;
     let drained = json
@@ -135,7 +108,7 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
 
     // A follower that never led does not read the source: its status says
     // so instead of "loaded never" (one that led once says when it loaded).
-    let (_, out, _) = lbctl(&[&members[&follower]], &["status"])?;
+    let (_, out, _) = lbctl_on(&[&members[&follower]], &["status"])?;
     assert!(
         !out.contains("loaded never")
             && (out.contains("(read by the leader only)") || out.contains("(loaded ")),
@@ -144,38 +117,38 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
 
     // A write sent to a follower alone: the follower names the leader's
     // admin API and lbctl follows it.
-    let (code, _, err) = lbctl(
+    let (code, _, err) = lbctl_on(
         &[&members[&follower]],
         &["backend", "weight", "web", BACKEND, "4"],
     )?;
     assert_eq!(code, 0, "followed the leader hint: {err}");
-    let (_, out, _) = lbctl(&[&members[&leader]], &["services", "web"])?;
+    let (_, out, _) = lbctl_on(&[&members[&leader]], &["services", "web"])?;
     assert!(out.contains("[weight 4 (override)]"), "{out}");
-    let (code, _, _) = lbctl(
+    let (code, _, _) = lbctl_on(
         &[&members[&follower]],
         &["backend", "drain", "web", BACKEND],
     )?;
     assert_eq!(code, 0);
 
     // transfer-leadership to a follower; every member agrees.
-    let (code, out, err) = lbctl(
+    let (code, out, err) = lbctl_on(
         &[&members[&leader]],
         &["transfer-leadership", &follower.to_string()],
     )?;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("member {follower} leads")), "{out}");
-    assert_eq!(leader_of(&members).await?, follower);
+    assert_eq!(agreed_leader(&members).await?, follower);
     let leader = follower;
 
     // backend weight and undrain.
     let all: Vec<&Member> = members.values().collect();
-    let (code, _, err) = lbctl(&all, &["backend", "weight", "web", BACKEND, "7"])?;
+    let (code, _, err) = lbctl_on(&all, &["backend", "weight", "web", BACKEND, "7"])?;
     assert_eq!(code, 0, "{err}");
-    let (_, out, _) = lbctl(&all, &["services", "web"])?;
+    let (_, out, _) = lbctl_on(&all, &["services", "web"])?;
     assert!(out.contains("[weight 7 (override)]"), "{out}");
 
     // snapshot.
-    let (code, out, err) = lbctl(&[&members[&leader]], &["snapshot"])?;
+    let (code, out, err) = lbctl_on(&[&members[&leader]], &["snapshot"])?;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("snapshot at applied index"), "{out}");
 
@@ -197,7 +170,7 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (code, _, err) = lbctl(&all, &["backend", "undrain", "web", BACKEND])?;
+    let (code, _, err) = lbctl_on(&all, &["backend", "undrain", "web", BACKEND])?;
     assert_eq!(code, 0, "{err}");
     let mut seen = Vec::new();
     let wanted = format!("backend {BACKEND} of tcp/192.0.2.10:80: override cleared");
@@ -215,13 +188,13 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
         );
     }
     let _ = events.kill();
-    let (_, out, _) = lbctl(&all, &["services", "web"])?;
+    let (_, out, _) = lbctl_on(&all, &["services", "web"])?;
     assert!(!out.contains('['), "no override left: {out}");
 
     // vips: three VIPs, one per member; a drained member owns none, and
     // gets its share back when undrained.
     let owners = |m: &Member| -> anyhow::Result<Vec<u64>> {
-        let (code, out, err) = lbctl(&[m], &["-o", "json", "vips"])?;
+        let (code, out, err) = lbctl_on(&[m], &["-o", "json", "vips"])?;
         anyhow::ensure!(code == 0, "{err}");
         let v: serde_json::Value = serde_json::from_str(&out)?;
         let mut owners: Vec<u64> = v["vips"]
@@ -244,7 +217,7 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
             "each member announces its own VIP",
             Duration::from_secs(10),
             || async {
-                let (_, out, _) = lbctl(&[m], &["-o", "json", "vips"])?;
+                let (_, out, _) = lbctl_on(&[m], &["-o", "json", "vips"])?;
                 let v: serde_json::Value = serde_json::from_str(&out)?;
                 let here: Vec<u64> = v["vips"]
                     .as_array()
@@ -262,7 +235,7 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
         .keys()
         .find(|id| **id != leader)
         .expect("a follower");
-    let (code, out, err) = lbctl(&all, &["member", "drain", &drained.to_string()])?;
+    let (code, out, err) = lbctl_on(&all, &["member", "drain", &drained.to_string()])?;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("member {drained} drained")), "{out}");
     // status says it too, on any member.
@@ -270,7 +243,7 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
         "status shows the drain",
         Duration::from_secs(10),
         || async {
-            let (_, out, _) = lbctl(&[&members[&drained]], &["status"])?;
+            let (_, out, _) = lbctl_on(&[&members[&drained]], &["status"])?;
             Ok(out.contains("DRAINED: owns no VIP").then_some(()))
         },
     )
@@ -295,7 +268,7 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
         "every VIP announced by its owner alone, seen through one member",
         Duration::from_secs(10),
         || async {
-            let (_, out, _) = lbctl(&[&members[&leader]], &["-o", "json", "vips"])?;
+            let (_, out, _) = lbctl_on(&[&members[&leader]], &["-o", "json", "vips"])?;
             let v: serde_json::Value = serde_json::from_str(&out)?;
             let vips = v["vips"].as_array().cloned().unwrap_or_default();
             let ok = vips.len() == 3
@@ -308,13 +281,13 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let (_, out, _) = lbctl(&all, &["vips"])?;
+    let (_, out, _) = lbctl_on(&all, &["vips"])?;
     assert!(out.contains("ANNOUNCED BY"), "{out}");
     assert!(
         out.contains(&format!("drained members: [{drained}]")),
         "{out}"
     );
-    let (code, _, err) = lbctl(&all, &["member", "undrain", &drained.to_string()])?;
+    let (code, _, err) = lbctl_on(&all, &["member", "undrain", &drained.to_string()])?;
     assert_eq!(code, 0, "{err}");
     eventually("balanced again", Duration::from_secs(10), || async {
         Ok((owners(&members[&leader])? == vec![1, 2, 3]).then_some(()))
@@ -324,7 +297,7 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
     // member add: a fourth machine joins and catches up.
     let joiner = layout.write_joiner(4)?;
     let fourth = Member::start(&joiner.config)?;
-    let (code, out, err) = lbctl(
+    let (code, out, err) = lbctl_on(
         &all,
         &["member", "add", "4", &joiner.peer, "--admin", &joiner.admin],
     )?;
@@ -332,7 +305,7 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
     assert!(out.contains("member 4 added"), "{out}");
     members.insert(4, fourth);
     eventually("member 4 caught up", Duration::from_secs(15), || async {
-        let (_, out, _) = lbctl(&[&members[&4]], &["services"])?;
+        let (_, out, _) = lbctl_on(&[&members[&4]], &["services"])?;
         Ok(out.contains("web").then_some(()))
     })
     .await?;
@@ -342,7 +315,7 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
 
     // member remove: gone from status on every remaining member.
     let all: Vec<&Member> = members.values().collect();
-    let (code, _, err) = lbctl(&all, &["member", "remove", "4"])?;
+    let (code, _, err) = lbctl_on(&all, &["member", "remove", "4"])?;
     assert_eq!(code, 0, "{err}");
     let mut removed = members.remove(&4).expect("member 4");
     for (id, m) in &members {
@@ -383,13 +356,13 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
 
     // A drain survives the leader's death: it is in the replicated state.
     let all: Vec<&Member> = members.values().collect();
-    let (code, _, err) = lbctl(&all, &["backend", "drain", "web", BACKEND])?;
+    let (code, _, err) = lbctl_on(&all, &["backend", "drain", "web", BACKEND])?;
     assert_eq!(code, 0, "{err}");
     let mut dead = members.remove(&leader).expect("leader");
     dead.signal("KILL")?;
     dead.wait_exit(Duration::from_secs(5))?;
-    let new_leader = leader_of(&members).await?;
-    let (_, out, _) = lbctl(&[&members[&new_leader]], &["services", "web"])?;
+    let new_leader = agreed_leader(&members).await?;
+    let (_, out, _) = lbctl_on(&[&members[&new_leader]], &["services", "web"])?;
     assert!(
         out.contains("[drained]"),
         "the drain outlived its leader: {out}"
@@ -397,27 +370,27 @@ async fn every_lbctl_subcommand_has_its_effect() -> anyhow::Result<()> {
 
     // Bad requests: refused, naming the field; unknown things: not found.
     let all: Vec<&Member> = members.values().collect();
-    let (code, _, err) = lbctl(&all, &["backend", "weight", "web", "not-an-address", "1"])?;
+    let (code, _, err) = lbctl_on(&all, &["backend", "weight", "web", "not-an-address", "1"])?;
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("backend: \"not-an-address\""), "{err}");
-    let (code, _, err) = lbctl(&all, &["backend", "weight", "web", BACKEND, "70000"])?;
+    let (code, _, err) = lbctl_on(&all, &["backend", "weight", "web", BACKEND, "70000"])?;
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("weight: 70000"), "{err}");
-    let (code, _, err) = lbctl(&all, &["backend", "drain", "no-such", BACKEND])?;
+    let (code, _, err) = lbctl_on(&all, &["backend", "drain", "no-such", BACKEND])?;
     assert_eq!(code, 4, "{err}");
-    let (code, _, err) = lbctl(&all, &["member", "remove", "99"])?;
+    let (code, _, err) = lbctl_on(&all, &["member", "remove", "99"])?;
     assert_eq!(code, 4, "{err}");
-    let (code, _, err) = lbctl(&all, &["member", "add", "0", "127.0.0.1:1"])?;
+    let (code, _, err) = lbctl_on(&all, &["member", "add", "0", "127.0.0.1:1"])?;
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("id: must be 1 or more"), "{err}");
-    let (code, _, err) = lbctl(&all, &["member", "add", "9", "nowhere"])?;
+    let (code, _, err) = lbctl_on(&all, &["member", "add", "9", "nowhere"])?;
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("peer_address"), "{err}");
-    let (code, _, err) = lbctl(&all, &["transfer-leadership", "42"])?;
+    let (code, _, err) = lbctl_on(&all, &["transfer-leadership", "42"])?;
     assert_eq!(code, 4, "{err}");
 
     // Completion scripts.
-    let (code, out, _) = lbctl(&all, &["completion", "bash"])?;
+    let (code, out, _) = lbctl_on(&all, &["completion", "bash"])?;
     assert_eq!(code, 0);
     assert!(out.contains("_lbctl"), "a bash completion function");
 

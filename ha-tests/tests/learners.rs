@@ -6,26 +6,12 @@
 //! its crash gives its VIP to another member.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
-use ha_tests::{ClusterLayout, Member, binary, cluster_status, eventually};
+use ha_tests::{ClusterLayout, Member, agreed_leader, cluster_status, eventually, lbctl_on};
 use proto::admin::v1 as pb;
 
 const SERVICES: &str = include_str!("../../deploy/examples/services.toml");
-
-fn lbctl(members: &[&Member], args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-    let mut cmd = Command::new(binary("lbctl")?);
-    for m in members {
-        cmd.arg("--endpoint").arg(m.admin.to_string());
-    }
-    let out = cmd.args(args).output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
 
 /// The VIP owners and what `member` announces now, as it answers.
 async fn vips(member: &Member) -> anyhow::Result<(BTreeMap<String, u64>, Vec<String>)> {
@@ -45,33 +31,18 @@ async fn vips(member: &Member) -> anyhow::Result<(BTreeMap<String, u64>, Vec<Str
     Ok((owners, here))
 }
 
-/// The leader every live member agrees on, itself one of them.
-async fn leader_of(members: &BTreeMap<u64, Member>) -> anyhow::Result<u64> {
-    eventually("an agreed leader", Duration::from_secs(20), || async {
-        let mut seen = Vec::new();
-        for m in members.values() {
-            seen.push(cluster_status(m).await?.leader);
-        }
-        Ok(
-            (members.contains_key(&seen[0]) && seen.iter().all(|l| *l == seen[0]))
-                .then_some(seen[0]),
-        )
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_serves_and_never_votes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let layout = ClusterLayout::write(dir.path(), 3, SERVICES, "learners")?;
     let mut members = layout.start_all()?;
-    let leader = leader_of(&members).await?;
+    let leader = agreed_leader(&members).await?;
 
     // Member 4 joins as a learner.
     let joiner = layout.write_joiner(4)?;
     let learner = Member::start(&joiner.config)?;
     let all: Vec<&Member> = members.values().collect();
-    let (code, out, err) = lbctl(
+    let (code, out, err) = lbctl_on(
         &all,
         &[
             "member",
@@ -100,19 +71,19 @@ async fn a_learner_serves_and_never_votes() -> anyhow::Result<()> {
     }
     let s = cluster_status(&members[&4]).await?;
     assert_eq!(s.role, "learner");
-    let (_, out, _) = lbctl(&[&members[&leader]], &["status"])?;
+    let (_, out, _) = lbctl_on(&[&members[&leader]], &["status"])?;
     assert!(
         out.contains(&format!("at {} (learner", joiner.peer)),
         "{out}"
     );
-    let (_, out, _) = lbctl(&[&members[&4]], &["services"])?;
+    let (_, out, _) = lbctl_on(&[&members[&4]], &["services"])?;
     assert!(out.contains("web") && out.contains("dns"), "{out}");
 
     // Three VIPs, three voters: a drained voter's VIP goes to the learner,
     // the one member without a VIP, which announces it.
     let drained = (1..=3u64).find(|id| *id != leader).expect("a follower");
     let all: Vec<&Member> = members.values().collect();
-    let (code, _, err) = lbctl(&all, &["member", "drain", &drained.to_string()])?;
+    let (code, _, err) = lbctl_on(&all, &["member", "drain", &drained.to_string()])?;
     assert_eq!(code, 0, "{err}");
     let taken = eventually(
         "the learner announces a VIP",
@@ -128,7 +99,7 @@ async fn a_learner_serves_and_never_votes() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let (code, _, err) = lbctl(&all, &["member", "undrain", &drained.to_string()])?;
+    let (code, _, err) = lbctl_on(&all, &["member", "undrain", &drained.to_string()])?;
     assert_eq!(code, 0, "{err}");
 
     // The leader crashes: a voter leads next, the learner keeps its VIP
@@ -136,7 +107,7 @@ async fn a_learner_serves_and_never_votes() -> anyhow::Result<()> {
     let mut dead = members.remove(&leader).expect("the leader");
     dead.signal("KILL")?;
     let _ = dead.wait_exit(Duration::from_secs(5));
-    let new = leader_of(&members).await?;
+    let new = agreed_leader(&members).await?;
     assert!(new != leader && new != 4, "member {new} leads");
     let s = cluster_status(&members[&4]).await?;
     assert_eq!(s.role, "learner");
@@ -149,20 +120,20 @@ async fn a_learner_serves_and_never_votes() -> anyhow::Result<()> {
     // Promoted, it votes; demoted, it learns again. The crashed leader is
     // still a voter: 4 of 4 voters known, 3 live.
     let all: Vec<&Member> = members.values().collect();
-    let (code, out, err) = lbctl(&all, &["member", "promote", "4"])?;
+    let (code, out, err) = lbctl_on(&all, &["member", "promote", "4"])?;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("member 4 is a voter"), "{out}");
     let s = cluster_status(&members[&new]).await?;
     assert!(s.voters.contains(&4) && s.learners.is_empty(), "{s:?}");
-    let (code, _, err) = lbctl(&all, &["member", "promote", "4"])?;
+    let (code, _, err) = lbctl_on(&all, &["member", "promote", "4"])?;
     assert_eq!(code, 3, "promoting a voter: {err}");
     assert!(err.contains("member 4 is already a voter"), "{err}");
-    let (code, out, err) = lbctl(&all, &["member", "demote", "4"])?;
+    let (code, out, err) = lbctl_on(&all, &["member", "demote", "4"])?;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("member 4 is a learner"), "{out}");
     let s = cluster_status(&members[&new]).await?;
     assert!(!s.voters.contains(&4) && s.learners == [4], "{s:?}");
-    let (code, _, err) = lbctl(&all, &["member", "demote", &new.to_string()])?;
+    let (code, _, err) = lbctl_on(&all, &["member", "demote", &new.to_string()])?;
     assert_ne!(code, 0, "the leader demoted itself");
     assert!(err.contains("transfer leadership"), "{err}");
 

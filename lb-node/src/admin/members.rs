@@ -15,7 +15,17 @@ impl AdminService {
     /// membership from its own view, which may not have applied the latest
     /// change yet (a `member add` the leader has just confirmed, then a
     /// `member remove` sent to a follower).
-    pub(super) fn leader_only(&self, cluster: &ClusterHandle) -> Result<(), Status> {
+    /// A call about member `id` (1 or more), on the leader.
+    fn leader_for(&self, id: u64) -> Result<&ClusterHandle, Status> {
+        let cluster = self.cluster()?;
+        if id == 0 {
+            return Err(Status::invalid_argument("id: must be 1 or more"));
+        }
+        self.leader_only(cluster)?;
+        Ok(cluster)
+    }
+
+    fn leader_only(&self, cluster: &ClusterHandle) -> Result<(), Status> {
         let status = cluster.node.status.borrow();
         if status.leader == status.id {
             return Ok(());
@@ -66,11 +76,7 @@ impl AdminService {
             .map_err(|e| self.refused(e))?;
         let id = r.id;
         self.wait_for(format!("adding member {id}"), |s, _| {
-            if learner {
-                s.learners.contains(&id)
-            } else {
-                s.voters.contains(&id)
-            }
+            s.has_role(id, learner)
         })
         .await?;
         Ok(pb::AddMemberResponse {})
@@ -80,14 +86,10 @@ impl AdminService {
         &self,
         r: pb::SetMemberRoleRequest,
     ) -> Result<pb::SetMemberRoleResponse, Status> {
-        let cluster = self.cluster()?;
-        if r.id == 0 {
-            return Err(Status::invalid_argument("id: must be 1 or more"));
-        }
-        self.leader_only(cluster)?;
+        let cluster = self.leader_for(r.id)?;
         let (voter, learner) = {
             let s = cluster.node.status.borrow();
-            (s.voters.contains(&r.id), s.learners.contains(&r.id))
+            (s.has_role(r.id, false), s.has_role(r.id, true))
         };
         let (id, to_learner) = (r.id, r.learner);
         match (voter, learner) {
@@ -116,13 +118,7 @@ impl AdminService {
                 "making member {id} a {}",
                 if to_learner { "learner" } else { "voter" }
             ),
-            |s, _| {
-                if to_learner {
-                    s.learners.contains(&id)
-                } else {
-                    s.voters.contains(&id)
-                }
-            },
+            |s, _| s.has_role(id, to_learner),
         )
         .await?;
         Ok(pb::SetMemberRoleResponse {})
@@ -133,11 +129,7 @@ impl AdminService {
         r: pb::RemoveMemberRequest,
     ) -> Result<pb::RemoveMemberResponse, Status> {
         let id = r.id;
-        let cluster = self.cluster()?;
-        if id == 0 {
-            return Err(Status::invalid_argument("id: must be 1 or more"));
-        }
-        self.leader_only(cluster)?;
+        let cluster = self.leader_for(id)?;
         if !cluster.node.status.borrow().is_member(id) {
             return Err(Status::not_found(format!("member {id} is not a member")));
         }
@@ -155,11 +147,7 @@ impl AdminService {
         &self,
         r: pb::DrainMemberRequest,
     ) -> Result<pb::DrainMemberResponse, Status> {
-        let cluster = self.cluster()?;
-        if r.id == 0 {
-            return Err(Status::invalid_argument("id: must be 1 or more"));
-        }
-        self.leader_only(cluster)?;
+        let cluster = self.leader_for(r.id)?;
         if !cluster.node.status.borrow().is_member(r.id) {
             return Err(Status::not_found(format!(
                 "member {} is not a member",

@@ -132,6 +132,15 @@ impl RaftStatus {
     pub fn is_member(&self, id: u64) -> bool {
         self.voters.contains(&id) || self.learners.contains(&id)
     }
+
+    /// Whether `id` is a learner (`learner`) or a voter (not).
+    pub fn has_role(&self, id: u64, learner: bool) -> bool {
+        if learner {
+            self.learners.contains(&id)
+        } else {
+            self.voters.contains(&id)
+        }
+    }
 }
 
 /// A member's Raft role.
@@ -196,13 +205,12 @@ fn status_of(replica: &Replica, announced: Option<AnnouncedSets>, clock: &TickCl
             Arc::new(replica.ecmp_vips()),
         )
     });
+    let learners = replica.learners();
     RaftStatus {
         id: replica.id(),
         role: match replica.role() {
             raft::StateRole::Leader => Role::Leader,
-            raft::StateRole::Follower if replica.learners().contains(&replica.id()) => {
-                Role::Learner
-            }
+            raft::StateRole::Follower if learners.contains(&replica.id()) => Role::Learner,
             raft::StateRole::Follower => Role::Follower,
             raft::StateRole::Candidate => Role::Candidate,
             raft::StateRole::PreCandidate => Role::PreCandidate,
@@ -212,7 +220,7 @@ fn status_of(replica: &Replica, announced: Option<AnnouncedSets>, clock: &TickCl
         commit_index: replica.commit_index(),
         applied_index: replica.applied_index(),
         voters: replica.voters(),
-        learners: replica.learners(),
+        learners,
         announced,
         ecmp,
         serving: replica.serving(),
