@@ -91,6 +91,12 @@ fn big_table() -> String {
     }
     s += "[[service]]\nname = \"refused\"\nvip = \"10.101.0.1\"\nport = 80\nscheduler = \"twos\"\n";
     backend(&mut s, "10.0.2.11", 80, 1);
+    // A second one in the middle of the table (between 10.100.1.250 and
+    // 10.100.2.1), so one refusal answers in the middle of a `send` of
+    // many requests, where only failures are answered: it must be pinned
+    // on this service and no other.
+    s += "[[service]]\nname = \"refused-mid\"\nvip = \"10.100.2.0\"\nport = 80\nscheduler = \"twos\"\n";
+    backend(&mut s, "10.0.2.12", 80, 1);
     s
 }
 
@@ -184,14 +190,19 @@ while [ $i -lt 1200 ] && [ "$(ipvsadm -Sn | grep -c '^-a')" -lt 10000 ]; do usle
 echo "LAB big-destinations $(ipvsadm -Sn | grep -c '^-a')"
 cpu() { awk '{print $14+$15}' /proc/$pid/stat; }
 dumps() { wget -q -O - http://127.0.0.1:9445/metrics | awk '$1=="lb_dataplane_dumps_total"{print $2}'; }
-refusals() { grep WARN /tmp/lb3.log | grep -c 'tcp/10.101.0.1:80'; }
+refusals() { grep WARN /tmp/lb3.log | grep -c -e 'tcp/10.101.0.1:80' -e 'tcp/10.100.2.0:80'; }
 c0=$(cpu); d0=$(dumps); r0=$(refusals)
 sleep 10
 echo "LAB big-cpu-ticks $(( $(cpu) - c0 ))"
 echo "LAB big-dumps $(( $(dumps) - d0 ))"
 echo "LAB big-dumps-total $(dumps)"
 echo "LAB big-refusals $(( $(refusals) - r0 ))"
-echo "LAB big-refused-in-kernel $(ipvsadm -Sn | grep -c 10.101.0.1)"
+echo "LAB big-refused-in-kernel $(ipvsadm -Sn | grep -c -e 10.101.0.1 -e '10.100.2.0:')"
+echo "LAB big-refused-mid-named $(grep 'refused a service' /tmp/lb3.log | grep -c 'tcp/10.100.2.0:80')"
+echo "LAB big-refused-end-named $(grep 'refused a service' /tmp/lb3.log | grep -c 'tcp/10.101.0.1:80')"
+echo "LAB big-refused-others $(grep -e 'refused a service' -e 'operation failed' /tmp/lb3.log | grep -v -e 'tcp/10.100.2.0:80' -e 'tcp/10.101.0.1:80' | wc -l)"
+grep -e 'refused a service' -e 'operation failed' /tmp/lb3.log | grep -v -e 'tcp/10.100.2.0:80' -e 'tcp/10.101.0.1:80' | head -3 | sed 's/^/LAB other-failure+ /'
+echo "LAB big-refused-metric $(wget -q -O - http://127.0.0.1:9445/metrics | awk '$1=="lb_dataplane_refused_services"{print $2}')"
 wget -q -O - http://127.0.0.1:9445/metrics | grep '^lb_dataplane_refused_services' | sed 's/^/LAB metric+ /'
 grep 'refused a service' /tmp/lb3.log | head -3 | sed 's/^/LAB refusal+ /'
 kill $pid
@@ -278,10 +289,16 @@ fn fwmark_restart_udp_removal_refused_service_and_an_ownerless_config() -> anyho
     // of the table is programmed.
     assert_eq!(run.get("big-destinations"), Some("10000"), "{}", context());
     assert_eq!(run.get("big-refused-in-kernel"), Some("0"), "{}", context());
+    // Each refusal is pinned on its own service, the one in the middle of
+    // a send included, and no other service counts as refused.
+    assert!(number("big-refused-mid-named") >= 1.0, "{}", context());
+    assert!(number("big-refused-end-named") >= 1.0, "{}", context());
+    assert_eq!(number("big-refused-metric"), 2.0, "{}", context());
+    assert_eq!(number("big-refused-others"), 0.0, "{}", context());
     // (The first dump, at start, is counted: the metric is there.)
     assert!(number("big-dumps-total") >= 1.0, "{}", context());
     assert_eq!(number("big-dumps"), 0.0, "{}", context());
-    assert!(number("big-refusals") <= 5.0, "{}", context());
+    assert!(number("big-refusals") <= 10.0, "{}", context());
     eprintln!(
         "with one refused service in 1,000 x 10: {} CPU ticks (1/100 s) in 10 s, {} warnings",
         number("big-cpu-ticks"),
