@@ -181,6 +181,26 @@ i=0
 while [ $i -lt 100 ] && {{ [ "$(vips)" -lt 1000 ] || [ "$(rules)" != "1 1" ]; }}; do usleep 100000; i=$((i+1)); done
 echo "LAB vips-after-drift $(vips)"
 echo "LAB rules-after-drift $(rules)"
+# nftables untouched: repair rounds (every 2 s) leave the table alone.
+installs() {{ grep -c 'nftables table inet lb_node installed' /tmp/lb.log; }}
+n0=$(installs)
+sleep 5
+echo "LAB nft-installs-idle $(( $(installs) - n0 ))"
+# Drift in nftables: a masquerading VIP's element deleted and the
+# postrouting chain flushed by hand come back at a repair.
+masq() {{ nft list set inet lb_node masq4 | tr -s ', {{}}\t' '\n' | grep -E '^[0-9]+[.][0-9.]+$'; }}
+echo "LAB masq4-elements $(masq | wc -l)"
+v=$(masq | head -1)
+nft delete element inet lb_node masq4 "{{ $v }}"
+echo "LAB masq4-deleted $(masq | grep -cFx "$v")"
+nft flush chain inet lb_node postrouting
+rule() {{ nft list chain inet lb_node postrouting | grep -c 'daddr @masq4 masquerade'; }}
+echo "LAB masq-rule-flushed $(rule)"
+i=0
+while [ $i -lt 100 ] && {{ [ "$(masq | grep -cFx "$v")" != 1 ] || [ "$(rule)" != 1 ]; }}; do usleep 100000; i=$((i+1)); done
+echo "LAB masq4-element-back $(masq | grep -cFx "$v")"
+echo "LAB masq-rule-back $(rule)"
+echo "LAB masq4-elements-after $(masq | wc -l)"
 grep "dataplane synced" /tmp/lb.log | sed 's/^/LAB synced+ /'
 kill %1 2>/dev/null
 "#
@@ -229,6 +249,21 @@ kill %1 2>/dev/null
     assert_eq!(run.get("vips-after-drift"), Some("1000"), "route repaired");
     assert_eq!(run.get("rules-after-drift"), Some("1 1"), "rule repaired");
     assert_eq!(run.get("nft"), Some("yes"), "masquerade table missing");
+    // Repairs leave an untouched table alone, and put back what was
+    // changed by hand.
+    assert_eq!(run.get("nft-installs-idle"), Some("0"), "{:?}", run.results);
+    let elements = run.get("masq4-elements");
+    assert!(elements.is_some_and(|n| n != "0"), "{:?}", run.results);
+    assert_eq!(run.get("masq4-deleted"), Some("0"), "{:?}", run.results);
+    assert_eq!(run.get("masq-rule-flushed"), Some("0"), "{:?}", run.results);
+    assert_eq!(
+        run.get("masq4-element-back"),
+        Some("1"),
+        "{:?}",
+        run.results
+    );
+    assert_eq!(run.get("masq-rule-back"), Some("1"), "{:?}", run.results);
+    assert_eq!(run.get("masq4-elements-after"), elements);
     for s in [
         "conntrack",
         "expire_nodest_conn",

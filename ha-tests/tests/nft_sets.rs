@@ -85,7 +85,7 @@ fn elements_are_added_and_deleted_and_a_refused_batch_changes_nothing() -> anyho
     let empty = std::collections::BTreeSet::new();
     nft(
         &ns.0,
-        &lb_node::dataplane::ipvs::local::table_script(&empty, &Default::default(), false),
+        &lb_node::dataplane::ipvs::nft_table::table_script(&empty, &Default::default(), false),
     )?;
     inside(&ns.0, || {
         apply(
@@ -157,7 +157,7 @@ fn elements_are_added_and_deleted_and_a_refused_batch_changes_nothing() -> anyho
     let masq: std::collections::BTreeSet<IpAddr> = many.into_iter().collect();
     nft(
         &ns.0,
-        &lb_node::dataplane::ipvs::local::table_script(&masq, &Default::default(), true),
+        &lb_node::dataplane::ipvs::nft_table::table_script(&masq, &Default::default(), true),
     )?;
     let mut took = Vec::new();
     for i in 0..20u8 {
@@ -182,5 +182,57 @@ fn elements_are_added_and_deleted_and_a_refused_batch_changes_nothing() -> anyho
         took[0], took[10], took[19]
     );
     assert!(elements(&ns.0, "masq4")?.contains("10.99.0.19"));
+    Ok(())
+}
+
+/// What a repair relies on to skip reading the table back: the kernel's
+/// ruleset generation moves by exactly one at each committed transaction
+/// (lb-node's `nft -f` of its whole table included), and at any other
+/// table's change too; a change that commits nothing leaves it.
+#[test]
+fn the_generation_moves_by_one_per_transaction_whoever_commits_it() -> anyhow::Result<()> {
+    use lb_node::nft_sets::generation;
+    let ns = Namespace(format!("lbtgen{}", std::process::id()));
+    ha_tests::netns::run(&["ip", "netns", "add", &ns.0])?;
+    let now = || inside(&ns.0, generation).and_then(|g| Ok(g?));
+    let g0 = now()?;
+    let masq: std::collections::BTreeSet<IpAddr> = [ip("10.0.0.1"), ip("fd00::1")].into();
+    nft(
+        &ns.0,
+        &lb_node::dataplane::ipvs::nft_table::table_script(&masq, &Default::default(), false),
+    )?;
+    let g1 = now()?;
+    assert_eq!(g1, g0.wrapping_add(1), "the whole table's install is one");
+    // Reading changes nothing.
+    elements(&ns.0, "masq4")?;
+    assert_eq!(now()?, g1);
+    inside(&ns.0, || {
+        apply(
+            "lb_node",
+            &[SetChange {
+                set: "masq4",
+                add: vec![ip("10.0.0.2")],
+                delete: vec![ip("10.0.0.1")],
+            }],
+        )
+    })??;
+    let g2 = now()?;
+    assert_eq!(g2, g1.wrapping_add(1), "an element change is one");
+    // Someone else's table: it moves too.
+    nft(&ns.0, "table ip someone_else {}\n")?;
+    assert_eq!(now()?, g2.wrapping_add(1));
+    // A refused batch commits nothing.
+    let refused = inside(&ns.0, || {
+        apply(
+            "lb_node",
+            &[SetChange {
+                set: "masq4",
+                add: vec![],
+                delete: vec![ip("10.9.9.9")],
+            }],
+        )
+    })?;
+    assert!(refused.is_err());
+    assert_eq!(now()?, g2.wrapping_add(1));
     Ok(())
 }

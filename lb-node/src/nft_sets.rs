@@ -27,6 +27,9 @@ const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
+const NFT_MSG_NEWGEN: u16 = 15;
+const NFT_MSG_GETGEN: u16 = 16;
+const NFTA_GEN_ID: u16 = 1;
 const NFPROTO_INET: u8 = 1;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
@@ -176,8 +179,8 @@ pub fn batch(table: &str, changes: &[SetChange<'_>], seq: u32) -> (Vec<u8>, Vec<
     (out, acked)
 }
 
-/// Applies `changes` to sets of inet table `table` in one transaction.
-pub fn apply(table: &str, changes: &[SetChange<'_>]) -> Result<(), SetError> {
+/// A netfilter netlink socket that waits at most ANSWER_TIMEOUT.
+fn open() -> Result<Socket, SetError> {
     let io = |what: &str, e: std::io::Error| SetError::Io(format!("{what}: {e}"));
     let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| io("socket", e))?;
     sock.bind_auto().map_err(|e| io("bind", e))?;
@@ -186,6 +189,13 @@ pub fn apply(table: &str, changes: &[SetChange<'_>]) -> Result<(), SetError> {
     socket2::SockRef::from(&sock)
         .set_read_timeout(Some(ANSWER_TIMEOUT))
         .map_err(|e| io("SO_RCVTIMEO", e))?;
+    Ok(sock)
+}
+
+/// Applies `changes` to sets of inet table `table` in one transaction.
+pub fn apply(table: &str, changes: &[SetChange<'_>]) -> Result<(), SetError> {
+    let io = |what: &str, e: std::io::Error| SetError::Io(format!("{what}: {e}"));
+    let sock = open()?;
     let (bytes, mut waiting) = batch(table, changes, 1);
     if waiting.is_empty() {
         return Ok(());
@@ -232,6 +242,75 @@ pub fn apply(table: &str, changes: &[SetChange<'_>]) -> Result<(), SetError> {
         }
     }
     Ok(())
+}
+
+/// The nftables ruleset's generation in this network namespace: a number
+/// the kernel moves on at every committed transaction, whoever made it
+/// and whatever table it touched. Equal to what it was after a change of
+/// lb-node's own means nothing changed nftables since, lb-node's table
+/// included (how a repair skips reading the table back).
+pub fn generation() -> Result<u32, SetError> {
+    let io = |what: &str, e: std::io::Error| SetError::Io(format!("{what}: {e}"));
+    let sock = open()?;
+    let mut out = Vec::new();
+    message(
+        &mut out,
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN,
+        NLM_F_REQUEST | NLM_F_ACK,
+        1,
+        0,
+        0,
+        &[],
+    );
+    let n = sock.send(&out, 0).map_err(|e| io("send", e))?;
+    if n != out.len() {
+        return Err(SetError::Io(format!("short send: {n} of {}", out.len())));
+    }
+    let mut rx = vec![0u8; 8 * 1024];
+    let mut id = None;
+    loop {
+        let n = {
+            let mut buf = &mut rx[..];
+            sock.recv(&mut buf, 0).map_err(|e| io("recv", e))?
+        };
+        let mut off = 0;
+        while off + 16 <= n {
+            let word = |at: usize| u32::from_ne_bytes([rx[at], rx[at + 1], rx[at + 2], rx[at + 3]]);
+            let len = word(off) as usize;
+            let kind = u16::from_ne_bytes([rx[off + 4], rx[off + 5]]);
+            if len < 16 || off + len > n {
+                return Err(SetError::Io(format!("a malformed answer ({len} bytes)")));
+            }
+            if kind == NLMSG_ERROR && len >= 20 {
+                let code =
+                    i32::from_ne_bytes([rx[off + 16], rx[off + 17], rx[off + 18], rx[off + 19]]);
+                if code != 0 {
+                    return Err(SetError::Refused(-code));
+                }
+                return id.ok_or_else(|| SetError::Io("no generation in the answer".into()));
+            }
+            if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
+                id = gen_id(&rx[off + 20..off + len]).or(id);
+            }
+            off += len.next_multiple_of(4);
+        }
+    }
+}
+
+/// NFTA_GEN_ID (big-endian) among a NEWGEN answer's attributes.
+fn gen_id(mut attrs: &[u8]) -> Option<u32> {
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & !NLA_F_NESTED;
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if kind == NFTA_GEN_ID && len >= 8 {
+            return Some(u32::from_be_bytes([attrs[4], attrs[5], attrs[6], attrs[7]]));
+        }
+        attrs = &attrs[len.next_multiple_of(4).min(attrs.len())..];
+    }
+    None
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! - `socket`: a blocking socket that pipelines requests and runs dumps;
 //! - `read`: the table read back (dumps, partial reads, a repair's listing);
 //! - `local`: the VIPs made local (a dummy interface) and the masquerade
-//!   return path (an nftables table of lb-node's own);
+//!   return path (an nftables table of lb-node's own, `nft_table`);
 //! - here: `IpvsDataplane`, the `Dataplane` the reconciler drives.
 //!
 //! Ownership: lb-node manages only the services whose VIP is inside the
@@ -37,6 +37,7 @@ use crate::model::{Protocol, ServiceKey};
 mod convert;
 pub mod local;
 pub mod msg;
+pub mod nft_table;
 mod read;
 pub mod socket;
 pub mod sync;
@@ -472,7 +473,7 @@ impl IpvsDataplane {
         // mark only): without it a restarted member would never recognise
         // them, nor remove one gone from its table (issue 20).
         let marks = match &settings.local {
-            Some(_) => local::recorded_marks().await,
+            Some(_) => nft_table::recorded_marks().await,
             None => BTreeMap::new(),
         };
         let local = match &settings.local {
