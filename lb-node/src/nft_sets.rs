@@ -192,9 +192,24 @@ fn open() -> Result<Socket, SetError> {
     Ok(sock)
 }
 
+fn send_all(sock: &Socket, bytes: &[u8]) -> Result<(), SetError> {
+    let n = sock
+        .send(bytes, 0)
+        .map_err(|e| SetError::Io(format!("send: {e}")))?;
+    if n != bytes.len() {
+        return Err(SetError::Io(format!("short send: {n} of {}", bytes.len())));
+    }
+    Ok(())
+}
+
+fn recv(sock: &Socket, rx: &mut [u8]) -> Result<usize, SetError> {
+    let mut buf = &mut rx[..];
+    sock.recv(&mut buf, 0)
+        .map_err(|e| SetError::Io(format!("recv: {e}")))
+}
+
 /// Applies `changes` to sets of inet table `table` in one transaction.
 pub fn apply(table: &str, changes: &[SetChange<'_>]) -> Result<(), SetError> {
-    let io = |what: &str, e: std::io::Error| SetError::Io(format!("{what}: {e}"));
     let sock = open()?;
     let (bytes, mut waiting) = batch(table, changes, 1);
     if waiting.is_empty() {
@@ -206,36 +221,19 @@ pub fn apply(table: &str, changes: &[SetChange<'_>]) -> Result<(), SetError> {
             bytes.len()
         )));
     }
-    let n = sock.send(&bytes, 0).map_err(|e| io("send", e))?;
-    if n != bytes.len() {
-        return Err(SetError::Io(format!("short send: {n} of {}", bytes.len())));
-    }
+    send_all(&sock, &bytes)?;
     let mut rx = vec![0u8; 64 * 1024];
     let mut first_error = None;
     while !waiting.is_empty() {
-        let n = {
-            let mut buf = &mut rx[..];
-            sock.recv(&mut buf, 0).map_err(|e| io("recv", e))?
-        };
-        let mut off = 0;
-        while off + 16 <= n {
-            let word = |at: usize| u32::from_ne_bytes([rx[at], rx[at + 1], rx[at + 2], rx[at + 3]]);
-            let len = word(off) as usize;
-            let kind = u16::from_ne_bytes([rx[off + 4], rx[off + 5]]);
-            let seq = word(off + 8);
-            if len < 16 || off + len > n {
-                return Err(SetError::Io(format!("a malformed answer ({len} bytes)")));
-            }
-            if kind == NLMSG_ERROR && len >= 20 {
-                let code =
-                    i32::from_ne_bytes([rx[off + 16], rx[off + 17], rx[off + 18], rx[off + 19]]);
+        let n = recv(&sock, &mut rx)?;
+        each_answer(&rx[..n], |kind, seq, payload| {
+            if let Some(code) = error_code(kind, payload) {
                 waiting.retain(|s| *s != seq);
                 if code != 0 && first_error.is_none() {
                     first_error = Some(-code);
                 }
             }
-            off += len.next_multiple_of(4);
-        }
+        })?;
         // An error aborts the batch: the kernel may not answer the rest.
         if let Some(errno) = first_error {
             return Err(SetError::Refused(errno));
@@ -250,7 +248,6 @@ pub fn apply(table: &str, changes: &[SetChange<'_>]) -> Result<(), SetError> {
 /// lb-node's own means nothing changed nftables since, lb-node's table
 /// included (how a repair skips reading the table back).
 pub fn generation() -> Result<u32, SetError> {
-    let io = |what: &str, e: std::io::Error| SetError::Io(format!("{what}: {e}"));
     let sock = open()?;
     let mut out = Vec::new();
     message(
@@ -262,39 +259,51 @@ pub fn generation() -> Result<u32, SetError> {
         0,
         &[],
     );
-    let n = sock.send(&out, 0).map_err(|e| io("send", e))?;
-    if n != out.len() {
-        return Err(SetError::Io(format!("short send: {n} of {}", out.len())));
-    }
+    send_all(&sock, &out)?;
     let mut rx = vec![0u8; 8 * 1024];
     let mut id = None;
     loop {
-        let n = {
-            let mut buf = &mut rx[..];
-            sock.recv(&mut buf, 0).map_err(|e| io("recv", e))?
-        };
-        let mut off = 0;
-        while off + 16 <= n {
-            let word = |at: usize| u32::from_ne_bytes([rx[at], rx[at + 1], rx[at + 2], rx[at + 3]]);
-            let len = word(off) as usize;
-            let kind = u16::from_ne_bytes([rx[off + 4], rx[off + 5]]);
-            if len < 16 || off + len > n {
-                return Err(SetError::Io(format!("a malformed answer ({len} bytes)")));
+        let n = recv(&sock, &mut rx)?;
+        let mut answer = None;
+        each_answer(&rx[..n], |kind, _, payload| {
+            if let Some(code) = error_code(kind, payload) {
+                answer.get_or_insert(if code != 0 {
+                    Err(SetError::Refused(-code))
+                } else {
+                    id.ok_or_else(|| SetError::Io("no generation in the answer".into()))
+                });
+            } else if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
+                // After the 4-byte nfgenmsg header: the attributes.
+                id = payload.get(4..).and_then(gen_id).or(id);
             }
-            if kind == NLMSG_ERROR && len >= 20 {
-                let code =
-                    i32::from_ne_bytes([rx[off + 16], rx[off + 17], rx[off + 18], rx[off + 19]]);
-                if code != 0 {
-                    return Err(SetError::Refused(-code));
-                }
-                return id.ok_or_else(|| SetError::Io("no generation in the answer".into()));
-            }
-            if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
-                id = gen_id(&rx[off + 20..off + len]).or(id);
-            }
-            off += len.next_multiple_of(4);
+        })?;
+        if let Some(answer) = answer {
+            return answer;
         }
     }
+}
+
+/// Calls `f` with each netlink message's type, sequence number and payload
+/// (what follows the 16-byte header) in a datagram of answers.
+fn each_answer(buf: &[u8], mut f: impl FnMut(u16, u32, &[u8])) -> Result<(), SetError> {
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let word = |at: usize| u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+        let len = word(off) as usize;
+        if len < 16 || off + len > buf.len() {
+            return Err(SetError::Io(format!("a malformed answer ({len} bytes)")));
+        }
+        let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        f(kind, word(off + 8), &buf[off + 16..off + len]);
+        off += len.next_multiple_of(4);
+    }
+    Ok(())
+}
+
+/// The error code of an NLMSG_ERROR answer (0: an acknowledgement).
+fn error_code(kind: u16, payload: &[u8]) -> Option<i32> {
+    (kind == NLMSG_ERROR && payload.len() >= 4)
+        .then(|| i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]))
 }
 
 /// NFTA_GEN_ID (big-endian) among a NEWGEN answer's attributes.
