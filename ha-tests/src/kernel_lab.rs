@@ -58,12 +58,16 @@ pub const MODULES: &[&str] = &[
     "nft_ct",
     // lb-node's flow hand-over (netdev ingress, `fwd`).
     "nft_fwd_netdev",
+    // `ss -ti` (a drill's account of connections that hang) asks the
+    // kernel over sock_diag.
+    "tcp_diag",
 ];
 
 /// Host programs copied into the guest, with the package that provides
 /// each.
 const TOOLS: &[(&str, &str)] = &[
     ("/usr/bin/ip", "iproute2"),
+    ("/usr/bin/ss", "iproute2"),
     ("/usr/sbin/nft", "nftables"),
     ("/usr/sbin/ipvsadm", "ipvsadm"),
     // iptables-nft (one program that acts by its name), for the cluster

@@ -1639,9 +1639,9 @@ async fn survival(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
     // Connections still waiting now (5 s after the move) are the ones
     // that will fail: what the client's TCP, the heir's IPVS and its
     // conntrack hold for each, for the report.
-    if let Some(hung) = hung_connections(lab, vip, heir) {
-        report.extra.insert("hung_at_crash".into(), hung);
-    }
+    report
+        .extra
+        .insert("hung_at_crash".into(), hung_connections(lab, vip, heir));
     // Failback: the machine returns (its kernel's connection table as it
     // was: the process died, not the machine) and takes a VIP back once
     // it has the others' connections.
@@ -1842,16 +1842,18 @@ async fn survival(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
 /// heir's IPVS (`/proc/net/ip_vs_conn`) and conntrack
 /// (`/proc/net/nf_conntrack`) hold for its port; at most 5. None when no
 /// connection waits or the tables cannot be read.
-fn hung_connections(lab: &Lab, vip: &str, heir: u64) -> Option<serde_json::Value> {
-    let ss = lab
-        .exec(
-            "c",
-            &["ss", "-tinH", "dst", &format!("{vip}:{SESSION_PORT}")],
-        )
-        .ok()?;
+fn hung_connections(lab: &Lab, vip: &str, heir: u64) -> serde_json::Value {
+    let ss = match lab.exec(
+        "c",
+        &["ss", "-tinH", "dst", &format!("{vip}:{SESSION_PORT}")],
+    ) {
+        Ok(ss) => ss,
+        Err(e) => return serde_json::json!({ "error": format!("ss: {e:#}") }),
+    };
     // `ss -tinH`: a line per socket, then an indented line of its
     // TCP_INFO.
     let mut hung = Vec::new();
+    let (mut sockets, mut max_lastrcv) = (0, 0);
     let mut lines = ss.lines().peekable();
     while let Some(head) = lines.next() {
         let info = match lines.peek() {
@@ -1863,6 +1865,8 @@ fn hung_connections(lab: &Lab, vip: &str, heir: u64) -> Option<serde_json::Value
             .find_map(|f| f.strip_prefix("lastrcv:"))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        sockets += 1;
+        max_lastrcv = max_lastrcv.max(lastrcv);
         let port = head
             .split_whitespace()
             .nth(3)
@@ -1874,10 +1878,14 @@ fn hung_connections(lab: &Lab, vip: &str, heir: u64) -> Option<serde_json::Value
             hung.push((port, format!("{} | {}", head.trim(), info.trim())));
         }
     }
-    if hung.is_empty() {
-        return None;
-    }
     let total = hung.len();
+    if total == 0 {
+        // Said even when nothing hangs, so that a run that fails later
+        // shows what the client's sockets looked like here.
+        return serde_json::json!({
+            "count": 0, "sockets": sockets, "max_lastrcv_ms": max_lastrcv,
+        });
+    }
     let ipvs = lab
         .exec(&format!("m{heir}"), &["cat", "/proc/net/ip_vs_conn"])
         .unwrap_or_default();
@@ -1903,7 +1911,10 @@ fn hung_connections(lab: &Lab, vip: &str, heir: u64) -> Option<serde_json::Value
             })
         })
         .collect();
-    Some(serde_json::json!({ "count": total, "examples": examples }))
+    serde_json::json!({
+        "count": total, "sockets": sockets, "max_lastrcv_ms": max_lastrcv,
+        "examples": examples,
+    })
 }
 
 fn softnet_dropped(lab: &Lab) -> Option<u64> {
