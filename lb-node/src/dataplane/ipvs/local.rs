@@ -374,6 +374,7 @@ impl Local {
             // Did this change commit, and was it the only transaction?
             let before = crate::nft_sets::generation().ok();
             let mut committed = true;
+            let mut replaced = false;
             if by_elements {
                 let (mut add, mut delete) = (BTreeSet::new(), BTreeSet::new());
                 for vip in &self.masq_touched {
@@ -414,15 +415,20 @@ impl Local {
                     Ok(()) => {
                         self.installed_masq = masq;
                         done = true;
+                        replaced = true;
                     }
                     Err(e) => errors.push(format!("{e:#}")),
                 }
             }
             if done && committed {
+                // Clean again only if nothing else committed: neither
+                // during this change nor, for a change of elements (which
+                // trusts the rest of the table), since the last clean one.
+                let continuous = replaced || before == self.clean_generation;
                 let after = crate::nft_sets::generation().ok();
                 self.clean_generation = before
                     .zip(after)
-                    .filter(|(b, a)| *a == b.wrapping_add(1))
+                    .filter(|(b, a)| continuous && *a == b.wrapping_add(1))
                     .map(|(_, a)| a);
             } else if !done {
                 self.clean_generation = None;
