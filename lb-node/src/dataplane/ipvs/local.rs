@@ -371,8 +371,10 @@ impl Local {
         if want_table && self.table_dirty {
             let by_elements = !self.full_install && self.marks == self.installed_marks;
             let mut done = false;
-            // Did this change commit, and was it the only transaction?
-            let before = crate::nft_sets::generation().ok();
+            // The generation just before a commit: was it the only
+            // transaction? Read only when something is committed (a change
+            // that adds and deletes nothing costs no netlink round trip).
+            let mut before = None;
             let mut committed = true;
             let mut replaced = false;
             if by_elements {
@@ -386,6 +388,9 @@ impl Local {
                     };
                 }
                 committed = !add.is_empty() || !delete.is_empty();
+                if committed {
+                    before = crate::nft_sets::generation().ok();
+                }
                 match super::nft_table::change_elements(&add, &delete) {
                     Ok(()) => {
                         self.installed_masq.extend(add);
@@ -405,6 +410,7 @@ impl Local {
                 } else {
                     BTreeSet::new()
                 };
+                before = crate::nft_sets::generation().ok();
                 match super::nft_table::install_table(
                     &masq,
                     &self.marks,
