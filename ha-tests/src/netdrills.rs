@@ -287,17 +287,26 @@ fn run_in_lab(name: &str, dataplane: Dataplane, as_target: bool) -> anyhow::Resu
         None => None,
     };
     // Debugging: stretches when the lab's processes could not run, at
-    // normal priority and at real-time priority (`stall-watch`).
+    // normal priority and at real-time priority (`stall-watch`). In the
+    // kernel lab the real-time one always runs, with a threshold of half
+    // a lease: a failed drill's output then says whether the whole guest
+    // stopped (the emulator starved of the host's CPU) while it failed.
     let mut watches = Vec::new();
-    if std::env::var_os("DRILL_TRAFFIC").is_some() {
+    let traffic = std::env::var_os("DRILL_TRAFFIC").is_some();
+    if traffic || std::env::var_os("DRILL_EMULATED").is_some() {
         let watch = crate::binary("stall-watch")?;
+        let threshold = if traffic { "100" } else { "250" };
         let mut normal = Command::new(&watch);
-        normal.args(["100", "stall (normal)"]);
+        normal.args([threshold, "stall (normal)"]);
         let mut fifo = Command::new("chrt");
         fifo.args(["-f", "50"])
             .arg(&watch)
-            .args(["100", "stall (fifo)"]);
-        for mut c in [normal, fifo] {
+            .args([threshold, "stall (fifo)"]);
+        let mut wanted = vec![fifo];
+        if traffic {
+            wanted.push(normal);
+        }
+        for mut c in wanted {
             match c.spawn() {
                 Ok(child) => watches.push(child),
                 Err(e) => eprintln!("cannot start stall-watch: {e}"),

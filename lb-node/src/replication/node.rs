@@ -21,11 +21,15 @@ use std::time::{Duration, Instant};
 
 use raft::eraftpb::Message;
 use tokio::sync::{oneshot, watch};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::proposal::{Outcomes, ProposeError};
 use super::replica::{PeerHealth, Replica};
 use crate::model::{Command, State};
+
+/// A late tick worth a warning: half the default lease (500 ms), so a
+/// lapse it causes has its cause in the log.
+const STALL_WORTH_A_WARNING: Duration = Duration::from_millis(250);
 
 /// What other tasks ask of the node thread.
 #[derive(Debug)]
@@ -387,6 +391,13 @@ pub fn run(
                 .as_nanos()
                 / tick.as_nanos().max(1);
             replica.tick();
+            let stalled = tick.saturating_mul(u32::try_from(missed).unwrap_or(u32::MAX));
+            if stalled >= STALL_WORTH_A_WARNING {
+                warn!(
+                    stalled_ms = stalled.as_millis() as u64,
+                    "the raft thread could not run (CPU starved, paused, a stalled disk): its lease counts the time"
+                );
+            }
             if missed > 0 {
                 replica.skip_ticks(u64::try_from(missed).unwrap_or(u64::MAX));
             }

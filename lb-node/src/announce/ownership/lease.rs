@@ -140,6 +140,20 @@ impl Lease {
             .is_some_and(|t| now.saturating_sub(*t) <= self.length)
     }
 
+    /// Per voter other than `me`: ticks since this member heard it, and
+    /// since the tick of this member's it last echoed (None: never), at
+    /// tick `now`. What a lapsed lease is told with.
+    pub fn ages(&self, me: u64, voters: &[u64], now: u64) -> Vec<(u64, Option<u64>, Option<u64>)> {
+        voters
+            .iter()
+            .filter(|v| **v != me)
+            .map(|v| {
+                let since = |t: Option<&u64>| t.map(|t| now.saturating_sub(*t));
+                (*v, since(self.heard.get(v)), since(self.confirmed.get(v)))
+            })
+            .collect()
+    }
+
     /// How many ticks this member has not heard `member` for (forever:
     /// never heard).
     pub fn silent_for(&self, member: u64, now: u64) -> u64 {

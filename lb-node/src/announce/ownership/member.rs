@@ -207,6 +207,8 @@ pub struct Ownership {
     /// `touch_term` as it was when the current stretch in touch began: the
     /// last term of which this member's state is known current.
     stretch_after_term: u64,
+    /// Whether the lease held at the last `note`: its end is logged once.
+    lease_held: bool,
 }
 
 impl Ownership {
@@ -237,6 +239,7 @@ impl Ownership {
             last_in_touch: 0,
             touch_term: disk_term,
             stretch_after_term: disk_term,
+            lease_held: false,
             config,
         }
     }
@@ -506,6 +509,31 @@ impl Ownership {
             && v.now.saturating_sub(self.last_in_touch) <= self.leaderless_grace();
         let current = self.may_announce(v);
         let mut owners_changed = false;
+        if self.lease_held && !lease && !v.removed {
+            // Why this member stops announcing: whom it has not heard, or
+            // not heard back (a stalled thread shows as every peer at once).
+            let ages: Vec<String> = self
+                .lease
+                .ages(self.config.me, &v.voters, v.now)
+                .into_iter()
+                .map(|(m, heard, echoed)| {
+                    let t = |a: Option<u64>| a.map_or("never".to_owned(), |a| a.to_string());
+                    format!(
+                        "member {m}: heard {} ticks ago, echoed {}",
+                        t(heard),
+                        t(echoed)
+                    )
+                })
+                .collect();
+            tracing::warn!(
+                member = self.config.me,
+                lease_ticks = self.config.election_ticks,
+                since_in_touch_with_a_leader_ticks = v.now.saturating_sub(self.last_in_touch),
+                peers = %ages.join("; "),
+                "announcement lease lapsed: this member stops announcing until it is current again"
+            );
+        }
+        self.lease_held = lease;
         if !lease {
             // Back, every VIP it owns then is noted afresh (even if no
             // owner changed meanwhile).
