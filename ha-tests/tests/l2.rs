@@ -121,3 +121,112 @@ fn ipv6_vip_is_reached_and_moves() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A member whose lease lapses (its two peers stopped) stops answering ARP
+/// for its VIP at once, but keeps the address local past `linger` (2 s)
+/// while nobody else announces it: clients whose ARP caches still point to
+/// it are served until the next owner's gratuitous ARP. Once another
+/// member announces it (the member is drained), the address goes `linger`
+/// later, not at the 30 s bound.
+#[test]
+fn a_lapsed_lease_keeps_the_vip_local_until_another_member_announces_it() -> anyhow::Result<()> {
+    let mut lab = Lab::new("k")?;
+    lab.admin_on_lan = true;
+    lab.start_arp_watch()?;
+    lab.start_members()?;
+    let (owner, _) = lab.wait_garp(VIP, 0.0, None, Duration::from_secs(30))?;
+    let local = |lab: &Lab| -> anyhow::Result<bool> {
+        let out = lab.exec(&format!("m{owner}"), &["ip", "-o", "addr", "show"])?;
+        Ok(out.contains(&format!(" {VIP}/")))
+    };
+    assert!(local(&lab)?, "the owner's VIP is not local");
+    let withdrawn = |lab: &Lab| {
+        lab.members[&owner]
+            .log()
+            .lines()
+            .any(|l| l.contains("VIP withdrawn") && l.contains(&format!("vip={VIP} ")))
+    };
+
+    let others: Vec<u64> = lab
+        .members
+        .keys()
+        .copied()
+        .filter(|id| *id != owner)
+        .collect();
+    for id in &others {
+        lab.members[id].signal("STOP")?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !withdrawn(&lab) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the owner kept its VIP with its peers stopped: {}",
+            lab.members[&owner].log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lapsed = unix_now();
+    assert!(
+        lab.members[&owner]
+            .log()
+            .contains("announcement lease lapsed"),
+        "the lapse is not logged: {}",
+        lab.members[&owner].log()
+    );
+    // Twice `linger` later: still local, and not answered since.
+    std::thread::sleep(Duration::from_millis(4500));
+    let still = local(&lab)?;
+    let answered: Vec<f64> = lab
+        .replies(VIP)
+        .iter()
+        .filter(|(at, m)| *at > lapsed + 0.1 && *m == owner)
+        .map(|(at, _)| at - lapsed)
+        .collect();
+    for id in &others {
+        lab.members[id].signal("CONT")?;
+    }
+    assert!(
+        still,
+        "the VIP went after linger though nobody announced it"
+    );
+    assert!(
+        answered.is_empty(),
+        "ARP answered with a lapsed lease, s after: {answered:?}"
+    );
+
+    // Back in touch, the owner answers again; drained, another member
+    // announces the VIP and the owner's address goes `linger` later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while lab
+        .answering(VIP)
+        .is_none_or(|(at, m)| m != owner || at < unix_now() - 1.0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the owner did not answer again: {}",
+            lab.members[&owner].log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t0 = unix_now();
+    let (code, out) = lab.lbctl(owner, &["member", "drain", &owner.to_string()])?;
+    assert_eq!(code, 0, "lbctl member drain: {out}");
+    let (next, at) = lab.wait_garp(VIP, t0, Some(owner), Duration::from_secs(10))?;
+    assert_ne!(next, owner);
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    while local(&lab)? {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the VIP stayed local {:.1} s after member {next} announced it",
+            unix_now() - at
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gone = unix_now() - at;
+    eprintln!("address gone {gone:.2} s after the next owner's gratuitous ARP");
+    assert!(
+        gone > 1.5,
+        "gone {gone:.2} s after the next owner's announcement: linger is 2 s"
+    );
+    Ok(())
+}

@@ -25,7 +25,7 @@ use anyhow::Context as _;
 use ipnet::IpNet;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::frames::{self, Mac};
 
@@ -358,8 +358,10 @@ pub async fn run(
                             if h.members.insert(*sender_mac) {
                                 new_member.notify_one();
                             }
-                            if !probe {
-                                h.announcers.insert(*target, *sender_mac);
+                            // A new announcer of a VIP: the loop ends the
+                            // linger of a VIP this member withdrew.
+                            if !probe && h.announcers.insert(*target, *sender_mac) != Some(*sender_mac) {
+                                new_member.notify_one();
                             }
                         }
                     }
@@ -441,7 +443,23 @@ pub async fn run(
                 handover.end(v4);
             }
             set_of(&holding).insert(vip);
-            info!(%vip, linger = ?config.linger, "VIP withdrawn: no longer answering ARP / NDP");
+            info!(%vip, linger = ?config.linger, "VIP withdrawn: no longer answering ARP / NDP; local until another member announces it, then linger more");
+        }
+        // A withdrawn VIP another member announces now stays local for
+        // `linger` more (clients move as its gratuitous ARP reaches them);
+        // one nobody announces stays (a lapsed lease: the next owner comes
+        // later), at most `l2_vips::UNREPLACED`. IPv6: the cap only.
+        {
+            let h = lock_heard(&heard);
+            let now = tokio::time::Instant::now();
+            for vip in vips.unreplaced() {
+                if let IpAddr::V4(v4) = vip
+                    && h.announcers.get(&v4).is_some_and(|m| *m != mac)
+                {
+                    vips.replaced(vip, now);
+                    debug!(%vip, "another member announces a VIP withdrawn here: local for linger more");
+                }
+            }
         }
         for vip in vips.expire(tokio::time::Instant::now()) {
             set_of(&holding).remove(&vip);
