@@ -29,5 +29,6 @@ pub mod netlink;
 pub mod nft;
 pub mod nft_sets;
 pub mod replication;
+pub mod route_batch;
 pub mod serving;
 pub mod source;
