@@ -391,6 +391,7 @@ async fn sync<D: Dataplane>(
     };
     let started = std::time::Instant::now();
     let ops = plan_sync(state, &observed, previous.as_deref());
+    let planned = started.elapsed();
     let base = match &previous {
         Some(_) => status.borrow().programmed_destinations,
         None => observed.destination_count() as u64,
@@ -410,6 +411,7 @@ async fn sync<D: Dataplane>(
             refused_services = refused.len(),
             repair = repairing,
             took_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+            plan_ms = (planned.as_secs_f64() * 1e6).round() / 1e3,
             since_change_ms,
             "dataplane synced"
         );
@@ -568,10 +570,11 @@ async fn apply<D: Dataplane>(
 ) -> Option<Table> {
     let started = std::time::Instant::now();
     let report = dataplane.apply(ops).await;
+    let applied = started.elapsed();
     let metrics = &crate::metrics::METRICS;
     metrics
         .dataplane_sync_seconds
-        .observe(started.elapsed().as_secs_f64());
+        .observe(applied.as_secs_f64());
     metrics.dataplane_operations.inc_by(report.applied as u64);
     metrics.dataplane_errors.inc_by(report.failed.len() as u64);
     if let Some(f) = report
@@ -660,5 +663,15 @@ async fn apply<D: Dataplane>(
         s.programmed_services = belief.services.len() as u64;
         s.programmed_destinations = (base + count_touched(&belief)).saturating_sub(before);
     });
+    if !ops.is_empty() {
+        // Where a sync's time goes besides the plan: the dataplane's own
+        // work, then updating what this member believes is programmed.
+        debug!(
+            ops = ops.len(),
+            dataplane_ms = (applied.as_secs_f64() * 1e6).round() / 1e3,
+            bookkeeping_ms = ((started.elapsed() - applied).as_secs_f64() * 1e6).round() / 1e3,
+            "dataplane operations applied and recorded"
+        );
+    }
     Some(belief)
 }

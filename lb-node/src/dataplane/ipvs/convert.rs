@@ -132,6 +132,24 @@ pub(super) fn read_dest(d: &KernelDest) -> Option<(DestKey, Destination)> {
     ))
 }
 
+/// One IPVS request of a batch, built into its message where it is
+/// encoded (on `IpvsSocket::execute`'s encoding thread for a big batch).
+pub(super) enum Request<'a> {
+    Service(u8, KernelKey, Option<(&'a ServiceKey, &'a ServiceSettings)>),
+    Dest(u8, KernelKey, &'a DestKey, Option<&'a Destination>),
+    Ready(IpvsMessage),
+}
+
+impl From<Request<'_>> for IpvsMessage {
+    fn from(r: Request<'_>) -> IpvsMessage {
+        match r {
+            Request::Service(c, k, s) => service_msg(c, &k, s),
+            Request::Dest(c, k, d, s) => dest_msg(c, &k, d, s),
+            Request::Ready(m) => m,
+        }
+    }
+}
+
 pub(super) fn service_msg(
     c: u8,
     k: &KernelKey,

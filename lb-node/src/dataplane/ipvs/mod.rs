@@ -47,7 +47,7 @@ use msg::{IpvsMessage, KernelDest, KernelKey, TopAttr, cmd};
 pub use socket::{Info, IpvsError, IpvsSocket};
 pub use sysctls::{SYSCTLS, set_sysctls};
 
-use convert::{counters_of, dest_msg, explain, kernel_key, service_msg};
+use convert::{Request, counters_of, dest_msg, explain, kernel_key};
 
 /// Which services of the kernel table belong to lb-node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +106,7 @@ struct Inner {
 }
 
 /// This thread's user and system CPU so far, in seconds.
-fn thread_cpu() -> Option<(f64, f64)> {
+pub(super) fn thread_cpu() -> Option<(f64, f64)> {
     use nix::sys::resource::{UsageWho, getrusage};
     let u = getrusage(UsageWho::RUSAGE_THREAD).ok()?;
     let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
@@ -154,6 +154,7 @@ impl Inner {
     fn apply(&mut self, ops: &[Op]) -> ApplyReport {
         const SLICE: usize = 8192;
         let cpu_before = (ops.len() > SLICE).then(thread_cpu).flatten();
+        let started = Instant::now();
         let mut report = ApplyReport::default();
         for chunk in ops.chunks(SLICE) {
             let part = self.apply_slice(chunk);
@@ -167,6 +168,7 @@ impl Inner {
         if let (Some((u0, s0)), Some((u1, s1))) = (cpu_before, thread_cpu()) {
             info!(
                 ops = ops.len(),
+                wall_s = (started.elapsed().as_secs_f64() * 1e3).round() / 1e3,
                 thread_user_s = ((u1 - u0) * 1e3).round() / 1e3,
                 thread_system_s = ((s1 - s0) * 1e3).round() / 1e3,
                 "IPVS batch applied: the CPU of the thread that sent it"
@@ -241,11 +243,11 @@ impl Inner {
                     } else {
                         cmd::SET_SERVICE
                     };
-                    service_msg(c, &self.key(service), Some((service, settings)))
+                    Request::Service(c, self.key(service), Some((service, settings)))
                 }
                 Op::DeleteService { service } => {
                     self.draining.stop_service(service);
-                    let m = service_msg(cmd::DEL_SERVICE, &self.key(service), None);
+                    let m = Request::Service(cmd::DEL_SERVICE, self.key(service), None);
                     self.marks.remove(service);
                     m
                 }
@@ -256,9 +258,9 @@ impl Inner {
                 } => {
                     if self.draining.stop(service, dest) {
                         // Back before its drain ended: it is still there.
-                        dest_msg(cmd::SET_DEST, &self.key(service), dest, Some(settings))
+                        Request::Dest(cmd::SET_DEST, self.key(service), dest, Some(settings))
                     } else {
-                        dest_msg(cmd::NEW_DEST, &self.key(service), dest, Some(settings))
+                        Request::Dest(cmd::NEW_DEST, self.key(service), dest, Some(settings))
                     }
                 }
                 Op::UpdateDestination {
@@ -267,7 +269,7 @@ impl Inner {
                     settings,
                 } => {
                     self.draining.stop(service, dest);
-                    dest_msg(cmd::SET_DEST, &self.key(service), dest, Some(settings))
+                    Request::Dest(cmd::SET_DEST, self.key(service), dest, Some(settings))
                 }
                 Op::DeleteDestination { service, dest } if !self.drain_for(service).is_zero() => {
                     let drain = self.drain_for(service);
@@ -284,16 +286,16 @@ impl Inner {
                     // Weight 0 first: no new connections, the open ones go on.
                     let mut kd = kd.clone();
                     kd.weight = 0;
-                    IpvsMessage::new(
+                    Request::Ready(IpvsMessage::new(
                         cmd::SET_DEST,
                         vec![
                             TopAttr::Service(self.key(service).attrs()),
                             TopAttr::Dest(kd.attrs()),
                         ],
-                    )
+                    ))
                 }
                 Op::DeleteDestination { service, dest } => {
-                    dest_msg(cmd::DEL_DEST, &self.key(service), dest, None)
+                    Request::Dest(cmd::DEL_DEST, self.key(service), dest, None)
                 }
             };
             requests.push(m);

@@ -35,6 +35,8 @@ use super::msg::{
 const WINDOW: usize = 256;
 /// Bytes of requests packed into one `send`.
 const SEND_CHUNK: usize = 64 * 1024;
+/// Requests from which `execute` encodes on another thread.
+const PIPELINE_AT_LEAST: usize = 2 * WINDOW;
 const RECV_BUFFER: usize = 8 * 1024 * 1024;
 /// How long an answer may take before the batch counts as lost.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -169,16 +171,8 @@ impl IpvsSocket {
     }
 
     fn frame_request(&mut self, msg: IpvsMessage, flags: u16, out: &mut Vec<u8>) -> u32 {
-        let mut genl = GenlMessage::from_payload(msg);
-        genl.set_resolved_family_id(self.family);
-        let mut nl = NetlinkMessage::from(genl);
-        nl.header.flags = flags;
         let seq = self.next_seq();
-        nl.header.sequence_number = seq;
-        nl.finalize();
-        let start = out.len();
-        out.resize(start + nl.buffer_len(), 0);
-        nl.serialize(&mut out[start..]);
+        frame_into(self.family, msg, flags, seq, out);
         seq
     }
 
@@ -362,45 +356,137 @@ impl IpvsSocket {
     /// without an error answer succeeded. That spares the kernel an answer
     /// (an skb allocated, queued and read back) for every request that
     /// succeeds: most of a full sync's 550,000 at 50,000 x 10.
-    pub fn execute(
-        &mut self,
-        requests: Vec<IpvsMessage>,
-    ) -> Result<Vec<Result<(), i32>>, IpvsError> {
+    pub fn execute<R>(&mut self, requests: Vec<R>) -> Result<Vec<Result<(), i32>>, IpvsError>
+    where
+        R: Into<IpvsMessage> + Send,
+    {
         let total = requests.len();
         let mut results: Vec<Option<Result<(), i32>>> = vec![None; total];
-        let mut pending = requests.into_iter().peekable();
-        let mut buf = Vec::with_capacity(SEND_CHUNK + 4096);
-        let mut next = 0usize;
-        while pending.peek().is_some() {
-            // One send: at most WINDOW requests (each could fail, and every
-            // failure is an answer the receive buffer must hold).
-            buf.clear();
-            let first = next;
-            let mut first_seq = 0u32;
-            let mut last_start = 0usize;
-            while next - first < WINDOW && buf.len() < SEND_CHUNK {
-                let Some(msg) = pending.next() else {
-                    break;
-                };
-                last_start = buf.len();
-                let seq = self.frame_request(msg, NLM_F_REQUEST, &mut buf);
-                if next == first {
-                    first_seq = seq;
+        if total >= PIPELINE_AT_LEAST {
+            self.execute_pipelined(requests, &mut results)?;
+        } else {
+            let mut pending = requests.into_iter().peekable();
+            let mut buf = Vec::with_capacity(SEND_CHUNK + 4096);
+            let mut next = 0usize;
+            while pending.peek().is_some() {
+                // One send: at most WINDOW requests (each could fail, and
+                // every failure is an answer the receive buffer must hold).
+                buf.clear();
+                let first = next;
+                let mut first_seq = 0u32;
+                let mut last_start = 0usize;
+                while next - first < WINDOW && buf.len() < SEND_CHUNK {
+                    let Some(msg) = pending.next() else {
+                        break;
+                    };
+                    last_start = buf.len();
+                    let seq = self.frame_request(msg.into(), NLM_F_REQUEST, &mut buf);
+                    if next == first {
+                        first_seq = seq;
+                    }
+                    next += 1;
                 }
-                next += 1;
+                ask_ack(&mut buf, last_start);
+                let barrier = first_seq.wrapping_add((next - first - 1) as u32);
+                self.settle(&buf, first, first_seq, barrier, &mut results)?;
             }
-            // The chunk's last request asks for the acknowledgement: its
-            // header's flags (bytes 6 and 7, native order) get NLM_F_ACK.
-            let flags = &mut buf[last_start + 6..last_start + 8];
-            let with_ack = u16::from_ne_bytes([flags[0], flags[1]]) | NLM_F_ACK;
-            flags.copy_from_slice(&with_ack.to_ne_bytes());
-            let barrier = first_seq.wrapping_add((next - first - 1) as u32);
-            self.settle(&buf, first, first_seq, barrier, &mut results)?;
         }
         Ok(results
             .into_iter()
             .map(|r| r.unwrap_or(Err(libc::EIO)))
             .collect())
+    }
+
+    /// `execute` for many requests: another thread builds and encodes the
+    /// next sends while this one waits for the kernel's work on the
+    /// current one, so the member's own cost overlaps the kernel's (a full
+    /// sync's 550,000 requests: about 11 s of user and 16 s of system time
+    /// on one thread in the kernel lab, one after the other before).
+    fn execute_pipelined<R>(
+        &mut self,
+        requests: Vec<R>,
+        results: &mut [Option<Result<(), i32>>],
+    ) -> Result<(), IpvsError>
+    where
+        R: Into<IpvsMessage> + Send,
+    {
+        struct Chunk {
+            buf: Vec<u8>,
+            first: usize,
+            first_seq: u32,
+            barrier: u32,
+        }
+        let (family, start_seq, total) = (self.family, self.seq, requests.len());
+        // Two sends encoded ahead at most; their buffers come back.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(2);
+        let (back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+        let outcome = std::thread::scope(|scope| {
+            let encoder = scope.spawn(move || {
+                let cpu_before = super::thread_cpu();
+                let mut seq = start_seq;
+                let mut pending = requests.into_iter().peekable();
+                let mut next = 0usize;
+                while pending.peek().is_some() {
+                    let mut buf = spare
+                        .try_recv()
+                        .unwrap_or_else(|_| Vec::with_capacity(SEND_CHUNK + 4096));
+                    buf.clear();
+                    let first = next;
+                    let mut first_seq = 0u32;
+                    let mut last_start = 0usize;
+                    while next - first < WINDOW && buf.len() < SEND_CHUNK {
+                        let Some(r) = pending.next() else {
+                            break;
+                        };
+                        last_start = buf.len();
+                        seq = seq.wrapping_add(1).max(1);
+                        frame_into(family, r.into(), NLM_F_REQUEST, seq, &mut buf);
+                        if next == first {
+                            first_seq = seq;
+                        }
+                        next += 1;
+                    }
+                    ask_ack(&mut buf, last_start);
+                    let chunk = Chunk {
+                        buf,
+                        first,
+                        first_seq,
+                        barrier: seq,
+                    };
+                    // The sender gave up (an answer lost): stop.
+                    if tx.send(chunk).is_err() {
+                        break;
+                    }
+                }
+                cpu_before.zip(super::thread_cpu())
+            });
+            let mut settle_all = || -> Result<(), IpvsError> {
+                for c in rx.iter() {
+                    self.settle(&c.buf, c.first, c.first_seq, c.barrier, results)?;
+                    let _ = back.send(c.buf);
+                }
+                Ok(())
+            };
+            let outcome = settle_all();
+            // Unblocks the encoder if this side stopped early.
+            drop(rx);
+            if let Ok(Some(((u0, s0), (u1, s1)))) = encoder.join() {
+                tracing::debug!(
+                    requests = total,
+                    user_s = ((u1 - u0) * 1e3).round() / 1e3,
+                    system_s = ((s1 - s0) * 1e3).round() / 1e3,
+                    "IPVS requests encoded: the CPU of the thread that built them"
+                );
+            }
+            outcome
+        });
+        // The sequence numbers the encoder used, as `next_seq` counts.
+        let mut seq = start_seq;
+        for _ in 0..total {
+            seq = seq.wrapping_add(1).max(1);
+        }
+        self.seq = seq;
+        outcome
     }
 
     /// Sends one chunk whose requests are numbered from `first_seq` (the
@@ -448,6 +534,28 @@ impl IpvsSocket {
         }
         Ok(())
     }
+}
+
+/// Frames one IPVS request with sequence number `seq` at the end of `out`.
+fn frame_into(family: u16, msg: IpvsMessage, flags: u16, seq: u32, out: &mut Vec<u8>) {
+    let mut genl = GenlMessage::from_payload(msg);
+    genl.set_resolved_family_id(family);
+    let mut nl = NetlinkMessage::from(genl);
+    nl.header.flags = flags;
+    nl.header.sequence_number = seq;
+    nl.finalize();
+    let start = out.len();
+    out.resize(start + nl.buffer_len(), 0);
+    nl.serialize(&mut out[start..]);
+}
+
+/// Makes the request framed at `last_start` of `buf` (a send's last) ask
+/// for the acknowledgement: its header's flags (bytes 6 and 7, native
+/// order) get NLM_F_ACK.
+fn ask_ack(buf: &mut [u8], last_start: usize) {
+    let flags = &mut buf[last_start + 6..last_start + 8];
+    let with_ack = u16::from_ne_bytes([flags[0], flags[1]]) | NLM_F_ACK;
+    flags.copy_from_slice(&with_ack.to_ne_bytes());
 }
 
 /// The length and sequence number of the netlink message at the start of
