@@ -66,3 +66,16 @@ pub fn runtime_in(ns: &str, threads: usize) -> anyhow::Result<tokio::runtime::Ru
     .join()
     .map_err(|_| anyhow::anyhow!("the thread building a runtime panicked"))?
 }
+
+/// Runs `f` on a thread of its own inside namespace `ns` (the calling
+/// thread stays where it is); what `f` returns.
+pub fn inside<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(ns)?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread panicked"))?
+    })
+}

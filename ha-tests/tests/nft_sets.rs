@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use ha_tests::netns::inside;
 use lb_node::nft_sets::{SetChange, SetError, apply};
 
 struct Namespace(String);
@@ -47,18 +48,6 @@ fn elements(ns: &str, set: &str) -> anyhow::Result<String> {
         ])
         .output()?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Runs `f` on a thread inside namespace `ns`.
-fn inside<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            ha_tests::netns::enter(ns)?;
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the thread panicked"))?
-    })
 }
 
 fn ip(s: &str) -> IpAddr {

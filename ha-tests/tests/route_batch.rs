@@ -8,6 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 
+use ha_tests::netns::inside;
 use lb_node::route_batch::{Change, apply, local_route};
 
 struct Namespace(String);
@@ -16,18 +17,6 @@ impl Drop for Namespace {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
-}
-
-/// Runs `f` on a thread inside namespace `ns`.
-fn inside<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            ha_tests::netns::enter(ns)?;
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the thread panicked"))?
-    })
 }
 
 const TABLE: u32 = 0x6c62;

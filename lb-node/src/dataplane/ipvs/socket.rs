@@ -369,25 +369,14 @@ impl IpvsSocket {
             let mut buf = Vec::with_capacity(SEND_CHUNK + 4096);
             let mut next = 0usize;
             while pending.peek().is_some() {
-                // One send: at most WINDOW requests (each could fail, and
-                // every failure is an answer the receive buffer must hold).
-                buf.clear();
-                let first = next;
-                let mut first_seq = 0u32;
-                let mut last_start = 0usize;
-                while next - first < WINDOW && buf.len() < SEND_CHUNK {
-                    let Some(msg) = pending.next() else {
-                        break;
-                    };
-                    last_start = buf.len();
-                    let seq = self.frame_request(msg.into(), NLM_F_REQUEST, &mut buf);
-                    if next == first {
-                        first_seq = seq;
-                    }
-                    next += 1;
-                }
-                ask_ack(&mut buf, last_start);
-                let barrier = first_seq.wrapping_add((next - first - 1) as u32);
+                let (first, first_seq) = fill_send(
+                    &mut pending,
+                    self.family,
+                    &mut self.seq,
+                    &mut next,
+                    &mut buf,
+                );
+                let barrier = self.seq;
                 self.settle(&buf, first, first_seq, barrier, &mut results)?;
             }
         }
@@ -430,23 +419,8 @@ impl IpvsSocket {
                     let mut buf = spare
                         .try_recv()
                         .unwrap_or_else(|_| Vec::with_capacity(SEND_CHUNK + 4096));
-                    buf.clear();
-                    let first = next;
-                    let mut first_seq = 0u32;
-                    let mut last_start = 0usize;
-                    while next - first < WINDOW && buf.len() < SEND_CHUNK {
-                        let Some(r) = pending.next() else {
-                            break;
-                        };
-                        last_start = buf.len();
-                        seq = seq.wrapping_add(1).max(1);
-                        frame_into(family, r.into(), NLM_F_REQUEST, seq, &mut buf);
-                        if next == first {
-                            first_seq = seq;
-                        }
-                        next += 1;
-                    }
-                    ask_ack(&mut buf, last_start);
+                    let (first, first_seq) =
+                        fill_send(&mut pending, family, &mut seq, &mut next, &mut buf);
                     let chunk = Chunk {
                         buf,
                         first,
@@ -547,6 +521,38 @@ fn frame_into(family: u16, msg: IpvsMessage, flags: u16, seq: u32, out: &mut Vec
     let start = out.len();
     out.resize(start + nl.buffer_len(), 0);
     nl.serialize(&mut out[start..]);
+}
+
+/// Fills `buf` with the next send's requests from `pending` (at most
+/// WINDOW, about SEND_CHUNK bytes), numbered on from `seq` as `next_seq`
+/// counts, the last one asking for the acknowledgement; `next` counts the
+/// requests taken so far. Returns the first one's index and number (the
+/// last one's is `seq` after).
+fn fill_send<R: Into<IpvsMessage>>(
+    pending: &mut std::iter::Peekable<std::vec::IntoIter<R>>,
+    family: u16,
+    seq: &mut u32,
+    next: &mut usize,
+    buf: &mut Vec<u8>,
+) -> (usize, u32) {
+    buf.clear();
+    let first = *next;
+    let mut first_seq = 0u32;
+    let mut last_start = 0usize;
+    while *next - first < WINDOW && buf.len() < SEND_CHUNK {
+        let Some(r) = pending.next() else {
+            break;
+        };
+        last_start = buf.len();
+        *seq = seq.wrapping_add(1).max(1);
+        frame_into(family, r.into(), NLM_F_REQUEST, *seq, buf);
+        if *next == first {
+            first_seq = *seq;
+        }
+        *next += 1;
+    }
+    ask_ack(buf, last_start);
+    (first, first_seq)
 }
 
 /// Makes the request framed at `last_start` of `buf` (a send's last) ask
