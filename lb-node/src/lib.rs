@@ -26,6 +26,7 @@ pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod netlink;
+pub mod netlink_batch;
 pub mod nft;
 pub mod nft_sets;
 pub mod replication;

@@ -35,6 +35,7 @@ use crate::dataplane::{
 use crate::model::{Protocol, ServiceKey};
 
 mod convert;
+mod encode;
 pub mod local;
 pub mod msg;
 pub mod nft_table;

@@ -15,8 +15,7 @@
 use std::time::Duration;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkBuffer, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_generic::GenlMessage;
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
@@ -24,19 +23,19 @@ use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_sys::protocols::NETLINK_GENERIC;
 use netlink_sys::{Socket, SocketAddr};
 
+use super::encode::Framed;
+use crate::netlink_batch::{self, Filled, SEND_CHUNK, WINDOW, fill_send};
+
 use super::msg::{
     DaemonAttr, IpvsMessage, KernelDest, KernelKey, KernelService, SyncDaemon, TopAttr, cmd,
 };
 
-/// Requests per `send` at most: every one of them could fail, and each
-/// failure is its own answer skb (about 1 KiB of receive buffer accounting;
-/// SO_RCVBUF is capped by net.core.rmem_max, 416 KiB once doubled, by
-/// default); more would overflow it (ENOBUFS) and lose answers.
-const WINDOW: usize = 256;
-/// Bytes of requests packed into one `send`.
-const SEND_CHUNK: usize = 64 * 1024;
 /// Requests from which `execute` encodes on another thread.
 const PIPELINE_AT_LEAST: usize = 2 * WINDOW;
+// `netlink_batch::WINDOW` requests per send at most: each failure is its
+// own answer skb (about 1 KiB of receive buffer accounting; SO_RCVBUF is
+// capped by net.core.rmem_max, 416 KiB once doubled, by default); more
+// would overflow it (ENOBUFS) and lose answers.
 const RECV_BUFFER: usize = 8 * 1024 * 1024;
 /// How long an answer may take before the batch counts as lost.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,7 +171,7 @@ impl IpvsSocket {
 
     fn frame_request(&mut self, msg: IpvsMessage, flags: u16, out: &mut Vec<u8>) -> u32 {
         let seq = self.next_seq();
-        frame_into(self.family, msg, flags, seq, out);
+        msg.frame(self.family, flags, seq, out);
         seq
     }
 
@@ -189,23 +188,7 @@ impl IpvsSocket {
 
     fn recv(&mut self) -> Result<usize, IpvsError> {
         let mut buf = &mut self.rx[..];
-        match self.sock.recv(&mut buf, 0) {
-            Ok(n) => Ok(n),
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Err(IpvsError::Io(
-                "answers dropped (ENOBUFS): the receive buffer overflowed".into(),
-            )),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                Err(IpvsError::Io(format!(
-                    "no answer within {ANSWER_TIMEOUT:?}"
-                )))
-            }
-            Err(e) => Err(IpvsError::Io(format!("recv: {e}"))),
-        }
+        self.sock.recv(&mut buf, 0).map_err(io_error)
     }
 
     /// GET_INFO: the IPVS version and connection table size.
@@ -358,7 +341,7 @@ impl IpvsSocket {
     /// succeeds: most of a full sync's 550,000 at 50,000 x 10.
     pub fn execute<R>(&mut self, requests: Vec<R>) -> Result<Vec<Result<(), i32>>, IpvsError>
     where
-        R: Into<IpvsMessage> + Send,
+        R: Framed + Send,
     {
         let total = requests.len();
         let mut results: Vec<Option<Result<(), i32>>> = vec![None; total];
@@ -368,16 +351,16 @@ impl IpvsSocket {
             let mut pending = requests.into_iter().peekable();
             let mut buf = Vec::with_capacity(SEND_CHUNK + 4096);
             let mut next = 0usize;
+            let family = self.family;
             while pending.peek().is_some() {
-                let (first, first_seq) = fill_send(
+                let filled = fill_send(
                     &mut pending,
-                    self.family,
                     &mut self.seq,
                     &mut next,
                     &mut buf,
+                    |r, seq, out| r.frame(family, NLM_F_REQUEST, seq, out),
                 );
-                let barrier = self.seq;
-                self.settle(&buf, first, first_seq, barrier, &mut results)?;
+                self.settle(&buf, filled, &mut results)?;
             }
         }
         Ok(results
@@ -397,13 +380,11 @@ impl IpvsSocket {
         results: &mut [Option<Result<(), i32>>],
     ) -> Result<(), IpvsError>
     where
-        R: Into<IpvsMessage> + Send,
+        R: Framed + Send,
     {
         struct Chunk {
             buf: Vec<u8>,
-            first: usize,
-            first_seq: u32,
-            barrier: u32,
+            filled: Filled,
         }
         let (family, start_seq, total) = (self.family, self.seq, requests.len());
         // Two sends encoded ahead at most; their buffers come back.
@@ -419,14 +400,14 @@ impl IpvsSocket {
                     let mut buf = spare
                         .try_recv()
                         .unwrap_or_else(|_| Vec::with_capacity(SEND_CHUNK + 4096));
-                    let (first, first_seq) =
-                        fill_send(&mut pending, family, &mut seq, &mut next, &mut buf);
-                    let chunk = Chunk {
-                        buf,
-                        first,
-                        first_seq,
-                        barrier: seq,
-                    };
+                    let filled = fill_send(
+                        &mut pending,
+                        &mut seq,
+                        &mut next,
+                        &mut buf,
+                        |r, seq, out| r.frame(family, NLM_F_REQUEST, seq, out),
+                    );
+                    let chunk = Chunk { buf, filled };
                     // The sender gave up (an answer lost): stop.
                     if tx.send(chunk).is_err() {
                         break;
@@ -436,7 +417,7 @@ impl IpvsSocket {
             });
             let mut settle_all = || -> Result<(), IpvsError> {
                 for c in rx.iter() {
-                    self.settle(&c.buf, c.first, c.first_seq, c.barrier, results)?;
+                    self.settle(&c.buf, c.filled, results)?;
                     let _ = back.send(c.buf);
                 }
                 Ok(())
@@ -463,123 +444,41 @@ impl IpvsSocket {
         outcome
     }
 
-    /// Sends one chunk whose requests are numbered from `first_seq` (the
-    /// `first`th request of the call on), and reads answers until the
-    /// acknowledgement of `barrier`: error answers before it name the
-    /// requests that failed; every other request of the chunk succeeded.
+    /// Sends one buffer of requests and reads the answers until its
+    /// last one's acknowledgement (`netlink_batch::settle`).
     fn settle(
         &mut self,
         buf: &[u8],
-        first: usize,
-        first_seq: u32,
-        barrier: u32,
+        filled: Filled,
         results: &mut [Option<Result<(), i32>>],
     ) -> Result<(), IpvsError> {
-        self.send_all(buf)?;
-        let count = barrier.wrapping_sub(first_seq) as usize + 1;
-        loop {
-            let n = self.recv()?;
-            let mut off = 0;
-            let mut done = false;
-            while off < n {
-                let (len, mseq) = frame(&self.rx[off..n])?;
-                let nb = NetlinkBuffer::new(&self.rx[off..off + len]);
-                let idx = mseq.wrapping_sub(first_seq) as usize;
-                if nb.message_type() == netlink_packet_core::NLMSG_ERROR && idx < count {
-                    let p = nb.payload();
-                    if p.len() < 4 {
-                        return Err(IpvsError::Io("truncated acknowledgement".into()));
-                    }
-                    let code = i32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
-                    if let Some(slot) = results.get_mut(first + idx) {
-                        *slot = Some(if code == 0 { Ok(()) } else { Err(-code) });
-                    }
-                    done |= mseq == barrier;
-                }
-                off += len;
-            }
-            if done {
-                break;
-            }
-        }
-        let end = (first + count).min(results.len());
-        for slot in &mut results[first..end] {
-            slot.get_or_insert(Ok(()));
-        }
-        Ok(())
+        netlink_batch::settle(&self.sock, &mut self.rx, buf, filled, results).map_err(io_error)
     }
-}
-
-/// Frames one IPVS request with sequence number `seq` at the end of `out`.
-fn frame_into(family: u16, msg: IpvsMessage, flags: u16, seq: u32, out: &mut Vec<u8>) {
-    let mut genl = GenlMessage::from_payload(msg);
-    genl.set_resolved_family_id(family);
-    let mut nl = NetlinkMessage::from(genl);
-    nl.header.flags = flags;
-    nl.header.sequence_number = seq;
-    nl.finalize();
-    let start = out.len();
-    out.resize(start + nl.buffer_len(), 0);
-    nl.serialize(&mut out[start..]);
-}
-
-/// Fills `buf` with the next send's requests from `pending` (at most
-/// WINDOW, about SEND_CHUNK bytes), numbered on from `seq` as `next_seq`
-/// counts, the last one asking for the acknowledgement; `next` counts the
-/// requests taken so far. Returns the first one's index and number (the
-/// last one's is `seq` after).
-fn fill_send<R: Into<IpvsMessage>>(
-    pending: &mut std::iter::Peekable<std::vec::IntoIter<R>>,
-    family: u16,
-    seq: &mut u32,
-    next: &mut usize,
-    buf: &mut Vec<u8>,
-) -> (usize, u32) {
-    buf.clear();
-    let first = *next;
-    let mut first_seq = 0u32;
-    let mut last_start = 0usize;
-    while *next - first < WINDOW && buf.len() < SEND_CHUNK {
-        let Some(r) = pending.next() else {
-            break;
-        };
-        last_start = buf.len();
-        *seq = seq.wrapping_add(1).max(1);
-        frame_into(family, r.into(), NLM_F_REQUEST, *seq, buf);
-        if *next == first {
-            first_seq = *seq;
-        }
-        *next += 1;
-    }
-    ask_ack(buf, last_start);
-    (first, first_seq)
-}
-
-/// Makes the request framed at `last_start` of `buf` (a send's last) ask
-/// for the acknowledgement: its header's flags (bytes 6 and 7, native
-/// order) get NLM_F_ACK.
-fn ask_ack(buf: &mut [u8], last_start: usize) {
-    let flags = &mut buf[last_start + 6..last_start + 8];
-    let with_ack = u16::from_ne_bytes([flags[0], flags[1]]) | NLM_F_ACK;
-    flags.copy_from_slice(&with_ack.to_ne_bytes());
 }
 
 /// The length and sequence number of the netlink message at the start of
 /// `buf`, checked.
 fn frame(buf: &[u8]) -> Result<(usize, u32), IpvsError> {
-    let nb = NetlinkBuffer::new_checked(buf)
-        .map_err(|e| IpvsError::Io(format!("malformed netlink message: {e}")))?;
-    let len = nb.length() as usize;
-    if len < 16 {
-        return Err(IpvsError::Io(
-            "netlink message shorter than its header".into(),
-        ));
-    }
-    // Messages are 4-byte aligned within a datagram.
-    let aligned = (len + 3) & !3;
-    Ok((aligned.min(buf.len()), nb.sequence_number()))
+    netlink_batch::frame(buf).map_err(|e| IpvsError::Io(e.to_string()))
 }
 
 fn set_recv_timeout(sock: &Socket, timeout: Duration) -> std::io::Result<()> {
     socket2::SockRef::from(sock).set_read_timeout(Some(timeout))
+}
+
+/// What a failed send or receive means for the batch.
+fn io_error(e: std::io::Error) -> IpvsError {
+    match e.raw_os_error() {
+        Some(libc::ENOBUFS) => {
+            IpvsError::Io("answers dropped (ENOBUFS): the receive buffer overflowed".into())
+        }
+        _ if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) =>
+        {
+            IpvsError::Io(format!("no answer within {ANSWER_TIMEOUT:?}"))
+        }
+        _ => IpvsError::Io(format!("netlink: {e}")),
+    }
 }
