@@ -34,6 +34,10 @@ use crate::clock::unix_ms;
 use crate::dataplane::{Dataplane, DataplaneError, Op, Table, plan};
 use crate::model::{ServiceKey, State};
 
+/// A batch of at least this many operations is recorded in the belief on
+/// another thread while the dataplane programs it.
+const RECORD_BESIDE: usize = 4096;
+
 /// After a failed sync, try again this soon rather than waiting for the
 /// repair interval.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
@@ -42,6 +46,14 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// `REFUSED_RETRY_MAX`.
 const REFUSED_RETRY_FIRST: Duration = Duration::from_secs(1);
 const REFUSED_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// A repair round takes at most a fifth of the time from its start to the
+/// next one's: the next waits `repair_interval`, or this many times the
+/// round's own time when that is longer. A round of 50,000 x 10 took
+/// 45-72 s in the kernel lab's emulated guest: with 30 s between rounds
+/// the member was repairing most of the time, and every change shared the
+/// two CPUs with it (issue 20).
+const REPAIR_REST_FACTOR: u32 = 4;
 
 /// A repair round reads back services until their believed destinations
 /// reach a budget (one service at least), then lets changes through. The
@@ -266,11 +278,16 @@ pub async fn run<D: Dataplane>(
                             programmed = None;
                         }
                     } else {
+                        let round_started = r.started;
                         match repair_step(&mut dataplane, &mut programmed, &mut refused, r, &status).await {
                             Step::More => {}
                             Step::Done => {
                                 round = None;
-                                next_repair = tokio::time::Instant::now() + repair_interval;
+                                let rest = repair_interval.max(round_started.elapsed() * REPAIR_REST_FACTOR);
+                                if rest > repair_interval {
+                                    debug!(next_in_s = rest.as_secs(), "the repair round was long: the next one waits longer");
+                                }
+                                next_repair = tokio::time::Instant::now() + rest;
                             }
                             Step::Unreachable => programmed = None,
                         }
@@ -359,8 +376,27 @@ pub fn plan_sync(
 ) -> Vec<crate::dataplane::Op> {
     match previous {
         Some(previous) => {
+            // Its parts timed: a change's first plan after a full sync took
+            // 1.8-3.2 ms in the kernel lab's emulated guest, later ones
+            // 0.1-0.4 ms (issue 20).
+            let t0 = std::time::Instant::now();
             let keys = state.changed_keys_since(previous);
-            plan(&Table::from_state_for(state, &keys), &observed.only(&keys))
+            let t1 = std::time::Instant::now();
+            let desired = Table::from_state_for(state, &keys);
+            let t2 = std::time::Instant::now();
+            let held = observed.only(&keys);
+            let t3 = std::time::Instant::now();
+            let ops = plan(&desired, &held);
+            let us = |a: std::time::Instant, b: std::time::Instant| (b - a).as_secs_f64() * 1e6;
+            debug!(
+                services = keys.len(),
+                changed_keys_us = us(t0, t1).round(),
+                desired_us = us(t1, t2).round(),
+                held_us = us(t2, t3).round(),
+                compare_us = us(t3, std::time::Instant::now()).round(),
+                "change planned"
+            );
+            ops
         }
         None => plan(&Table::from_state(state), observed),
     }
@@ -396,10 +432,11 @@ async fn sync<D: Dataplane>(
         Some(_) => status.borrow().programmed_destinations,
         None => observed.destination_count() as u64,
     };
-    let Some(now_programmed) = apply(dataplane, &ops, observed, refused, base, status).await else {
+    let n_ops = ops.len();
+    let Some(now_programmed) = apply(dataplane, ops, observed, refused, base, status).await else {
         return false;
     };
-    if !ops.is_empty() {
+    if n_ops > 0 {
         // From the proposal of the newest change to now: what waiting
         // behind other work (a repair, a dump) adds to the sync itself.
         let changed_at = state.changed_at_unix_us();
@@ -407,7 +444,7 @@ async fn sync<D: Dataplane>(
             .then(|| (crate::clock::now_unix_us().saturating_sub(changed_at) as f64 / 1e3).round());
         info!(
             revision = state.revision(),
-            ops = ops.len(),
+            ops = n_ops,
             refused_services = refused.len(),
             repair = repairing,
             took_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
@@ -420,12 +457,12 @@ async fn sync<D: Dataplane>(
     status.send_modify(|s| {
         // A repair that finds work while the state did not move is drift.
         if repairing && s.last_sync_unix_ms > 0 && s.synced_revision == state.revision() {
-            s.drift_repairs += ops.len() as u64;
-            metrics.drift_repairs.inc_by(ops.len() as u64);
+            s.drift_repairs += n_ops as u64;
+            metrics.drift_repairs.inc_by(n_ops as u64);
         }
         s.last_sync_unix_ms = unix_ms(SystemTime::now());
         s.synced_revision = state.revision();
-        s.last_sync_ops = ops.len() as u64;
+        s.last_sync_ops = n_ops as u64;
     });
     *programmed = Some((now_programmed, state.clone()));
     true
@@ -508,7 +545,7 @@ async fn repair_step<D: Dataplane>(
     let metrics = &crate::metrics::METRICS;
     metrics.drift_repairs.inc_by(ops.len() as u64);
     status.send_modify(|s| s.drift_repairs += ops.len() as u64);
-    match apply(dataplane, &ops, belief, refused, base, status).await {
+    match apply(dataplane, ops, belief, refused, base, status).await {
         Some(table) => {
             *programmed = Some((table, from));
             Step::More
@@ -548,7 +585,7 @@ async fn retry_refused<D: Dataplane>(
         return true;
     }
     let base = status.borrow().programmed_destinations;
-    let Some(table) = apply(dataplane, &ops, table, refused, base, status).await else {
+    let Some(table) = apply(dataplane, ops, table, refused, base, status).await else {
         return false;
     };
     *programmed = Some((table, from));
@@ -562,14 +599,40 @@ async fn retry_refused<D: Dataplane>(
 /// could not be reached (the caller resyncs from a dump).
 async fn apply<D: Dataplane>(
     dataplane: &mut D,
-    ops: &[Op],
+    ops: Vec<Op>,
     mut belief: Table,
     refused: &mut RefusedServices,
     base: u64,
     status: &watch::Sender<DataplaneStatus>,
 ) -> Option<Table> {
     let started = std::time::Instant::now();
-    let report = dataplane.apply(ops).await;
+    // The destination count moves by what the touched services changed:
+    // counting the whole table per sync would cost O(table).
+    let touched: BTreeSet<ServiceKey> = ops.iter().map(Op::service).collect();
+    let count_touched = |t: &Table| -> u64 {
+        touched
+            .iter()
+            .filter_map(|k| t.services.get(k))
+            .map(|s| s.destinations.len() as u64)
+            .sum()
+    };
+    let before = count_touched(&belief);
+    // Every operation is recorded, a refused one's too: the services
+    // with a refusal are read back from the dataplane below, replacing
+    // what was recorded for them. So a big batch is recorded on another
+    // thread while the dataplane works (0.9-1.3 s of a 550,000-operation
+    // sync in the kernel lab, issue 20).
+    let ops = Arc::new(ops);
+    let recording = if ops.len() >= RECORD_BESIDE {
+        let ops = ops.clone();
+        Recording::Beside(tokio::task::spawn_blocking(move || {
+            record(&mut belief, &ops);
+            belief
+        }))
+    } else {
+        Recording::Here(belief)
+    };
+    let report = dataplane.apply(&ops).await;
     let applied = started.elapsed();
     let metrics = &crate::metrics::METRICS;
     metrics
@@ -586,22 +649,20 @@ async fn apply<D: Dataplane>(
         status.send_modify(|s| s.last_error = f.error.to_string());
         return None;
     }
-    // The destination count moves by what the touched services changed:
-    // counting the whole table per sync would cost O(table).
-    let touched: BTreeSet<ServiceKey> = ops.iter().map(Op::service).collect();
-    let count_touched = |t: &Table| -> u64 {
-        touched
-            .iter()
-            .filter_map(|k| t.services.get(k))
-            .map(|s| s.destinations.len() as u64)
-            .sum()
-    };
-    let before = count_touched(&belief);
     let failed: BTreeSet<ServiceKey> = report.failed.iter().map(|f| f.op.service()).collect();
-    for op in ops.iter().filter(|op| !failed.contains(&op.service())) {
-        // Conflicts here only mean our belief was stale; the next dump fixes it.
-        let _ = belief.apply(op);
-    }
+    let mut belief = match recording {
+        Recording::Here(mut belief) => {
+            record(&mut belief, &ops);
+            belief
+        }
+        Recording::Beside(task) => match task.await {
+            Ok(belief) => belief,
+            Err(e) => {
+                warn!(error = %e, "recording what was programmed failed; resyncing from a dump");
+                return None;
+            }
+        },
+    };
     if !failed.is_empty() {
         // A refused operation changed nothing, but the others of its
         // service may have: read those services back.
@@ -674,4 +735,18 @@ async fn apply<D: Dataplane>(
         );
     }
     Some(belief)
+}
+
+/// Where the belief is brought up to date with a batch (`apply`).
+enum Recording {
+    Here(Table),
+    Beside(tokio::task::JoinHandle<Table>),
+}
+
+/// Records `ops` in `belief`.
+fn record(belief: &mut Table, ops: &[Op]) {
+    for op in ops {
+        // Conflicts here only mean our belief was stale; the next dump fixes it.
+        let _ = belief.apply(op);
+    }
 }
