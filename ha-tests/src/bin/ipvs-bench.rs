@@ -105,6 +105,11 @@ fn main() -> anyhow::Result<()> {
     let log = std::env::var("RUST_LOG")
         .map(|l| format!("export RUST_LOG='{l}'\n"))
         .unwrap_or_default();
+    // And GLIBC_TUNABLES, to try the allocator's settings.
+    let log = log
+        + &std::env::var("GLIBC_TUNABLES")
+            .map(|t| format!("export GLIBC_TUNABLES='{t}'\n"))
+            .unwrap_or_default();
     // The kernel's rate estimators (`net.ipv4.vs.run_estimation`, on by
     // default) can be turned off in both guests to see what they cost.
     let estimation = match std::env::var("IPVS_BENCH_RUN_ESTIMATION").as_deref() {
@@ -127,6 +132,8 @@ synced() {
 synced 1
 grep "dataplane synced" /tmp/lb.log | sed -n 1p | sed 's/^/LAB full+ /'
 grep "IPVS batch applied" /tmp/lb.log | sed -n 1p | sed 's/^/LAB batch+ /'
+# The threads that encoded the full sync's requests (one per slice), summed.
+echo "LAB encoder $(grep 'requests encoded' /tmp/lb.log | sed -n 's/.*user_s=\([0-9.]*\) system_s=\([0-9.]*\).*/\1 \2/p' | awk '{u+=$1; s+=$2} END {printf "%.3f %.3f", u, s}')"
 # lb-node's CPU so far (start, the file, the sync), user and system, in
 # clock ticks: the kernel's work on each IPVS request runs in lb-node's
 # own send call, so system time bounds what any client could save.
@@ -166,7 +173,7 @@ echo "LAB rss-kib $(grep VmRSS /proc/$pid/status | awk '{print $2}')"
 grep -i "warn\|error" /tmp/lb.log | head -5 | sed 's/^/LAB log+ /'
 # With RUST_LOG: where the full sync and each change after it spent
 # their time (from the member's start).
-if [ -n "$RUST_LOG" ]; then grep -E "lb-node starting|converged|IPVS operations|IPVS batch|applied and recorded|dataplane synced|repair|programmed the table" /tmp/lb.log | head -100 | sed "s/^/LAB log+ /"; fi
+if [ -n "$RUST_LOG" ]; then grep -E "lb-node starting|converged|IPVS operations|IPVS batch|applied and recorded|dataplane synced|change planned|repair|programmed the table" /tmp/lb.log | head -300 | sed "s/^/LAB log+ /"; fi
 kill $pid
 "#;
     let reference = estimation.to_owned()
@@ -239,19 +246,25 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         );
         return Ok(());
     }
+    let host_before = host_cpu();
     let run = lab.run(&script, &files, 6144, Duration::from_secs(3600))?;
+    let run_steal = steal_percent(host_before, host_cpu());
+    let mut reference_steal = None;
     // `IPVS_BENCH_REFERENCE=0` skips the reference (lb-node's figures
     // only; the ratio is then not computed).
     let reference = if std::env::var("IPVS_BENCH_REFERENCE").is_ok_and(|v| v == "0") {
         ha_tests::kernel_lab::GuestRun::default()
     } else {
         eprintln!("ipvs-bench: lb-node's guest done; ipvsadm -R in a fresh one");
-        lab.run(
+        let before = host_cpu();
+        let r = lab.run(
             &reference,
             &[("/lab/rules", &rules)],
             6144,
             Duration::from_secs(3600),
-        )?
+        )?;
+        reference_steal = steal_percent(before, host_cpu());
+        r
     };
     let field = |line: &str, key: &str| -> Option<f64> {
         line.split_whitespace()
@@ -278,6 +291,13 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         field(&batch, "thread_user_s"),
         field(&batch, "thread_system_s"),
     );
+    // The threads that encoded them (user, system), summed.
+    let encoder: Vec<f64> = run
+        .get("encoder")
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
     // In the order they were added, and sorted.
     let added_in_order: Vec<f64> = added.iter().filter_map(|l| field(l, "took_ms")).collect();
     let added_ops: Vec<f64> = added.iter().filter_map(|l| field(l, "ops")).collect();
@@ -349,6 +369,11 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         batch_user_s.map_or("?".into(), |u| format!("{u:.1}")),
         batch_system_s.map_or("?".into(), |u| format!("{u:.1}")),
     );
+    println!(
+        "  and the threads that encoded them:     user {} s, system {} s",
+        encoder.first().map_or("?".into(), |u| format!("{u:.1}")),
+        encoder.get(1).map_or("?".into(), |u| format!("{u:.1}")),
+    );
     let mib = |k: &str| run.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) / 1024;
     let (min, median, max) = (
         added_ms[0],
@@ -377,6 +402,14 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         run.get("repair-rounds").unwrap_or("?"),
         run.get("repair-round-seconds").unwrap_or("?"),
         run.get("whole-dumps").unwrap_or("?"),
+    );
+    // This machine is itself a virtual machine: the time its hypervisor
+    // gave to others (steal) slows the emulated guest down with it.
+    let percent = |p: Option<f64>| p.map_or("?".into(), |p| format!("{p:.0}%"));
+    println!(
+        "  host CPU stolen by its hypervisor:     {} during lb-node's guest, {} during ipvsadm's",
+        percent(run_steal),
+        percent(reference_steal)
     );
     println!(
         "  lb-node peak memory (VmHWM):           {} MiB",
@@ -412,7 +445,32 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
             "cpu_system_s": system_s,
             "ipvs_thread_user_s": batch_user_s,
             "ipvs_thread_system_s": batch_system_s,
+            "encoder_threads_user_s": encoder.first(),
+            "encoder_threads_system_s": encoder.get(1),
+            "host_steal_percent_lb_node": run_steal,
+            "host_steal_percent_ipvsadm": reference_steal,
         })
     );
     Ok(())
+}
+
+/// The host's CPU time so far (USER_HZ ticks): stolen by the hypervisor,
+/// and in all (the first line of /proc/stat).
+fn host_cpu() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    Some((*ticks.get(7)?, ticks.iter().take(8).sum()))
+}
+
+/// The share of the host's CPU time stolen between two readings.
+fn steal_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((s0, t0), (s1, t1)) = (before?, after?);
+    (t1 > t0).then(|| (s1 - s0) as f64 * 100.0 / (t1 - t0) as f64)
 }
