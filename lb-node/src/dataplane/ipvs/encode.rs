@@ -20,15 +20,9 @@ use netlink_packet_generic::GenlMessage;
 
 use super::convert::{Request, kernel_dest, kernel_service};
 use super::msg::{self, IpvsMessage, KernelKey};
+use super::socket::Framed;
 use crate::dataplane::{DestKey, Destination, ServiceSettings};
 use crate::model::ServiceKey;
-
-/// A request that can be framed into a send buffer.
-pub trait Framed {
-    /// Writes the request with these netlink flags and sequence number at
-    /// the end of `out`, for the IPVS generic netlink family `family`.
-    fn frame(self, family: u16, flags: u16, seq: u32, out: &mut Vec<u8>);
-}
 
 impl Framed for IpvsMessage {
     fn frame(self, family: u16, flags: u16, seq: u32, out: &mut Vec<u8>) {

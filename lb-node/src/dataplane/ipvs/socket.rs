@@ -23,12 +23,19 @@ use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_sys::protocols::NETLINK_GENERIC;
 use netlink_sys::{Socket, SocketAddr};
 
-use super::encode::Framed;
 use crate::netlink_batch::{self, Filled, SEND_CHUNK, WINDOW, fill_send};
 
 use super::msg::{
     DaemonAttr, IpvsMessage, KernelDest, KernelKey, KernelService, SyncDaemon, TopAttr, cmd,
 };
+
+/// A request that can be framed into a send buffer (`encode.rs` frames
+/// lb-node's own requests in place, any other message the generic way).
+pub trait Framed {
+    /// Writes the request with these netlink flags and sequence number at
+    /// the end of `out`, for the IPVS generic netlink family `family`.
+    fn frame(self, family: u16, flags: u16, seq: u32, out: &mut Vec<u8>);
+}
 
 /// Requests from which `execute` encodes on another thread.
 const PIPELINE_AT_LEAST: usize = 2 * WINDOW;
