@@ -91,13 +91,7 @@ pub fn settle(
         first_seq,
         barrier,
     } = filled;
-    let n = sock.send(buf, 0)?;
-    if n != buf.len() {
-        return Err(std::io::Error::other(format!(
-            "short send: {n} of {}",
-            buf.len()
-        )));
-    }
+    send(sock, buf)?;
     let count = barrier.wrapping_sub(first_seq) as usize + 1;
     loop {
         let n = {
@@ -130,6 +124,18 @@ pub fn settle(
     let end = (first + count).min(results.len());
     for slot in &mut results[first..end] {
         slot.get_or_insert(Ok(()));
+    }
+    Ok(())
+}
+
+/// Sends `buf` whole, in one datagram.
+pub fn send(sock: &Socket, buf: &[u8]) -> std::io::Result<()> {
+    let n = sock.send(buf, 0)?;
+    if n != buf.len() {
+        return Err(std::io::Error::other(format!(
+            "short send: {n} of {}",
+            buf.len()
+        )));
     }
     Ok(())
 }

@@ -183,14 +183,7 @@ impl IpvsSocket {
     }
 
     fn send_all(&self, buf: &[u8]) -> Result<(), IpvsError> {
-        let n = self
-            .sock
-            .send(buf, 0)
-            .map_err(|e| IpvsError::Io(format!("send: {e}")))?;
-        if n != buf.len() {
-            return Err(IpvsError::Io(format!("short send: {n} of {}", buf.len())));
-        }
-        Ok(())
+        netlink_batch::send(&self.sock, buf).map_err(io_error)
     }
 
     fn recv(&mut self) -> Result<usize, IpvsError> {
