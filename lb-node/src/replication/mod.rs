@@ -127,4 +127,5 @@ pub mod replica;
 mod sim;
 pub mod start;
 pub mod storage;
+mod thread_time;
 pub mod transport;

@@ -31,6 +31,10 @@ use crate::model::{Command, State};
 /// lapse it causes has its cause in the log.
 const STALL_WORTH_A_WARNING: Duration = Duration::from_millis(250);
 
+/// How often the thread's scheduler accounting is read, for a late tick's
+/// warning to say where the time went (`thread_time`).
+const ACCOUNTING_EVERY: Duration = Duration::from_millis(100);
+
 /// What other tasks ask of the node thread.
 #[derive(Debug)]
 pub enum Input {
@@ -322,6 +326,10 @@ pub fn run(
     // The announced and ECMP sets, and what they were computed from.
     let mut announced_cache: Option<(_, AnnouncedSets)> = None;
     info!(member = replica.id(), "raft node started");
+    // The scheduler's accounting of this thread when last read, and the
+    // longest step (one wake-up's work) since: a late tick's causes.
+    let mut accounting = (Instant::now(), super::thread_time::Reading::now());
+    let mut longest_step = Duration::ZERO;
     loop {
         let timeout = next_tick.saturating_duration_since(Instant::now());
         let first = match inputs.recv_timeout(timeout) {
@@ -329,6 +337,7 @@ pub fn run(
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return Ok(Ended::Stopped),
         };
+        let woke = Instant::now();
         // Take everything queued, so one ready (one fsync) covers it all.
         for input in first
             .into_iter()
@@ -393,10 +402,25 @@ pub fn run(
             replica.tick();
             let stalled = tick.saturating_mul(u32::try_from(missed).unwrap_or(u32::MAX));
             if stalled >= STALL_WORTH_A_WARNING {
+                // Since the accounting was last read: time on a CPU, time
+                // runnable without one, and the rest blocked or asleep.
+                let (since, before) = accounting;
+                let spent = super::thread_time::Reading::now()
+                    .zip(before)
+                    .map(|(now, before)| now.since(before))
+                    .unwrap_or_default();
                 warn!(
                     stalled_ms = stalled.as_millis() as u64,
+                    over_ms = since.elapsed().as_millis() as u64,
+                    ran_ms = spent.ran.as_millis() as u64,
+                    waited_for_a_cpu_ms = spent.waited.as_millis() as u64,
+                    longest_step_ms = longest_step.as_millis() as u64,
                     "the raft thread could not run (CPU starved, paused, a stalled disk): its lease counts the time"
                 );
+            }
+            if stalled >= STALL_WORTH_A_WARNING || accounting.0.elapsed() >= ACCOUNTING_EVERY {
+                accounting = (Instant::now(), super::thread_time::Reading::now());
+                longest_step = Duration::ZERO;
             }
             if missed > 0 {
                 replica.skip_ticks(u64::try_from(missed).unwrap_or(u64::MAX));
@@ -485,6 +509,7 @@ pub fn run(
             *s = now;
             changed
         });
+        longest_step = longest_step.max(woke.elapsed());
     }
 }
 
