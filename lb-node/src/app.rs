@@ -93,9 +93,12 @@ pub async fn run(
             (ipvs.is_none() && !vip_interface.is_empty()).then(|| vip_interface.to_owned());
     }
     // Checked at start on every member, leader or not: a typo stops it here.
-    let services = match &config.source {
-        SourceConfig::File { path, .. } => file::load_services(path, &config.health)?,
-        SourceConfig::Kubernetes(_) => Vec::new(),
+    let (text, services) = match &config.source {
+        SourceConfig::File { path, .. } => {
+            let (text, services) = file::read_services(path, &config.health)?;
+            (Some(text), services)
+        }
+        SourceConfig::Kubernetes(_) => (None, Vec::new()),
     };
     if let AnnounceConfig::L2(l2) = &config.announce {
         crate::announce::l2::check(l2)?;
@@ -116,6 +119,9 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut tasks = Vec::new();
     let fatal = Fatal::default();
+    // A standalone member's table starts as the file: its source starts
+    // from that text. A cluster's leader reads the file itself.
+    let applied_text = text.filter(|_| config.cluster.is_none());
     let (proposer, states, cluster) = match &config.cluster {
         None => {
             let mut initial = State::default();
@@ -127,6 +133,8 @@ pub async fn run(
             (proposer, states, None)
         }
         Some(cluster) => {
+            // Checked; the leader's source reads the file again.
+            drop(services);
             let peer = listeners
                 .peer
                 .context("a cluster member needs a peer listener")?;
@@ -200,6 +208,7 @@ pub async fn run(
             states: states.clone(),
             status: source_tx,
             standby,
+            applied_text: std::sync::Mutex::new(applied_text),
         },
         raft.clone(),
         shutdown.clone(),

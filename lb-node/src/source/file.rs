@@ -116,13 +116,24 @@ pub fn load_services(
     file: &Path,
     defaults: &crate::health::settings::Defaults,
 ) -> Result<Vec<VirtualService>, ConfigError> {
+    read_services(file, defaults).map(|(_, services)| services)
+}
+
+/// Reads and checks a services file; also returns the text read, which
+/// a standalone member hands to `run` as already applied (it is not
+/// parsed a second time, with the first sync running, to find that).
+pub fn read_services(
+    file: &Path,
+    defaults: &crate::health::settings::Defaults,
+) -> Result<(String, Vec<VirtualService>), ConfigError> {
     let len = std::fs::metadata(file)
         .map_err(|e| ConfigError::new(file, "", format!("cannot read: {e}")))?
         .len();
     check_size(file, len)?;
     let text = std::fs::read_to_string(file)
         .map_err(|e| ConfigError::new(file, "", format!("cannot read: {e}")))?;
-    parse_services(&text, file, defaults)
+    let services = parse_services(&text, file, defaults)?;
+    Ok((text, services))
 }
 
 /// Whether a polled change removes so much that it waits for SIGHUP:
@@ -404,8 +415,11 @@ fn service_name_of(text: &str, field: &str) -> Option<String> {
 /// stayed the same for `settle` (a file written in place is not applied
 /// half-written), and one that would remove every service, or most of
 /// them, only on SIGHUP (with a warning and the table kept meanwhile).
+/// `applied` is the text already in the table (a standalone member's
+/// start), if any: the first check compares with it instead of applying.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
+    applied: Option<String>,
     path: PathBuf,
     check_interval: Duration,
     settle: Duration,
@@ -416,7 +430,10 @@ pub async fn run(
     status: watch::Sender<SourceStatus>,
     shutdown: CancellationToken,
 ) {
-    let mut last_text: Option<String> = None;
+    if applied.is_some() {
+        status.send_modify(|s| s.last_loaded_unix_ms = unix_ms(SystemTime::now()));
+    }
+    let mut last_text: Option<String> = applied;
     // A changed content seen by a check, and since when.
     let mut settling: Option<(String, std::time::Instant)> = None;
     let mut ticker = tokio::time::interval(check_interval);
@@ -555,6 +572,54 @@ mod tests {
             text.contains("services.toml") && text.contains("16 MiB"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_text_applied_at_start_is_not_applied_again_and_a_later_edit_is() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("services.toml");
+        let one = "[[service]]\nname = \"web\"\nvip = \"192.0.2.1\"\nport = 80\n";
+        std::fs::write(&path, one).expect("write");
+        let shutdown = CancellationToken::new();
+        // The table is not the file on purpose: had the source parsed and
+        // applied the start's text again, "web" would appear in it.
+        let (proposer, states, log) =
+            crate::replication::standalone(State::default(), shutdown.clone());
+        tokio::spawn(log);
+        let (status_tx, status) = watch::channel(SourceStatus::default());
+        let (_hangup, hangups) = watch::channel(0u64);
+        let source = tokio::spawn(run(
+            Some(one.to_owned()),
+            path.clone(),
+            Duration::from_millis(10),
+            Duration::from_millis(30),
+            Default::default(),
+            hangups,
+            proposer,
+            states.clone(),
+            status_tx,
+            shutdown.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            states.borrow().len(),
+            0,
+            "the applied text was applied again"
+        );
+        assert!(
+            status.borrow().last_loaded_unix_ms > 0,
+            "{:?}",
+            status.borrow()
+        );
+        let two = format!("{one}[[service]]\nname = \"api\"\nvip = \"192.0.2.2\"\nport = 443\n");
+        std::fs::write(&path, two).expect("write");
+        let mut states = states;
+        tokio::time::timeout(Duration::from_secs(10), states.wait_for(|s| s.len() == 2))
+            .await
+            .expect("the edit applied in time")
+            .expect("the log runs");
+        shutdown.cancel();
+        source.await.expect("the source ends");
     }
 
     #[test]

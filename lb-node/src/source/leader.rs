@@ -35,6 +35,9 @@ pub struct SourceParts {
     pub status: watch::Sender<SourceStatus>,
     /// A follower's decoded Kubernetes objects, for a quick start.
     pub standby: Option<kubernetes::Standby>,
+    /// The services file's text a standalone member applied at start
+    /// (`file::run`'s `applied`): taken by the source's first run.
+    pub applied_text: std::sync::Mutex<Option<String>>,
 }
 
 /// Starts the source: at once (`raft` None, standalone), or whenever this
@@ -52,6 +55,10 @@ pub fn spawn(
                 check_interval,
                 settle,
             } => Box::pin(file::run(
+                p.applied_text
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take(),
                 path.clone(),
                 *check_interval,
                 *settle,
