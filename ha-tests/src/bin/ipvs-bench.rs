@@ -131,6 +131,8 @@ synced() {
 }
 synced 1
 grep "dataplane synced" /tmp/lb.log | sed -n 1p | sed 's/^/LAB full+ /'
+# The peak so far: the start and the full sync's share of the peak below.
+echo "LAB sync-peak-kib $(grep VmHWM /proc/$pid/status | awk '{print $2}')"
 grep "IPVS batch applied" /tmp/lb.log | sed -n 1p | sed 's/^/LAB batch+ /'
 # The threads that encoded the full sync's requests (one per slice), summed.
 echo "LAB encoder $(grep 'requests encoded' /tmp/lb.log | sed -n 's/.*user_s=\([0-9.]*\) system_s=\([0-9.]*\).*/\1 \2/p' | awk '{u+=$1; s+=$2} END {printf "%.3f %.3f", u, s}')"
@@ -412,8 +414,9 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         percent(reference_steal)
     );
     println!(
-        "  lb-node peak memory (VmHWM):           {} MiB",
-        mib("peak-kib")
+        "  lb-node peak memory (VmHWM):           {} MiB ({} MiB when the full sync ended)",
+        mib("peak-kib"),
+        mib("sync-peak-kib")
     );
     println!(
         "  lb-node memory after the syncs (RSS):  {} MiB",
@@ -441,6 +444,7 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
             "run_estimation": estimation.is_empty(),
             "vips_local": run.get("vips-local"),
             "peak_mib": mib("peak-kib"),
+            "peak_at_full_sync_mib": mib("sync-peak-kib"),
             "cpu_user_s": user_s,
             "cpu_system_s": system_s,
             "ipvs_thread_user_s": batch_user_s,
