@@ -482,20 +482,24 @@ pub async fn run(
         settling = None;
         match parse_services(&text, &path, &defaults) {
             Ok(services) => {
-                let commands = commands_towards(&states.borrow(), services.iter().cloned());
+                let declared = services.len();
+                // The parsed list goes into the comparison and is freed
+                // there, before the proposal: not beside the dataplane's
+                // work on the change once it is committed.
+                let commands = commands_towards(&states.borrow(), services);
                 let count = commands.len();
                 let removed = commands
                     .iter()
                     .filter(|c| matches!(c, crate::model::Command::DeleteService(_)))
                     .count();
                 let current = states.borrow().len();
-                if !forced && removes_most(current, removed, services.len()) {
+                if !forced && removes_most(current, removed, declared) {
                     let e = ConfigError::new(
                         &path,
                         "",
                         format!(
                             "this version removes {removed} of the {current} services{}; not applied until SIGHUP confirms it (kill -HUP the member); the running table is kept",
-                            if services.is_empty() {
+                            if declared == 0 {
                                 " (it declares none)"
                             } else {
                                 ""
@@ -505,6 +509,8 @@ pub async fn run(
                     report_failure(&status, &e, &mut last_text, Some(text));
                     continue;
                 }
+                // The previous text too (the file's size, 16 MiB at most).
+                drop(last_text.take());
                 match proposer.propose(commands).await {
                     Ok(_) => {
                         crate::metrics::METRICS
@@ -512,7 +518,7 @@ pub async fn run(
                             .with_label_values(&["ok"])
                             .inc();
                         if count > 0 {
-                            info!(file = %path.display(), commands = count, services = services.len(), "services file loaded");
+                            info!(file = %path.display(), commands = count, services = declared, "services file loaded");
                         }
                         last_text = Some(text);
                         status.send_modify(|s| {
