@@ -183,13 +183,14 @@ pub async fn run(
         location: source_location,
         ..SourceStatus::default()
     });
-    // A follower keeps the stored Kubernetes objects decoded, so that it
-    // starts the source at once if it becomes leader.
+    // A follower keeps the view of the stored Kubernetes objects in step,
+    // so that it starts the source at once if it becomes leader.
     let standby: Option<kubernetes::Standby> = match (&config.source, &cluster) {
-        (SourceConfig::Kubernetes(_), Some(c)) => {
+        (SourceConfig::Kubernetes(k), Some(c)) => {
             let cache = kubernetes::Standby::default();
             tasks.push(tokio::spawn(kubernetes::standby(
                 cache.clone(),
+                k.clone(),
                 states.clone(),
                 c.node.status.clone(),
                 shutdown.clone(),

@@ -123,58 +123,65 @@ async fn propose(proposer: &Proposer, plan: Plan, status_writes: &StatusWriter) 
     true
 }
 
-/// Stored objects a follower decoded ahead of need (`standby`), for the
-/// source to start from when this member becomes leader.
-pub type Standby = Arc<tokio::sync::Mutex<Option<view::Decoded>>>;
+/// A follower's view of the stored objects, kept in step (`standby`),
+/// for the source to start from when this member becomes leader.
+pub type Standby = Arc<tokio::sync::Mutex<Option<view::Warm>>>;
 
-/// On a cluster member that does not lead: keeps the stored Kubernetes
-/// objects decoded, in step with the applied state (once a second, on a
-/// blocking thread; only what changed is decoded), so that a new leader's
-/// source starts without decoding them all. Idle while this member leads
-/// (its source holds the objects then).
+/// On a cluster member that does not lead: keeps the view of the stored
+/// Kubernetes objects in step with the applied state (once a second, on a
+/// blocking thread; a pass costs what changed since the last), so that a
+/// new leader's source starts from it instead of building it whole. Idle
+/// while this member leads (its source holds the view then); built whole
+/// again once it no longer leads.
 pub async fn standby(
     cache: Standby,
+    config: KubernetesSourceConfig,
     states: watch::Receiver<Arc<State>>,
     raft: watch::Receiver<crate::replication::node::RaftStatus>,
     stop: CancellationToken,
 ) {
-    // The state the cache was last brought in step with: an unchanged
-    // state costs no walk over its objects.
-    let mut done: Option<Arc<State>> = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         if raft.borrow().is_leader() {
-            done = None;
             continue;
         }
         let state = states.borrow().clone();
-        if done.as_ref().is_some_and(|d| Arc::ptr_eq(d, &state)) {
+        let (translate, pools) = (config.translate.clone(), config.address_pools.clone());
+        let mut guard = cache.clone().lock_owned().await;
+        // Leading since: the source took the view (or is about to).
+        if raft.borrow().is_leader() {
             continue;
         }
-        done = Some(state.clone());
-        let mut guard = cache.clone().lock_owned().await;
-        let refreshed = tokio::task::spawn_blocking(move || {
-            let mut decoded = guard.take().unwrap_or_default();
-            let fresh = decoded.refresh(&state);
-            *guard = Some(decoded);
-            (fresh, guard)
+        let stepped = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let (changed, built) = match guard.as_mut() {
+                Some(warm) => (warm.catch_up(&state), false),
+                None => {
+                    let warm = view::Warm::new(state, translate, pools);
+                    let objects = warm.len();
+                    *guard = Some(warm);
+                    (objects, true)
+                }
+            };
+            (changed, built, started.elapsed(), guard)
         })
         .await;
-        match refreshed {
-            Ok((fresh, guard)) => {
-                if fresh > 1_000 {
+        match stepped {
+            Ok((changed, built, took, guard)) => {
+                if built || took >= Duration::from_millis(100) {
                     info!(
-                        decoded = fresh,
-                        cached = guard.as_ref().map_or(0, view::Decoded::len),
-                        "Kubernetes objects decoded ahead of a takeover"
+                        changed,
+                        built,
+                        objects = guard.as_ref().map_or(0, view::Warm::len),
+                        took_ms = took.as_millis() as u64,
+                        "Kubernetes view kept ready for a takeover"
                     );
                 }
-                drop(guard);
             }
-            Err(e) => warn!(error = %e, "standby decoding failed"),
+            Err(e) => warn!(error = %e, "keeping the Kubernetes view ready failed"),
         }
     }
 }
@@ -204,11 +211,11 @@ pub async fn run(
     let stop = stop.child_token();
     let _stop_children = stop.clone().drop_guard();
     let started = Instant::now();
-    let decoded = match &standby {
-        Some(cache) => cache.lock().await.take().unwrap_or_default(),
-        None => view::Decoded::default(),
+    let warm = match &standby {
+        Some(cache) => cache.lock().await.take(),
+        None => None,
     };
-    let ready = decoded.len();
+    let ready = warm.as_ref().map_or(0, view::Warm::len);
     let state = states.borrow().clone();
     // The watches start from the committed cursors at once; what they
     // deliver waits in the channel while the view is built from the same
@@ -273,7 +280,14 @@ pub async fn run(
         state.clone(),
     );
     let built = tokio::task::spawn_blocking(move || {
-        let view = View::with_decoded(&at, decoded, translate, pools, &mut warnings);
+        let view = match warm {
+            // The follower's view, caught up with the last changes.
+            Some(mut warm) => {
+                warm.catch_up(&at);
+                warm.into_view(&mut warnings)
+            }
+            None => View::new(&at, translate, pools, &mut warnings),
+        };
         (view, warnings)
     })
     .await;
@@ -304,7 +318,7 @@ pub async fn run(
         endpoint_slices = state.kube().endpoint_slices.len(),
         services_cursor = %state.kube().services_cursor,
         endpoint_slices_cursor = %state.kube().endpoint_slices_cursor,
-        decoded_ahead = ready,
+        view_ready = ready,
         took_ms = started.elapsed().as_millis() as u64,
         "Kubernetes source: resuming from the committed objects"
     );

@@ -234,36 +234,6 @@ impl View {
         pools: Vec<IpNet>,
         warnings: &mut Vec<String>,
     ) -> View {
-        View::with_decoded(state, Decoded::default(), config, pools, warnings)
-    }
-
-    /// As `new`, from objects decoded ahead of need (a follower's standby
-    /// cache, `Decoded`): only what changed since is decoded now.
-    pub fn with_decoded(
-        state: &State,
-        mut decoded: Decoded,
-        config: TranslateConfig,
-        pools: Vec<IpNet>,
-        warnings: &mut Vec<String>,
-    ) -> View {
-        decoded.refresh(state);
-        let kube = state.kube();
-        for name in kube
-            .services
-            .keys()
-            .filter(|n| !decoded.services.contains_key(*n))
-        {
-            warnings.push(format!("stored Service {name} does not decode; left out"));
-        }
-        for name in kube
-            .endpoint_slices
-            .keys()
-            .filter(|n| !decoded.slices.contains_key(*n))
-        {
-            warnings.push(format!(
-                "stored EndpointSlice {name} does not decode; left out"
-            ));
-        }
         let mut view = View {
             config,
             pools,
@@ -274,11 +244,22 @@ impl View {
             used: HashMap::new(),
             claims: HashMap::new(),
         };
-        for (name, (_, service)) in decoded.services {
-            view.put_service(name, Some(service));
+        let kube = state.kube();
+        for (name, json) in &kube.services {
+            match serde_json::from_slice::<Service>(json) {
+                Ok(service) => view.put_service(name.clone(), Some(service)),
+                Err(_) => warnings.push(format!("stored Service {name} does not decode; left out")),
+            }
         }
-        for (name, (_, slice)) in decoded.slices {
-            view.put_slice(name, Some(slice));
+        for (name, json) in &kube.endpoint_slices {
+            match serde_json::from_slice::<EndpointSlice>(json) {
+                Ok(slice) => {
+                    view.put_slice(name.clone(), Some(slice));
+                }
+                Err(_) => warnings.push(format!(
+                    "stored EndpointSlice {name} does not decode; left out"
+                )),
+            }
         }
         for service in state.services() {
             if let Some(owner) = owner_of(service) {
@@ -657,11 +638,11 @@ impl View {
 
 mod addresses;
 mod commands;
-mod decoded;
+mod warm;
 
 use addresses::status_ips;
 
-pub use decoded::Decoded;
+pub use warm::Warm;
 
 #[cfg(test)]
 mod tests;

@@ -452,10 +452,21 @@ fn a_big_batch_is_split_and_only_its_last_entry_moves_the_cursor() {
     assert_eq!(half.len(), n);
 }
 
-/// A follower's standby cache decodes only what changed, drops what was
-/// deleted, and a view built from it plans like one built from scratch.
+/// The parts of two views that must agree.
+fn assert_same(a: &View, b: &View) {
+    assert_eq!(a.services, b.services, "services");
+    assert_eq!(a.slices, b.slices, "slices");
+    assert_eq!(a.slices_of, b.slices_of, "slices of each service");
+    assert_eq!(a.owned, b.owned, "table keys of each service");
+    assert_eq!(a.used, b.used, "addresses used");
+    assert_eq!(a.claims, b.claims, "addresses claimed");
+}
+
+/// A follower's warm view steps with the state at the cost of what
+/// changed (stored objects and table services), and hands over exactly
+/// the view a new leader would build whole.
 #[test]
-fn the_standby_cache_decodes_only_what_changed() {
+fn the_warm_view_steps_with_what_changed_and_equals_one_built_whole() {
     let mut state = State::default();
     let mut leader = view(&state);
     let mut events = Vec::new();
@@ -474,13 +485,30 @@ fn the_standby_cache_decodes_only_what_changed() {
             2 * i + 2,
         ));
     }
+    // A LoadBalancer: a pool address claimed and used.
+    events.push(upsert(
+        KubeKind::Service,
+        "lb",
+        load_balancer("lb", json!({})),
+        11,
+    ));
+    events.push(upsert(
+        KubeKind::EndpointSlice,
+        "lb-a",
+        slice_json("lb-a", "lb", &["10.1.0.2"]),
+        12,
+    ));
     let plan = leader.plan(&state, events);
     commit(&mut state, &plan);
+    let first = Arc::new(state.clone());
 
-    let mut cache = Decoded::default();
-    assert_eq!(cache.refresh(&state), 10, "everything, the first time");
-    assert_eq!(cache.refresh(&state), 0, "nothing changed");
-    // One slice changes, one Service and its slice go.
+    let mut warm = Warm::new(first.clone(), TranslateConfig::default(), pools());
+    assert_eq!(warm.len(), 12);
+    assert_eq!(warm.catch_up(&first), 0, "nothing changed");
+    assert_eq!(warm.catch_up(&Arc::new(state.clone())), 0, "the same maps");
+
+    // One slice changes, one Service and its slice go, the LoadBalancer
+    // goes, one Service comes.
     let plan = leader.plan(
         &state,
         vec![
@@ -500,23 +528,32 @@ fn the_standby_cache_decodes_only_what_changed() {
                 name: "ns/web-4-a".into(),
                 resource_version: "22".into(),
             },
+            Event::Delete {
+                kind: KubeKind::Service,
+                name: "ns/lb".into(),
+                resource_version: "23".into(),
+            },
+            upsert(
+                KubeKind::Service,
+                "api",
+                cluster_ip("api", "10.96.0.40", 443),
+                24,
+            ),
         ],
     );
     commit(&mut state, &plan);
-    assert_eq!(cache.refresh(&state), 1, "only the changed slice");
-    assert_eq!(cache.len(), 8, "the deleted pair is gone");
+    let second = Arc::new(state.clone());
+    // Five stored objects, and the table services that changed with them.
+    let table_changes = second.service_changes_since(&first).len();
+    assert!(table_changes >= 3, "{table_changes}");
+    assert_eq!(warm.catch_up(&second), 5 + table_changes);
+    assert_eq!(warm.len(), 10);
 
-    // The view a new leader builds from it is in step with the state.
     let mut warnings = Vec::new();
-    let mut standby = View::with_decoded(
-        &state,
-        cache,
-        TranslateConfig::default(),
-        pools(),
-        &mut warnings,
-    );
+    let mut handed = warm.into_view(&mut warnings);
     assert!(warnings.is_empty(), "{warnings:?}");
-    assert!(standby.reconcile_all(&state).entries.is_empty());
+    assert_same(&handed, &view(&second));
+    assert!(handed.reconcile_all(&second).entries.is_empty());
     let next = vec![upsert(
         KubeKind::EndpointSlice,
         "web-1-a",
@@ -524,9 +561,61 @@ fn the_standby_cache_decodes_only_what_changed() {
         30,
     )];
     assert_eq!(
-        service_commands(&standby.plan(&state, next.clone())),
-        service_commands(&view(&state).plan(&state, next))
+        service_commands(&handed.plan(&second, next.clone())),
+        service_commands(&view(&second).plan(&second, next))
     );
+}
+
+/// A stored object that does not decode is left out of the warm view as
+/// of the whole one, with the same warning, and comes back when fixed.
+#[test]
+fn the_warm_view_leaves_out_what_does_not_decode_and_takes_it_back() {
+    let mut state = State::default();
+    let bad = |state: &mut State, json: Arc<[u8]>, rv: &str| {
+        let _ = state.apply(&Command::KubeObjects(crate::model::KubeDelta {
+            kind: KubeKind::Service,
+            upserts: vec![("ns/odd".into(), json)],
+            deletes: vec![],
+            resource_version: rv.into(),
+        }));
+    };
+    let mut warm = Warm::new(Arc::new(state.clone()), TranslateConfig::default(), pools());
+    bad(&mut state, Arc::from(&b"{not json"[..]), "1");
+    let odd = Arc::new(state.clone());
+    assert_eq!(warm.catch_up(&odd), 1);
+    assert_eq!(warm.len(), 0);
+    let (mut whole_warnings, mut warm_warnings) = (Vec::new(), Vec::new());
+    let whole = View::new(
+        &odd,
+        TranslateConfig::default(),
+        pools(),
+        &mut whole_warnings,
+    );
+    let mut again = Warm::new(odd.clone(), TranslateConfig::default(), pools());
+    assert_eq!(again.catch_up(&odd), 0);
+    assert_same(&again.into_view(&mut Vec::new()), &whole);
+    let stepped = {
+        let mut w = Warm::new(
+            Arc::new(State::default()),
+            TranslateConfig::default(),
+            pools(),
+        );
+        w.catch_up(&odd);
+        w
+    };
+    assert_same(&stepped.into_view(&mut warm_warnings), &whole);
+    assert_eq!(warm_warnings, whole_warnings);
+    assert_eq!(
+        whole_warnings,
+        vec!["stored Service ns/odd does not decode; left out".to_owned()]
+    );
+    // Fixed: decoded and in the view, no warning left.
+    bad(&mut state, cluster_ip("odd", "10.96.0.7", 80), "2");
+    let fixed = Arc::new(state.clone());
+    assert_eq!(warm.catch_up(&fixed), 1);
+    let mut none = Vec::new();
+    assert_same(&warm.into_view(&mut none), &view(&fixed));
+    assert!(none.is_empty(), "{none:?}");
 }
 
 mod addresses;
