@@ -404,19 +404,29 @@ pub fn run(
             if stalled >= STALL_WORTH_A_WARNING {
                 // Since the accounting was last read: time on a CPU, time
                 // runnable without one, and the rest blocked or asleep.
+                // (This wake-up's own work so far counts as a step.)
                 let (since, before) = accounting;
-                let spent = super::thread_time::Reading::now()
+                let longest_step_ms = longest_step.max(woke.elapsed()).as_millis() as u64;
+                let message = "the raft thread could not run (CPU starved, paused, a stalled disk): its lease counts the time";
+                match super::thread_time::Reading::now()
                     .zip(before)
                     .map(|(now, before)| now.since(before))
-                    .unwrap_or_default();
-                warn!(
-                    stalled_ms = stalled.as_millis() as u64,
-                    over_ms = since.elapsed().as_millis() as u64,
-                    ran_ms = spent.ran.as_millis() as u64,
-                    waited_for_a_cpu_ms = spent.waited.as_millis() as u64,
-                    longest_step_ms = longest_step.as_millis() as u64,
-                    "the raft thread could not run (CPU starved, paused, a stalled disk): its lease counts the time"
-                );
+                {
+                    Some(spent) => warn!(
+                        stalled_ms = stalled.as_millis() as u64,
+                        over_ms = since.elapsed().as_millis() as u64,
+                        ran_ms = spent.ran.as_millis() as u64,
+                        waited_for_a_cpu_ms = spent.waited.as_millis() as u64,
+                        longest_step_ms,
+                        "{message}"
+                    ),
+                    // No accounting from this kernel: no split to give.
+                    None => warn!(
+                        stalled_ms = stalled.as_millis() as u64,
+                        longest_step_ms,
+                        "{message}"
+                    ),
+                }
             }
             if stalled >= STALL_WORTH_A_WARNING || accounting.0.elapsed() >= ACCOUNTING_EVERY {
                 accounting = (Instant::now(), super::thread_time::Reading::now());

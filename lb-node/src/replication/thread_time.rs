@@ -1,8 +1,9 @@
 //! Where a thread's time went, from the kernel's scheduler accounting
 //! (`/proc/thread-self/schedstat`: time run on a CPU, time spent runnable
-//! but waiting for one). The node thread reads it at every tick so a late
-//! tick says why it was late: its own work (ran), CPU starvation (waited
-//! for a CPU) or blocked (neither: a lock, a disk, a page fault).
+//! but waiting for one). The node thread reads it every 100 ms or so, so
+//! that a late tick says why it was late: its own work (ran), CPU
+//! starvation (waited for a CPU) or blocked (neither: a lock, a disk, a
+//! page fault).
 
 use std::time::Duration;
 
@@ -17,9 +18,12 @@ pub struct Reading {
 
 impl Reading {
     /// The calling thread's accounting now; `None` where the kernel does
-    /// not keep it (no `CONFIG_SCHED_INFO`) or `/proc` is not mounted.
+    /// not keep it (no `CONFIG_SCHED_INFO`, or zeros) or `/proc` is not
+    /// mounted.
     pub fn now() -> Option<Self> {
         parse(&std::fs::read_to_string("/proc/thread-self/schedstat").ok()?)
+            // A running thread has run: zeros mean the kernel keeps none.
+            .filter(|r| r.ran > Duration::ZERO)
     }
 
     /// The time between `earlier` and this reading, split.

@@ -467,8 +467,9 @@ pub async fn run(
             settling = None;
             continue;
         }
-        // The first read (start, or a new leader) applies at once; a later
-        // change once it has settled.
+        // The first read (a new leader, or a start with nothing applied)
+        // applies at once; a later change, and a change made since the
+        // text a standalone member started from, once it has settled.
         if !forced && last_text.is_some() {
             match &settling {
                 Some((seen, since)) if *seen == text && since.elapsed() >= settle => {}

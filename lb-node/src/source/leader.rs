@@ -33,7 +33,8 @@ pub struct SourceParts {
     pub proposer: Proposer,
     pub states: watch::Receiver<Arc<State>>,
     pub status: watch::Sender<SourceStatus>,
-    /// A follower's decoded Kubernetes objects, for a quick start.
+    /// A follower's view of the Kubernetes objects, kept in step, for a
+    /// quick start (`kubernetes::standby`).
     pub standby: Option<kubernetes::Standby>,
     /// The services file's text a standalone member applied at start
     /// (`file::run`'s `applied`): taken by the source's first run.

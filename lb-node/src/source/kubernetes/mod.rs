@@ -157,15 +157,20 @@ pub async fn standby(
         }
         let stepped = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let (changed, built) = match guard.as_mut() {
-                Some(warm) => (warm.catch_up(&state), false),
+            // Out of the cache while it steps, back only once done: a
+            // step cut short (a panic) leaves no half-stepped view there.
+            let (warm, changed, built) = match guard.take() {
+                Some(mut warm) => {
+                    let changed = warm.catch_up(&state);
+                    (warm, changed, false)
+                }
                 None => {
                     let warm = view::Warm::new(state, translate, pools);
                     let objects = warm.len();
-                    *guard = Some(warm);
-                    (objects, true)
+                    (warm, objects, true)
                 }
             };
+            *guard = Some(warm);
             (changed, built, started.elapsed(), guard)
         })
         .await;
