@@ -296,7 +296,11 @@ kill %1 2>/dev/null
     let initial: f64 = run.get("initial-seconds").unwrap_or("99").parse()?;
     // A round under way when the drift is made ends, then the member
     // rests the longer of the interval and four rounds' time.
-    let round: f64 = run.get("round-seconds").unwrap_or("0").parse().unwrap_or(0.0);
+    let round: f64 = run
+        .get("round-seconds")
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0.0);
     let rest = f64::max(2.0, 4.0 * round);
     for phase in ["flushed", "edited"] {
         if run.get(&format!("{phase}-equal")) != Some("yes") {

@@ -423,8 +423,7 @@ pub fn run(
                     // No accounting from this kernel: no split to give.
                     None => warn!(
                         stalled_ms = stalled.as_millis() as u64,
-                        longest_step_ms,
-                        "{message}"
+                        longest_step_ms, "{message}"
                     ),
                 }
             }
