@@ -165,12 +165,14 @@ nft list table inet lb_node > /tmp/nft 2>&1 && echo "LAB nft yes" || echo "LAB n
 for s in conntrack expire_nodest_conn expire_quiescent_template; do
   echo "LAB sysctl-$s $(cat /proc/sys/net/ipv4/vs/$s)"
 done
-# The last repair round's time: the next one waits the longer of the
-# interval and four times that (docs/ipvs.md).
-echo "LAB round-seconds $(wget -q -O - http://127.0.0.1:9445/metrics | awk '$1=="lb_dataplane_repair_round_seconds"{{print $2}}')"
+# The last repair round's time, before and after the flush: a round
+# waits the longer of the interval and four times the last (docs/ipvs.md).
+round() {{ wget -q -O - http://127.0.0.1:9445/metrics | awk '$1=="lb_dataplane_repair_round_seconds"{{print $2}}'; }}
+echo "LAB round-seconds-before $(round)"
 # Drift: everything flushed by hand.
 ipvsadm -C
 wait_equal flushed
+echo "LAB round-seconds-after $(round)"
 echo "LAB foreign-after-flush $(ipvsadm -Sn | grep -c 192.168.77.1)"
 # Drift: one destination deleted and one weight changed by hand.
 ipvsadm -d -t 10.100.0.1:80 -r 10.200.0.1:8000
@@ -295,12 +297,12 @@ kill %1 2>/dev/null
     }
     let initial: f64 = run.get("initial-seconds").unwrap_or("99").parse()?;
     // A round under way when the drift is made ends, then the member
-    // rests the longer of the interval and four rounds' time.
-    let round: f64 = run
-        .get("round-seconds")
-        .unwrap_or("0")
-        .parse()
-        .unwrap_or(0.0);
+    // rests the longer of the interval and four rounds' time (the rounds
+    // read before and after the flush, the longer).
+    let round = ["round-seconds-before", "round-seconds-after"]
+        .iter()
+        .filter_map(|k| run.get(k)?.parse::<f64>().ok())
+        .fold(0.0, f64::max);
     let rest = f64::max(2.0, 4.0 * round);
     for phase in ["flushed", "edited"] {
         if run.get(&format!("{phase}-equal")) != Some("yes") {
@@ -311,7 +313,7 @@ kill %1 2>/dev/null
             .unwrap_or("99")
             .parse()?;
         eprintln!(
-            "drift ({phase}) repaired in {took:.1} s (repair interval 2 s, last round {round:.2} s, so a rest of {rest:.1} s; the first full sync took {initial:.1} s)"
+            "drift ({phase}) repaired in {took:.1} s (repair interval 2 s, a round {round:.2} s, so a rest of {rest:.1} s; the first full sync took {initial:.1} s)"
         );
         // Found by the next round, then reprogrammed as fast as a full
         // sync goes (plus polling slack).
