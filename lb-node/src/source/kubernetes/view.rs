@@ -197,6 +197,16 @@ fn owner_of(service: &VirtualService) -> Option<&str> {
     owner.contains('/').then_some(owner)
 }
 
+/// The warning for a stored object that does not decode.
+fn left_out_warning(kind: KubeKind, name: &str) -> String {
+    let kind = match kind {
+        KubeKind::Service => "Service",
+        KubeKind::EndpointSlice => "EndpointSlice",
+        KubeKind::Node => "Node",
+    };
+    format!("stored {kind} {name} does not decode; left out")
+}
+
 /// Per kind: the last word on each object in a batch (`None`: deleted)
 /// and the cursor after the batch.
 type Pending = (BTreeMap<String, Option<Arc<[u8]>>>, String);
@@ -234,6 +244,23 @@ impl View {
         pools: Vec<IpNet>,
         warnings: &mut Vec<String>,
     ) -> View {
+        let (view, left_out) = View::built(state, config, pools);
+        warnings.extend(
+            left_out
+                .iter()
+                .map(|(kind, name)| left_out_warning(*kind, name)),
+        );
+        view
+    }
+
+    /// The view of `state`, and the stored objects left out because they
+    /// do not decode.
+    fn built(
+        state: &State,
+        config: TranslateConfig,
+        pools: Vec<IpNet>,
+    ) -> (View, BTreeSet<(KubeKind, String)>) {
+        let mut left_out = BTreeSet::new();
         let mut view = View {
             config,
             pools,
@@ -248,7 +275,9 @@ impl View {
         for (name, json) in &kube.services {
             match serde_json::from_slice::<Service>(json) {
                 Ok(service) => view.put_service(name.clone(), Some(service)),
-                Err(_) => warnings.push(format!("stored Service {name} does not decode; left out")),
+                Err(_) => {
+                    left_out.insert((KubeKind::Service, name.clone()));
+                }
             }
         }
         for (name, json) in &kube.endpoint_slices {
@@ -256,9 +285,9 @@ impl View {
                 Ok(slice) => {
                     view.put_slice(name.clone(), Some(slice));
                 }
-                Err(_) => warnings.push(format!(
-                    "stored EndpointSlice {name} does not decode; left out"
-                )),
+                Err(_) => {
+                    left_out.insert((KubeKind::EndpointSlice, name.clone()));
+                }
             }
         }
         for service in state.services() {
@@ -269,7 +298,7 @@ impl View {
                     .insert(service.key);
             }
         }
-        view
+        (view, left_out)
     }
 
     /// Replaces (or with `None` removes) a Service, and the addresses it

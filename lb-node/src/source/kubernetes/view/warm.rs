@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::{TranslateConfig, View, owner_of};
+use super::{TranslateConfig, View, left_out_warning, owner_of};
 use crate::model::{KubeKind, State};
 
 /// The view, and the state it is in step with.
@@ -33,21 +33,7 @@ impl Warm {
     /// The view of `state`, built whole (once per follower term, on a
     /// blocking thread).
     pub fn new(state: Arc<State>, config: TranslateConfig, pools: Vec<IpNet>) -> Warm {
-        let mut warnings = Vec::new();
-        let view = View::new(&state, config, pools, &mut warnings);
-        let kube = state.kube();
-        let undecodable = kube
-            .services
-            .keys()
-            .filter(|n| !view.services.contains_key(*n))
-            .map(|n| (KubeKind::Service, n.clone()))
-            .chain(
-                kube.endpoint_slices
-                    .keys()
-                    .filter(|n| !view.slices.contains_key(*n))
-                    .map(|n| (KubeKind::EndpointSlice, n.clone())),
-            )
-            .collect();
+        let (view, undecodable) = View::built(&state, config, pools);
         Warm {
             view,
             at: state,
@@ -132,14 +118,11 @@ impl Warm {
     /// The view, in step with the state of the last `catch_up`; a warning
     /// for each stored object left out.
     pub fn into_view(self, warnings: &mut Vec<String>) -> View {
-        warnings.extend(self.undecodable.iter().map(|(kind, name)| {
-            let kind = match kind {
-                KubeKind::Service => "Service",
-                KubeKind::EndpointSlice => "EndpointSlice",
-                KubeKind::Node => "Node",
-            };
-            format!("stored {kind} {name} does not decode; left out")
-        }));
+        warnings.extend(
+            self.undecodable
+                .iter()
+                .map(|(kind, name)| left_out_warning(*kind, name)),
+        );
         self.view
     }
 }
