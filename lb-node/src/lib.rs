@@ -33,3 +33,4 @@ pub mod replication;
 pub mod route_batch;
 pub mod serving;
 pub mod source;
+pub mod thread_time;

@@ -18,12 +18,12 @@ use crate::model::{Command, State};
 mod proposal;
 mod standalone;
 
-pub use proposal::{Outcomes, ProposeError};
+pub use proposal::{Committed, Outcomes, ProposeError};
 pub use standalone::standalone;
 
 struct Proposal {
     commands: Vec<Command>,
-    done: oneshot::Sender<Outcomes>,
+    done: oneshot::Sender<Committed>,
 }
 
 /// A cloneable handle to propose commands to the log.
@@ -54,6 +54,15 @@ impl Proposer {
         if commands.is_empty() {
             return Ok(Vec::new());
         }
+        Ok(self.propose_committed(commands).await?.outcomes)
+    }
+
+    /// `propose`, with the state published with the proposal (`Committed`).
+    /// `commands` must not be empty.
+    pub async fn propose_committed(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Committed, ProposeError> {
         let started = std::time::Instant::now();
         let result = self.send(commands).await;
         let metrics = &crate::metrics::METRICS;
@@ -72,7 +81,7 @@ impl Proposer {
         result
     }
 
-    async fn send(&self, commands: Vec<Command>) -> Result<Outcomes, ProposeError> {
+    async fn send(&self, commands: Vec<Command>) -> Result<Committed, ProposeError> {
         match &self.sink {
             Sink::Standalone(tx) => {
                 let (done, answer) = oneshot::channel();
@@ -127,5 +136,4 @@ pub mod replica;
 mod sim;
 pub mod start;
 pub mod storage;
-mod thread_time;
 pub mod transport;

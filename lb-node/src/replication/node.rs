@@ -23,7 +23,7 @@ use raft::eraftpb::Message;
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
-use super::proposal::{Outcomes, ProposeError};
+use super::proposal::{Committed, ProposeError};
 use super::replica::{PeerHealth, Replica};
 use crate::model::{Command, State};
 
@@ -40,7 +40,7 @@ const ACCOUNTING_EVERY: Duration = Duration::from_millis(100);
 pub enum Input {
     Propose(
         Vec<Command>,
-        oneshot::Sender<Result<Outcomes, ProposeError>>,
+        oneshot::Sender<Result<Committed, ProposeError>>,
     ),
     Raft(Box<Message>, super::replica::Stamp),
     /// Commands proposed from any member, unanswered (`Proposer::report`):
@@ -314,7 +314,8 @@ pub fn run(
     states: watch::Sender<Arc<State>>,
     status: watch::Sender<RaftStatus>,
 ) -> Result<Ended, super::replica::ReplicaError> {
-    let mut waiting: HashMap<u64, oneshot::Sender<Result<Outcomes, ProposeError>>> = HashMap::new();
+    let mut waiting: HashMap<u64, oneshot::Sender<Result<Committed, ProposeError>>> =
+        HashMap::new();
     let mut next_tick = Instant::now() + tick;
     states.send_replace(Arc::new(replica.state().clone()));
     let mut clock = TickClock {
@@ -328,7 +329,7 @@ pub fn run(
     info!(member = replica.id(), "raft node started");
     // The scheduler's accounting of this thread when last read, and the
     // longest step (one wake-up's work) since: a late tick's causes.
-    let mut accounting = (Instant::now(), super::thread_time::Reading::now());
+    let mut accounting = (Instant::now(), crate::thread_time::Reading::now());
     let mut longest_step = Duration::ZERO;
     loop {
         let timeout = next_tick.saturating_duration_since(Instant::now());
@@ -408,7 +409,7 @@ pub fn run(
                 let (since, before) = accounting;
                 let longest_step_ms = longest_step.max(woke.elapsed()).as_millis() as u64;
                 let message = "the raft thread could not run (CPU starved, paused, a stalled disk): its lease counts the time";
-                match super::thread_time::Reading::now()
+                match crate::thread_time::Reading::now()
                     .zip(before)
                     .map(|(now, before)| now.since(before))
                 {
@@ -428,7 +429,7 @@ pub fn run(
                 }
             }
             if stalled >= STALL_WORTH_A_WARNING || accounting.0.elapsed() >= ACCOUNTING_EVERY {
-                accounting = (Instant::now(), super::thread_time::Reading::now());
+                accounting = (Instant::now(), crate::thread_time::Reading::now());
                 longest_step = Duration::ZERO;
             }
             if missed > 0 {
@@ -478,7 +479,11 @@ pub fn run(
         // the state next sees its own proposal in it.
         for (id, outcomes) in completed {
             if let Some(done) = waiting.remove(&id) {
-                let _ = done.send(Ok(outcomes));
+                // A proposal completes in this member's term (a change of
+                // role abandons the pending ones), so the state published
+                // above holds it and nothing of a later leader's.
+                let state = states.borrow().clone();
+                let _ = done.send(Ok(Committed { outcomes, state }));
             }
         }
         if replica.is_removed() {

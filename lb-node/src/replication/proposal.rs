@@ -5,7 +5,9 @@
 //! Must not: import anything but the model (the replica, the node and the
 //! proposer all use it).
 
-use crate::model::{Applied, ApplyError};
+use std::sync::Arc;
+
+use crate::model::{Applied, ApplyError, State};
 
 /// Why a proposal was not committed. Retryable: propose again.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,3 +30,13 @@ pub enum ProposeError {
 
 /// The outcome of each command of a committed proposal, in order.
 pub type Outcomes = Vec<Result<Applied, ApplyError>>;
+
+/// A committed proposal: what each command did, and the applied state
+/// published with it, which holds this proposal and nothing of a later
+/// leader's (a proposal completes only in its proposer's term): a state a
+/// source that keeps its own view of the objects can take as its base.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub outcomes: Outcomes,
+    pub state: Arc<State>,
+}

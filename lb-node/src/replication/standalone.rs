@@ -45,8 +45,9 @@ pub fn standalone(
                 // cluster's does from the proposal.
                 state.note_change_proposed_at(crate::clock::now_unix_us());
             }
-            state_tx.send_replace(Arc::new(state));
-            let _ = proposal.done.send(outcomes);
+            let state = Arc::new(state);
+            state_tx.send_replace(state.clone());
+            let _ = proposal.done.send(super::Committed { outcomes, state });
         }
     };
     (

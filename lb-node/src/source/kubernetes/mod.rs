@@ -48,7 +48,7 @@ pub mod translate;
 pub mod view;
 pub mod watcher;
 
-use view::{Plan, View};
+use view::{Plan, Touched, View};
 
 /// Most events held for one batch; more wait in the channel.
 const MAX_EVENTS_PER_BATCH: usize = 20_000;
@@ -109,13 +109,32 @@ fn log_plan(plan: &Plan, status: &watch::Sender<SourceStatus>) {
     }
 }
 
-/// Proposes a plan's entries in order; false when one failed.
-async fn propose(proposer: &Proposer, plan: Plan, status_writes: &StatusWriter) -> bool {
-    for entry in plan.entries {
-        if let Err(e) = proposer.propose(entry).await {
-            warn!(error = %e, "proposal failed; the source stops and restarts from the committed state");
-            return false;
+/// Proposes a plan's entries in order; false when one failed. `held`
+/// follows what the view holds: what the plan touched is unsure until its
+/// last entry commits, and the state published with that entry is then
+/// the view's base.
+async fn propose(
+    proposer: &Proposer,
+    plan: Plan,
+    status_writes: &StatusWriter,
+    held: &mut Held,
+) -> bool {
+    held.unsure.extend(plan.touched);
+    let mut committed = None;
+    for entry in plan.entries.into_iter().filter(|e| !e.is_empty()) {
+        match proposer.propose_committed(entry).await {
+            Ok(c) => committed = Some(c.state),
+            Err(e) => {
+                warn!(error = %e, "proposal failed; the source stops and restarts from the committed state");
+                return false;
+            }
         }
+    }
+    // A plan with no entries changed nothing the state does not hold:
+    // what it touched stays unsure until a later commit.
+    if let Some(state) = committed {
+        held.base = state;
+        held.unsure = Touched::default();
     }
     for (service, addresses) in plan.status_writes {
         status_writes.send(service, addresses);
@@ -131,8 +150,9 @@ pub type Standby = Arc<tokio::sync::Mutex<Option<view::Warm>>>;
 /// Kubernetes objects in step with the applied state (once a second, on a
 /// blocking thread; a pass costs what changed since the last), so that a
 /// new leader's source starts from it instead of building it whole. Idle
-/// while this member leads (its source holds the view then); built whole
-/// again once it no longer leads.
+/// while this member leads (its source holds the view then, and gives it
+/// back when it stops: `Warm::resumed`); built whole only when there is
+/// none (the first term, or a source that ended without giving it back).
 pub async fn standby(
     cache: Standby,
     config: KubernetesSourceConfig,
@@ -216,10 +236,15 @@ pub async fn run(
     let stop = stop.child_token();
     let _stop_children = stop.clone().drop_guard();
     let started = Instant::now();
-    let warm = match &standby {
-        Some(cache) => cache.lock().await.take(),
+    // The standby slot is held while the source runs (the follower's
+    // task waits for it), and the view goes back into it when the source
+    // ends: this member's next term, or a takeover after a later one,
+    // starts from it instead of a view built whole.
+    let mut slot = match standby {
+        Some(cache) => Some(cache.lock_owned().await),
         None => None,
     };
+    let warm = slot.as_mut().and_then(|s| s.take());
     let ready = warm.as_ref().map_or(0, view::Warm::len);
     let state = states.borrow().clone();
     // The watches start from the committed cursors at once; what they
@@ -284,6 +309,11 @@ pub async fn run(
         config.address_pools.clone(),
         state.clone(),
     );
+    // What the view holds: the view of `base` except for `unsure`.
+    let mut held = Held {
+        base: state.clone(),
+        unsure: Touched::default(),
+    };
     let built = tokio::task::spawn_blocking(move || {
         let view = match warm {
             // The follower's view, caught up with the last changes.
@@ -330,97 +360,128 @@ pub async fn run(
     drop(state);
 
     let mut last_proposal: Option<Instant> = None;
-    loop {
-        if !unreconciled.is_empty() {
-            let part: Vec<String> =
-                unreconciled.split_off(unreconciled.len().saturating_sub(RECONCILE_PART));
-            let state = states.borrow().clone();
-            let plan = view.reconcile_some(&state, &part);
-            drop(state);
-            log_plan(&plan, &status);
-            if !plan.entries.is_empty() {
-                info!(
-                    commands = plan.service_commands,
-                    "the table disagreed with the committed Kubernetes objects; reconciling"
-                );
-            }
-            reconcile_commands += plan.service_commands;
-            if !propose(&proposer, plan, &writer).await {
-                return;
-            }
-            if unreconciled.is_empty() {
-                info!(
-                    commands = reconcile_commands,
-                    took_ms = reconcile_started.elapsed().as_millis() as u64,
-                    "Kubernetes source: the table agrees with the committed objects"
-                );
-            }
-        }
-        let mut batch = Vec::new();
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            changed = connection.changed() => {
-                if changed.is_err() { return; }
-                let c = connection.borrow_and_update().clone();
-                status.send_modify(|s| {
-                    s.disconnected_since_unix_ms = c.disconnected_since.map_or(0, unix_ms);
-                    s.last_error = c.last_error.clone();
-                });
-                continue;
-            }
-            event = events.recv() => match event {
-                Some(e) => batch.push(e),
-                None => return,
-            },
-            // Nothing waiting: go on with the reconcile.
-            () = std::future::ready(()), if !unreconciled.is_empty() => continue,
-        }
-        // Coalesce: everything already waiting, and under load whatever
-        // arrives until the window since the last proposal has passed.
-        if let Some(last) = last_proposal {
-            let until = last + config.batch_window;
-            while batch.len() < MAX_EVENTS_PER_BATCH {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until.into()) => break,
-                    event = events.recv() => match event {
-                        Some(e) => batch.push(e),
-                        None => break,
-                    },
+    // Runs until the source stops; then the view is kept (below).
+    async {
+        loop {
+            if !unreconciled.is_empty() {
+                let part: Vec<String> =
+                    unreconciled.split_off(unreconciled.len().saturating_sub(RECONCILE_PART));
+                let state = states.borrow().clone();
+                let plan = view.reconcile_some(&state, &part);
+                drop(state);
+                log_plan(&plan, &status);
+                if !plan.entries.is_empty() {
+                    info!(
+                        commands = plan.service_commands,
+                        "the table disagreed with the committed Kubernetes objects; reconciling"
+                    );
+                }
+                reconcile_commands += plan.service_commands;
+                if !propose(&proposer, plan, &writer, &mut held).await {
+                    return;
+                }
+                if unreconciled.is_empty() {
+                    info!(
+                        commands = reconcile_commands,
+                        took_ms = reconcile_started.elapsed().as_millis() as u64,
+                        "Kubernetes source: the table agrees with the committed objects"
+                    );
                 }
             }
-        }
-        while batch.len() < MAX_EVENTS_PER_BATCH {
-            match events.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
+            let mut batch = Vec::new();
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                changed = connection.changed() => {
+                    if changed.is_err() { return; }
+                    let c = connection.borrow_and_update().clone();
+                    status.send_modify(|s| {
+                        s.disconnected_since_unix_ms = c.disconnected_since.map_or(0, unix_ms);
+                        s.last_error = c.last_error.clone();
+                    });
+                    continue;
+                }
+                event = events.recv() => match event {
+                    Some(e) => batch.push(e),
+                    None => return,
+                },
+                // Nothing waiting: go on with the reconcile.
+                () = std::future::ready(()), if !unreconciled.is_empty() => continue,
             }
+            // Coalesce: everything already waiting, and under load whatever
+            // arrives until the window since the last proposal has passed.
+            if let Some(last) = last_proposal {
+                let until = last + config.batch_window;
+                while batch.len() < MAX_EVENTS_PER_BATCH {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until.into()) => break,
+                        event = events.recv() => match event {
+                            Some(e) => batch.push(e),
+                            None => break,
+                        },
+                    }
+                }
+            }
+            while batch.len() < MAX_EVENTS_PER_BATCH {
+                match events.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+            }
+            let state = states.borrow().clone();
+            let events_in_batch = batch.len();
+            let planning = Instant::now();
+            let plan = view.plan(&state, batch);
+            drop(state);
+            METRICS
+                .kube_plan_seconds
+                .observe(planning.elapsed().as_secs_f64());
+            METRICS.kube_batch_events.observe(events_in_batch as f64);
+            log_plan(&plan, &status);
+            debug!(
+                events = events_in_batch,
+                objects = plan.objects_changed,
+                commands = plan.service_commands,
+                entries = plan.entries.len(),
+                "batch"
+            );
+            last_proposal = Some(Instant::now());
+            if !propose(&proposer, plan, &writer, &mut held).await {
+                return;
+            }
+            status.send_modify(|s| {
+                s.last_loaded_unix_ms = unix_ms(SystemTime::now());
+            });
         }
-        let state = states.borrow().clone();
-        let events_in_batch = batch.len();
-        let planning = Instant::now();
-        let plan = view.plan(&state, batch);
-        drop(state);
-        METRICS
-            .kube_plan_seconds
-            .observe(planning.elapsed().as_secs_f64());
-        METRICS.kube_batch_events.observe(events_in_batch as f64);
-        log_plan(&plan, &status);
-        debug!(
-            events = events_in_batch,
-            objects = plan.objects_changed,
-            commands = plan.service_commands,
-            entries = plan.entries.len(),
-            "batch"
-        );
-        last_proposal = Some(Instant::now());
-        if !propose(&proposer, plan, &writer).await {
-            return;
-        }
-        status.send_modify(|s| {
-            s.last_loaded_unix_ms = unix_ms(SystemTime::now());
-        });
     }
+    .await;
+    if let Some(mut slot) = slot {
+        let state = states.borrow().clone();
+        let unsure = held.unsure.len();
+        let kept = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            *slot = Some(view::Warm::resumed(view, held.base, &held.unsure, &state));
+            started.elapsed()
+        })
+        .await;
+        match kept {
+            Ok(took) => info!(
+                unsure,
+                took_ms = took.as_millis() as u64,
+                "Kubernetes source stopped; its view kept for the next takeover"
+            ),
+            Err(e) => warn!(error = %e, "keeping the Kubernetes view failed; it is built again"),
+        }
+    }
+}
+
+/// What a leader's view holds: the view of `base` (the state its last
+/// committed proposal was published with) except for `unsure`, what
+/// plans since changed in it that is not committed yet, or was not.
+#[derive(Debug)]
+struct Held {
+    base: Arc<State>,
+    unsure: Touched,
 }
 
 /// Writes `status.loadBalancer.ingress` of Services, latest wish per

@@ -85,6 +85,33 @@ pub struct Plan {
     pub objects_changed: usize,
     /// Service-table commands (for logs).
     pub service_commands: usize,
+    /// What of the view the plan changed.
+    pub touched: Touched,
+}
+
+/// What of a view a plan changed: stored objects, and the Kubernetes
+/// services whose table keys (`View::owned`) it computed again. Until
+/// the plan's entries commit, the view may hold there what the committed
+/// state does not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub objects: BTreeSet<(KubeKind, String)>,
+    pub services: BTreeSet<String>,
+}
+
+impl Touched {
+    pub fn extend(&mut self, other: Touched) {
+        self.objects.extend(other.objects);
+        self.services.extend(other.services);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty() && self.services.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len() + self.services.len()
+    }
 }
 
 /// `namespace/name` of an object; the name alone for a cluster-scoped
@@ -424,6 +451,7 @@ impl View {
         let affected: BTreeSet<String> = names.iter().cloned().collect();
         let mut plan = Plan::default();
         let commands = self.services_commands(state, &affected, &mut plan);
+        plan.touched.services = affected;
         plan.service_commands = commands.len();
         plan.entries = commands
             .chunks(MAX_COMMANDS_PER_ENTRY)
@@ -434,7 +462,8 @@ impl View {
 
     /// What a batch of events means against the committed `state` (which
     /// this view is in step with). Updates the view as if the plan were
-    /// committed; if it is not, drop the view and build a new one.
+    /// committed; if it is not, `plan.touched` says what to take from the
+    /// committed state again (`Warm::resumed`).
     pub fn plan(&mut self, state: &State, events: Vec<Event>) -> Plan {
         let mut plan = Plan::default();
         // Last word per object and the cursor, per kind.
@@ -511,10 +540,12 @@ impl View {
                     }
                     Some(json) => {
                         self.load(kind, &name, Some(&json), &mut affected, &mut plan);
+                        plan.touched.objects.insert((kind, name.clone()));
                         delta.upserts.push((name, json));
                     }
                     None => {
                         self.load(kind, &name, None, &mut affected, &mut plan);
+                        plan.touched.objects.insert((kind, name.clone()));
                         delta.deletes.push(name);
                     }
                 }
@@ -527,6 +558,7 @@ impl View {
         }
 
         let commands = self.services_commands(state, &affected, &mut plan);
+        plan.touched.services = affected;
         plan.service_commands = commands.len();
         let size: usize = deltas
             .iter()

@@ -566,6 +566,103 @@ fn the_warm_view_steps_with_what_changed_and_equals_one_built_whole() {
     );
 }
 
+/// A leader's view is kept when its source stops, whatever became of its
+/// last plan: not committed (leadership lost first), committed after all,
+/// and with a later leader's changes on top. Kept, it equals the view
+/// built whole from the state it is brought to.
+#[test]
+fn a_leaders_view_is_kept_when_its_source_stops_and_equals_one_built_whole() {
+    let mut state = State::default();
+    let mut leader = view(&state);
+    let mut events = Vec::new();
+    for (i, name) in ["web", "api", "db"].iter().enumerate() {
+        let i = i as u64;
+        events.push(upsert(
+            KubeKind::Service,
+            name,
+            cluster_ip(name, &format!("10.96.0.{}", i + 1), 80),
+            2 * i + 1,
+        ));
+        events.push(upsert(
+            KubeKind::EndpointSlice,
+            &format!("{name}-a"),
+            slice_json(&format!("{name}-a"), name, &["10.1.0.1"]),
+            2 * i + 2,
+        ));
+    }
+    let plan = leader.plan(&state, events);
+    commit(&mut state, &plan);
+    let base = Arc::new(state.clone());
+    // The last plan: a slice changes, a Service goes, a LoadBalancer comes.
+    let last = leader.plan(&base, last_events());
+    assert_eq!(last.touched.objects.len(), 3);
+    assert!(last.touched.services.contains("ns/lb"));
+    // A later leader, from the same base, changes another slice and one
+    // the last plan changed, differently.
+    let mut later = view(&base);
+    let theirs = later.plan(
+        &base,
+        vec![
+            upsert(
+                KubeKind::EndpointSlice,
+                "api-a",
+                slice_json("api-a", "api", &["10.1.0.5"]),
+                20,
+            ),
+            upsert(
+                KubeKind::EndpointSlice,
+                "web-a",
+                slice_json("web-a", "web", &["10.1.0.9"]),
+                21,
+            ),
+        ],
+    );
+    let mut lost = (*base).clone();
+    commit(&mut lost, &theirs);
+    let mut won = (*base).clone();
+    commit(&mut won, &last);
+    let won_then_theirs = {
+        let mut s = won.clone();
+        commit(&mut s, &theirs);
+        s
+    };
+    for (case, now) in [
+        ("not committed", (*base).clone()),
+        ("not committed, a later leader's changes", lost),
+        ("committed after all", won),
+        ("committed, a later leader's changes", won_then_theirs),
+    ] {
+        let kept = {
+            let mut copy = view(&base);
+            // The leader's view: the base and the last plan.
+            let _ = copy.plan(&base, last_events());
+            copy
+        };
+        let now = Arc::new(now);
+        let mut warm = Warm::resumed(kept, base.clone(), &last.touched, &now);
+        assert_eq!(warm.catch_up(&now), 0, "{case}");
+        assert_same(&warm.into_view(&mut Vec::new()), &view(&now));
+    }
+}
+
+/// The events of the last plan above.
+fn last_events() -> Vec<Event> {
+    vec![
+        upsert(
+            KubeKind::EndpointSlice,
+            "web-a",
+            slice_json("web-a", "web", &["10.1.0.7", "10.1.0.8"]),
+            10,
+        ),
+        Event::Delete {
+            kind: KubeKind::Service,
+            name: "ns/db".into(),
+            resource_version: "11".into(),
+        },
+        upsert(KubeKind::Service, "lb", load_balancer("lb", json!({})), 12),
+    ]
+}
+
 /// A stored object that does not decode is left out of the warm view as
 /// of the whole one, with the same warning, and comes back when fixed.
 #[test]

@@ -1,9 +1,10 @@
 //! Where a thread's time went, from the kernel's scheduler accounting
 //! (`/proc/thread-self/schedstat`: time run on a CPU, time spent runnable
-//! but waiting for one). The node thread reads it every 100 ms or so, so
-//! that a late tick says why it was late: its own work (ran), CPU
+//! but waiting for one). The raft node thread reads it every 100 ms or so,
+//! so that a late tick says why it was late: its own work (ran), CPU
 //! starvation (waited for a CPU) or blocked (neither: a lock, a disk, a
-//! page fault).
+//! page fault); the IPVS dataplane reads it around a change's request
+//! (debug log) for the same question.
 
 use std::time::Duration;
 
