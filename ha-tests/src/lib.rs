@@ -70,7 +70,11 @@ impl Member {
         let mut child = command
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "info")
+            // `DRILL_MEMBER_LOG`: the members' log filter (debugging).
+            .env(
+                "RUST_LOG",
+                std::env::var("DRILL_MEMBER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
