@@ -2,11 +2,13 @@
 //! `ipvsadm -R` of the same rules, each in a fresh kernel-lab guest of its
 //! own; then, in lb-node's guest, one backend change and ten services added
 //! one at a time, each on a new VIP, and lb-node's peak memory. One JSON
-//! line at the end. `IPVS_BENCH_RUN_ESTIMATION=0` turns the kernel's rate
-//! estimators off in both guests; `IPVS_BENCH_REFERENCE=0` skips
-//! `ipvsadm -R`, `IPVS_BENCH_ONLY_REFERENCE=1` runs it alone (with its
-//! user and system CPU: the system part is the kernel's own work, a floor
-//! for any client).
+//! line at the end. `IPVS_BENCH_RATE_ESTIMATION=auto|on|off`: the member's
+//! `dataplane.rate_estimation`, and the same kernel setting in the
+//! reference's guest; `IPVS_BENCH_REFERENCE=0` skips `ipvsadm -R`,
+//! `IPVS_BENCH_ONLY_REFERENCE=1` runs it alone (with its user and system
+//! CPU: the system part is the kernel's own work, a floor for any client).
+//! To tell where a slow change's time went: `IPVS_BENCH_STALL_WATCH=1`,
+//! `IPVS_BENCH_FTRACE=1`, `IPVS_BENCH_THP=never` (below).
 //!
 //!   cargo build --release --workspace --bins
 //!   cargo run --release -p ha-tests --bin ipvs-bench [-- SERVICES [BACKENDS]]
@@ -40,6 +42,16 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(50_000);
     let backends: u32 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(10);
     let lab = KernelLab::find()?;
+    // The kernel's rate estimators (`net.ipv4.vs.run_estimation`):
+    // `IPVS_BENCH_RATE_ESTIMATION=auto|on|off` is the member's
+    // `dataplane.rate_estimation` (auto, its default, turns them off on
+    // this 6.1 kernel); the reference guest gets the same kernel setting,
+    // so that both sides run on the same kernel work.
+    let rates = std::env::var("IPVS_BENCH_RATE_ESTIMATION").unwrap_or_else(|_| "auto".into());
+    anyhow::ensure!(
+        ["auto", "on", "off"].contains(&rates.as_str()),
+        "IPVS_BENCH_RATE_ESTIMATION={rates}: auto, on or off"
+    );
     let dir = tempfile::tempdir()?;
     let mut file = String::with_capacity(services as usize * 400);
     // Compact TOML (inline backends with the service's port and weight 1,
@@ -82,7 +94,9 @@ fn main() -> anyhow::Result<()> {
     }
     std::fs::write(
         dir.path().join("member.toml"),
-        "[node]\nid = 1\n[dataplane]\nkind = \"ipvs\"\n[source.file]\npath = \"live.toml\"\ncheck_interval = \"1s\"\n[admin]\nlisten = \"127.0.0.1:9443\"\nmetrics_listen = \"127.0.0.1:9445\"\n",
+        format!(
+            "[node]\nid = 1\n[dataplane]\nkind = \"ipvs\"\nrate_estimation = \"{rates}\"\n[source.file]\npath = \"live.toml\"\ncheck_interval = \"1s\"\n[admin]\nlisten = \"127.0.0.1:9443\"\nmetrics_listen = \"127.0.0.1:9445\"\n"
+        ),
     )?;
     let ops = services * (backends + 1);
     // The rules, as the member would program them (no kernel needed).
@@ -110,16 +124,51 @@ fn main() -> anyhow::Result<()> {
         + &std::env::var("GLIBC_TUNABLES")
             .map(|t| format!("export GLIBC_TUNABLES='{t}'\n"))
             .unwrap_or_default();
-    // The kernel's rate estimators (`net.ipv4.vs.run_estimation`, on by
-    // default) can be turned off in both guests to see what they cost.
-    let estimation = match std::env::var("IPVS_BENCH_RUN_ESTIMATION").as_deref() {
-        Ok("0") => "modprobe ip_vs && sysctl -qw net.ipv4.vs.run_estimation=0\n",
-        _ => "",
+    let estimation = format!(
+        r#"case "{rates}" in
+  on) sysctl -qw net.ipv4.vs.run_estimation=1 ;;
+  off) sysctl -qw net.ipv4.vs.run_estimation=0 ;;
+  *) case "$(uname -r)" in [0-5].*|6.[01].*|6.[01]-*) sysctl -qw net.ipv4.vs.run_estimation=0 ;; esac ;;
+esac
+echo "LAB run-estimation $(cat /proc/sys/net/ipv4/vs/run_estimation)"
+"#
+    );
+    // `IPVS_BENCH_STALL_WATCH=1`: two stall watches in the guest (one at
+    // normal priority, one real-time) and the kernel's reclaim and
+    // compaction counters around each change, to tell what holds up a slow
+    // change: the whole guest stopping (both watches stall), CPU contention
+    // (only the normal one), or the kernel's memory work (the counters).
+    let watch = std::env::var("IPVS_BENCH_STALL_WATCH").is_ok_and(|v| v == "1");
+    // `IPVS_BENCH_FTRACE=1`: after the full sync, the guest kernel's
+    // function graph tracer on the IPVS requests, keeping every call in
+    // them that took over 5 ms: which kernel function a slow change spends
+    // its time in.
+    let ftrace = std::env::var("IPVS_BENCH_FTRACE").is_ok_and(|v| v == "1");
+    // `IPVS_BENCH_THP=never` (or `madvise`): the guest's transparent huge
+    // pages setting for the run (its kernel's default otherwise).
+    let thp = match std::env::var("IPVS_BENCH_THP") {
+        Ok(mode) if ["always", "madvise", "never"].contains(&mode.as_str()) => {
+            format!("echo {mode} > /sys/kernel/mm/transparent_hugepage/enabled\n")
+        }
+        _ => String::new(),
     };
     let script = log
-        + &format!("ADDED={ADDED}\nWEIGHTS={WEIGHTS}\n")
-        + estimation
+        + &thp
+        + "echo \"LAB thp $(cat /sys/kernel/mm/transparent_hugepage/enabled)\"\n"
+        + &format!(
+            "ADDED={ADDED}\nWEIGHTS={WEIGHTS}\nWATCH={}\nFTRACE={}\n",
+            if watch { "1" } else { "" },
+            if ftrace { "1" } else { "" }
+        )
         + r#"
+if [ -n "$WATCH" ]; then
+  stall-watch 20 normal 2>> /tmp/stalls &
+  chrt -f 50 stall-watch 20 realtime 2>> /tmp/stalls &
+fi
+# The kernel's memory work so far (direct reclaim, compaction, faults).
+vm() {
+  [ -n "$WATCH" ] && echo "LAB vm+ $1 $(date +%s.%N) $(awk '/^(allocstall_normal|allocstall_movable|pgscan_direct|compact_stall|compact_fail|pgmajfault|pgfault|thp_fault_alloc|thp_collapse_alloc) /{printf "%s=%s ", $1, $2}' /proc/vmstat)"
+}
 cp /lab/services.toml /lab/live.toml
 echo "LAB rules $(wc -l < /lab/rules)"
 lb-node --config /lab/member.toml > /tmp/lb.log 2>&1 &
@@ -141,14 +190,41 @@ echo "LAB encoder $(grep 'requests encoded' /tmp/lb.log | sed -n 's/.*user_s=\([
 # own send call, so system time bounds what any client could save.
 echo "LAB cpu-ticks $(cut -d' ' -f14,15 /proc/$pid/stat)"
 echo "LAB kernel-lines $(ipvsadm -Sn | wc -l)"
+# What the member set the rate estimators to (`dataplane.rate_estimation`).
+echo "LAB run-estimation $(cat /proc/sys/net/ipv4/vs/run_estimation)"
 echo "LAB vips-local $(ip route show table 27746 | grep -c '^local')"
+if [ -n "$FTRACE" ]; then
+  t=/sys/kernel/tracing
+  mount -t tracefs nodev $t 2>/dev/null
+  # Only these functions are traced (graph tracing of everything under
+  # the request stalls the emulated guest into a soft lockup); each one's
+  # return is kept when it took over 5 ms.
+  for f in ip_vs_genl_set_cmd ip_vs_add_service ip_vs_add_dest ip_vs_edit_dest \
+      ip_vs_new_dest __ip_vs_update_dest ip_vs_start_estimator ip_vs_bind_scheduler \
+      pcpu_alloc pcpu_create_chunk pcpu_balance_workfn clear_huge_page \
+      do_huge_pmd_anonymous_page synchronize_rcu synchronize_rcu_expedited \
+      __do_softirq estimation_timer rcu_core run_timer_softirq net_rx_action \
+      genl_rcv_msg netlink_sendmsg netlink_recvmsg nf_tables_commit \
+      do_sys_poll khugepaged_scan_mm_slot collapse_huge_page; do
+    echo $f >> $t/set_ftrace_filter 2>/dev/null || echo "LAB ftrace+ not traceable: $f"
+  done
+  echo 5000 > $t/tracing_thresh
+  echo 20000 > $t/buffer_size_kb
+  echo function_graph > $t/current_tracer || echo "LAB ftrace+ no function_graph tracer"
+  echo funcgraph-abstime > $t/trace_options
+  echo 1 > $t/tracing_on
+fi
+vm before-change
 cp /lab/services-changed.toml /lab/live.toml
 synced 2
+vm after-change
 grep "dataplane synced" /tmp/lb.log | sed -n 2p | sed 's/^/LAB change+ /'
 k=1
 while [ $k -le $ADDED ]; do
+  vm before-add-$k
   cp /lab/services-added-$k.toml /lab/live.toml
   synced $((k + 2))
+  vm after-add-$k
   grep "dataplane synced" /tmp/lb.log | sed -n $((k + 2))p | sed 's/^/LAB added+ /'
   k=$((k + 1))
 done
@@ -159,8 +235,10 @@ k=1
 while [ $k -le $WEIGHTS ]; do
   a="172.16.0.$((k + 1))"
   sed "s/{address=\"$a\"}/{address=\"$a\",weight=7}/" /lab/live.toml > /lab/next.toml
+  vm before-weight-$k
   mv /lab/next.toml /lab/live.toml
   synced $((k + 2 + ADDED))
+  vm after-weight-$k
   grep "dataplane synced" /tmp/lb.log | sed -n $((k + 2 + ADDED))p | sed 's/^/LAB weight+ /'
   k=$((k + 1))
 done
@@ -176,9 +254,14 @@ grep -i "warn\|error" /tmp/lb.log | head -5 | sed 's/^/LAB log+ /'
 # With RUST_LOG: where the full sync and each change after it spent
 # their time (from the member's start).
 if [ -n "$RUST_LOG" ]; then grep -E "lb-node starting|converged|IPVS operations|IPVS batch|applied and recorded|dataplane synced|change planned|repair|programmed the table" /tmp/lb.log | head -300 | sed "s/^/LAB log+ /"; fi
+[ -n "$WATCH" ] && sed 's/^/LAB stall+ /' /tmp/stalls | tail -400
+if [ -n "$FTRACE" ]; then
+  echo 0 > /sys/kernel/tracing/tracing_on
+  grep -v '^#' /sys/kernel/tracing/trace | tail -300 | sed 's/^/LAB ftrace+ /'
+fi
 kill $pid
 "#;
-    let reference = estimation.to_owned()
+    let reference = estimation.clone()
         + r#"
 start=$(cut -d' ' -f1 /proc/uptime)
 # The inner shell's children's CPU (fields 16 and 17, after the wait):
@@ -217,6 +300,16 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         ("/lab/member.toml", member_file.as_path()),
         ("/lab/rules", rules.as_path()),
     ]);
+    let (stall_watch, chrt) = (
+        binary("stall-watch")?,
+        std::path::Path::new("/usr/bin/chrt"),
+    );
+    if watch {
+        files.extend([
+            ("/usr/local/bin/stall-watch", stall_watch.as_path()),
+            ("/usr/bin/chrt", chrt),
+        ]);
+    }
     // `IPVS_BENCH_ONLY_REFERENCE=1`: the reference alone, with its CPU.
     if std::env::var("IPVS_BENCH_ONLY_REFERENCE").is_ok_and(|v| v == "1") {
         let reference = lab.run(
@@ -422,8 +515,20 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         "  lb-node memory after the syncs (RSS):  {} MiB",
         mib("rss-kib")
     );
+    println!(
+        "  the guest's transparent huge pages:    {}",
+        run.get("thp").unwrap_or("?")
+    );
     for l in run.block("log") {
         println!("  lb-node said: {l}");
+    }
+    for l in run
+        .block("vm")
+        .iter()
+        .chain(run.block("stall").iter())
+        .chain(run.block("ftrace").iter())
+    {
+        println!("  guest: {l}");
     }
     println!(
         "{}",
@@ -441,7 +546,9 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
             "new_vip_since_proposal_ms": added_since,
             "repair_rounds": run.get("repair-rounds").and_then(|v| v.parse::<f64>().ok()),
             "repair_round_s": run.get("repair-round-seconds").and_then(|v| v.parse::<f64>().ok()),
-            "run_estimation": estimation.is_empty(),
+            "rate_estimation": rates,
+            "run_estimation_lb_node_guest": run.get("run-estimation"),
+            "run_estimation_ipvsadm_guest": reference.get("run-estimation"),
             "vips_local": run.get("vips-local"),
             "peak_mib": mib("peak-kib"),
             "peak_at_full_sync_mib": mib("sync-peak-kib"),

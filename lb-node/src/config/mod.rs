@@ -12,10 +12,13 @@ use serde::Deserialize;
 
 mod announce;
 mod cluster;
+mod dataplane;
 pub mod error;
 mod kubernetes;
 
 pub use cluster::{ClusterConfig, TlsConfig};
+pub use dataplane::RateEstimation;
+use dataplane::{RawConnectionSync, RawDataplane};
 pub use error::ConfigError;
 pub use kubernetes::KubernetesSourceConfig;
 
@@ -207,6 +210,8 @@ pub struct DataplaneConfig {
     /// (`[dataplane.connection_sync]`), so a member that takes a VIP over
     /// has the connections its previous owner carried; `None`: off.
     pub connection_sync: Option<ConnectionSync>,
+    /// IPVS: the kernel's rate estimators (`dataplane.rate_estimation`).
+    pub rate_estimation: RateEstimation,
 }
 
 impl DataplaneConfig {
@@ -315,63 +320,6 @@ struct RawNode {
     max_connections: Option<usize>,
     max_connections_per_source: Option<usize>,
     first_bytes_timeout: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawDataplane {
-    kind: String,
-    repair_interval: String,
-    vip_interface: Option<String>,
-    masquerade: bool,
-    drain_timeout: String,
-    udp_drain_timeout: String,
-    managed_networks: Vec<String>,
-    own_whole_table: bool,
-    connection_sync: Option<RawConnectionSync>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConnectionSync {
-    interface: String,
-    #[serde(default = "default_sync_id")]
-    sync_id: u32,
-    #[serde(default = "default_sync_group")]
-    group: String,
-    #[serde(default = "default_sync_port")]
-    port: u16,
-    #[serde(default = "default_sync_refresh")]
-    refresh: String,
-}
-
-fn default_sync_id() -> u32 {
-    1
-}
-fn default_sync_group() -> String {
-    "224.0.0.81".into()
-}
-fn default_sync_port() -> u16 {
-    8848
-}
-fn default_sync_refresh() -> String {
-    "2s".into()
-}
-
-impl Default for RawDataplane {
-    fn default() -> Self {
-        Self {
-            kind: "memory".into(),
-            repair_interval: "30s".into(),
-            vip_interface: None,
-            masquerade: true,
-            drain_timeout: "30s".into(),
-            udp_drain_timeout: "0s".into(),
-            managed_networks: Vec::new(),
-            own_whole_table: false,
-            connection_sync: None,
-        }
-    }
 }
 
 #[derive(Deserialize)]
@@ -674,6 +622,18 @@ impl Config {
                 managed_networks,
                 own_whole_table: raw.dataplane.own_whole_table,
                 connection_sync,
+                rate_estimation: RateEstimation::parse(&raw.dataplane.rate_estimation).ok_or_else(
+                    || {
+                        ConfigError::new(
+                            file,
+                            "dataplane.rate_estimation",
+                            format!(
+                                "{:?} is not \"auto\", \"on\" or \"off\"",
+                                raw.dataplane.rate_estimation
+                            ),
+                        )
+                    },
+                )?,
             },
             source,
             admin: AdminConfig {

@@ -65,6 +65,7 @@ async fn open_ipvs(
             udp_drain_timeout: config.udp_drain_timeout,
             local,
             sync: config.connection_sync.clone(),
+            rate_estimation: config.rate_estimation,
         },
         netlink,
     )

@@ -92,6 +92,8 @@ pub struct IpvsSettings {
     /// The kernel's connection sync with the other members; `None`: off
     /// (daemons found running are left alone).
     pub sync: Option<crate::config::ConnectionSync>,
+    /// The kernel's rate estimators (`dataplane.rate_estimation`).
+    pub rate_estimation: crate::config::RateEstimation,
 }
 
 #[derive(Debug)]
@@ -461,7 +463,7 @@ impl IpvsDataplane {
             conn_tab_size = info.conn_tab_size,
             "IPVS found"
         );
-        set_sysctls();
+        set_sysctls(settings.rate_estimation);
         let mut socket = socket;
         if let Some(sync) = settings.sync.clone() {
             socket = tokio::task::spawn_blocking(move || {
@@ -578,12 +580,39 @@ impl Dataplane for IpvsDataplane {
 
     async fn apply(&mut self, ops: &[Op]) -> ApplyReport {
         let started = Instant::now();
-        let report = self.netlink(ops.len() <= 64, |inner| inner.apply(ops));
-        tracing::debug!(
-            ops = ops.len(),
-            ipvs_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "IPVS operations applied"
-        );
+        // Where a change's time goes (debug): waiting for the socket's
+        // lock, then this thread's own CPU, a CPU it waited for, and the
+        // rest (blocked in the kernel).
+        let small = ops.len() <= 64;
+        let account = small && tracing::enabled!(tracing::Level::DEBUG);
+        let mut split = None;
+        let report = self.netlink(small, |inner| {
+            let locked = started.elapsed();
+            let before = account.then(crate::thread_time::Reading::now).flatten();
+            let report = inner.apply(ops);
+            if let Some(before) = before
+                && let Some(after) = crate::thread_time::Reading::now()
+            {
+                split = Some((locked, after.since(before)));
+            }
+            report
+        });
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        match split {
+            Some((locked, thread)) => tracing::debug!(
+                ops = ops.len(),
+                ipvs_ms = ms(started.elapsed()),
+                lock_wait_ms = ms(locked),
+                ran_ms = ms(thread.ran),
+                waited_for_a_cpu_ms = ms(thread.waited),
+                "IPVS operations applied"
+            ),
+            None => tracing::debug!(
+                ops = ops.len(),
+                ipvs_ms = ms(started.elapsed()),
+                "IPVS operations applied"
+            ),
+        }
         if let Some(local) = &self.local {
             local.lock().await.note_ops(ops).await;
         }
