@@ -2,7 +2,7 @@
 //! `ipvsadm -R` of the same rules, each in a fresh kernel-lab guest of its
 //! own; then, in lb-node's guest, one backend change and ten services added
 //! one at a time, each on a new VIP, and lb-node's peak memory. One JSON
-//! line at the end. `IPVS_BENCH_RATE_ESTIMATION=auto|on|off`: the member's
+//! line at the end. `IPVS_BENCH_RATE_ESTIMATION=kernel|on|off`: the member's
 //! `dataplane.rate_estimation`, and the same kernel setting in the
 //! reference's guest; `IPVS_BENCH_REFERENCE=0` skips `ipvsadm -R`,
 //! `IPVS_BENCH_ONLY_REFERENCE=1` runs it alone (with its user and system
@@ -43,14 +43,14 @@ fn main() -> anyhow::Result<()> {
     let backends: u32 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(10);
     let lab = KernelLab::find()?;
     // The kernel's rate estimators (`net.ipv4.vs.run_estimation`):
-    // `IPVS_BENCH_RATE_ESTIMATION=auto|on|off` is the member's
-    // `dataplane.rate_estimation` (auto, its default, turns them off on
-    // this 6.1 kernel); the reference guest gets the same kernel setting,
-    // so that both sides run on the same kernel work.
-    let rates = std::env::var("IPVS_BENCH_RATE_ESTIMATION").unwrap_or_else(|_| "auto".into());
+    // `IPVS_BENCH_RATE_ESTIMATION=kernel|on|off` is the member's
+    // `dataplane.rate_estimation` (default: as the kernel has it); the
+    // reference guest gets the same kernel setting, so that both sides
+    // run on the same kernel work.
+    let rates = std::env::var("IPVS_BENCH_RATE_ESTIMATION").unwrap_or_else(|_| "kernel".into());
     anyhow::ensure!(
-        ["auto", "on", "off"].contains(&rates.as_str()),
-        "IPVS_BENCH_RATE_ESTIMATION={rates}: auto, on or off"
+        ["kernel", "on", "off"].contains(&rates.as_str()),
+        "IPVS_BENCH_RATE_ESTIMATION={rates}: kernel, on or off"
     );
     let dir = tempfile::tempdir()?;
     let mut file = String::with_capacity(services as usize * 400);
@@ -128,7 +128,6 @@ fn main() -> anyhow::Result<()> {
         r#"case "{rates}" in
   on) sysctl -qw net.ipv4.vs.run_estimation=1 ;;
   off) sysctl -qw net.ipv4.vs.run_estimation=0 ;;
-  *) case "$(uname -r)" in [0-5].*|6.[01].*|6.[01]-*) sysctl -qw net.ipv4.vs.run_estimation=0 ;; esac ;;
 esac
 echo "LAB run-estimation $(cat /proc/sys/net/ipv4/vs/run_estimation)"
 "#

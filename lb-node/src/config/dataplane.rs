@@ -2,18 +2,18 @@
 
 use serde::Deserialize;
 
-/// The kernel's IPVS rate estimators (`net.ipv4.vs.run_estimation`):
-/// the per-second rates `ipvsadm -L --rate` shows, which lb-node does not
-/// read. Before Linux 6.2 they run in a timer softirq that walks every
-/// service and destination every 2 s holding the lock each new service
-/// and destination takes: at 50,000 services x 10 backends, 164-174 ms
-/// each time in the kernel lab, during which a change waits (docs/ipvs.md,
-/// *Rate estimators*). From 6.2 they run in kernel threads, a part at a
-/// time.
+/// The kernel's IPVS rate estimators (`net.ipv4.vs.run_estimation`). Before
+/// Linux 6.2 they run in a timer softirq that walks every service and
+/// destination every 2 s holding the lock each new service and destination
+/// takes: at 50,000 services x 10 backends, 164-174 ms each time in the
+/// kernel lab, during which a change waits (docs/ipvs.md, *Rate
+/// estimators*). They also fold the per-CPU counters into the totals the
+/// kernel reports, so with them off the counters (`lbctl services NAME`,
+/// `ipvsadm -L --stats`) stay at zero as well as the rates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateEstimation {
-    /// Off on kernels before 6.2, as the kernel has it from 6.2.
-    Auto,
+    /// As the kernel has it (on unless someone turned it off).
+    Kernel,
     On,
     Off,
 }
@@ -21,7 +21,7 @@ pub enum RateEstimation {
 impl RateEstimation {
     pub(super) fn parse(text: &str) -> Option<RateEstimation> {
         match text {
-            "auto" => Some(RateEstimation::Auto),
+            "kernel" => Some(RateEstimation::Kernel),
             "on" => Some(RateEstimation::On),
             "off" => Some(RateEstimation::Off),
             _ => None,
@@ -83,7 +83,7 @@ impl Default for RawDataplane {
             managed_networks: Vec::new(),
             own_whole_table: false,
             connection_sync: None,
-            rate_estimation: "auto".into(),
+            rate_estimation: "kernel".into(),
         }
     }
 }

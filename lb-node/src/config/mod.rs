@@ -628,7 +628,7 @@ impl Config {
                             file,
                             "dataplane.rate_estimation",
                             format!(
-                                "{:?} is not \"auto\", \"on\" or \"off\"",
+                                "{:?} is not \"kernel\", \"on\" or \"off\"",
                                 raw.dataplane.rate_estimation
                             ),
                         )

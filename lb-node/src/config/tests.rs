@@ -451,6 +451,22 @@ fn udp_backends_drain_for_no_time_by_default() {
 }
 
 #[test]
+fn rate_estimation_is_the_kernels_unless_set_and_a_bad_value_is_named() {
+    let with = |line: &str| {
+        load(&format!(
+            "{NODE}[source.file]\npath = \"s.toml\"\n[dataplane]\n{line}\n"
+        ))
+    };
+    let default = load(&format!("{NODE}[source.file]\npath = \"s.toml\"\n")).expect("valid");
+    assert_eq!(default.dataplane.rate_estimation, RateEstimation::Kernel);
+    let off = with("rate_estimation = \"off\"").expect("off");
+    assert_eq!(off.dataplane.rate_estimation, RateEstimation::Off);
+    let e = with("rate_estimation = \"auto\"").expect_err("not a value");
+    assert_eq!(e.field, "dataplane.rate_estimation");
+    assert!(e.to_string().contains("\"auto\""), "{e}");
+}
+
+#[test]
 fn connection_sync_is_off_unless_asked_and_leaves_the_flow_hand_over_on() {
     let announce =
         "[announce]\nmode = \"l2\"\ninterface = \"eth0\"\nvip_ranges = [\"10.0.0.0/24\"]\n";

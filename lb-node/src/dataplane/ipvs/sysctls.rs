@@ -23,41 +23,16 @@ pub const SYSCTLS: &[(&str, &str)] = &[
     ("net/ipv6/conf/all/forwarding", "1"),
 ];
 
-/// Sets `SYSCTLS` and the rate estimators' switch, and logs and exports
-/// (`lb_ipvs_sysctl`) what each reads back.
+/// Sets `SYSCTLS` and, unless left to the kernel, the rate estimators'
+/// switch, and logs and exports (`lb_ipvs_sysctl`) what each reads back.
 pub fn set_sysctls(rates: RateEstimation) {
     set_sysctl_list(SYSCTLS);
-    let release = nix::sys::utsname::uname()
-        .ok()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if let Some(value) = run_estimation(rates, &release) {
-        info!(
-            setting = ?rates,
-            kernel = %release,
-            "IPVS rate estimators {}",
-            if value == "0" { "off" } else { "on" }
-        );
-        set_sysctl_list(&[("net/ipv4/vs/run_estimation", value)]);
-    }
-}
-
-/// What `net.ipv4.vs.run_estimation` is set to (`None`: left as it is).
-/// `auto` turns the estimators off on kernels before 6.2, whose estimator
-/// runs in a timer softirq over every service and destination holding the
-/// lock adds take (`RateEstimation`), and leaves later kernels alone.
-fn run_estimation(rates: RateEstimation, kernel_release: &str) -> Option<&'static str> {
-    match rates {
-        RateEstimation::On => Some("1"),
-        RateEstimation::Off => Some("0"),
-        RateEstimation::Auto => {
-            let mut numbers = kernel_release
-                .split(|c: char| !c.is_ascii_digit())
-                .map(|n| n.parse::<u32>().ok());
-            let version = (numbers.next()??, numbers.next()??);
-            (version < (6, 2)).then_some("0")
-        }
-    }
+    let value = match rates {
+        RateEstimation::Kernel => return,
+        RateEstimation::On => "1",
+        RateEstimation::Off => "0",
+    };
+    set_sysctl_list(&[("net/ipv4/vs/run_estimation", value)]);
 }
 
 pub(crate) fn set_sysctl_list(list: &[(&str, &str)]) {
@@ -78,23 +53,5 @@ pub(crate) fn set_sysctl_list(list: &[(&str, &str)]) {
         if now != *value {
             warn!(sysctl = %dotted, wanted = value, now = %now, "an IPVS sysctl is not as lb-node needs it");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auto_turns_the_estimators_off_before_linux_6_2_only() {
-        let auto = |release| run_estimation(RateEstimation::Auto, release);
-        assert_eq!(auto("6.1.0-57-amd64"), Some("0"));
-        assert_eq!(auto("5.10.0-30-amd64"), Some("0"));
-        assert_eq!(auto("6.2.0"), None);
-        assert_eq!(auto("6.18.44-fc-v1300"), None);
-        assert_eq!(auto("7.0"), None);
-        assert_eq!(auto("garbage"), None);
-        assert_eq!(run_estimation(RateEstimation::On, "6.1.0"), Some("1"));
-        assert_eq!(run_estimation(RateEstimation::Off, "6.8.0"), Some("0"));
     }
 }
