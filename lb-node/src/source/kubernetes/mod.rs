@@ -125,7 +125,7 @@ async fn propose(
         match proposer.propose_committed(entry).await {
             Ok(c) => committed = Some(c.state),
             Err(e) => {
-                warn!(error = %e, "proposal failed; the source stops and restarts from the committed state");
+                warn!(error = %e, "proposal failed; the source stops, and its view takes what it proposed from the committed state again");
                 return false;
             }
         }
@@ -457,7 +457,7 @@ pub async fn run(
     .await;
     if let Some(mut slot) = slot {
         let state = states.borrow().clone();
-        let unsure = held.unsure.len();
+        let unsure = held.unsure.objects.len() + held.unsure.services.len();
         let kept = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             *slot = Some(view::Warm::resumed(view, held.base, &held.unsure, &state));

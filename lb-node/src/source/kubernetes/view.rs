@@ -104,14 +104,6 @@ impl Touched {
         self.objects.extend(other.objects);
         self.services.extend(other.services);
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.objects.is_empty() && self.services.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.objects.len() + self.services.len()
-    }
 }
 
 /// `namespace/name` of an object; the name alone for a cluster-scoped

@@ -600,22 +600,18 @@ fn a_leaders_view_is_kept_when_its_source_stops_and_equals_one_built_whole() {
     // A later leader, from the same base, changes another slice and one
     // the last plan changed, differently.
     let mut later = view(&base);
+    let slice = |service: &str, host: &str, rv| {
+        let name = format!("{service}-a");
+        upsert(
+            KubeKind::EndpointSlice,
+            &name,
+            slice_json(&name, service, &[host]),
+            rv,
+        )
+    };
     let theirs = later.plan(
         &base,
-        vec![
-            upsert(
-                KubeKind::EndpointSlice,
-                "api-a",
-                slice_json("api-a", "api", &["10.1.0.5"]),
-                20,
-            ),
-            upsert(
-                KubeKind::EndpointSlice,
-                "web-a",
-                slice_json("web-a", "web", &["10.1.0.9"]),
-                21,
-            ),
-        ],
+        vec![slice("api", "10.1.0.5", 20), slice("web", "10.1.0.9", 21)],
     );
     let mut lost = (*base).clone();
     commit(&mut lost, &theirs);
