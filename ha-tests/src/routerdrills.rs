@@ -227,6 +227,10 @@ pub fn run(name: &str, mode: Mode) -> anyhow::Result<Report> {
                     eprintln!("==== member {id}\n{}", m.log());
                 }
                 eprintln!("==== FRR\n{}", frr.log());
+            } else if result.as_ref().is_ok_and(|r| !r.passed) {
+                // A failure explains itself (in CI too): what the members
+                // and the router said about sessions, leases and routes.
+                eprintln!("{}", failure_logs(&lab, &frr));
             }
             result
         })
@@ -250,6 +254,60 @@ pub fn run(name: &str, mode: Mode) -> anyhow::Result<Report> {
         );
         r
     })
+}
+
+/// The lines of the members' and the router's logs that say why paths
+/// left the router: warnings, BGP, BFD, leases and VIP owners (the last
+/// `LINES` of each).
+fn failure_logs(lab: &Lab, frr: &Frr) -> String {
+    const LINES: usize = 150;
+    let keep = |log: &str, words: &[&str]| -> String {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| words.iter().any(|w| l.contains(w)))
+            .collect();
+        lines[lines.len().saturating_sub(LINES)..].join("\n")
+    };
+    let member_words = [
+        "WARN",
+        "ERROR",
+        "BGP",
+        "BFD",
+        "lease",
+        "VIP owners",
+        "role changed",
+    ];
+    let mut out = String::new();
+    let members = lab
+        .past_logs
+        .iter()
+        .map(|(id, log)| (format!("member {id} (before its restart)"), log.clone()))
+        .chain(
+            lab.members
+                .iter()
+                .map(|(id, m)| (format!("member {id}"), m.log())),
+        );
+    for (who, log) in members {
+        out.push_str(&format!("==== {who}\n{}\n", keep(&log, &member_words)));
+    }
+    let router_words = [
+        "Down",
+        "down",
+        "Up",
+        "up",
+        "withdraw",
+        "NOTIFICATION",
+        "reset",
+        "BFD",
+        "bfd",
+    ];
+    for daemon in ["bgpd", "bfdd"] {
+        out.push_str(&format!(
+            "==== FRR {daemon}\n{}\n",
+            keep(&frr.daemon_log(daemon), &router_words)
+        ));
+    }
+    out
 }
 
 async fn drill(

@@ -23,7 +23,7 @@ use raft::eraftpb::Message;
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
-use super::proposal::{Committed, ProposeError};
+use super::proposal::{Answer, Committed, ProposeError};
 use super::replica::{PeerHealth, Replica};
 use crate::model::{Command, State};
 
@@ -42,6 +42,9 @@ pub enum Input {
         Vec<Command>,
         oneshot::Sender<Result<Committed, ProposeError>>,
     ),
+    /// Entries proposed in order, each answered; once one is refused,
+    /// the rest are refused too (what commits is a prefix).
+    ProposeAll(Vec<(Vec<Command>, Answer)>),
     Raft(Box<Message>, super::replica::Stamp),
     /// Commands proposed from any member, unanswered (`Proposer::report`):
     /// a follower's go to the leader through Raft's proposal forwarding.
@@ -314,8 +317,7 @@ pub fn run(
     states: watch::Sender<Arc<State>>,
     status: watch::Sender<RaftStatus>,
 ) -> Result<Ended, super::replica::ReplicaError> {
-    let mut waiting: HashMap<u64, oneshot::Sender<Result<Committed, ProposeError>>> =
-        HashMap::new();
+    let mut waiting: HashMap<u64, Answer> = HashMap::new();
     let mut next_tick = Instant::now() + tick;
     states.send_replace(Arc::new(replica.state().clone()));
     let mut clock = TickClock {
@@ -353,6 +355,11 @@ pub fn run(
                         let _ = done.send(Err(e));
                     }
                 },
+                Input::ProposeAll(proposals) => super::proposal::propose_in_order(
+                    proposals,
+                    |c| replica.propose(c),
+                    &mut waiting,
+                ),
                 Input::Raft(message, stamp) => replica.step(*message, stamp),
                 Input::Report(commands) => replica.report(commands),
                 Input::Beat(from, stamp) => replica.beat(from, &stamp),

@@ -53,9 +53,19 @@ use view::{Plan, Touched, View};
 /// Most events held for one batch; more wait in the channel.
 const MAX_EVENTS_PER_BATCH: usize = 20_000;
 
-/// Kubernetes Services per part of a new leader's full reconcile (about
-/// 25 ms of planning each).
+/// Kubernetes Services per part of a new leader's full reconcile (25 ms
+/// of planning each at 50,000 Services, 50-130 ms at 100,000).
 const RECONCILE_PART: usize = 2_000;
+/// While events wait, the reconcile takes one part per this long: the
+/// changes made during an election (the backlog) go first.
+const RECONCILE_YIELDS_FOR: Duration = Duration::from_millis(250);
+/// How often a follower brings its view in step. A takeover at 1,000
+/// changes/s resumes in 190-310 ms, catching up with up to a period of
+/// changes included. The one run with 250 ms had an election storm under
+/// the stream (followers' steps of 100-900 ms on a saturated machine; the
+/// period not proven the cause), so a shorter one waits for the leaner
+/// decoded form (issue 23).
+const STANDBY_EVERY: Duration = Duration::from_secs(1);
 /// How many warnings of one plan are logged (the rest are counted).
 const WARNINGS_LOGGED: usize = 20;
 
@@ -109,10 +119,12 @@ fn log_plan(plan: &Plan, status: &watch::Sender<SourceStatus>) {
     }
 }
 
-/// Proposes a plan's entries in order; false when one failed. `held`
-/// follows what the view holds: what the plan touched is unsure until its
-/// last entry commits, and the state published with that entry is then
-/// the view's base.
+/// Proposes a plan's entries, all at once and in order (what commits is
+/// a prefix of them: a split plan's cursors, last, never commit without
+/// the objects before them); false when one failed. `held` follows what
+/// the view holds: what the plan touched is unsure until its last entry
+/// commits, and the state published with that entry is then the view's
+/// base.
 async fn propose(
     proposer: &Proposer,
     plan: Plan,
@@ -120,20 +132,24 @@ async fn propose(
     held: &mut Held,
 ) -> bool {
     held.unsure.extend(plan.touched);
-    let mut committed = None;
-    for entry in plan.entries.into_iter().filter(|e| !e.is_empty()) {
-        match proposer.propose_committed(entry).await {
-            Ok(c) => committed = Some(c.state),
-            Err(e) => {
-                warn!(error = %e, "proposal failed; the source stops, and its view takes what it proposed from the committed state again");
-                return false;
-            }
+    let entries = plan.entries.len();
+    let started = Instant::now();
+    let committed = match proposer.propose_pipelined(plan.entries).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "proposal failed; the source stops, and its view takes what it proposed from the committed state again");
+            return false;
         }
-    }
+    };
+    debug!(
+        entries,
+        took_ms = started.elapsed().as_secs_f64() * 1e3,
+        "plan committed"
+    );
     // A plan with no entries changed nothing the state does not hold:
     // what it touched stays unsure until a later commit.
-    if let Some(state) = committed {
-        held.base = state;
+    if let Some(c) = committed {
+        held.base = c.state;
         held.unsure = Touched::default();
     }
     for (service, addresses) in plan.status_writes {
@@ -142,13 +158,41 @@ async fn propose(
     true
 }
 
+/// Plans on a blocking thread: at 100,000 Services a part of the
+/// reconcile or a backlog's batch plans for 50-200 ms, which on the async
+/// runtime would hold up the member's BFD, Raft and admin tasks. `None`
+/// when planning panicked (the view is lost; the source restarts and the
+/// view is built again).
+async fn off_the_runtime<T: Send + 'static>(
+    view: &mut Option<View>,
+    plan: impl FnOnce(&mut View) -> T + Send + 'static,
+) -> Option<T> {
+    let mut v = view.take()?;
+    match tokio::task::spawn_blocking(move || {
+        let planned = plan(&mut v);
+        (v, planned)
+    })
+    .await
+    {
+        Ok((v, planned)) => {
+            *view = Some(v);
+            Some(planned)
+        }
+        Err(e) => {
+            error!(error = %e, "planning failed; the Kubernetes source restarts");
+            None
+        }
+    }
+}
+
 /// A follower's view of the stored objects, kept in step (`standby`),
 /// for the source to start from when this member becomes leader.
 pub type Standby = Arc<tokio::sync::Mutex<Option<view::Warm>>>;
 
 /// On a cluster member that does not lead: keeps the view of the stored
-/// Kubernetes objects in step with the applied state (once a second, on a
-/// blocking thread; a pass costs what changed since the last), so that a
+/// Kubernetes objects in step with the applied state (every
+/// `STANDBY_EVERY`, on a blocking thread; a pass costs what changed since
+/// the last), so that a
 /// new leader's source starts from it instead of building it whole. Idle
 /// while this member leads (its source holds the view then, and gives it
 /// back when it stops: `Warm::resumed`); built whole only when there is
@@ -163,7 +207,7 @@ pub async fn standby(
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = tokio::time::sleep(STANDBY_EVERY) => {}
         }
         if raft.borrow().is_leader() {
             continue;
@@ -326,7 +370,7 @@ pub async fn run(
         (view, warnings)
     })
     .await;
-    let Ok((mut view, warnings)) = built else {
+    let Ok((view, warnings)) = built else {
         error!("building the view of the Kubernetes objects failed; the source restarts");
         return;
     };
@@ -346,6 +390,8 @@ pub async fn run(
     // flow at once, and a batch plans its Services against the table
     // whatever the reconcile has reached.
     let mut unreconciled = view.reconcile_list(&state);
+    // Lent to a blocking thread for each plan (`off_the_runtime`).
+    let mut view = Some(view);
     unreconciled.reverse();
     let (mut reconcile_commands, reconcile_started) = (0usize, Instant::now());
     info!(
@@ -360,15 +406,32 @@ pub async fn run(
     drop(state);
 
     let mut last_proposal: Option<Instant> = None;
+    // The reconcile's parts wait while events do (until it has waited
+    // `RECONCILE_YIELDS_FOR`): what changed is planned before what is
+    // only checked.
+    let mut last_part = Instant::now();
     // Runs until the source stops; then the view is kept (below).
     async {
         loop {
-            if !unreconciled.is_empty() {
+            if !unreconciled.is_empty()
+                && (events.is_empty() || last_part.elapsed() >= RECONCILE_YIELDS_FOR)
+            {
+                last_part = Instant::now();
                 let part: Vec<String> =
                     unreconciled.split_off(unreconciled.len().saturating_sub(RECONCILE_PART));
-                let state = states.borrow().clone();
-                let plan = view.reconcile_some(&state, &part);
-                drop(state);
+                let (state, services) = (states.borrow().clone(), part.len());
+                let planning = Instant::now();
+                let Some(plan) =
+                    off_the_runtime(&mut view, move |v| v.reconcile_some(&state, &part)).await
+                else {
+                    return;
+                };
+                debug!(
+                    services,
+                    commands = plan.service_commands,
+                    took_ms = planning.elapsed().as_secs_f64() * 1e3,
+                    "reconcile part planned"
+                );
                 log_plan(&plan, &status);
                 if !plan.entries.is_empty() {
                     info!(
@@ -431,8 +494,10 @@ pub async fn run(
             let state = states.borrow().clone();
             let events_in_batch = batch.len();
             let planning = Instant::now();
-            let plan = view.plan(&state, batch);
-            drop(state);
+            let Some(plan) = off_the_runtime(&mut view, move |v| v.plan(&state, batch)).await
+            else {
+                return;
+            };
             METRICS
                 .kube_plan_seconds
                 .observe(planning.elapsed().as_secs_f64());
@@ -443,6 +508,7 @@ pub async fn run(
                 objects = plan.objects_changed,
                 commands = plan.service_commands,
                 entries = plan.entries.len(),
+                took_ms = planning.elapsed().as_secs_f64() * 1e3,
                 "batch"
             );
             last_proposal = Some(Instant::now());
@@ -455,7 +521,7 @@ pub async fn run(
         }
     }
     .await;
-    if let Some(mut slot) = slot {
+    if let (Some(mut slot), Some(view)) = (slot, view) {
         let state = states.borrow().clone();
         let unsure = held.unsure.objects.len() + held.unsure.services.len();
         let kept = tokio::task::spawn_blocking(move || {
