@@ -118,6 +118,7 @@ pub async fn run(
         .transpose()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(crate::runtime_lag::watch(shutdown.clone())));
     let fatal = Fatal::default();
     // A standalone member's table starts as the file: its source starts
     // from that text. A cluster's leader reads the file itself.

@@ -31,6 +31,7 @@ pub mod nft;
 pub mod nft_sets;
 pub mod replication;
 pub mod route_batch;
+pub mod runtime_lag;
 pub mod serving;
 pub mod source;
 pub mod thread_time;

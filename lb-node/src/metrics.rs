@@ -36,6 +36,7 @@ pub struct Metrics {
     pub status_writes: IntCounterVec,
     pub kube_plan_seconds: Histogram,
     pub kube_batch_events: Histogram,
+    pub runtime_lag_seconds: Histogram,
     pub bgp_sessions: prometheus::IntGaugeVec,
     pub bfd_sessions: prometheus::IntGaugeVec,
     pub ipvs_sysctls: prometheus::IntGaugeVec,
@@ -253,6 +254,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 .buckets(vec![
                     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0, 10000.0,
                 ]),
+            ),
+        ),
+        runtime_lag_seconds: registered(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "lb_runtime_lag_seconds",
+                    "How late a 10 ms timer of the async runtime fired (a stall delays BFD, Raft and admin tasks).",
+                )
+                .buckets(latency_buckets()),
             ),
         ),
         bgp_sessions: registered(
