@@ -95,10 +95,10 @@ impl Proposer {
     /// Services a cold start's 201 entries all at once (one run), and in
     /// groups of 8 (two runs of three), were followed by elections again
     /// and again for minutes; the likely cause, not proven: the followers
-    /// apply on the thread that answers the leader. The ones committed are always a prefix of
-    /// `entries`: the log takes a group in order and refuses the rest once
-    /// it refuses one, and an entry after a group goes only once the group
-    /// committed. Answers with the last entry's `Committed`, or the first
+    /// apply on the thread that answers the leader. The ones committed
+    /// are always a prefix of `entries`: the log takes a group in order
+    /// and refuses the rest once it refuses one, and an entry after a
+    /// group goes only once the group committed. Answers with the last entry's `Committed`, or the first
     /// failure. Empty entries are skipped; `None` when all were.
     pub async fn propose_pipelined(
         &self,

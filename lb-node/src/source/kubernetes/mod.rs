@@ -54,7 +54,7 @@ use view::{Plan, Touched, View};
 const MAX_EVENTS_PER_BATCH: usize = 20_000;
 
 /// Kubernetes Services per part of a new leader's full reconcile (25 ms
-/// of planning each at 50,000 Services, 50-130 ms at 100,000).
+/// of planning each at 50,000 Services, 40-170 ms at 100,000).
 const RECONCILE_PART: usize = 2_000;
 /// While events wait, the reconcile takes one part per this long: the
 /// changes made during an election (the backlog) go first.
@@ -119,9 +119,10 @@ fn log_plan(plan: &Plan, status: &watch::Sender<SourceStatus>) {
     }
 }
 
-/// Proposes a plan's entries, all at once and in order (what commits is
-/// a prefix of them: a split plan's cursors, last, never commit without
-/// the objects before them); false when one failed. `held` follows what
+/// Proposes a plan's entries in order (`Proposer::propose_pipelined`: at
+/// once when they are few; what commits is a prefix of them, so a split
+/// plan's cursors, last, never commit without the objects before them);
+/// false when one failed. `held` follows what
 /// the view holds: what the plan touched is unsure until its last entry
 /// commits, and the state published with that entry is then the view's
 /// base.
@@ -159,7 +160,7 @@ async fn propose(
 }
 
 /// Plans on a blocking thread: at 100,000 Services a part of the
-/// reconcile or a backlog's batch plans for 50-200 ms, which on the async
+/// reconcile or a backlog's batch plans for 40-240 ms, which on the async
 /// runtime would hold up the member's BFD, Raft and admin tasks. `None`
 /// when planning panicked (the view is lost; the source restarts and the
 /// view is built again).
@@ -192,11 +193,11 @@ pub type Standby = Arc<tokio::sync::Mutex<Option<view::Warm>>>;
 /// On a cluster member that does not lead: keeps the view of the stored
 /// Kubernetes objects in step with the applied state (every
 /// `STANDBY_EVERY`, on a blocking thread; a pass costs what changed since
-/// the last), so that a
-/// new leader's source starts from it instead of building it whole. Idle
-/// while this member leads (its source holds the view then, and gives it
-/// back when it stops: `Warm::resumed`); built whole only when there is
-/// none (the first term, or a source that ended without giving it back).
+/// the last), so that a new leader's source starts from it instead of
+/// building it whole. Idle while this member leads (its source holds the
+/// view then, and gives it back when it stops: `Warm::resumed`); built
+/// whole only when there is none (the first term, or a source that ended
+/// without giving it back).
 pub async fn standby(
     cache: Standby,
     config: KubernetesSourceConfig,
