@@ -58,6 +58,10 @@ pub const MODULES: &[&str] = &[
     "nft_ct",
     // lb-node's flow hand-over (netdev ingress, `fwd`).
     "nft_fwd_netdev",
+    // ctnetlink: the conntrack entries a member makes for the synced
+    // connections of a VIP it takes over (a real kernel loads it on
+    // demand; the guest has no modprobe helper).
+    "nf_conntrack_netlink",
     // `ss -ti` (a drill's account of connections that hang) asks the
     // kernel over sock_diag.
     "tcp_diag",

@@ -1608,6 +1608,17 @@ async fn survival(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
     let queries =
         crate::sessions::Queries::start((to.ip(), 53).into(), "web.lab", Duration::from_millis(50))
             .await?;
+    // Packets of the connections through the crash, on the survivors and
+    // the backends: what a connection that hangs was sent and answered
+    // (the captures start while the sync's wait below runs).
+    let survivors: Vec<String> = lab
+        .members
+        .keys()
+        .filter(|m| **m != victim)
+        .map(|m| format!("m{m}"))
+        .chain((0..lab.backends.len()).map(|i| format!("b{i}")))
+        .collect();
+    let captures = Captures::start(lab, &survivors);
     // Long enough for every connection to be sent to the others (the sync
     // sends one at its state change to established, in batches).
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1648,9 +1659,10 @@ async fn survival(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
     // Connections still waiting now (5 s after the move) are the ones
     // that will fail: what the client's TCP, the heir's IPVS and its
     // conntrack hold for each, for the report.
-    report
-        .extra
-        .insert("hung_at_crash".into(), hung_connections(lab, vip, heir));
+    report.extra.insert(
+        "hung_at_crash".into(),
+        hung_connections(lab, vip, heir, captures),
+    );
     // Failback: the machine returns (its kernel's connection table as it
     // was: the process died, not the machine) and takes a VIP back once
     // it has the others' connections.
@@ -1851,7 +1863,92 @@ async fn survival(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
 /// heir's IPVS (`/proc/net/ip_vs_conn`) and conntrack
 /// (`/proc/net/nf_conntrack`) hold for its port; at most 5. None when no
 /// connection waits or the tables cannot be read.
-fn hung_connections(lab: &Lab, vip: &str, heir: u64) -> serde_json::Value {
+/// Packet captures in the lab's namespaces (`tcpdump`, the sessions'
+/// port only), read back for the connections that hung.
+struct Captures {
+    /// Namespace, its capture file, the capturing process.
+    running: Vec<(String, String, std::process::Child)>,
+    /// What could not be started, said in the report.
+    errors: Vec<String>,
+}
+
+impl Captures {
+    fn start(lab: &Lab, namespaces: &[String]) -> Captures {
+        let mut c = Captures {
+            running: Vec::new(),
+            errors: Vec::new(),
+        };
+        for ns in namespaces {
+            let file = format!("/tmp/crash-{ns}.pcap");
+            let port = SESSION_PORT.to_string();
+            let args = [
+                "tcpdump", "-Z", "root", "-i", "eth0", "-nn", "-s", "96", "-B", "8192", "-U", "-w",
+                &file, "tcp", "port", &port,
+            ];
+            match lab.spawn(ns, &args) {
+                Ok(child) => c.running.push((ns.clone(), file, child)),
+                Err(e) => c.errors.push(format!("{ns}: {e:#}")),
+            }
+        }
+        c
+    }
+
+    /// Stops every capture (so each file is complete).
+    fn stop(&mut self) {
+        for (_, _, child) in &mut self.running {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+        }
+        for (_, _, child) in &mut self.running {
+            let _ = child.wait();
+        }
+    }
+
+    /// Each namespace's packets of the client's port `port` (at most
+    /// `lines`), with link-layer addresses: who sent what to whom.
+    fn packets_of(&self, lab: &Lab, port: u16, lines: usize) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for (ns, file, _) in &self.running {
+            let text = match lab.exec(
+                "c",
+                &[
+                    "tcpdump",
+                    "-Z",
+                    "root",
+                    "-nn",
+                    "-tt",
+                    "-e",
+                    "-r",
+                    file,
+                    "port",
+                    &port.to_string(),
+                ],
+            ) {
+                Ok(t) => t,
+                Err(e) => format!("tcpdump -r: {e:#}"),
+            };
+            let packets: Vec<&str> = text.lines().take(lines).collect();
+            out.insert(ns.clone(), serde_json::json!(packets));
+        }
+        serde_json::Value::Object(out)
+    }
+
+    fn remove(self) {
+        for (_, file, _) in &self.running {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+fn hung_connections(lab: &Lab, vip: &str, heir: u64, mut captures: Captures) -> serde_json::Value {
+    captures.stop();
+    let account = hung_account(lab, vip, heir, &captures);
+    captures.remove();
+    account
+}
+
+fn hung_account(lab: &Lab, vip: &str, heir: u64, captures: &Captures) -> serde_json::Value {
     let ss = match lab.exec(
         "c",
         &["ss", "-tinH", "dst", &format!("{vip}:{SESSION_PORT}")],
@@ -1901,10 +1998,14 @@ fn hung_connections(lab: &Lab, vip: &str, heir: u64) -> serde_json::Value {
     let conntrack = lab
         .exec(&format!("m{heir}"), &["cat", "/proc/net/nf_conntrack"])
         .unwrap_or_default();
+    let conntrack_stats = lab
+        .exec(&format!("m{heir}"), &["cat", "/proc/net/stat/nf_conntrack"])
+        .unwrap_or_default();
     let examples: Vec<serde_json::Value> = hung
         .into_iter()
         .take(5)
-        .map(|(port, client)| {
+        .enumerate()
+        .map(|(i, (port, client))| {
             let hex = format!("{port:04X}");
             let in_ipvs: Vec<&str> = ipvs
                 .lines()
@@ -1917,12 +2018,16 @@ fn hung_connections(lab: &Lab, vip: &str, heir: u64) -> serde_json::Value {
                 "client": client,
                 "heir_ipvs": in_ipvs,
                 "heir_conntrack": in_ct,
+                // The first two: their packets, as each namespace saw them.
+                "packets": if i < 2 { captures.packets_of(lab, port, 60) } else { serde_json::Value::Null },
             })
         })
         .collect();
     serde_json::json!({
         "count": total, "sockets": sockets, "max_lastrcv_ms": max_lastrcv,
         "examples": examples,
+        "heir_conntrack_stats": conntrack_stats.lines().collect::<Vec<_>>(),
+        "capture_errors": captures.errors,
     })
 }
 

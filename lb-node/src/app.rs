@@ -91,6 +91,9 @@ pub async fn run(
         let vip_interface = config.dataplane.vip_interface(ipvs.is_some());
         l2.vip_interface =
             (ipvs.is_none() && !vip_interface.is_empty()).then(|| vip_interface.to_owned());
+        // With connection sync the masquerade is to the VIP: a member that
+        // takes one over makes the conntrack entries of its connections.
+        l2.seed_conntrack = ipvs.is_some() && config.dataplane.connection_sync.is_some();
     }
     // Checked at start on every member, leader or not: a typo stops it here.
     let (text, services) = match &config.source {

@@ -59,6 +59,10 @@ pub struct L2Config {
     /// owner to answer the ARP probe that finds it (no answer: nothing is
     /// handed over; after a crash the whole wait is spent).
     pub handover_probe_wait: Duration,
+    /// Before announcing a VIP it takes, make the conntrack entries of its
+    /// synced connections (`dataplane::ipvs::conntrack`): with IPVS and
+    /// connection sync, where the masquerade is to the VIP.
+    pub seed_conntrack: bool,
     /// The Kubernetes service CIDRs: their addresses (ClusterIPs) are not
     /// announced one by one; nodes route them through the gateways.
     pub service_cidrs: Vec<IpNet>,
@@ -173,6 +177,38 @@ fn confirm_taking(
         }
     }
     taking
+}
+
+/// Makes the conntrack entries of the synced connections of `vips`,
+/// which this member is about to announce (`dataplane::ipvs::conntrack`):
+/// without them, a connection whose client waits for an answer lost with
+/// the previous owner hangs. Logged; a failure costs only those
+/// connections, never the announcement.
+async fn seed_conntrack(vips: Vec<std::net::Ipv4Addr>) {
+    let started = tokio::time::Instant::now();
+    let vips_text = format!("{vips:?}");
+    match tokio::task::spawn_blocking(move || crate::dataplane::ipvs::conntrack::seed_vips(&vips))
+        .await
+    {
+        Ok(Ok((flows, seeded, error))) => {
+            info!(
+                vips = vips_text,
+                connections = flows,
+                created = seeded.created,
+                existed = seeded.existed,
+                failed = seeded.failed,
+                error = error.unwrap_or_default(),
+                took = ?started.elapsed(),
+                "conntrack entries made for the synced connections of VIPs taken over"
+            );
+        }
+        Ok(Err(e)) => warn!(
+            vips = vips_text,
+            error = e,
+            "cannot make conntrack entries for the synced connections of VIPs taken over: connections waiting for an answer may hang"
+        ),
+        Err(e) => warn!(vips = vips_text, error = %e, "conntrack seeding did not finish"),
+    }
 }
 
 /// Finds who holds each of `vips` now (announces it, or keeps it local
@@ -490,6 +526,9 @@ pub async fn run(
         }
         handover.know(lock_heard(&heard).members.iter().copied());
         handover.apply().await;
+        if config.seed_conntrack && !taking_v4.is_empty() {
+            seed_conntrack(taking_v4.clone()).await;
+        }
         // That took a moment (nft): announce only what is still ours now;
         // anything else waits for the next round.
         let taking = confirm_taking(

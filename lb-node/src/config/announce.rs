@@ -604,6 +604,8 @@ pub(super) fn validate_announce(
                 linger,
                 flow_handover: a.flow_handover,
                 handover_probe_wait,
+                // Set when the dataplane is open (IPVS with connection sync).
+                seed_conntrack: false,
             }))
         }
         "bgp" => Ok(AnnounceConfig::Bgp(validate_bgp(a, file)?)),

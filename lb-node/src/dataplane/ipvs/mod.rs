@@ -34,6 +34,7 @@ use crate::dataplane::{
 };
 use crate::model::{Protocol, ServiceKey};
 
+pub mod conntrack;
 mod convert;
 mod encode;
 pub mod local;
