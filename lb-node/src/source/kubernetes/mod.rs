@@ -44,6 +44,7 @@ use crate::replication::Proposer;
 use crate::source::SourceStatus;
 
 mod resume;
+pub mod slice;
 pub mod translate;
 pub mod view;
 pub mod watcher;

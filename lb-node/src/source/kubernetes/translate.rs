@@ -41,8 +41,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use super::slice::{AddressType, Slice, protocol_of};
 use crate::model::{
     Backend, BackendState, Forwarding, Protocol, Scheduler, ServiceKey, VirtualService,
 };
@@ -121,29 +121,6 @@ fn object_name(service: &Service) -> String {
     )
 }
 
-fn protocol_of(p: Option<&str>) -> Option<Protocol> {
-    match p.unwrap_or("TCP") {
-        "TCP" => Some(Protocol::Tcp),
-        "UDP" => Some(Protocol::Udp),
-        "SCTP" => Some(Protocol::Sctp),
-        _ => None,
-    }
-}
-
-fn state_of(
-    conditions: Option<&k8s_openapi::api::discovery::v1::EndpointConditions>,
-) -> BackendState {
-    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-    let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
-    let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
-    match (ready, serving, terminating) {
-        (true, _, false) => BackendState::Ready,
-        (_, true, true) => BackendState::Serving,
-        (_, false, true) => BackendState::Terminating,
-        _ => BackendState::NotReady,
-    }
-}
-
 /// How good a state is, to keep the best when an endpoint shows up twice.
 fn rank(s: BackendState) -> u8 {
     match s {
@@ -158,7 +135,7 @@ fn rank(s: BackendState) -> u8 {
 /// addresses allocated to it (used when its status has none yet).
 pub fn translate(
     service: &Service,
-    slices: &[EndpointSlice],
+    slices: &[&Slice],
     load_balancer_ips: &[IpAddr],
     config: &TranslateConfig,
 ) -> Translation {
@@ -374,23 +351,28 @@ pub fn translate(
 /// The backends of one (VIP, port) from every slice of the service.
 fn backends_for(
     name: &str,
-    slices: &[EndpointSlice],
+    slices: &[&Slice],
     vip: IpAddr,
     port_name: &str,
     protocol: Protocol,
     warnings: &mut Vec<String>,
 ) -> Vec<Backend> {
-    let family = if vip.is_ipv4() { "IPv4" } else { "IPv6" };
+    let (family, wanted) = if vip.is_ipv4() {
+        ("IPv4", AddressType::V4)
+    } else {
+        ("IPv6", AddressType::V6)
+    };
     let mut found: BTreeMap<(IpAddr, u16), BackendState> = BTreeMap::new();
     for slice in slices {
-        if slice.address_type != family {
+        if slice.address_type != wanted {
             continue;
         }
-        let slice_name = slice.metadata.name.as_deref().unwrap_or("<unnamed>");
-        let Some(target) = slice.ports.iter().flatten().find(|p| {
-            p.name.as_deref().unwrap_or("") == port_name
-                && protocol_of(p.protocol.as_deref()) == Some(protocol)
-        }) else {
+        let slice_name = &slice.name;
+        let Some(target) = slice
+            .ports
+            .iter()
+            .find(|p| &*p.name == port_name && p.protocol == Some(protocol))
+        else {
             continue;
         };
         let Some(target_port) = target
@@ -403,20 +385,21 @@ fn backends_for(
             ));
             continue;
         };
-        for (i, endpoint) in slice.endpoints.iter().enumerate() {
-            let state = state_of(endpoint.conditions.as_ref());
-            for (j, address) in endpoint.addresses.iter().enumerate() {
-                match address.parse::<IpAddr>() {
-                    Ok(ip) if ip.is_ipv4() == vip.is_ipv4() => {
-                        let slot = found.entry((ip, target_port)).or_insert(state);
-                        if rank(state) > rank(*slot) {
-                            *slot = state;
-                        }
+        for endpoint in &slice.endpoints {
+            let state = endpoint.state;
+            match endpoint.address.ip() {
+                Some(ip) if ip.is_ipv4() == vip.is_ipv4() => {
+                    let slot = found.entry((ip, target_port)).or_insert(state);
+                    if rank(state) > rank(*slot) {
+                        *slot = state;
                     }
-                    _ => warnings.push(format!(
-                        "service {name}: EndpointSlice {slice_name}: endpoints[{i}].addresses[{j}]: {address:?} is not an {family} address; left out"
-                    )),
                 }
+                _ => warnings.push(format!(
+                    "service {name}: EndpointSlice {slice_name}: endpoints[{}].addresses[{}]: {:?} is not an {family} address; left out",
+                    endpoint.endpoint,
+                    endpoint.index,
+                    endpoint.address.text()
+                )),
             }
         }
     }

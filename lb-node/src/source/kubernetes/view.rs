@@ -30,11 +30,12 @@ use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::slice::Slice;
 use super::translate::{TranslateConfig, translate, wants_load_balancer};
 use crate::model::{Command, KubeDelta, KubeKind, ServiceKey, State, VirtualService, in_pools};
 
 /// The label that ties an EndpointSlice to its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub use super::slice::SERVICE_NAME_LABEL;
 /// Annotation: the LoadBalancer addresses a Service asks for, separated by
 /// commas (one per family).
 pub const ANNOTATION_ADDRESSES: &str = "lb-node.io/load-balancer-ips";
@@ -199,16 +200,6 @@ pub fn trim_node(n: Node) -> Node {
     }
 }
 
-/// The Service ("namespace/name") an EndpointSlice belongs to.
-fn slice_service(e: &EndpointSlice) -> Option<String> {
-    let label = e.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some(format!(
-        "{}/{}",
-        e.metadata.namespace.as_deref().unwrap_or("default"),
-        label
-    ))
-}
-
 /// The Kubernetes service a table entry came from: `ns/name` of
 /// `ns/name:port`. Services from a file have no `/`.
 fn owner_of(service: &VirtualService) -> Option<&str> {
@@ -236,21 +227,22 @@ pub struct View {
     config: TranslateConfig,
     pools: Vec<IpNet>,
     services: HashMap<String, Service>,
-    slices: HashMap<String, EndpointSlice>,
+    /// Compact (`slice::Slice`): every member holds every one.
+    slices: HashMap<String, Slice>,
     /// Service -> its slices.
-    slices_of: HashMap<String, BTreeSet<String>>,
+    slices_of: HashMap<String, SmallSet<String>>,
     /// Service -> the table keys it produced.
-    owned: HashMap<String, BTreeSet<ServiceKey>>,
+    owned: HashMap<String, SmallSet<ServiceKey>>,
     /// Address -> the Services that use it other than as a LoadBalancer
     /// address of ours: clusterIPs, externalIPs, and the status addresses
     /// of LoadBalancers that are not ours (another controller's). No pool
     /// address that one Service uses is given to another.
-    used: HashMap<IpAddr, BTreeSet<String>>,
+    used: HashMap<IpAddr, SmallSet<String>>,
     /// Address -> the Services of ours whose status shows it: the first
     /// claim on a pool address (a Service keeps the address its status
     /// holds; after a rebuild or a migration, every Service gets back the
     /// address it had).
-    claims: HashMap<IpAddr, BTreeSet<String>>,
+    claims: HashMap<IpAddr, SmallSet<String>>,
 }
 
 impl View {
@@ -302,7 +294,7 @@ impl View {
         for (name, json) in &kube.endpoint_slices {
             match serde_json::from_slice::<EndpointSlice>(json) {
                 Ok(slice) => {
-                    view.put_slice(name.clone(), Some(slice));
+                    view.put_slice(name.clone(), Some(Slice::from(slice)));
                 }
                 Err(_) => {
                     left_out.insert((KubeKind::EndpointSlice, name.clone()));
@@ -386,26 +378,26 @@ impl View {
 
     /// Replaces (or with `None` removes) a slice; returns the services
     /// whose backends it touched (before and after).
-    fn put_slice(&mut self, name: String, slice: Option<EndpointSlice>) -> Vec<String> {
+    fn put_slice(&mut self, name: String, slice: Option<Slice>) -> Vec<String> {
         let mut touched = Vec::new();
         if let Some(old) = self.slices.remove(&name)
-            && let Some(owner) = slice_service(&old)
+            && let Some(owner) = old.service.as_deref()
         {
-            if let Some(set) = self.slices_of.get_mut(&owner) {
+            if let Some(set) = self.slices_of.get_mut(owner) {
                 set.remove(&name);
                 if set.is_empty() {
-                    self.slices_of.remove(&owner);
+                    self.slices_of.remove(owner);
                 }
             }
-            touched.push(owner);
+            touched.push(owner.to_owned());
         }
         if let Some(slice) = slice {
-            if let Some(owner) = slice_service(&slice) {
+            if let Some(owner) = slice.service.as_deref() {
                 self.slices_of
-                    .entry(owner.clone())
+                    .entry(owner.to_owned())
                     .or_default()
                     .insert(name.clone());
-                touched.push(owner);
+                touched.push(owner.to_owned());
             }
             self.slices.insert(name, slice);
         }
@@ -627,12 +619,12 @@ impl View {
                 return true;
             }
         };
-        let slices: Vec<EndpointSlice> = self
+        let slices: Vec<&Slice> = self
             .slices_of
             .get(name)
             .into_iter()
             .flatten()
-            .filter_map(|n| self.slices.get(n).cloned())
+            .filter_map(|n| self.slices.get(n))
             .collect();
         let before = translate(old, &slices, &[], &self.config).warnings;
         let after = translate(&new, &slices, &[], &self.config).warnings;
@@ -672,7 +664,7 @@ impl View {
             }
             KubeKind::EndpointSlice => {
                 let slice = match json.map(serde_json::from_slice::<EndpointSlice>) {
-                    Some(Ok(e)) => Some(e),
+                    Some(Ok(e)) => Some(Slice::from(e)),
                     Some(Err(e)) => {
                         plan.warnings
                             .push(format!("EndpointSlice {name}: {e}; treated as deleted"));
@@ -691,9 +683,11 @@ impl View {
 
 mod addresses;
 mod commands;
+mod small_set;
 mod warm;
 
 use addresses::status_ips;
+use small_set::SmallSet;
 
 pub use warm::Warm;
 

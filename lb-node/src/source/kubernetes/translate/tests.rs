@@ -3,6 +3,20 @@
 use serde_json::json;
 
 use super::*;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// The translation of slices as the API sends them (the view holds them
+/// compact: `slice::Slice`).
+fn translate(
+    service: &Service,
+    slices: &[EndpointSlice],
+    load_balancer_ips: &[IpAddr],
+    config: &TranslateConfig,
+) -> Translation {
+    let compact: Vec<Slice> = slices.iter().cloned().map(Slice::from).collect();
+    let refs: Vec<&Slice> = compact.iter().collect();
+    super::translate(service, &refs, load_balancer_ips, config)
+}
 
 fn service(v: serde_json::Value) -> Service {
     serde_json::from_value(v).expect("a valid Service")

@@ -3,11 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-
 use super::addresses::{requested_texts, status_ips};
 use super::{Plan, View, owner_of};
 use crate::model::{Command, ServiceKey, State, VirtualService};
+use crate::source::kubernetes::slice::Slice;
 use crate::source::kubernetes::translate::translate;
 
 impl View {
@@ -85,12 +84,12 @@ impl View {
             let desired = match service {
                 None => Vec::new(),
                 Some(s) => {
-                    let slices: Vec<EndpointSlice> = self
+                    let slices: Vec<&Slice> = self
                         .slices_of
                         .get(name)
                         .into_iter()
                         .flatten()
-                        .filter_map(|n| self.slices.get(n).cloned())
+                        .filter_map(|n| self.slices.get(n))
                         .collect();
                     let pooled = self.ours(s);
                     let translated = if pooled {
@@ -117,7 +116,7 @@ impl View {
         for (name, desired) in table_changes {
             let keep_missing = partial.contains(&name);
             let owned = self.owned.remove(&name).unwrap_or_default();
-            let mut now_owned = BTreeSet::new();
+            let mut now_owned = super::SmallSet::new();
             for service in desired {
                 let key = service.key;
                 if let Some(other) = claimed.get(&key) {

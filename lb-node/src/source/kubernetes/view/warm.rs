@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::{Touched, TranslateConfig, View, left_out_warning, owner_of};
+use super::{Slice, Touched, TranslateConfig, View, left_out_warning, owner_of};
 use crate::model::{KubeKind, State};
 
 /// The view, and the state it is in step with.
@@ -77,7 +77,7 @@ impl Warm {
                 KubeKind::EndpointSlice => {
                     let slice =
                         self.decode::<EndpointSlice>(*kind, name, kube.endpoint_slices.get(name));
-                    self.view.put_slice(name.clone(), slice);
+                    self.view.put_slice(name.clone(), slice.map(Slice::from));
                 }
                 KubeKind::Node => {}
             }
@@ -127,7 +127,7 @@ impl Warm {
         for item in before.endpoint_slices.diff(&after.endpoint_slices) {
             changed += 1;
             let (name, slice) = self.decoded::<EndpointSlice>(KubeKind::EndpointSlice, item);
-            self.view.put_slice(name, slice);
+            self.view.put_slice(name, slice.map(Slice::from));
         }
         // Which table services each Kubernetes service produced.
         for (key, _, _) in state.service_changes_since(&older) {
