@@ -67,7 +67,7 @@ pub struct SetChange<'a> {
 }
 
 /// Appends one attribute (padded to 4 bytes).
-fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+pub(crate) fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     let len = 4 + payload.len();
     out.extend_from_slice(&(len as u16).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
@@ -76,7 +76,7 @@ fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
 }
 
 /// Appends a nested attribute whose payload `fill` writes.
-fn nest(out: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
+pub(crate) fn nest(out: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     fill(out);

@@ -31,12 +31,13 @@ use std::time::Duration;
 use netlink_sys::protocols::NETLINK_NETFILTER;
 use netlink_sys::{Socket, SocketAddr};
 
+use crate::nft_sets::{attr, nest};
+
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const NLMSG_ERROR: u16 = 0x2;
-const NLA_F_NESTED: u16 = 0x8000;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
 const AF_INET: u8 = 2;
@@ -155,23 +156,6 @@ pub fn flows(
                 .then_some(flow)
         })
         .collect()
-}
-
-fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(payload);
-    out.resize(out.len().next_multiple_of(4), 0);
-}
-
-fn nest(out: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
-    let start = out.len();
-    out.extend_from_slice(&[0; 4]);
-    fill(out);
-    let len = (out.len() - start) as u16;
-    out[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-    out[start + 2..start + 4].copy_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
 }
 
 fn tuple(out: &mut Vec<u8>, kind: u16, src: SocketAddrV4, dst: SocketAddrV4) {
@@ -322,6 +306,8 @@ pub fn seed_vips(vips: &[Ipv4Addr]) -> Result<(usize, Seeded, Option<String>), S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NLA_F_NESTED: u16 = 0x8000;
 
     const IP_VS: &str = "IP Virtual Server version 1.2.1 (size=4096)
 Prot LocalAddress:Port Scheduler Flags
