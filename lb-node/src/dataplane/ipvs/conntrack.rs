@@ -10,8 +10,8 @@
 //! with the crashed member) gets no such segment: the backend's
 //! retransmissions reach the new owner with no translation, are dropped,
 //! and the connection hangs until the client gives up. The kernel lab
-//! caught it: 17 to 56 of 200 connections in runs where the answer was
-//! slow (packet captures in docs/connections.md).
+//! caught it: 1 to 56 of 200 connections lost in 10 of 52 runs on a busy
+//! host, where answers are slow (packet captures in docs/connections.md).
 //!
 //! So before announcing a VIP it takes over, the member makes, for each
 //! established TCP connection of that VIP that its IPVS holds and that a
