@@ -27,6 +27,13 @@ fn held() -> isize {
     s.bytes_allocated as isize - s.bytes_deallocated as isize
 }
 
+/// What `make` makes, and the bytes it holds.
+fn held_by<T, E>(make: impl FnOnce() -> Result<T, E>) -> Result<(T, isize), E> {
+    let before = held();
+    let made = make()?;
+    Ok((made, held() - before))
+}
+
 /// One object's trimmed JSON, as the state holds it.
 type Json = Arc<[u8]>;
 
@@ -83,10 +90,7 @@ fn main() -> anyhow::Result<()> {
         Vec::new(),
         &mut warnings,
     );
-    let mut trace = Vec::new();
-    trace.push(("events", held() - start));
     let plan = view.plan(&state, events);
-    trace.push(("planned (view + plan)", held() - start));
     let entries = plan.entries.len();
     // The virtual services alone: a state given only the plan's table
     // commands.
@@ -101,26 +105,12 @@ fn main() -> anyhow::Result<()> {
     }
     let table = held() - before_table;
     drop(table_only);
-    let before_objects = held();
-    let mut objects_only = State::default();
-    for command in plan.entries.iter().flatten() {
-        if matches!(command, Command::KubeObjects(_)) {
-            objects_only
-                .apply(command)
-                .map_err(|e| anyhow::anyhow!("kube-memory: apply: {e}"))?;
-        }
-    }
-    let objects_alone = held() - before_objects;
-    drop(objects_only);
-    let plan_commands = plan.entries.iter().flatten().count();
     for command in plan.entries.iter().flatten() {
         state
             .apply(command)
             .map_err(|e| anyhow::anyhow!("kube-memory: apply: {e}"))?;
     }
-    trace.push(("state applied", held() - start));
     drop(plan);
-    trace.push(("plan dropped", held() - start));
     let with_view_and_state = held() - start;
     drop(view);
     let state_only = held() - start;
@@ -144,22 +134,28 @@ fn main() -> anyhow::Result<()> {
                 ))
             })
             .collect::<anyhow::Result<_>>()?;
-        let before = held();
-        let s: Vec<k8s_openapi::api::core::v1::Service> = jsons
-            .iter()
-            .map(|(s, _)| serde_json::from_slice(s))
-            .collect::<Result<_, _>>()?;
-        let one = (held() - before) / jsons.len() as isize;
-        let before = held();
-        let e: Vec<k8s_openapi::api::discovery::v1::EndpointSlice> = jsons
-            .iter()
-            .map(|(_, e)| serde_json::from_slice(e))
-            .collect::<Result<_, _>>()?;
-        let other = (held() - before) / jsons.len() as isize;
-        let before = held();
-        let compact: Vec<lb_node::source::kubernetes::slice::Slice> =
-            e.iter().cloned().map(Into::into).collect();
-        let lean = (held() - before) / jsons.len() as isize;
+        let (s, one) = held_by(|| {
+            jsons
+                .iter()
+                .map(|(s, _)| serde_json::from_slice(s))
+                .collect::<Result<Vec<k8s_openapi::api::core::v1::Service>, _>>()
+        })?;
+        let (e, other) = held_by(|| {
+            jsons
+                .iter()
+                .map(|(_, e)| serde_json::from_slice(e))
+                .collect::<Result<Vec<k8s_openapi::api::discovery::v1::EndpointSlice>, _>>()
+        })?;
+        let (compact, lean) = held_by(|| {
+            Ok::<_, serde_json::Error>(
+                e.iter()
+                    .cloned()
+                    .map(lb_node::source::kubernetes::slice::Slice::from)
+                    .collect::<Vec<_>>(),
+            )
+        })?;
+        let n = jsons.len() as isize;
+        let (one, other, lean) = (one / n, other / n, lean / n);
         drop((s, e, compact));
         (one, other, lean)
     };
@@ -174,9 +170,6 @@ fn main() -> anyhow::Result<()> {
         "state_bytes": state_only,
         "state_kube_objects_bytes": objects,
         "state_table_bytes": table,
-        "objects_alone_bytes": objects_alone,
-        "plan_commands": plan_commands,
-        "trace": trace.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>(),
         "view_bytes": view_bytes,
         "leader_view_and_state_bytes": with_view_and_state,
         "per_service": {
