@@ -513,6 +513,7 @@ pub async fn cluster_status(member: &Member) -> anyhow::Result<proto::admin::v1:
         .context("member reports no cluster")
 }
 
+pub mod captures;
 pub mod clusterdrills;
 pub mod clusterlab;
 pub mod disk;

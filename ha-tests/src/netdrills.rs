@@ -23,6 +23,7 @@ use anyhow::Context as _;
 use proto::admin::v1 as pb;
 
 use crate::Member;
+use crate::captures::Captures;
 use crate::l2lab::{Lab, VIPS, since_ms, split_brain, unix_now};
 use crate::report::Report;
 use crate::traffic::Traffic;
@@ -594,6 +595,19 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
             ),
         ));
     }
+    // Debugging (DRILL_CAPTURE=1): the client's, members' and backends'
+    // packets of the traffic, so that a request failing where none may
+    // shows where its packets went.
+    let mut captures = std::env::var("DRILL_CAPTURE")
+        .is_ok_and(|v| v == "1")
+        .then(|| {
+            let namespaces: Vec<String> = std::iter::once("c".to_owned())
+                .chain(lab.members.keys().map(|m| format!("m{m}")))
+                .chain((0..lab.backends.len()).map(|i| format!("b{i}")))
+                .collect();
+            let filter = ["tcp", "and", "(", "port", "80", "or", "port", "8080", ")"];
+            Captures::start(lab, &namespaces, "drill", &filter)
+        });
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let t0 = unix_now();
@@ -839,6 +853,9 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
     .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (acknowledged, attempted) = writer.finish().await;
+    if let Some(c) = &mut captures {
+        c.stop();
+    }
     for (v, t) in traffic {
         let records = t.finish().await;
         if std::env::var_os("DRILL_TRAFFIC").is_some() {
@@ -853,7 +870,16 @@ async fn drill(lab: &mut Lab, name: &str, dataplane: Dataplane) -> anyhow::Resul
         report.add_traffic(v, &records, may_fail);
         if !may_fail && records.iter().any(|r| r.answer.is_none()) {
             report.failures.push(failed_requests(lab, v, t0, &records)?);
+            if let Some(c) = &captures {
+                report.extra.insert(
+                    format!("packets_of_failed_to_{v}"),
+                    failed_packets(lab, v, c, t0 - 2.0),
+                );
+            }
         }
+    }
+    if let Some(c) = captures {
+        c.remove();
     }
 
     let ids: Vec<u64> = lab.members.keys().copied().collect();
@@ -912,6 +938,27 @@ fn failed_requests(
         })
         .collect();
     Ok(format!("failed requests to {vip}: {}", detail.join("; ")))
+}
+
+/// The captured packets of the first three failed requests to `vip` sent
+/// since `from` that got as far as a local port, by port.
+fn failed_packets(lab: &Lab, vip: &str, captures: &Captures, from: f64) -> serde_json::Value {
+    let Ok(ip) = vip.parse::<std::net::Ipv4Addr>() else {
+        return serde_json::Value::Null;
+    };
+    let mut out = serde_json::Map::new();
+    let failures = crate::traffic::failures_to((ip, 80).into(), from, f64::MAX);
+    let ports = failures.iter().filter_map(|(_, why)| {
+        let (_, rest) = why.split_once("from port ")?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse::<u16>()
+            .ok()
+    });
+    for port in ports.take(3) {
+        out.insert(port.to_string(), captures.packets_of(lab, port, 30));
+    }
+    serde_json::Value::Object(out)
 }
 
 /// Member `victim`'s machine is lost: lb-node SIGKILLed and the machine's
@@ -1618,7 +1665,12 @@ async fn survival(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
         .map(|m| format!("m{m}"))
         .chain((0..lab.backends.len()).map(|i| format!("b{i}")))
         .collect();
-    let captures = Captures::start(lab, &survivors);
+    let captures = Captures::start(
+        lab,
+        &survivors,
+        "crash",
+        &["tcp", "port", &SESSION_PORT.to_string()],
+    );
     // Long enough for every connection to be sent to the others (the sync
     // sends one at its state change to established, in batches).
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1856,91 +1908,11 @@ async fn survival(lab: &mut Lab, name: &str) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// Packets the kernel dropped because a CPU's backlog was full (the
-/// second column of `/proc/net/softnet_stat`, summed over the CPUs).
 /// The client's connections to `vip` that have heard nothing for 2 s
 /// (`ss -tin`: rto, backoff, unacknowledged data), each with what the
 /// heir's IPVS (`/proc/net/ip_vs_conn`) and conntrack
 /// (`/proc/net/nf_conntrack`) hold for its port; at most 5. None when no
 /// connection waits or the tables cannot be read.
-/// Packet captures in the lab's namespaces (`tcpdump`, the sessions'
-/// port only), read back for the connections that hung.
-struct Captures {
-    /// Namespace, its capture file, the capturing process.
-    running: Vec<(String, String, std::process::Child)>,
-    /// What could not be started, said in the report.
-    errors: Vec<String>,
-}
-
-impl Captures {
-    fn start(lab: &Lab, namespaces: &[String]) -> Captures {
-        let mut c = Captures {
-            running: Vec::new(),
-            errors: Vec::new(),
-        };
-        for ns in namespaces {
-            let file = format!("/tmp/crash-{ns}.pcap");
-            let port = SESSION_PORT.to_string();
-            let args = [
-                "tcpdump", "-Z", "root", "-i", "eth0", "-nn", "-s", "96", "-B", "8192", "-U", "-w",
-                &file, "tcp", "port", &port,
-            ];
-            match lab.spawn(ns, &args) {
-                Ok(child) => c.running.push((ns.clone(), file, child)),
-                Err(e) => c.errors.push(format!("{ns}: {e:#}")),
-            }
-        }
-        c
-    }
-
-    /// Stops every capture (so each file is complete).
-    fn stop(&mut self) {
-        for (_, _, child) in &mut self.running {
-            let _ = std::process::Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-        }
-        for (_, _, child) in &mut self.running {
-            let _ = child.wait();
-        }
-    }
-
-    /// Each namespace's packets of the client's port `port` (at most
-    /// `lines`), with link-layer addresses: who sent what to whom.
-    fn packets_of(&self, lab: &Lab, port: u16, lines: usize) -> serde_json::Value {
-        let mut out = serde_json::Map::new();
-        for (ns, file, _) in &self.running {
-            let text = match lab.exec(
-                "c",
-                &[
-                    "tcpdump",
-                    "-Z",
-                    "root",
-                    "-nn",
-                    "-tt",
-                    "-e",
-                    "-r",
-                    file,
-                    "port",
-                    &port.to_string(),
-                ],
-            ) {
-                Ok(t) => t,
-                Err(e) => format!("tcpdump -r: {e:#}"),
-            };
-            let packets: Vec<&str> = text.lines().take(lines).collect();
-            out.insert(ns.clone(), serde_json::json!(packets));
-        }
-        serde_json::Value::Object(out)
-    }
-
-    fn remove(self) {
-        for (_, file, _) in &self.running {
-            let _ = std::fs::remove_file(file);
-        }
-    }
-}
-
 fn hung_connections(lab: &Lab, vip: &str, heir: u64, mut captures: Captures) -> serde_json::Value {
     captures.stop();
     let account = hung_account(lab, vip, heir, &captures);
@@ -2031,6 +2003,8 @@ fn hung_account(lab: &Lab, vip: &str, heir: u64, captures: &Captures) -> serde_j
     })
 }
 
+/// Packets the kernel dropped because a CPU's backlog was full (the
+/// second column of `/proc/net/softnet_stat`, summed over the CPUs).
 fn softnet_dropped(lab: &Lab) -> Option<u64> {
     let text = lab.exec("c", &["cat", "/proc/net/softnet_stat"]).ok()?;
     text.lines()
@@ -2179,6 +2153,7 @@ pub fn run_in_kernel_lab(names: &[&str]) -> anyhow::Result<Vec<serde_json::Value
         "DRILL_FLOW_HANDOVER",
         "DRILL_CONNECTION_SYNC",
         "DRILL_UNSYNCED",
+        "DRILL_CAPTURE",
     ]
     .iter()
     .filter_map(|v| Some(format!("export {v}='{}'\n", std::env::var(v).ok()?)))

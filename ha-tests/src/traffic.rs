@@ -37,9 +37,17 @@ pub struct Sent {
 /// or takes longer than `REQUEST_TIMEOUT`.
 pub async fn request(to: SocketAddr) -> Option<String> {
     let sent = unix_now();
-    let outcome = tokio::time::timeout(REQUEST_TIMEOUT, attempt(to))
+    // Where the attempt was when it timed out: the stage a timeout names.
+    let stage = std::sync::Mutex::new(String::from("before connecting"));
+    let outcome = tokio::time::timeout(REQUEST_TIMEOUT, attempt(to, &stage))
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_TIMEOUT:?}")));
+        .unwrap_or_else(|_| {
+            let at = stage
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_else(|p| p.into_inner().clone());
+            Err(format!("no answer within {REQUEST_TIMEOUT:?} ({at})"))
+        });
     outcome
         .map_err(|why| {
             if std::env::var_os("DRILL_TRAFFIC").is_some() {
@@ -74,23 +82,37 @@ pub fn failures_to(to: SocketAddr, from: f64, until: f64) -> Vec<(f64, String)> 
         .collect()
 }
 
-/// One request; on failure, the stage that failed and why.
-async fn attempt(to: SocketAddr) -> Result<String, String> {
-    let mut stream = tokio::net::TcpStream::connect(to)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+/// One request; on failure, the stage that failed and why. `stage` says
+/// how far it got (the local port once the SYN is sent, the request sent,
+/// bytes received), for a timeout to name.
+async fn attempt(to: SocketAddr, stage: &std::sync::Mutex<String>) -> Result<String, String> {
+    let set = |now: String| {
+        if let Ok(mut s) = stage.lock() {
+            *s = now;
+        }
+    };
+    let (stream, port) = connect(to).await.map_err(|e| format!("connect: {e}"))?;
+    let from = format!("from port {port}");
+    set(format!("{from}: SYN sent, no SYN-ACK"));
+    let mut stream = stream.await.map_err(|e| format!("connect {from}: {e}"))?;
+    set(format!("{from}: connected, sending the request"));
     stream
         .write_all(format!("GET / HTTP/1.0\r\nHost: {to}\r\n\r\n").as_bytes())
         .await
-        .map_err(|e| format!("send: {e}"))?;
+        .map_err(|e| format!("send {from}: {e}"))?;
+    set(format!("{from}: request sent, no answer"));
     let mut answer = Vec::new();
     let mut buf = [0u8; 2048];
     loop {
         let n = stream
             .read(&mut buf)
             .await
-            .map_err(|e| format!("receive after connecting: {e}"))?;
+            .map_err(|e| format!("receive after connecting {from}: {e}"))?;
         answer.extend_from_slice(&buf[..n]);
+        set(format!(
+            "{from}: {} bytes of the answer received",
+            answer.len()
+        ));
         let text = String::from_utf8_lossy(&answer);
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
             if !head.starts_with("HTTP/") {
@@ -109,9 +131,44 @@ async fn attempt(to: SocketAddr) -> Result<String, String> {
             }
         }
         if n == 0 {
-            return Err("closed before the whole answer".into());
+            return Err(format!("closed before the whole answer ({from})"));
         }
     }
+}
+
+/// Starts a connection to `to` and says its local port at once (the
+/// kernel picks it when the SYN is sent), so that a connection that never
+/// completes can still be found in a capture. The future completes the
+/// connection.
+async fn connect(
+    to: SocketAddr,
+) -> std::io::Result<(
+    impl std::future::Future<Output = std::io::Result<tokio::net::TcpStream>>,
+    u16,
+)> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&to.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let port = socket.local_addr()?.as_socket().map_or(0, |a| a.port());
+    let stream = tokio::net::TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    Ok((
+        async move {
+            stream.writable().await?;
+            match stream.take_error()? {
+                Some(e) => Err(e),
+                None => Ok(stream),
+            }
+        },
+        port,
+    ))
 }
 
 /// Requests to one address at a fixed rate until `finish`.
