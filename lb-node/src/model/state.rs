@@ -48,7 +48,41 @@ pub struct State {
     probers: BTreeSet<u64>,
     /// What probers reported of each backend that has a health check.
     health: imbl::OrdMap<BackendSlot, BTreeMap<u64, HealthSeen>>,
+    /// Changes whenever the set of service keys (so of VIPs) may have:
+    /// what is computed from the VIPs alone (O(VIPs): their owners, what a
+    /// member announces) is computed again only then, not at every
+    /// endpoint change (`keys_tag`). Not part of the state's identity.
+    keys: KeysTag,
 }
+
+/// A process-wide unique tag for one set of service keys: equal tags,
+/// equal sets (a state and its copies share it; any state that adds or
+/// removes a key, or is built anew, gets a fresh one). Equal for
+/// `PartialEq` whatever it holds: it is not replicated and says nothing
+/// about the state's content.
+#[derive(Clone, Debug)]
+struct KeysTag(u64);
+
+impl KeysTag {
+    fn fresh() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        KeysTag(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Default for KeysTag {
+    fn default() -> Self {
+        KeysTag::fresh()
+    }
+}
+
+impl PartialEq for KeysTag {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for KeysTag {}
 
 /// The Kubernetes objects the table was built from ("namespace/name" to
 /// trimmed JSON) and the watch cursor of each kind. A new leader rebuilds
@@ -182,7 +216,15 @@ impl State {
             changed_at_unix_us: parts.changed_at_unix_us,
             probers: parts.probers,
             health: parts.health.into_iter().collect(),
+            keys: KeysTag::fresh(),
         }
+    }
+
+    /// Equal for two states (of this process) only if their sets of
+    /// service keys, so of VIPs, are equal; unequal tags say nothing.
+    /// For caches of what the VIPs alone decide.
+    pub fn keys_tag(&self) -> u64 {
+        self.keys.0
     }
 
     /// The members that probe backends: those `SetProbers` named (the
@@ -637,11 +679,15 @@ impl State {
                     None => Applied::Created(key),
                 };
                 self.services.insert(key, Arc::new(service));
+                if matches!(outcome, Applied::Created(_)) {
+                    self.keys = KeysTag::fresh();
+                }
                 self.prune_health(key);
                 Ok(outcome)
             }
             Command::DeleteService(key) => match self.services.remove(key) {
                 Some(_) => {
+                    self.keys = KeysTag::fresh();
                     self.overrides.retain(|(k, _, _), _| k != key);
                     self.prune_health(*key);
                     Ok(Applied::Deleted(*key))

@@ -213,6 +213,35 @@ proptest! {
         prop_assert_eq!(a.revision(), table_commands as u64);
     }
 
+    /// States with equal `keys_tag` have equal VIPs, whatever the
+    /// commands between them (what the ownership caches rely on); and an
+    /// endpoint change keeps the tag.
+    #[test]
+    fn equal_keys_tags_mean_equal_vips(commands in prop::collection::vec(command(), 0..40)) {
+        let mut state = State::default();
+        let mut seen: Vec<(u64, std::collections::BTreeSet<IpAddr>)> =
+            vec![(state.keys_tag(), state.vips())];
+        for c in &commands {
+            let keys_before: Vec<ServiceKey> = state.services().map(|s| s.key).collect();
+            let _ = state.apply(c);
+            let keys_after: Vec<ServiceKey> = state.services().map(|s| s.key).collect();
+            if keys_before == keys_after {
+                prop_assert_eq!(seen.last().map(|(t, _)| *t), Some(state.keys_tag()));
+            }
+            seen.push((state.keys_tag(), state.vips()));
+        }
+        for (tag, vips) in &seen {
+            for (other_tag, other_vips) in &seen {
+                if tag == other_tag {
+                    prop_assert_eq!(vips, other_vips);
+                }
+            }
+        }
+        // A restored state is tagged anew.
+        let restored = State::decode_snapshot(&state.encode_snapshot()).expect("own snapshot decodes");
+        prop_assert_ne!(restored.keys_tag(), state.keys_tag());
+    }
+
     #[test]
     fn snapshot_then_restore_gives_equal_state(commands in prop::collection::vec(command(), 0..40)) {
         let mut state = State::default();

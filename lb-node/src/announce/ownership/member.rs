@@ -169,7 +169,7 @@ pub struct Ownership {
     peers_say: BTreeMap<u64, Says>,
     /// The tick this member became leader.
     leader_since: u64,
-    /// The (table revision, VIP owners, eligible members) of the last
+    /// The (table's VIPs: `State::keys_tag`, VIP owners, eligible members) of the last
     /// ownership round that found the owners right: nothing else changes
     /// its outcome (health reports and other entries that leave the table
     /// and the owners alone do not).
@@ -478,7 +478,7 @@ impl Ownership {
     }
 
     /// What `announced_vips` and `ecmp_vips` depend on besides the
-    /// state's table (its revision): equal keys, equal sets. Computing the
+    /// table's VIPs (`State::keys_tag`): equal keys, equal sets. Computing the
     /// sets costs O(VIPs); this costs nothing.
     pub fn announce_key(&self) -> (u64, bool, bool) {
         (self.announce_version, self.not_ready(), self.serving)

@@ -75,9 +75,9 @@ impl<S: RaftStore> Replica<S> {
     }
 
     /// What `announced_vips` and `ecmp_vips` depend on: equal keys, equal
-    /// sets (`Ownership::announce_key` and the table's revision).
+    /// sets (`Ownership::announce_key` and the table's VIPs: `keys_tag`).
     pub fn announce_key(&self) -> ((u64, bool, bool), u64) {
-        (self.ownership.announce_key(), self.state.revision())
+        (self.ownership.announce_key(), self.state.keys_tag())
     }
 
     /// The VIPs this member announces now (`Ownership::announced_vips`).

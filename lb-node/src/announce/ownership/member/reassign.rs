@@ -46,18 +46,19 @@ impl Ownership {
         } else {
             staying
         };
-        // Neither the table nor the owners nor anybody's health changed
-        // since the last round found nothing to do: skip the O(VIPs) work
-        // on the raft thread.
+        // Neither the table's VIPs nor the owners nor anybody's health
+        // changed since the last round found nothing to do: skip the
+        // O(VIPs) work on the raft thread (an endpoint change leaves the
+        // VIPs as they were: `keys_tag`).
         let owners_now = state.vip_owners_shared();
-        if let Some((revision, owners, members)) = &self.settled
-            && *revision == state.revision()
+        if let Some((keys, owners, members)) = &self.settled
+            && *keys == state.keys_tag()
             && std::sync::Arc::ptr_eq(owners, owners_now)
             && *members == eligible
         {
             return None;
         }
-        let inputs = (state.revision(), owners_now.clone(), eligible);
+        let inputs = (state.keys_tag(), owners_now.clone(), eligible);
         let (_, _, eligible) = &inputs;
         let current = state.vip_owners().clone();
         let target = assign_owners(&self.config.scope.vips(state), eligible, &current);
