@@ -48,7 +48,9 @@ use crate::dataplane::reconcile::{self, DataplaneStatus};
 use crate::model::{State, commands_towards};
 use crate::replication::start::{Fatal, start_raft};
 use crate::replication::{self, leave};
-use crate::serving::{announced_vips, bgp_routes, report_announcer_ready, report_dataplane_ready};
+use crate::serving::{
+    BgpRoutes, announced_vips, bgp_routes, report_announcer_ready, report_dataplane_ready,
+};
 use crate::source::leader::SourceParts;
 use crate::source::{SourceStatus, file, kubernetes};
 
@@ -252,10 +254,19 @@ pub async fn run(
             );
             // ECMP mode: every member announces every VIP, nothing moves.
             let linger = if bgp.ecmp { Duration::ZERO } else { bgp.linger };
+            let routes = BgpRoutes {
+                linger,
+                service_cidrs: bgp.service_cidrs.clone(),
+                // With connection sync owner mode masquerades to the VIP
+                // (ECMP mode to the member's own address): a member that
+                // takes one over makes its connections' conntrack entries.
+                seed_conntrack: !bgp.ecmp
+                    && ipvs.is_some()
+                    && config.dataplane.connection_sync.is_some(),
+            };
             let (announced, settled) = bgp_routes(
                 vips,
-                linger,
-                bgp.service_cidrs.clone(),
+                routes,
                 &states,
                 raft.as_ref(),
                 &dataplane_rx,

@@ -143,8 +143,7 @@ pub fn bgp_routes(
         watch::Receiver<Arc<BTreeSet<IpAddr>>>,
         watch::Receiver<bool>,
     ),
-    linger: Duration,
-    service_cidrs: Vec<ipnet::IpNet>,
+    routes_config: BgpRoutes,
     states: &watch::Receiver<Arc<State>>,
     raft: Option<&watch::Receiver<RaftStatus>>,
     dataplane: &watch::Receiver<DataplaneStatus>,
@@ -157,6 +156,11 @@ pub fn bgp_routes(
     let (settled_tx, settled_rx) = watch::channel(false);
     let shutdown = shutdown.clone();
     let mut dataplane = dataplane.clone();
+    let BgpRoutes {
+        linger,
+        service_cidrs,
+        seed_conntrack,
+    } = routes_config;
     // Read for each route's communities (those of the services on its VIP).
     let mut states = states.clone();
     let mut status = raft.cloned();
@@ -164,6 +168,10 @@ pub fn bgp_routes(
         // VIPs that moved away while this member's lease holds: announced
         // until their time is up (owner mode's make before break).
         let mut linger = crate::announce::ownership::Linger::new(linger);
+        // The VIPs this member owned when it last sent its routes: one
+        // that is new is taken over (its connections' conntrack entries
+        // are made first, `seed_conntrack`).
+        let mut owned: Arc<BTreeSet<IpAddr>> = Arc::default();
         loop {
             let mut until = None;
             let serving = match &mut status {
@@ -194,6 +202,17 @@ pub fn bgp_routes(
             if serving {
                 routes.extend(service_cidrs.iter().map(|c| (*c, Default::default())));
             }
+            if seed_conntrack && serving {
+                let taken = taken_over(&owned, &current);
+                if !taken.is_empty() {
+                    crate::dataplane::ipvs::conntrack::seed_logged(taken).await;
+                }
+            }
+            owned = if serving {
+                current.clone()
+            } else {
+                Arc::default()
+            };
             let next_end = linger.next_end().map(tokio::time::Instant::from_std);
             tx.send_if_modified(|now| {
                 let changed = **now != routes;
@@ -228,6 +247,29 @@ pub fn bgp_routes(
         }
     });
     (rx, settled_rx)
+}
+
+/// How `bgp_routes` announces.
+#[derive(Debug, Clone)]
+pub struct BgpRoutes {
+    /// How long a VIP that moved away stays announced (owner mode).
+    pub linger: Duration,
+    /// Announced whole while this member serves.
+    pub service_cidrs: Vec<ipnet::IpNet>,
+    /// Owner mode with connection sync (the masquerade to the VIP): make
+    /// the conntrack entries of a VIP's synced connections before
+    /// announcing a VIP taken over, as the L2 announcer does.
+    pub seed_conntrack: bool,
+}
+
+/// The IPv4 VIPs in `now` that were not in `before`.
+fn taken_over(before: &BTreeSet<IpAddr>, now: &BTreeSet<IpAddr>) -> Vec<std::net::Ipv4Addr> {
+    now.difference(before)
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
 }
 
 /// Tells the cluster this member may take VIPs once its dataplane has
@@ -316,5 +358,28 @@ pub async fn report_announcer_ready(
             changed = peers.changed() => if changed.is_err() { return },
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::net::IpAddr;
+
+    use super::taken_over;
+
+    fn set(list: &[&str]) -> BTreeSet<IpAddr> {
+        list.iter().filter_map(|s| s.parse().ok()).collect()
+    }
+
+    #[test]
+    fn only_the_ipv4_vips_gained_are_taken_over() {
+        let v4 = std::net::Ipv4Addr::new;
+        let before = set(&["10.0.0.1", "10.0.0.2"]);
+        let now = set(&["10.0.0.2", "10.0.0.3", "fd00::3"]);
+        assert_eq!(before.len() + now.len(), 5);
+        assert_eq!(taken_over(&before, &now), vec![v4(10, 0, 0, 3)]);
+        assert_eq!(taken_over(&now, &before), vec![v4(10, 0, 0, 1)]);
+        assert!(taken_over(&now, &now).is_empty());
     }
 }

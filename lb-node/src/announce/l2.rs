@@ -179,38 +179,6 @@ fn confirm_taking(
     taking
 }
 
-/// Makes the conntrack entries of the synced connections of `vips`,
-/// which this member is about to announce (`dataplane::ipvs::conntrack`):
-/// without them, a connection whose client waits for an answer lost with
-/// the previous owner hangs. Logged; a failure costs only those
-/// connections, never the announcement.
-async fn seed_conntrack(vips: Vec<std::net::Ipv4Addr>) {
-    let started = tokio::time::Instant::now();
-    let vips_text = format!("{vips:?}");
-    match tokio::task::spawn_blocking(move || crate::dataplane::ipvs::conntrack::seed_vips(&vips))
-        .await
-    {
-        Ok(Ok((flows, seeded, error))) => {
-            info!(
-                vips = vips_text,
-                connections = flows,
-                created = seeded.created,
-                existed = seeded.existed,
-                failed = seeded.failed,
-                error = error.unwrap_or_default(),
-                took = ?started.elapsed(),
-                "conntrack entries made for the synced connections of VIPs taken over"
-            );
-        }
-        Ok(Err(e)) => warn!(
-            vips = vips_text,
-            error = e,
-            "cannot make conntrack entries for the synced connections of VIPs taken over: connections waiting for an answer may hang"
-        ),
-        Err(e) => warn!(vips = vips_text, error = %e, "conntrack seeding did not finish"),
-    }
-}
-
 /// Finds who holds each of `vips` now (announces it, or keeps it local
 /// after a move) by an ARP probe (RFC 5227: sender address 0.0.0.0, so no
 /// one's ARP cache changes), waiting up to `handover_probe_wait` for every
@@ -527,7 +495,7 @@ pub async fn run(
         handover.know(lock_heard(&heard).members.iter().copied());
         handover.apply().await;
         if config.seed_conntrack && !taking_v4.is_empty() {
-            seed_conntrack(taking_v4.clone()).await;
+            crate::dataplane::ipvs::conntrack::seed_logged(taking_v4.clone()).await;
         }
         // That took a moment (nft): announce only what is still ours now;
         // anything else waits for the next round.

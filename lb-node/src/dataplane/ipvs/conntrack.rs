@@ -31,6 +31,8 @@ use std::time::Duration;
 use netlink_sys::protocols::NETLINK_NETFILTER;
 use netlink_sys::{Socket, SocketAddr};
 
+use tracing::{info, warn};
+
 use crate::nft_sets::{attr, nest};
 
 const NLM_F_REQUEST: u16 = 0x1;
@@ -105,6 +107,36 @@ fn hex_socket(addr: &str, port: &str) -> Option<SocketAddrV4> {
         hex_v4(addr)?,
         u16::from_str_radix(port, 16).ok()?,
     ))
+}
+
+/// Makes the conntrack entries of the synced connections of `vips`,
+/// which this member is about to announce (L2, or BGP's owner mode):
+/// without them, a connection whose client waits for an answer lost with
+/// the previous owner hangs. Logged; a failure costs only those
+/// connections, never the announcement.
+pub async fn seed_logged(vips: Vec<Ipv4Addr>) {
+    let started = tokio::time::Instant::now();
+    let vips_text = format!("{vips:?}");
+    match tokio::task::spawn_blocking(move || seed_vips(&vips)).await {
+        Ok(Ok((flows, seeded, error))) => {
+            info!(
+                vips = vips_text,
+                connections = flows,
+                created = seeded.created,
+                existed = seeded.existed,
+                failed = seeded.failed,
+                error = error.unwrap_or_default(),
+                took = ?started.elapsed(),
+                "conntrack entries made for the synced connections of VIPs taken over"
+            );
+        }
+        Ok(Err(e)) => warn!(
+            vips = vips_text,
+            error = e,
+            "cannot make conntrack entries for the synced connections of VIPs taken over: connections waiting for an answer may hang"
+        ),
+        Err(e) => warn!(vips = vips_text, error = %e, "conntrack seeding did not finish"),
+    }
 }
 
 /// The (virtual service, destination) pairs that masquerade, from
