@@ -505,6 +505,7 @@ pub async fn run(scale: Scale) -> anyhow::Result<Report> {
     bench.drive(crash_changes - kill_after).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     dead.wait_exit(Duration::from_secs(5))?;
+    save_log(leader, &dead.log());
     let mut elected = elected;
     let elected = match tokio::time::timeout(Duration::from_secs(5), &mut elected).await {
         Ok(Ok(at)) => Some(at),
@@ -570,6 +571,9 @@ pub async fn run(scale: Scale) -> anyhow::Result<Report> {
             "{lost_in_crash} changes never applied on the survivors after the crash ({})",
             pending_sample(&bench.tracker)
         ));
+    }
+    for (id, m) in &bench.members {
+        save_log(*id, &m.log());
     }
     if std::env::var_os("DRILL_LOGS").is_some() {
         eprintln!(
@@ -652,4 +656,15 @@ fn kept_view(log: &str) -> Option<(u64, u64)> {
             .and_then(|v| v.parse::<u64>().ok())
     };
     Some((field("took_ms=")?, field("unsure=")?))
+}
+
+/// Debugging (`DRILL_LOG_DIR`): member `id`'s whole log written to
+/// `member-<id>.log` there.
+fn save_log(id: u64, log: &str) {
+    if let Some(dir) = std::env::var_os("DRILL_LOG_DIR") {
+        let path = std::path::Path::new(&dir).join(format!("member-{id}.log"));
+        if let Err(e) = std::fs::write(&path, log) {
+            eprintln!("cannot write {}: {e}", path.display());
+        }
+    }
 }
