@@ -1163,12 +1163,23 @@ fn list(shared: &Shared, target: &Target, q: &BTreeMap<String, String>) -> Resul
     let selector = q.get("labelSelector").map(String::as_str);
     let mut items = Vec::new();
     let mut next = None;
-    for ((kind, ns, name), obj) in &store.objects {
-        if *kind != target.kind || !visible(obj, namespace, selector) {
-            continue;
+    // A page starts where the last one ended, found in the store's order
+    // (as etcd ranges over its keys): walking the whole store from its
+    // start for every page made a list of 100,000 objects in pages of
+    // 500 quadratic, most of the scale drill's cold start.
+    use std::ops::Bound;
+    let from = match &after {
+        Some(a) => {
+            let (ns, name) = a.split_once('/').unwrap_or(("", a.as_str()));
+            Bound::Excluded((target.kind, ns.to_owned(), name.to_owned()))
         }
-        let key = format!("{ns}/{name}");
-        if after.as_ref().is_some_and(|a| key.as_str() <= a.as_str()) {
+        None => Bound::Included((target.kind, String::new(), String::new())),
+    };
+    for ((kind, _, _), obj) in store.objects.range((from, Bound::Unbounded)) {
+        if *kind != target.kind {
+            break;
+        }
+        if !visible(obj, namespace, selector) {
             continue;
         }
         if items.len() == limit {
