@@ -15,6 +15,15 @@ fn size() -> ha_tests::drills::Size {
             endpoints: 10,
             rate: 200,
             seconds: 10,
+            // A debug build on a shared CI machine: the first targets
+            // (1 GiB, 2 s from the crash), none for propagation.
+            targets: ha_tests::scale::Targets {
+                memory_mib: 1024.0,
+                crash_pause: std::time::Duration::from_secs(2),
+                pause_from_election: false,
+                cold_start: None,
+                p99: None,
+            },
             ..ha_tests::scale::Scale::FULL
         },
     }
