@@ -921,7 +921,7 @@ fn failed_requests(
     let detail: Vec<String> = crate::traffic::failures_to(to, from, until)
         .iter()
         .take(10)
-        .map(|(at, why)| {
+        .map(|(at, _, why)| {
             let before = replies.iter().rev().find(|(t, _)| t <= at).map(|(_, m)| *m);
             let after = replies
                 .iter()
@@ -948,14 +948,7 @@ fn failed_packets(lab: &Lab, vip: &str, captures: &Captures, from: f64) -> serde
     };
     let mut out = serde_json::Map::new();
     let failures = crate::traffic::failures_to((ip, 80).into(), from, f64::MAX);
-    let ports = failures.iter().filter_map(|(_, why)| {
-        let (_, rest) = why.split_once("from port ")?;
-        rest.split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse::<u16>()
-            .ok()
-    });
-    for port in ports.take(3) {
+    for port in failures.iter().filter_map(|(_, port, _)| *port).take(3) {
         out.insert(port.to_string(), captures.packets_of(lab, port, 30));
     }
     serde_json::Value::Object(out)

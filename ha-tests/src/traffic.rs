@@ -37,17 +37,22 @@ pub struct Sent {
 /// or takes longer than `REQUEST_TIMEOUT`.
 pub async fn request(to: SocketAddr) -> Option<String> {
     let sent = unix_now();
-    // Where the attempt was when it timed out: the stage a timeout names.
-    let stage = std::sync::Mutex::new(String::from("before connecting"));
-    let outcome = tokio::time::timeout(REQUEST_TIMEOUT, attempt(to, &stage))
-        .await
-        .unwrap_or_else(|_| {
-            let at = stage
-                .lock()
-                .map(|s| s.clone())
-                .unwrap_or_else(|p| p.into_inner().clone());
-            Err(format!("no answer within {REQUEST_TIMEOUT:?} ({at})"))
-        });
+    // How far the attempt got: its local port once known, and the stage a
+    // timeout names.
+    let stage = std::sync::Mutex::new(Stage {
+        port: None,
+        what: "before connecting".into(),
+    });
+    let outcome = tokio::time::timeout(REQUEST_TIMEOUT, attempt(to, &stage)).await;
+    let stage = stage
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let outcome = outcome.unwrap_or_else(|_| {
+        Err(format!(
+            "no answer within {REQUEST_TIMEOUT:?} ({})",
+            stage.what
+        ))
+    });
     outcome
         .map_err(|why| {
             if std::env::var_os("DRILL_TRAFFIC").is_some() {
@@ -56,51 +61,74 @@ pub async fn request(to: SocketAddr) -> Option<String> {
             failed()
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push((to, sent, why));
+                .push(Failure {
+                    to,
+                    at: sent,
+                    port: stage.port,
+                    why,
+                });
         })
         .ok()
 }
 
-/// Why each request of this process failed: where it went, when it was
-/// sent (Unix time) and the stage that failed, so that a drill's failure
-/// says what the client saw (a reset, a refusal, a timeout).
-fn failed() -> &'static std::sync::Mutex<Vec<(SocketAddr, f64, String)>> {
-    static FAILED: std::sync::OnceLock<std::sync::Mutex<Vec<(SocketAddr, f64, String)>>> =
-        std::sync::OnceLock::new();
+/// How far one request got.
+struct Stage {
+    /// Its local port, once the SYN is sent.
+    port: Option<u16>,
+    /// Where it is: said by a timeout.
+    what: String,
+}
+
+/// One failed request: where it went, when it was sent (Unix time), from
+/// which local port (if it got that far), and what the client saw (a
+/// reset, a refusal, a timeout and how far it got).
+struct Failure {
+    to: SocketAddr,
+    at: f64,
+    port: Option<u16>,
+    why: String,
+}
+
+/// Every failed request of this process.
+fn failed() -> &'static std::sync::Mutex<Vec<Failure>> {
+    static FAILED: std::sync::OnceLock<std::sync::Mutex<Vec<Failure>>> = std::sync::OnceLock::new();
     FAILED.get_or_init(Default::default)
 }
 
 /// The failed requests to `to` sent in `[from, until)`: (Unix time sent,
-/// why).
-pub fn failures_to(to: SocketAddr, from: f64, until: f64) -> Vec<(f64, String)> {
+/// local port if it got one, why).
+pub fn failures_to(to: SocketAddr, from: f64, until: f64) -> Vec<(f64, Option<u16>, String)> {
     failed()
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .iter()
-        .filter(|(a, at, _)| *a == to && *at >= from && *at < until)
-        .map(|(_, at, why)| (*at, why.clone()))
+        .filter(|f| f.to == to && f.at >= from && f.at < until)
+        .map(|f| (f.at, f.port, f.why.clone()))
         .collect()
 }
 
 /// One request; on failure, the stage that failed and why. `stage` says
 /// how far it got (the local port once the SYN is sent, the request sent,
 /// bytes received), for a timeout to name.
-async fn attempt(to: SocketAddr, stage: &std::sync::Mutex<String>) -> Result<String, String> {
-    let set = |now: String| {
+async fn attempt(to: SocketAddr, stage: &std::sync::Mutex<Stage>) -> Result<String, String> {
+    let set = |port: u16, what: String| {
         if let Ok(mut s) = stage.lock() {
-            *s = now;
+            *s = Stage {
+                port: Some(port),
+                what,
+            };
         }
     };
-    let (stream, port) = connect(to).await.map_err(|e| format!("connect: {e}"))?;
+    let (stream, port) = connect(to).map_err(|e| format!("connect: {e}"))?;
     let from = format!("from port {port}");
-    set(format!("{from}: SYN sent, no SYN-ACK"));
+    set(port, format!("{from}: SYN sent, no SYN-ACK"));
     let mut stream = stream.await.map_err(|e| format!("connect {from}: {e}"))?;
-    set(format!("{from}: connected, sending the request"));
+    set(port, format!("{from}: connected, sending the request"));
     stream
         .write_all(format!("GET / HTTP/1.0\r\nHost: {to}\r\n\r\n").as_bytes())
         .await
         .map_err(|e| format!("send {from}: {e}"))?;
-    set(format!("{from}: request sent, no answer"));
+    set(port, format!("{from}: request sent, no answer"));
     let mut answer = Vec::new();
     let mut buf = [0u8; 2048];
     loop {
@@ -109,10 +137,10 @@ async fn attempt(to: SocketAddr, stage: &std::sync::Mutex<String>) -> Result<Str
             .await
             .map_err(|e| format!("receive after connecting {from}: {e}"))?;
         answer.extend_from_slice(&buf[..n]);
-        set(format!(
-            "{from}: {} bytes of the answer received",
-            answer.len()
-        ));
+        set(
+            port,
+            format!("{from}: {} bytes of the answer received", answer.len()),
+        );
         let text = String::from_utf8_lossy(&answer);
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
             if !head.starts_with("HTTP/") {
@@ -140,7 +168,7 @@ async fn attempt(to: SocketAddr, stage: &std::sync::Mutex<String>) -> Result<Str
 /// kernel picks it when the SYN is sent), so that a connection that never
 /// completes can still be found in a capture. The future completes the
 /// connection.
-async fn connect(
+fn connect(
     to: SocketAddr,
 ) -> std::io::Result<(
     impl std::future::Future<Output = std::io::Result<tokio::net::TcpStream>>,
