@@ -99,8 +99,8 @@ pub async fn run(
     }
     // Checked at start on every member, leader or not: a typo stops it here.
     let (text, services) = match &config.source {
-        SourceConfig::File { path, .. } => {
-            let (text, services) = file::read_services(path, &config.health)?;
+        SourceConfig::File(f) => {
+            let (text, services) = file::read_services(&f.path, f.max_bytes, &config.health)?;
             (Some(text), services)
         }
         SourceConfig::Kubernetes(_) => (None, Vec::new()),
@@ -110,7 +110,7 @@ pub async fn run(
         crate::announce::l2::check_services(l2, &services, &config.file)?;
     }
     let (source_kind, source_location) = match &config.source {
-        SourceConfig::File { path, .. } => ("file", path.display().to_string()),
+        SourceConfig::File(f) => ("file", f.path.display().to_string()),
         SourceConfig::Kubernetes(k) => ("kubernetes", kubernetes::location(k)),
     };
 

@@ -78,13 +78,13 @@ fn main() -> ExitCode {
 }
 
 fn plan(config: &Config) -> ExitCode {
-    let SourceConfig::File { path, .. } = &config.source else {
+    let SourceConfig::File(file) = &config.source else {
         eprintln!(
             "lb-node: plan reads a services file; with [source.kubernetes] the table comes from the API server (see `lbctl services`)"
         );
         return ExitCode::from(EXIT_CONFIG);
     };
-    let services = match load_services(path, &config.health) {
+    let services = match load_services(&file.path, file.max_bytes, &config.health) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("lb-node: configuration error: {e}");
@@ -94,7 +94,7 @@ fn plan(config: &Config) -> ExitCode {
     let mut state = State::default();
     for c in commands_towards(&State::default(), services) {
         if let Err(e) = state.apply(&c) {
-            eprintln!("lb-node: configuration error: {}: {e}", path.display());
+            eprintln!("lb-node: configuration error: {}: {e}", file.path.display());
             return ExitCode::from(EXIT_CONFIG);
         }
     }

@@ -66,12 +66,15 @@ fn main() -> anyhow::Result<()> {
             i % 240 + 1,
             80 + i % 3,
         );
+        // Backend b of service i: unique among the services' bth backends
+        // up to 62,500 services per block of second octets (the weight
+        // changes below edit one service each by its first backend).
         for b in 0..backends {
             let _ = write!(
                 file,
                 "{}{{address=\"172.{}.{}.{}\"}}",
                 if b == 0 { "" } else { "," },
-                16 + b,
+                16 + b + backends * (i / 62_500),
                 (i / 250) % 250,
                 i % 250 + 1,
             );
@@ -79,6 +82,18 @@ fn main() -> anyhow::Result<()> {
         file.push_str("]\n");
     }
     std::fs::write(dir.path().join("services.toml"), &file)?;
+    // Over 16 MiB (100,000 x 10 is about 33 MiB) the member is told to
+    // read it (`source.file.max_size_mib`), with the memory that takes.
+    let file_mib = (file.len() as u64 >> 20) + 2;
+    let max_size = if file_mib > 16 {
+        format!("max_size_mib = {file_mib}\n")
+    } else {
+        String::new()
+    };
+    // The guests' memory: 6 GiB did for 50,000 x 10 (the member peaked at
+    // 3.1-4.4 GiB); more, in proportion, for bigger tables.
+    let guest_mib =
+        6144 * services.div_ceil(50_000).max(1) + if services > 50_000 { 2048 } else { 0 };
     // The same table with one backend's weight changed (service 0, backend 0).
     let changed = file.replacen("}", ",weight=9}", 1);
     std::fs::write(dir.path().join("services-changed.toml"), &changed)?;
@@ -95,7 +110,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(
         dir.path().join("member.toml"),
         format!(
-            "[node]\nid = 1\n[dataplane]\nkind = \"ipvs\"\nrate_estimation = \"{rates}\"\n[source.file]\npath = \"live.toml\"\ncheck_interval = \"1s\"\n[admin]\nlisten = \"127.0.0.1:9443\"\nmetrics_listen = \"127.0.0.1:9445\"\n"
+            "[node]\nid = 1\n[dataplane]\nkind = \"ipvs\"\nrate_estimation = \"{rates}\"\n[source.file]\npath = \"live.toml\"\ncheck_interval = \"1s\"\n{max_size}[admin]\nlisten = \"127.0.0.1:9443\"\nmetrics_listen = \"127.0.0.1:9445\"\n"
         ),
     )?;
     let ops = services * (backends + 1);
@@ -314,7 +329,7 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         let reference = lab.run(
             &reference,
             &[("/lab/rules", &rules)],
-            6144,
+            guest_mib,
             Duration::from_secs(3600),
         )?;
         let (wall, cpu) = (
@@ -341,7 +356,7 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         return Ok(());
     }
     let host_before = host_cpu();
-    let run = lab.run(&script, &files, 6144, Duration::from_secs(3600))?;
+    let run = lab.run(&script, &files, guest_mib, Duration::from_secs(3600))?;
     let run_steal = steal_percent(host_before, host_cpu());
     let mut reference_steal = None;
     // `IPVS_BENCH_REFERENCE=0` skips the reference (lb-node's figures
@@ -354,7 +369,7 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         let r = lab.run(
             &reference,
             &[("/lab/rules", &rules)],
-            6144,
+            guest_mib,
             Duration::from_secs(3600),
         )?;
         reference_steal = steal_percent(before, host_cpu());
@@ -534,6 +549,8 @@ echo "LAB ipvsadm-lines $(ipvsadm -Sn | wc -l)"
         serde_json::json!({
             "services": services,
             "backends": backends,
+            "guest_mib": guest_mib,
+            "services_file_mib": file_mib - 2,
             "lb_node_full_sync_s": full_ms / 1000.0,
             "ipvsadm_restore_s": ipvsadm_s,
             "ipvsadm_cpu_ticks": reference.get("ipvsadm-cpu-ticks"),

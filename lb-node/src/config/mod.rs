@@ -251,17 +251,24 @@ pub struct ConnectionSync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceConfig {
     /// A services file, reloaded on SIGHUP and when it changes.
-    File {
-        path: PathBuf,
-        check_interval: Duration,
-        /// A change seen by a check is applied once the file has kept
-        /// that content this long (a file being written is not applied
-        /// mid-write); SIGHUP applies at once.
-        settle: Duration,
-    },
+    File(FileSourceConfig),
     /// The Kubernetes API server: Services and EndpointSlices, watched by
     /// the leader only.
     Kubernetes(KubernetesSourceConfig),
+}
+
+/// `[source.file]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSourceConfig {
+    pub path: PathBuf,
+    pub check_interval: Duration,
+    /// A change seen by a check is applied once the file has kept that
+    /// content this long (a file being written is not applied mid-write);
+    /// SIGHUP applies at once.
+    pub settle: Duration,
+    /// The largest services file read, in bytes (`max_size_mib`): parsing
+    /// costs about 35 bytes of memory per byte of file.
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -337,7 +344,17 @@ struct RawFileSource {
     check_interval: String,
     #[serde(default = "default_settle")]
     settle: String,
+    #[serde(default = "default_max_size_mib")]
+    max_size_mib: u64,
 }
+
+fn default_max_size_mib() -> u64 {
+    crate::source::file::DEFAULT_MAX_FILE_BYTES >> 20
+}
+
+/// The most `source.file.max_size_mib` may raise the limit to: a file of
+/// 1 GiB would take some 35 GiB to parse.
+const MAX_SIZE_MIB_LIMIT: u64 = 1024;
 
 fn default_settle() -> String {
     "1s".into()
@@ -537,11 +554,22 @@ impl Config {
                         "must be at least 100ms",
                     ));
                 }
-                SourceConfig::File {
+                if !(1..=MAX_SIZE_MIB_LIMIT).contains(&source.max_size_mib) {
+                    return Err(ConfigError::new(
+                        file,
+                        "source.file.max_size_mib",
+                        format!(
+                            "is {}; it must be 1 to {MAX_SIZE_MIB_LIMIT} (MiB): parsing takes about 35 times the file's size in memory",
+                            source.max_size_mib
+                        ),
+                    ));
+                }
+                SourceConfig::File(FileSourceConfig {
                     path: relative_to(file, source.path),
                     check_interval,
                     settle: parse_duration(&source.settle, file, "source.file.settle")?,
-                }
+                    max_bytes: source.max_size_mib << 20,
+                })
             }
         };
         let listen: SocketAddr = raw.admin.listen.parse().map_err(|_| {

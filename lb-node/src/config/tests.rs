@@ -588,3 +588,23 @@ fn health_defaults_come_from_the_member_config_and_reach_the_annotation_translat
     .expect_err("unknown key");
     assert!(e.to_string().contains("colour"), "{e}");
 }
+
+#[test]
+fn the_services_file_limit_defaults_to_16_mib_and_is_bounded() {
+    let with = |extra: &str| {
+        load(&format!(
+            "{NODE}[source.file]\npath = \"services.toml\"\n{extra}"
+        ))
+    };
+    let max = |config: Config| match config.source {
+        SourceConfig::File(f) => f.max_bytes,
+        SourceConfig::Kubernetes(_) => 0,
+    };
+    assert_eq!(max(with("").expect("valid")), 16 << 20);
+    assert_eq!(max(with("max_size_mib = 64\n").expect("valid")), 64 << 20);
+    for bad in ["max_size_mib = 0\n", "max_size_mib = 2048\n"] {
+        let e = with(bad).expect_err(bad);
+        assert_eq!(e.field, "source.file.max_size_mib", "{e}");
+        assert!(e.to_string().contains("1 to 1024"), "{e}");
+    }
+}

@@ -9,9 +9,9 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::clock::unix_ms;
-use crate::config::{ConfigError, parse_toml};
+use crate::config::{ConfigError, FileSourceConfig, parse_toml};
 use crate::model::{
     Backend, BackendState, Forwarding, InvalidService, Protocol, Scheduler, State, VirtualService,
     commands_towards,
@@ -89,34 +89,36 @@ fn default_state() -> String {
     "ready".into()
 }
 
-/// The largest services file read: parsing TOML takes about 35 bytes of
+/// The largest services file read unless `source.file.max_size_mib`
+/// says otherwise: parsing TOML takes about 35 bytes of
 /// memory per byte of file (a 16 MiB file of 109,569 services with one
 /// backend each: `/usr/bin/time -v lb-node --config lb.toml plan` peaked
 /// at 576 MB, one run, 2026-12-05; issue 19 reported 2.0 GB for a 50 MB
 /// file). Larger tables belong in the Kubernetes source.
-pub const MAX_FILE_BYTES: u64 = 16 << 20;
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 16 << 20;
 
-/// Refuses a file larger than `MAX_FILE_BYTES` before reading it.
-fn check_size(file: &Path, len: u64) -> Result<(), ConfigError> {
-    if len > MAX_FILE_BYTES {
+/// Refuses a file larger than `max` bytes before reading it.
+fn check_size(file: &Path, len: u64, max: u64) -> Result<(), ConfigError> {
+    if len > max {
         return Err(ConfigError::new(
             file,
             "",
             format!(
-                "is {} bytes; a services file may have at most {MAX_FILE_BYTES} (16 MiB): parsing takes about 35 times its size in memory. Serve larger tables from Kubernetes",
-                len
+                "is {len} bytes; a services file may have at most {max} ({} MiB, source.file.max_size_mib): parsing takes about 35 times its size in memory. Serve larger tables from Kubernetes",
+                max >> 20
             ),
         ));
     }
     Ok(())
 }
 
-/// Reads and checks a services file.
+/// Reads and checks a services file of at most `max_bytes`.
 pub fn load_services(
     file: &Path,
+    max_bytes: u64,
     defaults: &crate::health::settings::Defaults,
 ) -> Result<Vec<VirtualService>, ConfigError> {
-    read_services(file, defaults).map(|(_, services)| services)
+    read_services(file, max_bytes, defaults).map(|(_, services)| services)
 }
 
 /// Reads and checks a services file; also returns the text read, which
@@ -124,12 +126,13 @@ pub fn load_services(
 /// parsed a second time, with the first sync running, to find that).
 pub fn read_services(
     file: &Path,
+    max_bytes: u64,
     defaults: &crate::health::settings::Defaults,
 ) -> Result<(String, Vec<VirtualService>), ConfigError> {
     let len = std::fs::metadata(file)
         .map_err(|e| ConfigError::new(file, "", format!("cannot read: {e}")))?
         .len();
-    check_size(file, len)?;
+    check_size(file, len, max_bytes)?;
     let text = std::fs::read_to_string(file)
         .map_err(|e| ConfigError::new(file, "", format!("cannot read: {e}")))?;
     let services = parse_services(&text, file, defaults)?;
@@ -420,9 +423,7 @@ fn service_name_of(text: &str, field: &str) -> Option<String> {
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     applied: Option<String>,
-    path: PathBuf,
-    check_interval: Duration,
-    settle: Duration,
+    config: FileSourceConfig,
     defaults: crate::health::settings::Defaults,
     mut hangups: watch::Receiver<u64>,
     proposer: Proposer,
@@ -433,6 +434,12 @@ pub async fn run(
     if applied.is_some() {
         status.send_modify(|s| s.last_loaded_unix_ms = unix_ms(SystemTime::now()));
     }
+    let FileSourceConfig {
+        path,
+        check_interval,
+        settle,
+        max_bytes,
+    } = config;
     let mut last_text: Option<String> = applied;
     // A changed content seen by a check, and since when.
     let mut settling: Option<(String, std::time::Instant)> = None;
@@ -448,7 +455,7 @@ pub async fn run(
             }
         };
         let size = match tokio::fs::metadata(&path).await {
-            Ok(m) => check_size(&path, m.len()),
+            Ok(m) => check_size(&path, m.len(), max_bytes),
             Err(e) => Err(ConfigError::new(&path, "", format!("cannot read: {e}"))),
         };
         if let Err(e) = size {
@@ -564,6 +571,7 @@ fn report_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn a_file_over_the_limit_is_refused_before_it_is_read() {
@@ -572,13 +580,20 @@ mod tests {
         let file = std::fs::File::create(&path).expect("create");
         // Sparse: 17 MiB that take no disk, and would take 600 MB to parse.
         file.set_len(17 << 20).expect("grow");
-        let text = load_services(&path, &Default::default())
+        let text = load_services(&path, DEFAULT_MAX_FILE_BYTES, &Default::default())
             .expect_err("too big")
             .to_string();
         assert!(
-            text.contains("services.toml") && text.contains("16 MiB"),
+            text.contains("services.toml")
+                && text.contains("16 MiB")
+                && text.contains("max_size_mib"),
             "{text}"
         );
+        // A raised limit reads it (and finds no services in its zeros).
+        let raised = load_services(&path, 32 << 20, &Default::default())
+            .expect_err("not TOML")
+            .to_string();
+        assert!(!raised.contains("at most"), "{raised}");
     }
 
     #[tokio::test]
@@ -597,9 +612,12 @@ mod tests {
         let (_hangup, hangups) = watch::channel(0u64);
         let source = tokio::spawn(run(
             Some(one.to_owned()),
-            path.clone(),
-            Duration::from_millis(10),
-            Duration::from_millis(30),
+            FileSourceConfig {
+                path: path.clone(),
+                check_interval: Duration::from_millis(10),
+                settle: Duration::from_millis(30),
+                max_bytes: DEFAULT_MAX_FILE_BYTES,
+            },
             Default::default(),
             hangups,
             proposer,

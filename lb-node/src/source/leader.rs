@@ -51,18 +51,12 @@ pub fn spawn(
     let run_source = move |stop: CancellationToken| -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let p = &parts;
         match &p.source {
-            SourceConfig::File {
-                path,
-                check_interval,
-                settle,
-            } => Box::pin(file::run(
+            SourceConfig::File(file) => Box::pin(file::run(
                 p.applied_text
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .take(),
-                path.clone(),
-                *check_interval,
-                *settle,
+                file.clone(),
                 p.health,
                 p.hangups.clone(),
                 p.proposer.clone(),
