@@ -508,6 +508,8 @@ pub async fn run(scale: Scale) -> anyhow::Result<Report> {
     tokio::time::sleep(Duration::from_secs(5)).await;
     dead.wait_exit(Duration::from_secs(5))?;
     save_log(leader, &dead.log());
+    let mut snapshots = BTreeMap::new();
+    snapshots.insert(leader.to_string(), snapshots_taken(&dead.log()));
     let mut elected = elected;
     let elected = match tokio::time::timeout(Duration::from_secs(5), &mut elected).await {
         Ok(Ok(at)) => Some(at),
@@ -574,9 +576,34 @@ pub async fn run(scale: Scale) -> anyhow::Result<Report> {
             pending_sample(&bench.tracker)
         ));
     }
+    // 5. A snapshot on each survivor (`lbctl snapshot`): what a joiner
+    // would receive at this size, and what taking it costs the raft
+    // thread that takes it. Reported, not judged.
+    let before = leader_and_terms(&bench).await?;
     for (id, m) in &bench.members {
-        save_log(*id, &m.log());
+        let mut client = m.client().await?;
+        client
+            .trigger_snapshot(pb::TriggerSnapshotRequest {})
+            .await
+            .with_context(|| format!("member {id}: snapshot"))?;
+        for _ in 0..600 {
+            if m.log().contains("snapshot taken") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
+    let after = leader_and_terms(&bench).await?;
+    for (id, m) in &bench.members {
+        let log = m.log();
+        save_log(*id, &log);
+        snapshots.insert(id.to_string(), snapshots_taken(&log));
+    }
+    snapshots.insert(
+        "leader_and_term".into(),
+        json!({"before": before, "after": after}),
+    );
+    report.extra.insert("snapshots".into(), json!(snapshots));
     if std::env::var_os("DRILL_LOGS").is_some() {
         eprintln!(
             "leader {leader} killed at {:?} after start",
@@ -658,6 +685,45 @@ fn kept_view(log: &str) -> Option<(u64, u64)> {
             .and_then(|v| v.parse::<u64>().ok())
     };
     Some((field("took_ms=")?, field("unsure=")?))
+}
+
+/// Each member's (leader, term), as it says.
+async fn leader_and_terms(bench: &Bench) -> anyhow::Result<Vec<Option<(u64, u64)>>> {
+    let mut terms = Vec::new();
+    for m in bench.members.values() {
+        let status = m
+            .client()
+            .await?
+            .get_status(pb::GetStatusRequest {})
+            .await?;
+        terms.push(status.into_inner().cluster.map(|c| (c.leader, c.term)));
+    }
+    Ok(terms)
+}
+
+/// The snapshots a member took (its "snapshot taken" log lines): how
+/// many, and the largest one's bytes, encoding and writing times.
+fn snapshots_taken(log: &str) -> Value {
+    let taken: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("snapshot taken"))
+        .collect();
+    let field = |line: &str, key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let largest = taken.iter().max_by(|a, b| {
+        field(a, "bytes=")
+            .unwrap_or(0.0)
+            .total_cmp(&field(b, "bytes=").unwrap_or(0.0))
+    });
+    json!({
+        "taken": taken.len(),
+        "largest_bytes": largest.and_then(|l| field(l, "bytes=")),
+        "largest_encode_ms": largest.and_then(|l| field(l, "encode_ms=")),
+        "largest_write_ms": largest.and_then(|l| field(l, "write_ms=")),
+    })
 }
 
 /// Debugging (`DRILL_LOG_DIR`): member `id`'s whole log written to

@@ -76,13 +76,18 @@ impl<S: RaftStore> Replica<S> {
     ) -> Result<(), ReplicaError> {
         let index = snapshot.get_metadata().index;
         let snapshot_term = snapshot.get_metadata().term;
+        let (started, bytes) = (std::time::Instant::now(), snapshot.get_data().len());
         let state = State::decode_snapshot(snapshot.get_data())
             .map_err(|source| ReplicaError::BadSnapshot { index, source })?;
+        let decoded = started.elapsed();
         self.raw.mut_store().apply_snapshot(snapshot)?;
         info!(
             member = self.config.id,
             index,
             services = state.len(),
+            bytes,
+            decode_ms = decoded.as_secs_f64() * 1000.0,
+            write_ms = (started.elapsed() - decoded).as_secs_f64() * 1000.0,
             "installed snapshot from the leader"
         );
         self.state = state;
@@ -231,16 +236,23 @@ impl<S: RaftStore> Replica<S> {
             return Ok(());
         }
         let term = self.raw.raft.raft_log.term(self.applied)?;
+        let started = std::time::Instant::now();
         let mut snapshot = Snapshot::default();
         snapshot.set_data(self.state.encode_snapshot().into());
+        let (bytes, encoded) = (snapshot.get_data().len(), started.elapsed());
         let meta = snapshot.mut_metadata();
         meta.index = self.applied;
         meta.term = term;
         meta.set_conf_state(self.raw.store().conf_state());
         self.raw.mut_store().compact(snapshot)?;
+        // Its size and cost: what a joiner receives, and what the raft
+        // thread spends on it (encoding, then writing and compacting).
         info!(
             member = self.config.id,
             index = self.applied,
+            bytes,
+            encode_ms = encoded.as_secs_f64() * 1000.0,
+            write_ms = (started.elapsed() - encoded).as_secs_f64() * 1000.0,
             "snapshot taken, log compacted"
         );
         Ok(())
