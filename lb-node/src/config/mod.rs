@@ -348,8 +348,16 @@ struct RawFileSource {
     max_size_mib: u64,
 }
 
+/// The largest services file read unless `source.file.max_size_mib`
+/// says otherwise: parsing TOML takes about 35 bytes of
+/// memory per byte of file (a 16 MiB file of 109,569 services with one
+/// backend each: `/usr/bin/time -v lb-node --config lb.toml plan` peaked
+/// at 576 MB, one run, 2026-12-05; issue 19 reported 2.0 GB for a 50 MB
+/// file). Larger tables belong in the Kubernetes source.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 16 << 20;
+
 fn default_max_size_mib() -> u64 {
-    crate::source::file::DEFAULT_MAX_FILE_BYTES >> 20
+    DEFAULT_MAX_FILE_BYTES >> 20
 }
 
 /// The most `source.file.max_size_mib` may raise the limit to: a file of

@@ -89,14 +89,6 @@ fn default_state() -> String {
     "ready".into()
 }
 
-/// The largest services file read unless `source.file.max_size_mib`
-/// says otherwise: parsing TOML takes about 35 bytes of
-/// memory per byte of file (a 16 MiB file of 109,569 services with one
-/// backend each: `/usr/bin/time -v lb-node --config lb.toml plan` peaked
-/// at 576 MB, one run, 2026-12-05; issue 19 reported 2.0 GB for a 50 MB
-/// file). Larger tables belong in the Kubernetes source.
-pub const DEFAULT_MAX_FILE_BYTES: u64 = 16 << 20;
-
 /// Refuses a file larger than `max` bytes before reading it.
 fn check_size(file: &Path, len: u64, max: u64) -> Result<(), ConfigError> {
     if len > max {
@@ -571,6 +563,7 @@ fn report_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_MAX_FILE_BYTES;
     use std::time::Duration;
 
     #[test]
