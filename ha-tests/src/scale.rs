@@ -580,14 +580,16 @@ pub async fn run(scale: Scale) -> anyhow::Result<Report> {
     // would receive at this size, and what taking it costs the raft
     // thread that takes it. Reported, not judged.
     let before = leader_and_terms(&bench).await?;
+    let taken = |log: &str| log.matches(SNAPSHOT_TAKEN).count();
     for (id, m) in &bench.members {
+        let earlier = taken(&m.log());
         let mut client = m.client().await?;
         client
             .trigger_snapshot(pb::TriggerSnapshotRequest {})
             .await
             .with_context(|| format!("member {id}: snapshot"))?;
         for _ in 0..600 {
-            if m.log().contains("snapshot taken") {
+            if taken(&m.log()) > earlier {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -701,13 +703,13 @@ async fn leader_and_terms(bench: &Bench) -> anyhow::Result<Vec<Option<(u64, u64)
     Ok(terms)
 }
 
+/// A member's log line for each snapshot it takes.
+const SNAPSHOT_TAKEN: &str = "snapshot taken";
+
 /// The snapshots a member took (its "snapshot taken" log lines): how
 /// many, and the largest one's bytes, encoding and writing times.
 fn snapshots_taken(log: &str) -> Value {
-    let taken: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("snapshot taken"))
-        .collect();
+    let taken: Vec<&str> = log.lines().filter(|l| l.contains(SNAPSHOT_TAKEN)).collect();
     let field = |line: &str, key: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(key))
